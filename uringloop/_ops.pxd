@@ -1,0 +1,135 @@
+from libc.stdint cimport uint64_t
+from cpython.buffer cimport Py_buffer
+from uringloop._sys cimport io_uring_sqe, sockaddr_storage, socklen_t, msghdr, iovec
+from uringloop._ring cimport Ring, BufferRing
+
+
+cdef enum OpState:
+    OP_IDLE = 0         # built, never submitted, or finished
+    OP_QUEUED = 1       # waiting in the backlog for a free SQE slot
+    OP_SUBMITTED = 2    # the kernel owns it (and its buffer and fd)
+    OP_CANCELLING = 3   # ASYNC_CANCEL sent; still owned by the kernel until its final CQE
+
+
+cdef class Completer:
+    """Whoever an operation reports to: the sock_* state of a socket, a transport, a server."""
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1
+
+
+cdef class Proactor:
+    cdef readonly Ring ring
+    cdef readonly Py_ssize_t inflight      # operations the kernel still owns (incl. backlog)
+    cdef list backlog                      # operations waiting for an SQE slot
+    cdef readonly object loop
+    cdef readonly bint closing
+    cdef public bint forked                # set in a fork child: the ring belongs to the parent
+    cdef int wake_fd
+    cdef WakeupOp wakeup_op
+    cdef list buffer_rings
+    cdef readonly unsigned long long completions
+    cdef object exception_handler          # loop.call_exception_handler
+    cdef object __weakref__
+
+    cdef int submit(self, Operation op) except -1
+    cdef int cancel(self, Operation op) except -1
+    cdef int flush_backlog(self) except -1
+    cdef int reap(self) except -1
+    cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
+    cdef int check_usable(self) except -1
+    cpdef int wait(self, object timeout) except -1
+    cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size)
+
+
+cdef class Operation:
+    cdef Proactor proactor
+    cdef public Completer owner
+    cdef readonly int state
+    cdef readonly int fd
+    cdef public object keep                # pins whatever owns `fd` (a socket object)
+    cdef public object tag                 # free for the owner (the request this op serves)
+    cdef bint multishot
+
+    cdef inline uint64_t ud(self):
+        return <uint64_t><size_t><void *>self
+    cdef int prep(self, io_uring_sqe *sqe) except -1
+    cdef int complete(self, int res, unsigned flags) except -1
+    cdef void release(self)
+    cdef int submit(self) except -1
+    cpdef cancel(self)
+
+
+cdef class BufferOp(Operation):
+    """An operation on a lent Python buffer: the Py_buffer export is held (the object can neither
+    be freed nor resized) from submission until the final completion."""
+    cdef Py_buffer view
+    cdef bint has_view
+    cdef readonly Py_ssize_t offset        # bytes already transferred (partial sends)
+    cdef int flags                         # MSG_* flags
+    cdef object obj                        # the exporting object (kept alive with the view)
+    cdef int set_buffer(self, object obj, bint writable) except -1
+    cdef int drop_buffer(self) except -1
+
+
+cdef class RecvOp(BufferOp):
+    pass
+
+
+cdef class SendOp(BufferOp):
+    """send(2) until every byte is out: a partial completion resubmits the rest from inside the
+    core, so no owner ever sees a short write."""
+    cdef bint zerocopy
+    cdef int zc_notif_pending
+
+
+cdef class MultishotRecvOp(Operation):
+    cdef BufferRing bufs
+
+
+cdef class MsgOp(BufferOp):
+    """recvmsg/sendmsg with an address: datagrams."""
+    cdef msghdr msg
+    cdef iovec iov
+    cdef sockaddr_storage addr
+    cdef bint sending
+    cdef int set_address(self, object family, object address) except -1
+    cdef object address(self, int family)
+
+
+cdef class AcceptOp(Operation):
+    cdef sockaddr_storage addr
+    cdef socklen_t addrlen
+    cdef object address(self, int family)
+
+
+cdef class ConnectOp(Operation):
+    cdef sockaddr_storage addr
+    cdef socklen_t addrlen
+    cdef int set_address(self, int family, object address) except -1
+
+
+cdef class PollOp(Operation):
+    cdef public unsigned events
+
+
+cdef class ReadWriteOp(BufferOp):
+    """read/write of a regular file (or pipe) at an offset: the files API."""
+    cdef int opcode
+    cdef long long position
+
+
+cdef class SpliceOp(Operation):
+    cdef int fd_out
+    cdef long long off_in, off_out
+    cdef unsigned nbytes
+
+
+cdef class ShutdownOp(Operation):
+    cdef int how
+
+
+cdef class WakeupOp(Operation):
+    cdef unsigned long long value
+
+
+cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int family)
+cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *ss) except 0

@@ -1,0 +1,694 @@
+# cython: language_level=3
+"""Operations: one object per in-flight io_uring request, and the Proactor that dispatches them.
+
+How submission, completion, cancellation and buffer ownership fit together
+---------------------------------------------------------------------------
+Every request the loop makes of the kernel is an Operation.  Submitting one fills an SQE whose
+user_data is the operation's own address and takes a strong reference to it (Py_INCREF), so the
+object -- and everything it pins: the Python buffer the kernel writes into or reads from, the
+socket object whose fd the kernel holds, the sockaddr the kernel reads -- stays alive for as long
+as the kernel may touch it.  When a CQE arrives, its user_data *is* the operation (no dictionary
+lookup): the Proactor calls op.complete(res, flags), and only on the operation's *final* CQE (no
+IORING_CQE_F_MORE) does it drop the pins and the reference.  That is the first Proactor rule of the
+seed document -- a lent buffer outlives its operation -- enforced in one place for every kind of
+request.
+
+Cancellation never frees anything.  op.cancel() submits IORING_OP_ASYNC_CANCEL naming the
+operation's user_data and marks it CANCELLING; the operation still belongs to the kernel until its
+own final CQE, which carries either -ECANCELED or -- when the request won the race -- its real
+result.  The owner (a Completer) decides what a late result means: the sock_* layer keeps late
+bytes and connections for the next caller, a transport delivers them.  An operation whose CQE
+reports -EAGAIN is resubmitted here, so no owner ever sees it.
+
+Closing the Proactor submits one CANCEL_ANY|CANCEL_ALL request and then keeps reaping until the
+in-flight count reaches zero; only then is the ring unmapped.  If the kernel does not finish in
+time (an uncancellable request), the remaining operations are deliberately leaked -- their
+references are never dropped -- because freeing a buffer the kernel may still write is worse.
+
+The Proactor is what asyncio.BaseEventLoop sees as its `_selector`: BaseEventLoop._run_once calls
+`select(timeout)` once per iteration, with the timeout it computed from its ready queue and timer
+heap.  select() pushes the backlog into the SQ, makes exactly one io_uring_enter (submit everything
+queued this iteration + wait for one completion or the deadline), and dispatches every CQE.  It
+returns an empty event list: completions have already been delivered.
+"""
+
+cimport cython
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from libc.stdint cimport uint64_t, uintptr_t
+from libc.string cimport memset, memcpy, strlen
+from posix.unistd cimport close as c_close
+
+from uringloop._sys cimport *
+from uringloop._ring cimport Ring, BufferRing
+
+import os
+import socket as _socket
+import time as _time
+
+cdef extern from "<arpa/inet.h>":
+    int inet_pton(int af, const char *src, void *dst)
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    unsigned short htons(unsigned short)
+    unsigned short ntohs(unsigned short)
+    unsigned int htonl(unsigned int)
+    unsigned int ntohl(unsigned int)
+
+cdef extern from "<netinet/in.h>":
+    struct in_addr:
+        unsigned int s_addr
+    struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    struct in6_addr:
+        pass
+    struct sockaddr_in6:
+        unsigned short sin6_family
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+
+cdef extern from "<sys/un.h>":
+    struct sockaddr_un:
+        unsigned short sun_family
+        char sun_path[108]
+
+cdef extern from "<sys/eventfd.h>":
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK, EFD_CLOEXEC
+
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
+
+cdef int AF_INET = _socket.AF_INET
+cdef int AF_INET6 = _socket.AF_INET6
+cdef int AF_UNIX = _socket.AF_UNIX
+
+
+# ---------------------------------------------------------------------------------------------
+# socket addresses, Python <-> C, with the conventions of CPython's socket module
+# ---------------------------------------------------------------------------------------------
+
+cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int family):
+    cdef char text[64]
+    cdef sockaddr_in *sin
+    cdef sockaddr_in6 *sin6
+    cdef sockaddr_un *sun
+    cdef Py_ssize_t n
+    if length == 0:
+        family = family  # the kernel gave no address (unconnected datagram peer): mirror socket
+    else:
+        family = ss.ss_family
+    if family == AF_INET:
+        sin = <sockaddr_in *>ss
+        inet_ntop(AF_INET, &sin.sin_addr, text, sizeof(text))
+        return (text.decode('ascii'), ntohs(sin.sin_port))
+    if family == AF_INET6:
+        sin6 = <sockaddr_in6 *>ss
+        inet_ntop(AF_INET6, &sin6.sin6_addr, text, sizeof(text))
+        return (text.decode('ascii'), ntohs(sin6.sin6_port), ntohl(sin6.sin6_flowinfo),
+                sin6.sin6_scope_id)
+    if family == AF_UNIX:
+        sun = <sockaddr_un *>ss
+        n = <Py_ssize_t>length - <Py_ssize_t>UL_SUN_PATH_OFFSET
+        if n <= 0:
+            return ''
+        if sun.sun_path[0] == 0:
+            return PyBytes_FromStringAndSize(sun.sun_path, n)   # abstract namespace: bytes
+        n = strlen(sun.sun_path) if strlen(sun.sun_path) < <size_t>n else n
+        return PyUnicode_DecodeFSDefaultAndSize(sun.sun_path, n)
+    # Anything else: the raw (family, bytes) form, as socket.getaddrinfo would never give us.
+    return (family, PyBytes_FromStringAndSize(<char *>ss, length))
+
+
+cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *ss) except 0:
+    """Fill `ss` from a Python address of `family`; return its length.  Hostnames are resolved
+    synchronously, exactly as socket.sendto()/connect() would; the loop resolves beforehand where
+    asyncio does (sock_connect)."""
+    cdef sockaddr_in *sin
+    cdef sockaddr_in6 *sin6
+    cdef sockaddr_un *sun
+    cdef bytes host, path
+    cdef long port
+    memset(ss, 0, sizeof(sockaddr_storage))
+    if family == AF_UNIX:
+        if isinstance(address, str):
+            path = os.fsencode(address)
+        elif isinstance(address, (bytes, bytearray, memoryview)):
+            path = bytes(address)
+        else:
+            raise TypeError(f"a bytes-like object or str is required for an AF_UNIX address, "
+                            f"not {type(address).__name__}")
+        sun = <sockaddr_un *>ss
+        if len(path) > <Py_ssize_t>sizeof(sun.sun_path) - (0 if path[:1] == b'\0' else 1):
+            raise OSError(EINVAL, "AF_UNIX path too long")
+        sun.sun_family = AF_UNIX
+        memcpy(sun.sun_path, <char *>path, len(path))
+        return <socklen_t>(UL_SUN_PATH_OFFSET + len(path)
+                           + (0 if path[:1] == b'\0' else 1))
+    if family != AF_INET and family != AF_INET6:
+        raise OSError(EAFNOSUPPORT, f"address family {family} is not supported")
+    if not isinstance(address, tuple) or len(address) < 2:
+        raise TypeError(f"{'AF_INET' if family == AF_INET else 'AF_INET6'} address must be a "
+                        f"tuple, not {type(address).__name__}")
+    host_obj, port_obj = address[0], address[1]
+    if not isinstance(port_obj, int):
+        raise TypeError(f"'{type(port_obj).__name__}' object cannot be interpreted as an integer")
+    port = port_obj
+    if not 0 <= port <= 65535:
+        raise OverflowError("port must be 0-65535.")
+    if isinstance(host_obj, str):
+        host = host_obj.encode('idna') if host_obj else b''
+    elif isinstance(host_obj, (bytes, bytearray)):
+        host = bytes(host_obj)
+    else:
+        raise TypeError(f"str, bytes or bytearray expected, not {type(host_obj).__name__}")
+    if family == AF_INET:
+        sin = <sockaddr_in *>ss
+        sin.sin_family = AF_INET
+        sin.sin_port = htons(<unsigned short>port)
+        if host == b'' or host == b'<any>':
+            return sizeof(sockaddr_in)
+        if host == b'<broadcast>':
+            sin.sin_addr.s_addr = 0xffffffff
+            return sizeof(sockaddr_in)
+        if inet_pton(AF_INET, host, &sin.sin_addr) != 1:
+            info = _socket.getaddrinfo(host_obj, port, AF_INET)[0][4]
+            inet_pton(AF_INET, info[0].encode('ascii'), &sin.sin_addr)
+        return sizeof(sockaddr_in)
+    sin6 = <sockaddr_in6 *>ss
+    sin6.sin6_family = AF_INET6
+    sin6.sin6_port = htons(<unsigned short>port)
+    if len(address) > 2:
+        sin6.sin6_flowinfo = htonl(<unsigned int>address[2])
+    if len(address) > 3:
+        sin6.sin6_scope_id = <unsigned int>address[3]
+    if host == b'':
+        return sizeof(sockaddr_in6)
+    if inet_pton(AF_INET6, host, &sin6.sin6_addr) != 1:
+        info = _socket.getaddrinfo(host_obj, port, AF_INET6)[0][4]
+        inet_pton(AF_INET6, info[0].encode('ascii'), &sin6.sin6_addr)
+        if len(address) <= 3:
+            sin6.sin6_scope_id = info[3]
+    return sizeof(sockaddr_in6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Proactor
+# ---------------------------------------------------------------------------------------------
+
+cdef class Completer:
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        return 0
+
+
+cdef class Proactor:
+    """The completion dispatcher one Loop owns (BaseEventLoop knows it as `_selector`)."""
+
+    def __init__(self, loop, Ring ring):
+        self.loop = loop
+        self.ring = ring
+        self.backlog = []
+        self.buffer_rings = []
+        self.exception_handler = loop.call_exception_handler
+        # Blocking on purpose: io_uring arms its own poll for a file that supports NOWAIT, whereas
+        # a read on an O_NONBLOCK eventfd may complete with -EAGAIN and spin.
+        self.wake_fd = eventfd(0, EFD_CLOEXEC)
+        if self.wake_fd < 0:
+            raise OSError(_errno(), "eventfd")
+        # The wake-up is itself a completion: an 8-byte read on an eventfd that another thread
+        # writes (call_soon_threadsafe, signal delivery).  It is always in flight while the loop
+        # is open, so a waiting io_uring_enter returns as soon as anyone writes.
+        self.wakeup_op = WakeupOp(self, None, self.wake_fd)
+        self.wakeup_op.submit()
+
+    # ---- submission side ----
+
+    cdef int check_usable(self) except -1:
+        if self.forked:
+            raise RuntimeError(
+                "this uringloop event loop was created in a parent process before os.fork(); "
+                "its io_uring belongs to the parent and cannot be used in the child -- create a "
+                "new event loop in the child")
+        if self.ring.closed:
+            raise RuntimeError("Event loop is closed")
+        return 0
+
+    cdef int submit(self, Operation op) except -1:
+        cdef io_uring_sqe *sqe
+        if self.closing and op is not self.wakeup_op:
+            raise RuntimeError("Event loop is closed")
+        sqe = NULL if self.backlog else self.ring.get_sqe()
+        Py_INCREF(op)
+        self.inflight += 1
+        if sqe == NULL:
+            # SQ full even after an early submit: keep order by queueing behind earlier ones.
+            op.state = OP_QUEUED
+            self.backlog.append(op)
+            return 0
+        try:
+            op.prep(sqe)
+        except BaseException:
+            # A prep failure leaves the slot filled with a NOP of user_data 0 (ignored).
+            ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, 0)
+            self.inflight -= 1
+            Py_DECREF(op)
+            raise
+        op.state = OP_SUBMITTED
+        return 0
+
+    cdef int flush_backlog(self) except -1:
+        cdef io_uring_sqe *sqe
+        cdef Operation op
+        cdef Py_ssize_t i = 0, n = len(self.backlog)
+        while i < n:
+            sqe = self.ring.get_sqe()
+            if sqe == NULL:
+                break
+            op = <Operation>self.backlog[i]
+            op.prep(sqe)
+            op.state = OP_SUBMITTED
+            i += 1
+        if i:
+            del self.backlog[:i]
+        return 0
+
+    cdef int cancel(self, Operation op) except -1:
+        cdef io_uring_sqe *sqe
+        if op.state == OP_QUEUED:
+            # Never reached the kernel: complete it here with the result the kernel would give.
+            self.backlog.remove(op)
+            op.state = OP_IDLE
+            self.inflight -= 1
+            try:
+                op.complete(-ECANCELED, 0)
+            finally:
+                op.release()
+                Py_DECREF(op)
+            return 0
+        if op.state != OP_SUBMITTED or self.ring.closed:
+            return 0
+        sqe = self.ring.get_sqe()
+        if sqe == NULL:
+            # No slot for the cancel request right now: the close-time CANCEL_ALL or the
+            # operation's own completion will still end it; nothing is freed early either way.
+            return 0
+        ul_prep_cancel(sqe, op.ud(), 0)
+        op.state = OP_CANCELLING
+        return 0
+
+    # ---- completion side ----
+
+    cpdef int wait(self, object timeout) except -1:
+        """One loop iteration's kernel work: submit + wait (+ deadline) in one io_uring_enter,
+        then dispatch every completion."""
+        cdef long long timeout_ns
+        self.check_usable()
+        if self.backlog:
+            self.flush_backlog()
+        if timeout is None:
+            timeout_ns = -1
+        else:
+            timeout_ns = <long long>(timeout * 1e9)
+            if timeout_ns < 0:
+                timeout_ns = 0
+        if self.ring.cq_ready() or self.backlog:
+            timeout_ns = 0          # work is already waiting: do not sleep
+        self.ring.enter(1, timeout_ns)
+        self.reap()
+        return 0
+
+    def select(self, timeout=None):
+        self.wait(timeout)
+        return ()
+
+    cdef int reap(self) except -1:
+        cdef Ring ring = self.ring
+        cdef unsigned n, i
+        cdef io_uring_cqe *cqe
+        cdef uint64_t ud
+        cdef int res
+        cdef unsigned flags
+        cdef Operation op
+        cdef BufferRing br
+        while True:
+            n = ring.cq_ready()
+            if n == 0:
+                if ring.cq_overflowed():
+                    # Parked completions: fetch them before anyone goes to sleep.
+                    ring.enter(0, 0)
+                    continue
+                break
+            i = 0
+            try:
+                while i < n:
+                    cqe = ring.cq_at(i)
+                    ud = cqe.user_data
+                    res = cqe.res
+                    flags = cqe.flags
+                    i += 1
+                    if ud == 0:
+                        continue        # a cancel request's own failure: the target reports
+                    op = <Operation><PyObject *><uintptr_t>ud
+                    self.dispatch(op, res, flags)
+            finally:
+                ring.cq_advance(i)
+                for br in self.buffer_rings:
+                    br.publish()
+        return 0
+
+    cdef int dispatch(self, Operation op, int res, unsigned flags) except -1:
+        cdef bint final = not (flags & IORING_CQE_F_MORE)
+        self.completions += 1
+        if final:
+            op.state = OP_IDLE
+            self.inflight -= 1
+        try:
+            if res == -EAGAIN and final and not self.closing:
+                # Never surfaced: the request goes straight back to the kernel (it arms its own
+                # poll this time because the socket really has nothing).
+                op.submit()
+            else:
+                op.complete(res, flags)
+        except Exception as exc:
+            self.exception_handler({
+                'message': f'Unhandled exception while completing {type(op).__name__}',
+                'exception': exc,
+            })
+        finally:
+            if final:
+                if op.state == OP_IDLE:      # not resubmitted by complete()
+                    op.release()
+                Py_DECREF(op)
+        return 0
+
+    # ---- wake-up ----
+
+    def wakeup(self):
+        """Make a waiting io_uring_enter return (any thread)."""
+        ul_eventfd_write(self.wake_fd)
+
+    # ---- provided buffers ----
+
+    cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size):
+        cdef BufferRing br = BufferRing(self.ring, len(self.buffer_rings), count, buf_size)
+        self.buffer_rings.append(br)
+        return br
+
+    def buffer_ring(self, unsigned count, unsigned buf_size):
+        return self.new_buffer_ring(count, buf_size)
+
+    # ---- statistics and teardown ----
+
+    def statistics(self):
+        return {
+            'enters': self.ring.enters,
+            'submitted': self.ring.submitted,
+            'completions': self.completions,
+            'inflight': self.inflight,
+            'backlog': len(self.backlog),
+        }
+
+    def close(self, double drain_timeout=5.0):
+        """Cancel everything, wait for every final CQE, then unmap the ring.  Idempotent."""
+        cdef io_uring_sqe *sqe
+        cdef double deadline
+        if self.ring.closed:
+            return
+        self.closing = True
+        if self.forked:
+            # The parent's ring: touch nothing of it, just drop our mapping and descriptors.
+            # In-flight operations stay referenced (leaked) on purpose.
+            self.ring.close()
+            c_close(self.wake_fd)
+            return
+        try:
+            while self.backlog:
+                self.cancel(<Operation>self.backlog[0])
+            if self.inflight:
+                sqe = self.ring.get_sqe()
+                if sqe != NULL:
+                    ul_prep_cancel_all(sqe, 0)
+                deadline = _time.monotonic() + drain_timeout
+                while self.inflight > 0 and _time.monotonic() < deadline:
+                    self.ring.enter(1, 50_000_000)
+                    self.reap()
+        except RuntimeError:
+            # Not the ring's issuer thread (SINGLE_ISSUER): we cannot reap here.  Leak what is
+            # still in flight rather than free memory the kernel may write.
+            pass
+        finally:
+            for br in self.buffer_rings:
+                (<BufferRing>br).close()
+            self.buffer_rings = []
+            self.ring.close()
+            c_close(self.wake_fd)
+            self.wake_fd = -1
+
+
+cdef inline int _errno():
+    return errno
+
+
+# ---------------------------------------------------------------------------------------------
+# operation kinds
+# ---------------------------------------------------------------------------------------------
+
+cdef class Operation:
+
+    def __init__(self, Proactor proactor, Completer owner, int fd, keep=None):
+        self.proactor = proactor
+        self.owner = owner
+        self.fd = fd
+        self.keep = keep
+
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, self.ud())
+        return 0
+
+    cdef int complete(self, int res, unsigned flags) except -1:
+        if self.owner is not None:
+            self.owner.op_done(self, res, flags)
+        return 0
+
+    cdef void release(self):
+        self.keep = None
+
+    cdef int submit(self) except -1:
+        self.proactor.submit(self)
+        return 0
+
+    cpdef cancel(self):
+        self.proactor.cancel(self)
+
+    @property
+    def in_flight(self):
+        return self.state != OP_IDLE
+
+
+cdef class BufferOp(Operation):
+
+    cdef int set_buffer(self, object obj, bint writable) except -1:
+        cdef int flags = PyBUF_WRITABLE if writable else PyBUF_SIMPLE
+        self.drop_buffer()
+        try:
+            PyObject_GetBuffer(obj, &self.view, flags)
+        except BufferError:
+            if writable:
+                raise TypeError(f"a writable bytes-like object is required, not "
+                                f"'{type(obj).__name__}'") from None
+            raise
+        self.has_view = True
+        self.obj = obj
+        self.offset = 0
+        return 0
+
+    cdef int drop_buffer(self) except -1:
+        if self.has_view:
+            self.has_view = False
+            PyBuffer_Release(&self.view)
+        self.obj = None
+        return 0
+
+    cdef void release(self):
+        # Called only after the final CQE: the kernel is done with the memory.
+        if self.has_view:
+            self.has_view = False
+            PyBuffer_Release(&self.view)
+        self.obj = None
+        self.keep = None
+
+    @property
+    def buffer(self):
+        return self.obj
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+
+
+@cython.final
+cdef class RecvOp(BufferOp):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        cdef Py_ssize_t n = self.view.len - self.offset
+        if n > 0x7fffffff:
+            n = 0x7fffffff
+        ul_prep_recv(sqe, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+                     self.flags, self.ud())
+        return 0
+
+
+@cython.final
+cdef class SendOp(BufferOp):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        cdef Py_ssize_t n = self.view.len - self.offset
+        if n > 0x7fffffff:
+            n = 0x7fffffff
+        ul_prep_send(sqe, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+                     self.flags | MSG_NOSIGNAL, self.ud())
+        return 0
+
+    cdef int complete(self, int res, unsigned flags) except -1:
+        # Partial sends continue until every byte is out (or an error / cancellation ends it):
+        # the owner sees one completion for the whole buffer, res = total bytes sent.
+        if res > 0:
+            self.offset += res
+            if self.offset < self.view.len and self.state == OP_IDLE \
+                    and not self.proactor.closing:
+                self.submit()
+                return 0
+            res = <int>min(self.offset, 0x7fffffff)
+        elif res == 0 and self.view.len == 0:
+            res = 0
+        elif self.offset > 0 and res == -ECANCELED:
+            # Cancelled part-way: report what went out so the owner can tell the user.
+            res = <int>min(self.offset, 0x7fffffff)
+        if self.owner is not None:
+            self.owner.op_done(self, res, flags)
+        return 0
+
+    @property
+    def sent(self):
+        return self.offset
+
+
+cdef extern from "<sys/socket.h>":
+    int MSG_NOSIGNAL
+
+
+@cython.final
+cdef class MultishotRecvOp(Operation):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_recv_multishot(sqe, self.fd, self.bufs.bgid, self.ud())
+        return 0
+
+
+@cython.final
+cdef class MsgOp(BufferOp):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        self.iov.iov_base = <char *>self.view.buf
+        self.iov.iov_len = <size_t>self.view.len
+        self.msg.msg_iov = &self.iov
+        self.msg.msg_iovlen = 1
+        self.msg.msg_name = &self.addr
+        if not self.sending:
+            self.msg.msg_namelen = sizeof(sockaddr_storage)
+        self.msg.msg_control = NULL
+        self.msg.msg_controllen = 0
+        ul_prep_msg(sqe, UL_OP_SENDMSG if self.sending else UL_OP_RECVMSG, self.fd, &self.msg,
+                    self.flags | (MSG_NOSIGNAL if self.sending else 0), self.ud())
+        return 0
+
+    cdef int set_address(self, object family, object address) except -1:
+        if address is None:
+            self.msg.msg_namelen = 0
+        else:
+            self.msg.msg_namelen = python_to_sockaddr(address, family, &self.addr)
+        return 0
+
+    cdef object address(self, int family):
+        return sockaddr_to_python(&self.addr, self.msg.msg_namelen, family)
+
+
+@cython.final
+cdef class AcceptOp(Operation):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        # SOCK_CLOEXEC|SOCK_NONBLOCK: exactly what socket.accept() + setblocking(False) give.
+        self.addrlen = sizeof(sockaddr_storage)
+        if self.multishot:
+            ul_prep_accept(sqe, self.fd, NULL, NULL, _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK,
+                           1, self.ud())
+        else:
+            ul_prep_accept(sqe, self.fd, <sockaddr *>&self.addr, &self.addrlen,
+                           _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK, 0, self.ud())
+        return 0
+
+    cdef object address(self, int family):
+        return sockaddr_to_python(&self.addr, self.addrlen, family)
+
+    property multishot:
+        def __get__(self):
+            return self.multishot
+        def __set__(self, bint value):
+            self.multishot = value
+
+
+@cython.final
+cdef class ConnectOp(Operation):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_connect(sqe, self.fd, <sockaddr *>&self.addr, self.addrlen, self.ud())
+        return 0
+
+    cdef int set_address(self, int family, object address) except -1:
+        self.addrlen = python_to_sockaddr(address, family, &self.addr)
+        return 0
+
+
+@cython.final
+cdef class PollOp(Operation):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_poll(sqe, self.fd, self.events, self.multishot, self.ud())
+        return 0
+
+
+@cython.final
+cdef class ReadWriteOp(BufferOp):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        cdef Py_ssize_t n = self.view.len - self.offset
+        if n > 0x7fffffff:
+            n = 0x7fffffff
+        ul_prep_rw(sqe, self.opcode, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+                   <uint64_t>(self.position + self.offset), self.ud())
+        return 0
+
+
+@cython.final
+cdef class SpliceOp(Operation):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_splice(sqe, self.fd, self.off_in, self.fd_out, self.off_out, self.nbytes, 0,
+                       self.ud())
+        return 0
+
+
+@cython.final
+cdef class ShutdownOp(Operation):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_shutdown(sqe, self.fd, self.how, self.ud())
+        return 0
+
+
+@cython.final
+cdef class WakeupOp(Operation):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_rw(sqe, UL_OP_READ, self.fd, &self.value, 8, <uint64_t>-1, self.ud())
+        return 0
+
+    cdef int complete(self, int res, unsigned flags) except -1:
+        # Re-arm unless the loop is closing; the value itself means nothing.
+        if not self.proactor.closing and self.state == OP_IDLE:
+            self.submit()
+        return 0

@@ -1,0 +1,73 @@
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
+from uringloop._sys cimport io_uring_sqe, io_uring_cqe, io_uring_buf_ring, io_uring_params
+
+
+cdef class Ring:
+    cdef readonly int fd
+    cdef readonly unsigned setup_flags       # the IORING_SETUP_* flags the kernel accepted
+    cdef readonly unsigned features          # IORING_FEAT_* reported by the kernel
+    cdef readonly unsigned sq_entries, cq_entries
+    cdef bint enabled                        # false while IORING_SETUP_R_DISABLED is pending
+    cdef bint closed
+
+    # submission queue, shared with the kernel
+    cdef unsigned *sq_khead
+    cdef unsigned *sq_ktail
+    cdef unsigned *sq_kflags
+    cdef unsigned *sq_array
+    cdef unsigned sq_mask
+    cdef unsigned sq_tail                    # our private tail: SQEs handed out, not yet published
+    cdef io_uring_sqe *sqes
+
+    # completion queue, shared with the kernel
+    cdef unsigned *cq_khead
+    cdef unsigned *cq_ktail
+    cdef unsigned cq_mask
+    cdef io_uring_cqe *cqes
+
+    cdef void *sq_map
+    cdef size_t sq_map_len
+    cdef void *cq_map
+    cdef size_t cq_map_len
+    cdef size_t sqes_map_len
+
+    cdef readonly bytes supported_ops        # byte per opcode: 1 when the kernel has it
+    cdef readonly unsigned long long enters  # statistics: io_uring_enter calls
+    cdef readonly unsigned long long submitted
+
+    cdef int _map(self, io_uring_params *p) except -1
+    cdef int _probe(self) except -1
+    cdef io_uring_sqe *get_sqe(self) except? NULL
+    cdef unsigned sq_pending(self)
+    cdef int flush(self) except -1
+    cdef int enter(self, unsigned min_complete, long long timeout_ns) except -2
+    cdef unsigned cq_ready(self)
+    cdef io_uring_cqe *cq_at(self, unsigned i)
+    cdef void cq_advance(self, unsigned n)
+    cdef bint cq_overflowed(self)
+    cdef int enable(self) except -1
+    cdef bint has_op(self, int opcode)
+    cpdef close(self)
+
+
+cdef class BufferRing:
+    """A provided-buffer ring (IORING_REGISTER_PBUF_RING): a group of equal-sized buffers the
+    kernel picks from when a multishot receive completes."""
+    cdef Ring ring
+    cdef readonly unsigned bgid
+    cdef readonly unsigned count
+    cdef readonly unsigned buf_size
+    cdef unsigned mask
+    cdef io_uring_buf_ring *br
+    cdef size_t br_len
+    cdef char *pool
+    cdef size_t pool_len
+    cdef unsigned pending_returns
+    cdef bint registered
+
+    cdef inline char *buffer(self, unsigned bid):
+        return self.pool + <size_t>bid * self.buf_size
+    cdef void give_back(self, unsigned bid)
+    cdef void publish(self)
+    cdef _unmap(self)
+    cpdef close(self)

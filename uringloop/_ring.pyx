@@ -1,0 +1,369 @@
+# cython: language_level=3
+"""The Ring: one io_uring instance, its two shared queues, and nothing of asyncio.
+
+How the pieces fit
+------------------
+An io_uring is two single-producer/single-consumer queues shared between this process and the
+kernel through mmap(2):
+
+  * the submission queue (SQ).  We are the producer.  We fill an SQE slot, then publish it by
+    storing the SQ tail with *release* ordering, so the kernel can never observe the new tail
+    before the SQE contents.  The kernel consumes entries when we call io_uring_enter(2) and moves
+    the SQ head; we read that head with *acquire* ordering before reusing a slot.
+  * the completion queue (CQ).  The kernel is the producer.  We read the CQ tail with *acquire*
+    ordering, read every CQE up to it, and only then store the CQ head with *release* ordering to
+    hand the slots back.
+
+The Ring hands out SQEs (get_sqe), publishes them and waits in exactly one io_uring_enter per loop
+iteration (enter), and exposes the ready CQEs as an array window (cq_ready / cq_at / cq_advance).
+It never interprets user_data: that belongs to the operations layer (_ops), which keeps the
+objects the kernel is working for alive.
+
+Set-up flags, best first (each is retried without the newer flags on EINVAL):
+
+  SINGLE_ISSUER|DEFER_TASKRUN (6.1)  completions are produced only when we ask for them, in our own
+                                     thread, at the enter call we make anyway: no IPIs, no task-work
+                                     interrupting Python code.  Requires that one thread submits.
+                                     R_DISABLED lets that thread be the one that first *runs* the
+                                     loop rather than the one that created it (asyncio creates
+                                     loops in one thread and runs them in another all the time).
+  COOP_TASKRUN|TASKRUN_FLAG (5.19)   the next best: completions are batched at syscall boundaries.
+  SUBMIT_ALL (5.18)                  a bad SQE is reported in its own CQE instead of stopping the
+                                     batch, so a published SQ is always consumed entirely.
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.string cimport memset
+from libc.stdlib cimport calloc, free
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from uringloop._sys cimport *
+
+import os
+
+cdef enum:
+    DEFAULT_ENTRIES = 4096
+
+
+cdef object _oserror(int err, str what):
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+# The flag sets tried in order.  Each later set drops a feature the kernel may not have; a kernel
+# that rejects all of them with EINVAL is older than anything we support.
+cdef list _SETUP_CHOICES = [
+    IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+        | IORING_SETUP_R_DISABLED,
+    IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    IORING_SETUP_SUBMIT_ALL,
+    0,
+]
+
+
+cdef class Ring:
+
+    def __cinit__(self):
+        self.fd = -1
+        self.closed = True
+
+    def __init__(self, unsigned entries=DEFAULT_ENTRIES, *, bint single_issuer=True,
+                 unsigned extra_flags=0):
+        cdef io_uring_params p
+        cdef int fd = -EINVAL
+        cdef unsigned flags
+        for choice in _SETUP_CHOICES:
+            flags = <unsigned>choice
+            if not single_issuer and flags & IORING_SETUP_SINGLE_ISSUER:
+                continue
+            memset(&p, 0, sizeof(p))
+            # A CQ four times the SQ: multishot requests post many CQEs per SQE, and overflow,
+            # although never lossy with FEAT_NODROP, costs a slow path in the kernel.
+            p.flags = flags | extra_flags | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP
+            p.cq_entries = entries * 4
+            fd = ul_setup(entries, &p)
+            if fd != -EINVAL:
+                break
+        if fd < 0:
+            raise _oserror(-fd, "io_uring_setup")
+        self.fd = fd
+        self.closed = False
+        self.setup_flags = p.flags & ~(IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP)
+        self.features = p.features
+        self.enabled = not (p.flags & IORING_SETUP_R_DISABLED)
+        self.sq_entries = p.sq_entries
+        self.cq_entries = p.cq_entries
+        try:
+            self._map(&p)
+            self._probe()
+        except BaseException:
+            self.close()
+            raise
+
+    cdef int _map(self, io_uring_params *p) except -1:
+        cdef size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned)
+        cdef size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(io_uring_cqe)
+        cdef char *sq
+        cdef char *cq
+        if not (p.features & IORING_FEAT_NODROP) or not (p.features & IORING_FEAT_EXT_ARG):
+            # Without NODROP a full CQ silently loses completions (and with them the knowledge
+            # of when a lent buffer is free again); without EXT_ARG the enter call cannot wait
+            # with a timeout.  Both arrived in 5.5/5.11; we require 5.19 anyway.
+            raise OSError(EINVAL, "this kernel's io_uring lacks FEAT_NODROP/FEAT_EXT_ARG "
+                                  "(Linux >= 5.19 is required)")
+        if p.features & IORING_FEAT_SINGLE_MMAP:
+            sq_len = cq_len = max(sq_len, cq_len)
+        sq = <char *>ul_mmap(sq_len, self.fd, IORING_OFF_SQ_RING)
+        if sq == NULL:
+            raise _oserror(errno, "mmap(SQ ring)")
+        self.sq_map = sq
+        self.sq_map_len = sq_len
+        if p.features & IORING_FEAT_SINGLE_MMAP:
+            cq = sq
+        else:
+            cq = <char *>ul_mmap(cq_len, self.fd, IORING_OFF_CQ_RING)
+            if cq == NULL:
+                raise _oserror(errno, "mmap(CQ ring)")
+            self.cq_map = cq
+            self.cq_map_len = cq_len
+        self.sqes_map_len = p.sq_entries * sizeof(io_uring_sqe)
+        self.sqes = <io_uring_sqe *>ul_mmap(self.sqes_map_len, self.fd, IORING_OFF_SQES)
+        if self.sqes == NULL:
+            raise _oserror(errno, "mmap(SQEs)")
+
+        self.sq_khead = <unsigned *>(sq + p.sq_off.head)
+        self.sq_ktail = <unsigned *>(sq + p.sq_off.tail)
+        self.sq_kflags = <unsigned *>(sq + p.sq_off.flags)
+        self.sq_mask = (<unsigned *>(sq + p.sq_off.ring_mask))[0]
+        self.sq_array = <unsigned *>(sq + p.sq_off.array)
+        self.sq_tail = self.sq_ktail[0]
+        # The SQ array is an indirection the kernel applies to every entry.  We never reorder, so
+        # slot i always names SQE i; filling it once keeps it out of the hot path.
+        cdef unsigned i
+        for i in range(p.sq_entries):
+            self.sq_array[i] = i
+
+        self.cq_khead = <unsigned *>(cq + p.cq_off.head)
+        self.cq_ktail = <unsigned *>(cq + p.cq_off.tail)
+        self.cq_mask = (<unsigned *>(cq + p.cq_off.ring_mask))[0]
+        self.cqes = <io_uring_cqe *>(cq + p.cq_off.cqes)
+        return 0
+
+    cdef int _probe(self) except -1:
+        cdef size_t size = sizeof(io_uring_probe) + UL_PROBE_OPS * sizeof(io_uring_probe_op)
+        cdef io_uring_probe *probe = <io_uring_probe *>calloc(1, size)
+        cdef bytearray ops = bytearray(UL_PROBE_OPS)
+        cdef int i, ret
+        if probe == NULL:
+            raise MemoryError()
+        try:
+            ret = ul_register(self.fd, IORING_REGISTER_PROBE, probe, UL_PROBE_OPS)
+            if ret >= 0:
+                for i in range(probe.ops_len):
+                    if probe.ops[i].flags & IO_URING_OP_SUPPORTED:
+                        ops[probe.ops[i].op] = 1
+        finally:
+            free(probe)
+        self.supported_ops = bytes(ops)
+        return 0
+
+    cdef bint has_op(self, int opcode):
+        return 0 <= opcode < UL_PROBE_OPS and self.supported_ops[opcode] != 0
+
+    def supports(self, int opcode):
+        """True when the running kernel implements io_uring opcode `opcode`."""
+        return self.has_op(opcode)
+
+    cdef int enable(self) except -1:
+        # With R_DISABLED the thread that enables the ring becomes its single issuer.
+        cdef int ret
+        if not self.enabled:
+            ret = ul_register(self.fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0)
+            if ret < 0:
+                raise _oserror(-ret, "io_uring_register(ENABLE_RINGS)")
+            self.enabled = True
+        return 0
+
+    # ---- submission ----
+
+    cdef io_uring_sqe *get_sqe(self) except? NULL:
+        """A zero-initialised-by-the-caller SQE slot, or NULL when the SQ is full even after
+        pushing what is queued to the kernel (the caller then keeps its request in a backlog)."""
+        cdef unsigned head = ul_load_acquire(self.sq_khead)
+        if self.sq_tail - head >= self.sq_entries:
+            # Full: hand the queued entries to the kernel now rather than at the iteration's
+            # enter.  min_complete=0, so this never blocks.
+            self.enter(0, 0)
+            head = ul_load_acquire(self.sq_khead)
+            if self.sq_tail - head >= self.sq_entries:
+                return NULL
+        cdef io_uring_sqe *sqe = &self.sqes[self.sq_tail & self.sq_mask]
+        self.sq_tail += 1
+        return sqe
+
+    cdef unsigned sq_pending(self):
+        return self.sq_tail - ul_load_acquire(self.sq_khead)
+
+    cdef int flush(self) except -1:
+        # Release: the SQE contents written above must be visible before the tail that publishes
+        # them (io_uring(7)).
+        if self.sq_ktail[0] != self.sq_tail:
+            ul_store_release(self.sq_ktail, self.sq_tail)
+        return 0
+
+    cdef int enter(self, unsigned min_complete, long long timeout_ns) except -2:
+        """Publish queued SQEs and, in the same system call, wait until `min_complete` CQEs are
+        ready or `timeout_ns` passes (negative: no deadline).  Returns the number of SQEs the
+        kernel consumed; a timeout, a signal or transient back-pressure is not an error."""
+        cdef io_uring_getevents_arg arg
+        cdef __kernel_timespec ts
+        cdef unsigned flags = IORING_ENTER_GETEVENTS
+        cdef void *argp = NULL
+        cdef size_t argsz = 0
+        cdef unsigned to_submit
+        cdef int ret
+        if self.closed:
+            raise RuntimeError("the io_uring ring is closed")
+        if not self.enabled:
+            self.enable()
+        self.flush()
+        to_submit = self.sq_tail - ul_load_acquire(self.sq_khead)
+        if timeout_ns == 0:
+            min_complete = 0
+        if min_complete and timeout_ns > 0:
+            ts.tv_sec = timeout_ns // 1000000000
+            ts.tv_nsec = timeout_ns % 1000000000
+            memset(&arg, 0, sizeof(arg))
+            arg.ts = <uint64_t><uintptr_t>&ts
+            argp = &arg
+            argsz = sizeof(arg)
+            flags |= IORING_ENTER_EXT_ARG
+        with nogil:
+            ret = ul_enter(self.fd, to_submit, min_complete, flags, argp, argsz)
+        self.enters += 1
+        if ret >= 0:
+            self.submitted += <unsigned>ret
+            return ret
+        if ret == -ETIME or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY:
+            # ETIME: the deadline passed.  EINTR: a signal arrived (Python's handler runs when we
+            # return).  EAGAIN/EBUSY: the kernel is short of memory or the CQ backlog is full;
+            # the caller reaps and the next enter retries the submission.
+            return 0
+        raise _oserror(-ret, "io_uring_enter")
+
+    # ---- completion ----
+
+    cdef unsigned cq_ready(self):
+        # Acquire: every CQE up to this tail is fully written by the kernel.
+        return ul_load_acquire(self.cq_ktail) - self.cq_khead[0]
+
+    cdef io_uring_cqe *cq_at(self, unsigned i):
+        return &self.cqes[(self.cq_khead[0] + i) & self.cq_mask]
+
+    cdef void cq_advance(self, unsigned n):
+        # Release: we are done reading these CQEs before the kernel may overwrite them.
+        ul_store_release(self.cq_khead, self.cq_khead[0] + n)
+
+    cdef bint cq_overflowed(self):
+        # With FEAT_NODROP a full CQ parks completions in a kernel list and raises this flag;
+        # the next enter(GETEVENTS) moves them into the CQ.  Nothing is lost, but we must come
+        # back for them before sleeping.
+        return (ul_load_relaxed(self.sq_kflags) & IORING_SQ_CQ_OVERFLOW) != 0
+
+    cpdef close(self):
+        if self.closed:
+            return
+        self.closed = True
+        if self.sqes != NULL:
+            munmap(self.sqes, self.sqes_map_len)
+            self.sqes = NULL
+        if self.cq_map != NULL:
+            munmap(self.cq_map, self.cq_map_len)
+            self.cq_map = NULL
+        if self.sq_map != NULL:
+            munmap(self.sq_map, self.sq_map_len)
+            self.sq_map = NULL
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @property
+    def is_closed(self):
+        return self.closed
+
+    def __dealloc__(self):
+        # Only reached when the owner never called close(); the loop always drains first.
+        if not self.closed:
+            self.close()
+
+
+cdef class BufferRing:
+    """`count` buffers of `buf_size` bytes registered as buffer group `bgid`.
+
+    Ownership: a buffer belongs to the kernel from the moment it is published in the ring until a
+    CQE names it (IORING_CQE_F_BUFFER, id in the upper 16 flag bits); then it belongs to us until
+    give_back() returns it.  The pool memory is unmapped only after the group is unregistered, so
+    the kernel can never write into freed memory."""
+
+    def __cinit__(self, Ring ring, unsigned bgid, unsigned count, unsigned buf_size):
+        cdef io_uring_buf_reg reg
+        cdef unsigned i
+        cdef int ret
+        if count == 0 or count & (count - 1) or count > 32768:
+            raise ValueError("count must be a power of two <= 32768")
+        self.ring = ring
+        self.bgid = bgid
+        self.count = count
+        self.mask = count - 1
+        self.buf_size = buf_size
+        self.br_len = count * sizeof(io_uring_buf)
+        self.br = <io_uring_buf_ring *>ul_mmap_anon(self.br_len)
+        self.pool_len = <size_t>count * buf_size
+        self.pool = <char *>ul_mmap_anon(self.pool_len)
+        if self.br == NULL or self.pool == NULL:
+            self._unmap()
+            raise MemoryError("cannot map the provided-buffer ring")
+        memset(&reg, 0, sizeof(reg))
+        reg.ring_addr = <uint64_t><uintptr_t>self.br
+        reg.ring_entries = count
+        reg.bgid = <uint16_t>bgid
+        ret = ul_register(ring.fd, IORING_REGISTER_PBUF_RING, &reg, 1)
+        if ret < 0:
+            self._unmap()
+            raise _oserror(-ret, "io_uring_register(PBUF_RING)")
+        self.registered = True
+        for i in range(count):
+            ul_buf_ring_add(self.br, self.mask, i, self.buffer(i), buf_size, i)
+        ul_buf_ring_advance(self.br, count)
+
+    cdef void give_back(self, unsigned bid):
+        # Batched: the new tail is published once per reaped CQE batch (publish()).
+        ul_buf_ring_add(self.br, self.mask, self.pending_returns, self.buffer(bid),
+                        self.buf_size, bid)
+        self.pending_returns += 1
+
+    cdef void publish(self):
+        if self.pending_returns:
+            ul_buf_ring_advance(self.br, self.pending_returns)
+            self.pending_returns = 0
+
+    cdef _unmap(self):
+        if self.br != NULL:
+            munmap(self.br, self.br_len)
+            self.br = NULL
+        if self.pool != NULL:
+            munmap(self.pool, self.pool_len)
+            self.pool = NULL
+
+    cpdef close(self):
+        cdef io_uring_buf_reg reg
+        if self.registered:
+            self.registered = False
+            if not self.ring.closed:
+                memset(&reg, 0, sizeof(reg))
+                reg.bgid = <uint16_t>self.bgid
+                ul_register(self.ring.fd, IORING_UNREGISTER_PBUF_RING, &reg, 1)
+            # If the ring is already gone, its teardown released the group.
+        self._unmap()
+
+    def __dealloc__(self):
+        self.close()

@@ -1,0 +1,561 @@
+# cython: language_level=3
+"""loop.sock_*: the low-level socket API as io_uring operations.
+
+Every call becomes one request on a per-socket queue, served in FIFO order, with at most one
+operation per direction (receive, send, accept) in the kernel at a time.  The queues exist for the
+Proactor's "nothing is lost" rule:
+
+  * A receive or accept whose awaiter is cancelled (asyncio.wait_for timing out, a task being
+    cancelled) is cancelled in the kernel with ASYNC_CANCEL -- but the kernel may already have
+    completed it.  Whatever its final CQE carries (bytes, a datagram, a connection, an error) is
+    kept on the socket's state and handed to the next caller on that socket, in order.
+  * A later request never overtakes an earlier operation that is still in the kernel (even an
+    orphaned one): it waits for that operation's final CQE, so bytes cannot be reordered.
+  * A send continues after partial completions inside the core (SendOp) until every byte is out.
+
+The state of a socket is keyed by its fd and checked against the socket object itself (a weak
+reference), so a new socket that reuses a closed socket's fd number starts clean; an operation
+still in flight for the old socket holds the old *file* in the kernel and reports to the old state
+object, never to the new one.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from uringloop._sys cimport ECANCELED, EBADF
+from libc.string cimport memcpy
+
+from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
+                             AcceptOp, ConnectOp, OP_IDLE)
+
+import collections
+import errno as _errno_mod
+import os
+import socket as _socket
+import weakref
+from asyncio import futures as _futures
+from asyncio import base_events as _base_events
+
+cdef object _Future = _futures.Future
+cdef object _deque = collections.deque
+cdef object _ref = weakref.ref
+cdef object _socket_type = _socket.socket
+cdef object _check_ssl_socket = _base_events._check_ssl_socket
+
+
+cdef enum Kind:
+    K_RECV, K_RECV_INTO, K_RECVFROM, K_RECVFROM_INTO, K_SEND, K_SENDTO, K_ACCEPT, K_CONNECT
+
+
+class OperationFuture(_Future):
+    """A Future whose cancel() also cancels the kernel operation serving it."""
+    __slots__ = ('_ul_req',)
+
+    def cancel(self, msg=None):
+        if not _Future.cancel(self, msg):
+            return False
+        req = self._ul_req
+        if req is not None:
+            self._ul_req = None
+            (<Request>req).state.request_cancelled(<Request>req)
+        return True
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Request:
+    cdef object fut
+    cdef SocketState state
+    cdef int kind
+    cdef object buf            # *_INTO: the caller's buffer; send: the data
+    cdef Py_ssize_t nbytes
+    cdef object address
+
+
+cdef inline object _oserror(int err):
+    return OSError(err, os.strerror(err))
+
+
+@cython.final
+cdef class SocketState(Completer):
+    cdef Proactor proactor
+    cdef object loop
+    cdef object sock_ref
+    cdef int fd
+    cdef int family
+    cdef bint stream
+    # receiving
+    cdef object recv_q
+    cdef Operation recv_op
+    cdef bytearray stash              # stream bytes received for a caller that had gone
+    cdef object dgram_stash           # datagrams (data, address) likewise
+    cdef object stash_exc             # an error whose caller had gone
+    # accepting
+    cdef object accept_q
+    cdef AcceptOp accept_op
+    cdef object accepted              # connections (fd, address) whose caller had gone
+    # sending
+    cdef object send_q
+    cdef Operation send_op
+
+    def __init__(self, loop, Proactor proactor, sock, int fd):
+        self.loop = loop
+        self.proactor = proactor
+        self.sock_ref = _ref(sock)
+        self.fd = fd
+        self.family = sock.family
+        self.stream = sock.type == _socket.SOCK_STREAM
+        self.recv_q = _deque()
+        self.stash = bytearray()
+        self.dgram_stash = _deque()
+        self.accept_q = _deque()
+        self.accepted = _deque()
+        self.send_q = _deque()
+
+    cdef inline bint idle(self):
+        return (self.recv_op is None and self.accept_op is None and self.send_op is None
+                and not self.recv_q and not self.accept_q and not self.send_q)
+
+    cdef Request new_request(self, int kind):
+        cdef Request req = Request.__new__(Request)
+        req.state = self
+        req.kind = kind
+        fut = OperationFuture(loop=self.loop)
+        fut._ul_req = req
+        req.fut = fut
+        return req
+
+    # ---- cancellation from the awaiting side ----
+
+    cdef int request_cancelled(self, Request req) except -1:
+        cdef object q
+        cdef Operation op
+        if req.kind == K_ACCEPT:
+            q, op = self.accept_q, self.accept_op
+        elif req.kind == K_SEND or req.kind == K_SENDTO or req.kind == K_CONNECT:
+            q, op = self.send_q, self.send_op
+        else:
+            q, op = self.recv_q, self.recv_op
+        if op is not None and op.tag is req:
+            # In the kernel: ask it to stop.  The final CQE still comes back to op_done, which
+            # keeps any result for the next caller.
+            op.cancel()
+        else:
+            try:
+                q.remove(req)
+            except ValueError:
+                pass
+        return 0
+
+    # ---- receive ----
+
+    cdef int pump_recv(self) except -1:
+        cdef Request req
+        cdef Operation op
+        while self.recv_q:
+            req = <Request>self.recv_q[0]
+            if req.fut.done():
+                self.recv_q.popleft()
+                continue
+            if self.stash_exc is not None:
+                exc, self.stash_exc = self.stash_exc, None
+                self.recv_q.popleft()
+                self.fail(req, exc)
+                continue
+            if self.stream and self.stash:
+                self.recv_q.popleft()
+                self.serve_from_stash(req)
+                continue
+            if not self.stream and self.dgram_stash:
+                self.recv_q.popleft()
+                data, addr = self.dgram_stash.popleft()
+                self.serve_datagram(req, data, len(data), addr)
+                continue
+            if self.recv_op is not None or self.proactor.closing:
+                return 0     # an earlier operation is still in the kernel: wait for it
+            op = self.make_recv_op(req)
+            op.tag = req
+            self.recv_op = op
+            op.submit()
+            return 0
+        return 0
+
+    cdef Operation make_recv_op(self, Request req):
+        cdef BufferOp op
+        cdef object sock = self.sock_ref()
+        if req.kind == K_RECV or req.kind == K_RECV_INTO:
+            op = RecvOp(self.proactor, self, self.fd, sock)
+        else:
+            op = MsgOp(self.proactor, self, self.fd, sock)
+        if req.kind == K_RECV or req.kind == K_RECVFROM:
+            # Our own scratch bytes object: nobody else can see it until we hand it out.
+            op.set_buffer(PyBytes_FromStringAndSize(NULL, req.nbytes), False)
+        else:
+            op.set_buffer(req.buf, True)
+            if req.nbytes and req.nbytes < op.view.len:
+                op.view.len = req.nbytes
+        return op
+
+    cdef int serve_from_stash(self, Request req) except -1:
+        cdef Py_ssize_t n
+        cdef memoryview mv
+        if req.kind == K_RECV:
+            n = min(req.nbytes, len(self.stash))
+            data = bytes(self.stash[:n])
+            del self.stash[:n]
+            req.fut.set_result(data)
+        else:   # K_RECV_INTO
+            mv = memoryview(req.buf).cast('B')
+            n = len(mv) if req.nbytes == 0 else min(req.nbytes, len(mv))
+            n = min(n, len(self.stash))
+            mv[:n] = self.stash[:n]
+            del self.stash[:n]
+            req.fut.set_result(n)
+        return 0
+
+    cdef int serve_datagram(self, Request req, object data, Py_ssize_t n, object addr) except -1:
+        cdef memoryview mv
+        if req.kind == K_RECVFROM:
+            req.fut.set_result((data[:req.nbytes] if n > req.nbytes else data, addr))
+        elif req.kind == K_RECVFROM_INTO:
+            mv = memoryview(req.buf).cast('B')
+            limit = len(mv) if req.nbytes == 0 else min(req.nbytes, len(mv))
+            n = min(n, limit)
+            mv[:n] = data[:n]
+            req.fut.set_result((n, addr))
+        elif req.kind == K_RECV:
+            req.fut.set_result(data[:req.nbytes])
+        else:
+            mv = memoryview(req.buf).cast('B')
+            n = min(n, len(mv))
+            mv[:n] = data[:n]
+            req.fut.set_result(n)
+        return 0
+
+    cdef int fail(self, Request req, object exc) except -1:
+        if not req.fut.done():
+            req.fut.set_exception(exc)
+        return 0
+
+    cdef int recv_done(self, BufferOp op, int res) except -1:
+        cdef Request req = <Request>op.tag
+        cdef bint waiting = not req.fut.done()
+        cdef object data, addr = None
+        op.tag = None
+        self.recv_op = None
+        if self.recv_q and self.recv_q[0] is req:
+            self.recv_q.popleft()
+        req.fut._ul_req = None
+        if res == -ECANCELED:
+            pass
+        elif res < 0:
+            if waiting:
+                self.fail(req, _oserror(-res))
+            else:
+                self.stash_exc = _oserror(-res)
+        else:
+            if req.kind == K_RECV or req.kind == K_RECVFROM:
+                data = op.buffer
+                if res != len(data):
+                    data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), res)
+            if req.kind == K_RECVFROM or req.kind == K_RECVFROM_INTO:
+                addr = (<MsgOp>op).address(self.family)
+            if waiting:
+                if req.kind == K_RECV:
+                    req.fut.set_result(data)
+                elif req.kind == K_RECV_INTO:
+                    req.fut.set_result(res)
+                elif req.kind == K_RECVFROM:
+                    req.fut.set_result((data, addr))
+                else:
+                    req.fut.set_result((res, addr))
+            else:
+                # The awaiter is gone but the bytes are real: keep them for the next caller.
+                if data is None:
+                    data = bytes(memoryview(op.buffer).cast('B')[:res])
+                if self.stream:
+                    self.stash += data
+                else:
+                    self.dgram_stash.append((data, addr))
+        if not self.proactor.closing:
+            self.pump_recv()
+        return 0
+
+    # ---- accept ----
+
+    cdef int pump_accept(self) except -1:
+        cdef Request req
+        cdef AcceptOp op
+        while self.accept_q:
+            req = <Request>self.accept_q[0]
+            if req.fut.done():
+                self.accept_q.popleft()
+                continue
+            if self.stash_exc is not None and not self.stream:
+                pass
+            if self.accepted:
+                self.accept_q.popleft()
+                fd, addr = self.accepted.popleft()
+                self.deliver_connection(req, fd, addr)
+                continue
+            if self.accept_op is not None or self.proactor.closing:
+                return 0
+            op = AcceptOp(self.proactor, self, self.fd, self.sock_ref())
+            op.tag = req
+            self.accept_op = op
+            op.submit()
+            return 0
+        return 0
+
+    cdef int deliver_connection(self, Request req, int fd, object addr) except -1:
+        cdef object listener = self.sock_ref()
+        try:
+            conn = _socket_type(self.family, listener.type if listener is not None
+                                else _socket.SOCK_STREAM, 0, fd)
+            conn.setblocking(False)
+        except BaseException as exc:
+            os.close(fd)
+            self.fail(req, exc)
+            return 0
+        req.fut.set_result((conn, addr))
+        return 0
+
+    cdef int accept_done(self, AcceptOp op, int res) except -1:
+        cdef Request req = <Request>op.tag
+        cdef bint waiting = not req.fut.done()
+        op.tag = None
+        self.accept_op = None
+        if self.accept_q and self.accept_q[0] is req:
+            self.accept_q.popleft()
+        req.fut._ul_req = None
+        if res >= 0:
+            addr = op.address(self.family)
+            if waiting:
+                self.deliver_connection(req, res, addr)
+            elif self.proactor.closing:
+                os.close(res)
+            else:
+                self.accepted.append((res, addr))   # accepted exactly once: the next caller's
+        elif res != -ECANCELED:
+            if waiting:
+                self.fail(req, _oserror(-res))
+        if not self.proactor.closing:
+            self.pump_accept()
+        return 0
+
+    # ---- send and connect ----
+
+    cdef int pump_send(self) except -1:
+        cdef Request req
+        cdef BufferOp bop
+        cdef ConnectOp cop
+        while self.send_q:
+            req = <Request>self.send_q[0]
+            if req.fut.done():
+                self.send_q.popleft()
+                continue
+            if self.send_op is not None or self.proactor.closing:
+                return 0
+            if req.kind == K_CONNECT:
+                cop = ConnectOp(self.proactor, self, self.fd, self.sock_ref())
+                cop.set_address(self.family, req.address)
+                cop.tag = req
+                self.send_op = cop
+                cop.submit()
+                return 0
+            if req.kind == K_SEND:
+                bop = SendOp(self.proactor, self, self.fd, self.sock_ref())
+                bop.set_buffer(req.buf, False)
+            else:
+                bop = MsgOp(self.proactor, self, self.fd, self.sock_ref())
+                (<MsgOp>bop).sending = True
+                bop.set_buffer(req.buf, False)
+                (<MsgOp>bop).set_address(self.family, req.address)
+            bop.tag = req
+            self.send_op = bop
+            bop.submit()
+            return 0
+        return 0
+
+    cdef int send_done(self, Operation op, int res) except -1:
+        cdef Request req = <Request>op.tag
+        op.tag = None
+        self.send_op = None
+        if self.send_q and self.send_q[0] is req:
+            self.send_q.popleft()
+        req.fut._ul_req = None
+        if not req.fut.done():
+            if res == -ECANCELED:
+                req.fut.cancel()
+            elif res < 0:
+                if req.kind == K_CONNECT:
+                    self.fail(req, OSError(-res, f'Connect call failed {req.address}'))
+                else:
+                    self.fail(req, _oserror(-res))
+            elif req.kind == K_SENDTO:
+                req.fut.set_result(res)
+            else:
+                req.fut.set_result(None)
+        if not self.proactor.closing:
+            self.pump_send()
+        return 0
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        if op is self.recv_op:
+            return self.recv_done(<BufferOp>op, res)
+        if op is self.accept_op:
+            return self.accept_done(<AcceptOp>op, res)
+        if op is self.send_op:
+            return self.send_done(op, res)
+        return 0
+
+    cdef discard(self):
+        """The socket this state served is gone: release what only it could have used."""
+        while self.accepted:
+            fd, _ = self.accepted.popleft()
+            os.close(fd)
+        self.stash = bytearray()
+        self.dgram_stash.clear()
+        self.stash_exc = None
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop methods (bound onto uringloop.Loop)
+# ---------------------------------------------------------------------------------------------
+
+cdef SocketState _state_for(loop, sock):
+    cdef dict states = loop._ul_sock_states
+    cdef SocketState state
+    cdef int fd
+    if type(sock) is not _socket_type:
+        _check_ssl_socket(sock)
+    fd = sock.fileno()
+    if fd < 0:
+        raise OSError(EBADF, 'Bad file descriptor')
+    if loop._debug and sock.gettimeout() != 0:
+        raise ValueError("the socket must be non-blocking")
+    if fd in loop._transports:
+        loop._ensure_fd_no_transport(fd)
+    state = <SocketState>states.get(fd)
+    if state is None or state.sock_ref() is not sock:
+        if state is not None:
+            state.discard()
+        proactor = <Proactor>loop._proactor
+        proactor.check_usable()
+        state = SocketState(loop, proactor, sock, fd)
+        states[fd] = state
+    return state
+
+
+def sock_recv(self, sock, Py_ssize_t n):
+    """Receive up to n bytes from sock (completion-based recv)."""
+    cdef SocketState state = _state_for(self, sock)
+    if n < 0:
+        raise ValueError("negative buffersize in recv")
+    cdef Request req = state.new_request(K_RECV)
+    req.nbytes = n
+    state.recv_q.append(req)
+    state.pump_recv()
+    return req.fut
+
+
+def sock_recv_into(self, sock, buf):
+    """Receive into buf; the kernel writes into it directly, and holds it until it is done."""
+    cdef SocketState state = _state_for(self, sock)
+    _check_writable(buf)
+    cdef Request req = state.new_request(K_RECV_INTO)
+    req.buf = buf
+    state.recv_q.append(req)
+    state.pump_recv()
+    return req.fut
+
+
+def sock_recvfrom(self, sock, Py_ssize_t bufsize):
+    cdef SocketState state = _state_for(self, sock)
+    if bufsize < 0:
+        raise ValueError("negative buffersize in recvfrom")
+    cdef Request req = state.new_request(K_RECVFROM)
+    req.nbytes = bufsize
+    state.recv_q.append(req)
+    state.pump_recv()
+    return req.fut
+
+
+def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
+    cdef SocketState state = _state_for(self, sock)
+    _check_writable(buf)
+    if nbytes < 0:
+        raise ValueError("negative buffersize in recvfrom_into")
+    if nbytes > memoryview(buf).nbytes:
+        raise ValueError("nbytes is greater than the length of the buffer")
+    cdef Request req = state.new_request(K_RECVFROM_INTO)
+    req.buf = buf
+    req.nbytes = nbytes
+    state.recv_q.append(req)
+    state.pump_recv()
+    return req.fut
+
+
+def sock_sendall(self, sock, data):
+    """Send every byte of data; partial completions continue inside the core."""
+    cdef SocketState state = _state_for(self, sock)
+    cdef Request req
+    if memoryview(data).nbytes == 0:
+        fut = self.create_future()
+        fut.set_result(None)
+        return fut
+    req = state.new_request(K_SEND)
+    req.buf = data
+    state.send_q.append(req)
+    state.pump_send()
+    return req.fut
+
+
+def sock_sendto(self, sock, data, address):
+    cdef SocketState state = _state_for(self, sock)
+    memoryview(data)
+    cdef Request req = state.new_request(K_SENDTO)
+    req.buf = data
+    req.address = address
+    state.send_q.append(req)
+    state.pump_send()
+    return req.fut
+
+
+def sock_accept(self, sock):
+    """Accept a connection: (conn, address), conn non-blocking, as with the stock loop."""
+    cdef SocketState state = _state_for(self, sock)
+    cdef Request req = state.new_request(K_ACCEPT)
+    state.accept_q.append(req)
+    state.pump_accept()
+    return req.fut
+
+
+def connect_resolved(self, sock, address):
+    """Connect to an already-resolved address (loop.sock_connect resolves first)."""
+    cdef SocketState state = _state_for(self, sock)
+    cdef Request req = state.new_request(K_CONNECT)
+    req.address = address
+    state.send_q.append(req)
+    state.pump_send()
+    return req.fut
+
+
+def forget_socket(self, int fd):
+    """Drop the sock_* state of fd if it has nothing in flight (called when a transport takes
+    over a socket)."""
+    cdef dict states = self._ul_sock_states
+    cdef SocketState state = states.get(fd)
+    if state is not None and state.idle():
+        del states[fd]
+        state.discard()
+
+
+cdef inline _check_writable(buf):
+    cdef memoryview mv
+    try:
+        mv = memoryview(buf)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not '{type(buf).__name__}'") from None
+    if mv.readonly:
+        raise TypeError(f"recv_into() argument 'buffer' must be read-write bytes-like object, "
+                        f"not {type(buf).__name__}")

@@ -1,0 +1,135 @@
+"""uringloop.Loop: asyncio.BaseEventLoop with its I/O layer replaced by an io_uring Proactor.
+
+BaseEventLoop supplies everything that is not I/O -- the ready queue, the timer heap, executors,
+getaddrinfo, happy eyeballs, start_tls, debug mode, the exception handler -- and calls two hooks
+once per iteration: `self._selector.select(timeout)` and `self._process_events(events)`.  Our
+`_selector` is the compiled Proactor: its select() makes the iteration's single io_uring_enter
+(submit everything queued + wait for a completion or the next timer) and dispatches every
+completion before returning, so `_process_events` has nothing left to do.
+
+The sock_* methods are compiled functions from `_sockio` bound as methods; transports, servers,
+pipes, subprocesses and signals live in their own modules and are attached below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import weakref
+
+from asyncio import base_events
+
+from uringloop import _sockio
+from uringloop.network import NetworkMixin
+from uringloop.unix import UnixMixin
+from uringloop._ops import Proactor
+from uringloop._probe import IOUringUnavailableError, diagnose, feature_set
+from uringloop._ring import Ring
+
+__all__ = ["Loop"]
+
+# Every live Proactor, so that a fork child can mark them as the parent's (see _after_fork).
+_live_proactors: "weakref.WeakSet[Proactor]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The child shares the parent's ring mapping and fd.  Submitting on it would race the parent
+    # for the same queues, so every inherited loop refuses further use with a clear error.
+    for proactor in list(_live_proactors):
+        proactor.forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Loop(UnixMixin, NetworkMixin, base_events.BaseEventLoop):
+    """An asyncio event loop whose I/O is completion-based, on io_uring."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:
+            ring = Ring()
+        except OSError as exc:
+            raise diagnose(exc.errno or 0) from exc
+        try:
+            self._features = feature_set(ring)
+            self._proactor = Proactor(self, ring)
+        except BaseException:
+            ring.close()
+            raise
+        self._selector = self._proactor      # what BaseEventLoop._run_once waits on
+        self._ul_sock_states: dict = {}
+        # fd -> transport, maintained exactly by the transports themselves (the stock loop uses
+        # a WeakValueDictionary; ours is a plain dict on the hot path).
+        self._transports: dict = {}
+        _live_proactors.add(self._proactor)
+
+    # ---- the BaseEventLoop hooks ----
+
+    def _process_events(self, event_list) -> None:
+        # Completions were dispatched inside select(); nothing is left to process.
+        pass
+
+    def _write_to_self(self) -> None:
+        # call_soon_threadsafe and signal delivery: wake a waiting io_uring_enter.
+        proactor = self._proactor
+        if proactor is not None:
+            proactor.wakeup()
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        self._close_io()
+        # Drain first: completions may still resolve futures and schedule callbacks, which
+        # BaseEventLoop.close() then discards with the rest of the ready queue.
+        self._proactor.close()
+        super().close()
+
+    def _close_io(self) -> None:
+        """Hook for the transport/signal layers (the mixins, which chain to super()) to release
+        what they hold before the drain."""
+
+    def statistics(self) -> dict:
+        """Counters of the ring: io_uring_enter calls, SQEs submitted, completions, in flight."""
+        return self._proactor.statistics()
+
+    # ---- the low-level socket API: completion-based, compiled ----
+
+    sock_recv = _sockio.sock_recv
+    sock_recv_into = _sockio.sock_recv_into
+    sock_recvfrom = _sockio.sock_recvfrom
+    sock_recvfrom_into = _sockio.sock_recvfrom_into
+    sock_sendall = _sockio.sock_sendall
+    sock_sendto = _sockio.sock_sendto
+    sock_accept = _sockio.sock_accept
+
+    async def sock_connect(self, sock, address):
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if sock.family == socket.AF_INET or (
+                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        fut = _sockio.connect_resolved(self, sock, address)
+        try:
+            return await fut
+        finally:
+            fut = None
+
+    def _ensure_fd_no_transport(self, fd) -> None:
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
