@@ -22,9 +22,10 @@ def pytest_asyncio_loop_factories(config, item):
 
 
 @pytest.fixture
-def is_uring():
-    """True when the running loop is uringloop (for the few assertions only it can make)."""
-    return isinstance(asyncio.get_running_loop(), uringloop.Loop)
+def is_uring(request):
+    """True when this test instance runs on uringloop (for the few assertions only it can make)."""
+    callspec = getattr(request.node, "callspec", None)
+    return callspec is not None and "uringloop" in callspec.id.split("-")
 
 
 @pytest.fixture(params=list(LOOP_FACTORIES))

@@ -299,6 +299,12 @@ cdef class Proactor:
             return 0
         ul_prep_cancel(sqe, op.ud(), 0)
         op.state = OP_CANCELLING
+        # Push the cancel into the kernel now instead of at the iteration's enter: the usual next
+        # step of a caller that cancels is to close the socket, and only a request that has
+        # actually ended drops the kernel's reference to the file -- until then close(2) would
+        # not close the connection and the peer would never see EOF.  min_complete=0 with
+        # GETEVENTS also runs the deferred task work that completes the cancelled request.
+        self.ring.enter(0, 0)
         return 0
 
     # ---- completion side ----

@@ -1,0 +1,280 @@
+"""The Proactor invariants, each with a test that fails if it breaks.
+
+Each storm runs on both loops: the stock loop is the oracle that the *test* is right (it loses
+nothing because its data never leaves the kernel's socket buffer before a read succeeds);
+uringloop must match it even though its reads are already in the kernel when the awaiter goes.
+
+The storms avoid asyncio.wait_for: from 3.12 on it can itself drop a result that lands as its
+timeout fires.  Instead each read is a task that is cancelled after a tiny wait; after cancel() we
+wait for the task to finish and count what it returns if the read won the race.  A loss or a
+duplicate can then only come from the loop.
+"""
+
+import asyncio
+import gc
+import hashlib
+import os
+import random
+import socket
+import threading
+
+import pytest
+
+STORM_BYTES = 20 * 1024 * 1024
+
+
+def sender_thread(sock, total, seed):
+    """Send `total` pseudo-random bytes in random chunk sizes from a plain blocking thread."""
+    rng = random.Random(seed)
+    digest = hashlib.sha256()
+
+    def run():
+        sent = 0
+        sock.setblocking(True)
+        while sent < total:
+            n = min(total - sent, rng.choice((1, 7, 100, 1500, 4096, 65536, 200_000)))
+            chunk = rng.randbytes(n)
+            digest.update(chunk)
+            sock.sendall(chunk)
+            sent += n
+            if rng.random() < 0.125:
+                threading.Event().wait(0.0005)   # let the reader wait, so that reads time out
+        sock.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, digest
+
+
+async def cancelled_after(coro_or_future, delay):
+    """Run a read, cancel it after `delay`, and return (finished_normally, result)."""
+    task = asyncio.ensure_future(coro_or_future)
+    done, _ = await asyncio.wait([task], timeout=delay)
+    if not done:
+        task.cancel()
+        await asyncio.wait([task])
+    if task.cancelled():
+        return False, None
+    return True, task.result()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)
+async def test_cancel_storm_recv_loses_nothing(is_uring):
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    with a, b:
+        thread, sent_digest = sender_thread(a, STORM_BYTES, seed=1)
+        got = hashlib.sha256()
+        total = 0
+        timeouts = 0
+        while True:
+            ok, data = await cancelled_after(loop.sock_recv(b, 65536), 0.0002)
+            if not ok:
+                timeouts += 1
+                continue
+            if not data:
+                break
+            got.update(data)
+            total += len(data)
+        thread.join()
+    assert total == STORM_BYTES
+    assert got.hexdigest() == sent_digest.hexdigest()
+    # On uringloop every read is in the kernel when it is cancelled: the storm must have
+    # cancelled some, or it tested nothing.  (The stock loop often finds data already there.)
+    assert timeouts > 0 or not is_uring, "the storm never cancelled anything: it tested nothing"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)
+async def test_cancel_storm_recv_into_dropped_buffers(is_uring):
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    with a, b:
+        thread, sent_digest = sender_thread(a, STORM_BYTES, seed=2)
+        got = hashlib.sha256()
+        total = 0
+        timeouts = 0
+        while True:
+            buf = bytearray(32768)          # fresh each call, dropped after a timeout
+            ok, n = await cancelled_after(loop.sock_recv_into(b, buf), 0.0002)
+            if not ok:
+                timeouts += 1
+                del buf
+                if timeouts % 64 == 0:
+                    gc.collect()            # free dropped buffers while reads may be in flight
+                continue
+            if n == 0:
+                break
+            got.update(buf[:n])
+            total += n
+        thread.join()
+    assert total == STORM_BYTES
+    assert got.hexdigest() == sent_digest.hexdigest()
+    assert timeouts > 0 or not is_uring
+
+
+def open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)
+async def test_cancel_storm_accept_each_client_exactly_once(is_uring):
+    loop = asyncio.get_running_loop()
+    clients = 300
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(clients)
+    srv.setblocking(False)
+    port = srv.getsockname()[1]
+    fds_before = open_fds()
+
+    def connect_all():
+        socks = []
+        for i in range(clients):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(i.to_bytes(4, "big"))
+            socks.append(s)
+            threading.Event().wait(0.0005)     # arrive slower than the accept timeout
+        return socks
+
+    connector = loop.run_in_executor(None, connect_all)
+    seen = []
+    timeouts = 0
+    with srv:
+        while len(seen) < clients:
+            ok, result = await cancelled_after(loop.sock_accept(srv), 0.0002)
+            if not ok:
+                timeouts += 1
+                continue
+            conn, _ = result
+            with conn:
+                ident = b""
+                while len(ident) < 4:
+                    chunk = await loop.sock_recv(conn, 4 - len(ident))
+                    assert chunk, "client closed before sending its id"
+                    ident += chunk
+                seen.append(int.from_bytes(ident, "big"))
+        client_socks = await connector
+        for s in client_socks:
+            s.close()
+    assert sorted(seen) == list(range(clients))       # every client once, none twice
+    assert timeouts > 0 or not is_uring
+    leaked = open_fds() - fds_before
+    assert not leaked, f"file descriptors leaked: {leaked}"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)
+async def test_sendall_64mib_to_a_slow_reader_arrives_whole_and_in_order():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    payload = os.urandom(1 << 20) * 64
+    received = hashlib.sha256()
+    count = [0]
+
+    def slow_reader():
+        b.setblocking(True)
+        i = 0
+        while True:
+            data = b.recv(65536)
+            if not data:
+                break
+            received.update(data)
+            count[0] += len(data)
+            i += 1
+            if i % 64 == 0:
+                threading.Event().wait(0.002)   # slow: the kernel buffer fills, sends go partial
+
+    t = threading.Thread(target=slow_reader, daemon=True)
+    t.start()
+    with a, b:
+        await loop.sock_sendall(a, payload)
+        a.shutdown(socket.SHUT_WR)
+        await loop.run_in_executor(None, t.join)
+    assert count[0] == len(payload)
+    assert received.hexdigest() == hashlib.sha256(payload).hexdigest()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_close_with_pending_recv_and_fd_reuse():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    old_fd = b.fileno()
+    task = asyncio.ensure_future(loop.sock_recv(b, 100))
+    await asyncio.sleep(0.01)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    b.close()
+    # The kernel must really have let go of the socket: its peer sees EOF promptly.
+    a.settimeout(10)
+    assert a.recv(10) == b""
+    a.close()
+
+    # A new socket that reuses the fd number is never touched by the old operation.
+    c, d = socket.socketpair()
+    if old_fd not in (c.fileno(), d.fileno()):
+        # Usually the lowest free number is reused; make sure by dup2-ing onto it.
+        e = socket.socket(fileno=os.dup2(d.fileno(), old_fd))
+        d.close()
+        d = e
+    c.setblocking(False)
+    d.setblocking(False)
+    with c, d:
+        reader, writer = (d, c) if d.fileno() == old_fd else (c, d)
+        await loop.sock_sendall(writer, b"fresh")
+        assert await loop.sock_recv(reader, 100) == b"fresh"
+
+
+def test_close_drains_in_flight_operations_and_releases_buffers(new_loop):
+    loop = new_loop()
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    buf = bytearray(1024)
+    with a, b:
+        async def start():
+            return asyncio.ensure_future(loop.sock_recv_into(b, buf))
+
+        task = loop.run_until_complete(start())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert not task.done()
+        task.cancel()
+        loop.run_until_complete(asyncio.wait([task]))
+        loop.close()
+    # The buffer is no longer exported to any operation: it can be resized again.
+    buf.extend(b"x")
+    assert len(buf) == 1025
+    proactor = getattr(loop, "_proactor", None)
+    if proactor is not None:
+        assert proactor.inflight == 0
+
+
+def test_close_with_operations_still_pending_does_not_leak_or_crash(new_loop):
+    loop = new_loop()
+    socks = [socket.socketpair() for _ in range(20)]
+    for _, b in socks:
+        b.setblocking(False)
+
+    async def start():
+        return [asyncio.ensure_future(loop.sock_recv(b, 10)) for _, b in socks]
+
+    tasks = loop.run_until_complete(start())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    for t in tasks:
+        t.cancel()
+    loop.run_until_complete(asyncio.wait(tasks))
+    loop.close()
+    for a, b in socks:
+        a.close()
+        b.close()
+    proactor = getattr(loop, "_proactor", None)
+    if proactor is not None:
+        assert proactor.inflight == 0

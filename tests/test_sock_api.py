@@ -1,0 +1,342 @@
+"""loop.sock_*: behaviour and errors, identical on uringloop and the stock loop."""
+
+import asyncio
+import errno
+import os
+import socket
+import sys
+
+import pytest
+
+needs_311 = pytest.mark.skipif(sys.version_info < (3, 11),
+                               reason="sock_recvfrom/sock_sendto are in the stock loop since 3.11")
+
+
+def nonblocking_pair(family=socket.AF_UNIX, type=socket.SOCK_STREAM):
+    a, b = socket.socketpair(family, type)
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+async def tcp_pair():
+    """A connected TCP pair made with sock_accept/sock_connect."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.setblocking(False)
+        client = socket.socket()
+        client.setblocking(False)
+        accepted, _ = await asyncio.gather(loop.sock_accept(srv),
+                                           loop.sock_connect(client, srv.getsockname()))
+        conn, addr = accepted
+        assert addr == client.getsockname()
+        assert conn.gettimeout() == 0       # non-blocking, as the stock loop returns it
+        return client, conn
+
+
+@pytest.mark.asyncio
+async def test_recv_returns_what_was_sent():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        await loop.sock_sendall(a, b"hello")
+        assert await loop.sock_recv(b, 100) == b"hello"
+
+
+@pytest.mark.asyncio
+async def test_recv_is_limited_to_n_and_keeps_the_rest():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        await loop.sock_sendall(a, b"abcdefgh")
+        assert await loop.sock_recv(b, 3) == b"abc"
+        assert await loop.sock_recv(b, 100) == b"defgh"
+
+
+@pytest.mark.asyncio
+async def test_recv_zero_bytes_at_eof():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with b:
+        a.close()
+        assert await loop.sock_recv(b, 10) == b""
+
+
+@pytest.mark.asyncio
+async def test_recv_waits_for_data_sent_later():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        task = asyncio.ensure_future(loop.sock_recv(b, 10))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        await loop.sock_sendall(a, b"late")
+        assert await task == b"late"
+
+
+@pytest.mark.asyncio
+async def test_recv_into_writes_into_the_callers_buffer():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        await loop.sock_sendall(a, b"0123456789")
+        buf = bytearray(4)
+        assert await loop.sock_recv_into(b, buf) == 4
+        assert buf == b"0123"
+        view = memoryview(bytearray(100))[10:20]
+        assert await loop.sock_recv_into(b, view) == 6
+        assert bytes(view[:6]) == b"456789"
+
+
+@pytest.mark.asyncio
+async def test_concurrent_receivers_are_served_in_order(is_uring):
+    if not is_uring:
+        pytest.skip("the stock loop leaves all but the last concurrent receiver pending "
+                    "(each sock_recv replaces the fd's reader); uringloop queues them FIFO")
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        tasks = [asyncio.ensure_future(loop.sock_recv(b, 1)) for _ in range(3)]
+        await asyncio.sleep(0)
+        await loop.sock_sendall(a, b"x")
+        done, pending = await asyncio.wait(tasks, timeout=0.05)
+        assert [t.result() for t in done] == [b"x"]
+        await loop.sock_sendall(a, b"yz")
+        results = await asyncio.gather(*pending)
+        assert sorted(results) == [b"y", b"z"]
+
+
+@pytest.mark.asyncio
+async def test_tcp_accept_connect_and_large_echo():
+    loop = asyncio.get_running_loop()
+    client, conn = await tcp_pair()
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+
+    async def echo():
+        while True:
+            data = await loop.sock_recv(conn, 65536)
+            if not data:
+                break
+            await loop.sock_sendall(conn, data)
+        conn.close()
+
+    async def send():
+        await loop.sock_sendall(client, payload)
+        client.shutdown(socket.SHUT_WR)
+
+    echo_task = asyncio.ensure_future(echo())
+    send_task = asyncio.ensure_future(send())
+    received = bytearray()
+    while True:
+        data = await loop.sock_recv(client, 1 << 20)
+        if not data:
+            break
+        received += data
+    await asyncio.gather(echo_task, send_task)
+    client.close()
+    assert received == payload
+
+
+@pytest.mark.asyncio
+async def test_connect_resolves_hostnames():
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.setblocking(False)
+        with socket.socket() as client:
+            client.setblocking(False)
+            accept = asyncio.ensure_future(loop.sock_accept(srv))
+            await loop.sock_connect(client, ("localhost", srv.getsockname()[1]))
+            conn, _ = await accept
+            conn.close()
+
+
+@pytest.mark.asyncio
+async def test_unix_socket_accept_and_connect(tmp_path):
+    loop = asyncio.get_running_loop()
+    path = str(tmp_path / "sock")
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(path)
+        srv.listen()
+        srv.setblocking(False)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.setblocking(False)
+            (conn, addr), _ = await asyncio.gather(loop.sock_accept(srv),
+                                                   loop.sock_connect(client, path))
+            with conn:
+                assert addr == ""          # an unnamed client socket, as socket.accept() says
+                await loop.sock_sendall(client, b"over unix")
+                assert await loop.sock_recv(conn, 100) == b"over unix"
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_udp_sendto_and_recvfrom():
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        a.setblocking(False)
+        b.setblocking(False)
+        assert await loop.sock_sendto(a, b"datagram", b.getsockname()) == 8
+        data, addr = await loop.sock_recvfrom(b, 100)
+        assert (data, addr) == (b"datagram", a.getsockname())
+        await loop.sock_sendto(a, b"second", b.getsockname())
+        buf = bytearray(64)
+        nbytes, addr = await loop.sock_recvfrom_into(b, buf)
+        assert (bytes(buf[:nbytes]), addr) == (b"second", a.getsockname())
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_udp_ipv6_addresses_have_four_fields():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    loop = asyncio.get_running_loop()
+    try:
+        a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        a.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    with a, socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as b:
+        b.bind(("::1", 0))
+        a.setblocking(False)
+        b.setblocking(False)
+        await loop.sock_sendto(a, b"six", b.getsockname())
+        data, addr = await loop.sock_recvfrom(b, 100)
+        assert data == b"six"
+        assert addr == a.getsockname()
+
+
+# ---- bad input: the stock loop's exception types, and the loop keeps working ----
+
+async def still_works():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        await loop.sock_sendall(a, b"ok")
+        assert await loop.sock_recv(b, 10) == b"ok"
+
+
+@pytest.mark.asyncio
+async def test_recv_into_read_only_buffer_is_a_type_error():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        await loop.sock_sendall(a, b"data")
+        with pytest.raises(TypeError):
+            await loop.sock_recv_into(b, b"immutable")
+        # nothing was consumed by the failed call
+        assert await loop.sock_recv(b, 10) == b"data"
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_closed_socket_is_an_oserror():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    a.close()
+    b.close()
+    with pytest.raises(OSError):
+        await loop.sock_recv(b, 10)
+    with pytest.raises(OSError):
+        await loop.sock_sendall(a, b"x")
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_negative_and_huge_sizes():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        with pytest.raises(ValueError):
+            await loop.sock_recv(b, -1)
+        with pytest.raises(OverflowError):
+            await loop.sock_recv(b, 1 << 70)
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_accept_on_a_datagram_socket_is_an_oserror():
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        s.bind(("127.0.0.1", 0))
+        with pytest.raises(OSError) as info:
+            await loop.sock_accept(s)
+        assert info.value.errno == errno.EOPNOTSUPP
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_non_socket_argument():
+    loop = asyncio.get_running_loop()
+    with pytest.raises(AttributeError):
+        await loop.sock_recv(42, 10)
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_sendall_of_a_str_is_a_type_error():
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        with pytest.raises(TypeError):
+            await loop.sock_sendall(a, "text")
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_connection_refused():
+    loop = asyncio.get_running_loop()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]     # bound, never listening: connect is refused
+        with socket.socket() as client:
+            client.setblocking(False)
+            with pytest.raises(ConnectionRefusedError):
+                await loop.sock_connect(client, ("127.0.0.1", port))
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_peer_reset():
+    loop = asyncio.get_running_loop()
+    client, conn = await tcp_pair()
+    with client, conn:
+        # SO_LINGER 0: close sends RST instead of FIN.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()
+        await asyncio.sleep(0.01)
+        with pytest.raises(ConnectionResetError):
+            await loop.sock_recv(conn, 10)
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_ssl_socket_is_refused():
+    ssl = pytest.importorskip("ssl")
+    loop = asyncio.get_running_loop()
+    ctx = ssl.create_default_context()
+    with socket.socket() as raw:
+        sslsock = ctx.wrap_socket(raw, do_handshake_on_connect=False, server_hostname="x")
+        with sslsock:
+            with pytest.raises(TypeError):
+                await loop.sock_recv(sslsock, 10)
+
+
+@pytest.mark.asyncio
+async def test_debug_mode_refuses_blocking_sockets():
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    try:
+        a, b = socket.socketpair()
+        with a, b:
+            with pytest.raises(ValueError):
+                await loop.sock_recv(a, 10)
+    finally:
+        loop.set_debug(False)
