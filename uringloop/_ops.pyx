@@ -443,17 +443,28 @@ cdef class Proactor:
                 while self.inflight > 0 and _time.monotonic() < deadline:
                     self.ring.enter(1, 50_000_000)
                     self.reap()
-        except RuntimeError:
-            # Not the ring's issuer thread (SINGLE_ISSUER): we cannot reap here.  Leak what is
-            # still in flight rather than free memory the kernel may write.
+        except OSError:
+            # EEXIST: this is not the thread that ran the loop, and a SINGLE_ISSUER ring only
+            # lets its issuer reap.  Fall through to the leaking teardown below.
             pass
         finally:
-            for br in self.buffer_rings:
-                (<BufferRing>br).close()
+            if self.inflight == 0:
+                for br in self.buffer_rings:
+                    (<BufferRing>br).close()
+            else:
+                # The kernel may still write into buffers of requests that did not end: keep
+                # every operation referenced and every provided-buffer pool mapped, forever.
+                # A leak is the only safe outcome; closing the ring fd makes the kernel cancel
+                # the rest in its own time.
+                _leaked_buffer_rings.extend(self.buffer_rings)
             self.buffer_rings = []
             self.ring.close()
             c_close(self.wake_fd)
             self.wake_fd = -1
+
+
+# Buffer rings of loops that were closed with requests still in the kernel (see Proactor.close).
+cdef list _leaked_buffer_rings = []
 
 
 cdef inline int _errno():

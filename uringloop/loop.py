@@ -50,14 +50,17 @@ class Loop(UnixMixin, NetworkMixin, base_events.BaseEventLoop):
 
     def __init__(self) -> None:
         super().__init__()
+        self._proactor = None
         try:
             ring = Ring()
         except OSError as exc:
+            self._closed = True      # half-built: BaseEventLoop.__del__ must not try to close
             raise diagnose(exc.errno or 0) from exc
         try:
             self._features = feature_set(ring)
             self._proactor = Proactor(self, ring)
         except BaseException:
+            self._closed = True
             ring.close()
             raise
         self._selector = self._proactor      # what BaseEventLoop._run_once waits on

@@ -1,0 +1,267 @@
+"""The public face: Loop, new_event_loop, run, the policy, probe and the refusal diagnosis; and
+the loop-level behaviour the core owns (wake-ups from threads, timers, closing, fork)."""
+
+import asyncio
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import uringloop
+from uringloop import _probe
+
+
+def run_python(code, timeout=60):
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_loop_is_an_asyncio_event_loop():
+    loop = uringloop.new_event_loop()
+    try:
+        assert isinstance(loop, uringloop.Loop)
+        assert isinstance(loop, asyncio.AbstractEventLoop)
+    finally:
+        loop.close()
+
+
+def test_run_returns_the_result_on_a_uringloop():
+    async def main():
+        await asyncio.sleep(0)
+        return type(asyncio.get_running_loop())
+
+    assert uringloop.run(main()) is uringloop.Loop
+
+
+def test_run_rejects_non_coroutines():
+    with pytest.raises(ValueError):
+        uringloop.run(lambda: None)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="loop_factory= is new in 3.12")
+def test_asyncio_run_with_loop_factory():
+    async def main():
+        return type(asyncio.get_running_loop())
+
+    assert asyncio.run(main(), loop_factory=uringloop.new_event_loop) is uringloop.Loop
+    assert asyncio.run(main(), loop_factory=uringloop.Loop) is uringloop.Loop
+
+
+def test_event_loop_policy_in_a_fresh_interpreter():
+    result = run_python("""
+        import asyncio, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import uringloop
+        uringloop.install()
+        async def main():
+            return type(asyncio.get_running_loop()).__name__
+        print(asyncio.run(main()))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Loop"
+
+
+def test_probe_reports_this_kernel():
+    report = uringloop.probe()
+    assert report.available, report.format()
+    assert report.kernel == os.uname().release
+    assert "RECV" in report.opcodes and "ASYNC_CANCEL" in report.opcodes
+    assert set(report.uses) >= {"multishot_accept", "multishot_recv", "provided_buffer_rings",
+                                "send_zc", "single_issuer_defer_taskrun"}
+    assert "io_uring: available" in report.format()
+
+
+def test_python_m_uringloop_prints_the_report():
+    result = subprocess.run([sys.executable, "-m", "uringloop"], capture_output=True, text=True,
+                            timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 0, result.stderr
+    assert "io_uring: available" in result.stdout
+    assert os.uname().release in result.stdout
+
+
+@pytest.mark.parametrize("err, disabled, seccomp, expect", [
+    (errno.EPERM, "2", 0, "io_uring_disabled=2"),
+    (errno.EPERM, "1", 0, "io_uring_group"),
+    (errno.EPERM, "0", 2, "seccomp"),
+    (errno.ENOSYS, None, 2, "seccomp"),
+    (errno.ENOSYS, None, 0, "no io_uring"),
+    (errno.ENOMEM, "0", 0, "RLIMIT_MEMLOCK"),
+])
+def test_refusal_is_diagnosed(monkeypatch, err, disabled, seccomp, expect):
+    def fake_read(path):
+        if path.endswith("io_uring_disabled"):
+            return disabled
+        if path.endswith("io_uring_group"):
+            return "1234"
+        if path == "/proc/self/status":
+            return f"Name:\tpython\nSeccomp:\t{seccomp}\n"
+        return None
+
+    monkeypatch.setattr(_probe, "_read", fake_read)
+    exc = _probe.diagnose(err)
+    assert isinstance(exc, uringloop.IOUringUnavailableError)
+    assert isinstance(exc, OSError) and isinstance(exc, RuntimeError)
+    assert exc.errno == err
+    assert expect in exc.cause
+    assert exc.fix and "Fix:" in str(exc)
+
+
+def _refuse_ring(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr("uringloop.loop.Ring", refuse)
+    monkeypatch.setattr(_probe, "_read",
+                        lambda path: "Seccomp:\t2\n" if path == "/proc/self/status" else None)
+
+
+def test_refused_io_uring_raises_one_clear_exception(monkeypatch):
+    _refuse_ring(monkeypatch)
+    with pytest.raises(uringloop.IOUringUnavailableError, match="seccomp"):
+        uringloop.new_event_loop()
+
+
+def test_fallback_returns_the_stock_loop_with_one_warning(monkeypatch):
+    _refuse_ring(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="stock asyncio") as record:
+        loop = uringloop.new_event_loop(fallback=True)
+    try:
+        assert len(record) == 1
+        assert isinstance(loop, asyncio.SelectorEventLoop)
+    finally:
+        loop.close()
+
+
+def test_call_soon_threadsafe_wakes_a_waiting_loop(new_loop):
+    loop = new_loop()
+    woke = []
+
+    def from_thread():
+        time.sleep(0.1)
+        loop.call_soon_threadsafe(woke.append, "woken")
+        loop.call_soon_threadsafe(loop.stop)
+
+    t = threading.Thread(target=from_thread)
+    t.start()
+    watchdog = threading.Timer(30, lambda: loop.call_soon_threadsafe(loop.stop))
+    watchdog.start()
+    loop.run_forever()          # nothing scheduled: only the wake-up can end this
+    watchdog.cancel()
+    t.join()
+    assert woke == ["woken"]
+
+
+def test_loop_created_in_one_thread_runs_in_another(new_loop):
+    loop = new_loop()
+    result = []
+
+    def run():
+        result.append(loop.run_until_complete(asyncio.sleep(0.01, result="ran")))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    assert result == ["ran"]
+
+
+def test_timers_fire_in_order(new_loop):
+    loop = new_loop()
+    fired = []
+    for delay in (0.03, 0.01, 0.02):
+        loop.call_later(delay, fired.append, delay)
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert fired == [0.01, 0.02, 0.03]
+
+
+def test_exception_in_callback_reaches_the_handler_and_loop_goes_on(new_loop):
+    loop = new_loop()
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx["exception"]))
+
+    def boom():
+        raise ZeroDivisionError
+
+    loop.call_soon(boom)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert len(seen) == 1 and isinstance(seen[0], ZeroDivisionError)
+
+
+def test_run_in_executor_and_getaddrinfo(new_loop):
+    loop = new_loop()
+    assert loop.run_until_complete(loop.run_in_executor(None, sum, [1, 2, 3])) == 6
+    infos = loop.run_until_complete(loop.getaddrinfo("localhost", 80))
+    assert infos and all(len(info) == 5 for info in infos)
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_closed_loop_refuses_work(new_loop):
+    loop = new_loop()
+    loop.close()
+    loop.close()                  # idempotent
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError):
+        loop.run_until_complete(coro)
+    coro.close()
+    with pytest.raises(RuntimeError):
+        loop.call_soon(print)
+
+
+def test_fork_child_refuses_the_parents_loop_and_can_make_a_new_one():
+    result = run_python("""
+        import asyncio, os, socket, sys
+        import uringloop
+        loop = uringloop.new_event_loop()
+        loop.run_until_complete(asyncio.sleep(0))
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                loop.run_until_complete(asyncio.sleep(0))
+                code = 10                       # must not work
+            except RuntimeError as exc:
+                if "fork" not in str(exc):
+                    code = 11
+            loop.close()                         # leaves the parent's ring alone
+            async def echo():
+                a, b = socket.socketpair()
+                a.setblocking(False); b.setblocking(False)
+                lp = asyncio.get_running_loop()
+                await lp.sock_sendall(a, b"child")
+                return await lp.sock_recv(b, 10)
+            if uringloop.run(echo()) != b"child":
+                code = 12
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        # the parent's loop still works after the child is gone
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "child 0", result.stdout + result.stderr
+
+
+def test_statistics_count_io_uring_enters():
+    async def main():
+        loop = asyncio.get_running_loop()
+        import socket
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        with a, b:
+            for _ in range(10):
+                await loop.sock_sendall(a, b"x")
+                await loop.sock_recv(b, 1)
+        return loop.statistics()
+
+    stats = uringloop.run(main())
+    assert stats["enters"] > 0 and stats["completions"] >= 20

@@ -1,0 +1,72 @@
+"""From outside the process: the sock_* data path goes through io_uring_enter only.
+
+A child process runs an accept/connect/echo exchange on uringloop under `strace -f`, between two
+marker writes; between the markers there must be io_uring_enter calls and no readiness or direct
+socket I/O system call at all (recvfrom, sendto, recvmsg, sendmsg, accept4, connect, epoll_wait,
+poll, select).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
+                                reason="strace is not installed (apt-get install strace)")
+
+CHILD = textwrap.dedent("""
+    import asyncio, os, socket, uringloop
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.setblocking(False)
+        client = socket.socket()
+        client.setblocking(False)
+        await asyncio.sleep(0)
+        os.write(2, b"@@DATA-START@@")
+        (conn, _), _ = await asyncio.gather(loop.sock_accept(srv),
+                                            loop.sock_connect(client, srv.getsockname()))
+        for i in range(200):
+            await loop.sock_sendall(client, b"ping %d" % i)
+            data = await loop.sock_recv(conn, 100)
+            await loop.sock_sendall(conn, data)
+            assert await loop.sock_recv(client, 100) == data
+        buf = bytearray(100)
+        await loop.sock_sendall(conn, b"into")
+        assert await loop.sock_recv_into(client, buf) == 4
+        os.write(2, b"@@DATA-END@@")
+        for s in (conn, client, srv):
+            s.close()
+
+    uringloop.run(main())
+""")
+
+FORBIDDEN = ("recvfrom", "sendto", "recvmsg", "sendmsg", "accept", "accept4", "connect",
+             "epoll_wait", "epoll_pwait", "poll", "ppoll", "select", "pselect6")
+
+
+def test_sock_data_path_is_io_uring_only(tmp_path):
+    trace = tmp_path / "trace.txt"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    syscalls = ",".join(FORBIDDEN + ("io_uring_enter", "write"))
+    result = subprocess.run(
+        ["strace", "-f", "-qq", "-e", f"trace={syscalls}", "-o", str(trace),
+         sys.executable, "-c", CHILD],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    text = trace.read_text()
+    start = text.index("@@DATA-START@@")
+    end = text.index("@@DATA-END@@")
+    window = text[start:end]
+    calls = re.findall(r"^\d+\s+(\w+)\(", window, re.M)
+    assert calls.count("io_uring_enter") >= 200, calls[:50]
+    offending = sorted({c for c in calls if c in FORBIDDEN})
+    assert not offending, f"readiness/direct socket syscalls on the data path: {offending}"
