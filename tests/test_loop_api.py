@@ -16,12 +16,15 @@ import uringloop
 from uringloop import _probe
 
 
+# Child interpreters import the very uringloop this test imported (an in-place build or the
+# installed package), whichever directory that is.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(uringloop.__file__)))
+CHILD_ENV = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
+
+
 def run_python(code, timeout=60):
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=CHILD_ENV)
 
 
 def test_loop_is_an_asyncio_event_loop():
@@ -81,7 +84,7 @@ def test_probe_reports_this_kernel():
 
 def test_python_m_uringloop_prints_the_report():
     result = subprocess.run([sys.executable, "-m", "uringloop"], capture_output=True, text=True,
-                            timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+                            timeout=60, env=CHILD_ENV)
     assert result.returncode == 0, result.stderr
     assert "io_uring: available" in result.stdout
     assert os.uname().release in result.stdout

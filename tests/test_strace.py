@@ -15,6 +15,8 @@ import textwrap
 
 import pytest
 
+import uringloop
+
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
                                 reason="strace is not installed (apt-get install strace)")
 
@@ -54,8 +56,8 @@ FORBIDDEN = ("recvfrom", "sendto", "recvmsg", "sendmsg", "accept", "accept4", "c
 
 def test_sock_data_path_is_io_uring_only(tmp_path):
     trace = tmp_path / "trace.txt"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(uringloop.__file__)))
+    env = dict(os.environ, PYTHONPATH=package_parent)
     syscalls = ",".join(FORBIDDEN + ("io_uring_enter", "write"))
     result = subprocess.run(
         ["strace", "-f", "-qq", "-e", f"trace={syscalls}", "-o", str(trace),

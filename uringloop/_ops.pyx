@@ -100,9 +100,8 @@ cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int famil
     cdef sockaddr_un *sun
     cdef Py_ssize_t n
     if length == 0:
-        family = family  # the kernel gave no address (unconnected datagram peer): mirror socket
-    else:
-        family = ss.ss_family
+        return None      # no address (an unbound AF_UNIX sender): socket.recvfrom says None
+    family = ss.ss_family
     if family == AF_INET:
         sin = <sockaddr_in *>ss
         inet_ntop(AF_INET, &sin.sin_addr, text, sizeof(text))
