@@ -1,10 +1,38 @@
 """The loop's UNIX-specific API on the Proactor: datagram endpoints, pipes, subprocesses, signals,
-and readiness callbacks (add_reader/add_writer) through io_uring poll requests.  (Filled in by
-the transports work; see issue 3.)"""
+and readiness callbacks (add_reader/add_writer) through io_uring poll requests.
+
+BaseEventLoop implements the public methods (create_datagram_endpoint, connect_read_pipe,
+subprocess_exec, ...) and calls the `_make_*_transport` factories defined here, which build our
+completion-based transports (compiled, in _datagram, _pipes) instead of the selector ones.
+"""
+
+from __future__ import annotations
+
+from uringloop import _datagram, _sockio
 
 
 class UnixMixin:
     """Mixed into uringloop.Loop: UDP, pipes, processes, signals, readiness compatibility."""
 
+    # ---- datagrams ----
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        self._ensure_fd_no_transport(sock)
+        # The socket may have been connected with sock_connect (remote_addr=): that per-socket
+        # state has nothing in flight any more and must not outlive the handover.
+        _sockio.forget_socket(self, sock.fileno())
+        return _datagram.UringDatagramTransport(self, sock, protocol, address, waiter, extra)
+
     def _close_io(self) -> None:
         super()._close_io()
+
+    def close(self) -> None:
+        # Reached from Loop.close() after the Proactor has drained: nothing of ours is in the
+        # kernel any more.  The stock loop refers to its transports weakly; our fd -> transport
+        # map is a plain dict, so let go of the datagram transports here, or an endpoint the
+        # program never closed could never be collected (and report itself unclosed).
+        transports = self._transports
+        for fd, transport in list(transports.items()):
+            if isinstance(transport, _datagram.UringDatagramTransport):
+                del transports[fd]
+        super().close()

@@ -1,0 +1,28 @@
+from uringloop._ops cimport MsgOp
+from uringloop._flow cimport TransportCore
+
+
+cdef class DatagramCore(TransportCore):
+    cdef object sock
+    cdef readonly int fd
+    cdef int family
+    cdef object address                    # the fixed remote address (remote_addr=), or None
+    cdef bint connected                    # the socket has a peer: send without an address
+    cdef MsgOp recv_op                     # the one recvmsg the kernel holds for us
+    cdef bytearray recv_buf                # lent to the kernel while recv_op is in flight
+    cdef readonly bint paused
+    cdef object stash                      # datagrams completed after pause_reading()
+    cdef bint stash_flush_scheduled
+    cdef object send_q                     # sendmsg operations built, waiting for a slot
+    cdef set send_ops                      # sendmsg operations the kernel holds
+
+    cdef int arm_recv(self) except -1
+    cdef int stop_recv(self) except -1
+    cdef int recv_done(self, int res) except -1
+    cdef int deliver(self, object data, object addr) except -1
+    cdef int error_received(self, object exc) except -1
+    cdef int pump_sends(self) except -1
+    cdef int send_done(self, MsgOp op, int res) except -1
+    cdef int force_close(self, object exc) except -1
+    cdef int fatal_error(self, object exc, str message) except -1
+    cdef int release_if_idle(self) except -1

@@ -1,0 +1,454 @@
+# cython: language_level=3
+"""Datagram transports (UDP and AF_UNIX datagram sockets) as io_uring completions.
+
+Receiving
+---------
+The transport keeps exactly one recvmsg(2) in the kernel, into a 256 KiB buffer it lends for
+the duration (the stock transport's max_size, so a datagram is truncated where the stock loop
+would truncate it).  When the completion arrives the datagram is copied out, the same operation
+is resubmitted at once -- it reaches the kernel with the loop iteration's single io_uring_enter --
+and only then is protocol.datagram_received(data, addr) called, straight from the completion
+handler: no readiness event, no Handle, no recvfrom system call.  An error completion is the
+kernel reporting an ICMP error queued on the socket (ECONNREFUSED on a connected UDP socket, for
+instance), which the stock loop passes to protocol.error_received(); so do we.
+
+pause_reading() cancels the in-flight recvmsg (ASYNC_CANCEL).  The cancel can lose the race: the
+operation may complete with a datagram after all.  That datagram is real and is kept ("stashed")
+and delivered, in order, before anything else once reading resumes -- nothing is lost.
+
+Sending
+-------
+Every sendto() becomes a sendmsg(2) operation carrying the data and the destination address.
+Datagrams are independent, so up to MAX_SENDS_IN_FLIGHT of them are handed to the kernel at
+once (a burst of sendto() calls in one callback goes out in the iteration's single submission);
+beyond that they wait in a queue.  Bytes queued or in flight count as the write buffer for flow
+control.  A failed send is reported to protocol.error_received() as the stock loop does.  The
+data object is pinned until the completion; bytearray and memoryview arguments are copied first,
+because the stock sendto() has consumed them by the time it returns and callers reuse them.
+
+Closing
+-------
+The socket is closed only when the kernel holds no operation on it any more (every final CQE
+has arrived), so a file descriptor number is never reused while an operation might still name
+it.  Until then the transport stays in loop._transports as "closing".
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from uringloop._sys cimport ECANCELED, EBADF
+from uringloop._ops cimport Proactor, Operation, MsgOp, OP_IDLE
+from uringloop._flow cimport TransportCore
+
+import collections
+import errno as _errno
+import os
+import socket as _socket
+import sys
+import warnings
+
+from asyncio import futures as _futures
+from asyncio import transports as _transports
+from asyncio import trsock as _trsock
+from asyncio.log import logger as _logger
+
+cdef object _deque = collections.deque
+cdef object _strerror = os.strerror
+cdef int AF_UNIX = _socket.AF_UNIX
+cdef int AF_INET6 = _socket.AF_INET6
+
+# The stock transport's recvfrom() size.
+cdef Py_ssize_t MAX_DATAGRAM = 256 * 1024
+# Enough to put a burst of sendto() calls into one submission without letting one transport
+# occupy the whole submission queue.
+cdef Py_ssize_t MAX_SENDS_IN_FLIGHT = 64
+# Python 3.13 sends zero-length datagrams; earlier versions silently drop them.
+cdef bint SEND_EMPTY = sys.version_info >= (3, 13)
+# Errors that mean the socket itself is gone: reporting them to error_received() and receiving
+# again would only repeat them, so they end the transport.
+cdef frozenset FATAL_RECV_ERRORS = frozenset({EBADF, _errno.ENOTSOCK, _errno.EINVAL})
+
+
+cdef object _no_address_error(int family):
+    # What socket.sendto(data, None) raises on an unconnected socket.
+    if family == AF_UNIX:
+        return TypeError("a bytes-like object is required, not 'NoneType'")
+    name = 'AF_INET6' if family == AF_INET6 else 'AF_INET'
+    return TypeError(f"sendto(): {name} address must be tuple, not NoneType")
+
+
+cdef inline object _oserror(int err):
+    return OSError(err, _strerror(err))
+
+
+@cython.final
+cdef class DatagramCore(TransportCore):
+
+    def __init__(self, loop, transport, sock, protocol, address, bint connected):
+        TransportCore.__init__(self, loop, transport, protocol)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.address = address
+        self.connected = connected
+        self.recv_buf = bytearray(MAX_DATAGRAM)
+        self.recv_op = MsgOp(self.proactor, self, self.fd, None)
+        self.stash = _deque()
+        self.send_q = _deque()
+        self.send_ops = set()
+
+    # ---- receiving ----
+
+    def start_reading(self):
+        """Scheduled right after protocol.connection_made()."""
+        if not self.closing and not self.paused and not self.stash:
+            self.arm_recv()
+
+    cdef int arm_recv(self) except -1:
+        cdef MsgOp op = self.recv_op
+        if op.state != OP_IDLE or self.proactor.closing or self.sock is None:
+            return 0
+        if not op.has_view:
+            op.set_buffer(self.recv_buf, True)
+        op.keep = self.sock
+        op.submit()
+        return 0
+
+    cdef int stop_recv(self) except -1:
+        if self.recv_op.state != OP_IDLE:
+            self.recv_op.cancel()
+        return 0
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        if op is self.recv_op:
+            self.recv_done(res)
+        else:
+            self.send_done(<MsgOp>op, res)
+        self.release_if_idle()
+        return 0
+
+    cdef int recv_done(self, int res) except -1:
+        cdef MsgOp op = self.recv_op
+        cdef object data, addr
+        if res == -ECANCELED:
+            # pause_reading()/close() asked for it -- or the loop is closing.  If reading was
+            # resumed meanwhile, go on.
+            if not self.closing and not self.paused and not self.stash:
+                self.arm_recv()
+            return 0
+        if self.closing:
+            return 0            # completed after close(): the stock loop would not read it
+        if res < 0:
+            if -res in FATAL_RECV_ERRORS:
+                self.fatal_error(_oserror(-res), 'Fatal read error on datagram transport')
+                return 0
+            if not self.paused:
+                self.arm_recv()
+            self.error_received(_oserror(-res))
+            return 0
+        data = PyBytes_FromStringAndSize(<char *>op.view.buf, res)
+        # No address (an unbound AF_UNIX sender): None, as socket.recvfrom() returns.
+        addr = op.address(self.family) if op.msg.msg_namelen else None
+        if self.paused or self.stash:
+            self.stash.append((data, addr))
+            return 0
+        self.arm_recv()
+        self.deliver(data, addr)
+        return 0
+
+    cdef int deliver(self, object data, object addr) except -1:
+        try:
+            self.protocol.datagram_received(data, addr)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.callback_failed(f'{self.protocol!r}.datagram_received()', exc)
+        return 0
+
+    cdef int error_received(self, object exc) except -1:
+        try:
+            self.protocol.error_received(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc2:
+            self.callback_failed(f'{self.protocol!r}.error_received()', exc2)
+        return 0
+
+    def flush_stash(self):
+        """Deliver the datagrams that completed after pause_reading(), then receive again."""
+        self.stash_flush_scheduled = False
+        while self.stash and not self.paused and not self.closing:
+            data, addr = self.stash.popleft()
+            self.deliver(data, addr)
+        if self.closing:
+            self.stash.clear()
+        elif not self.paused:
+            self.arm_recv()
+
+    def pause_reading(self):
+        if self.closing or self.paused:
+            return
+        self.paused = True
+        self.stop_recv()
+        if self.loop.get_debug():
+            _logger.debug("%r pauses reading", self.transport)
+
+    def resume_reading(self):
+        if self.closing or not self.paused:
+            return
+        self.paused = False
+        if self.stash:
+            # Delivered from the ready queue, not from inside the caller's resume_reading().
+            if not self.stash_flush_scheduled:
+                self.stash_flush_scheduled = True
+                self.loop.call_soon(self.flush_stash)
+        else:
+            self.arm_recv()
+        if self.loop.get_debug():
+            _logger.debug("%r resumes reading", self.transport)
+
+    # ---- sending ----
+
+    def sendto(self, data, addr=None):
+        """Send data to addr (or to the transport's remote address)."""
+        cdef MsgOp op
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if not SEND_EMPTY and not data:
+            return
+        if self.address:
+            if addr not in (None, self.address):
+                raise ValueError(f'Invalid address: must be None or {self.address}')
+            addr = self.address
+        if (self.conn_lost and self.address) or self.lost:
+            self.count_lost_write('socket.send() raised exception.')
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        op = MsgOp(self.proactor, self, self.fd, self.sock)
+        op.sending = True
+        try:
+            if addr is None and not self.connected:
+                raise _no_address_error(self.family)
+            op.set_address(self.family, None if self.connected else addr)
+        except OSError as exc:
+            # What socket.sendto() raises for an unusable address (gaierror, ...).
+            self.error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            # A wrong address type: the stock transport treats it as fatal.
+            self.fatal_error(exc, 'Fatal write error on datagram transport')
+            return
+        op.set_buffer(data, False)
+        self.buffer_size += op.view.len
+        self.send_q.append(op)
+        self.pump_sends()
+        self.maybe_pause_protocol()
+
+    cdef int pump_sends(self) except -1:
+        cdef MsgOp op
+        while self.send_q and len(self.send_ops) < MAX_SENDS_IN_FLIGHT \
+                and not self.proactor.closing:
+            op = <MsgOp>self.send_q.popleft()
+            op.submit()
+            self.send_ops.add(op)
+        return 0
+
+    cdef int send_done(self, MsgOp op, int res) except -1:
+        self.send_ops.discard(op)
+        self.buffer_size -= op.view.len
+        if res < 0 and res != -ECANCELED and not self.lost:
+            self.error_received(_oserror(-res))
+        if not self.conn_lost:
+            self.pump_sends()
+        self.maybe_resume_protocol()
+        if self.closing and not self.conn_lost and not self.send_q and not self.send_ops:
+            # close() was waiting for the queued datagrams.
+            self.conn_lost += 1
+            self.loop.call_soon(self.call_connection_lost, None)
+        return 0
+
+    # ---- closing ----
+
+    def close(self):
+        if self.closing:
+            return
+        self.closing = True
+        self.stop_recv()
+        if not self.send_q and not self.send_ops:
+            self.conn_lost += 1
+            self.loop.call_soon(self.call_connection_lost, None)
+
+    def abort(self):
+        self.force_close(None)
+
+    cdef int force_close(self, object exc) except -1:
+        cdef MsgOp op
+        if self.conn_lost:
+            return 0
+        while self.send_q:
+            op = <MsgOp>self.send_q.popleft()
+            self.buffer_size -= op.view.len
+            op.drop_buffer()
+        for op in list(self.send_ops):
+            op.cancel()
+        if not self.closing:
+            self.closing = True
+            self.stop_recv()
+        self.stash.clear()
+        self.conn_lost += 1
+        self.loop.call_soon(self.call_connection_lost, exc)
+        return 0
+
+    cdef int fatal_error(self, object exc, str message) except -1:
+        if isinstance(exc, OSError):
+            if self.loop.get_debug():
+                _logger.debug("%r: %s", self.transport, message, exc_info=True)
+        else:
+            self.loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self.transport,
+                'protocol': self.protocol,
+            })
+        self.force_close(exc)
+        return 0
+
+    def call_connection_lost(self, exc):
+        try:
+            self.protocol.connection_lost(exc)
+        finally:
+            self.lost = True
+            self.protocol = None
+            self.release_if_idle()
+
+    cdef int release_if_idle(self) except -1:
+        # The socket outlives every operation that names its fd (see the module docstring).
+        cdef object sock = self.sock
+        if not self.lost or sock is None:
+            return 0
+        if self.recv_op.state != OP_IDLE or self.send_ops:
+            return 0
+        self.sock = None
+        transports = self.loop._transports
+        if transports.get(self.fd) is self.transport:
+            del transports[self.fd]
+        sock.close()
+        return 0
+
+    def close_unclosed(self):
+        """The transport object is being collected without close(): release the socket."""
+        cdef object sock = self.sock
+        if sock is None:
+            return False
+        self.sock = None
+        transports = self.loop._transports
+        if transports.get(self.fd) is self.transport:
+            del transports[self.fd]
+        sock.close()
+        return True
+
+    @property
+    def socket_open(self):
+        return self.sock is not None
+
+    @property
+    def receiving(self):
+        return self.recv_op.state != OP_IDLE
+
+    @property
+    def sends_in_flight(self):
+        return len(self.send_ops)
+
+
+class UringDatagramTransport(_transports.DatagramTransport):
+    """asyncio.DatagramTransport on io_uring; the work is done by its compiled DatagramCore."""
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        super().__init__(extra)
+        self._core = None
+        extra = self._extra
+        extra['socket'] = _trsock.TransportSocket(sock)
+        try:
+            extra['sockname'] = sock.getsockname()
+        except OSError:
+            extra['sockname'] = None
+        if 'peername' not in extra:
+            try:
+                extra['peername'] = sock.getpeername()
+            except OSError:
+                extra['peername'] = None
+        self._loop = loop
+        core = DatagramCore(loop, self, sock, protocol, address, bool(extra['peername']))
+        self._core = core
+        # sendto is the hot path: bind the compiled method on the instance so that a call does
+        # not go through a Python-level method first.
+        self.sendto = core.sendto
+        loop._transports[core.fd] = self
+        loop.call_soon(protocol.connection_made, self)
+        # Only start receiving once connection_made() has run.
+        loop.call_soon(core.start_reading)
+        if waiter is not None:
+            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        core = self._core
+        info = [type(self).__name__]
+        if core is None or not core.socket_open:
+            info.append('closed')
+        elif core.closing:
+            info.append('closing')
+        if core is not None:
+            info.append(f'fd={core.fd}')
+            if core.socket_open:
+                info.append('read=receiving' if core.receiving else 'read=idle')
+                state = 'sending' if core.sends_in_flight else 'idle'
+                info.append(f'write=<{state}, bufsize={core.buffer_size}>')
+        return '<{}>'.format(' '.join(info))
+
+    def sendto(self, data, addr=None):
+        # Replaced per instance by the core's method (see __init__); kept for introspection.
+        self._core.sendto(data, addr)
+
+    def get_write_buffer_size(self):
+        return self._core.buffer_size
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._core.set_write_buffer_limits(high, low)
+
+    def is_closing(self):
+        return self._core.closing
+
+    def close(self):
+        self._core.close()
+
+    def abort(self):
+        self._core.abort()
+
+    def is_reading(self):
+        core = self._core
+        return not core.closing and not core.paused
+
+    def pause_reading(self):
+        self._core.pause_reading()
+
+    def resume_reading(self):
+        self._core.resume_reading()
+
+    def set_protocol(self, protocol):
+        self._core.protocol = protocol
+
+    def get_protocol(self):
+        return self._core.protocol
+
+    def __del__(self, _warn=warnings.warn):
+        core = self._core
+        if core is not None and core.socket_open:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core.close_unclosed()
