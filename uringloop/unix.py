@@ -8,11 +8,42 @@ completion-based transports (compiled, in _datagram, _pipes) instead of the sele
 
 from __future__ import annotations
 
-from uringloop import _datagram, _sockio
+from uringloop import _datagram, _readiness, _sockio
 
 
 class UnixMixin:
     """Mixed into uringloop.Loop: UDP, pipes, processes, signals, readiness compatibility."""
+
+    _ul_readiness = None        # the _readiness.Readiness registry, created on first use
+
+    # ---- readiness callbacks (poll requests on the ring) ----
+
+    # The private forms are what asyncio internals (pipe transports, child watchers, sendfile)
+    # call; they skip the transport-ownership check, as in the stock loop.
+    _add_reader = _readiness.add_reader
+    _remove_reader = _readiness.remove_reader
+    _add_writer = _readiness.add_writer
+    _remove_writer = _readiness.remove_writer
+
+    def add_reader(self, fd, callback, *args):
+        """Add a reader callback."""
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd):
+        """Remove a reader callback."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd, callback, *args):
+        """Add a writer callback."""
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd):
+        """Remove a writer callback."""
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
 
     # ---- datagrams ----
 
@@ -24,6 +55,8 @@ class UnixMixin:
         return _datagram.UringDatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _close_io(self) -> None:
+        if self._ul_readiness is not None:
+            self._ul_readiness.close()
         super()._close_io()
 
     def close(self) -> None:
