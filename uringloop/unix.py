@@ -8,7 +8,7 @@ completion-based transports (compiled, in _datagram, _pipes) instead of the sele
 
 from __future__ import annotations
 
-from uringloop import _datagram, _readiness, _sockio
+from uringloop import _datagram, _pipes, _readiness, _sockio
 
 
 class UnixMixin:
@@ -53,6 +53,14 @@ class UnixMixin:
         # state has nothing in flight any more and must not outlive the handover.
         _sockio.forget_socket(self, sock.fileno())
         return _datagram.UringDatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    # ---- pipes ----
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _pipes.UringReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        return _pipes.UringWritePipeTransport(self, pipe, protocol, waiter, extra)
 
     def _close_io(self) -> None:
         if self._ul_readiness is not None:
