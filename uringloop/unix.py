@@ -8,13 +8,16 @@ completion-based transports (compiled, in _datagram, _pipes) instead of the sele
 
 from __future__ import annotations
 
-from uringloop import _datagram, _pipes, _readiness, _sockio
+from asyncio import unix_events as _unix_events
+
+from uringloop import _children, _datagram, _pipes, _readiness, _sockio
 
 
 class UnixMixin:
     """Mixed into uringloop.Loop: UDP, pipes, processes, signals, readiness compatibility."""
 
     _ul_readiness = None        # the _readiness.Readiness registry, created on first use
+    _ul_children = None         # the _children.ChildWatcher, created with the first child
 
     # ---- readiness callbacks (poll requests on the ring) ----
 
@@ -62,9 +65,37 @@ class UnixMixin:
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         return _pipes.UringWritePipeTransport(self, pipe, protocol, waiter, extra)
 
+    # ---- subprocesses ----
+
+    async def _make_subprocess_transport(self, protocol, args, shell, stdin, stdout, stderr,
+                                         bufsize, extra=None, **kwargs):
+        # The transport is the stock one: BaseSubprocessTransport (pipes through our
+        # connect_*_pipe, exit bookkeeping) with the Popen-based _start of the UNIX loop, the
+        # same in 3.10-3.13.  Only the child watching differs: no watcher object, no thread --
+        # the child's pidfd is polled on the ring (see _children).
+        waiter = self.create_future()
+        transport = _unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        children = self._ul_children
+        if children is None:
+            children = self._ul_children = _children.ChildWatcher(self)
+        try:
+            children.watch(transport._proc, transport._process_exited)
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transport.close()
+            await transport._wait()
+            raise
+        return transport
+
     def _close_io(self) -> None:
         if self._ul_readiness is not None:
             self._ul_readiness.close()
+        if self._ul_children is not None:
+            self._ul_children.close()
         super()._close_io()
 
     def close(self) -> None:
