@@ -8,9 +8,23 @@ completion-based transports (compiled, in _datagram, _pipes) instead of the sele
 
 from __future__ import annotations
 
-from asyncio import unix_events as _unix_events
+import errno
+import signal
+import sys
+import threading
+import warnings
 
-from uringloop import _children, _datagram, _pipes, _readiness, _sockio
+from asyncio import coroutines as _coroutines
+from asyncio import events as _events
+from asyncio import unix_events as _unix_events
+from asyncio.log import logger as _logger
+
+from uringloop import _children, _datagram, _pipes, _readiness, _signals, _sockio
+
+
+def _sighandler_noop(signum, frame):
+    """Python-level handler of the signals the loop handles: the C-level handler has already
+    written the signal number to the wake-up socket, which is all the loop needs."""
 
 
 class UnixMixin:
@@ -18,6 +32,11 @@ class UnixMixin:
 
     _ul_readiness = None        # the _readiness.Readiness registry, created on first use
     _ul_children = None         # the _children.ChildWatcher, created with the first child
+    _ul_signal_reader = None    # the _signals.SignalReader, created with the first handler
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._signal_handlers = {}      # signal number -> Handle, as in the stock loop
 
     # ---- readiness callbacks (poll requests on the ring) ----
 
@@ -91,11 +110,104 @@ class UnixMixin:
             raise
         return transport
 
+    # ---- signals ----
+
+    def add_signal_handler(self, sig, callback, *args):
+        """Add a handler for a signal.  UNIX only.
+
+        Raise ValueError if the signal number is invalid or uncatchable.
+        Raise RuntimeError if there is a problem setting up the handler.
+        """
+        if _coroutines.iscoroutine(callback) or _coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        reader = self._ul_signal_reader
+        if reader is None:
+            reader = self._ul_signal_reader = _signals.SignalReader(self)
+        try:
+            # Raises ValueError outside the main thread: by calling it first, a loop running
+            # in another thread cannot add a signal handler (the stock loop's rule).
+            signal.set_wakeup_fd(reader.wakeup_fd)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+        if not reader.receiving:
+            if self._thread_id is not None and self._thread_id != threading.get_ident():
+                # The loop runs in another thread, which alone may submit to its ring.
+                self.call_soon_threadsafe(reader.start)
+            else:
+                reader.start()
+
+        handle = _events.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = handle
+        try:
+            # The Python-level handler does nothing: the C-level one writes the signal number
+            # to the wake-up socket, whose recv completion calls _handle_signal().
+            signal.signal(sig, _sighandler_noop)
+            # SA_RESTART: interrupted system calls elsewhere in the program are restarted.
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError) as nexc:
+                    _logger.info('set_wakeup_fd(-1) failed: %s', nexc)
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig} cannot be caught')
+            raise
+
+    def _handle_signal(self, sig):
+        """Called by the wake-up socket's completion for each signal number received."""
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return      # removed while the byte was on its way
+        if handle._cancelled:
+            self.remove_signal_handler(sig)
+        else:
+            self._add_callback(handle)
+
+    def remove_signal_handler(self, sig):
+        """Remove a handler for a signal.  UNIX only.
+
+        Return True if a signal handler was removed, False if not.
+        """
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig} cannot be caught')
+            raise
+        if not self._signal_handlers:
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError) as exc:
+                _logger.info('set_wakeup_fd(-1) failed: %s', exc)
+        return True
+
+    def _check_signal(self, sig):
+        """Raise TypeError/ValueError for something that is not a valid signal number."""
+        if not isinstance(sig, int):
+            raise TypeError(f'sig must be an int, not {sig!r}')
+        if sig not in signal.valid_signals():
+            raise ValueError(f'invalid signal number {sig}')
+
+    # ---- closing ----
+
     def _close_io(self) -> None:
+        # Before the Proactor drains: stop what would otherwise re-arm itself.
         if self._ul_readiness is not None:
             self._ul_readiness.close()
         if self._ul_children is not None:
             self._ul_children.close()
+        if self._ul_signal_reader is not None:
+            self._ul_signal_reader.stop()
         super()._close_io()
 
     def close(self) -> None:
@@ -108,3 +220,16 @@ class UnixMixin:
             if isinstance(transport, _datagram.UringDatagramTransport):
                 del transports[fd]
         super().close()
+        # As the stock loop: the handlers go back to the defaults and the wake-up descriptor is
+        # unset -- before its socket is closed, so no signal is written to a reused number.
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(f"Closing the loop {self!r} on interpreter shutdown stage, "
+                          f"skipping signal handlers removal", ResourceWarning, source=self)
+            self._signal_handlers.clear()
+        reader = self._ul_signal_reader
+        if reader is not None:
+            self._ul_signal_reader = None
+            reader.close_sockets()
