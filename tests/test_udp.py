@@ -65,6 +65,12 @@ class Recorder(asyncio.DatagramProtocol):
         return await asyncio.wait_for(self.events.get(), 5)
 
 
+def skip_if_stock_cannot_pause():
+    # The stock datagram transport gained pause_reading()/is_reading() in Python 3.11.
+    if sys.version_info < (3, 11) and not isinstance(asyncio.get_running_loop(), uringloop.Loop):
+        pytest.skip("the stock datagram transport of Python 3.10 cannot pause reading")
+
+
 async def closed(transport, proto):
     transport.close()
     return await asyncio.wait_for(proto.lost, 5)
@@ -219,6 +225,7 @@ async def test_unconnected_sendto_without_address_is_fatal():
 
 @pytest.mark.asyncio
 async def test_pause_reading_holds_datagrams_and_resume_delivers_them_in_order():
+    skip_if_stock_cannot_pause()
     loop = asyncio.get_running_loop()
     st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
     addr = st.get_extra_info("sockname")
@@ -243,6 +250,7 @@ async def test_pause_reading_holds_datagrams_and_resume_delivers_them_in_order()
 
 @pytest.mark.asyncio
 async def test_pause_resume_repeatedly_loses_nothing():
+    skip_if_stock_cannot_pause()
     loop = asyncio.get_running_loop()
     st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
     ct, cp = await loop.create_datagram_endpoint(Recorder,
@@ -268,7 +276,8 @@ async def test_close_abort_and_connection_lost_once():
     t1.close()
     t1.close()
     assert t1.is_closing()
-    assert not t1.is_reading()
+    if sys.version_info >= (3, 11) or isinstance(loop, uringloop.Loop):
+        assert not t1.is_reading()
     assert await asyncio.wait_for(p1.lost, 5) is None
 
     t2, p2 = await loop.create_datagram_endpoint(Recorder, remote_addr=free_udp_port())
@@ -377,7 +386,8 @@ async def test_existing_socket_and_bad_arguments():
             await loop.create_datagram_endpoint(Recorder, sock=s2, reuse_port=True)
     with pytest.raises(ValueError):
         await loop.create_datagram_endpoint(Recorder)
-    with pytest.raises(TypeError):
+    # (BaseEventLoop asserted this before 3.11.)
+    with pytest.raises(TypeError if sys.version_info >= (3, 11) else AssertionError):
         await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0, 0))
 
 
