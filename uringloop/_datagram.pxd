@@ -1,3 +1,4 @@
+from uringloop._sys cimport sockaddr_storage, socklen_t
 from uringloop._ops cimport MsgOp
 from uringloop._flow cimport TransportCore
 
@@ -15,6 +16,10 @@ cdef class DatagramCore(TransportCore):
     cdef bint stash_flush_scheduled
     cdef object send_q                     # sendmsg operations built, waiting for a slot
     cdef set send_ops                      # sendmsg operations the kernel holds
+    cdef list spare_ops                    # finished sendmsg operations, for reuse
+    cdef object peer_addr                  # the address of the last datagram received ...
+    cdef sockaddr_storage peer_sockaddr    # ... and its binary form, for replies to it
+    cdef socklen_t peer_sockaddr_len
 
     cdef int arm_recv(self) except -1
     cdef int stop_recv(self) except -1

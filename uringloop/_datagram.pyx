@@ -35,8 +35,9 @@ it.  Until then the transport stays in loop._transports as "closing".
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memcpy
 
-from uringloop._sys cimport ECANCELED, EBADF
+from uringloop._sys cimport ECANCELED, EBADF, socklen_t, sockaddr_storage
 from uringloop._ops cimport Proactor, Operation, MsgOp, OP_IDLE
 from uringloop._flow cimport TransportCore
 
@@ -96,6 +97,7 @@ cdef class DatagramCore(TransportCore):
         self.stash = _deque()
         self.send_q = _deque()
         self.send_ops = set()
+        self.spare_ops = []
 
     # ---- receiving ----
 
@@ -148,7 +150,14 @@ cdef class DatagramCore(TransportCore):
             return 0
         data = PyBytes_FromStringAndSize(<char *>op.view.buf, res)
         # No address (an unbound AF_UNIX sender): None, as socket.recvfrom() returns.
-        addr = op.address(self.family) if op.msg.msg_namelen else None
+        if op.msg.msg_namelen:
+            addr = op.address(self.family)
+            if op.msg.msg_namelen <= sizeof(self.peer_sockaddr):
+                memcpy(&self.peer_sockaddr, &op.addr, op.msg.msg_namelen)
+                self.peer_sockaddr_len = op.msg.msg_namelen
+                self.peer_addr = addr
+        else:
+            addr = None
         if self.paused or self.stash:
             self.stash.append((data, addr))
             return 0
@@ -212,7 +221,7 @@ cdef class DatagramCore(TransportCore):
     def sendto(self, data, addr=None):
         """Send data to addr (or to the transport's remote address)."""
         cdef MsgOp op
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if type(data) is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
         if not SEND_EMPTY and not data:
@@ -226,12 +235,24 @@ cdef class DatagramCore(TransportCore):
             return
         if type(data) is not bytes:
             data = bytes(data)
-        op = MsgOp(self.proactor, self, self.fd, self.sock)
-        op.sending = True
+        if self.spare_ops:
+            op = <MsgOp>self.spare_ops.pop()
+            op.keep = self.sock
+        else:
+            op = MsgOp(self.proactor, self, self.fd, self.sock)
+            op.sending = True
         try:
-            if addr is None and not self.connected:
+            if self.connected:
+                op.msg.msg_namelen = 0
+            elif addr is not None and addr is self.peer_addr:
+                # A reply to the sender of the last datagram (the echo/server pattern): the
+                # kernel gave us that address in binary form, no need to parse it back.
+                memcpy(&op.addr, &self.peer_sockaddr, self.peer_sockaddr_len)
+                op.msg.msg_namelen = self.peer_sockaddr_len
+            elif addr is None:
                 raise _no_address_error(self.family)
-            op.set_address(self.family, None if self.connected else addr)
+            else:
+                op.set_address(self.family, addr)
         except OSError as exc:
             # What socket.sendto() raises for an unusable address (gaierror, ...).
             self.error_received(exc)
@@ -260,6 +281,9 @@ cdef class DatagramCore(TransportCore):
     cdef int send_done(self, MsgOp op, int res) except -1:
         self.send_ops.discard(op)
         self.buffer_size -= op.view.len
+        if len(self.spare_ops) < MAX_SENDS_IN_FLIGHT:
+            # Reused by a later sendto(); the Proactor releases its buffer after this returns.
+            self.spare_ops.append(op)
         if res < 0 and res != -ECANCELED and not self.lost:
             self.error_received(_oserror(-res))
         if not self.conn_lost:
