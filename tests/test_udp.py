@@ -187,6 +187,28 @@ async def test_large_datagram_and_bytearray_is_copied_at_sendto():
 
 
 @pytest.mark.asyncio
+async def test_largest_udp_datagram_and_many_senders():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    server_addr = st.get_extra_info("sockname")
+    if isinstance(loop, uringloop.Loop) and loop._features["multishot_recv"]:
+        assert st._core.multishot        # the path this test is about
+    largest = os.urandom(65507)         # 65535 - IPv4 header - UDP header
+    clients = [await loop.create_datagram_endpoint(Recorder, remote_addr=server_addr)
+               for _ in range(4)]
+    # One at a time: a few of these fill the default receive buffer, and the kernel drops what
+    # does not fit, on any loop.
+    for i, (ct, _) in enumerate(clients):
+        ct.sendto(largest[:65507 - i])
+        kind, data, addr = await sp.next()
+        assert data == largest[:65507 - i]
+        assert addr == ct.get_extra_info("sockname")
+    for ct, cp in clients:
+        await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
 async def test_sendto_argument_errors():
     loop = asyncio.get_running_loop()
     ct, cp = await loop.create_datagram_endpoint(Recorder, remote_addr=free_udp_port())

@@ -1,5 +1,6 @@
 from uringloop._sys cimport sockaddr_storage, socklen_t
-from uringloop._ops cimport MsgOp
+from uringloop._ring cimport BufferRing
+from uringloop._ops cimport MsgOp, Operation
 from uringloop._flow cimport TransportCore
 
 
@@ -9,8 +10,10 @@ cdef class DatagramCore(TransportCore):
     cdef int family
     cdef object address                    # the fixed remote address (remote_addr=), or None
     cdef bint connected                    # the socket has a peer: send without an address
-    cdef MsgOp recv_op                     # the one recvmsg the kernel holds for us
-    cdef bytearray recv_buf                # lent to the kernel while recv_op is in flight
+    cdef Operation recv_op                 # the one recvmsg the kernel holds for us: multishot
+                                           # (IPv4/6, when the kernel can) or a MsgOp
+    cdef BufferRing bufs                   # the loop's datagram buffers, for the multishot one
+    cdef bytearray recv_buf                # lent to the kernel while a MsgOp is in flight
     cdef readonly bint paused
     cdef object stash                      # datagrams completed after pause_reading()
     cdef bint stash_flush_scheduled
@@ -24,6 +27,8 @@ cdef class DatagramCore(TransportCore):
     cdef int arm_recv(self) except -1
     cdef int stop_recv(self) except -1
     cdef int recv_done(self, int res) except -1
+    cdef int multishot_done(self, int res, unsigned flags) except -1
+    cdef int recv_failed(self, int res) except -1
     cdef int deliver(self, object data, object addr) except -1
     cdef int error_received(self, object exc) except -1
     cdef int pump_sends(self) except -1

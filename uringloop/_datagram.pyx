@@ -37,8 +37,12 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 
-from uringloop._sys cimport ECANCELED, EBADF, socklen_t, sockaddr_storage
-from uringloop._ops cimport Proactor, Operation, MsgOp, OP_IDLE
+from libc.string cimport memset
+from uringloop._sys cimport (ECANCELED, EBADF, ENOBUFS, socklen_t, sockaddr_storage, msghdr,
+                             io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
+                             IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
+from uringloop._ring cimport BufferRing
+from uringloop._ops cimport Proactor, Operation, MsgOp, OP_IDLE, sockaddr_to_python
 from uringloop._flow cimport TransportCore
 
 import collections
@@ -56,6 +60,7 @@ from asyncio.log import logger as _logger
 cdef object _deque = collections.deque
 cdef object _strerror = os.strerror
 cdef int AF_UNIX = _socket.AF_UNIX
+cdef int AF_INET = _socket.AF_INET
 cdef int AF_INET6 = _socket.AF_INET6
 
 # The stock transport's recvfrom() size.
@@ -68,6 +73,46 @@ cdef bint SEND_EMPTY = sys.version_info >= (3, 13)
 # Errors that mean the socket itself is gone: reporting them to error_received() and receiving
 # again would only repeat them, so they end the transport.
 cdef frozenset FATAL_RECV_ERRORS = frozenset({EBADF, _errno.ENOTSOCK, _errno.EINVAL})
+
+
+# Multishot receive (IPv4/IPv6 only: their datagrams fit in a 64 KiB buffer, AF_UNIX ones may
+# not): one buffer group per loop, shared by its UDP transports.  A buffer holds the kernel's
+# io_uring_recvmsg_out header, room for a sockaddr_storage, and the largest UDP payload.
+cdef unsigned MULTISHOT_BUFFERS = 16
+cdef unsigned NAME_ROOM = sizeof(sockaddr_storage)
+cdef unsigned HEADER_ROOM = sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage)
+cdef unsigned MULTISHOT_BUF_SIZE = HEADER_ROOM + 65536
+
+
+@cython.final
+cdef class MultishotRecvMsgOp(Operation):
+    """A recvmsg that stays armed and completes once per datagram, each in a buffer the kernel
+    takes from a provided-buffer group."""
+    cdef msghdr msg
+    cdef unsigned bgid
+
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        memset(&self.msg, 0, sizeof(msghdr))
+        self.msg.msg_namelen = NAME_ROOM
+        ul_prep_recvmsg_multishot(sqe, self.fd, &self.msg, self.bgid, self.ud())
+        return 0
+
+
+cdef BufferRing _multishot_buffers(loop):
+    """The loop's datagram buffer group, created on first use; None where it cannot be."""
+    cdef BufferRing bufs = loop._ul_datagram_buffers
+    if bufs is None and loop._ul_datagram_buffers_failed is None:
+        if not loop._features.get('multishot_recv'):
+            loop._ul_datagram_buffers_failed = True
+            return None
+        try:
+            bufs = (<Proactor>loop._proactor).new_buffer_ring(MULTISHOT_BUFFERS,
+                                                               MULTISHOT_BUF_SIZE)
+        except (OSError, MemoryError):
+            loop._ul_datagram_buffers_failed = True
+            return None
+        loop._ul_datagram_buffers = bufs
+    return bufs
 
 
 cdef object _no_address_error(int family):
@@ -92,8 +137,14 @@ cdef class DatagramCore(TransportCore):
         self.family = sock.family
         self.address = address
         self.connected = connected
-        self.recv_buf = bytearray(MAX_DATAGRAM)
-        self.recv_op = MsgOp(self.proactor, self, self.fd, None)
+        if self.family == AF_INET or self.family == AF_INET6:
+            self.bufs = _multishot_buffers(loop)
+        if self.bufs is not None:
+            self.recv_op = MultishotRecvMsgOp(self.proactor, self, self.fd, None)
+            (<MultishotRecvMsgOp>self.recv_op).bgid = self.bufs.bgid
+        else:
+            self.recv_buf = bytearray(MAX_DATAGRAM)
+            self.recv_op = MsgOp(self.proactor, self, self.fd, None)
         self.stash = _deque()
         self.send_q = _deque()
         self.send_ops = set()
@@ -107,11 +158,11 @@ cdef class DatagramCore(TransportCore):
             self.arm_recv()
 
     cdef int arm_recv(self) except -1:
-        cdef MsgOp op = self.recv_op
+        cdef Operation op = self.recv_op
         if op.state != OP_IDLE or self.proactor.closing or self.sock is None:
             return 0
-        if not op.has_view:
-            op.set_buffer(self.recv_buf, True)
+        if self.bufs is None and not (<MsgOp>op).has_view:
+            (<MsgOp>op).set_buffer(self.recv_buf, True)
         op.keep = self.sock
         op.submit()
         return 0
@@ -123,14 +174,74 @@ cdef class DatagramCore(TransportCore):
 
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         if op is self.recv_op:
-            self.recv_done(res)
+            if self.bufs is not None:
+                self.multishot_done(res, flags)
+            else:
+                self.recv_done(res)
         else:
             self.send_done(<MsgOp>op, res)
         self.release_if_idle()
         return 0
 
+    cdef int multishot_done(self, int res, unsigned flags) except -1:
+        cdef bint final = not (flags & IORING_CQE_F_MORE)
+        cdef unsigned bid, namelen
+        cdef char *buf
+        cdef io_uring_recvmsg_out *out
+        cdef Py_ssize_t size
+        cdef object data = None, addr = None
+        if flags & IORING_CQE_F_BUFFER:
+            bid = flags >> IORING_CQE_BUFFER_SHIFT
+            buf = self.bufs.buffer(bid)
+            try:
+                if res >= 0:
+                    out = <io_uring_recvmsg_out *>buf
+                    size = out.payloadlen
+                    if size > <Py_ssize_t>(self.bufs.buf_size - HEADER_ROOM):
+                        size = self.bufs.buf_size - HEADER_ROOM      # truncated, as recvfrom
+                    data = PyBytes_FromStringAndSize(buf + HEADER_ROOM, size)
+                    namelen = out.namelen if out.namelen < NAME_ROOM else NAME_ROOM
+                    if namelen:
+                        addr = sockaddr_to_python(
+                            <sockaddr_storage *>(buf + sizeof(io_uring_recvmsg_out)),
+                            namelen, self.family)
+                        memcpy(&self.peer_sockaddr, buf + sizeof(io_uring_recvmsg_out), namelen)
+                        self.peer_sockaddr_len = namelen
+                        self.peer_addr = addr
+            finally:
+                # Copied out: the buffer goes back to the group (published after this batch).
+                self.bufs.give_back(bid)
+        if data is not None:
+            if self.closing:
+                pass
+            elif self.paused or self.stash:
+                self.stash.append((data, addr))
+            else:
+                self.deliver(data, addr)
+            if final and not self.closing and not self.paused and not self.stash:
+                self.arm_recv()     # the kernel ended the multishot request: start another
+            return 0
+        if res == -ECANCELED or res == -ENOBUFS or res >= 0:
+            # Cancelled (pause/close/loop closing), or the group ran dry for a moment: the
+            # datagrams wait in the socket; receive again once the buffers are back.
+            if final and not self.closing and not self.paused and not self.stash:
+                self.arm_recv()
+            return 0
+        return self.recv_failed(res)
+
+    cdef int recv_failed(self, int res) except -1:
+        if self.closing:
+            return 0
+        if -res in FATAL_RECV_ERRORS:
+            self.fatal_error(_oserror(-res), 'Fatal read error on datagram transport')
+            return 0
+        if not self.paused:
+            self.arm_recv()
+        self.error_received(_oserror(-res))
+        return 0
+
     cdef int recv_done(self, int res) except -1:
-        cdef MsgOp op = self.recv_op
+        cdef MsgOp op = <MsgOp>self.recv_op
         cdef object data, addr
         if res == -ECANCELED:
             # pause_reading()/close() asked for it -- or the loop is closing.  If reading was
@@ -141,13 +252,7 @@ cdef class DatagramCore(TransportCore):
         if self.closing:
             return 0            # completed after close(): the stock loop would not read it
         if res < 0:
-            if -res in FATAL_RECV_ERRORS:
-                self.fatal_error(_oserror(-res), 'Fatal read error on datagram transport')
-                return 0
-            if not self.paused:
-                self.arm_recv()
-            self.error_received(_oserror(-res))
-            return 0
+            return self.recv_failed(res)
         data = PyBytes_FromStringAndSize(<char *>op.view.buf, res)
         # No address (an unbound AF_UNIX sender): None, as socket.recvfrom() returns.
         if op.msg.msg_namelen:
@@ -378,6 +483,12 @@ cdef class DatagramCore(TransportCore):
     @property
     def socket_open(self):
         return self.sock is not None
+
+    @property
+    def multishot(self):
+        """True when datagrams arrive through a multishot recvmsg (IPv4/IPv6 on kernels with
+        provided-buffer rings), False for one recvmsg per datagram."""
+        return self.bufs is not None
 
     @property
     def receiving(self):

@@ -33,6 +33,8 @@ class UnixMixin:
     _ul_readiness = None        # the _readiness.Readiness registry, created on first use
     _ul_children = None         # the _children.ChildWatcher, created with the first child
     _ul_signal_reader = None    # the _signals.SignalReader, created with the first handler
+    _ul_datagram_buffers = None         # the UDP transports' shared provided-buffer group
+    _ul_datagram_buffers_failed = None  # True once we know it cannot be had
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
