@@ -356,3 +356,4 @@ def test_close_with_registrations_drains(new_loop, pair):
     loop.close()
     if isinstance(loop, uringloop.Loop):
         assert loop._proactor.inflight == 0
+        assert len(loop._ul_readiness) == 0        # released by _close_io before the drain

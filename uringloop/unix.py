@@ -203,11 +203,21 @@ class UnixMixin:
     # ---- closing ----
 
     def _close_io(self) -> None:
-        # Before the Proactor drains: stop what would otherwise re-arm itself.
+        # Before the Proactor drains: stop what would otherwise re-arm itself, and give the
+        # process its signal dispositions back.
         if self._ul_readiness is not None:
             self._ul_readiness.close()
         if self._ul_children is not None:
             self._ul_children.close()
+        # As the stock loop: the handlers go back to the defaults and the wake-up descriptor is
+        # unset (so no signal is written to the socket once it is closed, after the drain).
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(f"Closing the loop {self!r} on interpreter shutdown stage, "
+                          f"skipping signal handlers removal", ResourceWarning, source=self)
+            self._signal_handlers.clear()
         if self._ul_signal_reader is not None:
             self._ul_signal_reader.stop()
         super()._close_io()
@@ -222,15 +232,6 @@ class UnixMixin:
             if isinstance(transport, _datagram.UringDatagramTransport):
                 del transports[fd]
         super().close()
-        # As the stock loop: the handlers go back to the defaults and the wake-up descriptor is
-        # unset -- before its socket is closed, so no signal is written to a reused number.
-        if not sys.is_finalizing():
-            for sig in list(self._signal_handlers):
-                self.remove_signal_handler(sig)
-        elif self._signal_handlers:
-            warnings.warn(f"Closing the loop {self!r} on interpreter shutdown stage, "
-                          f"skipping signal handlers removal", ResourceWarning, source=self)
-            self._signal_handlers.clear()
         reader = self._ul_signal_reader
         if reader is not None:
             self._ul_signal_reader = None
