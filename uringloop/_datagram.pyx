@@ -3,14 +3,21 @@
 
 Receiving
 ---------
-The transport keeps exactly one recvmsg(2) in the kernel, into a 256 KiB buffer it lends for
-the duration (the stock transport's max_size, so a datagram is truncated where the stock loop
-would truncate it).  When the completion arrives the datagram is copied out, the same operation
-is resubmitted at once -- it reaches the kernel with the loop iteration's single io_uring_enter --
-and only then is protocol.datagram_received(data, addr) called, straight from the completion
-handler: no readiness event, no Handle, no recvfrom system call.  An error completion is the
-kernel reporting an ICMP error queued on the socket (ECONNREFUSED on a connected UDP socket, for
-instance), which the stock loop passes to protocol.error_received(); so do we.
+The transport keeps exactly one receive request in the kernel.  For IPv4/IPv6 sockets, where the
+kernel has provided-buffer rings, it is a *multishot* recvmsg: armed once, it completes once per
+datagram, each landing in a buffer the kernel takes from a group shared by the loop's UDP
+transports, so every datagram queued on the socket is delivered in the same loop iteration.  The
+datagram and its source address are copied out, the buffer goes straight back to the group, and
+protocol.datagram_received(data, addr) is called from the completion handler: no readiness event,
+no Handle, no recvfrom system call.  If the group runs dry the kernel ends the request (ENOBUFS);
+the datagrams wait in the socket and the request is re-armed once buffers are back.  AF_UNIX
+datagrams may exceed the group's 64 KiB buffers, so those sockets (and kernels without buffer
+rings) use a one-shot recvmsg into a 256 KiB buffer of the transport's own (the stock
+transport's max_size), resubmitted from its completion before the protocol is called.
+
+An error completion is the kernel reporting an ICMP error queued on the socket (ECONNREFUSED on
+a connected UDP socket, for instance), which the stock loop passes to
+protocol.error_received(); so do we, and receive again.
 
 pause_reading() cancels the in-flight recvmsg (ASYNC_CANCEL).  The cancel can lose the race: the
 operation may complete with a datagram after all.  That datagram is real and is kept ("stashed")
@@ -25,6 +32,8 @@ beyond that they wait in a queue.  Bytes queued or in flight count as the write 
 control.  A failed send is reported to protocol.error_received() as the stock loop does.  The
 data object is pinned until the completion; bytearray and memoryview arguments are copied first,
 because the stock sendto() has consumed them by the time it returns and callers reuse them.
+Finished sendmsg operations are reused, and a reply to the sender of the last datagram takes its
+destination from the binary address the kernel reported (no parsing of the Python tuple).
 
 Closing
 -------
@@ -35,9 +44,8 @@ it.  Until then the transport stays in loop._transports as "closing".
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
-from libc.string cimport memset
 from uringloop._sys cimport (ECANCELED, EBADF, ENOBUFS, socklen_t, sockaddr_storage, msghdr,
                              io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
