@@ -223,3 +223,22 @@ def test_loop_close_with_running_child_stops_watching(new_loop):
     code = popen.wait(10)
     if isinstance(loop, uringloop.Loop):
         assert code == -signal.SIGKILL
+
+
+def test_falls_back_to_a_waitpid_thread_without_pidfd_open(new_loop, monkeypatch):
+    loop = new_loop()
+    if not isinstance(loop, uringloop.Loop):
+        pytest.skip("uringloop's fallback for a refused pidfd_open(2)")
+
+    def refused(pid, flags=0):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(*python("import sys; sys.exit(5)"),
+                                                    stdout=subprocess.PIPE)
+        return await asyncio.wait_for(proc.communicate(), 10), proc.returncode
+
+    assert loop.run_until_complete(main()) == ((b"", None), 5)
+    loop.close()

@@ -25,6 +25,7 @@ from uringloop._sys cimport ECANCELED
 from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
 
 import os
+import threading as _threading
 
 from asyncio.log import logger as _logger
 
@@ -56,6 +57,12 @@ cdef class ChildWatcher(Completer):
         except ProcessLookupError:
             # Already reaped, by Popen itself: it knows the status.
             self.loop.call_soon(callback, self.exit_code_from_popen(popen))
+            return
+        except OSError:
+            # pidfd_open refused (a seccomp profile that predates it answers EPERM/ENOSYS):
+            # the stock loop's fallback, one thread blocked in waitpid() for this child.
+            _threading.Thread(target=self.wait_in_thread, args=(popen, callback),
+                              name=f"uringloop-waitpid-{popen.pid}", daemon=True).start()
             return
         poll = PollOp(self.proactor, self, pidfd, None)
         poll.events = POLLIN
@@ -114,6 +121,18 @@ cdef class ChildWatcher(Completer):
             # a process that no longer exists.
             popen.returncode = returncode
         return returncode
+
+    def wait_in_thread(self, popen, callback):
+        try:
+            _, status = os.waitpid(popen.pid, 0)
+        except ChildProcessError:
+            returncode = self.exit_code_from_popen(popen)
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        try:
+            self.loop.call_soon_threadsafe(callback, returncode)
+        except RuntimeError:
+            pass                # the loop was closed meanwhile
 
     def exit_code_from_popen(self, popen):
         returncode = popen.returncode
