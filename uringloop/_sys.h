@@ -218,6 +218,18 @@ static inline void ul_prep_recv_multishot(struct io_uring_sqe *sqe, int fd, unsi
     sqe->buf_group = (uint16_t)bgid;
 }
 
+/* Multishot recvmsg from a provided-buffer group (6.0): every datagram lands in its own buffer as
+ * struct io_uring_recvmsg_out, then msg->msg_namelen bytes reserved for the source address, then
+ * msg->msg_controllen bytes of control data, then the payload.  The kernel reads only the two
+ * lengths from *msg (no iovec: the buffer comes from the group). */
+static inline void ul_prep_recvmsg_multishot(struct io_uring_sqe *sqe, int fd, struct msghdr *msg,
+                                             unsigned bgid, uint64_t ud) {
+    ul_prep(sqe, UL_OP_RECVMSG, fd, msg, 1, 0, ud);
+    sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->flags = IOSQE_BUFFER_SELECT;
+    sqe->buf_group = (uint16_t)bgid;
+}
+
 static inline void ul_prep_send(struct io_uring_sqe *sqe, int fd, const void *buf, unsigned len,
                                 int msg_flags, uint64_t ud) {
     ul_prep(sqe, UL_OP_SEND, fd, buf, len, 0, ud);

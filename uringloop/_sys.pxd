@@ -69,6 +69,11 @@ cdef extern from "_sys.h" nogil:
         uint16_t bid
     struct io_uring_buf_ring:
         uint16_t tail
+    struct io_uring_recvmsg_out:
+        uint32_t namelen
+        uint32_t controllen
+        uint32_t payloadlen
+        uint32_t flags
     struct io_uring_buf_reg:
         uint64_t ring_addr
         uint32_t ring_entries
@@ -111,6 +116,8 @@ cdef extern from "_sys.h" nogil:
 
     void ul_prep_recv(io_uring_sqe *sqe, int fd, void *buf, unsigned len, int flags, uint64_t ud)
     void ul_prep_recv_multishot(io_uring_sqe *sqe, int fd, unsigned bgid, uint64_t ud)
+    void ul_prep_recvmsg_multishot(io_uring_sqe *sqe, int fd, msghdr *msg, unsigned bgid,
+                                   uint64_t ud)
     void ul_prep_send(io_uring_sqe *sqe, int fd, const void *buf, unsigned len, int flags,
                       uint64_t ud)
     void ul_prep_send_zc(io_uring_sqe *sqe, int fd, const void *buf, unsigned len, int flags,

@@ -45,7 +45,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Loop(UnixMixin, NetworkMixin, base_events.BaseEventLoop):
+class _CloseIOChain:
+    """The end of the `_close_io` chain.  The mixins above it in the MRO release what they hold
+    before the drain and chain to super(); a `_close_io` defined on Loop itself would shadow
+    theirs."""
+
+    def _close_io(self) -> None:
+        pass
+
+
+class Loop(UnixMixin, NetworkMixin, _CloseIOChain, base_events.BaseEventLoop):
     """An asyncio event loop whose I/O is completion-based, on io_uring."""
 
     def __init__(self) -> None:
@@ -92,10 +101,6 @@ class Loop(UnixMixin, NetworkMixin, base_events.BaseEventLoop):
         # BaseEventLoop.close() then discards with the rest of the ready queue.
         self._proactor.close()
         super().close()
-
-    def _close_io(self) -> None:
-        """Hook for the transport/signal layers (the mixins, which chain to super()) to release
-        what they hold before the drain."""
 
     def statistics(self) -> dict:
         """Counters of the ring: io_uring_enter calls, SQEs submitted, completions, in flight."""

@@ -1,0 +1,378 @@
+"""connect_read_pipe / connect_write_pipe, on uringloop and on the stock loop."""
+
+import asyncio
+import errno
+import gc
+import os
+import socket
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_fds():
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    gc.collect()
+    leaked = set(os.listdir("/proc/self/fd")) - before
+    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+                        if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+class Reader(asyncio.Protocol):
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.transport = None
+        self.data = bytearray()
+        self.chunks = 0
+        self.eof = False
+        self.lost = self.loop.create_future()
+        self.events = []
+
+    def connection_made(self, transport):
+        self.events.append("made")
+        self.transport = transport
+
+    def data_received(self, data):
+        assert isinstance(data, bytes)
+        if not self.chunks:
+            self.events.append("data")
+        self.chunks += 1
+        self.data += data
+
+    def eof_received(self):
+        self.events.append("eof")
+        self.eof = True
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+
+class Writer(asyncio.BaseProtocol):
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.lost = self.loop.create_future()
+        self.paused = 0
+        self.resumed = 0
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+    def pause_writing(self):
+        self.paused += 1
+
+    def resume_writing(self):
+        self.resumed += 1
+
+
+def is_reading(transport):
+    """transport.is_reading(), or None where the stock read pipe lacks it (Python 3.10)."""
+    try:
+        return transport.is_reading()
+    except NotImplementedError:
+        return None
+
+
+async def until(predicate, limit=2000):
+    for _ in range(limit):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert predicate()
+
+
+async def iterations(n=10):
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def read_pipe():
+    r, w = os.pipe()
+    loop = asyncio.get_running_loop()
+    rpipe = os.fdopen(r, "rb", 0)
+    transport, proto = await loop.connect_read_pipe(Reader, rpipe)
+    return transport, proto, rpipe, w
+
+
+async def write_pipe():
+    r, w = os.pipe()
+    loop = asyncio.get_running_loop()
+    wpipe = os.fdopen(w, "wb", 0)
+    transport, proto = await loop.connect_write_pipe(Writer, wpipe)
+    return transport, proto, wpipe, r
+
+
+@pytest.mark.asyncio
+async def test_read_pipe_data_then_eof():
+    transport, proto, rpipe, w = await read_pipe()
+    assert proto.transport is transport
+    assert transport.get_extra_info("pipe") is rpipe
+    assert is_reading(transport) in (True, None)
+    os.write(w, b"hello ")
+    os.write(w, b"world")
+    await until(lambda: proto.data == b"hello world")
+    os.close(w)
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    assert proto.eof
+    assert proto.events == ["made", "data", "eof", "lost"]
+    assert transport.is_closing()
+    await until(lambda: rpipe.closed)
+
+
+@pytest.mark.asyncio
+async def test_read_pipe_close_without_eof():
+    transport, proto, rpipe, w = await read_pipe()
+    transport.close()
+    transport.close()
+    assert transport.is_closing()
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    assert not proto.eof
+    await until(lambda: rpipe.closed)
+    os.close(w)
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_delivers_large_data_in_order():
+    loop = asyncio.get_running_loop()
+    transport, proto, wpipe, r = await write_pipe()
+    rtransport, rproto = await loop.connect_read_pipe(Reader, os.fdopen(r, "rb", 0))
+    payload = os.urandom(3 * 1024 * 1024 + 17)     # far more than a pipe holds
+    view = memoryview(payload)
+    for i in range(0, len(payload), 100_000):
+        transport.write(view[i:i + 100_000])
+    transport.write(bytearray(b"-tail"))
+    transport.close()
+    assert await asyncio.wait_for(proto.lost, 10) is None
+    assert await asyncio.wait_for(rproto.lost, 10) is None
+    assert rproto.data == payload + b"-tail"
+    assert rproto.eof
+    assert proto.paused == proto.resumed
+    assert transport.get_write_buffer_size() == 0
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_flow_control_pauses_and_resumes():
+    transport, proto, wpipe, r = await write_pipe()
+    transport.set_write_buffer_limits(high=1024, low=256)
+    assert transport.get_write_buffer_limits() == (256, 1024)
+    with pytest.raises(ValueError):
+        transport.set_write_buffer_limits(high=1, low=2)
+    transport.write(b"x" * (1 << 20))            # the pipe takes 64 KiB; the rest waits
+    await iterations()
+    assert proto.paused == 1 and proto.resumed == 0
+    assert transport.get_write_buffer_size() > 1024
+    received = 0
+    os.set_blocking(r, False)
+    while received < (1 << 20):
+        try:
+            received += len(os.read(r, 1 << 16))
+        except BlockingIOError:
+            await asyncio.sleep(0)
+    await until(lambda: proto.resumed == 1)
+    assert transport.get_write_buffer_size() == 0
+    transport.close()
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    os.close(r)
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_data_is_copied_at_write():
+    loop = asyncio.get_running_loop()
+    transport, proto, wpipe, r = await write_pipe()
+    rtransport, rproto = await loop.connect_read_pipe(Reader, os.fdopen(r, "rb", 0))
+    buf = bytearray(b"original")
+    transport.write(buf)
+    buf[:] = b"changed after write() returned"
+    transport.write(buf)
+    transport.close()
+    await asyncio.wait_for(rproto.lost, 5)
+    assert rproto.data == b"original" + b"changed after write() returned"
+    await asyncio.wait_for(proto.lost, 5)
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_reader_going_away_is_noticed_without_writing():
+    transport, proto, wpipe, r = await write_pipe()
+    transport.write(b"some")
+    await iterations()
+    os.close(r)
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    assert transport.is_closing()
+    await until(lambda: wpipe.closed)
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_reader_going_away_with_data_buffered():
+    transport, proto, wpipe, r = await write_pipe()
+    transport.write(b"y" * (1 << 20))            # does not fit: stays buffered
+    await iterations()
+    os.close(r)
+    exc = await asyncio.wait_for(proto.lost, 5)
+    assert isinstance(exc, BrokenPipeError)
+    transport.write(b"ignored after the loss")
+    await until(lambda: wpipe.closed)
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_abort_drops_buffered_data():
+    transport, proto, wpipe, r = await write_pipe()
+    transport.write(b"z" * (1 << 20))
+    await iterations()
+    transport.abort()
+    assert transport.is_closing()
+    assert transport.get_write_buffer_size() == 0
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    os.set_blocking(r, False)
+    total = 0
+    while True:
+        try:
+            chunk = os.read(r, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        total += len(chunk)
+    assert total < (1 << 20)
+    os.close(r)
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_write_eof_and_misuse():
+    transport, proto, wpipe, r = await write_pipe()
+    assert transport.can_write_eof()
+    with pytest.raises(AssertionError):
+        transport.write("text")
+    transport.write(b"")
+    transport.write(b"last")
+    transport.write_eof()
+    assert transport.is_closing()
+    transport.write(b"after eof is dropped")
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    os.set_blocking(r, True)
+    assert os.read(r, 100) == b"last"
+    assert os.read(r, 100) == b""
+    os.close(r)
+
+
+@pytest.mark.asyncio
+async def test_read_pipe_pause_and_resume_lose_nothing():
+    transport, proto, rpipe, w = await read_pipe()
+    os.write(w, b"first")
+    await until(lambda: proto.data == b"first")
+    transport.pause_reading()
+    assert is_reading(transport) in (False, None)
+    os.write(w, b"-second")
+    await iterations(20)
+    assert proto.data == b"first"
+    transport.resume_reading()
+    assert is_reading(transport) in (True, None)
+    await until(lambda: proto.data == b"first-second")
+    for i in range(30):
+        os.write(w, b"%d," % i)
+        if i % 2:
+            transport.pause_reading()
+        await asyncio.sleep(0)
+        transport.resume_reading()
+    os.close(w)
+    await asyncio.wait_for(proto.lost, 5)
+    assert proto.data == b"first-second" + b"".join(b"%d," % i for i in range(30))
+
+
+@pytest.mark.asyncio
+async def test_pipe_transports_refuse_regular_files(tmp_path):
+    loop = asyncio.get_running_loop()
+    path = tmp_path / "file"
+    path.write_bytes(b"x")
+    with open(path, "rb") as f:
+        with pytest.raises(ValueError):
+            await loop.connect_read_pipe(Reader, f)
+    with open(path, "wb") as f:
+        with pytest.raises(ValueError):
+            await loop.connect_write_pipe(Writer, f)
+
+
+@pytest.mark.asyncio
+async def test_socket_as_read_and_write_pipe():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    rt, rp = await loop.connect_read_pipe(Reader, a)
+    wt, wp = await loop.connect_write_pipe(Writer, b)
+    wt.write(b"over a socket")
+    await until(lambda: rp.data == b"over a socket")
+    wt.close()
+    assert await asyncio.wait_for(wp.lost, 5) is None
+    b.close()                        # the write transport closed it already; harmless
+    assert await asyncio.wait_for(rp.lost, 5) is None
+    assert rp.eof
+    await until(lambda: a.fileno() == -1)
+
+
+@pytest.mark.asyncio
+async def test_pty_hangup_ends_the_read_pipe_quietly():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    master, slave = os.openpty()
+    transport, proto = await loop.connect_read_pipe(Reader, os.fdopen(master, "rb", 0))
+    os.write(slave, b"through the terminal\n")
+    await until(lambda: b"through the terminal" in proto.data)
+    os.close(slave)
+    exc = await asyncio.wait_for(proto.lost, 5)
+    assert isinstance(exc, OSError) and exc.errno == errno.EIO
+    assert errors == []
+
+
+@pytest.mark.asyncio
+async def test_data_received_exception_is_reported_and_reading_continues():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class Failing(Reader):
+        def data_received(self, data):
+            super().data_received(data)
+            if data.startswith(b"boom"):
+                raise ZeroDivisionError
+
+    r, w = os.pipe()
+    transport, proto = await loop.connect_read_pipe(Failing, os.fdopen(r, "rb", 0))
+    os.write(w, b"boom")
+    await until(lambda: errors)
+    os.write(w, b"fine")
+    await until(lambda: proto.data == b"boomfine")
+    assert isinstance(errors[0]["exception"], ZeroDivisionError)
+    os.close(w)
+    await asyncio.wait_for(proto.lost, 5)
+
+
+@pytest.mark.asyncio
+async def test_set_protocol_on_pipes():
+    loop = asyncio.get_running_loop()
+    transport, proto, rpipe, w = await read_pipe()
+    other = Reader()
+    transport.set_protocol(other)
+    assert transport.get_protocol() is other
+    os.write(w, b"redirected")
+    await until(lambda: other.data == b"redirected")
+    assert proto.data == b""
+    os.close(w)
+    await asyncio.wait_for(other.lost, 5)
+
+
+def test_unclosed_pipe_transport_warns_and_closes_pipe(new_loop):
+    loop = new_loop()
+    r, w = os.pipe()
+    rpipe = os.fdopen(r, "rb", 0)
+
+    async def connect():
+        return await loop.connect_read_pipe(asyncio.Protocol, rpipe)
+
+    transport, _ = loop.run_until_complete(connect())
+    loop.close()
+    with pytest.warns(ResourceWarning):
+        del transport
+        gc.collect()
+    assert rpipe.closed
+    os.close(w)

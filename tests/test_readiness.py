@@ -1,0 +1,359 @@
+"""add_reader/add_writer/remove_reader/remove_writer, on uringloop and on the stock loop."""
+
+import asyncio
+import contextvars
+import gc
+import os
+import socket
+
+import pytest
+
+import uringloop
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_fds():
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    gc.collect()
+    leaked = set(os.listdir("/proc/self/fd")) - before
+    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+                        if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+async def iterations(n=10):
+    """Let the loop run n iterations (each one polls the kernel once)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def until(predicate, limit=1000):
+    for _ in range(limit):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    assert predicate()
+
+
+@pytest.mark.asyncio
+async def test_reader_is_called_when_data_arrives(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    got = []
+
+    def on_readable(sock, tag):
+        got.append((tag, sock.recv(100)))
+
+    loop.add_reader(b, on_readable, b, "tag")
+    await iterations()
+    assert got == []
+    a.send(b"hello")
+    await until(lambda: got)
+    assert got == [("tag", b"hello")]
+    assert loop.remove_reader(b) is True
+
+
+@pytest.mark.asyncio
+async def test_reader_is_level_triggered(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    calls = 0
+
+    def lazy_reader():
+        # Reads nothing for the first calls: the data stays, so the callback must come back.
+        nonlocal calls
+        calls += 1
+        if calls >= 5:
+            b.recv(100)
+
+    loop.add_reader(b.fileno(), lazy_reader)
+    a.send(b"x")
+    await until(lambda: calls >= 5)
+    await iterations(20)
+    assert calls == 5            # consumed at the fifth call: quiet since
+    a.send(b"y")
+    await until(lambda: calls == 6)
+    loop.remove_reader(b.fileno())
+
+
+@pytest.mark.asyncio
+async def test_writer_is_level_triggered_until_removed(pair):
+    loop = asyncio.get_running_loop()
+    a, _ = pair
+    calls = 0
+
+    def on_writable():
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            assert loop.remove_writer(a) is True
+
+    loop.add_writer(a, on_writable)
+    await until(lambda: calls >= 3)
+    await iterations(20)
+    assert calls == 3
+
+
+@pytest.mark.asyncio
+async def test_replacing_a_reader_replaces_the_callback(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    got = []
+    first = loop._add_reader(b, lambda: got.append("first"))
+    second = loop._add_reader(b, lambda: got.append(("second", b.recv(10))))
+    assert isinstance(first, asyncio.Handle) and first.cancelled()
+    assert not second.cancelled()
+    a.send(b"!")
+    await until(lambda: got)
+    await iterations()
+    assert got == [("second", b"!")]
+    assert loop.remove_reader(b)
+
+
+@pytest.mark.asyncio
+async def test_remove_returns_whether_a_callback_was_registered(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    assert loop.remove_reader(b) is False
+    assert loop.remove_writer(b) is False
+    loop.add_reader(b, lambda: None)
+    assert loop.remove_writer(b) is False        # only a reader is registered
+    assert loop.remove_reader(b) is True
+    assert loop.remove_reader(b) is False
+    loop.add_writer(b, lambda: None)
+    loop.add_reader(b, lambda: None)
+    assert loop.remove_reader(b) is True
+    assert loop.remove_writer(b) is True
+    assert loop.remove_writer(b) is False
+
+
+@pytest.mark.asyncio
+async def test_reader_and_writer_on_one_fd_are_independent(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    reads, writes = [], []
+    loop.add_reader(b, lambda: reads.append(b.recv(10)))
+    loop.add_writer(b, lambda: writes.append(1))
+    await until(lambda: writes)
+    assert loop.remove_writer(b)
+    await iterations()
+    count = len(writes)
+    a.send(b"r")
+    await until(lambda: reads)
+    await iterations()
+    assert reads == [b"r"]
+    assert len(writes) == count
+    assert loop.remove_reader(b)
+
+
+@pytest.mark.asyncio
+async def test_nothing_fires_after_remove_with_poll_in_flight(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    got = []
+    loop.add_reader(b, got.append, "fired")
+    await iterations()               # the poll is in the kernel now
+    assert loop.remove_reader(b)
+    a.send(b"data")
+    await iterations(20)
+    assert got == []
+
+
+@pytest.mark.asyncio
+async def test_nothing_fires_when_data_races_the_removal(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    got = []
+    loop.add_reader(b, got.append, "fired")
+    await iterations()
+    # The data wakes the poll before the removal reaches the kernel: the event is dropped.
+    a.send(b"data")
+    assert loop.remove_reader(b)
+    await iterations(20)
+    assert got == []
+
+
+@pytest.mark.asyncio
+async def test_callback_removing_itself_runs_once(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    calls = []
+
+    def once():
+        calls.append(1)
+        loop.remove_reader(b)        # without reading: level-triggered would call again
+
+    loop.add_reader(b, once)
+    a.send(b"x")
+    await until(lambda: calls)
+    await iterations(20)
+    assert calls == [1]
+
+
+@pytest.mark.asyncio
+async def test_cancelled_handle_unregisters_itself(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    called = []
+    handle = loop._add_reader(b, called.append, 1)
+    handle.cancel()
+    a.send(b"x")
+    await iterations(20)
+    assert called == []
+    assert loop.remove_reader(b) is False
+
+
+@pytest.mark.asyncio
+async def test_invalid_descriptors_raise_like_the_stock_loop(tmp_path):
+    loop = asyncio.get_running_loop()
+    for bad in (-1, "text", object(), None):
+        with pytest.raises(ValueError):
+            loop.add_reader(bad, lambda: None)
+        with pytest.raises(ValueError):
+            loop.add_writer(bad, lambda: None)
+        with pytest.raises(ValueError):
+            loop.remove_reader(bad)
+        with pytest.raises(ValueError):
+            loop.remove_writer(bad)
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as info:
+        loop.add_reader(r, lambda: None)
+    assert info.value.errno == 9    # EBADF
+    assert loop.remove_reader(r) is False
+    path = tmp_path / "regular"
+    path.write_bytes(b"data")
+    with open(path, "rb") as regular:
+        with pytest.raises(PermissionError):
+            loop.add_reader(regular, lambda: None)
+        with pytest.raises(PermissionError):
+            loop.add_writer(regular.fileno(), lambda: None)
+        assert loop.remove_reader(regular) is False
+
+
+@pytest.mark.asyncio
+async def test_fd_owned_by_a_transport_is_refused():
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       local_addr=("127.0.0.1", 0))
+    sock = transport.get_extra_info("socket")
+    for method in (loop.add_reader, loop.add_writer):
+        with pytest.raises(RuntimeError):
+            method(sock.fileno(), lambda: None)
+    for method in (loop.remove_reader, loop.remove_writer):
+        with pytest.raises(RuntimeError):
+            method(sock.fileno())
+    fd = sock.fileno()
+    transport.close()
+    # A closing transport no longer owns it.
+    assert loop.remove_reader(fd) is False
+    await iterations()
+
+
+@pytest.mark.asyncio
+async def test_closed_socket_object_can_still_be_removed(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    c = b.dup()
+    loop.add_reader(c, lambda: None)
+    await iterations()
+    c.close()
+    assert loop.remove_reader(c) is True
+
+
+@pytest.mark.asyncio
+async def test_pipe_eof_wakes_the_reader():
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    chunks = []
+
+    def on_readable():
+        data = os.read(r, 100)
+        chunks.append(data)
+        if not data:
+            loop.remove_reader(r)
+
+    try:
+        loop.add_reader(r, on_readable)
+        os.write(w, b"abc")
+        await until(lambda: chunks)
+        os.close(w)
+        await until(lambda: chunks[-1:] == [b""])
+        assert chunks == [b"abc", b""]
+    finally:
+        os.close(r)
+
+
+@pytest.mark.asyncio
+async def test_callback_runs_in_the_context_of_registration(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+    var.set("at registration")
+    loop.add_reader(b, lambda: seen.append(var.get()) or b.recv(10))
+    var.set("later")
+    a.send(b"x")
+    await until(lambda: seen)
+    assert seen == ["at registration"]
+    loop.remove_reader(b)
+
+
+@pytest.mark.asyncio
+async def test_exception_in_callback_goes_to_the_handler(pair):
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    def broken():
+        b.recv(10)
+        raise ZeroDivisionError
+
+    loop.add_reader(b, broken)
+    a.send(b"x")
+    await until(lambda: errors)
+    assert isinstance(errors[0]["exception"], ZeroDivisionError)
+    assert isinstance(errors[0]["handle"], asyncio.Handle)
+    a.send(b"y")                     # still registered after the exception
+    await until(lambda: len(errors) == 2)
+    loop.remove_reader(b)
+
+
+def test_closed_loop_refuses_and_reports_nothing(new_loop, pair):
+    loop = new_loop()
+    a, b = pair
+    loop.close()
+    with pytest.raises(RuntimeError):
+        loop.add_reader(b, lambda: None)
+    with pytest.raises(RuntimeError):
+        loop.add_writer(b, lambda: None)
+    assert loop.remove_reader(b) is False
+    assert loop.remove_writer(b) is False
+
+
+def test_close_with_registrations_drains(new_loop, pair):
+    loop = new_loop()
+    a, b = pair
+    fired = []
+    loop.add_reader(b, fired.append, "r")
+    loop.add_writer(a, fired.append, "w")
+    loop.run_until_complete(iterations())
+    assert "w" in fired
+    loop.close()
+    if isinstance(loop, uringloop.Loop):
+        assert loop._proactor.inflight == 0
+        assert len(loop._ul_readiness) == 0        # released by _close_io before the drain

@@ -1,0 +1,244 @@
+"""asyncio.create_subprocess_exec/_shell on uringloop and on the stock loop."""
+
+import asyncio
+import gc
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import uringloop
+
+PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_fds():
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    gc.collect()
+    leaked = set(os.listdir("/proc/self/fd")) - before
+    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+                        if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+def python(code):
+    return (PY, "-c", code)
+
+
+@pytest.mark.asyncio
+async def test_communicate_all_three_pipes_and_exit_status():
+    proc = await asyncio.create_subprocess_exec(
+        *python("import sys\n"
+                "data = sys.stdin.buffer.read()\n"
+                "sys.stdout.buffer.write(data.upper())\n"
+                "sys.stderr.write('to stderr')\n"
+                "sys.exit(3)"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(b"hello child"), 10)
+    assert out == b"HELLO CHILD"
+    assert err == b"to stderr"
+    assert proc.returncode == 3
+    assert await proc.wait() == 3
+
+
+@pytest.mark.asyncio
+async def test_shell_with_stderr_merged_into_stdout():
+    proc = await asyncio.create_subprocess_shell(
+        "echo out; echo err >&2; exit 0",
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert err is None
+    assert sorted(out.split()) == [b"err", b"out"]
+    assert proc.returncode == 0
+
+
+@pytest.mark.asyncio
+async def test_large_output_arrives_complete():
+    size = 3 * 1024 * 1024 + 5
+    proc = await asyncio.create_subprocess_exec(
+        *python(f"import sys; sys.stdout.buffer.write(bytes(range(256)) * ({size} // 256)"
+                f" + b'x' * ({size} % 256))"),
+        stdout=subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert len(out) == size
+    assert out[:256] == bytes(range(256))
+    assert proc.returncode == 0
+
+
+@pytest.mark.asyncio
+async def test_interactive_line_protocol_through_stdin_and_stdout():
+    proc = await asyncio.create_subprocess_exec(
+        *python("import sys\n"
+                "for line in sys.stdin:\n"
+                "    print(line.strip()[::-1], flush=True)"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    for word in (b"alpha", b"beta", b"gamma"):
+        proc.stdin.write(word + b"\n")
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.stdout.readline(), 10) == word[::-1] + b"\n"
+    proc.stdin.close()
+    await proc.stdin.wait_closed()
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert await proc.stdout.read() == b""
+
+
+@pytest.mark.asyncio
+async def test_large_stdin_with_drain():
+    payload = os.urandom(2 * 1024 * 1024)
+    proc = await asyncio.create_subprocess_exec(
+        *python("import sys, hashlib\n"
+                "print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    for i in range(0, len(payload), 256 * 1024):
+        proc.stdin.write(payload[i:i + 256 * 1024])
+        await proc.stdin.drain()
+    proc.stdin.close()
+    out = await asyncio.wait_for(proc.stdout.read(), 20)
+    assert out.strip().decode() == hashlib.sha256(payload).hexdigest()
+    assert await proc.wait() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("method, signum", [("terminate", signal.SIGTERM),
+                                            ("kill", signal.SIGKILL),
+                                            ("send_signal", signal.SIGUSR1)])
+async def test_signalled_child_reports_minus_signal(method, signum):
+    proc = await asyncio.create_subprocess_exec(
+        *python("import sys, time\nprint('ready', flush=True)\ntime.sleep(30)"),
+        stdout=subprocess.PIPE)
+    assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"ready\n"
+    if method == "send_signal":
+        proc.send_signal(signum)
+    else:
+        getattr(proc, method)()
+    assert await asyncio.wait_for(proc.wait(), 10) == -signum
+    assert proc.returncode == -signum
+
+
+@pytest.mark.asyncio
+async def test_wait_without_pipes_and_many_children_at_once():
+    procs = [await asyncio.create_subprocess_exec(*python(f"import sys; sys.exit({i})"))
+             for i in range(8)]
+    codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 20)
+    assert codes == list(range(8))
+
+
+@pytest.mark.asyncio
+async def test_pass_fds_cwd_env_and_new_session(tmp_path):
+    r, w = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *python(f"import os\n"
+                    f"os.write({w}, (os.getcwd() + '|' + os.environ['MARK'] + '|'"
+                    f" + str(os.getsid(0) == os.getpid())).encode())"),
+            pass_fds=(w,), cwd=str(tmp_path), env={**os.environ, "MARK": "marked"},
+            start_new_session=True)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        os.close(w)
+        w = -1
+        assert os.read(r, 1000).decode() == f"{tmp_path}|marked|True"
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+
+
+@pytest.mark.asyncio
+async def test_missing_program_raises_and_leaks_nothing():
+    with pytest.raises(FileNotFoundError):
+        await asyncio.create_subprocess_exec("/nonexistent/program", stdout=subprocess.PIPE)
+    with pytest.raises(ValueError):
+        await asyncio.create_subprocess_exec(PY, "-c", "pass", universal_newlines=True)
+
+
+@pytest.mark.asyncio
+async def test_closing_the_transport_kills_a_running_child():
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+
+    class Proto(asyncio.SubprocessProtocol):
+        def process_exited(self):
+            exited.set_result(True)
+
+    transport, _ = await loop.subprocess_exec(Proto, *python("import time; time.sleep(30)"),
+                                              stdin=None, stdout=None, stderr=None)
+    assert transport.get_returncode() is None
+    assert isinstance(transport.get_pid(), int)
+    transport.close()
+    await asyncio.wait_for(exited, 10)
+    assert transport.get_returncode() == -signal.SIGKILL
+
+
+@pytest.mark.asyncio
+async def test_status_survives_popen_reaping_first():
+    # Popen.poll() (called by the transport's close() and, before 3.13, send_signal()) may reap
+    # the child before the loop does; the exit status must still be the real one.  The stock
+    # watchers report 255 in that case, so only uringloop's result is asserted exactly.
+    loop = asyncio.get_running_loop()
+    proc = await asyncio.create_subprocess_exec(*python("import sys; sys.exit(7)"))
+    popen = proc._transport.get_extra_info("subprocess")
+    while popen.poll() is None:      # reaps it as soon as it has exited
+        await asyncio.sleep(0.01)
+    code = await asyncio.wait_for(proc.wait(), 10)
+    if isinstance(loop, uringloop.Loop):
+        assert code == 7
+    else:
+        assert code in (7, 255)
+
+
+@pytest.mark.asyncio
+async def test_children_are_reaped_without_helper_threads():
+    loop = asyncio.get_running_loop()
+    threads_before = threading.active_count()
+    proc = await asyncio.create_subprocess_exec(*python("import time; time.sleep(0.2)"))
+    during = threading.active_count()
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    if isinstance(loop, uringloop.Loop):
+        assert during == threads_before
+        assert len(loop._ul_children) == 0
+
+
+def test_loop_close_with_running_child_stops_watching(new_loop):
+    loop = new_loop()
+
+    async def start():
+        return await asyncio.create_subprocess_exec(
+            *python("import sys; sys.stdin.read()"), stdin=subprocess.PIPE)
+
+    proc = loop.run_until_complete(start())
+    popen = proc._transport.get_extra_info("subprocess")
+    proc._transport.close()          # kills the child and closes our pipe ends
+    loop.run_until_complete(asyncio.sleep(0))
+    if not isinstance(loop, uringloop.Loop):
+        # The stock PidfdChildWatcher (3.12+) leaks its pidfd when the loop closes first.
+        loop.run_until_complete(proc.wait())
+    loop.close()
+    # The closed uringloop no longer reaps: the status is left for Popen.  (The stock loop's
+    # watcher thread may reap it behind Popen's back, which then reports 0.)
+    code = popen.wait(10)
+    if isinstance(loop, uringloop.Loop):
+        assert code == -signal.SIGKILL
+
+
+def test_falls_back_to_a_waitpid_thread_without_pidfd_open(new_loop, monkeypatch):
+    loop = new_loop()
+    if not isinstance(loop, uringloop.Loop):
+        pytest.skip("uringloop's fallback for a refused pidfd_open(2)")
+
+    def refused(pid, flags=0):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(*python("import sys; sys.exit(5)"),
+                                                    stdout=subprocess.PIPE)
+        return await asyncio.wait_for(proc.communicate(), 10), proc.returncode
+
+    assert loop.run_until_complete(main()) == ((b"", None), 5)
+    loop.close()

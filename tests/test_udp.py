@@ -1,0 +1,515 @@
+"""create_datagram_endpoint and the datagram transport, on uringloop and on the stock loop."""
+
+import asyncio
+import gc
+import os
+import socket
+import sys
+
+import pytest
+
+import uringloop
+
+HAS_IPV6 = socket.has_ipv6
+if HAS_IPV6:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as _s:
+            _s.bind(("::1", 0))
+    except OSError:
+        HAS_IPV6 = False
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_fds():
+    """Every socket a test opens is closed by the time the test (and its loop) is gone."""
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    gc.collect()
+    leaked = set(os.listdir("/proc/self/fd")) - before
+    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+                        if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+class Recorder(asyncio.DatagramProtocol):
+    """Records every protocol event; datagrams and errors go to one queue, in order."""
+
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.transport = None
+        self.events = asyncio.Queue()
+        self.made = 0
+        self.lost = loop.create_future()
+        self.paused = 0
+        self.resumed = 0
+
+    def connection_made(self, transport):
+        self.made += 1
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.events.put_nowait(("data", data, addr))
+
+    def error_received(self, exc):
+        self.events.put_nowait(("error", exc, None))
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+    def pause_writing(self):
+        self.paused += 1
+
+    def resume_writing(self):
+        self.resumed += 1
+
+    async def next(self):
+        return await asyncio.wait_for(self.events.get(), 5)
+
+
+def skip_if_stock_cannot_pause():
+    # The stock datagram transport gained pause_reading()/is_reading() in Python 3.11.
+    if sys.version_info < (3, 11) and not isinstance(asyncio.get_running_loop(), uringloop.Loop):
+        pytest.skip("the stock datagram transport of Python 3.10 cannot pause reading")
+
+
+async def closed(transport, proto):
+    transport.close()
+    return await asyncio.wait_for(proto.lost, 5)
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()
+
+
+@pytest.mark.asyncio
+async def test_inet_echo_and_addresses():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    server_addr = st.get_extra_info("sockname")
+    ct, cp = await loop.create_datagram_endpoint(Recorder, remote_addr=server_addr)
+    assert sp.made == cp.made == 1
+    assert sp.transport is st and cp.transport is ct
+    assert ct.get_extra_info("peername") == server_addr
+    assert st.get_extra_info("peername") is None
+    client_addr = ct.get_extra_info("sockname")
+
+    ct.sendto(b"ping")
+    kind, data, addr = await sp.next()
+    assert (kind, data, addr) == ("data", b"ping", client_addr)
+    st.sendto(b"pong", addr)
+    assert await cp.next() == ("data", b"pong", server_addr)
+
+    assert await closed(ct, cp) is None
+    assert await closed(st, sp) is None
+    assert ct.is_closing() and st.is_closing()
+    assert ct.get_extra_info("socket").fileno() == -1
+
+
+@pytest.mark.asyncio
+@pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+async def test_inet6_echo():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("::1", 0))
+    server_addr = st.get_extra_info("sockname")
+    ct, cp = await loop.create_datagram_endpoint(Recorder, remote_addr=server_addr[:2],
+                                                 family=socket.AF_INET6)
+    ct.sendto(b"six")
+    kind, data, addr = await sp.next()
+    assert (kind, data) == ("data", b"six")
+    assert addr[:2] == ct.get_extra_info("sockname")[:2]
+    assert len(addr) == 4
+    st.sendto(b"back", addr)
+    assert (await cp.next())[1] == b"back"
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_unix_datagram_named_and_unnamed_peers(tmp_path):
+    loop = asyncio.get_running_loop()
+    server_path = str(tmp_path / "server.sock")
+    client_path = str(tmp_path / "client.sock")
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=server_path,
+                                                 family=socket.AF_UNIX)
+    ct, cp = await loop.create_datagram_endpoint(Recorder, local_addr=client_path,
+                                                 remote_addr=server_path,
+                                                 family=socket.AF_UNIX)
+    assert st.get_extra_info("sockname") == server_path
+    ct.sendto(b"hello")
+    assert await sp.next() == ("data", b"hello", client_path)
+    st.sendto(b"reply", client_path)
+    assert await cp.next() == ("data", b"reply", server_path)
+
+    # A sender that never bound has no address: the receiver gets None, as from recvfrom().
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as anon:
+        anon.sendto(b"anonymous", server_path)
+        assert await sp.next() == ("data", b"anonymous", None)
+
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_burst_of_datagrams_arrives_complete_and_in_order():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    # More than the transport keeps in flight at once, and few enough to fit in the default
+    # receive buffer (the kernel drops what does not fit, on any loop).
+    count = 150
+    for i in range(count):
+        ct.sendto(b"%05d" % i)
+    got = [(await sp.next())[1] for _ in range(count)]
+    assert got == [b"%05d" % i for i in range(count)]
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_large_datagram_and_bytearray_is_copied_at_sendto():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    big = bytes(range(256)) * 200            # 51200 bytes, one datagram
+    ct.sendto(big)
+    buf = bytearray(b"first")
+    ct.sendto(buf)
+    buf[:] = b"mutated-and-resized"          # the transport must not be holding it
+    ct.sendto(memoryview(b"xxthirdxx")[2:7])
+    assert (await sp.next())[1] == big
+    assert (await sp.next())[1] == b"first"
+    assert (await sp.next())[1] == b"third"
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_largest_udp_datagram_and_many_senders():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    server_addr = st.get_extra_info("sockname")
+    if isinstance(loop, uringloop.Loop) and loop._features["multishot_recv"]:
+        assert st._core.multishot        # the path this test is about
+    largest = os.urandom(65507)         # 65535 - IPv4 header - UDP header
+    clients = [await loop.create_datagram_endpoint(Recorder, remote_addr=server_addr)
+               for _ in range(4)]
+    # One at a time: a few of these fill the default receive buffer, and the kernel drops what
+    # does not fit, on any loop.
+    for i, (ct, _) in enumerate(clients):
+        ct.sendto(largest[:65507 - i])
+        kind, data, addr = await sp.next()
+        assert data == largest[:65507 - i]
+        assert addr == ct.get_extra_info("sockname")
+    for ct, cp in clients:
+        await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_sendto_argument_errors():
+    loop = asyncio.get_running_loop()
+    ct, cp = await loop.create_datagram_endpoint(Recorder, remote_addr=free_udp_port())
+    with pytest.raises(TypeError):
+        ct.sendto("text")
+    with pytest.raises(ValueError):
+        ct.sendto(b"x", ("127.0.0.2", 9))
+    ct.sendto(b"x", ct.get_extra_info("peername"))      # its own remote address is fine
+    await closed(ct, cp)
+
+
+@pytest.mark.asyncio
+async def test_icmp_port_unreachable_goes_to_error_received():
+    loop = asyncio.get_running_loop()
+    ct, cp = await loop.create_datagram_endpoint(Recorder, remote_addr=free_udp_port())
+    ct.sendto(b"anyone?")
+    kind, exc, _ = await cp.next()
+    assert kind == "error"
+    assert isinstance(exc, ConnectionRefusedError)
+    assert not ct.is_closing()          # an ICMP error does not end the endpoint
+    await closed(ct, cp)
+
+
+@pytest.mark.asyncio
+async def test_unconnected_sendto_without_address_is_fatal():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    t, p = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    t.sendto(b"where to?")
+    exc = await asyncio.wait_for(p.lost, 5)
+    assert isinstance(exc, TypeError)
+    assert t.is_closing()
+    assert errors and errors[0]["message"] == "Fatal write error on datagram transport"
+
+
+@pytest.mark.asyncio
+async def test_pause_reading_holds_datagrams_and_resume_delivers_them_in_order():
+    skip_if_stock_cannot_pause()
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    addr = st.get_extra_info("sockname")
+    assert st.is_reading()
+    st.pause_reading()
+    assert not st.is_reading()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for i in range(5):
+            sender.sendto(b"held%d" % i, addr)   # already queued on the server socket
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sp.events.empty()
+        st.resume_reading()
+        assert st.is_reading()
+        got = [(await sp.next())[1] for _ in range(5)]
+        assert got == [b"held%d" % i for i in range(5)]
+        # and reading continues normally afterwards
+        sender.sendto(b"after", addr)
+        assert (await sp.next())[1] == b"after"
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_pause_resume_repeatedly_loses_nothing():
+    skip_if_stock_cannot_pause()
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    got = []
+    for i in range(50):
+        ct.sendto(b"%d" % i)
+        if i % 3 == 0:
+            st.pause_reading()
+        await asyncio.sleep(0)
+        st.resume_reading()
+    while len(got) < 50:
+        got.append((await sp.next())[1])
+    assert got == [b"%d" % i for i in range(50)]
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_close_abort_and_connection_lost_once():
+    loop = asyncio.get_running_loop()
+    t1, p1 = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    t1.close()
+    t1.close()
+    assert t1.is_closing()
+    if sys.version_info >= (3, 11) or isinstance(loop, uringloop.Loop):
+        assert not t1.is_reading()
+    assert await asyncio.wait_for(p1.lost, 5) is None
+
+    t2, p2 = await loop.create_datagram_endpoint(Recorder, remote_addr=free_udp_port())
+    t2.sendto(b"a")
+    t2.abort()
+    t2.abort()
+    assert await asyncio.wait_for(p2.lost, 5) is None
+    t2.sendto(b"dropped silently after the connection is lost")
+    assert t2.get_protocol() is None
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert t2.get_extra_info("socket").fileno() == -1
+
+
+@pytest.mark.asyncio
+async def test_close_waits_for_queued_datagrams():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    for i in range(100):
+        ct.sendto(b"q%d" % i)
+    ct.close()
+    assert await asyncio.wait_for(cp.lost, 5) is None
+    got = [(await sp.next())[1] for _ in range(100)]
+    assert got == [b"q%d" % i for i in range(100)]
+    assert ct.get_write_buffer_size() == 0
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_write_flow_control_is_balanced():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    assert ct.get_write_buffer_limits() == (16384, 65536)
+    with pytest.raises(ValueError):
+        ct.set_write_buffer_limits(high=1, low=2)
+    with pytest.raises(ValueError):
+        ct.set_write_buffer_limits(high=-1)
+    ct.set_write_buffer_limits(high=100, low=10)
+    assert ct.get_write_buffer_limits() == (10, 100)
+    for i in range(40):
+        ct.sendto(b"z" * 1000)
+    for _ in range(40):
+        assert (await sp.next())[1] == b"z" * 1000
+    while ct.get_write_buffer_size():
+        await asyncio.sleep(0)
+    # However many times writing was paused, it was resumed as often.
+    assert cp.paused == cp.resumed
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_reuse_port_lets_two_endpoints_share_a_port():
+    loop = asyncio.get_running_loop()
+    t1, p1 = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0),
+                                                 reuse_port=True)
+    port = t1.get_extra_info("sockname")[1]
+    t2, p2 = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", port),
+                                                 reuse_port=True)
+    assert t2.get_extra_info("sockname")[1] == port
+    for t in (t1, t2):
+        assert t.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+    await closed(t1, p1)
+    await closed(t2, p2)
+
+
+@pytest.mark.asyncio
+async def test_allow_broadcast_with_remote_addr_sends_unconnected():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    server_addr = st.get_extra_info("sockname")
+    ct, cp = await loop.create_datagram_endpoint(Recorder, remote_addr=server_addr,
+                                                 allow_broadcast=True)
+    sock = ct.get_extra_info("socket")
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST) == 1
+    assert ct.get_extra_info("peername") is None       # not connected
+    ct.sendto(b"to the remote address")
+    kind, data, _ = await sp.next()
+    assert data == b"to the remote address"
+    with pytest.raises(ValueError):
+        ct.sendto(b"x", ("127.0.0.1", 9))
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_existing_socket_and_bad_arguments():
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    t, p = await loop.create_datagram_endpoint(Recorder, sock=sock)
+    assert t.get_extra_info("sockname") == sock.getsockname()
+    assert sock.gettimeout() == 0
+    await closed(t, p)
+    assert sock.fileno() == -1
+
+    with socket.socket() as stream:
+        with pytest.raises(ValueError):
+            await loop.create_datagram_endpoint(Recorder, sock=stream)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
+        with pytest.raises(ValueError):
+            await loop.create_datagram_endpoint(Recorder, sock=s2, reuse_port=True)
+    with pytest.raises(ValueError):
+        await loop.create_datagram_endpoint(Recorder)
+    # (BaseEventLoop asserted this before 3.11.)
+    with pytest.raises(TypeError if sys.version_info >= (3, 11) else AssertionError):
+        await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0, 0))
+
+
+@pytest.mark.asyncio
+async def test_transport_owns_its_fd_for_readiness_callbacks():
+    loop = asyncio.get_running_loop()
+    t, p = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    fd = t.get_extra_info("socket").fileno()
+    with pytest.raises(RuntimeError):
+        loop.add_reader(fd, lambda: None)
+    with pytest.raises(RuntimeError):
+        loop.add_writer(fd, lambda: None)
+    await closed(t, p)
+
+
+@pytest.mark.asyncio
+async def test_transport_registered_in_loop_transports():
+    loop = asyncio.get_running_loop()
+    t, p = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    fd = t.get_extra_info("socket").fileno()
+    assert loop._transports[fd] is t
+    await closed(t, p)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    if isinstance(loop, uringloop.Loop):
+        assert fd not in loop._transports
+
+
+@pytest.mark.asyncio
+async def test_protocol_exception_is_reported_and_receiving_continues():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class Failing(Recorder):
+        def datagram_received(self, data, addr):
+            if data == b"boom":
+                raise ZeroDivisionError("in the protocol")
+            super().datagram_received(data, addr)
+
+    st, sp = await loop.create_datagram_endpoint(Failing, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    ct.sendto(b"boom")
+    ct.sendto(b"fine")
+    assert (await sp.next())[1] == b"fine"
+    assert len(errors) == 1
+    assert isinstance(errors[0]["exception"], ZeroDivisionError)
+    assert not st.is_closing()
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_empty_datagram_follows_the_running_python():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    ct.sendto(b"")
+    ct.sendto(b"end")
+    first = (await sp.next())[1]
+    if sys.version_info >= (3, 13):
+        assert first == b""
+        assert (await sp.next())[1] == b"end"
+    else:
+        assert first == b"end"
+    await closed(ct, cp)
+    await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_set_protocol_redirects_delivery():
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    other = Recorder()
+    st.set_protocol(other)
+    assert st.get_protocol() is other
+    ct.sendto(b"to the new protocol")
+    assert (await other.next())[1] == b"to the new protocol"
+    assert sp.events.empty()
+    await closed(ct, cp)
+    st.close()
+    assert await asyncio.wait_for(other.lost, 5) is None
+
+
+def test_unclosed_endpoint_at_loop_close_warns_and_releases_socket(new_loop):
+    loop = new_loop()
+
+    async def make():
+        return await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                   local_addr=("127.0.0.1", 0))
+
+    transport, _ = loop.run_until_complete(make())
+    sock = transport.get_extra_info("socket")
+    loop.close()
+    with pytest.warns(ResourceWarning):
+        del transport
+        gc.collect()
+    assert sock.fileno() == -1
+

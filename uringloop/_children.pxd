@@ -1,0 +1,10 @@
+from uringloop._ops cimport Completer, Proactor, PollOp
+
+
+cdef class ChildWatcher(Completer):
+    cdef object loop
+    cdef Proactor proactor
+    cdef dict watches                      # pid -> PollOp on the child's pidfd
+
+    cdef object reap(self, int pidfd, object popen)
+    cdef int forget(self, PollOp poll) except -1

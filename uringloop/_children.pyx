@@ -1,0 +1,163 @@
+# cython: language_level=3
+"""Reaping child processes without a thread: a pidfd per child, polled on the ring.
+
+The stock loop learns that a child exited from a "child watcher": a thread blocked in waitpid()
+per child (ThreadedChildWatcher, the default before 3.12) or a pidfd registered with the selector
+(PidfdChildWatcher).  Here the pidfd (pidfd_open(2), Linux 5.3) gets a one-shot IORING_OP_POLL_ADD;
+the kernel completes it when the process becomes a zombie, and the completion handler reaps it at
+once with waitid(P_PIDFD, WNOHANG) -- which cannot block, and cannot reap the wrong process even
+if the pid was reused -- then hands the exit code to the subprocess transport.
+
+Why not IORING_OP_WAITID (6.7), which would reap in the kernel and save the waitid call?  The
+Popen object asyncio keeps for each child reaps too: Popen.poll() (called by the transport's
+close(), and by send_signal() before 3.13) runs waitpid(pid, WNOHANG).  Between a kernel-side
+reap and our completion being dispatched, that waitpid would fail with ECHILD, which Popen turns
+into returncode 0 -- a wrong exit status.  Reaping synchronously in the completion handler and
+storing the result in Popen.returncode in the same step leaves no such window; if Popen reaped
+first, its returncode is the answer.
+
+The exit code follows the stock loop: the exit status, or -N for a child killed by signal N.
+"""
+
+cimport cython
+
+from uringloop._sys cimport ECANCELED
+from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
+
+import os
+import threading as _threading
+
+from asyncio.log import logger as _logger
+
+cdef object _waitid = os.waitid
+cdef int P_PIDFD = os.P_PIDFD
+cdef int WAIT_OPTIONS = os.WEXITED | os.WNOHANG
+cdef int CLD_EXITED = os.CLD_EXITED
+
+cdef extern from "<poll.h>":
+    enum:
+        POLLIN
+
+
+@cython.final
+cdef class ChildWatcher(Completer):
+    """The loop's children: pid -> poll on its pidfd."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.proactor = <Proactor>loop._proactor
+        self.watches = {}
+
+    def watch(self, popen, callback):
+        """Call callback(returncode) (from the ready queue) once the child of popen exits."""
+        cdef PollOp poll
+        cdef int pidfd
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+        except ProcessLookupError:
+            # Already reaped, by Popen itself: it knows the status.
+            self.loop.call_soon(callback, self.exit_code_from_popen(popen))
+            return
+        except OSError:
+            # pidfd_open refused (a seccomp profile that predates it answers EPERM/ENOSYS):
+            # the stock loop's fallback, one thread blocked in waitpid() for this child.
+            _threading.Thread(target=self.wait_in_thread, args=(popen, callback),
+                              name=f"uringloop-waitpid-{popen.pid}", daemon=True).start()
+            return
+        poll = PollOp(self.proactor, self, pidfd, None)
+        poll.events = POLLIN
+        poll.tag = (pidfd, popen, callback)
+        self.watches[popen.pid] = poll
+        try:
+            poll.submit()
+        except BaseException:
+            del self.watches[popen.pid]
+            os.close(pidfd)
+            raise
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        cdef PollOp poll = <PollOp>op
+        cdef int pidfd
+        pidfd, popen, callback = poll.tag
+        if res == -ECANCELED:
+            # The loop is closing: the child is left to Popen (which reaps it when collected).
+            self.forget(poll)
+            return 0
+        if res < 0:
+            self.forget(poll)
+            self.loop.call_exception_handler({
+                'message': f'polling the pidfd of child {popen.pid} failed',
+                'exception': OSError(-res, os.strerror(-res)),
+            })
+            return 0
+        returncode = self.reap(pidfd, popen)
+        if returncode is None:
+            # Readable but not exited (it cannot happen for a pidfd, but a poll may wake
+            # spuriously): wait again.
+            if not self.proactor.closing:
+                poll.submit()
+            else:
+                self.forget(poll)
+            return 0
+        self.forget(poll)
+        self.loop.call_soon(callback, returncode)
+        return 0
+
+    cdef object reap(self, int pidfd, object popen):
+        try:
+            info = _waitid(P_PIDFD, pidfd, WAIT_OPTIONS)
+        except ChildProcessError:
+            # Popen.poll() got there first (the transport's close() and, before Python 3.13,
+            # send_signal() call it).
+            return self.exit_code_from_popen(popen)
+        if info is None:
+            return None
+        if info.si_code == CLD_EXITED:
+            returncode = info.si_status
+        else:
+            returncode = -info.si_status        # killed (or dumped core) by that signal
+        if popen.returncode is None:
+            # Now, in the same step as the reap: a later Popen.poll() must not go looking for
+            # a process that no longer exists.
+            popen.returncode = returncode
+        return returncode
+
+    def wait_in_thread(self, popen, callback):
+        try:
+            _, status = os.waitpid(popen.pid, 0)
+        except ChildProcessError:
+            returncode = self.exit_code_from_popen(popen)
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        try:
+            self.loop.call_soon_threadsafe(callback, returncode)
+        except RuntimeError:
+            pass                # the loop was closed meanwhile
+
+    def exit_code_from_popen(self, popen):
+        returncode = popen.returncode
+        if returncode is None:
+            # Reaped by someone who did not tell Popen (a waitpid(-1) elsewhere): the stock
+            # child watchers report 255 in that case.
+            _logger.warning("Unknown child process pid %d, will report returncode 255",
+                            popen.pid)
+            returncode = 255
+        return returncode
+
+    cdef int forget(self, PollOp poll) except -1:
+        pidfd, popen, callback = poll.tag
+        poll.tag = None
+        if self.watches.get(popen.pid) is poll:
+            del self.watches[popen.pid]
+        os.close(pidfd)
+        return 0
+
+    def close(self):
+        """The loop is closing: stop watching (the drain delivers the cancellations)."""
+        cdef PollOp poll
+        for poll in list(self.watches.values()):
+            if poll.state != OP_IDLE:
+                poll.cancel()
+
+    def __len__(self):
+        return len(self.watches)

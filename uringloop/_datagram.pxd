@@ -1,0 +1,38 @@
+from uringloop._sys cimport sockaddr_storage, socklen_t
+from uringloop._ring cimport BufferRing
+from uringloop._ops cimport MsgOp, Operation
+from uringloop._flow cimport TransportCore
+
+
+cdef class DatagramCore(TransportCore):
+    cdef object sock
+    cdef readonly int fd
+    cdef int family
+    cdef object address                    # the fixed remote address (remote_addr=), or None
+    cdef bint connected                    # the socket has a peer: send without an address
+    cdef Operation recv_op                 # the one recvmsg the kernel holds for us: multishot
+                                           # (IPv4/6, when the kernel can) or a MsgOp
+    cdef BufferRing bufs                   # the loop's datagram buffers, for the multishot one
+    cdef bytearray recv_buf                # lent to the kernel while a MsgOp is in flight
+    cdef readonly bint paused
+    cdef object stash                      # datagrams completed after pause_reading()
+    cdef bint stash_flush_scheduled
+    cdef object send_q                     # sendmsg operations built, waiting for a slot
+    cdef set send_ops                      # sendmsg operations the kernel holds
+    cdef list spare_ops                    # finished sendmsg operations, for reuse
+    cdef object peer_addr                  # the address of the last datagram received ...
+    cdef sockaddr_storage peer_sockaddr    # ... and its binary form, for replies to it
+    cdef socklen_t peer_sockaddr_len
+
+    cdef int arm_recv(self) except -1
+    cdef int stop_recv(self) except -1
+    cdef int recv_done(self, int res) except -1
+    cdef int multishot_done(self, int res, unsigned flags) except -1
+    cdef int recv_failed(self, int res) except -1
+    cdef int deliver(self, object data, object addr) except -1
+    cdef int error_received(self, object exc) except -1
+    cdef int pump_sends(self) except -1
+    cdef int send_done(self, MsgOp op, int res) except -1
+    cdef int force_close(self, object exc) except -1
+    cdef int fatal_error(self, object exc, str message) except -1
+    cdef int release_if_idle(self) except -1

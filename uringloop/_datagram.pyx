@@ -1,0 +1,597 @@
+# cython: language_level=3
+"""Datagram transports (UDP and AF_UNIX datagram sockets) as io_uring completions.
+
+Receiving
+---------
+The transport keeps exactly one receive request in the kernel.  For IPv4/IPv6 sockets, where the
+kernel has provided-buffer rings, it is a *multishot* recvmsg: armed once, it completes once per
+datagram, each landing in a buffer the kernel takes from a group shared by the loop's UDP
+transports, so every datagram queued on the socket is delivered in the same loop iteration.  The
+datagram and its source address are copied out, the buffer goes straight back to the group, and
+protocol.datagram_received(data, addr) is called from the completion handler: no readiness event,
+no Handle, no recvfrom system call.  If the group runs dry the kernel ends the request (ENOBUFS);
+the datagrams wait in the socket and the request is re-armed once buffers are back.  AF_UNIX
+datagrams may exceed the group's 64 KiB buffers, so those sockets (and kernels without buffer
+rings) use a one-shot recvmsg into a 256 KiB buffer of the transport's own (the stock
+transport's max_size), resubmitted from its completion before the protocol is called.
+
+An error completion is the kernel reporting an ICMP error queued on the socket (ECONNREFUSED on
+a connected UDP socket, for instance), which the stock loop passes to
+protocol.error_received(); so do we, and receive again.
+
+pause_reading() cancels the in-flight recvmsg (ASYNC_CANCEL).  The cancel can lose the race: the
+operation may complete with a datagram after all.  That datagram is real and is kept ("stashed")
+and delivered, in order, before anything else once reading resumes -- nothing is lost.
+
+Sending
+-------
+Every sendto() becomes a sendmsg(2) operation carrying the data and the destination address.
+Datagrams are independent, so up to MAX_SENDS_IN_FLIGHT of them are handed to the kernel at
+once (a burst of sendto() calls in one callback goes out in the iteration's single submission);
+beyond that they wait in a queue.  Bytes queued or in flight count as the write buffer for flow
+control.  A failed send is reported to protocol.error_received() as the stock loop does.  The
+data object is pinned until the completion; bytearray and memoryview arguments are copied first,
+because the stock sendto() has consumed them by the time it returns and callers reuse them.
+Finished sendmsg operations are reused, and a reply to the sender of the last datagram takes its
+destination from the binary address the kernel reported (no parsing of the Python tuple).
+
+Closing
+-------
+The socket is closed only when the kernel holds no operation on it any more (every final CQE
+has arrived), so a file descriptor number is never reused while an operation might still name
+it.  Until then the transport stays in loop._transports as "closing".
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memcpy, memset
+
+from uringloop._sys cimport (ECANCELED, EBADF, ENOBUFS, socklen_t, sockaddr_storage, msghdr,
+                             io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
+                             IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
+from uringloop._ring cimport BufferRing
+from uringloop._ops cimport Proactor, Operation, MsgOp, OP_IDLE, sockaddr_to_python
+from uringloop._flow cimport TransportCore
+
+import collections
+import errno as _errno
+import os
+import socket as _socket
+import sys
+import warnings
+
+from asyncio import futures as _futures
+from asyncio import transports as _transports
+from asyncio import trsock as _trsock
+from asyncio.log import logger as _logger
+
+cdef object _deque = collections.deque
+cdef object _strerror = os.strerror
+cdef int AF_UNIX = _socket.AF_UNIX
+cdef int AF_INET = _socket.AF_INET
+cdef int AF_INET6 = _socket.AF_INET6
+
+# The stock transport's recvfrom() size.
+cdef Py_ssize_t MAX_DATAGRAM = 256 * 1024
+# Enough to put a burst of sendto() calls into one submission without letting one transport
+# occupy the whole submission queue.
+cdef Py_ssize_t MAX_SENDS_IN_FLIGHT = 64
+# Python 3.13 sends zero-length datagrams; earlier versions silently drop them.
+cdef bint SEND_EMPTY = sys.version_info >= (3, 13)
+# Errors that mean the socket itself is gone: reporting them to error_received() and receiving
+# again would only repeat them, so they end the transport.
+cdef frozenset FATAL_RECV_ERRORS = frozenset({EBADF, _errno.ENOTSOCK, _errno.EINVAL})
+
+
+# Multishot receive (IPv4/IPv6 only: their datagrams fit in a 64 KiB buffer, AF_UNIX ones may
+# not): one buffer group per loop, shared by its UDP transports.  A buffer holds the kernel's
+# io_uring_recvmsg_out header, room for a sockaddr_storage, and the largest UDP payload.
+cdef unsigned MULTISHOT_BUFFERS = 16
+cdef unsigned NAME_ROOM = sizeof(sockaddr_storage)
+cdef unsigned HEADER_ROOM = sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage)
+cdef unsigned MULTISHOT_BUF_SIZE = HEADER_ROOM + 65536
+
+
+@cython.final
+cdef class MultishotRecvMsgOp(Operation):
+    """A recvmsg that stays armed and completes once per datagram, each in a buffer the kernel
+    takes from a provided-buffer group."""
+    cdef msghdr msg
+    cdef unsigned bgid
+
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        memset(&self.msg, 0, sizeof(msghdr))
+        self.msg.msg_namelen = NAME_ROOM
+        ul_prep_recvmsg_multishot(sqe, self.fd, &self.msg, self.bgid, self.ud())
+        return 0
+
+
+cdef BufferRing _multishot_buffers(loop):
+    """The loop's datagram buffer group, created on first use; None where it cannot be."""
+    cdef BufferRing bufs = loop._ul_datagram_buffers
+    if bufs is None and loop._ul_datagram_buffers_failed is None:
+        if not loop._features.get('multishot_recv'):
+            loop._ul_datagram_buffers_failed = True
+            return None
+        try:
+            bufs = (<Proactor>loop._proactor).new_buffer_ring(MULTISHOT_BUFFERS,
+                                                               MULTISHOT_BUF_SIZE)
+        except (OSError, MemoryError):
+            loop._ul_datagram_buffers_failed = True
+            return None
+        loop._ul_datagram_buffers = bufs
+    return bufs
+
+
+cdef object _no_address_error(int family):
+    # What socket.sendto(data, None) raises on an unconnected socket.
+    if family == AF_UNIX:
+        return TypeError("a bytes-like object is required, not 'NoneType'")
+    name = 'AF_INET6' if family == AF_INET6 else 'AF_INET'
+    return TypeError(f"sendto(): {name} address must be tuple, not NoneType")
+
+
+cdef inline object _oserror(int err):
+    return OSError(err, _strerror(err))
+
+
+@cython.final
+cdef class DatagramCore(TransportCore):
+
+    def __init__(self, loop, transport, sock, protocol, address, bint connected):
+        TransportCore.__init__(self, loop, transport, protocol)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.address = address
+        self.connected = connected
+        if self.family == AF_INET or self.family == AF_INET6:
+            self.bufs = _multishot_buffers(loop)
+        if self.bufs is not None:
+            self.recv_op = MultishotRecvMsgOp(self.proactor, self, self.fd, None)
+            (<MultishotRecvMsgOp>self.recv_op).bgid = self.bufs.bgid
+        else:
+            self.recv_buf = bytearray(MAX_DATAGRAM)
+            self.recv_op = MsgOp(self.proactor, self, self.fd, None)
+        self.stash = _deque()
+        self.send_q = _deque()
+        self.send_ops = set()
+        self.spare_ops = []
+
+    # ---- receiving ----
+
+    def start_reading(self):
+        """Scheduled right after protocol.connection_made()."""
+        if not self.closing and not self.paused and not self.stash:
+            self.arm_recv()
+
+    cdef int arm_recv(self) except -1:
+        cdef Operation op = self.recv_op
+        if op.state != OP_IDLE or self.proactor.closing or self.sock is None:
+            return 0
+        if self.bufs is None and not (<MsgOp>op).has_view:
+            (<MsgOp>op).set_buffer(self.recv_buf, True)
+        op.keep = self.sock
+        op.submit()
+        return 0
+
+    cdef int stop_recv(self) except -1:
+        if self.recv_op.state != OP_IDLE:
+            self.recv_op.cancel()
+        return 0
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        if op is self.recv_op:
+            if self.bufs is not None:
+                self.multishot_done(res, flags)
+            else:
+                self.recv_done(res)
+        else:
+            self.send_done(<MsgOp>op, res)
+        self.release_if_idle()
+        return 0
+
+    cdef int multishot_done(self, int res, unsigned flags) except -1:
+        cdef bint final = not (flags & IORING_CQE_F_MORE)
+        cdef unsigned bid, namelen
+        cdef char *buf
+        cdef io_uring_recvmsg_out *out
+        cdef Py_ssize_t size
+        cdef object data = None, addr = None
+        if flags & IORING_CQE_F_BUFFER:
+            bid = flags >> IORING_CQE_BUFFER_SHIFT
+            buf = self.bufs.buffer(bid)
+            try:
+                if res >= 0:
+                    out = <io_uring_recvmsg_out *>buf
+                    size = out.payloadlen
+                    if size > <Py_ssize_t>(self.bufs.buf_size - HEADER_ROOM):
+                        size = self.bufs.buf_size - HEADER_ROOM      # truncated, as recvfrom
+                    data = PyBytes_FromStringAndSize(buf + HEADER_ROOM, size)
+                    namelen = out.namelen if out.namelen < NAME_ROOM else NAME_ROOM
+                    if namelen:
+                        addr = sockaddr_to_python(
+                            <sockaddr_storage *>(buf + sizeof(io_uring_recvmsg_out)),
+                            namelen, self.family)
+                        memcpy(&self.peer_sockaddr, buf + sizeof(io_uring_recvmsg_out), namelen)
+                        self.peer_sockaddr_len = namelen
+                        self.peer_addr = addr
+            finally:
+                # Copied out: the buffer goes back to the group (published after this batch).
+                self.bufs.give_back(bid)
+        if data is not None:
+            if self.closing:
+                pass
+            elif self.paused or self.stash:
+                self.stash.append((data, addr))
+            else:
+                self.deliver(data, addr)
+            if final and not self.closing and not self.paused and not self.stash:
+                self.arm_recv()     # the kernel ended the multishot request: start another
+            return 0
+        if res == -ECANCELED or res == -ENOBUFS or res >= 0:
+            # Cancelled (pause/close/loop closing), or the group ran dry for a moment: the
+            # datagrams wait in the socket; receive again once the buffers are back.
+            if final and not self.closing and not self.paused and not self.stash:
+                self.arm_recv()
+            return 0
+        return self.recv_failed(res)
+
+    cdef int recv_failed(self, int res) except -1:
+        if self.closing:
+            return 0
+        if -res in FATAL_RECV_ERRORS:
+            self.fatal_error(_oserror(-res), 'Fatal read error on datagram transport')
+            return 0
+        if not self.paused:
+            self.arm_recv()
+        self.error_received(_oserror(-res))
+        return 0
+
+    cdef int recv_done(self, int res) except -1:
+        cdef MsgOp op = <MsgOp>self.recv_op
+        cdef object data, addr
+        if res == -ECANCELED:
+            # pause_reading()/close() asked for it -- or the loop is closing.  If reading was
+            # resumed meanwhile, go on.
+            if not self.closing and not self.paused and not self.stash:
+                self.arm_recv()
+            return 0
+        if self.closing:
+            return 0            # completed after close(): the stock loop would not read it
+        if res < 0:
+            return self.recv_failed(res)
+        data = PyBytes_FromStringAndSize(<char *>op.view.buf, res)
+        # No address (an unbound AF_UNIX sender): None, as socket.recvfrom() returns.
+        if op.msg.msg_namelen:
+            addr = op.address(self.family)
+            if op.msg.msg_namelen <= sizeof(self.peer_sockaddr):
+                memcpy(&self.peer_sockaddr, &op.addr, op.msg.msg_namelen)
+                self.peer_sockaddr_len = op.msg.msg_namelen
+                self.peer_addr = addr
+        else:
+            addr = None
+        if self.paused or self.stash:
+            self.stash.append((data, addr))
+            return 0
+        self.arm_recv()
+        self.deliver(data, addr)
+        return 0
+
+    cdef int deliver(self, object data, object addr) except -1:
+        try:
+            self.protocol.datagram_received(data, addr)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.callback_failed(f'{self.protocol!r}.datagram_received()', exc)
+        return 0
+
+    cdef int error_received(self, object exc) except -1:
+        try:
+            self.protocol.error_received(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc2:
+            self.callback_failed(f'{self.protocol!r}.error_received()', exc2)
+        return 0
+
+    def flush_stash(self):
+        """Deliver the datagrams that completed after pause_reading(), then receive again."""
+        self.stash_flush_scheduled = False
+        while self.stash and not self.paused and not self.closing:
+            data, addr = self.stash.popleft()
+            self.deliver(data, addr)
+        if self.closing:
+            self.stash.clear()
+        elif not self.paused:
+            self.arm_recv()
+
+    def pause_reading(self):
+        if self.closing or self.paused:
+            return
+        self.paused = True
+        self.stop_recv()
+        if self.loop.get_debug():
+            _logger.debug("%r pauses reading", self.transport)
+
+    def resume_reading(self):
+        if self.closing or not self.paused:
+            return
+        self.paused = False
+        if self.stash:
+            # Delivered from the ready queue, not from inside the caller's resume_reading().
+            if not self.stash_flush_scheduled:
+                self.stash_flush_scheduled = True
+                self.loop.call_soon(self.flush_stash)
+        else:
+            self.arm_recv()
+        if self.loop.get_debug():
+            _logger.debug("%r resumes reading", self.transport)
+
+    # ---- sending ----
+
+    def sendto(self, data, addr=None):
+        """Send data to addr (or to the transport's remote address)."""
+        cdef MsgOp op
+        if type(data) is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if not SEND_EMPTY and not data:
+            return
+        if self.address:
+            if addr not in (None, self.address):
+                raise ValueError(f'Invalid address: must be None or {self.address}')
+            addr = self.address
+        if (self.conn_lost and self.address) or self.lost:
+            self.count_lost_write('socket.send() raised exception.')
+            return
+        if type(data) is not bytes:
+            data = bytes(data)
+        if self.spare_ops:
+            op = <MsgOp>self.spare_ops.pop()
+            op.keep = self.sock
+        else:
+            op = MsgOp(self.proactor, self, self.fd, self.sock)
+            op.sending = True
+        try:
+            if self.connected:
+                op.msg.msg_namelen = 0
+            elif addr is not None and addr is self.peer_addr:
+                # A reply to the sender of the last datagram (the echo/server pattern): the
+                # kernel gave us that address in binary form, no need to parse it back.
+                memcpy(&op.addr, &self.peer_sockaddr, self.peer_sockaddr_len)
+                op.msg.msg_namelen = self.peer_sockaddr_len
+            elif addr is None:
+                raise _no_address_error(self.family)
+            else:
+                op.set_address(self.family, addr)
+        except OSError as exc:
+            # What socket.sendto() raises for an unusable address (gaierror, ...).
+            self.error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            # A wrong address type: the stock transport treats it as fatal.
+            self.fatal_error(exc, 'Fatal write error on datagram transport')
+            return
+        op.set_buffer(data, False)
+        self.buffer_size += op.view.len
+        self.send_q.append(op)
+        self.pump_sends()
+        self.maybe_pause_protocol()
+
+    cdef int pump_sends(self) except -1:
+        cdef MsgOp op
+        while self.send_q and len(self.send_ops) < MAX_SENDS_IN_FLIGHT \
+                and not self.proactor.closing:
+            op = <MsgOp>self.send_q.popleft()
+            op.submit()
+            self.send_ops.add(op)
+        return 0
+
+    cdef int send_done(self, MsgOp op, int res) except -1:
+        self.send_ops.discard(op)
+        self.buffer_size -= op.view.len
+        if len(self.spare_ops) < MAX_SENDS_IN_FLIGHT:
+            # Reused by a later sendto(); the Proactor releases its buffer after this returns.
+            self.spare_ops.append(op)
+        if res < 0 and res != -ECANCELED and not self.lost:
+            self.error_received(_oserror(-res))
+        if not self.conn_lost:
+            self.pump_sends()
+        self.maybe_resume_protocol()
+        if self.closing and not self.conn_lost and not self.send_q and not self.send_ops:
+            # close() was waiting for the queued datagrams.
+            self.conn_lost += 1
+            self.loop.call_soon(self.call_connection_lost, None)
+        return 0
+
+    # ---- closing ----
+
+    def close(self):
+        if self.closing:
+            return
+        self.closing = True
+        self.stop_recv()
+        if not self.send_q and not self.send_ops:
+            self.conn_lost += 1
+            self.loop.call_soon(self.call_connection_lost, None)
+
+    def abort(self):
+        self.force_close(None)
+
+    cdef int force_close(self, object exc) except -1:
+        cdef MsgOp op
+        if self.conn_lost:
+            return 0
+        while self.send_q:
+            op = <MsgOp>self.send_q.popleft()
+            self.buffer_size -= op.view.len
+            op.drop_buffer()
+        for op in list(self.send_ops):
+            op.cancel()
+        if not self.closing:
+            self.closing = True
+            self.stop_recv()
+        self.stash.clear()
+        self.conn_lost += 1
+        self.loop.call_soon(self.call_connection_lost, exc)
+        return 0
+
+    cdef int fatal_error(self, object exc, str message) except -1:
+        if isinstance(exc, OSError):
+            if self.loop.get_debug():
+                _logger.debug("%r: %s", self.transport, message, exc_info=True)
+        else:
+            self.loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self.transport,
+                'protocol': self.protocol,
+            })
+        self.force_close(exc)
+        return 0
+
+    def call_connection_lost(self, exc):
+        try:
+            self.protocol.connection_lost(exc)
+        finally:
+            self.lost = True
+            self.protocol = None
+            self.release_if_idle()
+
+    cdef int release_if_idle(self) except -1:
+        # The socket outlives every operation that names its fd (see the module docstring).
+        cdef object sock = self.sock
+        if not self.lost or sock is None:
+            return 0
+        if self.recv_op.state != OP_IDLE or self.send_ops:
+            return 0
+        self.sock = None
+        transports = self.loop._transports
+        if transports.get(self.fd) is self.transport:
+            del transports[self.fd]
+        sock.close()
+        return 0
+
+    def close_unclosed(self):
+        """The transport object is being collected without close(): release the socket."""
+        cdef object sock = self.sock
+        if sock is None:
+            return False
+        self.sock = None
+        transports = self.loop._transports
+        if transports.get(self.fd) is self.transport:
+            del transports[self.fd]
+        sock.close()
+        return True
+
+    @property
+    def socket_open(self):
+        return self.sock is not None
+
+    @property
+    def multishot(self):
+        """True when datagrams arrive through a multishot recvmsg (IPv4/IPv6 on kernels with
+        provided-buffer rings), False for one recvmsg per datagram."""
+        return self.bufs is not None
+
+    @property
+    def receiving(self):
+        return self.recv_op.state != OP_IDLE
+
+    @property
+    def sends_in_flight(self):
+        return len(self.send_ops)
+
+
+class UringDatagramTransport(_transports.DatagramTransport):
+    """asyncio.DatagramTransport on io_uring; the work is done by its compiled DatagramCore."""
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        super().__init__(extra)
+        self._core = None
+        extra = self._extra
+        extra['socket'] = _trsock.TransportSocket(sock)
+        try:
+            extra['sockname'] = sock.getsockname()
+        except OSError:
+            extra['sockname'] = None
+        if 'peername' not in extra:
+            try:
+                extra['peername'] = sock.getpeername()
+            except OSError:
+                extra['peername'] = None
+        self._loop = loop
+        core = DatagramCore(loop, self, sock, protocol, address, bool(extra['peername']))
+        self._core = core
+        # sendto is the hot path: bind the compiled method on the instance so that a call does
+        # not go through a Python-level method first.
+        self.sendto = core.sendto
+        loop._transports[core.fd] = self
+        loop.call_soon(protocol.connection_made, self)
+        # Only start receiving once connection_made() has run.
+        loop.call_soon(core.start_reading)
+        if waiter is not None:
+            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        core = self._core
+        info = [type(self).__name__]
+        if core is None or not core.socket_open:
+            info.append('closed')
+        elif core.closing:
+            info.append('closing')
+        if core is not None:
+            info.append(f'fd={core.fd}')
+            if core.socket_open:
+                info.append('read=receiving' if core.receiving else 'read=idle')
+                state = 'sending' if core.sends_in_flight else 'idle'
+                info.append(f'write=<{state}, bufsize={core.buffer_size}>')
+        return '<{}>'.format(' '.join(info))
+
+    def sendto(self, data, addr=None):
+        # Replaced per instance by the core's method (see __init__); kept for introspection.
+        self._core.sendto(data, addr)
+
+    def get_write_buffer_size(self):
+        return self._core.buffer_size
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._core.set_write_buffer_limits(high, low)
+
+    def is_closing(self):
+        return self._core.closing
+
+    def close(self):
+        self._core.close()
+
+    def abort(self):
+        self._core.abort()
+
+    def is_reading(self):
+        core = self._core
+        return not core.closing and not core.paused
+
+    def pause_reading(self):
+        self._core.pause_reading()
+
+    def resume_reading(self):
+        self._core.resume_reading()
+
+    def set_protocol(self, protocol):
+        self._core.protocol = protocol
+
+    def get_protocol(self):
+        return self._core.protocol
+
+    def __del__(self, _warn=warnings.warn):
+        core = self._core
+        if core is not None and core.socket_open:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core.close_unclosed()

@@ -1,0 +1,40 @@
+from uringloop._ops cimport BufferOp, PollOp
+from uringloop._flow cimport TransportCore
+
+
+cdef class PipeCore(TransportCore):
+    cdef object pipe                       # the file object / socket; closed when nothing is in flight
+    cdef readonly int fd
+    cdef bint is_socket
+    cdef bint lost_scheduled               # connection_lost() is on the ready queue
+
+    cdef int schedule_connection_lost(self, object exc) except -1
+    cdef bint busy(self)
+    cdef int release_if_idle(self) except -1
+
+
+cdef class ReadPipeCore(PipeCore):
+    cdef BufferOp read_op                  # read(2) for pipes and devices, recv(2) for sockets
+    cdef bytearray buf                     # lent to the kernel while read_op is in flight
+    cdef readonly bint paused
+    cdef list stash                        # what completed after pause_reading(): bytes, b'' (EOF)
+    cdef bint stash_flush_scheduled
+
+    cdef int arm_read(self) except -1
+    cdef int got_data(self, object data) except -1
+    cdef int got_eof(self) except -1
+    cdef int fatal_error(self, object exc, str message) except -1
+    cdef int close_with(self, object exc) except -1
+
+
+cdef class WritePipeCore(PipeCore):
+    cdef BufferOp write_op                 # write(2) for pipes and devices, send(2) for sockets
+    cdef object inflight                   # the bytes the kernel is writing from
+    cdef Py_ssize_t inflight_done          # how much of it is written (partial pipe writes)
+    cdef bytearray pending                 # written by the protocol while write_op is in flight
+    cdef PollOp hangup_poll                # wakes when the reading end goes away
+
+    cdef int start_write(self, object data) except -1
+    cdef int write_done(self, int res) except -1
+    cdef int fatal_error(self, object exc, str message) except -1
+    cdef int close_with(self, object exc) except -1

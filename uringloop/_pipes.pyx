@@ -1,0 +1,536 @@
+# cython: language_level=3
+"""connect_read_pipe / connect_write_pipe as io_uring completions (and the pipes of subprocesses).
+
+The read transport keeps one read(2) in the kernel into a 256 KiB buffer it lends for the duration
+(the stock transport's max_size); the completion copies the bytes out, resubmits the read and
+calls protocol.data_received() directly.  A completion of 0 bytes is end-of-file: eof_received()
+and connection_lost(None) follow from the ready queue, as with the stock transport.
+
+The write transport submits a write(2) of everything written so far; what the protocol writes
+while it is in the kernel is gathered and goes out as the next single write.  A pipe may accept
+part of a write (a full pipe, a pipe with more room than the request...): the rest is submitted
+again from the completion.  Bytes accepted but not yet written drive the protocol's write flow
+control.  A second, one-shot poll on the write end (POLLIN, which a pipe's write end never
+reports; POLLERR/POLLHUP are always reported) completes when the reading end is closed, so the
+transport learns of a vanished reader without writing, as the stock transport does with its
+reader callback on the write end.
+
+Sockets handed to these APIs use recv(2)/send(2) instead of read(2)/write(2) (their file status
+flags do not matter to io_uring's socket operations).  Pipes and character devices are switched
+to *blocking* mode, where the stock loop switches them to non-blocking: io_uring waits for a
+blocking pollable file with its internal poll, whereas kernels before 6.x complete a read on an
+O_NONBLOCK file with -EAGAIN, which would turn the wait into resubmissions.  (Blocking mode is
+also what the other users of a shared descriptor such as stdin expect.)
+
+As everywhere in uringloop, the pipe is closed only when the kernel holds no operation that names
+its descriptor any more.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
+from uringloop._sys cimport ECANCELED, UL_OP_READ, UL_OP_WRITE
+from uringloop._ops cimport (Proactor, Operation, BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp,
+                             OP_IDLE)
+from uringloop._flow cimport TransportCore
+
+import errno as _errno
+import os
+import stat as _stat
+import warnings
+
+from asyncio import futures as _futures
+from asyncio import transports as _transports
+from asyncio.log import logger as _logger
+
+cdef object _strerror = os.strerror
+cdef Py_ssize_t MAX_READ = 256 * 1024
+
+cdef extern from "<poll.h>":
+    enum:
+        POLLIN
+
+
+cdef inline object _oserror(int err):
+    return OSError(err, _strerror(err))
+
+
+cdef class PipeCore(TransportCore):
+
+    def __init__(self, loop, transport, pipe, int fd, protocol, bint is_socket):
+        TransportCore.__init__(self, loop, transport, protocol)
+        self.pipe = pipe
+        self.fd = fd
+        self.is_socket = is_socket
+
+    cdef int schedule_connection_lost(self, object exc) except -1:
+        if not self.lost_scheduled:
+            self.lost_scheduled = True
+            self.loop.call_soon(self.call_connection_lost, exc)
+        return 0
+
+    def call_connection_lost(self, exc):
+        try:
+            self.protocol.connection_lost(exc)
+        finally:
+            self.lost = True
+            self.protocol = None
+            self.release_if_idle()
+
+    cdef bint busy(self):
+        return False
+
+    cdef int release_if_idle(self) except -1:
+        cdef object pipe = self.pipe
+        if self.lost and pipe is not None and not self.busy():
+            self.pipe = None
+            pipe.close()
+        return 0
+
+    def close_unclosed(self):
+        """The transport object is being collected without close(): release the pipe."""
+        cdef object pipe = self.pipe
+        if pipe is None:
+            return False
+        self.pipe = None
+        pipe.close()
+        return True
+
+    @property
+    def pipe_open(self):
+        return self.pipe is not None
+
+
+@cython.final
+cdef class ReadPipeCore(PipeCore):
+
+    def __init__(self, loop, transport, pipe, int fd, protocol, bint is_socket):
+        PipeCore.__init__(self, loop, transport, pipe, fd, protocol, is_socket)
+        self.buf = bytearray(MAX_READ)
+        self.stash = []
+        if is_socket:
+            self.read_op = RecvOp(self.proactor, self, fd, None)
+        else:
+            self.read_op = ReadWriteOp(self.proactor, self, fd, None)
+            (<ReadWriteOp>self.read_op).opcode = UL_OP_READ
+            (<ReadWriteOp>self.read_op).position = -1     # the file's own (stream) position
+
+    cdef bint busy(self):
+        return self.read_op.state != OP_IDLE
+
+    def start_reading(self):
+        """Scheduled right after protocol.connection_made()."""
+        if not self.closing and not self.paused:
+            self.arm_read()
+
+    cdef int arm_read(self) except -1:
+        cdef BufferOp op = self.read_op
+        if op.state != OP_IDLE or self.proactor.closing or self.pipe is None:
+            return 0
+        if not op.has_view:
+            op.set_buffer(self.buf, True)
+        op.keep = self.pipe
+        op.submit()
+        return 0
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        cdef object data
+        if res == -ECANCELED:
+            if not self.closing and not self.paused and not self.stash:
+                self.arm_read()
+        elif self.closing:
+            pass                    # completed after close(): the stock loop would not read it
+        elif res < 0:
+            self.fatal_error(_oserror(-res), 'Fatal read error on pipe transport')
+        elif self.paused or self.stash:
+            self.stash.append(PyBytes_FromStringAndSize(<char *>self.read_op.view.buf, res))
+        elif res == 0:
+            self.got_eof()
+        else:
+            data = PyBytes_FromStringAndSize(<char *>self.read_op.view.buf, res)
+            self.arm_read()
+            self.got_data(data)
+        self.release_if_idle()
+        return 0
+
+    cdef int got_data(self, object data) except -1:
+        try:
+            self.protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.callback_failed(f'{self.protocol!r}.data_received()', exc)
+        return 0
+
+    cdef int got_eof(self) except -1:
+        if self.loop.get_debug():
+            _logger.info("%r was closed by peer", self.transport)
+        self.closing = True
+        self.loop.call_soon(self.protocol.eof_received)
+        self.schedule_connection_lost(None)
+        return 0
+
+    def flush_stash(self):
+        """Deliver what completed after pause_reading(), in order, then read again."""
+        self.stash_flush_scheduled = False
+        while self.stash and not self.paused and not self.closing:
+            data = self.stash.pop(0)
+            if data:
+                self.got_data(data)
+            else:
+                self.got_eof()
+        if self.closing:
+            self.stash.clear()
+        elif not self.paused:
+            self.arm_read()
+
+    def pause_reading(self):
+        if self.closing or self.paused:
+            return
+        self.paused = True
+        if self.read_op.state != OP_IDLE:
+            self.read_op.cancel()
+        if self.loop.get_debug():
+            _logger.debug("%r pauses reading", self.transport)
+
+    def resume_reading(self):
+        if self.closing or not self.paused:
+            return
+        self.paused = False
+        if self.stash:
+            if not self.stash_flush_scheduled:
+                self.stash_flush_scheduled = True
+                self.loop.call_soon(self.flush_stash)
+        else:
+            self.arm_read()
+        if self.loop.get_debug():
+            _logger.debug("%r resumes reading", self.transport)
+
+    def close(self):
+        if not self.closing:
+            self.close_with(None)
+
+    cdef int close_with(self, object exc) except -1:
+        self.closing = True
+        self.stash.clear()
+        if self.read_op.state != OP_IDLE:
+            self.read_op.cancel()
+        self.schedule_connection_lost(exc)
+        return 0
+
+    cdef int fatal_error(self, object exc, str message) except -1:
+        if isinstance(exc, OSError) and exc.errno == _errno.EIO:
+            # A pty whose other side closed reports EIO: an ordinary end, not worth a report.
+            if self.loop.get_debug():
+                _logger.debug("%r: %s", self.transport, message, exc_info=True)
+        else:
+            self.loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self.transport,
+                'protocol': self.protocol,
+            })
+        self.close_with(exc)
+        return 0
+
+    @property
+    def reading(self):
+        return self.read_op.state != OP_IDLE
+
+
+@cython.final
+cdef class WritePipeCore(PipeCore):
+
+    def __init__(self, loop, transport, pipe, int fd, protocol, bint is_socket,
+                 bint watch_hangup):
+        PipeCore.__init__(self, loop, transport, pipe, fd, protocol, is_socket)
+        self.pending = bytearray()
+        if is_socket:
+            self.write_op = SendOp(self.proactor, self, fd, None)
+        else:
+            self.write_op = ReadWriteOp(self.proactor, self, fd, None)
+            (<ReadWriteOp>self.write_op).opcode = UL_OP_WRITE
+            (<ReadWriteOp>self.write_op).position = -1
+        if watch_hangup:
+            self.hangup_poll = PollOp(self.proactor, self, fd, None)
+            self.hangup_poll.events = POLLIN
+
+    cdef bint busy(self):
+        return self.write_op.state != OP_IDLE or (
+            self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE)
+
+    def start_watching(self):
+        """Scheduled right after protocol.connection_made()."""
+        if self.hangup_poll is not None and not self.closing and not self.proactor.closing \
+                and self.pipe is not None and self.hangup_poll.state == OP_IDLE:
+            self.hangup_poll.keep = self.pipe
+            self.hangup_poll.submit()
+
+    def write(self, data):
+        cdef Py_ssize_t n
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            # The stock transport asserts this; the same exception type for the same misuse.
+            raise AssertionError(repr(data))
+        if type(data) is not bytes:
+            data = memoryview(data).cast('B')
+        n = len(data)
+        if n == 0:
+            return
+        if self.conn_lost or self.closing:
+            self.count_lost_write('pipe closed by peer or os.write(pipe, data) raised exception.')
+            return
+        if self.write_op.state == OP_IDLE:
+            # The kernel reads the buffer after write() returned: keep our own immutable copy
+            # of anything the caller could change.
+            self.start_write(data if type(data) is bytes else bytes(data))
+        else:
+            self.pending += data
+        self.buffer_size += n
+        self.maybe_pause_protocol()
+
+    cdef int start_write(self, object data) except -1:
+        cdef BufferOp op = self.write_op
+        self.inflight = data
+        self.inflight_done = 0
+        op.set_buffer(data, False)
+        op.keep = self.pipe
+        op.submit()
+        return 0
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        if op is self.write_op:
+            self.write_done(res)
+        elif res >= 0 and not self.closing:
+            # The reading end went away.
+            if self.loop.get_debug():
+                _logger.info("%r was closed by peer", self.transport)
+            self.close_with(BrokenPipeError() if self.buffer_size else None)
+        self.release_if_idle()
+        return 0
+
+    cdef int write_done(self, int res) except -1:
+        cdef object data
+        if res == -ECANCELED or self.lost_scheduled:
+            self.inflight = None
+            return 0
+        if res < 0:
+            self.inflight = None
+            self.pending.clear()
+            self.buffer_size = 0
+            self.conn_lost += 1
+            self.fatal_error(_oserror(-res), 'Fatal write error on pipe transport')
+            return 0
+        self.buffer_size -= res
+        self.inflight_done += res
+        if self.inflight_done < len(self.inflight) and not self.proactor.closing:
+            # A partial write (only pipes report them; SendOp finishes sends itself).
+            self.write_op.set_buffer(memoryview(self.inflight)[self.inflight_done:], False)
+            self.write_op.keep = self.pipe
+            self.write_op.submit()
+            self.maybe_resume_protocol()
+            return 0
+        self.inflight = None
+        if self.pending and not self.proactor.closing:
+            data = bytes(self.pending)
+            self.pending.clear()
+            self.start_write(data)
+        self.maybe_resume_protocol()    # may write more
+        if self.closing and self.write_op.state == OP_IDLE and not self.pending:
+            # write_eof()/close() was waiting for the buffer to drain.
+            if self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE:
+                self.hangup_poll.cancel()
+            self.schedule_connection_lost(None)
+        return 0
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self.closing:
+            return
+        self.closing = True
+        if self.write_op.state == OP_IDLE and not self.pending:
+            if self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE:
+                self.hangup_poll.cancel()
+            self.schedule_connection_lost(None)
+
+    def close(self):
+        if self.pipe is not None and not self.closing:
+            self.write_eof()
+
+    def abort(self):
+        self.close_with(None)
+
+    cdef int close_with(self, object exc) except -1:
+        self.closing = True
+        self.pending.clear()
+        self.buffer_size = 0
+        if self.write_op.state != OP_IDLE:
+            self.write_op.cancel()
+        if self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE:
+            self.hangup_poll.cancel()
+        self.schedule_connection_lost(exc)
+        return 0
+
+    cdef int fatal_error(self, object exc, str message) except -1:
+        if isinstance(exc, OSError):
+            if self.loop.get_debug():
+                _logger.debug("%r: %s", self.transport, message, exc_info=True)
+        else:
+            self.loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self.transport,
+                'protocol': self.protocol,
+            })
+        self.close_with(exc)
+        return 0
+
+    @property
+    def writing(self):
+        return self.write_op.state != OP_IDLE
+
+
+cdef tuple _pipe_kind(object pipe):
+    cdef int fd = pipe.fileno()
+    mode = os.fstat(fd).st_mode
+    return fd, _stat.S_ISFIFO(mode), _stat.S_ISSOCK(mode), _stat.S_ISCHR(mode)
+
+
+class UringReadPipeTransport(_transports.ReadTransport):
+    """asyncio.ReadTransport for a pipe, socket or character device, on io_uring."""
+
+    max_size = MAX_READ
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        self._core = None
+        self._extra['pipe'] = pipe
+        self._loop = loop
+        fd, is_fifo, is_socket, is_char = _pipe_kind(pipe)
+        if not (is_fifo or is_socket or is_char):
+            raise ValueError("Pipe transport is for pipes/sockets only.")
+        os.set_blocking(fd, is_socket == False)
+        core = ReadPipeCore(loop, self, pipe, fd, protocol, is_socket)
+        self._core = core
+        loop.call_soon(protocol.connection_made, self)
+        # Only start reading once connection_made() has run.
+        loop.call_soon(core.start_reading)
+        if waiter is not None:
+            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        core = self._core
+        info = [type(self).__name__]
+        if core is None or not core.pipe_open:
+            info.append('closed')
+        elif core.closing:
+            info.append('closing')
+        if core is not None:
+            info.append(f'fd={core.fd}')
+            if core.pipe_open:
+                info.append('reading' if core.reading else 'idle')
+        return '<{}>'.format(' '.join(info))
+
+    def is_reading(self):
+        core = self._core
+        return not core.closing and not core.paused
+
+    def pause_reading(self):
+        self._core.pause_reading()
+
+    def resume_reading(self):
+        self._core.resume_reading()
+
+    def set_protocol(self, protocol):
+        self._core.protocol = protocol
+
+    def get_protocol(self):
+        return self._core.protocol
+
+    def is_closing(self):
+        return self._core.closing
+
+    def close(self):
+        self._core.close()
+
+    def __del__(self, _warn=warnings.warn):
+        core = self._core
+        if core is not None and core.pipe_open:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core.close_unclosed()
+
+
+class UringWritePipeTransport(_transports.WriteTransport):
+    """asyncio.WriteTransport for a pipe, socket or character device, on io_uring."""
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        self._core = None
+        self._extra['pipe'] = pipe
+        self._loop = loop
+        fd, is_fifo, is_socket, is_char = _pipe_kind(pipe)
+        if not (is_fifo or is_socket or is_char):
+            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
+        os.set_blocking(fd, is_socket == False)
+        core = WritePipeCore(loop, self, pipe, fd, protocol, is_socket, is_socket or is_fifo)
+        self._core = core
+        self.write = core.write          # the hot path, without a Python-level method first
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(core.start_watching)
+        if waiter is not None:
+            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        core = self._core
+        info = [type(self).__name__]
+        if core is None or not core.pipe_open:
+            info.append('closed')
+        elif core.closing:
+            info.append('closing')
+        if core is not None:
+            info.append(f'fd={core.fd}')
+            if core.pipe_open:
+                info.append('writing' if core.writing else 'idle')
+                info.append(f'bufsize={core.buffer_size}')
+        return '<{}>'.format(' '.join(info))
+
+    def write(self, data):
+        # Replaced per instance by the core's method (see __init__); kept for introspection.
+        self._core.write(data)
+
+    def get_write_buffer_size(self):
+        return self._core.buffer_size
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._core.set_write_buffer_limits(high, low)
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        self._core.write_eof()
+
+    def set_protocol(self, protocol):
+        self._core.protocol = protocol
+
+    def get_protocol(self):
+        return self._core.protocol
+
+    def is_closing(self):
+        return self._core.closing
+
+    def close(self):
+        self._core.close()
+
+    def abort(self):
+        self._core.abort()
+
+    def __del__(self, _warn=warnings.warn):
+        core = self._core
+        if core is not None and core.pipe_open:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core.close_unclosed()
