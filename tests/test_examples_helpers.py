@@ -43,14 +43,24 @@ class ExampleProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: "queue.Queue[str | None]" = queue.Queue()
         self.output: list = []
-        self.stderr = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._stderr: list = []
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
+    def _read_stdout(self) -> None:
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
 
     def expect(self, pattern: str, timeout: float = 20) -> "re.Match":
         """Wait for a line of output matching `pattern` (a regex searched in each line)."""
@@ -66,27 +76,46 @@ class ExampleProcess:
                 continue
             if line is None:
                 self.proc.wait(5)
+                self._readers[1].join(5)
                 raise AssertionError(f"the example exited ({self.proc.returncode}) before "
                                      f"printing {pattern!r}; output {self.output!r}, stderr "
-                                     f"{self.proc.stderr.read()!r}")
+                                     f"{self.stderr!r}")
             self.output.append(line)
             match = re.search(pattern, line)
             if match:
                 return match
 
+    def seen(self, pattern: str) -> "re.Match | None":
+        """Without waiting: a line printed so far that matches `pattern`, or None."""
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self.lines.put(None)
+                break
+            self.output.append(line)
+        for line in self.output:
+            match = re.search(pattern, line)
+            if match:
+                return match
+        return None
+
     def stop(self, timeout: float = 20) -> int:
         """Ctrl-C, wait for the exit; returns the exit status.  The rest of stdout is read into
-        self.output, stderr into self.stderr."""
+        self.output; self.stderr has all of stderr."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            self.stderr = self.proc.communicate(timeout=timeout)[1]
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.stderr = self.proc.communicate()[1]
+            self.proc.wait()
             raise AssertionError(f"the example did not stop within {timeout} s of SIGINT")
         finally:
-            self._reader.join(5)
+            for reader in self._readers:
+                reader.join(5)
         while True:
             try:
                 line = self.lines.get_nowait()
@@ -109,7 +138,11 @@ class ExampleProcess:
     def __exit__(self, *exc_info):
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
+        for reader in self._readers:
+            reader.join(5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 @contextlib.contextmanager
