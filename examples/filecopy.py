@@ -68,7 +68,17 @@ async def copy(source, dest, *, chunk: int = MiB, depth: int = 8, fsync: bool = 
                     await _pump_stream(src, out, chunk, stats)
                 if fsync:
                     await out.fsync()
-                _publish(out, temp_name, dest, perms)
+                # Renaming over an existing file frees the old one, which can take a while
+                # (and ext4 starts writing the new one back): in a thread, not on the loop.
+                publishing = asyncio.get_running_loop().run_in_executor(
+                    None, _publish, out.fileno(), temp_name, dest, perms)
+                try:
+                    await asyncio.shield(publishing)
+                except asyncio.CancelledError:
+                    # Interrupted now, the destination is still whole or untouched: let the
+                    # rename that has started finish before the file is closed.
+                    await asyncio.wait([publishing])
+                    raise
                 published = True
         finally:
             if temp_name is not None and not published:
@@ -152,9 +162,9 @@ async def _open_unnamed(dest: str, perms: int):
         raise type(exc)(exc.errno, exc.strerror, dest) from None
 
 
-def _publish(out, temp_name, dest: str, perms: int) -> None:
-    """Give the finished copy the destination's name in one step."""
-    os.fchmod(out.fileno(), perms)         # exactly these bits, whatever the umask
+def _publish(fd: int, temp_name, dest: str, perms: int) -> None:
+    """Give the finished copy (open as `fd`) the destination's name in one step."""
+    os.fchmod(fd, perms)                   # exactly these bits, whatever the umask
     directory = os.path.dirname(os.path.abspath(dest))
     if temp_name is None:
         # An O_TMPFILE file gets a name by linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N (os.link
@@ -162,7 +172,7 @@ def _publish(out, temp_name, dest: str, perms: int) -> None:
         # destination's name if it is free; otherwise to a temporary name, renamed over it.
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            link = f"/proc/self/fd/{out.fileno()}"
+            link = f"/proc/self/fd/{fd}"
             try:
                 os.link(link, os.path.basename(dest), dst_dir_fd=dir_fd)
                 return
@@ -270,7 +280,7 @@ def main(argv=None) -> int:
         print(f"filecopy: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("filecopy: interrupted; the destination was not touched", file=sys.stderr)
+        print("filecopy: interrupted", file=sys.stderr)
         return 130
     rate = stats.copied / MiB / max(elapsed, 1e-9)
     print(f"copied {stats.copied:,} bytes in {elapsed:.2f} s ({rate:.0f} MiB/s), "

@@ -7,7 +7,6 @@ one test checks that the stock loop is refused with a clear error.
 
 import array
 import asyncio
-import ctypes
 import gc
 import io
 import os
@@ -21,6 +20,8 @@ import pytest
 
 import uringloop
 from uringloop import files
+
+from test_examples_helpers import drop_dac_capabilities
 
 uring_only = pytest.mark.asyncio(loop_factories=["uringloop"])
 
@@ -186,24 +187,11 @@ async def test_open_errors_are_the_builtin_ones(tmp_path):
     assert not missing.exists()
 
 
-def _drop_dac_capabilities():
-    # Runs in the child between fork and exec.  As root, CAP_DAC_OVERRIDE would let the child
-    # open a read-only file for writing; dropping it (and CAP_DAC_READ_SEARCH) from the bounding
-    # set makes the exec'd interpreter run without them, so file modes apply as to any user.
-    if os.geteuid() == 0:
-        for cap in (1, 2):                                # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-            if _libc.prctl(24, cap, 0, 0, 0) != 0:        # PR_CAPBSET_DROP
-                os._exit(126)
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def run_unprivileged(args, **kwargs):
+def run_unprivileged(args):
     """Run a command with file permissions enforced even when the tests run as root."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(args, env=env, preexec_fn=_drop_dac_capabilities,
-                          capture_output=True, text=True, timeout=60, **kwargs)
+    return subprocess.run(args, env=env, preexec_fn=drop_dac_capabilities,
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_permission_error(tmp_path):
@@ -216,6 +204,8 @@ def test_permission_error(tmp_path):
     code = textwrap.dedent("""
         import sys, uringloop
         from uringloop import files
+
+from test_examples_helpers import drop_dac_capabilities
 
         async def attempt(path, mode):
             try:
