@@ -205,8 +205,6 @@ def test_permission_error(tmp_path):
         import sys, uringloop
         from uringloop import files
 
-from test_examples_helpers import drop_dac_capabilities
-
         async def attempt(path, mode):
             try:
                 f = await files.open(path, mode)
