@@ -120,6 +120,7 @@ cdef class CloseOp(Operation):
 # ---------------------------------------------------------------------------------------------
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class Opening(Completer):
 
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
@@ -199,6 +200,7 @@ def open_file(loop, name, bytes path, int flags, unsigned perms, str mode, bint 
 # ---------------------------------------------------------------------------------------------
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class File(Completer):
     """A file open for completion-based I/O on a running uringloop loop.
 
