@@ -11,6 +11,7 @@ import gc
 import io
 import os
 import pathlib
+import pickle
 import random
 import subprocess
 import sys
@@ -165,6 +166,10 @@ async def test_invalid_arguments(tmp_path):
     async with files.open(path, "rb") as f:
         with pytest.raises(io.UnsupportedOperation):
             f.write(b"x", 0)
+        with pytest.raises(TypeError):
+            pickle.dumps(f)
+    with pytest.raises(TypeError):
+        files.File()
     async with files.open(path, "ab") as f:
         with pytest.raises(io.UnsupportedOperation):
             f.read(1, 0)

@@ -120,7 +120,6 @@ cdef class CloseOp(Operation):
 # ---------------------------------------------------------------------------------------------
 
 @cython.final
-@cython.auto_pickle(False)
 cdef class Opening(Completer):
 
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
@@ -200,7 +199,6 @@ def open_file(loop, name, bytes path, int flags, unsigned perms, str mode, bint 
 # ---------------------------------------------------------------------------------------------
 
 @cython.final
-@cython.auto_pickle(False)
 cdef class File(Completer):
     """A file open for completion-based I/O on a running uringloop loop.
 
@@ -212,8 +210,14 @@ cdef class File(Completer):
     is cancelled.
     """
 
+    def __cinit__(self):
+        self.fd = -1
+
     def __init__(self, *args, **kwargs):
         raise TypeError("File objects are created by `await uringloop.files.open(path, mode)`")
+
+    def __reduce__(self):
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
     # ---- properties ----
 
