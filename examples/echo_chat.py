@@ -7,7 +7,7 @@
 prints where it listens, then, when stopped with Ctrl-C, what it served:
 
     echo server listening on 127.0.0.1:8888 (loop: uringloop)
-    served 2000 connections (peak 2000 at once); echoed 288,890 bytes
+    served 2,000 connections (peak 2,000 at once); echoed 110,670 bytes
 
 echo: every byte a client sends comes back to it.
 chat: every line a member sends goes to every *other* member as "guest7: <line>"; a member
