@@ -14,13 +14,17 @@ import sys
 import threading
 import time
 
+import uringloop
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+# The examples must run against the uringloop these tests imported (the in-place build of this
+# checkout, or an installed one).
+URINGLOOP_PATH = str(pathlib.Path(uringloop.__file__).resolve().parent.parent)
 
 
 def example_env() -> dict:
-    # The examples import uringloop; the tests use the build in this checkout.
-    return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return dict(os.environ, PYTHONPATH=URINGLOOP_PATH, PYTHONUNBUFFERED="1")
 
 
 def example_command(name: str, *args) -> list:

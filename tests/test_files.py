@@ -10,7 +10,6 @@ import asyncio
 import gc
 import io
 import os
-import pathlib
 import pickle
 import random
 import subprocess
@@ -22,11 +21,9 @@ import pytest
 import uringloop
 from uringloop import files
 
-from test_examples_helpers import drop_dac_capabilities
+from test_examples_helpers import drop_dac_capabilities, example_env
 
 uring_only = pytest.mark.asyncio(loop_factories=["uringloop"])
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @uring_only
@@ -194,8 +191,7 @@ async def test_open_errors_are_the_builtin_ones(tmp_path):
 
 def run_unprivileged(args):
     """Run a command with file permissions enforced even when the tests run as root."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(args, env=env, preexec_fn=drop_dac_capabilities,
+    return subprocess.run(args, env=example_env(), preexec_fn=drop_dac_capabilities,
                           capture_output=True, text=True, timeout=60)
 
 
