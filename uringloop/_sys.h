@@ -140,7 +140,7 @@ enum {
     UL_OP_ASYNC_CANCEL = 14, UL_OP_CONNECT = 16, UL_OP_OPENAT = 18, UL_OP_CLOSE = 19,
     UL_OP_READ = 22, UL_OP_WRITE = 23, UL_OP_SEND = 26, UL_OP_RECV = 27, UL_OP_SPLICE = 30,
     UL_OP_SHUTDOWN = 34, UL_OP_MSG_RING = 40, UL_OP_SEND_ZC = 47, UL_OP_SENDMSG_ZC = 48,
-    UL_OP_WAITID = 50,
+    UL_OP_WAITID = 50, UL_OP_FSYNC = 3,
 };
 
 #define UL_PROBE_OPS 256
@@ -270,6 +270,25 @@ static inline void ul_prep_poll(struct io_uring_sqe *sqe, int fd, unsigned event
 static inline void ul_prep_rw(struct io_uring_sqe *sqe, int op, int fd, void *buf, unsigned len,
                               uint64_t off, uint64_t ud) {
     ul_prep(sqe, op, fd, buf, len, off, ud);
+}
+
+/* Files: open relative to dfd (AT_FDCWD) with open(2) flags and creation mode, fsync/fdatasync
+ * (IORING_FSYNC_DATASYNC) of the whole file, close.  The kernel copies `path` when it prepares
+ * the request; the operation still pins it until its final CQE. */
+static inline void ul_prep_openat(struct io_uring_sqe *sqe, int dfd, const char *path, int flags,
+                                  unsigned mode, uint64_t ud) {
+    ul_prep(sqe, UL_OP_OPENAT, dfd, path, mode, 0, ud);
+    sqe->open_flags = (uint32_t)flags;
+}
+
+static inline void ul_prep_fsync(struct io_uring_sqe *sqe, int fd, unsigned fsync_flags,
+                                 uint64_t ud) {
+    ul_prep(sqe, UL_OP_FSYNC, fd, NULL, 0, 0, ud);
+    sqe->fsync_flags = fsync_flags;
+}
+
+static inline void ul_prep_close(struct io_uring_sqe *sqe, int fd, uint64_t ud) {
+    ul_prep(sqe, UL_OP_CLOSE, fd, NULL, 0, 0, ud);
 }
 
 static inline void ul_prep_splice(struct io_uring_sqe *sqe, int fd_in, int64_t off_in, int fd_out,

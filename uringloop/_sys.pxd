@@ -94,10 +94,12 @@ cdef extern from "_sys.h" nogil:
     unsigned IORING_CQE_F_SOCK_NONEMPTY, IORING_CQE_BUFFER_SHIFT
     unsigned IO_URING_OP_SUPPORTED
     unsigned IOSQE_ASYNC, IOSQE_IO_LINK
+    unsigned IORING_FSYNC_DATASYNC
 
     # opcodes (our own names; values are ABI)
     enum:
-        UL_OP_NOP, UL_OP_READV, UL_OP_WRITEV, UL_OP_POLL_ADD, UL_OP_POLL_REMOVE, UL_OP_SENDMSG
+        UL_OP_NOP, UL_OP_READV, UL_OP_WRITEV, UL_OP_FSYNC, UL_OP_POLL_ADD, UL_OP_POLL_REMOVE
+        UL_OP_SENDMSG
         UL_OP_RECVMSG, UL_OP_TIMEOUT, UL_OP_ACCEPT, UL_OP_ASYNC_CANCEL, UL_OP_CONNECT, UL_OP_OPENAT
         UL_OP_CLOSE, UL_OP_READ, UL_OP_WRITE, UL_OP_SEND, UL_OP_RECV, UL_OP_SPLICE, UL_OP_SHUTDOWN
         UL_OP_MSG_RING, UL_OP_SEND_ZC, UL_OP_SENDMSG_ZC, UL_OP_WAITID
@@ -133,6 +135,10 @@ cdef extern from "_sys.h" nogil:
     void ul_prep_splice(io_uring_sqe *sqe, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
                         unsigned len, unsigned flags, uint64_t ud)
     void ul_prep_shutdown(io_uring_sqe *sqe, int fd, int how, uint64_t ud)
+    void ul_prep_openat(io_uring_sqe *sqe, int dfd, const char *path, int flags, unsigned mode,
+                        uint64_t ud)
+    void ul_prep_fsync(io_uring_sqe *sqe, int fd, unsigned fsync_flags, uint64_t ud)
+    void ul_prep_close(io_uring_sqe *sqe, int fd, uint64_t ud)
     void ul_prep_cancel(io_uring_sqe *sqe, uint64_t target, uint64_t ud)
     void ul_prep_cancel_all(io_uring_sqe *sqe, uint64_t ud)
     void ul_buf_ring_add(io_uring_buf_ring *br, unsigned mask, unsigned tail_off, void *addr,
