@@ -25,6 +25,7 @@ from uringloop import _sockio
 from uringloop.network import NetworkMixin
 from uringloop.unix import UnixMixin
 from uringloop._ops import Proactor
+from uringloop._sched import LoopCore
 from uringloop._probe import IOUringUnavailableError, diagnose, feature_set
 from uringloop._ring import Ring
 
@@ -54,8 +55,12 @@ class _CloseIOChain:
         pass
 
 
-class Loop(UnixMixin, NetworkMixin, _CloseIOChain, base_events.BaseEventLoop):
-    """An asyncio event loop whose I/O is completion-based, on io_uring."""
+class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEventLoop):
+    """An asyncio event loop whose I/O is completion-based, on io_uring.
+
+    LoopCore (uringloop/_sched.pyx) comes before BaseEventLoop: it holds the scheduling state in
+    C fields and compiles call_soon, call_at/call_later, time, _run_once and _process_events with
+    BaseEventLoop's behaviour; everything else is BaseEventLoop's."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -80,10 +85,6 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, base_events.BaseEventLoop):
         _live_proactors.add(self._proactor)
 
     # ---- the BaseEventLoop hooks ----
-
-    def _process_events(self, event_list) -> None:
-        # Completions were dispatched inside select(); nothing is left to process.
-        pass
 
     def _write_to_self(self) -> None:
         # call_soon_threadsafe and signal delivery: wake a waiting io_uring_enter.

@@ -1,0 +1,365 @@
+/* The C side of _sched.pyx: direct access to the __slots__ of asyncio.Handle / TimerHandle.
+ *
+ * asyncio.events.Handle is a Python class with __slots__; each slot is a member descriptor
+ * (T_OBJECT_EX) that stores a PyObject* at a fixed offset of the instance.  _sched.pyx reads
+ * those offsets once, from the descriptors themselves, and then creates and reads handles
+ * without going through the Python-level __init__ or attribute protocol.  Nothing here assumes
+ * an offset: ul_member_offset() returns -1 unless the descriptor really is a writable
+ * T_OBJECT_EX member, and the module then keeps to the stock (Python) paths.
+ */
+#ifndef URINGLOOP_SCHED_H
+#define URINGLOOP_SCHED_H
+
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+/* Offset of a writable object slot described by `descr`, or -1 if it is not one. */
+static inline Py_ssize_t ul_member_offset(PyObject *descr)
+{
+    PyMemberDef *m;
+    if (Py_TYPE(descr) != &PyMemberDescr_Type)
+        return -1;
+    m = ((PyMemberDescrObject *)descr)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+        return -1;
+    return m->offset;
+}
+
+/* Borrowed reference to the slot's value; NULL when the slot is unset. */
+static inline PyObject *ul_slot_get(PyObject *obj, Py_ssize_t offset)
+{
+    return *(PyObject **)((char *)obj + offset);
+}
+
+/* Store a new reference to `value` in the slot, releasing the previous value (if any). */
+static inline void ul_slot_set(PyObject *obj, Py_ssize_t offset, PyObject *value)
+{
+    PyObject **slot = (PyObject **)((char *)obj + offset);
+    PyObject *old = *slot;
+    Py_INCREF(value);
+    *slot = value;
+    Py_XDECREF(old);
+}
+
+/* A new, zeroed instance of `type` exactly as object.__new__(type) makes one (tp_alloc); the
+ * caller fills the slots. */
+static inline PyObject *ul_alloc_instance(PyObject *type)
+{
+    return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+}
+
+/* 1 with *out set when the slot holds an exact float (a loop-time deadline), else 0. */
+static inline int ul_slot_double(PyObject *obj, Py_ssize_t offset, double *out)
+{
+    PyObject *value = *(PyObject **)((char *)obj + offset);
+    if (value == NULL || !PyFloat_CheckExact(value))
+        return 0;
+    *out = PyFloat_AS_DOUBLE(value);
+    return 1;
+}
+
+/* Truth of the slot without a call when it holds True/False: 1, 0, or -1 for "ask Python"
+ * (unset slot, or any other object). */
+static inline int ul_slot_bool(PyObject *obj, Py_ssize_t offset)
+{
+    PyObject *value = *(PyObject **)((char *)obj + offset);
+    if (value == Py_True)
+        return 1;
+    if (value == Py_False)
+        return 0;
+    return -1;
+}
+
+/* What type(obj).<name> resolves to through the MRO (borrowed, NULL if nothing; never raises). */
+static inline PyObject *ul_type_lookup(PyObject *obj, PyObject *name)
+{
+    return _PyType_Lookup(Py_TYPE(obj), name);
+}
+
+/* The same for a class itself: what cls.<name> resolves to through cls's MRO. */
+static inline PyObject *ul_class_lookup(PyObject *cls, PyObject *name)
+{
+    return _PyType_Lookup((PyTypeObject *)cls, name);
+}
+
+/* time.monotonic() without the call: CLOCK_MONOTONIC converted to seconds the way CPython's
+ * _PyTime_AsSecondsDouble does (whole seconds exactly, otherwise ns / 1e9). */
+static inline double ul_monotonic(void)
+{
+    struct timespec ts;
+    long long ns;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    if (ns % 1000000000LL == 0)
+        return (double)(ns / 1000000000LL);
+    return (double)ns / 1e9;
+}
+
+
+/* ---- the timer heap ------------------------------------------------------------------------
+ *
+ * heapq's algorithm on the list loop._scheduled, so that the list always ends up in exactly the
+ * order heapq would leave it in: push appends and moves the new item toward the root while it is
+ * smaller than its parent; pop moves the last item into the root's place and restores the
+ * invariant by walking the hole down to a leaf along the smaller children and then moving the
+ * item back up (heapq's choice: fewer comparisons than stopping early).  "Smaller" is what heapq
+ * asks, a < b.  For two asyncio TimerHandles whose deadlines are floats that is a comparison of
+ * the deadlines (what TimerHandle.__lt__ computes); any other pair is compared through Python,
+ * with heapq's precautions: both items held while arbitrary code runs, and the list checked for
+ * a change of size afterwards, since that code may touch the list.
+ *
+ * Why a key array: a heap of 100k timers is a few megabytes of scattered objects, and every
+ * comparison of two TimerHandles would read both handles and both float objects -- four cache
+ * misses, about 17 times per pop.  So the loop keeps, next to the list, a plain array with one
+ * entry per position: the item seen there and its deadline.  Comparisons read the array; list
+ * and array are permuted together.  The array is only a cache and is never trusted blindly:
+ *   - an entry counts only while the list still holds the very same object at that position
+ *     (anyone may assign into loop._scheduled: such a position is simply re-read);
+ *   - every operation first checks that the list is the one the keys describe and has the size
+ *     we left it with, and re-reads all of it otherwise (a list replaced or resized behind our
+ *     back -- so a freed handle's address reused by a new one can never inherit a stale key);
+ *   - a TimerHandle's deadline never changes while it is scheduled (asyncio sets _when once).
+ */
+
+typedef struct {
+    PyObject *item;     /* the object this entry describes (borrowed; identity only) */
+    double when;        /* its deadline, when `exact` */
+    int exact;          /* an asyncio TimerHandle with a float deadline: compare `when` in C */
+} ul_heap_key;
+
+typedef struct {
+    ul_heap_key *keys;
+    Py_ssize_t capacity;
+    PyObject *list;     /* the list the keys describe (borrowed; identity only) */
+    Py_ssize_t size;    /* its size when an operation last left it */
+} ul_timer_heap;
+
+static PyTypeObject *ul_timer_type = NULL;     /* asyncio.TimerHandle while its slots are usable */
+static Py_ssize_t ul_when_offset = -1;
+
+static void ul_heap_configure(PyObject *timer_type, Py_ssize_t when_offset)
+{
+    ul_timer_type = (PyTypeObject *)timer_type;
+    ul_when_offset = when_offset;
+}
+
+static void ul_heap_free(ul_timer_heap *heap)
+{
+    PyMem_Free(heap->keys);
+    heap->keys = NULL;
+    heap->capacity = 0;
+    heap->list = NULL;
+    heap->size = 0;
+}
+
+static inline void ul_heap_read_key(ul_heap_key *key, PyObject *item)
+{
+    PyObject *when;
+    key->item = item;
+    key->exact = 0;
+    if (Py_TYPE(item) == ul_timer_type) {
+        when = ul_slot_get(item, ul_when_offset);
+        if (when != NULL && PyFloat_CheckExact(when)) {
+            key->when = PyFloat_AS_DOUBLE(when);
+            key->exact = 1;
+        }
+    }
+}
+
+/* Start an operation on `list`: room for one more entry, and keys that describe this list. */
+static int ul_heap_begin(ul_timer_heap *heap, PyObject *list)
+{
+    Py_ssize_t size = PyList_GET_SIZE(list), i, capacity;
+    ul_heap_key *keys;
+    if (size + 1 > heap->capacity) {
+        capacity = heap->capacity ? heap->capacity : 64;
+        while (capacity < size + 1)
+            capacity *= 2;
+        keys = PyMem_Realloc(heap->keys, (size_t)capacity * sizeof(ul_heap_key));
+        if (keys == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        heap->keys = keys;
+        heap->capacity = capacity;
+    }
+    if (list != heap->list || size != heap->size) {
+        for (i = 0; i < size; i++)
+            ul_heap_read_key(&heap->keys[i], PyList_GET_ITEM(list, i));
+        heap->list = list;
+        heap->size = size;
+    }
+    return 0;
+}
+
+static inline void ul_heap_end(ul_timer_heap *heap, PyObject *list)
+{
+    heap->list = list;
+    heap->size = PyList_GET_SIZE(list);
+}
+
+/* The key of position i, re-read if the list holds another object there now. */
+static inline ul_heap_key *ul_heap_key_at(ul_timer_heap *heap, PyObject *list, Py_ssize_t i)
+{
+    ul_heap_key *key = &heap->keys[i];
+    PyObject *item = PyList_GET_ITEM(list, i);
+    if (key->item != item)
+        ul_heap_read_key(key, item);
+    return key;
+}
+
+/* list[i] < list[j]: 1 or 0; -1 with an exception set (including a list resized meanwhile). */
+static int ul_heap_lt(ul_timer_heap *heap, PyObject *list, Py_ssize_t i, Py_ssize_t j)
+{
+    Py_ssize_t size = PyList_GET_SIZE(list);
+    ul_heap_key *a = ul_heap_key_at(heap, list, i), *b = ul_heap_key_at(heap, list, j);
+    PyObject *left, *right, *when_left, *when_right;
+    int result;
+    if (a->exact && b->exact)
+        return a->when < b->when;
+    left = PyList_GET_ITEM(list, i);
+    right = PyList_GET_ITEM(list, j);
+    when_left = Py_TYPE(left) == ul_timer_type ? ul_slot_get(left, ul_when_offset) : NULL;
+    when_right = Py_TYPE(right) == ul_timer_type ? ul_slot_get(right, ul_when_offset) : NULL;
+    if (when_left != NULL && when_right != NULL) {
+        /* TimerHandle.__lt__ between two TimerHandles is exactly this */
+        left = when_left;
+        right = when_right;
+    }
+    Py_INCREF(left);
+    Py_INCREF(right);
+    result = PyObject_RichCompareBool(left, right, Py_LT);
+    Py_DECREF(left);
+    Py_DECREF(right);
+    if (result >= 0 && PyList_GET_SIZE(list) != size) {
+        PyErr_SetString(PyExc_RuntimeError, "list changed size during iteration");
+        return -1;
+    }
+    return result;
+}
+
+static inline void ul_heap_swap(ul_timer_heap *heap, PyObject *list, Py_ssize_t i, Py_ssize_t j)
+{
+    PyObject **items = ((PyListObject *)list)->ob_item, *item = items[i];
+    ul_heap_key key = heap->keys[i];
+    items[i] = items[j];
+    items[j] = item;
+    heap->keys[i] = heap->keys[j];
+    heap->keys[j] = key;
+}
+
+/* Move list[pos] toward the root (not above `start`) while it is smaller than its parent. */
+static int ul_heap_sift_rootward(ul_timer_heap *heap, PyObject *list, Py_ssize_t start,
+                                 Py_ssize_t pos)
+{
+    Py_ssize_t parent;
+    int smaller;
+    while (pos > start) {
+        parent = (pos - 1) >> 1;
+        smaller = ul_heap_lt(heap, list, pos, parent);
+        if (smaller < 0)
+            return -1;
+        if (!smaller)
+            break;
+        ul_heap_swap(heap, list, pos, parent);
+        pos = parent;
+    }
+    return 0;
+}
+
+/* Restore the heap below `pos` after list[pos] was replaced: the hole walks down along the
+ * smaller children to a leaf, then the item rises back to its place. */
+static int ul_heap_sift_leafward(ul_timer_heap *heap, PyObject *list, Py_ssize_t pos)
+{
+    Py_ssize_t size = PyList_GET_SIZE(list), start = pos, child;
+    int left_smaller;
+    while ((child = 2 * pos + 1) < size) {
+        if (child + 1 < size) {
+            left_smaller = ul_heap_lt(heap, list, child, child + 1);
+            if (left_smaller < 0)
+                return -1;
+            child += left_smaller ^ 1;
+        }
+        ul_heap_swap(heap, list, pos, child);
+        pos = child;
+    }
+    return ul_heap_sift_rootward(heap, list, start, pos);
+}
+
+/* heapq.heappush(list, item) */
+static int ul_heap_push(ul_timer_heap *heap, PyObject *list, PyObject *item)
+{
+    int result;
+    if (ul_heap_begin(heap, list) < 0 || PyList_Append(list, item) < 0)
+        return -1;
+    ul_heap_read_key(&heap->keys[heap->size], item);
+    heap->size++;
+    result = ul_heap_sift_rootward(heap, list, 0, PyList_GET_SIZE(list) - 1);
+    ul_heap_end(heap, list);
+    return result;
+}
+
+/* heapq.heappop(list): a new reference, NULL with an exception set. */
+static PyObject *ul_heap_pop(ul_timer_heap *heap, PyObject *list)
+{
+    Py_ssize_t size = PyList_GET_SIZE(list);
+    PyObject **items, *first, *last;
+    if (size == 0) {
+        PyErr_SetString(PyExc_IndexError, "index out of range");
+        return NULL;
+    }
+    if (ul_heap_begin(heap, list) < 0)
+        return NULL;
+    items = ((PyListObject *)list)->ob_item;
+    last = items[size - 1];
+    Py_INCREF(last);
+    if (PyList_SetSlice(list, size - 1, size, NULL) < 0) {     /* drop the last position */
+        Py_DECREF(last);
+        return NULL;
+    }
+    heap->size = --size;
+    if (size == 0)
+        return last;
+    /* the last item takes the root's place; our reference to the root goes to the caller */
+    items = ((PyListObject *)list)->ob_item;
+    first = items[0];
+    items[0] = last;
+    heap->keys[0] = heap->keys[size];
+    if (ul_heap_sift_leafward(heap, list, 0) < 0) {
+        ul_heap_end(heap, list);
+        Py_DECREF(first);
+        return NULL;
+    }
+    ul_heap_end(heap, list);
+    return first;
+}
+
+/* heapq.heapify(list) */
+static int ul_heap_heapify(ul_timer_heap *heap, PyObject *list)
+{
+    Py_ssize_t i;
+    int result = 0;
+    if (ul_heap_begin(heap, list) < 0)
+        return -1;
+    for (i = PyList_GET_SIZE(list) / 2 - 1; i >= 0 && result == 0; i--)
+        result = ul_heap_sift_leafward(heap, list, i);
+    ul_heap_end(heap, list);
+    return result;
+}
+
+/* The head's deadline without touching the handle: 1 with *when set when it is an exact
+ * (float) deadline, 0 when it must be compared through Python, -1 with an exception set. */
+static int ul_heap_head_when(ul_timer_heap *heap, PyObject *list, double *when)
+{
+    ul_heap_key *key;
+    if (ul_heap_begin(heap, list) < 0)
+        return -1;
+    key = ul_heap_key_at(heap, list, 0);
+    if (!key->exact)
+        return 0;
+    *when = key->when;
+    return 1;
+}
+
+#endif

@@ -1,0 +1,48 @@
+from cpython.object cimport PyObject
+
+
+cdef extern from "_sched.h":
+    Py_ssize_t ul_member_offset(object descr)
+    PyObject *ul_slot_get(object obj, Py_ssize_t offset)
+    void ul_slot_set(object obj, Py_ssize_t offset, object value)
+    int ul_slot_double(object obj, Py_ssize_t offset, double *out)
+    int ul_slot_bool(object obj, Py_ssize_t offset)
+    object ul_alloc_instance(object type)
+    PyObject *ul_type_lookup(object obj, object name)
+    PyObject *ul_class_lookup(object cls, object name)
+    double ul_monotonic() nogil
+
+    ctypedef struct ul_timer_heap:
+        pass
+    void ul_heap_configure(object timer_type, Py_ssize_t when_offset)
+    void ul_heap_free(ul_timer_heap *heap)
+    int ul_heap_push(ul_timer_heap *heap, list items, object item) except -1
+    object ul_heap_pop(ul_timer_heap *heap, list items)
+    int ul_heap_heapify(ul_timer_heap *heap, list items) except -1
+    int ul_heap_head_when(ul_timer_heap *heap, list items, double *when) except -1
+
+
+cdef class LoopCore:
+    """The compiled base of uringloop.Loop: BaseEventLoop's scheduling state as C fields (still
+    reachable under their BaseEventLoop names) and its hot methods compiled."""
+    cdef object ready                   # loop._ready: the collections.deque of ready handles
+    cdef object ready_append            # ready.append, bound once while ready is a deque
+    cdef public object _scheduled       # the timer heap: a list ordered as heapq orders it
+    cdef public object _stopping
+    cdef public object _debug
+    cdef public object _closed
+    cdef public object _selector
+    cdef public Py_ssize_t _timer_cancelled_count
+    cdef public double _clock_resolution
+    cdef bint shadowed                  # an instance attribute hides one of our own methods
+    cdef ul_timer_heap timers           # the deadlines of _scheduled's entries (see _sched.h)
+
+    cdef bint own(self, str name, object implementation)
+    cdef object now(self)
+    cdef int append_ready(self, object handle) except -1
+    cdef int heap_push(self, list heap, object timer) except -1
+    cdef object heap_pop(self, list heap)
+    cdef object schedule_at(self, object when, object callback, tuple args, object context)
+    cdef int run_once(self) except -1
+    cdef int run_ready(self) except -1
+    cdef int run_debug(self, object handle) except -1

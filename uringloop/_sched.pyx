@@ -1,0 +1,516 @@
+# cython: language_level=3
+"""The loop's scheduling hot paths, compiled: call_soon, call_at/call_later, the timer heap, the
+ready queue and one iteration of the loop (_run_once).
+
+Why this exists and what it must not change
+-------------------------------------------
+asyncio.BaseEventLoop spends most of a busy iteration in Python-level bookkeeping: every
+call_soon builds an asyncio.Handle through its Python __init__ (a contextvars copy, a get_debug()
+call), every call_at pushes a TimerHandle onto a heapq heap whose comparisons each call
+TimerHandle.__lt__ in Python, and every callback runs through Handle._run's Python frame.  The
+behaviour of all of that is the asyncio contract -- CPython's own test suite pokes at it -- so
+this module does the same work in C without changing anything anyone can observe:
+
+  * Handles are real asyncio.events.Handle / TimerHandle instances.  They are allocated the way
+    object.__new__ allocates them and their __slots__ are filled directly at the offsets the
+    slot descriptors report (read once at import and validated: anything unexpected and the
+    module keeps to the stock Python paths).  isinstance, repr, cancel(), cancelled(), when(),
+    get_context() and __lt__ are the classes' own.
+  * The timer heap is still the list `loop._scheduled`, ordered exactly as heapq orders it: the
+    push/pop/heapify below are the same algorithm heapq uses, and compare two TimerHandles with
+    float deadlines in C (what TimerHandle.__lt__ computes); any other pair is compared through
+    Python as heapq would compare it.
+  * The ready queue is still the deque `loop._ready` (other modules append to it, and
+    call_soon_threadsafe relies on deque.append being atomic).
+  * An iteration keeps BaseEventLoop._run_once's order of steps: drop cancelled timers (with the
+    same _MIN_SCHEDULED_TIMER_HANDLES / _MIN_CANCELLED_TIMER_HANDLES_FRACTION heuristic, read
+    from asyncio.base_events each time), compute the timeout, wait for I/O, move due timers
+    (deadline < now + clock resolution) to the ready queue, then run only the handles that were
+    ready when the run started.  The wait is the compiled Proactor's wait() called directly:
+    no select() call, no empty event list, no _process_events() call (ours is a no-op).
+  * A handle is run inline (enter its context, call, exit) only while Handle._run is asyncio's
+    own; exceptions reach call_exception_handler with the same context dict Handle._run builds.
+
+Everything unusual takes the stock path instead of an approximation of it: debug mode (source
+tracebacks, thread and callback checks, the slow-callback warning) delegates call_soon/call_at/
+call_later to BaseEventLoop's own methods and runs handles through handle._run(); a `time`,
+`call_at` or `_process_events` replaced on the instance or in a subclass is called as BaseEventLoop
+would call it; a `_selector` that is not our Proactor gets select() + _process_events(); a heap
+that is not a list or a ready queue that is not a deque sends the whole iteration to
+BaseEventLoop._run_once.
+"""
+
+cimport cython
+from cpython.object cimport (PyObject, PyObject_RichCompareBool, PyObject_GenericSetAttr,
+                             Py_LT, Py_GE)
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
+from cpython.long cimport PyLong_CheckExact
+from cpython.tuple cimport PyTuple_CheckExact
+from cpython.list cimport PyList_CheckExact
+from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
+from cpython.contextvars cimport PyContext_CheckExact
+
+from uringloop._ops cimport Proactor
+
+import collections
+import heapq as _heapq
+import inspect as _inspect
+from asyncio import base_events as _base_events
+from asyncio import events as _events
+from asyncio import futures as _futures
+from asyncio import format_helpers as _format_helpers
+
+cdef object _BaseEventLoop = _base_events.BaseEventLoop
+cdef dict _base_events_globals = vars(_base_events)
+cdef object _deque = collections.deque
+cdef object _Handle = _events.Handle
+cdef object _TimerHandle = _events.TimerHandle
+cdef object _original_run = _Handle.__dict__['_run']
+cdef object _original_lt = _TimerHandle.__dict__['__lt__']
+
+# Slot offsets of asyncio's Handle and TimerHandle (see _sched.h); -1 where unusable.
+cdef Py_ssize_t OFF_CALLBACK = ul_member_offset(_Handle.__dict__['_callback'])
+cdef Py_ssize_t OFF_ARGS = ul_member_offset(_Handle.__dict__['_args'])
+cdef Py_ssize_t OFF_CANCELLED = ul_member_offset(_Handle.__dict__['_cancelled'])
+cdef Py_ssize_t OFF_LOOP = ul_member_offset(_Handle.__dict__['_loop'])
+cdef Py_ssize_t OFF_SOURCE_TRACEBACK = ul_member_offset(_Handle.__dict__['_source_traceback'])
+cdef Py_ssize_t OFF_REPR = ul_member_offset(_Handle.__dict__['_repr'])
+cdef Py_ssize_t OFF_CONTEXT = ul_member_offset(_Handle.__dict__['_context'])
+cdef Py_ssize_t OFF_WHEN = ul_member_offset(_TimerHandle.__dict__['_when'])
+cdef Py_ssize_t OFF_SCHEDULED = ul_member_offset(_TimerHandle.__dict__['_scheduled'])
+
+# The handles can be built and read through their slots: every slot is where we expect it and
+# no one has given the classes a __new__/__init__ of their own.  (Checked once; without it the
+# module still works, through the Python-level constructors and attributes.)
+cdef bint SLOTS_USABLE = (
+    OFF_CALLBACK >= 0 and OFF_ARGS >= 0 and OFF_CANCELLED >= 0 and OFF_LOOP >= 0
+    and OFF_SOURCE_TRACEBACK >= 0 and OFF_REPR >= 0 and OFF_CONTEXT >= 0 and OFF_WHEN >= 0
+    and OFF_SCHEDULED >= 0
+    and _Handle.__new__ is object.__new__ and _TimerHandle.__new__ is object.__new__)
+
+if SLOTS_USABLE:
+    ul_heap_configure(_TimerHandle, OFF_WHEN)
+
+# Handle._run's exception report formats the callback; 3.13 added a `debug` argument.
+cdef bint FORMAT_TAKES_DEBUG = (
+    'debug' in _inspect.signature(_format_helpers._format_callback_source).parameters)
+
+cdef str NAME_RUN = '_run'
+cdef str NAME_LT = '__lt__'
+cdef str NAME_TIME = 'time'
+cdef str NAME_CALL_AT = 'call_at'
+cdef str NAME_PROCESS_EVENTS = '_process_events'
+# Methods of ours that the fast paths call without looking them up; an instance attribute of one
+# of these names (a test's mock, say) sets LoopCore.shadowed and the lookups come back.
+cdef frozenset SHORTCUT_NAMES = frozenset([NAME_TIME, NAME_CALL_AT, NAME_PROCESS_EVENTS])
+
+
+cdef str NAME_INIT = '__init__'
+cdef object _original_handle_init = _Handle.__dict__['__init__']
+cdef object _original_timer_init = _TimerHandle.__dict__['__init__']
+
+
+cdef inline bint handle_init_pristine():
+    return ul_class_lookup(_Handle, NAME_INIT) == <PyObject *>_original_handle_init
+
+
+cdef inline bint timer_init_pristine():
+    return (ul_class_lookup(_TimerHandle, NAME_INIT) == <PyObject *>_original_timer_init
+            and handle_init_pristine())
+
+
+cdef inline bint handles_pristine():
+    """Handle._run and TimerHandle.__lt__ are asyncio's own (nobody has patched them), so we may
+    run a handle inline and compare deadlines in C."""
+    return (ul_class_lookup(_Handle, NAME_RUN) == <PyObject *>_original_run
+            and ul_class_lookup(_TimerHandle, NAME_RUN) == <PyObject *>_original_run
+            and ul_class_lookup(_TimerHandle, NAME_LT) == <PyObject *>_original_lt)
+
+
+# ---------------------------------------------------------------------------------------------
+# handles
+# ---------------------------------------------------------------------------------------------
+
+cdef inline object new_handle(object cls, object callback, object args, object loop,
+                              object context):
+    """cls(callback, args, loop, context) for a loop not in debug mode, without the Python-level
+    __init__: the same slot values in the same kind of object."""
+    if context is None:
+        context = PyContext_CopyCurrent()
+    handle = ul_alloc_instance(cls)
+    ul_slot_set(handle, OFF_CONTEXT, context)
+    ul_slot_set(handle, OFF_LOOP, loop)
+    ul_slot_set(handle, OFF_CALLBACK, callback)
+    ul_slot_set(handle, OFF_ARGS, args)
+    ul_slot_set(handle, OFF_CANCELLED, False)
+    ul_slot_set(handle, OFF_REPR, None)
+    ul_slot_set(handle, OFF_SOURCE_TRACEBACK, None)
+    return handle
+
+
+cdef inline bint is_cancelled(object handle) except -1:
+    cdef int flag
+    if SLOTS_USABLE and (type(handle) is _Handle or type(handle) is _TimerHandle):
+        flag = ul_slot_bool(handle, OFF_CANCELLED)
+        if flag >= 0:
+            return flag
+    return bool(handle._cancelled)
+
+
+cdef inline int set_scheduled(object timer, object value) except -1:
+    if SLOTS_USABLE and type(timer) is _TimerHandle:
+        ul_slot_set(timer, OFF_SCHEDULED, value)
+    else:
+        timer._scheduled = value
+    return 0
+
+
+cdef inline object deadline(object timer):
+    cdef PyObject *when
+    if SLOTS_USABLE and type(timer) is _TimerHandle:
+        when = ul_slot_get(timer, OFF_WHEN)
+        if when != NULL:
+            return <object>when
+    return timer._when
+
+
+def _report_callback_error(handle, exc):
+    """What Handle._run does with an exception from its callback."""
+    if FORMAT_TAKES_DEBUG:
+        source = _format_helpers._format_callback_source(
+            handle._callback, handle._args, debug=handle._loop.get_debug())
+    else:
+        source = _format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {
+        'message': f'Exception in callback {source}',
+        'exception': exc,
+        'handle': handle,
+    }
+    if handle._source_traceback:
+        context['source_traceback'] = handle._source_traceback
+    handle._loop.call_exception_handler(context)
+
+
+cdef int run_handle(object handle) except -1:
+    """handle._run() for an asyncio Handle/TimerHandle whose _run is asyncio's own: the callback
+    runs in the handle's context; anything but SystemExit/KeyboardInterrupt goes to the loop's
+    exception handler."""
+    cdef PyObject *context_p = ul_slot_get(handle, OFF_CONTEXT)
+    cdef PyObject *callback_p = ul_slot_get(handle, OFF_CALLBACK)
+    cdef PyObject *args_p = ul_slot_get(handle, OFF_ARGS)
+    if (context_p == NULL or callback_p == NULL or args_p == NULL
+            or not PyContext_CheckExact(<object>context_p)
+            or not PyTuple_CheckExact(<object>args_p)):
+        handle._run()           # something unusual in the slots: let asyncio deal with it
+        return 0
+    # Own references: the callback may cancel its own handle, which clears these slots.
+    context = <object>context_p
+    callback = <object>callback_p
+    args = <object>args_p
+    try:
+        PyContext_Enter(context)
+        try:
+            callback(*args)
+        finally:
+            PyContext_Exit(context)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        _report_callback_error(handle, exc)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+@cython.auto_pickle(False)
+cdef class LoopCore:
+    """Base of uringloop.Loop, placed before BaseEventLoop in its MRO.
+
+    BaseEventLoop.__init__ and every BaseEventLoop method still read and write _ready,
+    _scheduled, _stopping, _debug, _closed, _selector, _timer_cancelled_count and
+    _clock_resolution by those names; here they are C fields, so the compiled paths read them
+    without a dictionary lookup."""
+
+    # ---- attributes ----
+
+    property _ready:
+        def __get__(self):
+            return self.ready
+
+        def __set__(self, value):
+            self.ready = value
+            self.ready_append = value.append if type(value) is _deque else None
+
+    def __setattr__(self, name, value):
+        if name in SHORTCUT_NAMES:
+            self.shadowed = True
+        PyObject_GenericSetAttr(self, name, value)
+
+    def __delattr__(self, name):
+        if name in SHORTCUT_NAMES:
+            self.shadowed = True
+        _generic_setattr_raw(self, name, NULL)
+
+    cdef bint own(self, str name, object implementation):
+        """type(self).<name> is ours and no instance attribute can hide it."""
+        return not self.shadowed and ul_type_lookup(self, name) == <PyObject *>implementation
+
+    cdef object now(self):
+        if self.own(NAME_TIME, _own_time):
+            return ul_monotonic()
+        return self.time()
+
+    cdef int append_ready(self, object handle) except -1:
+        if self.ready_append is not None:
+            self.ready_append(handle)
+        else:
+            self.ready.append(handle)
+        return 0
+
+    # ---- BaseEventLoop methods, compiled ----
+
+    def time(self):
+        """Return the time according to the event loop's clock (time.monotonic())."""
+        return ul_monotonic()
+
+    # Small BaseEventLoop methods on everyone's hot path: every Future and Task asks
+    # loop.get_debug() when it is created, every Handle.cancel() asks it too.
+
+    def get_debug(self):
+        return self._debug
+
+    def is_closed(self):
+        """Returns True if the event loop was closed."""
+        return self._closed
+
+    def _check_closed(self):
+        if self._closed:
+            raise RuntimeError('Event loop is closed')
+
+    def create_future(self):
+        """Create a Future object attached to the loop."""
+        return _futures.Future(loop=self)
+
+    def _process_events(self, event_list):
+        # Completions were dispatched inside the Proactor's wait; nothing is left to process.
+        pass
+
+    def call_soon(self, callback, *args, context=None):
+        """Arrange for a callback to be called as soon as possible (FIFO order)."""
+        if self._closed:
+            raise RuntimeError('Event loop is closed')
+        if self._debug or not SLOTS_USABLE or not handle_init_pristine():
+            return _BaseEventLoop.call_soon(self, callback, *args, context=context)
+        handle = new_handle(_Handle, callback, args, self, context)
+        self.append_ready(handle)
+        return handle
+
+    def _call_soon(self, callback, args, context):
+        if self._debug or not SLOTS_USABLE or not handle_init_pristine():
+            return _BaseEventLoop._call_soon(self, callback, args, context)
+        handle = new_handle(_Handle, callback, args, self, context)
+        self.append_ready(handle)
+        return handle
+
+    def call_at(self, when, callback, *args, context=None):
+        """Like call_later(), but uses an absolute time (the loop's time())."""
+        if when is None or self._debug or not SLOTS_USABLE or not timer_init_pristine():
+            # None: each Python version has its own error for it; debug: source tracebacks.
+            return _BaseEventLoop.call_at(self, when, callback, *args, context=context)
+        if self._closed:
+            raise RuntimeError('Event loop is closed')
+        return self.schedule_at(when, callback, args, context)
+
+    def call_later(self, delay, callback, *args, context=None):
+        """Arrange for a callback to be called after `delay` seconds; returns a TimerHandle."""
+        if (delay is None or self._debug or not SLOTS_USABLE or not timer_init_pristine()
+                or not self.own(NAME_TIME, _own_time) or not self.own(NAME_CALL_AT, _own_call_at)):
+            # Whatever is unusual, BaseEventLoop's own call_later (which calls our call_at).
+            return _BaseEventLoop.call_later(self, delay, callback, *args, context=context)
+        if PyFloat_CheckExact(delay):
+            when = ul_monotonic() + PyFloat_AS_DOUBLE(delay)
+        else:
+            when = ul_monotonic() + delay
+        if self._closed:
+            raise RuntimeError('Event loop is closed')
+        return self.schedule_at(when, callback, args, context)
+
+    def __dealloc__(self):
+        ul_heap_free(&self.timers)
+
+    # ---- the timer heap: heapq's algorithm on _scheduled (in _sched.h) ----
+
+    cdef int heap_push(self, list heap, object timer) except -1:
+        return ul_heap_push(&self.timers, heap, timer)
+
+    cdef object heap_pop(self, list heap):
+        return ul_heap_pop(&self.timers, heap)
+
+    cdef object schedule_at(self, object when, object callback, tuple args, object context):
+        timer = new_handle(_TimerHandle, callback, args, self, context)
+        ul_slot_set(timer, OFF_WHEN, when)
+        ul_slot_set(timer, OFF_SCHEDULED, False)
+        scheduled = self._scheduled
+        if PyList_CheckExact(scheduled):
+            self.heap_push(<list>scheduled, timer)
+        else:
+            _heapq.heappush(scheduled, timer)
+        ul_slot_set(timer, OFF_SCHEDULED, True)
+        return timer
+
+    def _timer_handle_cancelled(self, handle):
+        """Notification that a TimerHandle has been cancelled."""
+        cdef int flag = -1
+        if SLOTS_USABLE and type(handle) is _TimerHandle:
+            flag = ul_slot_bool(handle, OFF_SCHEDULED)
+        if flag < 0:
+            flag = bool(handle._scheduled)
+        if flag:
+            self._timer_cancelled_count += 1
+
+    def _run_once(self):
+        """Run one full iteration of the event loop (BaseEventLoop._run_once, compiled)."""
+        self.run_once()
+
+    # ---- one iteration ----
+
+    cdef int run_once(self) except -1:
+        cdef list heap
+        cdef list kept
+        cdef Py_ssize_t count
+        cdef double when_d, timeout_d, end_d
+        cdef bint fast_time
+        cdef double maximum
+        scheduled = self._scheduled
+        if not PyList_CheckExact(scheduled) or type(self.ready) is not _deque:
+            return _BaseEventLoop._run_once(self) or 0
+        heap = <list>scheduled
+
+        # 1. Cancelled timers: rebuild the heap when they are many, else pop them off its top.
+        count = len(heap)
+        if (count > _base_events_globals['_MIN_SCHEDULED_TIMER_HANDLES']
+                and <double>self._timer_cancelled_count / <double>count
+                > _base_events_globals['_MIN_CANCELLED_TIMER_HANDLES_FRACTION']):
+            kept = []
+            for timer in heap:
+                if is_cancelled(timer):
+                    set_scheduled(timer, False)
+                else:
+                    kept.append(timer)
+            ul_heap_heapify(&self.timers, kept)
+            self._scheduled = heap = kept
+            self._timer_cancelled_count = 0
+        else:
+            while heap and is_cancelled(heap[0]):
+                self._timer_cancelled_count -= 1
+                timer = self.heap_pop(heap)
+                set_scheduled(timer, False)
+
+        # 2. How long the wait may block: not at all with work ready, until the first deadline
+        #    otherwise (at most MAXIMUM_SELECT_TIMEOUT), forever with nothing scheduled.
+        fast_time = self.own(NAME_TIME, _own_time)
+        timeout = None
+        if self.ready or self._stopping:
+            timeout = 0
+        elif heap:
+            maximum_obj = _base_events_globals['MAXIMUM_SELECT_TIMEOUT']
+            if fast_time and ul_heap_head_when(&self.timers, heap, &when_d):
+                maximum = maximum_obj
+                timeout_d = when_d - ul_monotonic()
+                if not timeout_d > 0:
+                    timeout = 0
+                elif timeout_d > maximum:
+                    timeout = maximum_obj
+                else:
+                    timeout = timeout_d
+            else:
+                timeout = min(max(0, deadline(heap[0]) - self.now()), maximum_obj)
+
+        # 3. Wait for I/O: the Proactor submits, waits and dispatches completions in one go.
+        selector = self._selector
+        if type(selector) is Proactor and self.own(NAME_PROCESS_EVENTS, _own_process_events):
+            (<Proactor>selector).wait(timeout)
+        else:
+            event_list = selector.select(timeout)
+            self._process_events(event_list)
+            event_list = None
+
+        # 4. Timers whose deadline is within a clock tick become ready.
+        heap = self._scheduled if PyList_CheckExact(self._scheduled) else None
+        if heap is not None and heap:
+            if fast_time:
+                end_d = ul_monotonic() + self._clock_resolution
+                while heap:
+                    if ul_heap_head_when(&self.timers, heap, &when_d):
+                        if when_d >= end_d:
+                            break
+                    elif PyObject_RichCompareBool(deadline(heap[0]), end_d, Py_GE):
+                        break
+                    timer = self.heap_pop(heap)
+                    set_scheduled(timer, False)
+                    self.append_ready(timer)
+            else:
+                end_time = self.time() + self._clock_resolution
+                while heap:
+                    if PyObject_RichCompareBool(deadline(heap[0]), end_time, Py_GE):
+                        break
+                    timer = self.heap_pop(heap)
+                    set_scheduled(timer, False)
+                    self.append_ready(timer)
+        elif heap is None:
+            end_time = self.now() + self._clock_resolution
+            while self._scheduled:
+                if self._scheduled[0]._when >= end_time:
+                    break
+                timer = _heapq.heappop(self._scheduled)
+                timer._scheduled = False
+                self.append_ready(timer)
+
+        # 5. Run what is ready now -- not what those callbacks schedule (next iteration).
+        return self.run_ready()
+
+    cdef int run_ready(self) except -1:
+        cdef Py_ssize_t ntodo = len(self.ready), i
+        cdef bint inline_ok = SLOTS_USABLE and handles_pristine()
+        if ntodo == 0:
+            return 0
+        popleft = self.ready.popleft
+        for i in range(ntodo):
+            handle = popleft()
+            if is_cancelled(handle):
+                continue
+            if self._debug:
+                self.run_debug(handle)
+            elif inline_ok and (type(handle) is _Handle or type(handle) is _TimerHandle):
+                run_handle(handle)
+            else:
+                handle._run()
+        return 0
+
+    cdef int run_debug(self, object handle) except -1:
+        # Debug mode: BaseEventLoop's bookkeeping around the callback, with its warning.
+        try:
+            self._current_handle = handle
+            t0 = self.time()
+            handle._run()
+            dt = self.time() - t0
+            if dt >= self.slow_callback_duration:
+                _base_events.logger.warning('Executing %s took %.3f seconds',
+                                            _base_events._format_handle(handle), dt)
+        finally:
+            self._current_handle = None
+        return 0
+
+
+cdef extern from "Python.h":
+    # PyObject_GenericSetAttr with a NULL value deletes the attribute.
+    int _generic_setattr_raw "PyObject_GenericSetAttr" (object obj, object name,
+                                                        PyObject *value) except -1
+
+
+# Our own implementations, as the MRO lookups in LoopCore.own() find them.
+cdef object _own_time = LoopCore.__dict__['time']
+cdef object _own_call_at = LoopCore.__dict__['call_at']
+cdef object _own_process_events = LoopCore.__dict__['_process_events']
