@@ -10,19 +10,44 @@ hooks with completion-based machinery:
                            loop layers it
   _start_serving           a compiled Acceptor per listening socket (_server.pyx): multishot
   _stop_serving            accept, connections served from the completion handler
+
+and the UNIX-socket half of the stream API that BaseEventLoop leaves to its subclasses
+(create_unix_connection, create_unix_server: asyncio.open_unix_connection/start_unix_server),
+with unix_events' semantics: a stale socket file is replaced at bind, abstract names are left
+alone, and on Python 3.13 the socket file is removed when the server closes (cleanup_socket).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import stat
 import sys
 
-from asyncio import constants, sslproto
+from asyncio import base_events, constants, sslproto, tasks
+from asyncio.log import logger
 
 from uringloop._server import Acceptor
 from uringloop._transports import SocketTransport
 
 # SSLProtocol (and the loop hooks around it) grew ssl_shutdown_timeout in 3.11.
 _HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
+# create_unix_server(cleanup_socket=True) and the unlink at close arrived in 3.13.
+_HAS_CLEANUP_SOCKET = sys.version_info >= (3, 13)
+
+
+def _is_abstract(path) -> bool:
+    """An abstract-namespace AF_UNIX name (leading NUL byte): no file in the filesystem."""
+    return not path or path[0] in (0, '\x00')
+
+
+def _ssl_shutdown_kwargs(method, ssl_shutdown_timeout) -> dict:
+    if _HAS_SSL_SHUTDOWN_TIMEOUT:
+        return {'ssl_shutdown_timeout': ssl_shutdown_timeout}
+    if ssl_shutdown_timeout is not None:
+        raise TypeError(f"{method}() got an unexpected keyword argument 'ssl_shutdown_timeout'")
+    return {}
 
 
 class NetworkMixin:
@@ -33,6 +58,8 @@ class NetworkMixin:
     _ul_recv_ring = None
     # Listening socket fd -> its Acceptor, while serving.
     _ul_acceptors = None
+    # UNIX server socket -> inode of its socket file, removed when the server closes (3.13).
+    _ul_unix_server_sockets = None
 
     # ---- transports ----
 
@@ -72,6 +99,9 @@ class NetworkMixin:
         acceptor.start()
 
     def _stop_serving(self, sock):
+        unix_sockets = self._ul_unix_server_sockets
+        cleanup = unix_sockets.pop(sock, None) if unix_sockets else None
+        path = sock.getsockname() if cleanup is not None else None
         acceptors = self._ul_acceptors
         if acceptors:
             acceptor = acceptors.pop(sock.fileno(), None)
@@ -80,6 +110,15 @@ class NetworkMixin:
                 # file until its final completion, so closing the descriptor now is safe.
                 acceptor.stop()
         sock.close()
+        if path is not None:
+            # Remove the socket file -- unless someone else has bound a new one there since.
+            try:
+                if os.stat(path).st_ino == cleanup:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
 
     async def _accept_tls_connection(self, protocol_factory, conn, extra, sslcontext, server,
                                      ssl_handshake_timeout, ssl_shutdown_timeout):
@@ -116,6 +155,122 @@ class NetworkMixin:
                 if transport is not None:
                     context['transport'] = transport
                 self.call_exception_handler(context)
+
+    # ---- UNIX stream sockets ----
+
+    async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None, sock=None,
+                                     server_hostname=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None):
+        tls_kwargs = _ssl_shutdown_kwargs('create_unix_connection', ssl_shutdown_timeout)
+        assert server_hostname is None or isinstance(server_hostname, str)
+        if ssl:
+            if server_hostname is None:
+                raise ValueError('you have to pass server_hostname when using ssl')
+        else:
+            if server_hostname is not None:
+                raise ValueError('server_hostname is only meaningful with ssl')
+            if ssl_handshake_timeout is not None:
+                raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
+            if ssl_shutdown_timeout is not None:
+                raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        if path is not None:
+            if sock is not None:
+                raise ValueError('path and sock can not be specified at the same time')
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+            try:
+                sock.setblocking(False)
+                await self.sock_connect(sock, path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError('no path and sock were specified')
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+            sock.setblocking(False)
+        return await self._create_connection_transport(
+            sock, protocol_factory, ssl, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, **tls_kwargs)
+
+    async def _create_unix_server(self, protocol_factory, path, sock, backlog, ssl,
+                                  ssl_handshake_timeout, ssl_shutdown_timeout, start_serving,
+                                  cleanup_socket):
+        tls_kwargs = _ssl_shutdown_kwargs('create_unix_server', ssl_shutdown_timeout)
+        if isinstance(ssl, bool):
+            raise TypeError('ssl argument must be an SSLContext or None')
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        if path is not None:
+            if sock is not None:
+                raise ValueError('path and sock can not be specified at the same time')
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if not _is_abstract(path):
+                # A socket file left by a previous server is replaced; anything else at that
+                # path makes bind() fail below.
+                try:
+                    if stat.S_ISSOCK(os.stat(path).st_mode):
+                        os.remove(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    # The directory may allow creating the socket but not inspecting it.
+                    logger.error('Unable to check or remove stale UNIX socket %r: %r',
+                                 path, err)
+            try:
+                sock.bind(path)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(errno.EADDRINUSE,
+                                  f'Address {path!r} is already in use') from None
+                raise
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError('path was not specified, and no sock specified')
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+        if cleanup_socket:
+            bound = sock.getsockname()
+            if not _is_abstract(bound):
+                try:
+                    inode = os.stat(bound).st_ino
+                except FileNotFoundError:
+                    pass
+                else:
+                    if self._ul_unix_server_sockets is None:
+                        self._ul_unix_server_sockets = {}
+                    self._ul_unix_server_sockets[sock] = inode
+        sock.setblocking(False)
+        server = base_events.Server(self, [sock], protocol_factory, ssl, backlog,
+                                    ssl_handshake_timeout, **tls_kwargs)
+        if start_serving:
+            server._start_serving()
+            await tasks.sleep(0)
+        return server
+
+    if _HAS_CLEANUP_SOCKET:
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                     backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None, start_serving=True,
+                                     cleanup_socket=True):
+            return await self._create_unix_server(
+                protocol_factory, path, sock, backlog, ssl, ssl_handshake_timeout,
+                ssl_shutdown_timeout, start_serving, cleanup_socket)
+    else:
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                     backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None, start_serving=True):
+            return await self._create_unix_server(
+                protocol_factory, path, sock, backlog, ssl, ssl_handshake_timeout,
+                ssl_shutdown_timeout, start_serving, False)
 
     def _close_io(self) -> None:
         acceptors = self._ul_acceptors
