@@ -25,9 +25,12 @@ import socket
 import stat
 import sys
 
-from asyncio import base_events, constants, sslproto, tasks
+import io
+
+from asyncio import base_events, constants, exceptions, sslproto, tasks
 from asyncio.log import logger
 
+from uringloop._sendfile import SpliceSender
 from uringloop._server import Acceptor
 from uringloop._transports import SocketTransport
 
@@ -155,6 +158,92 @@ class NetworkMixin:
                 if transport is not None:
                     context['transport'] = transport
                 self.call_exception_handler(context)
+
+    # ---- sendfile ----
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        # BaseEventLoop.sock_sendfile has checked the arguments; it falls back to read+send
+        # when this raises SendfileNotAvailableError.
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        try:
+            st = os.fstat(fileno)
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not (count or st.st_size):
+            return 0            # an empty file (the stock loop's answer, without a syscall)
+        self._ensure_fd_no_transport(sock)
+        return await self._splice_file(sock.fileno(), fileno, offset, count)
+
+    async def _splice_file(self, sock_fd, file_fd, offset, count):
+        sender = SpliceSender(self, sock_fd, file_fd, offset, count or 0)
+        sender.start()
+        return await sender.future
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        if not isinstance(transp, SocketTransport):
+            raise exceptions.SendfileNotAvailableError(
+                f"native sendfile is not supported for transport {transp!r}")
+        # As stock: the socket leaves the transport for the duration -- reading paused, the
+        # write buffer drained, write() refused -- and is handed to sock_sendfile (which
+        # also validates the arguments), without fallback.
+        fd = transp._sock_fd
+        self._transports.pop(fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if transp._sock is not None:          # connection_lost has not run
+                self._transports[fd] = transp
+                if resume_reading:
+                    transp.resume_reading()
+
+    async def _sendfile_fallback(self, transp, file, offset, count):
+        if not isinstance(transp, SocketTransport):
+            return await super()._sendfile_fallback(transp, file, offset, count)
+        # The stock fallback drives flow control through a substitute protocol that insists on
+        # a _FlowControlMixin transport.  Ours has what it needs itself: read the file in the
+        # executor, write, and wait for the write buffer to drain whenever the transport is
+        # over its high-water mark.
+        if offset:
+            file.seek(offset)
+        blocksize = min(count, 16384) if count else 16384
+        buf = bytearray(blocksize)
+        total_sent = 0
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        return total_sent
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    return total_sent
+                if transp.is_closing():
+                    raise ConnectionError("Connection closed by peer")
+                if transp._protocol_paused:
+                    waiter = transp._make_empty_waiter()
+                    try:
+                        await waiter
+                    finally:
+                        transp._reset_empty_waiter()
+                transp.write(view[:read])          # copied: buf is reused for the next read
+                total_sent += read
+        finally:
+            if total_sent > 0 and hasattr(file, 'seek'):
+                file.seek(offset + total_sent)
+            if resume_reading and transp._sock is not None:
+                transp.resume_reading()
 
     # ---- UNIX stream sockets ----
 
