@@ -309,5 +309,6 @@ async def test_loop_sendfile_over_tls_uses_the_fallback(data_file, contexts):
     assert digest == hashlib.sha256(path.read_bytes()).digest()
     transport.close()
     await client.lost
+    peer.transport.close()
     server.close()
     await server.wait_closed()

@@ -163,9 +163,12 @@ async def test_tls_protocol_api(contexts):
     server_ctx, client_ctx = contexts
     done = loop.create_future()
 
+    server_transports = []
+
     class Server(asyncio.Protocol):
         def connection_made(self, transport):
             self.transport = transport
+            server_transports.append(transport)
 
         def data_received(self, data):
             self.transport.write(data.upper())
@@ -192,6 +195,8 @@ async def test_tls_protocol_api(contexts):
                                                     server_hostname='localhost')
     await done
     transport.close()
+    for t in server_transports:
+        t.close()          # (Python 3.10's SSL transport would warn if left to the GC)
     server.close()
     await server.wait_closed()
 
