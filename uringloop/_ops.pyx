@@ -394,8 +394,10 @@ cdef class Proactor:
 
     # ---- provided buffers ----
 
-    cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size):
-        cdef BufferRing br = BufferRing(self.ring, len(self.buffer_rings), count, buf_size)
+    cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
+                                    bint incremental=False):
+        cdef BufferRing br = BufferRing(self.ring, len(self.buffer_rings), count, buf_size,
+                                        incremental)
         self.buffer_rings.append(br)
         return br
 
