@@ -91,13 +91,11 @@ cdef bint _SERVER_TRACKS_TRANSPORTS = sys.version_info >= (3, 13)
 cdef enum:
     # The kernel's UIO_MAXIOV: the most buffers one sendmsg may carry.
     IOV_LIMIT = 1024
-    # The shared provided-buffer ring.  Buffers are held only while one batch of completions is
-    # copied out, so the ring's size bounds how many connections can complete a receive in the
-    # same loop iteration (the rest get -ENOBUFS and are re-armed for the next one), and the
-    # buffer size bounds one data_received() chunk.  See the README of this module's tests for
-    # the measurements behind the choice.
+    # The shared provided-buffer ring (see receive_buffers()).
     RECV_BUFFER_COUNT = 256
     RECV_BUFFER_SIZE = 16384
+    INC_BUFFER_COUNT = 32
+    INC_BUFFER_SIZE = 131072
     # Single-shot receives for a Protocol when the kernel lacks multishot receive.
     FALLBACK_RECV_SIZE = 65536
 
@@ -112,16 +110,33 @@ cdef object _EOF = object()          # stash_end marker: the peer closed its sid
 
 cdef BufferRing receive_buffers(loop, Proactor proactor):
     """The loop's provided-buffer ring for multishot receives (created on first use), or None
-    when the kernel has no multishot receive."""
+    when the kernel has no multishot receive.
+
+    Buffers are held only while one batch of completions is copied out (each is given back at
+    once and republished after the batch), so an idle connection holds no receive memory, the
+    ring's capacity bounds what all connections together can receive in one loop iteration
+    (beyond it a receive ends with -ENOBUFS and is re-armed for the next one), and the buffer
+    size bounds one data_received() chunk.
+
+    Where the kernel consumes buffers incrementally (6.12) the ring is 32 x 128 KiB: a 1 KiB
+    message takes 1 KiB of a buffer, so the 4 MiB hold thousands of small receives per iteration,
+    while a bulk transfer gets chunks of up to 128 KiB (the stock transport reads up to 256 KiB at
+    a time; per-chunk overhead is what bounds bulk throughput).  Elsewhere every completion takes
+    a whole buffer, and 256 x 16 KiB (also 4 MiB) is the compromise between the two."""
     ring = loop._ul_recv_ring
     if ring is None:
-        if not loop._features.get('multishot_recv'):
-            ring = False
-        else:
-            try:
-                ring = proactor.new_buffer_ring(RECV_BUFFER_COUNT, RECV_BUFFER_SIZE)
-            except (OSError, MemoryError):
-                ring = False
+        ring = False
+        if loop._features.get('multishot_recv'):
+            if loop._features.get('incremental_buffers'):
+                try:
+                    ring = proactor.new_buffer_ring(INC_BUFFER_COUNT, INC_BUFFER_SIZE, True)
+                except (OSError, MemoryError):
+                    ring = False
+            if ring is False:
+                try:
+                    ring = proactor.new_buffer_ring(RECV_BUFFER_COUNT, RECV_BUFFER_SIZE)
+                except (OSError, MemoryError):
+                    ring = False
         loop._ul_recv_ring = ring
     if ring is False:
         return None
@@ -568,8 +583,8 @@ cdef class SocketTransport(Completer):
             if flags & IORING_CQE_F_BUFFER:
                 bid = flags >> IORING_CQE_BUFFER_SHIFT
                 if res > 0:
-                    data = PyBytes_FromStringAndSize(self.bufs.buffer(bid), res)
-                self.bufs.give_back(bid)
+                    data = PyBytes_FromStringAndSize(self.bufs.data(bid), res)
+                self.bufs.consumed(bid, res if res > 0 else 0, flags)
         elif res > 0:
             sop = <RecvOp>op
             if (target is not None and target is self.protocol and not self._paused
