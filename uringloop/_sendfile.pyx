@@ -41,6 +41,7 @@ cdef extern from "<string.h>":
 # (/proc/sys/fs/pipe-max-size).  The default 64 KiB is kept if the kernel refuses.
 cdef int PIPE_SIZE = 1 << 20
 cdef int _F_SETPIPE_SZ = getattr(_fcntl, 'F_SETPIPE_SZ', 1031)
+cdef int _F_GETPIPE_SZ = getattr(_fcntl, 'F_GETPIPE_SZ', 1032)
 
 cdef enum Stage:
     FILL = 0
@@ -78,7 +79,7 @@ cdef class SpliceSender(Completer):
                 _fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
             except OSError:
                 pass
-            self.chunk = _fcntl.fcntl(self.pipe_w, 1032)     # F_GETPIPE_SZ
+            self.chunk = _fcntl.fcntl(self.pipe_w, _F_GETPIPE_SZ)
         except BaseException:
             self.close_fds()
             raise

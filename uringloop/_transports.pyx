@@ -64,10 +64,9 @@ from libc.string cimport memset, memcpy
 
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp,
-                             MultishotRecvOp, OP_IDLE)
+from uringloop._ops cimport (Proactor, Completer, Operation, RecvOp, SendOp, MultishotRecvOp,
+                             OP_IDLE)
 
-import os
 import socket as _socket
 import sys
 import warnings
