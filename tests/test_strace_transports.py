@@ -7,6 +7,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -62,7 +63,7 @@ SERVER = textwrap.dedent('''
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
         # These two writes delimit the data path in the trace.
-        os.write(1, b'READY %d\\n' % port)
+        os.write(1, b'READY %d %d\\n' % (port, os.getpid()))
         await stop.wait()
         os.write(1, b'DONE\\n')
         await asyncio.sleep(0.1)
@@ -90,15 +91,22 @@ def test_aiohttp_server_data_path_is_io_uring_only(tmp_path):
         ['strace', '-f', '-qq', '-o', str(trace), '-e', 'trace=' + ','.join(TRACED),
          sys.executable, str(script), WORKTREE],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server_pid = None
     try:
         line = proc.stdout.readline()
         assert line.startswith(b'READY '), (line, proc.stderr.read() if proc.poll() else b'')
-        port = int(line.split()[1])
+        port, server_pid = map(int, line.split()[1:3])
         asyncio.run(asyncio.wait_for(exercise(port), 60))
         assert proc.stdout.readline() == b'DONE\n'
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
+            # Killing strace would only detach the traced server: end the server first.
+            if server_pid is not None:
+                try:
+                    os.kill(server_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             proc.kill()
             proc.wait()
         proc.stdout.close()
