@@ -21,7 +21,7 @@ import pytest
 import uringloop
 from uringloop import files
 
-from test_examples_helpers import drop_dac_capabilities, example_env
+from test_examples_helpers import URINGLOOP_PATH, drop_dac_capabilities, example_env
 
 uring_only = pytest.mark.asyncio(loop_factories=["uringloop"])
 
@@ -191,8 +191,10 @@ async def test_open_errors_are_the_builtin_ones(tmp_path):
 
 def run_unprivileged(args):
     """Run a command with file permissions enforced even when the tests run as root."""
+    # cwd: `python -c` puts the working directory first on sys.path, where a checkout's
+    # uringloop/ (sources only, under tox) would shadow the package under test.
     return subprocess.run(args, env=example_env(), preexec_fn=drop_dac_capabilities,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=URINGLOOP_PATH)
 
 
 def test_permission_error(tmp_path):

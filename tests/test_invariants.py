@@ -16,6 +16,7 @@ import hashlib
 import os
 import random
 import socket
+import sys
 import threading
 
 import pytest
@@ -123,6 +124,9 @@ def open_fds():
 @pytest.mark.asyncio
 @pytest.mark.timeout(300)
 async def test_cancel_storm_accept_each_client_exactly_once(is_uring):
+    if not is_uring and sys.version_info < (3, 11):
+        pytest.skip("3.10's stock sock_accept can accept a connection for a future that was "
+                    "just cancelled and drop it (its reader is removed one callback too late)")
     loop = asyncio.get_running_loop()
     clients = 300
     srv = socket.socket()

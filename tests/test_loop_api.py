@@ -23,8 +23,10 @@ CHILD_ENV = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
 
 
 def run_python(code, timeout=60):
+    # cwd: `python -c` puts the working directory first on sys.path, where a checkout's
+    # uringloop/ (sources only, under tox) would shadow the package under test.
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=CHILD_ENV)
+                          text=True, timeout=timeout, env=CHILD_ENV, cwd=PACKAGE_PARENT)
 
 
 def test_loop_is_an_asyncio_event_loop():
@@ -84,7 +86,7 @@ def test_probe_reports_this_kernel():
 
 def test_python_m_uringloop_prints_the_report():
     result = subprocess.run([sys.executable, "-m", "uringloop"], capture_output=True, text=True,
-                            timeout=60, env=CHILD_ENV)
+                            timeout=60, env=CHILD_ENV, cwd=PACKAGE_PARENT)
     assert result.returncode == 0, result.stderr
     assert "io_uring: available" in result.stdout
     assert os.uname().release in result.stdout

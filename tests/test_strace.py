@@ -62,7 +62,7 @@ def test_sock_data_path_is_io_uring_only(tmp_path):
     result = subprocess.run(
         ["strace", "-f", "-qq", "-e", f"trace={syscalls}", "-o", str(trace),
          sys.executable, "-c", CHILD],
-        capture_output=True, text=True, timeout=120, env=env)
+        capture_output=True, text=True, timeout=120, env=env, cwd=package_parent)
     assert result.returncode == 0, result.stderr
     text = trace.read_text()
     start = text.index("@@DATA-START@@")

@@ -312,6 +312,7 @@ cdef class Proactor:
         """One loop iteration's kernel work: submit + wait (+ deadline) in one io_uring_enter,
         then dispatch every completion."""
         cdef long long timeout_ns
+        cdef int reaped, rounds
         self.check_usable()
         if self.backlog:
             self.flush_backlog()
@@ -324,7 +325,17 @@ cdef class Proactor:
         if self.ring.cq_ready() or self.backlog:
             timeout_ns = 0          # work is already waiting: do not sleep
         self.ring.enter(1, timeout_ns)
-        self.reap()
+        reaped = self.reap()
+        # With DEFER_TASKRUN, 6.13+ kernels run at most IO_LOCAL_TW_DEFAULT_MAX (20) items of
+        # deferred task work per io_uring_enter and leave the rest for the next one, so a busy
+        # server would get 20 socket completions per loop iteration.  A batch that large means
+        # more are probably waiting: collect them now (non-blocking), within a bound that keeps
+        # timers and ready callbacks from starving.
+        rounds = 0
+        while reaped >= LOCAL_WORK_BATCH and rounds < EXTRA_REAP_ROUNDS:
+            self.ring.enter(0, 0)
+            reaped = self.reap()
+            rounds += 1
         return 0
 
     def select(self, timeout=None):
@@ -332,8 +343,10 @@ cdef class Proactor:
         return ()
 
     cdef int reap(self) except -1:
+        """Dispatch every ready completion; return how many there were."""
         cdef Ring ring = self.ring
         cdef unsigned n, i
+        cdef int total = 0
         cdef io_uring_cqe *cqe
         cdef uint64_t ud
         cdef int res
@@ -362,9 +375,10 @@ cdef class Proactor:
                     self.dispatch(op, res, flags)
             finally:
                 ring.cq_advance(i)
+                total += i
                 for br in self.buffer_rings:
                     br.publish()
-        return 0
+        return total
 
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1:
         cdef bint final = not (flags & IORING_CQE_F_MORE)
@@ -399,8 +413,10 @@ cdef class Proactor:
 
     # ---- provided buffers ----
 
-    cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size):
-        cdef BufferRing br = BufferRing(self.ring, len(self.buffer_rings), count, buf_size)
+    cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
+                                    bint incremental=False):
+        cdef BufferRing br = BufferRing(self.ring, len(self.buffer_rings), count, buf_size,
+                                        incremental)
         self.buffer_rings.append(br)
         return br
 
@@ -461,6 +477,10 @@ cdef class Proactor:
             c_close(self.wake_fd)
             self.wake_fd = -1
 
+
+cdef enum:
+    LOCAL_WORK_BATCH = 20       # the kernel's IO_LOCAL_TW_DEFAULT_MAX
+    EXTRA_REAP_ROUNDS = 64
 
 # Buffer rings of loops that were closed with requests still in the kernel (see Proactor.close).
 cdef list _leaked_buffer_rings = []

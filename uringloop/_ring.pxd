@@ -64,9 +64,17 @@ cdef class BufferRing:
     cdef size_t pool_len
     cdef unsigned pending_returns
     cdef bint registered
+    cdef readonly bint incremental           # IOU_PBUF_RING_INC: buffers consumed piecewise
+    cdef unsigned *offsets                   # incremental: next byte of each buffer
 
     cdef inline char *buffer(self, unsigned bid):
         return self.pool + <size_t>bid * self.buf_size
+    cdef inline char *data(self, unsigned bid):
+        # Where the bytes of the completion that names `bid` start.
+        if self.incremental:
+            return self.pool + <size_t>bid * self.buf_size + self.offsets[bid]
+        return self.pool + <size_t>bid * self.buf_size
+    cdef void consumed(self, unsigned bid, unsigned nbytes, unsigned cqe_flags)
     cdef void give_back(self, unsigned bid)
     cdef void publish(self)
     cdef _unmap(self)

@@ -302,9 +302,16 @@ cdef class BufferRing:
     Ownership: a buffer belongs to the kernel from the moment it is published in the ring until a
     CQE names it (IORING_CQE_F_BUFFER, id in the upper 16 flag bits); then it belongs to us until
     give_back() returns it.  The pool memory is unmapped only after the group is unregistered, so
-    the kernel can never write into freed memory."""
+    the kernel can never write into freed memory.
 
-    def __cinit__(self, Ring ring, unsigned bgid, unsigned count, unsigned buf_size):
+    With `incremental` (IOU_PBUF_RING_INC, 6.12) the kernel consumes a buffer piece by piece: a
+    completion takes only the bytes it needs and, while IORING_CQE_F_BUF_MORE is set, the same
+    buffer goes on serving the next completions, each starting where the previous one ended.
+    data(bid) tracks that position; consumed() advances it and gives the buffer back once the
+    kernel has finished with it.  Large buffers then cost nothing for small messages."""
+
+    def __cinit__(self, Ring ring, unsigned bgid, unsigned count, unsigned buf_size,
+                  bint incremental=False):
         cdef io_uring_buf_reg reg
         cdef unsigned i
         cdef int ret
@@ -322,10 +329,18 @@ cdef class BufferRing:
         if self.br == NULL or self.pool == NULL:
             self._unmap()
             raise MemoryError("cannot map the provided-buffer ring")
+        if incremental:
+            self.offsets = <unsigned *>calloc(count, sizeof(unsigned))
+            if self.offsets == NULL:
+                self._unmap()
+                raise MemoryError()
+            self.incremental = True
         memset(&reg, 0, sizeof(reg))
         reg.ring_addr = <uint64_t><uintptr_t>self.br
         reg.ring_entries = count
         reg.bgid = <uint16_t>bgid
+        if incremental:
+            ul_buf_reg_set_flags(&reg, <uint16_t>IOU_PBUF_RING_INC)
         ret = ul_register(ring.fd, IORING_REGISTER_PBUF_RING, &reg, 1)
         if ret < 0:
             self._unmap()
@@ -341,12 +356,24 @@ cdef class BufferRing:
                         self.buf_size, bid)
         self.pending_returns += 1
 
+    cdef void consumed(self, unsigned bid, unsigned nbytes, unsigned cqe_flags):
+        # Call once per completion that names `bid`, after copying its data out.
+        if self.incremental and cqe_flags & IORING_CQE_F_BUF_MORE:
+            self.offsets[bid] += nbytes      # the kernel keeps filling this buffer
+            return
+        if self.incremental:
+            self.offsets[bid] = 0
+        self.give_back(bid)
+
     cdef void publish(self):
         if self.pending_returns:
             ul_buf_ring_advance(self.br, self.pending_returns)
             self.pending_returns = 0
 
     cdef _unmap(self):
+        if self.offsets != NULL:
+            free(self.offsets)
+            self.offsets = NULL
         if self.br != NULL:
             munmap(self.br, self.br_len)
             self.br = NULL

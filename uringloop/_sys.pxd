@@ -144,4 +144,5 @@ cdef extern from "_sys.h" nogil:
     void ul_buf_ring_add(io_uring_buf_ring *br, unsigned mask, unsigned tail_off, void *addr,
                          unsigned len, unsigned bid)
     void ul_buf_ring_advance(io_uring_buf_ring *br, unsigned count)
+    void ul_buf_reg_set_flags(io_uring_buf_reg *reg, uint16_t flags)
     int ul_eventfd_write(int fd)

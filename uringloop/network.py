@@ -1,9 +1,370 @@
 """The loop's stream networking API on the Proactor: transports for TCP and UNIX sockets, servers,
-TLS, sendfile.  (Filled in by the transports work; see issue 3.)"""
+TLS, sendfile.
+
+BaseEventLoop implements create_connection, create_server, open_connection/start_server,
+connect_accepted_socket, start_tls and sendfile on top of a few hooks; NetworkMixin supplies the
+hooks with completion-based machinery:
+
+  _make_socket_transport   the compiled SocketTransport (_transports.pyx)
+  _make_ssl_transport      asyncio.sslproto.SSLProtocol over a SocketTransport, as the stock
+                           loop layers it
+  _start_serving           a compiled Acceptor per listening socket (_server.pyx): multishot
+  _stop_serving            accept, connections served from the completion handler
+
+and the UNIX-socket half of the stream API that BaseEventLoop leaves to its subclasses
+(create_unix_connection, create_unix_server: asyncio.open_unix_connection/start_unix_server),
+with unix_events' semantics: a stale socket file is replaced at bind, abstract names are left
+alone, and on Python 3.13 the socket file is removed when the server closes (cleanup_socket).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import sys
+
+import io
+
+from asyncio import base_events, constants, exceptions, sslproto, tasks
+from asyncio.log import logger
+
+from uringloop._sendfile import SpliceSender
+from uringloop._server import Acceptor
+from uringloop._transports import SocketTransport
+
+# SSLProtocol (and the loop hooks around it) grew ssl_shutdown_timeout in 3.11.
+_HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
+# create_unix_server(cleanup_socket=True) and the unlink at close arrived in 3.13.
+_HAS_CLEANUP_SOCKET = sys.version_info >= (3, 13)
+
+
+def _is_abstract(path) -> bool:
+    """An abstract-namespace AF_UNIX name (leading NUL byte): no file in the filesystem."""
+    return not path or path[0] in (0, '\x00')
+
+
+def _ssl_shutdown_kwargs(method, ssl_shutdown_timeout) -> dict:
+    if _HAS_SSL_SHUTDOWN_TIMEOUT:
+        return {'ssl_shutdown_timeout': ssl_shutdown_timeout}
+    if ssl_shutdown_timeout is not None:
+        raise TypeError(f"{method}() got an unexpected keyword argument 'ssl_shutdown_timeout'")
+    return {}
 
 
 class NetworkMixin:
     """Mixed into uringloop.Loop: stream transports and servers."""
 
+    # The provided-buffer ring every transport's multishot receive draws from; created by the
+    # first transport (False when the kernel cannot do multishot receives).
+    _ul_recv_ring = None
+    # Listening socket fd -> its Acceptor, while serving.
+    _ul_acceptors = None
+    # UNIX server socket -> inode of its socket file, removed when the server closes (3.13).
+    _ul_unix_server_sockets = None
+
+    # ---- transports ----
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None, server=None,
+                            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout=None):
+        # TLS is asyncio's own SSLProtocol (a BufferedProtocol from 3.11 on: the kernel
+        # receives straight into its buffer) over our socket transport, exactly the layering
+        # of the stock loop; the application sees SSLProtocol's app transport.
+        kwargs = {'ssl_handshake_timeout': ssl_handshake_timeout}
+        if _HAS_SSL_SHUTDOWN_TIMEOUT:
+            kwargs['ssl_shutdown_timeout'] = ssl_shutdown_timeout
+        ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
+                                            server_hostname, **kwargs)
+        SocketTransport(self, rawsock, ssl_protocol, None, extra, server)
+        return ssl_protocol._app_transport
+
+    # ---- servers ----
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
+                       ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout=None):
+        acceptors = self._ul_acceptors
+        if acceptors is None:
+            acceptors = self._ul_acceptors = {}
+        fd = sock.fileno()
+        previous = acceptors.get(fd)
+        if previous is not None:
+            previous.stop()
+        acceptor = Acceptor(self, sock, protocol_factory, sslcontext, server,
+                            ssl_handshake_timeout, ssl_shutdown_timeout)
+        acceptors[fd] = acceptor
+        acceptor.start()
+
+    def _stop_serving(self, sock):
+        unix_sockets = self._ul_unix_server_sockets
+        cleanup = unix_sockets.pop(sock, None) if unix_sockets else None
+        path = sock.getsockname() if cleanup is not None else None
+        acceptors = self._ul_acceptors
+        if acceptors:
+            acceptor = acceptors.pop(sock.fileno(), None)
+            if acceptor is not None:
+                # Cancel first; the accept request holds its own reference to the socket's
+                # file until its final completion, so closing the descriptor now is safe.
+                acceptor.stop()
+        sock.close()
+        if path is not None:
+            # Remove the socket file -- unless someone else has bound a new one there since.
+            try:
+                if os.stat(path).st_ino == cleanup:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
+
+    async def _accept_tls_connection(self, protocol_factory, conn, extra, sslcontext, server,
+                                     ssl_handshake_timeout, ssl_shutdown_timeout):
+        # A TLS connection is established only when its handshake completes; the stock loop
+        # awaits that in a task per connection, and so do we.
+        protocol = None
+        transport = None
+        try:
+            protocol = protocol_factory()
+            waiter = self.create_future()
+            transport = self._make_ssl_transport(
+                conn, protocol, sslcontext, waiter=waiter, server_side=True, extra=extra,
+                server=server, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout)
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                # An exception stored in the waiter would keep the protocol alive in a cycle.
+                waiter = None
+                raise
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if transport is None:
+                conn.close()
+            if self._debug:
+                context = {
+                    'message': 'Error on transport creation for incoming connection',
+                    'exception': exc,
+                }
+                if protocol is not None:
+                    context['protocol'] = protocol
+                if transport is not None:
+                    context['transport'] = transport
+                self.call_exception_handler(context)
+
+    # ---- sendfile ----
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        # BaseEventLoop.sock_sendfile has checked the arguments; it falls back to read+send
+        # when this raises SendfileNotAvailableError.
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        try:
+            st = os.fstat(fileno)
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not (count or st.st_size):
+            return 0            # an empty file (the stock loop's answer, without a syscall)
+        self._ensure_fd_no_transport(sock)
+        return await self._splice_file(sock.fileno(), fileno, offset, count)
+
+    async def _splice_file(self, sock_fd, file_fd, offset, count):
+        sender = SpliceSender(self, sock_fd, file_fd, offset, count or 0)
+        sender.start()
+        return await sender.future
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        if not isinstance(transp, SocketTransport):
+            raise exceptions.SendfileNotAvailableError(
+                f"native sendfile is not supported for transport {transp!r}")
+        # As stock: the socket leaves the transport for the duration -- reading paused, the
+        # write buffer drained, write() refused -- and is handed to sock_sendfile (which
+        # also validates the arguments), without fallback.
+        fd = transp._sock_fd
+        self._transports.pop(fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
+        finally:
+            transp._reset_empty_waiter()
+            if transp._sock is not None:          # connection_lost has not run
+                self._transports[fd] = transp
+                if resume_reading:
+                    transp.resume_reading()
+
+    async def _sendfile_fallback(self, transp, file, offset, count):
+        if not isinstance(transp, SocketTransport):
+            return await super()._sendfile_fallback(transp, file, offset, count)
+        # The stock fallback drives flow control through a substitute protocol that insists on
+        # a _FlowControlMixin transport.  Ours has what it needs itself: read the file in the
+        # executor, write, and wait for the write buffer to drain whenever the transport is
+        # over its high-water mark.
+        if offset:
+            file.seek(offset)
+        blocksize = min(count, 16384) if count else 16384
+        buf = bytearray(blocksize)
+        total_sent = 0
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        return total_sent
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    return total_sent
+                if transp.is_closing():
+                    raise ConnectionError("Connection closed by peer")
+                if transp._protocol_paused:
+                    waiter = transp._make_empty_waiter()
+                    try:
+                        await waiter
+                    finally:
+                        transp._reset_empty_waiter()
+                transp.write(view[:read])          # copied: buf is reused for the next read
+                total_sent += read
+        finally:
+            if total_sent > 0 and hasattr(file, 'seek'):
+                file.seek(offset + total_sent)
+            if resume_reading and transp._sock is not None:
+                transp.resume_reading()
+
+    # ---- UNIX stream sockets ----
+
+    async def create_unix_connection(self, protocol_factory, path=None, *, ssl=None, sock=None,
+                                     server_hostname=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None):
+        tls_kwargs = _ssl_shutdown_kwargs('create_unix_connection', ssl_shutdown_timeout)
+        assert server_hostname is None or isinstance(server_hostname, str)
+        if ssl:
+            if server_hostname is None:
+                raise ValueError('you have to pass server_hostname when using ssl')
+        else:
+            if server_hostname is not None:
+                raise ValueError('server_hostname is only meaningful with ssl')
+            if ssl_handshake_timeout is not None:
+                raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
+            if ssl_shutdown_timeout is not None:
+                raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        if path is not None:
+            if sock is not None:
+                raise ValueError('path and sock can not be specified at the same time')
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+            try:
+                sock.setblocking(False)
+                await self.sock_connect(sock, path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError('no path and sock were specified')
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+            sock.setblocking(False)
+        return await self._create_connection_transport(
+            sock, protocol_factory, ssl, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout, **tls_kwargs)
+
+    async def _create_unix_server(self, protocol_factory, path, sock, backlog, ssl,
+                                  ssl_handshake_timeout, ssl_shutdown_timeout, start_serving,
+                                  cleanup_socket):
+        tls_kwargs = _ssl_shutdown_kwargs('create_unix_server', ssl_shutdown_timeout)
+        if isinstance(ssl, bool):
+            raise TypeError('ssl argument must be an SSLContext or None')
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError('ssl_handshake_timeout is only meaningful with ssl')
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError('ssl_shutdown_timeout is only meaningful with ssl')
+        if path is not None:
+            if sock is not None:
+                raise ValueError('path and sock can not be specified at the same time')
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if not _is_abstract(path):
+                # A socket file left by a previous server is replaced; anything else at that
+                # path makes bind() fail below.
+                try:
+                    if stat.S_ISSOCK(os.stat(path).st_mode):
+                        os.remove(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    # The directory may allow creating the socket but not inspecting it.
+                    logger.error('Unable to check or remove stale UNIX socket %r: %r',
+                                 path, err)
+            try:
+                sock.bind(path)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise OSError(errno.EADDRINUSE,
+                                  f'Address {path!r} is already in use') from None
+                raise
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError('path was not specified, and no sock specified')
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
+        if cleanup_socket:
+            bound = sock.getsockname()
+            if not _is_abstract(bound):
+                try:
+                    inode = os.stat(bound).st_ino
+                except FileNotFoundError:
+                    pass
+                else:
+                    if self._ul_unix_server_sockets is None:
+                        self._ul_unix_server_sockets = {}
+                    self._ul_unix_server_sockets[sock] = inode
+        sock.setblocking(False)
+        server = base_events.Server(self, [sock], protocol_factory, ssl, backlog,
+                                    ssl_handshake_timeout, **tls_kwargs)
+        if start_serving:
+            server._start_serving()
+            await tasks.sleep(0)
+        return server
+
+    if _HAS_CLEANUP_SOCKET:
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                     backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None, start_serving=True,
+                                     cleanup_socket=True):
+            return await self._create_unix_server(
+                protocol_factory, path, sock, backlog, ssl, ssl_handshake_timeout,
+                ssl_shutdown_timeout, start_serving, cleanup_socket)
+    else:
+        async def create_unix_server(self, protocol_factory, path=None, *, sock=None,
+                                     backlog=100, ssl=None, ssl_handshake_timeout=None,
+                                     ssl_shutdown_timeout=None, start_serving=True):
+            return await self._create_unix_server(
+                protocol_factory, path, sock, backlog, ssl, ssl_handshake_timeout,
+                ssl_shutdown_timeout, start_serving, False)
+
     def _close_io(self) -> None:
+        acceptors = self._ul_acceptors
+        if acceptors:
+            for acceptor in acceptors.values():
+                acceptor.stop()
+            acceptors.clear()
         super()._close_io()

@@ -1,0 +1,915 @@
+"""Stream transports through the Protocol API: create_connection/create_server and the transport
+methods, written once and run on uringloop and on the stock loop (the oracle)."""
+
+import asyncio
+import contextvars
+import functools
+import os
+import socket
+import struct
+import sys
+
+import pytest
+
+import uringloop
+
+
+def bounded(seconds=15):
+    """Fail a test that hangs instead of hanging the run."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        async def run(*args, **kwargs):
+            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
+        return run
+    return decorate
+
+
+def pattern(n, seed=0):
+    """n bytes that reveal any loss, duplication or reordering (a running 32-bit counter)."""
+    words = (n + 3) // 4
+    return struct.pack(f'<{words}I', *range(seed, seed + words))[:n]
+
+
+class Recorder(asyncio.Protocol):
+    """Records every protocol call; futures for the moments tests wait on."""
+
+    def __init__(self, keep_open=False):
+        self.loop = asyncio.get_running_loop()
+        self.transport = None
+        self.events = []
+        self.data = bytearray()
+        self.keep_open = keep_open
+        self.made = self.loop.create_future()
+        self.eof = self.loop.create_future()
+        self.lost = self.loop.create_future()
+        self._want = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append('made')
+        self.made.set_result(transport)
+
+    def data_received(self, data):
+        assert type(data) is bytes
+        if not self.events or self.events[-1] != 'data':
+            self.events.append('data')
+        self.data += data
+        if self._want is not None and len(self.data) >= self._want[0]:
+            fut = self._want[1]
+            self._want = None
+            if not fut.done():
+                fut.set_result(None)
+
+    def eof_received(self):
+        self.events.append('eof')
+        self.eof.set_result(None)
+        return self.keep_open
+
+    def connection_lost(self, exc):
+        self.events.append('lost')
+        self.lost.set_result(exc)
+
+    async def received(self, n):
+        if len(self.data) < n:
+            fut = self.loop.create_future()
+            self._want = (n, fut)
+            await asyncio.wait({fut, self.lost}, return_when=asyncio.FIRST_COMPLETED)
+        return bytes(self.data)
+
+
+async def connected_pair(server_protocol=Recorder, client_protocol=Recorder):
+    """A server and one connection to it: (server, server-side protocol, client protocol)."""
+    loop = asyncio.get_running_loop()
+    accepted = loop.create_future()
+
+    def factory():
+        proto = server_protocol()
+        if not accepted.done():
+            accepted.set_result(proto)
+        return proto
+
+    server = await loop.create_server(factory, '127.0.0.1', 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    _, client = await loop.create_connection(client_protocol, host, port)
+    peer = await accepted
+    await peer.made
+    return server, peer, client
+
+
+async def shut(server, *protocols):
+    for proto in protocols:
+        if proto.transport is not None:
+            proto.transport.close()
+    for proto in protocols:
+        if proto.transport is not None:
+            await proto.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connection_made_runs_before_create_connection_returns():
+    server, peer, client = await connected_pair()
+    assert client.made.done()
+    assert client.events == ['made']
+    transport = client.transport
+    assert transport.get_protocol() is client
+    assert not transport.is_closing()
+    assert transport.is_reading()
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_extra_info():
+    server, peer, client = await connected_pair()
+    t = client.transport
+    sock = t.get_extra_info('socket')
+    assert isinstance(sock, asyncio.trsock.TransportSocket)
+    assert sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+    assert t.get_extra_info('sockname') == sock.getsockname()
+    assert t.get_extra_info('peername') == server.sockets[0].getsockname()
+    assert peer.transport.get_extra_info('peername') == t.get_extra_info('sockname')
+    assert peer.transport.get_extra_info('sockname') == t.get_extra_info('peername')
+    assert t.get_extra_info('no such thing') is None
+    assert t.get_extra_info('no such thing', 42) == 42
+    # TCP_NODELAY on both ends, as the stock loop sets it.
+    for transport in (t, peer.transport):
+        s = transport.get_extra_info('socket')
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    assert f"fd={sock.fileno()}" in repr(t)
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_echo_and_event_order():
+    class Echo(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.write(data)
+
+    server, peer, client = await connected_pair(Echo)
+    payload = pattern(100_000)
+    client.transport.write(payload[:10])
+    client.transport.write(bytearray(payload[10:1000]))
+    client.transport.write(memoryview(payload)[1000:])
+    assert await client.received(len(payload)) == payload
+    client.transport.write_eof()
+    await peer.eof
+    await peer.lost            # Echo returns None from eof_received: the server side closes
+    await client.eof
+    assert await client.lost is None
+    assert client.events == ['made', 'data', 'eof', 'lost']
+    assert peer.events == ['made', 'data', 'eof', 'lost']
+    assert client.transport.is_closing()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_mutable_buffers_are_snapshotted_at_write():
+    server, peer, client = await connected_pair()
+    buf = bytearray(b'a' * 50_000)
+    client.transport.write(buf)
+    buf[:] = b'b' * 50_000           # reuse (resize even) the buffer right after write()
+    buf.extend(b'c')
+    view = memoryview(bytearray(b'x' * 1000))
+    client.transport.write(view)
+    view[:] = b'y' * 1000
+    client.transport.writelines([buf, b'tail'])
+    expected = b'a' * 50_000 + b'x' * 1000 + b'b' * 50_000 + b'c' + b'tail'
+    assert await peer.received(len(expected)) == expected
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_writelines_and_many_small_writes_keep_order():
+    server, peer, client = await connected_pair()
+    chunks = [pattern(n, seed=i * 1000) for i, n in enumerate([1, 7, 300, 65536, 2, 100_000, 5])]
+    expected = b''
+    for i in range(200):
+        piece = struct.pack('<I', i)
+        client.transport.write(piece)
+        expected += piece
+    client.transport.writelines(chunks)
+    client.transport.writelines([])
+    client.transport.writelines(iter([b'x', bytearray(b'y'), memoryview(b'z')]))
+    expected += b''.join(chunks) + b'xyz'
+    assert await peer.received(len(expected)) == expected
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_write_errors():
+    server, peer, client = await connected_pair()
+    t = client.transport
+    with pytest.raises(TypeError):
+        t.write('text')
+    with pytest.raises(TypeError):
+        t.write(12)
+    t.write(b'')                  # nothing, no error
+    assert t.can_write_eof()
+    t.write_eof()
+    with pytest.raises(RuntimeError):
+        t.write(b'more')
+    with pytest.raises(RuntimeError):
+        t.writelines([b'more'])
+    t.write_eof()                 # a second write_eof() is a no-op
+    await peer.eof
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_half_close_keep_open():
+    """Client sends then shuts its write side; the server keeps the connection open (eof_received
+    returns True) and still answers; the client reads the answer, then sees EOF."""
+    class Answer(Recorder):
+        def eof_received(self):
+            super().eof_received()
+            self.transport.write(b'answer:' + bytes(self.data))
+            self.transport.write_eof()
+            return True
+
+    server, peer, client = await connected_pair(Answer, functools.partial(Recorder, True))
+    client.transport.write(b'question')
+    client.transport.write_eof()
+    await client.eof
+    assert bytes(client.data) == b'answer:question'
+    assert not client.transport.is_closing()      # keep_open=True for the client too
+    assert not peer.transport.is_closing()
+    client.transport.close()
+    assert await client.lost is None
+    # The server stopped reading at EOF: it closes when it is done writing.
+    peer.transport.close()
+    assert await peer.lost is None
+    assert peer.events == ['made', 'data', 'eof', 'lost']
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_eof_received_false_closes_transport():
+    server, peer, client = await connected_pair()
+    client.transport.write(b'bye')
+    client.transport.write_eof()
+    await peer.eof
+    assert peer.transport.is_closing()
+    assert await peer.lost is None
+    await client.eof
+    assert await client.lost is None
+    assert bytes(peer.data) == b'bye'
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_close_flushes_pending_writes():
+    server, peer, client = await connected_pair()
+    payload = pattern(8 * 1024 * 1024)
+    t = client.transport
+    t.write(payload)
+    t.close()
+    assert t.is_closing()
+    assert not t.is_reading()
+    t.close()                             # idempotent
+    assert await peer.received(len(payload)) == payload
+    await peer.eof
+    assert await client.lost is None
+    assert client.events == ['made', 'lost']
+    fd = t.get_extra_info('socket').fileno()
+    assert fd == -1                       # the socket is closed after connection_lost
+    if isinstance(asyncio.get_running_loop(), uringloop.Loop):
+        # uringloop keeps loop._transports exact (the stock loop uses a WeakValueDictionary).
+        assert t not in asyncio.get_running_loop()._transports.values()
+    await peer.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_abort_drops_buffer_and_calls_connection_lost_once():
+    server, peer, client = await connected_pair()
+    peer.transport.pause_reading()        # so that writes pile up
+    t = client.transport
+    chunk = b'x' * (1 << 20)
+    for _ in range(32):
+        t.write(chunk)
+    assert t.get_write_buffer_size() > 0
+    t.abort()
+    assert t.is_closing()
+    assert t.get_write_buffer_size() == 0
+    t.abort()
+    t.close()
+    assert await client.lost is None
+    assert client.events == ['made', 'lost']
+    t.write(b'ignored after the connection is lost')     # no exception, as stock
+    peer.transport.resume_reading()
+    await peer.lost
+    assert len(peer.data) < 32 * len(chunk)
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connection_refused():
+    loop = asyncio.get_running_loop()
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()                               # nothing listens there now
+    with pytest.raises(ConnectionRefusedError):
+        await loop.create_connection(Recorder, '127.0.0.1', port)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_reset_by_peer_while_reading():
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen()
+    listener.setblocking(False)
+    with listener:
+        _, client = await loop.create_connection(Recorder, *listener.getsockname())
+        conn, _ = await loop.sock_accept(listener)
+        await loop.sock_sendall(conn, b'before reset')
+        await client.received(12)
+        # SO_LINGER with a zero timeout turns close() into a reset.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        conn.close()
+        exc = await client.lost
+    assert isinstance(exc, ConnectionResetError)
+    assert bytes(client.data) == b'before reset'
+    assert client.events == ['made', 'data', 'lost']
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_reset_by_peer_while_writing():
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen()
+    listener.setblocking(False)
+    with listener:
+        _, client = await loop.create_connection(Recorder, *listener.getsockname())
+        conn, _ = await loop.sock_accept(listener)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        conn.close()
+        chunk = b'z' * 65536
+        for _ in range(200):
+            if client.lost.done():
+                break
+            client.transport.write(chunk)
+            await asyncio.sleep(0.001)
+        exc = await client.lost
+    assert isinstance(exc, (ConnectionResetError, BrokenPipeError))
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_large_transfer_both_directions_byte_for_byte():
+    class Echo(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.write(data)
+
+    server, peer, client = await connected_pair(Echo)
+    payload = os.urandom(16 * 1024 * 1024)
+    view = memoryview(payload)
+    for i in range(0, len(payload), 1 << 20):
+        client.transport.write(view[i:i + (1 << 20)])
+    assert await client.received(len(payload)) == payload
+    assert bytes(peer.data) == payload
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_pause_reading_with_data_in_flight_loses_and_reorders_nothing():
+    """Pause from inside data_received while the peer keeps sending: no data_received while
+    paused, and after each resume every byte arrives, in order."""
+    loop = asyncio.get_running_loop()
+
+    class Pausing(Recorder):
+        paused_calls = 0
+        pauses = 0
+
+        def data_received(self, data):
+            if not self.transport.is_reading():
+                Pausing.paused_calls += 1
+            super().data_received(data)
+            if len(self.data) // 200_000 > self.pauses:
+                self.pauses += 1
+                self.transport.pause_reading()
+                assert not self.transport.is_reading()
+                loop.call_later(0.01, self.transport.resume_reading)
+
+    server, peer, client = await connected_pair(client_protocol=Pausing)
+    payload = pattern(4 * 1024 * 1024)
+    for i in range(0, len(payload), 100_000):
+        peer.transport.write(payload[i:i + 100_000])
+    peer.transport.write_eof()
+    assert await client.received(len(payload)) == payload
+    await client.eof
+    assert client.pauses >= 10
+    assert Pausing.paused_calls == 0
+    assert client.events[:3] == ['made', 'data', 'eof']
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_pause_resume_reading_idempotent_and_eof_while_paused():
+    server, peer, client = await connected_pair()
+    t = client.transport
+    t.pause_reading()
+    t.pause_reading()
+    assert not t.is_reading()
+    peer.transport.write(b'while paused')
+    peer.transport.close()
+    await peer.lost
+    await asyncio.sleep(0.05)
+    assert client.events == ['made']           # nothing delivered while paused, not even EOF
+    t.resume_reading()
+    t.resume_reading()
+    assert t.is_reading()
+    await client.eof
+    assert bytes(client.data) == b'while paused'
+    assert await client.lost is None
+    assert client.events == ['made', 'data', 'eof', 'lost']
+    assert not t.is_reading()                  # closing
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_pause_reading_in_connection_made():
+    class StartsPaused(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.pause_reading()
+
+    if sys.version_info < (3, 11) and not isinstance(asyncio.get_running_loop(), uringloop.Loop):
+        pytest.skip("Python 3.10's stock transport ignores pause_reading() in connection_made()")
+    server, peer, client = await connected_pair(client_protocol=StartsPaused)
+    peer.transport.write(b'hello')
+    await asyncio.sleep(0.05)
+    assert client.events == ['made']
+    client.transport.resume_reading()
+    assert await client.received(5) == b'hello'
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_slow_reader_pauses_and_resumes_writing():
+    """A writer that respects pause_writing() against a peer that stops reading: it is paused
+    once the kernel's buffers are full, resumed when the peer reads again, nothing is lost."""
+    loop = asyncio.get_running_loop()
+
+    class Writer(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.flow = []
+            self.writable = loop.create_future()
+            self.writable.set_result(None)
+
+        def pause_writing(self):
+            assert self.flow[-1:] != ['pause']
+            self.flow.append('pause')
+            self.writable = loop.create_future()
+
+        def resume_writing(self):
+            assert self.flow[-1:] == ['pause']
+            self.flow.append('resume')
+            self.writable.set_result(None)
+
+    server, peer, client = await connected_pair(client_protocol=Writer)
+    t = client.transport
+    assert t.get_write_buffer_limits() == (16384, 65536)
+    peer.transport.pause_reading()
+    chunk = pattern(256 * 1024)
+    total = 64 * 1024 * 1024
+    sent = 0
+
+    async def produce():
+        nonlocal sent
+        while sent < total:
+            await client.writable
+            t.write(chunk)
+            sent += len(chunk)
+            await asyncio.sleep(0)
+
+    producer = asyncio.ensure_future(produce())
+    # Wait until the writer is stuck: paused, with more than the high-water mark buffered.
+    stuck_at = None
+    while stuck_at is None or sent != stuck_at:
+        stuck_at = sent if client.flow[-1:] == ['pause'] else None
+        await asyncio.sleep(0.05)
+    assert sent < total
+    assert t.get_write_buffer_size() > 65536
+    peer.transport.resume_reading()
+    await producer
+    assert await peer.received(total) == chunk * (total // len(chunk))
+    await client.writable
+    assert client.flow[0] == 'pause' and client.flow[-1] == 'resume'
+    assert t.get_write_buffer_size() <= 16384
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_write_buffer_limits():
+    loop = asyncio.get_running_loop()
+    server, peer, client = await connected_pair()
+    t = client.transport
+    t.set_write_buffer_limits(high=1000)
+    assert t.get_write_buffer_limits() == (250, 1000)
+    t.set_write_buffer_limits(low=100)
+    assert t.get_write_buffer_limits() == (100, 400)
+    t.set_write_buffer_limits(high=10, low=5)
+    assert t.get_write_buffer_limits() == (5, 10)
+    t.set_write_buffer_limits(0, 0)
+    assert t.get_write_buffer_limits() == (0, 0)
+    with pytest.raises(ValueError):
+        t.set_write_buffer_limits(high=1, low=2)
+    with pytest.raises(ValueError):
+        t.set_write_buffer_limits(high=-1)
+    t.set_write_buffer_limits()
+    assert t.get_write_buffer_limits() == (16384, 65536)
+    assert t.get_write_buffer_size() == 0
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_pause_writing_on_lowered_limits_and_failing_callbacks():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class Failing(Recorder):
+        def pause_writing(self):
+            raise ZeroDivisionError('pause')
+
+        def resume_writing(self):
+            raise ZeroDivisionError('resume')
+
+    server, peer, client = await connected_pair(client_protocol=Failing)
+    peer.transport.pause_reading()
+    t = client.transport
+    t.set_write_buffer_limits(high=0)
+    for _ in range(1024):
+        t.write(b'q' * 65536)
+        if t.get_write_buffer_size():
+            break
+        await asyncio.sleep(0)
+    assert [ctx['message'] for ctx in errors] == ['protocol.pause_writing() failed']
+    assert isinstance(errors[0]['exception'], ZeroDivisionError)
+    assert errors[0]['transport'] is t and errors[0]['protocol'] is client
+    peer.transport.resume_reading()
+    while len(errors) < 2:
+        await asyncio.sleep(0.01)
+    assert errors[1]['message'] == 'protocol.resume_writing() failed'
+    assert not t.is_closing()             # the transport survives failing flow callbacks
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_data_received_exception_is_fatal():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class Broken(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            raise ValueError('boom')
+
+    server, peer, client = await connected_pair(client_protocol=Broken)
+    peer.transport.write(b'trigger')
+    exc = await client.lost
+    assert isinstance(exc, ValueError)
+    assert len(errors) == 1
+    assert errors[0]['message'] == 'Fatal error: protocol.data_received() call failed.'
+    assert errors[0]['exception'] is exc
+    assert errors[0]['transport'] is client.transport
+    assert errors[0]['protocol'] is client
+    await peer.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_eof_received_exception_is_fatal():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class Broken(Recorder):
+        def eof_received(self):
+            raise KeyError('eof')
+
+    server, peer, client = await connected_pair(client_protocol=Broken)
+    peer.transport.write_eof()
+    exc = await client.lost
+    assert isinstance(exc, KeyError)
+    assert errors[0]['message'] == 'Fatal error: protocol.eof_received() call failed.'
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connect_accepted_socket_and_sock_argument():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        _, proto = await loop.connect_accepted_socket(Recorder, a)
+        await loop.sock_sendall(b, b'from b')
+        assert await proto.received(6) == b'from b'
+        proto.transport.write(b'to b')
+        assert await loop.sock_recv(b, 100) == b'to b'
+        assert proto.transport.get_extra_info('socket').family == socket.AF_UNIX
+        proto.transport.close()
+        assert await proto.lost is None
+        assert await loop.sock_recv(b, 100) == b''
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_socket_of_a_transport_is_refused_to_sock_methods():
+    server, peer, client = await connected_pair()
+    loop = asyncio.get_running_loop()
+    sock = client.transport.get_extra_info('socket')
+    with pytest.raises(RuntimeError):
+        loop._ensure_fd_no_transport(sock.fileno())
+    client.transport.close()
+    loop._ensure_fd_no_transport(sock.fileno())        # a closing transport releases it
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_set_protocol_switches_delivery_mid_stream():
+    server, peer, client = await connected_pair()
+    first = pattern(1000)
+    peer.transport.write(first)
+    await client.received(len(first))
+    second = Recorder()
+    second.transport = client.transport
+    client.transport.set_protocol(second)
+    assert client.transport.get_protocol() is second
+    rest = pattern(300_000, seed=1000)
+    peer.transport.write(rest)
+    assert await second.received(len(rest)) == rest
+    assert bytes(client.data) == first
+    peer.transport.close()
+    await second.lost
+    await peer.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_protocol_callbacks_run_in_the_creation_context():
+    var = contextvars.ContextVar('var', default='unset')
+    seen = []
+
+    class Looking(Recorder):
+        def connection_made(self, transport):
+            seen.append(('made', var.get()))
+            super().connection_made(transport)
+
+        def data_received(self, data):
+            seen.append(('data', var.get()))
+            super().data_received(data)
+
+        def connection_lost(self, exc):
+            seen.append(('lost', var.get()))
+            super().connection_lost(exc)
+
+    loop = asyncio.get_running_loop()
+
+    async def connect():
+        var.set('client task')
+        return await loop.create_connection(Looking, *server.sockets[0].getsockname())
+
+    accepted = loop.create_future()
+
+    def factory():
+        proto = Recorder()
+        accepted.set_result(proto)
+        return proto
+
+    server = await loop.create_server(factory, '127.0.0.1', 0)
+    _, client = await asyncio.ensure_future(connect())
+    peer = await accepted
+    await peer.made
+    peer.transport.write(b'x')
+    await client.received(1)
+    peer.transport.close()
+    await client.lost
+    assert var.get() == 'unset'
+    assert set(seen) == {('made', 'client task'), ('data', 'client task'),
+                         ('lost', 'client task')}
+    await peer.lost
+    server.close()
+    await server.wait_closed()
+
+
+class BufferedRecorder(asyncio.BufferedProtocol):
+    def __init__(self, size=65536):
+        self.loop = asyncio.get_running_loop()
+        self.buffer = bytearray(size)
+        self.data = bytearray()
+        self.events = []
+        self.transport = None
+        self.made = self.loop.create_future()
+        self.eof = self.loop.create_future()
+        self.lost = self.loop.create_future()
+        self.sizes_asked = set()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append('made')
+        self.made.set_result(None)
+
+    def get_buffer(self, sizehint):
+        self.sizes_asked.add(sizehint)
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes):
+        assert 0 < nbytes <= len(self.buffer)
+        if self.events[-1] != 'data':
+            self.events.append('data')
+        self.data += self.buffer[:nbytes]
+
+    def eof_received(self):
+        self.events.append('eof')
+        self.eof.set_result(None)
+
+    def connection_lost(self, exc):
+        self.events.append('lost')
+        self.lost.set_result(exc)
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize('size', [1, 100, 65536, 1 << 20])
+async def test_buffered_protocol_receives_everything(size):
+    server, sender, client = await connected_pair(
+        client_protocol=lambda: BufferedRecorder(size))
+    payload = pattern(2 * 1024 * 1024 if size > 1 else 20_000)
+    sender.transport.write(payload)
+    sender.transport.write_eof()
+    await client.eof
+    assert bytes(client.data) == payload
+    assert await client.lost is None          # eof_received returned None: closed
+    assert client.events == ['made', 'data', 'eof', 'lost']
+    await sender.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_buffered_protocol_pause_reading_keeps_order():
+    loop = asyncio.get_running_loop()
+
+    class PausingBuffered(BufferedRecorder):
+        in_pause = 0
+
+        def buffer_updated(self, nbytes):
+            if not self.transport.is_reading():
+                PausingBuffered.in_pause += 1
+            super().buffer_updated(nbytes)
+            if len(self.data) // 100_000 > getattr(self, 'pauses', 0):
+                self.pauses = getattr(self, 'pauses', 0) + 1
+                self.transport.pause_reading()
+                loop.call_later(0.005, self.transport.resume_reading)
+
+    server, peer, client = await connected_pair(client_protocol=lambda: PausingBuffered(4096))
+    payload = pattern(2 * 1024 * 1024)
+    peer.transport.write(payload)
+    peer.transport.write_eof()
+    await client.eof
+    assert bytes(client.data) == payload
+    assert PausingBuffered.in_pause == 0
+    await client.lost
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_buffered_protocol_get_buffer_failures_are_fatal():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class EmptyBuffer(BufferedRecorder):
+        def get_buffer(self, sizehint):
+            return bytearray()
+
+    class Raising(BufferedRecorder):
+        def get_buffer(self, sizehint):
+            raise OverflowError('no buffer')
+
+    for proto_class, exc_type in ((EmptyBuffer, RuntimeError), (Raising, OverflowError)):
+        errors.clear()
+        server, peer, client = await connected_pair(client_protocol=proto_class)
+        peer.transport.write(b'data')
+        exc = await client.lost
+        assert isinstance(exc, exc_type)
+        assert errors[0]['message'] == 'Fatal error: protocol.get_buffer() call failed.'
+        await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_buffered_protocol_buffer_updated_failure_is_fatal():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class Raising(BufferedRecorder):
+        def buffer_updated(self, nbytes):
+            raise LookupError('updated')
+
+    server, peer, client = await connected_pair(client_protocol=Raising)
+    peer.transport.write(b'data')
+    exc = await client.lost
+    assert isinstance(exc, LookupError)
+    assert errors[0]['message'] == 'Fatal error: protocol.buffer_updated() call failed.'
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_switch_between_protocol_kinds():
+    server, peer, client = await connected_pair()
+    t = client.transport
+    buffered = BufferedRecorder(1000)
+    buffered.transport = t
+    buffered.events.append('made')
+    t.set_protocol(buffered)
+    part1 = pattern(200_000)
+    peer.transport.write(part1)
+    while len(buffered.data) < len(part1):
+        await asyncio.sleep(0.001)
+    back = Recorder()
+    back.transport = t
+    t.set_protocol(back)
+    part2 = pattern(200_000, seed=99)
+    peer.transport.write(part2)
+    assert await back.received(len(part2)) == part2
+    assert bytes(buffered.data) == part1
+    peer.transport.close()
+    await back.lost
+    await peer.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_many_concurrent_connections():
+    loop = asyncio.get_running_loop()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+
+    async def one(i):
+        _, proto = await loop.create_connection(Recorder, *addr)
+        payload = pattern(5000 + i, seed=i)
+        proto.transport.write(payload)
+        assert await proto.received(len(payload)) == payload
+        proto.transport.close()
+        await proto.lost
+
+    await asyncio.gather(*(one(i) for i in range(100)))
+    server.close()
+    await server.wait_closed()

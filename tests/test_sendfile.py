@@ -1,0 +1,314 @@
+"""loop.sock_sendfile and loop.sendfile: native (uringloop: splice on the ring; stock:
+os.sendfile) and the fallbacks, run on uringloop and on the stock loop."""
+
+import asyncio
+import functools
+import hashlib
+import io
+import os
+import socket
+
+import pytest
+
+from test_tls import certificate, contexts  # noqa: F401  (fixtures)
+
+
+def bounded(seconds=20):
+    def decorate(fn):
+        @functools.wraps(fn)
+        async def run(*args, **kwargs):
+            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
+        return run
+    return decorate
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    def make(size):
+        path = tmp_path / f'data-{size}'
+        path.write_bytes(os.urandom(size))
+        return path
+    return make
+
+
+async def socket_pair():
+    """Connected non-blocking TCP sockets (sender, receiver)."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen()
+    listener.setblocking(False)
+    with listener:
+        sender = socket.socket()
+        sender.setblocking(False)
+        accept = asyncio.ensure_future(loop.sock_accept(listener))
+        await loop.sock_connect(sender, listener.getsockname())
+        receiver, _ = await accept
+    return sender, receiver
+
+
+async def read_all(sock, expected=None):
+    loop = asyncio.get_running_loop()
+    chunks = []
+    n = 0
+    while expected is None or n < expected:
+        chunk = await loop.sock_recv(sock, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n += len(chunk)
+    return b''.join(chunks)
+
+
+def open_fds():
+    return len(os.listdir('/proc/self/fd'))
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize('size', [1, 100_000, 5 * 1024 * 1024 + 17])
+async def test_sock_sendfile_whole_file(data_file, size):
+    loop = asyncio.get_running_loop()
+    path = data_file(size)
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        fds = open_fds()
+        reading = asyncio.ensure_future(read_all(receiver, size))
+        assert await loop.sock_sendfile(sender, f) == size
+        assert f.tell() == size
+        assert await reading == path.read_bytes()
+        assert open_fds() == fds
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_sock_sendfile_offset_and_count(data_file):
+    loop = asyncio.get_running_loop()
+    path = data_file(3_000_000)
+    content = path.read_bytes()
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        f.seek(10)           # the current position is ignored: offset is explicit
+        reading = asyncio.ensure_future(read_all(receiver, 1_500_000))
+        assert await loop.sock_sendfile(sender, f, 1000, 1_500_000) == 1_500_000
+        assert f.tell() == 1_501_000
+        assert await reading == content[1000:1_501_000]
+        # A count past the end stops at the end of the file.
+        reading = asyncio.ensure_future(read_all(receiver, 1000))
+        assert await loop.sock_sendfile(sender, f, len(content) - 1000, 50_000) == 1000
+        assert await reading == content[-1000:]
+        assert f.tell() == len(content)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_sock_sendfile_empty_file(tmp_path):
+    loop = asyncio.get_running_loop()
+    path = tmp_path / 'empty'
+    path.write_bytes(b'')
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        assert await loop.sock_sendfile(sender, f) == 0
+        assert f.tell() == 0
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_sock_sendfile_non_regular_file_falls_back():
+    loop = asyncio.get_running_loop()
+    payload = os.urandom(200_000)
+    sender, receiver = await socket_pair()
+    with sender, receiver:
+        with pytest.raises(asyncio.SendfileNotAvailableError):
+            await loop.sock_sendfile(sender, io.BytesIO(payload), fallback=False)
+        reading = asyncio.ensure_future(read_all(receiver, len(payload)))
+        stream = io.BytesIO(payload)
+        assert await loop.sock_sendfile(sender, stream) == len(payload)
+        assert await reading == payload
+        assert stream.tell() == len(payload)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_sock_sendfile_argument_errors(data_file, tmp_path):
+    loop = asyncio.get_running_loop()
+    path = data_file(10)
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        with open(path, 'r') as text:
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(sender, text)
+        with pytest.raises(ValueError):
+            await loop.sock_sendfile(sender, f, -1)
+        with pytest.raises(TypeError):
+            await loop.sock_sendfile(sender, f, 1.5)
+        with pytest.raises(ValueError):
+            await loop.sock_sendfile(sender, f, 0, 0)
+        with pytest.raises(TypeError):
+            await loop.sock_sendfile(sender, f, 0, '10')
+        with socket.socket(type=socket.SOCK_DGRAM) as udp:
+            udp.setblocking(False)
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(udp, f)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_sock_sendfile_to_closed_peer_raises(data_file):
+    loop = asyncio.get_running_loop()
+    path = data_file(64 * 1024 * 1024)
+    sender, receiver = await socket_pair()
+    with sender, open(path, 'rb') as f:
+        task = asyncio.ensure_future(loop.sock_sendfile(sender, f))
+        await loop.sock_recv(receiver, 65536)          # some bytes got through
+        receiver.close()                                # unread data: the peer resets
+        with pytest.raises((ConnectionError, BrokenPipeError)):
+            await task
+        assert 0 < f.tell() < 64 * 1024 * 1024
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_sock_sendfile_cancelled_midway(data_file):
+    loop = asyncio.get_running_loop()
+    path = data_file(32 * 1024 * 1024)
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        fds = open_fds()
+        task = asyncio.ensure_future(loop.sock_sendfile(sender, f))
+        await loop.sock_recv(receiver, 65536)
+        await asyncio.sleep(0.05)      # the receiver stops reading: the sender gets stuck
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):
+            if open_fds() == fds:
+                break
+            await asyncio.sleep(0.01)
+        assert open_fds() == fds      # nothing left behind
+        assert 0 <= f.tell() < 32 * 1024 * 1024
+
+
+class Collect(asyncio.Protocol):
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.data = bytearray()
+        self.lost = self.loop.create_future()
+        self.want = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.data += data
+        if self.want and len(self.data) >= self.want[0] and not self.want[1].done():
+            self.want[1].set_result(None)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+    async def received(self, n):
+        if len(self.data) < n:
+            self.want = (n, self.loop.create_future())
+            await self.want[1]
+        return bytes(self.data)
+
+
+async def transport_pair(server_ssl=None, client_ssl=None):
+    loop = asyncio.get_running_loop()
+    peers = []
+    server = await loop.create_server(lambda: peers.append(Collect()) or peers[-1],
+                                      '127.0.0.1', 0, ssl=server_ssl)
+    kwargs = {'ssl': client_ssl, 'server_hostname': 'localhost'} if client_ssl else {}
+    transport, client = await loop.create_connection(Collect, *server.sockets[0].getsockname(),
+                                                     **kwargs)
+    while not peers:
+        await asyncio.sleep(0.001)
+    return server, transport, client, peers[0]
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_loop_sendfile_on_a_transport(data_file):
+    loop = asyncio.get_running_loop()
+    path = data_file(4 * 1024 * 1024 + 3)
+    content = path.read_bytes()
+    server, transport, client, peer = await transport_pair()
+    transport.write(b'header:')
+    with open(path, 'rb') as f:
+        task = asyncio.ensure_future(loop.sendfile(transport, f, 100))
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError):
+            transport.write(b'not now')         # refused while sendfile runs
+        assert await task == len(content) - 100
+        assert f.tell() == len(content)
+    transport.write(b':trailer')
+    expected = b'header:' + content[100:] + b':trailer'
+    assert await peer.received(len(expected)) == expected
+    # Reading was resumed afterwards.
+    peer.transport.write(b'reply')
+    assert await client.received(5) == b'reply'
+    assert transport.is_reading()
+    transport.close()
+    await client.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_loop_sendfile_fallback_on_a_transport():
+    loop = asyncio.get_running_loop()
+    payload = os.urandom(300_000)
+    server, transport, client, peer = await transport_pair()
+    with pytest.raises(asyncio.SendfileNotAvailableError):
+        await loop.sendfile(transport, io.BytesIO(payload), fallback=False)
+    peer.transport.pause_reading()        # the fallback must respect flow control
+    stream = io.BytesIO(payload)
+    task = asyncio.ensure_future(loop.sendfile(transport, stream, 1000, 250_000))
+    await asyncio.sleep(0.05)
+    peer.transport.resume_reading()
+    assert await task == 250_000
+    assert stream.tell() == 251_000
+    assert await peer.received(250_000) == payload[1000:251_000]
+    assert transport.is_reading()
+    transport.close()
+    await client.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_loop_sendfile_errors(data_file):
+    loop = asyncio.get_running_loop()
+    path = data_file(10)
+    server, transport, client, peer = await transport_pair()
+    with open(path, 'r') as text:
+        with pytest.raises(ValueError):
+            await loop.sendfile(transport, text)
+    transport.close()
+    with open(path, 'rb') as f:
+        with pytest.raises(RuntimeError):
+            await loop.sendfile(transport, f)
+    await client.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_loop_sendfile_over_tls_uses_the_fallback(data_file, contexts):
+    server_ctx, client_ctx = contexts
+    loop = asyncio.get_running_loop()
+    path = data_file(1_000_000)
+    server, transport, client, peer = await transport_pair(server_ctx, client_ctx)
+    with open(path, 'rb') as f:
+        assert await loop.sendfile(transport, f) == 1_000_000
+    digest = hashlib.sha256(await peer.received(1_000_000)).digest()
+    assert digest == hashlib.sha256(path.read_bytes()).digest()
+    transport.close()
+    await client.lost
+    peer.transport.close()
+    server.close()
+    await server.wait_closed()

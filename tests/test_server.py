@@ -1,0 +1,345 @@
+"""asyncio.Server on the loop's accept machinery: create_server/start_server, serving life cycle,
+closing, errors.  Run on uringloop and on the stock loop."""
+
+import asyncio
+import functools
+import gc
+import os
+import resource
+import socket
+import sys
+
+import pytest
+
+
+def bounded(seconds=15):
+    def decorate(fn):
+        @functools.wraps(fn)
+        async def run(*args, **kwargs):
+            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
+        return run
+    return decorate
+
+
+class Echo(asyncio.Protocol):
+    instances = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.lost = asyncio.get_running_loop().create_future()
+        Echo.instances.append(self)
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+async def roundtrip(addr, payload=b'ping'):
+    reader, writer = await asyncio.open_connection(*addr[:2])
+    try:
+        writer.write(payload)
+        return await reader.readexactly(len(payload))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def refused(addr):
+    try:
+        reader, writer = await asyncio.open_connection(*addr[:2])
+    except ConnectionRefusedError:
+        return True
+    # The connect may complete against a dying listener; it must then be dropped at once.
+    try:
+        data = await reader.read(1)
+        return data == b''
+    except ConnectionResetError:
+        return True
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionResetError:
+            pass
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_server_attributes_and_async_with():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    async with server:
+        assert server.is_serving()
+        assert server.get_loop() is loop
+        (sock,) = server.sockets
+        assert isinstance(sock, asyncio.trsock.TransportSocket)
+        addr = sock.getsockname()
+        assert addr[0] == '127.0.0.1'
+        assert f'{addr}' in repr(server) or 'sockets' in repr(server)
+        assert await roundtrip(addr) == b'ping'
+    assert not server.is_serving()
+    assert server.sockets == ()
+    assert sock.fileno() == -1           # the listening socket is closed
+    assert await refused(addr)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_start_serving_false_then_start_serving():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, '127.0.0.1', 0, start_serving=False)
+    addr = server.sockets[0].getsockname()
+    assert not server.is_serving()
+    assert await refused(addr)           # bound but not listening yet
+    await server.start_serving()
+    assert server.is_serving()
+    await server.start_serving()         # idempotent
+    assert await roundtrip(addr, b'now') == b'now'
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_serve_forever_cancel_closes_the_server():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, '127.0.0.1', 0, start_serving=False)
+    addr = server.sockets[0].getsockname()
+    task = asyncio.ensure_future(server.serve_forever())
+    await asyncio.sleep(0)
+    assert server.is_serving()
+    assert await roundtrip(addr) == b'ping'
+    with pytest.raises(RuntimeError):
+        await server.serve_forever()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not server.is_serving()
+    assert server.sockets == ()
+    with pytest.raises(RuntimeError):
+        await server.serve_forever()     # closed
+    assert await refused(addr)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_close_keeps_existing_connections_and_wait_closed():
+    loop = asyncio.get_running_loop()
+    Echo.instances.clear()
+    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+    reader, writer = await asyncio.open_connection(*addr[:2])
+    writer.write(b'a')
+    assert await reader.readexactly(1) == b'a'
+    server.close()
+    assert not server.is_serving()
+    server.close()                       # idempotent
+    assert await refused(addr)
+    # The accepted connection outlives the listening socket.
+    writer.write(b'still here')
+    assert await reader.readexactly(10) == b'still here'
+    waiter = asyncio.ensure_future(server.wait_closed())
+    await asyncio.sleep(0.05)
+    # Python 3.12.1 made wait_closed() wait for the server's connections too.
+    assert waiter.done() == (sys.version_info < (3, 12, 1))
+    writer.close()
+    await writer.wait_closed()
+    await waiter
+    (echo,) = Echo.instances
+    assert await echo.lost is None
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='Server.close_clients/abort_clients: 3.13')
+@pytest.mark.parametrize('how', ['close_clients', 'abort_clients'])
+async def test_close_and_abort_clients(how):
+    loop = asyncio.get_running_loop()
+    Echo.instances.clear()
+    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+    conns = [await asyncio.open_connection(*addr[:2]) for _ in range(3)]
+    for reader, writer in conns:
+        writer.write(b'x')
+        assert await reader.readexactly(1) == b'x'
+    server.close()
+    getattr(server, how)()
+    for reader, writer in conns:
+        assert await reader.read() == b''
+        writer.close()
+        await writer.wait_closed()
+    await server.wait_closed()
+    assert len(Echo.instances) == 3
+    for echo in Echo.instances:
+        assert await echo.lost is None
+
+
+@pytest.mark.asyncio
+@bounded()
+# The stock loop drops the accepted socket without closing it (it is closed, with a
+# ResourceWarning, when collected); uringloop closes it.
+@pytest.mark.filterwarnings('ignore::ResourceWarning')
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+async def test_protocol_factory_failure_drops_only_that_connection():
+    loop = asyncio.get_running_loop()
+    calls = []
+
+    def factory():
+        calls.append(None)
+        if len(calls) == 1:
+            raise RuntimeError('factory failed')
+        return Echo()
+
+    server = await loop.create_server(factory, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+    reader, writer = await asyncio.open_connection(*addr[:2])
+    while calls == []:
+        await asyncio.sleep(0.01)
+    gc.collect()
+    assert await reader.read() == b''    # that connection is closed
+    writer.close()
+    await writer.wait_closed()
+    assert await roundtrip(addr) == b'ping'
+    assert server.is_serving()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_sock_argument_and_peername_of_accepted():
+    loop = asyncio.get_running_loop()
+    seen = []
+
+    class Record(Echo):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            seen.append((transport.get_extra_info('peername'),
+                         transport.get_extra_info('sockname')))
+
+    sock = socket.socket()
+    sock.bind(('127.0.0.1', 0))
+    server = await loop.create_server(Record, sock=sock)
+    assert server.sockets[0].getsockname() == sock.getsockname()
+    reader, writer = await asyncio.open_connection(*sock.getsockname())
+    writer.write(b'1')
+    await reader.readexactly(1)
+    assert seen == [(writer.get_extra_info('sockname'), writer.get_extra_info('peername'))]
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_several_listening_sockets():
+    loop = asyncio.get_running_loop()
+    hosts = ['127.0.0.1']
+    if socket.has_ipv6:
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(('::1', 0))
+            hosts.append('::1')
+        except OSError:
+            pass
+    server = await loop.create_server(Echo, hosts, 0)
+    assert len(server.sockets) == len(hosts)
+    for sock in server.sockets:
+        assert await roundtrip(sock.getsockname(), b'multi') == b'multi'
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.skipif(not hasattr(socket, 'SO_REUSEPORT'), reason='no SO_REUSEPORT')
+async def test_reuse_port_two_servers():
+    loop = asyncio.get_running_loop()
+    first = await loop.create_server(Echo, '127.0.0.1', 0, reuse_port=True)
+    port = first.sockets[0].getsockname()[1]
+    second = await loop.create_server(Echo, '127.0.0.1', port, reuse_port=True)
+    for _ in range(10):
+        assert await roundtrip(('127.0.0.1', port)) == b'ping'
+    first.close()
+    second.close()
+    await first.wait_closed()
+    await second.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connection_churn():
+    server = await asyncio.start_server(lambda r, w: w.close(), '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+    for _ in range(200):
+        reader, writer = await asyncio.open_connection(*addr)
+        assert await reader.read() == b''
+        writer.close()
+        await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_burst_of_simultaneous_connections():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, '127.0.0.1', 0, backlog=500)
+    addr = server.sockets[0].getsockname()
+    results = await asyncio.gather(*(roundtrip(addr, b'%d' % i) for i in range(300)))
+    assert results == [b'%d' % i for i in range(300)]
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_accept_out_of_descriptors_is_reported_and_retried():
+    """EMFILE on accept goes to the exception handler; accepting resumes after
+    constants.ACCEPT_RETRY_DELAY once descriptors are available again."""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    addr = listener.getsockname()
+    clients = [socket.socket() for _ in range(6)]
+    for c in clients:
+        c.setblocking(False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    highest = max(int(name) for name in os.listdir('/proc/self/fd'))
+    fillers = []
+    try:
+        # No free descriptor at all: every accept() fails with EMFILE.  (The limit is lowered
+        # before serving starts: io_uring reads RLIMIT_NOFILE when an accept is submitted.)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        while True:
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        server = await loop.create_server(Echo, sock=listener)
+        for c in clients:
+            await loop.sock_connect(c, addr)
+        for _ in range(100):
+            if errors:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
+    assert errors
+    assert errors[0]['message'] == 'socket.accept() out of system resource'
+    assert isinstance(errors[0]['exception'], OSError)
+    assert errors[0]['exception'].errno == 24     # EMFILE
+    # Descriptors are back: every pending connection is served after the retry delay.
+    for c in clients:
+        await loop.sock_sendall(c, b'ok')
+        assert await loop.sock_recv(c, 2) == b'ok'
+        c.close()
+    server.close()
+    await server.wait_closed()

@@ -1,0 +1,189 @@
+"""asyncio streams (open_connection/start_server, StreamReader/StreamWriter) over the loop's
+transports, on uringloop and on the stock loop."""
+
+import asyncio
+import functools
+import hashlib
+import os
+
+import pytest
+
+
+def bounded(seconds=15):
+    def decorate(fn):
+        @functools.wraps(fn)
+        async def run(*args, **kwargs):
+            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
+        return run
+    return decorate
+
+
+async def echo(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def start(handler=echo, **kwargs):
+    server = await asyncio.start_server(handler, '127.0.0.1', 0, **kwargs)
+    return server, server.sockets[0].getsockname()[:2]
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_echo_lines_and_exact_reads():
+    server, addr = await start()
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr)
+        writer.write(b'first line\nsecond ')
+        writer.write(b'line\n')
+        await writer.drain()
+        assert await reader.readline() == b'first line\n'
+        assert await reader.readline() == b'second line\n'
+        writer.writelines([b'ab', b'cd', b'ef'])
+        assert await reader.readexactly(6) == b'abcdef'
+        writer.write(b'x:y:z')
+        assert await reader.readuntil(b':') == b'x:'
+        assert await reader.readexactly(3) == b'y:z'
+        assert writer.can_write_eof()
+        writer.write_eof()
+        assert await reader.read() == b''
+        assert reader.at_eof()
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_incomplete_read_at_eof():
+    async def send_and_close(reader, writer):
+        writer.write(b'only five')
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server, addr = await start(send_and_close)
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr)
+        with pytest.raises(asyncio.IncompleteReadError) as info:
+            await reader.readexactly(100)
+        assert info.value.partial == b'only five'
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_large_transfer_with_drain_and_backpressure():
+    """32 MiB through an echo server: the reader's limit pauses the transport (pause_reading)
+    and drain() waits on pause_writing; every byte comes back in order."""
+    server, addr = await start(limit=64 * 1024)
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr, limit=32 * 1024)
+        payload = os.urandom(32 * 1024 * 1024)
+
+        async def send():
+            view = memoryview(payload)
+            for i in range(0, len(payload), 300_000):
+                writer.write(view[i:i + 300_000])
+                await writer.drain()
+            writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        digest = hashlib.sha256()
+        received = 0
+        while True:
+            chunk = await reader.read(100_000)
+            if not chunk:
+                break
+            digest.update(chunk)
+            received += len(chunk)
+        await sender
+        assert received == len(payload)
+        assert digest.digest() == hashlib.sha256(payload).digest()
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_many_clients_concurrently():
+    server, addr = await start()
+    async with server:
+        async def client(i):
+            reader, writer = await asyncio.open_connection(*addr)
+            message = f'client {i}\n'.encode() * (i + 1)
+            writer.write(message)
+            await writer.drain()
+            got = await reader.readexactly(len(message))
+            writer.close()
+            await writer.wait_closed()
+            return got == message
+
+        results = await asyncio.gather(*(client(i) for i in range(50)))
+        assert all(results)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_writer_extra_info_and_close_from_server_side():
+    peers = []
+
+    async def record(reader, writer):
+        peers.append(writer.get_extra_info('peername'))
+        writer.write(b'bye')
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server, addr = await start(record)
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr)
+        assert writer.get_extra_info('peername') == addr
+        assert await reader.read() == b'bye'
+        assert peers == [writer.get_extra_info('sockname')]
+        assert writer.transport.get_extra_info('socket') is writer.get_extra_info('socket')
+        writer.close()
+        await writer.wait_closed()
+        assert writer.is_closing()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_reading_after_peer_reset_raises():
+    import socket
+    import struct
+
+    async def reset(reader, writer):
+        await reader.readexactly(4)
+        sock = writer.get_extra_info('socket')
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        writer.transport.abort()
+
+    server, addr = await start(reset)
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr)
+        writer.write(b'ping')
+        with pytest.raises(ConnectionResetError):
+            await reader.read(100)
+        writer.close()
+        with pytest.raises(ConnectionResetError):
+            await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_open_connection_refused():
+    import socket
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection('127.0.0.1', port)

@@ -1,0 +1,352 @@
+"""TLS over the loop's transports (asyncio.sslproto over SocketTransport): ssl= on clients and
+servers, server_hostname, start_tls, handshake timeout, errors.  Run on uringloop and stock."""
+
+import asyncio
+import datetime
+import functools
+import hashlib
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+
+import pytest
+
+
+def bounded(seconds=20):
+    def decorate(fn):
+        @functools.wraps(fn)
+        async def run(*args, **kwargs):
+            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
+        return run
+    return decorate
+
+
+def _make_cert_with_cryptography(certfile, keyfile):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'localhost')])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName('localhost'), x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    with open(certfile, 'wb') as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(keyfile, 'wb') as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
+def _make_cert_with_openssl(certfile, keyfile):
+    subprocess.run(
+        ['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+         '-nodes', '-days', '30', '-subj', '/CN=localhost',
+         '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+         '-keyout', keyfile, '-out', certfile],
+        check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope='module')
+def certificate(tmp_path_factory):
+    """A self-signed certificate for localhost/127.0.0.1, made for this test run."""
+    directory = tmp_path_factory.mktemp('tls')
+    certfile, keyfile = str(directory / 'cert.pem'), str(directory / 'key.pem')
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        if shutil.which('openssl') is None:
+            pytest.skip('neither the cryptography package nor the openssl command is available '
+                        'to make a test certificate')
+        _make_cert_with_openssl(certfile, keyfile)
+    else:
+        _make_cert_with_cryptography(certfile, keyfile)
+    return certfile, keyfile
+
+
+@pytest.fixture
+def contexts(certificate):
+    certfile, keyfile = certificate
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certfile, keyfile)
+    client = ssl.create_default_context(cafile=certfile)
+    return server, client
+
+
+async def echo(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_tls_echo_and_extra_info(contexts):
+    server_ctx, client_ctx = contexts
+    server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)
+    addr = server.sockets[0].getsockname()
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr, ssl=client_ctx,
+                                                       server_hostname='localhost')
+        writer.write(b'hello over tls\n')
+        assert await reader.readline() == b'hello over tls\n'
+        assert writer.get_extra_info('sslcontext') is client_ctx
+        peercert = writer.get_extra_info('peercert')
+        assert ('commonName', 'localhost') in [item for rdn in peercert['subject']
+                                               for item in rdn]
+        assert isinstance(writer.get_extra_info('ssl_object'), ssl.SSLObject)
+        assert writer.get_extra_info('cipher') is not None
+        assert writer.get_extra_info('peername') == addr
+        assert writer.get_extra_info('socket').getpeername() == addr
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(40)
+async def test_tls_large_transfer_byte_for_byte(contexts):
+    server_ctx, client_ctx = contexts
+    server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)
+    addr = server.sockets[0].getsockname()
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr, ssl=client_ctx,
+                                                       server_hostname='localhost')
+        payload = os.urandom(8 * 1024 * 1024)
+
+        async def send():
+            view = memoryview(payload)
+            for i in range(0, len(payload), 256 * 1024):
+                writer.write(view[i:i + 256 * 1024])
+                await writer.drain()
+
+        sender = asyncio.ensure_future(send())
+        digest = hashlib.sha256()
+        n = 0
+        while n < len(payload):
+            chunk = await reader.read(1 << 20)
+            assert chunk
+            digest.update(chunk)
+            n += len(chunk)
+        await sender
+        assert n == len(payload)
+        assert digest.digest() == hashlib.sha256(payload).digest()
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_tls_protocol_api(contexts):
+    loop = asyncio.get_running_loop()
+    server_ctx, client_ctx = contexts
+    done = loop.create_future()
+
+    server_transports = []
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            server_transports.append(transport)
+
+        def data_received(self, data):
+            self.transport.write(data.upper())
+
+    class Client(asyncio.Protocol):
+        def __init__(self):
+            self.data = b''
+
+        def connection_made(self, transport):
+            transport.write(b'shout')
+
+        def data_received(self, data):
+            self.data += data
+            if self.data == b'SHOUT':
+                done.set_result(None)
+
+        def connection_lost(self, exc):
+            pass
+
+    server = await loop.create_server(Server, '127.0.0.1', 0, ssl=server_ctx,
+                                      ssl_handshake_timeout=5)
+    addr = server.sockets[0].getsockname()
+    transport, proto = await loop.create_connection(Client, *addr, ssl=client_ctx,
+                                                    server_hostname='localhost')
+    await done
+    transport.close()
+    for t in server_transports:
+        t.close()          # (Python 3.10's SSL transport would warn if left to the GC)
+    server.close()
+    await server.wait_closed()
+
+
+class LineProtocol(asyncio.Protocol):
+    """Collects lines; `lines` is a queue."""
+
+    def __init__(self):
+        self.buffer = b''
+        self.lines = asyncio.Queue()
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buffer += data
+        while b'\n' in self.buffer:
+            line, self.buffer = self.buffer.split(b'\n', 1)
+            self.on_line(line)
+
+    def on_line(self, line):
+        self.lines.put_nowait(line)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_start_tls_upgrade(contexts):
+    """STARTTLS: plain lines, then both ends upgrade the same connection.  The server pauses
+    reading as soon as it sees STARTTLS, so the client's handshake bytes wait in the transport
+    (received, not yet delivered) until the TLS protocol takes over."""
+    loop = asyncio.get_running_loop()
+    server_ctx, client_ctx = contexts
+    upgraded = []
+
+    class Server(LineProtocol):
+        def on_line(self, line):
+            if line == b'STARTTLS':
+                self.transport.pause_reading()
+                self.transport.write(b'GO\n')
+                upgraded.append(loop.create_task(self.serve_tls()))
+            else:
+                super().on_line(line)
+
+        async def serve_tls(self):
+            # Until start_tls() returns, the app protocol has no way to write on TLS: lines
+            # that arrive meanwhile are answered from here.
+            tls = await loop.start_tls(self.transport, self, server_ctx, server_side=True)
+            line = await self.lines.get()
+            tls.write(b'secure:' + line + b'\n')
+            return tls
+
+    server = await loop.create_server(Server, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+    transport, client = await loop.create_connection(LineProtocol, *addr)
+    transport.write(b'STARTTLS\n')
+    assert await client.lines.get() == b'GO'
+    tls = await loop.start_tls(transport, client, client_ctx, server_hostname='localhost')
+    assert tls.get_extra_info('peercert') is not None
+    assert tls.get_extra_info('sslcontext') is client_ctx
+    tls.write(b'ping\n')
+    assert await client.lines.get() == b'secure:ping'
+    server_tls = await upgraded[0]
+    assert server_tls.get_extra_info('sslcontext') is server_ctx
+    tls.close()
+    server_tls.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_wrong_hostname_fails_verification(contexts):
+    server_ctx, client_ctx = contexts
+    server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)
+    addr = server.sockets[0].getsockname()
+    async with server:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.open_connection(*addr, ssl=client_ctx,
+                                          server_hostname='not-localhost.example')
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_untrusted_certificate_fails(contexts):
+    server_ctx, _ = contexts
+    server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)
+    addr = server.sockets[0].getsockname()
+    async with server:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.open_connection(*addr, ssl=ssl.create_default_context(),
+                                          server_hostname='localhost')
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_handshake_timeout(contexts):
+    """A peer that accepts TCP but never answers the TLS handshake."""
+    _, client_ctx = contexts
+    silent = []
+
+    async def say_nothing(reader, writer):
+        silent.append(writer)
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(say_nothing, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+    async with server:
+        with pytest.raises(ConnectionAbortedError):
+            await asyncio.open_connection(*addr, ssl=client_ctx, server_hostname='localhost',
+                                          ssl_handshake_timeout=0.2)
+        for writer in silent:
+            writer.close()
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.skipif(sys.version_info < (3, 11), reason='ssl_shutdown_timeout: Python 3.11')
+async def test_ssl_shutdown_timeout_accepted_and_clean_close(contexts):
+    server_ctx, client_ctx = contexts
+    server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx,
+                                        ssl_shutdown_timeout=1.0)
+    addr = server.sockets[0].getsockname()
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr, ssl=client_ctx,
+                                                       server_hostname='localhost',
+                                                       ssl_shutdown_timeout=1.0)
+        writer.write(b'x')
+        assert await reader.readexactly(1) == b'x'
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_tls_server_closes_first(contexts):
+    server_ctx, client_ctx = contexts
+
+    async def greet_and_close(reader, writer):
+        writer.write(b'bye')
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(greet_and_close, '127.0.0.1', 0, ssl=server_ctx)
+    addr = server.sockets[0].getsockname()
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr, ssl=client_ctx,
+                                                       server_hostname='localhost')
+        assert await reader.read() == b'bye'
+        writer.close()
+        await writer.wait_closed()

@@ -1,0 +1,229 @@
+"""UNIX stream sockets: create_unix_connection/create_unix_server (open_unix_connection/
+start_unix_server), path handling and cleanup, abstract names.  Run on uringloop and stock."""
+
+import asyncio
+import errno
+import functools
+import os
+import pathlib
+import socket
+import ssl
+import sys
+import tempfile
+
+import pytest
+
+
+def bounded(seconds=15):
+    def decorate(fn):
+        @functools.wraps(fn)
+        async def run(*args, **kwargs):
+            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
+        return run
+    return decorate
+
+
+@pytest.fixture
+def sock_path():
+    # tmp_path can exceed the 107-byte sun_path limit; a short directory cannot.
+    with tempfile.TemporaryDirectory(prefix='ul') as directory:
+        yield os.path.join(directory, 'sock')
+
+
+async def echo(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_unix_echo_and_extra_info(sock_path):
+    server = await asyncio.start_unix_server(echo, sock_path)
+    async with server:
+        assert server.sockets[0].getsockname() == sock_path
+        reader, writer = await asyncio.open_unix_connection(sock_path)
+        payload = os.urandom(3 * 1024 * 1024)
+        writer.write(payload)
+        writer.write_eof()
+        assert await reader.read() == payload
+        assert writer.get_extra_info('peername') == sock_path
+        assert writer.get_extra_info('sockname') == ''
+        assert writer.get_extra_info('socket').family == socket.AF_UNIX
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_unix_protocol_api_with_pathlib(sock_path):
+    loop = asyncio.get_running_loop()
+    got = loop.create_future()
+
+    class Upper(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data.upper())
+
+    class Client(asyncio.Protocol):
+        def data_received(self, data):
+            got.set_result(data)
+
+    server = await loop.create_unix_server(Upper, pathlib.Path(sock_path))
+    transport, _ = await loop.create_unix_connection(Client, pathlib.Path(sock_path))
+    transport.write(b'unix')
+    assert await got == b'UNIX'
+    transport.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_stale_socket_file_is_replaced_and_other_files_are_not(sock_path):
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(sock_path)
+    stale.close()                           # leaves the socket file behind
+    server = await asyncio.start_unix_server(echo, sock_path)
+    server.close()
+    await server.wait_closed()
+    if os.path.exists(sock_path):
+        os.unlink(sock_path)
+    with open(sock_path, 'w') as f:
+        f.write('not a socket')
+    with pytest.raises(OSError) as info:
+        await asyncio.start_unix_server(echo, sock_path)
+    assert info.value.errno == errno.EADDRINUSE
+    assert repr(sock_path) in str(info.value)
+    with open(sock_path) as f:
+        assert f.read() == 'not a socket'
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_socket_file_cleanup_on_close(sock_path):
+    server = await asyncio.start_unix_server(echo, sock_path)
+    assert os.path.exists(sock_path)
+    server.close()
+    await server.wait_closed()
+    # Python 3.13 removes the socket file when the server closes (cleanup_socket=True).
+    assert os.path.exists(sock_path) == (sys.version_info < (3, 13))
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='cleanup_socket: Python 3.13')
+async def test_cleanup_socket_false_and_replaced_file(sock_path):
+    server = await asyncio.start_unix_server(echo, sock_path, cleanup_socket=False)
+    server.close()
+    await server.wait_closed()
+    assert os.path.exists(sock_path)
+    os.unlink(sock_path)
+    # A file that replaced the server's socket file is not the server's to remove.
+    server = await asyncio.start_unix_server(echo, sock_path)
+    os.unlink(sock_path)
+    with open(sock_path, 'w') as f:
+        f.write('someone else')
+    server.close()
+    await server.wait_closed()
+    assert os.path.exists(sock_path)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_abstract_socket():
+    name = f'\0uringloop-test-{os.getpid()}-{id(object())}'
+    server = await asyncio.start_unix_server(echo, name)
+    async with server:
+        assert server.sockets[0].getsockname() == name.encode()
+        reader, writer = await asyncio.open_unix_connection(name)
+        writer.write(b'abstract')
+        assert await reader.readexactly(8) == b'abstract'
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_sock_arguments(sock_path):
+    loop = asyncio.get_running_loop()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    server = await asyncio.start_unix_server(echo, sock=listener)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.setblocking(False)
+    await loop.sock_connect(client, sock_path)
+    reader, writer = await asyncio.open_unix_connection(sock=client)
+    writer.write(b'via sock')
+    assert await reader.readexactly(8) == b'via sock'
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    with socket.socket() as tcp:
+        with pytest.raises(ValueError):
+            await loop.create_unix_server(asyncio.Protocol, sock=tcp)
+        with pytest.raises(ValueError):
+            await loop.create_unix_connection(asyncio.Protocol, sock=tcp)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_argument_errors(sock_path):
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX) as s:
+        with pytest.raises(ValueError):
+            await loop.create_unix_connection(asyncio.Protocol, sock_path, sock=s)
+        with pytest.raises(ValueError):
+            await loop.create_unix_server(asyncio.Protocol, sock_path, sock=s)
+    with pytest.raises(ValueError):
+        await loop.create_unix_connection(asyncio.Protocol)
+    with pytest.raises(ValueError):
+        await loop.create_unix_server(asyncio.Protocol)
+    with pytest.raises(ValueError):
+        await loop.create_unix_connection(asyncio.Protocol, sock_path, server_hostname='x')
+    with pytest.raises(ValueError):
+        await loop.create_unix_connection(asyncio.Protocol, sock_path, ssl_handshake_timeout=1)
+    with pytest.raises(ValueError):
+        await loop.create_unix_connection(asyncio.Protocol, sock_path,
+                                          ssl=ssl.create_default_context())
+    with pytest.raises(ValueError):
+        await loop.create_unix_server(asyncio.Protocol, sock_path, ssl_handshake_timeout=1)
+    with pytest.raises(TypeError):
+        await loop.create_unix_server(asyncio.Protocol, sock_path, ssl=True)
+    assert not os.path.exists(sock_path)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connect_errors(sock_path):
+    with pytest.raises(FileNotFoundError):
+        await asyncio.open_unix_connection(sock_path)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(sock_path)
+    stale.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_unix_connection(sock_path)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_start_serving_false(sock_path):
+    server = await asyncio.start_unix_server(echo, sock_path, start_serving=False)
+    assert not server.is_serving()
+    await server.start_serving()
+    reader, writer = await asyncio.open_unix_connection(sock_path)
+    writer.write(b'1')
+    assert await reader.readexactly(1) == b'1'
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()

@@ -1,0 +1,193 @@
+# cython: language_level=3
+"""sendfile on the ring: file -> pipe -> socket with IORING_OP_SPLICE, no byte through Python.
+
+One SpliceSender per loop.sock_sendfile()/loop.sendfile() call alternates two splices until the
+requested count is out or the file ends:
+
+    FILL   splice(file at `offset` -> pipe)     the page-cache pages are referenced, not copied
+    DRAIN  splice(pipe -> socket)               repeated until the pipe is empty again
+
+io_uring runs splices in its worker threads (splice cannot be attempted without blocking), so a
+cold file or a full socket buffer never stalls the loop; each step is submitted from the previous
+step's completion handler and goes out with the loop's next io_uring_enter.
+
+Descriptor ownership: an operation that waits in io_uring's worker queue resolves its descriptor
+numbers only when it runs.  The sender therefore works on its own duplicates of the file and
+socket descriptors (and on its own pipe) and closes them only after the final completion of its
+last operation -- the caller may close the socket or the file at any moment (a transport being
+closed, a task being cancelled) without an in-flight splice ever touching a reused number.
+
+Errors mirror the stock loop's os.sendfile path: a failure before any byte was sent raises
+SendfileNotAvailableError (loop.sock_sendfile then falls back to reading and sending), a failure
+later raises the OSError itself (ENOTCONN normalised to ConnectionError), and on every outcome the
+file position is left just after the last byte sent.
+"""
+
+cimport cython
+
+from uringloop._sys cimport *
+from uringloop._ops cimport Proactor, Completer, Operation, SpliceOp, OP_IDLE
+
+import errno as _errno
+import fcntl as _fcntl
+import os
+
+from asyncio import exceptions as _exceptions
+
+cdef extern from "<string.h>":
+    char *c_strerror "strerror"(int errnum)
+
+# A bigger pipe moves more per splice pair; 1 MiB is the default unprivileged maximum
+# (/proc/sys/fs/pipe-max-size).  The default 64 KiB is kept if the kernel refuses.
+cdef int PIPE_SIZE = 1 << 20
+cdef int _F_SETPIPE_SZ = getattr(_fcntl, 'F_SETPIPE_SZ', 1031)
+cdef int _F_GETPIPE_SZ = getattr(_fcntl, 'F_GETPIPE_SZ', 1032)
+
+cdef enum Stage:
+    FILL = 0
+    DRAIN = 1
+
+
+@cython.final
+cdef class SpliceSender(Completer):
+    cdef Proactor proactor
+    cdef object fut
+    cdef SpliceOp op
+    cdef int file_fd, sock_fd, pipe_r, pipe_w
+    cdef long long offset          # next file offset to read
+    cdef long long remaining       # bytes still wanted; -1: up to EOF
+    cdef long long chunk           # largest FILL
+    cdef readonly long long total_sent
+    cdef long long in_pipe         # filled but not yet drained
+    cdef int stage
+    cdef bint started
+
+    def __init__(self, loop, int sock_fd, int file_fd, long long offset, long long count):
+        """Send from file_fd at offset (count bytes, or to EOF when count <= 0) to sock_fd.
+        Both descriptors are duplicated here; the caller keeps ownership of its own."""
+        self.proactor = <Proactor>loop._proactor
+        self.proactor.check_usable()
+        self.file_fd = self.sock_fd = self.pipe_r = self.pipe_w = -1
+        self.fut = loop.create_future()
+        self.offset = offset
+        self.remaining = count if count > 0 else -1
+        try:
+            self.file_fd = os.dup(file_fd)
+            self.sock_fd = os.dup(sock_fd)
+            self.pipe_r, self.pipe_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                _fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass
+            self.chunk = _fcntl.fcntl(self.pipe_w, _F_GETPIPE_SZ)
+        except BaseException:
+            self.close_fds()
+            raise
+        self.op = SpliceOp(self.proactor, self, -1, None)
+
+    @property
+    def future(self):
+        return self.fut
+
+    def start(self):
+        self.started = True
+        self.fut.add_done_callback(self._on_future_done)
+        self.fill()
+
+    def _on_future_done(self, fut):
+        if fut.cancelled() and self.op.state != OP_IDLE:
+            self.op.cancel()        # the final completion then releases everything
+
+    cdef int fill(self) except -1:
+        cdef long long n = self.chunk
+        if self.remaining >= 0 and self.remaining < n:
+            n = self.remaining
+        self.stage = FILL
+        self.op.fd = self.file_fd
+        self.op.off_in = self.offset
+        self.op.fd_out = self.pipe_w
+        self.op.off_out = -1
+        self.op.nbytes = <unsigned>n
+        self.op.submit()
+        return 0
+
+    cdef int drain(self) except -1:
+        self.stage = DRAIN
+        self.op.fd = self.pipe_r
+        self.op.off_in = -1
+        self.op.fd_out = self.sock_fd
+        self.op.off_out = -1
+        self.op.nbytes = <unsigned>self.in_pipe
+        self.op.submit()
+        return 0
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        if res > 0:
+            if self.stage == FILL:
+                self.offset += res
+                if self.remaining > 0:
+                    self.remaining -= res
+                self.in_pipe = res
+            else:
+                self.in_pipe -= res
+                self.total_sent += res
+        if self.fut.done() or self.proactor.closing:
+            return self.finish(None)           # cancelled (or the loop is closing): stop here
+        if res < 0:
+            return self.finish(self.error(-res))
+        if res == 0:
+            if self.stage == FILL:
+                return self.finish(None)       # end of file
+            return self.finish(self.error(_errno.EPIPE))
+        if self.in_pipe > 0:
+            return self.drain()
+        if self.remaining == 0:
+            return self.finish(None)
+        return self.fill()
+
+    cdef object error(self, int err):
+        if self.total_sent == 0:
+            # Not a file splice can read (procfs, O_DIRECT...) or a socket it cannot write:
+            # the stock loop falls back to read+send in that case, whatever the errno.
+            return _exceptions.SendfileNotAvailableError(
+                f"splice failed: {c_strerror(err).decode('utf-8', 'replace')}")
+        if err == _errno.ENOTCONN:
+            exc = ConnectionError("socket is not connected", _errno.ENOTCONN)
+            exc.__cause__ = OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+            return exc
+        return OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+
+    cdef int finish(self, object exc) except -1:
+        try:
+            if self.total_sent > 0:
+                # The file position ends just after the last byte that went out, as with
+                # os.sendfile in the stock loop (the duplicate shares the file's position).
+                os.lseek(self.file_fd, self.offset - self.in_pipe, os.SEEK_SET)
+        finally:
+            self.close_fds()
+        if not self.fut.done():
+            if exc is None:
+                self.fut.set_result(self.total_sent)
+            else:
+                self.fut.set_exception(exc)
+        return 0
+
+    cdef int close_fds(self) except -1:
+        if self.file_fd >= 0:
+            os.close(self.file_fd)
+            self.file_fd = -1
+        if self.sock_fd >= 0:
+            os.close(self.sock_fd)
+            self.sock_fd = -1
+        if self.pipe_r >= 0:
+            os.close(self.pipe_r)
+            self.pipe_r = -1
+        if self.pipe_w >= 0:
+            os.close(self.pipe_w)
+            self.pipe_w = -1
+        return 0
+
+    def __dealloc__(self):
+        # Only reached if start() never ran (the operation pins us while the kernel owns it).
+        if not self.started:
+            self.close_fds()

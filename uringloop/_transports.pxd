@@ -1,0 +1,81 @@
+from cpython.buffer cimport Py_buffer
+from uringloop._sys cimport msghdr, iovec, io_uring_sqe
+from uringloop._ring cimport BufferRing
+from uringloop._ops cimport Proactor, Completer, Operation, RecvOp, SendOp, MultishotRecvOp
+
+
+cdef class SendMsgOp(Operation):
+    """sendmsg(2) of several buffers at once (the writes queued while a send was in flight).
+    Every buffer is pinned (a Py_buffer export) until the final completion; partial sends are
+    continued inside the operation, so the owner sees one completion for all of them."""
+    cdef Py_buffer *views
+    cdef iovec *iov
+    cdef Py_ssize_t count            # buffers held
+    cdef Py_ssize_t first            # first iovec with bytes still to send
+    cdef readonly Py_ssize_t total   # bytes in all buffers
+    cdef readonly Py_ssize_t sent    # bytes the kernel accepted so far
+    cdef msghdr msg
+    cdef int set_buffers(self, list items, Py_ssize_t n) except -1
+    cdef void drop_views(self)
+
+
+cdef class SocketTransport(Completer):
+    cdef object loop                 # None once connection_lost has run (as stock)
+    cdef Proactor proactor
+    cdef object sock                 # None once connection_lost has run
+    cdef readonly int _sock_fd
+    cdef object protocol
+    cdef object data_received        # protocol.data_received, cached (Protocol only)
+    cdef bint buffered               # the protocol is a BufferedProtocol
+    cdef bint protocol_connected
+    cdef dict extra
+    cdef object server
+    cdef object context              # protocol callbacks from completions run in it
+    cdef int context_depth
+    cdef readonly int _conn_lost
+    cdef readonly bint _closing
+    cdef readonly bint _paused       # pause_reading() in effect
+    cdef bint reading_started        # the post-connection_made start has happened
+    cdef readonly bint _eof          # write_eof() was called
+
+    # receiving
+    cdef BufferRing bufs             # the loop's provided buffers; None: single-shot receives
+    cdef MultishotRecvOp ms_op
+    cdef RecvOp single_op
+    cdef Operation recv_op           # the receive the kernel owns (until its final CQE) or None
+    cdef object recv_target          # BufferedProtocol whose get_buffer() the kernel fills
+    cdef list stash                  # bytes that completed while paused, in arrival order
+    cdef object stash_end            # what followed the stash: None, True (EOF), an exception
+    cdef bint stash_scheduled
+
+    # sending
+    cdef SendOp send_op_obj
+    cdef SendMsgOp sendmsg_op_obj
+    cdef Operation send_op           # the send the kernel owns, or None
+    cdef list write_q                # data written while a send was in flight
+    cdef Py_ssize_t queued_bytes
+    cdef Py_ssize_t inflight_bytes
+    cdef readonly bint _protocol_paused
+    cdef Py_ssize_t high_water
+    cdef Py_ssize_t low_water
+    cdef object empty_waiter
+
+    cdef object __weakref__
+
+    cdef int enter_context(self) except -1
+    cdef int exit_context(self) except -1
+    cdef int arm_receive(self) except -1
+    cdef int stop_receive(self) except -1
+    cdef int recv_done(self, Operation op, int res, unsigned flags) except -1
+    cdef int got_data(self, object data) except -1
+    cdef int got_end(self, object end) except -1
+    cdef int deliver(self, object data) except -1
+    cdef int deliver_buffered(self, object data) except -1
+    cdef int on_eof(self) except -1
+    cdef int send_done(self, Operation op, int res) except -1
+    cdef int submit_send(self, object data, Py_ssize_t n) except -1
+    cdef int submit_queued(self) except -1
+    cdef int maybe_pause_protocol(self) except -1
+    cdef int maybe_resume_protocol(self) except -1
+    cdef int force_close(self, object exc) except -1
+    cdef int fatal_error(self, object exc, str message) except -1

@@ -1,0 +1,914 @@
+# cython: language_level=3
+"""The stream socket transport (TCP and AF_UNIX) on completions.
+
+What the stock _SelectorSocketTransport does with readiness, this transport does with operations
+the kernel completes, and the protocol sees the same sequence of calls:
+
+Receiving
+---------
+A Protocol is fed by ONE multishot receive per transport (IORING_RECV_MULTISHOT) drawing from a
+provided-buffer ring that the whole loop shares.  Each completion names the buffer the kernel
+filled; op_done copies those bytes into a new bytes object, gives the buffer straight back to the
+ring (the Proactor republishes returned buffers after each batch of completions), and calls
+protocol.data_received() right there -- no call_soon per chunk.  An idle connection therefore
+holds no receive memory at all: buffers are taken only while bytes are being copied out.  The
+multishot request ends (final CQE, no IORING_CQE_F_MORE) on EOF, on an error, when the ring ran
+dry (-ENOBUFS) or when we cancel it; it is re-armed whenever reading should continue.
+
+A BufferedProtocol gets single-shot receives straight into the buffer its get_buffer() returned:
+the kernel writes into the protocol's memory, which is pinned (a buffer export) until the final
+completion, and buffer_updated(n) follows.  Kernels without multishot receive use the same
+single-shot operation for a Protocol too, into a scratch bytes object.
+
+pause_reading() cannot unsubmit what the kernel has already completed.  It cancels the receive
+(ASYNC_CANCEL); whatever completes before the cancellation lands -- bytes, EOF, an error -- is
+kept in `stash`, in order, and handed over after resume_reading() (from a call_soon, as the stock
+loop resumes through the next iteration), before anything newer.  Nothing is dropped or
+reordered, and nothing is delivered while paused.
+
+Sending
+-------
+write() with nothing in flight submits a send of that very object (bytes are pinned, mutable
+buffers are copied first: the caller may reuse them the moment write() returns).  Writes made
+while a send is in flight are queued and leave together, in one vectored sendmsg (SendMsgOp),
+when it completes.  Partial sends are continued inside the operations, so a completion always
+means "all of it is out" or an error.
+
+The bytes in flight count towards the write buffer size, which drives pause_writing()/
+resume_writing() as _FlowControlMixin does.  They must: the stock transport learns synchronously
+how much the kernel accepted, we only learn it at the completion, and a writer that loops on
+`write(); await drain()` would otherwise never be paused and never yield.  The visible difference
+is that a single write() larger than the high-water mark pauses the protocol even when the kernel
+then takes it whole; resume_writing() follows at the completion, one loop iteration later.
+
+Zero-copy send (IORING_OP_SEND_ZC) is not used: measured on loopback (1 GiB in 64 KiB and 1 MiB
+writes) it cost more CPU per byte and was slower than a plain send -- loopback copies anyway and
+the extra notification completion is pure overhead.  It may pay on a real NIC for writes of
+hundreds of KiB; that would be a SendOp variant releasing its buffer at IORING_CQE_F_NOTIF.
+
+Closing
+-------
+close() stops reading (cancels the receive) and lets queued writes finish; connection_lost()
+follows through call_soon once they have, as with the stock transport.  abort() also cancels the
+send in flight and drops the queue.  The socket is closed after connection_lost(); an operation
+the kernel is still cancelling at that moment holds its own reference to the socket's file, so
+the descriptor number may be reused at once without the old operation touching the new socket.
+"""
+
+cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
+from cpython.mem cimport PyMem_Realloc, PyMem_Free
+from libc.string cimport memset, memcpy
+
+from uringloop._sys cimport *
+from uringloop._ring cimport BufferRing
+from uringloop._ops cimport (Proactor, Completer, Operation, RecvOp, SendOp, MultishotRecvOp,
+                             OP_IDLE)
+
+import socket as _socket
+import sys
+import warnings
+
+from asyncio import base_events as _base_events
+from asyncio import constants as _constants
+from asyncio import futures as _futures
+from asyncio import protocols as _protocols
+from asyncio import trsock as _trsock
+from asyncio.log import logger
+
+from uringloop._sockio import forget_socket as _forget_socket
+
+cdef extern from "<sys/socket.h>":
+    int MSG_NOSIGNAL
+
+cdef extern from "<string.h>":
+    char *c_strerror "strerror"(int errnum)
+
+cdef object _BufferedProtocol = _protocols.BufferedProtocol
+cdef object _TransportSocket = _trsock.TransportSocket
+cdef object _set_nodelay = _base_events._set_nodelay
+cdef object _set_result_unless_cancelled = _futures._set_result_unless_cancelled
+cdef object _SHUT_WR = _socket.SHUT_WR
+# Held here so that a transport finalized at interpreter shutdown can still warn.
+cdef object _warn = warnings.warn
+cdef Py_ssize_t _LOG_THRESHOLD = _constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
+# Python 3.13's Server keeps a WeakSet of its transports: _attach(transport)/_detach(transport).
+# Earlier versions count them: _attach()/_detach().
+cdef bint _SERVER_TRACKS_TRANSPORTS = sys.version_info >= (3, 13)
+
+cdef enum:
+    # The kernel's UIO_MAXIOV: the most buffers one sendmsg may carry.
+    IOV_LIMIT = 1024
+    # The shared provided-buffer ring (see receive_buffers()).
+    RECV_BUFFER_COUNT = 256
+    RECV_BUFFER_SIZE = 16384
+    INC_BUFFER_COUNT = 32
+    INC_BUFFER_SIZE = 131072
+    # Single-shot receives for a Protocol when the kernel lacks multishot receive.
+    FALLBACK_RECV_SIZE = 65536
+
+
+cdef inline object _os_error(int err):
+    # OSError(errno, text) returns the specific subclass (ConnectionResetError, ...).
+    return OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+
+
+cdef object _EOF = object()          # stash_end marker: the peer closed its side
+
+
+cdef BufferRing receive_buffers(loop, Proactor proactor):
+    """The loop's provided-buffer ring for multishot receives (created on first use), or None
+    when the kernel has no multishot receive.
+
+    Buffers are held only while one batch of completions is copied out (each is given back at
+    once and republished after the batch), so an idle connection holds no receive memory, the
+    ring's capacity bounds what all connections together can receive in one loop iteration
+    (beyond it a receive ends with -ENOBUFS and is re-armed for the next one), and the buffer
+    size bounds one data_received() chunk.
+
+    Where the kernel consumes buffers incrementally (6.12) the ring is 32 x 128 KiB: a 1 KiB
+    message takes 1 KiB of a buffer, so the 4 MiB hold thousands of small receives per iteration,
+    while a bulk transfer gets chunks of up to 128 KiB (the stock transport reads up to 256 KiB at
+    a time; per-chunk overhead is what bounds bulk throughput).  Elsewhere every completion takes
+    a whole buffer, and 256 x 16 KiB (also 4 MiB) is the compromise between the two."""
+    ring = loop._ul_recv_ring
+    if ring is None:
+        ring = False
+        if loop._features.get('multishot_recv'):
+            if loop._features.get('incremental_buffers'):
+                try:
+                    ring = proactor.new_buffer_ring(INC_BUFFER_COUNT, INC_BUFFER_SIZE, True)
+                except (OSError, MemoryError):
+                    ring = False
+            if ring is False:
+                try:
+                    ring = proactor.new_buffer_ring(RECV_BUFFER_COUNT, RECV_BUFFER_SIZE)
+                except (OSError, MemoryError):
+                    ring = False
+        loop._ul_recv_ring = ring
+    if ring is False:
+        return None
+    return <BufferRing>ring
+
+
+cdef inline object _pinnable(object data):
+    """An object whose bytes cannot change or move while the kernel sends them: bytes and
+    read-only contiguous views of bytes as they are; anything mutable is copied (the caller may
+    reuse its buffer as soon as write() returns)."""
+    cdef memoryview mv
+    if type(data) is bytes:
+        return data
+    if type(data) is memoryview:
+        mv = <memoryview>data
+        if mv.readonly and type(mv.obj) is bytes and mv.c_contiguous:
+            return data
+    return bytes(data)
+
+
+cdef inline Py_ssize_t _nbytes(object data):
+    if type(data) is bytes:
+        return PyBytes_GET_SIZE(data)
+    return (<memoryview>data).nbytes
+
+
+# ---------------------------------------------------------------------------------------------
+# vectored send
+# ---------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class SendMsgOp(Operation):
+
+    def __dealloc__(self):
+        self.drop_views()
+        PyMem_Free(self.views)
+        PyMem_Free(self.iov)
+
+    cdef int set_buffers(self, list items, Py_ssize_t n) except -1:
+        cdef Py_ssize_t i
+        cdef void *mem
+        self.drop_views()
+        mem = PyMem_Realloc(self.views, n * sizeof(Py_buffer))
+        if mem == NULL:
+            raise MemoryError()
+        self.views = <Py_buffer *>mem
+        mem = PyMem_Realloc(self.iov, n * sizeof(iovec))
+        if mem == NULL:
+            raise MemoryError()
+        self.iov = <iovec *>mem
+        self.total = 0
+        self.sent = 0
+        self.first = 0
+        for i in range(n):
+            PyObject_GetBuffer(items[i], &self.views[i], PyBUF_SIMPLE)
+            self.count = i + 1
+            self.iov[i].iov_base = self.views[i].buf
+            self.iov[i].iov_len = <size_t>self.views[i].len
+            self.total += self.views[i].len
+        return 0
+
+    cdef void drop_views(self):
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            PyBuffer_Release(&self.views[i])
+        self.count = 0
+
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        memset(&self.msg, 0, sizeof(msghdr))
+        self.msg.msg_iov = &self.iov[self.first]
+        self.msg.msg_iovlen = <size_t>(self.count - self.first)
+        ul_prep_msg(sqe, UL_OP_SENDMSG, self.fd, &self.msg, MSG_NOSIGNAL, self.ud())
+        return 0
+
+    cdef int complete(self, int res, unsigned flags) except -1:
+        cdef Py_ssize_t left
+        if res > 0:
+            self.sent += res
+            left = res
+            while left > 0 and self.first < self.count:
+                if <Py_ssize_t>self.iov[self.first].iov_len <= left:
+                    left -= self.iov[self.first].iov_len
+                    self.first += 1
+                else:
+                    self.iov[self.first].iov_base = (<char *>self.iov[self.first].iov_base) + left
+                    self.iov[self.first].iov_len -= <size_t>left
+                    left = 0
+            if self.sent < self.total and self.state == OP_IDLE and not self.proactor.closing:
+                self.submit()      # a short send: the rest goes out before the owner hears
+                return 0
+        if self.owner is not None:
+            self.owner.op_done(self, res, flags)
+        return 0
+
+    cdef void release(self):
+        self.drop_views()
+        self.keep = None
+
+
+# ---------------------------------------------------------------------------------------------
+# the transport
+# ---------------------------------------------------------------------------------------------
+
+cdef class SocketTransport(Completer):
+    """asyncio.Transport for a connected stream socket (what loop.create_connection,
+    create_server, start_server, open_connection and connect_accepted_socket hand out)."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = _constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        cdef Proactor proactor = <Proactor>loop._proactor
+        proactor.check_usable()
+        self.loop = loop
+        self.proactor = proactor
+        if extra is None:
+            extra = {}
+        self.extra = extra
+        extra['socket'] = _TransportSocket(sock)
+        try:
+            extra['sockname'] = sock.getsockname()
+        except OSError:
+            extra['sockname'] = None
+        if 'peername' not in extra:
+            try:
+                extra['peername'] = sock.getpeername()
+            except OSError:
+                extra['peername'] = None
+        self.sock = sock
+        self._sock_fd = sock.fileno()
+        self.set_protocol(protocol)
+        self.server = server
+        self.high_water = 64 * 1024
+        self.low_water = 16 * 1024
+        self.write_q = []
+        # Completions arrive outside any task; protocol callbacks run in this context, the one
+        # the transport was made in (as the stock loop's reader handle would).
+        self.context = PyContext_CopyCurrent()
+        self.bufs = receive_buffers(loop, proactor)
+        if server is not None:
+            if _SERVER_TRACKS_TRANSPORTS:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[self._sock_fd] = self
+        if self._sock_fd in loop._ul_sock_states:
+            # The socket was used with sock_* (sock_connect, typically) before the transport
+            # took it over; its idle per-socket state must not outlive the handover.
+            _forget_socket(loop, self._sock_fd)
+
+        # Disable Nagle: small writes go out without waiting for the peer's ACK (as stock).
+        _set_nodelay(sock)
+
+        loop.call_soon(protocol.connection_made, self)
+        # Reading starts only once connection_made() has run, then the waiter is woken.
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [type(self).__name__]
+        if self.sock is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._sock_fd}')
+        if self.loop is not None and not self.loop.is_closed():
+            if self.recv_op is not None and not self._paused:
+                info.append('read=polling')
+            else:
+                info.append('read=idle')
+            state = 'polling' if self.send_op is not None else 'idle'
+            info.append(f'write=<{state}, bufsize={self.queued_bytes + self.inflight_bytes}>')
+        return '<{}>'.format(' '.join(info))
+
+    def __del__(self):
+        if self.sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self.sock.close()
+            if _SERVER_TRACKS_TRANSPORTS and self.server is not None:
+                self.server._detach(self)
+
+    # ---- attributes the stock transport exposes and asyncio itself reads ----
+
+    @property
+    def _loop(self):
+        return self.loop
+
+    @property
+    def _sock(self):
+        return self.sock
+
+    @property
+    def _protocol(self):
+        return self.protocol
+
+    @property
+    def _server(self):
+        return self.server
+
+    @property
+    def _extra(self):
+        return self.extra
+
+    # ---- BaseTransport ----
+
+    def get_extra_info(self, name, default=None):
+        return self.extra.get(name, default)
+
+    def is_closing(self):
+        return self._closing
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+        self.buffered = isinstance(protocol, _BufferedProtocol)
+        self.data_received = None if self.buffered else getattr(protocol, 'data_received', None)
+        self.protocol_connected = True
+        if self.recv_op is not None and (self.recv_target is not protocol if self.buffered
+                                         else self.recv_target is not None):
+            # The receive in flight feeds the previous kind of protocol.  Whatever it still
+            # brings is delivered to the new one; its final completion re-arms the right kind.
+            self.recv_op.cancel()
+
+    def get_protocol(self):
+        return self.protocol
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        self.stop_receive()
+        if self.send_op is None:
+            self._conn_lost += 1
+            self.loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self):
+        self.force_close(None)
+
+    def _force_close(self, exc):
+        self.force_close(exc)
+
+    def _fatal_error(self, exc, message='Fatal error on transport'):
+        self.fatal_error(exc, message)
+
+    cdef int fatal_error(self, object exc, str message) except -1:
+        if isinstance(exc, OSError):
+            if self.loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=exc)
+        else:
+            self.loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self.protocol,
+            })
+        self.force_close(exc)
+        return 0
+
+    cdef int force_close(self, object exc) except -1:
+        if self._conn_lost:
+            return 0
+        if self.send_op is not None or self.write_q:
+            self.write_q.clear()
+            self.queued_bytes = 0
+            self.inflight_bytes = 0
+            if self.send_op is not None:
+                self.send_op.cancel()     # its completion is ignored: _conn_lost is set
+        if not self._closing:
+            self._closing = True
+            self.stop_receive()
+        self._conn_lost += 1
+        self.loop.call_soon(self._call_connection_lost, exc)
+        return 0
+
+    def _call_connection_lost(self, exc):
+        try:
+            if self.protocol_connected:
+                self.protocol.connection_lost(exc)
+        finally:
+            # Anything still in the kernel was cancelled by close()/abort(); it keeps its own
+            # reference to the socket's file, so closing the descriptor now is safe.
+            if self.recv_op is not None:
+                self.recv_op.cancel()
+            if self.send_op is not None:
+                self.send_op.cancel()
+            transports = self.loop._transports
+            if transports.get(self._sock_fd) is self:
+                del transports[self._sock_fd]
+            self.sock.close()
+            self.sock = None
+            self.protocol = None
+            self.data_received = None
+            self.loop = None
+            server = self.server
+            if server is not None:
+                if _SERVER_TRACKS_TRANSPORTS:
+                    server._detach(self)
+                else:
+                    server._detach()
+                self.server = None
+        if self.empty_waiter is not None and not self.empty_waiter.done():
+            self.empty_waiter.set_exception(ConnectionError("Connection is closed by peer"))
+
+    # ---- reading ----
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        if self.recv_op is not None:
+            self.recv_op.cancel()
+        if self.loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self.stash or self.stash_end is not None:
+            if not self.stash_scheduled:
+                self.stash_scheduled = True
+                self.loop.call_soon(self._deliver_stash)
+        elif self.reading_started:
+            self.arm_receive()
+        if self.loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _start_reading(self):
+        self.reading_started = True
+        if not self._closing and not self._paused:
+            self.enter_context()
+            try:
+                self.arm_receive()
+            finally:
+                self.exit_context()
+
+    def _deliver_stash(self):
+        # Bytes that completed while reading was paused, then what ended them, then new reads.
+        self.stash_scheduled = False
+        self.enter_context()
+        try:
+            while self.stash and not self._paused and not self._closing:
+                self.deliver(self.stash.pop(0))
+            if self._paused or self._closing:
+                return
+            end = self.stash_end
+            if end is not None:
+                self.stash_end = None
+                self.got_end(end)
+            elif self.reading_started:
+                self.arm_receive()
+        finally:
+            self.exit_context()
+
+    cdef int arm_receive(self) except -1:
+        cdef RecvOp op
+        cdef MultishotRecvOp ms
+        if self.recv_op is not None or self.proactor.closing:
+            return 0          # one in flight (maybe being cancelled): its final CQE re-arms
+        if self.buffered:
+            try:
+                buf = self.protocol.get_buffer(-1)
+                if not len(buf):
+                    raise RuntimeError('get_buffer() returned an empty buffer')
+                op = self.single_op
+                if op is None:
+                    op = self.single_op = RecvOp(self.proactor, self, self._sock_fd, self.sock)
+                op.set_buffer(buf, True)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+                return 0
+            op.keep = self.sock
+            self.recv_target = self.protocol
+            self.recv_op = op
+            op.submit()
+        elif self.bufs is not None:
+            ms = self.ms_op
+            if ms is None:
+                ms = self.ms_op = MultishotRecvOp(self.proactor, self, self._sock_fd, self.sock)
+                ms.bufs = self.bufs
+            ms.keep = self.sock
+            self.recv_target = None
+            self.recv_op = ms
+            ms.submit()
+        else:
+            op = self.single_op
+            if op is None:
+                op = self.single_op = RecvOp(self.proactor, self, self._sock_fd, self.sock)
+            op.set_buffer(PyBytes_FromStringAndSize(NULL, FALLBACK_RECV_SIZE), False)
+            op.keep = self.sock
+            self.recv_target = None
+            self.recv_op = op
+            op.submit()
+        return 0
+
+    cdef int stop_receive(self) except -1:
+        if self.recv_op is not None:
+            self.recv_op.cancel()
+        self.stash = None
+        self.stash_end = None
+        return 0
+
+    cdef int enter_context(self) except -1:
+        # Completions are dispatched outside of any context; protocol callbacks run in the one
+        # the transport was made in.  Entries nest (a cancelled operation that never reached the
+        # kernel completes synchronously, from inside a callback), the context is entered once.
+        if self.context_depth == 0:
+            PyContext_Enter(self.context)
+        self.context_depth += 1
+        return 0
+
+    cdef int exit_context(self) except -1:
+        self.context_depth -= 1
+        if self.context_depth == 0:
+            PyContext_Exit(self.context)
+        return 0
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        self.enter_context()
+        try:
+            if op is self.ms_op or op is self.single_op:
+                self.recv_done(op, res, flags)
+            else:
+                self.send_done(op, res)
+        finally:
+            self.exit_context()
+        return 0
+
+    cdef int recv_done(self, Operation op, int res, unsigned flags) except -1:
+        cdef bint final = not (flags & IORING_CQE_F_MORE)
+        cdef unsigned bid
+        cdef object data = None
+        cdef object target = self.recv_target
+        cdef RecvOp sop
+        if final:
+            self.recv_op = None
+            self.recv_target = None
+        if op is self.ms_op:
+            if flags & IORING_CQE_F_BUFFER:
+                bid = flags >> IORING_CQE_BUFFER_SHIFT
+                if res > 0:
+                    data = PyBytes_FromStringAndSize(self.bufs.data(bid), res)
+                self.bufs.consumed(bid, res if res > 0 else 0, flags)
+        elif res > 0:
+            sop = <RecvOp>op
+            if (target is not None and target is self.protocol and not self._paused
+                    and not self.stash and not self._closing and not self.proactor.closing):
+                # The kernel wrote straight into the protocol's buffer.  Drop our export first:
+                # the protocol may resize or replace its buffer in buffer_updated().
+                sop.drop_buffer()
+                try:
+                    self.protocol.buffer_updated(res)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+                    return 0
+                if self.recv_op is None and not self._closing and not self._paused:
+                    self.arm_receive()
+                return 0
+            data = PyBytes_FromStringAndSize(<char *>sop.view.buf, res)
+
+        if self.sock is None or self.proactor.closing:
+            return 0          # connection_lost already ran, or the loop is closing
+        if res > 0:
+            self.got_data(data)
+        elif res == 0:
+            self.got_end(_EOF)
+            return 0
+        elif res == -ECANCELED or res == -ENOBUFS:
+            pass              # paused/closed, or the ring ran dry: re-armed below if wanted
+        else:
+            self.got_end(_os_error(-res))
+            return 0
+        if (final and self.recv_op is None and not self._closing and not self._paused
+                and self.reading_started and not self.stash):
+            self.arm_receive()
+        return 0
+
+    cdef int got_data(self, object data) except -1:
+        if self._closing:
+            return 0          # reading stopped at close(), as stock
+        if self._paused or self.stash:
+            if self.stash is None:
+                self.stash = []
+            self.stash.append(data)
+            return 0
+        return self.deliver(data)
+
+    cdef int got_end(self, object end) except -1:
+        if self._closing:
+            return 0
+        if self._paused or self.stash:
+            self.stash_end = end
+            return 0
+        if end is _EOF:
+            return self.on_eof()
+        return self.fatal_error(end, 'Fatal read error on socket transport')
+
+    cdef int deliver(self, object data) except -1:
+        if self.buffered:
+            return self.deliver_buffered(data)
+        try:
+            if self.data_received is not None:
+                self.data_received(data)
+            else:
+                self.protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, 'Fatal error: protocol.data_received() call failed.')
+        return 0
+
+    cdef int deliver_buffered(self, object data) except -1:
+        # Bytes we already hold (stashed, or received before a switch to this BufferedProtocol):
+        # copy them into the protocol's buffers, as much as each get_buffer() offers.
+        cdef Py_ssize_t pos = 0, n = PyBytes_GET_SIZE(data), k
+        cdef Py_buffer view
+        while pos < n:
+            try:
+                buf = self.protocol.get_buffer(n - pos)
+                PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
+                k = view.len
+                if k > n - pos:
+                    k = n - pos
+                if k > 0:
+                    memcpy(view.buf, (<char *>data) + pos, k)
+                PyBuffer_Release(&view)
+                if k <= 0:
+                    raise RuntimeError('get_buffer() returned an empty buffer')
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+                return 0
+            try:
+                self.protocol.buffer_updated(k)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+                return 0
+            pos += k
+            if pos < n and (self._paused or self._closing):
+                if self._paused:
+                    if self.stash is None:
+                        self.stash = []
+                    self.stash.insert(0, data[pos:])
+                return 0
+        return 0
+
+    cdef int on_eof(self) except -1:
+        if self.loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self.protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, 'Fatal error: protocol.eof_received() call failed.')
+            return 0
+        if not keep_open:
+            self.close()
+        # keep_open: the receive has ended with the EOF; the protocol may still write.
+        return 0
+
+    # ---- writing ----
+
+    def write(self, data):
+        cdef Py_ssize_t n
+        if type(data) is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if self._eof:
+            raise RuntimeError('Cannot call write() after write_eof()')
+        if self.empty_waiter is not None:
+            raise RuntimeError('unable to write; sendfile is in progress')
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= _LOG_THRESHOLD:
+                logger.warning('socket.send() raised exception.')
+            self._conn_lost += 1
+            return
+        data = _pinnable(data)
+        n = _nbytes(data)
+        if self.send_op is None:
+            self.submit_send(data, n)
+        else:
+            self.write_q.append(data)
+            self.queued_bytes += n
+        self.maybe_pause_protocol()
+
+    def writelines(self, list_of_data):
+        cdef list items = []
+        cdef Py_ssize_t n = 0
+        if self._eof:
+            raise RuntimeError('Cannot call writelines() after write_eof()')
+        if self.empty_waiter is not None:
+            raise RuntimeError('unable to writelines; sendfile is in progress')
+        for data in list_of_data:
+            if type(data) is not bytes:
+                data = _pinnable(memoryview(data))
+            if _nbytes(data):
+                items.append(data)
+                n += _nbytes(data)
+        if not items:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= _LOG_THRESHOLD:
+                logger.warning('socket.send() raised exception.')
+            self._conn_lost += 1
+            return
+        if self.send_op is None and len(items) == 1:
+            self.submit_send(items[0], n)
+        else:
+            self.write_q.extend(items)
+            self.queued_bytes += n
+            if self.send_op is None:
+                self.submit_queued()
+        self.maybe_pause_protocol()
+
+    cdef int submit_send(self, object data, Py_ssize_t n) except -1:
+        cdef SendOp op = self.send_op_obj
+        if op is None:
+            op = self.send_op_obj = SendOp(self.proactor, self, self._sock_fd, self.sock)
+        op.set_buffer(data, False)
+        op.keep = self.sock
+        self.inflight_bytes = n
+        self.send_op = op
+        op.submit()
+        return 0
+
+    cdef int submit_queued(self) except -1:
+        cdef list q = self.write_q
+        cdef Py_ssize_t k = len(q)
+        cdef SendMsgOp op
+        if k == 1:
+            data = q.pop()
+            k = self.queued_bytes
+            self.queued_bytes = 0
+            return self.submit_send(data, k)
+        if k > IOV_LIMIT:
+            k = IOV_LIMIT
+        op = self.sendmsg_op_obj
+        if op is None:
+            op = self.sendmsg_op_obj = SendMsgOp(self.proactor, self, self._sock_fd, self.sock)
+        op.set_buffers(q, k)
+        del q[:k]
+        self.queued_bytes -= op.total
+        self.inflight_bytes = op.total
+        op.keep = self.sock
+        self.send_op = op
+        op.submit()
+        return 0
+
+    cdef int send_done(self, Operation op, int res) except -1:
+        if op is not self.send_op:
+            return 0
+        self.send_op = None
+        if self._conn_lost or self.sock is None or self.proactor.closing:
+            return 0          # aborted: the queue is gone and nobody waits
+        if res < 0:
+            exc = _os_error(-res)
+            self.write_q.clear()
+            self.queued_bytes = 0
+            self.inflight_bytes = 0
+            self.fatal_error(exc, 'Fatal write error on socket transport')
+            if self.empty_waiter is not None and not self.empty_waiter.done():
+                self.empty_waiter.set_exception(exc)
+            return 0
+        self.inflight_bytes = 0
+        if self.write_q:
+            self.submit_queued()
+        self.maybe_resume_protocol()      # may write more
+        if self.send_op is None:
+            if self.empty_waiter is not None and not self.empty_waiter.done():
+                self.empty_waiter.set_result(None)
+            if self._closing:
+                self._conn_lost += 1
+                self._call_connection_lost(None)
+            elif self._eof:
+                self.sock.shutdown(_SHUT_WR)
+        return 0
+
+    def write_eof(self):
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if self.send_op is None:
+            self.sock.shutdown(_SHUT_WR)
+
+    def can_write_eof(self):
+        return True
+
+    # ---- write flow control (the _FlowControlMixin protocol) ----
+
+    def get_write_buffer_size(self):
+        return self.queued_bytes + self.inflight_bytes
+
+    def get_write_buffer_limits(self):
+        return (self.low_water, self.high_water)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
+        self.high_water = high
+        self.low_water = low
+        self.maybe_pause_protocol()
+
+    cdef int maybe_pause_protocol(self) except -1:
+        if self.queued_bytes + self.inflight_bytes <= self.high_water or self._protocol_paused:
+            return 0
+        self._protocol_paused = True
+        try:
+            self.protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.loop.call_exception_handler({
+                'message': 'protocol.pause_writing() failed',
+                'exception': exc,
+                'transport': self,
+                'protocol': self.protocol,
+            })
+        return 0
+
+    cdef int maybe_resume_protocol(self) except -1:
+        if not self._protocol_paused or self.queued_bytes + self.inflight_bytes > self.low_water:
+            return 0
+        self._protocol_paused = False
+        try:
+            self.protocol.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.loop.call_exception_handler({
+                'message': 'protocol.resume_writing() failed',
+                'exception': exc,
+                'transport': self,
+                'protocol': self.protocol,
+            })
+        return 0
+
+    # ---- loop.sendfile support (as the stock transport offers it) ----
+
+    def _make_empty_waiter(self):
+        if self.empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self.empty_waiter = self.loop.create_future()
+        if self.send_op is None:
+            self.empty_waiter.set_result(None)
+        return self.empty_waiter
+
+    def _reset_empty_waiter(self):
+        self.empty_waiter = None
