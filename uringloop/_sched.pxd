@@ -35,6 +35,7 @@ cdef class LoopCore:
     cdef public Py_ssize_t _timer_cancelled_count
     cdef public double _clock_resolution
     cdef bint shadowed                  # an instance attribute hides one of our own methods
+    cdef bint fields_hidden             # a subclass hides a field: BaseEventLoop's methods only
     cdef ul_timer_heap timers           # the deadlines of _scheduled's entries (see _sched.h)
 
     cdef bint own(self, str name, object implementation)

@@ -235,6 +235,16 @@ cdef class LoopCore:
 
     # ---- attributes ----
 
+    def __cinit__(self):
+        # A subclass that defines one of our fields' names as a class attribute (CPython's tests
+        # do, `_selector = mock.Mock()`) hides the C field from Python code: BaseEventLoop's
+        # methods would then use the class attribute or an instance-dict entry while we read the
+        # field.  Such a loop runs on BaseEventLoop's methods alone.
+        cdef str name
+        for name, descriptor in _FIELD_DESCRIPTORS:
+            if ul_type_lookup(self, name) != <PyObject *>descriptor:
+                self.fields_hidden = True
+
     property _ready:
         def __get__(self):
             return self.ready
@@ -279,13 +289,19 @@ cdef class LoopCore:
     # loop.get_debug() when it is created, every Handle.cancel() asks it too.
 
     def get_debug(self):
+        if self.fields_hidden:
+            return _BaseEventLoop.get_debug(self)
         return self._debug
 
     def is_closed(self):
         """Returns True if the event loop was closed."""
+        if self.fields_hidden:
+            return _BaseEventLoop.is_closed(self)
         return self._closed
 
     def _check_closed(self):
+        if self.fields_hidden:
+            return _BaseEventLoop._check_closed(self)
         if self._closed:
             raise RuntimeError('Event loop is closed')
 
@@ -299,6 +315,8 @@ cdef class LoopCore:
 
     def call_soon(self, callback, *args, context=None):
         """Arrange for a callback to be called as soon as possible (FIFO order)."""
+        if self.fields_hidden:
+            return _BaseEventLoop.call_soon(self, callback, *args, context=context)
         if self._closed:
             raise RuntimeError('Event loop is closed')
         if self._debug or not SLOTS_USABLE or not handle_init_pristine():
@@ -308,7 +326,7 @@ cdef class LoopCore:
         return handle
 
     def _call_soon(self, callback, args, context):
-        if self._debug or not SLOTS_USABLE or not handle_init_pristine():
+        if self.fields_hidden or self._debug or not SLOTS_USABLE or not handle_init_pristine():
             return _BaseEventLoop._call_soon(self, callback, args, context)
         handle = new_handle(_Handle, callback, args, self, context)
         self.append_ready(handle)
@@ -316,7 +334,7 @@ cdef class LoopCore:
 
     def call_at(self, when, callback, *args, context=None):
         """Like call_later(), but uses an absolute time (the loop's time())."""
-        if when is None or self._debug or not SLOTS_USABLE or not timer_init_pristine():
+        if (self.fields_hidden or when is None or self._debug or not SLOTS_USABLE or not timer_init_pristine()):
             # None: each Python version has its own error for it; debug: source tracebacks.
             return _BaseEventLoop.call_at(self, when, callback, *args, context=context)
         if self._closed:
@@ -325,7 +343,7 @@ cdef class LoopCore:
 
     def call_later(self, delay, callback, *args, context=None):
         """Arrange for a callback to be called after `delay` seconds; returns a TimerHandle."""
-        if (delay is None or self._debug or not SLOTS_USABLE or not timer_init_pristine()
+        if (self.fields_hidden or delay is None or self._debug or not SLOTS_USABLE or not timer_init_pristine()
                 or not self.own(NAME_TIME, _own_time) or not self.own(NAME_CALL_AT, _own_call_at)):
             # Whatever is unusual, BaseEventLoop's own call_later (which calls our call_at).
             return _BaseEventLoop.call_later(self, delay, callback, *args, context=context)
@@ -363,6 +381,8 @@ cdef class LoopCore:
     def _timer_handle_cancelled(self, handle):
         """Notification that a TimerHandle has been cancelled."""
         cdef int flag = -1
+        if self.fields_hidden:
+            return _BaseEventLoop._timer_handle_cancelled(self, handle)
         if SLOTS_USABLE and type(handle) is _TimerHandle:
             flag = ul_slot_bool(handle, OFF_SCHEDULED)
         if flag < 0:
@@ -384,7 +404,8 @@ cdef class LoopCore:
         cdef bint fast_time
         cdef double maximum
         scheduled = self._scheduled
-        if not PyList_CheckExact(scheduled) or type(self.ready) is not _deque:
+        if (self.fields_hidden or not PyList_CheckExact(scheduled)
+                or type(self.ready) is not _deque):
             return _BaseEventLoop._run_once(self) or 0
         heap = <list>scheduled
 
@@ -509,6 +530,12 @@ cdef extern from "Python.h":
     int _generic_setattr_raw "PyObject_GenericSetAttr" (object obj, object name,
                                                         PyObject *value) except -1
 
+
+# The C fields' descriptors, as type(loop) must resolve them (see LoopCore.__cinit__).
+cdef tuple _FIELD_DESCRIPTORS = tuple(
+    (name, LoopCore.__dict__[name])
+    for name in ('_ready', '_scheduled', '_stopping', '_debug', '_closed', '_selector',
+                 '_timer_cancelled_count', '_clock_resolution'))
 
 # Our own implementations, as the MRO lookups in LoopCore.own() find them.
 cdef object _own_time = LoopCore.__dict__['time']

@@ -1,0 +1,699 @@
+"""The loop's scheduling behaviour -- call_soon, call_at/call_later, the timer heap, the ready
+queue, one iteration -- on uringloop (compiled, uringloop/_sched.pyx) and on the stock loop (the
+oracle).  Every test runs on both loops (the `new_loop` fixture); a few also compare uringloop's
+outcome with the stock loop's directly."""
+
+import asyncio
+import contextvars
+import heapq
+import logging
+import sys
+import threading
+from asyncio import base_events, events
+
+import pytest
+
+import uringloop
+
+
+def run_iterations(loop, n=1):
+    """Drive the loop by hand: n iterations, as run_forever would run them."""
+    asyncio.events._set_running_loop(loop)
+    try:
+        for _ in range(n):
+            loop._run_once()
+    finally:
+        asyncio.events._set_running_loop(None)
+
+
+def stock_outcome(action):
+    """What `action(loop)` does on a fresh stock loop: ('ok', result) or ('raises', type)."""
+    loop = asyncio.SelectorEventLoop()
+    try:
+        return ("ok", action(loop))
+    except BaseException as exc:   # noqa: B902 - the oracle's outcome, whatever it is
+        return ("raises", type(exc))
+    finally:
+        loop.close()
+
+
+def outcome(action, loop):
+    try:
+        return ("ok", action(loop))
+    except BaseException as exc:   # noqa: B902
+        return ("raises", type(exc))
+
+
+# ---- handles ----
+
+def test_call_soon_returns_an_asyncio_handle(new_loop):
+    loop = new_loop()
+
+    def callback(a, b):
+        pass
+
+    handle = loop.call_soon(callback, 1, 2)
+    assert type(handle) is asyncio.Handle
+    assert not handle.cancelled()
+    assert handle._callback is callback and handle._args == (1, 2)
+    assert handle._loop is loop and handle._source_traceback is None
+    assert isinstance(handle._context, contextvars.Context)
+    assert repr(handle).startswith("<Handle test_call_soon_returns_an_asyncio_handle.")
+    assert loop._ready[-1] is handle
+    handle.cancel()
+    assert handle.cancelled() and handle._callback is None and handle._args is None
+    assert repr(handle) == "<Handle cancelled>"
+
+
+def test_call_later_returns_an_asyncio_timer_handle(new_loop):
+    loop = new_loop()
+    before = loop.time()
+    timer = loop.call_later(10.0, print, "x")
+    after = loop.time()
+    assert type(timer) is asyncio.TimerHandle
+    assert before + 10.0 <= timer.when() <= after + 10.0
+    assert timer._scheduled is True
+    assert loop._scheduled == [timer]
+    assert repr(timer) == f"<TimerHandle when={timer.when()} print('x')>"
+    timer.cancel()
+    assert timer.cancelled()
+    assert loop._timer_cancelled_count == 1
+    # a cancelled timer stays in the heap until an iteration drops it
+    assert loop._scheduled == [timer]
+    loop.call_soon(lambda: None)      # so the iteration does not wait
+    run_iterations(loop)
+    assert loop._scheduled == [] and timer._scheduled is False
+    assert loop._timer_cancelled_count == 0
+
+
+def test_call_at_keeps_the_deadline_object(new_loop):
+    loop = new_loop()
+    timer = loop.call_at(12345, print)
+    assert timer.when() == 12345 and type(timer.when()) is int
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Handle.get_context() is new in 3.12")
+def test_get_context(new_loop):
+    loop = new_loop()
+    context = contextvars.copy_context()
+    assert loop.call_soon(print, context=context).get_context() is context
+    assert loop.call_later(1, print, context=context).get_context() is context
+
+
+def test_handles_compare_and_hash_as_asyncio_defines(new_loop):
+    loop = new_loop()
+    a = loop.call_at(5.0, print)
+    b = loop.call_at(5.0, print)
+    c = loop.call_at(6.0, print)
+    assert a == b and a is not b and hash(a) == hash(5.0)
+    assert a < c and c > b and a <= b and not a < b
+
+
+# ---- order of execution ----
+
+def test_call_soon_is_fifo(new_loop):
+    loop = new_loop()
+    seen = []
+    for i in range(50):
+        loop.call_soon(seen.append, i)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == list(range(50))
+
+
+def test_callbacks_scheduled_by_callbacks_run_next_iteration(new_loop):
+    loop = new_loop()
+    seen = []
+
+    def first():
+        seen.append("first")
+        loop.call_soon(seen.append, "scheduled by first")
+
+    loop.call_soon(first)
+    loop.call_soon(seen.append, "second")
+    run_iterations(loop)
+    assert seen == ["first", "second"]
+    assert len(loop._ready) == 1
+    run_iterations(loop)
+    assert seen == ["first", "second", "scheduled by first"]
+
+
+def test_due_timers_run_after_the_ready_callbacks(new_loop):
+    # The iteration appends due timers to the ready queue behind what was already there.
+    loop = new_loop()
+    seen = []
+    loop.call_later(0, seen.append, "timer scheduled first")
+    loop.call_soon(seen.append, "call_soon scheduled second")
+    run_iterations(loop)
+    assert seen == ["call_soon scheduled second", "timer scheduled first"]
+
+
+def test_timers_run_in_deadline_order(new_loop):
+    loop = new_loop()
+    seen = []
+    now = loop.time()
+    for delay in (0.03, 0.01, 0.02, 0.0, 0.015):
+        loop.call_at(now + delay, seen.append, delay)
+    loop.call_at(now + 0.04, loop.stop)
+    loop.run_forever()
+    assert seen == [0.0, 0.01, 0.015, 0.02, 0.03]
+
+
+def test_equal_deadlines_run_in_heapq_order(new_loop):
+    # asyncio leaves the order of equal deadlines to heapq ("undefined" in its docs); it is not
+    # FIFO beyond a few timers.  The loop must pop exactly what heapq pops.
+    loop = new_loop()
+    deadline = loop.time() - 1.0            # already due
+    whens = [deadline + (i % 3) * 1e-3 for i in range(40)]
+    seen = []
+    reference = []
+    for i, when in enumerate(whens):
+        loop.call_at(when, seen.append, i)
+        heapq.heappush(reference, events.TimerHandle(when, None, (i,), loop))
+        assert [t.when() for t in loop._scheduled] == [t.when() for t in reference]
+    expected = [heapq.heappop(reference)._args[0] for _ in range(len(whens))]
+    first_group = [i for i in expected if i % 3 == 0]
+    assert first_group != sorted(first_group), "the case must exercise the non-FIFO part"
+    run_iterations(loop)
+    assert seen == expected
+
+
+def test_scheduled_heap_matches_heapq_through_pushes_and_pops(new_loop):
+    loop = new_loop()
+    now = loop.time()
+    reference = []
+    for i in range(300):
+        when = now + 100 + (i * 7919 % 300) * 0.5      # 300 distinct deadlines
+        timer = loop.call_at(when, print)
+        heapq.heappush(reference, timer)
+        assert loop._scheduled == reference and all(
+            a is b for a, b in zip(loop._scheduled, reference))
+    # Make the first 120 due by moving the clock's reference: pop them through an iteration.
+    due = sorted(reference, key=lambda t: t.when())[119].when()
+    ordered_expected = [heapq.heappop(reference) for _ in range(120)]
+    assert all(t.when() <= due for t in ordered_expected)
+    loop._clock_resolution = due - loop.time() + 1e-6   # everything up to `due` counts as due
+    popped = []
+    for timer in ordered_expected:
+        timer._callback = popped.append
+        timer._args = (timer,)
+    loop.call_soon(lambda: None)
+    run_iterations(loop)
+    assert popped == ordered_expected
+    assert all(a is b for a, b in zip(loop._scheduled, reference))
+    assert len(loop._scheduled) == 180
+
+
+def test_cancelled_handles_are_skipped(new_loop):
+    loop = new_loop()
+    seen = []
+    loop.call_soon(seen.append, 1)
+    handle = loop.call_soon(seen.append, 2)
+    handle.cancel()
+    timer = loop.call_later(0, seen.append, 3)
+    timer.cancel()
+    loop.call_soon(seen.append, 4)
+
+    def cancel_a_later_one():
+        seen.append("canceller")
+        victim.cancel()
+
+    loop.call_soon(cancel_a_later_one)
+    victim = loop.call_soon(seen.append, "victim")
+    run_iterations(loop)
+    assert seen == [1, 4, "canceller"]
+    assert not loop._ready and not loop._scheduled
+
+
+def test_callback_cancelling_its_own_handle(new_loop):
+    loop = new_loop()
+    seen = []
+
+    def callback(*args):
+        seen.append(args)
+        handle.cancel()
+
+    handle = loop.call_soon(callback, "a", "b")
+    run_iterations(loop)
+    assert seen == [("a", "b")]
+    assert handle.cancelled()
+
+
+def test_clock_resolution_makes_near_timers_due(new_loop):
+    loop = new_loop()
+    seen = []
+    loop._clock_resolution = 10.0
+    loop.call_later(5.0, seen.append, "within the resolution")
+    loop.call_later(20.0, seen.append, "beyond it")
+    loop.call_soon(lambda: None)             # the iteration does not block
+    run_iterations(loop)
+    assert seen == ["within the resolution"]
+    assert len(loop._scheduled) == 1
+
+
+def test_iteration_does_not_block_while_stopping(new_loop):
+    loop = new_loop()
+    seen = []
+    loop.call_later(3600, seen.append, "far")
+    loop.stop()
+    loop.run_forever()               # would wait an hour if _stopping did not zero the timeout
+    assert seen == [] and len(loop._scheduled) == 1
+
+
+# ---- the cancelled-timer clean-up heuristics ----
+
+def test_many_cancelled_timers_rebuild_the_heap(new_loop):
+    loop = new_loop()
+    n = base_events._MIN_SCHEDULED_TIMER_HANDLES * 3
+    timers = [loop.call_later(3600 + i, print) for i in range(n)]
+    cancelled = timers[::3] + timers[1::3]          # two thirds: above the fraction
+    for timer in cancelled:
+        timer.cancel()
+    assert loop._timer_cancelled_count == len(cancelled)
+    kept = [t for t in timers if not t.cancelled()]
+    reference = list(kept)
+    loop.call_soon(lambda: None)
+    run_iterations(loop)
+    assert loop._timer_cancelled_count == 0
+    assert sorted(loop._scheduled, key=id) == sorted(kept, key=id)
+    heapq.heapify(reference)
+    assert [t.when() for t in loop._scheduled] == [t.when() for t in reference]
+    assert all(t._scheduled is False for t in cancelled)
+    assert all(t._scheduled is True for t in kept)
+
+
+def test_few_cancelled_timers_are_dropped_from_the_head_only(new_loop):
+    loop = new_loop()
+    n = base_events._MIN_SCHEDULED_TIMER_HANDLES * 2
+    timers = [loop.call_later(3600 + i, print) for i in range(n)]
+    for timer in timers[:5] + timers[-5:]:          # head and tail, far below the fraction
+        timer.cancel()
+    loop.call_soon(lambda: None)
+    run_iterations(loop)
+    assert len(loop._scheduled) == n - 5            # the tail ones wait for their turn
+    assert loop._timer_cancelled_count == 5
+    assert loop._scheduled[0] is timers[5]
+    assert all(t._scheduled is False for t in timers[:5])
+    assert all(t._scheduled is True for t in timers[-5:])
+
+
+def test_cancelling_a_popped_timer_is_not_counted(new_loop):
+    loop = new_loop()
+    timer = loop.call_later(0, lambda: None)
+    loop.call_soon(lambda: None)
+    run_iterations(loop)
+    assert timer._scheduled is False
+    timer.cancel()
+    assert loop._timer_cancelled_count == 0
+
+
+# ---- stop(), exceptions, debug mode ----
+
+def test_stop_inside_a_callback_finishes_the_iteration(new_loop):
+    loop = new_loop()
+    seen = []
+
+    def stopper():
+        seen.append("stop")
+        loop.stop()
+        loop.call_soon(seen.append, "next run")
+
+    loop.call_soon(seen.append, "before")
+    loop.call_soon(stopper)
+    loop.call_soon(seen.append, "after, same iteration")
+    loop.run_forever()
+    assert seen == ["before", "stop", "after, same iteration"]
+    assert not loop.is_running()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen[-1] == "next run"
+
+
+def test_callback_exception_reaches_the_handler(new_loop):
+    loop = new_loop()
+    contexts = []
+    loop.set_exception_handler(lambda loop, context: contexts.append(context))
+    seen = []
+
+    def boom(x):
+        raise ZeroDivisionError(x)
+
+    handle = loop.call_soon(boom, 42)
+    timer = loop.call_later(0, boom, 43)
+    loop.call_soon(seen.append, "still runs")
+    run_iterations(loop)
+    assert seen == ["still runs"]
+    assert [c["handle"] for c in contexts] == [handle, timer]
+    for context, value in zip(contexts, (42, 43)):
+        assert isinstance(context["exception"], ZeroDivisionError)
+        assert context["exception"].args == (value,)
+        assert context["message"].startswith(
+            "Exception in callback test_callback_exception_reaches_the_handler.<locals>.boom(")
+        assert "source_traceback" not in context
+
+
+def test_callback_exception_message_matches_the_stock_loop(new_loop):
+    loop = new_loop()
+    contexts = []
+    loop.set_exception_handler(lambda loop, context: contexts.append(context))
+
+    def boom():
+        raise ValueError
+
+    loop.call_soon(boom)
+    run_iterations(loop)
+    stock = asyncio.SelectorEventLoop()
+    try:
+        stock_contexts = []
+        stock.set_exception_handler(lambda loop, context: stock_contexts.append(context))
+        stock.call_soon(boom)
+        run_iterations(stock)
+    finally:
+        stock.close()
+    assert contexts[0]["message"] == stock_contexts[0]["message"]
+    assert set(contexts[0]) == set(stock_contexts[0])
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
+def test_system_exit_and_keyboard_interrupt_propagate(new_loop, exc_type):
+    loop = new_loop()
+    seen = []
+
+    def boom():
+        raise exc_type
+
+    loop.call_soon(seen.append, 1)
+    loop.call_soon(boom)
+    later = loop.call_soon(seen.append, 2)
+    with pytest.raises(exc_type):
+        run_iterations(loop)
+    assert seen == [1]
+    assert list(loop._ready) == [later]      # the rest of the batch is still queued
+
+
+def test_debug_mode_logs_slow_callbacks(new_loop, caplog):
+    loop = new_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.0
+
+    def slow():
+        pass
+
+    loop.call_soon(slow)
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        run_iterations(loop)
+    warnings = [r for r in caplog.records if r.getMessage().startswith("Executing <Handle")]
+    assert len(warnings) == 1
+    assert "slow()" in warnings[0].getMessage() and " took " in warnings[0].getMessage()
+    assert loop._current_handle is None
+
+
+def test_debug_mode_records_where_handles_were_created(new_loop):
+    loop = new_loop()
+    loop.set_debug(True)
+    handles = [loop.call_soon(print), loop.call_later(1, print), loop.call_at(1, print)]
+    for handle in handles:
+        last = handle._source_traceback[-1]
+        assert last.filename == __file__
+        assert last.name == "test_debug_mode_records_where_handles_were_created"
+
+
+def test_debug_mode_checks_the_callback_and_the_thread(new_loop):
+    loop = new_loop()
+    loop.set_debug(True)
+
+    async def coroutine_function():
+        pass
+
+    with pytest.raises(TypeError):
+        loop.call_soon(coroutine_function)
+    with pytest.raises(TypeError):
+        loop.call_later(1, 42)
+    errors = []
+
+    def from_another_thread():
+        try:
+            loop.call_soon(print)
+        except RuntimeError as exc:
+            errors.append(exc)
+        loop.call_soon_threadsafe(loop.stop)
+
+    loop.call_soon(lambda: threading.Thread(target=from_another_thread).start())
+    loop.run_forever()
+    assert len(errors) == 1 and "Non-thread-safe" in str(errors[0])
+
+
+def test_handle_cancel_in_debug_mode_keeps_the_repr(new_loop):
+    loop = new_loop()
+    loop.set_debug(True)
+    handle = loop.call_soon(print, "x")
+    handle.cancel()
+    assert "print('x')" in repr(handle) and "cancelled" in repr(handle)
+
+
+# ---- contexts ----
+
+def test_callbacks_run_in_a_copy_of_the_callers_context(new_loop):
+    loop = new_loop()
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    def read_and_write(tag):
+        seen.append((tag, var.get()))
+        var.set(f"set by {tag}")
+
+    var.set("at call_soon")
+    loop.call_soon(read_and_write, "a")
+    loop.call_later(0, read_and_write, "b")
+    var.set("changed afterwards")
+    loop.call_soon(read_and_write, "c")
+    run_iterations(loop)
+    assert seen == [("a", "at call_soon"), ("c", "changed afterwards"),
+                    ("b", "at call_soon")]
+    assert var.get() == "changed afterwards"
+
+
+def test_explicit_context_is_used_and_mutated(new_loop):
+    loop = new_loop()
+    var = contextvars.ContextVar("var", default="unset")
+    context = contextvars.Context()
+    seen = []
+    loop.call_soon(var.set, "inside", context=context)
+    loop.call_at(loop.time() - 1, lambda: seen.append(var.get()), context=context)
+    run_iterations(loop)
+    assert context[var] == "inside" and seen == ["inside"]
+    assert var.get() == "unset"
+
+
+def test_entering_an_entered_context_reports_through_the_handler(new_loop):
+    # Handle._run runs the callback with context.run(): running a handle whose context is
+    # already entered is an error that goes to the exception handler, not out of the loop.
+    loop = new_loop()
+    contexts = []
+    loop.set_exception_handler(lambda loop, context: contexts.append(context))
+    context = contextvars.Context()
+
+    def run_inside():
+        loop.call_soon(print, context=context)
+        run_iterations(loop)
+
+    context.run(run_inside)
+    assert len(contexts) == 1
+    assert isinstance(contexts[0]["exception"], RuntimeError)
+
+
+# ---- errors, as the stock loop raises them ----
+
+@pytest.mark.parametrize("action", [
+    pytest.param(lambda loop: loop.call_at(None, print), id="call_at(None)"),
+    pytest.param(lambda loop: loop.call_later(None, print), id="call_later(None)"),
+    pytest.param(lambda loop: loop.call_later("1", print), id="call_later('1')"),
+    pytest.param(lambda loop: loop.call_soon(print, context=42) and None, id="bad context"),
+    pytest.param(lambda loop: loop.call_at(1.0, print) and loop.call_at("x", print) and None,
+                 id="incomparable deadline"),
+])
+def test_bad_arguments_fail_as_on_the_stock_loop(new_loop, action):
+    assert outcome(action, new_loop()) == stock_outcome(action)
+
+
+def test_incomparable_deadline_stays_in_the_heap_as_with_heapq(new_loop):
+    loop = new_loop()
+    loop.call_at(1.0, print)
+    with pytest.raises(TypeError):
+        loop.call_at("x", print)
+    assert [t.when() for t in loop._scheduled] == [1.0, "x"]
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_later", "call_at"])
+def test_closed_loop_refuses_callbacks(new_loop, method):
+    loop = new_loop()
+    loop.close()
+    args = (print,) if method == "call_soon" else (1, print)
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        getattr(loop, method)(*args)
+
+
+def test_close_clears_the_queues(new_loop):
+    loop = new_loop()
+    loop.call_soon(print)
+    loop.call_later(10, print)
+    loop.close()
+    assert not loop._ready and not loop._scheduled
+
+
+# ---- what tests and instrumentation replace ----
+
+def test_time_replaced_on_the_instance_is_used(new_loop):
+    loop = new_loop()
+    loop.time = lambda: 1000.0
+    timer = loop.call_later(5, print)
+    assert timer.when() == 1005.0
+    seen = []
+    loop.call_at(999.0, seen.append, "due by the fake clock")
+    loop.call_soon(lambda: None)
+    run_iterations(loop)
+    assert seen == ["due by the fake clock"]
+    del loop.time
+    assert loop.time() != 1000.0
+
+
+def test_call_at_replaced_on_the_instance_is_used_by_call_later(new_loop):
+    loop = new_loop()
+    calls = []
+    original = loop.call_at
+
+    def recording_call_at(when, callback, *args, context=None):
+        calls.append(when)
+        return original(when, callback, *args, context=context)
+
+    loop.call_at = recording_call_at
+    timer = loop.call_later(1, print)
+    assert calls == [timer.when()]
+
+
+def test_patched_handle_run_is_called(new_loop, monkeypatch):
+    loop = new_loop()
+    ran = []
+    original = asyncio.Handle._run
+
+    def instrumented(self):
+        ran.append(self)
+        return original(self)
+
+    monkeypatch.setattr(asyncio.Handle, "_run", instrumented)
+    seen = []
+    handle = loop.call_soon(seen.append, 1)
+    timer = loop.call_later(0, seen.append, 2)
+    run_iterations(loop)
+    assert ran == [handle, timer] and seen == [1, 2]
+
+
+def test_subclass_handle_in_ready_queue_runs_its_own_run(new_loop):
+    loop = new_loop()
+    ran = []
+
+    class MyHandle(asyncio.Handle):
+        __slots__ = ()
+
+        def _run(self):
+            ran.append(self)
+            super()._run()
+
+    seen = []
+    handle = MyHandle(seen.append, ("mine",), loop, None)
+    loop._ready.append(handle)
+    run_iterations(loop)
+    assert ran == [handle] and seen == ["mine"]
+
+
+def test_subclass_with_a_class_level_selector_runs_base_event_loop_code(new_loop):
+    # CPython's own tests subclass loops with `_selector` (a mock) as a class attribute.
+    base = type(new_loop())
+    seen = []
+
+    class FakeSelector:
+        def select(self, timeout):
+            seen.append(("select", timeout))
+            return []
+
+    class Sub(base):
+        _selector = FakeSelector()
+
+        def _process_events(self, event_list):
+            seen.append(("events", event_list))
+
+    loop = Sub()
+    real_selector = loop._selector
+    del loop._selector                    # the instance's own: now the class attribute shows
+    try:
+        loop.call_soon(seen.append, "callback")
+        run_iterations(loop)
+        assert seen == [("select", 0), ("events", []), "callback"]
+    finally:
+        loop._selector = real_selector
+        loop.close()
+
+
+# ---- the loop's wake-up and the Proactor wait ----
+
+def test_call_soon_threadsafe_wakes_a_waiting_loop(new_loop):
+    loop = new_loop()
+    seen = []
+    woke = threading.Event()
+
+    def from_thread():
+        loop.call_soon_threadsafe(seen.append, "from the thread")
+        loop.call_soon_threadsafe(loop.stop)
+        woke.set()
+
+    # The loop has nothing to do and no timer but the fallback, so it blocks in the wait.
+    fallback = loop.call_later(30, seen.append, "fallback timer")
+    loop.call_soon(lambda: threading.Thread(target=from_thread).start())
+    loop.run_forever()
+    fallback.cancel()
+    assert woke.is_set()
+    assert seen == ["from the thread"]
+
+
+def test_timer_ends_the_wait(new_loop):
+    loop = new_loop()
+    seen = []
+    loop.call_later(0.01, seen.append, "timer")
+    loop.call_later(0.02, loop.stop)
+    loop.run_forever()
+    assert seen == ["timer"]
+
+
+@pytest.mark.asyncio
+async def test_tasks_and_sleep_zero_interleave():
+    order = []
+
+    async def worker(name):
+        for i in range(3):
+            order.append((name, i))
+            await asyncio.sleep(0)
+
+    await asyncio.gather(worker("a"), worker("b"))
+    assert order == [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+
+
+@pytest.mark.asyncio
+async def test_sleep_and_wait_for_deadlines():
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.sleep(0.01)
+    assert loop.time() >= start + 0.01 - loop._clock_resolution
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.sleep(10), 0.01)
+
+
+def test_uringloop_compiles_its_scheduling():
+    # Not a timing: that the compiled methods really are the ones a Loop uses.
+    from uringloop import _sched
+    loop = uringloop.new_event_loop()
+    try:
+        for name in ("call_soon", "call_at", "call_later", "_run_once", "time", "get_debug"):
+            assert getattr(type(loop), name) is getattr(_sched.LoopCore, name)
+        assert isinstance(loop, base_events.BaseEventLoop)
+    finally:
+        loop.close()
