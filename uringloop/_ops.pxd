@@ -27,6 +27,7 @@ cdef class Proactor:
     cdef WakeupOp wakeup_op
     cdef list buffer_rings
     cdef readonly unsigned long long completions
+    cdef readonly unsigned long long skipped_enters  # non-blocking waits with nothing to do
     cdef object exception_handler          # loop.call_exception_handler
     cdef object __weakref__
 

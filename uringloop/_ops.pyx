@@ -324,6 +324,13 @@ cdef class Proactor:
                 timeout_ns = 0
         if self.ring.cq_ready() or self.backlog:
             timeout_ns = 0          # work is already waiting: do not sleep
+        if timeout_ns == 0 and not self.ring.has_work():
+            # Nothing to submit and no completion anywhere: the enter would return at once with
+            # nothing.  (Callbacks that keep the loop busy -- sleep(0) loops, call_soon chains --
+            # make no system call at all; I/O that completes meanwhile raises SQ_TASKRUN and is
+            # collected by the next iteration.)
+            self.skipped_enters += 1
+            return 0
         self.ring.enter(1, timeout_ns)
         reaped = self.reap()
         # With DEFER_TASKRUN, 6.13+ kernels run at most IO_LOCAL_TW_DEFAULT_MAX (20) items of
@@ -428,6 +435,7 @@ cdef class Proactor:
     def statistics(self):
         return {
             'enters': self.ring.enters,
+            'skipped_enters': self.skipped_enters,
             'submitted': self.ring.submitted,
             'completions': self.completions,
             'inflight': self.inflight,

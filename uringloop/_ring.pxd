@@ -45,6 +45,7 @@ cdef class Ring:
     cdef io_uring_cqe *cq_at(self, unsigned i)
     cdef void cq_advance(self, unsigned n)
     cdef bint cq_overflowed(self)
+    cdef bint has_work(self)
     cdef int enable(self) except -1
     cdef bint has_op(self, int opcode)
     cpdef close(self)

@@ -51,7 +51,12 @@ cdef object _oserror(int err, str what):
 
 # The flag sets tried in order.  Each later set drops a feature the kernel may not have; a kernel
 # that rejects all of them with EINVAL is older than anything we support.
+# TASKRUN_FLAG with DEFER_TASKRUN: the kernel raises IORING_SQ_TASKRUN when completions wait in
+# its deferred list, so an iteration that must not block can tell whether io_uring_enter would
+# find anything (Ring.has_work) and skip the system call when it would not.
 cdef list _SETUP_CHOICES = [
+    IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+        | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_R_DISABLED,
     IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
         | IORING_SETUP_R_DISABLED,
     IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
@@ -237,7 +242,12 @@ cdef class Ring:
             argp = &arg
             argsz = sizeof(arg)
             flags |= IORING_ENTER_EXT_ARG
-        with nogil:
+        if min_complete:
+            with nogil:         # may sleep: other threads run meanwhile
+                ret = ul_enter(self.fd, to_submit, min_complete, flags, argp, argsz)
+        else:
+            # Returns without waiting: dropping and retaking the GIL would cost more than the
+            # call itself.
             ret = ul_enter(self.fd, to_submit, min_complete, flags, argp, argsz)
         self.enters += 1
         if ret >= 0:
@@ -262,6 +272,24 @@ cdef class Ring:
     cdef void cq_advance(self, unsigned n):
         # Release: we are done reading these CQEs before the kernel may overwrite them.
         ul_store_release(self.cq_khead, self.cq_khead[0] + n)
+
+    cdef bint has_work(self):
+        """Whether an io_uring_enter that does not wait would do anything: submit queued SQEs,
+        find CQEs, or run deferred completions (IORING_SQ_TASKRUN) / flush overflowed ones.
+        Without TASKRUN_FLAG the kernel does not tell, so the answer is always yes."""
+        if self.sq_tail != ul_load_acquire(self.sq_khead) or self.sq_ktail[0] != self.sq_tail:
+            return True
+        if self.cq_ready():
+            return True
+        if not (self.setup_flags & IORING_SETUP_TASKRUN_FLAG):
+            return True
+        return (ul_load_relaxed(self.sq_kflags)
+                & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0
+
+    @property
+    def sq_flags(self):
+        """The kernel's IORING_SQ_* flags of this ring (diagnostics)."""
+        return ul_load_relaxed(self.sq_kflags) if not self.closed else 0
 
     cdef bint cq_overflowed(self):
         # With FEAT_NODROP a full CQ parks completions in a kernel list and raises this flag;
