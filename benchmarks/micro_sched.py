@@ -13,6 +13,8 @@ is better.
 
 Workloads (each timed from inside the running loop, loop creation excluded):
   call_soon      100k call_soon(noop) from one callback, until the last has run
+  iterations     100k loop iterations: a callback that schedules itself again (one handle and
+                 one wait for I/O -- an io_uring_enter, an epoll_wait -- per iteration)
   timers         100k call_later() with delays spread over 1 ms, until the last has fired
   timers_cancel  100k call_later(10 s) cancelled again, then one call_later(0) fires
   sleep0         100 tasks x 1000 `await asyncio.sleep(0)`
@@ -64,6 +66,24 @@ def bench_call_soon(loop):
 
     t0 = time.perf_counter()
     loop.call_soon(start)
+    loop.run_until_complete(done)
+    return time.perf_counter() - t0
+
+
+def bench_iterations(loop):
+    done = loop.create_future()
+    remaining = N_CALLS
+
+    def again():
+        nonlocal remaining
+        remaining -= 1
+        if remaining:
+            loop.call_soon(again)
+        else:
+            done.set_result(None)
+
+    t0 = time.perf_counter()
+    loop.call_soon(again)
     loop.run_until_complete(done)
     return time.perf_counter() - t0
 
@@ -151,6 +171,7 @@ def bench_sock_pingpong(loop):
 
 WORKLOADS = {
     "call_soon": bench_call_soon,
+    "iterations": bench_iterations,
     "timers": bench_timers,
     "timers_cancel": bench_timers_cancel,
     "sleep0": bench_sleep0,

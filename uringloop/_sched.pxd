@@ -27,6 +27,7 @@ cdef class LoopCore:
     reachable under their BaseEventLoop names) and its hot methods compiled."""
     cdef object ready                   # loop._ready: the collections.deque of ready handles
     cdef object ready_append            # ready.append, bound once while ready is a deque
+    cdef object ready_popleft           # ready.popleft, likewise
     cdef public object _scheduled       # the timer heap: a list ordered as heapq orders it
     cdef public object _stopping
     cdef public object _debug

@@ -251,7 +251,11 @@ cdef class LoopCore:
 
         def __set__(self, value):
             self.ready = value
-            self.ready_append = value.append if type(value) is _deque else None
+            if type(value) is _deque:
+                self.ready_append = value.append
+                self.ready_popleft = value.popleft
+            else:
+                self.ready_append = self.ready_popleft = None
 
     def __setattr__(self, name, value):
         if name in SHORTCUT_NAMES:
@@ -411,7 +415,7 @@ cdef class LoopCore:
 
         # 1. Cancelled timers: rebuild the heap when they are many, else pop them off its top.
         count = len(heap)
-        if (count > _base_events_globals['_MIN_SCHEDULED_TIMER_HANDLES']
+        if (count > 0 and count > _base_events_globals['_MIN_SCHEDULED_TIMER_HANDLES']
                 and <double>self._timer_cancelled_count / <double>count
                 > _base_events_globals['_MIN_CANCELLED_TIMER_HANDLES_FRACTION']):
             kept = []
@@ -497,7 +501,7 @@ cdef class LoopCore:
         cdef bint inline_ok = SLOTS_USABLE and handles_pristine()
         if ntodo == 0:
             return 0
-        popleft = self.ready.popleft
+        popleft = self.ready_popleft if self.ready_popleft is not None else self.ready.popleft
         for i in range(ntodo):
             handle = popleft()
             if is_cancelled(handle):
