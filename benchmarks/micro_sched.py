@@ -12,7 +12,10 @@ median over the rounds and the ratios to uvloop and to the stock loop from those
 is better.
 
 Workloads (each timed from inside the running loop, loop creation excluded):
-  call_soon      100k call_soon(noop) from one callback, until the last has run
+  call_soon      100k call_soon(noop) from one callback, until the last has run (a burst: 100k
+                 handles queued at once, so the cyclic GC's full collections weigh in)
+  call_soon_steady  100k call_soon in 100 chains (each callback schedules the next of its
+                 chain): at most 100 handles queued, about 100 per iteration
   iterations     100k loop iterations: a callback that schedules itself again (one handle and
                  one wait for I/O -- an io_uring_enter, an epoll_wait -- per iteration)
   timers         100k call_later() with delays spread over 1 ms, until the last has fired
@@ -66,6 +69,26 @@ def bench_call_soon(loop):
 
     t0 = time.perf_counter()
     loop.call_soon(start)
+    loop.run_until_complete(done)
+    return time.perf_counter() - t0
+
+
+def bench_call_soon_steady(loop):
+    done = loop.create_future()
+    remaining = N_CALLS
+    chains = 100
+
+    def step():
+        nonlocal remaining
+        remaining -= 1
+        if remaining >= chains:
+            loop.call_soon(step)
+        elif remaining == 0:
+            done.set_result(None)
+
+    t0 = time.perf_counter()
+    for _ in range(chains):
+        loop.call_soon(step)
     loop.run_until_complete(done)
     return time.perf_counter() - t0
 
@@ -171,6 +194,7 @@ def bench_sock_pingpong(loop):
 
 WORKLOADS = {
     "call_soon": bench_call_soon,
+    "call_soon_steady": bench_call_soon_steady,
     "iterations": bench_iterations,
     "timers": bench_timers,
     "timers_cancel": bench_timers_cancel,
@@ -216,7 +240,7 @@ def main():
     print(f"# Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {os.uname().sysname} "
           f"{os.uname().release}; median of {args.rounds} interleaved rounds of the median of "
           f"{args.repeat} warm runs (seconds)")
-    header = f"{'workload':<15}" + "".join(f"{k:>11}" for k in loops)
+    header = f"{'workload':<17}" + "".join(f"{k:>11}" for k in loops)
     if "uringloop" in loops:
         header += "  uring/uvloop  uring/asyncio"
     print(header)
@@ -226,7 +250,7 @@ def main():
             for kind in loops:
                 samples[kind].append(measure_in_child(kind, workload, args.repeat))
         medians = {k: statistics.median(v) for k, v in samples.items()}
-        line = f"{workload:<15}" + "".join(f"{medians[k]:>11.4f}" for k in loops)
+        line = f"{workload:<17}" + "".join(f"{medians[k]:>11.4f}" for k in loops)
         if "uringloop" in loops:
             ours = medians["uringloop"]
             if "uvloop" in medians:

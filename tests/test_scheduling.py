@@ -9,6 +9,7 @@ import heapq
 import logging
 import sys
 import threading
+import time
 from asyncio import base_events, events
 
 import pytest
@@ -729,3 +730,107 @@ async def test_a_busy_loop_still_collects_io_completions(is_uring):
     finally:
         a.close()
         b.close()
+
+
+# ---- run_forever ----
+
+def test_run_forever_sets_up_and_restores_the_running_state(new_loop):
+    loop = new_loop()
+    seen = {}
+    previous_hooks = sys.get_asyncgen_hooks()
+
+    def inside():
+        seen["running"] = loop.is_running()
+        seen["current"] = asyncio.get_running_loop() is loop
+        seen["thread"] = loop._thread_id == threading.get_ident()
+        seen["hooks"] = sys.get_asyncgen_hooks().firstiter == loop._asyncgen_firstiter_hook
+        with pytest.raises(RuntimeError):
+            loop.run_forever()                  # already running
+        loop.stop()
+
+    loop.call_soon(inside)
+    loop.run_forever()
+    assert seen == {"running": True, "current": True, "thread": True, "hooks": True}
+    assert not loop.is_running() and loop._thread_id is None and loop._stopping is False
+    assert sys.get_asyncgen_hooks() == previous_hooks
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.run_forever()
+
+
+def test_run_forever_uses_a_run_once_replaced_on_the_instance(new_loop):
+    # CPython's test_events.test_timeout_rounding counts iterations this way.
+    loop = new_loop()
+    original = loop._run_once
+    count = 0
+
+    def counting_run_once():
+        nonlocal count
+        count += 1
+        original()
+
+    loop._run_once = counting_run_once
+    loop.call_soon(loop.call_soon, loop.stop)
+    loop.run_forever()
+    assert count == 2
+
+
+def test_run_forever_propagates_exceptions_and_cleans_up(new_loop):
+    loop = new_loop()
+
+    def boom():
+        raise SystemExit(3)
+
+    loop.call_soon(boom)
+    with pytest.raises(SystemExit):
+        loop.run_forever()
+    assert not loop.is_running()
+    loop.call_soon(loop.stop)
+    loop.run_forever()                         # usable again
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def test_a_signal_handler_runs_while_the_loop_waits(new_loop):
+    # The stock loop runs Python bytecode between iterations, where the interpreter calls
+    # signal handlers; a loop that waits in C must still let SIGINT's handler raise.
+    import signal
+    loop = new_loop()
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    main_thread_id = threading.main_thread().ident
+    started = threading.Event()
+
+    def main_thread_sleeps():
+        with open(f"/proc/self/task/{threading.main_thread().native_id}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "S"
+
+    def interrupt_main():
+        started.wait()
+        while not main_thread_sleeps():     # blocked in the loop's wait for I/O
+            time.sleep(0.001)
+        signal.pthread_kill(main_thread_id, signal.SIGINT)
+
+    def start_interrupter():
+        threading.Thread(target=interrupt_main).start()
+        started.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers belong to the main thread")
+    previous = signal.signal(signal.SIGINT, handler)
+    fallback = loop.call_later(30, loop.stop)
+    try:
+        loop.call_soon(start_interrupter)
+        with pytest.raises(Interrupted):
+            loop.run_forever()
+        assert not fallback.cancelled()          # ended by the signal, not the fallback
+        assert loop.time() < fallback.when()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        fallback.cancel()

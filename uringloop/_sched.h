@@ -83,6 +83,13 @@ static inline PyObject *ul_class_lookup(PyObject *cls, PyObject *name)
     return _PyType_Lookup((PyTypeObject *)cls, name);
 }
 
+/* callback(*args) for a tuple `args`, as Context.run makes the call: one vectorcall. */
+static inline PyObject *ul_call_with_tuple(PyObject *callback, PyObject *args)
+{
+    return PyObject_Vectorcall(callback, &PyTuple_GET_ITEM(args, 0),
+                               (size_t)PyTuple_GET_SIZE(args), NULL);
+}
+
 /* time.monotonic() without the call: CLOCK_MONOTONIC converted to seconds the way CPython's
  * _PyTime_AsSecondsDouble does (whole seconds exactly, otherwise ns / 1e9). */
 static inline double ul_monotonic(void)

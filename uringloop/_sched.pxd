@@ -11,6 +11,7 @@ cdef extern from "_sched.h":
     PyObject *ul_type_lookup(object obj, object name)
     PyObject *ul_class_lookup(object cls, object name)
     double ul_monotonic() nogil
+    object ul_call_with_tuple(object callback, object args)
 
     ctypedef struct ul_timer_heap:
         pass
@@ -46,5 +47,6 @@ cdef class LoopCore:
     cdef object heap_pop(self, list heap)
     cdef object schedule_at(self, object when, object callback, tuple args, object context)
     cdef int run_once(self) except -1
+    cdef int iterate_until_stopped(self) except -1
     cdef int run_ready(self) except -1
     cdef int run_debug(self, object handle) except -1

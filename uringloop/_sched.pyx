@@ -47,12 +47,15 @@ from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
 from cpython.long cimport PyLong_CheckExact
 from cpython.tuple cimport PyTuple_CheckExact
 from cpython.list cimport PyList_CheckExact
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.contextvars cimport PyContext_CheckExact
 
 from uringloop._ops cimport Proactor
 
 import collections
+import sys as _sys
+import threading as _threading
 import heapq as _heapq
 import inspect as _inspect
 from asyncio import base_events as _base_events
@@ -100,9 +103,14 @@ cdef str NAME_LT = '__lt__'
 cdef str NAME_TIME = 'time'
 cdef str NAME_CALL_AT = 'call_at'
 cdef str NAME_PROCESS_EVENTS = '_process_events'
+cdef str NAME_RUN_ONCE = '_run_once'
 # Methods of ours that the fast paths call without looking them up; an instance attribute of one
 # of these names (a test's mock, say) sets LoopCore.shadowed and the lookups come back.
-cdef frozenset SHORTCUT_NAMES = frozenset([NAME_TIME, NAME_CALL_AT, NAME_PROCESS_EVENTS])
+cdef frozenset SHORTCUT_NAMES = frozenset(
+    [NAME_TIME, NAME_CALL_AT, NAME_PROCESS_EVENTS, NAME_RUN_ONCE])
+
+# 3.13 split run_forever's set-up and clean-up into methods of their own.
+cdef bint RUN_FOREVER_HOOKS = hasattr(_BaseEventLoop, '_run_forever_setup')
 
 
 cdef str NAME_INIT = '__init__'
@@ -210,7 +218,7 @@ cdef int run_handle(object handle) except -1:
     try:
         PyContext_Enter(context)
         try:
-            callback(*args)
+            ul_call_with_tuple(callback, args)
         finally:
             PyContext_Exit(context)
     except (SystemExit, KeyboardInterrupt):
@@ -398,6 +406,48 @@ cdef class LoopCore:
         """Run one full iteration of the event loop (BaseEventLoop._run_once, compiled)."""
         self.run_once()
 
+    def run_forever(self):
+        """Run until stop() is called."""
+        if self.fields_hidden:
+            return _BaseEventLoop.run_forever(self)
+        if RUN_FOREVER_HOOKS:
+            # 3.13+: BaseEventLoop's own setup and clean-up around our iterations.
+            try:
+                self._run_forever_setup()
+                self.iterate_until_stopped()
+            finally:
+                self._run_forever_cleanup()
+            return
+        # 3.10-3.12 keep those steps inside run_forever itself; the same steps, in its order.
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = _sys.get_asyncgen_hooks()
+        try:
+            self._thread_id = _threading.get_ident()
+            _sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
+                                    finalizer=self._asyncgen_finalizer_hook)
+            _events._set_running_loop(self)
+            self.iterate_until_stopped()
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            _events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            _sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    cdef int iterate_until_stopped(self) except -1:
+        while True:
+            if self.own(NAME_RUN_ONCE, _own_run_once):
+                self.run_once()
+            else:
+                self._run_once()        # replaced on the instance or in a subclass
+            # The stock loop runs Python bytecode between iterations, where the interpreter
+            # runs signal handlers (SIGINT's KeyboardInterrupt); so do we.
+            PyErr_CheckSignals()
+            if self._stopping:
+                return 0
+
     # ---- one iteration ----
 
     cdef int run_once(self) except -1:
@@ -545,3 +595,4 @@ cdef tuple _FIELD_DESCRIPTORS = tuple(
 cdef object _own_time = LoopCore.__dict__['time']
 cdef object _own_call_at = LoopCore.__dict__['call_at']
 cdef object _own_process_events = LoopCore.__dict__['_process_events']
+cdef object _own_run_once = LoopCore.__dict__['_run_once']
