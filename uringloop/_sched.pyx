@@ -507,6 +507,9 @@ cdef class LoopCore:
         selector = self._selector
         if type(selector) is Proactor and self.own(NAME_PROCESS_EVENTS, _own_process_events):
             (<Proactor>selector).wait(timeout)
+            # A signal that ended the wait (EINTR) has its Python handler run now, as a
+            # selector's select() would run it (PEP 475), before any callback of this iteration.
+            PyErr_CheckSignals()
         else:
             event_list = selector.select(timeout)
             self._process_events(event_list)
