@@ -13,6 +13,7 @@ import importlib.machinery
 import json
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -226,7 +227,10 @@ _TICK = os.sysconf("SC_CLK_TCK")
 @dataclasses.dataclass
 class CpuSnapshot:
     wall: float
-    cpu_busy: int                   # ticks the server CPU spent not idle (any process, irqs)
+    cpu_tasks: int                  # ticks the server CPU ran tasks (user, nice, system) or was
+                                    # stolen by the hypervisor
+    cpu_irq: int                    # ticks in interrupts and softirqs (mostly the run's own
+                                    # loopback traffic: kept apart from "others")
     cpu_total: int
     cpu_steal: int
     proc_ticks: int                 # the server process's utime + stime
@@ -253,35 +257,67 @@ def cpu_snapshot(cpu: Optional[int], pid: Optional[int]) -> Optional[CpuSnapshot
             for line in f:
                 if line.startswith("nonvoluntary_ctxt_switches:"):
                     preemptions = int(line.split()[1])
-        busy = user + nice + system + irq + softirq + steal
-        return CpuSnapshot(time.monotonic(), busy, busy + idle + iowait, steal, proc_ticks,
-                           preemptions)
+        return CpuSnapshot(time.monotonic(), user + nice + system + steal, irq + softirq,
+                           sum(fields), steal, proc_ticks, preemptions)
     except (OSError, ValueError, IndexError):
         return None
 
 
+def _cpu_ticks(cpu: int) -> Optional[tuple[int, int]]:
+    """(ticks running tasks or stolen, all ticks) of one CPU."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.split(" ", 1)[0] == f"cpu{cpu}":
+                    user, nice, system, idle, iowait, irq, softirq, steal = \
+                        [int(x) for x in line.split()[1:9]]
+                    return user + nice + system + steal, \
+                        user + nice + system + idle + iowait + irq + softirq + steal
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def with_cpu_usage(server_pid: Optional[int], server_cpu: Optional[int],
-                   run: Callable[[], dict]) -> dict:
-    """run() (a load generator or wrk run), its result extended with the run's CPU usage."""
+                   run: Callable[[], dict], client_cpu: Optional[int] = None) -> dict:
+    """run() (a load generator or wrk run), its result extended with the run's CPU usage: the
+    server's (see cpu_usage) and, on the client's CPU, how much other processes took
+    (client_cpu_other_pct: that CPU's task time minus the client's own, from RUSAGE_CHILDREN
+    of the process that waited for it)."""
     before = cpu_snapshot(server_cpu, server_pid)
+    client_before = _cpu_ticks(client_cpu) if client_cpu is not None else None
+    children_before = _children_cpu_seconds()
     result = run()
     result.update(cpu_usage(before, cpu_snapshot(server_cpu, server_pid)))
+    client_after = _cpu_ticks(client_cpu) if client_cpu is not None else None
+    if client_before and client_after and client_after[1] > client_before[1]:
+        client_ticks = (_children_cpu_seconds() - children_before) * _TICK
+        others = client_after[0] - client_before[0] - client_ticks
+        result["client_cpu_other_pct"] = round(
+            max(0.0, 100.0 * others / (client_after[1] - client_before[1])), 1)
     return result
 
 
 def cpu_usage(before: Optional[CpuSnapshot], after: Optional[CpuSnapshot]) -> dict:
-    """server_cpu_pct: the server process's CPU time / wall time; cpu_other_pct: time its CPU
-    spent on anything else (other processes, interrupts, softirqs -- including the loopback
-    network work of the run itself); cpu_steal_pct: taken by the hypervisor;
+    """server_cpu_pct: the server process's CPU time / wall time; cpu_other_pct: the share of
+    its CPU that other tasks ran (or the hypervisor stole) meanwhile -- the disturbance;
+    cpu_irq_pct: interrupts and softirqs on it (largely the run's own loopback traffic);
     server_preempted_per_s: involuntary context switches of the server."""
     if before is None or after is None or after.cpu_total <= before.cpu_total:
         return {}
     total = after.cpu_total - before.cpu_total
     wall = max(after.wall - before.wall, 1e-9)
     proc = after.proc_ticks - before.proc_ticks
+    others = max(0, after.cpu_tasks - before.cpu_tasks - proc)
     return {
         "server_cpu_pct": round(100.0 * proc / _TICK / wall, 1),
-        "cpu_other_pct": round(100.0 * max(0, after.cpu_busy - before.cpu_busy - proc) / total, 1),
+        "cpu_other_pct": round(100.0 * others / total, 1),
+        "cpu_irq_pct": round(100.0 * (after.cpu_irq - before.cpu_irq) / total, 1),
         "cpu_steal_pct": round(100.0 * (after.cpu_steal - before.cpu_steal) / total, 1),
         "server_preempted_per_s": round((after.preemptions - before.preemptions) / wall, 1),
     }
@@ -295,7 +331,7 @@ def run_loadgen(port: int, conns: int, size: int, duration: float, warmup: float
     """One closed-loop echo run; a dict with ok=True and rps/p50_us/p99_us, or ok=False and
     error; with server_pid, also the CPU accounting of the run (see cpu_usage)."""
     return with_cpu_usage(server_pid, server_cpu, lambda: _run_loadgen(
-        port, conns, size, duration, warmup, cpu, connect_timeout))
+        port, conns, size, duration, warmup, cpu, connect_timeout), client_cpu=cpu)
 
 
 def _run_loadgen(port, conns, size, duration, warmup, cpu, connect_timeout) -> dict:
@@ -382,7 +418,7 @@ def parse_wrk(output: str) -> dict:
 def run_wrk(port: int, conns: int, duration: float, cpu: Optional[int],
             server_pid: Optional[int] = None, server_cpu: Optional[int] = None) -> dict:
     return with_cpu_usage(server_pid, server_cpu,
-                          lambda: _run_wrk(port, conns, duration, cpu))
+                          lambda: _run_wrk(port, conns, duration, cpu), client_cpu=cpu)
 
 
 def _run_wrk(port: int, conns: int, duration: float, cpu: Optional[int]) -> dict:

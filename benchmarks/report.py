@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -232,9 +233,15 @@ def _latency_cell(point: dict, loop: str) -> str:
     return text
 
 
+def disturbance(run: dict) -> Optional[float]:
+    """The most that other processes took of the server's or the client's CPU during a run."""
+    values = [run[k] for k in ("cpu_other_pct", "client_cpu_other_pct") if k in run]
+    return max(values) if values else None
+
+
 def _others_cell(point: dict, loops) -> str:
-    others = [r["cpu_other_pct"] for lp in loops for r in _runs(point, lp)
-              if "cpu_other_pct" in r]
+    others = [disturbance(r) for lp in loops for r in _runs(point, lp)
+              if disturbance(r) is not None]
     if not others:
         return "–"
     worst = max(others)
@@ -245,21 +252,22 @@ def conditions_lines(results: dict) -> list[str]:
     """How undisturbed the runs were: the figures on a shared machine mean little without it."""
     runs = [r for p in results.get("points", []) if p["workload"] in ("echo", "http")
             for entry in p["loops"].values() for r in entry.get("runs", [])
-            if r.get("ok") and "cpu_other_pct" in r]
+            if r.get("ok") and disturbance(r) is not None]
     if not runs:
         return []
-    busy = [r["cpu_other_pct"] for r in runs if r.get("cpu_other_pct", 0) >= BUSY_PCT]
+    busy = [disturbance(r) for r in runs if disturbance(r) >= BUSY_PCT]
     client = [r["client_cpu_pct"] for r in runs
               if r.get("client_cpu_pct", 0) >= CLIENT_BOUND_PCT]
     lines = []
     if busy:
-        lines.append(f"- **Disturbed runs**: in {len(busy)} of {len(runs)} load runs something "
-                     f"other than the server used ≥ {BUSY_PCT:.0f}% of the server's CPU (up to "
-                     f"{max(busy):.0f}%); their points have a wider min–max. Rerun on a quiet "
-                     "machine for figures to quote.")
+        lines.append(f"- **Disturbed runs**: in {len(busy)} of {len(runs)} load runs other "
+                     f"processes took ≥ {BUSY_PCT:.0f}% of the server's or the load generator's "
+                     f"CPU (up to {max(busy):.0f}%); those points have a wider min–max. Rerun "
+                     "on a quiet machine for figures to quote.")
     else:
-        lines.append(f"- **Run conditions**: in none of the {len(runs)} load runs did anything "
-                     f"else take ≥ {BUSY_PCT:.0f}% of the server's CPU.")
+        lines.append(f"- **Run conditions**: in none of the {len(runs)} load runs did other "
+                     f"processes take ≥ {BUSY_PCT:.0f}% of the server's or the load generator's "
+                     "CPU.")
     if client:
         lines.append(f"- **Load generator near saturation** in {len(client)} runs (CPU ≥ "
                      f"{CLIENT_BOUND_PCT:.0f}%): those rates may be limited by the client.")
@@ -295,7 +303,15 @@ def metadata_lines(results: dict) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict) -> str:
+def render_markdown(results: dict, image_prefix: str = "", heading: str = "#") -> str:
+    """The results as Markdown.  image_prefix: path from the Markdown file to the plots;
+    heading: the level of the title ("#"; sections are one level below)."""
+    sub = heading + "#"
+    return _render(results, image_prefix).replace("\n## ", f"\n{sub} ").replace(
+        "# Benchmark results", f"{heading} Benchmark results", 1)
+
+
+def _render(results: dict, image_prefix: str) -> str:
     loops = results["config"]["loops"]
     subject_present = SUBJECT in loops
     refs = [r for r in REFERENCES if r in loops]
@@ -329,10 +345,11 @@ def render_markdown(results: dict) -> str:
             out.append("| " + " | ".join(row) + " |")
         out += ["", "## Echo: latency p50 / p99, and the server's CPU use (medians over rounds)",
                 "",
-                "CPU: the server process's CPU time ÷ wall time (100% = its CPU saturated). "
-                "Others: the most that anything else (other processes, interrupts, softirqs "
-                "including this run's own loopback traffic, hypervisor steal) took of the "
-                "server's CPU in any run of the point.", ""]
+                "CPU: the server process's CPU time ÷ wall time (100% = its CPU saturated; "
+                "the kernel's softirq work for the loopback traffic comes on top). Others: the "
+                "most that other processes (or the hypervisor) took of the server's or the load "
+                "generator's CPU in any run of the point — a disturbance, not part of the "
+                "measurement.", ""]
         header = ["style", "size", "conns"] + loops + ["others (max)"]
         out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for p in echo:
@@ -402,7 +419,7 @@ def render_markdown(results: dict) -> str:
     plots = results.get("plots", [])
     if plots:
         out += ["## Plots", ""]
-        out += [f"![{name}]({name})" for name in plots]
+        out += [f"![{name}]({image_prefix}{name})" for name in plots]
         out.append("")
     elif results.get("plots_skipped"):
         out += [f"Plots not drawn: {results['plots_skipped']}", ""]
@@ -593,6 +610,27 @@ def _syscall_panel(ax, sys_points, loops):
     ax.set_title("system calls per echo request (lower is better)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+
+
+README_START = "<!-- latest results: written by benchmarks/run.py, do not edit by hand -->"
+README_END = "<!-- end of latest results -->"
+
+
+def update_readme(results: dict, readme: Path, out_dir: Path) -> bool:
+    """Put this run's tables and plots between the markers of benchmarks/README.md, so that the
+    README always shows the latest results.  False when the README has no markers."""
+    try:
+        text = readme.read_text()
+    except OSError:
+        return False
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    prefix = os.path.relpath(out_dir, readme.parent).replace(os.sep, "/") + "/"
+    body = render_markdown(results, image_prefix=prefix, heading="###")
+    body = body.replace("### Benchmark results\n", "", 1).strip()
+    readme.write_text(text[:start + len(README_START)] + "\n\n" + body + "\n\n" + text[end:])
+    return True
 
 
 def write_all(results: dict, out_dir: Path) -> list[Path]:
