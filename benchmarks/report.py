@@ -268,6 +268,11 @@ def conditions_lines(results: dict) -> list[str]:
         lines.append(f"- **Run conditions**: in none of the {len(runs)} load runs did other "
                      f"processes take ≥ {BUSY_PCT:.0f}% of the server's or the load generator's "
                      "CPU.")
+    repeated = [r for r in runs if r.get("attempts", 1) > 1]
+    if repeated:
+        lines.append(f"- **Repeated runs**: {len(repeated)} disturbed runs were run again and "
+                     "the less disturbed attempt kept (at most once per run, within a budget "
+                     "of 15% extra time).")
     if client:
         lines.append(f"- **Load generator near saturation** in {len(client)} runs (CPU ≥ "
                      f"{CLIENT_BOUND_PCT:.0f}%): those rates may be limited by the client.")
