@@ -64,7 +64,8 @@ def cpus_available() -> list[int]:
 
 
 def pinning() -> tuple[Optional[int], Optional[int]]:
-    """(server CPU, client CPU): two different CPUs where there are two; no pinning otherwise."""
+    """(server CPU, client CPU): the first two CPUs this process may use; no pinning where
+    there is only one."""
     cpus = cpus_available()
     if len(cpus) < 2:
         return None, None
@@ -106,6 +107,7 @@ class Server:
     port: Optional[int] = None
     pid: Optional[int] = None
     loop_type: Optional[str] = None
+    cpus: Optional[list] = None         # the server's CPU affinity, as it reported it
     error: Optional[str] = None
     log_path: Optional[Path] = None
 
@@ -130,7 +132,8 @@ class Server:
                                          stderr=log, env=child_env(), cwd=str(BENCH_DIR),
                                          start_new_session=True)
         _live.add(self)
-        started.append({"loop": self.loop, "style": self.style, "pid": self.proc.pid})
+        started.append({"loop": self.loop, "style": self.style, "pid": self.proc.pid,
+                        "cpu": cpu})
         line = _read_line(self.proc, ready_timeout)
         try:
             info = json.loads(line) if line else None
@@ -147,7 +150,10 @@ class Server:
             self.error = info.get("error") or "the server could not start"
             self.stop()
             return self
-        self.port, self.pid = info["port"], info["pid"]
+        self.port, self.pid, self.cpus = info["port"], info["pid"], info.get("cpus")
+        if cpu is not None and self.cpus != [cpu]:
+            self.error = f"the server is not pinned to CPU {cpu} (its CPUs: {self.cpus})"
+            self.stop()
         return self
 
     def stop(self, grace: float = 3.0) -> None:

@@ -419,11 +419,11 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < nsamples; i++)
         mean += samples[i];
     mean /= (double)nsamples * 1000.0;
-    printf("{\"ok\": true, \"conns\": %d, \"size\": %zu, \"window_s\": %.3f, "
+    printf("{\"ok\": true, \"cpu\": %d, \"conns\": %d, \"size\": %zu, \"window_s\": %.3f, "
            "\"requests\": %llu, \"rps\": %.1f, \"mbps\": %.2f, \"p50_us\": %.1f, "
            "\"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f, \"total_requests\": %llu, "
            "\"unfinished\": %d, \"client_cpu_pct\": %.1f}\n",
-           opt.nconns, opt.size, window_s, (unsigned long long)window_requests,
+           opt.cpu, opt.nconns, opt.size, window_s, (unsigned long long)window_requests,
            (double)window_requests / window_s, (double)window_bytes / window_s / 1e6,
            percentile_us(0.50), percentile_us(0.99), samples[nsamples - 1] / 1000.0, mean,
            (unsigned long long)total_requests, in_flight, client_cpu_pct);

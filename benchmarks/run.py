@@ -236,13 +236,13 @@ def machine_metadata() -> dict:
 
 class Runner:
     def __init__(self, mode: Mode, loops: list[str], out_dir: Path, progress: Progress,
-                 command: str):
+                 command: str, cpus: tuple):
         self.mode = mode
         self.loops = loops
         self.out_dir = out_dir
         self.log_dir = out_dir / "tmp"
         self.progress = progress
-        self.server_cpu, self.client_cpu = harness.pinning()
+        self.server_cpu, self.client_cpu = cpus
         self.retries_per_run = 1
         self.retry_budget = 0.0         # seconds of extra runs allowed; set from the plan
         self.loop_types: dict = {}
@@ -274,7 +274,8 @@ class Runner:
                 else:
                     self.loop_types.setdefault(lp, server.loop_type)
             if server.ready:
-                self.progress.say(f"{style} server on {lp}: type(loop) = {server.loop_type}")
+                self.progress.say(f"{style} server on {lp}: type(loop) = {server.loop_type}, "
+                                  f"CPUs {server.cpus}")
             else:
                 self.progress.say(f"{style} server on {lp}: n/a - {server.error}")
             servers[lp] = server
@@ -311,6 +312,7 @@ class Runner:
                 server = servers[lp]
                 if not server.ready:
                     runs[lp].append({"ok": False, "error": server.error, "na": True})
+                    self.progress.advance(self.echo_cost())
                     continue
                 if not server.alive():
                     died = (f"the {lp} server exited (status {server.proc.poll()}): "
@@ -387,6 +389,7 @@ class Runner:
             server = servers[lp]
             if not server.ready or not server.alive():
                 point["loops"][lp] = {"error": server.error or "the server is not running"}
+                self.progress.advance(self.mode.syscall_duration + 0.7)
                 continue
             counted = harness.count_syscalls(
                 method, server.pid,
@@ -446,6 +449,7 @@ class Runner:
                         server = servers[lp]
                         if not server.ready:
                             runs[lp].append({"ok": False, "error": server.error, "na": True})
+                            self.progress.advance(mode.http_duration + 0.2)
                             continue
                         if not server.alive():
                             runs[lp].append({"ok": False, "error": f"the {lp} server exited"})
@@ -612,10 +616,10 @@ def main(argv=None) -> int:
         sys.stderr.flush()
 
     signal.signal(signal.SIGTERM, _terminate)
-    server_cpu, client_cpu = harness.pinning()
-    if client_cpu is not None:
+    cpus = harness.pinning()            # before narrowing our own affinity below
+    if cpus[1] is not None:
         # This process mostly waits, but keep even that off the server's CPU.
-        os.sched_setaffinity(0, {client_cpu})
+        os.sched_setaffinity(0, {cpus[1]})
 
     started = time.monotonic()
     _clear_logs(args.output / "tmp")
@@ -626,7 +630,7 @@ def main(argv=None) -> int:
         return 2
     meta = machine_metadata()
     progress = Progress(0)
-    runner = Runner(mode, args.loops, args.output, progress, command)
+    runner = Runner(mode, args.loops, args.output, progress, command, cpus)
     progress.total = runner.planned_cost("echo" in only, "http" in only, "micro" in only,
                                          "syscalls" in only)
     runner.retry_budget = RETRY_BUDGET * progress.total

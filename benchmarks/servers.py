@@ -243,7 +243,7 @@ def main(argv=None) -> int:
         _emit({"ready": False, "error": detail, "loop_type": loops.type_name(loop)})
         return 3
     _emit({"ready": True, "port": port, "loop_type": loop_type, "pid": os.getpid(),
-           "style": args.style, "loop": args.loop})
+           "style": args.style, "loop": args.loop, "cpus": sorted(os.sched_getaffinity(0))})
     try:
         loop.run_forever()
     finally:

@@ -376,6 +376,13 @@ def test_smoke_run_end_to_end(tmp_path):
         for name in results["plots"]:
             assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # Server and load generator on two different CPUs, each pinned (this machine has two).
+    server_cpu, client_cpu = results["config"]["pinning"].values()
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert server_cpu is not None and client_cpu is not None and server_cpu != client_cpu
+        assert all(s["cpu"] == server_cpu for s in results["server_processes"])
+        assert all(r["cpu"] == client_cpu for p in echo for r in p["loops"]["asyncio"]["runs"])
+
     # No server outlives the run.
     assert results["server_processes"]
     for server in results["server_processes"]:
