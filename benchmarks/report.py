@@ -253,6 +253,11 @@ def conditions_lines(results: dict) -> list[str]:
     runs = [r for p in results.get("points", []) if p["workload"] in ("echo", "http")
             for entry in p["loops"].values() for r in entry.get("runs", [])
             if r.get("ok") and disturbance(r) is not None]
+    # One micro-benchmark process per loop and round (its four benchmarks share it).
+    micro = [r for p in results.get("points", [])[:] if p["workload"] == "micro"
+             and p["name"] == "call_soon" for entry in p["loops"].values()
+             for r in entry.get("runs", []) if r.get("ok") and "cpu_other_pct" in r]
+    runs += micro
     if not runs:
         return []
     busy = [disturbance(r) for r in runs if disturbance(r) >= BUSY_PCT]
@@ -260,12 +265,12 @@ def conditions_lines(results: dict) -> list[str]:
               if r.get("client_cpu_pct", 0) >= CLIENT_BOUND_PCT]
     lines = []
     if busy:
-        lines.append(f"- **Disturbed runs**: in {len(busy)} of {len(runs)} load runs other "
+        lines.append(f"- **Disturbed runs**: in {len(busy)} of {len(runs)} runs other "
                      f"processes took ≥ {BUSY_PCT:.0f}% of the server's or the load generator's "
                      f"CPU (up to {max(busy):.0f}%); those points have a wider min–max. Rerun "
                      "on a quiet machine for figures to quote.")
     else:
-        lines.append(f"- **Run conditions**: in none of the {len(runs)} load runs did other "
+        lines.append(f"- **Run conditions**: in none of the {len(runs)} runs did other "
                      f"processes take ≥ {BUSY_PCT:.0f}% of the server's or the load generator's "
                      "CPU.")
     repeated = [r for r in runs if r.get("attempts", 1) > 1]
@@ -551,15 +556,26 @@ def _micro_panel(ax, points, loops):
                 xs.append(x + (i - (len(loops) - 1) / 2) * width)
                 ys.append(value)
         if xs:
-            ax.bar(xs, ys, width, label=lp, color=LOOP_COLORS.get(lp))
-    ax.axhline(1.0, color="k", linewidth=0.8)
+            _bars_from_one(ax, xs, ys, width, lp, "{:.2f}×")
     ax.set_xticks(range(len(points)))
     ax.set_xticklabels([MICRO_TITLES.get(p["name"], p["name"]) for p in points], fontsize=8)
     ax.set_xlim(-0.5, len(points) - 0.5)
-    ax.set_title("loop micro-benchmarks: time relative to the stock loop (lower is better)",
-                 fontsize=10)
+    ax.set_title("loop micro-benchmarks: time relative to the stock loop, log scale "
+                 "(below 1 = faster than stock)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+
+
+def _bars_from_one(ax, xs, ys, width, label, fmt):
+    """Ratio bars on a log scale, drawn from 1 (parity) up or down to the value, labelled."""
+    ax.set_yscale("log")
+    heights = [y - 1.0 for y in ys]
+    ax.bar(xs, heights, width, bottom=1.0, label=label,
+           color=LOOP_COLORS.get(label.replace("vs ", "")))
+    for x, y in zip(xs, ys):
+        ax.text(x, y, fmt.format(y), ha="center", va="bottom" if y >= 1 else "top",
+                fontsize=6)
+    ax.axhline(1.0, color="k", linewidth=0.8)
 
 
 def _ratio_panel(ax, points):
@@ -586,13 +602,16 @@ def _ratio_panel(ax, points):
     for i, ref in enumerate(REFERENCES):
         xs = [x + (i - 0.5) * width for x, v in enumerate(values[ref]) if v is not None]
         ys = [v for v in values[ref] if v is not None]
-        ax.bar(xs, ys, width, label=f"vs {ref}", color=LOOP_COLORS[ref])
-    ax.axhline(1.0, color="k", linewidth=0.8)
+        if xs:
+            _bars_from_one(ax, xs, ys, width, f"vs {ref}", "{:.2f}")
+    for x in range(len(labels)):
+        if all(values[ref][x] is None for ref in REFERENCES):
+            ax.text(x, 1.0, "n/a", ha="center", va="center", fontsize=7, color="#d62728")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=6)
     ax.set_xlim(-0.5, len(labels) - 0.5)
-    ax.set_title("uringloop speed-up over the other loops, same-round medians "
-                 "(above 1 = uringloop faster; missing bar = n/a)", fontsize=10)
+    ax.set_title("uringloop's speed-up over the other loops, same-round medians, log scale "
+                 "(above 1 = uringloop faster)", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
 
@@ -607,8 +626,15 @@ def _syscall_panel(ax, sys_points, loops):
             if entry and not entry.get("error"):
                 xs.append(x + (i - (len(loops) - 1) / 2) * width)
                 ys.append(entry["per_request"])
+            elif entry:
+                ax.text(x + (i - (len(loops) - 1) / 2) * width, 0.03, "n/a", rotation=90,
+                        ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform(),
+                        color=LOOP_COLORS.get(lp, "k"))
         if xs:
             ax.bar(xs, ys, width, label=lp, color=LOOP_COLORS.get(lp))
+            for x, y in zip(xs, ys):
+                ax.text(x, y, f"{y:.2f}" if y < 10 else f"{y:.0f}", ha="center", va="bottom",
+                        fontsize=7)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_xlim(-0.5, len(labels) - 0.5)
@@ -632,8 +658,8 @@ def update_readme(results: dict, readme: Path, out_dir: Path) -> bool:
     if start < 0 or end < start:
         return False
     prefix = os.path.relpath(out_dir, readme.parent).replace(os.sep, "/") + "/"
-    body = render_markdown(results, image_prefix=prefix, heading="###")
-    body = body.replace("### Benchmark results\n", "", 1).strip()
+    body = render_markdown(results, image_prefix=prefix, heading="##")
+    body = body.replace("## Benchmark results\n", "", 1).strip()
     readme.write_text(text[:start + len(README_START)] + "\n\n" + body + "\n\n" + text[end:])
     return True
 

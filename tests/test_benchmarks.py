@@ -410,3 +410,23 @@ def test_interrupted_run_cleans_up(tmp_path):
     assert results["interrupted"] is True
     for server in results["server_processes"]:
         assert _gone(server["pid"]), server
+
+
+def test_readme_section_is_replaced_between_its_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Bench\n\nintro\n\n{report.README_START}\nold table\n"
+                      f"{report.README_END}\n\ntail\n")
+    results = _synthetic_results()
+    results["plots"] = ["echo.png"]
+    assert report.update_readme(results, readme, tmp_path / "results")
+    text = readme.read_text()
+    assert "old table" not in text
+    assert text.startswith("# Bench\n\nintro\n") and text.endswith("\ntail\n")
+    assert "![echo.png](results/echo.png)" in text
+    assert "### Echo: requests per second" in text and "\n## Echo" not in text
+    # Idempotent: a second run replaces its own section instead of adding one.
+    report.update_readme(results, readme, tmp_path / "results")
+    assert readme.read_text().count(report.README_START) == 1
+    assert readme.read_text() == text
+    (tmp_path / "plain.md").write_text("no markers")
+    assert not report.update_readme(results, tmp_path / "plain.md", tmp_path)
