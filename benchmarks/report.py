@@ -275,9 +275,11 @@ def conditions_lines(results: dict) -> list[str]:
                      "CPU.")
     repeated = [r for r in runs if r.get("attempts", 1) > 1]
     if repeated:
-        lines.append(f"- **Repeated runs**: {len(repeated)} disturbed runs were run again and "
-                     "the less disturbed attempt kept (at most once per run, within a budget "
-                     "of 15% extra time).")
+        retry = results["config"].get("retry", {})
+        lines.append(f"- **Repeated runs**: {len(repeated)} runs disturbed by ≥ "
+                     f"{retry.get('disturbed_pct', '?')}% were run again and the less disturbed "
+                     "attempt kept (at most once per run, within a budget of "
+                     f"{retry.get('budget', 0) * 100:.0f}% extra time).")
     if client:
         lines.append(f"- **Load generator near saturation** in {len(client)} runs (CPU ≥ "
                      f"{CLIENT_BOUND_PCT:.0f}%): those rates may be limited by the client.")

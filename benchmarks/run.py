@@ -46,7 +46,7 @@ REFERENCES = ("uvloop", "asyncio")
 # A load run in which other processes took this much of the server's or the client's CPU is
 # repeated once; the extra runs may add at most RETRY_BUDGET of the planned time.
 RETRY_DISTURBED_PCT = 25.0
-RETRY_BUDGET = 0.15
+RETRY_BUDGET = 0.10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +252,7 @@ class Runner:
                 "duration": mode.duration, "warmup": mode.warmup,
                 "http_duration": mode.http_duration, "micro_scale": mode.micro_scale,
                 "references": list(REFERENCES),
+                "retry": {"disturbed_pct": RETRY_DISTURBED_PCT, "budget": RETRY_BUDGET},
                 "pinning": {"server": self.server_cpu, "client": self.client_cpu},
             },
             "points": [],
