@@ -280,6 +280,10 @@ def conditions_lines(results: dict) -> list[str]:
                      f"{retry.get('disturbed_pct', '?')}% were run again and the less disturbed "
                      "attempt kept (at most once per run, within a budget of "
                      f"{retry.get('budget', 0) * 100:.0f}% extra time).")
+    restarts = results.get("server_restarts", [])
+    if restarts:
+        lines.append(f"- **Server restarts**: {len(restarts)} server processes died during the "
+                     f"run and were replaced (first: {restarts[0]})")
     if client:
         lines.append(f"- **Load generator near saturation** in {len(client)} runs (CPU ≥ "
                      f"{CLIENT_BOUND_PCT:.0f}%): those rates may be limited by the client.")
@@ -306,10 +310,11 @@ def metadata_lines(results: dict) -> list[str]:
         f"{meta['loadavg_start']}, at end {meta.get('loadavg_end', '?')}",
         f"- **Python** {meta['python']} ({meta['python_executable']}); uringloop "
         f"{ver('uringloop')} (git {meta.get('git', '?')}), uvloop {ver('uvloop')}, aiohttp "
-        f"{ver('aiohttp')}, matplotlib {ver('matplotlib')}; {meta.get('wrk') or 'wrk: not installed'}",
+        f"{ver('aiohttp')}, matplotlib {ver('matplotlib')}; "
+        f"{meta.get('wrk') or 'wrk: not installed'}",
         f"- **Pinning**: server process on CPU {pin.get('server', '–')}, load generator on CPU "
         f"{pin.get('client', '–')} (benchmarks/loadgen.c, `{meta.get('loadgen_build', '?')}`)",
-        f"- **Loops verified** (type of the running loop, printed by each server): "
+        "- **Loops verified** (type of the running loop, printed by each server): "
         + ", ".join(f"{k} → `{v}`" for k, v in sorted(results.get("loop_types", {}).items())),
     ]
     return lines

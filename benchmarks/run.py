@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -262,33 +261,33 @@ class Runner:
     # -- servers --
 
     def start_servers(self, style: str) -> dict:
-        servers = {}
-        for lp in self.loops:
-            server = harness.Server(lp, style).start(self.server_cpu, self.log_dir,
-                                                     max_seconds=3600)
-            if server.ready:
-                expected = loops_mod.EXPECTED_TYPES[lp]
-                if server.loop_type != expected:
-                    server.error = (f"the server runs {server.loop_type}, not {expected}: "
-                                    "refusing to report it as " + lp)
-                    server.stop()
-                else:
-                    self.loop_types.setdefault(lp, server.loop_type)
-            if server.ready:
-                self.progress.say(f"{style} server on {lp}: type(loop) = {server.loop_type}, "
-                                  f"CPUs {server.cpus}")
+        return {lp: self.start_server(lp, style) for lp in self.loops}
+
+    def start_server(self, lp: str, style: str) -> harness.Server:
+        """A server of `style` on loop `lp`, pinned and verified to run that loop (n/a with the
+        reason otherwise)."""
+        server = harness.Server(lp, style).start(self.server_cpu, self.log_dir,
+                                                 max_seconds=3600)
+        if server.ready:
+            expected = loops_mod.EXPECTED_TYPES[lp]
+            if server.loop_type != expected:
+                server.error = (f"the server runs {server.loop_type}, not {expected}: "
+                                "refusing to report it as " + lp)
+                server.stop()
             else:
-                self.progress.say(f"{style} server on {lp}: n/a - {server.error}")
-            servers[lp] = server
-        return servers
+                self.loop_types.setdefault(lp, server.loop_type)
+        if server.ready:
+            self.progress.say(f"{style} server on {lp}: type(loop) = {server.loop_type}, "
+                              f"CPUs {server.cpus}")
+        else:
+            self.progress.say(f"{style} server on {lp}: n/a - {server.error}")
+        return server
 
     def ensure_alive(self, server: harness.Server) -> harness.Server:
-        """A server that died mid-run is restarted (once per point) so that one crash does not
-        blank out the rest of the style; the crash is recorded on the run it broke."""
+        """A server found dead before a run is replaced by a new one, so that one crash does
+        not blank out the rest of the style; the crash is recorded on the run it broke."""
         if server.ready and not server.alive():
-            restarted = harness.Server(server.loop, server.style).start(
-                self.server_cpu, self.log_dir, max_seconds=3600)
-            return restarted
+            return self.start_server(server.loop, server.style)
         return server
 
     # -- echo --
@@ -318,6 +317,8 @@ class Runner:
                 if not server.alive():
                     died = (f"the {lp} server exited (status {server.proc.poll()}): "
                             f"{harness._tail(server.log_path)}")
+                    self.results.setdefault("server_restarts", []).append(died)
+                    self.progress.say(died + " - starting a new one")
                     server = servers[lp] = self.ensure_alive(server)
                     if not server.ready:
                         runs[lp].append({"ok": False, "error": died})

@@ -4,6 +4,7 @@ and a smoke run goes through every code path.  No timing is asserted anywhere.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -367,9 +368,7 @@ def test_smoke_run_end_to_end(tmp_path):
     md = (out_dir / "results.md").read_text()
     assert "## Echo: requests per second" in md
     assert results["meta"]["kernel"] in md and results["meta"]["cpu_model"] in md
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("matplotlib") is None:
         assert results["plots"] == []
     else:
         assert set(results["plots"]) == {"echo.png", "summary.png"}
@@ -430,3 +429,23 @@ def test_readme_section_is_replaced_between_its_markers(tmp_path):
     assert readme.read_text() == text
     (tmp_path / "plain.md").write_text("no markers")
     assert not report.update_readme(results, tmp_path / "plain.md", tmp_path)
+
+
+def test_a_server_that_dies_is_replaced_and_the_death_recorded(tmp_path):
+    import run
+    runner = run.Runner(run.SMOKE, ["asyncio"], tmp_path, run.Progress(1.0, stream=open(
+        os.devnull, "w")), "test", harness.pinning())
+    servers = runner.start_servers("sock")
+    first = servers["asyncio"]
+    try:
+        os.kill(first.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        point = runner.echo_point(servers, "sock", 1024, 2)
+    finally:
+        for server in servers.values():
+            server.stop()
+        first.stop()
+        runner.progress.stream.close()
+    assert servers["asyncio"] is not first and _gone(servers["asyncio"].proc.pid)
+    assert point["loops"]["asyncio"]["runs"][0]["ok"], point
+    assert "the asyncio server exited (status -9)" in runner.results["server_restarts"][0]
