@@ -671,7 +671,13 @@ def main(argv=None) -> int:
         log(f"note: {mode.reps} round(s) per point: fine for a try-out, not for figures to quote "
             "(use at least 3)")
     if "syscalls" in only:
-        log(f"system calls counted with: {runner.syscall_method[1]}")
+        if runner.syscall_method[0]:
+            log(f"system calls counted with: {runner.syscall_method[1]}")
+        else:
+            log(f"WARNING: system calls will not be counted: {runner.syscall_method[1]} "
+                "(apt-get install linux-perf, or strace)")
+            only.discard("syscalls")
+            runner.results["syscalls"] = {"skipped": runner.syscall_method[1]}
     if "http" in only and harness.wrk_path() is None:
         log("WARNING: wrk is not installed: the aiohttp benchmark will be skipped. Install it "
             "with `apt-get update && apt-get install wrk`.")
@@ -686,8 +692,6 @@ def main(argv=None) -> int:
                 style,
                 [p for p in mode.echo_points if p[0] == style] if "echo" in only else [],
                 [p for p in mode.syscall_points if p[0] == style] if "syscalls" in only else [])
-        if "syscalls" in only and not runner.syscall_method[0]:
-            runner.results["syscalls"] = {"skipped": runner.syscall_method[1]}
         if "http" in only:
             runner.http()
         if "micro" in only:
