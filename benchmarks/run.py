@@ -716,4 +716,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import bootstrap  # noqa: E402  (first run on a fresh machine: venv, packages, wrk)
+    bootstrap.ensure_environment(sys.argv[1:])
     sys.exit(main())
