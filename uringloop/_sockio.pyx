@@ -361,6 +361,13 @@ cdef class SocketState(Completer):
                 cop.tag = req
                 self.send_op = cop
                 cop.submit()
+                # asyncio's sock_connect calls connect(2) before it first yields, and programs
+                # rely on it: the peer's listener has the connection in its backlog right
+                # away (a blocking accept() after one `await asyncio.sleep(0)` returns), and a
+                # connect cancelled after one iteration has still been attempted (refused by a
+                # socket that was not listening yet, rather than connecting when it later
+                # listens).  One connection attempt is worth its own io_uring_enter.
+                self.proactor.submit_pending()
                 return 0
             if req.kind == K_SEND:
                 bop = SendOp(self.proactor, self, self.fd, self.sock_ref())
