@@ -118,7 +118,7 @@ def converted_class(module, convert: suites.Convert, factory: LoopCounter):
     return cls
 
 
-def test_classes(module, suite: suites.Suite, factory: LoopCounter) -> list:
+def test_classes(module, suite: suites.Suite, factory: LoopCounter, events: Events) -> list:
     seen, classes = set(), []
     for name, obj in list(vars(module).items()):
         if (isinstance(obj, type) and issubclass(obj, unittest.TestCase)
@@ -130,6 +130,12 @@ def test_classes(module, suite: suites.Suite, factory: LoopCounter) -> list:
         cls = converted_class(module, convert, factory)
         if cls is not None:
             classes.append(cls)
+        else:
+            # A class suites.py converts is gone from this Python's suite: its tests would
+            # silently not run, so the module fails until suites.py follows.
+            events.emit("fixture_error", id=f"conversion of {convert.source}",
+                        detail=f"{module.__name__} has no class {convert.source} to run on "
+                               "the loop under test; update suites.py")
     return classes
 
 
@@ -155,6 +161,9 @@ class EventResult(unittest.TestResult):
         self.factory = factory
         self.timeout = timeout
         self.log = log
+        # Loops are attributed to the test whose stopTest comes next: some are built before
+        # startTest (3.10's IsolatedAsyncioTestCase.run() makes its loop first) or in setUpClass.
+        self.loops_mark = factory.created
         self._reset()
 
     def _reset(self):
@@ -171,7 +180,6 @@ class EventResult(unittest.TestResult):
         super().startTest(test)
         self._reset()
         self.current = short_id(test.id())
-        self.loops_before = self.factory.created
         self.started = time.monotonic()
         self.log.write(f"\n### START {self.current}\n")
         self.log.flush()
@@ -191,9 +199,10 @@ class EventResult(unittest.TestResult):
             outcome, detail = "passed", ""
         else:
             outcome, detail = "error", "unittest reported no outcome for this test"
+        loops_mark, self.loops_mark = self.loops_mark, self.factory.created
         self.events.emit("result", id=self.current, outcome=outcome,
                          detail=detail[-DETAIL_LIMIT:],
-                         loops=self.factory.created - self.loops_before,
+                         loops=self.factory.created - loops_mark,
                          duration=round(time.monotonic() - self.started, 3))
         self.current = None
 
@@ -278,7 +287,7 @@ def main(argv=None) -> int:
 
     loader = unittest.TestLoader()
     tests = []
-    for cls in test_classes(module, suite, factory):
+    for cls in test_classes(module, suite, factory, events):
         tests.extend(loader.loadTestsFromTestCase(cls))
     version = sys.version_info[:3]
     excluded = {}

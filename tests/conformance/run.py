@@ -5,6 +5,7 @@
     python tests/conformance/run.py --loop asyncio           # the stock loop: validates the selection
     python tests/conformance/run.py --show failures          # also list each failing test
     ~/.pyenv/versions/3.12.1/bin/python tests/conformance/run.py   # another interpreter
+    python tests/conformance/run.py --compare                # also the stock loop, the oracle
     python tests/conformance/run.py --write-known-failures   # regenerate known_failures/pyX.Y.txt
 """
 
@@ -47,9 +48,11 @@ def main(argv=None) -> int:
                         help="keep each module's output and events in DIR")
     parser.add_argument("--write-known-failures", action="store_true",
                         help="write the failures uringloop is charged with to "
-                             "known_failures/pyX.Y.txt")
+                             "known_failures/pyX.Y.txt (implies --compare)")
     args = parser.parse_args(argv)
 
+    if args.write_known_failures:
+        args.compare = True     # the list holds what uringloop is charged with: vs the stock loop
     loops = ["asyncio"] if args.loop == "asyncio" else \
         (["asyncio", "uringloop"] if args.compare else ["uringloop"])
     env = runner.child_environment()
@@ -57,6 +60,8 @@ def main(argv=None) -> int:
     if interpreter.problem:
         print(f"conformance run SKIPPED for {args.python}: {interpreter.problem}")
         return 0
+    if args.write_known_failures and args.modules:
+        parser.error("--write-known-failures rewrites the whole list: run every module")
     chosen = runner.selected_suites(args.modules)
     workdir = Path(args.log_dir).resolve() if args.log_dir else None
     if workdir:

@@ -68,10 +68,18 @@ class TestOutcome:
         lines = [line.strip() for line in self.detail.strip().splitlines() if line.strip()]
         if self.outcome in (TIMEOUT, CRASHED, NOT_RUN, SKIPPED):
             return f"{self.outcome}: {lines[0][:160]}" if lines else self.outcome
-        for line in reversed(lines):
-            if not line.startswith(("File ", "^", "~", "###", "During handling",
-                                    "The above exception", "Traceback")):
-                return f"{self.outcome}: {line[:160]}"
+        for index in range(len(lines) - 1, -1, -1):
+            line = lines[index]
+            if line.startswith(("File ", "^", "~", "###", "During handling",
+                                "The above exception", "Traceback")):
+                continue
+            if ":" not in line:
+                # A bare exception (NotImplementedError): where it came from says more.
+                where = next((f[f.rindex(" in ") + 4:] for f in reversed(lines[:index])
+                              if f.startswith("File ") and " in " in f), None)
+                if where:
+                    line = f"{line} in {where}"
+            return f"{self.outcome}: {line[:160]}"
         return self.outcome
 
 
@@ -136,7 +144,9 @@ try:
                        if importlib.util.find_spec("test.test_asyncio." + m) is not None]
 except Exception as exc:
     info["problem"] = ("this interpreter has no test suite (the `test` package with "
-                       "test.test_asyncio): %s: %s" % (type(exc).__name__, exc))
+                       "test.test_asyncio): %s: %s; install it to run the conformance tests "
+                       "(Debian/Ubuntu: apt install libpython%d.%d-testsuite)"
+                       % (type(exc).__name__, exc, sys.version_info[0], sys.version_info[1]))
 if info["problem"] is None and LOOP == "uringloop":
     try:
         import uringloop
@@ -263,12 +273,18 @@ class ModuleRunner:
         self.last_started = None        # in this child: where a death between tests happened
         if not self.events_path.exists():
             return running, offset
-        with open(self.events_path, encoding="utf-8") as f:
+        with open(self.events_path, "rb") as f:
             f.seek(offset)
             data = f.read()
-        complete = data[:data.rfind("\n") + 1]      # a line cut short by a crash is dropped
-        for line in complete.splitlines():
-            event = json.loads(line)
+        complete = data[:data.rfind(b"\n") + 1]
+        if len(complete) < len(data):
+            # A line cut short by a crash: drop it, or the next child would append to it.
+            os.truncate(self.events_path, offset + len(complete))
+        for line in complete.decode("utf-8", "replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
             kind = event["event"]
             if kind == "collected":
                 if not self.run.tests:
@@ -290,7 +306,7 @@ class ModuleRunner:
                 self.run.reason = event["reason"]
             elif kind == "done":
                 self.finished = True
-        return running, offset + len(complete.encode("utf-8"))
+        return running, offset + len(complete)
 
     def _log_since(self, offset: int) -> str:
         with open(self.log_path, "rb") as f:

@@ -93,3 +93,16 @@ def test_crashes_hangs_and_fixtures_are_charged_to_the_right_tests(tmp_path):
     assert results["Ordinary.test_1_passes"].loops == 0
     assert run.children == 4        # the first, and one after each crash or hang
     assert run.counts()["failing"] == 6
+
+
+def test_an_interpreter_without_the_test_suite_is_reported_not_run(tmp_path):
+    # Debian's and Ubuntu's python3 ship without the `test` package (it is in
+    # libpythonX.Y-testsuite); an empty package of that name stands in for one.
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "__init__.py").write_text("")
+    env = runner.child_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    interpreter = runner.probe_interpreter(sys.executable, "uringloop", env)
+    assert interpreter.problem is not None
+    assert interpreter.problem.startswith("this interpreter has no test suite")
+    assert interpreter.modules == ()
