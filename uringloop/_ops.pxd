@@ -33,6 +33,7 @@ cdef class Proactor:
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
     cdef int flush_backlog(self) except -1
+    cdef int submit_pending(self) except -1
     cdef int reap(self) except -1
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
     cdef int check_usable(self) except -1

@@ -276,6 +276,15 @@ cdef class Proactor:
             del self.backlog[:i]
         return 0
 
+    cdef int submit_pending(self) except -1:
+        """Hand every queued SQE to the kernel now, without waiting for anything -- for the few
+        requests whose effect others may observe before the loop's next iteration."""
+        self.check_usable()
+        if self.backlog:
+            self.flush_backlog()
+        self.ring.enter(0, 0)
+        return 0
+
     cdef int cancel(self, Operation op) except -1:
         cdef io_uring_sqe *sqe
         if op.state == OP_QUEUED:

@@ -361,6 +361,13 @@ cdef class SocketState(Completer):
                 cop.tag = req
                 self.send_op = cop
                 cop.submit()
+                # asyncio's sock_connect calls connect(2) before it first yields, and programs
+                # rely on it: the peer's listener has the connection in its backlog right
+                # away (a blocking accept() after one `await asyncio.sleep(0)` returns), and a
+                # connect cancelled after one iteration has still been attempted (refused by a
+                # socket that was not listening yet, rather than connecting when it later
+                # listens).  One connection attempt is worth its own io_uring_enter.
+                self.proactor.submit_pending()
                 return 0
             if req.kind == K_SEND:
                 bop = SendOp(self.proactor, self, self.fd, self.sock_ref())
@@ -420,6 +427,11 @@ cdef class SocketState(Completer):
 
 # ---------------------------------------------------------------------------------------------
 # the loop methods (bound onto uringloop.Loop)
+#
+# They are coroutine functions, as in asyncio: user code passes loop.sock_recv(...) to
+# create_task(), gather() and wait_for(), which accept coroutines only.  The body runs when the
+# coroutine is first awaited or the task first runs -- as in asyncio, that is when the request
+# joins the socket's queue and when argument errors are raised.
 # ---------------------------------------------------------------------------------------------
 
 cdef SocketState _state_for(loop, sock):
@@ -446,7 +458,7 @@ cdef SocketState _state_for(loop, sock):
     return state
 
 
-def sock_recv(self, sock, Py_ssize_t n):
+async def sock_recv(self, sock, Py_ssize_t n):
     """Receive up to n bytes from sock (completion-based recv)."""
     cdef SocketState state = _state_for(self, sock)
     if n < 0:
@@ -455,10 +467,10 @@ def sock_recv(self, sock, Py_ssize_t n):
     req.nbytes = n
     state.recv_q.append(req)
     state.pump_recv()
-    return req.fut
+    return await req.fut
 
 
-def sock_recv_into(self, sock, buf):
+async def sock_recv_into(self, sock, buf):
     """Receive into buf; the kernel writes into it directly, and holds it until it is done."""
     cdef SocketState state = _state_for(self, sock)
     _check_writable(buf)
@@ -466,10 +478,10 @@ def sock_recv_into(self, sock, buf):
     req.buf = buf
     state.recv_q.append(req)
     state.pump_recv()
-    return req.fut
+    return await req.fut
 
 
-def sock_recvfrom(self, sock, Py_ssize_t bufsize):
+async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
     cdef SocketState state = _state_for(self, sock)
     if bufsize < 0:
         raise ValueError("negative buffersize in recvfrom")
@@ -477,10 +489,10 @@ def sock_recvfrom(self, sock, Py_ssize_t bufsize):
     req.nbytes = bufsize
     state.recv_q.append(req)
     state.pump_recv()
-    return req.fut
+    return await req.fut
 
 
-def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
+async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
     cdef SocketState state = _state_for(self, sock)
     _check_writable(buf)
     if nbytes < 0:
@@ -492,25 +504,23 @@ def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
     req.nbytes = nbytes
     state.recv_q.append(req)
     state.pump_recv()
-    return req.fut
+    return await req.fut
 
 
-def sock_sendall(self, sock, data):
+async def sock_sendall(self, sock, data):
     """Send every byte of data; partial completions continue inside the core."""
     cdef SocketState state = _state_for(self, sock)
     cdef Request req
     if memoryview(data).nbytes == 0:
-        fut = self.create_future()
-        fut.set_result(None)
-        return fut
+        return None
     req = state.new_request(K_SEND)
     req.buf = data
     state.send_q.append(req)
     state.pump_send()
-    return req.fut
+    return await req.fut
 
 
-def sock_sendto(self, sock, data, address):
+async def sock_sendto(self, sock, data, address):
     cdef SocketState state = _state_for(self, sock)
     memoryview(data)
     cdef Request req = state.new_request(K_SENDTO)
@@ -518,16 +528,16 @@ def sock_sendto(self, sock, data, address):
     req.address = address
     state.send_q.append(req)
     state.pump_send()
-    return req.fut
+    return await req.fut
 
 
-def sock_accept(self, sock):
+async def sock_accept(self, sock):
     """Accept a connection: (conn, address), conn non-blocking, as with the stock loop."""
     cdef SocketState state = _state_for(self, sock)
     cdef Request req = state.new_request(K_ACCEPT)
     state.accept_q.append(req)
     state.pump_accept()
-    return req.fut
+    return await req.fut
 
 
 def connect_resolved(self, sock, address):
