@@ -22,7 +22,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VENV = HERE / ".venv"
-REQUIRED = ("uringloop", "uvloop", "aiohttp", "matplotlib")
+# matplotlib is optional (without it the report has no plots and says so), so an environment
+# that already has the loops -- a developer's, or tox's -- is used as it is.
+REQUIRED = ("uringloop", "uvloop", "aiohttp")
 # Set in the re-executed child so that a broken install cannot loop forever.
 GUARD = "URINGLOOP_BENCH_BOOTSTRAPPED"
 
