@@ -80,8 +80,7 @@ cdef class RecvOp(BufferOp):
 cdef class SendOp(BufferOp):
     """send(2) until every byte is out: a partial completion resubmits the rest from inside the
     core, so no owner ever sees a short write."""
-    cdef bint zerocopy
-    cdef int zc_notif_pending
+    pass
 
 
 cdef class MultishotRecvOp(Operation):

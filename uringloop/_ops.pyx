@@ -550,6 +550,13 @@ cdef class Operation:
         return self.state != OP_IDLE
 
 
+cdef inline unsigned _chunk(BufferOp op):
+    # What one submission can move of the rest of the buffer: an SQE's length is 32 bits and a
+    # CQE's result a (positive) int.
+    cdef Py_ssize_t n = op.view.len - op.offset
+    return <unsigned>(n if n <= 0x7fffffff else 0x7fffffff)
+
+
 cdef class BufferOp(Operation):
 
     cdef int set_buffer(self, object obj, bint writable) except -1:
@@ -594,10 +601,7 @@ cdef class BufferOp(Operation):
 @cython.final
 cdef class RecvOp(BufferOp):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
-        cdef Py_ssize_t n = self.view.len - self.offset
-        if n > 0x7fffffff:
-            n = 0x7fffffff
-        ul_prep_recv(sqe, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+        ul_prep_recv(sqe, self.fd, <char *>self.view.buf + self.offset, _chunk(self),
                      self.flags, self.ud())
         return 0
 
@@ -605,10 +609,7 @@ cdef class RecvOp(BufferOp):
 @cython.final
 cdef class SendOp(BufferOp):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
-        cdef Py_ssize_t n = self.view.len - self.offset
-        if n > 0x7fffffff:
-            n = 0x7fffffff
-        ul_prep_send(sqe, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+        ul_prep_send(sqe, self.fd, <char *>self.view.buf + self.offset, _chunk(self),
                      self.flags | MSG_NOSIGNAL, self.ud())
         return 0
 
@@ -622,8 +623,6 @@ cdef class SendOp(BufferOp):
                 self.submit()
                 return 0
             res = <int>min(self.offset, 0x7fffffff)
-        elif res == 0 and self.view.len == 0:
-            res = 0
         elif self.offset > 0 and res == -ECANCELED:
             # Cancelled part-way: report what went out so the owner can tell the user.
             res = <int>min(self.offset, 0x7fffffff)
@@ -718,10 +717,7 @@ cdef class PollOp(Operation):
 @cython.final
 cdef class ReadWriteOp(BufferOp):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
-        cdef Py_ssize_t n = self.view.len - self.offset
-        if n > 0x7fffffff:
-            n = 0x7fffffff
-        ul_prep_rw(sqe, self.opcode, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+        ul_prep_rw(sqe, self.opcode, self.fd, <char *>self.view.buf + self.offset, _chunk(self),
                    <uint64_t>(self.position + self.offset), self.ud())
         return 0
 

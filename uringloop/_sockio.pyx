@@ -151,11 +151,10 @@ cdef class SocketState(Completer):
     cdef int pump_recv(self) except -1:
         cdef Request req
         cdef Operation op
-        while self.recv_q:
-            req = <Request>self.recv_q[0]
-            if req.fut.done():
-                self.recv_q.popleft()
-                continue
+        while True:
+            req = self.next_request(self.recv_q)
+            if req is None:
+                return 0
             if self.stash_exc is not None:
                 exc, self.stash_exc = self.stash_exc, None
                 self.recv_q.popleft()
@@ -177,7 +176,6 @@ cdef class SocketState(Completer):
             self.recv_op = op
             op.submit()
             return 0
-        return 0
 
     cdef Operation make_recv_op(self, Request req):
         cdef BufferOp op
@@ -231,20 +229,36 @@ cdef class SocketState(Completer):
             req.fut.set_result(n)
         return 0
 
+    cdef Request next_request(self, object q):
+        # The oldest request of a queue still waiting for a result (those whose awaiter was
+        # cancelled are dropped), or None.
+        cdef Request req
+        while q:
+            req = <Request>q[0]
+            if not req.fut.done():
+                return req
+            q.popleft()
+        return None
+
+    cdef Request finish_request(self, Operation op, object q):
+        # The request an operation served, off its queue: its final completion has come.
+        cdef Request req = <Request>op.tag
+        op.tag = None
+        if q and q[0] is req:
+            q.popleft()
+        req.fut._ul_req = None
+        return req
+
     cdef int fail(self, Request req, object exc) except -1:
         if not req.fut.done():
             req.fut.set_exception(exc)
         return 0
 
     cdef int recv_done(self, BufferOp op, int res) except -1:
-        cdef Request req = <Request>op.tag
+        cdef Request req = self.finish_request(op, self.recv_q)
         cdef bint waiting = not req.fut.done()
         cdef object data, addr = None
-        op.tag = None
         self.recv_op = None
-        if self.recv_q and self.recv_q[0] is req:
-            self.recv_q.popleft()
-        req.fut._ul_req = None
         if res == -ECANCELED:
             pass
         elif res < 0:
@@ -285,13 +299,10 @@ cdef class SocketState(Completer):
     cdef int pump_accept(self) except -1:
         cdef Request req
         cdef AcceptOp op
-        while self.accept_q:
-            req = <Request>self.accept_q[0]
-            if req.fut.done():
-                self.accept_q.popleft()
-                continue
-            if self.stash_exc is not None and not self.stream:
-                pass
+        while True:
+            req = self.next_request(self.accept_q)
+            if req is None:
+                return 0
             if self.accepted:
                 self.accept_q.popleft()
                 fd, addr = self.accepted.popleft()
@@ -304,7 +315,6 @@ cdef class SocketState(Completer):
             self.accept_op = op
             op.submit()
             return 0
-        return 0
 
     cdef int deliver_connection(self, Request req, int fd, object addr) except -1:
         cdef object listener = self.sock_ref()
@@ -320,13 +330,9 @@ cdef class SocketState(Completer):
         return 0
 
     cdef int accept_done(self, AcceptOp op, int res) except -1:
-        cdef Request req = <Request>op.tag
+        cdef Request req = self.finish_request(op, self.accept_q)
         cdef bint waiting = not req.fut.done()
-        op.tag = None
         self.accept_op = None
-        if self.accept_q and self.accept_q[0] is req:
-            self.accept_q.popleft()
-        req.fut._ul_req = None
         if res >= 0:
             addr = op.address(self.family)
             if waiting:
@@ -345,51 +351,36 @@ cdef class SocketState(Completer):
     # ---- send and connect ----
 
     cdef int pump_send(self) except -1:
-        cdef Request req
-        cdef BufferOp bop
-        cdef ConnectOp cop
-        while self.send_q:
-            req = <Request>self.send_q[0]
-            if req.fut.done():
-                self.send_q.popleft()
-                continue
-            if self.send_op is not None or self.proactor.closing:
-                return 0
-            if req.kind == K_CONNECT:
-                cop = ConnectOp(self.proactor, self, self.fd, self.sock_ref())
-                cop.set_address(self.family, req.address)
-                cop.tag = req
-                self.send_op = cop
-                cop.submit()
-                # asyncio's sock_connect calls connect(2) before it first yields, and programs
-                # rely on it: the peer's listener has the connection in its backlog right
-                # away (a blocking accept() after one `await asyncio.sleep(0)` returns), and a
-                # connect cancelled after one iteration has still been attempted (refused by a
-                # socket that was not listening yet, rather than connecting when it later
-                # listens).  One connection attempt is worth its own io_uring_enter.
-                self.proactor.submit_pending()
-                return 0
-            if req.kind == K_SEND:
-                bop = SendOp(self.proactor, self, self.fd, self.sock_ref())
-                bop.set_buffer(req.buf, False)
-            else:
-                bop = MsgOp(self.proactor, self, self.fd, self.sock_ref())
-                (<MsgOp>bop).sending = True
-                bop.set_buffer(req.buf, False)
-                (<MsgOp>bop).set_address(self.family, req.address)
-            bop.tag = req
-            self.send_op = bop
-            bop.submit()
+        cdef Request req = self.next_request(self.send_q)
+        cdef Operation op
+        if req is None or self.send_op is not None or self.proactor.closing:
             return 0
+        if req.kind == K_CONNECT:
+            op = ConnectOp(self.proactor, self, self.fd, self.sock_ref())
+            (<ConnectOp>op).set_address(self.family, req.address)
+        elif req.kind == K_SEND:
+            op = SendOp(self.proactor, self, self.fd, self.sock_ref())
+            (<SendOp>op).set_buffer(req.buf, False)
+        else:
+            op = MsgOp(self.proactor, self, self.fd, self.sock_ref())
+            (<MsgOp>op).sending = True
+            (<MsgOp>op).set_buffer(req.buf, False)
+            (<MsgOp>op).set_address(self.family, req.address)
+        op.tag = req
+        self.send_op = op
+        op.submit()
+        if req.kind == K_CONNECT:
+            # asyncio's sock_connect calls connect(2) before it first yields, and programs
+            # rely on it: the peer's listener has the connection in its backlog right away (a
+            # blocking accept() after one `await asyncio.sleep(0)` returns), and a connect
+            # cancelled after one iteration has still been attempted.  One connection attempt
+            # is worth its own io_uring_enter.
+            self.proactor.submit_pending()
         return 0
 
     cdef int send_done(self, Operation op, int res) except -1:
-        cdef Request req = <Request>op.tag
-        op.tag = None
+        cdef Request req = self.finish_request(op, self.send_q)
         self.send_op = None
-        if self.send_q and self.send_q[0] is req:
-            self.send_q.popleft()
-        req.fut._ul_req = None
         if not req.fut.done():
             if res == -ECANCELED:
                 req.fut.cancel()
