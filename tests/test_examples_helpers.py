@@ -14,17 +14,15 @@ import sys
 import threading
 import time
 
-import uringloop
+
+from helpers import child_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 # The examples must run against the uringloop these tests imported (the in-place build of this
 # checkout, or an installed one).
-URINGLOOP_PATH = str(pathlib.Path(uringloop.__file__).resolve().parent.parent)
-
-
 def example_env() -> dict:
-    return dict(os.environ, PYTHONPATH=URINGLOOP_PATH, PYTHONUNBUFFERED="1")
+    return child_env(PYTHONUNBUFFERED="1")
 
 
 def example_command(name: str, *args) -> list:

@@ -21,7 +21,8 @@ import pytest
 import uringloop
 from uringloop import files
 
-from test_examples_helpers import URINGLOOP_PATH, drop_dac_capabilities, example_env
+from helpers import PACKAGE_PARENT
+from test_examples_helpers import drop_dac_capabilities, example_env
 
 uring_only = pytest.mark.asyncio(loop_factories=["uringloop"])
 
@@ -194,7 +195,7 @@ def run_unprivileged(args):
     # cwd: `python -c` puts the working directory first on sys.path, where a checkout's
     # uringloop/ (sources only, under tox) would shadow the package under test.
     return subprocess.run(args, env=example_env(), preexec_fn=drop_dac_capabilities,
-                          capture_output=True, text=True, timeout=60, cwd=URINGLOOP_PATH)
+                          capture_output=True, text=True, timeout=60, cwd=PACKAGE_PARENT)
 
 
 def test_permission_error(tmp_path):

@@ -13,13 +13,14 @@ import time
 import pytest
 
 import uringloop
+
+from helpers import PACKAGE_PARENT, child_env
 from uringloop import _probe
 
 
 # Child interpreters import the very uringloop this test imported (an in-place build or the
 # installed package), whichever directory that is.
-PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(uringloop.__file__)))
-CHILD_ENV = dict(os.environ, PYTHONPATH=PACKAGE_PARENT)
+CHILD_ENV = child_env()
 
 
 def run_python(code, timeout=60):

@@ -13,22 +13,7 @@ import pytest
 
 import uringloop
 
-
-def bounded(seconds=15):
-    """Fail a test that hangs instead of hanging the run."""
-    def decorate(fn):
-        @functools.wraps(fn)
-        async def run(*args, **kwargs):
-            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
-        return run
-    return decorate
-
-
-def pattern(n, seed=0):
-    """n bytes that reveal any loss, duplication or reordering (a running 32-bit counter)."""
-    words = (n + 3) // 4
-    return struct.pack(f'<{words}I', *range(seed, seed + words))[:n]
-
+from helpers import bounded, pattern
 
 class Recorder(asyncio.Protocol):
     """Records every protocol call; futures for the moments tests wait on."""

@@ -5,11 +5,12 @@ what a loop on such a kernel starts with."""
 
 import asyncio
 import os
-import struct
 
 import pytest
 
 import uringloop
+
+from helpers import pattern
 
 FALLBACKS = {
     'single-shot-recv': {'multishot_recv': False},
@@ -25,12 +26,6 @@ def narrowed_loop(request):
     loop._features.update(FALLBACKS[request.param])
     yield loop
     loop.close()
-
-
-def pattern(n, seed=0):
-    words = (n + 3) // 4
-    return struct.pack(f'<{words}I', *range(seed, seed + words))[:n]
-
 
 class Sink(asyncio.Protocol):
     def __init__(self):

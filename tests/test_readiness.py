@@ -2,7 +2,6 @@
 
 import asyncio
 import contextvars
-import gc
 import os
 import socket
 
@@ -10,15 +9,7 @@ import pytest
 
 import uringloop
 
-
-@pytest.fixture(autouse=True)
-def no_leaked_fds():
-    before = set(os.listdir("/proc/self/fd"))
-    yield
-    gc.collect()
-    leaked = set(os.listdir("/proc/self/fd")) - before
-    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
-                        if os.path.exists(f"/proc/self/fd/{fd}")]
+from helpers import no_leaked_fds  # noqa: F401 (an autouse fixture)
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 os.sendfile) and the fallbacks, run on uringloop and on the stock loop."""
 
 import asyncio
-import functools
 import hashlib
 import io
 import os
@@ -10,16 +9,7 @@ import socket
 
 import pytest
 
-from test_tls import certificate, contexts  # noqa: F401  (fixtures)
-
-
-def bounded(seconds=20):
-    def decorate(fn):
-        @functools.wraps(fn)
-        async def run(*args, **kwargs):
-            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
-        return run
-    return decorate
+from helpers import bounded, certificate, contexts  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -65,7 +55,7 @@ def open_fds():
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 @pytest.mark.parametrize('size', [1, 100_000, 5 * 1024 * 1024 + 17])
 async def test_sock_sendfile_whole_file(data_file, size):
     loop = asyncio.get_running_loop()
@@ -81,7 +71,7 @@ async def test_sock_sendfile_whole_file(data_file, size):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_sock_sendfile_offset_and_count(data_file):
     loop = asyncio.get_running_loop()
     path = data_file(3_000_000)
@@ -101,7 +91,7 @@ async def test_sock_sendfile_offset_and_count(data_file):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_sock_sendfile_empty_file(tmp_path):
     loop = asyncio.get_running_loop()
     path = tmp_path / 'empty'
@@ -113,7 +103,7 @@ async def test_sock_sendfile_empty_file(tmp_path):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_sock_sendfile_non_regular_file_falls_back():
     loop = asyncio.get_running_loop()
     payload = os.urandom(200_000)
@@ -129,7 +119,7 @@ async def test_sock_sendfile_non_regular_file_falls_back():
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_sock_sendfile_argument_errors(data_file, tmp_path):
     loop = asyncio.get_running_loop()
     path = data_file(10)
@@ -153,7 +143,7 @@ async def test_sock_sendfile_argument_errors(data_file, tmp_path):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_sock_sendfile_to_closed_peer_raises(data_file):
     loop = asyncio.get_running_loop()
     path = data_file(64 * 1024 * 1024)
@@ -168,7 +158,7 @@ async def test_sock_sendfile_to_closed_peer_raises(data_file):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_sock_sendfile_cancelled_midway(data_file):
     loop = asyncio.get_running_loop()
     path = data_file(32 * 1024 * 1024)
@@ -228,7 +218,7 @@ async def transport_pair(server_ssl=None, client_ssl=None):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_loop_sendfile_on_a_transport(data_file):
     loop = asyncio.get_running_loop()
     path = data_file(4 * 1024 * 1024 + 3)
@@ -256,7 +246,7 @@ async def test_loop_sendfile_on_a_transport(data_file):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_loop_sendfile_fallback_on_a_transport():
     loop = asyncio.get_running_loop()
     payload = os.urandom(300_000)
@@ -279,7 +269,7 @@ async def test_loop_sendfile_fallback_on_a_transport():
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_loop_sendfile_errors(data_file):
     loop = asyncio.get_running_loop()
     path = data_file(10)

@@ -2,7 +2,6 @@
 closing, errors.  Run on uringloop and on the stock loop."""
 
 import asyncio
-import functools
 import gc
 import os
 import resource
@@ -11,14 +10,7 @@ import sys
 
 import pytest
 
-
-def bounded(seconds=15):
-    def decorate(fn):
-        @functools.wraps(fn)
-        async def run(*args, **kwargs):
-            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
-        return run
-    return decorate
+from helpers import bounded
 
 
 class Echo(asyncio.Protocol):

@@ -2,7 +2,6 @@
 
 import asyncio
 import faulthandler
-import gc
 import os
 import signal
 import subprocess
@@ -11,15 +10,7 @@ import threading
 
 import pytest
 
-
-@pytest.fixture(autouse=True)
-def no_leaked_fds():
-    before = set(os.listdir("/proc/self/fd"))
-    yield
-    gc.collect()
-    leaked = set(os.listdir("/proc/self/fd")) - before
-    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
-                        if os.path.exists(f"/proc/self/fd/{fd}")]
+from helpers import no_leaked_fds  # noqa: F401 (an autouse fixture)
 
 
 @pytest.fixture(autouse=True)

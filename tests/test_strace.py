@@ -6,7 +6,6 @@ socket I/O system call at all (recvfrom, sendto, recvmsg, sendmsg, accept4, conn
 poll, select).
 """
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,7 +14,8 @@ import textwrap
 
 import pytest
 
-import uringloop
+
+from helpers import PACKAGE_PARENT, child_env
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None,
                                 reason="strace is not installed (apt-get install strace)")
@@ -56,13 +56,11 @@ FORBIDDEN = ("recvfrom", "sendto", "recvmsg", "sendmsg", "accept", "accept4", "c
 
 def test_sock_data_path_is_io_uring_only(tmp_path):
     trace = tmp_path / "trace.txt"
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(uringloop.__file__)))
-    env = dict(os.environ, PYTHONPATH=package_parent)
     syscalls = ",".join(FORBIDDEN + ("io_uring_enter", "write"))
     result = subprocess.run(
         ["strace", "-f", "-qq", "-e", f"trace={syscalls}", "-o", str(trace),
          sys.executable, "-c", CHILD],
-        capture_output=True, text=True, timeout=120, env=env, cwd=package_parent)
+        capture_output=True, text=True, timeout=120, env=child_env(), cwd=PACKAGE_PARENT)
     assert result.returncode == 0, result.stderr
     text = trace.read_text()
     start = text.index("@@DATA-START@@")

@@ -14,9 +14,14 @@ import textwrap
 
 import pytest
 
+
+from helpers import PACKAGE_PARENT
+
 aiohttp = pytest.importorskip('aiohttp', reason='aiohttp is not installed')
 
-WORKTREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The server imports the uringloop these tests imported (an in-place build, or the installed
+# package under tox), never a checkout's source directory.
+WORKTREE = PACKAGE_PARENT
 
 TRACED = ['recvfrom', 'sendto', 'recvmsg', 'sendmsg', 'epoll_wait', 'epoll_pwait',
           'epoll_pwait2', 'poll', 'ppoll', 'select', 'pselect6', 'read', 'write',

@@ -2,32 +2,12 @@
 transports, on uringloop and on the stock loop."""
 
 import asyncio
-import functools
 import hashlib
 import os
 
 import pytest
 
-
-def bounded(seconds=15):
-    def decorate(fn):
-        @functools.wraps(fn)
-        async def run(*args, **kwargs):
-            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
-        return run
-    return decorate
-
-
-async def echo(reader, writer):
-    try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
+from helpers import bounded, echo
 
 
 async def start(handler=echo, **kwargs):

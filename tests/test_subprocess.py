@@ -1,7 +1,6 @@
 """asyncio.create_subprocess_exec/_shell on uringloop and on the stock loop."""
 
 import asyncio
-import gc
 import hashlib
 import os
 import signal
@@ -13,17 +12,9 @@ import pytest
 
 import uringloop
 
+from helpers import no_leaked_fds  # noqa: F401 (an autouse fixture)
+
 PY = sys.executable
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_fds():
-    before = set(os.listdir("/proc/self/fd"))
-    yield
-    gc.collect()
-    leaked = set(os.listdir("/proc/self/fd")) - before
-    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
-                        if os.path.exists(f"/proc/self/fd/{fd}")]
 
 
 def python(code):

@@ -2,89 +2,14 @@
 servers, server_hostname, start_tls, handshake timeout, errors.  Run on uringloop and stock."""
 
 import asyncio
-import datetime
-import functools
 import hashlib
 import os
-import shutil
 import ssl
-import subprocess
 import sys
 
 import pytest
 
-
-def bounded(seconds=20):
-    def decorate(fn):
-        @functools.wraps(fn)
-        async def run(*args, **kwargs):
-            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
-        return run
-    return decorate
-
-
-def _make_cert_with_cryptography(certfile, keyfile):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'localhost')])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName('localhost'), x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    with open(certfile, 'wb') as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(keyfile, 'wb') as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-
-
-def _make_cert_with_openssl(certfile, keyfile):
-    subprocess.run(
-        ['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-         '-nodes', '-days', '30', '-subj', '/CN=localhost',
-         '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
-         '-keyout', keyfile, '-out', certfile],
-        check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope='module')
-def certificate(tmp_path_factory):
-    """A self-signed certificate for localhost/127.0.0.1, made for this test run."""
-    directory = tmp_path_factory.mktemp('tls')
-    certfile, keyfile = str(directory / 'cert.pem'), str(directory / 'key.pem')
-    try:
-        import cryptography  # noqa: F401
-    except ImportError:
-        if shutil.which('openssl') is None:
-            pytest.skip('neither the cryptography package nor the openssl command is available '
-                        'to make a test certificate')
-        _make_cert_with_openssl(certfile, keyfile)
-    else:
-        _make_cert_with_cryptography(certfile, keyfile)
-    return certfile, keyfile
-
-
-@pytest.fixture
-def contexts(certificate):
-    certfile, keyfile = certificate
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(certfile, keyfile)
-    client = ssl.create_default_context(cafile=certfile)
-    return server, client
+from helpers import bounded, certificate, contexts  # noqa: F401 (fixtures)
 
 
 async def echo(reader, writer):
@@ -102,7 +27,7 @@ async def echo(reader, writer):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_tls_echo_and_extra_info(contexts):
     server_ctx, client_ctx = contexts
     server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)
@@ -157,7 +82,7 @@ async def test_tls_large_transfer_byte_for_byte(contexts):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_tls_protocol_api(contexts):
     loop = asyncio.get_running_loop()
     server_ctx, client_ctx = contexts
@@ -223,7 +148,7 @@ class LineProtocol(asyncio.Protocol):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_start_tls_upgrade(contexts):
     """STARTTLS: plain lines, then both ends upgrade the same connection.  The server pauses
     reading as soon as it sees STARTTLS, so the client's handshake bytes wait in the transport
@@ -268,7 +193,7 @@ async def test_start_tls_upgrade(contexts):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_wrong_hostname_fails_verification(contexts):
     server_ctx, client_ctx = contexts
     server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)
@@ -280,7 +205,7 @@ async def test_wrong_hostname_fails_verification(contexts):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_untrusted_certificate_fails(contexts):
     server_ctx, _ = contexts
     server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)
@@ -292,7 +217,7 @@ async def test_untrusted_certificate_fails(contexts):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_handshake_timeout(contexts):
     """A peer that accepts TCP but never answers the TLS handshake."""
     _, client_ctx = contexts
@@ -314,7 +239,7 @@ async def test_handshake_timeout(contexts):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 @pytest.mark.skipif(sys.version_info < (3, 11), reason='ssl_shutdown_timeout: Python 3.11')
 async def test_ssl_shutdown_timeout_accepted_and_clean_close(contexts):
     server_ctx, client_ctx = contexts
@@ -332,7 +257,7 @@ async def test_ssl_shutdown_timeout_accepted_and_clean_close(contexts):
 
 
 @pytest.mark.asyncio
-@bounded()
+@bounded(20)
 async def test_tls_server_closes_first(contexts):
     server_ctx, client_ctx = contexts
 

@@ -10,6 +10,8 @@ import pytest
 
 import uringloop
 
+from helpers import no_leaked_fds  # noqa: F401 (an autouse fixture)
+
 HAS_IPV6 = socket.has_ipv6
 if HAS_IPV6:
     try:
@@ -17,17 +19,6 @@ if HAS_IPV6:
             _s.bind(("::1", 0))
     except OSError:
         HAS_IPV6 = False
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_fds():
-    """Every socket a test opens is closed by the time the test (and its loop) is gone."""
-    before = set(os.listdir("/proc/self/fd"))
-    yield
-    gc.collect()
-    leaked = set(os.listdir("/proc/self/fd")) - before
-    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
-                        if os.path.exists(f"/proc/self/fd/{fd}")]
 
 
 class Recorder(asyncio.DatagramProtocol):

@@ -3,7 +3,6 @@ start_unix_server), path handling and cleanup, abstract names.  Run on uringloop
 
 import asyncio
 import errno
-import functools
 import os
 import pathlib
 import socket
@@ -13,14 +12,7 @@ import tempfile
 
 import pytest
 
-
-def bounded(seconds=15):
-    def decorate(fn):
-        @functools.wraps(fn)
-        async def run(*args, **kwargs):
-            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
-        return run
-    return decorate
+from helpers import bounded, echo
 
 
 @pytest.fixture
@@ -28,18 +20,6 @@ def sock_path():
     # tmp_path can exceed the 107-byte sun_path limit; a short directory cannot.
     with tempfile.TemporaryDirectory(prefix='ul') as directory:
         yield os.path.join(directory, 'sock')
-
-
-async def echo(reader, writer):
-    try:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
 
 
 @pytest.mark.asyncio

@@ -51,18 +51,17 @@ from uringloop._sys cimport (ECANCELED, EBADF, ENOBUFS, socklen_t, sockaddr_stor
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
 from uringloop._ring cimport BufferRing
 from uringloop._ops cimport Proactor, Operation, MsgOp, OP_IDLE, sockaddr_to_python
-from uringloop._flow cimport TransportCore
+from uringloop._flow cimport TransportCore, add_socket_extra
+from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
 import collections
 import errno as _errno
 import os
 import socket as _socket
 import sys
-import warnings
 
 from asyncio import futures as _futures
 from asyncio import transports as _transports
-from asyncio import trsock as _trsock
 from asyncio.log import logger as _logger
 
 cdef object _deque = collections.deque
@@ -441,26 +440,9 @@ cdef class DatagramCore(TransportCore):
         return 0
 
     cdef int fatal_error(self, object exc, str message) except -1:
-        if isinstance(exc, OSError):
-            if self.loop.get_debug():
-                _logger.debug("%r: %s", self.transport, message, exc_info=True)
-        else:
-            self.loop.call_exception_handler({
-                'message': message,
-                'exception': exc,
-                'transport': self.transport,
-                'protocol': self.protocol,
-            })
+        self.report_fatal_error(exc, message, isinstance(exc, OSError))
         self.force_close(exc)
         return 0
-
-    def call_connection_lost(self, exc):
-        try:
-            self.protocol.connection_lost(exc)
-        finally:
-            self.lost = True
-            self.protocol = None
-            self.release_if_idle()
 
     cdef int release_if_idle(self) except -1:
         # The socket outlives every operation that names its fd (see the module docstring).
@@ -489,7 +471,7 @@ cdef class DatagramCore(TransportCore):
         return True
 
     @property
-    def socket_open(self):
+    def fd_open(self):
         return self.sock is not None
 
     @property
@@ -507,23 +489,15 @@ cdef class DatagramCore(TransportCore):
         return len(self.send_ops)
 
 
-class UringDatagramTransport(_transports.DatagramTransport):
+class UringDatagramTransport(CoreTransportMixin, CoreReadingMixin, CoreWritingMixin,
+                             _transports.DatagramTransport):
     """asyncio.DatagramTransport on io_uring; the work is done by its compiled DatagramCore."""
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         super().__init__(extra)
         self._core = None
         extra = self._extra
-        extra['socket'] = _trsock.TransportSocket(sock)
-        try:
-            extra['sockname'] = sock.getsockname()
-        except OSError:
-            extra['sockname'] = None
-        if 'peername' not in extra:
-            try:
-                extra['peername'] = sock.getpeername()
-            except OSError:
-                extra['peername'] = None
+        add_socket_extra(extra, sock)
         self._loop = loop
         core = DatagramCore(loop, self, sock, protocol, address, bool(extra['peername']))
         self._core = core
@@ -540,13 +514,13 @@ class UringDatagramTransport(_transports.DatagramTransport):
     def __repr__(self):
         core = self._core
         info = [type(self).__name__]
-        if core is None or not core.socket_open:
+        if core is None or not core.fd_open:
             info.append('closed')
         elif core.closing:
             info.append('closing')
         if core is not None:
             info.append(f'fd={core.fd}')
-            if core.socket_open:
+            if core.fd_open:
                 info.append('read=receiving' if core.receiving else 'read=idle')
                 state = 'sending' if core.sends_in_flight else 'idle'
                 info.append(f'write=<{state}, bufsize={core.buffer_size}>')
@@ -555,43 +529,3 @@ class UringDatagramTransport(_transports.DatagramTransport):
     def sendto(self, data, addr=None):
         # Replaced per instance by the core's method (see __init__); kept for introspection.
         self._core.sendto(data, addr)
-
-    def get_write_buffer_size(self):
-        return self._core.buffer_size
-
-    def get_write_buffer_limits(self):
-        return self._core.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._core.set_write_buffer_limits(high, low)
-
-    def is_closing(self):
-        return self._core.closing
-
-    def close(self):
-        self._core.close()
-
-    def abort(self):
-        self._core.abort()
-
-    def is_reading(self):
-        core = self._core
-        return not core.closing and not core.paused
-
-    def pause_reading(self):
-        self._core.pause_reading()
-
-    def resume_reading(self):
-        self._core.resume_reading()
-
-    def set_protocol(self, protocol):
-        self._core.protocol = protocol
-
-    def get_protocol(self):
-        return self._core.protocol
-
-    def __del__(self, _warn=warnings.warn):
-        core = self._core
-        if core is not None and core.socket_open:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core.close_unclosed()

@@ -1,22 +1,37 @@
-# The plumbing shared by the completion-based transports of the UNIX layer (datagram, pipes):
-# write flow control and the reporting of protocol callbacks that raise.
+# The plumbing shared by the completion-based transports: write flow control, the reporting of
+# protocol callbacks that raise, and (TransportCore) what the datagram and pipe cores share.
 
 from uringloop._ops cimport Completer, Proactor
 
 
-cdef class TransportCore(Completer):
+cdef class WriteFlow(Completer):
+    # Base of the stream transport (_transports.SocketTransport) and of TransportCore.
     cdef object loop
     cdef Proactor proactor
-    cdef readonly object transport         # the asyncio transport object the protocol sees
-    cdef public object protocol
-    cdef readonly bint closing             # close()/abort()/a fatal error happened
-    cdef readonly int conn_lost            # connection_lost() scheduled (and writes dropped)
-    cdef readonly bint lost                # connection_lost() has run
-    cdef readonly Py_ssize_t buffer_size   # bytes accepted for writing, not yet written
+    cdef object protocol
+    cdef int conn_lost                     # connection_lost() scheduled (and writes dropped)
     cdef Py_ssize_t high_water, low_water
-    cdef bint protocol_paused
+    cdef bint protocol_paused              # pause_writing() was called, resume_writing() not yet
 
+    cdef int init_flow(self, object loop, object protocol) except -1
+    cdef Py_ssize_t write_buffer_size(self)
+    cdef object visible_transport(self)
     cdef int maybe_pause_protocol(self) except -1
     cdef int maybe_resume_protocol(self) except -1
-    cdef int callback_failed(self, str what, object exc) except -1
     cdef int count_lost_write(self, str what) except -1
+    cdef int report_fatal_error(self, object exc, str message, bint quiet) except -1
+
+
+cdef int add_socket_extra(dict extra, object sock) except -1
+
+
+cdef class TransportCore(WriteFlow):
+    # The compiled half of the datagram and pipe transports (the asyncio transport object the
+    # protocol sees is a Python class delegating to it).
+    cdef readonly object transport         # the asyncio transport object the protocol sees
+    cdef readonly bint closing             # close()/abort()/a fatal error happened
+    cdef readonly bint lost                # connection_lost() has run
+    cdef readonly Py_ssize_t buffer_size   # bytes accepted for writing, not yet written
+
+    cdef int callback_failed(self, str what, object exc) except -1
+    cdef int release_if_idle(self) except -1

@@ -1,37 +1,52 @@
 # cython: language_level=3
-"""Write flow control and protocol-callback error reporting for the UNIX-layer transports.
+"""Write flow control and protocol-callback error reporting for the completion-based transports.
 
 The stock loop's transports get these from asyncio.transports._FlowControlMixin, a pure-Python
 class; ours are completion handlers compiled into extension types (which cannot inherit from a
-Python class), so the same contract is implemented here once: the protocol's pause_writing() is
-called when the bytes accepted but not yet written exceed the high-water mark, resume_writing()
-when they drop to the low-water mark, with the stock defaults (64 KiB, high // 4) and messages.
+Python class), so the same contract is implemented here once, for the stream transport, the
+datagram transport and the pipe transports: the protocol's pause_writing() is called when the
+bytes accepted but not yet written exceed the high-water mark, resume_writing() when they drop
+to the low-water mark, with the stock defaults (64 KiB, high // 4) and messages.  Each transport
+says how it counts those bytes (write_buffer_size()).
 
 A protocol callback that raises inside a completion handler must not unwind into the Proactor
 (the transport would be left half-updated); it is reported to the loop's exception handler, as
 the stock loop's Handle._run reports an exception escaping a reader callback.
+
+This module also holds the Python-level halves the datagram and pipe transports share: their
+asyncio transport objects are thin Python classes delegating to a TransportCore (`_core`).
 """
 
 from asyncio import constants as _constants
+from asyncio import trsock as _trsock
 from asyncio.log import logger as _logger
+
+import warnings
 
 from uringloop._ops cimport Completer, Proactor
 
 cdef Py_ssize_t _LOG_THRESHOLD = _constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
 
-cdef class TransportCore(Completer):
+cdef class WriteFlow(Completer):
 
-    def __init__(self, loop, transport, protocol):
+    cdef int init_flow(self, object loop, object protocol) except -1:
         self.loop = loop
         self.proactor = <Proactor>loop._proactor
-        self.transport = transport
         self.protocol = protocol
         self.high_water = 64 * 1024
         self.low_water = self.high_water // 4
+        return 0
+
+    cdef Py_ssize_t write_buffer_size(self):
+        return 0
+
+    cdef object visible_transport(self):
+        # What the exception handler's context names as the transport.
+        return self
 
     cdef int maybe_pause_protocol(self) except -1:
-        if self.buffer_size <= self.high_water or self.protocol_paused:
+        if self.write_buffer_size() <= self.high_water or self.protocol_paused:
             return 0
         self.protocol_paused = True
         try:
@@ -42,13 +57,13 @@ cdef class TransportCore(Completer):
             self.loop.call_exception_handler({
                 'message': 'protocol.pause_writing() failed',
                 'exception': exc,
-                'transport': self.transport,
+                'transport': self.visible_transport(),
                 'protocol': self.protocol,
             })
         return 0
 
     cdef int maybe_resume_protocol(self) except -1:
-        if not self.protocol_paused or self.buffer_size > self.low_water:
+        if not self.protocol_paused or self.write_buffer_size() > self.low_water:
             return 0
         self.protocol_paused = False
         try:
@@ -59,18 +74,9 @@ cdef class TransportCore(Completer):
             self.loop.call_exception_handler({
                 'message': 'protocol.resume_writing() failed',
                 'exception': exc,
-                'transport': self.transport,
+                'transport': self.visible_transport(),
                 'protocol': self.protocol,
             })
-        return 0
-
-    cdef int callback_failed(self, str what, object exc) except -1:
-        self.loop.call_exception_handler({
-            'message': f'Exception in callback {what}',
-            'exception': exc,
-            'transport': self.transport,
-            'protocol': self.protocol,
-        })
         return 0
 
     cdef int count_lost_write(self, str what) except -1:
@@ -79,6 +85,22 @@ cdef class TransportCore(Completer):
         if self.conn_lost >= _LOG_THRESHOLD:
             _logger.warning(what)
         self.conn_lost += 1
+        return 0
+
+    cdef int report_fatal_error(self, object exc, str message, bint quiet) except -1:
+        # The first half of every transport's _fatal_error: an expected kind of error (quiet) is
+        # only logged in debug mode, anything else goes to the exception handler.  Closing the
+        # transport is the caller's second half.
+        if quiet:
+            if self.loop.get_debug():
+                _logger.debug("%r: %s", self.visible_transport(), message, exc_info=exc)
+        else:
+            self.loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self.visible_transport(),
+                'protocol': self.protocol,
+            })
         return 0
 
     def get_write_buffer_limits(self):
@@ -95,6 +117,118 @@ cdef class TransportCore(Completer):
         self.low_water = low
         self.maybe_pause_protocol()
 
+
+cdef int add_socket_extra(dict extra, object sock) except -1:
+    """The get_extra_info() entries of a socket transport, as the stock transports fill them
+    ('peername' may have been given by the caller: an accepted connection's address)."""
+    extra['socket'] = _trsock.TransportSocket(sock)
+    try:
+        extra['sockname'] = sock.getsockname()
+    except OSError:
+        extra['sockname'] = None
+    if 'peername' not in extra:
+        try:
+            extra['peername'] = sock.getpeername()
+        except OSError:
+            extra['peername'] = None
+    return 0
+
+
+cdef class TransportCore(WriteFlow):
+
+    def __init__(self, loop, transport, protocol):
+        self.init_flow(loop, protocol)
+        self.transport = transport
+
+    cdef Py_ssize_t write_buffer_size(self):
+        return self.buffer_size
+
+    cdef object visible_transport(self):
+        return self.transport
+
+    cdef int callback_failed(self, str what, object exc) except -1:
+        self.loop.call_exception_handler({
+            'message': f'Exception in callback {what}',
+            'exception': exc,
+            'transport': self.transport,
+            'protocol': self.protocol,
+        })
+        return 0
+
+    cdef int release_if_idle(self) except -1:
+        # Close the descriptor once connection_lost() has run and the kernel holds nothing.
+        return 0
+
+    def call_connection_lost(self, exc):
+        try:
+            self.protocol.connection_lost(exc)
+        finally:
+            self.lost = True
+            self.protocol = None
+            self.release_if_idle()
+
     @property
-    def write_paused(self):
-        return self.protocol_paused
+    def protocol(self):
+        return self.protocol
+
+    @protocol.setter
+    def protocol(self, protocol):
+        self.protocol = protocol
+
+
+# ---------------------------------------------------------------------------------------------
+# the Python-level transport objects of the datagram and pipe transports: what they delegate to
+# their core (`self._core`) the same way.  Listed before the asyncio base class, whose methods
+# only raise NotImplementedError.
+# ---------------------------------------------------------------------------------------------
+
+class CoreTransportMixin:
+    """BaseTransport methods answered by the core."""
+
+    def set_protocol(self, protocol):
+        self._core.protocol = protocol
+
+    def get_protocol(self):
+        return self._core.protocol
+
+    def is_closing(self):
+        return self._core.closing
+
+    def close(self):
+        self._core.close()
+
+    def __del__(self, _warn=warnings.warn):
+        core = self._core
+        if core is not None and core.fd_open:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core.close_unclosed()
+
+
+class CoreReadingMixin:
+    """ReadTransport's reading control, answered by the core."""
+
+    def is_reading(self):
+        core = self._core
+        return not core.closing and not core.paused
+
+    def pause_reading(self):
+        self._core.pause_reading()
+
+    def resume_reading(self):
+        self._core.resume_reading()
+
+
+class CoreWritingMixin:
+    """WriteTransport's flow control and abort(), answered by the core."""
+
+    def get_write_buffer_size(self):
+        return self._core.buffer_size
+
+    def get_write_buffer_limits(self):
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._core.set_write_buffer_limits(high, low)
+
+    def abort(self):
+        self._core.abort()

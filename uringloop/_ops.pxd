@@ -34,6 +34,7 @@ cdef class Proactor:
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
     cdef int flush_backlog(self) except -1
+    cdef int submit_pending(self) except -1
     cdef int reap(self) except -1
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
     cdef int check_usable(self) except -1
@@ -50,6 +51,7 @@ cdef class Operation:
     cdef public object keep                # pins whatever owns `fd` (a socket object)
     cdef public object tag                 # free for the owner (the request this op serves)
     cdef bint multishot
+    cdef unsigned slot                     # the SQ tail value of its SQE (see Ring.retract)
 
     cdef inline uint64_t ud(self):
         return <uint64_t><size_t><void *>self
@@ -79,8 +81,7 @@ cdef class RecvOp(BufferOp):
 cdef class SendOp(BufferOp):
     """send(2) until every byte is out: a partial completion resubmits the rest from inside the
     core, so no owner ever sees a short write."""
-    cdef bint zerocopy
-    cdef int zc_notif_pending
+    pass
 
 
 cdef class MultishotRecvOp(Operation):

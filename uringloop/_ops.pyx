@@ -251,6 +251,7 @@ cdef class Proactor:
             return 0
         try:
             op.prep(sqe)
+            op.slot = self.ring.sq_tail - 1
         except BaseException:
             # A prep failure leaves the slot filled with a NOP of user_data 0 (ignored).
             ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, 0)
@@ -270,10 +271,20 @@ cdef class Proactor:
                 break
             op = <Operation>self.backlog[i]
             op.prep(sqe)
+            op.slot = self.ring.sq_tail - 1
             op.state = OP_SUBMITTED
             i += 1
         if i:
             del self.backlog[:i]
+        return 0
+
+    cdef int submit_pending(self) except -1:
+        """Hand every queued SQE to the kernel now, without waiting for anything -- for the few
+        requests whose effect others may observe before the loop's next iteration."""
+        self.check_usable()
+        if self.backlog:
+            self.flush_backlog()
+        self.ring.enter(0, 0)
         return 0
 
     cdef int cancel(self, Operation op) except -1:
@@ -290,6 +301,19 @@ cdef class Proactor:
                 Py_DECREF(op)
             return 0
         if op.state != OP_SUBMITTED or self.ring.closed:
+            return 0
+        if self.ring.retract(op.slot):
+            # Still only in our half of the SQ (submitted this iteration): the kernel never
+            # sees it, so a cancelled send cannot go out and a cancelled connect cannot connect,
+            # exactly as when asyncio's callback never ran.
+            op.state = OP_IDLE
+            self.inflight -= 1
+            try:
+                op.complete(-ECANCELED, 0)
+            finally:
+                if op.state == OP_IDLE:
+                    op.release()
+                Py_DECREF(op)
             return 0
         sqe = self.ring.get_sqe()
         if sqe == NULL:
@@ -534,6 +558,13 @@ cdef class Operation:
         return self.state != OP_IDLE
 
 
+cdef inline unsigned _chunk(BufferOp op):
+    # What one submission can move of the rest of the buffer: an SQE's length is 32 bits and a
+    # CQE's result a (positive) int.
+    cdef Py_ssize_t n = op.view.len - op.offset
+    return <unsigned>(n if n <= 0x7fffffff else 0x7fffffff)
+
+
 cdef class BufferOp(Operation):
 
     cdef int set_buffer(self, object obj, bint writable) except -1:
@@ -578,10 +609,7 @@ cdef class BufferOp(Operation):
 @cython.final
 cdef class RecvOp(BufferOp):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
-        cdef Py_ssize_t n = self.view.len - self.offset
-        if n > 0x7fffffff:
-            n = 0x7fffffff
-        ul_prep_recv(sqe, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+        ul_prep_recv(sqe, self.fd, <char *>self.view.buf + self.offset, _chunk(self),
                      self.flags, self.ud())
         return 0
 
@@ -589,10 +617,7 @@ cdef class RecvOp(BufferOp):
 @cython.final
 cdef class SendOp(BufferOp):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
-        cdef Py_ssize_t n = self.view.len - self.offset
-        if n > 0x7fffffff:
-            n = 0x7fffffff
-        ul_prep_send(sqe, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+        ul_prep_send(sqe, self.fd, <char *>self.view.buf + self.offset, _chunk(self),
                      self.flags | MSG_NOSIGNAL, self.ud())
         return 0
 
@@ -606,8 +631,6 @@ cdef class SendOp(BufferOp):
                 self.submit()
                 return 0
             res = <int>min(self.offset, 0x7fffffff)
-        elif res == 0 and self.view.len == 0:
-            res = 0
         elif self.offset > 0 and res == -ECANCELED:
             # Cancelled part-way: report what went out so the owner can tell the user.
             res = <int>min(self.offset, 0x7fffffff)
@@ -702,10 +725,7 @@ cdef class PollOp(Operation):
 @cython.final
 cdef class ReadWriteOp(BufferOp):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
-        cdef Py_ssize_t n = self.view.len - self.offset
-        if n > 0x7fffffff:
-            n = 0x7fffffff
-        ul_prep_rw(sqe, self.opcode, self.fd, <char *>self.view.buf + self.offset, <unsigned>n,
+        ul_prep_rw(sqe, self.opcode, self.fd, <char *>self.view.buf + self.offset, _chunk(self),
                    <uint64_t>(self.position + self.offset), self.ud())
         return 0
 

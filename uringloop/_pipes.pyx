@@ -33,11 +33,11 @@ from uringloop._sys cimport ECANCELED, UL_OP_READ, UL_OP_WRITE
 from uringloop._ops cimport (Proactor, Operation, BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp,
                              OP_IDLE)
 from uringloop._flow cimport TransportCore
+from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
 import errno as _errno
 import os
 import stat as _stat
-import warnings
 
 from asyncio import futures as _futures
 from asyncio import transports as _transports
@@ -69,14 +69,6 @@ cdef class PipeCore(TransportCore):
             self.loop.call_soon(self.call_connection_lost, exc)
         return 0
 
-    def call_connection_lost(self, exc):
-        try:
-            self.protocol.connection_lost(exc)
-        finally:
-            self.lost = True
-            self.protocol = None
-            self.release_if_idle()
-
     cdef bint busy(self):
         return False
 
@@ -97,7 +89,7 @@ cdef class PipeCore(TransportCore):
         return True
 
     @property
-    def pipe_open(self):
+    def fd_open(self):
         return self.pipe is not None
 
 
@@ -219,17 +211,9 @@ cdef class ReadPipeCore(PipeCore):
         return 0
 
     cdef int fatal_error(self, object exc, str message) except -1:
-        if isinstance(exc, OSError) and exc.errno == _errno.EIO:
-            # A pty whose other side closed reports EIO: an ordinary end, not worth a report.
-            if self.loop.get_debug():
-                _logger.debug("%r: %s", self.transport, message, exc_info=True)
-        else:
-            self.loop.call_exception_handler({
-                'message': message,
-                'exception': exc,
-                'transport': self.transport,
-                'protocol': self.protocol,
-            })
+        # A pty whose other side closed reports EIO: an ordinary end, not worth a report.
+        self.report_fatal_error(exc, message,
+                                isinstance(exc, OSError) and exc.errno == _errno.EIO)
         self.close_with(exc)
         return 0
 
@@ -373,16 +357,7 @@ cdef class WritePipeCore(PipeCore):
         return 0
 
     cdef int fatal_error(self, object exc, str message) except -1:
-        if isinstance(exc, OSError):
-            if self.loop.get_debug():
-                _logger.debug("%r: %s", self.transport, message, exc_info=True)
-        else:
-            self.loop.call_exception_handler({
-                'message': message,
-                'exception': exc,
-                'transport': self.transport,
-                'protocol': self.protocol,
-            })
+        self.report_fatal_error(exc, message, isinstance(exc, OSError))
         self.close_with(exc)
         return 0
 
@@ -391,13 +366,19 @@ cdef class WritePipeCore(PipeCore):
         return self.write_op.state != OP_IDLE
 
 
-cdef tuple _pipe_kind(object pipe):
+cdef tuple _adopt_pipe(object pipe, str wrong_kind):
+    """(fd, is_fifo, is_socket) of a pipe, socket or character device a transport takes over,
+    switched to the blocking mode this module wants (see the module docstring)."""
     cdef int fd = pipe.fileno()
     mode = os.fstat(fd).st_mode
-    return fd, _stat.S_ISFIFO(mode), _stat.S_ISSOCK(mode), _stat.S_ISCHR(mode)
+    is_fifo, is_socket = _stat.S_ISFIFO(mode), _stat.S_ISSOCK(mode)
+    if not (is_fifo or is_socket or _stat.S_ISCHR(mode)):
+        raise ValueError(wrong_kind)
+    os.set_blocking(fd, is_socket == False)
+    return fd, is_fifo, is_socket
 
 
-class UringReadPipeTransport(_transports.ReadTransport):
+class UringReadPipeTransport(CoreTransportMixin, CoreReadingMixin, _transports.ReadTransport):
     """asyncio.ReadTransport for a pipe, socket or character device, on io_uring."""
 
     max_size = MAX_READ
@@ -407,10 +388,7 @@ class UringReadPipeTransport(_transports.ReadTransport):
         self._core = None
         self._extra['pipe'] = pipe
         self._loop = loop
-        fd, is_fifo, is_socket, is_char = _pipe_kind(pipe)
-        if not (is_fifo or is_socket or is_char):
-            raise ValueError("Pipe transport is for pipes/sockets only.")
-        os.set_blocking(fd, is_socket == False)
+        fd, is_fifo, is_socket = _adopt_pipe(pipe, "Pipe transport is for pipes/sockets only.")
         core = ReadPipeCore(loop, self, pipe, fd, protocol, is_socket)
         self._core = core
         loop.call_soon(protocol.connection_made, self)
@@ -422,46 +400,18 @@ class UringReadPipeTransport(_transports.ReadTransport):
     def __repr__(self):
         core = self._core
         info = [type(self).__name__]
-        if core is None or not core.pipe_open:
+        if core is None or not core.fd_open:
             info.append('closed')
         elif core.closing:
             info.append('closing')
         if core is not None:
             info.append(f'fd={core.fd}')
-            if core.pipe_open:
+            if core.fd_open:
                 info.append('reading' if core.reading else 'idle')
         return '<{}>'.format(' '.join(info))
 
-    def is_reading(self):
-        core = self._core
-        return not core.closing and not core.paused
 
-    def pause_reading(self):
-        self._core.pause_reading()
-
-    def resume_reading(self):
-        self._core.resume_reading()
-
-    def set_protocol(self, protocol):
-        self._core.protocol = protocol
-
-    def get_protocol(self):
-        return self._core.protocol
-
-    def is_closing(self):
-        return self._core.closing
-
-    def close(self):
-        self._core.close()
-
-    def __del__(self, _warn=warnings.warn):
-        core = self._core
-        if core is not None and core.pipe_open:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core.close_unclosed()
-
-
-class UringWritePipeTransport(_transports.WriteTransport):
+class UringWritePipeTransport(CoreTransportMixin, CoreWritingMixin, _transports.WriteTransport):
     """asyncio.WriteTransport for a pipe, socket or character device, on io_uring."""
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
@@ -469,10 +419,8 @@ class UringWritePipeTransport(_transports.WriteTransport):
         self._core = None
         self._extra['pipe'] = pipe
         self._loop = loop
-        fd, is_fifo, is_socket, is_char = _pipe_kind(pipe)
-        if not (is_fifo or is_socket or is_char):
-            raise ValueError("Pipe transport is only for pipes, sockets and character devices")
-        os.set_blocking(fd, is_socket == False)
+        fd, is_fifo, is_socket = _adopt_pipe(
+            pipe, "Pipe transport is only for pipes, sockets and character devices")
         core = WritePipeCore(loop, self, pipe, fd, protocol, is_socket, is_socket or is_fifo)
         self._core = core
         self.write = core.write          # the hot path, without a Python-level method first
@@ -484,13 +432,13 @@ class UringWritePipeTransport(_transports.WriteTransport):
     def __repr__(self):
         core = self._core
         info = [type(self).__name__]
-        if core is None or not core.pipe_open:
+        if core is None or not core.fd_open:
             info.append('closed')
         elif core.closing:
             info.append('closing')
         if core is not None:
             info.append(f'fd={core.fd}')
-            if core.pipe_open:
+            if core.fd_open:
                 info.append('writing' if core.writing else 'idle')
                 info.append(f'bufsize={core.buffer_size}')
         return '<{}>'.format(' '.join(info))
@@ -499,38 +447,8 @@ class UringWritePipeTransport(_transports.WriteTransport):
         # Replaced per instance by the core's method (see __init__); kept for introspection.
         self._core.write(data)
 
-    def get_write_buffer_size(self):
-        return self._core.buffer_size
-
-    def get_write_buffer_limits(self):
-        return self._core.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._core.set_write_buffer_limits(high, low)
-
     def can_write_eof(self):
         return True
 
     def write_eof(self):
         self._core.write_eof()
-
-    def set_protocol(self, protocol):
-        self._core.protocol = protocol
-
-    def get_protocol(self):
-        return self._core.protocol
-
-    def is_closing(self):
-        return self._core.closing
-
-    def close(self):
-        self._core.close()
-
-    def abort(self):
-        self._core.abort()
-
-    def __del__(self, _warn=warnings.warn):
-        core = self._core
-        if core is not None and core.pipe_open:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core.close_unclosed()

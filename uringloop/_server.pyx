@@ -49,6 +49,21 @@ cdef frozenset _TRANSIENT = frozenset([_errno.ECONNABORTED, _errno.EINTR, _errno
 
 
 @cython.final
+def report_failed_connection(loop, exc, protocol, transport):
+    """An accepted connection could not be given a protocol and transport (the factory or the
+    transport raised, or the TLS handshake failed): reported in debug mode only, as stock."""
+    if loop._debug:
+        context = {
+            'message': 'Error on transport creation for incoming connection',
+            'exception': exc,
+        }
+        if protocol is not None:
+            context['protocol'] = protocol
+        if transport is not None:
+            context['transport'] = transport
+        loop.call_exception_handler(context)
+
+
 cdef class Acceptor(Completer):
     cdef object loop
     cdef Proactor proactor
@@ -182,14 +197,5 @@ cdef class Acceptor(Completer):
         except BaseException as exc:
             if transport is None:
                 conn.close()
-            if loop._debug:
-                context = {
-                    'message': 'Error on transport creation for incoming connection',
-                    'exception': exc,
-                }
-                if protocol is not None:
-                    context['protocol'] = protocol
-                if transport is not None:
-                    context['transport'] = transport
-                loop.call_exception_handler(context)
+            report_failed_connection(loop, exc, protocol, transport)
         return 0

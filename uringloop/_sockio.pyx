@@ -151,11 +151,10 @@ cdef class SocketState(Completer):
     cdef int pump_recv(self) except -1:
         cdef Request req
         cdef Operation op
-        while self.recv_q:
-            req = <Request>self.recv_q[0]
-            if req.fut.done():
-                self.recv_q.popleft()
-                continue
+        while True:
+            req = self.next_request(self.recv_q)
+            if req is None:
+                return 0
             if self.stash_exc is not None:
                 exc, self.stash_exc = self.stash_exc, None
                 self.recv_q.popleft()
@@ -177,7 +176,6 @@ cdef class SocketState(Completer):
             self.recv_op = op
             op.submit()
             return 0
-        return 0
 
     cdef Operation make_recv_op(self, Request req):
         cdef BufferOp op
@@ -231,20 +229,36 @@ cdef class SocketState(Completer):
             req.fut.set_result(n)
         return 0
 
+    cdef Request next_request(self, object q):
+        # The oldest request of a queue still waiting for a result (those whose awaiter was
+        # cancelled are dropped), or None.
+        cdef Request req
+        while q:
+            req = <Request>q[0]
+            if not req.fut.done():
+                return req
+            q.popleft()
+        return None
+
+    cdef Request finish_request(self, Operation op, object q):
+        # The request an operation served, off its queue: its final completion has come.
+        cdef Request req = <Request>op.tag
+        op.tag = None
+        if q and q[0] is req:
+            q.popleft()
+        req.fut._ul_req = None
+        return req
+
     cdef int fail(self, Request req, object exc) except -1:
         if not req.fut.done():
             req.fut.set_exception(exc)
         return 0
 
     cdef int recv_done(self, BufferOp op, int res) except -1:
-        cdef Request req = <Request>op.tag
+        cdef Request req = self.finish_request(op, self.recv_q)
         cdef bint waiting = not req.fut.done()
         cdef object data, addr = None
-        op.tag = None
         self.recv_op = None
-        if self.recv_q and self.recv_q[0] is req:
-            self.recv_q.popleft()
-        req.fut._ul_req = None
         if res == -ECANCELED:
             pass
         elif res < 0:
@@ -285,13 +299,10 @@ cdef class SocketState(Completer):
     cdef int pump_accept(self) except -1:
         cdef Request req
         cdef AcceptOp op
-        while self.accept_q:
-            req = <Request>self.accept_q[0]
-            if req.fut.done():
-                self.accept_q.popleft()
-                continue
-            if self.stash_exc is not None and not self.stream:
-                pass
+        while True:
+            req = self.next_request(self.accept_q)
+            if req is None:
+                return 0
             if self.accepted:
                 self.accept_q.popleft()
                 fd, addr = self.accepted.popleft()
@@ -304,7 +315,6 @@ cdef class SocketState(Completer):
             self.accept_op = op
             op.submit()
             return 0
-        return 0
 
     cdef int deliver_connection(self, Request req, int fd, object addr) except -1:
         cdef object listener = self.sock_ref()
@@ -320,13 +330,9 @@ cdef class SocketState(Completer):
         return 0
 
     cdef int accept_done(self, AcceptOp op, int res) except -1:
-        cdef Request req = <Request>op.tag
+        cdef Request req = self.finish_request(op, self.accept_q)
         cdef bint waiting = not req.fut.done()
-        op.tag = None
         self.accept_op = None
-        if self.accept_q and self.accept_q[0] is req:
-            self.accept_q.popleft()
-        req.fut._ul_req = None
         if res >= 0:
             addr = op.address(self.family)
             if waiting:
@@ -345,44 +351,36 @@ cdef class SocketState(Completer):
     # ---- send and connect ----
 
     cdef int pump_send(self) except -1:
-        cdef Request req
-        cdef BufferOp bop
-        cdef ConnectOp cop
-        while self.send_q:
-            req = <Request>self.send_q[0]
-            if req.fut.done():
-                self.send_q.popleft()
-                continue
-            if self.send_op is not None or self.proactor.closing:
-                return 0
-            if req.kind == K_CONNECT:
-                cop = ConnectOp(self.proactor, self, self.fd, self.sock_ref())
-                cop.set_address(self.family, req.address)
-                cop.tag = req
-                self.send_op = cop
-                cop.submit()
-                return 0
-            if req.kind == K_SEND:
-                bop = SendOp(self.proactor, self, self.fd, self.sock_ref())
-                bop.set_buffer(req.buf, False)
-            else:
-                bop = MsgOp(self.proactor, self, self.fd, self.sock_ref())
-                (<MsgOp>bop).sending = True
-                bop.set_buffer(req.buf, False)
-                (<MsgOp>bop).set_address(self.family, req.address)
-            bop.tag = req
-            self.send_op = bop
-            bop.submit()
+        cdef Request req = self.next_request(self.send_q)
+        cdef Operation op
+        if req is None or self.send_op is not None or self.proactor.closing:
             return 0
+        if req.kind == K_CONNECT:
+            op = ConnectOp(self.proactor, self, self.fd, self.sock_ref())
+            (<ConnectOp>op).set_address(self.family, req.address)
+        elif req.kind == K_SEND:
+            op = SendOp(self.proactor, self, self.fd, self.sock_ref())
+            (<SendOp>op).set_buffer(req.buf, False)
+        else:
+            op = MsgOp(self.proactor, self, self.fd, self.sock_ref())
+            (<MsgOp>op).sending = True
+            (<MsgOp>op).set_buffer(req.buf, False)
+            (<MsgOp>op).set_address(self.family, req.address)
+        op.tag = req
+        self.send_op = op
+        op.submit()
+        if req.kind == K_CONNECT:
+            # asyncio's sock_connect calls connect(2) before it first yields, and programs
+            # rely on it: the peer's listener has the connection in its backlog right away (a
+            # blocking accept() after one `await asyncio.sleep(0)` returns), and a connect
+            # cancelled after one iteration has still been attempted.  One connection attempt
+            # is worth its own io_uring_enter.
+            self.proactor.submit_pending()
         return 0
 
     cdef int send_done(self, Operation op, int res) except -1:
-        cdef Request req = <Request>op.tag
-        op.tag = None
+        cdef Request req = self.finish_request(op, self.send_q)
         self.send_op = None
-        if self.send_q and self.send_q[0] is req:
-            self.send_q.popleft()
-        req.fut._ul_req = None
         if not req.fut.done():
             if res == -ECANCELED:
                 req.fut.cancel()
@@ -420,6 +418,11 @@ cdef class SocketState(Completer):
 
 # ---------------------------------------------------------------------------------------------
 # the loop methods (bound onto uringloop.Loop)
+#
+# They are coroutine functions, as in asyncio: user code passes loop.sock_recv(...) to
+# create_task(), gather() and wait_for(), which accept coroutines only.  The body runs when the
+# coroutine is first awaited or the task first runs -- as in asyncio, that is when the request
+# joins the socket's queue and when argument errors are raised.
 # ---------------------------------------------------------------------------------------------
 
 cdef SocketState _state_for(loop, sock):
@@ -446,7 +449,7 @@ cdef SocketState _state_for(loop, sock):
     return state
 
 
-def sock_recv(self, sock, Py_ssize_t n):
+async def sock_recv(self, sock, Py_ssize_t n):
     """Receive up to n bytes from sock (completion-based recv)."""
     cdef SocketState state = _state_for(self, sock)
     if n < 0:
@@ -455,10 +458,10 @@ def sock_recv(self, sock, Py_ssize_t n):
     req.nbytes = n
     state.recv_q.append(req)
     state.pump_recv()
-    return req.fut
+    return await req.fut
 
 
-def sock_recv_into(self, sock, buf):
+async def sock_recv_into(self, sock, buf):
     """Receive into buf; the kernel writes into it directly, and holds it until it is done."""
     cdef SocketState state = _state_for(self, sock)
     _check_writable(buf)
@@ -466,10 +469,10 @@ def sock_recv_into(self, sock, buf):
     req.buf = buf
     state.recv_q.append(req)
     state.pump_recv()
-    return req.fut
+    return await req.fut
 
 
-def sock_recvfrom(self, sock, Py_ssize_t bufsize):
+async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
     cdef SocketState state = _state_for(self, sock)
     if bufsize < 0:
         raise ValueError("negative buffersize in recvfrom")
@@ -477,10 +480,10 @@ def sock_recvfrom(self, sock, Py_ssize_t bufsize):
     req.nbytes = bufsize
     state.recv_q.append(req)
     state.pump_recv()
-    return req.fut
+    return await req.fut
 
 
-def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
+async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
     cdef SocketState state = _state_for(self, sock)
     _check_writable(buf)
     if nbytes < 0:
@@ -492,25 +495,23 @@ def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
     req.nbytes = nbytes
     state.recv_q.append(req)
     state.pump_recv()
-    return req.fut
+    return await req.fut
 
 
-def sock_sendall(self, sock, data):
+async def sock_sendall(self, sock, data):
     """Send every byte of data; partial completions continue inside the core."""
     cdef SocketState state = _state_for(self, sock)
     cdef Request req
     if memoryview(data).nbytes == 0:
-        fut = self.create_future()
-        fut.set_result(None)
-        return fut
+        return None
     req = state.new_request(K_SEND)
     req.buf = data
     state.send_q.append(req)
     state.pump_send()
-    return req.fut
+    return await req.fut
 
 
-def sock_sendto(self, sock, data, address):
+async def sock_sendto(self, sock, data, address):
     cdef SocketState state = _state_for(self, sock)
     memoryview(data)
     cdef Request req = state.new_request(K_SENDTO)
@@ -518,16 +519,16 @@ def sock_sendto(self, sock, data, address):
     req.address = address
     state.send_q.append(req)
     state.pump_send()
-    return req.fut
+    return await req.fut
 
 
-def sock_accept(self, sock):
+async def sock_accept(self, sock):
     """Accept a connection: (conn, address), conn non-blocking, as with the stock loop."""
     cdef SocketState state = _state_for(self, sock)
     cdef Request req = state.new_request(K_ACCEPT)
     state.accept_q.append(req)
     state.pump_accept()
-    return req.fut
+    return await req.fut
 
 
 def connect_resolved(self, sock, address):

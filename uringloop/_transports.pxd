@@ -1,7 +1,8 @@
 from cpython.buffer cimport Py_buffer
 from uringloop._sys cimport msghdr, iovec, io_uring_sqe
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport Proactor, Completer, Operation, RecvOp, SendOp, MultishotRecvOp
+from uringloop._ops cimport Operation, RecvOp, SendOp, MultishotRecvOp
+from uringloop._flow cimport WriteFlow
 
 
 cdef class SendMsgOp(Operation):
@@ -19,12 +20,11 @@ cdef class SendMsgOp(Operation):
     cdef void drop_views(self)
 
 
-cdef class SocketTransport(Completer):
-    cdef object loop                 # None once connection_lost has run (as stock)
-    cdef Proactor proactor
+cdef class SocketTransport(WriteFlow):
+    # WriteFlow holds loop (None once connection_lost has run, as stock), proactor, protocol,
+    # conn_lost and the write flow control state.
     cdef object sock                 # None once connection_lost has run
     cdef readonly int _sock_fd
-    cdef object protocol
     cdef object data_received        # protocol.data_received, cached (Protocol only)
     cdef bint buffered               # the protocol is a BufferedProtocol
     cdef bint protocol_connected
@@ -32,7 +32,6 @@ cdef class SocketTransport(Completer):
     cdef object server
     cdef object context              # protocol callbacks from completions run in it
     cdef int context_depth
-    cdef readonly int _conn_lost
     cdef readonly bint _closing
     cdef readonly bint _paused       # pause_reading() in effect
     cdef bint reading_started        # the post-connection_made start has happened
@@ -55,9 +54,6 @@ cdef class SocketTransport(Completer):
     cdef list write_q                # data written while a send was in flight
     cdef Py_ssize_t queued_bytes
     cdef Py_ssize_t inflight_bytes
-    cdef readonly bint _protocol_paused
-    cdef Py_ssize_t high_water
-    cdef Py_ssize_t low_water
     cdef object empty_waiter
 
     cdef object __weakref__
@@ -75,7 +71,6 @@ cdef class SocketTransport(Completer):
     cdef int send_done(self, Operation op, int res) except -1
     cdef int submit_send(self, object data, Py_ssize_t n) except -1
     cdef int submit_queued(self) except -1
-    cdef int maybe_pause_protocol(self) except -1
-    cdef int maybe_resume_protocol(self) except -1
+    cdef Py_ssize_t write_buffer_size(self)
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1

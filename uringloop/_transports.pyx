@@ -64,8 +64,8 @@ from libc.string cimport memset, memcpy
 
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport (Proactor, Completer, Operation, RecvOp, SendOp, MultishotRecvOp,
-                             OP_IDLE)
+from uringloop._ops cimport Proactor, Operation, RecvOp, SendOp, MultishotRecvOp, OP_IDLE
+from uringloop._flow cimport WriteFlow, add_socket_extra
 
 import socket as _socket
 import sys
@@ -75,7 +75,6 @@ from asyncio import base_events as _base_events
 from asyncio import constants as _constants
 from asyncio import futures as _futures
 from asyncio import protocols as _protocols
-from asyncio import trsock as _trsock
 from asyncio.log import logger
 
 from uringloop._sockio import forget_socket as _forget_socket
@@ -87,13 +86,11 @@ cdef extern from "<string.h>":
     char *c_strerror "strerror"(int errnum)
 
 cdef object _BufferedProtocol = _protocols.BufferedProtocol
-cdef object _TransportSocket = _trsock.TransportSocket
 cdef object _set_nodelay = _base_events._set_nodelay
 cdef object _set_result_unless_cancelled = _futures._set_result_unless_cancelled
 cdef object _SHUT_WR = _socket.SHUT_WR
 # Held here so that a transport finalized at interpreter shutdown can still warn.
 cdef object _warn = warnings.warn
-cdef Py_ssize_t _LOG_THRESHOLD = _constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 # Python 3.13's Server keeps a WeakSet of its transports: _attach(transport)/_detach(transport).
 # Earlier versions count them: _attach()/_detach().
 cdef bint _SERVER_TRACKS_TRANSPORTS = sys.version_info >= (3, 13)
@@ -250,7 +247,7 @@ cdef class SendMsgOp(Operation):
 # the transport
 # ---------------------------------------------------------------------------------------------
 
-cdef class SocketTransport(Completer):
+cdef class SocketTransport(WriteFlow):
     """asyncio.Transport for a connected stream socket (what loop.create_connection,
     create_server, start_server, open_connection and connect_accepted_socket hand out)."""
 
@@ -258,34 +255,21 @@ cdef class SocketTransport(Completer):
     _sendfile_compatible = _constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        cdef Proactor proactor = <Proactor>loop._proactor
-        proactor.check_usable()
-        self.loop = loop
-        self.proactor = proactor
+        (<Proactor>loop._proactor).check_usable()
+        self.init_flow(loop, protocol)
         if extra is None:
             extra = {}
         self.extra = extra
-        extra['socket'] = _TransportSocket(sock)
-        try:
-            extra['sockname'] = sock.getsockname()
-        except OSError:
-            extra['sockname'] = None
-        if 'peername' not in extra:
-            try:
-                extra['peername'] = sock.getpeername()
-            except OSError:
-                extra['peername'] = None
+        add_socket_extra(extra, sock)
         self.sock = sock
         self._sock_fd = sock.fileno()
         self.set_protocol(protocol)
         self.server = server
-        self.high_water = 64 * 1024
-        self.low_water = 16 * 1024
         self.write_q = []
         # Completions arrive outside any task; protocol callbacks run in this context, the one
         # the transport was made in (as the stock loop's reader handle would).
         self.context = PyContext_CopyCurrent()
-        self.bufs = receive_buffers(loop, proactor)
+        self.bufs = receive_buffers(loop, self.proactor)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
@@ -379,7 +363,7 @@ cdef class SocketTransport(Completer):
         self._closing = True
         self.stop_receive()
         if self.send_op is None:
-            self._conn_lost += 1
+            self.conn_lost += 1
             self.loop.call_soon(self._call_connection_lost, None)
 
     def abort(self):
@@ -392,21 +376,12 @@ cdef class SocketTransport(Completer):
         self.fatal_error(exc, message)
 
     cdef int fatal_error(self, object exc, str message) except -1:
-        if isinstance(exc, OSError):
-            if self.loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=exc)
-        else:
-            self.loop.call_exception_handler({
-                'message': message,
-                'exception': exc,
-                'transport': self,
-                'protocol': self.protocol,
-            })
+        self.report_fatal_error(exc, message, isinstance(exc, OSError))
         self.force_close(exc)
         return 0
 
     cdef int force_close(self, object exc) except -1:
-        if self._conn_lost:
+        if self.conn_lost:
             return 0
         if self.send_op is not None or self.write_q:
             self.write_q.clear()
@@ -417,7 +392,7 @@ cdef class SocketTransport(Completer):
         if not self._closing:
             self._closing = True
             self.stop_receive()
-        self._conn_lost += 1
+        self.conn_lost += 1
         self.loop.call_soon(self._call_connection_lost, exc)
         return 0
 
@@ -731,10 +706,8 @@ cdef class SocketTransport(Completer):
             raise RuntimeError('unable to write; sendfile is in progress')
         if not data:
             return
-        if self._conn_lost:
-            if self._conn_lost >= _LOG_THRESHOLD:
-                logger.warning('socket.send() raised exception.')
-            self._conn_lost += 1
+        if self.conn_lost:
+            self.count_lost_write('socket.send() raised exception.')
             return
         data = _pinnable(data)
         n = _nbytes(data)
@@ -760,10 +733,8 @@ cdef class SocketTransport(Completer):
                 n += _nbytes(data)
         if not items:
             return
-        if self._conn_lost:
-            if self._conn_lost >= _LOG_THRESHOLD:
-                logger.warning('socket.send() raised exception.')
-            self._conn_lost += 1
+        if self.conn_lost:
+            self.count_lost_write('socket.send() raised exception.')
             return
         if self.send_op is None and len(items) == 1:
             self.submit_send(items[0], n)
@@ -812,7 +783,7 @@ cdef class SocketTransport(Completer):
         if op is not self.send_op:
             return 0
         self.send_op = None
-        if self._conn_lost or self.sock is None or self.proactor.closing:
+        if self.conn_lost or self.sock is None or self.proactor.closing:
             return 0          # aborted: the queue is gone and nobody waits
         if res < 0:
             exc = _os_error(-res)
@@ -831,7 +802,7 @@ cdef class SocketTransport(Completer):
             if self.empty_waiter is not None and not self.empty_waiter.done():
                 self.empty_waiter.set_result(None)
             if self._closing:
-                self._conn_lost += 1
+                self.conn_lost += 1
                 self._call_connection_lost(None)
             elif self._eof:
                 self.sock.shutdown(_SHUT_WR)
@@ -850,55 +821,19 @@ cdef class SocketTransport(Completer):
     # ---- write flow control (the _FlowControlMixin protocol) ----
 
     def get_write_buffer_size(self):
+        return self.write_buffer_size()
+
+    cdef Py_ssize_t write_buffer_size(self):
+        # The bytes in flight count (see the module docstring, "Sending").
         return self.queued_bytes + self.inflight_bytes
 
-    def get_write_buffer_limits(self):
-        return (self.low_water, self.high_water)
+    @property
+    def _protocol_paused(self):
+        return self.protocol_paused
 
-    def set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
-        self.high_water = high
-        self.low_water = low
-        self.maybe_pause_protocol()
-
-    cdef int maybe_pause_protocol(self) except -1:
-        if self.queued_bytes + self.inflight_bytes <= self.high_water or self._protocol_paused:
-            return 0
-        self._protocol_paused = True
-        try:
-            self.protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self.loop.call_exception_handler({
-                'message': 'protocol.pause_writing() failed',
-                'exception': exc,
-                'transport': self,
-                'protocol': self.protocol,
-            })
-        return 0
-
-    cdef int maybe_resume_protocol(self) except -1:
-        if not self._protocol_paused or self.queued_bytes + self.inflight_bytes > self.low_water:
-            return 0
-        self._protocol_paused = False
-        try:
-            self.protocol.resume_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self.loop.call_exception_handler({
-                'message': 'protocol.resume_writing() failed',
-                'exception': exc,
-                'transport': self,
-                'protocol': self.protocol,
-            })
-        return 0
+    @property
+    def _conn_lost(self):
+        return self.conn_lost
 
     # ---- loop.sendfile support (as the stock transport offers it) ----
 

@@ -31,7 +31,7 @@ from asyncio import base_events, constants, exceptions, sslproto, tasks
 from asyncio.log import logger
 
 from uringloop._sendfile import SpliceSender
-from uringloop._server import Acceptor
+from uringloop._server import Acceptor, report_failed_connection
 from uringloop._transports import SocketTransport
 
 # SSLProtocol (and the loop hooks around it) grew ssl_shutdown_timeout in 3.11.
@@ -148,16 +148,7 @@ class NetworkMixin:
         except BaseException as exc:
             if transport is None:
                 conn.close()
-            if self._debug:
-                context = {
-                    'message': 'Error on transport creation for incoming connection',
-                    'exception': exc,
-                }
-                if protocol is not None:
-                    context['protocol'] = protocol
-                if transport is not None:
-                    context['transport'] = transport
-                self.call_exception_handler(context)
+            report_failed_connection(self, exc, protocol, transport)
 
     # ---- sendfile ----
 

@@ -1,0 +1,648 @@
+"""The processes a benchmark run drives: servers, the C load generator, wrk, the syscall counter.
+
+Every process started here is bounded: servers end when their stdin closes (and after a maximum
+lifetime), clients run under a timeout, and `stop_all()` -- called from run.py's `finally`, from
+atexit and on SIGTERM -- kills whatever is left, by process group.  Nothing outlives a run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import importlib.machinery
+import json
+import os
+import re
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Optional
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+BIN_DIR = BENCH_DIR / "bin"
+LOADGEN_SRC = BENCH_DIR / "loadgen.c"
+LOADGEN = BIN_DIR / "loadgen"
+LOADGEN_CFLAGS = ["-O2", "-Wall", "-Wextra"]
+
+SERVER_CPU = 0
+CLIENT_CPU = 1
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+# ---- the environment of the child processes ------------------------------------------------
+
+def in_tree_uringloop() -> bool:
+    """Is there a uringloop built in place (setup.py build_ext --inplace) for this Python?"""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    return (REPO_DIR / "uringloop" / f"_ops{suffix}").exists()
+
+
+def child_env() -> dict:
+    """Servers and micro-benchmarks import uringloop from the repository when it is built in
+    place there (a developer's tree), otherwise from wherever it is installed."""
+    env = dict(os.environ)
+    if in_tree_uringloop():
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def cpus_available() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def pinning() -> tuple[Optional[int], Optional[int]]:
+    """(server CPU, client CPU): the first two CPUs this process may use; no pinning where
+    there is only one."""
+    cpus = cpus_available()
+    if len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[1]
+
+
+# ---- building the load generator -----------------------------------------------------------
+
+def build_loadgen(log: Callable[[str], None]) -> Path:
+    """Compile loadgen.c into benchmarks/bin/ unless an up-to-date binary is there."""
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return LOADGEN
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise HarnessError("no C compiler: install gcc (apt-get install gcc) to build "
+                           "the load generator benchmarks/loadgen.c")
+    BIN_DIR.mkdir(parents=True, exist_ok=True)
+    cmd = [cc, *LOADGEN_CFLAGS, "-o", str(LOADGEN), str(LOADGEN_SRC)]
+    log(f"building the load generator: {' '.join(cmd)}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 or proc.stderr.strip():
+        # Warnings count as failures: the build must stay warning-free.
+        raise HarnessError(f"building loadgen failed:\n{proc.stderr}")
+    return LOADGEN
+
+
+# ---- servers --------------------------------------------------------------------------------
+
+_live: set = set()
+started: list = []          # every server process started in this run: {"loop", "style", "pid"}
+
+
+@dataclasses.dataclass(eq=False)
+class Server:
+    loop: str
+    style: str
+    requested_port: int = 0
+    proc: Optional[subprocess.Popen] = None
+    port: Optional[int] = None
+    pid: Optional[int] = None
+    loop_type: Optional[str] = None
+    cpus: Optional[list] = None         # the server's CPU affinity, as it reported it
+    error: Optional[str] = None
+    log_path: Optional[Path] = None
+
+    @property
+    def ready(self) -> bool:
+        return self.error is None and self.port is not None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, cpu: Optional[int], log_dir: Path, max_seconds: float,
+              ready_timeout: float = 30.0) -> "Server":
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"server-{self.style}-{self.loop}.log"
+        cmd = [sys.executable, str(BENCH_DIR / "servers.py"), "--loop", self.loop,
+               "--style", self.style, "--max-seconds", str(int(max_seconds)),
+               "--port", str(self.requested_port)]
+        if cpu is not None:
+            cmd += ["--cpu", str(cpu)]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=log, env=child_env(), cwd=str(BENCH_DIR),
+                                         start_new_session=True)
+        _live.add(self)
+        started.append({"loop": self.loop, "style": self.style, "pid": self.proc.pid,
+                        "cpu": cpu})
+        line = _read_line(self.proc, ready_timeout)
+        try:
+            info = json.loads(line) if line else None
+        except ValueError:
+            info = None
+        if not info:
+            self.error = (f"the server printed no ready line within {ready_timeout:.0f} s "
+                          f"(exit status {self.proc.poll()}); see {self.log_path}: "
+                          f"{_tail(self.log_path)}")
+            self.stop()
+            return self
+        self.loop_type = info.get("loop_type")
+        if not info.get("ready"):
+            self.error = info.get("error") or "the server could not start"
+            self.stop()
+            return self
+        self.port, self.pid, self.cpus = info["port"], info["pid"], info.get("cpus")
+        if cpu is not None and self.cpus != [cpu]:
+            self.error = f"the server is not pinned to CPU {cpu} (its CPUs: {self.cpus})"
+            self.stop()
+        return self
+
+    def stop(self, grace: float = 3.0) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            if proc.stdin and not proc.stdin.closed:
+                proc.stdin.close()          # the server's watcher thread exits on EOF
+        except OSError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc, signal.SIGKILL)
+                proc.wait(grace)
+        if proc.stdout:
+            proc.stdout.close()
+        _live.discard(self)
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> Optional[str]:
+    """One line from proc.stdout within timeout (None if it ends or stays silent)."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = proc.stdout.fileno()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+        if b"\n" in buf:
+            return buf.split(b"\n", 1)[0].decode(errors="replace")
+    return None
+
+
+def _tail(path: Optional[Path], n: int = 400) -> str:
+    try:
+        text = path.read_text(errors="replace").strip() if path else ""
+    except OSError:
+        return ""
+    return text[-n:].replace("\n", " | ")
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_all() -> None:
+    for server in list(_live):
+        server.stop(grace=1.0)
+
+
+atexit.register(stop_all)
+
+
+# ---- CPU accounting around a run ------------------------------------------------------------
+#
+# The machine may be shared.  Around each run we read the server CPU's counters (/proc/stat) and
+# the server process's own (/proc/PID/stat, /proc/PID/status), so every result carries how much
+# of its CPU the server actually got: a run where something else ran on the server's CPU (or the
+# hypervisor stole it) is visible as such instead of passing for a slow loop.
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class CpuSnapshot:
+    wall: float
+    cpu_tasks: int                  # ticks the server CPU ran tasks (user, nice, system) or was
+                                    # stolen by the hypervisor
+    cpu_irq: int                    # ticks in interrupts and softirqs (mostly the run's own
+                                    # loopback traffic: kept apart from "others")
+    cpu_total: int
+    cpu_steal: int
+    proc_ticks: int                 # the server process's utime + stime
+    preemptions: int                # its involuntary context switches
+
+
+def cpu_snapshot(cpu: Optional[int], pid: Optional[int]) -> Optional[CpuSnapshot]:
+    try:
+        label = f"cpu{cpu}" if cpu is not None else "cpu"
+        fields = None
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.split(" ", 1)[0] == label:
+                    fields = [int(x) for x in line.split()[1:9]]
+                    break
+        if fields is None or pid is None:
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = fields
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read().rsplit(")", 1)[1].split()
+        proc_ticks = int(stat[11]) + int(stat[12])          # utime, stime (fields 14, 15)
+        preemptions = 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    preemptions = int(line.split()[1])
+        return CpuSnapshot(time.monotonic(), user + nice + system + steal, irq + softirq,
+                           sum(fields), steal, proc_ticks, preemptions)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_ticks(cpu: int) -> Optional[tuple[int, int]]:
+    """(ticks running tasks or stolen, all ticks) of one CPU."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.split(" ", 1)[0] == f"cpu{cpu}":
+                    user, nice, system, idle, iowait, irq, softirq, steal = \
+                        [int(x) for x in line.split()[1:9]]
+                    return user + nice + system + steal, \
+                        user + nice + system + idle + iowait + irq + softirq + steal
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def with_cpu_usage(server_pid: Optional[int], server_cpu: Optional[int],
+                   run: Callable[[], dict], client_cpu: Optional[int] = None) -> dict:
+    """run() (a load generator or wrk run), its result extended with the run's CPU usage: the
+    server's (see cpu_usage) and, on the client's CPU, how much other processes took
+    (client_cpu_other_pct: that CPU's task time minus the client's own, from RUSAGE_CHILDREN
+    of the process that waited for it)."""
+    before = cpu_snapshot(server_cpu, server_pid)
+    client_before = _cpu_ticks(client_cpu) if client_cpu is not None else None
+    children_before = _children_cpu_seconds()
+    result = run()
+    result.update(cpu_usage(before, cpu_snapshot(server_cpu, server_pid)))
+    client_after = _cpu_ticks(client_cpu) if client_cpu is not None else None
+    if client_before and client_after and client_after[1] > client_before[1]:
+        client_ticks = (_children_cpu_seconds() - children_before) * _TICK
+        others = client_after[0] - client_before[0] - client_ticks
+        result["client_cpu_other_pct"] = round(
+            max(0.0, 100.0 * others / (client_after[1] - client_before[1])), 1)
+    return result
+
+
+def cpu_usage(before: Optional[CpuSnapshot], after: Optional[CpuSnapshot]) -> dict:
+    """server_cpu_pct: the server process's CPU time / wall time; cpu_other_pct: the share of
+    its CPU that other tasks ran (or the hypervisor stole) meanwhile -- the disturbance;
+    cpu_irq_pct: interrupts and softirqs on it (largely the run's own loopback traffic);
+    server_preempted_per_s: involuntary context switches of the server."""
+    if before is None or after is None or after.cpu_total <= before.cpu_total:
+        return {}
+    total = after.cpu_total - before.cpu_total
+    wall = max(after.wall - before.wall, 1e-9)
+    proc = after.proc_ticks - before.proc_ticks
+    others = max(0, after.cpu_tasks - before.cpu_tasks - proc)
+    return {
+        "server_cpu_pct": round(100.0 * proc / _TICK / wall, 1),
+        "cpu_other_pct": round(100.0 * others / total, 1),
+        "cpu_irq_pct": round(100.0 * (after.cpu_irq - before.cpu_irq) / total, 1),
+        "cpu_steal_pct": round(100.0 * (after.cpu_steal - before.cpu_steal) / total, 1),
+        "server_preempted_per_s": round((after.preemptions - before.preemptions) / wall, 1),
+    }
+
+
+# ---- the C load generator -------------------------------------------------------------------
+
+def run_loadgen(port: int, conns: int, size: int, duration: float, warmup: float,
+                cpu: Optional[int], connect_timeout: float = 10.0,
+                server_pid: Optional[int] = None, server_cpu: Optional[int] = None) -> dict:
+    """One closed-loop echo run; a dict with ok=True and rps/p50_us/p99_us, or ok=False and
+    error; with server_pid, also the CPU accounting of the run (see cpu_usage)."""
+    return with_cpu_usage(server_pid, server_cpu, lambda: _run_loadgen(
+        port, conns, size, duration, warmup, cpu, connect_timeout), client_cpu=cpu)
+
+
+def _run_loadgen(port, conns, size, duration, warmup, cpu, connect_timeout) -> dict:
+    cmd = [str(LOADGEN), "--port", str(port), "--conns", str(conns), "--size", str(size),
+           "--duration", str(duration), "--warmup", str(warmup),
+           "--timeout", str(connect_timeout)]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    limit = connect_timeout * 2 + warmup + duration + 15
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"the load generator did not finish within {limit:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        return {"ok": False, "error": f"loadgen exit status {proc.returncode}: "
+                                      f"{(proc.stderr or proc.stdout).strip()[:300]}"}
+    return json.loads(lines[-1])
+
+
+# ---- wrk ------------------------------------------------------------------------------------
+
+def wrk_path() -> Optional[str]:
+    return shutil.which("wrk")
+
+
+def wrk_version() -> Optional[str]:
+    path = wrk_path()
+    if not path:
+        return None
+    proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    first = (proc.stdout or proc.stderr).strip().splitlines()
+    m = re.match(r"(wrk \S+)", first[0]) if first else None
+    return m.group(1) if m else (first[0] if first else "wrk ?")
+
+
+def check_http(port: int, timeout: float = 5.0) -> Optional[str]:
+    """None when GET / answers 200 "Hello, World!" (what wrk will hammer), else the problem."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout) as resp:
+            body = resp.read()
+            if resp.status != 200 or body != b"Hello, World!":
+                return f"unexpected response {resp.status} {body[:60]!r}"
+    except Exception as exc:            # noqa: BLE001 - becomes the point's error
+        return f"GET / failed: {type(exc).__name__}: {exc}"
+    return None
+
+
+_UNITS = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
+
+
+def _to_us(text: str) -> Optional[float]:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def parse_wrk(output: str) -> dict:
+    out: dict = {"ok": True}
+    m = re.search(r"Requests/sec:\s*([\d.]+)", output)
+    if not m:
+        return {"ok": False, "error": f"no Requests/sec in wrk's output: {output.strip()[-300:]}"}
+    out["rps"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", output)
+    if m:
+        out["requests"] = int(m.group(1))
+    for pct, key in (("50", "p50_us"), ("99", "p99_us")):
+        m = re.search(rf"^\s*{pct}(?:\.0+)?%\s+(\S+)", output, re.M)
+        if m:
+            out[key] = _to_us(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", output)
+    if m and int(m.group(1)):
+        out.update(ok=False, error=f"{m.group(1)} responses were not 2xx/3xx")
+    m = re.search(r"Socket errors:\s*(.*)", output)
+    if m:
+        # "connect 0, read 0, write 0, timeout 3": a request unanswered for wrk's --timeout is
+        # as much a failure as a reset.
+        counts = {k: int(v) for k, v in re.findall(r"(\w+)\s+(\d+)", m.group(1))}
+        out["socket_errors"] = counts
+        if any(counts.values()):
+            out.update(ok=False, error=f"wrk socket errors: {m.group(1).strip()}")
+    return out
+
+
+def run_wrk(port: int, conns: int, duration: float, cpu: Optional[int],
+            server_pid: Optional[int] = None, server_cpu: Optional[int] = None) -> dict:
+    return with_cpu_usage(server_pid, server_cpu,
+                          lambda: _run_wrk(port, conns, duration, cpu), client_cpu=cpu)
+
+
+def _run_wrk(port: int, conns: int, duration: float, cpu: Optional[int]) -> dict:
+    path = wrk_path()
+    if path is None:
+        return {"ok": False, "error": "wrk is not installed"}
+    secs = max(1, int(round(duration)))
+    cmd = [path, "-t1", f"-c{conns}", f"-d{secs}s", "--latency", "--timeout", "5s",
+           f"http://127.0.0.1:{port}/"]
+    if cpu is not None:
+        cmd = ["taskset", "-c", str(cpu), *cmd] if shutil.which("taskset") else cmd
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 30)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "wrk did not finish in time"}
+    if proc.returncode != 0:
+        return {"ok": False, "error": f"wrk exit status {proc.returncode}: "
+                                      f"{(proc.stderr or proc.stdout).strip()[:300]}"}
+    return parse_wrk(proc.stdout)
+
+
+# ---- counting a server's system calls -------------------------------------------------------
+
+# The syscalls named in the breakdown.  Every syscall is counted in the total (the raw_syscalls
+# tracepoint); naming all ~350 per-syscall tracepoints would make perf take ~15 s to attach and
+# detach, so only the ones an event loop's I/O path makes are broken out ("other" is the rest).
+SYSCALL_BREAKDOWN = (
+    "io_uring_enter", "epoll_wait", "epoll_pwait", "epoll_pwait2", "epoll_ctl", "poll", "ppoll",
+    "select", "pselect6", "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg",
+    "sendmsg", "accept4", "accept", "close", "shutdown", "futex", "ioctl", "getsockname",
+    "getpeername", "setsockopt", "getsockopt", "brk", "mmap", "munmap", "clock_gettime",
+    "getpid",
+)
+
+
+def syscall_method() -> tuple[Optional[str], str]:
+    """("perf" | "strace" | None, description): perf's syscall tracepoints where they work (low
+    overhead, exact counts), else strace -c -f (counts exact, but slows the server)."""
+    if shutil.which("perf"):
+        proc = subprocess.run(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter",
+                               "-e", "syscalls:sys_enter_io_uring_enter", "--", "true"],
+                              capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0 and "raw_syscalls:sys_enter" in proc.stderr \
+                and "<not supported>" not in proc.stderr:
+            return "perf", ("`perf stat -e raw_syscalls:sys_enter -e syscalls:sys_enter_<name> "
+                            "-p <server pid>` (counters enabled through perf's control FIFO "
+                            "only while the load generator runs)")
+    if shutil.which("strace"):
+        return "strace", "`strace -c -f -p <server pid>` (it slows the server while attached)"
+    return None, "neither perf (with syscall tracepoints) nor strace is available"
+
+
+def count_syscalls(method: str, pid: int, workload: Callable[[], dict],
+                   log_dir: Path) -> dict:
+    """Count the system calls of server `pid` (all its threads) while `workload` (the load
+    generator) runs; {"total": n, "by_name": {...}, "run": workload's result} or {"error"}."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="syscalls-", dir=log_dir))
+    out_path = work_dir / "counts.txt"
+    if method == "perf":
+        return _count_with_perf(pid, workload, work_dir, out_path)
+    return _count_with_strace(pid, workload, out_path)
+
+
+def _count_with_perf(pid: int, workload, work_dir: Path, out_path: Path) -> dict:
+    # perf starts with its counters disabled (-D -1) and is switched on and off through a
+    # control FIFO; its acknowledgement tells us the counters really are live, so the count
+    # covers exactly the load generator's run.
+    ctl, ack = work_dir / "ctl", work_dir / "ack"
+    os.mkfifo(ctl)
+    os.mkfifo(ack)
+    events = ["-e", "raw_syscalls:sys_enter"]
+    for name in _existing_tracepoints(SYSCALL_BREAKDOWN):
+        events += ["-e", f"syscalls:sys_enter_{name}"]
+    cmd = ["perf", "stat", "-x,", "-o", str(out_path), "-D", "-1", "--control",
+           f"fifo:{ctl},{ack}", *events, "-p", str(pid)]
+    counter = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    ack_fd = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
+    ctl_fd = None
+    run = None
+    try:
+        ctl_fd = _open_fifo_writer(ctl, counter, timeout=20.0)
+        if ctl_fd is None or not _perf_command(ctl_fd, ack_fd, "enable"):
+            return {"error": "perf did not start counting: "
+                             + _finish(counter, out_path).strip()[-300:]}
+        run = workload()
+        if not _perf_command(ctl_fd, ack_fd, "disable"):
+            return {"error": "perf did not acknowledge 'disable'", "run": run}
+    finally:
+        for fd in (ctl_fd, ack_fd):
+            if fd is not None:
+                os.close(fd)
+        _finish(counter, out_path)
+    counts = _parse_perf(out_path.read_text(errors="replace") if out_path.exists() else "")
+    total = counts.pop("*", None)
+    if total is None:
+        return {"error": "perf reported no counts", "run": run}
+    named = sum(counts.values())
+    if total > named:
+        counts["other"] = total - named
+    return {"total": total, "by_name": counts, "run": run}
+
+
+def _existing_tracepoints(names) -> list:
+    """The names whose sys_enter tracepoint this kernel has (perf refuses an unknown event;
+    which syscalls exist depends on the architecture)."""
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        events = Path(root) / "events" / "syscalls"
+        if events.is_dir():
+            return [n for n in names if (events / f"sys_enter_{n}").is_dir()]
+    return ["io_uring_enter"]
+
+
+def _open_fifo_writer(path: Path, proc: subprocess.Popen, timeout: float) -> Optional[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:                 # ENXIO: perf has not opened its end yet
+            time.sleep(0.01)
+    return None
+
+
+def _perf_command(ctl_fd: int, ack_fd: int, command: str, timeout: float = 20.0) -> bool:
+    os.write(ctl_fd, command.encode() + b"\n")
+    deadline = time.monotonic() + timeout
+    got = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([ack_fd], [], [], max(0.0, deadline - time.monotonic()))
+        if ready:
+            try:
+                chunk = os.read(ack_fd, 64)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                time.sleep(0.01)        # writer not connected yet
+                continue
+            got += chunk
+            if b"ack" in got:
+                return True
+    return False
+
+
+def _finish(counter: subprocess.Popen, out_path: Path) -> str:
+    """Stop a counter process (SIGINT makes perf and strace write their summary) and return
+    its stderr."""
+    if counter.poll() is None:
+        try:
+            os.killpg(counter.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    try:
+        counter.wait(30)
+    except subprocess.TimeoutExpired:
+        _kill_group(counter, signal.SIGKILL)
+        counter.wait(5)
+    err = ""
+    if counter.stderr:
+        err = counter.stderr.read().decode(errors="replace")
+        counter.stderr.close()
+    return err
+
+
+def _count_with_strace(pid: int, workload, out_path: Path) -> dict:
+    cmd = ["strace", "-c", "-f", "-o", str(out_path), "-p", str(pid)]
+    counter = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    run = None
+    try:
+        # strace says "Process N attached" on stderr once it is; wait for that (bounded).
+        deadline = time.monotonic() + 10
+        seen = b""
+        while b"attached" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([counter.stderr], [], [], 0.2)
+            if ready:
+                chunk = os.read(counter.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                seen += chunk
+        if b"attached" not in seen:
+            return {"error": f"strace did not attach: {seen.decode(errors='replace')[-300:]}"}
+        run = workload()
+    finally:
+        _finish(counter, out_path)
+    counts = _parse_strace(out_path.read_text(errors="replace") if out_path.exists() else "")
+    if not counts:
+        return {"error": "strace reported no counts", "run": run}
+    return {"total": sum(counts.values()), "by_name": counts, "run": run}
+
+
+def _parse_perf(text: str) -> dict:
+    """perf stat -x, lines: value,unit,event,...; "<not counted>" (the thread never ran while
+    enabled) is a count of 0."""
+    counts = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 3:
+            continue
+        value = fields[0].strip()
+        if value == "<not counted>":
+            value = "0"
+        if not value.isdigit():
+            continue
+        event = fields[2]
+        if event == "raw_syscalls:sys_enter":
+            counts["*"] = int(value)
+        elif event.startswith("syscalls:sys_enter_") and int(value):
+            counts[event[len("syscalls:sys_enter_"):]] = int(value)
+    return counts
+
+
+def _parse_strace(text: str) -> dict:
+    counts = {}
+    for line in text.splitlines():
+        fields = line.split()
+        # % time, seconds, usecs/call, calls, [errors], syscall
+        if len(fields) >= 5 and fields[0].replace(".", "").isdigit() and fields[3].isdigit():
+            if fields[-1] != "total":
+                counts[fields[-1]] = int(fields[3])
+    return counts

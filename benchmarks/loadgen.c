@@ -1,0 +1,431 @@
+/*
+ * loadgen: a closed-loop TCP echo load generator for the uringloop benchmarks.
+ *
+ * Each of --conns connections keeps exactly one request in flight: it sends --size bytes, waits
+ * until the same --size bytes have come back, compares every one of them with what it sent, and
+ * sends the next.  Throughput is requests completed per second inside the measurement window
+ * (after --warmup seconds, for --duration seconds); latency is send-start to last-byte-received of
+ * each request completed in that window, reported as p50/p99.
+ *
+ * Why C and not Python: a Python client shares the interpreter's costs with the servers being
+ * measured and saturates long before uvloop does.  This one is a single epoll thread pinned to its
+ * own CPU (--cpu), so the server under test gets the other CPU to itself.
+ *
+ * Verification: every request sends a window of a random pattern (the window start moves with the
+ * connection number and the request's sequence number), so an echo that is stale, reordered,
+ * duplicated, truncated or from another connection does not match.  Any mismatch, short echo,
+ * unexpected EOF or reset aborts the run with an error.
+ *
+ * Output: one JSON object on stdout; exit status 0 on success, 2 on a failed run, 1 on bad usage.
+ * Every run ends by itself: a connect phase limited by --timeout, a stall detector (--timeout
+ * seconds with no completed request), and a bounded drain of in-flight requests at the end.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The pattern is longer than a message by this much: the room the window start moves in. */
+#define PATTERN_SLACK 4096u
+#define SCRATCH_SIZE (256u * 1024u)
+#define MAX_EVENTS 256
+
+enum phase { CONNECTING, RUNNING, DRAINING };
+
+struct conn {
+    int fd;
+    int connected;
+    int want_out;          /* EPOLLOUT is armed: the current request is partly sent */
+    int busy;              /* a request is in flight */
+    uint32_t offset;       /* window start in the pattern for the current request */
+    size_t sent, received;
+    uint64_t seq;
+    uint64_t started_ns;
+};
+
+static struct {
+    const char *host;
+    int port, nconns, cpu;
+    size_t size;
+    double duration, warmup, timeout;
+} opt = {"127.0.0.1", 0, 1, -1, 1024, 2.0, 0.5, 10.0};
+
+static unsigned char *pattern;
+static unsigned char scratch[SCRATCH_SIZE];
+static struct conn *conns;
+static int epfd = -1;
+
+static uint32_t *samples;          /* latencies (ns, saturated) of requests in the window */
+static size_t nsamples, samples_cap;
+static uint64_t total_requests;   /* every completed request, warm-up and drain included */
+static uint64_t window_requests;
+static uint64_t window_bytes;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+/* Report a failed run as JSON (so the harness can show the reason) and exit 2. */
+static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    printf("{\"ok\": false, \"error\": ");
+    json_string(msg);
+    printf(", \"conns\": %d, \"size\": %zu, \"total_requests\": %llu}\n", opt.nconns, opt.size,
+           (unsigned long long)total_requests);
+    fflush(stdout);
+    exit(2);
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: loadgen --port N [--host 127.0.0.1] [--conns 1] [--size 1024]\n"
+            "               [--duration 2] [--warmup 0.5] [--timeout 10] [--cpu N]\n");
+    exit(1);
+}
+
+static void parse_args(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc)
+            usage();
+        const char *v = argv[++i];
+        if (!strcmp(a, "--host"))
+            opt.host = v;
+        else if (!strcmp(a, "--port"))
+            opt.port = atoi(v);
+        else if (!strcmp(a, "--conns"))
+            opt.nconns = atoi(v);
+        else if (!strcmp(a, "--size"))
+            opt.size = (size_t)strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--duration"))
+            opt.duration = atof(v);
+        else if (!strcmp(a, "--warmup"))
+            opt.warmup = atof(v);
+        else if (!strcmp(a, "--timeout"))
+            opt.timeout = atof(v);
+        else if (!strcmp(a, "--cpu"))
+            opt.cpu = atoi(v);
+        else
+            usage();
+    }
+    if (opt.port <= 0 || opt.port > 65535 || opt.nconns <= 0 || opt.size == 0 ||
+        opt.duration <= 0 || opt.warmup < 0 || opt.timeout <= 0)
+        usage();
+}
+
+static void make_pattern(void)
+{
+    size_t n = opt.size + PATTERN_SLACK;
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    pattern = malloc(n);
+    if (!pattern)
+        fail("out of memory for a %zu-byte pattern", n);
+    for (size_t i = 0; i < n; i++) {          /* xorshift64: cheap and not periodic in 4 KiB */
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        pattern[i] = (unsigned char)(x >> 24);
+    }
+}
+
+static void epoll_set(struct conn *c, uint32_t events, int op)
+{
+    struct epoll_event ev = {.events = events, .data = {.u32 = (uint32_t)(c - conns)}};
+    if (epoll_ctl(epfd, op, c->fd, &ev) < 0)
+        fail("epoll_ctl: %s", strerror(errno));
+}
+
+static void record(uint64_t latency_ns)
+{
+    if (nsamples == samples_cap) {
+        samples_cap = samples_cap ? samples_cap * 2 : 1u << 16;
+        samples = realloc(samples, samples_cap * sizeof *samples);
+        if (!samples)
+            fail("out of memory for latency samples");
+    }
+    samples[nsamples++] = latency_ns > UINT32_MAX ? UINT32_MAX : (uint32_t)latency_ns;
+}
+
+/* Send what is left of the current request; arm EPOLLOUT while the socket is full. */
+static void push(struct conn *c)
+{
+    while (c->sent < opt.size) {
+        ssize_t n = send(c->fd, pattern + c->offset + c->sent, opt.size - c->sent,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->sent += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!c->want_out) {
+                c->want_out = 1;
+                epoll_set(c, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
+            }
+            return;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        fail("connection %ld: send: %s", (long)(c - conns), n < 0 ? strerror(errno) : "0");
+    }
+    if (c->want_out) {
+        c->want_out = 0;
+        epoll_set(c, EPOLLIN, EPOLL_CTL_MOD);
+    }
+}
+
+static void start_request(struct conn *c)
+{
+    long idx = (long)(c - conns);
+    c->offset = (uint32_t)(((uint64_t)idx * 131u + c->seq * 17u) % PATTERN_SLACK);
+    c->sent = c->received = 0;
+    c->busy = 1;
+    c->started_ns = now_ns();
+    push(c);
+}
+
+/* Read what the server echoed so far (never past the current request), verify it, and complete
+ * the request when all of it is back.  Returns 1 when a request completed. */
+static int pull(struct conn *c, uint64_t *now, uint64_t window_start, uint64_t window_end)
+{
+    size_t want = opt.size - c->received;
+    if (want > SCRATCH_SIZE)
+        want = SCRATCH_SIZE;
+    ssize_t n = recv(c->fd, scratch, want, MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return 0;
+        fail("connection %ld: recv: %s", (long)(c - conns), strerror(errno));
+    }
+    if (n == 0)
+        fail("connection %ld: the server closed the connection (request %llu, %zu of %zu bytes "
+             "echoed)", (long)(c - conns), (unsigned long long)c->seq, c->received, opt.size);
+    if (!c->busy || c->received + (size_t)n > c->sent)
+        fail("connection %ld: the server sent %zd bytes that were never sent to it",
+             (long)(c - conns), n);
+    if (memcmp(scratch, pattern + c->offset + c->received, (size_t)n) != 0) {
+        size_t at = 0;
+        while (scratch[at] == pattern[c->offset + c->received + at])
+            at++;
+        fail("connection %ld: echoed byte %zu of request %llu differs from the byte sent",
+             (long)(c - conns), c->received + at, (unsigned long long)c->seq);
+    }
+    c->received += (size_t)n;
+    if (c->received < opt.size)
+        return 0;
+    *now = now_ns();
+    c->busy = 0;
+    c->seq++;
+    total_requests++;
+    if (*now >= window_start && *now < window_end) {
+        window_requests++;
+        window_bytes += opt.size;
+        record(*now - c->started_ns);
+    }
+    return 1;
+}
+
+static double tv_seconds(const struct timeval *tv)
+{
+    return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile_us(double q)
+{
+    if (!nsamples)
+        return 0.0;
+    size_t i = (size_t)(q * (double)(nsamples - 1) + 0.5);
+    return samples[i] / 1000.0;
+}
+
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void pin_cpu(void)
+{
+    if (opt.cpu < 0)
+        return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(opt.cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) < 0)
+        fail("sched_setaffinity(CPU %d): %s", opt.cpu, strerror(errno));
+}
+
+static void connect_all(void)
+{
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+    if (inet_pton(AF_INET, opt.host, &addr.sin_addr) != 1)
+        fail("not an IPv4 address: %s", opt.host);
+    int one = 1, pending = opt.nconns;
+    for (int i = 0; i < opt.nconns; i++) {
+        struct conn *c = &conns[i];
+        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (c->fd < 0)
+            fail("socket: %s (connection %d)", strerror(errno), i);
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 && errno != EINPROGRESS)
+            fail("connect to %s:%d: %s", opt.host, opt.port, strerror(errno));
+        epoll_set(c, EPOLLOUT, EPOLL_CTL_ADD);
+    }
+    struct epoll_event events[MAX_EVENTS];
+    uint64_t deadline = now_ns() + (uint64_t)(opt.timeout * 1e9);
+    while (pending > 0) {
+        if (now_ns() > deadline)
+            fail("%d of %d connections not established after %.1f s", pending, opt.nconns,
+                 opt.timeout);
+        int n = epoll_wait(epfd, events, MAX_EVENTS, 100);
+        if (n < 0 && errno != EINTR)
+            fail("epoll_wait: %s", strerror(errno));
+        for (int k = 0; k < n; k++) {
+            struct conn *c = &conns[events[k].data.u32];
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (c->connected)
+                continue;
+            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+            if (err)
+                fail("connect to %s:%d: %s", opt.host, opt.port, strerror(err));
+            c->connected = 1;
+            pending--;
+            epoll_set(c, EPOLLIN, EPOLL_CTL_MOD);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    parse_args(argc, argv);
+    pin_cpu();
+    raise_fd_limit();
+    make_pattern();
+    conns = calloc((size_t)opt.nconns, sizeof *conns);
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (!conns || epfd < 0)
+        fail("setup: %s", strerror(errno));
+
+    connect_all();
+
+    struct rusage usage_start, usage_end;
+    getrusage(RUSAGE_SELF, &usage_start);
+    uint64_t start = now_ns();
+    uint64_t window_start = start + (uint64_t)(opt.warmup * 1e9);
+    uint64_t window_end = window_start + (uint64_t)(opt.duration * 1e9);
+    uint64_t stall_ns = (uint64_t)(opt.timeout * 1e9);
+    uint64_t last_progress = start, now = start, drain_deadline = 0;
+    enum phase phase = RUNNING;
+    int in_flight = opt.nconns;
+    for (int i = 0; i < opt.nconns; i++)
+        start_request(&conns[i]);
+
+    struct epoll_event events[MAX_EVENTS];
+    while (in_flight > 0) {
+        int n = epoll_wait(epfd, events, MAX_EVENTS, 50);
+        if (n < 0 && errno != EINTR)
+            fail("epoll_wait: %s", strerror(errno));
+        now = now_ns();
+        for (int k = 0; k < n; k++) {
+            struct conn *c = &conns[events[k].data.u32];
+            if (events[k].events & (EPOLLERR | EPOLLHUP | EPOLLIN)) {
+                if (pull(c, &now, window_start, window_end)) {
+                    last_progress = now;
+                    if (phase == RUNNING && now < window_end)
+                        start_request(c);
+                    else
+                        in_flight--;
+                    continue;
+                }
+            }
+            if (c->busy && c->want_out && (events[k].events & EPOLLOUT))
+                push(c);
+        }
+        if (phase == RUNNING && now >= window_end) {
+            /* Stop issuing; let what is in flight finish (bounded), so the server sees orderly
+             * closes rather than resets in the middle of an echo. */
+            phase = DRAINING;
+            drain_deadline = now + 2000000000ull;
+        }
+        if (phase == DRAINING && now > drain_deadline)
+            break;
+        if (now - last_progress > stall_ns)
+            fail("stalled: no request completed for %.1f s (%d of %d connections waiting)",
+                 opt.timeout, in_flight, opt.nconns);
+    }
+    uint64_t finished = now_ns();
+    getrusage(RUSAGE_SELF, &usage_end);
+    for (int i = 0; i < opt.nconns; i++)
+        close(conns[i].fd);
+
+    /* The client's own CPU use over the run: near 100 % means the load generator, not the
+     * server, may be what limits the rate. */
+    double cpu_s = tv_seconds(&usage_end.ru_utime) - tv_seconds(&usage_start.ru_utime) +
+                   tv_seconds(&usage_end.ru_stime) - tv_seconds(&usage_start.ru_stime);
+    double client_cpu_pct = 100.0 * cpu_s / ((double)(finished - start) / 1e9);
+    double window_s = (double)(window_end - window_start) / 1e9;
+    if (window_requests == 0)
+        fail("no request completed inside the %.2f s measurement window", window_s);
+    qsort(samples, nsamples, sizeof *samples, cmp_u32);
+    double mean = 0;
+    for (size_t i = 0; i < nsamples; i++)
+        mean += samples[i];
+    mean /= (double)nsamples * 1000.0;
+    printf("{\"ok\": true, \"cpu\": %d, \"conns\": %d, \"size\": %zu, \"window_s\": %.3f, "
+           "\"requests\": %llu, \"rps\": %.1f, \"mbps\": %.2f, \"p50_us\": %.1f, "
+           "\"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f, \"total_requests\": %llu, "
+           "\"unfinished\": %d, \"client_cpu_pct\": %.1f}\n",
+           opt.cpu, opt.nconns, opt.size, window_s, (unsigned long long)window_requests,
+           (double)window_requests / window_s, (double)window_bytes / window_s / 1e6,
+           percentile_us(0.50), percentile_us(0.99), samples[nsamples - 1] / 1000.0, mean,
+           (unsigned long long)total_requests, in_flight, client_cpu_pct);
+    return 0;
+}

@@ -1,0 +1,167 @@
+"""Loop micro-benchmarks: the scheduling paths every asyncio program pays for, without I/O.
+
+    python benchmarks/micro.py --loop uvloop [--scale 1.0] [--cpu 0]
+
+Prints one JSON line: {"loop_type": ..., "results": {name: {"seconds": s, "ops": n}}, "errors":
+{name: "..."}}.  Each benchmark builds a fresh loop, times only the work it names (not the loop's
+creation), and checks that the work was really done (every callback ran, every timer fired, every
+task finished) -- a benchmark that silently did less would look fast.
+
+  call_soon     N callbacks queued with loop.call_soon (from inside the loop), then run
+  timers        100k call_later timers, deadlines 0-1 ms in shuffled order, until the last fires
+  sleep0_tasks  T tasks, each awaiting asyncio.sleep(0) K times
+  create_close  new_event_loop() + close(), repeated
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import random
+import sys
+import time
+
+import loops
+
+
+def bench_call_soon(name: str, scale: float) -> dict:
+    n = max(1000, int(500_000 * scale))
+    loop = loops.make_loop(name)
+    try:
+        ran = [0]
+
+        def callback():
+            ran[0] += 1
+
+        def schedule_all(done: asyncio.Future):
+            call_soon = loop.call_soon
+            for _ in range(n):
+                call_soon(callback)
+            call_soon(done.set_result, None)     # FIFO: runs after every callback above
+
+        async def main():
+            done = loop.create_future()
+            start = time.perf_counter()
+            loop.call_soon(schedule_all, done)
+            await done
+            return time.perf_counter() - start
+
+        seconds = loop.run_until_complete(main())
+        if ran[0] != n:
+            raise AssertionError(f"{ran[0]} of {n} callbacks ran")
+        return {"seconds": seconds, "ops": n}
+    finally:
+        loop.close()
+
+
+def bench_timers(name: str, scale: float) -> dict:  # noqa: ARG001 - fixed size
+    n = 100_000                        # "100k timers" at every scale: it takes well under 1 s
+    delays = [i / n * 0.001 for i in range(n)]
+    random.Random(5).shuffle(delays)
+    loop = loops.make_loop(name)
+    try:
+        fired = [0]
+
+        async def main():
+            done = loop.create_future()
+
+            def on_timer():
+                fired[0] += 1
+                if fired[0] == n:
+                    done.set_result(None)
+
+            start = time.perf_counter()
+            call_later = loop.call_later
+            for d in delays:
+                call_later(d, on_timer)
+            await done
+            return time.perf_counter() - start
+
+        seconds = loop.run_until_complete(main())
+        if fired[0] != n:
+            raise AssertionError(f"{fired[0]} of {n} timers fired")
+        return {"seconds": seconds, "ops": n}
+    finally:
+        loop.close()
+
+
+def bench_sleep0_tasks(name: str, scale: float) -> dict:
+    tasks_n = max(100, int(10_000 * scale))
+    rounds = 10
+    loop = loops.make_loop(name)
+    try:
+        finished = [0]
+
+        async def worker():
+            for _ in range(rounds):
+                await asyncio.sleep(0)
+            finished[0] += 1
+
+        async def main():
+            start = time.perf_counter()
+            await asyncio.gather(*[worker() for _ in range(tasks_n)])
+            return time.perf_counter() - start
+
+        seconds = loop.run_until_complete(main())
+        if finished[0] != tasks_n:
+            raise AssertionError(f"{finished[0]} of {tasks_n} tasks finished")
+        return {"seconds": seconds, "ops": tasks_n * rounds}
+    finally:
+        loop.close()
+
+
+def bench_create_close(name: str, scale: float) -> dict:
+    n = max(20, int(1000 * scale))
+    loops.make_loop(name).close()       # imports and one-time set-up are not what we time
+    start = time.perf_counter()
+    for _ in range(n):
+        loop = loops.make_loop(name)
+        loop.close()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "ops": n}
+
+
+BENCHMARKS = {
+    "call_soon": bench_call_soon,
+    "timers": bench_timers,
+    "sleep0_tasks": bench_sleep0_tasks,
+    "create_close": bench_create_close,
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loop", required=True, choices=loops.LOOP_NAMES)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="work per benchmark relative to the full size (quick mode < 1)")
+    parser.add_argument("--only", nargs="*", choices=list(BENCHMARKS), default=None)
+    parser.add_argument("--cpu", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+
+    out: dict = {"loop": args.loop, "results": {}, "errors": {}}
+    try:
+        probe = loops.make_loop(args.loop)
+    except Exception as exc:            # noqa: BLE001 - reported as n/a
+        out["errors"]["*"] = f"cannot create the loop: {type(exc).__name__}: {exc}"
+        print(json.dumps(out), flush=True)
+        return 3
+    out["loop_type"] = loops.type_name(probe)
+    probe.close()
+
+    for bench in args.only or BENCHMARKS:
+        gc.collect()
+        try:
+            out["results"][bench] = BENCHMARKS[bench](args.loop, args.scale)
+        except Exception as exc:        # noqa: BLE001 - one broken benchmark is n/a, not fatal
+            out["errors"][bench] = f"{type(exc).__name__}: {exc}"
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

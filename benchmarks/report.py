@@ -1,0 +1,695 @@
+"""Turn a run's results (the dict run.py builds and saves as results.json) into the Markdown table
+and the PNG plots.  Can be rerun on a saved file:  python benchmarks/report.py results.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+SUBJECT = "uringloop"
+REFERENCES = ("uvloop", "asyncio")
+LOOP_COLORS = {"uringloop": "#d62728", "uvloop": "#1f77b4", "asyncio": "#7f7f7f"}
+BUSY_PCT = 10.0            # a run whose server CPU spent this much on anything else is flagged
+CLIENT_BOUND_PCT = 90.0    # a load generator this busy may be what limits the rate
+MICRO_TITLES = {
+    "call_soon": "call_soon throughput",
+    "timers": "100k timers",
+    "sleep0_tasks": "tasks awaiting sleep(0)",
+    "create_close": "loop create + close",
+}
+
+
+# ---- number formatting ---------------------------------------------------------------------
+
+def fmt_rate(x: Optional[float]) -> str:
+    if x is None:
+        return "–"
+    if x >= 100_000:
+        return f"{x / 1000:.0f}k"
+    if x >= 1000:
+        return f"{x / 1000:.1f}k"
+    return f"{x:.0f}"
+
+
+def fmt_us(x: Optional[float]) -> str:
+    if x is None:
+        return "–"
+    if x >= 10_000:
+        return f"{x / 1000:.0f} ms"
+    if x >= 1000:
+        return f"{x / 1000:.1f} ms"
+    return f"{x:.0f} µs"
+
+
+def fmt_seconds(x: Optional[float]) -> str:
+    if x is None:
+        return "–"
+    if x >= 1:
+        return f"{x:.2f} s"
+    return f"{x * 1000:.1f} ms"
+
+
+def fmt_size(n: int) -> str:
+    if n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)} MiB"
+    if n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
+
+
+def cell(summary: Optional[dict], fmt, error_ref: Optional[str] = None) -> str:
+    if summary is None:
+        return f"n/a{error_ref or ''}"
+    text = fmt(summary["median"])
+    if summary.get("n", 1) > 1:
+        text += f" [{fmt(summary['min'])}–{fmt(summary['max'])}]"
+    return text
+
+
+def ratio_cell(summary: Optional[dict]) -> str:
+    if summary is None:
+        return "–"
+    text = f"**{summary['median']:.2f}×**"
+    if summary.get("n", 1) > 1:
+        text += f" [{summary['min']:.2f}–{summary['max']:.2f}]"
+    return text
+
+
+# ---- the performance targets (issue 7) ------------------------------------------------------
+
+KIB = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    what: str
+    goal: str
+    workload: str                     # echo | http | micro | syscalls
+    select: Callable[[dict], bool]    # which points of the run it covers
+    metric: str = "rps"
+    reference: Optional[str] = "uvloop"
+    limit: float = 1.0
+    higher_is_better: bool = True
+
+
+TARGETS = (
+    Target("`Protocol` and streams echo, 1 KiB, 10 and 100 connections", "≥ 1.2× uvloop",
+           "echo", lambda p: p["style"] in ("protocol", "streams") and p["size"] == KIB
+           and p["conns"] in (10, 100), limit=1.2),
+    Target("`Protocol`, streams, `BufferedProtocol` echo at 16 KiB, 100 KiB, and 1 connection",
+           "≥ 1.0× uvloop", "echo",
+           lambda p: p["style"] in ("protocol", "streams", "bufferedprotocol")
+           and (p["size"] in (16 * KIB, 100 * KIB) or p["conns"] == 1), limit=1.0),
+    Target("`sock_*` echo, 1 KiB, 10 and 100 connections", "≥ 2× uvloop", "echo",
+           lambda p: p["style"] == "sock" and p["size"] == KIB and p["conns"] in (10, 100),
+           limit=2.0),
+    Target("aiohttp hello world under wrk, 10 and 100 connections", "≥ 1.1× uvloop", "http",
+           lambda p: p["conns"] in (10, 100), limit=1.1),
+    Target("`call_soon` throughput and 100k timers", "≤ 0.3× the stock loop's time", "micro",
+           lambda p: p["name"] in ("call_soon", "timers"), metric="seconds",
+           reference="asyncio", limit=0.3, higher_is_better=False),
+    Target("system calls per echo request at 100 connections", "≤ 0.1", "syscalls",
+           lambda p: p["conns"] == 100, metric="per_request", reference=None, limit=0.1,
+           higher_is_better=False),
+)
+
+
+def _point_label(p: dict) -> str:
+    if p.get("workload") == "http":
+        return f"aiohttp ×{p['conns']}"
+    if p.get("workload") == "micro":
+        return MICRO_TITLES.get(p["name"], p["name"])
+    return f"{p['style']} {fmt_size(p['size'])}×{p['conns']}"
+
+
+def evaluate_target(target: Target, results: dict) -> dict:
+    """{"status": met | missed | n/a | not in this run, "values": [(label, value or None)]}."""
+    if target.workload == "syscalls":
+        points = [dict(sp, workload="syscalls")
+                  for sp in results.get("syscalls", {}).get("points", []) if target.select(sp)]
+    else:
+        points = [p for p in results.get("points", [])
+                  if p["workload"] == target.workload and target.select(p)]
+    values = []
+    for p in points:
+        if target.workload == "syscalls":
+            entry = p["loops"].get(SUBJECT) or {}
+            value = entry.get("per_request")
+        else:
+            r = _ratio(p, SUBJECT, target.metric, target.reference)
+            value = r["median"] if r else None
+        values.append((_point_label(p), value))
+    if not values:
+        status = "not in this run"
+    else:
+        measured = [v for _, v in values if v is not None]
+        ok = [(v >= target.limit) if target.higher_is_better else (v <= target.limit)
+              for v in measured]
+        if not all(ok):
+            status = "missed"
+        elif not measured:
+            status = "n/a"
+        elif len(measured) < len(values):
+            status = "met where measured"
+        else:
+            status = "met"
+    return {"status": status, "values": values}
+
+
+def targets_lines(results: dict) -> list[str]:
+    if SUBJECT not in results["config"]["loops"]:
+        return []
+    out = ["## Against the performance targets (issue 7)", "",
+           "Each figure is uringloop's same-round median ratio at one point of this run "
+           "(system calls: per request). n/a: uringloop could not run that point.", "",
+           "| target | goal | status | figures |", "|---|---|---|---|"]
+    for target in TARGETS:
+        ev = evaluate_target(target, results)
+        figures = "; ".join(
+            f"{label} {'n/a' if v is None else f'{v:.2f}' + ('×' if target.reference else '')}"
+            for label, v in ev["values"]) or "–"
+        status = ev["status"]
+        if status == "missed":
+            status = "**missed**"
+        out.append(f"| {target.what} | {target.goal} | {status} | {figures} |")
+    out.append("| memory per idle connection; RSS after 1M requests | ≤ uvloop's, no growth | "
+               "not measured by this benchmark | – |")
+    out.append("")
+    return out
+
+
+# ---- Markdown -------------------------------------------------------------------------------
+
+class Footnotes:
+    """n/a cells point at numbered notes that give the error once."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def ref(self, text: Optional[str]) -> str:
+        if not text:
+            return ""
+        if text not in self.notes:
+            self.notes.append(text)
+        return f" ({self.notes.index(text) + 1})"
+
+
+def _loop_entry(point: dict, loop: str) -> dict:
+    return point["loops"].get(loop, {})
+
+
+def _metric(point: dict, loop: str, metric: str) -> Optional[dict]:
+    return _loop_entry(point, loop).get("metrics", {}).get(metric, {}).get("summary")
+
+
+def _ratio(point: dict, loop: str, metric: str, ref: str) -> Optional[dict]:
+    return _loop_entry(point, loop).get("metrics", {}).get(metric, {}).get("ratios", {}).get(ref)
+
+
+def _na(point: dict, loop: str, notes: Footnotes) -> str:
+    entry = _loop_entry(point, loop)
+    if not entry:
+        return ""
+    return notes.ref(entry.get("error"))
+
+
+def _runs(point: dict, loop: str) -> list:
+    return [r for r in _loop_entry(point, loop).get("runs", []) if r.get("ok")]
+
+
+def _latency_cell(point: dict, loop: str) -> str:
+    p50, p99 = _metric(point, loop, "p50_us"), _metric(point, loop, "p99_us")
+    if p50 is None:
+        return "n/a"
+    text = f"{fmt_us(p50['median'])} / {fmt_us(p99['median'] if p99 else None)}"
+    cpu = [r["server_cpu_pct"] for r in _runs(point, loop) if "server_cpu_pct" in r]
+    if cpu:
+        text += f", {sorted(cpu)[len(cpu) // 2]:.0f}%"
+    return text
+
+
+def disturbance(run: dict) -> Optional[float]:
+    """The most that other processes took of the server's or the client's CPU during a run."""
+    values = [run[k] for k in ("cpu_other_pct", "client_cpu_other_pct") if k in run]
+    return max(values) if values else None
+
+
+def _others_cell(point: dict, loops) -> str:
+    others = [disturbance(r) for lp in loops for r in _runs(point, lp)
+              if disturbance(r) is not None]
+    if not others:
+        return "–"
+    worst = max(others)
+    return f"**{worst:.0f}%**" if worst >= BUSY_PCT else f"{worst:.0f}%"
+
+
+def conditions_lines(results: dict) -> list[str]:
+    """How undisturbed the runs were: the figures on a shared machine mean little without it."""
+    runs = [r for p in results.get("points", []) if p["workload"] in ("echo", "http")
+            for entry in p["loops"].values() for r in entry.get("runs", [])
+            if r.get("ok") and disturbance(r) is not None]
+    # One micro-benchmark process per loop and round (its four benchmarks share it).
+    micro = [r for p in results.get("points", [])[:] if p["workload"] == "micro"
+             and p["name"] == "call_soon" for entry in p["loops"].values()
+             for r in entry.get("runs", []) if r.get("ok") and "cpu_other_pct" in r]
+    runs += micro
+    if not runs:
+        return []
+    busy = [disturbance(r) for r in runs if disturbance(r) >= BUSY_PCT]
+    client = [r["client_cpu_pct"] for r in runs
+              if r.get("client_cpu_pct", 0) >= CLIENT_BOUND_PCT]
+    lines = []
+    if busy:
+        lines.append(f"- **Disturbed runs**: in {len(busy)} of {len(runs)} runs other "
+                     f"processes took ≥ {BUSY_PCT:.0f}% of the server's or the load generator's "
+                     f"CPU (up to {max(busy):.0f}%); those points have a wider min–max. Rerun "
+                     "on a quiet machine for figures to quote.")
+    else:
+        lines.append(f"- **Run conditions**: in none of the {len(runs)} runs did other "
+                     f"processes take ≥ {BUSY_PCT:.0f}% of the server's or the load generator's "
+                     "CPU.")
+    repeated = [r for r in runs if r.get("attempts", 1) > 1]
+    if repeated:
+        retry = results["config"].get("retry", {})
+        lines.append(f"- **Repeated runs**: {len(repeated)} runs disturbed by ≥ "
+                     f"{retry.get('disturbed_pct', '?')}% were run again and the less disturbed "
+                     "attempt kept (at most once per run, within a budget of "
+                     f"{retry.get('budget', 0) * 100:.0f}% extra time).")
+    restarts = results.get("server_restarts", [])
+    if restarts:
+        lines.append(f"- **Server restarts**: {len(restarts)} server processes died during the "
+                     f"run and were replaced (first: {restarts[0]})")
+    if client:
+        lines.append(f"- **Load generator near saturation** in {len(client)} runs (CPU ≥ "
+                     f"{CLIENT_BOUND_PCT:.0f}%): those rates may be limited by the client.")
+    return lines
+
+
+def metadata_lines(results: dict) -> list[str]:
+    meta, cfg = results["meta"], results["config"]
+    pk = meta.get("packages", {})
+
+    def ver(name):
+        info = pk.get(name) or {}
+        return info.get("version") or f"n/a ({info.get('error', 'not installed')})"
+
+    pin = cfg.get("pinning", {})
+    lines = [
+        f"- **Run**: `{cfg['command']}` ({cfg['mode']} mode), {meta['started_utc']} UTC, "
+        f"{cfg['reps']} rounds per point, loops interleaved "
+        f"{' '.join(cfg['loops'])} within each round; echo runs {cfg['duration']} s after "
+        f"{cfg['warmup']} s warm-up; total {meta.get('elapsed_s', 0):.0f} s"
+        + (" — **interrupted, partial results**" if results.get("interrupted") else ""),
+        f"- **Machine**: {meta['cpu_model']}, {meta['cpus']} CPUs, "
+        f"{meta['memory_gib']:.0f} GiB; kernel {meta['kernel']}; load average at start "
+        f"{meta['loadavg_start']}, at end {meta.get('loadavg_end', '?')}",
+        f"- **Python** {meta['python']} ({meta['python_executable']}); uringloop "
+        f"{ver('uringloop')} (git {meta.get('git', '?')}), uvloop {ver('uvloop')}, aiohttp "
+        f"{ver('aiohttp')}, matplotlib {ver('matplotlib')}; "
+        f"{meta.get('wrk') or 'wrk: not installed'}",
+        f"- **Pinning**: server process on CPU {pin.get('server', '–')}, load generator on CPU "
+        f"{pin.get('client', '–')} (benchmarks/loadgen.c, `{meta.get('loadgen_build', '?')}`)",
+        "- **Loops verified** (type of the running loop, printed by each server): "
+        + ", ".join(f"{k} → `{v}`" for k, v in sorted(results.get("loop_types", {}).items())),
+    ]
+    return lines
+
+
+def render_markdown(results: dict, image_prefix: str = "", heading: str = "#") -> str:
+    """The results as Markdown.  image_prefix: path from the Markdown file to the plots;
+    heading: the level of the title ("#"; sections are one level below)."""
+    sub = heading + "#"
+    return _render(results, image_prefix).replace("\n## ", f"\n{sub} ").replace(
+        "# Benchmark results", f"{heading} Benchmark results", 1)
+
+
+def _render(results: dict, image_prefix: str) -> str:
+    loops = results["config"]["loops"]
+    subject_present = SUBJECT in loops
+    refs = [r for r in REFERENCES if r in loops]
+    notes = Footnotes()
+    out = ["# Benchmark results", ""]
+    out += metadata_lines(results)
+    out += conditions_lines(results)
+    out += ["",
+            "Cells: median over rounds [min–max]. Ratios: uringloop's figure ÷ the other loop's "
+            "figure from the *same round*, median [min–max] over rounds; above 1 means uringloop "
+            "is ahead for rates, below 1 means it is ahead for times. n/a: not measurable on "
+            "that loop (reason in the notes at the end).", ""]
+
+    ratio_cols = []
+    if subject_present:
+        ratio_cols = [(SUBJECT, r) for r in refs]
+    if "uvloop" in loops and "asyncio" in loops:
+        ratio_cols.append(("uvloop", "asyncio"))
+
+    out += targets_lines(results)
+
+    echo = [p for p in results.get("points", []) if p["workload"] == "echo"]
+    if echo:
+        out += ["## Echo: requests per second (higher is better)", ""]
+        header = ["style", "size", "conns"] + loops + [f"{a} ÷ {b}" for a, b in ratio_cols]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for p in echo:
+            row = [p["style"], fmt_size(p["size"]), str(p["conns"])]
+            row += [cell(_metric(p, lp, "rps"), fmt_rate, _na(p, lp, notes)) for lp in loops]
+            row += [ratio_cell(_ratio(p, a, "rps", b)) for a, b in ratio_cols]
+            out.append("| " + " | ".join(row) + " |")
+        out += ["", "## Echo: latency p50 / p99, and the server's CPU use (medians over rounds)",
+                "",
+                "CPU: the server process's CPU time ÷ wall time (100% = its CPU saturated; "
+                "the kernel's softirq work for the loopback traffic comes on top). Others: the "
+                "most that other processes (or the hypervisor) took of the server's or the load "
+                "generator's CPU in any run of the point — a disturbance, not part of the "
+                "measurement.", ""]
+        header = ["style", "size", "conns"] + loops + ["others (max)"]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for p in echo:
+            row = [p["style"], fmt_size(p["size"]), str(p["conns"])]
+            row += [_latency_cell(p, lp) for lp in loops]
+            row.append(_others_cell(p, loops))
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+
+    http = [p for p in results.get("points", []) if p["workload"] == "http"]
+    if http or results.get("http_skipped"):
+        out += ["## aiohttp hello world under wrk: requests per second (higher is better)", ""]
+        if results.get("http_skipped"):
+            out += [f"**Not run: {results['http_skipped']}**", ""]
+        if http:
+            header = ["conns"] + loops + [f"{a} ÷ {b}" for a, b in ratio_cols] + \
+                     [f"{lp} p50 / p99, CPU" for lp in loops]
+            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for p in http:
+                row = [str(p["conns"])]
+                row += [cell(_metric(p, lp, "rps"), fmt_rate, _na(p, lp, notes)) for lp in loops]
+                row += [ratio_cell(_ratio(p, a, "rps", b)) for a, b in ratio_cols]
+                row += [_latency_cell(p, lp) for lp in loops]
+                out.append("| " + " | ".join(row) + " |")
+            out.append("")
+
+    micro = [p for p in results.get("points", []) if p["workload"] == "micro"]
+    if micro:
+        out += ["## Loop micro-benchmarks: time (lower is better)", ""]
+        header = ["benchmark", "work"] + loops + [f"{a} ÷ {b}" for a, b in ratio_cols]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for p in micro:
+            row = [MICRO_TITLES.get(p["name"], p["name"]), p.get("work", "")]
+            row += [cell(_metric(p, lp, "seconds"), fmt_seconds, _na(p, lp, notes))
+                    for lp in loops]
+            row += [ratio_cell(_ratio(p, a, "seconds", b)) for a, b in ratio_cols]
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+
+    sys_points = results.get("syscalls", {})
+    if sys_points.get("points"):
+        out += ["## System calls per echo request (server process, all threads)", "",
+                f"Counted with {sys_points.get('method_description', '?')}; the count covers "
+                "the whole load-generator run (connection set-up and teardown included) and is "
+                "divided by every request completed in it; one run per loop.", ""]
+        header = ["point", "loop", "syscalls / request", "io_uring_enter / request",
+                  "most frequent (per request)"]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for sp in sys_points["points"]:
+            label = f"{sp['style']} {fmt_size(sp['size'])} × {sp['conns']}"
+            for lp in loops:
+                entry = sp["loops"].get(lp)
+                if not entry:
+                    continue
+                if entry.get("error"):
+                    out.append(f"| {label} | {lp} | n/a{notes.ref(entry['error'])} | | |")
+                    continue
+                top = ", ".join(f"{k} {v:.2f}" for k, v in entry["top_per_request"].items())
+                enter = entry["by_name"].get("io_uring_enter", 0) / entry["requests"]
+                out.append(f"| {label} | {lp} | **{entry['per_request']:.3f}** | {enter:.3f} | "
+                           f"{top} |")
+        out.append("")
+    elif sys_points.get("skipped"):
+        out += ["## System calls per echo request", "", f"Not measured: {sys_points['skipped']}",
+                ""]
+
+    plots = results.get("plots", [])
+    if plots:
+        out += ["## Plots", ""]
+        out += [f"![{name}]({image_prefix}{name})" for name in plots]
+        out.append("")
+    elif results.get("plots_skipped"):
+        out += [f"Plots not drawn: {results['plots_skipped']}", ""]
+
+    if notes.notes:
+        out += ["## Notes (n/a)", ""]
+        out += [f"{i}. {text}" for i, text in enumerate(notes.notes, 1)]
+        out.append("")
+    return "\n".join(out)
+
+
+# ---- plots ----------------------------------------------------------------------------------
+
+def draw_plots(results: dict, out_dir: Path) -> list[str]:
+    """echo.png (req/s per style) and summary.png (ratios, HTTP, micro, syscalls)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.patches
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    loops = results["config"]["loops"]
+    points = results.get("points", [])
+    written = []
+
+    echo = [p for p in points if p["workload"] == "echo"]
+    if echo:
+        # One panel per (style, message size), connections along x, a linear scale each: the
+        # rates of 1 KiB and 100 KiB messages differ by two orders of magnitude.
+        styles = list(dict.fromkeys(p["style"] for p in echo))
+        sizes = sorted({p["size"] for p in echo})
+        fig, axes = plt.subplots(len(styles), len(sizes),
+                                 figsize=(max(3.6 * len(sizes) + 0.6, 8.0), 2.4 * len(styles) + 0.8),
+                                 squeeze=False)
+        for row, style in enumerate(styles):
+            for col, size in enumerate(sizes):
+                ax = axes[row, col]
+                sp = [p for p in echo if p["style"] == style and p["size"] == size]
+                if not sp:
+                    ax.set_axis_off()
+                    continue
+                _grouped_bars(ax, sp, loops, "rps", [f"×{p['conns']}" for p in sp])
+                ax.set_title(f"{style}, {fmt_size(size)}: req/s", fontsize=9)
+                ax.yaxis.set_major_formatter(
+                    matplotlib.ticker.FuncFormatter(lambda v, _: fmt_rate(v)))
+                ax.tick_params(axis="y", labelsize=7)
+        handles = [matplotlib.patches.Patch(color=LOOP_COLORS.get(lp), label=lp) for lp in loops]
+        fig.legend(handles=handles, loc="upper right", ncol=len(loops), fontsize=8)
+        fig.suptitle("echo: requests/s by connections (median; whiskers: min–max)",
+                     fontsize=10, x=0.01, y=0.99, ha="left", va="top")
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+        fig.savefig(out_dir / "echo.png", dpi=80)
+        plt.close(fig)
+        written.append("echo.png")
+
+    panels = []
+    if SUBJECT in loops:
+        panels.append("ratios")
+    if any(p["workload"] == "http" for p in points):
+        panels.append("http")
+    if any(p["workload"] == "micro" for p in points):
+        panels.append("micro")
+    if results.get("syscalls", {}).get("points"):
+        panels.append("syscalls")
+    if panels:
+        fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.0 * len(panels) + 0.4),
+                                 squeeze=False)
+        for ax, panel in zip(axes[:, 0], panels):
+            if panel == "ratios":
+                _ratio_panel(ax, points)
+            elif panel == "http":
+                hp = [p for p in points if p["workload"] == "http"]
+                _grouped_bars(ax, hp, loops, "rps", [f"×{p['conns']}" for p in hp])
+                ax.set_title("aiohttp hello world under wrk: requests/s", fontsize=10)
+                ax.legend(fontsize=8)
+            elif panel == "micro":
+                _micro_panel(ax, [p for p in points if p["workload"] == "micro"], loops)
+            else:
+                _syscall_panel(ax, results["syscalls"]["points"], loops)
+        fig.tight_layout()
+        fig.savefig(out_dir / "summary.png", dpi=80)
+        plt.close(fig)
+        written.append("summary.png")
+    return written
+
+
+def _grouped_bars(ax, points, loops, metric, labels):
+    width = 0.8 / max(1, len(loops))
+    for i, lp in enumerate(loops):
+        xs, ys, lo, hi = [], [], [], []
+        for x, p in enumerate(points):
+            s = _metric(p, lp, metric)
+            if s is None:
+                ax.text(x + (i - (len(loops) - 1) / 2) * width, 0.03, "n/a", rotation=90,
+                        ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform(),
+                        color=LOOP_COLORS.get(lp, "k"))
+                continue
+            xs.append(x + (i - (len(loops) - 1) / 2) * width)
+            ys.append(s["median"])
+            lo.append(s["median"] - s["min"])
+            hi.append(s["max"] - s["median"])
+        if xs:
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=lp,
+                   color=LOOP_COLORS.get(lp), error_kw={"elinewidth": 0.8})
+    ax.set_xticks(range(len(points)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xlim(-0.5, len(points) - 0.5)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _micro_panel(ax, points, loops):
+    """Times relative to the stock loop's time in the same round (stock = 1): the four
+    benchmarks take from microseconds to seconds, so absolute times share no scale."""
+    width = 0.8 / max(1, len(loops))
+    for i, lp in enumerate(loops):
+        xs, ys = [], []
+        for x, p in enumerate(points):
+            if lp == "asyncio":
+                value = 1.0 if _metric(p, lp, "seconds") else None
+            else:
+                r = _ratio(p, lp, "seconds", "asyncio")
+                value = r["median"] if r else None
+            if value is not None:
+                xs.append(x + (i - (len(loops) - 1) / 2) * width)
+                ys.append(value)
+        if xs:
+            _bars_from_one(ax, xs, ys, width, lp, "{:.2f}×")
+    ax.set_xticks(range(len(points)))
+    ax.set_xticklabels([MICRO_TITLES.get(p["name"], p["name"]) for p in points], fontsize=8)
+    ax.set_xlim(-0.5, len(points) - 0.5)
+    ax.set_title("loop micro-benchmarks: time relative to the stock loop, log scale "
+                 "(below 1 = faster than stock)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _bars_from_one(ax, xs, ys, width, label, fmt):
+    """Ratio bars on a log scale, drawn from 1 (parity) up or down to the value, labelled."""
+    ax.set_yscale("log")
+    heights = [y - 1.0 for y in ys]
+    ax.bar(xs, heights, width, bottom=1.0, label=label,
+           color=LOOP_COLORS.get(label.replace("vs ", "")))
+    for x, y in zip(xs, ys):
+        ax.text(x, y, fmt.format(y), ha="center", va="bottom" if y >= 1 else "top",
+                fontsize=6)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+
+
+def _ratio_panel(ax, points):
+    labels, values = [], {ref: [] for ref in REFERENCES}
+    for p in points:
+        if p["workload"] == "echo":
+            label = f"{p['style']} {fmt_size(p['size'])}×{p['conns']}"
+        elif p["workload"] == "http":
+            label = f"aiohttp ×{p['conns']}"
+        else:
+            label = MICRO_TITLES.get(p["name"], p["name"])
+        metric = "seconds" if p["workload"] == "micro" else "rps"
+        labels.append(label)
+        for ref in REFERENCES:
+            r = _ratio(p, SUBJECT, metric, ref)
+            # Micro-benchmarks are times: invert so that above 1 means "uringloop faster"
+            # everywhere in this panel.
+            if r is not None and metric == "seconds":
+                r = 1.0 / r["median"] if r["median"] else None
+            elif r is not None:
+                r = r["median"]
+            values[ref].append(r)
+    width = 0.4
+    for i, ref in enumerate(REFERENCES):
+        xs = [x + (i - 0.5) * width for x, v in enumerate(values[ref]) if v is not None]
+        ys = [v for v in values[ref] if v is not None]
+        if xs:
+            _bars_from_one(ax, xs, ys, width, f"vs {ref}", "{:.2f}")
+    for x in range(len(labels)):
+        if all(values[ref][x] is None for ref in REFERENCES):
+            ax.text(x, 1.0, "n/a", ha="center", va="center", fontsize=7, color="#d62728")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=6)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_title("uringloop's speed-up over the other loops, same-round medians, log scale "
+                 "(above 1 = uringloop faster)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _syscall_panel(ax, sys_points, loops):
+    labels = [f"{sp['style']} {fmt_size(sp['size'])}×{sp['conns']}" for sp in sys_points]
+    width = 0.8 / max(1, len(loops))
+    for i, lp in enumerate(loops):
+        xs, ys = [], []
+        for x, sp in enumerate(sys_points):
+            entry = sp["loops"].get(lp)
+            if entry and not entry.get("error"):
+                xs.append(x + (i - (len(loops) - 1) / 2) * width)
+                ys.append(entry["per_request"])
+            elif entry:
+                ax.text(x + (i - (len(loops) - 1) / 2) * width, 0.03, "n/a", rotation=90,
+                        ha="center", va="bottom", fontsize=7, transform=ax.get_xaxis_transform(),
+                        color=LOOP_COLORS.get(lp, "k"))
+        if xs:
+            ax.bar(xs, ys, width, label=lp, color=LOOP_COLORS.get(lp))
+            for x, y in zip(xs, ys):
+                ax.text(x, y, f"{y:.2f}" if y < 10 else f"{y:.0f}", ha="center", va="bottom",
+                        fontsize=7)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_title("system calls per echo request (lower is better)", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+
+
+README_START = "<!-- latest results: written by benchmarks/run.py, do not edit by hand -->"
+README_END = "<!-- end of latest results -->"
+
+
+def update_readme(results: dict, readme: Path, out_dir: Path) -> bool:
+    """Put this run's tables and plots between the markers of benchmarks/README.md, so that the
+    README always shows the latest results.  False when the README has no markers."""
+    try:
+        text = readme.read_text()
+    except OSError:
+        return False
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    prefix = os.path.relpath(out_dir, readme.parent).replace(os.sep, "/") + "/"
+    body = render_markdown(results, image_prefix=prefix, heading="##")
+    body = body.replace("## Benchmark results\n", "", 1).strip()
+    readme.write_text(text[:start + len(README_START)] + "\n\n" + body + "\n\n" + text[end:])
+    return True
+
+
+def write_all(results: dict, out_dir: Path) -> list[Path]:
+    """results.json, results.md and the plots into out_dir; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        results["plots"] = draw_plots(results, out_dir)
+        results.pop("plots_skipped", None)
+    except ImportError as exc:
+        results["plots"] = []
+        results["plots_skipped"] = f"matplotlib is not installed ({exc})"
+    written += [out_dir / name for name in results["plots"]]
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / "results.md").write_text(render_markdown(results))
+    return [out_dir / "results.json", out_dir / "results.md"] + written
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" /
+                "results.json")
+    data = json.loads(path.read_text())
+    for p in write_all(data, path.parent):
+        print(p)

@@ -1,0 +1,721 @@
+#!/usr/bin/env python3
+"""uringloop benchmark: uringloop vs uvloop vs the stock asyncio loop, one command.
+
+    python3 benchmarks/run.py            # full: every style x size x connection count
+    python3 benchmarks/run.py --quick    # the headline subset, about 2 minutes on 2 CPUs
+
+Workloads: TCP echo in four server styles (sock_*, streams, Protocol, BufferedProtocol) driven by
+a C load generator (benchmarks/loadgen.c, built on first run) that verifies every echoed byte;
+aiohttp hello world under wrk; loop micro-benchmarks; system calls per echo request.
+
+Method: the server runs in its own process pinned to one CPU, the load generator on the other.
+Each point is measured in rounds; within a round every loop runs once, back to back (A B C A B C
+...), and ratios are taken within a round.  A style a loop cannot serve yet is reported as n/a
+with its error, never a crash.  Results: benchmarks/results/results.{json,md} and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+import loops as loops_mod  # noqa: E402
+import report  # noqa: E402
+import stats  # noqa: E402
+
+KIB = 1024
+STYLES = ("sock", "streams", "protocol", "bufferedprotocol")
+SIZES = (1 * KIB, 16 * KIB, 100 * KIB)
+CONNS = (1, 10, 100, 1000)
+MICRO = ("call_soon", "timers", "sleep0_tasks", "create_close")
+REFERENCES = ("uvloop", "asyncio")
+# A load run in which other processes took this much of the server's or the client's CPU is
+# repeated once; the extra runs may add at most RETRY_BUDGET of the planned time.
+RETRY_DISTURBED_PCT = 25.0
+RETRY_BUDGET = 0.10
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+    name: str
+    echo_points: tuple            # (style, size, conns)
+    reps: int
+    duration: float               # seconds measured per echo run
+    warmup: float                 # seconds of load before the measurement window
+    http_conns: tuple
+    http_duration: int
+    micro_scale: float
+    syscall_points: tuple         # (style, size, conns)
+    syscall_duration: float
+
+
+FULL = Mode(
+    name="full",
+    echo_points=tuple((s, z, c) for s in STYLES for z in SIZES for c in CONNS),
+    reps=3, duration=2.0, warmup=0.5,
+    http_conns=(10, 100), http_duration=3,
+    micro_scale=1.0,
+    syscall_points=(("sock", KIB, 100), ("protocol", KIB, 100)),
+    syscall_duration=2.0,
+)
+
+# The quick subset: the points issue 7's headline targets name (1 KiB at 10 and 100 connections
+# for sock_* and Protocol, 10 for streams and BufferedProtocol, one large-message point),
+# shorter runs, a smaller micro-benchmark scale and aiohttp at 100 connections only.
+QUICK = Mode(
+    name="quick",
+    echo_points=(("sock", KIB, 10), ("sock", KIB, 100),
+                 ("streams", KIB, 10),
+                 ("protocol", KIB, 10), ("protocol", KIB, 100), ("protocol", 100 * KIB, 1),
+                 ("bufferedprotocol", KIB, 10)),
+    reps=3, duration=0.8, warmup=0.25,
+    http_conns=(100,), http_duration=1,
+    micro_scale=0.2,
+    syscall_points=(("sock", KIB, 100), ("protocol", KIB, 100)),
+    syscall_duration=0.6,
+)
+
+# For the test suite: every code path, minimal time (not a measurement).
+SMOKE = Mode(
+    name="smoke",
+    echo_points=(("sock", KIB, 2), ("protocol", 16 * KIB, 2)),
+    reps=1, duration=0.2, warmup=0.05,
+    http_conns=(4,), http_duration=1,
+    micro_scale=0.01,
+    syscall_points=(("sock", KIB, 2),),
+    syscall_duration=0.2,
+)
+
+MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
+
+
+# ---- progress -------------------------------------------------------------------------------
+
+class Progress:
+    """Prints one line per run with elapsed time and an estimate of what is left, from the
+    planned cost of each step (seconds of load, plus process start-up)."""
+
+    def __init__(self, total_cost: float, stream=sys.stderr):
+        self.total = max(total_cost, 1e-9)
+        self.done = 0.0
+        self.start = time.monotonic()
+        self.stream = stream
+
+    def advance(self, cost: float) -> None:
+        self.done += cost
+
+    def say(self, text: str) -> None:
+        elapsed = time.monotonic() - self.start
+        frac = min(self.done / self.total, 1.0)
+        left = elapsed / frac - elapsed if frac > 0.02 else self.total - elapsed
+        self.stream.write(f"[{frac * 100:3.0f}% {_clock(elapsed)} ~{_clock(max(left, 0))} left] "
+                          f"{text}\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _run_text(run: dict) -> str:
+    if not run.get("ok"):
+        return f"FAILED: {run.get('error')}"
+    text = (f"{report.fmt_rate(run['rps'])} req/s  p50 {report.fmt_us(run.get('p50_us'))}"
+            f"  p99 {report.fmt_us(run.get('p99_us'))}")
+    if "server_cpu_pct" in run:
+        text += f"  (server CPU {run['server_cpu_pct']:.0f}%"
+        others = report.disturbance(run) or 0
+        if others >= report.BUSY_PCT:
+            text += f", OTHER PROCESSES {others:.0f}%"
+        text += ")"
+    if run.get("client_cpu_pct", 0) >= report.CLIENT_BOUND_PCT:
+        text += f"  [client CPU {run['client_cpu_pct']:.0f}%]"
+    return text
+
+
+# ---- machine description --------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    """"AMD EPYC (family 25, model 17), virtual machine" -- a VM often hides the exact name."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "?"
+    text = info.get("model name") or platform.processor() or "?"
+    if "cpu family" in info and "model" in info:
+        text += f" (family {info['cpu family']}, model {info['model']})"
+    if "hypervisor" in info.get("flags", "").split():
+        text += ", virtual machine"
+    return text
+
+
+def _memory_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024 / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _git_describe() -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(harness.REPO_DIR), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(harness.REPO_DIR), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "") if head else "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def _package_info(name: str) -> dict:
+    """Version and location as the child processes see them (same interpreter, same path)."""
+    code = ("import json, sys; sys.path.insert(0, %r); import loops; "
+            "print(json.dumps(loops.describe(%r)))" % (str(harness.BENCH_DIR), name))
+    if name not in loops_mod.LOOP_NAMES:
+        code = ("import json, importlib.metadata as m\n"
+                "try: print(json.dumps({'version': m.version(%r)}))\n"
+                "except Exception as e: print(json.dumps({'error': repr(e)}))" % name)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=harness.child_env(), cwd=str(harness.BENCH_DIR))
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": proc.stderr.strip()[-200:]}
+
+
+def machine_metadata() -> dict:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    gcc_version = (subprocess.run([gcc, "--version"], capture_output=True, text=True,
+                                  timeout=10).stdout.splitlines() or ["?"])[0] if gcc else None
+    return {
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "hostname": platform.node(),
+        "cpu_model": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "kernel": platform.release(),
+        "kernel_version": platform.version(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "python_executable": sys.executable,
+        "git": _git_describe(),
+        "uringloop_from": "repository (built in place)" if harness.in_tree_uringloop()
+                          else "installed package",
+        "packages": {name: _package_info(name)
+                     for name in ("uringloop", "uvloop", "aiohttp", "matplotlib")},
+        "wrk": harness.wrk_version(),
+        "gcc": gcc_version,
+        "loadgen_build": " ".join(["gcc", *harness.LOADGEN_CFLAGS]),
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, mode: Mode, loops: list[str], out_dir: Path, progress: Progress,
+                 command: str, cpus: tuple):
+        self.mode = mode
+        self.loops = loops
+        self.out_dir = out_dir
+        self.log_dir = out_dir / "tmp"
+        self.progress = progress
+        self.server_cpu, self.client_cpu = cpus
+        self.retries_per_run = 1
+        self.retry_budget = 0.0         # seconds of extra runs allowed; set from the plan
+        self.loop_types: dict = {}
+        self.results: dict = {
+            "config": {
+                "mode": mode.name, "command": command, "loops": loops, "reps": mode.reps,
+                "duration": mode.duration, "warmup": mode.warmup,
+                "http_duration": mode.http_duration, "micro_scale": mode.micro_scale,
+                "references": list(REFERENCES),
+                "retry": {"disturbed_pct": RETRY_DISTURBED_PCT, "budget": RETRY_BUDGET},
+                "pinning": {"server": self.server_cpu, "client": self.client_cpu},
+            },
+            "points": [],
+            "loop_types": self.loop_types,
+        }
+
+    # -- servers --
+
+    def start_servers(self, style: str) -> dict:
+        return {lp: self.start_server(lp, style) for lp in self.loops}
+
+    def start_server(self, lp: str, style: str) -> harness.Server:
+        """A server of `style` on loop `lp`, pinned and verified to run that loop (n/a with the
+        reason otherwise)."""
+        server = harness.Server(lp, style).start(self.server_cpu, self.log_dir,
+                                                 max_seconds=3600)
+        if server.ready:
+            expected = loops_mod.EXPECTED_TYPES[lp]
+            if server.loop_type != expected:
+                server.error = (f"the server runs {server.loop_type}, not {expected}: "
+                                "refusing to report it as " + lp)
+                server.stop()
+            else:
+                self.loop_types.setdefault(lp, server.loop_type)
+        if server.ready:
+            self.progress.say(f"{style} server on {lp}: type(loop) = {server.loop_type}, "
+                              f"CPUs {server.cpus}")
+        else:
+            self.progress.say(f"{style} server on {lp}: n/a - {server.error}")
+        return server
+
+    def ensure_alive(self, server: harness.Server) -> harness.Server:
+        """A server found dead before a run is replaced by a new one, so that one crash does
+        not blank out the rest of the style; the crash is recorded on the run it broke."""
+        if server.ready and not server.alive():
+            return self.start_server(server.loop, server.style)
+        return server
+
+    # -- echo --
+
+    def echo_style(self, style: str, points: list, sys_points: list) -> None:
+        servers = self.start_servers(style)
+        try:
+            for (_, size, conns) in points:
+                self.results["points"].append(self.echo_point(servers, style, size, conns))
+            for (_, size, conns) in sys_points:
+                self.syscall_point(servers, style, size, conns)
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    def echo_point(self, servers: dict, style: str, size: int, conns: int) -> dict:
+        mode = self.mode
+        label = f"echo {style} {report.fmt_size(size)} x{conns}"
+        runs: dict = {lp: [] for lp in self.loops}
+        for rnd in range(mode.reps):
+            for lp in self.loops:
+                server = servers[lp]
+                if not server.ready:
+                    runs[lp].append({"ok": False, "error": server.error, "na": True})
+                    self.progress.advance(self.echo_cost())
+                    continue
+                if not server.alive():
+                    died = (f"the {lp} server exited (status {server.proc.poll()}): "
+                            f"{harness._tail(server.log_path)}")
+                    self.results.setdefault("server_restarts", []).append(died)
+                    self.progress.say(died + " - starting a new one")
+                    server = servers[lp] = self.ensure_alive(server)
+                    if not server.ready:
+                        runs[lp].append({"ok": False, "error": died})
+                        continue
+                run = self.measure(
+                    lambda: harness.run_loadgen(server.port, conns, size, mode.duration,
+                                                mode.warmup, self.client_cpu,
+                                                server_pid=server.pid,
+                                                server_cpu=self.server_cpu),
+                    self.echo_cost(), f"{label}  round {rnd + 1}/{mode.reps}  {lp:9}")
+                runs[lp].append(run)
+        point = {"workload": "echo", "style": style, "size": size, "conns": conns}
+        point["loops"] = self.summarize(runs, ("rps", "p50_us", "p99_us"))
+        return point
+
+    def measure(self, run_once, cost: float, label: str) -> dict:
+        """One load run; a run that other processes disturbed badly is repeated (once, within
+        a budget of extra runs) and the less disturbed attempt is kept.  Every loop gets the
+        same treatment, and the kept run records how many attempts it took."""
+        run = run_once()
+        self.progress.advance(cost)
+        self.progress.say(f"{label} {_run_text(run)}")
+        attempts = 1
+        while (run.get("ok") and (report.disturbance(run) or 0) >= RETRY_DISTURBED_PCT
+               and attempts <= self.retries_per_run and self.retry_budget >= cost):
+            self.retry_budget -= cost
+            again = run_once()
+            attempts += 1
+            self.progress.say(f"{label} {_run_text(again)}  (repeated: disturbed)")
+            if again.get("ok") and (report.disturbance(again) or 0) < report.disturbance(run):
+                run = again
+        if attempts > 1:
+            run["attempts"] = attempts
+        return run
+
+    def echo_cost(self) -> float:
+        return self.mode.duration + self.mode.warmup + 0.15
+
+    def summarize(self, runs: dict, metrics: tuple) -> dict:
+        """Per loop: the raw runs, per-metric summaries and same-round ratios, and the error
+        that made the loop n/a (when no run succeeded)."""
+        runs = {lp: [{k: v for k, v in r.items() if k not in ("conns", "size")} for r in rs]
+                for lp, rs in runs.items()}         # the point says those already
+        ok_runs = {lp: [r if r.get("ok") else None for r in rs] for lp, rs in runs.items()}
+        out = {lp: {"runs": rs, "metrics": {}} for lp, rs in runs.items()}
+        for metric in metrics:
+            per_loop = stats.summarize_point(ok_runs, metric, REFERENCES)
+            for lp, entry in per_loop.items():
+                out[lp]["metrics"][metric] = entry
+        for lp, rs in runs.items():
+            errors = [r.get("error") for r in rs if not r.get("ok")]
+            if errors and len(errors) == len(rs):
+                out[lp]["error"] = errors[0]
+            elif errors:
+                out[lp]["partial_errors"] = errors
+        return out
+
+    # -- system calls --
+
+    def syscall_point(self, servers: dict, style: str, size: int, conns: int) -> None:
+        method, description = self.syscall_method
+        if method is None:
+            return
+        sc = self.results.setdefault("syscalls", {"method": method,
+                                                  "method_description": description,
+                                                  "points": []})
+        point = {"style": style, "size": size, "conns": conns, "loops": {}}
+        sc["points"].append(point)
+        for lp in self.loops:
+            server = servers[lp]
+            if not server.ready or not server.alive():
+                point["loops"][lp] = {"error": server.error or "the server is not running"}
+                self.progress.advance(self.mode.syscall_duration + 0.7)
+                continue
+            counted = harness.count_syscalls(
+                method, server.pid,
+                lambda: harness.run_loadgen(server.port, conns, size,
+                                            self.mode.syscall_duration, 0.0, self.client_cpu),
+                self.log_dir)
+            self.progress.advance(self.mode.syscall_duration + 0.7)
+            run = counted.get("run") or {}
+            if counted.get("error") or not run.get("ok"):
+                err = counted.get("error") or run.get("error")
+                point["loops"][lp] = {"error": err}
+                self.progress.say(f"syscalls {style} {report.fmt_size(size)} x{conns}  {lp:9} "
+                                  f"FAILED: {err}")
+                continue
+            requests = run["total_requests"]
+            by_name = dict(sorted(counted["by_name"].items(), key=lambda kv: -kv[1]))
+            entry = {"total": counted["total"], "requests": requests,
+                     "per_request": counted["total"] / requests, "by_name": by_name,
+                     "top_per_request": {k: v / requests for k, v in list(by_name.items())[:4]},
+                     "run": run}
+            point["loops"][lp] = entry
+            self.progress.say(f"syscalls {style} {report.fmt_size(size)} x{conns}  {lp:9} "
+                              f"{entry['per_request']:.3f} per request "
+                              f"({counted['total']} syscalls / {requests} requests)")
+
+    @property
+    def syscall_method(self) -> tuple:
+        if not hasattr(self, "_syscall_method"):
+            self._syscall_method = harness.syscall_method()
+        return self._syscall_method
+
+    # -- HTTP --
+
+    def http(self) -> None:
+        mode = self.mode
+        if harness.wrk_path() is None:
+            msg = ("wrk is not installed, so the aiohttp benchmark was skipped: install it with "
+                   "`apt-get update && apt-get install wrk` (Debian/Ubuntu package wrk)")
+            self.results["http_skipped"] = msg
+            self.progress.say("HTTP: SKIPPED - " + msg)
+            return
+        servers = self.start_servers("http")
+        try:
+            for lp, server in servers.items():
+                if server.ready:
+                    problem = harness.check_http(server.port)
+                    if problem:
+                        server.error = f"aiohttp server answered wrongly: {problem}"
+                        server.stop()
+                    else:           # warm-up, not recorded
+                        harness.run_wrk(server.port, max(mode.http_conns), 1, self.client_cpu)
+                        self.progress.advance(1.2)
+            for conns in mode.http_conns:
+                runs: dict = {lp: [] for lp in self.loops}
+                for rnd in range(mode.reps):
+                    for lp in self.loops:
+                        server = servers[lp]
+                        if not server.ready:
+                            runs[lp].append({"ok": False, "error": server.error, "na": True})
+                            self.progress.advance(mode.http_duration + 0.2)
+                            continue
+                        if not server.alive():
+                            runs[lp].append({"ok": False, "error": f"the {lp} server exited"})
+                            continue
+                        run = self.measure(
+                            lambda: harness.run_wrk(server.port, conns, mode.http_duration,
+                                                    self.client_cpu, server_pid=server.pid,
+                                                    server_cpu=self.server_cpu),
+                            mode.http_duration + 0.2,
+                            f"aiohttp x{conns}  round {rnd + 1}/{mode.reps}  {lp:9}")
+                        runs[lp].append(run)
+                point = {"workload": "http", "style": "aiohttp", "conns": conns}
+                point["loops"] = self.summarize(runs, ("rps", "p50_us", "p99_us"))
+                self.results["points"].append(point)
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    # -- micro-benchmarks --
+
+    def micro(self) -> None:
+        mode = self.mode
+        runs: dict = {name: {lp: [] for lp in self.loops} for name in MICRO}
+        work: dict = {}
+        for rnd in range(mode.reps):
+            for lp in self.loops:
+                res = self.run_micro_process(lp)
+                self.progress.advance(self.micro_cost())
+                others = res.get("cpu_other_pct", 0)
+                if others >= RETRY_DISTURBED_PCT and self.retry_budget >= self.micro_cost():
+                    self.retry_budget -= self.micro_cost()
+                    self.progress.say(f"micro  round {rnd + 1}/{mode.reps}  {lp:9} disturbed "
+                                      f"(other processes {others:.0f}%): repeated")
+                    again = self.run_micro_process(lp)
+                    if again.get("cpu_other_pct", 0) < others and again.get("results"):
+                        res = again
+                    res["attempts"] = 2
+                if "loop_type" in res and res.get("loop_type") != loops_mod.EXPECTED_TYPES[lp]:
+                    res = {"errors": {"*": f"ran {res['loop_type']}, not "
+                                           f"{loops_mod.EXPECTED_TYPES[lp]}"}}
+                parts = []
+                for name in MICRO:
+                    r = res.get("results", {}).get(name)
+                    err = res.get("errors", {}).get(name) or res.get("errors", {}).get("*")
+                    if r:
+                        run = {"ok": True, "seconds": r["seconds"]}
+                        for key in ("cpu_other_pct", "attempts"):
+                            if key in res:
+                                run[key] = res[key]
+                        runs[name][lp].append(run)
+                        work[name] = r["ops"]
+                        parts.append(f"{name} {report.fmt_seconds(r['seconds'])}")
+                    else:
+                        runs[name][lp].append({"ok": False, "error": err or "no result"})
+                        parts.append(f"{name} n/a")
+                if res.get("cpu_other_pct", 0) >= report.BUSY_PCT:
+                    parts.append(f"OTHER PROCESSES {res['cpu_other_pct']:.0f}%")
+                self.progress.say(f"micro  round {rnd + 1}/{mode.reps}  {lp:9} "
+                                  + ", ".join(parts))
+        units = {"call_soon": "callbacks", "timers": "timers", "sleep0_tasks": "task steps",
+                 "create_close": "loops"}
+        for name in MICRO:
+            point = {"workload": "micro", "name": name,
+                     "work": f"{work.get(name, 0):,} {units[name]}"}
+            point["loops"] = self.summarize(runs[name], ("seconds",))
+            self.results["points"].append(point)
+
+    def micro_cost(self) -> float:
+        return 0.3 + 1.5 * self.mode.micro_scale
+
+    def run_micro_process(self, lp: str) -> dict:
+        cmd = [sys.executable, str(harness.BENCH_DIR / "micro.py"), "--loop", lp,
+               "--scale", str(self.mode.micro_scale)]
+        if self.server_cpu is not None:
+            cmd += ["--cpu", str(self.server_cpu)]
+        out: dict = {}
+
+        def run_process() -> dict:
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                                      env=harness.child_env(), cwd=str(harness.BENCH_DIR))
+            except subprocess.TimeoutExpired:
+                return {"errors": {"*": "the micro-benchmark process timed out"}}
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if not lines:
+                return {"errors": {"*": f"exit status {proc.returncode}: "
+                                        f"{proc.stderr.strip()[-300:]}"}}
+            return json.loads(lines[-1])
+
+        # The micro-benchmark process runs on the server CPU: measure what others took of it.
+        usage = harness.with_cpu_usage(None, None, lambda: out.update(run_process()) or {},
+                                       client_cpu=self.server_cpu)
+        if "client_cpu_other_pct" in usage:
+            out["cpu_other_pct"] = usage["client_cpu_other_pct"]
+        return out
+
+    # -- plan --
+
+    def planned_cost(self, do_echo, do_http, do_micro, do_sys) -> float:
+        n = len(self.loops)
+        cost = 0.0
+        if do_echo:
+            cost += len(self.mode.echo_points) * self.mode.reps * n * self.echo_cost()
+        if do_sys:
+            cost += len(self.mode.syscall_points) * n * (self.mode.syscall_duration + 0.7)
+        if do_http:
+            cost += n * 1.2 + len(self.mode.http_conns) * self.mode.reps * n * (
+                self.mode.http_duration + 0.2)
+        if do_micro:
+            cost += self.mode.reps * n * self.micro_cost()
+        return cost
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark uringloop against uvloop and the stock asyncio loop.",
+        epilog="Results go to benchmarks/results/ (results.json, results.md, *.png); server "
+               "logs and counter output to benchmarks/results/tmp/.")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true",
+                       help="the headline subset in about 2 minutes (default: the full matrix)")
+    group.add_argument("--smoke", action="store_true",
+                       help="a few seconds through every code path (for the test suite; the "
+                            "figures mean nothing)")
+    parser.add_argument("--loops", nargs="+", choices=loops_mod.LOOP_NAMES,
+                        default=list(loops_mod.LOOP_NAMES),
+                        help="loops to compare, in the order each round runs them")
+    parser.add_argument("--only", nargs="+", choices=("echo", "http", "micro", "syscalls"),
+                        help="run only these workloads")
+    parser.add_argument("--styles", nargs="+", choices=STYLES,
+                        help="echo styles to run (default: those of the mode)")
+    parser.add_argument("--sizes", nargs="+", type=int, metavar="KIB",
+                        help="echo message sizes in KiB (with --conns/--styles: the matrix to "
+                             "run instead of the mode's points)")
+    parser.add_argument("--conns", nargs="+", type=int, metavar="N",
+                        help="echo connection counts (see --sizes)")
+    parser.add_argument("--reps", type=int, help="rounds per point (at least 3 for results "
+                                                 "worth quoting)")
+    parser.add_argument("--duration", type=float, help="seconds measured per echo run")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="directory for the results (default: benchmarks/results; "
+                             "benchmarks/results/tmp/smoke for --smoke)")
+    return parser.parse_args(argv)
+
+
+def _clear_logs(log_dir: Path) -> None:
+    """Remove the previous run's server logs and counter output (only files this harness
+    writes there), which would only confuse."""
+    if not log_dir.is_dir():
+        return
+    for path in log_dir.glob("server-*.log"):
+        path.unlink()
+    for path in log_dir.glob("syscalls-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _terminate(signum, frame):
+    # SIGTERM ends the run like Ctrl-C: through main's finally, which stops every server.
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    mode = QUICK if args.quick else SMOKE if args.smoke else FULL
+    overrides = {}
+    if args.reps:
+        overrides["reps"] = args.reps
+    if args.duration:
+        overrides["duration"] = args.duration
+    if args.sizes or args.conns:
+        # An explicit matrix: the styles (default all) x these sizes x these counts.
+        overrides["echo_points"] = tuple(
+            (st, kib * KIB, c) for st in (args.styles or STYLES)
+            for kib in (args.sizes or [z // KIB for z in SIZES]) for c in (args.conns or CONNS))
+    elif args.styles:
+        overrides["echo_points"] = tuple(p for p in mode.echo_points if p[0] in args.styles)
+    if args.styles:
+        overrides["syscall_points"] = tuple(p for p in mode.syscall_points
+                                            if p[0] in args.styles)
+    mode = dataclasses.replace(mode, **overrides)
+    if args.output is None:
+        args.output = harness.BENCH_DIR / "results" / ("tmp/smoke" if args.smoke else "")
+    only = set(args.only or ("echo", "http", "micro", "syscalls"))
+    command = "python3 benchmarks/run.py" + (" " + " ".join(argv if argv is not None
+                                                             else sys.argv[1:])).rstrip()
+
+    def log(text):
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    cpus = harness.pinning()            # before narrowing our own affinity below
+    if cpus[1] is not None:
+        # This process mostly waits, but keep even that off the server's CPU.
+        os.sched_setaffinity(0, {cpus[1]})
+
+    started = time.monotonic()
+    _clear_logs(args.output / "tmp")
+    try:
+        harness.build_loadgen(log)
+    except harness.HarnessError as exc:
+        log(f"error: {exc}")
+        return 2
+    meta = machine_metadata()
+    progress = Progress(0)
+    runner = Runner(mode, args.loops, args.output, progress, command, cpus)
+    progress.total = runner.planned_cost("echo" in only, "http" in only, "micro" in only,
+                                         "syscalls" in only)
+    runner.retry_budget = RETRY_BUDGET * progress.total
+    runner.results["meta"] = meta
+    log(f"uringloop benchmark, {mode.name} mode: loops {' '.join(args.loops)}, {mode.reps} "
+        f"rounds per point, about {_clock(progress.total)} of load")
+    log(f"machine: {meta['cpu_model']}, {meta['cpus']} CPUs, kernel {meta['kernel']}, Python "
+        f"{meta['python']}; server on CPU {runner.server_cpu}, load generator on CPU "
+        f"{runner.client_cpu}; uringloop from the {meta['uringloop_from']}")
+    if mode.reps < 3:
+        log(f"note: {mode.reps} round(s) per point: fine for a try-out, not for figures to quote "
+            "(use at least 3)")
+    if "syscalls" in only:
+        if runner.syscall_method[0]:
+            log(f"system calls counted with: {runner.syscall_method[1]}")
+        else:
+            log(f"WARNING: system calls will not be counted: {runner.syscall_method[1]} "
+                "(apt-get install linux-perf, or strace)")
+            only.discard("syscalls")
+            runner.results["syscalls"] = {"skipped": runner.syscall_method[1]}
+    if "http" in only and harness.wrk_path() is None:
+        log("WARNING: wrk is not installed: the aiohttp benchmark will be skipped. Install it "
+            "with `apt-get update && apt-get install wrk`.")
+
+    interrupted = False
+    try:
+        styles = list(dict.fromkeys(
+            [p[0] for p in mode.echo_points if "echo" in only]
+            + [p[0] for p in mode.syscall_points if "syscalls" in only]))
+        for style in styles:
+            runner.echo_style(
+                style,
+                [p for p in mode.echo_points if p[0] == style] if "echo" in only else [],
+                [p for p in mode.syscall_points if p[0] == style] if "syscalls" in only else [])
+        if "http" in only:
+            runner.http()
+        if "micro" in only:
+            runner.micro()
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping the servers and writing the partial results")
+    finally:
+        harness.stop_all()
+    runner.results["interrupted"] = interrupted
+    runner.results["server_processes"] = harness.started
+    meta["elapsed_s"] = time.monotonic() - started
+    meta["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    written = report.write_all(runner.results, args.output)
+    default_output = args.output.resolve() == (harness.BENCH_DIR / "results").resolve()
+    if default_output and not interrupted and mode.name != "smoke":
+        if report.update_readme(runner.results, harness.BENCH_DIR / "README.md", args.output):
+            written.append(harness.BENCH_DIR / "README.md")
+    log(f"done in {_clock(meta['elapsed_s'])}; wrote " + ", ".join(str(p) for p in written))
+    print(report.render_markdown(runner.results))
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    import bootstrap  # noqa: E402  (first run on a fresh machine: venv, packages, wrk)
+    bootstrap.ensure_environment(sys.argv[1:])
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""What several test modules share: bounded async tests, the file-descriptor leak check, a stream
+echo handler, a loss-revealing byte pattern, a TLS certificate with its contexts, and the
+environment of child processes that must import the uringloop under test."""
+
+import asyncio
+import datetime
+import functools
+import gc
+import os
+import shutil
+import ssl
+import struct
+import subprocess
+
+import pytest
+
+import uringloop
+
+# The directory holding the uringloop these tests imported (this checkout's in-place build, or an
+# installed package): children put it first on their path so that they test the same build.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(uringloop.__file__)))
+
+
+def child_env(**extra):
+    """os.environ for a child Python that imports the uringloop under test."""
+    return dict(os.environ, PYTHONPATH=PACKAGE_PARENT, **extra)
+
+
+def bounded(seconds=15):
+    """Fail a test that hangs instead of hanging the run."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        async def run(*args, **kwargs):
+            return await asyncio.wait_for(fn(*args, **kwargs), seconds)
+        return run
+    return decorate
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_fds():
+    """Every descriptor a test opens is closed by the time the test (and its loop) is gone
+    (autouse in every module that imports it)."""
+    before = set(os.listdir("/proc/self/fd"))
+    yield
+    gc.collect()
+    leaked = set(os.listdir("/proc/self/fd")) - before
+    assert not leaked, [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+                        if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+async def echo(reader, writer):
+    """asyncio.start_server handler: echo until EOF, then close."""
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+def pattern(n, seed=0):
+    """n bytes that reveal any loss, duplication or reordering (a running 32-bit counter)."""
+    words = (n + 3) // 4
+    return struct.pack(f'<{words}I', *range(seed, seed + words))[:n]
+
+
+def _make_cert_with_cryptography(certfile, keyfile):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'localhost')])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName('localhost'), x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    with open(certfile, 'wb') as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(keyfile, 'wb') as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
+def _make_cert_with_openssl(certfile, keyfile):
+    subprocess.run(
+        ['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
+         '-nodes', '-days', '30', '-subj', '/CN=localhost',
+         '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+         '-keyout', keyfile, '-out', certfile],
+        check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope='module')
+def certificate(tmp_path_factory):
+    """A self-signed certificate for localhost/127.0.0.1, made for this test run."""
+    directory = tmp_path_factory.mktemp('tls')
+    certfile, keyfile = str(directory / 'cert.pem'), str(directory / 'key.pem')
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        if shutil.which('openssl') is None:
+            pytest.skip('neither the cryptography package nor the openssl command is available '
+                        'to make a test certificate')
+        _make_cert_with_openssl(certfile, keyfile)
+    else:
+        _make_cert_with_cryptography(certfile, keyfile)
+    return certfile, keyfile
+
+
+@pytest.fixture
+def contexts(certificate):
+    certfile, keyfile = certificate
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certfile, keyfile)
+    client = ssl.create_default_context(cafile=certfile)
+    return server, client

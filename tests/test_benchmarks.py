@@ -1,0 +1,451 @@
+"""The benchmark harness itself (benchmarks/): the load generator verifies what it measures, the
+harness reports what it cannot run as n/a and leaves no process behind, ratios are same-round,
+and a smoke run goes through every code path.  No timing is asserted anywhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import harness  # noqa: E402
+import report  # noqa: E402
+import stats  # noqa: E402
+
+
+def _log(_text):
+    pass
+
+
+@pytest.fixture(scope="module")
+def loadgen():
+    return harness.build_loadgen(_log)
+
+
+class EchoServer:
+    """A blocking, threaded TCP echo server that can misbehave on purpose."""
+
+    def __init__(self, corrupt_at=None, close_after=None):
+        self.corrupt_at = corrupt_at        # flip the byte at this stream offset
+        self.close_after = close_after      # echo this many bytes, then close
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.threads = []
+        self.stopping = False
+        self.accepter = threading.Thread(target=self.accept_loop, daemon=True)
+        self.accepter.start()
+
+    def accept_loop(self):
+        while not self.stopping:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self.echo, args=(conn,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def echo(self, conn):
+        offset = 0
+        with conn:
+            conn.settimeout(10)
+            if self.close_after is not None:
+                self.echo_short(conn)
+                return
+            while True:
+                try:
+                    data = bytearray(conn.recv(65536))
+                except OSError:
+                    return
+                if not data:
+                    return
+                if self.corrupt_at is not None and offset <= self.corrupt_at < offset + len(data):
+                    data[self.corrupt_at - offset] ^= 0xFF
+                offset += len(data)
+                try:
+                    conn.sendall(data)
+                except OSError:
+                    return
+
+    def echo_short(self, conn):
+        # Read the whole first request (so that closing sends FIN, not RST), echo only part
+        # of it, and end the stream.
+        got = bytearray()
+        try:
+            while len(got) < REQUEST_SIZE:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                got += chunk
+            conn.sendall(got[:self.close_after])
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self):
+        self.stopping = True
+        self.listener.close()
+        for t in self.threads:
+            t.join(10)
+
+
+REQUEST_SIZE = 5000
+
+
+def _loadgen(path, port, *extra):
+    proc = subprocess.run([str(path), "--port", str(port), "--conns", "3",
+                           "--size", str(REQUEST_SIZE),
+                           "--duration", "0.3", "--warmup", "0.05", "--timeout", "5", *extra],
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_loadgen_measures_a_correct_echo(loadgen):
+    server = EchoServer()
+    try:
+        status, result = _loadgen(loadgen, server.port)
+    finally:
+        server.close()
+    assert status == 0, result
+    assert result["ok"] is True
+    assert result["conns"] == 3 and result["size"] == 5000
+    assert result["requests"] > 0 and result["rps"] > 0
+    assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
+    assert result["total_requests"] >= result["requests"]
+
+
+def test_loadgen_rejects_a_corrupted_byte(loadgen):
+    # One flipped byte deep into the second request of a connection.
+    server = EchoServer(corrupt_at=5000 + 1234)
+    try:
+        status, result = _loadgen(loadgen, server.port)
+    finally:
+        server.close()
+    assert status == 2
+    assert result["ok"] is False
+    assert "byte 1234 of request 1 differs" in result["error"]
+
+
+def test_loadgen_rejects_a_short_echo(loadgen):
+    server = EchoServer(close_after=4000)
+    try:
+        status, result = _loadgen(loadgen, server.port)
+    finally:
+        server.close()
+    assert status == 2
+    assert "closed the connection" in result["error"]
+    assert "4000 of 5000 bytes" in result["error"]
+
+
+def test_loadgen_reports_a_refused_connection(loadgen):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]          # bound, not listening: connect is refused
+        status, result = _loadgen(loadgen, port)
+    assert status == 2
+    assert "refused" in result["error"].lower()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); it is gone for our purposes only once reaped.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_server_reports_its_loop_and_stops(tmp_path):
+    server = harness.Server("asyncio", "sock").start(None, tmp_path, max_seconds=60)
+    try:
+        assert server.ready, server.error
+        assert server.loop_type == "asyncio.unix_events._UnixSelectorEventLoop"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
+            c.sendall(b"ping")
+            assert c.recv(4) == b"ping"
+    finally:
+        server.stop()
+    assert _gone(server.proc.pid)
+
+
+def test_a_server_that_cannot_start_is_na_with_its_error(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = harness.Server("asyncio", "protocol", requested_port=port).start(
+            None, tmp_path, max_seconds=60)
+    assert not server.ready
+    assert "Address already in use" in server.error or "98" in server.error
+    assert _gone(server.proc.pid)
+
+
+def test_a_server_exits_by_itself_when_the_harness_goes_away(tmp_path):
+    server = harness.Server("asyncio", "sock").start(None, tmp_path, max_seconds=60)
+    assert server.ready, server.error
+    server.proc.stdin.close()          # what the kernel does when the harness dies
+    assert server.proc.wait(10) == 0   # no signal was needed
+    server.stop()                      # only releases our end of its pipes now
+
+
+def test_ratios_are_taken_within_a_round():
+    values = [10.0, 20.0, 30.0]
+    reference = [10.0, 40.0, 10.0]
+    ratios = stats.round_ratios(values, reference)
+    assert ratios == [1.0, 0.5, 3.0]
+    # The median of same-round ratios (1.0), not the ratio of medians (20 / 10 = 2.0).
+    assert stats.summarize(ratios) == {"median": 1.0, "min": 0.5, "max": 3.0, "n": 3}
+    assert stats.round_ratios([1.0, None], [None, 2.0]) == [None, None]
+    assert stats.summarize([None, None]) is None
+
+
+def test_summarize_point_gives_every_loop_its_ratios():
+    runs = {"uringloop": [{"rps": 30.0}, None, {"rps": 60.0}],
+            "uvloop": [{"rps": 10.0}, {"rps": 10.0}, {"rps": 20.0}],
+            "asyncio": [{"rps": 5.0}, {"rps": 5.0}, {"rps": 5.0}]}
+    out = stats.summarize_point(runs, "rps", ("uvloop", "asyncio"))
+    assert out["uringloop"]["summary"]["median"] == 45.0
+    assert out["uringloop"]["ratios"]["uvloop"] == {"median": 3.0, "min": 3.0, "max": 3.0,
+                                                    "n": 2}
+    assert out["uvloop"]["ratios"]["asyncio"]["median"] == 2.0
+    assert "uvloop" not in out["uvloop"]["ratios"]
+
+
+WRK_OUTPUT = """Running 1s test @ http://127.0.0.1:4000/
+  1 threads and 100 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     3.10ms  612.00us   9.95ms   81.25%
+    Req/Sec    32.10k     1.20k   33.50k    80.00%
+  Latency Distribution
+     50%    2.95ms
+     75%    3.30ms
+     90%    3.80ms
+     99%   12.50ms
+  32012 requests in 1.00s, 4.92MB read
+Requests/sec:  32001.17
+Transfer/sec:      4.92MB
+"""
+
+
+def test_parse_wrk():
+    out = harness.parse_wrk(WRK_OUTPUT)
+    assert out["ok"] is True
+    assert out["rps"] == pytest.approx(32001.17)
+    assert out["p50_us"] == pytest.approx(2950.0)
+    assert out["p99_us"] == pytest.approx(12500.0)
+    assert out["requests"] == 32012
+    timeouts = harness.parse_wrk(WRK_OUTPUT.replace(
+        "Requests/sec", "  Socket errors: connect 0, read 0, write 0, timeout 3\nRequests/sec"))
+    assert timeouts["socket_errors"] == {"connect": 0, "read": 0, "write": 0, "timeout": 3}
+    assert timeouts["ok"] is False and "timeout 3" in timeouts["error"]
+    bad = harness.parse_wrk(WRK_OUTPUT.replace("Requests/sec",
+                                               "  Non-2xx or 3xx responses: 7\nRequests/sec"))
+    assert bad["ok"] is False and "7 responses" in bad["error"]
+    assert harness.parse_wrk("garbage")["ok"] is False
+
+
+def test_parse_perf_counts():
+    text = ("# started on ...\n\n"
+            "250,,raw_syscalls:sys_enter,1000,100.00,,\n"
+            "200,,syscalls:sys_enter_io_uring_enter,1000,100.00,,\n"
+            "<not counted>,,syscalls:sys_enter_epoll_wait,0,100.00,,\n"
+            "0,,syscalls:sys_enter_read,1000,100.00,,\n")
+    assert harness._parse_perf(text) == {"*": 250, "io_uring_enter": 200}
+
+
+def _synthetic_results():
+    def point(style, size, conns, ur, uv, st, err=None):
+        runs = {"uringloop": [{"ok": True, "rps": v, "p50_us": 50.0, "p99_us": 90.0}
+                              for v in ur] if err is None else
+                             [{"ok": False, "error": err}] * 3,
+                "uvloop": [{"ok": True, "rps": v, "p50_us": 60.0, "p99_us": 99.0} for v in uv],
+                "asyncio": [{"ok": True, "rps": v, "p50_us": 70.0, "p99_us": 120.0}
+                            for v in st]}
+        loops = {}
+        for lp, rs in runs.items():
+            ok = [r if r.get("ok") else None for r in rs]
+            loops[lp] = {"runs": rs, "metrics": {}}
+            for metric in ("rps", "p50_us", "p99_us"):
+                loops[lp]["metrics"][metric] = stats.summarize_point(
+                    {k: [r if r.get("ok") else None for r in v] for k, v in runs.items()},
+                    metric, ("uvloop", "asyncio"))[lp]
+            if all(r is None for r in ok):
+                loops[lp]["error"] = rs[0]["error"]
+        return {"workload": "echo", "style": style, "size": size, "conns": conns,
+                "loops": loops}
+
+    return {
+        "meta": {"started_utc": "2000-01-01 00:00", "cpu_model": "Test CPU", "cpus": 2,
+                 "memory_gib": 1.0, "kernel": "6.0", "loadavg_start": "0", "python": "3.x",
+                 "python_executable": "python3", "packages": {}, "elapsed_s": 1.0},
+        "config": {"command": "run.py", "mode": "quick", "reps": 3, "duration": 1,
+                   "warmup": 0.1, "loops": ["uringloop", "uvloop", "asyncio"],
+                   "pinning": {"server": 0, "client": 1}},
+        "loop_types": {"uvloop": "uvloop.Loop"},
+        "points": [point("sock", 1024, 10, [210, 220, 230], [100, 100, 100], [50, 50, 50]),
+                   point("protocol", 1024, 10, [], [100, 100, 100], [50, 50, 50],
+                         err="NotImplementedError: create_server")],
+        "syscalls": {"method_description": "perf", "points": [
+            {"style": "sock", "size": 1024, "conns": 100, "loops": {
+                "uringloop": {"per_request": 0.05, "requests": 100, "total": 5,
+                              "by_name": {"io_uring_enter": 5},
+                              "top_per_request": {"io_uring_enter": 0.05}}}}]},
+    }
+
+
+def test_markdown_reports_ratios_na_and_targets():
+    md = report.render_markdown(_synthetic_results())
+    sock_row = next(line for line in md.splitlines() if line.startswith("| sock | 1 KiB | 10 "))
+    assert "**2.20×** [2.10–2.30]" in sock_row        # uringloop ÷ uvloop, same round
+    assert "**4.40×**" in sock_row                    # uringloop ÷ asyncio
+    proto_row = next(line for line in md.splitlines()
+                     if line.startswith("| protocol | 1 KiB | 10 "))
+    assert "n/a (1)" in proto_row
+    assert "1. NotImplementedError: create_server" in md
+    targets = {line.split(" | ")[0]: line for line in md.splitlines()
+               if line.startswith("| `sock_*` echo") or line.startswith("| `Protocol` and")
+               or line.startswith("| system calls")}
+    assert "| met |" in targets["| `sock_*` echo, 1 KiB, 10 and 100 connections"]
+    assert "| n/a |" in targets["| `Protocol` and streams echo, 1 KiB, 10 and 100 connections"]
+    assert "| met |" in targets["| system calls per echo request at 100 connections"]
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    """Every workload through the real harness for a few seconds; figures are not checked,
+    what is produced is."""
+    out_dir = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--smoke", "--output",
+                           str(out_dir)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out_dir / "results.json").read_text())
+    loops = results["config"]["loops"]
+    assert loops == ["uringloop", "uvloop", "asyncio"]
+    assert "[" in proc.stderr and "round 1/1" in proc.stderr        # the progress display
+
+    # The stock loop must have served every echo point with verified bytes.
+    echo = [p for p in results["points"] if p["workload"] == "echo"]
+    assert {(p["style"], p["size"]) for p in echo} == {("sock", 1024), ("protocol", 16384)}
+    for p in echo:
+        entry = p["loops"]["asyncio"]
+        assert all(r["ok"] for r in entry["runs"]), entry
+        assert entry["metrics"]["rps"]["summary"]["median"] > 0
+        for lp in loops:                # each loop: measured, or n/a with the reason
+            e = p["loops"][lp]
+            assert e["metrics"]["rps"]["summary"] is not None or e.get("error")
+    assert results["loop_types"]["asyncio"] == "asyncio.unix_events._UnixSelectorEventLoop"
+    for lp, name in results["loop_types"].items():
+        assert name == __import__("loops").EXPECTED_TYPES[lp]
+
+    micro = {p["name"]: p for p in results["points"] if p["workload"] == "micro"}
+    assert set(micro) == {"call_soon", "timers", "sleep0_tasks", "create_close"}
+    assert micro["timers"]["loops"]["asyncio"]["metrics"]["seconds"]["summary"]["median"] > 0
+
+    http = [p for p in results["points"] if p["workload"] == "http"]
+    if harness.wrk_path():
+        assert http and all(r["ok"] for r in http[0]["loops"]["asyncio"]["runs"])
+    else:
+        assert "wrk is not installed" in results["http_skipped"]
+
+    sc = results.get("syscalls", {})
+    if sc.get("points"):
+        entry = sc["points"][0]["loops"]["asyncio"]
+        assert entry["total"] > 0 and entry["per_request"] > 0
+    else:
+        assert sc.get("skipped")
+
+    md = (out_dir / "results.md").read_text()
+    assert "## Echo: requests per second" in md
+    assert results["meta"]["kernel"] in md and results["meta"]["cpu_model"] in md
+    if importlib.util.find_spec("matplotlib") is None:
+        assert results["plots"] == []
+    else:
+        assert set(results["plots"]) == {"echo.png", "summary.png"}
+        for name in results["plots"]:
+            assert (out_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Server and load generator on two different CPUs, each pinned (this machine has two).
+    server_cpu, client_cpu = results["config"]["pinning"].values()
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert server_cpu is not None and client_cpu is not None and server_cpu != client_cpu
+        assert all(s["cpu"] == server_cpu for s in results["server_processes"])
+        assert all(r["cpu"] == client_cpu for p in echo for r in p["loops"]["asyncio"]["runs"])
+
+    # No server outlives the run.
+    assert results["server_processes"]
+    for server in results["server_processes"]:
+        assert _gone(server["pid"]), server
+
+
+def test_interrupted_run_cleans_up(tmp_path):
+    """SIGTERM in the middle of a run: servers stopped, partial results written, exit 130."""
+    out_dir = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, str(BENCH / "run.py"), "--smoke", "--only", "echo",
+                             "--duration", "3", "--output", str(out_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Wait until the first measurement is under way (servers are up).
+    for line in proc.stderr:
+        if "server on asyncio" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["interrupted"] is True
+    for server in results["server_processes"]:
+        assert _gone(server["pid"]), server
+
+
+def test_readme_section_is_replaced_between_its_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Bench\n\nintro\n\n{report.README_START}\nold table\n"
+                      f"{report.README_END}\n\ntail\n")
+    results = _synthetic_results()
+    results["plots"] = ["echo.png"]
+    assert report.update_readme(results, readme, tmp_path / "results")
+    text = readme.read_text()
+    assert "old table" not in text
+    assert text.startswith("# Bench\n\nintro\n") and text.endswith("\ntail\n")
+    assert "![echo.png](results/echo.png)" in text
+    assert "### Echo: requests per second" in text and "\n## Echo" not in text
+    # Idempotent: a second run replaces its own section instead of adding one.
+    report.update_readme(results, readme, tmp_path / "results")
+    assert readme.read_text().count(report.README_START) == 1
+    assert readme.read_text() == text
+    (tmp_path / "plain.md").write_text("no markers")
+    assert not report.update_readme(results, tmp_path / "plain.md", tmp_path)
+
+
+def test_a_server_that_dies_is_replaced_and_the_death_recorded(tmp_path):
+    import run
+    runner = run.Runner(run.SMOKE, ["asyncio"], tmp_path, run.Progress(1.0, stream=open(
+        os.devnull, "w")), "test", harness.pinning())
+    servers = runner.start_servers("sock")
+    first = servers["asyncio"]
+    try:
+        os.kill(first.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        point = runner.echo_point(servers, "sock", 1024, 2)
+    finally:
+        for server in servers.values():
+            server.stop()
+        first.stop()
+        runner.progress.stream.close()
+    assert servers["asyncio"] is not first and _gone(servers["asyncio"].proc.pid)
+    assert point["loops"]["asyncio"]["runs"][0]["ok"], point
+    assert "the asyncio server exited (status -9)" in runner.results["server_restarts"][0]
