@@ -257,7 +257,8 @@ def test_gunicorn_two_workers_graceful_restart(tmp_path, worker):
         assert not client.is_alive()
 
         assert client.failures == []
-        print(f"{len(client.answers)} requests, {client.retries} retried on the fresh-connection stream")
+        print(f"{len(client.answers)} requests; "
+              f"{client.retries} retried on the fresh-connection stream")
         assert len([t for t, _ in client.answers if t > hup_sent]) >= 10, \
             "too few requests across the restart"
         assert {report["loop"] for _, report in client.answers} == {loop_name}
