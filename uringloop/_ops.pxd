@@ -51,7 +51,6 @@ cdef class Operation:
     cdef public object keep                # pins whatever owns `fd` (a socket object)
     cdef public object tag                 # free for the owner (the request this op serves)
     cdef bint multishot
-    cdef unsigned slot                     # the SQ tail value of its SQE (see Ring.retract)
 
     cdef inline uint64_t ud(self):
         return <uint64_t><size_t><void *>self

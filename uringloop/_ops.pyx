@@ -251,7 +251,6 @@ cdef class Proactor:
             return 0
         try:
             op.prep(sqe)
-            op.slot = self.ring.sq_tail - 1
         except BaseException:
             # A prep failure leaves the slot filled with a NOP of user_data 0 (ignored).
             ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, 0)
@@ -271,7 +270,6 @@ cdef class Proactor:
                 break
             op = <Operation>self.backlog[i]
             op.prep(sqe)
-            op.slot = self.ring.sq_tail - 1
             op.state = OP_SUBMITTED
             i += 1
         if i:
@@ -301,19 +299,6 @@ cdef class Proactor:
                 Py_DECREF(op)
             return 0
         if op.state != OP_SUBMITTED or self.ring.closed:
-            return 0
-        if self.ring.retract(op.slot):
-            # Still only in our half of the SQ (submitted this iteration): the kernel never
-            # sees it, so a cancelled send cannot go out and a cancelled connect cannot connect,
-            # exactly as when asyncio's callback never ran.
-            op.state = OP_IDLE
-            self.inflight -= 1
-            try:
-                op.complete(-ECANCELED, 0)
-            finally:
-                if op.state == OP_IDLE:
-                    op.release()
-                Py_DECREF(op)
             return 0
         sqe = self.ring.get_sqe()
         if sqe == NULL:

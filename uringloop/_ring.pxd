@@ -39,7 +39,6 @@ cdef class Ring:
     cdef int _probe(self) except -1
     cdef io_uring_sqe *get_sqe(self) except? NULL
     cdef unsigned sq_pending(self)
-    cdef bint retract(self, unsigned slot)
     cdef int flush(self) except -1
     cdef int enter(self, unsigned min_complete, long long timeout_ns) except -2
     cdef unsigned cq_ready(self)

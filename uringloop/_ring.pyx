@@ -208,16 +208,6 @@ cdef class Ring:
         self.sq_tail += 1
         return sqe
 
-    cdef bint retract(self, unsigned slot):
-        """Turn the SQE handed out as `slot` (the SQ tail value it was taken at) into a NOP
-        whose completion is ignored, if the kernel has not been shown it yet.  True if it was
-        retracted: the request never reaches the kernel."""
-        cdef unsigned published = self.sq_ktail[0]     # only we write the tail
-        if slot - published >= self.sq_tail - published:
-            return False
-        ul_prep_rw(&self.sqes[slot & self.sq_mask], UL_OP_NOP, -1, NULL, 0, 0, 0)
-        return True
-
     cdef unsigned sq_pending(self):
         return self.sq_tail - ul_load_acquire(self.sq_khead)
 

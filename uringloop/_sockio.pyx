@@ -32,10 +32,12 @@ import errno as _errno_mod
 import os
 import socket as _socket
 import weakref
+from asyncio import exceptions as _asyncio_exceptions
 from asyncio import futures as _futures
 from asyncio import base_events as _base_events
 
 cdef object _Future = _futures.Future
+cdef object _CancelledError = _asyncio_exceptions.CancelledError
 cdef object _deque = collections.deque
 cdef object _ref = weakref.ref
 cdef object _socket_type = _socket.socket
@@ -249,6 +251,34 @@ cdef class SocketState(Completer):
         req.fut._ul_req = None
         return req
 
+    cdef int give_back(self, Request req, object result) except -1:
+        """Return a delivered result whose awaiter was cancelled before it could take it: it
+        came before anything stashed since, so it goes to the front."""
+        cdef memoryview mv
+        if req.kind == K_RECV:
+            if self.stream:
+                self.stash[:0] = result
+            else:
+                self.dgram_stash.appendleft((result, None))
+        elif req.kind == K_RECV_INTO:
+            data = bytes(memoryview(req.buf).cast('B')[:result])
+            if self.stream:
+                self.stash[:0] = data
+            else:
+                self.dgram_stash.appendleft((data, None))
+        elif req.kind == K_RECVFROM:
+            self.dgram_stash.appendleft(result)
+        elif req.kind == K_RECVFROM_INTO:
+            nbytes, addr = result
+            self.dgram_stash.appendleft((bytes(memoryview(req.buf).cast('B')[:nbytes]), addr))
+        elif req.kind == K_ACCEPT:
+            conn, addr = result
+            self.accepted.appendleft((conn.detach(), addr))
+            self.pump_accept()
+            return 0
+        self.pump_recv()
+        return 0
+
     cdef int fail(self, Request req, object exc) except -1:
         if not req.fut.done():
             req.fut.set_exception(exc)
@@ -449,6 +479,19 @@ cdef SocketState _state_for(loop, sock):
     return state
 
 
+async def _receive(SocketState state, Request req):
+    # Await a receive or accept request.  The one window asyncio leaves open: the result is set
+    # (the kernel has completed) but the awaiting task is cancelled before it resumes, and the
+    # CancelledError thrown into this coroutine would drop the bytes or the connection.  They go
+    # back to the front of the socket's stash for the next caller instead.
+    try:
+        return await req.fut
+    except _CancelledError:
+        if req.fut.done() and not req.fut.cancelled() and req.fut.exception() is None:
+            state.give_back(req, req.fut.result())
+        raise
+
+
 async def sock_recv(self, sock, Py_ssize_t n):
     """Receive up to n bytes from sock (completion-based recv)."""
     cdef SocketState state = _state_for(self, sock)
@@ -458,7 +501,7 @@ async def sock_recv(self, sock, Py_ssize_t n):
     req.nbytes = n
     state.recv_q.append(req)
     state.pump_recv()
-    return await req.fut
+    return await _receive(state, req)
 
 
 async def sock_recv_into(self, sock, buf):
@@ -469,7 +512,7 @@ async def sock_recv_into(self, sock, buf):
     req.buf = buf
     state.recv_q.append(req)
     state.pump_recv()
-    return await req.fut
+    return await _receive(state, req)
 
 
 async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
@@ -480,7 +523,7 @@ async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
     req.nbytes = bufsize
     state.recv_q.append(req)
     state.pump_recv()
-    return await req.fut
+    return await _receive(state, req)
 
 
 async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
@@ -495,7 +538,7 @@ async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
     req.nbytes = nbytes
     state.recv_q.append(req)
     state.pump_recv()
-    return await req.fut
+    return await _receive(state, req)
 
 
 async def sock_sendall(self, sock, data):
@@ -528,7 +571,7 @@ async def sock_accept(self, sock):
     cdef Request req = state.new_request(K_ACCEPT)
     state.accept_q.append(req)
     state.pump_accept()
-    return await req.fut
+    return await _receive(state, req)
 
 
 def connect_resolved(self, sock, address):
