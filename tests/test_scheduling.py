@@ -851,3 +851,37 @@ def test_a_signal_handler_runs_while_the_loop_waits(new_loop):
     finally:
         signal.signal(signal.SIGINT, previous)
         fallback.cancel()
+
+
+def test_patched_handle_init_sees_every_handle(new_loop, monkeypatch):
+    loop = new_loop()
+    created = []
+    handle_init = asyncio.Handle.__init__
+    timer_init = asyncio.TimerHandle.__init__
+
+    def recording_handle_init(self, *args, **kwargs):
+        created.append(type(self).__name__)
+        handle_init(self, *args, **kwargs)
+
+    def recording_timer_init(self, *args, **kwargs):
+        created.append("timer")
+        timer_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio.Handle, "__init__", recording_handle_init)
+    loop.call_soon(print)
+    monkeypatch.setattr(asyncio.TimerHandle, "__init__", recording_timer_init)
+    loop.call_later(1, print)
+    loop.call_at(1, print)
+    assert created == ["Handle", "timer", "TimerHandle", "timer", "TimerHandle"]
+
+
+def test_patched_timer_lt_orders_the_heap(new_loop, monkeypatch):
+    # Whoever replaces TimerHandle.__lt__ decides the heap's order, as with heapq.
+    loop = new_loop()
+    monkeypatch.setattr(asyncio.TimerHandle, "__lt__", lambda a, b: a._when > b._when)
+    reference = []
+    for i in range(50):
+        timer = loop.call_at(1000.0 + (i * 7 % 50), print)
+        heapq.heappush(reference, timer)
+    assert all(a is b for a, b in zip(loop._scheduled, reference))
+    assert loop._scheduled[0].when() == 1049.0       # the "smallest" is now the latest

@@ -144,6 +144,14 @@ typedef struct {
 
 static PyTypeObject *ul_timer_type = NULL;     /* asyncio.TimerHandle while its slots are usable */
 static Py_ssize_t ul_when_offset = -1;
+/* TimerHandle.__lt__ is asyncio's own (it compares _when): set before every heap operation.  When
+ * someone has replaced it, every comparison goes through Python. */
+static int ul_native_lt = 1;
+
+static inline void ul_heap_native_lt(int native)
+{
+    ul_native_lt = native;
+}
 
 static void ul_heap_configure(PyObject *timer_type, Py_ssize_t when_offset)
 {
@@ -223,13 +231,13 @@ static int ul_heap_lt(ul_timer_heap *heap, PyObject *list, Py_ssize_t i, Py_ssiz
     ul_heap_key *a = ul_heap_key_at(heap, list, i), *b = ul_heap_key_at(heap, list, j);
     PyObject *left, *right, *when_left, *when_right;
     int result;
-    if (a->exact && b->exact)
+    if (a->exact && b->exact && ul_native_lt)
         return a->when < b->when;
     left = PyList_GET_ITEM(list, i);
     right = PyList_GET_ITEM(list, j);
     when_left = Py_TYPE(left) == ul_timer_type ? ul_slot_get(left, ul_when_offset) : NULL;
     when_right = Py_TYPE(right) == ul_timer_type ? ul_slot_get(right, ul_when_offset) : NULL;
-    if (when_left != NULL && when_right != NULL) {
+    if (when_left != NULL && when_right != NULL && ul_native_lt) {
         /* TimerHandle.__lt__ between two TimerHandles is exactly this */
         left = when_left;
         right = when_right;

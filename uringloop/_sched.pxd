@@ -17,6 +17,7 @@ cdef extern from "_sched.h":
         pass
     void ul_heap_configure(object timer_type, Py_ssize_t when_offset)
     void ul_heap_free(ul_timer_heap *heap)
+    void ul_heap_native_lt(bint native)
     int ul_heap_push(ul_timer_heap *heap, list items, object item) except -1
     object ul_heap_pop(ul_timer_heap *heap, list items)
     int ul_heap_heapify(ul_timer_heap *heap, list items) except -1

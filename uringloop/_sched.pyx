@@ -17,9 +17,9 @@ this module does the same work in C without changing anything anyone can observe
     module keeps to the stock Python paths).  isinstance, repr, cancel(), cancelled(), when(),
     get_context() and __lt__ are the classes' own.
   * The timer heap is still the list `loop._scheduled`, ordered exactly as heapq orders it: the
-    push/pop/heapify below are the same algorithm heapq uses, and compare two TimerHandles with
-    float deadlines in C (what TimerHandle.__lt__ computes); any other pair is compared through
-    Python as heapq would compare it.
+    push/pop/heapify in _sched.h are the same algorithm heapq uses, and compare two TimerHandles
+    with float deadlines in C (what TimerHandle.__lt__ computes), from a cache of deadlines kept
+    beside the list; any other pair is compared through Python as heapq would compare it.
   * The ready queue is still the deque `loop._ready` (other modules append to it, and
     call_soon_threadsafe relies on deque.append being atomic).
   * An iteration keeps BaseEventLoop._run_once's order of steps: drop cancelled timers (with the
@@ -44,7 +44,6 @@ cimport cython
 from cpython.object cimport (PyObject, PyObject_RichCompareBool, PyObject_GenericSetAttr,
                              Py_LT, Py_GE)
 from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
-from cpython.long cimport PyLong_CheckExact
 from cpython.tuple cimport PyTuple_CheckExact
 from cpython.list cimport PyList_CheckExact
 from cpython.exc cimport PyErr_CheckSignals
@@ -82,14 +81,13 @@ cdef Py_ssize_t OFF_CONTEXT = ul_member_offset(_Handle.__dict__['_context'])
 cdef Py_ssize_t OFF_WHEN = ul_member_offset(_TimerHandle.__dict__['_when'])
 cdef Py_ssize_t OFF_SCHEDULED = ul_member_offset(_TimerHandle.__dict__['_scheduled'])
 
-# The handles can be built and read through their slots: every slot is where we expect it and
-# no one has given the classes a __new__/__init__ of their own.  (Checked once; without it the
-# module still works, through the Python-level constructors and attributes.)
+# The handles can be read and written through their slots: every slot is a plain object slot
+# (checked once; without it the module still works, through BaseEventLoop's methods and the
+# Python-level attributes).
 cdef bint SLOTS_USABLE = (
     OFF_CALLBACK >= 0 and OFF_ARGS >= 0 and OFF_CANCELLED >= 0 and OFF_LOOP >= 0
     and OFF_SOURCE_TRACEBACK >= 0 and OFF_REPR >= 0 and OFF_CONTEXT >= 0 and OFF_WHEN >= 0
-    and OFF_SCHEDULED >= 0
-    and _Handle.__new__ is object.__new__ and _TimerHandle.__new__ is object.__new__)
+    and OFF_SCHEDULED >= 0)
 
 if SLOTS_USABLE:
     ul_heap_configure(_TimerHandle, OFF_WHEN)
@@ -114,25 +112,36 @@ cdef bint RUN_FOREVER_HOOKS = hasattr(_BaseEventLoop, '_run_forever_setup')
 
 
 cdef str NAME_INIT = '__init__'
+cdef str NAME_NEW = '__new__'
 cdef object _original_handle_init = _Handle.__dict__['__init__']
 cdef object _original_timer_init = _TimerHandle.__dict__['__init__']
+cdef object _object_new = object.__dict__['__new__']
 
+# Whether asyncio's handle classes are still as asyncio defines them, looked up each time (the
+# type attribute cache makes a lookup a few nanoseconds): instrumentation that replaces
+# Handle.__init__ or Handle._run (some profilers do) must see every handle go through it.
 
 cdef inline bint handle_init_pristine():
-    return ul_class_lookup(_Handle, NAME_INIT) == <PyObject *>_original_handle_init
+    """Handle() would run asyncio's own __init__ on an object.__new__ instance."""
+    return (ul_class_lookup(_Handle, NAME_INIT) == <PyObject *>_original_handle_init
+            and ul_class_lookup(_Handle, NAME_NEW) == <PyObject *>_object_new)
 
 
 cdef inline bint timer_init_pristine():
     return (ul_class_lookup(_TimerHandle, NAME_INIT) == <PyObject *>_original_timer_init
+            and ul_class_lookup(_TimerHandle, NAME_NEW) == <PyObject *>_object_new
             and handle_init_pristine())
 
 
-cdef inline bint handles_pristine():
-    """Handle._run and TimerHandle.__lt__ are asyncio's own (nobody has patched them), so we may
-    run a handle inline and compare deadlines in C."""
+cdef inline bint run_pristine():
+    """handle._run() is asyncio's own for both classes: a handle may be run inline."""
     return (ul_class_lookup(_Handle, NAME_RUN) == <PyObject *>_original_run
-            and ul_class_lookup(_TimerHandle, NAME_RUN) == <PyObject *>_original_run
-            and ul_class_lookup(_TimerHandle, NAME_LT) == <PyObject *>_original_lt)
+            and ul_class_lookup(_TimerHandle, NAME_RUN) == <PyObject *>_original_run)
+
+
+cdef inline bint lt_pristine():
+    """TimerHandle.__lt__ is asyncio's own: the heap may compare deadlines itself."""
+    return ul_class_lookup(_TimerHandle, NAME_LT) == <PyObject *>_original_lt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,9 +382,11 @@ cdef class LoopCore:
     # ---- the timer heap: heapq's algorithm on _scheduled (in _sched.h) ----
 
     cdef int heap_push(self, list heap, object timer) except -1:
+        ul_heap_native_lt(lt_pristine())
         return ul_heap_push(&self.timers, heap, timer)
 
     cdef object heap_pop(self, list heap):
+        ul_heap_native_lt(lt_pristine())
         return ul_heap_pop(&self.timers, heap)
 
     cdef object schedule_at(self, object when, object callback, tuple args, object context):
@@ -474,6 +485,7 @@ cdef class LoopCore:
                     set_scheduled(timer, False)
                 else:
                     kept.append(timer)
+            ul_heap_native_lt(lt_pristine())
             ul_heap_heapify(&self.timers, kept)
             self._scheduled = heap = kept
             self._timer_cancelled_count = 0
@@ -551,7 +563,7 @@ cdef class LoopCore:
 
     cdef int run_ready(self) except -1:
         cdef Py_ssize_t ntodo = len(self.ready), i
-        cdef bint inline_ok = SLOTS_USABLE and handles_pristine()
+        cdef bint inline_ok = SLOTS_USABLE and run_pristine()
         if ntodo == 0:
             return 0
         popleft = self.ready_popleft if self.ready_popleft is not None else self.ready.popleft

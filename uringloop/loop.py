@@ -7,6 +7,10 @@ once per iteration: `self._selector.select(timeout)` and `self._process_events(e
 (submit everything queued + wait for a completion or the next timer) and dispatches every
 completion before returning, so `_process_events` has nothing left to do.
 
+The scheduling half of BaseEventLoop -- call_soon, call_at/call_later, the timer heap, the ready
+queue, run_forever/_run_once -- is compiled in LoopCore (_sched.pyx) with BaseEventLoop's
+behaviour; its _run_once calls the Proactor's wait() directly instead of select().
+
 The sock_* methods are compiled functions from `_sockio` bound as methods; transports, servers,
 pipes, subprocesses and signals live in their own modules and are attached below.
 """
@@ -59,8 +63,9 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
     """An asyncio event loop whose I/O is completion-based, on io_uring.
 
     LoopCore (uringloop/_sched.pyx) comes before BaseEventLoop: it holds the scheduling state in
-    C fields and compiles call_soon, call_at/call_later, time, _run_once and _process_events with
-    BaseEventLoop's behaviour; everything else is BaseEventLoop's."""
+    C fields and compiles call_soon, call_at/call_later, run_forever/_run_once, time and a few
+    small methods with BaseEventLoop's behaviour (and the no-op _process_events); everything
+    else is BaseEventLoop's."""
 
     def __init__(self) -> None:
         super().__init__()
