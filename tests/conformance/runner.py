@@ -179,8 +179,12 @@ def probe_interpreter(executable: str, loop: str, env: dict) -> Interpreter:
     code = _PROBE.replace("MODULES", repr([s.module for s in suites.SUITES])).replace(
         "LOOP", repr(loop))
     try:
+        # cwd: `python -c` puts the working directory first on sys.path, and a checkout's
+        # uringloop/ (sources without this interpreter's extension, under tox) must not shadow
+        # the package under test; the first PYTHONPATH entry is where that package lives.
         out = subprocess.run([executable, "-c", code], capture_output=True, text=True,
-                             env=env, timeout=120, check=True, stdin=subprocess.DEVNULL)
+                             env=env, timeout=120, check=True, stdin=subprocess.DEVNULL,
+                             cwd=env["PYTHONPATH"].split(os.pathsep)[0])
         info = json.loads(out.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
         return Interpreter(executable, problem=f"cannot run {executable}: {exc}")

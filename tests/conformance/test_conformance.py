@@ -13,6 +13,10 @@ pytestmark = pytest.mark.conformance
 def _module_run(results, loop, module):
     run = results.runs[loop].modules[module]
     if run.status in ("absent", "skipped"):
+        # Skipping is for an interpreter without the `test` package (or a kernel without
+        # io_uring); a uringloop that cannot even be imported is a failure, never a skip.
+        if "uringloop cannot be imported" in str(run.reason):
+            pytest.fail(f"{module}: {run.reason}")
         pytest.skip(f"{module}: {run.reason}")
     return run
 
