@@ -5,6 +5,7 @@ import errno
 import gc
 import os
 import socket
+import warnings
 
 import pytest
 
@@ -368,3 +369,27 @@ def test_unclosed_pipe_transport_warns_and_closes_pipe(new_loop):
         gc.collect()
     assert rpipe.closed
     os.close(w)
+
+
+def test_repr_of_pipe_transports_left_open_when_the_loop_closes(new_loop):
+    """A loop closed under open pipe transports: their repr still works and says 'open' (as the
+    stock transports' do)."""
+    loop = new_loop()
+    rfd, wfd = os.pipe()
+    rpipe, wpipe = os.fdopen(rfd, 'rb', 0), os.fdopen(wfd, 'wb', 0)
+
+    async def connect():
+        r, _ = await loop.connect_read_pipe(asyncio.Protocol, rpipe)
+        w, _ = await loop.connect_write_pipe(asyncio.Protocol, wpipe)
+        return r, w
+
+    r, w = loop.run_until_complete(connect())
+    loop.close()
+    assert 'open' in repr(r) and 'open' in repr(w)
+    # Both loops warn about transports never closed; that is not what this test is about.
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ResourceWarning)
+        del r, w
+        gc.collect()
+    rpipe.close()
+    wpipe.close()

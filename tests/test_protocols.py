@@ -898,3 +898,23 @@ async def test_many_concurrent_connections():
     await asyncio.gather(*(one(i) for i in range(100)))
     server.close()
     await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_transports_are_asyncio_transports():
+    """isinstance() checks that libraries make: a stream transport is an asyncio.Transport (and so
+    a ReadTransport, WriteTransport and BaseTransport), and so is a datagram transport, as the
+    stock loop's are."""
+    loop = asyncio.get_running_loop()
+    server, peer, client = await connected_pair()
+    for cls in (asyncio.Transport, asyncio.ReadTransport, asyncio.WriteTransport,
+                asyncio.BaseTransport):
+        assert isinstance(client.transport, cls)
+        assert isinstance(peer.transport, cls)
+    assert not isinstance(client.transport, asyncio.DatagramTransport)
+    udp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                 local_addr=('127.0.0.1', 0))
+    assert isinstance(udp, asyncio.Transport)   # (the stock one is a DatagramTransport on 3.12+)
+    udp.close()
+    await shut(server, client, peer)

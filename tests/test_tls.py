@@ -194,6 +194,66 @@ async def test_start_tls_upgrade(contexts):
 
 @pytest.mark.asyncio
 @bounded(20)
+async def test_start_tls_right_after_a_large_write(contexts):
+    """A protocol writes more than the high-water mark, then hands the transport to TLS before
+    those bytes have left.  The SSL layer was never paused, so it must not be told to resume
+    (SSLProtocol asserts that); the protocol that was paused hears resume_writing() once its
+    bytes are out; nothing reaches the exception handler and every byte arrives."""
+    loop = asyncio.get_running_loop()
+    server_ctx, client_ctx = contexts
+    handler_calls = []
+    loop.set_exception_handler(lambda loop, context: handler_calls.append(context))
+    hello = os.urandom(100 * 1024)
+    flow = []
+    done = loop.create_future()
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            loop.create_task(self.upgrade(transport))
+
+        def pause_writing(self):
+            flow.append('pause')
+
+        def resume_writing(self):
+            flow.append('resume')
+
+        async def upgrade(self, transport):
+            transport.write(hello)              # above the 64 KiB high-water mark
+            tls = await loop.start_tls(transport, self, server_ctx, server_side=True)
+            tls.write(b'answer')
+            done.set_result(tls)
+
+    class Client(asyncio.Protocol):
+        def __init__(self):
+            self.data = bytearray()
+            self.plain = loop.create_future()
+            self.secure = loop.create_future()
+
+        def data_received(self, data):
+            self.data += data
+            if not self.plain.done() and len(self.data) >= len(hello):
+                self.plain.set_result(bytes(self.data))
+                self.data.clear()
+            elif self.plain.done() and self.data == b'answer':
+                self.secure.set_result(bytes(self.data))
+
+    server = await loop.create_server(Server, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+    transport, client = await loop.create_connection(Client, *addr)
+    assert await client.plain == hello
+    tls = await loop.start_tls(transport, client, client_ctx, server_hostname='localhost')
+    assert await client.secure == b'answer'
+    server_tls = await done
+    assert flow in ([], ['pause', 'resume'])
+    assert handler_calls == []
+    tls.close()
+    server_tls.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(20)
 async def test_wrong_hostname_fails_verification(contexts):
     server_ctx, client_ctx = contexts
     server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)

@@ -490,7 +490,9 @@ cdef class DatagramCore(TransportCore):
 
 
 class UringDatagramTransport(CoreTransportMixin, CoreReadingMixin, CoreWritingMixin,
-                             _transports.DatagramTransport):
+                             _transports.DatagramTransport, _transports.Transport):
+    # Also an asyncio.Transport, as the stock datagram transport is (it shares its base class
+    # with the stream transport); its stream methods raise NotImplementedError there too.
     """asyncio.DatagramTransport on io_uring; the work is done by its compiled DatagramCore."""
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):

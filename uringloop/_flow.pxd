@@ -11,7 +11,10 @@ cdef class WriteFlow(Completer):
     cdef object protocol
     cdef int conn_lost                     # connection_lost() scheduled (and writes dropped)
     cdef Py_ssize_t high_water, low_water
-    cdef bint protocol_paused              # pause_writing() was called, resume_writing() not yet
+    # The protocol whose pause_writing() was called and whose resume_writing() is still due
+    # (None when writing is not paused).  It is remembered rather than assumed to be the current
+    # protocol: see maybe_resume_protocol().
+    cdef object paused_protocol
 
     cdef int init_flow(self, object loop, object protocol) except -1
     cdef Py_ssize_t write_buffer_size(self)

@@ -46,9 +46,9 @@ cdef class WriteFlow(Completer):
         return self
 
     cdef int maybe_pause_protocol(self) except -1:
-        if self.write_buffer_size() <= self.high_water or self.protocol_paused:
+        if self.paused_protocol is not None or self.write_buffer_size() <= self.high_water:
             return 0
-        self.protocol_paused = True
+        self.paused_protocol = self.protocol
         try:
             self.protocol.pause_writing()
         except (SystemExit, KeyboardInterrupt):
@@ -63,11 +63,19 @@ cdef class WriteFlow(Completer):
         return 0
 
     cdef int maybe_resume_protocol(self) except -1:
-        if not self.protocol_paused or self.write_buffer_size() > self.low_water:
+        # resume_writing() goes to the protocol that was paused, which need not be the current
+        # one.  The stock transports hand most of a write to the kernel inside write(), so they
+        # rarely pause; ours always buffer until the completion, so a protocol that writes a big
+        # block and then hands the transport over (loop.start_tls() swapping in an SSLProtocol,
+        # or any set_protocol()) is paused at the swap.  The new protocol was never paused --
+        # SSLProtocol asserts as much -- while the old one (a StreamWriter waiting in drain(),
+        # now the SSL layer's application protocol) still waits to hear that its bytes left.
+        cdef object paused = self.paused_protocol
+        if paused is None or self.write_buffer_size() > self.low_water:
             return 0
-        self.protocol_paused = False
+        self.paused_protocol = None
         try:
-            self.protocol.resume_writing()
+            paused.resume_writing()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -75,7 +83,7 @@ cdef class WriteFlow(Completer):
                 'message': 'protocol.resume_writing() failed',
                 'exception': exc,
                 'transport': self.visible_transport(),
-                'protocol': self.protocol,
+                'protocol': paused,
             })
         return 0
 

@@ -407,7 +407,11 @@ class UringReadPipeTransport(CoreTransportMixin, CoreReadingMixin, _transports.R
         if core is not None:
             info.append(f'fd={core.fd}')
             if core.fd_open:
-                info.append('reading' if core.reading else 'idle')
+                if self._loop.is_closed():
+                    # As the stock transport: a loop closed under an open pipe says only that.
+                    info.append('open')
+                else:
+                    info.append('reading' if core.reading else 'idle')
         return '<{}>'.format(' '.join(info))
 
 
@@ -439,8 +443,11 @@ class UringWritePipeTransport(CoreTransportMixin, CoreWritingMixin, _transports.
         if core is not None:
             info.append(f'fd={core.fd}')
             if core.fd_open:
-                info.append('writing' if core.writing else 'idle')
-                info.append(f'bufsize={core.buffer_size}')
+                if self._loop.is_closed():
+                    info.append('open')
+                else:
+                    info.append('writing' if core.writing else 'idle')
+                    info.append(f'bufsize={core.buffer_size}')
         return '<{}>'.format(' '.join(info))
 
     def write(self, data):

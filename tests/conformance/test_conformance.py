@@ -7,7 +7,10 @@ import pytest
 from conformance import runner
 from conformance.conftest import MODE, MODULES, WITH_STOCK
 
-pytestmark = pytest.mark.conformance
+# The whole run happens in the session fixture, charged to the first item's setup: it gets its
+# own pytest-timeout, well above the ~2 minutes it takes on an idle 2-core machine (a hang inside
+# the run is bounded anyway, per test, by the runner's watchdog).
+pytestmark = [pytest.mark.conformance, pytest.mark.timeout(1800)]
 
 
 def _module_run(results, loop, module):
