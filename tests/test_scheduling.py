@@ -885,3 +885,41 @@ def test_patched_timer_lt_orders_the_heap(new_loop, monkeypatch):
         heapq.heappush(reference, timer)
     assert all(a is b for a, b in zip(loop._scheduled, reference))
     assert loop._scheduled[0].when() == 1049.0       # the "smallest" is now the latest
+
+
+def test_io_callbacks_run_after_the_callbacks_already_ready(new_loop):
+    """One iteration runs the callbacks that were ready when it began before the I/O callbacks
+    of what its wait brought, and those before the timers that were due: a protocol never
+    sees data ahead of a callback (a task's first step, here) that was ready before it came."""
+    import socket
+    loop = new_loop()
+    order = []
+
+    class Receiver(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            order.append(('io', data))
+
+    transport, _ = loop.run_until_complete(loop.create_datagram_endpoint(
+        Receiver, local_addr=('127.0.0.1', 0)))
+    addr = transport.get_extra_info('sockname')
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for round_ in range(3):
+            # The datagram waits in the kernel before the loop runs again; a timer is due by
+            # then too, and a task's first step is ready.
+            loop.call_later(0, order.append, ('timer', round_))
+            sender.sendto(b'%d' % round_, addr)
+            time.sleep(0.05)
+
+            async def first_step(round_=round_):
+                order.append(('task', round_))
+
+            task = loop.create_task(first_step())
+            loop.call_soon(order.append, ('ready', round_))
+            loop.run_until_complete(task)
+            while len(order) < 4 * (round_ + 1):
+                loop.run_until_complete(asyncio.sleep(0.01))
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    for round_ in range(3):
+        assert order[4 * round_:4 * round_ + 4] == [
+            ('task', round_), ('ready', round_), ('io', b'%d' % round_), ('timer', round_)]

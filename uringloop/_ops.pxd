@@ -39,6 +39,8 @@ cdef class Proactor:
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
     cdef int check_usable(self) except -1
     cpdef int wait(self, object timeout) except -1
+    cdef int enter_for(self, object timeout) except -1
+    cdef int dispatch_completions(self) except -1
     cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
                                     bint incremental=*)
 

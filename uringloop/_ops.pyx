@@ -320,8 +320,16 @@ cdef class Proactor:
     cpdef int wait(self, object timeout) except -1:
         """One loop iteration's kernel work: submit + wait (+ deadline) in one io_uring_enter,
         then dispatch every completion."""
+        self.enter_for(timeout)
+        return self.dispatch_completions()
+
+    # The two halves of wait(), for the loop's compiled iteration (_sched.pyx), which must note
+    # the timers that are due between the kernel's return and the completions' callbacks.
+
+    cdef int enter_for(self, object timeout) except -1:
+        """Submit everything queued and wait up to `timeout` seconds (None: without limit) for
+        a completion, in one io_uring_enter; dispatch nothing."""
         cdef long long timeout_ns
-        cdef int reaped, rounds
         self.check_usable()
         if self.backlog:
             self.flush_backlog()
@@ -341,6 +349,11 @@ cdef class Proactor:
             self.skipped_enters += 1
             return 0
         self.ring.enter(1, timeout_ns)
+        return 0
+
+    cdef int dispatch_completions(self) except -1:
+        """Dispatch every completion the kernel has posted."""
+        cdef int reaped, rounds
         reaped = self.reap()
         # With DEFER_TASKRUN, 6.13+ kernels run at most IO_LOCAL_TW_DEFAULT_MAX (20) items of
         # deferred task work per io_uring_enter and leave the rest for the next one, so a busy

@@ -1,5 +1,7 @@
 from cpython.object cimport PyObject
 
+from uringloop._ops cimport Proactor
+
 
 cdef extern from "_sched.h":
     Py_ssize_t ul_member_offset(object descr)
@@ -47,7 +49,11 @@ cdef class LoopCore:
     cdef int heap_push(self, list heap, object timer) except -1
     cdef object heap_pop(self, list heap)
     cdef object schedule_at(self, object when, object callback, tuple args, object context)
-    cdef int run_once(self) except -1
+    cdef int run_once(self, bint in_run_forever) except -1
     cdef int iterate_until_stopped(self) except -1
-    cdef int run_ready(self) except -1
+    cdef int proactor_iteration(self, Proactor proactor, bint may_wait_after_ready) except -1
+    cdef object wait_timeout(self)
+    cdef list pop_due(self)
+    cdef int run_ready(self, Py_ssize_t ntodo) except -1
+    cdef int run_handle_now(self, object handle) except -1
     cdef int run_debug(self, object handle) except -1

@@ -22,12 +22,15 @@ this module does the same work in C without changing anything anyone can observe
     beside the list; any other pair is compared through Python as heapq would compare it.
   * The ready queue is still the deque `loop._ready` (other modules append to it, and
     call_soon_threadsafe relies on deque.append being atomic).
-  * An iteration keeps BaseEventLoop._run_once's order of steps: drop cancelled timers (with the
-    same _MIN_SCHEDULED_TIMER_HANDLES / _MIN_CANCELLED_TIMER_HANDLES_FRACTION heuristic, read
-    from asyncio.base_events each time), compute the timeout, wait for I/O, move due timers
-    (deadline < now + clock resolution) to the ready queue, then run only the handles that were
-    ready when the run started.  The wait is the compiled Proactor's wait() called directly:
-    no select() call, no empty event list, no _process_events() call (ours is a no-op).
+  * An iteration runs callbacks in BaseEventLoop._run_once's order: the handles that were ready
+    when it began, then the I/O callbacks, then the timers due (deadline < now + clock
+    resolution) when the wait returned; what those schedule waits for the next iteration.
+    Cancelled timers are dropped first with the same _MIN_SCHEDULED_TIMER_HANDLES /
+    _MIN_CANCELLED_TIMER_HANDLES_FRACTION heuristic (read from asyncio.base_events each time).
+    The wait is the compiled Proactor's, called directly: no select() call, no empty event
+    list, no _process_events() call (ours is a no-op).  Because completions call protocols
+    directly, the order is kept by when things happen rather than by queueing: see
+    LoopCore.proactor_iteration.
   * A handle is run inline (enter its context, call, exit) only while Handle._run is asyncio's
     own; exceptions reach call_exception_handler with the same context dict Handle._run builds.
 
@@ -415,7 +418,7 @@ cdef class LoopCore:
 
     def _run_once(self):
         """Run one full iteration of the event loop (BaseEventLoop._run_once, compiled)."""
-        self.run_once()
+        self.run_once(False)
 
     def run_forever(self):
         """Run until stop() is called."""
@@ -450,7 +453,7 @@ cdef class LoopCore:
     cdef int iterate_until_stopped(self) except -1:
         while True:
             if self.own(NAME_RUN_ONCE, _own_run_once):
-                self.run_once()
+                self.run_once(True)
             else:
                 self._run_once()        # replaced on the instance or in a subclass
             # The stock loop runs Python bytecode between iterations, where the interpreter
@@ -461,13 +464,10 @@ cdef class LoopCore:
 
     # ---- one iteration ----
 
-    cdef int run_once(self) except -1:
+    cdef int run_once(self, bint in_run_forever) except -1:
         cdef list heap
         cdef list kept
         cdef Py_ssize_t count
-        cdef double when_d, timeout_d, end_d
-        cdef bint fast_time
-        cdef double maximum
         scheduled = self._scheduled
         if (self.fields_hidden or not PyList_CheckExact(scheduled)
                 or type(self.ready) is not _deque):
@@ -495,42 +495,119 @@ cdef class LoopCore:
                 timer = self.heap_pop(heap)
                 set_scheduled(timer, False)
 
-        # 2. How long the wait may block: not at all with work ready, until the first deadline
-        #    otherwise (at most MAXIMUM_SELECT_TIMEOUT), forever with nothing scheduled.
-        fast_time = self.own(NAME_TIME, _own_time)
-        timeout = None
-        if self.ready or self._stopping:
-            timeout = 0
-        elif heap:
-            maximum_obj = _base_events_globals['MAXIMUM_SELECT_TIMEOUT']
-            if fast_time and ul_heap_head_when(&self.timers, heap, &when_d):
-                maximum = maximum_obj
-                timeout_d = when_d - ul_monotonic()
-                if not timeout_d > 0:
-                    timeout = 0
-                elif timeout_d > maximum:
-                    timeout = maximum_obj
-                else:
-                    timeout = timeout_d
-            else:
-                timeout = min(max(0, deadline(heap[0]) - self.now()), maximum_obj)
-
-        # 3. Wait for I/O: the Proactor submits, waits and dispatches completions in one go.
         selector = self._selector
-        if type(selector) is Proactor and self.own(NAME_PROCESS_EVENTS, _own_process_events):
-            (<Proactor>selector).wait(timeout)
-            # A signal that ended the wait (EINTR) has its Python handler run now, as a
-            # selector's select() would run it (PEP 475), before any callback of this iteration.
-            PyErr_CheckSignals()
-        else:
+        if type(selector) is not Proactor or not self.own(NAME_PROCESS_EVENTS, _own_process_events):
+            # A selector of someone else's, or _process_events replaced: BaseEventLoop's steps.
+            timeout = self.wait_timeout()
             event_list = selector.select(timeout)
             self._process_events(event_list)
             event_list = None
+            for timer in self.pop_due():
+                self.append_ready(timer)
+            return self.run_ready(len(self.ready))
+        return self.proactor_iteration(<Proactor>selector, in_run_forever)
 
-        # 4. Timers whose deadline is within a clock tick become ready.
+    # What one iteration runs, and in which order, is BaseEventLoop's: first the callbacks that
+    # were ready when the iteration began, then the I/O callbacks of what the wait brought, then
+    # the timers that were due when the wait returned; whatever those schedule runs in the next
+    # iteration.  The stock loop gets that order by queueing everything behind the ready
+    # callbacks.  Ours calls protocols and resolves futures straight from the completions, with
+    # no handle in between, so it keeps the order by *when* it does things instead:
+    #
+    #   ready callbacks waiting?  --yes-->  note the due timers, run the ready callbacks, then
+    #            |                           enter the kernel without waiting (*)
+    #            no
+    #            v
+    #   enter the kernel: submit, and block until a completion or the first timer's deadline
+    #            |
+    #   after a blocking wait, note the timers that are due now
+    #            |
+    #   dispatch the completions (their protocol callbacks and future wake-ups run here)
+    #            |
+    #   run the timers noted
+    #
+    # Dispatching before the ready callbacks would let a datagram_received() or data_received()
+    # overtake a callback (a task's step, say) that was ready before the data arrived -- a
+    # protocol would see data for a future that task had not created yet.  The timers are noted
+    # before the completions run so that a timer the completions schedule for "now" waits for
+    # the next iteration, as it does on the stock loop.  Running the ready callbacks *before* the
+    # enter (where the stock loop polls first) only lets the I/O they start reach the kernel one
+    # iteration sooner.
+    #
+    # (*) Inside run_forever, when the ready callbacks leave nothing ready, nothing due and no
+    # stop request, the enter may block as the next iteration's would: the stock loop would poll
+    # without waiting, find nothing to run and come straight back to a blocking poll, and nothing
+    # can happen in between.  That saves a system call per request/response turn on a lightly
+    # loaded connection.  A _run_once() called by hand keeps the stock contract: an iteration
+    # that starts with ready callbacks does not block.
+
+    cdef int proactor_iteration(self, Proactor proactor, bint may_wait_after_ready) except -1:
+        cdef Py_ssize_t pending = len(self.ready)
+        cdef Py_ssize_t ran = 0
+        cdef list due = None
+        cdef bint blocking
+        try:
+            if pending or self._stopping:
+                due = self.pop_due()
+                if pending:
+                    self.run_ready(pending)
+                if due or self.ready or self._stopping or not may_wait_after_ready:
+                    timeout = 0
+                else:
+                    timeout = self.wait_timeout()
+            else:
+                timeout = self.wait_timeout()
+            blocking = timeout is None or timeout != 0
+            proactor.enter_for(timeout)
+            # A signal that ended the wait (EINTR) has its Python handler run now, as a
+            # selector's select() would run it (PEP 475), before any callback of this iteration.
+            PyErr_CheckSignals()
+            if due is None:
+                due = self.pop_due()
+            elif blocking:
+                due.extend(self.pop_due())
+            proactor.dispatch_completions()
+            for timer in due:
+                ran += 1
+                if not is_cancelled(timer):
+                    self.run_handle_now(timer)
+        finally:
+            if due is not None and ran < len(due):
+                # Interrupted (KeyboardInterrupt, SystemExit): the timers not yet run are not
+                # lost; they run next, as they would from the stock loop's ready queue.
+                self.ready.extend(due[ran:])
+        return 0
+
+    cdef object wait_timeout(self):
+        """How long the wait may block: not at all with work ready, until the first deadline
+        otherwise (at most MAXIMUM_SELECT_TIMEOUT), forever (None) with nothing scheduled."""
+        cdef double when_d, timeout_d, maximum
+        heap = self._scheduled
+        if self.ready or self._stopping:
+            return 0
+        if not heap:
+            return None
+        maximum_obj = _base_events_globals['MAXIMUM_SELECT_TIMEOUT']
+        if self.own(NAME_TIME, _own_time) and PyList_CheckExact(heap) \
+                and ul_heap_head_when(&self.timers, <list>heap, &when_d):
+            maximum = maximum_obj
+            timeout_d = when_d - ul_monotonic()
+            if not timeout_d > 0:
+                return 0
+            if timeout_d > maximum:
+                return maximum_obj
+            return timeout_d
+        return min(max(0, deadline(heap[0]) - self.now()), maximum_obj)
+
+    cdef list pop_due(self):
+        """Take the timers whose deadline is within a clock tick off the heap, in order."""
+        cdef list due = []
+        cdef double when_d, end_d
         heap = self._scheduled if PyList_CheckExact(self._scheduled) else None
-        if heap is not None and heap:
-            if fast_time:
+        if heap is not None:
+            if not heap:
+                return due
+            if self.own(NAME_TIME, _own_time):
                 end_d = ul_monotonic() + self._clock_resolution
                 while heap:
                     if ul_heap_head_when(&self.timers, heap, &when_d):
@@ -540,7 +617,7 @@ cdef class LoopCore:
                         break
                     timer = self.heap_pop(heap)
                     set_scheduled(timer, False)
-                    self.append_ready(timer)
+                    due.append(timer)
             else:
                 end_time = self.time() + self._clock_resolution
                 while heap:
@@ -548,35 +625,37 @@ cdef class LoopCore:
                         break
                     timer = self.heap_pop(heap)
                     set_scheduled(timer, False)
-                    self.append_ready(timer)
-        elif heap is None:
+                    due.append(timer)
+        else:
             end_time = self.now() + self._clock_resolution
             while self._scheduled:
                 if self._scheduled[0]._when >= end_time:
                     break
                 timer = _heapq.heappop(self._scheduled)
                 timer._scheduled = False
-                self.append_ready(timer)
+                due.append(timer)
+        return due
 
-        # 5. Run what is ready now -- not what those callbacks schedule (next iteration).
-        return self.run_ready()
-
-    cdef int run_ready(self) except -1:
-        cdef Py_ssize_t ntodo = len(self.ready), i
-        cdef bint inline_ok = SLOTS_USABLE and run_pristine()
+    cdef int run_ready(self, Py_ssize_t ntodo) except -1:
+        """Run the first `ntodo` handles of the ready queue (not what they schedule)."""
+        cdef Py_ssize_t i
         if ntodo == 0:
             return 0
         popleft = self.ready_popleft if self.ready_popleft is not None else self.ready.popleft
         for i in range(ntodo):
             handle = popleft()
-            if is_cancelled(handle):
-                continue
-            if self._debug:
-                self.run_debug(handle)
-            elif inline_ok and (type(handle) is _Handle or type(handle) is _TimerHandle):
-                run_handle(handle)
-            else:
-                handle._run()
+            if not is_cancelled(handle):
+                self.run_handle_now(handle)
+        return 0
+
+    cdef int run_handle_now(self, object handle) except -1:
+        if self._debug:
+            self.run_debug(handle)
+        elif (SLOTS_USABLE and (type(handle) is _Handle or type(handle) is _TimerHandle)
+                and run_pristine()):
+            run_handle(handle)
+        else:
+            handle._run()
         return 0
 
     cdef int run_debug(self, object handle) except -1:
