@@ -17,6 +17,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -331,22 +332,33 @@ def cpu_usage(before: Optional[CpuSnapshot], after: Optional[CpuSnapshot]) -> di
 
 # ---- the C load generator -------------------------------------------------------------------
 
+# A run of a fixed number of requests (--requests) must finish within this many seconds per
+# request on top of the fixed allowance: 1M requests get 200 s, a rate no loop falls below.
+SECONDS_PER_REQUEST_LIMIT = 1 / 5000
+
+
 def run_loadgen(port: int, conns: int, size: int, duration: float, warmup: float,
                 cpu: Optional[int], connect_timeout: float = 10.0,
-                server_pid: Optional[int] = None, server_cpu: Optional[int] = None) -> dict:
+                server_pid: Optional[int] = None, server_cpu: Optional[int] = None,
+                requests: Optional[int] = None) -> dict:
     """One closed-loop echo run; a dict with ok=True and rps/p50_us/p99_us, or ok=False and
-    error; with server_pid, also the CPU accounting of the run (see cpu_usage)."""
+    error; with server_pid, also the CPU accounting of the run (see cpu_usage).  With
+    `requests`, exactly that many requests instead of `duration` seconds of them."""
     return with_cpu_usage(server_pid, server_cpu, lambda: _run_loadgen(
-        port, conns, size, duration, warmup, cpu, connect_timeout), client_cpu=cpu)
+        port, conns, size, duration, warmup, cpu, connect_timeout, requests), client_cpu=cpu)
 
 
-def _run_loadgen(port, conns, size, duration, warmup, cpu, connect_timeout) -> dict:
+def _run_loadgen(port, conns, size, duration, warmup, cpu, connect_timeout,
+                 requests=None) -> dict:
     cmd = [str(LOADGEN), "--port", str(port), "--conns", str(conns), "--size", str(size),
            "--duration", str(duration), "--warmup", str(warmup),
            "--timeout", str(connect_timeout)]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
     limit = connect_timeout * 2 + warmup + duration + 15
+    if requests:
+        cmd += ["--requests", str(requests)]
+        limit = connect_timeout * 2 + 15 + requests * SECONDS_PER_REQUEST_LIMIT
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
@@ -356,6 +368,97 @@ def _run_loadgen(port, conns, size, duration, warmup, cpu, connect_timeout) -> d
         return {"ok": False, "error": f"loadgen exit status {proc.returncode}: "
                                       f"{(proc.stderr or proc.stdout).strip()[:300]}"}
     return json.loads(lines[-1])
+
+
+# ---- memory: a server's RSS, and idle connections to it -------------------------------------
+
+def read_rss(pid: int) -> Optional[dict]:
+    """The process's resident memory from /proc/PID/status, in bytes: vm_rss (VmRSS, what is
+    reported), rss_anon and rss_file (its heap/stack/anonymous mappings and its mapped files,
+    kept in the raw results).  None when the process is gone.  Kernel memory for its sockets
+    (socket structures, TCP buffers) and io_uring rings' kernel side are not in RSS."""
+    fields = {"VmRSS:": "vm_rss", "RssAnon:": "rss_anon", "RssFile:": "rss_file",
+              "RssShmem:": "rss_shmem"}
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in fields and parts[-1] == "kB":
+                    out[fields[parts[0]]] = int(parts[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return out if "vm_rss" in out else None
+
+
+def raise_fd_limit(needed: int) -> Optional[str]:
+    """Raise this process's soft RLIMIT_NOFILE to at least `needed` (within the hard limit);
+    the problem as text when the hard limit is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            return (f"{needed} file descriptors are needed but the hard limit (ulimit -Hn) is "
+                    f"{hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return None
+
+
+class IdleConnections:
+    """TCP connections to a server that stay open and idle, held by this process.
+
+    Each connection is proven live before it counts: it sends one byte and waits for the echo,
+    so the server has accepted it, made its protocol and transport, and served one receive --
+    the state of a keep-alive connection waiting for its next request.  Connections are opened
+    in batches and each batch is echoed before the next is opened, which paces the client to
+    the server's accept rate (an overflowing accept queue would stall connects for a second per
+    SYN retransmission).  Blocking sockets with a timeout: a hung server fails the step with
+    the reason, never hangs the run."""
+
+    BATCH = 500
+    FD_MARGIN = 64
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+        self.address = (host, port)
+        self.timeout = timeout
+        self.socks: list = []
+
+    def __len__(self) -> int:
+        return len(self.socks)
+
+    def grow_to(self, total: int) -> None:
+        """Open connections until `total` are held; HarnessError with the reason otherwise."""
+        problem = raise_fd_limit(total + self.FD_MARGIN)
+        if problem:
+            raise HarnessError(problem)
+        while len(self.socks) < total:
+            batch = []
+            try:
+                for _ in range(min(self.BATCH, total - len(self.socks))):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    batch.append(sock)
+                    sock.settimeout(self.timeout)
+                    sock.connect(self.address)
+                for sock in batch:
+                    sock.sendall(b"m")
+                for sock in batch:
+                    if sock.recv(1) != b"m":
+                        raise HarnessError(f"connection {len(self.socks) + 1}: the server "
+                                           "closed it or echoed a wrong byte")
+            except OSError as exc:
+                for sock in batch:
+                    sock.close()
+                raise HarnessError(f"after {len(self.socks)} idle connections: "
+                                   f"{type(exc).__name__}: {exc}") from None
+            except HarnessError:
+                for sock in batch:
+                    sock.close()
+                raise
+            self.socks.extend(batch)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        self.socks = []
 
 
 # ---- wrk ------------------------------------------------------------------------------------

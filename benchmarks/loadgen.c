@@ -7,6 +7,11 @@
  * (after --warmup seconds, for --duration seconds); latency is send-start to last-byte-received of
  * each request completed in that window, reported as p50/p99.
  *
+ * With --requests N the run is a fixed amount of work instead: exactly N requests are issued (and
+ * completed) over the connections, whatever time that takes; the window is the whole run
+ * (--duration and --warmup are ignored).  The memory benchmark uses this to put a known number of
+ * requests through a server between two readings of its RSS.
+ *
  * Why C and not Python: a Python client shares the interpreter's costs with the servers being
  * measured and saturates long before uvloop does.  This one is a single epoll thread pinned to its
  * own CPU (--cpu), so the server under test gets the other CPU to itself.
@@ -62,7 +67,8 @@ static struct {
     int port, nconns, cpu;
     size_t size;
     double duration, warmup, timeout;
-} opt = {"127.0.0.1", 0, 1, -1, 1024, 2.0, 0.5, 10.0};
+    unsigned long long requests;       /* 0: run for --duration; else issue exactly this many */
+} opt = {"127.0.0.1", 0, 1, -1, 1024, 2.0, 0.5, 10.0, 0};
 
 static unsigned char *pattern;
 static unsigned char scratch[SCRATCH_SIZE];
@@ -74,6 +80,7 @@ static size_t nsamples, samples_cap;
 static uint64_t total_requests;   /* every completed request, warm-up and drain included */
 static uint64_t window_requests;
 static uint64_t window_bytes;
+static uint64_t issued_requests;  /* requests started (for --requests) */
 
 static uint64_t now_ns(void)
 {
@@ -117,7 +124,8 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: loadgen --port N [--host 127.0.0.1] [--conns 1] [--size 1024]\n"
-            "               [--duration 2] [--warmup 0.5] [--timeout 10] [--cpu N]\n");
+            "               [--duration 2] [--warmup 0.5] [--timeout 10] [--cpu N]\n"
+            "               [--requests N]\n");
     exit(1);
 }
 
@@ -144,6 +152,8 @@ static void parse_args(int argc, char **argv)
             opt.timeout = atof(v);
         else if (!strcmp(a, "--cpu"))
             opt.cpu = atoi(v);
+        else if (!strcmp(a, "--requests"))
+            opt.requests = strtoull(v, NULL, 10);
         else
             usage();
     }
@@ -218,6 +228,7 @@ static void start_request(struct conn *c)
     c->offset = (uint32_t)(((uint64_t)idx * 131u + c->seq * 17u) % PATTERN_SLACK);
     c->sent = c->received = 0;
     c->busy = 1;
+    issued_requests++;
     c->started_ns = now_ns();
     push(c);
 }
@@ -261,6 +272,14 @@ static int pull(struct conn *c, uint64_t *now, uint64_t window_start, uint64_t w
         record(*now - c->started_ns);
     }
     return 1;
+}
+
+/* May another request start now?  By time, or (--requests) by the count issued so far. */
+static int more_requests(uint64_t now, uint64_t window_end)
+{
+    if (opt.requests)
+        return issued_requests < opt.requests;
+    return now < window_end;
 }
 
 static double tv_seconds(const struct timeval *tv)
@@ -361,12 +380,19 @@ int main(int argc, char **argv)
     uint64_t start = now_ns();
     uint64_t window_start = start + (uint64_t)(opt.warmup * 1e9);
     uint64_t window_end = window_start + (uint64_t)(opt.duration * 1e9);
+    if (opt.requests) {
+        /* A fixed number of requests: every one of them is in the window. */
+        window_start = start;
+        window_end = UINT64_MAX;
+    }
     uint64_t stall_ns = (uint64_t)(opt.timeout * 1e9);
     uint64_t last_progress = start, now = start, drain_deadline = 0;
     enum phase phase = RUNNING;
-    int in_flight = opt.nconns;
-    for (int i = 0; i < opt.nconns; i++)
+    int in_flight = 0;
+    for (int i = 0; i < opt.nconns && more_requests(start, window_end); i++) {
         start_request(&conns[i]);
+        in_flight++;
+    }
 
     struct epoll_event events[MAX_EVENTS];
     while (in_flight > 0) {
@@ -379,7 +405,7 @@ int main(int argc, char **argv)
             if (events[k].events & (EPOLLERR | EPOLLHUP | EPOLLIN)) {
                 if (pull(c, &now, window_start, window_end)) {
                     last_progress = now;
-                    if (phase == RUNNING && now < window_end)
+                    if (phase == RUNNING && more_requests(now, window_end))
                         start_request(c);
                     else
                         in_flight--;
@@ -411,7 +437,8 @@ int main(int argc, char **argv)
     double cpu_s = tv_seconds(&usage_end.ru_utime) - tv_seconds(&usage_start.ru_utime) +
                    tv_seconds(&usage_end.ru_stime) - tv_seconds(&usage_start.ru_stime);
     double client_cpu_pct = 100.0 * cpu_s / ((double)(finished - start) / 1e9);
-    double window_s = (double)(window_end - window_start) / 1e9;
+    double window_s = opt.requests ? (double)(finished - start) / 1e9
+                                   : (double)(window_end - window_start) / 1e9;
     if (window_requests == 0)
         fail("no request completed inside the %.2f s measurement window", window_s);
     qsort(samples, nsamples, sizeof *samples, cmp_u32);

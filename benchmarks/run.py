@@ -2,11 +2,12 @@
 """uringloop benchmark: uringloop vs uvloop vs the stock asyncio loop, one command.
 
     python3 benchmarks/run.py            # full: every style x size x connection count
-    python3 benchmarks/run.py --quick    # the headline subset, about 2 minutes on 2 CPUs
+    python3 benchmarks/run.py --quick    # the headline subset, about 2.5 minutes on 2 CPUs
 
 Workloads: TCP echo in four server styles (sock_*, streams, Protocol, BufferedProtocol) driven by
 a C load generator (benchmarks/loadgen.c, built on first run) that verifies every echoed byte;
-aiohttp hello world under wrk; loop micro-benchmarks; system calls per echo request.
+aiohttp hello world under wrk; loop micro-benchmarks; system calls per echo request; the server's
+memory (RSS per idle connection, and RSS across repeated runs of a fixed number of requests).
 
 Method: the server runs in its own process pinned to one CPU, the load generator on the other.
 Each point is measured in rounds; within a round every loop runs once, back to back (A B C A B C
@@ -41,6 +42,16 @@ STYLES = ("sock", "streams", "protocol", "bufferedprotocol")
 SIZES = (1 * KIB, 16 * KIB, 100 * KIB)
 CONNS = (1, 10, 100, 1000)
 MICRO = ("call_soon", "timers", "sleep0_tasks", "create_close")
+WORKLOADS = ("echo", "http", "micro", "syscalls", "memory")
+# The memory benchmark's server and load: the Protocol echo server, 1 KiB requests over 10
+# connections (issue 7's "RSS after 1M requests").
+MEMORY_STYLE = "protocol"
+MEMORY_SIZE = 1 * 1024
+MEMORY_LOAD_CONNS = 10
+# Connections opened, echoed once and closed before the 0-connection RSS is read, so that what
+# the first connection initialises once (code paths, caches, free lists) is not charged to the
+# idle connections.
+MEMORY_WARMUP_CONNS = 16
 REFERENCES = ("uvloop", "asyncio")
 # A load run in which other processes took this much of the server's or the client's CPU is
 # repeated once; the extra runs may add at most RETRY_BUDGET of the planned time.
@@ -60,6 +71,9 @@ class Mode:
     micro_scale: float
     syscall_points: tuple         # (style, size, conns)
     syscall_duration: float
+    memory_idle_conns: tuple      # idle connection counts, held together (ascending)
+    memory_requests: int          # requests per load run of the memory benchmark
+    memory_load_runs: int         # load runs against the same server (growth: last - first)
 
 
 FULL = Mode(
@@ -70,6 +84,7 @@ FULL = Mode(
     micro_scale=1.0,
     syscall_points=(("sock", KIB, 100), ("protocol", KIB, 100)),
     syscall_duration=2.0,
+    memory_idle_conns=(2000, 10000), memory_requests=1_000_000, memory_load_runs=3,
 )
 
 # The quick subset: the points issue 7's headline targets name (1 KiB at 10 and 100 connections
@@ -86,6 +101,9 @@ QUICK = Mode(
     micro_scale=0.2,
     syscall_points=(("sock", KIB, 100), ("protocol", KIB, 100)),
     syscall_duration=0.6,
+    # Idle connections are cheap to measure (about 2 s per loop and round): the same counts as
+    # the full run.  The load runs take a tenth of the requests.
+    memory_idle_conns=(2000, 10000), memory_requests=100_000, memory_load_runs=3,
 )
 
 # For the test suite: every code path, minimal time (not a measurement).
@@ -97,6 +115,7 @@ SMOKE = Mode(
     micro_scale=0.01,
     syscall_points=(("sock", KIB, 2),),
     syscall_duration=0.2,
+    memory_idle_conns=(20,), memory_requests=2000, memory_load_runs=2,
 )
 
 MODES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
@@ -253,6 +272,10 @@ class Runner:
                 "references": list(REFERENCES),
                 "retry": {"disturbed_pct": RETRY_DISTURBED_PCT, "budget": RETRY_BUDGET},
                 "pinning": {"server": self.server_cpu, "client": self.client_cpu},
+                "memory": {"idle_conns": list(mode.memory_idle_conns),
+                           "requests": mode.memory_requests,
+                           "load_runs": mode.memory_load_runs,
+                           "load_conns": MEMORY_LOAD_CONNS, "size": MEMORY_SIZE},
             },
             "points": [],
             "loop_types": self.loop_types,
@@ -548,9 +571,161 @@ class Runner:
             out["cpu_other_pct"] = usage["client_cpu_other_pct"]
         return out
 
+    # -- memory --
+
+    def memory(self) -> None:
+        """Issue 7's memory row: RSS per idle connection, and RSS after repeated runs of a fixed
+        number of requests (growth across the runs)."""
+        mem = self.results.setdefault("memory", {
+            "style": MEMORY_STYLE, "warmup_conns": MEMORY_WARMUP_CONNS,
+            "idle": [], "load": None})
+        mem["idle"] = self.memory_idle()
+        mem["load"] = self.memory_load()
+
+    def memory_idle(self) -> list:
+        """Per round and loop, a fresh server: its RSS with no connection (after a few warm-up
+        connections came and went), then with each count of idle connections, held together
+        (2000, then 8000 more for 10000).  Bytes per connection: (RSS with N - RSS with 0) / N.
+        A fresh server per round, because memory freed by an earlier round's connections would
+        be reused by the next and make connections look cheaper."""
+        counts = sorted(self.mode.memory_idle_conns)
+        runs: dict = {n: {lp: [] for lp in self.loops} for n in counts}
+        for rnd in range(self.mode.reps):
+            for lp in self.loops:
+                per_count = self.memory_idle_once(lp)
+                self.progress.advance(self.memory_idle_cost())
+                for n in counts:
+                    runs[n][lp].append(per_count[n])
+                label = f"memory idle  round {rnd + 1}/{self.mode.reps}  {lp:9}"
+                first = per_count[counts[0]]
+                if first.get("ok"):
+                    self.progress.say(
+                        f"{label} RSS {report.fmt_bytes(first['rss0'])} with no connection; "
+                        + ", ".join(f"{n} conns {report.fmt_bytes(per_count[n]['rss'])} = "
+                                    f"{per_count[n]['bytes_per_conn']:,.0f} B/conn"
+                                    if per_count[n].get("ok") else
+                                    f"{n} conns FAILED: {per_count[n]['error']}"
+                                    for n in counts))
+                else:
+                    self.progress.say(f"{label} FAILED: {first.get('error')}")
+        points = []
+        for n in counts:
+            point = {"conns": n, "loops": self.summarize(runs[n], ("bytes_per_conn",))}
+            points.append(point)
+        return points
+
+    def memory_idle_once(self, lp: str) -> dict:
+        """{N: run} for one fresh server of loop `lp`; a run is ok with rss0, rss (bytes) and
+        bytes_per_conn, or not ok with the error."""
+        counts = sorted(self.mode.memory_idle_conns)
+        server = self.start_server(lp, MEMORY_STYLE)
+        held = None
+        out: dict = {}
+        try:
+            if not server.ready:
+                return {n: {"ok": False, "error": server.error, "na": True} for n in counts}
+            try:
+                warm = harness.IdleConnections(server.port)
+                try:
+                    warm.grow_to(MEMORY_WARMUP_CONNS)
+                finally:
+                    warm.close()
+                time.sleep(0.2)             # let the server see the closes
+                before = harness.read_rss(server.pid)
+                held = harness.IdleConnections(server.port)
+                for n in counts:
+                    held.grow_to(n)
+                    time.sleep(0.1)
+                    after = harness.read_rss(server.pid)
+                    if before is None or after is None:
+                        raise harness.HarnessError(f"the {lp} server exited")
+                    out[n] = {"ok": True, "rss0": before["vm_rss"], "rss": after["vm_rss"],
+                              "bytes_per_conn": (after["vm_rss"] - before["vm_rss"]) / n,
+                              "rss_anon0": before.get("rss_anon"),
+                              "rss_anon": after.get("rss_anon")}
+                return out
+            except harness.HarnessError as exc:
+                # The counts measured before the failure stand.
+                return {n: out.get(n) or {"ok": False, "error": str(exc)} for n in counts}
+        finally:
+            if held is not None:
+                held.close()
+            server.stop()
+
+    def memory_load(self) -> dict:
+        """One server per loop; `memory_load_runs` runs of exactly `memory_requests` echo
+        requests (1 KiB, 10 connections, the C load generator), the loops interleaved run by
+        run; the server's RSS before the first run and after each.  Growth: RSS after the last
+        run - RSS after the first (the first run's allocations -- buffers, free lists -- are
+        the steady state, not growth)."""
+        mode = self.mode
+        servers = self.start_servers(MEMORY_STYLE)
+        runs: dict = {lp: [] for lp in self.loops}
+        before: dict = {}
+        try:
+            for lp, server in servers.items():
+                rss = harness.read_rss(server.pid) if server.ready else None
+                if rss:
+                    before[lp] = rss["vm_rss"]
+            for i in range(mode.memory_load_runs):
+                for lp in self.loops:
+                    server = servers[lp]
+                    label = (f"memory load  run {i + 1}/{mode.memory_load_runs}  {lp:9} "
+                             f"{mode.memory_requests:,} requests")
+                    if not server.ready:
+                        runs[lp].append({"ok": False, "error": server.error, "na": True})
+                        self.progress.advance(self.memory_load_cost())
+                        continue
+                    if not server.alive():
+                        # Never replaced: a new process would reset the RSS being followed.
+                        runs[lp].append({"ok": False, "error": f"the {lp} server exited"})
+                        self.progress.advance(self.memory_load_cost())
+                        continue
+                    run = harness.run_loadgen(server.port, MEMORY_LOAD_CONNS, MEMORY_SIZE,
+                                              1.0, 0.0, self.client_cpu,
+                                              server_pid=server.pid, server_cpu=self.server_cpu,
+                                              requests=mode.memory_requests)
+                    self.progress.advance(self.memory_load_cost())
+                    if run.get("ok") and run.get("total_requests") != mode.memory_requests:
+                        run.update(ok=False, error=f"{run.get('total_requests')} requests "
+                                                   f"completed, not {mode.memory_requests}")
+                    time.sleep(0.2)         # let the server see the load generator's closes
+                    rss = harness.read_rss(server.pid)
+                    if run.get("ok") and rss is None:
+                        run.update(ok=False, error=f"the {lp} server exited")
+                    if run.get("ok"):
+                        run["rss"] = rss["vm_rss"]
+                        run["rss_anon"] = rss.get("rss_anon")
+                        self.progress.say(f"{label} at {report.fmt_rate(run['rps'])} req/s: "
+                                          f"RSS {report.fmt_bytes(run['rss'])}")
+                    else:
+                        self.progress.say(f"{label} FAILED: {run.get('error')}")
+                    runs[lp].append(run)
+        finally:
+            for server in servers.values():
+                server.stop()
+        point = {"requests_per_run": mode.memory_requests, "runs": mode.memory_load_runs,
+                 "conns": MEMORY_LOAD_CONNS, "size": MEMORY_SIZE,
+                 "loops": self.summarize(runs, ("rss",))}
+        for lp, entry in point["loops"].items():
+            if lp in before:
+                entry["rss_before"] = before[lp]
+            rss = [r.get("rss") if r.get("ok") else None for r in runs[lp]]
+            if len(rss) >= 2 and all(v is not None for v in rss):
+                entry["growth"] = rss[-1] - rss[0]
+                entry["growth_per_request"] = entry["growth"] / (
+                    mode.memory_requests * (len(rss) - 1))
+        return point
+
+    def memory_idle_cost(self) -> float:
+        return 0.6 + max(self.mode.memory_idle_conns) / 10000 * 1.2
+
+    def memory_load_cost(self) -> float:
+        return 0.3 + self.mode.memory_requests / 60000
+
     # -- plan --
 
-    def planned_cost(self, do_echo, do_http, do_micro, do_sys) -> float:
+    def planned_cost(self, do_echo, do_http, do_micro, do_sys, do_memory=False) -> float:
         n = len(self.loops)
         cost = 0.0
         if do_echo:
@@ -562,6 +737,9 @@ class Runner:
                 self.mode.http_duration + 0.2)
         if do_micro:
             cost += self.mode.reps * n * self.micro_cost()
+        if do_memory:
+            cost += self.mode.reps * n * self.memory_idle_cost()
+            cost += self.mode.memory_load_runs * n * self.memory_load_cost()
         return cost
 
 
@@ -572,14 +750,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                "logs and counter output to benchmarks/results/tmp/.")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true",
-                       help="the headline subset in about 2 minutes (default: the full matrix)")
+                       help="the headline subset in about 2.5 minutes (default: the full matrix)")
     group.add_argument("--smoke", action="store_true",
                        help="a few seconds through every code path (for the test suite; the "
                             "figures mean nothing)")
     parser.add_argument("--loops", nargs="+", choices=loops_mod.LOOP_NAMES,
                         default=list(loops_mod.LOOP_NAMES),
                         help="loops to compare, in the order each round runs them")
-    parser.add_argument("--only", nargs="+", choices=("echo", "http", "micro", "syscalls"),
+    parser.add_argument("--only", nargs="+", choices=WORKLOADS,
                         help="run only these workloads")
     parser.add_argument("--styles", nargs="+", choices=STYLES,
                         help="echo styles to run (default: those of the mode)")
@@ -591,6 +769,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="rounds per point (at least 3 for results "
                                                  "worth quoting)")
     parser.add_argument("--duration", type=float, help="seconds measured per echo run")
+    parser.add_argument("--idle-conns", nargs="+", type=int, metavar="N",
+                        help="memory: idle connection counts to measure (default: those of "
+                             "the mode)")
+    parser.add_argument("--memory-requests", type=int, metavar="N",
+                        help="memory: echo requests per load run (default: 1,000,000; "
+                             "--quick 100,000)")
     parser.add_argument("--output", type=Path, default=None,
                         help="directory for the results (default: benchmarks/results; "
                              "benchmarks/results/tmp/smoke for --smoke)")
@@ -621,6 +805,10 @@ def main(argv=None) -> int:
         overrides["reps"] = args.reps
     if args.duration:
         overrides["duration"] = args.duration
+    if args.idle_conns:
+        overrides["memory_idle_conns"] = tuple(sorted(set(args.idle_conns)))
+    if args.memory_requests:
+        overrides["memory_requests"] = args.memory_requests
     if args.sizes or args.conns:
         # An explicit matrix: the styles (default all) x these sizes x these counts.
         overrides["echo_points"] = tuple(
@@ -634,7 +822,7 @@ def main(argv=None) -> int:
     mode = dataclasses.replace(mode, **overrides)
     if args.output is None:
         args.output = harness.BENCH_DIR / "results" / ("tmp/smoke" if args.smoke else "")
-    only = set(args.only or ("echo", "http", "micro", "syscalls"))
+    only = set(args.only or WORKLOADS)
     command = "python3 benchmarks/run.py" + (" " + " ".join(argv if argv is not None
                                                              else sys.argv[1:])).rstrip()
 
@@ -659,7 +847,7 @@ def main(argv=None) -> int:
     progress = Progress(0)
     runner = Runner(mode, args.loops, args.output, progress, command, cpus)
     progress.total = runner.planned_cost("echo" in only, "http" in only, "micro" in only,
-                                         "syscalls" in only)
+                                         "syscalls" in only, "memory" in only)
     runner.retry_budget = RETRY_BUDGET * progress.total
     runner.results["meta"] = meta
     log(f"uringloop benchmark, {mode.name} mode: loops {' '.join(args.loops)}, {mode.reps} "
@@ -696,6 +884,8 @@ def main(argv=None) -> int:
             runner.http()
         if "micro" in only:
             runner.micro()
+        if "memory" in only:
+            runner.memory()
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping the servers and writing the partial results")

@@ -127,6 +127,20 @@ def test_loadgen_measures_a_correct_echo(loadgen):
     assert result["total_requests"] >= result["requests"]
 
 
+def test_loadgen_runs_exactly_the_requests_asked_for(loadgen):
+    server = EchoServer()
+    try:
+        # Fewer requests than connections: only that many connections get one.
+        status, few = _loadgen(loadgen, server.port, "--requests", "2")
+        status_many, many = _loadgen(loadgen, server.port, "--requests", "301")
+    finally:
+        server.close()
+    assert status == 0 and status_many == 0, (few, many)
+    assert few["ok"] and few["total_requests"] == few["requests"] == 2
+    assert many["ok"] and many["total_requests"] == many["requests"] == 301
+    assert many["unfinished"] == 0
+
+
 def test_loadgen_rejects_a_corrupted_byte(loadgen):
     # One flipped byte deep into the second request of a connection.
     server = EchoServer(corrupt_at=5000 + 1234)
@@ -198,6 +212,40 @@ def test_a_server_exits_by_itself_when_the_harness_goes_away(tmp_path):
     server.proc.stdin.close()          # what the kernel does when the harness dies
     assert server.proc.wait(10) == 0   # no signal was needed
     server.stop()                      # only releases our end of its pipes now
+
+
+def test_idle_connections_are_echoed_and_counted():
+    server = EchoServer()
+    held = harness.IdleConnections(server.port)
+    try:
+        held.grow_to(3)
+        held.grow_to(7)                   # adds to what is held
+        assert len(held) == 7
+        for sock in held.socks:           # each one is open and still echoes
+            sock.sendall(b"z")
+            assert sock.recv(1) == b"z"
+    finally:
+        held.close()
+        server.close()
+    assert len(held) == 0
+
+
+def test_idle_connections_report_a_refused_connection():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))           # bound, not listening: connect is refused
+        held = harness.IdleConnections(s.getsockname()[1])
+        with pytest.raises(harness.HarnessError, match="after 0 idle connections"):
+            held.grow_to(2)
+    assert len(held) == 0
+
+
+def test_read_rss(tmp_path):
+    mine = harness.read_rss(os.getpid())
+    assert mine["vm_rss"] > 0 and mine["vm_rss"] % 1024 == 0
+    assert mine["rss_anon"] <= mine["vm_rss"]
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(30)
+    assert harness.read_rss(proc.pid) is None       # gone (and reaped)
 
 
 def test_ratios_are_taken_within_a_round():
@@ -322,6 +370,54 @@ def test_markdown_reports_ratios_na_and_targets():
     assert "| met |" in targets["| system calls per echo request at 100 connections"]
 
 
+def _memory_results(uring_growth_kib):
+    """Synthetic results of the memory section: uringloop uses less than uvloop per idle
+    connection and after the load runs; its RSS grows by uring_growth_kib across the runs."""
+    def entries(runs, metric):
+        ok = {lp: [r if r.get("ok") else None for r in rs] for lp, rs in runs.items()}
+        per_loop = stats.summarize_point(ok, metric, ("uvloop", "asyncio"))
+        return {lp: {"runs": rs, "metrics": {metric: per_loop[lp]}} for lp, rs in runs.items()}
+
+    idle_runs = {lp: [{"ok": True, "rss0": 20 << 20, "rss": (20 << 20) + 2000 * b,
+                       "bytes_per_conn": b} for b in per_conn]
+                 for lp, per_conn in (("uringloop", (900, 1000, 1100)),
+                                      ("uvloop", (1400, 1400, 1400)),
+                                      ("asyncio", (1800, 1800, 1800)))}
+    base = {"uringloop": 25 << 20, "uvloop": 26 << 20, "asyncio": 24 << 20}
+    load_runs = {lp: [{"ok": True, "rps": 1000.0, "rss": rss + i * (
+        uring_growth_kib << 10 if lp == "uringloop" else 0)} for i in range(3)]
+        for lp, rss in base.items()}
+    load = {"requests_per_run": 1_000_000, "runs": 3, "conns": 10, "size": 1024,
+            "loops": entries(load_runs, "rss")}
+    for lp, entry in load["loops"].items():
+        entry["rss_before"] = base[lp] - (1 << 20)
+        entry["growth"] = load_runs[lp][-1]["rss"] - load_runs[lp][0]["rss"]
+        entry["growth_per_request"] = entry["growth"] / 2_000_000
+    results = _synthetic_results()
+    results["memory"] = {"style": "protocol", "warmup_conns": 16,
+                         "idle": [{"conns": 2000, "loops": entries(idle_runs, "bytes_per_conn")}],
+                         "load": load}
+    return results
+
+
+def test_markdown_reports_memory_and_its_target():
+    md = report.render_markdown(_memory_results(uring_growth_kib=0))
+    lines = md.splitlines()
+    idle_row = next(line for line in lines if line.startswith("| 2,000 |"))
+    assert "1,000 B [900 B–1,100 B]" in idle_row and "1,400 B" in idle_row
+    assert "**0.71×**" in idle_row                   # 1000 / 1400, same round
+    uring_row = next(line for line in lines if line.startswith("| uringloop | 24 MiB |"))
+    assert uring_row.count("25 MiB") == 3 and "**+0 B**" in uring_row
+    target = next(line for line in lines if line.startswith("| memory per idle connection"))
+    assert "| met |" in target and "idle ×2000 0.71×" in target
+    assert "RSS after 1M requests 0.96×" in target
+
+    grown = report.render_markdown(_memory_results(uring_growth_kib=1024))
+    target = next(line for line in grown.splitlines()
+                  if line.startswith("| memory per idle connection"))
+    assert "| **missed** |" in target and "growth +2 MiB over 3 runs" in target
+
+
 def test_smoke_run_end_to_end(tmp_path):
     """Every workload through the real harness for a few seconds; figures are not checked,
     what is produced is."""
@@ -365,7 +461,26 @@ def test_smoke_run_end_to_end(tmp_path):
     else:
         assert sc.get("skipped")
 
+    # Memory: the stock loop's server measured with idle connections and across the load runs.
+    mem = results["memory"]
+    assert [p["conns"] for p in mem["idle"]] == [20]
+    for r in mem["idle"][0]["loops"]["asyncio"]["runs"]:
+        assert r["ok"] and r["rss0"] > 0 and r["rss"] > 0
+        assert r["bytes_per_conn"] == (r["rss"] - r["rss0"]) / 20
+    load = mem["load"]
+    entry = load["loops"]["asyncio"]
+    assert len(entry["runs"]) == load["runs"] == 2
+    for r in entry["runs"]:
+        assert r["ok"] and r["total_requests"] == load["requests_per_run"] and r["rss"] > 0
+    assert entry["growth"] == entry["runs"][-1]["rss"] - entry["runs"][0]["rss"]
+    assert entry["rss_before"] > 0
+    for lp in loops:                    # each loop: measured, or n/a with the reason
+        e = load["loops"][lp]
+        assert e["metrics"]["rss"]["summary"] is not None or e.get("error")
+
     md = (out_dir / "results.md").read_text()
+    assert "## Memory per idle connection" in md
+    assert "## Memory across repeated load runs" in md
     assert "## Echo: requests per second" in md
     assert results["meta"]["kernel"] in md and results["meta"]["cpu_model"] in md
     if importlib.util.find_spec("matplotlib") is None:
