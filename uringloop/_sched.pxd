@@ -55,5 +55,5 @@ cdef class LoopCore:
     cdef object wait_timeout(self)
     cdef list pop_due(self)
     cdef int run_ready(self, Py_ssize_t ntodo) except -1
-    cdef int run_handle_now(self, object handle) except -1
+    cdef int run_handle_now(self, object handle, bint inline_ok) except -1
     cdef int run_debug(self, object handle) except -1

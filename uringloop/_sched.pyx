@@ -545,7 +545,7 @@ cdef class LoopCore:
         cdef Py_ssize_t pending = len(self.ready)
         cdef Py_ssize_t ran = 0
         cdef list due = None
-        cdef bint blocking
+        cdef bint blocking, inline_ok
         try:
             if pending or self._stopping:
                 due = self.pop_due()
@@ -567,10 +567,12 @@ cdef class LoopCore:
             elif blocking:
                 due.extend(self.pop_due())
             proactor.dispatch_completions()
-            for timer in due:
-                ran += 1
-                if not is_cancelled(timer):
-                    self.run_handle_now(timer)
+            if due:
+                inline_ok = SLOTS_USABLE and run_pristine()
+                for timer in due:
+                    ran += 1
+                    if not is_cancelled(timer):
+                        self.run_handle_now(timer, inline_ok)
         finally:
             if due is not None and ran < len(due):
                 # Interrupted (KeyboardInterrupt, SystemExit): the timers not yet run are not
@@ -641,18 +643,20 @@ cdef class LoopCore:
         cdef Py_ssize_t i
         if ntodo == 0:
             return 0
+        cdef bint inline_ok = SLOTS_USABLE and run_pristine()
         popleft = self.ready_popleft if self.ready_popleft is not None else self.ready.popleft
         for i in range(ntodo):
             handle = popleft()
             if not is_cancelled(handle):
-                self.run_handle_now(handle)
+                self.run_handle_now(handle, inline_ok)
         return 0
 
-    cdef int run_handle_now(self, object handle) except -1:
+    cdef int run_handle_now(self, object handle, bint inline_ok) except -1:
+        # inline_ok: asyncio's handle classes are usable in C and their _run is asyncio's own
+        # (checked once per batch by the caller).
         if self._debug:
             self.run_debug(handle)
-        elif (SLOTS_USABLE and (type(handle) is _Handle or type(handle) is _TimerHandle)
-                and run_pristine()):
+        elif inline_ok and (type(handle) is _Handle or type(handle) is _TimerHandle):
             run_handle(handle)
         else:
             handle._run()
