@@ -51,7 +51,7 @@ cdef class SocketTransport(WriteFlow):
     cdef SendOp send_op_obj
     cdef SendMsgOp sendmsg_op_obj
     cdef Operation send_op           # the send the kernel owns, or None
-    cdef list write_q                # data written while a send was in flight
+    cdef list write_q                # data written while a send was in flight; None if none
     cdef Py_ssize_t queued_bytes
     cdef Py_ssize_t inflight_bytes
     cdef object empty_waiter

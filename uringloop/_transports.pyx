@@ -287,7 +287,6 @@ cdef class SocketTransport(WriteFlow):
         self._sock_fd = sock.fileno()
         self.set_protocol(protocol)
         self.server = server
-        self.write_q = []
         # Completions arrive outside any task; protocol callbacks run in this context, the one
         # the transport was made in (as the stock loop's reader handle would).
         self.context = PyContext_CopyCurrent()
@@ -406,7 +405,7 @@ cdef class SocketTransport(WriteFlow):
         if self.conn_lost:
             return 0
         if self.send_op is not None or self.write_q:
-            self.write_q.clear()
+            self.write_q = None
             self.queued_bytes = 0
             self.inflight_bytes = 0
             if self.send_op is not None:
@@ -736,7 +735,10 @@ cdef class SocketTransport(WriteFlow):
         if self.send_op is None:
             self.submit_send(data, n)
         else:
-            self.write_q.append(data)
+            if self.write_q is None:
+                self.write_q = [data]
+            else:
+                self.write_q.append(data)
             self.queued_bytes += n
         self.maybe_pause_protocol()
 
@@ -761,7 +763,10 @@ cdef class SocketTransport(WriteFlow):
         if self.send_op is None and len(items) == 1:
             self.submit_send(items[0], n)
         else:
-            self.write_q.extend(items)
+            if self.write_q is None:
+                self.write_q = items
+            else:
+                self.write_q.extend(items)
             self.queued_bytes += n
             if self.send_op is None:
                 self.submit_queued()
@@ -782,8 +787,10 @@ cdef class SocketTransport(WriteFlow):
         cdef list q = self.write_q
         cdef Py_ssize_t k = len(q)
         cdef SendMsgOp op
+        # The queue is dropped once it is empty: an idle connection holds no list.
         if k == 1:
-            data = q.pop()
+            data = q[0]
+            self.write_q = None
             k = self.queued_bytes
             self.queued_bytes = 0
             return self.submit_send(data, k)
@@ -793,7 +800,10 @@ cdef class SocketTransport(WriteFlow):
         if op is None:
             op = self.sendmsg_op_obj = SendMsgOp(self.proactor, self, self._sock_fd, self.sock)
         op.set_buffers(q, k)
-        del q[:k]
+        if k == len(q):
+            self.write_q = None
+        else:
+            del q[:k]
         self.queued_bytes -= op.total
         self.inflight_bytes = op.total
         op.keep = self.sock
@@ -809,7 +819,7 @@ cdef class SocketTransport(WriteFlow):
             return 0          # aborted: the queue is gone and nobody waits
         if res < 0:
             exc = _os_error(-res)
-            self.write_q.clear()
+            self.write_q = None
             self.queued_bytes = 0
             self.inflight_bytes = 0
             self.fatal_error(exc, 'Fatal write error on socket transport')
