@@ -28,6 +28,12 @@ cdef class SocketTransport(WriteFlow):
     cdef object data_received        # protocol.data_received, cached (Protocol only)
     cdef bint buffered               # the protocol is a BufferedProtocol
     cdef bint protocol_connected
+    # get_extra_info(): 'socket', 'sockname' and 'peername' are fields, fetched at construction
+    # as the stock transport does; `extra` is None unless the creator passed a dict or _extra
+    # was asked for (then the dict holds them all and answers).
+    cdef object socket_info
+    cdef object sockname
+    cdef object peername
     cdef dict extra
     cdef object server
     cdef object context              # protocol callbacks from completions run in it
@@ -58,6 +64,8 @@ cdef class SocketTransport(WriteFlow):
 
     cdef object __weakref__
 
+    cdef int setup(self, object loop, object sock, object protocol, object waiter, dict extra,
+                   object peername, object server) except -1
     cdef int enter_context(self) except -1
     cdef int exit_context(self) except -1
     cdef int arm_receive(self) except -1

@@ -76,6 +76,7 @@ from asyncio import constants as _constants
 from asyncio import futures as _futures
 from asyncio import protocols as _protocols
 from asyncio import transports as _asyncio_transports
+from asyncio import trsock as _trsock
 from asyncio.log import logger
 
 from uringloop._sockio import forget_socket as _forget_socket
@@ -114,6 +115,7 @@ cdef inline object _os_error(int err):
 
 
 cdef object _EOF = object()          # stash_end marker: the peer closed its side
+cdef dict _NO_EXTRA = {}
 
 
 cdef BufferRing receive_buffers(loop, Proactor proactor):
@@ -277,12 +279,32 @@ cdef class SocketTransport(WriteFlow):
     _sendfile_compatible = _constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        self.setup(loop, sock, protocol, waiter, extra, None, server)
+
+    cdef int setup(self, object loop, object sock, object protocol, object waiter, dict extra,
+                   object peername, object server) except -1:
+        # __init__, and what the server's accept path calls directly (peername: the address
+        # accept() reported, or None to ask the socket).
         (<Proactor>loop._proactor).check_usable()
         self.init_flow(loop, protocol)
         if extra is None:
-            extra = {}
-        self.extra = extra
-        add_socket_extra(extra, sock)
+            # The usual case: the three entries every socket transport has are fields, not a
+            # dict (a dict of three entries costs an idle connection ~180 B).
+            self.socket_info = _trsock.TransportSocket(sock)
+            try:
+                self.sockname = sock.getsockname()
+            except OSError:
+                self.sockname = None
+            if peername is None:
+                try:
+                    peername = sock.getpeername()
+                except OSError:
+                    peername = None
+            self.peername = peername
+        else:
+            # A caller's dict gets the entries, as the stock transport adds them to it.
+            self.extra = extra
+            add_socket_extra(extra, sock)
         self.sock = sock
         self._sock_fd = sock.fileno()
         self.set_protocol(protocol)
@@ -310,6 +332,7 @@ cdef class SocketTransport(WriteFlow):
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
+        return 0
 
     def __repr__(self):
         info = [type(self).__name__]
@@ -354,12 +377,26 @@ cdef class SocketTransport(WriteFlow):
 
     @property
     def _extra(self):
+        # The stock transport's dict, made on demand; from then on it is what get_extra_info()
+        # answers from, so changes made to it are seen as the stock transport would see them.
+        if self.extra is None:
+            self.extra = {'socket': self.socket_info, 'sockname': self.sockname,
+                          'peername': self.peername}
         return self.extra
 
     # ---- BaseTransport ----
 
     def get_extra_info(self, name, default=None):
-        return self.extra.get(name, default)
+        if self.extra is not None:
+            return self.extra.get(name, default)
+        if isinstance(name, str):
+            if name == 'socket':
+                return self.socket_info
+            if name == 'sockname':
+                return self.sockname
+            if name == 'peername':
+                return self.peername
+        return _NO_EXTRA.get(name, default)    # raises for an unhashable name, as a dict does
 
     def is_closing(self):
         return self._closing
