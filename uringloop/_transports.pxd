@@ -66,6 +66,7 @@ cdef class SocketTransport(WriteFlow):
 
     cdef int setup(self, object loop, object sock, object protocol, object waiter, dict extra,
                    object peername, object server) except -1
+    cdef int set_addresses(self, object sock, object peername) except -1
     cdef int enter_context(self) except -1
     cdef int exit_context(self) except -1
     cdef int arm_receive(self) except -1

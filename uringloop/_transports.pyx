@@ -118,6 +118,29 @@ cdef object _EOF = object()          # stash_end marker: the peer closed its sid
 cdef dict _NO_EXTRA = {}
 
 
+# The addresses of the last transport made.  The connections of one server share its address
+# and mostly a few peer hosts (a client's connections: the server's address), and socket
+# methods build a fresh tuple and host string each time -- 150 B per connection.  A new address
+# equal to the last one is replaced by it; one only sharing the host gets the held host string.
+# Addresses are immutable, so sharing them cannot be observed (save by `is`).
+cdef object _last_sockname = None
+cdef object _last_peername = None
+
+
+cdef object _shared_address(object addr, object last):
+    cdef tuple t
+    if last is None or type(addr) is not type(last):
+        return addr
+    if addr == last:
+        return last
+    if type(addr) is tuple:
+        t = <tuple>addr
+        if (len(t) >= 2 and len(t) == len(<tuple>last) and type(t[0]) is str
+                and t[0] == (<tuple>last)[0]):
+            return ((<tuple>last)[0],) + t[1:]
+    return addr
+
+
 cdef BufferRing receive_buffers(loop, Proactor proactor):
     """The loop's provided-buffer ring for multishot receives (created on first use), or None
     when the kernel has no multishot receive.
@@ -291,16 +314,7 @@ cdef class SocketTransport(WriteFlow):
             # The usual case: the three entries every socket transport has are fields, not a
             # dict (a dict of three entries costs an idle connection ~180 B).
             self.socket_info = _trsock.TransportSocket(sock)
-            try:
-                self.sockname = sock.getsockname()
-            except OSError:
-                self.sockname = None
-            if peername is None:
-                try:
-                    peername = sock.getpeername()
-                except OSError:
-                    peername = None
-            self.peername = peername
+            self.set_addresses(sock, peername)
         else:
             # A caller's dict gets the entries, as the stock transport adds them to it.
             self.extra = extra
@@ -332,6 +346,25 @@ cdef class SocketTransport(WriteFlow):
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
+        return 0
+
+    cdef int set_addresses(self, object sock, object peername) except -1:
+        global _last_sockname, _last_peername
+        try:
+            sockname = _shared_address(sock.getsockname(), _last_sockname)
+        except OSError:
+            sockname = None
+        else:
+            _last_sockname = sockname
+        if peername is None:
+            try:
+                peername = sock.getpeername()
+            except OSError:
+                pass
+        if peername is not None:
+            peername = _last_peername = _shared_address(peername, _last_peername)
+        self.sockname = sockname
+        self.peername = peername
         return 0
 
     def __repr__(self):
