@@ -982,6 +982,45 @@ async def test_many_concurrent_connections():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_connections_sending_in_turns_with_aborts_among_them():
+    # Many connections writing in the same iterations, over several rounds, while some abort
+    # with a send in flight: each peer gets exactly its own bytes, in order.
+    loop = asyncio.get_running_loop()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+
+    async def one(i):
+        _, proto = await loop.create_connection(Recorder, *addr)
+        expected = b''
+        for rnd in range(4):
+            payload = pattern(1000 + 97 * i + rnd, seed=10 * i + rnd)
+            proto.transport.write(payload[:100])
+            proto.transport.write(payload[100:])
+            expected += payload
+            if i % 5 == 0 and rnd == 2:
+                proto.transport.write(b'z' * (1 << 20))
+                proto.transport.abort()
+                assert await proto.lost is None
+                return
+            assert await proto.received(len(expected)) == expected
+        proto.transport.close()
+        await proto.lost
+
+    await asyncio.gather(*(one(i) for i in range(30)))
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_transports_are_asyncio_transports():
     """isinstance() checks that libraries make: a stream transport is an asyncio.Transport (and so
     a ReadTransport, WriteTransport and BaseTransport), and so is a datagram transport, as the

@@ -54,7 +54,7 @@ cdef class SocketTransport(WriteFlow):
     cdef bint stash_scheduled
 
     # sending
-    cdef SendOp send_op_obj
+    cdef list spare_sends            # the loop's idle SendOps: one is borrowed per send
     cdef SendMsgOp sendmsg_op_obj
     cdef Operation send_op           # the send the kernel owns, or None
     cdef list write_q                # data written while a send was in flight; None if none

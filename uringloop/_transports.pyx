@@ -107,6 +107,8 @@ cdef enum:
     INC_BUFFER_SIZE = 131072
     # Single-shot receives for a Protocol when the kernel lacks multishot receive.
     FALLBACK_RECV_SIZE = 65536
+    # Idle send operations a loop keeps for its transports (see spare_send_ops()).
+    SPARE_SEND_OPS = 256
 
 
 cdef inline object _os_error(int err):
@@ -174,6 +176,20 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     if ring is False:
         return None
     return <BufferRing>ring
+
+
+cdef list spare_send_ops(loop):
+    """The loop's idle SendOps, shared by its transports.
+
+    A transport borrows one for each send and gives it back at the completion, so a connection
+    that is not sending holds none (a SendOp is ~200 B; an idle keep-alive connection would
+    otherwise keep the one it used last), while a busy loop still reuses operations instead of
+    making one per write.  At most SPARE_SEND_OPS are kept (~50 KiB): enough for that many
+    connections sending in the same iteration."""
+    spare = loop._ul_spare_send_ops
+    if spare is None:
+        spare = loop._ul_spare_send_ops = []
+    return <list>spare
 
 
 cdef inline object _pinnable(object data):
@@ -327,6 +343,7 @@ cdef class SocketTransport(WriteFlow):
         # the transport was made in (as the stock loop's reader handle would).
         self.context = PyContext_CopyCurrent()
         self.bufs = receive_buffers(loop, self.proactor)
+        self.spare_sends = spare_send_ops(loop)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
@@ -843,9 +860,13 @@ cdef class SocketTransport(WriteFlow):
         self.maybe_pause_protocol()
 
     cdef int submit_send(self, object data, Py_ssize_t n) except -1:
-        cdef SendOp op = self.send_op_obj
-        if op is None:
-            op = self.send_op_obj = SendOp(self.proactor, self, self._sock_fd, self.sock)
+        cdef SendOp op
+        if self.spare_sends:
+            op = <SendOp>self.spare_sends.pop()
+            op.owner = self
+            op.fd = self._sock_fd
+        else:
+            op = SendOp(self.proactor, self, self._sock_fd, self.sock)
         op.set_buffer(data, False)
         op.keep = self.sock
         self.inflight_bytes = n
@@ -897,6 +918,14 @@ cdef class SocketTransport(WriteFlow):
                 self.empty_waiter.set_exception(exc)
             return 0
         self.inflight_bytes = 0
+        if type(op) is SendOp and len(self.spare_sends) < SPARE_SEND_OPS:
+            # Back to the loop's spares.  The Proactor releases its buffer when this handler
+            # returns, unless a write below (here or on another transport) has already taken it
+            # again and submitted it with a new one.  Only this completed path gives it back:
+            # an aborted send may be completing from inside cancel(), which releases the buffer
+            # regardless of a resubmission.
+            op.owner = None
+            self.spare_sends.append(op)
         if self.write_q:
             self.submit_queued()
         self.maybe_resume_protocol()      # may write more
