@@ -42,6 +42,8 @@ cdef class SocketTransport(WriteFlow):
     cdef readonly bint _paused       # pause_reading() in effect
     cdef bint reading_started        # the post-connection_made start has happened
     cdef readonly bint _eof          # write_eof() was called
+    cdef bint stash_scheduled        # _deliver_stash is scheduled (kept with the flags: a lone
+                                     # int between pointers costs 4 B of padding)
 
     # receiving
     cdef BufferRing bufs             # the loop's provided buffers; None: single-shot receives
@@ -51,7 +53,6 @@ cdef class SocketTransport(WriteFlow):
     cdef object recv_target          # BufferedProtocol whose get_buffer() the kernel fills
     cdef list stash                  # bytes that completed while paused, in arrival order
     cdef object stash_end            # what followed the stash: None, True (EOF), an exception
-    cdef bint stash_scheduled
 
     # sending
     cdef list spare_sends            # the loop's idle SendOps: one is borrowed per send
