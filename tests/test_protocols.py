@@ -129,6 +129,86 @@ async def test_extra_info():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_extra_info_outlives_the_peer_and_the_transport():
+    # 'socket', 'sockname' and 'peername' are fetched when the transport is made: after the peer
+    # reset the connection (getpeername() would now fail) and after connection_lost() they still
+    # answer the same.
+    server, peer, client = await connected_pair()
+    names = ('socket', 'sockname', 'peername')
+    at_start = {t: {n: t.get_extra_info(n) for n in names}
+                for t in (peer.transport, client.transport)}
+    raw = client.transport.get_extra_info('socket')
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    client.transport.abort()                        # a reset: the server side sees ECONNRESET
+    assert isinstance(await client.lost, type(None))
+    assert isinstance(await peer.lost, ConnectionResetError)
+    for t, before in at_start.items():
+        after = {n: t.get_extra_info(n) for n in names}
+        assert after == before
+        assert after['socket'] is before['socket']
+        assert t.get_extra_info('sockname', 'x') == before['sockname']
+        assert t.get_extra_info('nothing', 'x') == 'x'
+    assert at_start[peer.transport]['peername'] == at_start[client.transport]['sockname']
+    assert at_start[peer.transport]['sockname'] == at_start[client.transport]['peername']
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_extra_info_of_many_connections_to_one_server():
+    # Every connection reports its own addresses: on the server side the same listening address
+    # and each its own peer port; on the client side the reverse.
+    loop = asyncio.get_running_loop()
+    accepted = []
+
+    def factory():
+        accepted.append(Recorder())
+        return accepted[-1]
+
+    server = await loop.create_server(factory, '127.0.0.1', 0)
+    address = server.sockets[0].getsockname()
+    clients = []
+    for _ in range(5):
+        _, client = await loop.create_connection(Recorder, *address)
+        clients.append(client)
+    for proto in accepted:
+        await proto.made
+    assert len(accepted) == 5
+    seen = set()
+    for proto in accepted:
+        t = proto.transport
+        sock = t.get_extra_info('socket')
+        assert t.get_extra_info('sockname') == sock.getsockname() == address
+        assert t.get_extra_info('peername') == sock.getpeername()
+        seen.add(t.get_extra_info('peername'))
+    assert seen == {c.transport.get_extra_info('sockname') for c in clients}
+    assert len(seen) == 5
+    for client in clients:
+        assert client.transport.get_extra_info('peername') == address
+    await shut(server, *clients, *accepted)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_extra_info_dict_and_odd_names():
+    server, peer, client = await connected_pair()
+    t = peer.transport
+    with pytest.raises(TypeError):
+        t.get_extra_info([])                        # unhashable, as a dict lookup says
+    assert t.get_extra_info(b'socket') is None
+    extra = t._extra                                # the stock transports' dict
+    assert set(extra) >= {'socket', 'sockname', 'peername'}
+    for name in ('socket', 'sockname', 'peername'):
+        assert extra[name] is t.get_extra_info(name)
+    extra['added'] = 1                              # asyncio's own code fills it like this
+    assert t.get_extra_info('added') == 1
+    assert t._extra is extra
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_echo_and_event_order():
     class Echo(Recorder):
         def data_received(self, data):
@@ -896,6 +976,45 @@ async def test_many_concurrent_connections():
         await proto.lost
 
     await asyncio.gather(*(one(i) for i in range(100)))
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connections_sending_in_turns_with_aborts_among_them():
+    # Many connections writing in the same iterations, over several rounds, while some abort
+    # with a send in flight: each peer gets exactly its own bytes, in order.
+    loop = asyncio.get_running_loop()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+
+    async def one(i):
+        _, proto = await loop.create_connection(Recorder, *addr)
+        expected = b''
+        for rnd in range(4):
+            payload = pattern(1000 + 97 * i + rnd, seed=10 * i + rnd)
+            proto.transport.write(payload[:100])
+            proto.transport.write(payload[100:])
+            expected += payload
+            if i % 5 == 0 and rnd == 2:
+                proto.transport.write(b'z' * (1 << 20))
+                proto.transport.abort()
+                assert await proto.lost is None
+                return
+            assert await proto.received(len(expected)) == expected
+        proto.transport.close()
+        await proto.lost
+
+    await asyncio.gather(*(one(i) for i in range(30)))
     server.close()
     await server.wait_closed()
 

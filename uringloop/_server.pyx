@@ -176,6 +176,7 @@ cdef class Acceptor(Completer):
         cdef object loop = self.loop
         cdef object protocol = None
         cdef object transport = None
+        cdef SocketTransport made
         try:
             conn = _socket_type(self.family, self.sock_type | _SOCK_NONBLOCK, self.proto, fd)
         except BaseException:
@@ -183,15 +184,17 @@ cdef class Acceptor(Completer):
             raise
         if loop._debug:
             logger.debug("%r got a new connection from %r: %r", self.server, addr, conn)
-        extra = {'peername': addr} if addr is not None else None
         if self.sslcontext:
+            extra = {'peername': addr} if addr is not None else None
             loop.create_task(loop._accept_tls_connection(
                 self.protocol_factory, conn, extra, self.sslcontext, self.server,
                 self.ssl_handshake_timeout, self.ssl_shutdown_timeout))
             return 0
         try:
             protocol = self.protocol_factory()
-            transport = SocketTransport(loop, conn, protocol, None, extra, self.server)
+            made = SocketTransport.__new__(SocketTransport)
+            made.setup(loop, conn, protocol, None, None, addr, self.server)
+            transport = made
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

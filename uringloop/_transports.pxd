@@ -28,6 +28,12 @@ cdef class SocketTransport(WriteFlow):
     cdef object data_received        # protocol.data_received, cached (Protocol only)
     cdef bint buffered               # the protocol is a BufferedProtocol
     cdef bint protocol_connected
+    # get_extra_info(): 'socket', 'sockname' and 'peername' are fields, fetched at construction
+    # as the stock transport does; `extra` is None unless the creator passed a dict or _extra
+    # was asked for (then the dict holds them all and answers).
+    cdef object socket_info
+    cdef object sockname
+    cdef object peername
     cdef dict extra
     cdef object server
     cdef object context              # protocol callbacks from completions run in it
@@ -36,6 +42,8 @@ cdef class SocketTransport(WriteFlow):
     cdef readonly bint _paused       # pause_reading() in effect
     cdef bint reading_started        # the post-connection_made start has happened
     cdef readonly bint _eof          # write_eof() was called
+    cdef bint stash_scheduled        # _deliver_stash is scheduled (kept with the flags: a lone
+                                     # int between pointers costs 4 B of padding)
 
     # receiving
     cdef BufferRing bufs             # the loop's provided buffers; None: single-shot receives
@@ -45,19 +53,21 @@ cdef class SocketTransport(WriteFlow):
     cdef object recv_target          # BufferedProtocol whose get_buffer() the kernel fills
     cdef list stash                  # bytes that completed while paused, in arrival order
     cdef object stash_end            # what followed the stash: None, True (EOF), an exception
-    cdef bint stash_scheduled
 
     # sending
-    cdef SendOp send_op_obj
+    cdef list spare_sends            # the loop's idle SendOps: one is borrowed per send
     cdef SendMsgOp sendmsg_op_obj
     cdef Operation send_op           # the send the kernel owns, or None
-    cdef list write_q                # data written while a send was in flight
+    cdef list write_q                # data written while a send was in flight; None if none
     cdef Py_ssize_t queued_bytes
     cdef Py_ssize_t inflight_bytes
     cdef object empty_waiter
 
     cdef object __weakref__
 
+    cdef int setup(self, object loop, object sock, object protocol, object waiter, dict extra,
+                   object peername, object server) except -1
+    cdef int set_addresses(self, object sock, object peername) except -1
     cdef int enter_context(self) except -1
     cdef int exit_context(self) except -1
     cdef int arm_receive(self) except -1

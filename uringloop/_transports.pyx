@@ -76,6 +76,7 @@ from asyncio import constants as _constants
 from asyncio import futures as _futures
 from asyncio import protocols as _protocols
 from asyncio import transports as _asyncio_transports
+from asyncio import trsock as _trsock
 from asyncio.log import logger
 
 from uringloop._sockio import forget_socket as _forget_socket
@@ -106,6 +107,8 @@ cdef enum:
     INC_BUFFER_SIZE = 131072
     # Single-shot receives for a Protocol when the kernel lacks multishot receive.
     FALLBACK_RECV_SIZE = 65536
+    # Idle send operations a loop keeps for its transports (see spare_send_ops()).
+    SPARE_SEND_OPS = 256
 
 
 cdef inline object _os_error(int err):
@@ -114,6 +117,30 @@ cdef inline object _os_error(int err):
 
 
 cdef object _EOF = object()          # stash_end marker: the peer closed its side
+cdef dict _NO_EXTRA = {}
+
+
+# The addresses of the last transport made.  The connections of one server share its address
+# and mostly a few peer hosts (a client's connections: the server's address), and socket
+# methods build a fresh tuple and host string each time -- 150 B per connection.  A new address
+# equal to the last one is replaced by it; one only sharing the host gets the held host string.
+# Addresses are immutable, so sharing them cannot be observed (save by `is`).
+cdef object _last_sockname = None
+cdef object _last_peername = None
+
+
+cdef object _shared_address(object addr, object last):
+    cdef tuple t
+    if last is None or type(addr) is not type(last):
+        return addr
+    if addr == last:
+        return last
+    if type(addr) is tuple:
+        t = <tuple>addr
+        if (len(t) >= 2 and len(t) == len(<tuple>last) and type(t[0]) is str
+                and t[0] == (<tuple>last)[0]):
+            return ((<tuple>last)[0],) + t[1:]
+    return addr
 
 
 cdef BufferRing receive_buffers(loop, Proactor proactor):
@@ -149,6 +176,20 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     if ring is False:
         return None
     return <BufferRing>ring
+
+
+cdef list spare_send_ops(loop):
+    """The loop's idle SendOps, shared by its transports.
+
+    A transport borrows one for each send and gives it back at the completion, so a connection
+    that is not sending holds none (a SendOp is ~200 B; an idle keep-alive connection would
+    otherwise keep the one it used last), while a busy loop still reuses operations instead of
+    making one per write.  At most SPARE_SEND_OPS are kept (~50 KiB): enough for that many
+    connections sending in the same iteration."""
+    spare = loop._ul_spare_send_ops
+    if spare is None:
+        spare = loop._ul_spare_send_ops = []
+    return <list>spare
 
 
 cdef inline object _pinnable(object data):
@@ -277,21 +318,32 @@ cdef class SocketTransport(WriteFlow):
     _sendfile_compatible = _constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        self.setup(loop, sock, protocol, waiter, extra, None, server)
+
+    cdef int setup(self, object loop, object sock, object protocol, object waiter, dict extra,
+                   object peername, object server) except -1:
+        # __init__, and what the server's accept path calls directly (peername: the address
+        # accept() reported, or None to ask the socket).
         (<Proactor>loop._proactor).check_usable()
         self.init_flow(loop, protocol)
         if extra is None:
-            extra = {}
-        self.extra = extra
-        add_socket_extra(extra, sock)
+            # The usual case: the three entries every socket transport has are fields, not a
+            # dict (a dict of three entries costs an idle connection ~180 B).
+            self.socket_info = _trsock.TransportSocket(sock)
+            self.set_addresses(sock, peername)
+        else:
+            # A caller's dict gets the entries, as the stock transport adds them to it.
+            self.extra = extra
+            add_socket_extra(extra, sock)
         self.sock = sock
         self._sock_fd = sock.fileno()
         self.set_protocol(protocol)
         self.server = server
-        self.write_q = []
         # Completions arrive outside any task; protocol callbacks run in this context, the one
         # the transport was made in (as the stock loop's reader handle would).
         self.context = PyContext_CopyCurrent()
         self.bufs = receive_buffers(loop, self.proactor)
+        self.spare_sends = spare_send_ops(loop)
         if server is not None:
             if _SERVER_TRACKS_TRANSPORTS:
                 server._attach(self)
@@ -311,6 +363,26 @@ cdef class SocketTransport(WriteFlow):
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
+        return 0
+
+    cdef int set_addresses(self, object sock, object peername) except -1:
+        global _last_sockname, _last_peername
+        try:
+            sockname = _shared_address(sock.getsockname(), _last_sockname)
+        except OSError:
+            sockname = None
+        else:
+            _last_sockname = sockname
+        if peername is None:
+            try:
+                peername = sock.getpeername()
+            except OSError:
+                pass
+        if peername is not None:
+            peername = _last_peername = _shared_address(peername, _last_peername)
+        self.sockname = sockname
+        self.peername = peername
+        return 0
 
     def __repr__(self):
         info = [type(self).__name__]
@@ -355,12 +427,26 @@ cdef class SocketTransport(WriteFlow):
 
     @property
     def _extra(self):
+        # The stock transport's dict, made on demand; from then on it is what get_extra_info()
+        # answers from, so changes made to it are seen as the stock transport would see them.
+        if self.extra is None:
+            self.extra = {'socket': self.socket_info, 'sockname': self.sockname,
+                          'peername': self.peername}
         return self.extra
 
     # ---- BaseTransport ----
 
     def get_extra_info(self, name, default=None):
-        return self.extra.get(name, default)
+        if self.extra is not None:
+            return self.extra.get(name, default)
+        if isinstance(name, str):
+            if name == 'socket':
+                return self.socket_info
+            if name == 'sockname':
+                return self.sockname
+            if name == 'peername':
+                return self.peername
+        return _NO_EXTRA.get(name, default)    # raises for an unhashable name, as a dict does
 
     def is_closing(self):
         return self._closing
@@ -406,7 +492,7 @@ cdef class SocketTransport(WriteFlow):
         if self.conn_lost:
             return 0
         if self.send_op is not None or self.write_q:
-            self.write_q.clear()
+            self.write_q = None
             self.queued_bytes = 0
             self.inflight_bytes = 0
             if self.send_op is not None:
@@ -736,7 +822,10 @@ cdef class SocketTransport(WriteFlow):
         if self.send_op is None:
             self.submit_send(data, n)
         else:
-            self.write_q.append(data)
+            if self.write_q is None:
+                self.write_q = [data]
+            else:
+                self.write_q.append(data)
             self.queued_bytes += n
         self.maybe_pause_protocol()
 
@@ -761,16 +850,23 @@ cdef class SocketTransport(WriteFlow):
         if self.send_op is None and len(items) == 1:
             self.submit_send(items[0], n)
         else:
-            self.write_q.extend(items)
+            if self.write_q is None:
+                self.write_q = items
+            else:
+                self.write_q.extend(items)
             self.queued_bytes += n
             if self.send_op is None:
                 self.submit_queued()
         self.maybe_pause_protocol()
 
     cdef int submit_send(self, object data, Py_ssize_t n) except -1:
-        cdef SendOp op = self.send_op_obj
-        if op is None:
-            op = self.send_op_obj = SendOp(self.proactor, self, self._sock_fd, self.sock)
+        cdef SendOp op
+        if self.spare_sends:
+            op = <SendOp>self.spare_sends.pop()
+            op.owner = self
+            op.fd = self._sock_fd
+        else:
+            op = SendOp(self.proactor, self, self._sock_fd, self.sock)
         op.set_buffer(data, False)
         op.keep = self.sock
         self.inflight_bytes = n
@@ -782,8 +878,10 @@ cdef class SocketTransport(WriteFlow):
         cdef list q = self.write_q
         cdef Py_ssize_t k = len(q)
         cdef SendMsgOp op
+        # The queue is dropped once it is empty: an idle connection holds no list.
         if k == 1:
-            data = q.pop()
+            data = q[0]
+            self.write_q = None
             k = self.queued_bytes
             self.queued_bytes = 0
             return self.submit_send(data, k)
@@ -793,7 +891,10 @@ cdef class SocketTransport(WriteFlow):
         if op is None:
             op = self.sendmsg_op_obj = SendMsgOp(self.proactor, self, self._sock_fd, self.sock)
         op.set_buffers(q, k)
-        del q[:k]
+        if k == len(q):
+            self.write_q = None
+        else:
+            del q[:k]
         self.queued_bytes -= op.total
         self.inflight_bytes = op.total
         op.keep = self.sock
@@ -809,7 +910,7 @@ cdef class SocketTransport(WriteFlow):
             return 0          # aborted: the queue is gone and nobody waits
         if res < 0:
             exc = _os_error(-res)
-            self.write_q.clear()
+            self.write_q = None
             self.queued_bytes = 0
             self.inflight_bytes = 0
             self.fatal_error(exc, 'Fatal write error on socket transport')
@@ -817,6 +918,14 @@ cdef class SocketTransport(WriteFlow):
                 self.empty_waiter.set_exception(exc)
             return 0
         self.inflight_bytes = 0
+        if type(op) is SendOp and len(self.spare_sends) < SPARE_SEND_OPS:
+            # Back to the loop's spares.  The Proactor releases its buffer when this handler
+            # returns, unless a write below (here or on another transport) has already taken it
+            # again and submitted it with a new one.  Only this completed path gives it back:
+            # an aborted send may be completing from inside cancel(), which releases the buffer
+            # regardless of a resubmission.
+            op.owner = None
+            self.spare_sends.append(op)
         if self.write_q:
             self.submit_queued()
         self.maybe_resume_protocol()      # may write more

@@ -59,6 +59,8 @@ class NetworkMixin:
     # The provided-buffer ring every transport's multishot receive draws from; created by the
     # first transport (False when the kernel cannot do multishot receives).
     _ul_recv_ring = None
+    # Idle SendOps the stream transports borrow one of per send (_transports.spare_send_ops).
+    _ul_spare_send_ops = None
     # Listening socket fd -> its Acceptor, while serving.
     _ul_acceptors = None
     # UNIX server socket -> inode of its socket file, removed when the server closes (3.13).
