@@ -353,17 +353,20 @@ cdef class Proactor:
 
     cdef int dispatch_completions(self) except -1:
         """Dispatch every completion the kernel has posted."""
-        cdef int reaped, rounds
+        cdef int reaped, rounds, full
         reaped = self.reap()
         # With DEFER_TASKRUN, 6.13+ kernels run at most IO_LOCAL_TW_DEFAULT_MAX (20) items of
-        # deferred task work per io_uring_enter and leave the rest for the next one, so a busy
-        # server would get 20 socket completions per loop iteration.  A batch that large means
-        # more are probably waiting: collect them now (non-blocking), within a bound that keeps
-        # timers and ready callbacks from starving.
+        # deferred task work per io_uring_enter that waits for one completion, and leave the
+        # rest for the next, so a busy server would get 20 socket completions per iteration.
+        # A batch that large means more are probably waiting: collect them now, COLLECT_BATCH
+        # per system call without waiting (Ring.collect), within a bound that keeps timers and
+        # ready callbacks from starving.
+        full = LOCAL_WORK_BATCH
         rounds = 0
-        while reaped >= LOCAL_WORK_BATCH and rounds < EXTRA_REAP_ROUNDS:
-            self.ring.enter(0, 0)
+        while reaped >= full and rounds < EXTRA_REAP_ROUNDS:
+            self.ring.collect(COLLECT_BATCH)
             reaped = self.reap()
+            full = COLLECT_BATCH
             rounds += 1
         return 0
 
@@ -510,7 +513,8 @@ cdef class Proactor:
 
 cdef enum:
     LOCAL_WORK_BATCH = 20       # the kernel's IO_LOCAL_TW_DEFAULT_MAX
-    EXTRA_REAP_ROUNDS = 64
+    COLLECT_BATCH = 256         # completions asked of one Ring.collect() (the CQ holds 4096)
+    EXTRA_REAP_ROUNDS = 16
 
 # Buffer rings of loops that were closed with requests still in the kernel (see Proactor.close).
 cdef list _leaked_buffer_rings = []

@@ -41,6 +41,7 @@ cdef class Ring:
     cdef unsigned sq_pending(self)
     cdef int flush(self) except -1
     cdef int enter(self, unsigned min_complete, long long timeout_ns) except -2
+    cdef int collect(self, unsigned batch) except -2
     cdef unsigned cq_ready(self)
     cdef io_uring_cqe *cq_at(self, unsigned i)
     cdef void cq_advance(self, unsigned n)
