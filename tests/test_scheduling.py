@@ -923,3 +923,95 @@ def test_io_callbacks_run_after_the_callbacks_already_ready(new_loop):
     for round_ in range(3):
         assert order[4 * round_:4 * round_ + 4] == [
             ('task', round_), ('ready', round_), ('io', b'%d' % round_), ('timer', round_)]
+
+
+# ---- handles and the cyclic garbage collector ----
+#
+# uringloop keeps the handles it queues out of the collector's lists while they wait (a queued
+# handle is reachable from the loop anyway) and gives them back when it takes them off the
+# queue.  What must hold, as on the stock loop: a handle that ends up in a reference cycle is
+# collected once the cycle is garbage -- whether it ran, was cancelled, or was still queued when
+# the loop closed.
+
+class _CycleHolder:
+    """An object whose handle refers back to it through the callback: a cycle."""
+
+    def callback(self):
+        self.ran = True
+
+
+def _collected(ref):
+    import gc
+    gc.collect()
+    return ref() is None
+
+
+def test_a_handle_in_a_cycle_is_collected_after_it_ran(new_loop):
+    import weakref
+    loop = new_loop()
+    holder = _CycleHolder()
+    holder.handle = loop.call_soon(holder.callback)
+    run_iterations(loop)
+    assert holder.ran
+    ref = weakref.ref(holder)
+    del holder
+    assert _collected(ref)
+
+
+def test_cancelled_timers_dropped_from_the_heap_are_tracked_again(new_loop):
+    loop = new_loop()
+    at_head = loop.call_later(3600, lambda: None)
+    at_head.cancel()
+    many = [loop.call_later(3600 + i, lambda: None) for i in range(200)]
+    for timer in many[:150]:
+        timer.cancel()
+    # The ready callback keeps the iteration from blocking.  Both clean-ups run: the cancelled
+    # timers are the majority of a large heap (rebuilt without them).
+    loop.call_soon(lambda: None)
+    run_iterations(loop)
+    assert len(loop._scheduled) == 50
+    assert gc_tracked(at_head) and all(gc_tracked(t) for t in many[:150])
+    small = [loop.call_later(3600 - i, lambda: None) for i in (1, 2)]
+    small[1].cancel()          # the earliest: dropped off the head alone
+    loop.call_soon(lambda: None)
+    run_iterations(loop)
+    assert small[1] not in loop._scheduled and gc_tracked(small[1])
+
+
+def test_a_fired_timer_in_a_cycle_is_collected(new_loop):
+    import weakref
+    loop = new_loop()
+    holder = _CycleHolder()
+    holder.handle = loop.call_later(0, holder.callback)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert holder.ran
+    ref = weakref.ref(holder)
+    del holder
+    assert _collected(ref)
+
+
+def test_handles_still_queued_at_close_are_collected(new_loop):
+    import weakref
+    loop = new_loop()
+    holders = [_CycleHolder(), _CycleHolder()]
+    holders[0].handle = loop.call_soon(holders[0].callback)
+    holders[1].handle = loop.call_later(3600, holders[1].callback)
+    refs = [weakref.ref(h) for h in holders]
+    del holders
+    loop.close()
+    assert all(_collected(ref) for ref in refs)
+
+
+def test_handles_taken_off_the_queue_are_tracked_again(new_loop):
+    # Whatever the loop did with them while queued, a handle that has run or fired is a normal
+    # GC-tracked object again (as every asyncio.Handle is on the stock loop).
+    loop = new_loop()
+    soon = loop.call_soon(lambda: None)
+    timer = loop.call_later(0, lambda: None)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert gc_tracked(soon) and gc_tracked(timer)
+
+
+def gc_tracked(obj):
+    import gc
+    return gc.is_tracked(obj)

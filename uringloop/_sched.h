@@ -49,6 +49,26 @@ static inline PyObject *ul_alloc_instance(PyObject *type)
     return ((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
 }
 
+/* The cyclic GC and queued handles.  A handle waiting in the ready queue or the timer heap is
+ * reachable from the loop, so no collection can free it -- yet every collection walks it (and a
+ * burst of 100k call_soon() makes the full collections walk 100k handles several times over).
+ * _sched.pyx takes the handles it queues out of the collector's lists while they wait and puts
+ * them back the moment it takes them off the queue, before anything else can see them.
+ * Only asyncio's Handle/TimerHandle instances are untracked: their type is a heap type whose
+ * dealloc (subtype_dealloc) copes with an untracked instance.  Their contexts stay tracked --
+ * a Context's own dealloc assumes it is tracked on some Python versions. */
+static inline void ul_gc_untrack(PyObject *obj)
+{
+    if (PyObject_GC_IsTracked(obj))
+        PyObject_GC_UnTrack(obj);
+}
+
+static inline void ul_gc_retrack(PyObject *obj)
+{
+    if (!PyObject_GC_IsTracked(obj))
+        PyObject_GC_Track(obj);
+}
+
 /* 1 with *out set when the slot holds an exact float (a loop-time deadline), else 0. */
 static inline int ul_slot_double(PyObject *obj, Py_ssize_t offset, double *out)
 {

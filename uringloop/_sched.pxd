@@ -10,6 +10,8 @@ cdef extern from "_sched.h":
     int ul_slot_double(object obj, Py_ssize_t offset, double *out)
     int ul_slot_bool(object obj, Py_ssize_t offset)
     object ul_alloc_instance(object type)
+    void ul_gc_untrack(object obj)
+    void ul_gc_retrack(object obj)
     PyObject *ul_type_lookup(object obj, object name)
     PyObject *ul_class_lookup(object cls, object name)
     double ul_monotonic() nogil
@@ -46,6 +48,7 @@ cdef class LoopCore:
     cdef bint own(self, str name, object implementation)
     cdef object now(self)
     cdef int append_ready(self, object handle) except -1
+    cdef int queue_ready(self, object handle) except -1
     cdef int heap_push(self, list heap, object timer) except -1
     cdef object heap_pop(self, list heap)
     cdef object schedule_at(self, object when, object callback, tuple args, object context)

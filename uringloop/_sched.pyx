@@ -168,6 +168,14 @@ cdef inline object new_handle(object cls, object callback, object args, object l
     return handle
 
 
+cdef inline int back_to_gc(object handle) except -1:
+    """A handle just taken off the ready queue or the timer heap rejoins the cyclic GC's lists
+    (see ul_gc_untrack in _sched.h): from here on anyone may hold it in a cycle."""
+    if type(handle) is _Handle or type(handle) is _TimerHandle:
+        ul_gc_retrack(handle)
+    return 0
+
+
 cdef inline bint is_cancelled(object handle) except -1:
     cdef int flag
     if SLOTS_USABLE and (type(handle) is _Handle or type(handle) is _TimerHandle):
@@ -303,6 +311,24 @@ cdef class LoopCore:
             self.ready.append(handle)
         return 0
 
+    cdef int queue_ready(self, object handle) except -1:
+        # A handle we made: while it waits in our deque, the GC need not walk it (back_to_gc()
+        # puts it back when run_ready() takes it off).
+        self.append_ready(handle)
+        if self.ready_append is not None:
+            ul_gc_untrack(handle)
+        return 0
+
+    def _ul_gc_track_queued(self):
+        """Give every queued handle back to the cyclic GC (before the queues are cleared, or
+        handed to code that pops them without back_to_gc())."""
+        for handle in self.ready:
+            back_to_gc(handle)
+        scheduled = self._scheduled
+        if PyList_CheckExact(scheduled):
+            for timer in <list>scheduled:
+                back_to_gc(timer)
+
     # ---- BaseEventLoop methods, compiled ----
 
     def time(self):
@@ -346,14 +372,14 @@ cdef class LoopCore:
         if self._debug or not SLOTS_USABLE or not handle_init_pristine():
             return _BaseEventLoop.call_soon(self, callback, *args, context=context)
         handle = new_handle(_Handle, callback, args, self, context)
-        self.append_ready(handle)
+        self.queue_ready(handle)
         return handle
 
     def _call_soon(self, callback, args, context):
         if self.fields_hidden or self._debug or not SLOTS_USABLE or not handle_init_pristine():
             return _BaseEventLoop._call_soon(self, callback, args, context)
         handle = new_handle(_Handle, callback, args, self, context)
-        self.append_ready(handle)
+        self.queue_ready(handle)
         return handle
 
     def call_at(self, when, callback, *args, context=None):
@@ -399,6 +425,7 @@ cdef class LoopCore:
         scheduled = self._scheduled
         if PyList_CheckExact(scheduled):
             self.heap_push(<list>scheduled, timer)
+            ul_gc_untrack(timer)      # until pop_due() or the clean-up takes it off the heap
         else:
             _heapq.heappush(scheduled, timer)
         ul_slot_set(timer, OFF_SCHEDULED, True)
@@ -471,6 +498,7 @@ cdef class LoopCore:
         scheduled = self._scheduled
         if (self.fields_hidden or not PyList_CheckExact(scheduled)
                 or type(self.ready) is not _deque):
+            self._ul_gc_track_queued()      # the stock code pops them
             return _BaseEventLoop._run_once(self) or 0
         heap = <list>scheduled
 
@@ -482,6 +510,7 @@ cdef class LoopCore:
             kept = []
             for timer in heap:
                 if is_cancelled(timer):
+                    back_to_gc(timer)
                     set_scheduled(timer, False)
                 else:
                     kept.append(timer)
@@ -493,6 +522,7 @@ cdef class LoopCore:
             while heap and is_cancelled(heap[0]):
                 self._timer_cancelled_count -= 1
                 timer = self.heap_pop(heap)
+                back_to_gc(timer)
                 set_scheduled(timer, False)
 
         selector = self._selector
@@ -618,6 +648,7 @@ cdef class LoopCore:
                     elif PyObject_RichCompareBool(deadline(heap[0]), end_d, Py_GE):
                         break
                     timer = self.heap_pop(heap)
+                    back_to_gc(timer)
                     set_scheduled(timer, False)
                     due.append(timer)
             else:
@@ -626,6 +657,7 @@ cdef class LoopCore:
                     if PyObject_RichCompareBool(deadline(heap[0]), end_time, Py_GE):
                         break
                     timer = self.heap_pop(heap)
+                    back_to_gc(timer)
                     set_scheduled(timer, False)
                     due.append(timer)
         else:
@@ -647,6 +679,7 @@ cdef class LoopCore:
         popleft = self.ready_popleft if self.ready_popleft is not None else self.ready.popleft
         for i in range(ntodo):
             handle = popleft()
+            back_to_gc(handle)
             if not is_cancelled(handle):
                 self.run_handle_now(handle, inline_ok)
         return 0
