@@ -29,12 +29,14 @@ cdef class Proactor:
     cdef readonly unsigned long long completions
     cdef readonly unsigned long long skipped_enters  # non-blocking waits with nothing to do
     cdef object exception_handler          # loop.call_exception_handler
+    cdef Py_ssize_t queued_send_bytes      # bytes the SQEs not yet submitted will send
     cdef object __weakref__
 
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
     cdef int flush_backlog(self) except -1
     cdef int submit_pending(self) except -1
+    cdef int note_send(self, Py_ssize_t nbytes) except -1
     cdef int reap(self) except -1
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
     cdef int check_usable(self) except -1

@@ -13,7 +13,10 @@ ring (the Proactor republishes returned buffers after each batch of completions)
 protocol.data_received() right there -- no call_soon per chunk.  An idle connection therefore
 holds no receive memory at all: buffers are taken only while bytes are being copied out.  The
 multishot request ends (final CQE, no IORING_CQE_F_MORE) on EOF, on an error, when the ring ran
-dry (-ENOBUFS) or when we cancel it; it is re-armed whenever reading should continue.
+dry (-ENOBUFS) or when we cancel it; it is re-armed whenever reading should continue.  After
+-ENOBUFS the connection first makes one single-shot receive into a bytes object of its own (the
+kernel writes into it, and it is cut to size and delivered without a copy), then goes back to
+the ring.
 
 A BufferedProtocol gets single-shot receives straight into the buffer its get_buffer() returned:
 the kernel writes into the protocol's memory, which is pinned (a buffer export) until the final
@@ -58,6 +61,8 @@ the descriptor number may be reused at once without the old operation touching t
 cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_REFCNT
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.mem cimport PyMem_Realloc, PyMem_Free
 from libc.string cimport memset, memcpy
@@ -103,12 +108,39 @@ cdef enum:
     # The shared provided-buffer ring (see receive_buffers()).
     RECV_BUFFER_COUNT = 256
     RECV_BUFFER_SIZE = 16384
-    INC_BUFFER_COUNT = 32
-    INC_BUFFER_SIZE = 131072
+    INC_BUFFER_COUNT = 4
+    INC_BUFFER_SIZE = 1048576
     # Single-shot receives for a Protocol when the kernel lacks multishot receive.
     FALLBACK_RECV_SIZE = 65536
+    # The receive that follows -ENOBUFS (the ring ran dry): the stock transport's largest read.
+    DRY_RING_RECV_SIZE = 262144
     # Idle send operations a loop keeps for its transports (see spare_send_ops()).
     SPARE_SEND_OPS = 256
+
+
+cdef extern from "Python.h":
+    int _PyBytes_Resize(PyObject **bytes_ref, Py_ssize_t newsize) except -1
+
+
+cdef object _received_bytes(RecvOp op, Py_ssize_t n):
+    """The first `n` bytes of the bytes object a single-shot receive filled, as bytes.  The
+    kernel wrote them straight into it; when nobody else can have seen the object (our
+    reference is its only one) it is cut to size in place instead of copied."""
+    cdef PyObject *raw
+    if type(op.obj) is not bytes:
+        # A BufferedProtocol's buffer (delivered later, from the stash): copied out.
+        return PyBytes_FromStringAndSize(<char *>op.view.buf, n)
+    obj = op.obj
+    op.drop_buffer()
+    if Py_REFCNT(obj) == 1:
+        raw = <PyObject *>obj
+        Py_INCREF(obj)              # `raw` owns a reference of its own ...
+        obj = None                  # ... and now the only one, as _PyBytes_Resize requires
+        _PyBytes_Resize(&raw, n)    # on failure it frees the object and raises
+        data = <object>raw
+        Py_DECREF(data)             # `data` holds it now
+        return data
+    return obj[:n]
 
 
 cdef inline object _os_error(int err):
@@ -153,11 +185,18 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     (beyond it a receive ends with -ENOBUFS and is re-armed for the next one), and the buffer
     size bounds one data_received() chunk.
 
-    Where the kernel consumes buffers incrementally (6.12) the ring is 32 x 128 KiB: a 1 KiB
-    message takes 1 KiB of a buffer, so the 4 MiB hold thousands of small receives per iteration,
-    while a bulk transfer gets chunks of up to 128 KiB (the stock transport reads up to 256 KiB at
-    a time; per-chunk overhead is what bounds bulk throughput).  Elsewhere every completion takes
-    a whole buffer, and 256 x 16 KiB (also 4 MiB) is the compromise between the two."""
+    Where the kernel consumes buffers incrementally (6.12) the ring is 4 x 1 MiB: a 1 KiB
+    message takes 1 KiB of a buffer, so the 4 MiB hold thousands of small receives per
+    iteration.  The buffers are large because a receive never spans two of them: where the
+    current one has less room left than the socket holds, the bytes arrive in two completions
+    (two data_received() calls, two sends for an echo).  With 32 x 128 KiB, 100 KiB messages
+    were split that way more often than not (3.8 completions per echoed message instead of 2.2
+    with 1 MiB buffers, measured on loopback).  Elsewhere every completion takes a whole buffer,
+    and 256 x 16 KiB (also 4 MiB) is the compromise between small and bulk receives.
+
+    When many connections move large messages, the 4 MiB are spent within one batch of
+    completions and receives end with -ENOBUFS; such a connection's next receive brings a buffer
+    of its own (see recv_done)."""
     ring = loop._ul_recv_ring
     if ring is None:
         ring = False
@@ -610,7 +649,7 @@ cdef class SocketTransport(WriteFlow):
             self.recv_target = self.protocol
             self.recv_op = op
             op.submit()
-        elif self.bufs is not None:
+        elif self.bufs is not None and not self.ring_dry:
             ms = self.ms_op
             if ms is None:
                 ms = self.ms_op = MultishotRecvOp(self.proactor, self, self._sock_fd, self.sock)
@@ -623,7 +662,11 @@ cdef class SocketTransport(WriteFlow):
             op = self.single_op
             if op is None:
                 op = self.single_op = RecvOp(self.proactor, self, self._sock_fd, self.sock)
-            op.set_buffer(PyBytes_FromStringAndSize(NULL, FALLBACK_RECV_SIZE), False)
+            # Also where the shared ring ran dry for this connection (see recv_done): one
+            # receive into a buffer of its own, then back to the ring.
+            op.set_buffer(PyBytes_FromStringAndSize(
+                NULL, DRY_RING_RECV_SIZE if self.ring_dry else FALLBACK_RECV_SIZE), False)
+            self.ring_dry = False
             op.keep = self.sock
             self.recv_target = None
             self.recv_op = op
@@ -678,6 +721,13 @@ cdef class SocketTransport(WriteFlow):
                 if res > 0:
                     data = PyBytes_FromStringAndSize(self.bufs.data(bid), res)
                 self.bufs.consumed(bid, res if res > 0 else 0, flags)
+            elif res == -ENOBUFS:
+                # The loop's ring had no buffer left: the bytes wait in the socket.  Re-arming
+                # the multishot receive at once would mostly meet an empty ring again -- with
+                # many connections moving large messages, the ring's capacity is spent within
+                # one batch of completions, and each retry costs a completion and a submission
+                # per connection.  This connection's next receive brings its own buffer.
+                self.ring_dry = True
         elif res > 0:
             sop = <RecvOp>op
             if (target is not None and target is self.protocol and not self._paused
@@ -695,7 +745,7 @@ cdef class SocketTransport(WriteFlow):
                 if self.recv_op is None and not self._closing and not self._paused:
                     self.arm_receive()
                 return 0
-            data = PyBytes_FromStringAndSize(<char *>sop.view.buf, res)
+            data = _received_bytes(sop, res)
 
         if self.sock is None or self.proactor.closing:
             return 0          # connection_lost already ran, or the loop is closing
@@ -872,6 +922,7 @@ cdef class SocketTransport(WriteFlow):
         self.inflight_bytes = n
         self.send_op = op
         op.submit()
+        self.proactor.note_send(n)
         return 0
 
     cdef int submit_queued(self) except -1:
@@ -900,6 +951,7 @@ cdef class SocketTransport(WriteFlow):
         op.keep = self.sock
         self.send_op = op
         op.submit()
+        self.proactor.note_send(op.total)
         return 0
 
     cdef int send_done(self, Operation op, int res) except -1:
