@@ -546,6 +546,54 @@ async def test_many_connections_with_large_messages_lose_nothing():
 
 
 @pytest.mark.asyncio
+@bounded(60)
+async def test_timers_and_threadsafe_callbacks_run_while_many_connections_are_busy():
+    """Under load (many completions per iteration) uringloop's wait asks the kernel for a batch
+    of completions; timers and call_soon_threadsafe() from another thread must still get
+    through while every connection is busy, as on the stock loop."""
+    import threading
+    loop = asyncio.get_running_loop()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    address = server.sockets[0].getsockname()[:2]
+    streams = [await asyncio.open_connection(*address) for _ in range(40)]
+    stop = False
+
+    async def ping_pong(reader, writer):
+        while not stop:
+            writer.write(b'x' * 1024)
+            await reader.readexactly(1024)
+
+    workers = [asyncio.ensure_future(ping_pong(r, w)) for r, w in streams]
+    ticks = []
+    from_thread = []
+    try:
+        for i in range(20):
+            await asyncio.sleep(0.005)          # a timer, due while the echoes run
+            ticks.append(i)
+        for i in range(20):
+            arrived = loop.create_future()
+            threading.Thread(target=loop.call_soon_threadsafe,
+                             args=(arrived.set_result, i)).start()
+            from_thread.append(await arrived)
+    finally:
+        stop = True
+        await asyncio.gather(*workers)
+        for _, writer in streams:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert ticks == list(range(20)) and from_thread == list(range(20))
+
+
+@pytest.mark.asyncio
 @bounded()
 async def test_pause_resume_reading_idempotent_and_eof_while_paused():
     server, peer, client = await connected_pair()

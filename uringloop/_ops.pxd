@@ -30,6 +30,7 @@ cdef class Proactor:
     cdef readonly unsigned long long skipped_enters  # non-blocking waits with nothing to do
     cdef object exception_handler          # loop.call_exception_handler
     cdef Py_ssize_t queued_send_bytes      # bytes the SQEs not yet submitted will send
+    cdef int last_batch                    # completions the last iteration dispatched
     cdef object __weakref__
 
     cdef int submit(self, Operation op) except -1

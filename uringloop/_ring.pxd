@@ -42,6 +42,7 @@ cdef class Ring:
     cdef int flush(self) except -1
     cdef int enter(self, unsigned min_complete, long long timeout_ns) except -2
     cdef int collect(self, unsigned batch) except -2
+    cdef int entered(self, int ret) except -2
     cdef unsigned cq_ready(self)
     cdef io_uring_cqe *cq_at(self, unsigned i)
     cdef void cq_advance(self, unsigned n)

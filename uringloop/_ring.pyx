@@ -252,16 +252,7 @@ cdef class Ring:
             # Returns without waiting: dropping and retaking the GIL would cost more than the
             # call itself.
             ret = ul_enter(self.fd, to_submit, min_complete, flags, argp, argsz)
-        self.enters += 1
-        if ret >= 0:
-            self.submitted += <unsigned>ret
-            return ret
-        if ret == -ETIME or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY:
-            # ETIME: the deadline passed.  EINTR: a signal arrived (Python's handler runs when we
-            # return).  EAGAIN/EBUSY: the kernel is short of memory or the CQ backlog is full;
-            # the caller reaps and the next enter retries the submission.
-            return 0
-        raise _oserror(-ret, "io_uring_enter")
+        return self.entered(ret)
 
     cdef int collect(self, unsigned batch) except -2:
         """Submit what is queued and have the kernel run up to `batch` items of deferred
@@ -287,11 +278,18 @@ cdef class Ring:
         arg.ts = <uint64_t><uintptr_t>&ts
         ret = ul_enter(self.fd, self.sq_tail - ul_load_acquire(self.sq_khead), batch,
                        IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof(arg))
+        return self.entered(ret)
+
+    cdef int entered(self, int ret) except -2:
+        """The outcome of an io_uring_enter that returned `ret`: the SQEs the kernel consumed."""
         self.enters += 1
         if ret >= 0:
             self.submitted += <unsigned>ret
             return ret
         if ret == -ETIME or ret == -EINTR or ret == -EAGAIN or ret == -EBUSY:
+            # ETIME: the deadline passed.  EINTR: a signal arrived (Python's handler runs when we
+            # return).  EAGAIN/EBUSY: the kernel is short of memory or the CQ backlog is full;
+            # the caller reaps and the next enter retries the submission.
             return 0
         raise _oserror(-ret, "io_uring_enter")
 

@@ -634,32 +634,30 @@ cdef class LoopCore:
     cdef list pop_due(self):
         """Take the timers whose deadline is within a clock tick off the heap, in order."""
         cdef list due = []
-        cdef double when_d, end_d
+        cdef double when_d, end_d = 0
+        cdef bint native_time
         heap = self._scheduled if PyList_CheckExact(self._scheduled) else None
         if heap is not None:
             if not heap:
                 return due
-            if self.own(NAME_TIME, _own_time):
+            # With our own time() the deadlines compare as C doubles where the heap caches
+            # them; a replaced time() is compared through Python, as heapq would.
+            native_time = self.own(NAME_TIME, _own_time)
+            if native_time:
                 end_d = ul_monotonic() + self._clock_resolution
-                while heap:
-                    if ul_heap_head_when(&self.timers, heap, &when_d):
-                        if when_d >= end_d:
-                            break
-                    elif PyObject_RichCompareBool(deadline(heap[0]), end_d, Py_GE):
-                        break
-                    timer = self.heap_pop(heap)
-                    back_to_gc(timer)
-                    set_scheduled(timer, False)
-                    due.append(timer)
+                end_time = end_d
             else:
                 end_time = self.time() + self._clock_resolution
-                while heap:
-                    if PyObject_RichCompareBool(deadline(heap[0]), end_time, Py_GE):
+            while heap:
+                if native_time and ul_heap_head_when(&self.timers, heap, &when_d):
+                    if when_d >= end_d:
                         break
-                    timer = self.heap_pop(heap)
-                    back_to_gc(timer)
-                    set_scheduled(timer, False)
-                    due.append(timer)
+                elif PyObject_RichCompareBool(deadline(heap[0]), end_time, Py_GE):
+                    break
+                timer = self.heap_pop(heap)
+                back_to_gc(timer)
+                set_scheduled(timer, False)
+                due.append(timer)
         else:
             end_time = self.now() + self._clock_resolution
             while self._scheduled:
