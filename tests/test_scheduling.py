@@ -1015,3 +1015,67 @@ def test_handles_taken_off_the_queue_are_tracked_again(new_loop):
 def gc_tracked(obj):
     import gc
     return gc.is_tracked(obj)
+
+
+# The handles' contexts: while a handle waits, uringloop also moves its context off the
+# collector's lists (onto a list of its own, see ul_gc_park in _sched.h) and back when the handle
+# leaves the queue.  Cycles through a context must still be collected, a context shared by
+# several handles must stay sound, and a handle dropped from the queue by someone else must free
+# its context normally.
+
+_cycle_var = contextvars.ContextVar("_cycle_var")
+
+
+def test_a_cycle_through_the_callers_context_is_collected_after_it_ran(new_loop):
+    import weakref
+    loop = new_loop()
+    holder = _CycleHolder()
+    context = contextvars.copy_context()
+    context.run(_cycle_var.set, holder)
+    # call_soon copies the caller's context, which holds `holder`; holder holds the handle.
+    holder.handle = context.run(loop.call_soon, holder.callback)
+    del context
+    run_iterations(loop)
+    assert holder.ran
+    ref = weakref.ref(holder)
+    del holder
+    assert _collected(ref)
+
+
+def test_a_context_shared_by_queued_handles_stays_usable(new_loop):
+    import gc
+    loop = new_loop()
+    context = contextvars.copy_context()
+    seen = []
+    first = loop.call_soon(lambda: seen.append(_cycle_var.set("x")), context=context)
+    second = loop.call_later(0, lambda: seen.append(_cycle_var.get()), context=context)
+    run_iterations(loop)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert len(seen) == 2 and seen[1] == "x"
+    assert first._context is context and second._context is context
+    gc.collect()
+    assert gc.is_tracked(context) and context[_cycle_var] == "x"
+
+
+def test_a_handle_dropped_from_the_queue_by_someone_else_frees_its_context(new_loop):
+    import gc
+    import weakref
+
+    class Value:
+        pass
+
+    loop = new_loop()
+    value = Value()
+    ref = weakref.ref(value)
+    context = contextvars.copy_context()
+    context.run(_cycle_var.set, value)
+    del value
+    loop.call_soon(print, context=context)
+    loop.call_later(3600, print, context=context)
+    del context
+    loop._ready.clear()               # not the loop's doing: nobody puts these back in the GC
+    loop._scheduled.clear()
+    gc.collect()
+    assert ref() is None              # the context went with its handles, no crash
+    loop.call_soon(loop.stop)         # and the loop goes on
+    loop.run_forever()

@@ -69,6 +69,109 @@ static inline void ul_gc_retrack(PyObject *obj)
         PyObject_GC_Track(obj);
 }
 
+/* Parking a queued handle's context.
+ *
+ * Untracking the handles is not enough: each call_soon() also copies the current context, and a
+ * burst of them leaves as many Contexts in the collector's lists as handles (perf: ~45% of a
+ * 500k call_soon burst in gc_collect_main after the handles were untracked).  A Context cannot
+ * simply be untracked: its dealloc unlinks it from the collector's list with the unchecked
+ * _PyObject_GC_UNTRACK (3.10-3.13), which would crash on an untracked object if the last
+ * reference went away before we tracked it again (the loop's queue dropped by code not ours,
+ * say).  So a queued context is *parked*: moved from the collector's generation lists onto a list
+ * of our own, `ul_parked`.  To CPython it still looks tracked (its _gc_next is not 0), its
+ * dealloc unlinks it from our list as it would from a generation, and the collector never walks
+ * it because no generation's list leads to it.  When the handle leaves the queue the context is
+ * unparked (tracked again, in the youngest generation).  A context left parked by a handle that
+ * someone else dropped is not lost or crashed on; it is only outside cycle collection.
+ *
+ * This needs CPython's GC header layout, which is internal: two words before the object,
+ * _gc_next (0 = untracked) and _gc_prev (a pointer whose two low bits are flags) -- the same in
+ * 3.10 through 3.13 for the default (GIL) build.  ul_gc_parking_check() verifies it on a live
+ * object when the module is imported; anything unexpected, another version, or a free-threaded
+ * build, and parking is a no-op. */
+#if !defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030A0000 && PY_VERSION_HEX < 0x030E0000
+#define UL_GC_PARKING_POSSIBLE 1
+#else
+#define UL_GC_PARKING_POSSIBLE 0
+#endif
+
+typedef struct {
+    uintptr_t next;     /* CPython's PyGC_Head._gc_next */
+    uintptr_t prev;     /* CPython's PyGC_Head._gc_prev: pointer | two flag bits */
+} ul_gc_head;
+
+#define UL_GC_PREV_FLAGS ((uintptr_t)3)
+
+static ul_gc_head ul_parked = {(uintptr_t)&ul_parked, (uintptr_t)&ul_parked};
+static int ul_gc_parking_enabled = 0;
+
+static inline ul_gc_head *ul_gc_head_of(PyObject *obj)
+{
+    return ((ul_gc_head *)obj) - 1;
+}
+
+/* Move a tracked object from the collector's lists onto ours (no-op when parking is off). */
+static inline void ul_gc_park(PyObject *obj)
+{
+    ul_gc_head *head, *last;
+    if (!ul_gc_parking_enabled || !PyObject_GC_IsTracked(obj))
+        return;
+    PyObject_GC_UnTrack(obj);                       /* leaves next = 0, prev = flags only */
+    head = ul_gc_head_of(obj);
+    last = (ul_gc_head *)(ul_parked.prev & ~UL_GC_PREV_FLAGS);
+    head->next = (uintptr_t)&ul_parked;
+    head->prev = (uintptr_t)last | (head->prev & UL_GC_PREV_FLAGS);
+    last->next = (uintptr_t)head;
+    ul_parked.prev = (uintptr_t)head | (ul_parked.prev & UL_GC_PREV_FLAGS);
+}
+
+/* Back into the collector's youngest generation.  An object that was never parked but is
+ * tracked moves there too, which costs the collector a look at it and nothing else. */
+static inline void ul_gc_unpark(PyObject *obj)
+{
+    if (!ul_gc_parking_enabled || !PyObject_GC_IsTracked(obj))
+        return;
+    PyObject_GC_UnTrack(obj);                       /* unlinks from whichever list holds it */
+    PyObject_GC_Track(obj);
+}
+
+/* Check the layout on a fresh list (tracked at birth), enable parking if it holds: the header's
+ * first word is non-zero while tracked and 0 once untracked; a parked object counts as tracked;
+ * freeing it while parked leaves our list empty again.  Returns whether parking is on. */
+static inline int ul_gc_parking_check(void)
+{
+    PyObject *probe;
+    ul_gc_head *head;
+    int ok;
+    if (!UL_GC_PARKING_POSSIBLE)
+        return 0;
+    probe = PyList_New(0);
+    if (probe == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    head = ul_gc_head_of(probe);
+    ok = PyObject_GC_IsTracked(probe) && head->next != 0
+         && (head->prev & ~UL_GC_PREV_FLAGS) != 0;
+    if (ok) {
+        PyObject_GC_UnTrack(probe);
+        ok = head->next == 0 && !PyObject_GC_IsTracked(probe);
+        PyObject_GC_Track(probe);
+    }
+    if (ok) {
+        ul_gc_parking_enabled = 1;
+        ul_gc_park(probe);
+        ok = PyObject_GC_IsTracked(probe)
+             && ul_parked.next == (uintptr_t)head
+             && (ul_parked.prev & ~UL_GC_PREV_FLAGS) == (uintptr_t)head;
+    }
+    Py_DECREF(probe);                               /* its dealloc unlinks it from ul_parked */
+    ok = ok && ul_parked.next == (uintptr_t)&ul_parked
+            && (ul_parked.prev & ~UL_GC_PREV_FLAGS) == (uintptr_t)&ul_parked;
+    ul_gc_parking_enabled = ok;
+    return ok;
+}
+
 /* 1 with *out set when the slot holds an exact float (a loop-time deadline), else 0. */
 static inline int ul_slot_double(PyObject *obj, Py_ssize_t offset, double *out)
 {

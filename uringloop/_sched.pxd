@@ -12,6 +12,9 @@ cdef extern from "_sched.h":
     object ul_alloc_instance(object type)
     void ul_gc_untrack(object obj)
     void ul_gc_retrack(object obj)
+    void ul_gc_park(PyObject *obj)
+    void ul_gc_unpark(PyObject *obj)
+    int ul_gc_parking_check()
     PyObject *ul_type_lookup(object obj, object name)
     PyObject *ul_class_lookup(object cls, object name)
     double ul_monotonic() nogil

@@ -95,6 +95,9 @@ cdef bint SLOTS_USABLE = (
 if SLOTS_USABLE:
     ul_heap_configure(_TimerHandle, OFF_WHEN)
 
+# Whether queued handles' contexts can be parked off the GC's lists (see _sched.h).
+GC_PARKING = bool(ul_gc_parking_check())
+
 # Handle._run's exception report formats the callback; 3.13 added a `debug` argument.
 cdef bint FORMAT_TAKES_DEBUG = (
     'debug' in _inspect.signature(_format_helpers._format_callback_source).parameters)
@@ -168,11 +171,26 @@ cdef inline object new_handle(object cls, object callback, object args, object l
     return handle
 
 
+cdef inline int leave_gc(object handle) except -1:
+    """A handle we made goes into the ready queue or onto the timer heap: while it waits there
+    the cyclic GC need not walk it nor its context (ul_gc_untrack and ul_gc_park in _sched.h)."""
+    cdef PyObject *context_p = ul_slot_get(handle, OFF_CONTEXT)
+    ul_gc_untrack(handle)
+    if context_p != NULL and PyContext_CheckExact(<object>context_p):
+        ul_gc_park(context_p)
+    return 0
+
+
 cdef inline int back_to_gc(object handle) except -1:
-    """A handle just taken off the ready queue or the timer heap rejoins the cyclic GC's lists
-    (see ul_gc_untrack in _sched.h): from here on anyone may hold it in a cycle."""
+    """A handle just taken off the ready queue or the timer heap rejoins the cyclic GC's lists,
+    and so does its context: from here on anyone may hold them in a cycle."""
+    cdef PyObject *context_p
     if type(handle) is _Handle or type(handle) is _TimerHandle:
         ul_gc_retrack(handle)
+        if SLOTS_USABLE:
+            context_p = ul_slot_get(handle, OFF_CONTEXT)
+            if context_p != NULL and PyContext_CheckExact(<object>context_p):
+                ul_gc_unpark(context_p)
     return 0
 
 
@@ -316,7 +334,7 @@ cdef class LoopCore:
         # puts it back when run_ready() takes it off).
         self.append_ready(handle)
         if self.ready_append is not None:
-            ul_gc_untrack(handle)
+            leave_gc(handle)
         return 0
 
     def _ul_gc_track_queued(self):
@@ -425,7 +443,7 @@ cdef class LoopCore:
         scheduled = self._scheduled
         if PyList_CheckExact(scheduled):
             self.heap_push(<list>scheduled, timer)
-            ul_gc_untrack(timer)      # until pop_due() or the clean-up takes it off the heap
+            leave_gc(timer)           # until pop_due() or the clean-up takes it off the heap
         else:
             _heapq.heappush(scheduled, timer)
         ul_slot_set(timer, OFF_SCHEDULED, True)
