@@ -499,8 +499,9 @@ async def test_pause_reading_with_data_in_flight_loses_and_reorders_nothing():
 @bounded(60)
 async def test_many_connections_with_large_messages_lose_nothing():
     """32 connections each receive 768 KiB sent all at once, more than the loop's shared receive
-    buffers hold (uringloop: 4 MiB): receives that find no buffer (-ENOBUFS) continue into
-    buffers of their own; every byte arrives, in order, on every connection."""
+    buffers hold at first (uringloop: 4 MiB, growing up to 32 MiB): receives that find no buffer
+    (-ENOBUFS) are re-armed on the grown ring or continue into buffers of their own; every byte
+    arrives, in order, on every connection."""
     import threading
     loop = asyncio.get_running_loop()
     size, count = 768 * 1024, 32
@@ -543,6 +544,58 @@ async def test_many_connections_with_large_messages_lose_nothing():
         server.close()
         await server.wait_closed()
     assert sorted(done.values()) == sorted(payloads)
+
+
+@pytest.mark.asyncio
+@bounded(60)
+async def test_data_waiting_on_many_connections_at_once_arrives_whole():
+    """64 connections each have 256 KiB waiting before the loop looks at any of them -- 16 MiB,
+    four times uringloop's initial shared receive buffers: on uringloop the ring runs dry and
+    grows (BufferRing.grow); on every loop each connection gets its bytes whole and in order."""
+    loop = asyncio.get_running_loop()
+    size, count = 256 * 1024, 64
+    received = {}
+    connected = []
+
+    class Collector(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.data = bytearray()
+            connected.append(self)
+
+        def data_received(self, data):
+            self.data += data
+            if len(self.data) == size:
+                received[bytes(self.data[:4])] = bytes(self.data)
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)   # accepted sockets too
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(count)
+    server = await loop.create_server(Collector, sock=listener)
+    clients = []
+    try:
+        for _ in range(count):
+            client = socket.create_connection(listener.getsockname())
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            clients.append(client)
+        while len(connected) < count:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)           # every transport's receive is armed
+        ring = getattr(loop, '_ul_recv_ring', None)
+        initial = ring.count if ring else None
+        payloads = [pattern(size, seed=i * size) for i in range(count)]
+        for client, payload in zip(clients, payloads):   # the loop is not running meanwhile
+            client.sendall(payload)
+        while len(received) < count:
+            await asyncio.sleep(0.01)
+        assert sorted(received.values()) == sorted(payloads)
+        if ring:
+            assert ring.count > initial
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.mark.asyncio

@@ -45,7 +45,7 @@ cdef class Proactor:
     cdef int enter_for(self, object timeout) except -1
     cdef int dispatch_completions(self) except -1
     cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
-                                    bint incremental=*)
+                                    bint incremental=*, unsigned capacity=*)
 
 
 cdef class Operation:

@@ -484,9 +484,9 @@ cdef class Proactor:
     # ---- provided buffers ----
 
     cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
-                                    bint incremental=False):
+                                    bint incremental=False, unsigned capacity=0):
         cdef BufferRing br = BufferRing(self.ring, len(self.buffer_rings), count, buf_size,
-                                        incremental)
+                                        incremental, capacity)
         self.buffer_rings.append(br)
         return br
 

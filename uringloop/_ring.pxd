@@ -58,8 +58,10 @@ cdef class BufferRing:
     kernel picks from when a multishot receive completes."""
     cdef Ring ring
     cdef readonly unsigned bgid
-    cdef readonly unsigned count
+    cdef readonly unsigned count             # buffers in circulation
+    cdef readonly unsigned capacity          # the ring's entries: what count may grow to
     cdef readonly unsigned buf_size
+    cdef bint grew_in_batch                  # grow() added buffers since the last publish()
     cdef unsigned mask
     cdef io_uring_buf_ring *br
     cdef size_t br_len
@@ -79,6 +81,7 @@ cdef class BufferRing:
         return self.pool + <size_t>bid * self.buf_size
     cdef void consumed(self, unsigned bid, unsigned nbytes, unsigned cqe_flags)
     cdef void give_back(self, unsigned bid)
+    cdef bint grow(self)
     cdef void publish(self)
     cdef _unmap(self)
     cpdef close(self)

@@ -369,36 +369,46 @@ cdef class BufferRing:
     completion takes only the bytes it needs and, while IORING_CQE_F_BUF_MORE is set, the same
     buffer goes on serving the next completions, each starting where the previous one ended.
     data(bid) tracks that position; consumed() advances it and gives the buffer back once the
-    kernel has finished with it.  Large buffers then cost nothing for small messages."""
+    kernel has finished with it.  Large buffers then cost nothing for small messages.
+
+    With `capacity` > count the ring is registered with room for `capacity` buffers but only
+    `count` circulate; grow() puts more into circulation when the ring ran dry.  The pool is
+    mapped for all of them up front -- address space only: a page takes memory when the kernel
+    first writes into it."""
 
     def __cinit__(self, Ring ring, unsigned bgid, unsigned count, unsigned buf_size,
-                  bint incremental=False):
+                  bint incremental=False, unsigned capacity=0):
         cdef io_uring_buf_reg reg
         cdef unsigned i
         cdef int ret
         if count == 0 or count & (count - 1) or count > 32768:
             raise ValueError("count must be a power of two <= 32768")
+        if capacity < count:
+            capacity = count
+        if capacity & (capacity - 1) or capacity > 32768:
+            raise ValueError("capacity must be a power of two <= 32768")
         self.ring = ring
         self.bgid = bgid
         self.count = count
-        self.mask = count - 1
+        self.capacity = capacity
+        self.mask = capacity - 1
         self.buf_size = buf_size
-        self.br_len = count * sizeof(io_uring_buf)
+        self.br_len = capacity * sizeof(io_uring_buf)
         self.br = <io_uring_buf_ring *>ul_mmap_anon(self.br_len)
-        self.pool_len = <size_t>count * buf_size
+        self.pool_len = <size_t>capacity * buf_size
         self.pool = <char *>ul_mmap_anon(self.pool_len)
         if self.br == NULL or self.pool == NULL:
             self._unmap()
             raise MemoryError("cannot map the provided-buffer ring")
         if incremental:
-            self.offsets = <unsigned *>calloc(count, sizeof(unsigned))
+            self.offsets = <unsigned *>calloc(capacity, sizeof(unsigned))
             if self.offsets == NULL:
                 self._unmap()
                 raise MemoryError()
             self.incremental = True
         memset(&reg, 0, sizeof(reg))
         reg.ring_addr = <uint64_t><uintptr_t>self.br
-        reg.ring_entries = count
+        reg.ring_entries = capacity
         reg.bgid = <uint16_t>bgid
         if incremental:
             ul_buf_reg_set_flags(&reg, <uint16_t>IOU_PBUF_RING_INC)
@@ -426,7 +436,27 @@ cdef class BufferRing:
             self.offsets[bid] = 0
         self.give_back(bid)
 
+    cdef bint grow(self):
+        """The ring ran dry (a receive ended with -ENOBUFS): double the buffers in circulation,
+        up to `capacity`.  Returns whether more buffers are on their way -- added now, or by
+        an earlier call in this batch of completions (every connection that met the dry ring
+        in one batch asks; only the first grows it).  They reach the kernel at publish()."""
+        cdef unsigned bid, target
+        if self.grew_in_batch:
+            return True
+        if self.count >= self.capacity:
+            return False
+        target = self.count * 2
+        if target > self.capacity:
+            target = self.capacity
+        for bid in range(self.count, target):
+            self.give_back(bid)
+        self.count = target
+        self.grew_in_batch = True
+        return True
+
     cdef void publish(self):
+        self.grew_in_batch = False
         if self.pending_returns:
             ul_buf_ring_advance(self.br, self.pending_returns)
             self.pending_returns = 0
