@@ -598,6 +598,51 @@ async def test_data_waiting_on_many_connections_at_once_arrives_whole():
         await server.wait_closed()
 
 
+def _rss_bytes():
+    with open('/proc/self/status') as status:
+        for line in status:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * 1024
+    raise AssertionError('no VmRSS in /proc/self/status')
+
+
+def test_the_receive_ring_takes_memory_only_where_the_kernel_wrote():
+    """uringloop maps its shared receive ring for what it may grow to (32 MiB) when the first
+    connection receives; only the pages the kernel writes into may count in the process's
+    memory, not the whole capacity."""
+    loop = uringloop.new_event_loop()
+    try:
+        if not loop._features.get('multishot_recv'):
+            pytest.skip('no multishot receive: no shared ring')
+
+        async def one_receive():
+            got = loop.create_future()
+
+            class Once(asyncio.Protocol):
+                def data_received(self, data):
+                    if not got.done():
+                        got.set_result(data)
+
+            server = await loop.create_server(Once, '127.0.0.1', 0)
+            client = socket.create_connection(server.sockets[0].getsockname())
+            try:
+                before = _rss_bytes()
+                client.sendall(b'x' * 1024)
+                assert await got == b'x' * 1024
+                return _rss_bytes() - before
+            finally:
+                client.close()
+                server.close()
+                await server.wait_closed()
+
+        grown = loop.run_until_complete(asyncio.wait_for(one_receive(), 10))
+        ring = loop._ul_recv_ring
+        assert ring.capacity * ring.buf_size >= 16 * 1024 * 1024
+        assert grown < 8 * 1024 * 1024
+    finally:
+        loop.close()
+
+
 @pytest.mark.asyncio
 @bounded(60)
 async def test_timers_and_threadsafe_callbacks_run_while_many_connections_are_busy():

@@ -394,9 +394,9 @@ cdef class BufferRing:
         self.mask = capacity - 1
         self.buf_size = buf_size
         self.br_len = capacity * sizeof(io_uring_buf)
-        self.br = <io_uring_buf_ring *>ul_mmap_anon(self.br_len)
+        self.br = <io_uring_buf_ring *>ul_mmap_anon(self.br_len, True)
         self.pool_len = <size_t>capacity * buf_size
-        self.pool = <char *>ul_mmap_anon(self.pool_len)
+        self.pool = <char *>ul_mmap_anon(self.pool_len, False)
         if self.br == NULL or self.pool == NULL:
             self._unmap()
             raise MemoryError("cannot map the provided-buffer ring")

@@ -183,8 +183,12 @@ static inline void *ul_mmap(size_t len, int fd, off_t off) {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, off);
     return p == MAP_FAILED ? NULL : p;
 }
-static inline void *ul_mmap_anon(size_t len) {
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+/* Anonymous memory for the kernel to share: `populate` faults every page in now (the provided-
+ * buffer ring's own entries); without it a page takes memory when first written (a buffer pool
+ * mapped for more buffers than circulate yet). */
+static inline void *ul_mmap_anon(size_t len, int populate) {
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | (populate ? MAP_POPULATE : 0), -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 

@@ -113,7 +113,7 @@ cdef extern from "_sys.h" nogil:
     void ul_store_release(unsigned *p, unsigned v)
     unsigned ul_load_relaxed(const unsigned *p)
     void *ul_mmap(size_t length, int fd, off_t off)
-    void *ul_mmap_anon(size_t length)
+    void *ul_mmap_anon(size_t length, int populate)
     int munmap(void *addr, size_t length)
 
     void ul_prep_recv(io_uring_sqe *sqe, int fd, void *buf, unsigned len, int flags, uint64_t ud)
