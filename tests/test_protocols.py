@@ -62,6 +62,16 @@ class Recorder(asyncio.Protocol):
         return bytes(self.data)
 
 
+class EchoProtocol(asyncio.Protocol):
+    """Writes back whatever it receives."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
 async def connected_pair(server_protocol=Recorder, client_protocol=Recorder):
     """A server and one connection to it: (server, server-side protocol, client protocol)."""
     loop = asyncio.get_running_loop()
@@ -652,14 +662,7 @@ async def test_timers_and_threadsafe_callbacks_run_while_many_connections_are_bu
     import threading
     loop = asyncio.get_running_loop()
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
-    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    server = await loop.create_server(EchoProtocol, '127.0.0.1', 0)
     address = server.sockets[0].getsockname()[:2]
     streams = [await asyncio.open_connection(*address) for _ in range(40)]
     stop = False
@@ -1155,14 +1158,7 @@ async def test_switch_between_protocol_kinds():
 async def test_many_concurrent_connections():
     loop = asyncio.get_running_loop()
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
-    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    server = await loop.create_server(EchoProtocol, '127.0.0.1', 0)
     addr = server.sockets[0].getsockname()
 
     async def one(i):
@@ -1185,14 +1181,7 @@ async def test_connections_sending_in_turns_with_aborts_among_them():
     # with a send in flight: each peer gets exactly its own bytes, in order.
     loop = asyncio.get_running_loop()
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
-    server = await loop.create_server(Echo, '127.0.0.1', 0)
+    server = await loop.create_server(EchoProtocol, '127.0.0.1', 0)
     addr = server.sockets[0].getsockname()
 
     async def one(i):

@@ -946,12 +946,16 @@ def _collected(ref):
     return ref() is None
 
 
-def test_a_handle_in_a_cycle_is_collected_after_it_ran(new_loop):
+@pytest.mark.parametrize("schedule", ["call_soon", "call_later"])
+def test_a_handle_in_a_cycle_is_collected_after_it_ran(new_loop, schedule):
     import weakref
     loop = new_loop()
     holder = _CycleHolder()
-    holder.handle = loop.call_soon(holder.callback)
-    run_iterations(loop)
+    if schedule == "call_soon":
+        holder.handle = loop.call_soon(holder.callback)
+    else:
+        holder.handle = loop.call_later(0, holder.callback)
+    loop.run_until_complete(asyncio.sleep(0.01))
     assert holder.ran
     ref = weakref.ref(holder)
     del holder
@@ -976,18 +980,6 @@ def test_cancelled_timers_dropped_from_the_heap_are_tracked_again(new_loop):
     loop.call_soon(lambda: None)
     run_iterations(loop)
     assert small[1] not in loop._scheduled and gc_tracked(small[1])
-
-
-def test_a_fired_timer_in_a_cycle_is_collected(new_loop):
-    import weakref
-    loop = new_loop()
-    holder = _CycleHolder()
-    holder.handle = loop.call_later(0, holder.callback)
-    loop.run_until_complete(asyncio.sleep(0.01))
-    assert holder.ran
-    ref = weakref.ref(holder)
-    del holder
-    assert _collected(ref)
 
 
 def test_handles_still_queued_at_close_are_collected(new_loop):
