@@ -14,9 +14,10 @@ protocol.data_received() right there -- no call_soon per chunk.  An idle connect
 holds no receive memory at all: buffers are taken only while bytes are being copied out.  The
 multishot request ends (final CQE, no IORING_CQE_F_MORE) on EOF, on an error, when the ring ran
 dry (-ENOBUFS) or when we cancel it; it is re-armed whenever reading should continue.  After
--ENOBUFS the connection first makes one single-shot receive into a bytes object of its own (the
-kernel writes into it, and it is cut to size and delivered without a copy), then goes back to
-the ring.
+-ENOBUFS the ring grows (receive_buffers()) and the receive is re-armed on it; once the ring is
+as large as it may get, the connection first makes one single-shot receive into a bytes object
+of its own (the kernel writes into it, and it is cut to size and delivered without a copy),
+then goes back to the ring.
 
 A BufferedProtocol gets single-shot receives straight into the buffer its get_buffer() returned:
 the kernel writes into the protocol's memory, which is pinned (a buffer export) until the final
