@@ -608,6 +608,38 @@ async def test_data_waiting_on_many_connections_at_once_arrives_whole():
         await server.wait_closed()
 
 
+@pytest.mark.asyncio
+@bounded(60)
+async def test_large_reads_then_small_then_large_arrive_whole_and_in_order():
+    """A stream of large writes, then a trickle of small ones, then large again.  On uringloop
+    the large reads move the connection off the shared ring to receives into bytes of its own
+    (the multishot receive is cancelled while data keeps arriving), the small ones move it
+    back: every byte arrives once and in order across both switches, on every loop."""
+    loop = asyncio.get_running_loop()
+    server, peer, client = await connected_pair()
+    direct = lambda: getattr(peer.transport, '_ul_direct_recv_size', None)
+    sent = bytearray()
+
+    async def send(data):
+        sent.extend(data)
+        client.transport.write(data)
+        assert await peer.received(len(sent)) == bytes(sent)
+
+    big = 4 * 1024 * 1024
+    await send(pattern(big))
+    if direct() is not None:
+        assert direct() > 0
+    for i in range(20):                          # one small message per round trip
+        await send(pattern(100, seed=big + 100 * i))
+    if direct() is not None:
+        assert direct() == 0
+    await send(pattern(big, seed=2 * big))
+    if direct() is not None:
+        assert direct() > 0
+    assert peer.events == ['made', 'data']
+    await shut(server, client, peer)
+
+
 def _rss_bytes():
     with open('/proc/self/status') as status:
         for line in status:

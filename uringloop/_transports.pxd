@@ -42,6 +42,7 @@ cdef class SocketTransport(WriteFlow):
     cdef readonly bint _paused       # pause_reading() in effect
     cdef bint reading_started        # the post-connection_made start has happened
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
+    cdef int direct_size             # > 0: large reads, received into bytes of this size
     cdef readonly bint _eof          # write_eof() was called
     cdef bint stash_scheduled        # _deliver_stash is scheduled (kept with the flags: a lone
                                      # int between pointers costs 4 B of padding)
