@@ -31,13 +31,14 @@ cdef class Proactor:
     cdef object exception_handler          # loop.call_exception_handler
     cdef Py_ssize_t queued_send_bytes      # bytes the SQEs not yet submitted will send
     cdef int last_batch                    # completions the last iteration dispatched
+    cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
     cdef object __weakref__
 
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
     cdef int flush_backlog(self) except -1
     cdef int submit_pending(self) except -1
-    cdef int note_send(self, Py_ssize_t nbytes) except -1
+    cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1
     cdef int reap(self) except -1
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
     cdef int check_usable(self) except -1

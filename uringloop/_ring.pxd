@@ -9,6 +9,7 @@ cdef class Ring:
     cdef readonly unsigned sq_entries, cq_entries
     cdef bint enabled                        # false while IORING_SETUP_R_DISABLED is pending
     cdef bint closed
+    cdef readonly bint min_timeout           # the kernel has IORING_FEAT_MIN_TIMEOUT (6.12)
 
     # submission queue, shared with the kernel
     cdef unsigned *sq_khead
@@ -40,7 +41,8 @@ cdef class Ring:
     cdef io_uring_sqe *get_sqe(self) except? NULL
     cdef unsigned sq_pending(self)
     cdef int flush(self) except -1
-    cdef int enter(self, unsigned min_complete, long long timeout_ns) except -2
+    cdef int enter(self, unsigned min_complete, long long timeout_ns,
+                   unsigned min_wait_us=*) except -2
     cdef int collect(self, unsigned batch) except -2
     cdef int entered(self, int ret) except -2
     cdef unsigned cq_ready(self)

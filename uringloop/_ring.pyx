@@ -97,6 +97,7 @@ cdef class Ring:
         self.closed = False
         self.setup_flags = p.flags & ~(IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP)
         self.features = p.features
+        self.min_timeout = (p.features & IORING_FEAT_MIN_TIMEOUT) != 0
         self.enabled = not (p.flags & IORING_SETUP_R_DISABLED)
         self.sq_entries = p.sq_entries
         self.cq_entries = p.cq_entries
@@ -218,10 +219,15 @@ cdef class Ring:
             ul_store_release(self.sq_ktail, self.sq_tail)
         return 0
 
-    cdef int enter(self, unsigned min_complete, long long timeout_ns) except -2:
+    cdef int enter(self, unsigned min_complete, long long timeout_ns,
+                   unsigned min_wait_us=0) except -2:
         """Publish queued SQEs and, in the same system call, wait until `min_complete` CQEs are
         ready or `timeout_ns` passes (negative: no deadline).  Returns the number of SQEs the
-        kernel consumed; a timeout, a signal or transient back-pressure is not an error."""
+        kernel consumed; a timeout, a signal or transient back-pressure is not an error.
+
+        `min_wait_us` (only where the kernel has `min_timeout`): after that many microseconds
+        the wait ends as soon as ANY completion is ready, even if fewer than `min_complete`; with
+        none ready it goes on until `timeout_ns` as an ordinary wait for one."""
         cdef io_uring_getevents_arg arg
         cdef __kernel_timespec ts
         cdef unsigned flags = IORING_ENTER_GETEVENTS
@@ -237,11 +243,15 @@ cdef class Ring:
         to_submit = self.sq_tail - ul_load_acquire(self.sq_khead)
         if timeout_ns == 0:
             min_complete = 0
-        if min_complete and timeout_ns > 0:
-            ts.tv_sec = timeout_ns // 1000000000
-            ts.tv_nsec = timeout_ns % 1000000000
+        if min_complete <= 1 or not self.min_timeout:
+            min_wait_us = 0
+        if min_complete and (timeout_ns > 0 or min_wait_us):
             memset(&arg, 0, sizeof(arg))
-            arg.ts = <uint64_t><uintptr_t>&ts
+            if timeout_ns > 0:
+                ts.tv_sec = timeout_ns // 1000000000
+                ts.tv_nsec = timeout_ns % 1000000000
+                arg.ts = <uint64_t><uintptr_t>&ts
+            arg.pad = min_wait_us       # min_wait_usec in 6.12+ headers
             argp = &arg
             argsz = sizeof(arg)
             flags |= IORING_ENTER_EXT_ARG

@@ -109,6 +109,10 @@
 #ifndef IORING_FEAT_EXT_ARG
 #define IORING_FEAT_EXT_ARG (1U << 8)
 #endif
+#ifndef IORING_FEAT_MIN_TIMEOUT
+/* 6.12: io_uring_getevents_arg's `pad` is min_wait_usec (headers before 6.12 call it pad). */
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
 #ifndef IORING_ENTER_EXT_ARG
 #define IORING_ENTER_EXT_ARG (1U << 3)
 #endif

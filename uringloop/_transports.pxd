@@ -83,6 +83,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int send_done(self, Operation op, int res) except -1
     cdef int submit_send(self, object data, Py_ssize_t n) except -1
     cdef int submit_queued(self) except -1
+    cdef bint send_awaited(self)
     cdef Py_ssize_t write_buffer_size(self)
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1

@@ -978,7 +978,7 @@ cdef class SocketTransport(WriteFlow):
         self.inflight_bytes = n
         self.send_op = op
         op.submit()
-        self.proactor.note_send(n)
+        self.proactor.note_send(n, self.send_awaited())
         return 0
 
     cdef int submit_queued(self) except -1:
@@ -1007,9 +1007,14 @@ cdef class SocketTransport(WriteFlow):
         op.keep = self.sock
         self.send_op = op
         op.submit()
-        self.proactor.note_send(op.total)
+        self.proactor.note_send(op.total, self.send_awaited())
         return 0
 
+    cdef bint send_awaited(self):
+        # Whether someone waits for the send just submitted to complete: a paused protocol (or
+        # one about to be), drain()/sendfile's empty waiter, or a close() waiting to finish.
+        return (self.inflight_bytes + self.queued_bytes > self.high_water or self._closing
+                or self.paused_protocol is not None or self.empty_waiter is not None)
 
     cdef int send_done(self, Operation op, int res) except -1:
         if op is not self.send_op:
