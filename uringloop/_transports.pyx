@@ -28,8 +28,9 @@ receives into bytes objects of its own, sized by _direct_size(): the kernel writ
 straight into the object that data_received() then gets, cut to size.  The first receive that
 returns less than DIRECT_RECV_UNTIL puts the connection back on the ring, where an idle
 connection holds no memory.  The cost: a connection whose last reads were large holds its next
-buffer (at most DIRECT_RECV_MAX) while it waits, as a stock loop's reader would not.  Order is kept across both switches because a connection never has
-more than one receive in flight: the next one is only armed at the previous one's final CQE.
+buffer (at most DIRECT_RECV_MAX) while it waits, as a stock loop's reader would not.  Order is
+kept across both switches because a connection never has more than one receive in flight: the
+next one is only armed at the previous one's final CQE.
 
 A BufferedProtocol gets single-shot receives straight into the buffer its get_buffer() returned:
 the kernel writes into the protocol's memory, which is pinned (a buffer export) until the final
