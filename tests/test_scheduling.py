@@ -207,6 +207,51 @@ def test_scheduled_heap_matches_heapq_through_pushes_and_pops(new_loop):
     assert len(loop._scheduled) == 180
 
 
+def test_a_large_due_heap_pops_in_heapq_order_and_lets_go_of_each_timer(new_loop):
+    # Thousands of timers due at once: the heap shrinks through several halvings of its list
+    # while they are popped, they run in heapq's order (ties included), the ones not due stay
+    # in heapq's arrangement, and each timer that ran is freed -- nothing keeps a reference.
+    import random
+    import weakref
+    loop = new_loop()
+    now = loop.time()
+    rng = random.Random(7)
+    seen, reference, refs = [], [], []
+    for i in range(5000):
+        if i % 5:
+            when = now - 10 + rng.randrange(1000) * 1e-3     # due, many equal deadlines
+        else:
+            when = now + 100 + rng.randrange(1000)            # not due
+        refs.append(weakref.ref(loop.call_at(when, seen.append, i)))
+        heapq.heappush(reference, events.TimerHandle(when, None, (i,), loop))
+    expected = [heapq.heappop(reference)._args[0] for _ in range(4000)]
+    run_iterations(loop)
+    assert seen == expected
+    assert [(t.when(), t._args) for t in loop._scheduled] == [
+        (t.when(), (t._args[0],)) for t in reference]
+    assert [i for i, ref in enumerate(refs) if ref() is not None] == list(range(0, 5000, 5))
+
+
+def test_a_timer_that_interrupts_leaves_the_other_due_timers_queued(new_loop):
+    loop = new_loop()
+    seen = []
+    deadline = loop.time() - 1.0
+
+    def boom():
+        raise KeyboardInterrupt
+
+    loop.call_at(deadline, seen.append, 0)
+    loop.call_at(deadline + 1e-3, boom)
+    rest = [loop.call_at(deadline + 2e-3, seen.append, 2),
+            loop.call_at(deadline + 3e-3, seen.append, 3)]
+    with pytest.raises(KeyboardInterrupt):
+        run_iterations(loop)
+    assert seen == [0]
+    assert list(loop._ready) == rest
+    run_iterations(loop)
+    assert seen == [0, 2, 3]
+
+
 def test_cancelled_handles_are_skipped(new_loop):
     loop = new_loop()
     seen = []

@@ -9,6 +9,8 @@ cdef extern from "_sched.h":
     void ul_slot_set(object obj, Py_ssize_t offset, object value)
     int ul_slot_double(object obj, Py_ssize_t offset, double *out)
     int ul_slot_bool(object obj, Py_ssize_t offset)
+    void ul_prefetch(PyObject *obj)
+    void ul_prefetch_slot(PyObject *obj, Py_ssize_t offset)
     object ul_alloc_instance(object type)
     void ul_gc_untrack(object obj)
     void ul_gc_retrack(object obj)

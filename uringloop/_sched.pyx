@@ -48,7 +48,7 @@ from cpython.object cimport (PyObject, PyObject_RichCompareBool, PyObject_Generi
                              Py_LT, Py_GE)
 from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
 from cpython.tuple cimport PyTuple_CheckExact
-from cpython.list cimport PyList_CheckExact
+from cpython.list cimport PyList_CheckExact, PyList_GET_ITEM
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.contextvars cimport PyContext_CheckExact
@@ -591,7 +591,7 @@ cdef class LoopCore:
 
     cdef int proactor_iteration(self, Proactor proactor, bint may_wait_after_ready) except -1:
         cdef Py_ssize_t pending = len(self.ready)
-        cdef Py_ssize_t ran = 0
+        cdef Py_ssize_t ran = 0, count
         cdef list due = None
         cdef bint blocking, inline_ok
         try:
@@ -617,7 +617,22 @@ cdef class LoopCore:
             proactor.dispatch_completions()
             if due:
                 inline_ok = SLOTS_USABLE and run_pristine()
-                for timer in due:
+                count = len(due)
+                while ran < count:
+                    # Many due timers are many objects the cache no longer holds: start reading
+                    # a few timers ahead, and the contexts of the nearer ones (whose handles
+                    # should have arrived by now), so that running one overlaps those misses.
+                    if ran + 8 < count:
+                        ul_prefetch(PyList_GET_ITEM(due, ran + 8))
+                    if ran + 4 < count and SLOTS_USABLE:
+                        ahead = <object>PyList_GET_ITEM(due, ran + 4)
+                        if type(ahead) is _TimerHandle:
+                            ul_prefetch_slot(<PyObject *>ahead, OFF_CONTEXT)
+                    timer = due[ran]
+                    # Our reference in `due` goes now, so that a timer nobody else holds is
+                    # freed while it is still in the cache (100k due timers are megabytes of
+                    # objects: freeing them all at the end would read each one again).
+                    due[ran] = None
                     ran += 1
                     if not is_cancelled(timer):
                         self.run_handle_now(timer, inline_ok)
