@@ -49,11 +49,30 @@ def in_tree_uringloop() -> bool:
     return (REPO_DIR / "uringloop" / f"_ops{suffix}").exists()
 
 
+_compiled_in_tree = False
+
+
+def compile_in_tree() -> None:
+    """Write the bytecode of the in-tree package's Python modules, once per run.
+
+    The children run with PYTHONDONTWRITEBYTECODE (they must not litter the tree as they go), so
+    without this every server would compile uringloop's .py files from source at start-up while
+    uvloop and asyncio load theirs from bytecode made at installation.  The compiler's memory
+    stays in the server's heap: it showed as ~0.6 MiB more RSS than uvloop's before any
+    connection (measured with the Protocol server, Python 3.11), charged to the loop."""
+    global _compiled_in_tree
+    if not _compiled_in_tree:
+        import compileall
+        compileall.compile_dir(str(REPO_DIR / "uringloop"), maxlevels=0, quiet=1)
+        _compiled_in_tree = True
+
+
 def child_env() -> dict:
     """Servers and micro-benchmarks import uringloop from the repository when it is built in
     place there (a developer's tree), otherwise from wherever it is installed."""
     env = dict(os.environ)
     if in_tree_uringloop():
+        compile_in_tree()
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
