@@ -122,10 +122,10 @@ cdef enum:
     # The shared provided-buffer ring (see receive_buffers()).
     RECV_BUFFER_COUNT = 256
     RECV_BUFFER_SIZE = 16384
-    INC_BUFFER_COUNT = 4
-    INC_BUFFER_SIZE = 1048576
+    INC_BUFFER_COUNT = 2
+    INC_BUFFER_SIZE = 32768
     # What the ring may grow to when it runs dry (see receive_buffers()): 32 MiB either way.
-    INC_BUFFER_CAPACITY = 32
+    INC_BUFFER_CAPACITY = 1024
     RECV_BUFFER_CAPACITY = 2048
     # Single-shot receives for a Protocol when the kernel lacks multishot receive.
     FALLBACK_RECV_SIZE = 65536
@@ -222,18 +222,21 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     (beyond it a receive ends with -ENOBUFS and is re-armed for the next one), and the buffer
     size bounds one data_received() chunk.
 
-    Where the kernel consumes buffers incrementally (6.12) the ring starts as 4 x 1 MiB: a
-    1 KiB message takes 1 KiB of a buffer, so the 4 MiB hold thousands of small receives per
-    iteration.  The buffers are large because a receive never spans two of them: where the
-    current one has less room left than the socket holds, the bytes arrive in two completions
-    (two data_received() calls, two sends for an echo).  With 32 x 128 KiB, 100 KiB messages
-    were split that way more often than not (3.8 completions per echoed message instead of 2.2
-    with 1 MiB buffers, measured on loopback).  Elsewhere every completion takes a whole buffer,
-    and 256 x 16 KiB (also 4 MiB) is the compromise between small and bulk receives.  The
-    kernel cycles through every buffer in circulation, so all of them end up in the process's
-    memory after a while of load (RSS after 1M small requests: 1.18x uvloop's).  Starting with
-    2 x 1 MiB made that 1.10x but cost 100 KiB x 10 echo ~7% (27.3k against 29.3k req/s,
-    three alternating runs each), so the ring starts with 4.
+    Where the kernel consumes buffers incrementally (6.12) the ring starts as 2 x 32 KiB: a
+    1 KiB message takes 1 KiB of a buffer, so even two small buffers hold dozens of small
+    receives per iteration, and the ring grows when a batch needs more (below).  The size is
+    set by memory: the kernel cycles through every buffer in circulation, so all of them end up
+    in the process's memory after a while of load.  The ring used to start as 4 x 1 MiB,
+    because a receive never spans two buffers (where the current one has less room left than
+    the socket holds, the bytes arrive in two completions) and with 32 x 128 KiB, 100 KiB
+    messages were split that way more often than not.  Since large reads leave the ring for
+    receives of their own (direct receives, see recv_done), the buffer size no longer bounds
+    bulk transfers, only the first read that starts them; 2 x 32 KiB measured the same as
+    4 x 1 MiB at Protocol echo 1 KiB x 100/1000, 16 KiB x 100/1000 and 100 KiB x 10 (five
+    alternating runs each, medians within the machine's noise) while the server's RSS after 1M
+    1 KiB requests over 10 connections dropped by 4 MiB, to uvloop's (24.23 against 24.25 MB,
+    Python 3.10; 4 x 64 KiB left it 0.25 MiB above).  Elsewhere every completion takes a whole buffer, and
+    256 x 16 KiB (4 MiB) is the compromise between small and bulk receives.
 
     When many connections move large messages, the buffers are spent within one batch of
     completions and receives end with -ENOBUFS.  The ring then doubles the buffers in
@@ -241,8 +244,8 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     on it.  Before it could grow, 1000 connections echoing 16 KiB met the dry ring on ~3 of 4
     requests: each cost a wasted completion, a receive into a 256 KiB buffer of the
     connection's own and a second re-arm (perf trace; 0.59x uvloop there).  The pool is mapped
-    for the full capacity but takes memory only as the kernel writes into it, so a loop that
-    never needed more than 4 MiB holds no more.  Beyond the capacity, a connection that meets
+    for the full capacity but takes memory only as the kernel writes into it, so a loop holds
+    only what its busiest batch needed.  Beyond the capacity, a connection that meets
     the dry ring makes its next receive into a buffer of its own (see recv_done)."""
     ring = loop._ul_recv_ring
     if ring is None:
