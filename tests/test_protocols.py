@@ -640,6 +640,44 @@ async def test_large_reads_then_small_then_large_arrive_whole_and_in_order():
     await shut(server, client, peer)
 
 
+@pytest.mark.asyncio
+@bounded(60)
+async def test_a_connection_idle_after_large_reads_goes_back_to_the_ring():
+    """On uringloop a connection whose last reads were large waits with a direct receive into
+    a buffer of its own; once that receive has waited a whole sweep interval it is cancelled
+    and the connection goes back to the shared ring (where waiting holds no memory).  Large
+    messages after the pause still arrive whole and in order and take it direct again; the
+    same exchange on the stock loop."""
+    loop = asyncio.get_running_loop()
+    loop._ul_direct_idle_seconds = 0.1
+    try:
+        server, peer, client = await connected_pair()
+        direct = lambda: getattr(peer.transport, '_ul_direct_recv_size', None)
+        sent = bytearray()
+
+        async def send(data):
+            sent.extend(data)
+            client.transport.write(data)
+            assert await peer.received(len(sent)) == bytes(sent)
+
+        big = 1024 * 1024
+        await send(pattern(big))
+        if direct() is not None:
+            assert direct() > 0
+        await asyncio.sleep(0.6)                 # idle for several sweep intervals
+        if direct() is not None:
+            assert direct() == 0
+        await send(pattern(big, seed=big))
+        if direct() is not None:
+            assert direct() > 0
+        await asyncio.sleep(0.6)
+        await send(pattern(100, seed=2 * big))   # a small read on the ring after the sweep
+        assert peer.events == ['made', 'data']
+        await shut(server, client, peer)
+    finally:
+        del loop._ul_direct_idle_seconds
+
+
 def _rss_bytes():
     with open('/proc/self/status') as status:
         for line in status:

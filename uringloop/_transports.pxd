@@ -43,6 +43,8 @@ cdef class SocketTransport(WriteFlow):
     cdef bint reading_started        # the post-connection_made start has happened
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
     cdef int direct_size             # > 0: large reads, received into bytes of this size
+    cdef unsigned direct_armed_at    # a direct receive listed with the loop's DirectReceivers:
+                                     # 1 + their sweep count when it was armed; 0 if not listed
     cdef readonly bint _eof          # write_eof() was called
     cdef bint stash_scheduled        # _deliver_stash is scheduled (kept with the flags: a lone
                                      # int between pointers costs 4 B of padding)
@@ -87,3 +89,12 @@ cdef class SocketTransport(WriteFlow):
     cdef Py_ssize_t write_buffer_size(self)
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1
+
+
+cdef class DirectReceivers:
+    cdef object loop
+    cdef set armed                   # transports with a listed direct receive in flight
+    cdef unsigned sweeps
+    cdef object timer                # the next sweep's TimerHandle, or None
+    cdef int add(self, SocketTransport transport) except -1
+    cdef int remove(self, SocketTransport transport) except -1

@@ -27,8 +27,11 @@ multishot receive, and once its final completion is in, the connection makes sin
 receives into bytes objects of its own, sized by _direct_size(): the kernel writes the data
 straight into the object that data_received() then gets, cut to size.  The first receive that
 returns less than DIRECT_RECV_UNTIL puts the connection back on the ring, where an idle
-connection holds no memory.  The cost: a connection whose last reads were large holds its next
-buffer (at most DIRECT_RECV_MAX) while it waits, as a stock loop's reader would not.  Order is
+connection holds no memory.  A connection whose last reads were large holds its next buffer (at
+most DIRECT_RECV_MAX) while it waits, which a stock loop's reader would not: so a direct
+receive that has waited a whole second (one to two) is cancelled and the connection goes back
+to the ring (DirectReceivers) -- 10,000 keep-alive connections idle after an upload would
+otherwise hold 1.2 GB.  Order is
 kept across both switches because a connection never has more than one receive in flight: the
 next one is only armed at the previous one's final CQE.
 
@@ -267,6 +270,64 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     if ring is False:
         return None
     return <BufferRing>ring
+
+
+cdef DirectReceivers direct_receivers(loop):
+    """The loop's DirectReceivers (created on first use)."""
+    receivers = loop._ul_direct_receivers
+    if receivers is None:
+        receivers = loop._ul_direct_receivers = DirectReceivers(loop)
+    return <DirectReceivers>receivers
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class DirectReceivers:
+    """The connections of one loop whose direct receive is in flight, and the sweep that sends
+    the idle ones back to the shared ring.
+
+    A direct receive owns a buffer of up to DIRECT_RECV_MAX bytes from its submission until its
+    final CQE, however long the peer stays quiet: fine while large messages keep coming, not
+    for a keep-alive connection that went idle after a large request.  Timestamping every
+    receive would cost a clock read per read, so instead a timer sweeps the list every second
+    (only while it is not empty) and counts its sweeps; a receive armed before the previous
+    sweep has waited at least one whole interval.  The sweep leaves it to the kernel: direct_size goes to 0 and the receive is cancelled, and its final CQE -- with
+    -ECANCELED, or with data if some raced the cancel (delivered as usual) -- re-arms the
+    connection on the ring, where waiting costs nothing.  The buffer is released at that CQE.
+    A connection that then reads large messages again goes direct again at its first large
+    completion.  The interval is the loop's _ul_direct_idle_seconds (tests shorten it)."""
+
+    def __cinit__(self, loop):
+        self.loop = loop
+        self.armed = set()
+        self.sweeps = 0
+        self.timer = None
+
+    cdef int add(self, SocketTransport transport) except -1:
+        transport.direct_armed_at = self.sweeps + 1
+        self.armed.add(transport)
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.loop._ul_direct_idle_seconds, self.sweep)
+        return 0
+
+    cdef int remove(self, SocketTransport transport) except -1:
+        transport.direct_armed_at = 0
+        self.armed.discard(transport)
+        return 0
+
+    def sweep(self):
+        cdef SocketTransport transport
+        self.timer = None
+        self.sweeps += 1
+        for transport in list(self.armed):
+            # armed at sweep count k (direct_armed_at = k + 1): idle since before sweep k + 1
+            if self.sweeps >= transport.direct_armed_at + 1:
+                self.remove(transport)
+                if transport.recv_op is not None and transport.recv_op is transport.single_op:
+                    transport.direct_size = 0
+                    transport.recv_op.cancel()
+        if self.armed and self.timer is None:
+            self.timer = self.loop.call_later(self.loop._ul_direct_idle_seconds, self.sweep)
 
 
 cdef list spare_send_ops(loop):
@@ -681,6 +742,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int arm_receive(self) except -1:
         cdef RecvOp op
         cdef MultishotRecvOp ms
+        cdef bint direct
         if self.recv_op is not None or self.proactor.closing:
             return 0          # one in flight (maybe being cancelled): its final CQE re-arms
         if self.buffered:
@@ -719,11 +781,14 @@ cdef class SocketTransport(WriteFlow):
             op.set_buffer(PyBytes_FromStringAndSize(
                 NULL, DRY_RING_RECV_SIZE if self.ring_dry
                 else self.direct_size if self.direct_size else FALLBACK_RECV_SIZE), False)
+            direct = self.direct_size and not self.ring_dry
             self.ring_dry = False
             op.keep = self.sock
             self.recv_target = None
             self.recv_op = op
             op.submit()
+            if direct:
+                direct_receivers(self.loop).add(self)
         return 0
 
     cdef int stop_receive(self) except -1:
@@ -768,6 +833,8 @@ cdef class SocketTransport(WriteFlow):
         if final:
             self.recv_op = None
             self.recv_target = None
+            if self.direct_armed_at:
+                direct_receivers(self.loop).remove(self)
         if op is self.ms_op:
             if flags & IORING_CQE_F_BUFFER:
                 bid = flags >> IORING_CQE_BUFFER_SHIFT
