@@ -55,6 +55,7 @@ cdef class SocketTransport(WriteFlow):
     cdef RecvOp single_op
     cdef Operation recv_op           # the receive the kernel owns (until its final CQE) or None
     cdef object recv_target          # BufferedProtocol whose get_buffer() the kernel fills
+    cdef object direct_registry      # the loop's DirectReceivers, once this connection went direct
     cdef list stash                  # bytes that completed while paused, in arrival order
     cdef object stash_end            # what followed the stash: None, True (EOF), an exception
 

@@ -788,7 +788,9 @@ cdef class SocketTransport(WriteFlow):
             self.recv_op = op
             op.submit()
             if direct:
-                direct_receivers(self.loop).add(self)
+                if self.direct_registry is None:
+                    self.direct_registry = direct_receivers(self.loop)
+                (<DirectReceivers>self.direct_registry).add(self)
         return 0
 
     cdef int stop_receive(self) except -1:
@@ -834,7 +836,7 @@ cdef class SocketTransport(WriteFlow):
             self.recv_op = None
             self.recv_target = None
             if self.direct_armed_at:
-                direct_receivers(self.loop).remove(self)
+                (<DirectReceivers>self.direct_registry).remove(self)
         if op is self.ms_op:
             if flags & IORING_CQE_F_BUFFER:
                 bid = flags >> IORING_CQE_BUFFER_SHIFT
