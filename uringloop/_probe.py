@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
-import platform
 import re
 
 MINIMUM_KERNEL = (5, 19)
@@ -30,8 +29,14 @@ class IOUringUnavailableError(OSError, RuntimeError):
         self.fix = fix
 
 
+def _kernel_release() -> str:
+    # What platform.release() returns, without importing platform (~0.1 MiB of a process that
+    # only needs this one string).
+    return os.uname().release
+
+
 def kernel_version() -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    m = re.match(r"(\d+)\.(\d+)", _kernel_release())
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
@@ -75,7 +80,7 @@ def diagnose(err: int) -> IOUringUnavailableError:
             "uringloop.new_event_loop(fallback=True)")
     if err == errno.ENOSYS or version < (5, 1):
         return IOUringUnavailableError(
-            err, f"this kernel ({platform.release()}) has no io_uring (CONFIG_IO_URING is off, "
+            err, f"this kernel ({_kernel_release()}) has no io_uring (CONFIG_IO_URING is off, "
                  "or the kernel predates 5.1)",
             f"use Linux >= {MINIMUM_KERNEL[0]}.{MINIMUM_KERNEL[1]} built with CONFIG_IO_URING=y")
     if err == errno.ENOMEM:
@@ -91,7 +96,7 @@ def diagnose(err: int) -> IOUringUnavailableError:
             "uringloop.new_event_loop(fallback=True)")
     if version < MINIMUM_KERNEL or err == errno.EINVAL:
         return IOUringUnavailableError(
-            err, f"this kernel ({platform.release()}) lacks io_uring features uringloop needs",
+            err, f"this kernel ({_kernel_release()}) lacks io_uring features uringloop needs",
             f"use Linux >= {MINIMUM_KERNEL[0]}.{MINIMUM_KERNEL[1]}")
     return IOUringUnavailableError(err, f"io_uring_setup failed: {os.strerror(err)}",
                                    "see `python -m uringloop` for this kernel's report")
@@ -193,7 +198,7 @@ def feature_set(ring) -> dict:
 def probe() -> ProbeReport:
     """Create a ring and report what this kernel's io_uring offers (never raises)."""
     from uringloop._ring import Ring
-    release = platform.release()
+    release = _kernel_release()
     version = kernel_version()
     try:
         ring = Ring(8)
