@@ -608,6 +608,25 @@ async def test_data_waiting_on_many_connections_at_once_arrives_whole():
         await server.wait_closed()
 
 
+class OneWay:
+    """The client writes, the peer receives: send() waits until everything sent so far has
+    arrived, whole and in order."""
+
+    def __init__(self, client, peer):
+        self.client, self.peer, self.sent = client, peer, bytearray()
+
+    async def send(self, data):
+        self.sent.extend(data)
+        self.client.transport.write(data)
+        assert await self.peer.received(len(self.sent)) == bytes(self.sent)
+
+
+def direct_recv_size(peer):
+    """On uringloop, the buffer size of the peer transport's next direct receive (0 while it
+    reads from the shared ring); None on other loops."""
+    return lambda: getattr(peer.transport, '_ul_direct_recv_size', None)
+
+
 @pytest.mark.asyncio
 @bounded(60)
 async def test_large_reads_then_small_then_large_arrive_whole_and_in_order():
@@ -615,16 +634,8 @@ async def test_large_reads_then_small_then_large_arrive_whole_and_in_order():
     the large reads move the connection off the shared ring to receives into bytes of its own
     (the multishot receive is cancelled while data keeps arriving), the small ones move it
     back: every byte arrives once and in order across both switches, on every loop."""
-    loop = asyncio.get_running_loop()
     server, peer, client = await connected_pair()
-    direct = lambda: getattr(peer.transport, '_ul_direct_recv_size', None)
-    sent = bytearray()
-
-    async def send(data):
-        sent.extend(data)
-        client.transport.write(data)
-        assert await peer.received(len(sent)) == bytes(sent)
-
+    send, direct = OneWay(client, peer).send, direct_recv_size(peer)
     big = 4 * 1024 * 1024
     await send(pattern(big))
     if direct() is not None:
@@ -652,14 +663,7 @@ async def test_a_connection_idle_after_large_reads_goes_back_to_the_ring():
     loop._ul_direct_idle_seconds = 0.1
     try:
         server, peer, client = await connected_pair()
-        direct = lambda: getattr(peer.transport, '_ul_direct_recv_size', None)
-        sent = bytearray()
-
-        async def send(data):
-            sent.extend(data)
-            client.transport.write(data)
-            assert await peer.received(len(sent)) == bytes(sent)
-
+        send, direct = OneWay(client, peer).send, direct_recv_size(peer)
         big = 1024 * 1024
         await send(pattern(big))
         if direct() is not None:
