@@ -238,8 +238,8 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     4 x 1 MiB at Protocol echo 1 KiB x 100/1000, 16 KiB x 100/1000 and 100 KiB x 10 (five
     alternating runs each, medians within the machine's noise) while the server's RSS after 1M
     1 KiB requests over 10 connections dropped by 4 MiB, to uvloop's (24.23 against 24.25 MB,
-    Python 3.10; 4 x 64 KiB left it 0.25 MiB above).  Elsewhere every completion takes a whole buffer, and
-    256 x 16 KiB (4 MiB) is the compromise between small and bulk receives.
+    Python 3.10; 4 x 64 KiB left it 0.25 MiB above).  Elsewhere every completion takes a whole
+    buffer, and 256 x 16 KiB (4 MiB) is the compromise between small and bulk receives.
 
     When many connections move large messages, the buffers are spent within one batch of
     completions and receives end with -ENOBUFS.  The ring then doubles the buffers in
@@ -291,9 +291,10 @@ cdef class DirectReceivers:
     for a keep-alive connection that went idle after a large request.  Timestamping every
     receive would cost a clock read per read, so instead a timer sweeps the list every second
     (only while it is not empty) and counts its sweeps; a receive armed before the previous
-    sweep has waited at least one whole interval.  The sweep leaves it to the kernel: direct_size goes to 0 and the receive is cancelled, and its final CQE -- with
-    -ECANCELED, or with data if some raced the cancel (delivered as usual) -- re-arms the
-    connection on the ring, where waiting costs nothing.  The buffer is released at that CQE.
+    sweep has waited at least one whole interval.  The sweep leaves it to the kernel:
+    direct_size goes to 0 and the receive is cancelled, and its final CQE -- with -ECANCELED,
+    or with data if some raced the cancel (delivered as usual) -- re-arms the connection on the
+    ring, where waiting costs nothing.  The buffer is released at that CQE.
     A connection that then reads large messages again goes direct again at its first large
     completion.  The interval is the loop's _ul_direct_idle_seconds (tests shorten it)."""
 
