@@ -31,9 +31,8 @@ connection holds no memory.  A connection whose last reads were large holds its 
 most DIRECT_RECV_MAX) while it waits, which a stock loop's reader would not: so a direct
 receive that has waited a whole second (one to two) is cancelled and the connection goes back
 to the ring (DirectReceivers) -- 10,000 keep-alive connections idle after an upload would
-otherwise hold 1.2 GB.  Order is
-kept across both switches because a connection never has more than one receive in flight: the
-next one is only armed at the previous one's final CQE.
+otherwise hold 1.2 GB.  Order is kept across both switches because a connection never has more
+than one receive in flight: the next one is only armed at the previous one's final CQE.
 
 A BufferedProtocol gets single-shot receives straight into the buffer its get_buffer() returned:
 the kernel writes into the protocol's memory, which is pinned (a buffer export) until the final
