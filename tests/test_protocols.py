@@ -262,6 +262,47 @@ async def test_mutable_buffers_are_snapshotted_at_write():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_large_mutable_write_into_a_full_socket_is_snapshotted():
+    # The socket takes part of the write at most (the peer reads nothing and the send buffer is
+    # small); what it did not take must be the bytes as they were when write() was called.
+    server, peer, client = await connected_pair()
+    peer.transport.pause_reading()
+    client.transport.get_extra_info('socket').setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = pattern(1_000_000)
+    buf = bytearray(payload)
+    client.transport.write(buf)
+    buf[:] = b'z' * len(buf)
+    view = memoryview(bytearray(pattern(200_000, seed=7)))
+    client.transport.write(view)            # queued behind the first: order kept
+    view[:] = b'y' * len(view)
+    assert client.transport.get_write_buffer_size() > 0
+    peer.transport.resume_reading()
+    expected = payload + pattern(200_000, seed=7)
+    assert await peer.received(len(expected)) == expected
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_large_mutable_write_after_a_reset_is_a_fatal_error():
+    server, peer, client = await connected_pair()
+    client.transport.pause_reading()        # the reset is met by the write, not by a read
+    sock = peer.transport.get_extra_info('socket')
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    peer.transport.abort()                  # closes with a reset
+    await peer.lost
+    await asyncio.sleep(0.05)
+    client.transport.write(bytearray(100_000))
+    exc = await client.lost
+    assert isinstance(exc, (ConnectionResetError, BrokenPipeError))
+    assert client.transport.is_closing()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_writelines_and_many_small_writes_keep_order():
     server, peer, client = await connected_pair()
     chunks = [pattern(n, seed=i * 1000) for i, n in enumerate([1, 7, 300, 65536, 2, 100_000, 5])]

@@ -29,8 +29,9 @@ cdef class Proactor:
     cdef readonly unsigned long long completions
     cdef readonly unsigned long long skipped_enters  # non-blocking waits with nothing to do
     cdef object exception_handler          # loop.call_exception_handler
-    cdef Py_ssize_t queued_send_bytes      # bytes the SQEs not yet submitted will send
+    cdef Py_ssize_t queued_io_bytes        # bytes the SQEs not yet submitted should move
     cdef int last_batch                    # completions the last iteration dispatched
+    cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
     cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
     cdef object __weakref__
 
@@ -39,11 +40,13 @@ cdef class Proactor:
     cdef int flush_backlog(self) except -1
     cdef int submit_pending(self) except -1
     cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1
+    cdef int note_recv(self, Py_ssize_t nbytes) except -1
     cdef int reap(self) except -1
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
     cdef int check_usable(self) except -1
     cpdef int wait(self, object timeout) except -1
     cdef int enter_for(self, object timeout) except -1
+    cdef unsigned busy_wait_count(self)
     cdef int dispatch_completions(self) except -1
     cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
                                     bint incremental=*, unsigned capacity=*)
@@ -80,7 +83,7 @@ cdef class BufferOp(Operation):
 
 
 cdef class RecvOp(BufferOp):
-    pass
+    cdef public int last_res               # bytes the last completion brought (for note_recv)
 
 
 cdef class SendOp(BufferOp):

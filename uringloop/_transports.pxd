@@ -84,6 +84,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int deliver_buffered(self, object data) except -1
     cdef int on_eof(self) except -1
     cdef int send_done(self, Operation op, int res) except -1
+    cdef object write_through(self, object data)
     cdef int submit_send(self, object data, Py_ssize_t n) except -1
     cdef int submit_queued(self) except -1
     cdef bint send_awaited(self)

@@ -48,7 +48,9 @@ reordered, and nothing is delivered while paused.
 Sending
 -------
 write() with nothing in flight submits a send of that very object (bytes are pinned, mutable
-buffers are copied first: the caller may reuse them the moment write() returns).  Writes made
+buffers are copied first: the caller may reuse them the moment write() returns; a large mutable
+buffer is first offered to the socket with one send(2), and only what it did not take is copied
+-- see write_through).  Writes made
 while a send is in flight are queued and leave together, in one vectored sendmsg (SendMsgOp),
 when it completes.  Partial sends are continued inside the operations, so a completion always
 means "all of it is out" or an error.
@@ -102,8 +104,10 @@ from asyncio.log import logger
 
 from uringloop._sockio import forget_socket as _forget_socket
 
-cdef extern from "<sys/socket.h>":
+cdef extern from "<sys/socket.h>" nogil:
     int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+    ssize_t c_send "send"(int fd, const void *buf, size_t n, int flags)
 
 cdef extern from "<string.h>":
     char *c_strerror "strerror"(int errnum)
@@ -144,6 +148,8 @@ cdef enum:
     DRY_RING_RECV_SIZE = DIRECT_RECV_MAX
     # Idle send operations a loop keeps for its transports (see spare_send_ops()).
     SPARE_SEND_OPS = 256
+    # Mutable data from this size up is offered to the socket inside write() (write_through).
+    WRITE_THROUGH_MIN = 16384
 
 
 cdef extern from "Python.h":
@@ -763,6 +769,7 @@ cdef class SocketTransport(WriteFlow):
             self.recv_target = self.protocol
             self.recv_op = op
             op.submit()
+            self.proactor.note_recv(op.last_res)
         elif self.bufs is not None and not self.ring_dry and self.direct_size == 0:
             ms = self.ms_op
             if ms is None:
@@ -857,6 +864,7 @@ cdef class SocketTransport(WriteFlow):
                 self.ring_dry = True
         elif res > 0:
             sop = <RecvOp>op
+            sop.last_res = res
             if (target is not None and target is self.protocol and not self._paused
                     and not self.stash and not self._closing and not self.proactor.closing):
                 # The kernel wrote straight into the protocol's buffer.  Drop our export first:
@@ -997,7 +1005,10 @@ cdef class SocketTransport(WriteFlow):
         if self.conn_lost:
             self.count_lost_write('socket.send() raised exception.')
             return
-        data = _pinnable(data)
+        if type(data) is not bytes:
+            data = self.write_through(data)
+            if data is None:
+                return        # all sent, or the socket failed (reported as a fatal error)
         n = _nbytes(data)
         if self.send_op is None:
             self.submit_send(data, n)
@@ -1008,6 +1019,51 @@ cdef class SocketTransport(WriteFlow):
                 self.write_q.append(data)
             self.queued_bytes += n
         self.maybe_pause_protocol()
+
+    cdef object write_through(self, object data):
+        """What of mutable `data` is left to send, as an object that cannot change (see
+        _pinnable), or None when nothing is.
+
+        The caller may reuse a bytearray the moment write() returns, so a send submitted for
+        later needs a copy of it.  For large data that copy costs more than the send itself: it
+        allocates (at 100 KiB, heap growth and page faults) and it leaves the kernel to copy the
+        bytes a second time, at the next io_uring_enter, from memory that has left the cache by
+        then -- BufferedProtocol echo at 100 KiB x 100 connections spent 7x uvloop's time in
+        memmove.  So with nothing in flight or queued (order), data of WRITE_THROUGH_MIN bytes
+        or more is offered to the socket at once, as the stock loop and uvloop offer every
+        write: one send(2) with MSG_DONTWAIT, and only what the socket did not take is copied
+        and submitted.  Smaller data is copied: a copy of a few KiB is cheaper than a system
+        call, and the sends of an iteration still leave in one io_uring_enter."""
+        cdef Py_buffer view
+        cdef ssize_t sent
+        cdef int err
+        cdef memoryview mv
+        if self.send_op is not None or self.write_q or self.sock is None:
+            return _pinnable(data)
+        if type(data) is memoryview:
+            mv = <memoryview>data
+            if mv.readonly and type(mv.obj) is bytes and mv.c_contiguous:
+                return data            # bytes cannot change: sent as they are, no copy
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except BufferError:
+            return _pinnable(data)     # not contiguous: bytes() gathers it
+        try:
+            if view.len < WRITE_THROUGH_MIN:
+                return PyBytes_FromStringAndSize(<char *>view.buf, view.len)
+            sent = c_send(self._sock_fd, view.buf, <size_t>view.len,
+                          MSG_DONTWAIT | MSG_NOSIGNAL)
+            err = errno
+            if sent == view.len:
+                return None
+            if sent < 0:
+                if err != EAGAIN and err != EINTR:
+                    self.fatal_error(_os_error(err), 'Fatal write error on socket transport')
+                    return None
+                sent = 0
+            return PyBytes_FromStringAndSize(<char *>view.buf + sent, view.len - sent)
+        finally:
+            PyBuffer_Release(&view)
 
     def writelines(self, list_of_data):
         cdef list items = []
