@@ -167,7 +167,10 @@ def evaluate_target(target: Target, results: dict) -> dict:
         else:
             r = _ratio(p, SUBJECT, target.metric, target.reference)
             value = r["median"] if r else None
-        values.append((_point_label(p), value))
+        label = _point_label(p)
+        if target.workload == "echo" and client_bound(p, SUBJECT):
+            label += " †"
+        values.append((label, value))
     if not values:
         status = "not in this run"
     else:
@@ -207,6 +210,10 @@ def targets_lines(results: dict) -> list[str]:
                f"(≤ {fmt_bytes(GROWTH_TOLERANCE)} across the runs) | {status} | "
                f"{'; '.join(ev['figures']) or '–'} |")
     out.append("")
+    if any("†" in line for line in out):
+        out += [f"† the load generator used {CLIENT_BOUND_PCT:.0f}% or more of its CPU in "
+                f"uringloop's runs (median): the client may be what limited uringloop's rate "
+                f"there (see the CPU figures in the latency table).", ""]
     return out
 
 
@@ -297,14 +304,28 @@ def _runs(point: dict, loop: str) -> list:
     return [r for r in _loop_entry(point, loop).get("runs", []) if r.get("ok")]
 
 
+def _median_of(point: dict, loop: str, key: str) -> Optional[float]:
+    values = sorted(r[key] for r in _runs(point, loop) if key in r)
+    return values[len(values) // 2] if values else None
+
+
+def client_bound(point: dict, loop: str) -> bool:
+    """Was the load generator's CPU saturated in this loop's runs of an echo point?"""
+    cpu = _median_of(point, loop, "client_cpu_pct")
+    return cpu is not None and cpu >= CLIENT_BOUND_PCT
+
+
 def _latency_cell(point: dict, loop: str) -> str:
     p50, p99 = _metric(point, loop, "p50_us"), _metric(point, loop, "p99_us")
     if p50 is None:
         return "n/a"
     text = f"{fmt_us(p50['median'])} / {fmt_us(p99['median'] if p99 else None)}"
-    cpu = [r["server_cpu_pct"] for r in _runs(point, loop) if "server_cpu_pct" in r]
-    if cpu:
-        text += f", {sorted(cpu)[len(cpu) // 2]:.0f}%"
+    server = _median_of(point, loop, "server_cpu_pct")
+    if server is not None:
+        text += f", {server:.0f}%"
+    client = _median_of(point, loop, "client_cpu_pct")
+    if client is not None:
+        text += f" / {client:.0f}%"
     return text
 
 
@@ -435,10 +456,12 @@ def _render(results: dict, image_prefix: str) -> str:
             row += [cell(_metric(p, lp, "rps"), fmt_rate, _na(p, lp, notes)) for lp in loops]
             row += [ratio_cell(_ratio(p, a, "rps", b)) for a, b in ratio_cols]
             out.append("| " + " | ".join(row) + " |")
-        out += ["", "## Echo: latency p50 / p99, and the server's CPU use (medians over rounds)",
+        out += ["", "## Echo: latency p50 / p99, the server's and the load generator's CPU use "
+                "(medians over rounds)",
                 "",
                 "CPU: the server process's CPU time ÷ wall time (100% = its CPU saturated; "
-                "the kernel's softirq work for the loopback traffic comes on top). Others: the "
+                "the kernel's softirq work for the loopback traffic comes on top), then the "
+                "load generator's (near 100%, the client limits the rate). Others: the "
                 "most that other processes (or the hypervisor) took of the server's or the load "
                 "generator's CPU in any run of the point — a disturbance, not part of the "
                 "measurement.", ""]
