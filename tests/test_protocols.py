@@ -265,6 +265,8 @@ async def test_mutable_buffers_are_snapshotted_at_write():
 async def test_large_mutable_write_into_a_full_socket_is_snapshotted():
     # The socket takes part of the write at most (the peer reads nothing and the send buffer is
     # small); what it did not take must be the bytes as they were when write() was called.
+    if sys.version_info >= (3, 12) and not isinstance(asyncio.get_running_loop(), uringloop.Loop):
+        pytest.skip("since 3.12 the stock transport keeps a view of unsent data, not a copy")
     server, peer, client = await connected_pair()
     peer.transport.pause_reading()
     client.transport.get_extra_info('socket').setsockopt(
