@@ -41,6 +41,7 @@ cdef class Proactor:
     cdef int submit_pending(self) except -1
     cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1
     cdef int note_recv(self, Py_ssize_t nbytes) except -1
+    cdef bint submit_early(self, Py_ssize_t nbytes) except -1
     cdef int reap(self) except -1
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
     cdef int check_usable(self) except -1
@@ -83,7 +84,7 @@ cdef class BufferOp(Operation):
 
 
 cdef class RecvOp(BufferOp):
-    cdef public int last_res               # bytes the last completion brought (for note_recv)
+    cdef int last_res                      # bytes the last completion brought (for note_recv)
 
 
 cdef class SendOp(BufferOp):
