@@ -75,6 +75,52 @@ def test_event_loop_policy_in_a_fresh_interpreter():
     assert result.stdout.strip() == "Loop"
 
 
+def test_a_tcp_echo_loads_only_the_modules_it_uses():
+    # The compiled modules for pipes, datagrams, children, signals and splice-based sendfile
+    # are imported when a loop first needs them (memory: a TCP server never does); each then
+    # works as usual in the same process.
+    result = run_python("""
+        import asyncio, os, signal, sys
+        import uringloop
+        LAZY = ["uringloop._" + name
+                for name in ("pipes", "datagram", "children", "signals", "sendfile")]
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+            def data_received(self, data):
+                self.transport.write(data)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(Echo, "127.0.0.1", 0)
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+            server.close()
+            await server.wait_closed()
+            print(sorted(m for m in LAZY if m in sys.modules))
+            got = loop.create_future()
+            loop.add_signal_handler(signal.SIGUSR1, got.set_result, "signal")
+            os.kill(os.getpid(), signal.SIGUSR1)
+            print(await got)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "print('child')", stdout=asyncio.subprocess.PIPE)
+            print((await proc.communicate())[0].decode().strip())
+            transport, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+            transport.close()
+            print(sorted(m for m in LAZY if m in sys.modules))
+
+        uringloop.run(main())
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "[]", "signal", "child",
+        "['uringloop._children', 'uringloop._datagram', 'uringloop._pipes', 'uringloop._signals']"]
+
+
 def test_probe_reports_this_kernel():
     report = uringloop.probe()
     assert report.available, report.format()

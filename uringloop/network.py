@@ -30,7 +30,6 @@ import io
 from asyncio import base_events, constants, exceptions, sslproto, tasks
 from asyncio.log import logger
 
-from uringloop._sendfile import SpliceSender
 from uringloop._server import Acceptor, report_failed_connection
 from uringloop._transports import SocketTransport
 
@@ -177,6 +176,7 @@ class NetworkMixin:
         return await self._splice_file(sock.fileno(), fileno, offset, count)
 
     async def _splice_file(self, sock_fd, file_fd, offset, count):
+        from uringloop._sendfile import SpliceSender     # imported when first used (see unix.py)
         sender = SpliceSender(self, sock_fd, file_fd, offset, count or 0)
         sender.start()
         return await sender.future

@@ -19,7 +19,11 @@ from asyncio import events as _events
 from asyncio import unix_events as _unix_events
 from asyncio.log import logger as _logger
 
-from uringloop import _children, _datagram, _pipes, _readiness, _signals, _sockio
+# Readiness callbacks and the sock_* state are part of every loop.  The transports of datagram
+# endpoints and pipes, the child watcher and the signal reader are imported where a loop first
+# makes one: each compiled module resident costs memory (~0.5 MiB for these four together with
+# _sendfile, measured as a server's RSS), and a TCP server never needs them.
+from uringloop import _readiness, _sockio
 
 
 def _sighandler_noop(signum, frame):
@@ -76,14 +80,17 @@ class UnixMixin:
         # The socket may have been connected with sock_connect (remote_addr=): that per-socket
         # state has nothing in flight any more and must not outlive the handover.
         _sockio.forget_socket(self, sock.fileno())
+        from uringloop import _datagram
         return _datagram.UringDatagramTransport(self, sock, protocol, address, waiter, extra)
 
     # ---- pipes ----
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        from uringloop import _pipes
         return _pipes.UringReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        from uringloop import _pipes
         return _pipes.UringWritePipeTransport(self, pipe, protocol, waiter, extra)
 
     # ---- subprocesses ----
@@ -100,6 +107,7 @@ class UnixMixin:
             waiter=waiter, extra=extra, **kwargs)
         children = self._ul_children
         if children is None:
+            from uringloop import _children
             children = self._ul_children = _children.ChildWatcher(self)
         try:
             children.watch(transport._proc, transport._process_exited)
@@ -126,6 +134,7 @@ class UnixMixin:
         self._check_closed()
         reader = self._ul_signal_reader
         if reader is None:
+            from uringloop import _signals
             reader = self._ul_signal_reader = _signals.SignalReader(self)
         try:
             # Raises ValueError outside the main thread: by calling it first, a loop running
@@ -227,9 +236,10 @@ class UnixMixin:
         # kernel any more.  The stock loop refers to its transports weakly; our fd -> transport
         # map is a plain dict, so let go of the datagram transports here, or an endpoint the
         # program never closed could never be collected (and report itself unclosed).
+        datagram = sys.modules.get('uringloop._datagram')   # None: this process never made one
         transports = self._transports
         for fd, transport in list(transports.items()):
-            if isinstance(transport, _datagram.UringDatagramTransport):
+            if datagram is not None and isinstance(transport, datagram.UringDatagramTransport):
                 del transports[fd]
         super().close()
         reader = self._ul_signal_reader
