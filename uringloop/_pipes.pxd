@@ -3,7 +3,7 @@ from uringloop._flow cimport TransportCore
 
 
 cdef class PipeCore(TransportCore):
-    cdef object pipe                       # the file object / socket; closed when nothing is in flight
+    cdef object pipe                       # file object / socket, closed when nothing is in flight
     cdef readonly int fd
     cdef bint is_socket
     cdef bint lost_scheduled               # connection_lost() is on the ready queue

@@ -402,7 +402,8 @@ cdef class LoopCore:
 
     def call_at(self, when, callback, *args, context=None):
         """Like call_later(), but uses an absolute time (the loop's time())."""
-        if (self.fields_hidden or when is None or self._debug or not SLOTS_USABLE or not timer_init_pristine()):
+        if (self.fields_hidden or when is None or self._debug or not SLOTS_USABLE
+                or not timer_init_pristine()):
             # None: each Python version has its own error for it; debug: source tracebacks.
             return _BaseEventLoop.call_at(self, when, callback, *args, context=context)
         if self._closed:
@@ -411,7 +412,8 @@ cdef class LoopCore:
 
     def call_later(self, delay, callback, *args, context=None):
         """Arrange for a callback to be called after `delay` seconds; returns a TimerHandle."""
-        if (self.fields_hidden or delay is None or self._debug or not SLOTS_USABLE or not timer_init_pristine()
+        if (self.fields_hidden or delay is None or self._debug or not SLOTS_USABLE
+                or not timer_init_pristine()
                 or not self.own(NAME_TIME, _own_time) or not self.own(NAME_CALL_AT, _own_call_at)):
             # Whatever is unusual, BaseEventLoop's own call_later (which calls our call_at).
             return _BaseEventLoop.call_later(self, delay, callback, *args, context=context)

@@ -332,8 +332,8 @@ static inline void ul_buf_ring_add(struct io_uring_buf_ring *br, unsigned mask, 
     b->len = len;
     b->bid = (uint16_t)bid;
 }
-/* The 16-bit field after bgid is `flags` in 6.7+ headers and `pad` in older ones (IOU_PBUF_RING_MMAP,
- * IOU_PBUF_RING_INC live there); set it by position so that both build. */
+/* The 16-bit field after bgid is `flags` in 6.7+ headers and `pad` in older ones
+ * (IOU_PBUF_RING_MMAP, IOU_PBUF_RING_INC live there); set it by position so that both build. */
 static inline void ul_buf_reg_set_flags(struct io_uring_buf_reg *reg, uint16_t flags) {
     memcpy((char *)&reg->bgid + sizeof(reg->bgid), &flags, sizeof(flags));
 }
