@@ -317,3 +317,70 @@ def test_statistics_count_io_uring_enters():
 
     stats = uringloop.run(main())
     assert stats["enters"] > 0 and stats["completions"] >= 20
+
+
+async def _socketpair_round_trips(count=3):
+    import socket
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    with a, b:
+        for i in range(count):
+            await loop.sock_sendall(a, b"%d" % i)
+            assert await loop.sock_recv(b, 10) == b"%d" % i
+    return loop._proactor.ring.registered_index
+
+
+def test_ring_fd_is_registered_while_used_and_given_back_at_close():
+    # A thread has 16 slots for registered rings: twenty loops one after the other each get one
+    # only if close() gave the previous one back.
+    indexes, after_close = [], []
+    for _ in range(20):
+        loop = uringloop.new_event_loop()
+        try:
+            single_issuer = loop._features["single_issuer_defer_taskrun"]
+            indexes.append(loop.run_until_complete(_socketpair_round_trips()))
+        finally:
+            loop.close()
+        after_close.append(loop._proactor.ring.registered_index)
+    if not single_issuer:
+        # Only a SINGLE_ISSUER ring registers (it alone is entered from one thread only).
+        assert indexes == [-1] * 20
+    else:
+        assert all(0 <= i < 16 for i in indexes), indexes
+    assert after_close == [-1] * 20
+
+
+def test_loops_in_two_threads_each_enter_their_own_registered_ring():
+    # Both threads' first registered ring sits in slot 0 of that thread's own table: each loop
+    # must reach its own ring through it, however the two interleave.
+    results, errors = {}, []
+    barrier = threading.Barrier(2)
+
+    def run(name):
+        try:
+            barrier.wait(10)
+            results[name] = uringloop.run(_socketpair_round_trips(2000))
+        except BaseException as exc:        # reported below, in the test's own thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted(results) == ["a", "b"]
+
+
+def test_a_loop_run_in_a_finished_thread_closes_from_another():
+    loop = uringloop.new_event_loop()
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(
+        loop.run_until_complete(_socketpair_round_trips())))
+    t.start()
+    t.join(30)
+    assert len(seen) == 1
+    loop.close()                # the slot was the finished thread's: nothing to give back here
+    assert loop.is_closed() and loop._proactor.ring.registered_index == -1

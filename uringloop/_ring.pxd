@@ -11,6 +11,12 @@ cdef class Ring:
     cdef bint closed
     cdef readonly bint min_timeout           # the kernel has IORING_FEAT_MIN_TIMEOUT (6.12)
 
+    # The ring's slot in its issuer thread's table of registered rings (IORING_REGISTER_RING_FDS),
+    # or -1: io_uring_enter then takes the slot instead of the descriptor.
+    cdef readonly int registered_index
+    cdef uint64_t registered_thread          # ul_thread_self() of that thread
+    cdef long registered_pid                 # and its process (a fork shares the thread value)
+
     # submission queue, shared with the kernel
     cdef unsigned *sq_khead
     cdef unsigned *sq_ktail
@@ -51,6 +57,8 @@ cdef class Ring:
     cdef bint cq_overflowed(self)
     cdef bint has_work(self)
     cdef int enable(self) except -1
+    cdef void register_ring_fd(self)
+    cdef void unregister_ring_fd(self)
     cdef bint has_op(self, int opcode)
     cpdef close(self)
 

@@ -36,6 +36,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 from libc.stdlib cimport calloc, free
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from posix.unistd cimport getpid
 
 from uringloop._sys cimport *
 
@@ -73,6 +74,7 @@ cdef class Ring:
     def __cinit__(self):
         self.fd = -1
         self.closed = True
+        self.registered_index = -1
 
     def __init__(self, unsigned entries=DEFAULT_ENTRIES, *, bint single_issuer=True,
                  unsigned extra_flags=0):
@@ -190,7 +192,40 @@ cdef class Ring:
             if ret < 0:
                 raise _oserror(-ret, "io_uring_register(ENABLE_RINGS)")
             self.enabled = True
+            if self.setup_flags & IORING_SETUP_SINGLE_ISSUER:
+                self.register_ring_fd()
         return 0
+
+    # Why register the ring's own descriptor: every io_uring_enter otherwise looks the ring's
+    # file up in the process's descriptor table and takes a reference on it (fdget/fdput), and
+    # the loop makes one or more enters per iteration.  Registered, the enter names a slot in the
+    # calling thread's own small table of rings instead (5.18).  That table is per *thread*: the
+    # same slot number in another thread means nothing, or another loop's ring.  So only a
+    # SINGLE_ISSUER ring registers (every enter then comes from the thread that enabled it; any
+    # other thread is refused by the kernel anyway), each enter checks it runs in that thread
+    # before using the slot, and close() unregisters from that thread.  A ring closed from
+    # another thread stays in the issuer's table (holding the kernel's ring alive) until that
+    # thread exits; the kernel drops the table then.  Any failure -- an older kernel, or the
+    # thread's 16 slots all taken by other loops -- just leaves the plain descriptor in use.
+    cdef void register_ring_fd(self):
+        cdef io_uring_rsrc_update update
+        memset(&update, 0, sizeof(update))
+        update.offset = <uint32_t>0xFFFFFFFF          # any free slot; the kernel writes it back
+        update.data = <uint64_t>self.fd
+        if ul_register(self.fd, IORING_REGISTER_RING_FDS, &update, 1) == 1:
+            self.registered_index = <int>update.offset
+            self.registered_thread = ul_thread_self()
+            self.registered_pid = getpid()
+
+    cdef void unregister_ring_fd(self):
+        cdef io_uring_rsrc_update update
+        if self.registered_index < 0:
+            return
+        if ul_thread_self() == self.registered_thread and getpid() == self.registered_pid:
+            memset(&update, 0, sizeof(update))
+            update.offset = <uint32_t>self.registered_index
+            ul_register(self.fd, IORING_UNREGISTER_RING_FDS, &update, 1)
+        self.registered_index = -1
 
     # ---- submission ----
 
@@ -235,10 +270,14 @@ cdef class Ring:
         cdef size_t argsz = 0
         cdef unsigned to_submit
         cdef int ret
+        cdef int fd = self.fd
         if self.closed:
             raise RuntimeError("the io_uring ring is closed")
         if not self.enabled:
             self.enable()
+        if self.registered_index >= 0 and ul_thread_self() == self.registered_thread:
+            fd = self.registered_index
+            flags |= IORING_ENTER_REGISTERED_RING
         self.flush()
         to_submit = self.sq_tail - ul_load_acquire(self.sq_khead)
         if timeout_ns == 0:
@@ -257,11 +296,11 @@ cdef class Ring:
             flags |= IORING_ENTER_EXT_ARG
         if min_complete:
             with nogil:         # may sleep: other threads run meanwhile
-                ret = ul_enter(self.fd, to_submit, min_complete, flags, argp, argsz)
+                ret = ul_enter(fd, to_submit, min_complete, flags, argp, argsz)
         else:
             # Returns without waiting: dropping and retaking the GIL would cost more than the
             # call itself.
-            ret = ul_enter(self.fd, to_submit, min_complete, flags, argp, argsz)
+            ret = ul_enter(fd, to_submit, min_complete, flags, argp, argsz)
         return self.entered(ret)
 
     cdef int collect(self, unsigned batch) except -2:
@@ -277,17 +316,22 @@ cdef class Ring:
         cdef io_uring_getevents_arg arg
         cdef __kernel_timespec ts
         cdef int ret
+        cdef int fd = self.fd
+        cdef unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
         if self.closed:
             raise RuntimeError("the io_uring ring is closed")
         if not self.enabled:
             self.enable()
+        if self.registered_index >= 0 and ul_thread_self() == self.registered_thread:
+            fd = self.registered_index
+            flags |= IORING_ENTER_REGISTERED_RING
         self.flush()
         ts.tv_sec = 0
         ts.tv_nsec = 0
         memset(&arg, 0, sizeof(arg))
         arg.ts = <uint64_t><uintptr_t>&ts
-        ret = ul_enter(self.fd, self.sq_tail - ul_load_acquire(self.sq_khead), batch,
-                       IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof(arg))
+        ret = ul_enter(fd, self.sq_tail - ul_load_acquire(self.sq_khead), batch, flags, &arg,
+                       sizeof(arg))
         return self.entered(ret)
 
     cdef int entered(self, int ret) except -2:
@@ -354,6 +398,7 @@ cdef class Ring:
             munmap(self.sq_map, self.sq_map_len)
             self.sq_map = NULL
         if self.fd >= 0:
+            self.unregister_ring_fd()
             os.close(self.fd)
             self.fd = -1
 

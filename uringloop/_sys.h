@@ -21,6 +21,7 @@
 #define URINGLOOP_SYS_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <signal.h>
@@ -122,6 +123,15 @@
 #ifndef IORING_REGISTER_PROBE
 #define IORING_REGISTER_PROBE 8
 #endif
+#ifndef IORING_ENTER_REGISTERED_RING
+#define IORING_ENTER_REGISTERED_RING (1U << 4)
+#endif
+#ifndef IORING_REGISTER_RING_FDS
+#define IORING_REGISTER_RING_FDS 20
+#endif
+#ifndef IORING_UNREGISTER_RING_FDS
+#define IORING_UNREGISTER_RING_FDS 21
+#endif
 #ifndef IORING_REGISTER_PBUF_RING
 #define IORING_REGISTER_PBUF_RING 22
 #endif
@@ -165,6 +175,12 @@ static inline int ul_enter(int fd, unsigned to_submit, unsigned min_complete, un
 static inline int ul_register(int fd, unsigned opcode, void *arg, unsigned nr_args) {
     long r = syscall(__NR_io_uring_register, fd, opcode, arg, nr_args);
     return r < 0 ? -errno : (int)r;
+}
+
+/* The calling thread, cheaply (no system call): a registered ring index means something only in
+   the thread that registered it. */
+static inline uint64_t ul_thread_self(void) {
+    return (uint64_t)(uintptr_t)pthread_self();
 }
 
 /* ---- memory ordering on the shared indices ---- */

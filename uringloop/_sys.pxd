@@ -53,6 +53,10 @@ cdef extern from "_sys.h" nogil:
         uint32_t sigmask_sz
         uint32_t pad
         uint64_t ts
+    struct io_uring_rsrc_update:
+        uint32_t offset
+        uint32_t resv
+        uint64_t data
     struct __kernel_timespec:
         long long tv_sec
         long long tv_nsec
@@ -86,9 +90,10 @@ cdef extern from "_sys.h" nogil:
     unsigned IORING_SETUP_R_DISABLED, IORING_SETUP_CLAMP
     unsigned IORING_FEAT_SINGLE_MMAP, IORING_FEAT_NODROP, IORING_FEAT_EXT_ARG, IORING_FEAT_FAST_POLL
     unsigned IORING_FEAT_MIN_TIMEOUT
-    unsigned IORING_ENTER_GETEVENTS, IORING_ENTER_EXT_ARG
+    unsigned IORING_ENTER_GETEVENTS, IORING_ENTER_EXT_ARG, IORING_ENTER_REGISTERED_RING
     unsigned IORING_SQ_CQ_OVERFLOW, IORING_SQ_TASKRUN
     unsigned IORING_REGISTER_PROBE, IORING_REGISTER_ENABLE_RINGS
+    unsigned IORING_REGISTER_RING_FDS, IORING_UNREGISTER_RING_FDS
     unsigned IORING_REGISTER_PBUF_RING, IORING_UNREGISTER_PBUF_RING, IOU_PBUF_RING_INC
     long long IORING_OFF_SQ_RING, IORING_OFF_CQ_RING, IORING_OFF_SQES
     unsigned IORING_CQE_F_BUFFER, IORING_CQE_F_MORE, IORING_CQE_F_NOTIF, IORING_CQE_F_BUF_MORE
@@ -110,6 +115,7 @@ cdef extern from "_sys.h" nogil:
     int ul_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags, void *arg,
                  size_t argsz)
     int ul_register(int fd, unsigned opcode, void *arg, unsigned nr_args)
+    uint64_t ul_thread_self()
     unsigned ul_load_acquire(const unsigned *p)
     void ul_store_release(unsigned *p, unsigned v)
     unsigned ul_load_relaxed(const unsigned *p)
