@@ -384,3 +384,42 @@ def test_a_loop_run_in_a_finished_thread_closes_from_another():
     assert len(seen) == 1
     loop.close()                # the slot was the finished thread's: nothing to give back here
     assert loop.is_closed() and loop._proactor.ring.registered_index == -1
+
+
+def test_a_second_thread_gets_a_clear_error_not_its_own_ring():
+    # The loop's ring was registered in the first thread's table of rings, which the kernel
+    # drops when that thread ends.  The second thread (glibc may well give it the first one's
+    # pthread_t) has a ring of its own in the same slot of its table: entering "our" slot from
+    # there would reach that other ring.  It must get SINGLE_ISSUER's refusal instead.
+    loop = uringloop.new_event_loop()
+    try:
+        if not loop._features["single_issuer_defer_taskrun"]:
+            pytest.skip("needs SINGLE_ISSUER rings (Linux 6.1)")
+        first = threading.Thread(target=lambda: loop.run_until_complete(
+            _socketpair_round_trips()))
+        first.start()
+        first.join(30)
+        outcome = []
+
+        def second():
+            own = uringloop.new_event_loop()
+            try:
+                outcome.append(own.run_until_complete(_socketpair_round_trips()))
+                fut = loop.create_future()
+                loop.call_later(0.01, fut.set_result, "ran")
+                try:
+                    outcome.append(loop.run_until_complete(fut))
+                except OSError as exc:
+                    outcome.append(exc)
+            finally:
+                own.close()
+
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(30)
+        assert len(outcome) == 2 and outcome[0] >= 0, outcome
+        err = outcome[1]
+        assert isinstance(err, OSError) and err.errno == errno.EEXIST, outcome
+        assert "thread that first ran the loop" in str(err)
+    finally:
+        loop.close()

@@ -14,7 +14,7 @@ cdef class Ring:
     # The ring's slot in its issuer thread's table of registered rings (IORING_REGISTER_RING_FDS),
     # or -1: io_uring_enter then takes the slot instead of the descriptor.
     cdef readonly int registered_index
-    cdef uint64_t registered_thread          # ul_thread_self() of that thread
+    cdef uint64_t registered_thread          # ul_thread_token() of that thread
     cdef long registered_pid                 # and its process (a fork shares the thread value)
 
     # submission queue, shared with the kernel

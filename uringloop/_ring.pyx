@@ -214,14 +214,14 @@ cdef class Ring:
         update.data = <uint64_t>self.fd
         if ul_register(self.fd, IORING_REGISTER_RING_FDS, &update, 1) == 1:
             self.registered_index = <int>update.offset
-            self.registered_thread = ul_thread_self()
+            self.registered_thread = ul_thread_token()
             self.registered_pid = getpid()
 
     cdef void unregister_ring_fd(self):
         cdef io_uring_rsrc_update update
         if self.registered_index < 0:
             return
-        if ul_thread_self() == self.registered_thread and getpid() == self.registered_pid:
+        if ul_thread_token() == self.registered_thread and getpid() == self.registered_pid:
             memset(&update, 0, sizeof(update))
             update.offset = <uint32_t>self.registered_index
             ul_register(self.fd, IORING_UNREGISTER_RING_FDS, &update, 1)
@@ -275,7 +275,7 @@ cdef class Ring:
             raise RuntimeError("the io_uring ring is closed")
         if not self.enabled:
             self.enable()
-        if self.registered_index >= 0 and ul_thread_self() == self.registered_thread:
+        if self.registered_index >= 0 and ul_thread_token() == self.registered_thread:
             fd = self.registered_index
             flags |= IORING_ENTER_REGISTERED_RING
         self.flush()
@@ -322,7 +322,7 @@ cdef class Ring:
             raise RuntimeError("the io_uring ring is closed")
         if not self.enabled:
             self.enable()
-        if self.registered_index >= 0 and ul_thread_self() == self.registered_thread:
+        if self.registered_index >= 0 and ul_thread_token() == self.registered_thread:
             fd = self.registered_index
             flags |= IORING_ENTER_REGISTERED_RING
         self.flush()
@@ -345,6 +345,10 @@ cdef class Ring:
             # return).  EAGAIN/EBUSY: the kernel is short of memory or the CQ backlog is full;
             # the caller reaps and the next enter retries the submission.
             return 0
+        if ret == -EEXIST and self.setup_flags & IORING_SETUP_SINGLE_ISSUER:
+            raise OSError(EEXIST, "io_uring_enter: this event loop's io_uring takes work only "
+                                  "from the thread that first ran the loop (SINGLE_ISSUER); run "
+                                  "the loop in that thread, or create a new loop in this one")
         raise _oserror(-ret, "io_uring_enter")
 
     # ---- completion ----

@@ -21,7 +21,6 @@
 #define URINGLOOP_SYS_H
 
 #include <errno.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <signal.h>
@@ -177,10 +176,18 @@ static inline int ul_register(int fd, unsigned opcode, void *arg, unsigned nr_ar
     return r < 0 ? -errno : (int)r;
 }
 
-/* The calling thread, cheaply (no system call): a registered ring index means something only in
-   the thread that registered it. */
-static inline uint64_t ul_thread_self(void) {
-    return (uint64_t)(uintptr_t)pthread_self();
+/* A number that names the calling thread among all threads this process has had, cheaply (no
+   system call): a registered ring index means something only in the thread that registered it.
+   Not pthread_self(): glibc hands a new thread the descriptor -- and so the pthread_t -- of one
+   that has exited, and the new thread's slot of the same number may hold another ring.  Not the
+   kernel's thread id either: reading it is a system call.  A fork child inherits its parent's
+   value, but a loop from before a fork never enters its ring in the child (Proactor.forked). */
+static inline uint64_t ul_thread_token(void) {
+    static uint64_t last_token;
+    static __thread uint64_t token;
+    if (token == 0)
+        token = __atomic_add_fetch(&last_token, 1, __ATOMIC_RELAXED);
+    return token;
 }
 
 /* ---- memory ordering on the shared indices ---- */

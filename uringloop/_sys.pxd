@@ -29,6 +29,7 @@ cdef extern from "<errno.h>" nogil:
     enum:
         EPERM, ENOENT, EINTR, EBADF, EAGAIN, ENOMEM, EBUSY, EINVAL, EPIPE, ENOSYS, ETIME, ENOBUFS
         ECANCELED, EAFNOSUPPORT, EALREADY, ECONNRESET, ENOTCONN, EOPNOTSUPP, EINPROGRESS
+        EEXIST
 
 cdef extern from "_sys.h" nogil:
     size_t UL_SUN_PATH_OFFSET
@@ -115,7 +116,7 @@ cdef extern from "_sys.h" nogil:
     int ul_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags, void *arg,
                  size_t argsz)
     int ul_register(int fd, unsigned opcode, void *arg, unsigned nr_args)
-    uint64_t ul_thread_self()
+    uint64_t ul_thread_token()
     unsigned ul_load_acquire(const unsigned *p)
     void ul_store_release(unsigned *p, unsigned v)
     unsigned ul_load_relaxed(const unsigned *p)
