@@ -186,6 +186,58 @@ async def test_write_pipe_data_is_copied_at_write():
 
 
 @pytest.mark.asyncio
+async def test_write_pipe_bytes_are_in_the_pipe_when_write_returns():
+    # As with the stock loop's os.write() in write(): a program may read the other end right
+    # after write(), before the loop runs again.
+    transport, proto, wpipe, r = await write_pipe()
+    os.set_blocking(r, False)               # a missing byte fails here instead of hanging
+    transport.write(b"one")
+    assert os.read(r, 100) == b"one"
+    transport.write(bytearray(b"two"))
+    transport.write(memoryview(b"three"))
+    assert os.read(r, 100) == b"twothree"
+    # More than the pipe holds: what fits is there at once, the rest follows in order.
+    payload = os.urandom(200_000)
+    transport.write(payload)
+    got = bytearray(os.read(r, 1 << 20))
+    assert 0 < len(got) < len(payload)
+    while len(got) < len(payload):
+        try:
+            got += os.read(r, 1 << 16)
+        except BlockingIOError:
+            await asyncio.sleep(0)
+    assert got == payload
+    await until(lambda: transport.get_write_buffer_size() == 0)
+    transport.close()
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    os.close(r)
+
+
+@pytest.mark.asyncio
+async def test_socket_write_pipe_bytes_are_sent_when_write_returns():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    transport, proto = await loop.connect_write_pipe(Writer, a)
+    transport.write(b"at once")
+    assert b.recv(100) == b"at once"
+    transport.close()
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    b.close()
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_write_after_the_reader_closed_fails_with_broken_pipe():
+    transport, proto, wpipe, r = await write_pipe()
+    os.close(r)
+    transport.write(b"nobody reads this")
+    exc = await asyncio.wait_for(proto.lost, 5)
+    assert isinstance(exc, BrokenPipeError)
+    assert transport.is_closing()
+    await until(lambda: wpipe.closed)
+
+
+@pytest.mark.asyncio
 async def test_write_pipe_reader_going_away_is_noticed_without_writing():
     transport, proto, wpipe, r = await write_pipe()
     transport.write(b"some")

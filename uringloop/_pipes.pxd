@@ -33,7 +33,9 @@ cdef class WritePipeCore(PipeCore):
     cdef Py_ssize_t inflight_done          # how much of it is written (partial pipe writes)
     cdef bytearray pending                 # written by the protocol while write_op is in flight
     cdef PollOp hangup_poll                # wakes when the reading end goes away
+    cdef bint no_write_now                 # the fd refuses RWF_NOWAIT (a tty): always submit
 
+    cdef object write_now(self, object data)
     cdef int start_write(self, object data) except -1
     cdef int write_done(self, int res) except -1
     cdef int fatal_error(self, object exc, str message) except -1

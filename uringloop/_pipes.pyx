@@ -6,8 +6,10 @@ The read transport keeps one read(2) in the kernel into a 256 KiB buffer it lend
 calls protocol.data_received() directly.  A completion of 0 bytes is end-of-file: eof_received()
 and connection_lost(None) follow from the ready queue, as with the stock transport.
 
-The write transport submits a write(2) of everything written so far; what the protocol writes
-while it is in the kernel is gathered and goes out as the next single write.  A pipe may accept
+The write transport first offers a write to the pipe at once, with nothing in flight, as the
+stock transport's os.write() does (write_now: one write that cannot sleep), and submits a write(2)
+of what the pipe did not take; what the protocol writes while that is in the kernel is gathered
+and goes out as the next single write.  A pipe may accept
 part of a write (a full pipe, a pipe with more room than the request...): the rest is submitted
 again from the completion.  Bytes accepted but not yet written drive the protocol's write flow
 control.  A second, one-shot poll on the write end (POLLIN, which a pipe's write end never
@@ -29,11 +31,18 @@ its descriptor any more.
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
-from uringloop._sys cimport ECANCELED, UL_OP_READ, UL_OP_WRITE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EINVAL, EOPNOTSUPP, UL_OP_READ,
+                             UL_OP_WRITE, errno, ul_write_nowait)
 from uringloop._ops cimport (Proactor, Operation, BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp,
                              OP_IDLE)
 from uringloop._flow cimport TransportCore
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
+
+cdef extern from "<sys/socket.h>" nogil:
+    int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+    ssize_t c_send "send"(int fd, const void *buf, size_t n, int flags)
 
 import errno as _errno
 import os
@@ -264,13 +273,56 @@ cdef class WritePipeCore(PipeCore):
             self.count_lost_write('pipe closed by peer or os.write(pipe, data) raised exception.')
             return
         if self.write_op.state == OP_IDLE:
-            # The kernel reads the buffer after write() returned: keep our own immutable copy
-            # of anything the caller could change.
-            self.start_write(data if type(data) is bytes else bytes(data))
+            data = self.write_now(data)
+            if data is None:
+                return          # all written, or the pipe failed (reported as a fatal error)
+            n = len(data)
+            self.start_write(data)
         else:
             self.pending += data
         self.buffer_size += n
         self.maybe_pause_protocol()
+
+    cdef object write_now(self, object data):
+        """Offer `data` to the pipe at once, as the stock transport's write() does with
+        os.write(); return what it did not take, as bytes (the kernel reads a submitted buffer
+        after write() has returned, and the caller may change anything but bytes by then), or
+        None when nothing is left.
+
+        Why not only submit: the stock loop's write() puts the bytes in the pipe before it
+        returns, and programs rely on it -- a write followed by a blocking read of the other end
+        on the same thread (CPython's test_write_pipe does that) would otherwise wait forever
+        for bytes only the loop's next iteration would hand to the kernel.  The fd stays in
+        blocking mode (the ring waits on it), so the attempt must not sleep: RWF_NOWAIT for
+        pipes, MSG_DONTWAIT for sockets.  A tty refuses RWF_NOWAIT (EOPNOTSUPP): its writes are
+        only submitted.  Only with nothing in flight, which keeps the order of the bytes."""
+        cdef Py_buffer view
+        cdef ssize_t done
+        cdef int err
+        if self.no_write_now:
+            return data if type(data) is bytes else bytes(data)
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if self.is_socket:
+                done = c_send(self.fd, view.buf, <size_t>view.len, MSG_DONTWAIT | MSG_NOSIGNAL)
+            else:
+                done = ul_write_nowait(self.fd, view.buf, <size_t>view.len)
+            err = errno
+            if done == view.len:
+                return None
+            if done < 0:
+                if err == EOPNOTSUPP or (err == EINVAL and not self.is_socket):
+                    self.no_write_now = True
+                elif err != EAGAIN and err != EINTR:
+                    self.conn_lost += 1
+                    self.fatal_error(_oserror(err), 'Fatal write error on pipe transport')
+                    return None
+                done = 0
+            if done == 0 and type(data) is bytes:
+                return data
+            return PyBytes_FromStringAndSize(<char *>view.buf + done, view.len - done)
+        finally:
+            PyBuffer_Release(&view)
 
     cdef int start_write(self, object data) except -1:
         cdef BufferOp op = self.write_op

@@ -190,6 +190,19 @@ static inline uint64_t ul_thread_token(void) {
     return token;
 }
 
+#ifndef RWF_NOWAIT
+#define RWF_NOWAIT 0x00000008
+#endif
+
+/* One write that never sleeps, at the file's current position: what a blocking pipe can take at
+   once, or -1 with EAGAIN (full) or EOPNOTSUPP (a file type without RWF_NOWAIT, such as a tty). */
+static inline ssize_t ul_write_nowait(int fd, const void *buf, size_t n) {
+    struct iovec iov;
+    iov.iov_base = (void *)buf;
+    iov.iov_len = n;
+    return pwritev2(fd, &iov, 1, -1, RWF_NOWAIT);
+}
+
 /* ---- memory ordering on the shared indices ---- */
 static inline unsigned ul_load_acquire(const unsigned *p) {
     return __atomic_load_n(p, __ATOMIC_ACQUIRE);

@@ -117,6 +117,7 @@ cdef extern from "_sys.h" nogil:
                  size_t argsz)
     int ul_register(int fd, unsigned opcode, void *arg, unsigned nr_args)
     uint64_t ul_thread_token()
+    ssize_t ul_write_nowait(int fd, const void *buf, size_t n)
     unsigned ul_load_acquire(const unsigned *p)
     void ul_store_release(unsigned *p, unsigned v)
     unsigned ul_load_relaxed(const unsigned *p)
