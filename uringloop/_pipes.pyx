@@ -32,8 +32,8 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EINVAL, EOPNOTSUPP, UL_OP_READ,
-                             UL_OP_WRITE, errno, ul_write_nowait)
+from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EOPNOTSUPP, UL_OP_READ, UL_OP_WRITE,
+                             errno, ul_write_nowait)
 from uringloop._ops cimport (Proactor, Operation, BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp,
                              OP_IDLE)
 from uringloop._flow cimport TransportCore
@@ -311,7 +311,7 @@ cdef class WritePipeCore(PipeCore):
             if done == view.len:
                 return None
             if done < 0:
-                if err == EOPNOTSUPP or (err == EINVAL and not self.is_socket):
+                if err == EOPNOTSUPP:
                     self.no_write_now = True
                 elif err != EAGAIN and err != EINTR:
                     self.conn_lost += 1

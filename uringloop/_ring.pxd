@@ -59,6 +59,7 @@ cdef class Ring:
     cdef int enable(self) except -1
     cdef void register_ring_fd(self)
     cdef void unregister_ring_fd(self)
+    cdef int enter_fd(self, unsigned *flags)
     cdef bint has_op(self, int opcode)
     cpdef close(self)
 

@@ -227,6 +227,14 @@ cdef class Ring:
             ul_register(self.fd, IORING_UNREGISTER_RING_FDS, &update, 1)
         self.registered_index = -1
 
+    cdef inline int enter_fd(self, unsigned *flags):
+        # What io_uring_enter takes from this thread: the registered slot (with its flag added to
+        # `flags`) in the thread that registered it, the descriptor anywhere else.
+        if self.registered_index >= 0 and ul_thread_token() == self.registered_thread:
+            flags[0] |= IORING_ENTER_REGISTERED_RING
+            return self.registered_index
+        return self.fd
+
     # ---- submission ----
 
     cdef io_uring_sqe *get_sqe(self) except? NULL:
@@ -270,14 +278,12 @@ cdef class Ring:
         cdef size_t argsz = 0
         cdef unsigned to_submit
         cdef int ret
-        cdef int fd = self.fd
+        cdef int fd
         if self.closed:
             raise RuntimeError("the io_uring ring is closed")
         if not self.enabled:
             self.enable()
-        if self.registered_index >= 0 and ul_thread_token() == self.registered_thread:
-            fd = self.registered_index
-            flags |= IORING_ENTER_REGISTERED_RING
+        fd = self.enter_fd(&flags)
         self.flush()
         to_submit = self.sq_tail - ul_load_acquire(self.sq_khead)
         if timeout_ns == 0:
@@ -316,15 +322,13 @@ cdef class Ring:
         cdef io_uring_getevents_arg arg
         cdef __kernel_timespec ts
         cdef int ret
-        cdef int fd = self.fd
+        cdef int fd
         cdef unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
         if self.closed:
             raise RuntimeError("the io_uring ring is closed")
         if not self.enabled:
             self.enable()
-        if self.registered_index >= 0 and ul_thread_token() == self.registered_thread:
-            fd = self.registered_index
-            flags |= IORING_ENTER_REGISTERED_RING
+        fd = self.enter_fd(&flags)
         self.flush()
         ts.tv_sec = 0
         ts.tv_nsec = 0
