@@ -81,6 +81,18 @@ async def iterations(n=10):
         await asyncio.sleep(0)
 
 
+async def read_from(r, n, got=b""):
+    """`n` bytes from the non-blocking pipe end `r` (after `got`), letting the loop run while
+    the pipe is empty."""
+    got = bytearray(got)
+    while len(got) < n:
+        try:
+            got += os.read(r, 1 << 16)
+        except BlockingIOError:
+            await asyncio.sleep(0)
+    return bytes(got)
+
+
 async def read_pipe():
     r, w = os.pipe()
     loop = asyncio.get_running_loop()
@@ -156,13 +168,8 @@ async def test_write_pipe_flow_control_pauses_and_resumes():
     await iterations()
     assert proto.paused == 1 and proto.resumed == 0
     assert transport.get_write_buffer_size() > 1024
-    received = 0
     os.set_blocking(r, False)
-    while received < (1 << 20):
-        try:
-            received += len(os.read(r, 1 << 16))
-        except BlockingIOError:
-            await asyncio.sleep(0)
+    await read_from(r, 1 << 20)
     await until(lambda: proto.resumed == 1)
     assert transport.get_write_buffer_size() == 0
     transport.close()
@@ -199,14 +206,9 @@ async def test_write_pipe_bytes_are_in_the_pipe_when_write_returns():
     # More than the pipe holds: what fits is there at once, the rest follows in order.
     payload = os.urandom(200_000)
     transport.write(payload)
-    got = bytearray(os.read(r, 1 << 20))
+    got = os.read(r, 1 << 20)
     assert 0 < len(got) < len(payload)
-    while len(got) < len(payload):
-        try:
-            got += os.read(r, 1 << 16)
-        except BlockingIOError:
-            await asyncio.sleep(0)
-    assert got == payload
+    assert await read_from(r, len(payload), got) == payload
     await until(lambda: transport.get_write_buffer_size() == 0)
     transport.close()
     assert await asyncio.wait_for(proto.lost, 5) is None
