@@ -32,12 +32,10 @@ import errno as _errno_mod
 import os
 import socket as _socket
 import weakref
-from asyncio import exceptions as _asyncio_exceptions
 from asyncio import futures as _futures
 from asyncio import base_events as _base_events
 
 cdef object _Future = _futures.Future
-cdef object _CancelledError = _asyncio_exceptions.CancelledError
 cdef object _deque = collections.deque
 cdef object _ref = weakref.ref
 cdef object _socket_type = _socket.socket
@@ -49,7 +47,9 @@ cdef enum Kind:
 
 
 class OperationFuture(_Future):
-    """A Future whose cancel() also cancels the kernel operation serving it."""
+    """A Future whose cancel() also cancels the kernel operation serving it: for sock_connect,
+    whose future loop.sock_connect awaits (the other sock_* coroutines await a plain Future and
+    cancel the operation themselves, see _abandoned)."""
     __slots__ = ('_ul_req',)
 
     def cancel(self, msg=None):
@@ -98,6 +98,10 @@ cdef class SocketState(Completer):
     # sending
     cdef object send_q
     cdef Operation send_op
+    # The last finished receive and send, kept for the next request: a sock_* echo loop would
+    # otherwise build and free one operation object per call.
+    cdef RecvOp spare_recv
+    cdef SendOp spare_send
 
     def __init__(self, loop, Proactor proactor, sock, int fd):
         self.loop = loop
@@ -121,8 +125,14 @@ cdef class SocketState(Completer):
         cdef Request req = Request.__new__(Request)
         req.state = self
         req.kind = kind
-        fut = OperationFuture(loop=self.loop)
-        fut._ul_req = req
+        if kind == K_CONNECT:
+            fut = OperationFuture(loop=self.loop)
+            fut._ul_req = req
+        else:
+            # An exact asyncio.Future, not a subclass: the C Task then takes its fast paths (no
+            # attribute lookups of _asyncio_future_blocking, get_loop, add_done_callback and
+            # result per await), worth ~5% of a sock_* echo's requests per second.
+            fut = _Future(loop=self.loop)
         req.fut = fut
         return req
 
@@ -182,7 +192,11 @@ cdef class SocketState(Completer):
     cdef Operation make_recv_op(self, Request req):
         cdef BufferOp op
         cdef object sock = self.sock_ref()
-        if req.kind == K_RECV or req.kind == K_RECV_INTO:
+        if (req.kind == K_RECV or req.kind == K_RECV_INTO) and self.spare_recv is not None:
+            op = self.spare_recv
+            self.spare_recv = None
+            op.keep = sock
+        elif req.kind == K_RECV or req.kind == K_RECV_INTO:
             op = RecvOp(self.proactor, self, self.fd, sock)
         else:
             op = MsgOp(self.proactor, self, self.fd, sock)
@@ -248,7 +262,8 @@ cdef class SocketState(Completer):
         op.tag = None
         if q and q[0] is req:
             q.popleft()
-        req.fut._ul_req = None
+        if req.kind == K_CONNECT:
+            req.fut._ul_req = None
         return req
 
     cdef int give_back(self, Request req, object result) except -1:
@@ -287,9 +302,12 @@ cdef class SocketState(Completer):
     cdef int recv_done(self, BufferOp op, int res) except -1:
         cdef Request req = self.finish_request(op, self.recv_q)
         cdef bint waiting = not req.fut.done()
-        cdef object data, addr = None
+        cdef object data = None, addr = None
         self.recv_op = None
         if res == -ECANCELED:
+            # Not kept for reuse: a request cancelled before it reached the kernel completes from
+            # inside Proactor.cancel(), which releases the operation's buffer after this handler
+            # returns -- even if pump_recv() below had lent it a new one.
             pass
         elif res < 0:
             if waiting:
@@ -320,6 +338,10 @@ cdef class SocketState(Completer):
                     self.stash += data
                 else:
                     self.dgram_stash.append((data, addr))
+        if res != -ECANCELED and type(op) is RecvOp:
+            # Reusable once this handler returns: the Proactor then releases the buffer, unless
+            # pump_recv() below has already resubmitted the operation with the next one.
+            self.spare_recv = <RecvOp>op
         if not self.proactor.closing:
             self.pump_recv()
         return 0
@@ -389,7 +411,12 @@ cdef class SocketState(Completer):
             op = ConnectOp(self.proactor, self, self.fd, self.sock_ref())
             (<ConnectOp>op).set_address(self.family, req.address)
         elif req.kind == K_SEND:
-            op = SendOp(self.proactor, self, self.fd, self.sock_ref())
+            if self.spare_send is not None:
+                op = self.spare_send
+                self.spare_send = None
+                op.keep = self.sock_ref()
+            else:
+                op = SendOp(self.proactor, self, self.fd, self.sock_ref())
             (<SendOp>op).set_buffer(req.buf, False)
         else:
             op = MsgOp(self.proactor, self, self.fd, self.sock_ref())
@@ -423,6 +450,8 @@ cdef class SocketState(Completer):
                 req.fut.set_result(res)
             else:
                 req.fut.set_result(None)
+        if res != -ECANCELED and type(op) is SendOp:
+            self.spare_send = <SendOp>op      # as spare_recv in recv_done
         if not self.proactor.closing:
             self.pump_send()
         return 0
@@ -438,6 +467,7 @@ cdef class SocketState(Completer):
 
     cdef discard(self):
         """The socket this state served is gone: release what only it could have used."""
+        self.spare_recv = self.spare_send = None    # they point back here (op.owner)
         while self.accepted:
             fd, _ = self.accepted.popleft()
             os.close(fd)
@@ -479,17 +509,29 @@ cdef SocketState _state_for(loop, sock):
     return state
 
 
-async def _receive(SocketState state, Request req):
-    # Await a receive or accept request.  The one window asyncio leaves open: the result is set
-    # (the kernel has completed) but the awaiting task is cancelled before it resumes, and the
-    # CancelledError thrown into this coroutine would drop the bytes or the connection.  They go
-    # back to the front of the socket's stash for the next caller instead.
-    try:
-        return await req.fut
-    except _CancelledError:
-        if req.fut.done() and not req.fut.cancelled() and req.fut.exception() is None:
-            state.give_back(req, req.fut.result())
-        raise
+cdef int _abandoned(SocketState state, Request req) except -1:
+    """The coroutine awaiting `req` was interrupted: its task cancelled (Task.cancel() has
+    cancelled req.fut, and the CancelledError is now thrown in), or closed unfinished.
+
+    A request whose future is cancelled is withdrawn: off its socket's queue, or cancelled in
+    the kernel if it is there (the final CQE still comes back, and recv_done/accept_done keep
+    whatever it brings for the next caller).  This runs when the task resumes, so the kernel's
+    cancel follows the task's by one pass of the ready queue at most.
+
+    The one window asyncio leaves open: the result was set (the kernel had completed) but the
+    task was cancelled before it resumed, and the CancelledError would drop the bytes or the
+    connection.  They go back to the front of the socket's stash for the next caller instead.
+    (Each coroutine awaits its future itself rather than through a shared helper coroutine:
+    one coroutine object less per call on the sock_* hot path.)"""
+    cdef object fut = req.fut
+    if not fut.done():
+        fut.cancel()
+    if fut.cancelled():
+        state.request_cancelled(req)
+    elif (fut.exception() is None and req.kind != K_SEND and req.kind != K_SENDTO
+            and req.kind != K_CONNECT):
+        state.give_back(req, fut.result())
+    return 0
 
 
 async def sock_recv(self, sock, Py_ssize_t n):
@@ -501,7 +543,11 @@ async def sock_recv(self, sock, Py_ssize_t n):
     req.nbytes = n
     state.recv_q.append(req)
     state.pump_recv()
-    return await _receive(state, req)
+    try:
+        return await req.fut
+    except BaseException:
+        _abandoned(state, req)
+        raise
 
 
 async def sock_recv_into(self, sock, buf):
@@ -512,7 +558,11 @@ async def sock_recv_into(self, sock, buf):
     req.buf = buf
     state.recv_q.append(req)
     state.pump_recv()
-    return await _receive(state, req)
+    try:
+        return await req.fut
+    except BaseException:
+        _abandoned(state, req)
+        raise
 
 
 async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
@@ -523,7 +573,11 @@ async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
     req.nbytes = bufsize
     state.recv_q.append(req)
     state.pump_recv()
-    return await _receive(state, req)
+    try:
+        return await req.fut
+    except BaseException:
+        _abandoned(state, req)
+        raise
 
 
 async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
@@ -538,7 +592,11 @@ async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
     req.nbytes = nbytes
     state.recv_q.append(req)
     state.pump_recv()
-    return await _receive(state, req)
+    try:
+        return await req.fut
+    except BaseException:
+        _abandoned(state, req)
+        raise
 
 
 async def sock_sendall(self, sock, data):
@@ -551,7 +609,11 @@ async def sock_sendall(self, sock, data):
     req.buf = data
     state.send_q.append(req)
     state.pump_send()
-    return await req.fut
+    try:
+        return await req.fut
+    except BaseException:
+        _abandoned(state, req)
+        raise
 
 
 async def sock_sendto(self, sock, data, address):
@@ -562,7 +624,11 @@ async def sock_sendto(self, sock, data, address):
     req.address = address
     state.send_q.append(req)
     state.pump_send()
-    return await req.fut
+    try:
+        return await req.fut
+    except BaseException:
+        _abandoned(state, req)
+        raise
 
 
 async def sock_accept(self, sock):
@@ -571,7 +637,11 @@ async def sock_accept(self, sock):
     cdef Request req = state.new_request(K_ACCEPT)
     state.accept_q.append(req)
     state.pump_accept()
-    return await _receive(state, req)
+    try:
+        return await req.fut
+    except BaseException:
+        _abandoned(state, req)
+        raise
 
 
 def connect_resolved(self, sock, address):
