@@ -7,8 +7,9 @@ Proactor's "nothing is lost" rule:
 
   * A receive or accept whose awaiter is cancelled (asyncio.wait_for timing out, a task being
     cancelled) is cancelled in the kernel with ASYNC_CANCEL as the awaiting coroutine takes the
-    CancelledError (_abandoned) -- but the kernel may already have completed it.  Whatever its final CQE carries (bytes, a datagram, a connection, an error) is
-    kept on the socket's state and handed to the next caller on that socket, in order.
+    CancelledError (_abandoned) -- but the kernel may already have completed it.  Whatever its
+    final CQE carries (bytes, a datagram, a connection, an error) is kept on the socket's state
+    and handed to the next caller on that socket, in order.
   * A later request never overtakes an earlier operation that is still in the kernel (even an
     orphaned one): it waits for that operation's final CQE, so bytes cannot be reordered.
   * A send continues after partial completions inside the core (SendOp) until every byte is out.
@@ -531,8 +532,7 @@ cdef int _abandoned(SocketState state, Request req) except -1:
         fut.cancel()
     if fut.cancelled():
         state.request_cancelled(req)
-    elif (fut.exception() is None and req.kind != K_SEND and req.kind != K_SENDTO
-            and req.kind != K_CONNECT):
+    elif fut.exception() is None and req.kind != K_SEND and req.kind != K_SENDTO:
         state.give_back(req, fut.result())
     return 0
 
