@@ -6,16 +6,15 @@ The read transport keeps one read(2) in the kernel into a 256 KiB buffer it lend
 calls protocol.data_received() directly.  A completion of 0 bytes is end-of-file: eof_received()
 and connection_lost(None) follow from the ready queue, as with the stock transport.
 
-The write transport first offers a write to the pipe at once, with nothing in flight, as the
-stock transport's os.write() does (write_now: one write that cannot sleep), and submits a write(2)
-of what the pipe did not take; what the protocol writes while that is in the kernel is gathered
-and goes out as the next single write.  A pipe may accept
-part of a write (a full pipe, a pipe with more room than the request...): the rest is submitted
-again from the completion.  Bytes accepted but not yet written drive the protocol's write flow
-control.  A second, one-shot poll on the write end (POLLIN, which a pipe's write end never
-reports; POLLERR/POLLHUP are always reported) completes when the reading end is closed, so the
-transport learns of a vanished reader without writing, as the stock transport does with its
-reader callback on the write end.
+The write transport first offers a write to the pipe at once, with nothing in flight, as the stock
+transport's os.write() does (write_now: one write that cannot sleep), and submits a write(2) of
+what the pipe did not take; what the protocol writes while that is in the kernel is gathered and
+goes out as the next single write.  A pipe may accept part of a write (a full pipe, a pipe with
+more room than the request...): the rest is submitted again from the completion.  Bytes accepted
+but not yet written drive the protocol's write flow control.  A second, one-shot poll on the write
+end (POLLIN, which a pipe's write end never reports; POLLERR/POLLHUP are always reported) completes
+when the reading end is closed, so the transport learns of a vanished reader without writing, as
+the stock transport does with its reader callback on the write end.
 
 Sockets handed to these APIs use recv(2)/send(2) instead of read(2)/write(2) (their file status
 flags do not matter to io_uring's socket operations).  Pipes and character devices are switched
