@@ -418,6 +418,11 @@ def test_markdown_reports_memory_and_its_target():
     assert "| **missed** |" in target and "growth +2 MiB over 3 runs" in target
 
 
+# The suite's 120 s limit is too short here: where uringloop is not installed in the interpreter
+# running the tests (plain pytest from a checkout), run.py first builds benchmarks/.venv and
+# pip-installs the checkout into it (~100 s on the 2-CPU machine) before the few seconds of
+# measuring.  The subprocess's own timeout (300 s) is the bound that matters.
+@pytest.mark.timeout(360)
 def test_smoke_run_end_to_end(tmp_path):
     """Every workload through the real harness for a few seconds; figures are not checked,
     what is produced is."""
