@@ -319,3 +319,35 @@ def test_close_with_operations_still_pending_does_not_leak_or_crash(new_loop):
     proactor = getattr(loop, "_proactor", None)
     if proactor is not None:
         assert proactor.inflight == 0
+
+
+def test_coroutines_still_waiting_when_the_loop_closes_close_quietly(new_loop):
+    """Tasks left waiting in sock_* calls at loop.close(): closing their coroutines afterwards
+    (what destroying the tasks does) raises nothing, and the sockets keep working."""
+    loop = new_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    for s in (b, c):
+        s.setblocking(False)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    buf = bytearray(64)
+    with listener, a, b, c, d:
+        async def start():
+            return [asyncio.ensure_future(coro) for coro in (
+                loop.sock_recv(b, 10), loop.sock_recv_into(b, buf), loop.sock_accept(listener),
+                loop.sock_sendall(c, b"x" * (8 << 20)))]
+
+        tasks = loop.run_until_complete(start())
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert not any(t.done() for t in tasks)
+        loop.close()
+        for t in tasks:
+            t.get_coro().close()          # raised RuntimeError('Event loop is closed') before
+        a.sendall(b"after")
+        b.setblocking(True)
+        b.settimeout(5)
+        assert b.recv(10) == b"after"

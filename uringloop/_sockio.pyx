@@ -529,6 +529,14 @@ cdef int _abandoned(SocketState state, Request req) except -1:
     one coroutine object less per call on the sock_* hot path.)"""
     cdef object fut = req.fut
     if not fut.done():
+        # Not cancelled by its task: the coroutine is being closed (or had an exception thrown
+        # in) while it waited.  After loop.close() -- a task still pending at close, destroyed
+        # or closed afterwards -- there is nothing left to withdraw (the close ended every
+        # kernel operation), and cancelling the future would schedule its task's wake-up on the
+        # closed loop: RuntimeError out of coroutine.close(), where the stock loop's coroutine
+        # closes quietly.
+        if state.loop.is_closed():
+            return 0
         fut.cancel()
     if fut.cancelled():
         state.request_cancelled(req)
