@@ -725,6 +725,32 @@ async def test_a_connection_idle_after_large_reads_goes_back_to_the_ring():
         del loop._ul_direct_idle_seconds
 
 
+@pytest.mark.asyncio
+@bounded(60)
+async def test_paused_while_waiting_after_large_reads_then_resumed():
+    """A connection that has been reading large messages is paused while it waits for the next
+    one (on uringloop: while its direct receive waits in the kernel with a buffer of its own,
+    which pausing cancels), then the peer sends more and ends its side.  Nothing is delivered while paused -- neither data nor
+    EOF; after resume_reading() all of it arrives, in order, then EOF; on every loop."""
+    server, peer, client = await connected_pair()
+    send, direct = OneWay(client, peer).send, direct_recv_size(peer)
+    big = 512 * 1024
+    await send(pattern(big))
+    if direct() is not None:
+        assert direct() > 0                       # it waits as a large-message reader
+    peer.transport.pause_reading()
+    more = pattern(3 * big, seed=big)
+    client.transport.write(more)
+    client.transport.write_eof()
+    await asyncio.sleep(0.2)
+    assert len(peer.data) == big and 'eof' not in peer.events
+    peer.transport.resume_reading()
+    assert await peer.received(4 * big) == pattern(big) + more
+    await peer.eof
+    assert peer.events == ['made', 'data', 'eof']
+    await shut(server, client, peer)
+
+
 def _rss_bytes():
     with open('/proc/self/status') as status:
         for line in status:
