@@ -191,6 +191,50 @@ async def test_udp_sendto_and_recvfrom():
         assert (bytes(buf[:nbytes]), addr) == (b"second", a.getsockname())
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["unix", "tcp", "udp"])
+async def test_zero_size_recv_returns_at_once_and_takes_nothing(kind):
+    """recv(0) and recv_into(an empty buffer) return b'' and 0 at once, with nothing waiting
+    and with data waiting, and leave the data (or the datagram) for the next read, as
+    socket.recv() does (uringloop once waited for data before returning b'')."""
+    loop = asyncio.get_running_loop()
+    if kind == "udp":
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b.bind(("127.0.0.1", 0))
+        a.connect(b.getsockname())
+        a.setblocking(False)
+        b.setblocking(False)
+    else:
+        a, b = nonblocking_pair() if kind == "unix" else await tcp_pair()
+    with a, b:
+        for waiting in (False, True):
+            if waiting:
+                await loop.sock_sendall(a, b"kept")
+                await asyncio.sleep(0.05)
+            assert await asyncio.wait_for(loop.sock_recv(b, 0), 5) == b""
+            assert await asyncio.wait_for(loop.sock_recv_into(b, bytearray()), 5) == 0
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 5) == b"kept"
+    await still_works()
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_sendto_without_an_address_is_a_type_error():
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        b.bind(("127.0.0.1", 0))
+        a.connect(b.getsockname())
+        a.setblocking(False)
+        b.setblocking(False)
+        with pytest.raises(TypeError):
+            await loop.sock_sendto(a, b"x", None)
+        await loop.sock_sendto(a, b"after", b.getsockname())
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 5) == b"after"   # nothing before
+    await still_works()
+
+
 @needs_311
 @pytest.mark.asyncio
 async def test_udp_ipv6_addresses_have_four_fields():

@@ -545,11 +545,34 @@ cdef int _abandoned(SocketState state, Request req) except -1:
     return 0
 
 
+cdef object _WOULD_BLOCK = object()
+
+
+cdef object _read_nothing(SocketState state, object call, object arg):
+    """A read of zero bytes, made as the stock loop's first, non-blocking attempt makes it: by
+    the socket's own method.  socket.recv(0) and recv_into() of an empty buffer return b'' and 0
+    at once without a system call, whatever is waiting -- a zero-length receive submitted to
+    the kernel would wait for data first.  recvfrom(0) and recvfrom_into() of an empty buffer
+    do reach the kernel (a waiting datagram is taken; with nothing waiting they would block),
+    and when they would block the request goes to the kernel like any other.  Only when no
+    earlier receive is queued on the socket, to keep their order."""
+    if state.recv_q or state.stash_exc is not None:
+        return _WOULD_BLOCK
+    try:
+        return call(arg)
+    except (BlockingIOError, InterruptedError):
+        return _WOULD_BLOCK
+
+
 async def sock_recv(self, sock, Py_ssize_t n):
     """Receive up to n bytes from sock (completion-based recv)."""
     cdef SocketState state = _state_for(self, sock)
     if n < 0:
         raise ValueError("negative buffersize in recv")
+    if n == 0:
+        result = _read_nothing(state, sock.recv, 0)
+        if result is not _WOULD_BLOCK:
+            return result
     cdef Request req = state.new_request(K_RECV)
     req.nbytes = n
     state.recv_q.append(req)
@@ -565,6 +588,10 @@ async def sock_recv_into(self, sock, buf):
     """Receive into buf; the kernel writes into it directly, and holds it until it is done."""
     cdef SocketState state = _state_for(self, sock)
     _check_writable(buf)
+    if memoryview(buf).nbytes == 0:
+        result = _read_nothing(state, sock.recv_into, buf)
+        if result is not _WOULD_BLOCK:
+            return result
     cdef Request req = state.new_request(K_RECV_INTO)
     req.buf = buf
     state.recv_q.append(req)
@@ -580,6 +607,10 @@ async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
     cdef SocketState state = _state_for(self, sock)
     if bufsize < 0:
         raise ValueError("negative buffersize in recvfrom")
+    if bufsize == 0:
+        result = _read_nothing(state, sock.recvfrom, 0)
+        if result is not _WOULD_BLOCK:
+            return result
     cdef Request req = state.new_request(K_RECVFROM)
     req.nbytes = bufsize
     state.recv_q.append(req)
@@ -598,6 +629,10 @@ async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
         raise ValueError("negative buffersize in recvfrom_into")
     if nbytes > memoryview(buf).nbytes:
         raise ValueError("nbytes is greater than the length of the buffer")
+    if memoryview(buf).nbytes == 0:
+        result = _read_nothing(state, sock.recvfrom_into, buf)
+        if result is not _WOULD_BLOCK:
+            return result
     cdef Request req = state.new_request(K_RECVFROM_INTO)
     req.buf = buf
     req.nbytes = nbytes
@@ -630,6 +665,11 @@ async def sock_sendall(self, sock, data):
 async def sock_sendto(self, sock, data, address):
     cdef SocketState state = _state_for(self, sock)
     memoryview(data)
+    if address is None:
+        # MsgOp takes None as "no address" (a connected datagram transport's sendto); sendto(2)
+        # through the stock loop refuses it before anything is sent.
+        raise TypeError("sock_sendto() address must be an address for the socket's family, "
+                        "not None (for a connected socket use sock_sendall())")
     cdef Request req = state.new_request(K_SENDTO)
     req.buf = data
     req.address = address
