@@ -220,7 +220,10 @@ async def test_zero_size_recv_returns_at_once_and_takes_nothing(kind):
 
 @needs_311
 @pytest.mark.asyncio
-async def test_sendto_without_an_address_is_a_type_error():
+async def test_sendto_to_a_refused_address_is_a_type_error_of_that_call_only():
+    """No address, or one of the wrong shape: TypeError, as socket.sendto() raises it, and the
+    next sendto on the socket is not affected (uringloop once sent to None as if connected,
+    and left a refused request queued, failing the calls after it)."""
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
@@ -230,6 +233,8 @@ async def test_sendto_without_an_address_is_a_type_error():
         b.setblocking(False)
         with pytest.raises(TypeError):
             await loop.sock_sendto(a, b"x", None)
+        with pytest.raises(TypeError):
+            await loop.sock_sendto(a, b"x", b.getsockname() + (0, 0))   # AF_INET6's shape
         await loop.sock_sendto(a, b"after", b.getsockname())
         assert await asyncio.wait_for(loop.sock_recv(b, 100), 5) == b"after"   # nothing before
     await still_works()

@@ -237,6 +237,23 @@ async def test_unconnected_sendto_without_address_is_fatal():
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("address", [("127.0.0.1",), ("127.0.0.1", 9, 0, 0)])
+async def test_inet_sendto_with_an_address_of_the_wrong_size_is_fatal(address):
+    """An AF_INET endpoint given a 1-tuple or an AF_INET6-style 4-tuple: a TypeError, fatal,
+    as socket.sendto() raises it -- uringloop once resolved the 4-tuple's host instead and
+    reported a gaierror to error_received()."""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    t, p = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    t.sendto(b"x", address)
+    exc = await asyncio.wait_for(p.lost, 5)
+    assert isinstance(exc, TypeError)
+    assert p.events.empty()             # nothing went to error_received()
+    assert errors and errors[0]["message"] == "Fatal write error on datagram transport"
+
+
+@pytest.mark.asyncio
 async def test_pause_reading_holds_datagrams_and_resume_delivers_them_in_order():
     skip_if_stock_cannot_pause()
     loop = asyncio.get_running_loop()

@@ -151,9 +151,15 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
                            + (0 if path[:1] == b'\0' else 1))
     if family != AF_INET and family != AF_INET6:
         raise OSError(EAFNOSUPPORT, f"address family {family} is not supported")
-    if not isinstance(address, tuple) or len(address) < 2:
+    if not isinstance(address, tuple):
         raise TypeError(f"{'AF_INET' if family == AF_INET else 'AF_INET6'} address must be a "
                         f"tuple, not {type(address).__name__}")
+    # The sizes socket.sendto()/connect() accept: a 4-tuple meant for AF_INET6 given to an
+    # AF_INET socket is refused, not resolved as a hostname.
+    if family == AF_INET and len(address) != 2:
+        raise TypeError("AF_INET address must be a pair (host, port)")
+    if family == AF_INET6 and not 2 <= len(address) <= 4:
+        raise TypeError("AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])")
     host_obj, port_obj = address[0], address[1]
     if not isinstance(port_obj, int):
         raise TypeError(f"'{type(port_obj).__name__}' object cannot be interpreted as an integer")

@@ -406,11 +406,8 @@ cdef class SocketState(Completer):
 
     # ---- send and connect ----
 
-    cdef int pump_send(self) except -1:
-        cdef Request req = self.next_request(self.send_q)
+    cdef Operation make_send_op(self, Request req):
         cdef Operation op
-        if req is None or self.send_op is not None or self.proactor.closing:
-            return 0
         if req.kind == K_CONNECT:
             op = ConnectOp(self.proactor, self, self.fd, self.sock_ref())
             (<ConnectOp>op).set_address(self.family, req.address)
@@ -425,8 +422,27 @@ cdef class SocketState(Completer):
         else:
             op = MsgOp(self.proactor, self, self.fd, self.sock_ref())
             (<MsgOp>op).sending = True
+            (<MsgOp>op).set_address(self.family, req.address)   # first: it may refuse
             (<MsgOp>op).set_buffer(req.buf, False)
-            (<MsgOp>op).set_address(self.family, req.address)
+        return op
+
+    cdef int pump_send(self) except -1:
+        cdef Request req
+        cdef Operation op
+        while True:
+            req = self.next_request(self.send_q)
+            if req is None or self.send_op is not None or self.proactor.closing:
+                return 0
+            try:
+                op = self.make_send_op(req)
+            except Exception as exc:
+                # An address socket.sendto()/connect() would refuse: this request fails (its
+                # awaiter gets the exception) and the next one goes ahead.  Left at the head of
+                # the queue it would fail every later call on the socket instead, or escape from
+                # a completion handler that pumps the queue.
+                self.fail(req, exc)
+                continue
+            break
         op.tag = req
         self.send_op = op
         op.submit()
