@@ -285,6 +285,24 @@ async def test_recv_into_read_only_buffer_is_a_type_error():
 
 
 @pytest.mark.asyncio
+async def test_recv_into_a_strided_buffer_is_a_type_error_of_that_call_only():
+    """A buffer that is not contiguous is refused with TypeError, as socket.recv_into() refuses
+    it; the next recv_into -- into a 2-D but contiguous view, which recv_into() accepts -- gets
+    the bytes (uringloop once left the refused request queued, failing the calls after it)."""
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        a.send(b"123456")
+        with pytest.raises(TypeError):
+            await asyncio.wait_for(loop.sock_recv_into(b, memoryview(bytearray(12))[::2]), 5)
+        target = bytearray(6)
+        assert await asyncio.wait_for(
+            loop.sock_recv_into(b, memoryview(target).cast("B", (2, 3))), 5) == 6
+        assert target == b"123456"
+    await still_works()
+
+
+@pytest.mark.asyncio
 async def test_closed_socket_is_an_oserror():
     loop = asyncio.get_running_loop()
     a, b = nonblocking_pair()

@@ -187,7 +187,13 @@ cdef class SocketState(Completer):
                 continue
             if self.recv_op is not None or self.proactor.closing:
                 return 0     # an earlier operation is still in the kernel: wait for it
-            op = self.make_recv_op(req)
+            try:
+                op = self.make_recv_op(req)
+            except Exception as exc:
+                # A buffer the kernel cannot be lent (not contiguous): this request fails, as
+                # socket.recv_into() refuses it, and the next one goes ahead (see pump_send).
+                self.fail(req, exc)
+                continue
             op.tag = req
             self.recv_op = op
             op.submit()
@@ -737,6 +743,6 @@ cdef inline _check_writable(buf):
         mv = memoryview(buf)
     except TypeError:
         raise TypeError(f"a bytes-like object is required, not '{type(buf).__name__}'") from None
-    if mv.readonly:
+    if mv.readonly or not mv.c_contiguous:
         raise TypeError(f"recv_into() argument 'buffer' must be read-write bytes-like object, "
                         f"not {type(buf).__name__}")
