@@ -190,8 +190,8 @@ cdef class SocketState(Completer):
             try:
                 op = self.make_recv_op(req)
             except Exception as exc:
-                # A buffer the kernel cannot be lent (not contiguous): this request fails, as
-                # socket.recv_into() refuses it, and the next one goes ahead (see pump_send).
+                # A buffer the kernel cannot be lent: this request fails and the next one goes
+                # ahead (see pump_send).  sock_recv_into() refuses what it can see up front.
                 self.fail(req, exc)
                 continue
             op.tag = req
@@ -609,8 +609,7 @@ async def sock_recv(self, sock, Py_ssize_t n):
 async def sock_recv_into(self, sock, buf):
     """Receive into buf; the kernel writes into it directly, and holds it until it is done."""
     cdef SocketState state = _state_for(self, sock)
-    _check_writable(buf)
-    if memoryview(buf).nbytes == 0:
+    if _check_writable(buf) == 0:
         result = _read_nothing(state, sock.recv_into, buf)
         if result is not _WOULD_BLOCK:
             return result
@@ -646,12 +645,12 @@ async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
 
 async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
     cdef SocketState state = _state_for(self, sock)
-    _check_writable(buf)
+    cdef Py_ssize_t size = _check_writable(buf)
     if nbytes < 0:
         raise ValueError("negative buffersize in recvfrom_into")
-    if nbytes > memoryview(buf).nbytes:
+    if nbytes > size:
         raise ValueError("nbytes is greater than the length of the buffer")
-    if memoryview(buf).nbytes == 0:
+    if size == 0:
         result = _read_nothing(state, sock.recvfrom_into, buf)
         if result is not _WOULD_BLOCK:
             return result
@@ -737,7 +736,8 @@ def forget_socket(self, int fd):
         state.discard()
 
 
-cdef inline _check_writable(buf):
+cdef inline Py_ssize_t _check_writable(buf) except -1:
+    """The size in bytes of a buffer the kernel may write into; TypeError for any other."""
     cdef memoryview mv
     try:
         mv = memoryview(buf)
@@ -746,3 +746,4 @@ cdef inline _check_writable(buf):
     if mv.readonly or not mv.c_contiguous:
         raise TypeError(f"recv_into() argument 'buffer' must be read-write bytes-like object, "
                         f"not {type(buf).__name__}")
+    return mv.nbytes
