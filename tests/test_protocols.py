@@ -730,8 +730,9 @@ async def test_a_connection_idle_after_large_reads_goes_back_to_the_ring():
 async def test_paused_while_waiting_after_large_reads_then_resumed():
     """A connection that has been reading large messages is paused while it waits for the next
     one (on uringloop: while its direct receive waits in the kernel with a buffer of its own,
-    which pausing cancels), then the peer sends more and ends its side.  Nothing is delivered while paused -- neither data nor
-    EOF; after resume_reading() all of it arrives, in order, then EOF; on every loop."""
+    which pausing cancels), then the peer sends more and ends its side.  Nothing is delivered
+    while paused -- neither data nor EOF; after resume_reading() all of it arrives, in order,
+    then EOF; on every loop."""
     server, peer, client = await connected_pair()
     send, direct = OneWay(client, peer).send, direct_recv_size(peer)
     big = 512 * 1024
