@@ -179,6 +179,35 @@ async def test_sock_sendfile_cancelled_midway(data_file):
         assert 0 <= f.tell() < 32 * 1024 * 1024
 
 
+@pytest.mark.asyncio
+@bounded(20)
+async def test_sock_sendfile_waits_for_a_stalled_receiver(data_file, is_uring):
+    """A receiver that stops reading: the send waits for room (no completion per attempt --
+    a splice into a full non-blocking socket fails at once and arms no poll of its own) and
+    finishes, every byte in order, once the receiver reads again."""
+    loop = asyncio.get_running_loop()
+    size = 16 * 1024 * 1024
+    path = data_file(size)
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        fds = open_fds()
+        task = asyncio.ensure_future(loop.sock_sendfile(sender, f))
+        first = await loop.sock_recv(receiver, 65536)
+        await asyncio.sleep(0.05)      # the socket buffers fill up
+        if is_uring:
+            before = loop.statistics()['completions']
+        await asyncio.sleep(0.3)
+        if is_uring:
+            # One poll completion at most; the unfixed loop resubmitted the splice ~20,000 times.
+            assert loop.statistics()['completions'] - before <= 5
+        assert not task.done()
+        rest = await read_all(receiver, size - len(first))
+        assert await task == size
+        assert first + rest == path.read_bytes()
+        assert f.tell() == size
+        assert open_fds() == fds
+
+
 class Collect(asyncio.Protocol):
     def __init__(self):
         self.loop = asyncio.get_running_loop()

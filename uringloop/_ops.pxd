@@ -61,6 +61,7 @@ cdef class Operation:
     cdef public object keep                # pins whatever owns `fd` (a socket object)
     cdef public object tag                 # free for the owner (the request this op serves)
     cdef bint multishot
+    cdef bint owner_sees_eagain            # -EAGAIN goes to the owner instead of back to the kernel
 
     cdef inline uint64_t ud(self):
         return <uint64_t><size_t><void *>self

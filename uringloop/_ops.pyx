@@ -535,14 +535,21 @@ cdef class Proactor:
 
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1:
         cdef bint final = not (flags & IORING_CQE_F_MORE)
+        cdef bint cancelled = op.state == OP_CANCELLING
         self.completions += 1
         if final:
             op.state = OP_IDLE
             self.inflight -= 1
         try:
-            if res == -EAGAIN and final and not self.closing:
+            if res == -EAGAIN and final and cancelled:
+                # The request ended without doing anything while our ASYNC_CANCEL was on its way
+                # (which then found nothing to cancel): it is over, as the caller asked.  Sending
+                # it back to the kernel would lose the cancel and keep its fd and buffer lent.
+                op.complete(-ECANCELED, flags)
+            elif res == -EAGAIN and final and not self.closing and not op.owner_sees_eagain:
                 # Never surfaced: the request goes straight back to the kernel (it arms its own
-                # poll this time because the socket really has nothing).
+                # poll this time because the socket really has nothing).  Requests that cannot
+                # arm a poll (splice) would spin here: their owners wait for readiness instead.
                 op.submit()
             else:
                 op.complete(res, flags)

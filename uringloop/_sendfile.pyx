@@ -8,8 +8,21 @@ requested count is out or the file ends:
     DRAIN  splice(pipe -> socket)               repeated until the pipe is empty again
 
 io_uring runs splices in its worker threads (splice cannot be attempted without blocking), so a
-cold file or a full socket buffer never stalls the loop; each step is submitted from the previous
-step's completion handler and goes out with the loop's next io_uring_enter.
+cold file never stalls the loop; each step is submitted from the previous step's completion
+handler and goes out with the loop's next io_uring_enter.
+
+A full socket buffer is the exception.  splice() takes the non-blocking flag from the socket's
+own file (asyncio sockets are non-blocking, and our duplicate shares that flag), so a DRAIN into
+a receiver that stopped reading ends at once with -EAGAIN -- and unlike recv or send, a splice
+does not arm a poll for its retry.  Resubmitting it, as the proactor does with other requests'
+-EAGAIN, spun the loop at 100% CPU (~70k completions a second) for as long as the peer was slow,
+and a cancel that landed between two of those completions found nothing to cancel.  So the
+splice's -EAGAIN comes here (owner_sees_eagain) and the sender waits for the descriptor's
+readiness with a POLL_ADD (`ready_op`) before the same step is submitted again:
+
+    FILL/DRAIN --(-EAGAIN)--> WAIT (poll POLLIN on the file / POLLOUT on the socket) --> same step
+
+Only one of the two operations is ever in the kernel, and cancelling cancels whichever it is.
 
 Descriptor ownership: an operation that waits in io_uring's worker queue resolves its descriptor
 numbers only when it runs.  The sender therefore works on its own duplicates of the file and
@@ -26,11 +39,12 @@ file position is left just after the last byte sent.
 cimport cython
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Proactor, Completer, Operation, SpliceOp, OP_IDLE
+from uringloop._ops cimport Proactor, Completer, Operation, SpliceOp, PollOp, OP_IDLE
 
 import errno as _errno
 import fcntl as _fcntl
 import os
+import select as _select
 
 from asyncio import exceptions as _exceptions
 
@@ -53,6 +67,7 @@ cdef class SpliceSender(Completer):
     cdef Proactor proactor
     cdef object fut
     cdef SpliceOp op
+    cdef PollOp ready_op           # waits for the descriptor a splice found not ready
     cdef int file_fd, sock_fd, pipe_r, pipe_w
     cdef long long offset          # next file offset to read
     cdef long long remaining       # bytes still wanted; -1: up to EOF
@@ -84,6 +99,8 @@ cdef class SpliceSender(Completer):
             self.close_fds()
             raise
         self.op = SpliceOp(self.proactor, self, -1, None)
+        self.op.owner_sees_eagain = True
+        self.ready_op = PollOp(self.proactor, self, -1, None)
 
     @property
     def future(self):
@@ -95,8 +112,12 @@ cdef class SpliceSender(Completer):
         self.fill()
 
     def _on_future_done(self, fut):
-        if fut.cancelled() and self.op.state != OP_IDLE:
-            self.op.cancel()        # the final completion then releases everything
+        if fut.cancelled():
+            # The final completion of whichever operation is in the kernel releases everything.
+            if self.op.state != OP_IDLE:
+                self.op.cancel()
+            elif self.ready_op.state != OP_IDLE:
+                self.ready_op.cancel()
 
     cdef int fill(self) except -1:
         cdef long long n = self.chunk
@@ -121,7 +142,26 @@ cdef class SpliceSender(Completer):
         self.op.submit()
         return 0
 
+    cdef int wait_ready(self) except -1:
+        # The step that got -EAGAIN is submitted again when its descriptor is ready: the socket
+        # can take more (DRAIN), or a non-regular input has data (FILL).
+        if self.stage == FILL:
+            self.ready_op.fd = self.file_fd
+            self.ready_op.events = _select.POLLIN
+        else:
+            self.ready_op.fd = self.sock_fd
+            self.ready_op.events = _select.POLLOUT
+        self.ready_op.submit()
+        return 0
+
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        if op is self.ready_op:
+            if self.fut.done() or self.proactor.closing:
+                return self.finish(None)
+            if res < 0:
+                return self.finish(self.error(-res))
+            # Ready, or in error (POLLERR/POLLHUP): the splice itself reports which.
+            return self.fill() if self.stage == FILL else self.drain()
         if res > 0:
             if self.stage == FILL:
                 self.offset += res
@@ -133,6 +173,8 @@ cdef class SpliceSender(Completer):
                 self.total_sent += res
         if self.fut.done() or self.proactor.closing:
             return self.finish(None)           # cancelled (or the loop is closing): stop here
+        if res == -EAGAIN:
+            return self.wait_ready()
         if res < 0:
             return self.finish(self.error(-res))
         if res == 0:
