@@ -328,6 +328,21 @@ async def test_negative_and_huge_sizes():
 
 
 @pytest.mark.asyncio
+async def test_a_size_that_is_not_an_integer_fails_when_awaited():
+    """As with the stock loop's coroutines, creating the coroutine checks nothing: the
+    TypeError comes from awaiting it (a task made from it fails, its creator does not)."""
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        made = [loop.sock_recv(b, 1.5), loop.sock_recvfrom(b, '10'),
+                loop.sock_recvfrom_into(b, bytearray(4), 2.0)]
+        for coro in made:
+            with pytest.raises(TypeError, match='integer'):
+                await coro
+    await still_works()
+
+
+@pytest.mark.asyncio
 async def test_accept_on_a_datagram_socket_is_an_oserror():
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -586,17 +586,22 @@ cdef object _read_nothing(SocketState state, object call, object arg):
         return _WOULD_BLOCK
 
 
-async def sock_recv(self, sock, Py_ssize_t n):
+# The sizes are converted inside the coroutines, not typed in their signatures: a size that is
+# not an integer must raise its TypeError where the stock loop raises it -- when the coroutine
+# runs -- and not when it is created (Cython converts typed arguments at the call).
+
+async def sock_recv(self, sock, n):
     """Receive up to n bytes from sock (completion-based recv)."""
     cdef SocketState state = _state_for(self, sock)
-    if n < 0:
+    cdef Py_ssize_t size = n
+    if size < 0:
         raise ValueError("negative buffersize in recv")
-    if n == 0:
+    if size == 0:
         result = _read_nothing(state, sock.recv, 0)
         if result is not _WOULD_BLOCK:
             return result
     cdef Request req = state.new_request(K_RECV)
-    req.nbytes = n
+    req.nbytes = size
     state.recv_q.append(req)
     state.pump_recv()
     try:
@@ -624,16 +629,17 @@ async def sock_recv_into(self, sock, buf):
         raise
 
 
-async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
+async def sock_recvfrom(self, sock, bufsize):
     cdef SocketState state = _state_for(self, sock)
-    if bufsize < 0:
+    cdef Py_ssize_t size = bufsize
+    if size < 0:
         raise ValueError("negative buffersize in recvfrom")
-    if bufsize == 0:
+    if size == 0:
         result = _read_nothing(state, sock.recvfrom, 0)
         if result is not _WOULD_BLOCK:
             return result
     cdef Request req = state.new_request(K_RECVFROM)
-    req.nbytes = bufsize
+    req.nbytes = size
     state.recv_q.append(req)
     state.pump_recv()
     try:
@@ -643,12 +649,13 @@ async def sock_recvfrom(self, sock, Py_ssize_t bufsize):
         raise
 
 
-async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
+async def sock_recvfrom_into(self, sock, buf, nbytes=0):
     cdef SocketState state = _state_for(self, sock)
     cdef Py_ssize_t size = _check_writable(buf)
-    if nbytes < 0:
+    cdef Py_ssize_t wanted = nbytes
+    if wanted < 0:
         raise ValueError("negative buffersize in recvfrom_into")
-    if nbytes > size:
+    if wanted > size:
         raise ValueError("nbytes is greater than the length of the buffer")
     if size == 0:
         result = _read_nothing(state, sock.recvfrom_into, buf)
@@ -656,7 +663,7 @@ async def sock_recvfrom_into(self, sock, buf, Py_ssize_t nbytes=0):
             return result
     cdef Request req = state.new_request(K_RECVFROM_INTO)
     req.buf = buf
-    req.nbytes = nbytes
+    req.nbytes = wanted
     state.recv_q.append(req)
     state.pump_recv()
     try:
