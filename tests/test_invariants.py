@@ -243,6 +243,72 @@ async def test_sendall_64mib_to_a_slow_reader_arrives_whole_and_in_order():
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
+async def test_waiting_on_a_stalled_peer_is_not_a_busy_loop(is_uring, tmp_path):
+    """Whatever waits for a peer -- to read, to make room, to connect -- waits in the kernel: a
+    request that cannot progress must not complete and be resubmitted over and over (splice did,
+    ~70k times a second, until it learnt to wait for POLLOUT).  Counted in ring completions, so
+    uringloop only; the stock loop has no counter, and its waits are epoll's."""
+    if not is_uring:
+        pytest.skip("counts the ring's completions")
+    loop = asyncio.get_running_loop()
+
+    async def completions_while_idle():
+        await asyncio.sleep(0.1)            # whatever was in motion settles
+        before = loop.statistics()['completions']
+        await asyncio.sleep(0.3)
+        return loop.statistics()['completions'] - before
+
+    busy = {}
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen()
+    listener.setblocking(False)
+    with listener:
+        # A transport whose peer stopped reading, with megabytes queued.
+        transport, _ = await loop.create_connection(asyncio.Protocol, *listener.getsockname())
+        peer, _ = await loop.sock_accept(listener)
+        transport.write(b'x' * (32 << 20))
+        busy['transport write'] = await completions_while_idle()
+        transport.abort()
+        peer.close()
+        # sock_sendall, sock_recv and sock_accept with nothing coming.
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, listener.getsockname())
+        peer, _ = await loop.sock_accept(listener)
+        with sock, peer:
+            waiting = [asyncio.ensure_future(loop.sock_sendall(sock, b'y' * (32 << 20))),
+                       asyncio.ensure_future(loop.sock_recv(sock, 100)),
+                       asyncio.ensure_future(loop.sock_accept(listener))]
+            busy['sock_sendall, sock_recv, sock_accept'] = await completions_while_idle()
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+        # sock_sendfile into a receiver that stopped reading.
+        path = tmp_path / 'data'
+        path.write_bytes(os.urandom(1 << 20) * 16)
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, listener.getsockname())
+        peer, _ = await loop.sock_accept(listener)
+        with sock, peer, open(path, 'rb') as f:
+            task = asyncio.ensure_future(loop.sock_sendfile(sock, f))
+            busy['sock_sendfile'] = await completions_while_idle()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    # A write pipe whose reader stopped reading.
+    r, w = os.pipe()
+    transport, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, os.fdopen(w, 'wb'))
+    transport.write(b'z' * (4 << 20))
+    busy['pipe write'] = await completions_while_idle()
+    transport.abort()
+    os.close(r)
+    # A few completions at most (a poll that fires once); a busy loop makes thousands.
+    assert all(n <= 5 for n in busy.values()), busy
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
 async def test_close_with_pending_recv_and_fd_reuse():
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
