@@ -274,6 +274,40 @@ async def test_loop_sendfile_on_a_transport(data_file):
     await server.wait_closed()
 
 
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_loop_sendfile_ends_when_its_transport_is_aborted(data_file, is_uring):
+    """abort() during loop.sendfile() ends the connection at once and fails the sendfile with
+    ConnectionError; the file position is just after the last byte sent and nothing is left
+    open.  (uringloop splices into a duplicate of the socket's descriptor, which alone would
+    keep the connection open and the file streaming into it after the abort.)"""
+    if not is_uring:
+        pytest.skip("the stock loop's sendfile waits forever after abort() (3.11-3.13), and "
+                    "its connection_lost raises InvalidStateError")
+    loop = asyncio.get_running_loop()
+    size = 32 * 1024 * 1024
+    path = data_file(size)
+    content = path.read_bytes()
+    fds = open_fds()
+    server, transport, client, peer = await transport_pair()
+    peer.transport.pause_reading()              # the receiver stops reading: sendfile waits
+    with open(path, 'rb') as f:
+        task = asyncio.ensure_future(loop.sendfile(transport, f))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        transport.abort()
+        with pytest.raises(ConnectionError):
+            await task
+        assert 0 < f.tell() < size
+    assert await client.lost is None
+    peer.transport.resume_reading()
+    await peer.lost                             # the connection really ended
+    assert 0 < len(peer.data) < size and peer.data == content[:len(peer.data)]
+    server.close()
+    await server.wait_closed()
+    assert open_fds() == fds
+
 @pytest.mark.asyncio
 @bounded(20)
 async def test_loop_sendfile_fallback_on_a_transport():

@@ -111,13 +111,19 @@ cdef class SpliceSender(Completer):
         self.fut.add_done_callback(self._on_future_done)
         self.fill()
 
+    def abort(self, exc):
+        """End the transfer with exc (its transport is being closed)."""
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+            self._on_future_done(self.fut)    # now, not a callback later: the close is now
+
     def _on_future_done(self, fut):
-        if fut.cancelled():
-            # The final completion of whichever operation is in the kernel releases everything.
-            if self.op.state != OP_IDLE:
-                self.op.cancel()
-            elif self.ready_op.state != OP_IDLE:
-                self.ready_op.cancel()
+        # Cancelled or aborted (finish() completes it only once both operations are idle): the
+        # final completion of whichever operation is in the kernel releases everything.
+        if self.op.state != OP_IDLE:
+            self.op.cancel()
+        elif self.ready_op.state != OP_IDLE:
+            self.ready_op.cancel()
 
     cdef int fill(self) except -1:
         cdef long long n = self.chunk

@@ -67,6 +67,7 @@ cdef class SocketTransport(WriteFlow):
     cdef Py_ssize_t queued_bytes
     cdef Py_ssize_t inflight_bytes
     cdef object empty_waiter
+    cdef public object _sendfile_sender  # the SpliceSender of a loop.sendfile() in progress
 
     cdef object __weakref__
 

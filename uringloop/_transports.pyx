@@ -673,6 +673,12 @@ cdef class SocketTransport(WriteFlow):
                 self.recv_op.cancel()
             if self.send_op is not None:
                 self.send_op.cancel()
+            if self._sendfile_sender is not None:
+                # A loop.sendfile() in progress splices into a duplicate of our descriptor,
+                # which would keep the connection open -- and sending -- after this close.
+                self._sendfile_sender.abort(
+                    ConnectionError("Connection was closed during sendfile"))
+                self._sendfile_sender = None
             transports = self.loop._transports
             if transports.get(self._sock_fd) is self:
                 del transports[self._sock_fd]

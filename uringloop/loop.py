@@ -84,6 +84,8 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
             raise
         self._selector = self._proactor      # what BaseEventLoop._run_once waits on
         self._ul_sock_states: dict = {}
+        # fd -> transport for each loop.sendfile() in progress (network.py)
+        self._ul_sendfile_transports: dict = {}
         # fd -> transport, maintained exactly by the transports themselves (the stock loop uses
         # a WeakValueDictionary; ours is a plain dict on the hot path).
         self._transports: dict = {}

@@ -178,6 +178,11 @@ class NetworkMixin:
     async def _splice_file(self, sock_fd, file_fd, offset, count):
         from uringloop._sendfile import SpliceSender     # imported when first used (see unix.py)
         sender = SpliceSender(self, sock_fd, file_fd, offset, count or 0)
+        # loop.sendfile() on a transport: the transport's close ends the transfer (see
+        # _sendfile_native).
+        transp = self._ul_sendfile_transports.get(sock_fd)
+        if transp is not None:
+            transp._sendfile_sender = sender
         sender.start()
         return await sender.future
 
@@ -188,14 +193,21 @@ class NetworkMixin:
         # As stock: the socket leaves the transport for the duration -- reading paused, the
         # write buffer drained, write() refused -- and is handed to sock_sendfile (which
         # also validates the arguments), without fallback.
+        # The splices write to a duplicate of the socket's descriptor (they must not touch a
+        # reused number, see _sendfile.pyx), so closing the transport alone would leave the
+        # connection open and the file still streaming into it; the transport is told which
+        # transfer is its own and aborts it as it closes -- the caller gets ConnectionError.
         fd = transp._sock_fd
         self._transports.pop(fd, None)
         resume_reading = transp.is_reading()
         transp.pause_reading()
         await transp._make_empty_waiter()
+        self._ul_sendfile_transports[fd] = transp
         try:
             return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
         finally:
+            del self._ul_sendfile_transports[fd]
+            transp._sendfile_sender = None
             transp._reset_empty_waiter()
             if transp._sock is not None:          # connection_lost has not run
                 self._transports[fd] = transp
