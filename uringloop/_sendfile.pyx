@@ -44,12 +44,15 @@ from uringloop._ops cimport Proactor, Completer, Operation, SpliceOp, PollOp, OP
 import errno as _errno
 import fcntl as _fcntl
 import os
-import select as _select
 
 from asyncio import exceptions as _exceptions
 
 cdef extern from "<string.h>":
     char *c_strerror "strerror"(int errnum)
+
+cdef extern from "<poll.h>":
+    enum:
+        POLLIN, POLLOUT
 
 # A bigger pipe moves more per splice pair; 1 MiB is the default unprivileged maximum
 # (/proc/sys/fs/pipe-max-size).  The default 64 KiB is kept if the kernel refuses.
@@ -153,10 +156,10 @@ cdef class SpliceSender(Completer):
         # can take more (DRAIN), or a non-regular input has data (FILL).
         if self.stage == FILL:
             self.ready_op.fd = self.file_fd
-            self.ready_op.events = _select.POLLIN
+            self.ready_op.events = POLLIN
         else:
             self.ready_op.fd = self.sock_fd
-            self.ready_op.events = _select.POLLOUT
+            self.ready_op.events = POLLOUT
         self.ready_op.submit()
         return 0
 
