@@ -244,7 +244,7 @@ async def test_sendall_64mib_to_a_slow_reader_arrives_whole_and_in_order():
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_waiting_on_a_stalled_peer_is_not_a_busy_loop(is_uring, tmp_path):
-    """Whatever waits for a peer -- to read, to make room, to connect -- waits in the kernel: a
+    """Whatever waits for a peer -- to read, to make room, to accept -- waits in the kernel: a
     request that cannot progress must not complete and be resubmitted over and over (splice did,
     ~70k times a second, until it learnt to wait for POLLOUT).  Counted in ring completions, so
     uringloop only; the stock loop has no counter, and its waits are epoll's."""

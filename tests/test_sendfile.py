@@ -274,7 +274,6 @@ async def test_loop_sendfile_on_a_transport(data_file):
     await server.wait_closed()
 
 
-
 @pytest.mark.asyncio
 @bounded(20)
 async def test_loop_sendfile_ends_when_its_transport_is_aborted(data_file, is_uring):
