@@ -3,8 +3,13 @@
 import asyncio
 import errno
 import gc
+import hashlib
 import os
+import select
 import socket
+import subprocess
+import sys
+import tty
 import warnings
 
 import pytest
@@ -226,6 +231,86 @@ async def test_socket_write_pipe_bytes_are_sent_when_write_returns():
     transport.close()
     assert await asyncio.wait_for(proto.lost, 5) is None
     b.close()
+
+
+@pytest.mark.asyncio
+async def test_pty_write_pipe_bytes_are_in_the_pty_when_write_returns():
+    # The pty flavour of the test above (CPython's test_write_pty does the same): a blocking
+    # read of the master on the loop's own thread, before the loop runs again.
+    # (A pty passes the bytes to its master through a kernel worker, so the read waits for
+    # them -- up to 5 s, without letting the loop run: a missing byte fails instead of hanging.)
+    loop = asyncio.get_running_loop()
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    transport, proto = await loop.connect_write_pipe(Writer, os.fdopen(slave, "wb", 0))
+
+    def read_master(n):
+        got = b""
+        while len(got) < n and select.select([master], [], [], 5)[0]:
+            got += os.read(master, 100)
+        return got
+
+    try:
+        transport.write(b"1")
+        assert read_master(1) == b"1"
+        transport.write(b"2345")
+        assert read_master(4) == b"2345"
+        transport.close()
+        assert await asyncio.wait_for(proto.lost, 5) is None
+    finally:
+        if not transport.is_closing():
+            transport.abort()
+        os.close(master)
+
+
+PTY_DRAINER = """
+import hashlib, os, select, sys
+master, go, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+told = bool(select.select([go], [], [], 10)[0])
+digest, got = hashlib.sha256(), 0
+while got < n:
+    chunk = os.read(master, 1 << 16)
+    digest.update(chunk)
+    got += len(chunk)
+print(told, got, digest.hexdigest())
+"""
+
+
+@pytest.mark.asyncio
+async def test_pty_write_larger_than_the_pty_holds_does_not_block_the_loop():
+    # Nobody reads the master until the loop has run callbacks with the pty full: a write that
+    # blocked the loop's thread until the data was read would never get there.  The reader is
+    # a child process (a thread could need the GIL the blocked loop holds), which gives up
+    # waiting to be told after 10 s and drains the pty anyway, so that a failure ends.
+    loop = asyncio.get_running_loop()
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    transport, proto = await loop.connect_write_pipe(Writer, os.fdopen(slave, "wb", 0))
+    go_r, go_w = os.pipe()
+    payload = os.urandom(400_000)           # a pty holds a few KiB to 64 KiB
+    drainer = subprocess.Popen(
+        [sys.executable, "-c", PTY_DRAINER, str(master), str(go_r), str(len(payload))],
+        pass_fds=(master, go_r), stdout=subprocess.PIPE, text=True)
+    try:
+        transport.write(payload[:1000])
+        transport.write(payload[1000:])
+        await iterations(5)
+        assert transport.get_write_buffer_size() > 0      # the pty is full, nobody reads it
+        os.write(go_w, b"go")
+        await until(lambda: drainer.poll() is not None, limit=100_000)
+        told, got, digest = drainer.stdout.read().split()
+        assert told == "True", "the loop did not run callbacks while the pty was full"
+        assert (int(got), digest) == (len(payload), hashlib.sha256(payload).hexdigest())
+        await until(lambda: transport.get_write_buffer_size() == 0)
+        transport.close()
+        assert await asyncio.wait_for(proto.lost, 5) is None
+    finally:
+        if not transport.is_closing():
+            transport.abort()
+        drainer.kill()
+        drainer.communicate()
+        for fd in (go_r, go_w, master):
+            os.close(fd)
 
 
 @pytest.mark.asyncio

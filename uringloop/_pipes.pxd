@@ -1,4 +1,4 @@
-from uringloop._ops cimport BufferOp, PollOp
+from uringloop._ops cimport Operation, BufferOp, PollOp
 from uringloop._flow cimport TransportCore
 
 
@@ -11,6 +11,7 @@ cdef class PipeCore(TransportCore):
     cdef int schedule_connection_lost(self, object exc) except -1
     cdef bint busy(self)
     cdef int release_if_idle(self) except -1
+    cdef int close_pipe(self) except -1    # close the pipe now (nothing names it in the kernel)
 
 
 cdef class ReadPipeCore(PipeCore):
@@ -29,14 +30,18 @@ cdef class ReadPipeCore(PipeCore):
 
 cdef class WritePipeCore(PipeCore):
     cdef BufferOp write_op                 # write(2) for pipes and devices, send(2) for sockets
+    cdef Operation write_wait              # write_op, or for a tty a POLLOUT poll (tty_write)
     cdef object inflight                   # the bytes the kernel is writing from
     cdef Py_ssize_t inflight_done          # how much of it is written (partial pipe writes)
     cdef bytearray pending                 # written by the protocol while write_op is in flight
     cdef PollOp hangup_poll                # wakes when the reading end goes away
-    cdef bint no_write_now                 # the fd refuses RWF_NOWAIT (a tty): always submit
+    cdef bint no_write_now                 # the fd refuses RWF_NOWAIT: always submit
+    cdef int tty_fd                        # a tty's own O_NONBLOCK description, or -1
 
     cdef object write_now(self, object data)
     cdef int start_write(self, object data) except -1
+    cdef int submit_rest(self) except -1
+    cdef int tty_write(self, int res) except? -1
     cdef int write_done(self, int res) except -1
     cdef int fatal_error(self, object exc, str message) except -1
     cdef int close_with(self, object exc) except -1

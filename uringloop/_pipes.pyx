@@ -21,7 +21,8 @@ flags do not matter to io_uring's socket operations).  Pipes and character devic
 to *blocking* mode, where the stock loop switches them to non-blocking: io_uring waits for a
 blocking pollable file with its internal poll, whereas kernels before 6.x complete a read on an
 O_NONBLOCK file with -EAGAIN, which would turn the wait into resubmissions.  (Blocking mode is
-also what the other users of a shared descriptor such as stdin expect.)
+also what the other users of a shared descriptor such as stdin expect.)  A tty written to gets a
+second, non-blocking description of its own for the writes tried at once (_open_tty_writer).
 
 As everywhere in uringloop, the pipe is closed only when the kernel holds no operation that names
 its descriptor any more.
@@ -43,6 +44,10 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_DONTWAIT
     ssize_t c_send "send"(int fd, const void *buf, size_t n, int flags)
 
+cdef extern from "<unistd.h>" nogil:
+    ssize_t c_write "write"(int fd, const void *buf, size_t n)
+    int c_close "close"(int fd)
+
 import errno as _errno
 import os
 import stat as _stat
@@ -57,6 +62,7 @@ cdef Py_ssize_t MAX_READ = 256 * 1024
 cdef extern from "<poll.h>":
     enum:
         POLLIN
+        POLLOUT
 
 
 cdef inline object _oserror(int err):
@@ -81,19 +87,21 @@ cdef class PipeCore(TransportCore):
         return False
 
     cdef int release_if_idle(self) except -1:
+        if self.lost and self.pipe is not None and not self.busy():
+            self.close_pipe()
+        return 0
+
+    cdef int close_pipe(self) except -1:
         cdef object pipe = self.pipe
-        if self.lost and pipe is not None and not self.busy():
-            self.pipe = None
-            pipe.close()
+        self.pipe = None
+        pipe.close()
         return 0
 
     def close_unclosed(self):
         """The transport object is being collected without close(): release the pipe."""
-        cdef object pipe = self.pipe
-        if pipe is None:
+        if self.pipe is None:
             return False
-        self.pipe = None
-        pipe.close()
+        self.close_pipe()
         return True
 
     @property
@@ -246,9 +254,30 @@ cdef class WritePipeCore(PipeCore):
         if watch_hangup:
             self.hangup_poll = PollOp(self.proactor, self, fd, None)
             self.hangup_poll.events = POLLIN
+        self.write_wait = self.write_op
+        if not is_socket and not watch_hangup and os.isatty(fd):
+            self.tty_fd = _open_tty_writer(fd)
+            if self.tty_fd >= 0:
+                self.write_wait = PollOp(self.proactor, self, fd, None)
+                (<PollOp>self.write_wait).events = POLLOUT
+
+    def __cinit__(self):
+        self.tty_fd = -1
+
+    def __dealloc__(self):
+        if self.tty_fd >= 0:
+            c_close(self.tty_fd)
+
+    cdef int close_pipe(self) except -1:
+        cdef int tty_fd = self.tty_fd
+        if tty_fd >= 0:
+            self.tty_fd = -1
+            c_close(tty_fd)
+        PipeCore.close_pipe(self)
+        return 0
 
     cdef bint busy(self):
-        return self.write_op.state != OP_IDLE or (
+        return self.write_wait.state != OP_IDLE or (
             self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE)
 
     def start_watching(self):
@@ -271,7 +300,7 @@ cdef class WritePipeCore(PipeCore):
         if self.conn_lost or self.closing:
             self.count_lost_write('pipe closed by peer or os.write(pipe, data) raised exception.')
             return
-        if self.write_op.state == OP_IDLE:
+        if self.write_wait.state == OP_IDLE:
             data = self.write_now(data)
             if data is None:
                 return          # all written, or the pipe failed (reported as a fatal error)
@@ -293,8 +322,10 @@ cdef class WritePipeCore(PipeCore):
         on the same thread (CPython's test_write_pipe does that) would otherwise wait forever
         for bytes only the loop's next iteration would hand to the kernel.  The fd stays in
         blocking mode (the ring waits on it), so the attempt must not sleep: RWF_NOWAIT for
-        pipes, MSG_DONTWAIT for sockets.  A tty refuses RWF_NOWAIT (EOPNOTSUPP): its writes are
-        only submitted.  Only with nothing in flight, which keeps the order of the bytes."""
+        pipes, MSG_DONTWAIT for sockets, and for a tty, which refuses RWF_NOWAIT (EOPNOTSUPP),
+        write(2) through a non-blocking description of its own (see _open_tty_writer); a
+        character device without one has its writes only submitted.  Only with nothing in
+        flight, which keeps the order of the bytes."""
         cdef Py_buffer view
         cdef ssize_t done
         cdef int err
@@ -304,6 +335,8 @@ cdef class WritePipeCore(PipeCore):
         try:
             if self.is_socket:
                 done = c_send(self.fd, view.buf, <size_t>view.len, MSG_DONTWAIT | MSG_NOSIGNAL)
+            elif self.tty_fd >= 0:
+                done = c_write(self.tty_fd, view.buf, <size_t>view.len)
             else:
                 done = ul_write_nowait(self.fd, view.buf, <size_t>view.len)
             err = errno
@@ -324,17 +357,57 @@ cdef class WritePipeCore(PipeCore):
             PyBuffer_Release(&view)
 
     cdef int start_write(self, object data) except -1:
-        cdef BufferOp op = self.write_op
         self.inflight = data
         self.inflight_done = 0
-        op.set_buffer(data, False)
+        self.submit_rest()
+        return 0
+
+    cdef int submit_rest(self) except -1:
+        """Hand what is left of self.inflight to the kernel: as a write(2), or for a tty with a
+        description of its own (see _open_tty_writer) as a wait for room in it, after which
+        tty_write() writes what fits.
+
+        Why a tty waits instead of writing: io_uring writes to a pollable file that lacks
+        FMODE_NOWAIT (a tty) inline in the io_uring_enter as soon as poll reports room, trusting
+        the write not to sleep -- but a tty's write sleeps whenever the data outgrows that room,
+        so a large write to a slow terminal held the loop's thread inside io_uring_enter until
+        the other end had read it all (300 KB to a pty read at 400 KB/s: 0.7 s without a
+        callback; the stock loop writes what fits and waits for its writer callback)."""
+        cdef Operation op = self.write_wait
+        if op is self.write_op:
+            if self.inflight_done:
+                self.write_op.set_buffer(memoryview(self.inflight)[self.inflight_done:], False)
+            else:
+                self.write_op.set_buffer(self.inflight, False)
         op.keep = self.pipe
         op.submit()
         return 0
 
+    cdef int tty_write(self, int res) except? -1:
+        """The tty has room (a POLLOUT completion `res`): write what fits of the rest of
+        self.inflight without sleeping; return the count written or -errno, as the completion of
+        a write(2) would be."""
+        cdef Py_buffer view
+        cdef ssize_t done
+        if res < 0:
+            return res
+        PyObject_GetBuffer(self.inflight, &view, PyBUF_SIMPLE)
+        try:
+            done = c_write(self.tty_fd, <char *>view.buf + self.inflight_done,
+                           <size_t>(view.len - self.inflight_done))
+            if done >= 0:
+                return <int>done
+            if errno == EAGAIN or errno == EINTR:
+                return 0            # the room went to another writer: wait again
+            return -errno
+        finally:
+            PyBuffer_Release(&view)
+
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         if op is self.write_op:
             self.write_done(res)
+        elif op is self.write_wait:
+            self.write_done(self.tty_write(res))
         elif res >= 0 and not self.closing:
             # The reading end went away.
             if self.loop.get_debug():
@@ -358,10 +431,8 @@ cdef class WritePipeCore(PipeCore):
         self.buffer_size -= res
         self.inflight_done += res
         if self.inflight_done < len(self.inflight) and not self.proactor.closing:
-            # A partial write (only pipes report them; SendOp finishes sends itself).
-            self.write_op.set_buffer(memoryview(self.inflight)[self.inflight_done:], False)
-            self.write_op.keep = self.pipe
-            self.write_op.submit()
+            # A partial write (pipes and ttys; SendOp finishes sends itself).
+            self.submit_rest()
             self.maybe_resume_protocol()
             return 0
         self.inflight = None
@@ -370,7 +441,7 @@ cdef class WritePipeCore(PipeCore):
             self.pending.clear()
             self.start_write(data)
         self.maybe_resume_protocol()    # may write more
-        if self.closing and self.write_op.state == OP_IDLE and not self.pending:
+        if self.closing and self.write_wait.state == OP_IDLE and not self.pending:
             # write_eof()/close() was waiting for the buffer to drain.
             if self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE:
                 self.hangup_poll.cancel()
@@ -384,7 +455,7 @@ cdef class WritePipeCore(PipeCore):
         if self.closing:
             return
         self.closing = True
-        if self.write_op.state == OP_IDLE and not self.pending:
+        if self.write_wait.state == OP_IDLE and not self.pending:
             if self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE:
                 self.hangup_poll.cancel()
             self.schedule_connection_lost(None)
@@ -400,8 +471,8 @@ cdef class WritePipeCore(PipeCore):
         self.closing = True
         self.pending.clear()
         self.buffer_size = 0
-        if self.write_op.state != OP_IDLE:
-            self.write_op.cancel()
+        if self.write_wait.state != OP_IDLE:
+            self.write_wait.cancel()
         if self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE:
             self.hangup_poll.cancel()
         self.schedule_connection_lost(exc)
@@ -414,7 +485,35 @@ cdef class WritePipeCore(PipeCore):
 
     @property
     def writing(self):
-        return self.write_op.state != OP_IDLE
+        return self.write_wait.state != OP_IDLE
+
+
+cdef int _open_tty_writer(int fd) except -2:
+    """A second, non-blocking open file description of the tty `fd` names, for write_now();
+    -1 where there is none to be had.
+
+    Why: the stock transport writes to a tty inside write() -- it switches the shared
+    description to O_NONBLOCK for good, which the shell and every other process on the same
+    terminal then see (and which is why this module keeps descriptors blocking).  io_uring
+    offers no write to a tty that cannot sleep (no RWF_NOWAIT; a submitted write leaves only at
+    the loop's next io_uring_enter, and may sleep there, see submit_rest), so a program that
+    wrote to a pty and then read its master end on the same thread waited forever (CPython's
+    test_write_pty and test_bidirectional_pty).  Opening the device again through /proc/self/fd
+    gives a description of our own, where O_NONBLOCK touches nobody else.  Not for the pty
+    master (/dev/ptmx, 5:2): opening it again creates a new pty.  Where it cannot be had, the
+    tty's writes are submitted as a pipe's are."""
+    cdef object st = os.fstat(fd)
+    if os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 2:
+        return -1
+    try:
+        tty_fd = os.open(f'/proc/self/fd/{fd}',
+                         os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return -1       # no /proc, no permission, an exclusive tty (TIOCEXCL)...: submit only
+    if os.fstat(tty_fd).st_rdev != st.st_rdev:
+        os.close(tty_fd)
+        return -1
+    return tty_fd
 
 
 cdef tuple _adopt_pipe(object pipe, str wrong_kind):
