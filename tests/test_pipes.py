@@ -265,11 +265,11 @@ async def test_pty_write_pipe_bytes_are_in_the_pty_when_write_returns():
 
 PTY_DRAINER = """
 import hashlib, os, select, sys
-master, go, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+end, go, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 told = bool(select.select([go], [], [], 10)[0])
 digest, got = hashlib.sha256(), 0
 while got < n:
-    chunk = os.read(master, 1 << 16)
+    chunk = os.read(end, 1 << 16)
     digest.update(chunk)
     got += len(chunk)
 print(told, got, digest.hexdigest())
@@ -277,20 +277,23 @@ print(told, got, digest.hexdigest())
 
 
 @pytest.mark.asyncio
-async def test_pty_write_larger_than_the_pty_holds_does_not_block_the_loop():
-    # Nobody reads the master until the loop has run callbacks with the pty full: a write that
-    # blocked the loop's thread until the data was read would never get there.  The reader is
-    # a child process (a thread could need the GIL the blocked loop holds), which gives up
-    # waiting to be told after 10 s and drains the pty anyway, so that a failure ends.
+@pytest.mark.parametrize("end", ["slave", "master"])
+async def test_pty_write_larger_than_the_pty_holds_does_not_block_the_loop(end):
+    # Nobody reads the other end until the loop has run callbacks with the pty full: a write
+    # that blocked the loop's thread until the data was read would never get there.  The reader
+    # is a child process (a thread could need the GIL the blocked loop holds), which gives up
+    # waiting to be told after 10 s and drains the pty anyway, so that a failure ends.  (The
+    # slave end is a tty the transport can open again; the master end, /dev/ptmx, is not.)
     loop = asyncio.get_running_loop()
     master, slave = os.openpty()
     tty.setraw(slave)
-    transport, proto = await loop.connect_write_pipe(Writer, os.fdopen(slave, "wb", 0))
+    ours, theirs = (slave, master) if end == "slave" else (master, slave)
+    transport, proto = await loop.connect_write_pipe(Writer, os.fdopen(ours, "wb", 0))
     go_r, go_w = os.pipe()
     payload = os.urandom(400_000)           # a pty holds a few KiB to 64 KiB
     drainer = subprocess.Popen(
-        [sys.executable, "-c", PTY_DRAINER, str(master), str(go_r), str(len(payload))],
-        pass_fds=(master, go_r), stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", PTY_DRAINER, str(theirs), str(go_r), str(len(payload))],
+        pass_fds=(theirs, go_r), stdout=subprocess.PIPE, text=True)
     try:
         transport.write(payload[:1000])
         transport.write(payload[1000:])
@@ -309,7 +312,7 @@ async def test_pty_write_larger_than_the_pty_holds_does_not_block_the_loop():
             transport.abort()
         drainer.kill()
         drainer.communicate()
-        for fd in (go_r, go_w, master):
+        for fd in (go_r, go_w, theirs):
             os.close(fd)
 
 

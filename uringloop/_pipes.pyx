@@ -260,6 +260,10 @@ cdef class WritePipeCore(PipeCore):
             if self.tty_fd >= 0:
                 self.write_wait = PollOp(self.proactor, self, fd, None)
                 (<PollOp>self.write_wait).events = POLLOUT
+            else:
+                # No description of our own (a pty's master end, no /proc...): the writes go
+                # to a worker thread, which may sleep in them (see submit_rest).
+                (<ReadWriteOp>self.write_op).always_async = True
 
     def __cinit__(self):
         self.tty_fd = -1
@@ -501,7 +505,7 @@ cdef int _open_tty_writer(int fd) except -2:
     test_write_pty and test_bidirectional_pty).  Opening the device again through /proc/self/fd
     gives a description of our own, where O_NONBLOCK touches nobody else.  Not for the pty
     master (/dev/ptmx, 5:2): opening it again creates a new pty.  Where it cannot be had, the
-    tty's writes are submitted as a pipe's are."""
+    tty's writes are submitted as a pipe's are, but always to a worker thread."""
     cdef object st = os.fstat(fd)
     if os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 2:
         return -1
