@@ -9,6 +9,7 @@ import select
 import socket
 import subprocess
 import sys
+import termios
 import tty
 import warnings
 
@@ -457,6 +458,54 @@ async def test_pty_hangup_ends_the_read_pipe_quietly():
     exc = await asyncio.wait_for(proto.lost, 5)
     assert isinstance(exc, OSError) and exc.errno == errno.EIO
     assert errors == []
+
+
+PTY_WATCHDOG = """
+import os, select, sys
+master, go = int(sys.argv[1]), int(sys.argv[2])
+told = bool(select.select([go], [], [], 10)[0])
+if not told:
+    os.write(master, b"123456789")      # what a read that waits for VMIN bytes waits for
+print(told)
+"""
+
+
+@pytest.mark.asyncio
+async def test_tty_read_with_vmin_and_vtime_delivers_what_is_there():
+    # Non-canonical mode with VMIN=10, VTIME=25.5 s: a read(2) that may sleep waits for ten
+    # bytes or the timer, in the loop's thread if the loop lets the tty sleep there.  Both loops
+    # deliver the one byte at once.  The watchdog (a child process: a thread could need the GIL
+    # the blocked loop holds) supplies the other nine after 10 s if not told first, so a
+    # failure ends.
+    loop = asyncio.get_running_loop()
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    attrs = termios.tcgetattr(slave)
+    attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 10, 255
+    termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    transport, proto = await loop.connect_read_pipe(Reader, os.fdopen(slave, "rb", 0))
+    go_r, go_w = os.pipe()
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", PTY_WATCHDOG, str(master), str(go_r)],
+        pass_fds=(master, go_r), stdout=subprocess.PIPE, text=True)
+    try:
+        await iterations(3)
+        os.write(master, b"a")
+        await until(lambda: proto.data, limit=100_000)
+        os.write(go_w, b"go")
+        await until(lambda: watchdog.poll() is not None, limit=100_000)
+        assert watchdog.stdout.read().split() == ["True"], "the one byte waited for VMIN"
+        assert proto.data == b"a"
+        transport.close()
+        assert await asyncio.wait_for(proto.lost, 5) is None
+    finally:
+        watchdog.kill()
+        watchdog.communicate()
+        for fd in (go_r, go_w, master):
+            os.close(fd)
+        if not transport.is_closing():
+            transport.close()
+            await asyncio.wait_for(proto.lost, 5)
 
 
 @pytest.mark.asyncio

@@ -7,6 +7,7 @@ cdef class PipeCore(TransportCore):
     cdef readonly int fd
     cdef bint is_socket
     cdef bint lost_scheduled               # connection_lost() is on the ready queue
+    cdef int tty_fd                        # a tty's own O_NONBLOCK description, or -1
 
     cdef int schedule_connection_lost(self, object exc) except -1
     cdef bint busy(self)
@@ -16,12 +17,14 @@ cdef class PipeCore(TransportCore):
 
 cdef class ReadPipeCore(PipeCore):
     cdef BufferOp read_op                  # read(2) for pipes and devices, recv(2) for sockets
+    cdef Operation read_wait               # read_op, or for a tty a POLLIN poll (tty_read)
     cdef bytearray buf                     # lent to the kernel while read_op is in flight
     cdef readonly bint paused
     cdef list stash                        # what completed after pause_reading(): bytes, b'' (EOF)
     cdef bint stash_flush_scheduled
 
     cdef int arm_read(self) except -1
+    cdef int tty_read(self) except? -1
     cdef int got_data(self, object data) except -1
     cdef int got_eof(self) except -1
     cdef int fatal_error(self, object exc, str message) except -1
@@ -36,7 +39,6 @@ cdef class WritePipeCore(PipeCore):
     cdef bytearray pending                 # written by the protocol while write_op is in flight
     cdef PollOp hangup_poll                # wakes when the reading end goes away
     cdef bint no_write_now                 # the fd refuses RWF_NOWAIT: always submit
-    cdef int tty_fd                        # a tty's own O_NONBLOCK description, or -1
 
     cdef object write_now(self, object data)
     cdef int start_write(self, object data) except -1

@@ -21,8 +21,10 @@ flags do not matter to io_uring's socket operations).  Pipes and character devic
 to *blocking* mode, where the stock loop switches them to non-blocking: io_uring waits for a
 blocking pollable file with its internal poll, whereas kernels before 6.x complete a read on an
 O_NONBLOCK file with -EAGAIN, which would turn the wait into resubmissions.  (Blocking mode is
-also what the other users of a shared descriptor such as stdin expect.)  A tty written to gets a
-second, non-blocking description of its own for the writes tried at once (_open_tty_writer).
+also what the other users of a shared descriptor such as stdin expect.)  A tty gets a second,
+non-blocking description of the transport's own: it is read and written through that, after a
+poll on the ring says it is ready, never through a request the tty could sleep in
+(_open_tty_again).
 
 As everywhere in uringloop, the pipe is closed only when the kernel holds no operation that names
 its descriptor any more.
@@ -46,6 +48,7 @@ cdef extern from "<sys/socket.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t c_write "write"(int fd, const void *buf, size_t n)
+    ssize_t c_read "read"(int fd, void *buf, size_t n)
     int c_close "close"(int fd)
 
 import errno as _errno
@@ -71,11 +74,18 @@ cdef inline object _oserror(int err):
 
 cdef class PipeCore(TransportCore):
 
+    def __cinit__(self):
+        self.tty_fd = -1
+
     def __init__(self, loop, transport, pipe, int fd, protocol, bint is_socket):
         TransportCore.__init__(self, loop, transport, protocol)
         self.pipe = pipe
         self.fd = fd
         self.is_socket = is_socket
+
+    def __dealloc__(self):
+        if self.tty_fd >= 0:
+            c_close(self.tty_fd)
 
     cdef int schedule_connection_lost(self, object exc) except -1:
         if not self.lost_scheduled:
@@ -93,6 +103,10 @@ cdef class PipeCore(TransportCore):
 
     cdef int close_pipe(self) except -1:
         cdef object pipe = self.pipe
+        cdef int tty_fd = self.tty_fd
+        if tty_fd >= 0:
+            self.tty_fd = -1
+            c_close(tty_fd)
         self.pipe = None
         pipe.close()
         return 0
@@ -122,9 +136,16 @@ cdef class ReadPipeCore(PipeCore):
             self.read_op = ReadWriteOp(self.proactor, self, fd, None)
             (<ReadWriteOp>self.read_op).opcode = UL_OP_READ
             (<ReadWriteOp>self.read_op).position = -1     # the file's own (stream) position
+        self.read_wait = self.read_op
+        if not is_socket and os.isatty(fd):
+            self.tty_fd = _open_tty_again(fd, os.O_RDONLY)
+            if self.tty_fd >= 0:
+                self.read_wait = PollOp(self.proactor, self, fd, None)
+                (<PollOp>self.read_wait).events = POLLIN
+                self.read_op.set_buffer(self.buf, True)    # tty_read's target; never submitted
 
     cdef bint busy(self):
-        return self.read_op.state != OP_IDLE
+        return self.read_wait.state != OP_IDLE
 
     def start_reading(self):
         """Scheduled right after protocol.connection_made()."""
@@ -132,17 +153,28 @@ cdef class ReadPipeCore(PipeCore):
             self.arm_read()
 
     cdef int arm_read(self) except -1:
-        cdef BufferOp op = self.read_op
+        """Submit the read (or, for a tty with a description of its own, the wait for input)."""
+        cdef Operation op = self.read_wait
         if op.state != OP_IDLE or self.proactor.closing or self.pipe is None:
             return 0
-        if not op.has_view:
-            op.set_buffer(self.buf, True)
+        if not self.read_op.has_view:
+            self.read_op.set_buffer(self.buf, True)
         op.keep = self.pipe
         op.submit()
         return 0
 
+    cdef int tty_read(self) except? -1:
+        """The tty has input (a POLLIN completion): read what it holds into the buffer without
+        sleeping; return the count or -errno, as the completion of a read(2) would be."""
+        cdef ssize_t n = c_read(self.tty_fd, self.read_op.view.buf, <size_t>self.read_op.view.len)
+        return <int>n if n >= 0 else -errno
+
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         cdef object data
+        if op is not self.read_op and res >= 0 and not self.closing:
+            res = self.tty_read()
+            if res == -EAGAIN or res == -EINTR:
+                res = -ECANCELED            # another reader took it: wait again (below)
         if res == -ECANCELED:
             if not self.closing and not self.paused and not self.stash:
                 self.arm_read()
@@ -196,8 +228,8 @@ cdef class ReadPipeCore(PipeCore):
         if self.closing or self.paused:
             return
         self.paused = True
-        if self.read_op.state != OP_IDLE:
-            self.read_op.cancel()
+        if self.read_wait.state != OP_IDLE:
+            self.read_wait.cancel()
         if self.loop.get_debug():
             _logger.debug("%r pauses reading", self.transport)
 
@@ -221,8 +253,8 @@ cdef class ReadPipeCore(PipeCore):
     cdef int close_with(self, object exc) except -1:
         self.closing = True
         self.stash.clear()
-        if self.read_op.state != OP_IDLE:
-            self.read_op.cancel()
+        if self.read_wait.state != OP_IDLE:
+            self.read_wait.cancel()
         self.schedule_connection_lost(exc)
         return 0
 
@@ -235,7 +267,7 @@ cdef class ReadPipeCore(PipeCore):
 
     @property
     def reading(self):
-        return self.read_op.state != OP_IDLE
+        return self.read_wait.state != OP_IDLE
 
 
 @cython.final
@@ -256,7 +288,7 @@ cdef class WritePipeCore(PipeCore):
             self.hangup_poll.events = POLLIN
         self.write_wait = self.write_op
         if not is_socket and not watch_hangup and os.isatty(fd):
-            self.tty_fd = _open_tty_writer(fd)
+            self.tty_fd = _open_tty_again(fd, os.O_WRONLY)
             if self.tty_fd >= 0:
                 self.write_wait = PollOp(self.proactor, self, fd, None)
                 (<PollOp>self.write_wait).events = POLLOUT
@@ -264,21 +296,6 @@ cdef class WritePipeCore(PipeCore):
                 # No description of our own (a pty's master end, no /proc...): the writes go
                 # to a worker thread, which may sleep in them (see submit_rest).
                 (<ReadWriteOp>self.write_op).always_async = True
-
-    def __cinit__(self):
-        self.tty_fd = -1
-
-    def __dealloc__(self):
-        if self.tty_fd >= 0:
-            c_close(self.tty_fd)
-
-    cdef int close_pipe(self) except -1:
-        cdef int tty_fd = self.tty_fd
-        if tty_fd >= 0:
-            self.tty_fd = -1
-            c_close(tty_fd)
-        PipeCore.close_pipe(self)
-        return 0
 
     cdef bint busy(self):
         return self.write_wait.state != OP_IDLE or (
@@ -327,7 +344,7 @@ cdef class WritePipeCore(PipeCore):
         for bytes only the loop's next iteration would hand to the kernel.  The fd stays in
         blocking mode (the ring waits on it), so the attempt must not sleep: RWF_NOWAIT for
         pipes, MSG_DONTWAIT for sockets, and for a tty, which refuses RWF_NOWAIT (EOPNOTSUPP),
-        write(2) through a non-blocking description of its own (see _open_tty_writer); a
+        write(2) through a non-blocking description of its own (see _open_tty_again); a
         character device without one has its writes only submitted.  Only with nothing in
         flight, which keeps the order of the bytes."""
         cdef Py_buffer view
@@ -368,7 +385,7 @@ cdef class WritePipeCore(PipeCore):
 
     cdef int submit_rest(self) except -1:
         """Hand what is left of self.inflight to the kernel: as a write(2), or for a tty with a
-        description of its own (see _open_tty_writer) as a wait for room in it, after which
+        description of its own (see _open_tty_again) as a wait for room in it, after which
         tty_write() writes what fits.
 
         Why a tty waits instead of writing: io_uring writes to a pollable file that lacks
@@ -492,26 +509,32 @@ cdef class WritePipeCore(PipeCore):
         return self.write_wait.state != OP_IDLE
 
 
-cdef int _open_tty_writer(int fd) except -2:
-    """A second, non-blocking open file description of the tty `fd` names, for write_now();
-    -1 where there is none to be had.
+cdef int _open_tty_again(int fd, int access) except -2:
+    """A second, non-blocking open file description of the tty `fd` names, opened for `access`
+    (O_RDONLY or O_WRONLY) -- for the reads and writes a tty's pipe transport makes; -1 where
+    there is none to be had.
 
-    Why: the stock transport writes to a tty inside write() -- it switches the shared
-    description to O_NONBLOCK for good, which the shell and every other process on the same
-    terminal then see (and which is why this module keeps descriptors blocking).  io_uring
-    offers no write to a tty that cannot sleep (no RWF_NOWAIT; a submitted write leaves only at
-    the loop's next io_uring_enter, and may sleep there, see submit_rest), so a program that
-    wrote to a pty and then read its master end on the same thread waited forever (CPython's
-    test_write_pty and test_bidirectional_pty).  Opening the device again through /proc/self/fd
-    gives a description of our own, where O_NONBLOCK touches nobody else.  Not for the pty
+    Why: the stock transports read and write a tty without ever sleeping -- they switch the
+    shared description to O_NONBLOCK for good, which the shell and every other process on the
+    same terminal then see (and which is why this module keeps descriptors blocking).  io_uring
+    offers no read or write of a tty that cannot sleep: a tty has no FMODE_NOWAIT, so the ring
+    does the request inline in io_uring_enter as soon as poll says ready, and the tty then
+    sleeps in the loop's thread -- a write for whatever does not fit (see submit_rest), a read
+    in non-canonical mode with VMIN > 1 and VTIME > 0 until VMIN bytes or the timer (1 s
+    stalls measured with VTIME=10).  And a submitted write leaves only at the next enter, so a
+    program that wrote to a pty and then read its master end on the same thread waited forever
+    (CPython's test_write_pty and test_bidirectional_pty).  Opening the device again through
+    /proc/self/fd gives a description of our own, where O_NONBLOCK touches nobody else: the
+    transport waits with a poll on the ring and reads or writes through it.  Not for the pty
     master (/dev/ptmx, 5:2): opening it again creates a new pty.  Where it cannot be had, the
-    tty's writes are submitted as a pipe's are, but always to a worker thread."""
+    tty's reads are submitted as a pipe's are, and its writes too, but always to a worker
+    thread."""
     cdef object st = os.fstat(fd)
     if os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 2:
         return -1
     try:
         tty_fd = os.open(f'/proc/self/fd/{fd}',
-                         os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+                         access | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return -1       # no /proc, no permission, an exclusive tty (TIOCEXCL)...: submit only
     if os.fstat(tty_fd).st_rdev != st.st_rdev:
