@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -574,7 +575,7 @@ def memory_lines(results: dict, loops, ratio_cols, notes: Footnotes) -> list[str
         for lp in loops:
             rss0 = [r["rss0"] for r in _runs(idle[0], lp) if "rss0" in r]
             if rss0:
-                base.append(f"{lp} {fmt_bytes(sorted(rss0)[len(rss0) // 2])}")
+                base.append(f"{lp} {fmt_bytes(statistics.median(rss0))}")
         if base:
             out += ["", "RSS with no connection (median over rounds): " + ", ".join(base) + "."]
         out.append("")
@@ -615,7 +616,7 @@ def memory_lines(results: dict, loops, ratio_cols, notes: Footnotes) -> list[str
         for lp in loops:
             rps = [r["rps"] for r in _runs(load, lp) if "rps" in r]
             if rps:
-                rates.append(f"{lp} {fmt_rate(sorted(rps)[len(rps) // 2])}")
+                rates.append(f"{lp} {fmt_rate(statistics.median(rps))}")
         if rates:
             out += ["", "Echo rate during these runs (median, req/s; not a throughput "
                         "measurement): " + ", ".join(rates) + "."]
