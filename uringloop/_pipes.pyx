@@ -428,7 +428,9 @@ cdef class WritePipeCore(PipeCore):
         if op is self.write_op:
             self.write_done(res)
         elif op is self.write_wait:
-            self.write_done(self.tty_write(res))
+            # A poll that completed before abort()'s cancel reached it writes nothing more (as
+            # the read side reads nothing once closing); write_done() then drops the rest.
+            self.write_done(-ECANCELED if self.lost_scheduled else self.tty_write(res))
         elif res >= 0 and not self.closing:
             # The reading end went away.
             if self.loop.get_debug():
