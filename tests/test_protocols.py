@@ -305,6 +305,102 @@ async def test_large_mutable_write_after_a_reset_is_a_fatal_error():
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize('kind', [bytes, bytearray])
+async def test_small_write_after_a_reset_is_a_fatal_error(kind):
+    server, peer, client = await connected_pair()
+    client.transport.pause_reading()
+    sock = peer.transport.get_extra_info('socket')
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    peer.transport.abort()
+    await peer.lost
+    await asyncio.sleep(0.05)
+    client.transport.write(kind(b'x' * 100))
+    exc = await client.lost
+    assert isinstance(exc, (ConnectionResetError, BrokenPipeError))
+    client.transport.write(kind(b'y' * 100))        # after the loss: counted, not raised
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize('kind', [bytes, bytearray, memoryview])
+async def test_write_on_an_idle_connection_is_on_the_socket_when_write_returns(kind):
+    """With nothing else going on, write() hands the bytes to the socket before it returns, as
+    the stock loop does: a reply does not wait for the rest of the iteration (on uringloop: a
+    send with nothing to batch with goes out at once instead of at the next io_uring_enter)."""
+    loop = asyncio.get_running_loop()
+    made = loop.create_future()
+
+    class Writer(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            made.set_result(self)
+
+    server = await loop.create_server(Writer, '127.0.0.1', 0)
+    peer = socket.create_connection(server.sockets[0].getsockname())
+    peer.setblocking(False)
+    try:
+        writer = await made
+        await asyncio.sleep(0.05)            # the connection is set up and the loop is idle
+        for size in (10, 20_000):
+            payload = pattern(size, seed=size)
+            writer.transport.write(kind(payload))
+            got = bytearray()
+            while True:
+                try:
+                    chunk = peer.recv(1 << 20)      # no await: the loop has not run since
+                except BlockingIOError:
+                    break
+                got += chunk
+            assert bytes(got) == payload
+            assert writer.transport.get_write_buffer_size() == 0
+    finally:
+        peer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_replies_to_requests_that_arrived_together_are_whole_and_in_order(is_uring):
+    """Eight connections' requests arrive before the loop looks at any: every echo comes back
+    whole.  On uringloop those replies are send operations that leave together in the next
+    io_uring_enter (each with its completion), not eight send(2) calls: the at-once send is for
+    an iteration with nothing to batch with."""
+    loop = asyncio.get_running_loop()
+    count, size = 8, 3000
+    server = await loop.create_server(EchoProtocol, '127.0.0.1', 0)
+    clients = [socket.create_connection(server.sockets[0].getsockname()) for _ in range(count)]
+    try:
+        for client in clients:
+            client.setblocking(False)
+        await asyncio.sleep(0.1)             # every connection accepted, its receive armed
+        before = loop.statistics()['completions'] if is_uring else 0
+        payloads = [pattern(size, seed=i * size) for i in range(count)]
+        for client, payload in zip(clients, payloads):     # the loop is not running meanwhile
+            client.send(payload)
+        echoed = [bytearray() for _ in clients]
+        while any(len(e) < size for e in echoed):
+            await asyncio.sleep(0.01)
+            for client, e in zip(clients, echoed):
+                try:
+                    e += client.recv(1 << 16)
+                except BlockingIOError:
+                    pass
+        assert [bytes(e) for e in echoed] == payloads
+        if is_uring:
+            # A receive and a send completion per connection (a send at once would have none).
+            assert loop.statistics()['completions'] - before >= 2 * count
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_writelines_and_many_small_writes_keep_order():
     server, peer, client = await connected_pair()
     chunks = [pattern(n, seed=i * 1000) for i, n in enumerate([1, 7, 300, 65536, 2, 100_000, 5])]

@@ -31,6 +31,7 @@ cdef class Proactor:
     cdef object exception_handler          # loop.call_exception_handler
     cdef Py_ssize_t queued_io_bytes        # bytes the SQEs not yet submitted should move
     cdef int last_batch                    # completions the last iteration dispatched
+    cdef readonly unsigned ready_at_dispatch  # completions this iteration found (see nothing_to_batch)
     cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
     cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
     cdef object __weakref__
@@ -49,6 +50,10 @@ cdef class Proactor:
     cdef int enter_for(self, object timeout) except -1
     cdef unsigned busy_wait_count(self)
     cdef int dispatch_completions(self) except -1
+    cdef inline bint nothing_to_batch(self):
+        # Whether this iteration found at most one completion: nothing to batch a send with
+        # (SocketTransport.write sends at once then).
+        return self.ready_at_dispatch <= 1
     cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
                                     bint incremental=*, unsigned capacity=*)
 

@@ -465,6 +465,7 @@ cdef class Proactor:
         """Dispatch every completion the kernel has posted."""
         cdef int reaped, rounds, full, total
         self.batch_bytes = 0
+        self.ready_at_dispatch = self.ring.cq_ready()
         reaped = self.reap()
         # With DEFER_TASKRUN, 6.13+ kernels run at most IO_LOCAL_TW_DEFAULT_MAX (20) items of
         # deferred task work per io_uring_enter that waits for one completion, and leave the
