@@ -67,6 +67,30 @@ def compile_in_tree() -> None:
         _compiled_in_tree = True
 
 
+# glibc's memcpy/memmove copy anything above ~2 KiB with `rep movsb` on CPUs that advertise fast
+# string moves (ERMS/FSRM).  On AMD Zen 3 (this project's benchmark machine: EPYC, family 25,
+# glibc 2.36) `rep movsb` runs ~9x slower when the destination lies a few bytes after the
+# source modulo 4096: copying 64 KiB took 44-45 us instead of 5 us in a Python loop of
+# bytearray slices (`bytearray[:n]` of a 64 KiB buffer, whose copy malloc placed 64 KiB + 16
+# bytes further on).  Which copies hit that depends on where the heap puts each object, so a
+# server's rate turned on luck: BufferedProtocol echo at 100 KiB x 1, whose every request
+# copies the received chunk (servers.py), ran at 0.60x the same server's rate after an
+# unrelated change to when transports free what they wrote.  The servers of every loop and
+# the micro-benchmarks therefore run with `rep movsb` kept out of copies below 1 GiB (glibc
+# then uses its vector loop, and non-temporal stores from its usual threshold on); the run
+# records it, and --keep-rep-movsb measures with glibc's default.
+REP_MOVSB_TUNABLE = "glibc.cpu.x86_rep_movsb_threshold=1073741824"
+avoid_rep_movsb = True      # set by run.py from --keep-rep-movsb
+
+
+def glibc_tunables() -> Optional[str]:
+    """The GLIBC_TUNABLES the children run with (None: glibc's defaults)."""
+    inherited = os.environ.get("GLIBC_TUNABLES")
+    if not avoid_rep_movsb:
+        return inherited
+    return f"{inherited}:{REP_MOVSB_TUNABLE}" if inherited else REP_MOVSB_TUNABLE
+
+
 def child_env() -> dict:
     """Servers and micro-benchmarks import uringloop from the repository when it is built in
     place there (a developer's tree), otherwise from wherever it is installed."""
@@ -76,6 +100,9 @@ def child_env() -> dict:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_DIR)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    tunables = glibc_tunables()
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
     return env
 
 

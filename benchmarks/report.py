@@ -411,6 +411,10 @@ def metadata_lines(results: dict) -> list[str]:
         f"{meta.get('wrk') or 'wrk: not installed'}",
         f"- **Pinning**: server process on CPU {pin.get('server', '–')}, load generator on CPU "
         f"{pin.get('client', '–')} (benchmarks/loadgen.c, `{meta.get('loadgen_build', '?')}`)",
+        ("- **glibc**: servers run with `GLIBC_TUNABLES=" + cfg["glibc_tunables"] + "` (`rep movsb` "
+         "kept out of copies: on AMD Zen 3 it runs ~9x slower for some heap layouts; see "
+         "benchmarks/harness.py)" if cfg.get("glibc_tunables")
+         else "- **glibc**: servers run with glibc's default memcpy"),
         "- **Loops verified** (type of the running loop, printed by each server): "
         + ", ".join(f"{k} → `{v}`" for k, v in sorted(results.get("loop_types", {}).items())),
     ]

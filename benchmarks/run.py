@@ -272,6 +272,7 @@ class Runner:
                 "references": list(REFERENCES),
                 "retry": {"disturbed_pct": RETRY_DISTURBED_PCT, "budget": RETRY_BUDGET},
                 "pinning": {"server": self.server_cpu, "client": self.client_cpu},
+                "glibc_tunables": harness.glibc_tunables(),
                 "memory": {"idle_conns": list(mode.memory_idle_conns),
                            "requests": mode.memory_requests,
                            "load_runs": mode.memory_load_runs,
@@ -775,6 +776,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--memory-requests", type=int, metavar="N",
                         help="memory: echo requests per load run (default: 1,000,000; "
                              "--quick 100,000)")
+    parser.add_argument("--keep-rep-movsb", action="store_true",
+                        help="run the servers with glibc's default memcpy (by default they run "
+                             "with `rep movsb` kept out of copies: see harness.REP_MOVSB_TUNABLE)")
     parser.add_argument("--output", type=Path, default=None,
                         help="directory for the results (default: benchmarks/results; "
                              "benchmarks/results/tmp/smoke for --smoke)")
@@ -831,6 +835,7 @@ def main(argv=None) -> int:
         sys.stderr.flush()
 
     signal.signal(signal.SIGTERM, _terminate)
+    harness.avoid_rep_movsb = not args.keep_rep_movsb
     cpus = harness.pinning()            # before narrowing our own affinity below
     if cpus[1] is not None:
         # This process mostly waits, but keep even that off the server's CPU.

@@ -196,6 +196,20 @@ def test_server_reports_its_loop_and_stops(tmp_path):
     assert _gone(server.proc.pid)
 
 
+def test_children_run_with_rep_movsb_kept_out_of_copies_unless_asked(monkeypatch):
+    # (glibc rewrites GLIBC_TUNABLES in a process's own copy of its environment, so this is
+    # checked where the servers' and micro-benchmarks' environment is made.)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert harness.child_env()["GLIBC_TUNABLES"] == harness.REP_MOVSB_TUNABLE
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0")
+    assert (harness.child_env()["GLIBC_TUNABLES"]
+            == f"glibc.malloc.check=0:{harness.REP_MOVSB_TUNABLE}")
+    monkeypatch.setattr(harness, "avoid_rep_movsb", False)
+    assert harness.child_env()["GLIBC_TUNABLES"] == "glibc.malloc.check=0"
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert "GLIBC_TUNABLES" not in harness.child_env()
+
+
 def test_a_server_that_cannot_start_is_na_with_its_error(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
@@ -446,6 +460,8 @@ def test_smoke_run_end_to_end(tmp_path):
             e = p["loops"][lp]
             assert e["metrics"]["rps"]["summary"] is not None or e.get("error")
     assert results["loop_types"]["asyncio"] == "asyncio.unix_events._UnixSelectorEventLoop"
+    assert harness.REP_MOVSB_TUNABLE in results["config"]["glibc_tunables"]
+    assert "**glibc**: servers run with `GLIBC_TUNABLES=" in (out_dir / "results.md").read_text()
     for lp, name in results["loop_types"].items():
         assert name == __import__("loops").EXPECTED_TYPES[lp]
 
