@@ -86,7 +86,6 @@ cdef class SocketTransport(WriteFlow):
     cdef int on_eof(self) except -1
     cdef int send_done(self, Operation op, int res) except -1
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2
-    cdef object send_bytes_at_once(self, bytes data)
     cdef object write_through(self, object data)
     cdef int submit_send(self, object data, Py_ssize_t n) except -1
     cdef int submit_queued(self) except -1

@@ -78,7 +78,7 @@ the descriptor number may be reused at once without the old operation touching t
 
 cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE, PyBytes_AS_STRING
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_REFCNT
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
@@ -350,18 +350,22 @@ cdef list spare_send_ops(loop):
     return <list>spare
 
 
-cdef inline object _pinnable(object data):
-    """An object whose bytes cannot change or move while the kernel sends them: bytes and
-    read-only contiguous views of bytes as they are; anything mutable is copied (the caller may
-    reuse its buffer as soon as write() returns)."""
+cdef inline bint _immutable(object data):
+    """bytes, or a read-only contiguous view of bytes: its bytes cannot change or move."""
     cdef memoryview mv
     if type(data) is bytes:
-        return data
+        return True
     if type(data) is memoryview:
         mv = <memoryview>data
-        if mv.readonly and type(mv.obj) is bytes and mv.c_contiguous:
-            return data
-    return bytes(data)
+        return mv.readonly and type(mv.obj) is bytes and mv.c_contiguous
+    return False
+
+
+cdef inline object _pinnable(object data):
+    """An object whose bytes cannot change or move while the kernel sends them: immutable data
+    as it is; anything mutable is copied (the caller may reuse its buffer as soon as write()
+    returns)."""
+    return data if _immutable(data) else bytes(data)
 
 
 cdef inline Py_ssize_t _nbytes(object data):
@@ -1011,14 +1015,10 @@ cdef class SocketTransport(WriteFlow):
         if self.conn_lost:
             self.count_lost_write('socket.send() raised exception.')
             return
-        if type(data) is not bytes:
+        if type(data) is not bytes or self.proactor.nothing_to_batch():
             data = self.write_through(data)
             if data is None:
                 return        # all sent, or the socket failed (reported as a fatal error)
-        elif self.send_op is None and self.proactor.nothing_to_batch() and self.sock is not None:
-            data = self.send_bytes_at_once(<bytes>data)
-            if data is None:
-                return
         n = _nbytes(data)
         if self.send_op is None:
             self.submit_send(data, n)
@@ -1063,19 +1063,9 @@ cdef class SocketTransport(WriteFlow):
         self.fatal_error(_os_error(err), 'Fatal write error on socket transport')
         return -1
 
-    cdef object send_bytes_at_once(self, bytes data):
-        """What of `data` is left after send_at_once(), or None when nothing is."""
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-        cdef Py_ssize_t sent = self.send_at_once(PyBytes_AS_STRING(data), n)
-        if sent == n or sent < 0:
-            return None
-        if sent == 0:
-            return data
-        return memoryview(data)[sent:]      # bytes cannot change: pinned as they are
-
     cdef object write_through(self, object data):
-        """What of mutable `data` is left to send, as an object that cannot change (see
-        _pinnable), or None when nothing is.
+        """What of `data` is left to send, as an object that cannot change (see _pinnable), or
+        None when nothing is.
 
         The caller may reuse a bytearray the moment write() returns, so a send submitted for
         later needs a copy of it.  For large data that copy costs more than the send itself: it
@@ -1090,17 +1080,13 @@ cdef class SocketTransport(WriteFlow):
         is nothing to batch with (see send_at_once)."""
         cdef Py_buffer view
         cdef Py_ssize_t sent
-        cdef memoryview mv
-        cdef bint unbatched, of_bytes = False
+        cdef bint unbatched, immutable
         if self.send_op is not None or self.write_q or self.sock is None:
             return _pinnable(data)
         unbatched = self.proactor.nothing_to_batch()
-        if type(data) is memoryview:
-            mv = <memoryview>data
-            if mv.readonly and type(mv.obj) is bytes and mv.c_contiguous:
-                if not unbatched:
-                    return data        # bytes cannot change: sent as they are, no copy
-                of_bytes = True
+        immutable = _immutable(data)
+        if immutable and not unbatched:
+            return data                # bytes cannot change: sent as they are, no copy
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         except BufferError:
@@ -1111,8 +1097,8 @@ cdef class SocketTransport(WriteFlow):
             sent = self.send_at_once(<char *>view.buf, view.len)
             if sent == view.len or sent < 0:
                 return None
-            if of_bytes:
-                return data[sent:]
+            if immutable:
+                return memoryview(data)[sent:] if sent else data
             return PyBytes_FromStringAndSize(<char *>view.buf + sent, view.len - sent)
         finally:
             PyBuffer_Release(&view)
