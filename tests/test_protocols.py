@@ -469,6 +469,49 @@ async def test_half_close_keep_open():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_eof_received_runs_after_what_data_received_scheduled():
+    """Bytes and the EOF behind them arrive before the loop looks: the stock loop reads the EOF
+    in a later round than the bytes, so a callback data_received() scheduled runs before
+    eof_received() -- on uringloop too, though both may complete in one batch."""
+    loop = asyncio.get_running_loop()
+    events = []
+    made = loop.create_future()
+
+    class Ordered(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.set_result(transport)
+
+        def data_received(self, data):
+            events.append(('data', data))
+            loop.call_soon(events.append, ('scheduled by data_received',))
+
+        def eof_received(self):
+            events.append(('eof',))
+
+        def connection_lost(self, exc):
+            events.append(('lost', exc))
+
+    server = await loop.create_server(Ordered, '127.0.0.1', 0)
+    peer = socket.create_connection(server.sockets[0].getsockname())
+    try:
+        await made
+        await asyncio.sleep(0.05)              # the receive is armed, the loop idle
+        peer.sendall(b'last words')
+        peer.shutdown(socket.SHUT_WR)          # both before the loop runs again
+        for _ in range(200):
+            if events and events[-1][0] == 'lost':
+                break
+            await asyncio.sleep(0.01)
+        assert events == [('data', b'last words'), ('scheduled by data_received',), ('eof',),
+                          ('lost', None)]
+    finally:
+        peer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_eof_received_false_closes_transport():
     server, peer, client = await connected_pair()
     client.transport.write(b'bye')

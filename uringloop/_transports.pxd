@@ -84,6 +84,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int deliver(self, object data) except -1
     cdef int deliver_buffered(self, object data) except -1
     cdef int on_eof(self) except -1
+    cdef int schedule_stash(self) except -1
     cdef int send_done(self, Operation op, int res) except -1
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2
     cdef object write_through(self, object data)

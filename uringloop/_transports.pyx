@@ -720,9 +720,7 @@ cdef class SocketTransport(WriteFlow):
             return
         self._paused = False
         if self.stash or self.stash_end is not None:
-            if not self.stash_scheduled:
-                self.stash_scheduled = True
-                self.loop.call_soon(self._deliver_stash)
+            self.schedule_stash()
         elif self.reading_started:
             self.arm_receive()
         if self.loop.get_debug():
@@ -736,6 +734,12 @@ cdef class SocketTransport(WriteFlow):
                 self.arm_receive()
             finally:
                 self.exit_context()
+
+    cdef int schedule_stash(self) except -1:
+        if not self.stash_scheduled:
+            self.stash_scheduled = True
+            self.loop.call_soon(self._deliver_stash)
+        return 0
 
     def _deliver_stash(self):
         # Bytes that completed while reading was paused, then what ended them, then new reads.
@@ -900,7 +904,14 @@ cdef class SocketTransport(WriteFlow):
         if res > 0:
             self.got_data(data)
         elif res == 0:
-            self.got_end(_EOF)
+            # The stock loop learns of the EOF from a recv() of its own, in a readiness round
+            # after the one that delivered the last bytes, so eof_received() runs after whatever
+            # data_received() scheduled with call_soon().  Here the EOF may complete in the
+            # same batch as those bytes; it takes the stash's way, one pass of the ready queue
+            # later, and so keeps that order (and a paused transport keeps it for resume).
+            if not self._closing:
+                self.stash_end = _EOF
+                self.schedule_stash()
             return 0
         elif res == -ECANCELED or res == -ENOBUFS:
             pass              # paused/closed, or the ring ran dry: re-armed below if wanted
