@@ -680,7 +680,7 @@ async def test_pause_reading_with_data_in_flight_loses_and_reorders_nothing():
     assert await client.received(len(payload)) == payload
     await client.eof
     # One pause per data_received() call at most: chunks are up to 256 KiB on the stock loop
-    # and on uringloop up to a provided buffer (32 KiB) or a direct receive (124 KiB).
+    # and on uringloop up to a provided buffer (32 KiB) or a large read (124 KiB).
     assert client.pauses >= 5
     assert Pausing.paused_calls == 0
     assert client.events[:3] == ['made', 'data', 'eof']
@@ -803,81 +803,74 @@ class OneWay:
         assert await self.peer.received(len(self.sent)) == bytes(self.sent)
 
 
-def direct_recv_size(peer):
-    """On uringloop, the buffer size of the peer transport's next direct receive (0 while it
-    reads from the shared ring); None on other loops."""
-    return lambda: getattr(peer.transport, '_ul_direct_recv_size', None)
+def large_read_size(peer):
+    """On uringloop, the buffer size of the peer transport's next large read (0 while it reads
+    from the shared ring); None on other loops."""
+    if not isinstance(asyncio.get_running_loop(), uringloop.Loop):
+        return lambda: None
+    return lambda: peer.transport._ul_large_read_size
 
 
 @pytest.mark.asyncio
 @bounded(60)
 async def test_large_reads_then_small_then_large_arrive_whole_and_in_order():
     """A stream of large writes, then a trickle of small ones, then large again.  On uringloop
-    the large reads move the connection off the shared ring to receives into bytes of its own
-    (the multishot receive is cancelled while data keeps arriving), the small ones move it
-    back: every byte arrives once and in order across both switches, on every loop."""
+    the large reads move the connection off the shared ring to a poll and a recv(2) into bytes
+    of its own (the multishot receive is cancelled while data keeps arriving), the small ones
+    move it back: every byte arrives once and in order across both switches, on every loop."""
     server, peer, client = await connected_pair()
-    send, direct = OneWay(client, peer).send, direct_recv_size(peer)
+    send, large = OneWay(client, peer).send, large_read_size(peer)
     big = 4 * 1024 * 1024
     await send(pattern(big))
-    if direct() is not None:
-        assert direct() > 0
+    if large() is not None:
+        assert large() > 0
     for i in range(20):                          # one small message per round trip
         await send(pattern(100, seed=big + 100 * i))
-    if direct() is not None:
-        assert direct() == 0
+    if large() is not None:
+        assert large() == 0
     await send(pattern(big, seed=2 * big))
-    if direct() is not None:
-        assert direct() > 0
+    if large() is not None:
+        assert large() > 0
     assert peer.events == ['made', 'data']
     await shut(server, client, peer)
 
 
 @pytest.mark.asyncio
 @bounded(60)
-async def test_a_connection_idle_after_large_reads_goes_back_to_the_ring():
-    """On uringloop a connection whose last reads were large waits with a direct receive into
-    a buffer of its own; once that receive has waited a whole sweep interval it is cancelled
-    and the connection goes back to the shared ring (where waiting holds no memory).  Large
-    messages after the pause still arrive whole and in order and take it direct again; the
-    same exchange on the stock loop."""
-    loop = asyncio.get_running_loop()
-    loop._ul_direct_idle_seconds = 0.1
-    try:
-        server, peer, client = await connected_pair()
-        send, direct = OneWay(client, peer).send, direct_recv_size(peer)
-        big = 1024 * 1024
-        await send(pattern(big))
-        if direct() is not None:
-            assert direct() > 0
-        await asyncio.sleep(0.6)                 # idle for several sweep intervals
-        if direct() is not None:
-            assert direct() == 0
-        await send(pattern(big, seed=big))
-        if direct() is not None:
-            assert direct() > 0
-        await asyncio.sleep(0.6)
-        await send(pattern(100, seed=2 * big))   # a small read on the ring after the sweep
-        assert peer.events == ['made', 'data']
-        await shut(server, client, peer)
-    finally:
-        del loop._ul_direct_idle_seconds
+async def test_a_connection_idle_after_large_reads_holds_no_receive_buffer():
+    """On uringloop a connection whose last reads were large waits for the next one with a
+    poll, which lends the kernel no buffer (10,000 keep-alive connections idle after an upload
+    must not hold 124 KiB each).  Large messages after the pause still arrive whole and in
+    order, and a small one after them too; the same exchange on the stock loop."""
+    server, peer, client = await connected_pair()
+    send, large = OneWay(client, peer).send, large_read_size(peer)
+    big = 1024 * 1024
+    await send(pattern(big))
+    await asyncio.sleep(0.1)                     # idle
+    if large() is not None:
+        assert large() > 0                      # still a large-message reader ...
+        assert not peer.transport._ul_receive_holds_buffer   # ... waiting without a buffer
+    await send(pattern(big, seed=big))
+    await asyncio.sleep(0.1)
+    await send(pattern(100, seed=2 * big))
+    assert peer.events == ['made', 'data']
+    await shut(server, client, peer)
 
 
 @pytest.mark.asyncio
 @bounded(60)
 async def test_paused_while_waiting_after_large_reads_then_resumed():
     """A connection that has been reading large messages is paused while it waits for the next
-    one (on uringloop: while its direct receive waits in the kernel with a buffer of its own,
-    which pausing cancels), then the peer sends more and ends its side.  Nothing is delivered
+    one (on uringloop: while its poll waits in the kernel, which pausing cancels), then the
+    peer sends more and ends its side.  Nothing is delivered
     while paused -- neither data nor EOF; after resume_reading() all of it arrives, in order,
     then EOF; on every loop."""
     server, peer, client = await connected_pair()
-    send, direct = OneWay(client, peer).send, direct_recv_size(peer)
+    send, large = OneWay(client, peer).send, large_read_size(peer)
     big = 512 * 1024
     await send(pattern(big))
-    if direct() is not None:
-        assert direct() > 0                       # it waits as a large-message reader
+    if large() is not None:
+        assert large() > 0                       # it waits as a large-message reader
     peer.transport.pause_reading()
     more = pattern(3 * big, seed=big)
     client.transport.write(more)

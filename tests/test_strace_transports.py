@@ -1,9 +1,11 @@
 """The data path of a real server is completion-based: an aiohttp application on uringloop,
-traced with strace while an aiohttp client makes requests, issues no recvfrom/recvmsg/sendmsg and
-never waits in epoll/poll/select -- every receive and accept is an io_uring request, and so is
-every send except one that completes at once: a write that finds nothing to batch with (here,
-one client's requests one after another) is offered to the socket with one non-blocking send(2)
-before write() returns, and never waits for the socket to have room."""
+traced with strace while an aiohttp client makes requests, issues no recvmsg/sendmsg and never
+waits in epoll/poll/select -- every accept is an io_uring request, and so is every receive except
+the large reads of a bulk transfer and every send except one that completes at once.  A large
+read waits for readiness with an io_uring poll and then receives with one non-blocking recv(2)
+of at least 16 KiB; a write that finds nothing to batch with (here, one client's requests one
+after another), or a large one, is offered to the socket with one non-blocking send(2) before
+write() returns.  Neither ever waits for the socket."""
 
 import asyncio
 import io
@@ -29,10 +31,11 @@ WORKTREE = PACKAGE_PARENT
 TRACED = ['recvfrom', 'sendto', 'recvmsg', 'sendmsg', 'epoll_wait', 'epoll_pwait',
           'epoll_pwait2', 'poll', 'ppoll', 'select', 'pselect6', 'read', 'write',
           'io_uring_enter']
-# What a readiness-based loop would do on the data path; none of it may appear.  (sendto: only
-# as the non-blocking send at once, checked below.)
-FORBIDDEN = ['recvfrom', 'recvmsg', 'sendmsg', 'epoll_wait', 'epoll_pwait',
+# What a readiness-based loop would do on the data path; none of it may appear.  (sendto and
+# recvfrom: only as the non-blocking send at once and large read, checked below.)
+FORBIDDEN = ['recvmsg', 'sendmsg', 'epoll_wait', 'epoll_pwait',
              'epoll_pwait2', 'poll', 'ppoll', 'select', 'pselect6']
+LARGE_READ_FROM = 16384
 
 SERVER = textwrap.dedent('''
     import asyncio, os, sys
@@ -133,6 +136,13 @@ def test_aiohttp_server_data_path_is_io_uring_only(tmp_path):
     sends = re.findall(r'^\d+\s+sendto\(.*$', data_path, re.M)
     waiting = [line for line in sends if 'MSG_DONTWAIT' not in line]
     assert not waiting, waiting[:3]
+    receives = re.findall(r'^\d+\s+recvfrom\(\d+, "(?:[^"\\]|\\.)*"(?:\.\.\.)?, (\d+), (\w+)',
+                          data_path, re.M)
+    small_or_waiting = [r for r in receives
+                        if int(r[0]) < LARGE_READ_FROM or r[1] != 'MSG_DONTWAIT']
+    assert not small_or_waiting, small_or_waiting[:3]
+    # The 4 MiB upload is received with large reads, the rest on the ring.
+    assert 0 < len(receives) < 4 * 1024 * 1024 // LARGE_READ_FROM, len(receives)
 
 
 async def exercise(port):

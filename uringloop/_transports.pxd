@@ -1,7 +1,7 @@
 from cpython.buffer cimport Py_buffer
 from uringloop._sys cimport msghdr, iovec, io_uring_sqe
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport Operation, RecvOp, SendOp, MultishotRecvOp
+from uringloop._ops cimport Operation, RecvOp, SendOp, MultishotRecvOp, PollOp
 from uringloop._flow cimport WriteFlow
 
 
@@ -42,9 +42,7 @@ cdef class SocketTransport(WriteFlow):
     cdef readonly bint _paused       # pause_reading() in effect
     cdef bint reading_started        # the post-connection_made start has happened
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
-    cdef int direct_size             # > 0: large reads, received into bytes of this size
-    cdef unsigned direct_armed_at    # a direct receive listed with the loop's DirectReceivers:
-                                     # 1 + their sweep count when it was armed; 0 if not listed
+    cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)
     cdef readonly bint _eof          # write_eof() was called
     cdef bint stash_scheduled        # _deliver_stash is scheduled (kept with the flags: a lone
                                      # int between pointers costs 4 B of padding)
@@ -53,9 +51,9 @@ cdef class SocketTransport(WriteFlow):
     cdef BufferRing bufs             # the loop's provided buffers; None: single-shot receives
     cdef MultishotRecvOp ms_op
     cdef RecvOp single_op
+    cdef PollOp poll_op              # large reads wait with it (see poll_done)
     cdef Operation recv_op           # the receive the kernel owns (until its final CQE) or None
     cdef object recv_target          # BufferedProtocol whose get_buffer() the kernel fills
-    cdef object direct_registry      # the loop's DirectReceivers, once this connection went direct
     cdef list stash                  # bytes that completed while paused, in arrival order
     cdef object stash_end            # what followed the stash: None, True (EOF), an exception
 
@@ -79,6 +77,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int arm_receive(self) except -1
     cdef int stop_receive(self) except -1
     cdef int recv_done(self, Operation op, int res, unsigned flags) except -1
+    cdef int poll_done(self, int res) except -1
     cdef int got_data(self, object data) except -1
     cdef int got_end(self, object end) except -1
     cdef int deliver(self, object data) except -1
@@ -95,11 +94,3 @@ cdef class SocketTransport(WriteFlow):
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1
 
-
-cdef class DirectReceivers:
-    cdef object loop
-    cdef set armed                   # transports with a listed direct receive in flight
-    cdef unsigned sweeps
-    cdef object timer                # the next sweep's TimerHandle, or None
-    cdef int add(self, SocketTransport transport) except -1
-    cdef int remove(self, SocketTransport transport) except -1

@@ -58,10 +58,6 @@ class NetworkMixin:
     # The provided-buffer ring every transport's multishot receive draws from; created by the
     # first transport (False when the kernel cannot do multishot receives).
     _ul_recv_ring = None
-    # Connections whose direct receive is in flight, and the sweep that sends the idle ones back
-    # to the shared ring (_transports.DirectReceivers), every this many seconds.
-    _ul_direct_receivers = None
-    _ul_direct_idle_seconds = 1.0
     # Idle SendOps the stream transports borrow one of per send (_transports.spare_send_ops).
     _ul_spare_send_ops = None
     # Listening socket fd -> its Acceptor, while serving.
