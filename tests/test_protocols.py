@@ -401,6 +401,51 @@ async def test_replies_to_requests_that_arrived_together_are_whole_and_in_order(
 
 @pytest.mark.asyncio
 @bounded()
+async def test_large_replies_to_requests_that_arrived_together_leave_inside_write():
+    """Eight connections' requests arrive before the loop looks at any, and each protocol
+    answers with 20,000 bytes: every reply is on its socket when write() returns, as on the
+    stock loop (on uringloop: data of 16 KiB or more goes out at once even in an iteration with
+    much to batch -- what a protocol writes back is mostly what it was just handed, still in
+    the cache), and each arrives whole."""
+    loop = asyncio.get_running_loop()
+    count, size = 8, 20_000
+    left_after_write = []
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(pattern(size, seed=data[0] * size))
+            left_after_write.append(self.transport.get_write_buffer_size())
+
+    server = await loop.create_server(Answer, '127.0.0.1', 0)
+    clients = [socket.create_connection(server.sockets[0].getsockname()) for _ in range(count)]
+    try:
+        for client in clients:
+            client.setblocking(False)
+        await asyncio.sleep(0.1)             # every connection accepted, its receive armed
+        for i, client in enumerate(clients):               # the loop is not running meanwhile
+            client.send(bytes([i]) * 100)
+        answers = [bytearray() for _ in clients]
+        while any(len(a) < size for a in answers):
+            await asyncio.sleep(0.01)
+            for client, a in zip(clients, answers):
+                try:
+                    a += client.recv(1 << 16)
+                except BlockingIOError:
+                    pass
+        assert [bytes(a) for a in answers] == [pattern(size, seed=i * size) for i in range(count)]
+        assert left_after_write == [0] * count
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_writelines_and_many_small_writes_keep_order():
     server, peer, client = await connected_pair()
     chunks = [pattern(n, seed=i * 1000) for i, n in enumerate([1, 7, 300, 65536, 2, 100_000, 5])]
