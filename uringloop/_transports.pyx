@@ -150,9 +150,9 @@ cdef enum:
     # completion of LARGE_READ_FROM bytes or more starts them, one of less than
     # LARGE_READ_UNTIL ends them.  Their buffers are at most LARGE_READ_MAX bytes: kept under
     # glibc's mmap threshold (128 KiB, the object's header included) so that malloc() takes
-    # them from the heap -- a
-    # buffer mapped of its own costs page faults on every receive and an munmap() when freed
-    # (measured: 100 KiB echo at 10 connections ran no faster than copying out of the ring).
+    # them from the heap -- a buffer mapped of its own costs page faults on every receive and
+    # an munmap() when freed (measured: 100 KiB echo at 10 connections ran no faster than
+    # copying out of the ring).
     LARGE_READ_FROM = 16384
     LARGE_READ_UNTIL = 8192
     LARGE_READ_MAX = 126976
@@ -916,8 +916,9 @@ cdef class SocketTransport(WriteFlow):
             self.got_end(_os_error(-res))
             return 0
         if res > 0 and not self._closing and not self._paused and not self.stash:
-            # Readable, or an error or hang-up is pending: the recv(2) tells which.
-            data = _recv_inline(self._sock_fd, self.large_read_size, &n)
+            # Readable, or an error or hang-up is pending: the recv(2) tells which.  (Never a
+            # read of 0 bytes, whose 0 would look like the EOF.)
+            data = _recv_inline(self._sock_fd, self.large_read_size or LARGE_READ_MAX, &n)
             if data is not None:
                 self.large_read_size = (0 if n < LARGE_READ_UNTIL
                                         else _large_read_size(self.large_read_size, n))
