@@ -2,6 +2,7 @@
 methods, written once and run on uringloop and on the stock loop (the oracle)."""
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import os
@@ -361,6 +362,41 @@ async def test_write_on_an_idle_connection_is_on_the_socket_when_write_returns(k
         await server.wait_closed()
 
 
+@contextlib.asynccontextmanager
+async def plain_clients(protocol_factory, count):
+    """A loop server of protocol_factory and `count` non-blocking plain sockets connected to it,
+    each accepted and its receive armed; closed again on the way out."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol_factory, '127.0.0.1', 0)
+    clients = [socket.create_connection(server.sockets[0].getsockname()) for _ in range(count)]
+    try:
+        for client in clients:
+            client.setblocking(False)
+        await asyncio.sleep(0.1)
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def send_together_and_collect(clients, requests, answer_size):
+    """Send each client its request while the loop is not running (so that all of them arrive
+    before it looks at any), then collect answer_size bytes from each."""
+    for client, request in zip(clients, requests):
+        client.send(request)
+    answers = [bytearray() for _ in clients]
+    while any(len(a) < answer_size for a in answers):
+        await asyncio.sleep(0.01)
+        for client, a in zip(clients, answers):
+            try:
+                a += client.recv(1 << 16)
+            except BlockingIOError:
+                pass
+    return [bytes(a) for a in answers]
+
+
 @pytest.mark.asyncio
 @bounded()
 async def test_replies_to_requests_that_arrived_together_are_whole_and_in_order(is_uring):
@@ -370,33 +406,13 @@ async def test_replies_to_requests_that_arrived_together_are_whole_and_in_order(
     an iteration with nothing to batch with."""
     loop = asyncio.get_running_loop()
     count, size = 8, 3000
-    server = await loop.create_server(EchoProtocol, '127.0.0.1', 0)
-    clients = [socket.create_connection(server.sockets[0].getsockname()) for _ in range(count)]
-    try:
-        for client in clients:
-            client.setblocking(False)
-        await asyncio.sleep(0.1)             # every connection accepted, its receive armed
+    payloads = [pattern(size, seed=i * size) for i in range(count)]
+    async with plain_clients(EchoProtocol, count) as clients:
         before = loop.statistics()['completions'] if is_uring else 0
-        payloads = [pattern(size, seed=i * size) for i in range(count)]
-        for client, payload in zip(clients, payloads):     # the loop is not running meanwhile
-            client.send(payload)
-        echoed = [bytearray() for _ in clients]
-        while any(len(e) < size for e in echoed):
-            await asyncio.sleep(0.01)
-            for client, e in zip(clients, echoed):
-                try:
-                    e += client.recv(1 << 16)
-                except BlockingIOError:
-                    pass
-        assert [bytes(e) for e in echoed] == payloads
+        assert await send_together_and_collect(clients, payloads, size) == payloads
         if is_uring:
             # A receive and a send completion per connection (a send at once would have none).
             assert loop.statistics()['completions'] - before >= 2 * count
-    finally:
-        for client in clients:
-            client.close()
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.asyncio
@@ -407,7 +423,6 @@ async def test_large_replies_to_requests_that_arrived_together_leave_inside_writ
     stock loop (on uringloop: data of 16 KiB or more goes out at once even in an iteration with
     much to batch -- what a protocol writes back is mostly what it was just handed, still in
     the cache), and each arrives whole."""
-    loop = asyncio.get_running_loop()
     count, size = 8, 20_000
     left_after_write = []
 
@@ -419,29 +434,11 @@ async def test_large_replies_to_requests_that_arrived_together_leave_inside_writ
             self.transport.write(pattern(size, seed=data[0] * size))
             left_after_write.append(self.transport.get_write_buffer_size())
 
-    server = await loop.create_server(Answer, '127.0.0.1', 0)
-    clients = [socket.create_connection(server.sockets[0].getsockname()) for _ in range(count)]
-    try:
-        for client in clients:
-            client.setblocking(False)
-        await asyncio.sleep(0.1)             # every connection accepted, its receive armed
-        for i, client in enumerate(clients):               # the loop is not running meanwhile
-            client.send(bytes([i]) * 100)
-        answers = [bytearray() for _ in clients]
-        while any(len(a) < size for a in answers):
-            await asyncio.sleep(0.01)
-            for client, a in zip(clients, answers):
-                try:
-                    a += client.recv(1 << 16)
-                except BlockingIOError:
-                    pass
-        assert [bytes(a) for a in answers] == [pattern(size, seed=i * size) for i in range(count)]
+    async with plain_clients(Answer, count) as clients:
+        answers = await send_together_and_collect(
+            clients, [bytes([i]) * 100 for i in range(count)], size)
+        assert answers == [pattern(size, seed=i * size) for i in range(count)]
         assert left_after_write == [0] * count
-    finally:
-        for client in clients:
-            client.close()
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.asyncio

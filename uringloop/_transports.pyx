@@ -54,11 +54,11 @@ reordered, and nothing is delivered while paused.
 Sending
 -------
 write() with nothing in flight submits a send of that very object (bytes are pinned, mutable
-buffers are copied first: the caller may reuse them the moment write() returns; a large mutable
-buffer is first offered to the socket with one send(2), and only what it did not take is copied
--- see write_through).  Writes made
-while a send is in flight are queued and leave together, in one vectored sendmsg (SendMsgOp),
-when it completes.  Partial sends are continued inside the operations, so a completion always
+buffers are copied first: the caller may reuse them the moment write() returns).  Data of 16 KiB
+or more, and any data when the iteration has nothing to batch it with, is first offered to the
+socket with one non-blocking send(2), and only what it did not take is submitted (see
+write_through and send_at_once).  Writes made while a send is in flight are queued and leave
+together, in one vectored sendmsg (SendMsgOp), when it completes.  Partial sends are continued inside the operations, so a completion always
 means "all of it is out" or an error.
 
 The bytes in flight count towards the write buffer size, which drives pause_writing()/
