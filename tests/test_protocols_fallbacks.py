@@ -1,7 +1,7 @@
 """uringloop's transports on kernels without its preferred mechanisms: the same behaviour with
-single-shot receives (no multishot recv), whole-buffer rings (no incremental consumption) and
-single-shot accepts.  The loop's feature set is narrowed before any transport exists, which is
-what a loop on such a kernel starts with."""
+single-shot receives (no multishot recv) and whole-buffer rings (no incremental consumption).
+The loop's feature set is narrowed before any transport exists, which is what a loop on such a
+kernel starts with."""
 
 import asyncio
 import os
@@ -15,8 +15,7 @@ from helpers import pattern
 FALLBACKS = {
     'single-shot-recv': {'multishot_recv': False},
     'whole-buffer-ring': {'incremental_buffers': False},
-    'single-shot-accept': {'multishot_accept': False},
-    'all': {'multishot_recv': False, 'incremental_buffers': False, 'multishot_accept': False},
+    'all': {'multishot_recv': False, 'incremental_buffers': False},
 }
 
 

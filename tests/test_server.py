@@ -6,11 +6,14 @@ import gc
 import os
 import resource
 import socket
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
-from helpers import bounded
+from conftest import LOOP_FACTORIES
+from helpers import bounded, child_env
 
 
 class Echo(asyncio.Protocol):
@@ -305,8 +308,7 @@ async def test_accept_out_of_descriptors_is_reported_and_retried():
     highest = max(int(name) for name in os.listdir('/proc/self/fd'))
     fillers = []
     try:
-        # No free descriptor at all: every accept() fails with EMFILE.  (The limit is lowered
-        # before serving starts: io_uring reads RLIMIT_NOFILE when an accept is submitted.)
+        # No free descriptor at all: every accept() fails with EMFILE.
         resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
         while True:
             try:
@@ -335,3 +337,95 @@ async def test_accept_out_of_descriptors_is_reported_and_retried():
         c.close()
     server.close()
     await server.wait_closed()
+
+
+# A pre-fork worker (gunicorn, uvicorn --workers): serves a listening socket it inherited, and
+# takes commands on stdin -- "hold" blocks its loop until the next line ("release", or "close"
+# to stop serving before the loop runs again), "close" stops serving.
+PREFORK_WORKER = textwrap.dedent("""
+    import asyncio, os, socket, sys
+    import uringloop
+
+    class SayPid(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.write(str(os.getpid()).encode())
+            transport.close()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(SayPid, sock=socket.socket(fileno=int(sys.argv[2])))
+        print("serving", flush=True)
+        while True:
+            command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+            if command == "hold":
+                print("holding", flush=True)
+                command = sys.stdin.readline().strip()
+            if command == "close":
+                server.close()
+                await server.wait_closed()
+                print("closed", flush=True)
+            elif command != "release":
+                return
+
+    factory = uringloop.new_event_loop if sys.argv[1] == "uringloop" else asyncio.SelectorEventLoop
+    loop = factory()
+    loop.run_until_complete(main())
+    loop.close()
+""")
+
+
+def answering_pid(conn):
+    """Who served a connection to a PREFORK_WORKER, or why nobody did."""
+    conn.settimeout(5)
+    try:
+        data = b''
+        while chunk := conn.recv(100):
+            data += chunk
+        return int(data)
+    except socket.timeout:
+        return 'no answer within 5 s'
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('loop_name', list(LOOP_FACTORIES))
+def test_prefork_workers_sharing_a_listening_socket(loop_name):
+    """Two processes serve one inherited listening socket.  While the first one's loop is busy,
+    the second serves every new connection; a connection that arrives while the first is busy
+    and is then stopping serving (a graceful restart) is served by the second, not stranded in
+    the kernel's queue.  (The kernel wakes only one waiter for io_uring's own accept request:
+    the busy or stopping worker would take every connection, and strand one.)"""
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(64)
+    address = listener.getsockname()
+    workers = []
+    try:
+        for _ in range(2):       # the first worker starts waiting on the socket first
+            worker = subprocess.Popen(
+                [sys.executable, '-c', PREFORK_WORKER, loop_name, str(listener.fileno())],
+                pass_fds=[listener.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                text=True, env=child_env())
+            workers.append(worker)
+            assert worker.stdout.readline() == 'serving\n'
+        busy, idle = workers
+
+        busy.stdin.write('hold\n')
+        busy.stdin.flush()
+        assert busy.stdout.readline() == 'holding\n'
+        served = [answering_pid(socket.create_connection(address)) for _ in range(3)]
+        assert served == [idle.pid] * 3
+
+        arrived_while_busy = socket.create_connection(address)
+        busy.stdin.write('close\n')
+        busy.stdin.flush()
+        assert busy.stdout.readline() == 'closed\n'
+        assert answering_pid(arrived_while_busy) == idle.pid
+        served = [answering_pid(socket.create_connection(address)) for _ in range(3)]
+        assert served == [idle.pid] * 3
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.communicate()
+        listener.close()

@@ -839,22 +839,12 @@ cdef class AcceptOp(Operation):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
         # SOCK_CLOEXEC|SOCK_NONBLOCK: exactly what socket.accept() + setblocking(False) give.
         self.addrlen = sizeof(sockaddr_storage)
-        if self.multishot:
-            ul_prep_accept(sqe, self.fd, NULL, NULL, _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK,
-                           1, self.ud())
-        else:
-            ul_prep_accept(sqe, self.fd, <sockaddr *>&self.addr, &self.addrlen,
-                           _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK, 0, self.ud())
+        ul_prep_accept(sqe, self.fd, <sockaddr *>&self.addr, &self.addrlen,
+                       _socket.SOCK_CLOEXEC | _socket.SOCK_NONBLOCK, self.ud())
         return 0
 
     cdef object address(self, int family):
         return sockaddr_to_python(&self.addr, self.addrlen, family)
-
-    property multishot:
-        def __get__(self):
-            return self.multishot
-        def __set__(self, bint value):
-            self.multishot = value
 
 
 @cython.final

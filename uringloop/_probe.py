@@ -3,7 +3,7 @@
 `probe()` builds a `ProbeReport` by actually creating a ring (the only reliable test: headers,
 version numbers and sysctls all lie in containers), asking the kernel which opcodes it has
 (IORING_REGISTER_PROBE), and registering a provided-buffer ring.  Flags that cannot be probed
-without side effects (multishot accept/recv, recv bundles) are decided from the kernel version
+without side effects (multishot recv, recv bundles) are decided from the kernel version
 in which they were merged; the report says which is which.
 
 When io_uring_setup fails, `diagnose()` turns the errno plus what /proc says into a cause and a
@@ -184,7 +184,6 @@ def feature_set(ring) -> dict:
     return {
         "single_issuer_defer_taskrun": bool(ring.setup_flags & SETUP_FLAGS["DEFER_TASKRUN"]),
         "coop_taskrun": bool(ring.setup_flags & SETUP_FLAGS["COOP_TASKRUN"]),
-        "multishot_accept": "ACCEPT" in ops and version >= (5, 19),
         "multishot_recv": "RECV" in ops and pbuf and version >= (6, 0),
         "provided_buffer_rings": pbuf,
         "incremental_buffers": inc,

@@ -1,10 +1,29 @@
 # cython: language_level=3
-"""Listening sockets of asyncio servers on completions.
+"""Listening sockets of asyncio servers: a poll on the ring, accept(2) in its completion.
 
-loop._start_serving(...) gives the listening socket one Acceptor.  Where the kernel has multishot
-accept, ONE accept request stays armed for the life of the server and every completion is a
-new connection's descriptor (already SOCK_NONBLOCK|SOCK_CLOEXEC, so building the socket object
-costs no system call); elsewhere a single-shot accept is re-submitted after each connection.
+loop._start_serving(...) gives the listening socket one Acceptor.  It keeps one POLLIN poll
+request on the ring; when the poll completes, the handler accepts with accept4(2)
+(SOCK_NONBLOCK|SOCK_CLOEXEC: the socket object costs no further system call) until the queue is
+empty or `backlog` connections were taken -- the stock loop's batch -- and arms the poll again.
+
+Why not the kernel's accept request (multishot accept), which would save the accept4 calls?
+Because of who gets woken.  io_uring waits for a listening socket on behalf of an accept request
+as an *exclusive* waiter (EPOLLEXCLUSIVE): a new connection wakes one such waiter, not all of
+them.  That is harmless in one process and wrong where several share the socket -- gunicorn's
+workers, uvicorn --workers, any pre-fork server.  With DEFER_TASKRUN the woken request only
+accepts when its loop next enters the ring, so
+  * a worker whose loop is busy (a slow callback) takes the wake-up and the connection waits for
+    it, while an idle sibling sleeps on; the stock loop and uvloop wake every worker and the
+    idle one serves;
+  * a worker that stops serving (a graceful restart) cancels its accept request after taking a
+    wake-up: the connection stays queued in the kernel and no other worker is woken until the
+    next connection arrives -- a client hangs.  (Measured: two processes on one socket, the
+    first blocked for a second and then closing its server: the connection made meanwhile was
+    never answered.)
+A poll request is an ordinary waiter, woken with every other process's.  It is one-shot and
+armed again after each batch, and arming checks readiness at once, so connections still queued
+after a batch (or after a transient error) fire it immediately: level-triggered, nothing waits
+for the next connection to arrive.
 
 A connection is served right in the completion handler: protocol_factory() is called and the
 SocketTransport made there (the stock loop goes through a Task per connection to get the same
@@ -14,17 +33,18 @@ the stock loop's accept handler does.  TLS connections still go through a Task
 
 Errors follow the stock loop: running out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
 ENOMEM) is reported to the exception handler and accepting pauses for
-constants.ACCEPT_RETRY_DELAY seconds; a connection aborted before it was accepted is ignored.
+constants.ACCEPT_RETRY_DELAY seconds; a connection aborted before it was accepted ends the batch
+(the poll, armed again, fires at once if more are queued).
 
-_stop_serving cancels the accept request and closes the socket.  A connection the kernel
-accepted before the cancellation landed is closed, not served.
+_stop_serving cancels the poll and closes the socket.  Nothing is accepted once serving stopped:
+connections still queued stay in the kernel for whoever else listens on the socket.
 """
 
 cimport cython
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Proactor, Completer, Operation, AcceptOp, OP_IDLE
+from uringloop._ops cimport Proactor, Completer, Operation, PollOp, OP_IDLE, sockaddr_to_python
 from uringloop._transports cimport SocketTransport
 
 import errno as _errno
@@ -37,6 +57,14 @@ from asyncio.log import logger
 
 cdef extern from "<string.h>":
     char *c_strerror "strerror"(int errnum)
+
+cdef extern from "<sys/socket.h>" nogil:
+    int SOCK_NONBLOCK
+    int SOCK_CLOEXEC
+    int c_accept4 "accept4"(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
+
+cdef extern from "<poll.h>" nogil:
+    int POLLIN
 
 cdef object _socket_type = _socket.socket
 cdef int _SOCK_NONBLOCK = _socket.SOCK_NONBLOCK
@@ -70,18 +98,19 @@ cdef class Acceptor(Completer):
     cdef object sock
     cdef int fd
     cdef int family, sock_type, proto
+    cdef int backlog
     cdef object protocol_factory
     cdef object sslcontext
     cdef object server
     cdef object ssl_handshake_timeout
     cdef object ssl_shutdown_timeout
     cdef object context
-    cdef AcceptOp op
-    cdef bint multishot
+    cdef PollOp poll
     cdef readonly bint serving
     cdef object retry_handle
+    cdef sockaddr_storage addr
 
-    def __init__(self, loop, sock, protocol_factory, sslcontext, server,
+    def __init__(self, loop, sock, protocol_factory, sslcontext, server, backlog,
                  ssl_handshake_timeout, ssl_shutdown_timeout):
         self.loop = loop
         self.proactor = <Proactor>loop._proactor
@@ -90,13 +119,13 @@ cdef class Acceptor(Completer):
         self.family = sock.family
         self.sock_type = sock.type
         self.proto = sock.proto
+        self.backlog = max(1, backlog)
         self.protocol_factory = protocol_factory
         self.sslcontext = sslcontext
         self.server = server
         self.ssl_handshake_timeout = ssl_handshake_timeout
         self.ssl_shutdown_timeout = ssl_shutdown_timeout
         self.context = PyContext_CopyCurrent()
-        self.multishot = bool(loop._features.get('multishot_accept'))
 
     def start(self):
         self.serving = True
@@ -108,62 +137,70 @@ cdef class Acceptor(Completer):
         if self.retry_handle is not None:
             self.retry_handle.cancel()
             self.retry_handle = None
-        if self.op is not None:
-            self.op.cancel()
+        if self.poll is not None:
+            self.poll.cancel()
 
     cdef int arm(self) except -1:
-        if not self.serving or self.proactor.closing:
+        if not self.serving or self.proactor.closing or self.retry_handle is not None:
             return 0
-        if self.op is None:
-            self.op = AcceptOp(self.proactor, self, self.fd, self.sock)
-            self.op.multishot = self.multishot
-        elif self.op.state != OP_IDLE:
+        if self.poll is None:
+            self.poll = PollOp(self.proactor, self, self.fd, self.sock)
+            self.poll.events = POLLIN
+        elif self.poll.state != OP_IDLE:
             return 0          # still armed (or being cancelled)
-        self.op.keep = self.sock
-        self.op.submit()
+        self.poll.keep = self.sock
+        self.poll.submit()
         return 0
 
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
-        cdef bint final = not (flags & IORING_CQE_F_MORE)
-        cdef int err
+        if not self.serving or self.proactor.closing:
+            return 0          # stopped: whatever is queued stays for the socket's other owners
         if res >= 0:
-            if not self.serving or self.proactor.closing:
-                os.close(res)     # accepted as the server stopped: refuse it
-            else:
-                PyContext_Enter(self.context)
-                try:
-                    self.new_connection(res, None if self.multishot
-                                        else (<AcceptOp>op).address(self.family))
-                finally:
-                    PyContext_Exit(self.context)
-        elif res != -ECANCELED and self.serving:
-            err = -res
-            if err in _OUT_OF_RESOURCES:
-                # Linux keeps reporting the socket readable; retry after a pause (as stock).
-                self.loop.call_exception_handler({
-                    'message': 'socket.accept() out of system resource',
-                    'exception': OSError(err, c_strerror(err).decode('utf-8', 'replace')),
-                    'socket': _trsock.TransportSocket(self.sock),
-                })
-                if final:
-                    self.retry_later()
-                return 0
-            if err not in _TRANSIENT:
-                # The stock loop lets accept() raise into the exception handler and keeps the
-                # reader registered; do the same without spinning on a persistent error.
-                self.loop.call_exception_handler({
-                    'message': 'Error accepting a connection',
-                    'exception': OSError(err, c_strerror(err).decode('utf-8', 'replace')),
-                    'socket': _trsock.TransportSocket(self.sock),
-                })
-                if final:
-                    self.retry_later()
-                return 0
-        if final:
-            self.arm()
+            PyContext_Enter(self.context)
+            try:
+                self.accept_queued()
+            finally:
+                PyContext_Exit(self.context)
+        elif res != -ECANCELED:
+            self.report_error(-res)
+        self.arm()
         return 0
 
-    cdef int retry_later(self) except -1:
+    cdef int accept_queued(self) except -1:
+        """Accept up to `backlog` connections (the stock loop's batch), serving each at once."""
+        cdef int i, fd, err
+        cdef socklen_t addrlen
+        for i in range(self.backlog):
+            addrlen = sizeof(sockaddr_storage)
+            fd = c_accept4(self.fd, <sockaddr *>&self.addr, &addrlen,
+                           SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                err = errno
+                if err != EAGAIN and err not in _TRANSIENT:
+                    self.report_error(err)
+                # EAGAIN: the queue is empty.  A transient error (a connection reset before it
+                # was accepted...) ends the batch as in the stock loop; the poll, armed again,
+                # fires at once if more connections are queued.
+                return 0
+            self.new_connection(fd, sockaddr_to_python(&self.addr, addrlen, self.family))
+            if not self.serving:
+                return 0      # the protocol factory closed the server
+        return 0
+
+    cdef int report_error(self, int err) except -1:
+        exc = OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+        if err in _OUT_OF_RESOURCES:
+            # Linux keeps reporting the socket readable; retry after a pause (as stock).
+            message = 'socket.accept() out of system resource'
+        else:
+            # The stock loop lets accept() raise into the exception handler and keeps the
+            # reader registered; do the same without spinning on a persistent error.
+            message = 'Error accepting a connection'
+        self.loop.call_exception_handler({
+            'message': message,
+            'exception': exc,
+            'socket': _trsock.TransportSocket(self.sock),
+        })
         if self.serving and self.retry_handle is None:
             self.retry_handle = self.loop.call_later(_constants.ACCEPT_RETRY_DELAY, self._retry)
         return 0

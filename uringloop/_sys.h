@@ -73,9 +73,6 @@
 #ifndef IORING_RECVSEND_BUNDLE
 #define IORING_RECVSEND_BUNDLE (1U << 4)           /* 6.10 */
 #endif
-#ifndef IORING_ACCEPT_MULTISHOT
-#define IORING_ACCEPT_MULTISHOT (1U << 0)          /* 5.19 */
-#endif
 #ifndef IORING_ASYNC_CANCEL_ALL
 #define IORING_ASYNC_CANCEL_ALL (1U << 0)
 #endif
@@ -293,11 +290,9 @@ static inline void ul_prep_msg(struct io_uring_sqe *sqe, int op, int fd, struct 
 }
 
 static inline void ul_prep_accept(struct io_uring_sqe *sqe, int fd, struct sockaddr *addr,
-                                  socklen_t *addrlen, int flags, int multishot, uint64_t ud) {
+                                  socklen_t *addrlen, int flags, uint64_t ud) {
     ul_prep(sqe, UL_OP_ACCEPT, fd, addr, 0, (uint64_t)(uintptr_t)addrlen, ud);
     sqe->accept_flags = (uint32_t)flags;
-    if (multishot)
-        sqe->ioprio |= IORING_ACCEPT_MULTISHOT;
 }
 
 static inline void ul_prep_connect(struct io_uring_sqe *sqe, int fd, const struct sockaddr *addr,

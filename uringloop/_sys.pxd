@@ -135,7 +135,7 @@ cdef extern from "_sys.h" nogil:
                          uint64_t ud)
     void ul_prep_msg(io_uring_sqe *sqe, int op, int fd, msghdr *msg, int flags, uint64_t ud)
     void ul_prep_accept(io_uring_sqe *sqe, int fd, sockaddr *addr, socklen_t *addrlen, int flags,
-                        int multishot, uint64_t ud)
+                        uint64_t ud)
     void ul_prep_connect(io_uring_sqe *sqe, int fd, const sockaddr *addr, socklen_t addrlen,
                          uint64_t ud)
     void ul_prep_poll(io_uring_sqe *sqe, int fd, unsigned events, int multishot, uint64_t ud)

@@ -8,8 +8,8 @@ hooks with completion-based machinery:
   _make_socket_transport   the compiled SocketTransport (_transports.pyx)
   _make_ssl_transport      asyncio.sslproto.SSLProtocol over a SocketTransport, as the stock
                            loop layers it
-  _start_serving           a compiled Acceptor per listening socket (_server.pyx): multishot
-  _stop_serving            accept, connections served from the completion handler
+  _start_serving           a compiled Acceptor per listening socket (_server.pyx): a poll on
+  _stop_serving            the ring, accept4 and the new transport in its completion handler
 
 and the UNIX-socket half of the stream API that BaseEventLoop leaves to its subclasses
 (create_unix_connection, create_unix_server: asyncio.open_unix_connection/start_unix_server),
@@ -97,7 +97,7 @@ class NetworkMixin:
         previous = acceptors.get(fd)
         if previous is not None:
             previous.stop()
-        acceptor = Acceptor(self, sock, protocol_factory, sslcontext, server,
+        acceptor = Acceptor(self, sock, protocol_factory, sslcontext, server, backlog,
                             ssl_handshake_timeout, ssl_shutdown_timeout)
         acceptors[fd] = acceptor
         acceptor.start()
@@ -110,7 +110,7 @@ class NetworkMixin:
         if acceptors:
             acceptor = acceptors.pop(sock.fileno(), None)
             if acceptor is not None:
-                # Cancel first; the accept request holds its own reference to the socket's
+                # Cancel first; the poll request holds its own reference to the socket's
                 # file until its final completion, so closing the descriptor now is safe.
                 acceptor.stop()
         sock.close()
