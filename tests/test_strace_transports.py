@@ -1,7 +1,8 @@
 """The data path of a real server is completion-based: an aiohttp application on uringloop,
 traced with strace while an aiohttp client makes requests, issues no recvmsg/sendmsg and never
-waits in epoll/poll/select -- every accept is an io_uring request, and so is every receive except
-the large reads of a bulk transfer and every send except one that completes at once.  A large
+waits in epoll/poll/select -- every receive is an io_uring request except the large reads of a
+bulk transfer, and so is every send except one that completes at once.  (The server accepts with
+accept4(2) when an io_uring poll says a connection is queued: _server.pyx says why.)  A large
 read waits for readiness with an io_uring poll and then receives with one non-blocking recv(2)
 of at least 16 KiB; a write that finds nothing to batch with (here, one client's requests one
 after another), or a large one, is offered to the socket with one non-blocking send(2) before
