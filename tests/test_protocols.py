@@ -140,6 +140,29 @@ async def test_extra_info():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_nodelay_only_where_the_stock_loop_sets_it():
+    """TCP_NODELAY goes on sockets of protocol IPPROTO_TCP only: a TCP socket made with protocol
+    0 (socket.socket()'s default) is left as it is, and an AF_UNIX one works as well."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, '127.0.0.1', 0)
+    raw = socket.socket()
+    assert raw.proto == 0
+    raw.setblocking(False)
+    await loop.sock_connect(raw, server.sockets[0].getsockname())
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=raw)
+    assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+    transport.close()
+    left, right = socket.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, left)
+    assert transport.get_extra_info('socket').family == socket.AF_UNIX
+    transport.close()
+    right.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_extra_info_outlives_the_peer_and_the_transport():
     # 'socket', 'sockname' and 'peername' are fetched when the transport is made: after the peer
     # reset the connection (getpeername() would now fail) and after connection_lost() they still
