@@ -912,23 +912,14 @@ cdef class SocketTransport(WriteFlow):
         if res > 0:
             self.got_data(data)
         elif res == 0:
-            # The stock loop learns of the EOF from a recv() of its own, in a readiness round
-            # after the one that delivered the last bytes, so eof_received() runs after whatever
-            # data_received() scheduled with call_soon().  Here the EOF may complete in the
-            # same batch as those bytes; it takes the stash's way, one pass of the ready queue
-            # later, and so keeps that order (and a paused transport keeps it for resume).
-            if not self._closing:
-                self.stash_end = _EOF
-                self.schedule_stash()
-            return 0
+            return self.got_eof()
         elif res == -ECANCELED or res == -ENOBUFS:
             pass              # paused/closed, or the ring ran dry: re-armed below if wanted
         else:
             self.got_end(_os_error(-res))
             return 0
-        if (final and self.recv_op is None and not self._closing and not self._paused
-                and self.reading_started and not self.stash):
-            self.arm_receive()
+        if final:
+            self.rearm_if_reading()
         return 0
 
     cdef int poll_done(self, int res) except -1:
@@ -954,16 +945,29 @@ cdef class SocketTransport(WriteFlow):
                                         else _large_read_size(self.large_read_size, n))
                 self.got_data(data)
             elif n == 0:
-                # After what data_received() scheduled, as in recv_done.
-                self.stash_end = _EOF
-                self.schedule_stash()
-                return 0
+                return self.got_eof()
             elif n != -EAGAIN and n != -EINTR:
                 self.got_end(_os_error(<int>-n))
                 return 0
+        return self.rearm_if_reading()
+
+    cdef int rearm_if_reading(self) except -1:
+        """After a receive's final completion: the next one, unless one is armed already or
+        reading stopped (paused, closing, not started yet, or stashed bytes still to deliver)."""
         if (self.recv_op is None and not self._closing and not self._paused
                 and self.reading_started and not self.stash):
             self.arm_receive()
+        return 0
+
+    cdef int got_eof(self) except -1:
+        # The stock loop learns of the EOF from a recv() of its own, in a readiness round after
+        # the one that delivered the last bytes, so eof_received() runs after whatever
+        # data_received() scheduled with call_soon().  Here the EOF may complete in the same
+        # batch as those bytes; it takes the stash's way, one pass of the ready queue later,
+        # and so keeps that order (and a paused transport keeps it for resume).
+        if not self._closing:
+            self.stash_end = _EOF
+            self.schedule_stash()
         return 0
 
     cdef int got_data(self, object data) except -1:
