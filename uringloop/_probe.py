@@ -3,7 +3,7 @@
 `probe()` builds a `ProbeReport` by actually creating a ring (the only reliable test: headers,
 version numbers and sysctls all lie in containers), asking the kernel which opcodes it has
 (IORING_REGISTER_PROBE), and registering a provided-buffer ring.  Flags that cannot be probed
-without side effects (multishot recv, recv bundles) are decided from the kernel version
+without side effects (multishot recv, incremental buffers) are decided from the kernel version
 in which they were merged; the report says which is which.
 
 When io_uring_setup fails, `diagnose()` turns the errno plus what /proc says into a cause and a
@@ -166,7 +166,10 @@ _PBUF_OK = None
 
 
 def feature_set(ring) -> dict:
-    """The optional mechanisms available on `ring`'s kernel (used by the loop and the report)."""
+    """The optional mechanisms the loop uses where `ring`'s kernel has them (the loop consults
+    this; the report prints it).  What the kernel has and the loop does not use -- zero-copy
+    send (measured slower on loopback, _transports.pyx), IORING_OP_WAITID (_children.pyx says
+    why not), recv bundles (not tried) -- shows in the report's opcode and feature lists only."""
     from uringloop._ring import BufferRing
     version = kernel_version()
     ops = {name for name, code in OPCODES.items() if ring.supports(code)}
@@ -187,9 +190,6 @@ def feature_set(ring) -> dict:
         "multishot_recv": "RECV" in ops and pbuf and version >= (6, 0),
         "provided_buffer_rings": pbuf,
         "incremental_buffers": inc,
-        "recv_bundle": bool(ring.features & FEATURES["RECVSEND_BUNDLE"]),
-        "send_zc": "SEND_ZC" in ops,
-        "waitid": "WAITID" in ops,
         "splice": "SPLICE" in ops,
     }
 
