@@ -102,6 +102,7 @@ import socket as _socket
 import sys
 import warnings
 
+from asyncio import base_events as _base_events
 from asyncio import constants as _constants
 from asyncio import futures as _futures
 from asyncio import protocols as _protocols
@@ -116,6 +117,8 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_DONTWAIT
     ssize_t c_send "send"(int fd, const void *buf, size_t n, int flags)
     ssize_t c_recv "recv"(int fd, void *buf, size_t n, int flags)
+    int c_setsockopt "setsockopt"(int fd, int level, int name, const void *value,
+                                  socklen_t length)
 
 cdef extern from "<poll.h>" nogil:
     int POLLIN
@@ -126,16 +129,14 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
 
-cdef extern from "<sys/socket.h>" nogil:
-    int c_setsockopt "setsockopt"(int fd, int level, int name, const void *value,
-                                  socklen_t length)
-
 cdef extern from "<string.h>":
     char *c_strerror "strerror"(int errnum)
 
 cdef object _BufferedProtocol = _protocols.BufferedProtocol
 # socket.socket's `family` and `type` convert to enums (two Python calls each, ~1.3 us per pair
 # on this machine); the _socket base type's members are the plain ints.
+cdef object _c_socket_type = _c_socket.socket
+cdef object _set_nodelay_py = _base_events._set_nodelay
 cdef object _raw_family = _c_socket.socket.family.__get__
 cdef object _raw_type = _c_socket.socket.type.__get__
 cdef int _AF_INET = _socket.AF_INET
@@ -155,7 +156,11 @@ cdef int set_nodelay(object sock, int fd) except -1:
     conversions: TCP_NODELAY on an AF_INET/AF_INET6 SOCK_STREAM socket of protocol IPPROTO_TCP
     (a socket made with proto 0 is left alone, as stock leaves it)."""
     cdef int one = 1
-    cdef int family = _raw_family(sock)
+    cdef int family
+    if not isinstance(sock, _c_socket_type):
+        _set_nodelay_py(sock)           # a socket-like object: what stock does with it
+        return 0
+    family = _raw_family(sock)
     if (family == _AF_INET or family == _AF_INET6) and _raw_type(sock) == _SOCK_STREAM \
             and sock.proto == IPPROTO_TCP:
         if c_setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0:
