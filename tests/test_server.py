@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from conftest import LOOP_FACTORIES
-from helpers import bounded, child_env
+from helpers import PACKAGE_PARENT, bounded, child_env
 
 
 class Echo(asyncio.Protocol):
@@ -403,10 +403,12 @@ def test_prefork_workers_sharing_a_listening_socket(loop_name):
     workers = []
     try:
         for _ in range(2):       # the first worker starts waiting on the socket first
+            # cwd: `python -c` puts its working directory first on sys.path, and a checkout's
+            # source tree there would shadow the uringloop under test.
             worker = subprocess.Popen(
                 [sys.executable, '-c', PREFORK_WORKER, loop_name, str(listener.fileno())],
                 pass_fds=[listener.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                text=True, env=child_env())
+                text=True, env=child_env(), cwd=PACKAGE_PARENT)
             workers.append(worker)
             assert worker.stdout.readline() == 'serving\n'
         busy, idle = workers
