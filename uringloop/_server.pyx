@@ -67,7 +67,6 @@ cdef extern from "<poll.h>" nogil:
     int POLLIN
 
 cdef object _socket_type = _socket.socket
-cdef int _SOCK_NONBLOCK = _socket.SOCK_NONBLOCK
 cdef frozenset _OUT_OF_RESOURCES = frozenset([_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS,
                                               _errno.ENOMEM])
 cdef frozenset _TRANSIENT = frozenset([_errno.ECONNABORTED, _errno.EINTR, _errno.EAGAIN,
@@ -215,7 +214,7 @@ cdef class Acceptor(Completer):
         cdef object transport = None
         cdef SocketTransport made
         try:
-            conn = _socket_type(self.family, self.sock_type | _SOCK_NONBLOCK, self.proto, fd)
+            conn = _socket_type(self.family, self.sock_type | SOCK_NONBLOCK, self.proto, fd)
         except BaseException:
             os.close(fd)
             raise
