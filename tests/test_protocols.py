@@ -286,7 +286,8 @@ async def test_mutable_buffers_are_snapshotted_at_write():
 
 @pytest.mark.asyncio
 @bounded()
-async def test_large_mutable_write_into_a_full_socket_is_snapshotted():
+@pytest.mark.parametrize('method', ['write', 'writelines'])
+async def test_large_mutable_write_into_a_full_socket_is_snapshotted(method):
     # The socket takes part of the write at most (the peer reads nothing and the send buffer is
     # small); what it did not take must be the bytes as they were when write() was called.
     if sys.version_info >= (3, 12) and not isinstance(asyncio.get_running_loop(), uringloop.Loop):
@@ -297,7 +298,13 @@ async def test_large_mutable_write_into_a_full_socket_is_snapshotted():
         socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     payload = pattern(1_000_000)
     buf = bytearray(payload)
-    client.transport.write(buf)
+    if method == 'write':
+        client.transport.write(buf)
+    else:
+        # The socket stops inside the second item: its unsent tail and the third item stay.
+        head = bytearray(payload[:10])
+        client.transport.writelines([head, memoryview(buf)[10:-10], bytearray(payload[-10:])])
+        head[:] = b'z' * 10
     buf[:] = b'z' * len(buf)
     view = memoryview(bytearray(pattern(200_000, seed=7)))
     client.transport.write(view)            # queued behind the first: order kept
@@ -379,6 +386,58 @@ async def test_write_on_an_idle_connection_is_on_the_socket_when_write_returns(k
                 got += chunk
             assert bytes(got) == payload
             assert writer.transport.get_write_buffer_size() == 0
+    finally:
+        peer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize('kind', [bytes, bytearray, memoryview])
+async def test_writelines_on_an_idle_connection_is_on_the_socket_when_it_returns(kind):
+    """writelines() does what write() does: with nothing else going on, its items are on the
+    socket when it returns, and one above the high-water mark that the socket takes whole does
+    not pause the protocol -- as on the stock loop (on uringloop: one sendmsg(2) at once rather
+    than a send operation for the next io_uring_enter, whose bytes would count against the
+    high-water mark until its completion)."""
+    loop = asyncio.get_running_loop()
+    made = loop.create_future()
+
+    class Writer(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            made.set_result(self)
+
+        def pause_writing(self):
+            self.events.append('pause')
+
+        def resume_writing(self):
+            self.events.append('resume')
+
+    server = await loop.create_server(Writer, '127.0.0.1', 0)
+    peer = socket.create_connection(server.sockets[0].getsockname())
+    peer.setblocking(False)
+    try:
+        writer = await made
+        writer.transport.set_write_buffer_limits(high=4096)
+        await asyncio.sleep(0.05)            # the connection is set up and the loop is idle
+        for size in (10, 20_000):
+            payload = pattern(size, seed=size)
+            third = size // 3
+            writer.transport.writelines([kind(payload[:third]), payload[third:2 * third],
+                                         kind(payload[2 * third:])])
+            got = bytearray()
+            while True:
+                try:
+                    chunk = peer.recv(1 << 20)      # no await: the loop has not run since
+                except BlockingIOError:
+                    break
+                got += chunk
+            assert bytes(got) == payload
+            assert writer.transport.get_write_buffer_size() == 0
+        await asyncio.sleep(0.05)
+        assert writer.events == ['made']
     finally:
         peer.close()
         server.close()
