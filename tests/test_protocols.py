@@ -8,13 +8,15 @@ import functools
 import os
 import socket
 import struct
+import subprocess
 import sys
+import textwrap
 
 import pytest
 
 import uringloop
 
-from helpers import bounded, pattern
+from helpers import PACKAGE_PARENT, bounded, child_env, pattern
 
 class Recorder(asyncio.Protocol):
     """Records every protocol call; futures for the moments tests wait on."""
@@ -442,6 +444,71 @@ async def test_writelines_on_an_idle_connection_is_on_the_socket_when_it_returns
         peer.close()
         server.close()
         await server.wait_closed()
+
+
+# A protocol that nothing but its transport references, answering with more than the socket
+# takes at once and closing: the send completion that finishes the answer calls
+# connection_lost(), which drops the protocol -- and with it the last reference to the transport,
+# from inside the transport's own completion handler.  Run in a child: what this guards against
+# is a crash (uringloop freed the transport under its handler: a segfault).
+_UNREFERENCED_PROTOCOL_CHILD = """
+import asyncio, socket, sys
+import uringloop
+
+ANSWER = b'x' * 3_000_000
+
+class Answer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+        if WHERE == 'connection_made':
+            self.answer()
+
+    def data_received(self, data):
+        self.answer()
+
+    def answer(self):
+        self.transport.write(ANSWER)
+        self.transport.write(bytearray(ANSWER))
+        self.transport.close()
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Answer, '127.0.0.1', 0)
+    for _ in range(3):
+        client = socket.socket()
+        client.setblocking(False)
+        await loop.sock_connect(client, server.sockets[0].getsockname())
+        if WHERE == 'data_received':
+            await loop.sock_sendall(client, b'go')
+        got = 0
+        while True:
+            chunk = await asyncio.wait_for(loop.sock_recv(client, 1 << 20), 10)
+            if not chunk:
+                break
+            got += len(chunk)
+        client.close()
+        assert got == 2 * len(ANSWER), got
+    server.close()
+    print('answered', flush=True)
+
+WHERE = sys.argv[2]
+if sys.argv[1] == 'uringloop':
+    uringloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize('where', ['connection_made', 'data_received'])
+@pytest.mark.parametrize('loop_name', ['uringloop', 'asyncio'])
+def test_a_protocol_referenced_only_by_its_transport_may_answer_and_close(loop_name, where):
+    # cwd: `python -c` puts the working directory first on sys.path (see test_loop_api).
+    proc = subprocess.run(
+        [sys.executable, '-X', 'faulthandler', '-c', textwrap.dedent(_UNREFERENCED_PROTOCOL_CHILD),
+         loop_name, where],
+        capture_output=True, text=True, timeout=120, env=child_env(), cwd=PACKAGE_PARENT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == 'answered'
 
 
 @contextlib.asynccontextmanager

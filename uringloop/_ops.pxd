@@ -150,5 +150,6 @@ cdef class WakeupOp(Operation):
     cdef unsigned long long value
 
 
+cdef int call_owner(Operation op, int res, unsigned flags) except -1
 cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int family)
 cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *ss) except 0

@@ -679,6 +679,24 @@ cdef inline int _errno():
 # operation kinds
 # ---------------------------------------------------------------------------------------------
 
+cdef int call_owner(Operation op, int res, unsigned flags) except -1:
+    """op.owner.op_done(op, res, flags), holding a reference to the owner for the call.
+
+    Why: the handler may drop the last reference to its owner before it returns.  A transport
+    gives a finished send back to the loop's spares (op.owner = None), and when that send was
+    the last one of a closing transport it calls connection_lost() right there, which lets go
+    of the protocol -- if nothing else held the protocol, and the protocol held the transport
+    (self.transport = transport, the usual way), both are freed in the middle of the
+    transport's own op_done.  Called as self.owner.op_done(...), Cython passes the attribute
+    as a borrowed reference: the rest of op_done then ran on freed memory (a segfault, found
+    with a protocol that wrote 6 MB and closed in connection_made).  A local variable owns its
+    reference."""
+    cdef Completer owner = op.owner
+    if owner is not None:
+        owner.op_done(op, res, flags)
+    return 0
+
+
 cdef class Operation:
 
     def __init__(self, Proactor proactor, Completer owner, int fd, keep=None):
@@ -692,9 +710,8 @@ cdef class Operation:
         return 0
 
     cdef int complete(self, int res, unsigned flags) except -1:
-        if self.owner is not None:
-            self.owner.op_done(self, res, flags)
-        return 0
+        # Through a reference of our own (see call_owner), not self.owner.
+        return call_owner(self, res, flags)
 
     cdef void release(self):
         self.keep = None
@@ -787,9 +804,7 @@ cdef class SendOp(BufferOp):
         elif self.offset > 0 and res == -ECANCELED:
             # Cancelled part-way: report what went out so the owner can tell the user.
             res = <int>min(self.offset, 0x7fffffff)
-        if self.owner is not None:
-            self.owner.op_done(self, res, flags)
-        return 0
+        return call_owner(self, res, flags)
 
     @property
     def sent(self):

@@ -95,7 +95,7 @@ from libc.string cimport memset, memcpy
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
 from uringloop._ops cimport (Proactor, Operation, RecvOp, SendOp, MultishotRecvOp, PollOp,
-                             OP_IDLE)
+                             OP_IDLE, call_owner)
 from uringloop._flow cimport WriteFlow, add_socket_extra
 
 import _socket as _c_socket
@@ -452,9 +452,7 @@ cdef class SendMsgOp(Operation):
             if self.sent < self.total and self.state == OP_IDLE and not self.proactor.closing:
                 self.submit()      # a short send: the rest goes out before the owner hears
                 return 0
-        if self.owner is not None:
-            self.owner.op_done(self, res, flags)
-        return 0
+        return call_owner(self, res, flags)
 
     cdef void release(self):
         self.drop_views()
