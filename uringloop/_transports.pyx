@@ -57,9 +57,10 @@ write() with nothing in flight submits a send of that very object (bytes are pin
 buffers are copied first: the caller may reuse them the moment write() returns).  Data of 16 KiB
 or more, and any data when the iteration has nothing to batch it with, is first offered to the
 socket with one non-blocking send(2) -- writelines(): one sendmsg(2) -- and only what it did not
-take is submitted (see write_through, send_at_once and writelines_through).  Writes made while a send is in flight are queued and leave
-together, in one vectored sendmsg (SendMsgOp), when it completes.  Partial sends are continued inside the operations, so a completion always
-means "all of it is out" or an error.
+take is submitted (see write_through, send_at_once and writelines_through).  Writes made while a
+send is in flight are queued and leave together, in one vectored sendmsg (SendMsgOp), when it
+completes.  Partial sends are continued inside the operations, so a completion always means "all
+of it is out" or an error.
 
 The bytes in flight count towards the write buffer size, which drives pause_writing()/
 resume_writing() as _FlowControlMixin does.  They must: the stock transport learns synchronously
@@ -1167,7 +1168,8 @@ cdef class SocketTransport(WriteFlow):
             if sent == view.len or sent < 0:
                 return None
             if immutable:
-                return memoryview(data)[sent:] if sent else data
+                # Sliced in bytes: a view's items may be wider (memoryview.cast('i')).
+                return memoryview(data).cast('B')[sent:] if sent else data
             return PyBytes_FromStringAndSize(<char *>view.buf + sent, view.len - sent)
         finally:
             PyBuffer_Release(&view)
@@ -1276,7 +1278,7 @@ cdef class SocketTransport(WriteFlow):
                     left -= size
                     continue
                 if left:
-                    data = memoryview(data)[left:]
+                    data = memoryview(data).cast('B')[left:]    # in bytes, as in write_through
                     left = 0
                 rest.append(_pinnable(data))
             return rest
