@@ -330,7 +330,7 @@ async def test_wide_item_views_into_a_full_socket_arrive_byte_for_byte(method, m
     this test: 925,777 of 1,024,000 bytes arrived.)"""
     import array
     if not is_uring and (method == 'write' or sys.version_info >= (3, 12)):
-        # Measured with 3.11.7, 3.12.1 and 3.13.0: the stock transport keeps data[n:] of such
+        # Measured with 3.10.13-3.13.0: the stock transport keeps data[n:] of such
         # a view -- n bytes sent, the slice counted in items -- and loses bytes.  (Its
         # writelines() joins the items into bytes first up to 3.11.)
         pytest.skip("the stock transport slices a wide-item view's unsent rest in items")
