@@ -392,52 +392,15 @@ async def test_small_write_after_a_reset_is_a_fatal_error(kind):
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize('method', ['write', 'writelines'])
 @pytest.mark.parametrize('kind', [bytes, bytearray, memoryview])
-async def test_write_on_an_idle_connection_is_on_the_socket_when_write_returns(kind):
+async def test_write_on_an_idle_connection_is_on_the_socket_when_write_returns(kind, method):
     """With nothing else going on, write() hands the bytes to the socket before it returns, as
     the stock loop does: a reply does not wait for the rest of the iteration (on uringloop: a
-    send with nothing to batch with goes out at once instead of at the next io_uring_enter)."""
-    loop = asyncio.get_running_loop()
-    made = loop.create_future()
-
-    class Writer(Recorder):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            made.set_result(self)
-
-    server = await loop.create_server(Writer, '127.0.0.1', 0)
-    peer = socket.create_connection(server.sockets[0].getsockname())
-    peer.setblocking(False)
-    try:
-        writer = await made
-        await asyncio.sleep(0.05)            # the connection is set up and the loop is idle
-        for size in (10, 20_000):
-            payload = pattern(size, seed=size)
-            writer.transport.write(kind(payload))
-            got = bytearray()
-            while True:
-                try:
-                    chunk = peer.recv(1 << 20)      # no await: the loop has not run since
-                except BlockingIOError:
-                    break
-                got += chunk
-            assert bytes(got) == payload
-            assert writer.transport.get_write_buffer_size() == 0
-    finally:
-        peer.close()
-        server.close()
-        await server.wait_closed()
-
-
-@pytest.mark.asyncio
-@bounded()
-@pytest.mark.parametrize('kind', [bytes, bytearray, memoryview])
-async def test_writelines_on_an_idle_connection_is_on_the_socket_when_it_returns(kind):
-    """writelines() does what write() does: with nothing else going on, its items are on the
-    socket when it returns, and one above the high-water mark that the socket takes whole does
-    not pause the protocol -- as on the stock loop (on uringloop: one sendmsg(2) at once rather
-    than a send operation for the next io_uring_enter, whose bytes would count against the
-    high-water mark until its completion)."""
+    send with nothing to batch with goes out at once instead of at the next io_uring_enter).
+    writelines() does the same (on uringloop: one sendmsg(2)), and neither pauses the protocol
+    above the high-water mark when the socket takes it whole -- the bytes of a send operation
+    would count until its completion."""
     loop = asyncio.get_running_loop()
     made = loop.create_future()
 
@@ -461,9 +424,12 @@ async def test_writelines_on_an_idle_connection_is_on_the_socket_when_it_returns
         await asyncio.sleep(0.05)            # the connection is set up and the loop is idle
         for size in (10, 20_000):
             payload = pattern(size, seed=size)
-            third = size // 3
-            writer.transport.writelines([kind(payload[:third]), payload[third:2 * third],
-                                         kind(payload[2 * third:])])
+            if method == 'write':
+                writer.transport.write(kind(payload))
+            else:
+                third = size // 3
+                writer.transport.writelines([kind(payload[:third]), payload[third:2 * third],
+                                             kind(payload[2 * third:])])
             got = bytearray()
             while True:
                 try:
