@@ -1,6 +1,7 @@
 """Stream transports through the Protocol API: create_connection/create_server and the transport
 methods, written once and run on uringloop and on the stock loop (the oracle)."""
 
+import array
 import asyncio
 import contextlib
 import contextvars
@@ -286,6 +287,16 @@ async def test_mutable_buffers_are_snapshotted_at_write():
     await shut(server, client, peer)
 
 
+async def full_socket_pair():
+    """connected_pair() whose client socket takes only part of a large write at once: the peer
+    reads nothing (until it resumes reading) and the client's send buffer is small."""
+    server, peer, client = await connected_pair()
+    peer.transport.pause_reading()
+    client.transport.get_extra_info('socket').setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return server, peer, client
+
+
 @pytest.mark.asyncio
 @bounded()
 @pytest.mark.parametrize('method', ['write', 'writelines'])
@@ -294,10 +305,7 @@ async def test_large_mutable_write_into_a_full_socket_is_snapshotted(method):
     # small); what it did not take must be the bytes as they were when write() was called.
     if sys.version_info >= (3, 12) and not isinstance(asyncio.get_running_loop(), uringloop.Loop):
         pytest.skip("since 3.12 the stock transport keeps a view of unsent data, not a copy")
-    server, peer, client = await connected_pair()
-    peer.transport.pause_reading()
-    client.transport.get_extra_info('socket').setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server, peer, client = await full_socket_pair()
     payload = pattern(1_000_000)
     buf = bytearray(payload)
     if method == 'write':
@@ -328,16 +336,12 @@ async def test_wide_item_views_into_a_full_socket_arrive_byte_for_byte(method, m
     bytes cast to 'i'), of which the socket takes only part at once: what follows is the rest
     counted in bytes, not in items.  (uringloop's write() sliced a read-only one in items before
     this test: 925,777 of 1,024,000 bytes arrived.)"""
-    import array
     if not is_uring and (method == 'write' or sys.version_info >= (3, 12)):
         # Measured with 3.10.13-3.13.0: the stock transport keeps data[n:] of such
         # a view -- n bytes sent, the slice counted in items -- and loses bytes.  (Its
         # writelines() joins the items into bytes first up to 3.11.)
         pytest.skip("the stock transport slices a wide-item view's unsent rest in items")
-    server, peer, client = await connected_pair()
-    peer.transport.pause_reading()
-    client.transport.get_extra_info('socket').setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server, peer, client = await full_socket_pair()
     payload = pattern(1_000_000)
     view = (memoryview(array.array('i', payload)) if mutable
             else memoryview(payload).cast('i'))
