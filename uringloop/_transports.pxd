@@ -88,6 +88,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int schedule_stash(self) except -1
     cdef int send_done(self, Operation op, int res) except -1
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2
+    cdef Py_ssize_t taken_at_once(self, ssize_t sent) except -2
     cdef object write_through(self, object data)
     cdef object writelines_through(self, list items, Py_ssize_t n)
     cdef int submit_send(self, object data, Py_ssize_t n) except -1

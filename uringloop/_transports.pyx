@@ -1119,7 +1119,13 @@ cdef class SocketTransport(WriteFlow):
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2:
         """How many bytes of `buf` the socket took at once with one non-blocking send(2): all,
         part or none (EAGAIN); -1 when it failed, reported as a fatal error."""
-        cdef ssize_t sent = c_send(self._sock_fd, buf, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL)
+        return self.taken_at_once(
+            c_send(self._sock_fd, buf, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL))
+
+    cdef Py_ssize_t taken_at_once(self, ssize_t sent) except -2:
+        """The outcome of a non-blocking send(2)/sendmsg(2) that just returned `sent` (errno
+        still its own): the bytes taken, 0 for EAGAIN/EINTR, or -1 for a failure, reported as
+        a fatal error."""
         cdef int err = errno
         if sent >= 0:
             return sent
@@ -1237,7 +1243,6 @@ cdef class SocketTransport(WriteFlow):
         cdef Py_buffer *views
         cdef iovec *iov
         cdef msghdr msg
-        cdef int err = 0
         cdef list rest
         k = count if count < IOV_LIMIT else IOV_LIMIT
         views = <Py_buffer *>PyMem_Malloc(k * (sizeof(Py_buffer) + sizeof(iovec)))
@@ -1257,17 +1262,10 @@ cdef class SocketTransport(WriteFlow):
                 memset(&msg, 0, sizeof(msghdr))
                 msg.msg_iov = iov
                 msg.msg_iovlen = <size_t>k
-                sent = c_sendmsg(self._sock_fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
-                if sent < 0:
-                    err = errno
-                    if err == EAGAIN or err == EINTR:
-                        sent = 0
-                        err = 0
-            if err:
-                self.fatal_error(_os_error(err), 'Fatal write error on socket transport')
-                return None
-            if sent == n:
-                return None
+                sent = self.taken_at_once(
+                    c_sendmsg(self._sock_fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL))
+            if sent < 0 or sent == n:
+                return None       # failed (reported), or all of it went
             # Skip what went out; the item the socket stopped in keeps its unsent tail.
             rest = []
             left = sent
