@@ -15,8 +15,8 @@ chat: every line a member sends goes to every *other* member as "guest7: <line>"
 
 How it works.  The program is written on the low-level socket API (loop.sock_accept, sock_recv,
 sock_sendall), which on uringloop *is* the Proactor: each call submits one request to io_uring
--- accept, receive into a buffer the kernel fills, send -- and the coroutine resumes when its
-completion arrives, with the bytes already in the buffer.  One coroutine per connection chains
+-- receive into a buffer the kernel fills, send; an accept waits with a poll -- and the
+coroutine resumes when its completion arrives, with the bytes already in the buffer.  One coroutine per connection chains
 them: receive, then (on completion) send, then receive again, like the completion handlers of the
 Boost.Asio echo server in the Proactor guide.  The same file runs on uvloop and the stock loop,
 where each call waits for readiness and then does the system call itself.
@@ -55,7 +55,7 @@ class Server:
     async def accept_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(self.sock)     # one accept request in the kernel
+            conn, _ = await loop.sock_accept(self.sock)     # accept4, or a poll on the ring
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.served += 1

@@ -339,9 +339,10 @@ async def test_accept_out_of_descriptors_is_reported_and_retried():
     await server.wait_closed()
 
 
-# A pre-fork worker (gunicorn, uvicorn --workers): serves a listening socket it inherited, and
-# takes commands on stdin -- "hold" blocks its loop until the next line ("release", or "close"
-# to stop serving before the loop runs again), "close" stops serving.
+# A pre-fork worker (gunicorn, uvicorn --workers): serves a listening socket it inherited --
+# with an asyncio server, or with its own loop of sock_accept() calls -- and takes commands on
+# stdin: "hold" blocks its loop until the next line ("release", or "close" to stop serving
+# before the loop runs again), "close" stops serving.
 PREFORK_WORKER = textwrap.dedent("""
     import asyncio, os, socket, sys
     import uringloop
@@ -351,9 +352,26 @@ PREFORK_WORKER = textwrap.dedent("""
             transport.write(str(os.getpid()).encode())
             transport.close()
 
+    async def accept_forever(loop, listener):
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            await loop.sock_sendall(conn, str(os.getpid()).encode())
+            conn.close()
+
     async def main():
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(SayPid, sock=socket.socket(fileno=int(sys.argv[2])))
+        listener = socket.socket(fileno=int(sys.argv[3]))
+        if sys.argv[2] == "create_server":
+            server = await loop.create_server(SayPid, sock=listener)
+            async def stop_serving():
+                server.close()
+                await server.wait_closed()
+        else:
+            listener.setblocking(False)
+            accepting = asyncio.ensure_future(accept_forever(loop, listener))
+            async def stop_serving():
+                accepting.cancel()
+                await asyncio.gather(accepting, return_exceptions=True)
         print("serving", flush=True)
         while True:
             command = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
@@ -361,8 +379,7 @@ PREFORK_WORKER = textwrap.dedent("""
                 print("holding", flush=True)
                 command = sys.stdin.readline().strip()
             if command == "close":
-                server.close()
-                await server.wait_closed()
+                await stop_serving()
                 print("closed", flush=True)
             elif command != "release":
                 return
@@ -389,8 +406,9 @@ def answering_pid(conn):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize('accepting', ['create_server', 'sock_accept'])
 @pytest.mark.parametrize('loop_name', list(LOOP_FACTORIES))
-def test_prefork_workers_sharing_a_listening_socket(loop_name):
+def test_prefork_workers_sharing_a_listening_socket(loop_name, accepting):
     """Two processes serve one inherited listening socket.  While the first one's loop is busy,
     the second serves every new connection; a connection that arrives while the first is busy
     and is then stopping serving (a graceful restart) is served by the second, not stranded in
@@ -406,7 +424,8 @@ def test_prefork_workers_sharing_a_listening_socket(loop_name):
             # cwd: `python -c` puts its working directory first on sys.path, and a checkout's
             # source tree there would shadow the uringloop under test.
             worker = subprocess.Popen(
-                [sys.executable, '-c', PREFORK_WORKER, loop_name, str(listener.fileno())],
+                [sys.executable, '-c', PREFORK_WORKER, loop_name, accepting,
+                 str(listener.fileno())],
                 pass_fds=[listener.fileno()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 text=True, env=child_env(), cwd=PACKAGE_PARENT)
             workers.append(worker)

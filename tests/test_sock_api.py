@@ -155,6 +155,47 @@ async def test_connect_resolves_hostnames():
 
 
 @pytest.mark.asyncio
+async def test_accept_of_a_connection_already_queued():
+    # The other path of tcp_pair's accept, which waits for its connection: this one is in the
+    # listener's queue before sock_accept() is called.
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.setblocking(False)
+        with socket.create_connection(srv.getsockname()) as client:
+            conn, addr = await loop.sock_accept(srv)
+            with conn:
+                assert addr == client.getsockname()
+                assert conn.gettimeout() == 0
+                assert (conn.family, conn.type, conn.proto) == (srv.family, srv.type, srv.proto)
+                client.sendall(b"queued")
+                assert await loop.sock_recv(conn, 100) == b"queued"
+
+
+@pytest.mark.asyncio
+async def test_accept_on_a_blocking_listener_does_not_block_the_loop(is_uring):
+    if not is_uring:
+        pytest.skip("the stock loop calls accept() on a blocking listener and blocks in it "
+                    "(asyncio requires non-blocking sockets; only debug mode checks)")
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        accept = asyncio.ensure_future(loop.sock_accept(srv))
+        ticks = 0
+        while ticks < 5:            # the loop keeps running while the accept waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not accept.done()
+        with socket.create_connection(srv.getsockname()) as client:
+            conn, addr = await asyncio.wait_for(accept, 10)
+            with conn:
+                assert addr == client.getsockname()
+                assert conn.gettimeout() == 0
+
+
+@pytest.mark.asyncio
 async def test_unix_socket_accept_and_connect(tmp_path):
     loop = asyncio.get_running_loop()
     path = str(tmp_path / "sock")

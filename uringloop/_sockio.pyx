@@ -22,11 +22,12 @@ object, never to the new one.
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from uringloop._sys cimport ECANCELED, EBADF
+from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, errno, socklen_t, sockaddr,
+                             sockaddr_storage)
 from libc.string cimport memcpy
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
-                             AcceptOp, ConnectOp, OP_IDLE)
+                             AcceptOp, ConnectOp, PollOp, OP_IDLE, sockaddr_to_python)
 
 import collections
 import errno as _errno_mod
@@ -41,6 +42,19 @@ cdef object _deque = collections.deque
 cdef object _ref = weakref.ref
 cdef object _socket_type = _socket.socket
 cdef object _check_ssl_socket = _base_events._check_ssl_socket
+
+cdef extern from "<sys/socket.h>" nogil:
+    int SOCK_NONBLOCK
+    int SOCK_CLOEXEC
+    int c_accept4 "accept4"(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
+
+cdef extern from "<fcntl.h>" nogil:
+    int F_GETFL
+    int O_NONBLOCK
+    int c_fcntl "fcntl"(int fd, int cmd)
+
+cdef extern from "<poll.h>" nogil:
+    int POLLIN
 
 
 cdef enum Kind:
@@ -94,7 +108,8 @@ cdef class SocketState(Completer):
     cdef object stash_exc             # an error whose caller had gone
     # accepting
     cdef object accept_q
-    cdef AcceptOp accept_op
+    cdef Operation accept_op          # a PollOp, or an AcceptOp for a blocking listener
+    cdef PollOp spare_poll
     cdef object accepted              # connections (fd, address) whose caller had gone
     # sending
     cdef object send_q
@@ -357,10 +372,51 @@ cdef class SocketState(Completer):
         return 0
 
     # ---- accept ----
+    #
+    # Why a poll and accept4(2), the stock loop's way, rather than io_uring's accept request:
+    # the kernel wakes an accept request as an *exclusive* waiter.  Where several processes
+    # call sock_accept() on one inherited listening socket, a new connection wakes only one of
+    # them, and with DEFER_TASKRUN its accept runs when that loop next enters the ring: a busy
+    # process keeps the connection waiting while an idle one sleeps on, and one that cancels its
+    # sock_accept() after taking the wake-up leaves the connection queued with nobody woken for
+    # it -- the client hangs until the next connection arrives (measured; the pre-fork test in
+    # tests/test_server.py).  A poll is an ordinary waiter, woken with every other process's,
+    # and accept4 runs only for a caller still waiting, so nothing is accepted for nobody.
+    # (_server.pyx's Acceptor serves create_server's listening sockets the same way.)
+    #
+    # A listening socket in blocking mode (asyncio requires non-blocking ones; the stock loop
+    # would block in accept() there) keeps the accept request: accept4 after a poll could block
+    # the loop if another process took the connection first.
+
+    cdef object accept_now(self):
+        """accept4(2) on the listening socket: (conn, address), or _WOULD_BLOCK; raises the
+        OSError socket.accept() raises."""
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen = sizeof(sockaddr_storage)
+        cdef int fd = c_accept4(self.fd, <sockaddr *>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        cdef int err
+        if fd < 0:
+            err = errno
+            if err == EAGAIN or err == EINTR:
+                return _WOULD_BLOCK
+            raise _oserror(err)
+        return (self.connection(fd), sockaddr_to_python(&addr, addrlen, self.family))
+
+    cdef object connection(self, int fd):
+        """The socket object of an accepted descriptor (non-blocking); closes fd on failure."""
+        cdef object listener = self.sock_ref()
+        try:
+            if listener is not None:
+                return _socket_type(self.family, listener.type | SOCK_NONBLOCK, listener.proto,
+                                    fd)
+            return _socket_type(self.family, _socket.SOCK_STREAM | SOCK_NONBLOCK, 0, fd)
+        except BaseException:
+            os.close(fd)
+            raise
 
     cdef int pump_accept(self) except -1:
         cdef Request req
-        cdef AcceptOp op
+        cdef Operation op
         while True:
             req = self.next_request(self.accept_q)
             if req is None:
@@ -368,43 +424,67 @@ cdef class SocketState(Completer):
             if self.accepted:
                 self.accept_q.popleft()
                 fd, addr = self.accepted.popleft()
-                self.deliver_connection(req, fd, addr)
+                try:
+                    conn = self.connection(fd)
+                except BaseException as exc:
+                    self.fail(req, exc)
+                else:
+                    req.fut.set_result((conn, addr))
                 continue
             if self.accept_op is not None or self.proactor.closing:
                 return 0
-            op = AcceptOp(self.proactor, self, self.fd, self.sock_ref())
+            if c_fcntl(self.fd, F_GETFL) & O_NONBLOCK:
+                # First try at once, as the stock loop does: a queued connection costs no
+                # trip through the ring.
+                try:
+                    result = self.accept_now()
+                except BaseException as exc:
+                    self.accept_q.popleft()
+                    self.fail(req, exc)
+                    continue
+                if result is not _WOULD_BLOCK:
+                    self.accept_q.popleft()
+                    req.fut.set_result(result)
+                    continue
+                op = self.spare_poll
+                if op is None or op.state != OP_IDLE:
+                    op = self.spare_poll = PollOp(self.proactor, self, self.fd, None)
+                    self.spare_poll.events = POLLIN
+                op.keep = self.sock_ref()
+            else:
+                op = AcceptOp(self.proactor, self, self.fd, self.sock_ref())
             op.tag = req
             self.accept_op = op
             op.submit()
             return 0
 
-    cdef int deliver_connection(self, Request req, int fd, object addr) except -1:
-        cdef object listener = self.sock_ref()
-        try:
-            conn = _socket_type(self.family, listener.type if listener is not None
-                                else _socket.SOCK_STREAM, 0, fd)
-            conn.setblocking(False)
-        except BaseException as exc:
-            os.close(fd)
-            self.fail(req, exc)
-            return 0
-        req.fut.set_result((conn, addr))
-        return 0
-
-    cdef int accept_done(self, AcceptOp op, int res) except -1:
-        cdef Request req = self.finish_request(op, self.accept_q)
+    cdef int accept_done(self, Operation op, int res) except -1:
+        cdef Request req = <Request>op.tag
         cdef bint waiting = not req.fut.done()
+        op.tag = None
         self.accept_op = None
-        if res >= 0:
-            addr = op.address(self.family)
-            if waiting:
-                self.deliver_connection(req, res, addr)
-            elif self.proactor.closing:
-                os.close(res)
-            else:
-                self.accepted.append((res, addr))   # accepted exactly once: the next caller's
-        elif res != -ECANCELED:
-            if waiting:
+        if type(op) is PollOp and (res >= 0 or res == -ECANCELED):
+            # Readable (or an error the accept will report), or the poll cancelled: the request
+            # stays at the head of the queue, and pump_accept() accepts for it if it is still
+            # waiting -- or polls again if another process took the connection first.
+            pass
+        else:
+            if self.accept_q and self.accept_q[0] is req:
+                self.accept_q.popleft()
+            if res >= 0:
+                addr = (<AcceptOp>op).address(self.family)
+                if waiting:
+                    try:
+                        conn = self.connection(res)
+                    except BaseException as exc:
+                        self.fail(req, exc)
+                    else:
+                        req.fut.set_result((conn, addr))
+                elif self.proactor.closing:
+                    os.close(res)
+                else:
+                    self.accepted.append((res, addr))   # accepted exactly once: the next caller's
+            elif res != -ECANCELED and waiting:
                 self.fail(req, _oserror(-res))
         if not self.proactor.closing:
             self.pump_accept()
@@ -486,7 +566,7 @@ cdef class SocketState(Completer):
         if op is self.recv_op:
             return self.recv_done(<BufferOp>op, res)
         if op is self.accept_op:
-            return self.accept_done(<AcceptOp>op, res)
+            return self.accept_done(op, res)
         if op is self.send_op:
             return self.send_done(op, res)
         return 0
@@ -494,6 +574,7 @@ cdef class SocketState(Completer):
     cdef discard(self):
         """The socket this state served is gone: release what only it could have used."""
         self.spare_recv = self.spare_send = None    # they point back here (op.owner)
+        self.spare_poll = None
         while self.accepted:
             fd, _ = self.accepted.popleft()
             os.close(fd)
