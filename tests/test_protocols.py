@@ -290,7 +290,11 @@ async def test_mutable_buffers_are_snapshotted_at_write():
 async def full_socket_pair():
     """connected_pair() whose client socket takes only part of a large write at once: the peer
     reads nothing (until it resumes reading) and the client's send buffer is small."""
-    server, peer, client = await connected_pair()
+    return await full_socket_pair_with(Recorder)
+
+
+async def full_socket_pair_with(client_protocol):
+    server, peer, client = await connected_pair(client_protocol=client_protocol)
     peer.transport.pause_reading()
     client.transport.get_extra_info('socket').setsockopt(
         socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -1288,6 +1292,41 @@ async def test_write_buffer_limits():
     t.set_write_buffer_limits()
     assert t.get_write_buffer_limits() == (16384, 65536)
     assert t.get_write_buffer_size() == 0
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_write_buffer_limits_of_any_real_number():
+    # The stock transports take any number (high=1e6 is a float, and no size is too large) and
+    # compare the bytes they hold with it; the pauses and resumes must come where they do there.
+    class Flow(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.flow = []
+            self.resumed = self.loop.create_future()
+
+        def pause_writing(self):
+            self.flow.append('pause')
+
+        def resume_writing(self):
+            self.flow.append('resume')
+            self.resumed.set_result(None)
+
+    server, peer, client = await full_socket_pair_with(Flow)
+    t = client.transport
+    t.set_write_buffer_limits(high=1e6)
+    assert t.get_write_buffer_limits() == (250_000, 1_000_000)
+    t.set_write_buffer_limits(high=2 ** 70)
+    payload = pattern(1_000_000)
+    t.write(payload)
+    assert t.get_write_buffer_size() > 0 and client.flow == []
+    t.set_write_buffer_limits(high=0.5, low=0.25)    # above 0.5 bytes: any byte held
+    assert client.flow == ['pause']
+    peer.transport.resume_reading()
+    await client.resumed                            # at 0.25 bytes: when none is left
+    assert t.get_write_buffer_size() == 0 and client.flow == ['pause', 'resume']
+    assert await peer.received(len(payload)) == payload
     await shut(server, client, peer)
 
 

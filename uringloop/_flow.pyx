@@ -21,7 +21,10 @@ from asyncio import constants as _constants
 from asyncio import trsock as _trsock
 from asyncio.log import logger as _logger
 
+import math
 import warnings
+
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from uringloop._ops cimport Completer, Proactor
 
@@ -121,9 +124,21 @@ cdef class WriteFlow(Completer):
             low = high // 4
         if not high >= low >= 0:
             raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
-        self.high_water = high
-        self.low_water = low
+        self.high_water = _water_mark(high)
+        self.low_water = _water_mark(low)
         self.maybe_pause_protocol()
+
+
+cdef Py_ssize_t _water_mark(object limit) except -1:
+    """A write-buffer limit (checked >= 0) as a byte count.  The stock transports keep whatever
+    number they are given -- 1e6 and 2**70 work there -- and compare sizes with it; a size in
+    whole bytes exceeds x exactly when it exceeds floor(x), so the floor, capped at the largest
+    size there can be, makes every pause and resume come where the stock loop's would."""
+    if not isinstance(limit, int):
+        if limit == math.inf:
+            return PY_SSIZE_T_MAX
+        limit = math.floor(limit)
+    return min(limit, PY_SSIZE_T_MAX)
 
 
 cdef int add_socket_extra(dict extra, object sock) except -1:
