@@ -245,7 +245,10 @@ cdef class Proactor:
 
     cdef int submit(self, Operation op) except -1:
         cdef io_uring_sqe *sqe
-        if self.closing and op is not self.wakeup_op:
+        if (self.closing and op is not self.wakeup_op) or self.forked:
+            # A fork child's inherited transport or file: the ring's memory is shared with the
+            # parent, whose submission queue an SQE written here would join.
+            self.check_usable()
             raise RuntimeError("Event loop is closed")
         sqe = NULL if self.backlog else self.ring.get_sqe()
         Py_INCREF(op)
@@ -353,7 +356,9 @@ cdef class Proactor:
                 op.release()
                 Py_DECREF(op)
             return 0
-        if op.state != OP_SUBMITTED or self.ring.closed:
+        if op.state != OP_SUBMITTED or self.ring.closed or self.forked:
+            # (In a fork child the request is the parent's, in the parent's ring: not ours to
+            # cancel -- a close of the inherited loop stops its servers and readiness callbacks.)
             return 0
         sqe = self.ring.get_sqe()
         if sqe == NULL:
