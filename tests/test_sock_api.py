@@ -259,6 +259,37 @@ async def test_zero_size_recv_returns_at_once_and_takes_nothing(kind):
     await still_works()
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+async def test_zero_size_recv_behind_a_waiting_receive_returns_at_once(kind):
+    # On a stream a read of nothing takes nothing, so it need not wait its turn: the stock loop
+    # answers it at once.  (uringloop queued it, then waited in the kernel for more data.)
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair() if kind == "unix" else await tcp_pair()
+    with a, b:
+        waiting = asyncio.ensure_future(loop.sock_recv(b, 100))
+        await asyncio.sleep(0)
+        assert await asyncio.wait_for(loop.sock_recv(b, 0), 5) == b""
+        assert await asyncio.wait_for(loop.sock_recv_into(b, bytearray()), 5) == 0
+        assert not waiting.done()
+        await loop.sock_sendall(a, b"for the first")
+        assert await asyncio.wait_for(waiting, 5) == b"for the first"
+    await still_works()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("type", [socket.SOCK_DGRAM, socket.SOCK_SEQPACKET],
+                         ids=["dgram", "seqpacket"])
+async def test_sendall_of_nothing_sends_an_empty_datagram(type):
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair(type=type)
+    with a, b:
+        await loop.sock_sendall(a, b"")
+        await loop.sock_sendall(a, b"second")
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 5) == b""
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 5) == b"second"
+
+
 @needs_311
 @pytest.mark.asyncio
 async def test_sendto_to_a_refused_address_is_a_type_error_of_that_call_only():

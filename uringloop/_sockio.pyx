@@ -657,9 +657,12 @@ cdef object _read_nothing(SocketState state, object call, object arg):
     at once without a system call, whatever is waiting -- a zero-length receive submitted to
     the kernel would wait for data first.  recvfrom(0) and recvfrom_into() of an empty buffer
     do reach the kernel (a waiting datagram is taken; with nothing waiting they would block),
-    and when they would block the request goes to the kernel like any other.  Only when no
-    earlier receive is queued on the socket, to keep their order."""
-    if state.recv_q or state.stash_exc is not None:
+    and when they would block the request goes to the kernel like any other.  On a datagram
+    socket only when no earlier receive is queued, to keep the order in which datagrams are
+    taken; on a stream socket, where a read of nothing takes nothing, at once whatever is
+    queued (as the stock loop: a zero-length read queued behind a waiting receive would
+    otherwise wait in the kernel for data it does not want)."""
+    if (state.recv_q and not state.stream) or state.stash_exc is not None:
         return _WOULD_BLOCK
     try:
         return call(arg)
@@ -758,7 +761,9 @@ async def sock_sendall(self, sock, data):
     """Send every byte of data; partial completions continue inside the core."""
     cdef SocketState state = _state_for(self, sock)
     cdef Request req
-    if memoryview(data).nbytes == 0:
+    if memoryview(data).nbytes == 0 and state.stream:
+        # Nothing to send.  (On a datagram or seqpacket socket an empty send is an empty
+        # datagram, which the stock loop sends: that one goes to the kernel.)
         return None
     req = state.new_request(K_SEND)
     req.buf = data
