@@ -232,6 +232,67 @@ async def test_invalid_descriptors_raise_like_the_stock_loop(tmp_path):
         with pytest.raises(PermissionError):
             loop.add_writer(regular.fileno(), lambda: None)
         assert loop.remove_reader(regular) is False
+    # A character device that cannot be waited on: epoll refuses it as well (uringloop once
+    # accepted /dev/null and called the reader in a busy loop).
+    with open(os.devnull, "rb") as null:
+        with pytest.raises(PermissionError):
+            loop.add_reader(null, lambda: None)
+        assert loop.remove_reader(null) is False
+
+
+@pytest.mark.asyncio
+async def test_closing_a_registered_descriptor_closes_it():
+    """A descriptor closed without remove_reader()/remove_writer() first really closes: its
+    peer sees EOF, a closed listener refuses connections, and the old callback never runs.
+    (uringloop once waited with a poll request per descriptor, and a request in the kernel
+    holds the file open.)"""
+    loop = asyncio.get_running_loop()
+    fired = []
+    a, b = socket.socketpair()
+    with b:
+        loop.add_reader(a, fired.append, "reader")
+        loop.add_writer(a, lambda: None)
+        await iterations()
+        a.close()
+        b.settimeout(5)
+        assert b.recv(10) == b""                 # EOF at once: the socket is closed
+        with pytest.raises(BrokenPipeError):
+            b.send(b"to nobody")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    address = listener.getsockname()
+    loop.add_reader(listener, fired.append, "listener")
+    await iterations()
+    listener.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5).close()
+    await iterations()
+    assert fired == []
+
+
+@pytest.mark.asyncio
+async def test_a_reused_descriptor_number_is_watched_for_its_new_file(is_uring):
+    if not is_uring:
+        pytest.skip("the stock selector keeps the closed file's registration when the number is "
+                    "registered again for the same events, and never reports the new one")
+    loop = asyncio.get_running_loop()
+    fired = []
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    loop.add_reader(fd, fired.append, "old")
+    await iterations()
+    a.close()
+    b.close()
+    c, d = socket.socketpair()
+    with c, d:
+        new, other = (c, d) if c.fileno() == fd else (d, c)
+        assert new.fileno() == fd
+        loop.add_reader(fd, fired.append, "new")
+        other.send(b"x")
+        await until(lambda: fired)
+        assert loop.remove_reader(fd) is True
+        assert fired[0] == "new" and set(fired) == {"new"}
 
 
 @pytest.mark.asyncio

@@ -1,25 +1,44 @@
+from libc.stdint cimport uint32_t, uint64_t
+
 from uringloop._ops cimport Completer, Proactor, PollOp
 
 
-cdef class FdWatch(Completer):
-    cdef Readiness registry
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+
+
+cdef enum:
+    READY_BATCH = 128                      # descriptors taken from epoll per epoll_wait
+
+
+cdef class FdWatch:
     cdef readonly int fd
-    cdef object fileobj                    # what the first registration passed (pinned by polls)
+    cdef object fileobj                    # what the first registration passed
     cdef object reader                     # asyncio.Handle or None
     cdef object writer
-    cdef PollOp read_poll                  # POLLIN, re-armed after every event
-    cdef PollOp write_poll                 # POLLOUT, likewise
 
-    cdef int arm(self, PollOp poll) except -1
-    cdef int disarm(self, PollOp poll) except -1
+    cdef uint32_t mask(self)
 
 
-cdef class Readiness:
+cdef class Readiness(Completer):
     cdef object loop
     cdef Proactor proactor
     cdef object ready                      # loop._ready: where the handles go, as in the stock loop
     cdef dict watches                      # fd -> FdWatch
+    cdef int epfd                          # the epoll instance (-1 until the first registration)
+    cdef PollOp poll                       # POLLIN on epfd, re-armed after every event
+    cdef epoll_event events[READY_BATCH]
 
     cdef int lookup(self, object fileobj) except -1
+    cdef int ctl(self, int op, int fd, uint32_t mask) except -1
+    cdef int arm(self) except -1
+    cdef int dispatch(self) except -1
     cdef object add(self, object fileobj, object callback, tuple args, bint read)
     cdef bint remove(self, object fileobj, bint read) except -1

@@ -1,53 +1,72 @@
 # cython: language_level=3
-"""add_reader/add_writer on io_uring: readiness callbacks for libraries written against selectors.
+"""add_reader/add_writer: readiness callbacks for libraries written against selectors.
 
 psycopg, pyzmq, aiodns, prompt_toolkit and asyncio's own child watchers ask the loop to call them
-when a descriptor becomes readable or writable.  Here that question is an IORING_OP_POLL_ADD on
-the ring; its completion appends the registered asyncio.Handle to the loop's ready queue, exactly
-where the stock loop's _process_events() puts it, so the callback runs as a Handle (context,
-exception reporting, debug timing all as usual).
+when a descriptor becomes readable or writable.  The registrations live in an epoll instance of
+the loop's own, and the ring watches that instance with one POLLIN poll request: when it
+completes, epoll_wait(2) with a zero timeout collects the ready descriptors and their registered
+asyncio.Handles go to the loop's ready queue, exactly where the stock loop's _process_events()
+puts them, so a callback runs as a Handle (context, exception reporting, debug timing as usual).
 
-Level-triggered, like epoll
----------------------------
-An epoll registration reports a descriptor every time the loop asks while it is readable, so a
-callback that does not consume the data is called again on the next iteration.  io_uring's
-multishot poll cannot give that: it posts a completion per *wake-up* of the file's wait queue
-(edge-triggered), and data that nobody read wakes nobody.  So each direction uses a one-shot
-poll that is re-submitted from its own completion handler.  The re-submitted SQE only reaches the
-kernel with the *next* io_uring_enter, which BaseEventLoop makes after this iteration's ready
-callbacks have run; the kernel evaluates readiness at that moment -- after the callback had its
-chance to consume -- and completes at once if the data is still there.  That is epoll's level-
-triggered contract at the cost of one SQE per event, and the SQEs of an iteration share its one
-system call.
+Why epoll here, in a loop that is otherwise a Proactor on io_uring
+-----------------------------------------------------------------
+An earlier version gave each descriptor its own poll request on the ring.  A request in the
+kernel holds a reference to its file until it ends, and epoll's registrations do not: closing
+the last descriptor of a file removes it from every epoll set.  Programs close registered
+descriptors without removing them first, and the stock loop lets them -- so with a poll request
+per descriptor, a socket closed that way stayed open in the kernel (its peer never saw EOF, a
+closed listener still accepted connections, and the old callback ran on the closed descriptor
+at the next event).  epoll also answers add_reader() for what cannot be waited on the way the
+stock loop does, because they are epoll_ctl(2)'s own errors: PermissionError for a regular
+file, a directory or /dev/null, OSError(EBADF) for a descriptor that is not open.  And it keeps
+epoll's behaviour when a closed descriptor's number is reused (modifying a registration the
+instance no longer has adds it again; the stock selector skips that system call when the
+event mask is unchanged, and the new file is never watched).
 
-Removing a callback cancels the poll in the kernel (ASYNC_CANCEL).  The poll may still complete
-with an event that raced the cancel; with no handle registered any more, that event is dropped,
-so nothing fires after remove_reader()/remove_writer() returned.
+Level-triggered, like the stock loop
+------------------------------------
+The registrations are level-triggered epoll entries, so epoll_wait reports a descriptor every
+time it is asked while the descriptor is ready.  The ring's poll on the epoll instance is one-
+shot and re-submitted from its own completion; the new SQE reaches the kernel with the next
+io_uring_enter, which BaseEventLoop makes after this iteration's ready callbacks have run.
+Polling an epoll instance asks each of its reported level-triggered entries again whether it is
+still ready -- after the callback had its chance to consume -- so the poll completes at once if
+data is still there, and the callback runs again in the next iteration, as with the stock loop.
 
-Errors follow the stock loop: an invalid descriptor or file object raises ValueError (the
-selectors module's messages); a descriptor that is not open raises OSError(EBADF), and a regular
-file or a directory raises PermissionError(EPERM), which is what epoll_ctl(2) answers for them.
+Removing a callback takes the descriptor out of the set (or narrows its events): nothing fires
+after remove_reader()/remove_writer() returned, also when its event was already collected into
+the ready queue (the handle is cancelled, as the stock loop cancels it).
 """
 
 cimport cython
+from libc.stdint cimport uint32_t
 
-from uringloop._sys cimport ECANCELED, EBADF
+from uringloop._sys cimport ECANCELED, EBADF, errno
 from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
 
-import errno as _errno
 import os
-import stat as _stat
 
 from asyncio import events as _events
 
 cdef object _Handle = _events.Handle
-cdef object _fstat = os.fstat
-cdef object _S_ISREG = _stat.S_ISREG
-cdef object _S_ISDIR = _stat.S_ISDIR
+
+cdef extern from "<sys/epoll.h>" nogil:
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum:
+        EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL, EPOLLIN, EPOLLOUT
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        ENOENT
+
+cdef extern from "<unistd.h>" nogil:
+    int c_close "close"(int fd)
 
 cdef extern from "<poll.h>":
     enum:
-        POLLIN, POLLOUT
+        POLLIN
 
 
 cdef int _fileobj_to_fd(object fileobj) except -2:
@@ -65,78 +84,39 @@ cdef int _fileobj_to_fd(object fileobj) except -2:
     return <int>fd
 
 
-cdef int _check_pollable(int fd) except -1:
-    mode = _fstat(fd).st_mode          # OSError(EBADF) for a descriptor that is not open
-    if _S_ISREG(mode) or _S_ISDIR(mode):
-        # epoll_ctl(2) refuses these with EPERM; io_uring would report them ready forever.
-        raise PermissionError(_errno.EPERM, os.strerror(_errno.EPERM))
-    return 0
+cdef inline object _oserror(int err):
+    # OSError(errno, strerror) picks the subclass: PermissionError for EPERM, ...
+    return OSError(err, os.strerror(err))
 
 
 @cython.final
-cdef class FdWatch(Completer):
+cdef class FdWatch:
 
-    def __init__(self, Readiness registry, int fd, fileobj):
-        self.registry = registry
+    def __init__(self, int fd, fileobj):
         self.fd = fd
         self.fileobj = fileobj
-        self.read_poll = PollOp(registry.proactor, self, fd, None)
-        self.read_poll.events = POLLIN
-        self.write_poll = PollOp(registry.proactor, self, fd, None)
-        self.write_poll.events = POLLOUT
 
-    cdef int arm(self, PollOp poll) except -1:
-        # A poll still in the kernel (even one being cancelled) re-arms from its completion.
-        if poll.state != OP_IDLE or self.registry.proactor.closing:
-            return 0
-        poll.keep = self.fileobj
-        poll.submit()
-        return 0
-
-    cdef int disarm(self, PollOp poll) except -1:
-        if poll.state != OP_IDLE:
-            poll.cancel()
-        return 0
-
-    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
-        cdef bint read = op is self.read_poll
-        cdef object handle = self.reader if read else self.writer
-        if handle is None:
-            return 0                    # removed meanwhile: nothing fires any more
-        if res == -ECANCELED:
-            # Cancelled by a remove that was followed by a new registration (or the loop is
-            # closing, which arm() checks): poll again for the handle now registered.
-            self.arm(<PollOp>op)
-            return 0
-        if res == -EBADF:
-            # The descriptor was closed while registered: epoll forgets such a descriptor
-            # silently, and so do we (the registration stays until removed).
-            return 0
-        if res < 0:
-            self.registry.loop.call_exception_handler({
-                'message': f'poll on fd {self.fd} failed: {os.strerror(-res)}',
-                'exception': OSError(-res, os.strerror(-res)),
-                'handle': handle,
-            })
-            return 0
-        if handle._cancelled:
-            # As the stock loop's _process_events(): a cancelled handle unregisters itself.
-            self.registry.remove(self.fd, read)
-            return 0
-        self.registry.ready.append(handle)
-        self.arm(<PollOp>op)
-        return 0
+    cdef uint32_t mask(self):
+        return ((EPOLLIN if self.reader is not None else 0)
+                | (EPOLLOUT if self.writer is not None else 0))
 
 
 @cython.final
-cdef class Readiness:
-    """The loop's readiness registrations: fd -> FdWatch."""
+cdef class Readiness(Completer):
+    """The loop's readiness registrations: fd -> FdWatch, mirrored in an epoll instance."""
+
+    def __cinit__(self):
+        self.epfd = -1
 
     def __init__(self, loop):
         self.loop = loop
         self.proactor = <Proactor>loop._proactor
         self.ready = loop._ready
         self.watches = {}
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            c_close(self.epfd)
 
     cdef int lookup(self, object fileobj) except -1:
         cdef FdWatch watch
@@ -150,27 +130,108 @@ cdef class Readiness:
                     return watch.fd
             raise
 
+    cdef int ctl(self, int op, int fd, uint32_t mask) except -1:
+        """epoll_ctl(2); a modification the instance cannot find (the descriptor was closed,
+        and its number may now name another file) becomes an addition."""
+        cdef epoll_event event
+        event.events = mask
+        event.data.u64 = 0
+        event.data.fd = fd
+        if epoll_ctl(self.epfd, op, fd, &event) == 0:
+            return 0
+        if op == EPOLL_CTL_MOD and errno == ENOENT:
+            return self.ctl(EPOLL_CTL_ADD, fd, mask)
+        raise _oserror(errno)
+
+    cdef int arm(self) except -1:
+        # A poll still in the kernel (even one being cancelled) re-arms from its completion.
+        if self.poll.state != OP_IDLE or self.proactor.closing:
+            return 0
+        self.poll.submit()
+        return 0
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        if self.epfd < 0 or self.proactor.closing:
+            return 0                    # closed: nothing fires any more
+        if res < 0 and res != -ECANCELED:
+            self.loop.call_exception_handler({
+                'message': f'poll on the readiness epoll instance failed: {os.strerror(-res)}',
+                'exception': _oserror(-res),
+            })
+            return 0
+        if res > 0:
+            self.dispatch()
+        self.arm()
+        return 0
+
+    cdef int dispatch(self) except -1:
+        """The ready descriptors' handles to the ready queue, as the stock loop's
+        _process_events() puts them there."""
+        cdef int n, i
+        cdef uint32_t events
+        cdef FdWatch watch
+        n = epoll_wait(self.epfd, self.events, READY_BATCH, 0)
+        # (A full batch leaves the rest on epoll's ready list; the re-armed poll finds them at
+        # once.)
+        for i in range(n):
+            watch = self.watches.get(self.events[i].data.fd)
+            if watch is None:
+                continue
+            events = self.events[i].events
+            # As selectors.EpollSelector: an error or hang-up wakes both directions.
+            if events & ~(<uint32_t>EPOLLOUT) and watch.reader is not None:
+                if watch.reader._cancelled:
+                    self.remove(watch.fd, True)   # a cancelled handle unregisters itself
+                else:
+                    self.ready.append(watch.reader)
+            if events & ~(<uint32_t>EPOLLIN) and watch.writer is not None:
+                if watch.writer._cancelled:
+                    self.remove(watch.fd, False)
+                else:
+                    self.ready.append(watch.writer)
+        return 0
+
     cdef object add(self, object fileobj, object callback, tuple args, bint read):
         cdef int fd = self.lookup(fileobj)
         cdef FdWatch watch = self.watches.get(fd)
-        handle = _Handle(callback, args, self.loop, None)
+        cdef uint32_t mask = EPOLLIN if read else EPOLLOUT
+        self.proactor.check_usable()
+        if self.epfd < 0:
+            self.epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.epfd < 0:
+                raise _oserror(errno)
+            self.poll = PollOp(self.proactor, self, self.epfd, None)
+            self.poll.events = POLLIN
+        if fd == self.epfd:
+            # The instance took the lowest free number: `fd` was not open before (the stock
+            # loop's selector exists from the start, and epoll_ctl says EBADF there).
+            raise _oserror(EBADF)
         if watch is None:
-            _check_pollable(fd)
-            watch = FdWatch(self, fd, fileobj)
+            self.ctl(EPOLL_CTL_ADD, fd, mask)       # PermissionError, OSError(EBADF), ...
+            watch = FdWatch(fd, fileobj)
             self.watches[fd] = watch
+        else:
+            try:
+                self.ctl(EPOLL_CTL_MOD, fd, watch.mask() | mask)
+            except OSError as exc:
+                # A registration of a descriptor closed since, renewed for the same events:
+                # the stock selector makes no system call for that and just swaps the callback.
+                if exc.errno != EBADF or watch.mask() | mask != watch.mask():
+                    raise
+        handle = _Handle(callback, args, self.loop, None)
         if read:
             old, watch.reader = watch.reader, handle
-            watch.arm(watch.read_poll)
         else:
             old, watch.writer = watch.writer, handle
-            watch.arm(watch.write_poll)
         if old is not None:
             old.cancel()
+        self.arm()
         return handle
 
     cdef bint remove(self, object fileobj, bint read) except -1:
         cdef int fd
         cdef FdWatch watch
+        cdef epoll_event unused
         if self.loop.is_closed():
             return False
         fd = self.lookup(fileobj)
@@ -179,32 +240,32 @@ cdef class Readiness:
             return False
         if read:
             handle, watch.reader = watch.reader, None
-            watch.disarm(watch.read_poll)
         else:
             handle, watch.writer = watch.writer, None
-            watch.disarm(watch.write_poll)
+        # Errors are ignored: a descriptor closed while registered has already left the set
+        # (the stock selector ignores them when unregistering as well).
         if watch.reader is None and watch.writer is None:
             del self.watches[fd]
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &unused)
+        elif handle is not None:
+            unused.events = watch.mask()
+            unused.data.u64 = 0
+            unused.data.fd = fd
+            epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &unused)
         if handle is None:
             return False
         handle.cancel()
         return True
 
     def close(self):
-        """The loop is closing: stop every poll (the drain then collects their completions)."""
-        cdef FdWatch watch
-        for watch in self.watches.values():
-            watch.reader = watch.writer = None
-            watch.disarm(watch.read_poll)
-            watch.disarm(watch.write_poll)
+        """The loop is closing: stop the poll (the drain collects its completion) and drop
+        the epoll instance with every registration.  (In a fork child the instance is shared
+        with the parent: it is closed, never modified.)"""
         self.watches.clear()
-
-    def polling(self, fileobj, bint read):
-        """True while a poll for this fd and direction is in the kernel (for repr/tests)."""
-        cdef FdWatch watch = self.watches.get(self.lookup(fileobj))
-        if watch is None:
-            return False
-        return (watch.read_poll if read else watch.write_poll).state != OP_IDLE
+        if self.epfd >= 0:
+            self.poll.cancel()
+            c_close(self.epfd)
+            self.epfd = -1
 
     def __len__(self):
         return len(self.watches)

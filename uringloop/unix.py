@@ -1,5 +1,5 @@
 """The loop's UNIX-specific API on the Proactor: datagram endpoints, pipes, subprocesses, signals,
-and readiness callbacks (add_reader/add_writer) through io_uring poll requests.
+and readiness callbacks (add_reader/add_writer) in an epoll instance that the ring polls.
 
 BaseEventLoop implements the public methods (create_datagram_endpoint, connect_read_pipe,
 subprocess_exec, ...) and calls the `_make_*_transport` factories defined here, which build our
@@ -44,7 +44,7 @@ class UnixMixin:
         super().__init__(*args, **kwargs)
         self._signal_handlers = {}      # signal number -> Handle, as in the stock loop
 
-    # ---- readiness callbacks (poll requests on the ring) ----
+    # ---- readiness callbacks (an epoll instance, polled on the ring: _readiness.pyx) ----
 
     # The private forms are what asyncio internals (pipe transports, child watchers, sendfile)
     # call; they skip the transport-ownership check, as in the stock loop.
