@@ -5,17 +5,20 @@ import asyncio
 import errno
 import gc
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import warnings
+import weakref
 
 import pytest
 
 import uringloop
 
+from conftest import LOOP_FACTORIES
 from helpers import PACKAGE_PARENT, child_env
 from uringloop import _probe
 
@@ -295,6 +298,42 @@ def test_closing_the_loop_lets_go_of_connections_the_program_never_closed(new_lo
         loop.close()
         gc.collect()
     assert open_fds() - before == set()
+
+
+@pytest.mark.parametrize("factory", list(LOOP_FACTORIES.values()), ids=list(LOOP_FACTORIES))
+def test_a_loop_dropped_without_close_is_collected_and_closed(factory):
+    # BaseEventLoop.__del__ closes a forgotten loop (with a ResourceWarning).  uringloop's loops
+    # were never collected: the kernel's requests in flight (the wake-up read, a reading
+    # transport's receive, a waiting sock_recv) were references nobody held, so the ring, its
+    # descriptors and every connection stayed for the life of the process.
+    def open_fds():
+        return set(os.listdir("/proc/self/fd"))
+
+    def use_and_drop():
+        loop = factory()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+
+        async def main():
+            server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+            await loop.create_connection(asyncio.Protocol, *server.sockets[0].getsockname())
+            loop.create_task(loop.sock_recv(b, 10))       # still waiting when dropped
+            await asyncio.sleep(0.05)
+
+        loop.run_until_complete(main())
+        a.close()
+        return weakref.ref(loop)
+
+    gc.collect()
+    before = open_fds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        dropped = use_and_drop()
+        gc.collect()
+    assert dropped() is None
+    gc.collect()
+    assert open_fds() - before == set()
+    assert any("unclosed event loop" in str(w.message) for w in caught)
 
 
 def test_fork_child_refuses_the_parents_loop_and_can_make_a_new_one():

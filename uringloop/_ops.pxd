@@ -34,7 +34,30 @@ cdef class Proactor:
     cdef readonly unsigned ready_at_dispatch  # completions this iteration found (see nothing_to_batch)
     cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
     cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
+    cdef Operation inflight_head           # every pinned operation, linked (see pin)
     cdef object __weakref__
+
+    cdef inline void pin(self, Operation op):
+        cdef Operation head = self.inflight_head
+        op.inflight_next = head
+        op.inflight_prev = NULL
+        if head is not None:
+            head.inflight_prev = <void *>op
+        self.inflight_head = op
+        op.pinned = True
+
+    cdef inline void unpin(self, Operation op):
+        # The caller holds a reference to op: the list's may be the last but one.
+        cdef Operation after = op.inflight_next
+        if op.inflight_prev == NULL:
+            self.inflight_head = after
+        else:
+            (<Operation>op.inflight_prev).inflight_next = after
+        if after is not None:
+            after.inflight_prev = op.inflight_prev
+        op.inflight_prev = NULL
+        op.inflight_next = None
+        op.pinned = False
 
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
@@ -62,6 +85,11 @@ cdef class Operation:
     cdef Proactor proactor
     cdef public Completer owner
     cdef readonly int state
+    # The Proactor's list of the operations the kernel owns (Proactor.pin): the next one holds
+    # a reference, the previous one is borrowed.
+    cdef Operation inflight_next
+    cdef void *inflight_prev
+    cdef bint pinned
     cdef readonly int fd
     cdef public object keep                # pins whatever owns `fd` (a socket object)
     cdef public object tag                 # free for the owner (the request this op serves)

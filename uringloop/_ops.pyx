@@ -4,14 +4,24 @@
 How submission, completion, cancellation and buffer ownership fit together
 ---------------------------------------------------------------------------
 Every request the loop makes of the kernel is an Operation.  Submitting one fills an SQE whose
-user_data is the operation's own address and takes a strong reference to it (Py_INCREF), so the
-object -- and everything it pins: the Python buffer the kernel writes into or reads from, the
-socket object whose fd the kernel holds, the sockaddr the kernel reads -- stays alive for as long
-as the kernel may touch it.  When a CQE arrives, its user_data *is* the operation (no dictionary
-lookup): the Proactor calls op.complete(res, flags), and only on the operation's *final* CQE (no
-IORING_CQE_F_MORE) does it drop the pins and the reference.  That is the first Proactor rule of the
-seed document -- a lent buffer outlives its operation -- enforced in one place for every kind of
-request.
+user_data is the operation's own address and links the operation into the Proactor's list of
+pinned operations (Proactor.pin), a strong reference, so the object -- and everything it pins:
+the Python buffer the kernel writes into or reads from, the socket object whose fd the kernel
+holds, the sockaddr the kernel reads -- stays alive for as long as the kernel may touch it.  When
+a CQE arrives, its user_data *is* the operation (no dictionary lookup): the Proactor calls
+op.complete(res, flags), and only on the operation's *final* CQE (no IORING_CQE_F_MORE) does it
+drop the pins and unlink it.  That is the first Proactor rule of the seed document -- a lent
+buffer outlives its operation -- enforced in one place for every kind of request.
+
+Why a list the Proactor owns, and not a bare Py_INCREF per request (as before): a reference no
+object holds is a root the garbage collector cannot see past.  The wake-up read is in flight for
+as long as the loop is open, a reading transport's receive likewise, and each leads back to the
+loop -- so a loop a program dropped without close() could never be collected: its ring, its
+descriptors and every connection it served stayed for the life of the process, where the stock
+loop's __del__ closes a forgotten loop.  Linked from the Proactor, the requests are part of the
+loop's own reference cycle; when that cycle is garbage, the finalizers run before anything is
+freed (PEP 442), and Proactor.__del__ closes the ring first -- cancelling and reaping every
+request -- or, when it cannot (another thread of a SINGLE_ISSUER ring), makes itself immortal.
 
 Cancellation never frees anything.  op.cancel() submits IORING_OP_ASYNC_CANCEL naming the
 operation's user_data and marks it CANCELLING; the operation still belongs to the kernel until its
@@ -251,7 +261,11 @@ cdef class Proactor:
             self.check_usable()
             raise RuntimeError("Event loop is closed")
         sqe = NULL if self.backlog else self.ring.get_sqe()
-        Py_INCREF(op)
+        # (An operation resubmitted from its own completion is still pinned: dispatch() unpins
+        # only what stayed idle.)
+        cdef bint newly_pinned = not op.pinned
+        if newly_pinned:
+            self.pin(op)
         self.inflight += 1
         if sqe == NULL:
             # SQ full even after an early submit: keep order by queueing behind earlier ones.
@@ -264,7 +278,8 @@ cdef class Proactor:
             # A prep failure leaves the slot filled with a NOP of user_data 0 (ignored).
             ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, 0)
             self.inflight -= 1
-            Py_DECREF(op)
+            if newly_pinned:
+                self.unpin(op)
             raise
         op.state = OP_SUBMITTED
         return 0
@@ -353,8 +368,9 @@ cdef class Proactor:
             try:
                 op.complete(-ECANCELED, 0)
             finally:
-                op.release()
-                Py_DECREF(op)
+                if op.state == OP_IDLE:      # not resubmitted by complete()
+                    op.release()
+                    self.unpin(op)
             return 0
         if op.state != OP_SUBMITTED or self.ring.closed or self.forked:
             # (In a fork child the request is the parent's, in the parent's ring: not ours to
@@ -567,10 +583,9 @@ cdef class Proactor:
                 'exception': exc,
             })
         finally:
-            if final:
-                if op.state == OP_IDLE:      # not resubmitted by complete()
-                    op.release()
-                Py_DECREF(op)
+            if final and op.state == OP_IDLE:    # not resubmitted by complete()
+                op.release()
+                self.unpin(op)
         return 0
 
     # ---- wake-up ----
@@ -603,6 +618,16 @@ cdef class Proactor:
             'backlog': len(self.backlog),
         }
 
+    def __del__(self):
+        # A loop dropped without close() (see the module docstring): end the kernel's requests
+        # before the collector frees what they pin.  BaseEventLoop.__del__ closes the loop as
+        # well, but the collector calls the finalizers of a cycle in no particular order.
+        if self.ring is not None and not self.ring.closed:
+            try:
+                self.close()
+            except BaseException:
+                pass            # close() has made everything still pinned immortal
+
     def close(self, double drain_timeout=5.0):
         """Cancel everything, wait for every final CQE, then unmap the ring.  Idempotent."""
         cdef io_uring_sqe *sqe
@@ -613,6 +638,7 @@ cdef class Proactor:
         if self.forked:
             # The parent's ring: touch nothing of it, just drop our mapping and descriptors.
             # In-flight operations stay referenced (leaked) on purpose.
+            Py_INCREF(self)
             self.ring.close()
             c_close(self.wake_fd)
             return
@@ -639,7 +665,10 @@ cdef class Proactor:
                 # The kernel may still write into buffers of requests that did not end: keep
                 # every operation referenced and every provided-buffer pool mapped, forever.
                 # A leak is the only safe outcome; closing the ring fd makes the kernel cancel
-                # the rest in its own time.
+                # the rest in its own time.  The Proactor is made immortal: it holds the list of
+                # the operations still pinned (and, through them, what they lend the kernel),
+                # which a garbage collection of a dropped loop would otherwise free.
+                Py_INCREF(self)
                 _leaked_buffer_rings.extend(self.buffer_rings)
             self.buffer_rings = []
             self.ring.close()
