@@ -4,6 +4,7 @@ transports, on uringloop and on the stock loop."""
 import asyncio
 import hashlib
 import os
+import socket
 
 import pytest
 
@@ -167,3 +168,44 @@ async def test_open_connection_refused():
     s.close()
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection('127.0.0.1', port)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_a_handler_runs_before_the_first_data_it_can_hold_back():
+    # The stock loop runs the handler's first step before any data_received() of its
+    # connection, even with the peer's bytes already waiting: a handler that pauses reading at
+    # once finds its StreamReader empty.  (uringloop once delivered them first.)
+    seen = asyncio.get_running_loop().create_future()
+
+    async def handler(reader, writer):
+        writer.transport.pause_reading()
+        await asyncio.sleep(0.05)
+        seen.set_result(bytes(reader._buffer))
+        writer.transport.resume_reading()
+        assert await reader.readexactly(5) == b'early'
+        writer.close()
+
+    server, addr = await start(handler)
+    async with server:
+        with socket.create_connection(addr) as client:
+            client.sendall(b'early')          # waiting before the server accepts
+            assert await asyncio.wait_for(seen, 10) == b''
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_open_connection_returns_before_the_first_data():
+    # Likewise on the client side: open_connection()'s caller resumes before the first
+    # data_received(), so pausing right away holds back what the server sent at once.
+    a, b = socket.socketpair()
+    with b:
+        b.sendall(b'at once')
+        reader, writer = await asyncio.open_connection(sock=a)
+        writer.transport.pause_reading()
+        await asyncio.sleep(0.05)
+        assert bytes(reader._buffer) == b''
+        writer.transport.resume_reading()
+        assert await reader.readexactly(7) == b'at once'
+        writer.close()
+        await writer.wait_closed()

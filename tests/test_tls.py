@@ -4,6 +4,7 @@ servers, server_hostname, start_tls, handshake timeout, errors.  Run on uringloo
 import asyncio
 import hashlib
 import os
+import socket
 import ssl
 import sys
 
@@ -335,3 +336,54 @@ async def test_tls_server_closes_first(contexts):
         assert await reader.read() == b'bye'
         writer.close()
         await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="StreamWriter.start_tls() is 3.11+")
+async def test_start_tls_first_thing_in_a_handler_with_the_client_hello_waiting(contexts):
+    """A handler whose first step upgrades the accepted stream, while the client's ClientHello
+    is already in the socket (implicit TLS on a plain listener): start_tls() must see it.
+    (uringloop once fed it to the plain StreamReader first, and the handshake never ended.)"""
+    server_ctx, client_ctx = contexts
+    loop = asyncio.get_running_loop()
+
+    async def handler(reader, writer):
+        await writer.start_tls(server_ctx)
+        writer.write((await reader.readline()).upper())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, '127.0.0.1', 0)
+    async with server:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_ctx.wrap_bio(incoming, outgoing, server_hostname='localhost')
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        sock = socket.create_connection(server.sockets[0].getsockname()[:2])
+        with sock:
+            sock.sendall(outgoing.read())      # waiting before the server accepts
+            sock.setblocking(False)
+
+            async def exchange():
+                data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+                assert data, "the server closed the connection"
+                incoming.write(data)
+
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    if outgoing.pending:
+                        await loop.sock_sendall(sock, outgoing.read())
+                    await exchange()
+            tls.write(b'hello\n')
+            await loop.sock_sendall(sock, outgoing.read())
+            reply = b''
+            while not reply.endswith(b'\n'):
+                try:
+                    reply += tls.read(100)
+                except ssl.SSLWantReadError:
+                    await exchange()
+            assert reply == b'HELLO\n'

@@ -740,6 +740,18 @@ cdef class SocketTransport(WriteFlow):
             logger.debug("%r resumes reading", self)
 
     def _start_reading(self):
+        # Queued right behind connection_made(); the first receive is armed one pass of the
+        # ready queue later still.  Why: whatever connection_made() schedules -- the first step
+        # of start_server's handler task, the wake-up of the task awaiting open_connection() --
+        # runs on the stock loop before the first data_received(): its reader is polled only in
+        # the next iteration, and the read callback queued behind them.  Our completions call
+        # the protocol straight from the iteration that armed the receive, so data already
+        # waiting in the socket overtook them: a handler that paused reading or began
+        # start_tls() at once found the peer's first bytes (its TLS ClientHello) already fed
+        # to its StreamReader, and the handshake never completed.
+        self.loop.call_soon(self._arm_first_receive)
+
+    def _arm_first_receive(self):
         self.reading_started = True
         if not self._closing and not self._paused:
             self.enter_context()
