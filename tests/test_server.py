@@ -450,3 +450,34 @@ def test_prefork_workers_sharing_a_listening_socket(loop_name, accepting):
             worker.kill()
             worker.communicate()
         listener.close()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connections_a_handler_abandons_are_collected_after_the_peer_leaves():
+    # A handler that never closes its writer: once the client has gone (EOF: the stream
+    # protocol keeps the connection half-open) nothing refers to the server side any more, and
+    # the stock loop, which refers to its transports weakly, lets it be collected -- its socket
+    # closed.  (uringloop's map of transports was a plain dict: a descriptor per client, kept.)
+    import warnings
+
+    def open_fds():
+        return set(os.listdir('/proc/self/fd'))
+
+    served = []
+    server = await asyncio.start_server(lambda reader, writer: served.append(1), '127.0.0.1', 0)
+    async with server:
+        address = server.sockets[0].getsockname()
+        gc.collect()
+        before = open_fds()
+        for _ in range(20):
+            with socket.create_connection(address) as client:
+                client.sendall(b'hello')
+        while len(served) < 20:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)               # every EOF has arrived
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', ResourceWarning)
+            gc.collect()
+        await asyncio.sleep(0)
+        assert open_fds() - before == set()

@@ -603,7 +603,7 @@ cdef SocketState _state_for(loop, sock):
         raise OSError(EBADF, 'Bad file descriptor')
     if loop._debug and sock.gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
-    if fd in loop._transports:
+    if fd in loop._transports.data:      # (a WeakValueDictionary: its dict, for speed)
         loop._ensure_fd_no_transport(fd)
     state = <SocketState>states.get(fd)
     if state is None or state.sock_ref() is not sock:

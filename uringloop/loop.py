@@ -86,9 +86,14 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         self._ul_sock_states: dict = {}
         # fd -> transport for each loop.sendfile() in progress (network.py)
         self._ul_sendfile_transports: dict = {}
-        # fd -> transport, maintained exactly by the transports themselves (the stock loop uses
-        # a WeakValueDictionary; ours is a plain dict on the hot path).
-        self._transports: dict = {}
+        # fd -> transport, maintained by the transports themselves.  Weak, as the stock loop's:
+        # a transport the kernel holds nothing for (reading paused, or ended by the peer's EOF
+        # with the protocol keeping it half-open) and nobody else refers to is collected, its
+        # socket closed with a ResourceWarning -- a server whose handlers forget to close
+        # writers does not keep a descriptor per finished client.  (A transport with a request
+        # in flight is held by it: see the Proactor's pins.)  The sock_* calls test membership
+        # on `.data`, the plain dict underneath.
+        self._transports = weakref.WeakValueDictionary()
         _live_proactors.add(self._proactor)
 
     # ---- the BaseEventLoop hooks ----

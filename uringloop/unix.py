@@ -233,13 +233,8 @@ class UnixMixin:
 
     def close(self) -> None:
         # Reached from Loop.close() after the Proactor has drained: nothing of ours is in the
-        # kernel any more.  The stock loop refers to its transports weakly; our fd -> transport
-        # map is a plain dict, so let go of every transport here, or a connection or endpoint the
-        # program never closed would stay open for as long as the closed loop object lives (an
-        # asyncio.Runner, a module-level `loop`) instead of being collected -- closing its
-        # socket and reporting itself unclosed, as on the stock loop.  (Transports remove
-        # themselves only if the entry is still theirs, so one closed later finds nothing.)
-        self._transports.clear()
+        # kernel any more, so a transport the program never closed is held by nothing of the
+        # loop's (loop._transports is weak) and is collected as on the stock loop.
         super().close()
         reader = self._ul_signal_reader
         if reader is not None:
