@@ -581,8 +581,12 @@ cdef class LoopCore:
     # protocol would see data for a future that task had not created yet.  The timers are noted
     # before the completions run so that a timer the completions schedule for "now" waits for
     # the next iteration, as it does on the stock loop.  Running the ready callbacks *before* the
-    # enter (where the stock loop polls first) only lets the I/O they start reach the kernel one
-    # iteration sooner.
+    # enter (where the stock loop polls first) lets the I/O they start reach the kernel one
+    # iteration sooner -- and its completion come back one iteration sooner, ahead of callbacks
+    # those same ready callbacks queued.  Where that is observable it is put right at the
+    # source: a transport arms its first receive one pass after connection_made(), so that
+    # what connection_made() schedules runs before the first data_received(), as on the stock
+    # loop (SocketTransport._start_reading).
     #
     # (*) Inside run_forever, when the ready callbacks leave nothing ready, nothing due and no
     # stop request, the enter may block as the next iteration's would: the stock loop would poll
