@@ -584,3 +584,22 @@ def test_repr_of_pipe_transports_left_open_when_the_loop_closes(new_loop):
         gc.collect()
     rpipe.close()
     wpipe.close()
+
+
+@pytest.mark.asyncio
+async def test_connect_read_pipe_returns_before_the_first_data():
+    # As with the stock loop, the caller of connect_read_pipe() resumes before the first
+    # data_received(): pausing at once holds back what was already in the pipe.
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    os.write(w, b"early")
+    transport, reader = await loop.connect_read_pipe(Reader, os.fdopen(r, "rb", 0))
+    try:
+        transport.pause_reading()
+        await asyncio.sleep(0.05)
+        assert reader.data == b""
+        transport.resume_reading()
+    finally:
+        os.close(w)
+        await asyncio.wait_for(reader.lost, 10)
+    assert reader.data == b"early" and reader.events == ["made", "data", "eof", "lost"]

@@ -521,3 +521,33 @@ def test_unclosed_endpoint_at_loop_close_warns_and_releases_socket(new_loop):
         gc.collect()
     assert sock.fileno() == -1
 
+
+
+@pytest.mark.asyncio
+async def test_what_connection_made_schedules_runs_before_the_first_datagram():
+    # The stock loop's order: a callback connection_made() schedules runs before the first
+    # datagram_received(), even with a datagram already waiting in the socket.
+    loop = asyncio.get_running_loop()
+    events = []
+    got = loop.create_future()
+
+    class Ordered(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            events.append("made")
+            loop.call_soon(events.append, "scheduled")
+
+        def datagram_received(self, data, addr):
+            events.append(data)
+            if not got.done():
+                got.set_result(None)
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(b"waiting", sock.getsockname())
+        transport, _ = await loop.create_datagram_endpoint(Ordered, sock=sock)
+        try:
+            await asyncio.wait_for(got, 10)
+        finally:
+            transport.close()
+    assert events == ["made", "scheduled", b"waiting"]

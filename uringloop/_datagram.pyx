@@ -508,8 +508,10 @@ class UringDatagramTransport(CoreTransportMixin, CoreReadingMixin, CoreWritingMi
         self.sendto = core.sendto
         loop._transports[core.fd] = self
         loop.call_soon(protocol.connection_made, self)
-        # Only start receiving once connection_made() has run.
-        loop.call_soon(core.start_reading)
+        # Receiving starts one pass of the ready queue after connection_made(), so that what it
+        # schedules runs before the first datagram_received(), as on the stock loop (the
+        # stream transport's _start_reading says why).
+        loop.call_soon(loop.call_soon, core.start_reading)
         if waiter is not None:
             loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
 

@@ -571,8 +571,10 @@ class UringReadPipeTransport(CoreTransportMixin, CoreReadingMixin, _transports.R
         core = ReadPipeCore(loop, self, pipe, fd, protocol, is_socket)
         self._core = core
         loop.call_soon(protocol.connection_made, self)
-        # Only start reading once connection_made() has run.
-        loop.call_soon(core.start_reading)
+        # Reading starts one pass of the ready queue after connection_made(), so that what it
+        # schedules runs before the first data_received(), as on the stock loop (the stream
+        # transport's _start_reading says why).
+        loop.call_soon(loop.call_soon, core.start_reading)
         if waiter is not None:
             loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
 
