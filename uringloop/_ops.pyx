@@ -637,7 +637,8 @@ cdef class Proactor:
         self.closing = True
         if self.forked:
             # The parent's ring: touch nothing of it, just drop our mapping and descriptors.
-            # In-flight operations stay referenced (leaked) on purpose.
+            # In-flight operations stay referenced (leaked) on purpose: the Proactor, which
+            # holds their list, is made immortal.
             Py_INCREF(self)
             self.ring.close()
             c_close(self.wake_fd)

@@ -393,8 +393,9 @@ cdef class SocketState(Completer):
         OSError socket.accept() raises."""
         cdef sockaddr_storage addr
         cdef socklen_t addrlen = sizeof(sockaddr_storage)
-        cdef int fd = c_accept4(self.fd, <sockaddr *>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)
         cdef int err
+        cdef int fd = c_accept4(self.fd, <sockaddr *>&addr, &addrlen,
+                                SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             err = errno
             if err == EAGAIN or err == EINTR:
