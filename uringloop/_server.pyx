@@ -44,7 +44,7 @@ cimport cython
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Proactor, Completer, Operation, PollOp, OP_IDLE, sockaddr_to_python
+from uringloop._ops cimport Proactor, Completer, Operation, PollOp, OP_IDLE, accept_nonblocking
 from uringloop._transports cimport SocketTransport
 
 import errno as _errno
@@ -60,8 +60,6 @@ cdef extern from "<string.h>":
 
 cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
-    int SOCK_CLOEXEC
-    int c_accept4 "accept4"(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
 
 cdef extern from "<poll.h>" nogil:
     int POLLIN
@@ -107,7 +105,6 @@ cdef class Acceptor(Completer):
     cdef PollOp poll
     cdef readonly bint serving
     cdef object retry_handle
-    cdef sockaddr_storage addr
 
     def __init__(self, loop, sock, protocol_factory, sslcontext, server, backlog,
                  ssl_handshake_timeout, ssl_shutdown_timeout):
@@ -167,21 +164,18 @@ cdef class Acceptor(Completer):
 
     cdef int accept_queued(self) except -1:
         """Accept up to `backlog` connections (the stock loop's batch), serving each at once."""
-        cdef int i, fd, err
-        cdef socklen_t addrlen
+        cdef int i, err
         for i in range(self.backlog):
-            addrlen = sizeof(sockaddr_storage)
-            fd = c_accept4(self.fd, <sockaddr *>&self.addr, &addrlen,
-                           SOCK_NONBLOCK | SOCK_CLOEXEC)
-            if fd < 0:
-                err = errno
+            accepted = accept_nonblocking(self.fd, self.family, &err)
+            if accepted is None:
                 if err != EAGAIN and err not in _TRANSIENT:
                     self.report_error(err)
                 # EAGAIN: the queue is empty.  A transient error (a connection reset before it
                 # was accepted...) ends the batch as in the stock loop; the poll, armed again,
                 # fires at once if more connections are queued.
                 return 0
-            self.new_connection(fd, sockaddr_to_python(&self.addr, addrlen, self.family))
+            fd, address = accepted
+            self.new_connection(fd, address)
             if not self.serving:
                 return 0      # the protocol factory closed the server
         return 0

@@ -22,12 +22,11 @@ object, never to the new one.
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, errno, socklen_t, sockaddr,
-                             sockaddr_storage)
+from uringloop._sys cimport ECANCELED, EBADF, EAGAIN, EINTR
 from libc.string cimport memcpy
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
-                             AcceptOp, ConnectOp, PollOp, OP_IDLE, sockaddr_to_python)
+                             AcceptOp, ConnectOp, PollOp, OP_IDLE, accept_nonblocking)
 
 import collections
 import errno as _errno_mod
@@ -45,8 +44,6 @@ cdef object _check_ssl_socket = _base_events._check_ssl_socket
 
 cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
-    int SOCK_CLOEXEC
-    int c_accept4 "accept4"(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
 
 cdef extern from "<fcntl.h>" nogil:
     int F_GETFL
@@ -391,17 +388,14 @@ cdef class SocketState(Completer):
     cdef object accept_now(self):
         """accept4(2) on the listening socket: (conn, address), or _WOULD_BLOCK; raises the
         OSError socket.accept() raises."""
-        cdef sockaddr_storage addr
-        cdef socklen_t addrlen = sizeof(sockaddr_storage)
         cdef int err
-        cdef int fd = c_accept4(self.fd, <sockaddr *>&addr, &addrlen,
-                                SOCK_NONBLOCK | SOCK_CLOEXEC)
-        if fd < 0:
-            err = errno
+        accepted = accept_nonblocking(self.fd, self.family, &err)
+        if accepted is None:
             if err == EAGAIN or err == EINTR:
                 return _WOULD_BLOCK
             raise _oserror(err)
-        return (self.connection(fd), sockaddr_to_python(&addr, addrlen, self.family))
+        fd, address = accepted
+        return (self.connection(fd), address)
 
     cdef object connection(self, int fd):
         """The socket object of an accepted descriptor (non-blocking); closes fd on failure."""
