@@ -409,6 +409,15 @@ cdef class SocketState(Completer):
             os.close(fd)
             raise
 
+    cdef int deliver_connection(self, Request req, int fd, object addr) except -1:
+        try:
+            conn = self.connection(fd)
+        except BaseException as exc:
+            self.fail(req, exc)
+        else:
+            req.fut.set_result((conn, addr))
+        return 0
+
     cdef int pump_accept(self) except -1:
         cdef Request req
         cdef Operation op
@@ -419,12 +428,7 @@ cdef class SocketState(Completer):
             if self.accepted:
                 self.accept_q.popleft()
                 fd, addr = self.accepted.popleft()
-                try:
-                    conn = self.connection(fd)
-                except BaseException as exc:
-                    self.fail(req, exc)
-                else:
-                    req.fut.set_result((conn, addr))
+                self.deliver_connection(req, fd, addr)
                 continue
             if self.accept_op is not None or self.proactor.closing:
                 return 0
@@ -469,12 +473,7 @@ cdef class SocketState(Completer):
             if res >= 0:
                 addr = (<AcceptOp>op).address(self.family)
                 if waiting:
-                    try:
-                        conn = self.connection(res)
-                    except BaseException as exc:
-                        self.fail(req, exc)
-                    else:
-                        req.fut.set_result((conn, addr))
+                    self.deliver_connection(req, res, addr)
                 elif self.proactor.closing:
                     os.close(res)
                 else:
