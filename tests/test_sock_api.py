@@ -259,13 +259,30 @@ async def test_zero_size_recv_returns_at_once_and_takes_nothing(kind):
     await still_works()
 
 
+def connected_udp_pair():
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", 0))
+    a.connect(b.getsockname())
+    b.connect(a.getsockname())
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize("kind", ["unix", "tcp"])
+@pytest.mark.parametrize("kind", ["unix", "tcp", "udp"])
 async def test_zero_size_recv_behind_a_waiting_receive_returns_at_once(kind):
-    # On a stream a read of nothing takes nothing, so it need not wait its turn: the stock loop
-    # answers it at once.  (uringloop queued it, then waited in the kernel for more data.)
+    # socket.recv(0) and recv_into() of an empty buffer take nothing, so they need not wait
+    # their turn: the stock loop answers them at once.  (uringloop queued them: on a stream it
+    # then waited in the kernel for more data; on a datagram socket it waited for a datagram
+    # and swallowed it, so the receive waiting first never got it.)
     loop = asyncio.get_running_loop()
-    a, b = nonblocking_pair() if kind == "unix" else await tcp_pair()
+    if kind == "udp":
+        a, b = connected_udp_pair()
+    else:
+        a, b = nonblocking_pair() if kind == "unix" else await tcp_pair()
     with a, b:
         waiting = asyncio.ensure_future(loop.sock_recv(b, 100))
         await asyncio.sleep(0)
@@ -495,3 +512,165 @@ async def test_debug_mode_refuses_blocking_sockets():
                 await loop.sock_recv(a, 10)
     finally:
         loop.set_debug(False)
+
+
+@needs_311
+@pytest.mark.asyncio
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_UNIX], ids=["udp", "unix-dgram"])
+async def test_a_datagram_arriving_as_its_receiver_is_cancelled_stays_whole(family, tmp_path):
+    """A sock_recv(sock, 4) cancelled in the pass its datagram arrives in: the datagram stays
+    whole, with its sender's address, for the next receive, as with the stock loop (which reads
+    only for a caller still waiting).  uringloop's receive request had taken it, cut to 4
+    bytes, and the next sock_recvfrom() got (b'0123', None)."""
+    loop = asyncio.get_running_loop()
+    a = socket.socket(family, socket.SOCK_DGRAM)
+    b = socket.socket(family, socket.SOCK_DGRAM)
+    with a, b:
+        if family == socket.AF_INET:
+            a.bind(("127.0.0.1", 0))
+            b.bind(("127.0.0.1", 0))
+        else:
+            a.bind(str(tmp_path / "a"))
+            b.bind(str(tmp_path / "b"))
+        a.setblocking(False)
+        for round in range(3):
+            receiving = asyncio.ensure_future(loop.sock_recv(a, 4))
+            await asyncio.sleep(0.01)
+            b.sendto(b"0123456789AB-%d" % round, a.getsockname())
+            receiving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await receiving
+            got = await asyncio.wait_for(loop.sock_recvfrom(a, 100), 5)
+            assert got == (b"0123456789AB-%d" % round, b.getsockname())
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_recvfrom_on_a_stream_socket_gets_bytes_a_cancelled_receive_left():
+    """recvfrom on a connected stream socket gives (data, None); bytes a cancelled sock_recv()
+    took are served to it like that (uringloop raised TypeError for sock_recvfrom and returned
+    a bare count for sock_recvfrom_into, the bytes stuck)."""
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        for use_into in (False, True):
+            receiving = asyncio.ensure_future(loop.sock_recv(b, 100))
+            await asyncio.sleep(0.01)
+            a.send(b"one")
+            receiving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await receiving
+            if use_into:
+                buf = bytearray(10)
+                nbytes, addr = await asyncio.wait_for(loop.sock_recvfrom_into(b, buf), 5)
+                got = (bytes(buf[:nbytes]), addr)
+            else:
+                got = await asyncio.wait_for(loop.sock_recvfrom(b, 100), 5)
+            assert got == (b"one", None)
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_recvfrom_into_without_nbytes_asks_for_len_of_the_buffer():
+    """nbytes 0 or None means len(buf), as in the stock loop -- items, not bytes, for an
+    array of wider items (uringloop refused None and filled the whole array's bytes)."""
+    import array
+    loop = asyncio.get_running_loop()
+    a, b = connected_udp_pair()
+    with a, b:
+        a.send(b"12345678")
+        a.send(b"abcdefgh")
+        buf = array.array("i", [0, 0])
+        nbytes, _ = await asyncio.wait_for(loop.sock_recvfrom_into(b, buf, None), 5)
+        assert nbytes == 2 and buf.tobytes()[:2] == b"12"
+        nbytes, _ = await asyncio.wait_for(loop.sock_recvfrom_into(b, bytearray(16), 0), 5)
+        assert nbytes == 8
+
+
+@pytest.mark.asyncio
+async def test_bytes_a_cancelled_receive_left_reach_the_transport_that_takes_the_socket():
+    """Bytes a cancelled sock_recv() took are delivered by the transport the socket is handed
+    to, before what it receives itself (uringloop dropped them with the socket's sock_*
+    state).  On the stock loop they were never taken from the socket."""
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with b:
+        receiving = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        b.send(b"HELLO ")
+        receiving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await receiving
+        reader, writer = await asyncio.open_connection(sock=a)
+        b.send(b"world")
+        b.shutdown(socket.SHUT_WR)
+        assert await asyncio.wait_for(reader.read(), 5) == b"HELLO world"
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("type", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["stream", "dgram"])
+@pytest.mark.parametrize("address", ["", b""], ids=["str", "bytes"])
+async def test_an_empty_unix_address_is_refused(type, address):
+    """An empty AF_UNIX address is invalid (EINVAL from connect/sendto, as socket.connect('')
+    raises), not the abstract name b'\\0' (uringloop connected, and sent, to whoever had
+    bound that name)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX, type) as squatter:
+        squatter.bind(b"\0")                # the empty abstract name: what must not be reached
+        if type == socket.SOCK_STREAM:
+            squatter.listen()
+        with socket.socket(socket.AF_UNIX, type) as sock:
+            sock.setblocking(False)
+            with pytest.raises(OSError) as raised:
+                if type == socket.SOCK_STREAM or sys.version_info < (3, 11):
+                    await loop.sock_connect(sock, address)
+                else:
+                    await loop.sock_sendto(sock, b"lost", address)
+            assert raised.value.errno == errno.EINVAL
+
+
+@pytest.mark.asyncio
+async def test_connect_errors_the_kernel_reports_at_once_are_socket_connects(tmp_path):
+    """What connect(2) refuses at once is raised as socket.connect() raises it (the stock loop
+    calls it first); only failures learnt later say 'Connect call failed'.  (uringloop said
+    'Connect call failed' for all, and create_connection() to a host whose addresses all fail
+    alike then raised 'Multiple exceptions' with no errno.)"""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.setblocking(False)
+        with pytest.raises(FileNotFoundError) as raised:
+            await loop.sock_connect(sock, str(tmp_path / "nobody"))
+        assert raised.value.strerror == os.strerror(errno.ENOENT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            with pytest.raises(ConnectionRefusedError) as raised:
+                await loop.sock_connect(sock, probe.getsockname())
+            assert "Connect call failed" in str(raised.value)     # learnt from the poll
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_a_family_without_host_and_port_addresses_works():
+    """AF_NETLINK (needs no privilege): sock_connect, sock_sendto and sock_recvfrom convert its
+    (pid, groups) addresses as the socket module does (uringloop raised EAFNOSUPPORT and gave
+    the address as raw bytes)."""
+    import struct
+    loop = asyncio.get_running_loop()
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    except OSError as exc:
+        pytest.skip(f"no netlink socket here: {exc}")
+    # RTM_GETLINK, dump: the kernel answers with at least one message from (0, 0).
+    request = (struct.pack("=IHHII", 32, 18, 0x301, 1, 0)
+               + struct.pack("=BxHiII", 0, 0, 0, 0, 0))
+    with sock:
+        sock.setblocking(False)
+        sock.bind((0, 0))
+        await loop.sock_connect(sock, (0, 0))
+        assert await loop.sock_sendto(sock, request, (0, 0)) == len(request)
+        data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 65536), 5)
+        assert addr == (0, 0) and len(data) >= 16

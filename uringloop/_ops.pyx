@@ -153,12 +153,14 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
             raise TypeError(f"a bytes-like object or str is required for an AF_UNIX address, "
                             f"not {type(address).__name__}")
         sun = <sockaddr_un *>ss
-        if len(path) > <Py_ssize_t>sizeof(sun.sun_path) - (0 if path[:1] == b'\0' else 1):
-            raise OSError(EINVAL, "AF_UNIX path too long")
+        # CPython's length: the path without its NUL (the kernel terminates a filesystem path
+        # itself).  An empty path is then just the family -- connect() and sendto() refuse it
+        # with EINVAL as they do for socket.connect('') -- not the abstract name b'\0'.
+        if len(path) > <Py_ssize_t>sizeof(sun.sun_path) - (0 if path[:1] in (b'', b'\0') else 1):
+            raise OSError("AF_UNIX path too long")
         sun.sun_family = AF_UNIX
         memcpy(sun.sun_path, <char *>path, len(path))
-        return <socklen_t>(UL_SUN_PATH_OFFSET + len(path)
-                           + (0 if path[:1] == b'\0' else 1))
+        return <socklen_t>(UL_SUN_PATH_OFFSET + len(path))
     if family != AF_INET and family != AF_INET6:
         raise OSError(EAFNOSUPPORT, f"address family {family} is not supported")
     if not isinstance(address, tuple):

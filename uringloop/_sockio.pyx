@@ -14,6 +14,15 @@ Proactor's "nothing is lost" rule:
     orphaned one): it waits for that operation's final CQE, so bytes cannot be reordered.
   * A send continues after partial completions inside the core (SendOp) until every byte is out.
 
+Datagram and seqpacket sockets are the exception on the receiving side: there a receive waits
+with a poll on the ring and is made inline, by the socket's own method, for a caller still
+waiting (receive_now) -- a message the kernel had cut to a cancelled caller's size could not
+be handed on whole.
+
+sock_connect connects as the stock loop does -- connect(2) at once, then a poll for the outcome
+(start_connect) -- so that errors the kernel reports at once are raised as socket.connect()
+raises them.
+
 The state of a socket is keyed by its fd and checked against the socket object itself (a weak
 reference), so a new socket that reuses a closed socket's fd number starts clean; an operation
 still in flight for the old socket holds the old *file* in the kernel and reports to the old state
@@ -41,6 +50,9 @@ cdef object _deque = collections.deque
 cdef object _ref = weakref.ref
 cdef object _socket_type = _socket.socket
 cdef object _check_ssl_socket = _base_events._check_ssl_socket
+cdef int AF_INET = _socket.AF_INET
+cdef int AF_INET6 = _socket.AF_INET6
+cdef int AF_UNIX = _socket.AF_UNIX
 
 cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
@@ -52,6 +64,7 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef extern from "<poll.h>" nogil:
     int POLLIN
+    int POLLOUT
 
 
 cdef enum Kind:
@@ -101,7 +114,7 @@ cdef class SocketState(Completer):
     cdef object recv_q
     cdef Operation recv_op
     cdef bytearray stash              # stream bytes received for a caller that had gone
-    cdef object dgram_stash           # datagrams (data, address) likewise
+    cdef object dgram_stash           # datagrams (data, address) a cancelled task never took
     cdef object stash_exc             # an error whose caller had gone
     # accepting
     cdef object accept_q
@@ -115,6 +128,7 @@ cdef class SocketState(Completer):
     # otherwise build and free one operation object per call.
     cdef RecvOp spare_recv
     cdef SendOp spare_send
+    cdef PollOp spare_recv_poll       # datagram sockets: the poll a receive waits with
 
     def __init__(self, loop, Proactor proactor, sock, int fd):
         self.loop = loop
@@ -199,6 +213,26 @@ cdef class SocketState(Completer):
                 continue
             if self.recv_op is not None or self.proactor.closing:
                 return 0     # an earlier operation is still in the kernel: wait for it
+            if not self.stream:
+                try:
+                    result = self.receive_now(req)
+                except Exception as exc:
+                    self.recv_q.popleft()
+                    self.fail(req, exc)
+                    continue
+                if result is not _WOULD_BLOCK:
+                    self.recv_q.popleft()
+                    req.fut.set_result(result)
+                    continue
+                op = self.spare_recv_poll
+                if op is None or op.state != OP_IDLE:
+                    op = self.spare_recv_poll = PollOp(self.proactor, self, self.fd, None)
+                    self.spare_recv_poll.events = POLLIN
+                op.keep = self.sock_ref()
+                op.tag = req
+                self.recv_op = op
+                op.submit()
+                return 0
             try:
                 op = self.make_recv_op(req)
             except Exception as exc:
@@ -231,21 +265,51 @@ cdef class SocketState(Completer):
                 op.view.len = req.nbytes
         return op
 
+    # Receiving on a datagram socket.  On a stream socket, a receive the kernel completed for a
+    # caller who had gone loses nothing: its bytes go to the stash, ahead of the next caller's.
+    # A datagram cannot be kept like that: a receive takes the whole message and the kernel
+    # cuts it to the receive's size, so a cancelled sock_recv(sock, 4) would leave the next
+    # sock_recvfrom() the first 4 bytes of a datagram and no sender address, where the stock
+    # loop -- which reads only for a caller still waiting -- leaves the datagram in the socket.
+    # So datagram and seqpacket receives wait with a poll (cancelled like any request), and the
+    # receive is made here, inline, with the socket's own method for the caller at the head of
+    # the queue: the stock loop's order (try at once, else wait for readiness and try again),
+    # its results (addresses of every family, as socket.recvfrom() converts them) and errors.
+
+    cdef object receive_now(self, Request req):
+        """The head request's receive on a datagram socket, made at once by the socket's own
+        method: its result, or _WOULD_BLOCK; raises what the method raises."""
+        cdef object sock = self.sock_ref()
+        if sock is None:
+            raise _oserror(EBADF)
+        try:
+            if req.kind == K_RECV:
+                return sock.recv(req.nbytes)
+            if req.kind == K_RECV_INTO:
+                return sock.recv_into(req.buf)
+            if req.kind == K_RECVFROM:
+                return sock.recvfrom(req.nbytes)
+            return sock.recvfrom_into(req.buf, req.nbytes)
+        except (BlockingIOError, InterruptedError):
+            return _WOULD_BLOCK
+
     cdef int serve_from_stash(self, Request req) except -1:
+        """A receive on a stream socket, served from bytes a cancelled caller left."""
         cdef Py_ssize_t n
         cdef memoryview mv
-        if req.kind == K_RECV:
+        if req.kind == K_RECV or req.kind == K_RECVFROM:
             n = min(req.nbytes, len(self.stash))
             data = bytes(self.stash[:n])
             del self.stash[:n]
-            req.fut.set_result(data)
-        else:   # K_RECV_INTO
+            # socket.recvfrom() on a connected stream socket gives no address.
+            req.fut.set_result(data if req.kind == K_RECV else (data, None))
+        else:   # K_RECV_INTO, K_RECVFROM_INTO
             mv = memoryview(req.buf).cast('B')
             n = len(mv) if req.nbytes == 0 else min(req.nbytes, len(mv))
             n = min(n, len(self.stash))
             mv[:n] = self.stash[:n]
             del self.stash[:n]
-            req.fut.set_result(n)
+            req.fut.set_result(n if req.kind == K_RECV_INTO else (n, None))
         return 0
 
     cdef int serve_datagram(self, Request req, object data, Py_ssize_t n, object addr) except -1:
@@ -304,10 +368,17 @@ cdef class SocketState(Completer):
             else:
                 self.dgram_stash.appendleft((data, None))
         elif req.kind == K_RECVFROM:
-            self.dgram_stash.appendleft(result)
+            if self.stream:
+                self.stash[:0] = result[0]
+            else:
+                self.dgram_stash.appendleft(result)
         elif req.kind == K_RECVFROM_INTO:
             nbytes, addr = result
-            self.dgram_stash.appendleft((bytes(memoryview(req.buf).cast('B')[:nbytes]), addr))
+            data = bytes(memoryview(req.buf).cast('B')[:nbytes])
+            if self.stream:
+                self.stash[:0] = data
+            else:
+                self.dgram_stash.appendleft((data, addr))
         elif req.kind == K_ACCEPT:
             conn, addr = result
             self.accepted.appendleft((conn.detach(), addr))
@@ -354,12 +425,10 @@ cdef class SocketState(Completer):
                     req.fut.set_result((res, addr))
             else:
                 # The awaiter is gone but the bytes are real: keep them for the next caller.
+                # (A stream socket's: datagram sockets receive inline, see receive_now.)
                 if data is None:
                     data = bytes(memoryview(op.buffer).cast('B')[:res])
-                if self.stream:
-                    self.stash += data
-                else:
-                    self.dgram_stash.append((data, addr))
+                self.stash += data
         if res != -ECANCELED and type(op) is RecvOp:
             # Reusable once this handler returns: the Proactor then releases the buffer, unless
             # pump_recv() below has already resubmitted the operation with the next one.
@@ -486,12 +555,53 @@ cdef class SocketState(Completer):
 
     # ---- send and connect ----
 
+    # Connecting.  sock_connect connects as the stock loop does: connect(2) at once, by the
+    # socket's own method, and when that says the connection is under way (EINPROGRESS), a
+    # poll for POLLOUT and SO_ERROR for the outcome.  An io_uring connect request would do the
+    # same work, but it reports every failure alike at its completion, where the stock loop
+    # raises what connect(2) refused at once as socket.connect() raises it ("No such file or
+    # directory" for a unix path, "Network is unreachable"...) and only what failed later as
+    # OSError(err, 'Connect call failed <address>'); create_connection() relies on the
+    # difference (the same error from every address of a host is raised as that one error,
+    # with its errno).  The socket's own method also converts every address family it knows.
+    # Two cases keep the connect request: a socket in blocking mode (connect(2) would block
+    # the loop; asyncio wants non-blocking sockets), and a unix socket whose listener's queue
+    # is full (EAGAIN: the request waits for room, as a blocking connect would -- the stock
+    # loop waits for POLLOUT there, which comes at once, and reports a connection that was
+    # never made).
+
+    cdef Operation start_connect(self, Request req):
+        """Connect at once: None when that settled the request (connected, or refused), else the
+        operation that waits for the outcome."""
+        cdef Operation op
+        cdef object sock = self.sock_ref()
+        if sock is None:
+            raise _oserror(EBADF)
+        if c_fcntl(self.fd, F_GETFL) & O_NONBLOCK:
+            try:
+                sock.connect(req.address)
+            except (BlockingIOError, InterruptedError) as exc:
+                if exc.errno != EAGAIN or self.family != AF_UNIX:
+                    op = PollOp(self.proactor, self, self.fd, sock)
+                    (<PollOp>op).events = POLLOUT
+                    return op
+            else:
+                req.fut.set_result(None)
+                return None
+        op = ConnectOp(self.proactor, self, self.fd, sock)
+        (<ConnectOp>op).set_address(self.family, req.address)
+        return op
+
+    cdef int connect_error(self) except -1:
+        """SO_ERROR of a socket whose connection attempt ended (its POLLOUT came)."""
+        cdef object sock = self.sock_ref()
+        if sock is None:
+            return EBADF
+        return sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+
     cdef Operation make_send_op(self, Request req):
         cdef Operation op
-        if req.kind == K_CONNECT:
-            op = ConnectOp(self.proactor, self, self.fd, self.sock_ref())
-            (<ConnectOp>op).set_address(self.family, req.address)
-        elif req.kind == K_SEND:
+        if req.kind == K_SEND:
             if self.spare_send is not None:
                 op = self.spare_send
                 self.spare_send = None
@@ -514,24 +624,29 @@ cdef class SocketState(Completer):
             if req is None or self.send_op is not None or self.proactor.closing:
                 return 0
             try:
-                op = self.make_send_op(req)
+                if req.kind == K_CONNECT:
+                    op = self.start_connect(req)
+                    if op is None:
+                        continue      # connected at once
+                else:
+                    op = self.make_send_op(req)
             except Exception as exc:
-                # An address socket.sendto()/connect() would refuse: this request fails (its
-                # awaiter gets the exception) and the next one goes ahead.  Left at the head of
-                # the queue it would fail every later call on the socket instead, or escape from
-                # a completion handler that pumps the queue.
+                # An address socket.sendto()/connect() would refuse, or a connect(2) refused
+                # at once: this request fails (its awaiter gets the exception) and the next one
+                # goes ahead.  Left at the head of the queue it would fail every later call on
+                # the socket instead, or escape from a completion handler that pumps the queue.
                 self.fail(req, exc)
                 continue
             break
         op.tag = req
         self.send_op = op
         op.submit()
-        if req.kind == K_CONNECT:
+        if type(op) is ConnectOp:
             # asyncio's sock_connect calls connect(2) before it first yields, and programs
             # rely on it: the peer's listener has the connection in its backlog right away (a
             # blocking accept() after one `await asyncio.sleep(0)` returns), and a connect
-            # cancelled after one iteration has still been attempted.  One connection attempt
-            # is worth its own io_uring_enter.
+            # cancelled after one iteration has still been attempted.  A connect request (see
+            # start_connect) is worth its own io_uring_enter for that.
             self.proactor.submit_pending()
         return 0
 
@@ -541,11 +656,14 @@ cdef class SocketState(Completer):
         if not req.fut.done():
             if res == -ECANCELED:
                 req.fut.cancel()
-            elif res < 0:
-                if req.kind == K_CONNECT:
-                    self.fail(req, OSError(-res, f'Connect call failed {req.address}'))
+            elif req.kind == K_CONNECT and (res < 0 or type(op) is PollOp):
+                err = -res if res < 0 else self.connect_error()
+                if err:
+                    self.fail(req, OSError(err, f'Connect call failed {req.address}'))
                 else:
-                    self.fail(req, _oserror(-res))
+                    req.fut.set_result(None)
+            elif res < 0:
+                self.fail(req, _oserror(-res))
             elif req.kind == K_SENDTO:
                 req.fut.set_result(res)
             else:
@@ -556,8 +674,25 @@ cdef class SocketState(Completer):
             self.pump_send()
         return 0
 
+    cdef int recv_poll_done(self, Operation op, int res) except -1:
+        # A datagram socket's poll (receive_now): readable, cancelled or failed.  Readable, the
+        # request stays at the head of the queue and pump_recv() receives for it if it is still
+        # waiting -- or polls again if someone else took the datagram first.
+        cdef Request req = <Request>op.tag
+        op.tag = None
+        self.recv_op = None
+        if res < 0 and res != -ECANCELED:
+            if self.recv_q and self.recv_q[0] is req:
+                self.recv_q.popleft()
+            self.fail(req, _oserror(-res))
+        if not self.proactor.closing:
+            self.pump_recv()
+        return 0
+
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         if op is self.recv_op:
+            if type(op) is PollOp:
+                return self.recv_poll_done(op, res)
             return self.recv_done(<BufferOp>op, res)
         if op is self.accept_op:
             return self.accept_done(op, res)
@@ -568,7 +703,7 @@ cdef class SocketState(Completer):
     cdef discard(self):
         """The socket this state served is gone: release what only it could have used."""
         self.spare_recv = self.spare_send = None    # they point back here (op.owner)
-        self.spare_poll = None
+        self.spare_poll = self.spare_recv_poll = None
         while self.accepted:
             fd, _ = self.accepted.popleft()
             os.close(fd)
@@ -645,18 +780,18 @@ cdef int _abandoned(SocketState state, Request req) except -1:
 cdef object _WOULD_BLOCK = object()
 
 
-cdef object _read_nothing(SocketState state, object call, object arg):
+cdef object _read_nothing(SocketState state, object call, object arg, bint takes_message):
     """A read of zero bytes, made as the stock loop's first, non-blocking attempt makes it: by
     the socket's own method.  socket.recv(0) and recv_into() of an empty buffer return b'' and 0
     at once without a system call, whatever is waiting -- a zero-length receive submitted to
     the kernel would wait for data first.  recvfrom(0) and recvfrom_into() of an empty buffer
-    do reach the kernel (a waiting datagram is taken; with nothing waiting they would block),
-    and when they would block the request goes to the kernel like any other.  On a datagram
-    socket only when no earlier receive is queued, to keep the order in which datagrams are
-    taken; on a stream socket, where a read of nothing takes nothing, at once whatever is
-    queued (as the stock loop: a zero-length read queued behind a waiting receive would
-    otherwise wait in the kernel for data it does not want)."""
-    if (state.recv_q and not state.stream) or state.stash_exc is not None:
+    (`takes_message`) do reach the kernel (a waiting datagram is taken; with nothing waiting
+    they would block), and when they would block the request is queued like any other.  On a
+    datagram socket only when no earlier receive is queued, to keep the order in which
+    datagrams are taken; otherwise at once whatever is queued (as the stock loop: a zero-length
+    read queued behind a waiting receive would otherwise wait for data it does not want, and
+    on a datagram socket take a datagram it cannot hold)."""
+    if (takes_message and state.recv_q and not state.stream) or state.stash_exc is not None:
         return _WOULD_BLOCK
     try:
         return call(arg)
@@ -675,7 +810,7 @@ async def sock_recv(self, sock, n):
     if size < 0:
         raise ValueError("negative buffersize in recv")
     if size == 0:
-        result = _read_nothing(state, sock.recv, 0)
+        result = _read_nothing(state, sock.recv, 0, False)
         if result is not _WOULD_BLOCK:
             return result
     cdef Request req = state.new_request(K_RECV)
@@ -693,7 +828,7 @@ async def sock_recv_into(self, sock, buf):
     """Receive into buf; the kernel writes into it directly, and holds it until it is done."""
     cdef SocketState state = _state_for(self, sock)
     if _check_writable(buf) == 0:
-        result = _read_nothing(state, sock.recv_into, buf)
+        result = _read_nothing(state, sock.recv_into, buf, False)
         if result is not _WOULD_BLOCK:
             return result
     cdef Request req = state.new_request(K_RECV_INTO)
@@ -713,7 +848,7 @@ async def sock_recvfrom(self, sock, bufsize):
     if size < 0:
         raise ValueError("negative buffersize in recvfrom")
     if size == 0:
-        result = _read_nothing(state, sock.recvfrom, 0)
+        result = _read_nothing(state, sock.recvfrom, 0, True)
         if result is not _WOULD_BLOCK:
             return result
     cdef Request req = state.new_request(K_RECVFROM)
@@ -730,13 +865,17 @@ async def sock_recvfrom(self, sock, bufsize):
 async def sock_recvfrom_into(self, sock, buf, nbytes=0):
     cdef SocketState state = _state_for(self, sock)
     cdef Py_ssize_t size = _check_writable(buf)
+    if not nbytes:
+        # The stock loop's reading of "no size": len(buf) -- items, not bytes, for an array
+        # of wider items, as socket.recvfrom_into() is then told.
+        nbytes = len(buf)
     cdef Py_ssize_t wanted = nbytes
     if wanted < 0:
         raise ValueError("negative buffersize in recvfrom_into")
     if wanted > size:
         raise ValueError("nbytes is greater than the length of the buffer")
     if size == 0:
-        result = _read_nothing(state, sock.recvfrom_into, buf)
+        result = _read_nothing(state, sock.recvfrom_into, buf, True)
         if result is not _WOULD_BLOCK:
             return result
     cdef Request req = state.new_request(K_RECVFROM_INTO)
@@ -778,6 +917,15 @@ async def sock_sendto(self, sock, data, address):
         # through the stock loop refuses it before anything is sent.
         raise TypeError("sock_sendto() address must be an address for the socket's family, "
                         "not None (for a connected socket use sock_sendall())")
+    if (state.family != AF_INET and state.family != AF_INET6 and state.family != AF_UNIX
+            and state.send_op is None and not state.send_q):
+        # A family whose addresses our operations cannot write (AF_NETLINK, AF_PACKET...): the
+        # socket's own sendto(), at once, as the stock loop's first attempt.  (Only should it
+        # not take the datagram does the request below refuse the address.)
+        try:
+            return sock.sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            pass
     cdef Request req = state.new_request(K_SENDTO)
     req.buf = data
     req.address = address
@@ -815,12 +963,18 @@ def connect_resolved(self, sock, address):
 
 def forget_socket(self, int fd):
     """Drop the sock_* state of fd if it has nothing in flight (called when a transport takes
-    over a socket)."""
+    over a socket), and return the stream bytes a cancelled sock_recv*() left in it, which the
+    transport delivers before anything it receives itself (the stock loop would have left them
+    in the socket), or None."""
     cdef dict states = self._ul_sock_states
     cdef SocketState state = states.get(fd)
+    cdef object leftover = None
     if state is not None and state.idle():
         del states[fd]
+        if state.stream and state.stash:
+            leftover = bytes(state.stash)
         state.discard()
+    return leftover
 
 
 cdef inline Py_ssize_t _check_writable(buf) except -1:

@@ -527,8 +527,11 @@ cdef class SocketTransport(WriteFlow):
         loop._transports[self._sock_fd] = self
         if self._sock_fd in loop._ul_sock_states:
             # The socket was used with sock_* (sock_connect, typically) before the transport
-            # took it over; its idle per-socket state must not outlive the handover.
-            _forget_socket(loop, self._sock_fd)
+            # took it over; its idle per-socket state must not outlive the handover.  Bytes a
+            # cancelled sock_recv() left there come first (see _arm_first_receive).
+            leftover = _forget_socket(loop, self._sock_fd)
+            if leftover is not None:
+                self.stash = [leftover]
 
         # Disable Nagle: small writes go out without waiting for the peer's ACK (as stock).
         set_nodelay(sock, self._sock_fd)
@@ -753,7 +756,9 @@ cdef class SocketTransport(WriteFlow):
 
     def _arm_first_receive(self):
         self.reading_started = True
-        if not self._closing and not self._paused:
+        if self.stash:
+            self.schedule_stash()      # delivered first; it arms the receive after them
+        elif not self._closing and not self._paused:
             self.enter_context()
             try:
                 self.arm_receive()
