@@ -2,6 +2,7 @@
 closing, errors.  Run on uringloop and on the stock loop."""
 
 import asyncio
+import contextvars
 import gc
 import os
 import resource
@@ -485,3 +486,31 @@ async def test_connections_a_handler_abandons_are_collected_after_the_peer_leave
             await asyncio.sleep(0)
             assert open_fds() - before == set()
         gc.collect()
+
+
+@pytest.mark.asyncio
+async def test_context_changes_of_one_connection_do_not_reach_the_next():
+    """Each connection's protocol_factory() and callbacks run in a context of its own (a Task
+    per connection on the stock loop): a context variable one sets is not seen by the next.
+    (uringloop ran every connection in the server's one context: the values leaked on.)"""
+    request_id = contextvars.ContextVar("request_id", default=0)
+    seen = []
+
+    class Recording(asyncio.Protocol):
+        def connection_made(self, transport):
+            seen.append(("made", request_id.get()))
+            transport.close()
+
+    def factory():
+        seen.append(("factory", request_id.get()))
+        request_id.set(request_id.get() + 1)
+        return Recording()
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
+    async with server:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+    assert seen == [("factory", 0), ("made", 1)] * 3
+    assert request_id.get() == 0

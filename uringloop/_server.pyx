@@ -27,9 +27,9 @@ for the next connection to arrive.
 
 A connection is served right in the completion handler: protocol_factory() is called and the
 SocketTransport made there (the stock loop goes through a Task per connection to get the same
-effect one iteration later).  Both run in the context that was current when serving started, as
-the stock loop's accept handler does.  TLS connections still go through a Task
-(NetworkMixin._accept_tls_connection), because the handshake has to be awaited.
+effect one iteration later).  Both run in a copy, one per connection, of the context that was
+current when serving started, as in the stock loop's Task per connection.  TLS connections still
+go through a Task (NetworkMixin._accept_tls_connection), because the handshake has to be awaited.
 
 Errors follow the stock loop: running out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
 ENOMEM) is reported to the exception handler and accepting pauses for
@@ -41,7 +41,8 @@ connections still queued stay in the kernel for whoever else listens on the sock
 """
 
 cimport cython
-from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
+from cpython.contextvars cimport (PyContext_Copy, PyContext_CopyCurrent, PyContext_Enter,
+                                  PyContext_Exit)
 
 from uringloop._sys cimport *
 from uringloop._ops cimport Proactor, Completer, Operation, PollOp, OP_IDLE, accept_nonblocking
@@ -175,7 +176,15 @@ cdef class Acceptor(Completer):
                 # fires at once if more connections are queued.
                 return 0
             fd, address = accepted
-            self.new_connection(fd, address)
+            # Each connection gets a copy of the serving context of its own, as each gets a
+            # Task on the stock loop: what its protocol_factory() or callbacks set in a context
+            # variable (a request id...) must not be seen by the next connection.
+            connection_context = PyContext_Copy(self.context)
+            PyContext_Enter(connection_context)
+            try:
+                self.new_connection(fd, address)
+            finally:
+                PyContext_Exit(connection_context)
             if not self.serving:
                 return 0      # the protocol factory closed the server
         return 0
