@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import gc
 import os
 import socket
 import struct
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -1735,3 +1737,105 @@ async def test_transports_are_asyncio_transports():
     assert isinstance(udp, asyncio.Transport)   # (the stock one is a DatagramTransport on 3.12+)
     udp.close()
     await shut(server, client, peer)
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("kind", ["buffered", "large"])
+def test_an_interrupt_out_of_a_receive_callback_leaves_the_connection_read(new_loop, kind,
+                                                                           exc_type):
+    """KeyboardInterrupt or SystemExit raised once by buffer_updated() (or by data_received()
+    of a large read) leaves run_until_complete(); a loop run again goes on reading the
+    connection, as the stock loop's reader stays registered.  (uringloop never armed the next
+    receive: later bytes stayed in the socket for good.)"""
+    loop = new_loop()
+    size = 10 if kind == "buffered" else 100_000
+    # A large message's first bytes come from the shared ring; from the third read on, the
+    # connection is on large reads (a poll, then recv(2)), the path that lost its re-arm.
+    raise_at = 1 if kind == "buffered" else 3
+    got = []
+
+    def count(n):
+        got.append(n)
+        if len(got) == raise_at:
+            raise exc_type()
+
+    class Buffered(asyncio.BufferedProtocol):
+        buf = bytearray(1 << 20)
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            count(nbytes)
+
+    class Plain(asyncio.Protocol):
+        def data_received(self, data):
+            count(len(data))
+
+    a, peer = socket.socketpair()
+    with peer:
+        transport, _ = loop.run_until_complete(
+            loop.create_connection(Buffered if kind == "buffered" else Plain, sock=a))
+        peer.settimeout(10)
+        interrupts = 0
+        for _ in range(3):
+            peer.sendall(b"x" * size)
+            deadline = loop.time() + 5
+            try:
+                while sum(got) < size * (_ + 1) and loop.time() < deadline:
+                    loop.run_until_complete(asyncio.sleep(0.01))
+            except exc_type:
+                interrupts += 1
+                while sum(got) < size * (_ + 1) and loop.time() < deadline:
+                    loop.run_until_complete(asyncio.sleep(0.01))
+        assert interrupts == 1
+        assert sum(got) == 3 * size
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+
+
+def test_an_interrupt_out_of_a_protocol_factory_leaves_the_server_accepting(new_loop):
+    """KeyboardInterrupt from protocol_factory() leaves the loop; run again, the server accepts
+    the next connections, as the stock loop's does.  (uringloop's listening socket was never
+    polled again: clients waited in the kernel's queue for good.)"""
+    loop = new_loop()
+    made = []
+
+    class Kept(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+    def factory():
+        if not made:
+            made.append(None)
+            raise KeyboardInterrupt
+        protocol = Kept()
+        made.append(protocol)
+        return protocol
+
+    server = loop.run_until_complete(loop.create_server(factory, "127.0.0.1", 0))
+    address = server.sockets[0].getsockname()
+    clients = []
+    interrupts = 0
+    # The interrupted connection's socket is left to the garbage collector, on both loops.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            for expected in (1, 2, 3, 4):
+                clients.append(socket.create_connection(address))
+                deadline = loop.time() + 5
+                while len(made) < expected and loop.time() < deadline:
+                    try:
+                        loop.run_until_complete(asyncio.sleep(0.01))
+                    except KeyboardInterrupt:
+                        interrupts += 1
+            assert interrupts == 1
+            assert len(made) == 4     # the interrupted one, then a protocol for each of the rest
+        finally:
+            for client in clients:
+                client.close()
+            for protocol in made[1:]:
+                protocol.transport.close()
+            server.close()
+            loop.run_until_complete(server.wait_closed())
+            gc.collect()

@@ -152,15 +152,20 @@ cdef class Acceptor(Completer):
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         if not self.serving or self.proactor.closing:
             return 0          # stopped: whatever is queued stays for the socket's other owners
-        if res >= 0:
-            PyContext_Enter(self.context)
-            try:
-                self.accept_queued()
-            finally:
-                PyContext_Exit(self.context)
-        elif res != -ECANCELED:
-            self.report_error(-res)
-        self.arm()
+        try:
+            if res >= 0:
+                PyContext_Enter(self.context)
+                try:
+                    self.accept_queued()
+                finally:
+                    PyContext_Exit(self.context)
+            elif res != -ECANCELED:
+                self.report_error(-res)
+        finally:
+            # Also when KeyboardInterrupt or SystemExit from a protocol factory leaves the loop
+            # through here: the stock loop's accept reader stays registered through them, and
+            # a loop run again goes on accepting.
+            self.arm()
         return 0
 
     cdef int accept_queued(self) except -1:

@@ -777,7 +777,13 @@ cdef class SocketTransport(WriteFlow):
         self.enter_context()
         try:
             while self.stash and not self._paused and not self._closing:
-                self.deliver(self.stash.pop(0))
+                try:
+                    self.deliver(self.stash.pop(0))
+                except BaseException:
+                    # KeyboardInterrupt or SystemExit from the protocol: the rest, and reading,
+                    # go on in a later pass if the loop runs again (see got_data_or_interrupt).
+                    self.schedule_stash()
+                    raise
             if self._paused or self._closing:
                 return
             end = self.stash_end
@@ -921,6 +927,7 @@ cdef class SocketTransport(WriteFlow):
                 try:
                     self.protocol.buffer_updated(res)
                 except (SystemExit, KeyboardInterrupt):
+                    self.rearm_if_reading()      # see got_data_or_interrupt
                     raise
                 except BaseException as exc:
                     self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
@@ -933,7 +940,7 @@ cdef class SocketTransport(WriteFlow):
         if self.sock is None or self.proactor.closing:
             return 0          # connection_lost already ran, or the loop is closing
         if res > 0:
-            self.got_data(data)
+            self.got_data_or_interrupt(data, final)
         elif res == 0:
             return self.got_eof()
         elif res == -ECANCELED or res == -ENOBUFS:
@@ -966,13 +973,26 @@ cdef class SocketTransport(WriteFlow):
             if data is not None:
                 self.large_read_size = (0 if n < LARGE_READ_UNTIL
                                         else _large_read_size(self.large_read_size, n))
-                self.got_data(data)
+                self.got_data_or_interrupt(data, True)
             elif n == 0:
                 return self.got_eof()
             elif n != -EAGAIN and n != -EINTR:
                 self.got_end(_os_error(<int>-n))
                 return 0
         return self.rearm_if_reading()
+
+    cdef int got_data_or_interrupt(self, object data, bint rearm) except -1:
+        """got_data(), for a completion after which reading is re-armed (`rearm`): when the
+        protocol raises KeyboardInterrupt or SystemExit (they leave the loop, unlike its other
+        exceptions), the next receive is armed before they go.  The stock loop's reader stays
+        registered through them, and a loop run again after the interrupt reads on; without
+        this the connection would never be read again."""
+        try:
+            return self.got_data(data)
+        except BaseException:
+            if rearm:
+                self.rearm_if_reading()
+            raise
 
     cdef int rearm_if_reading(self) except -1:
         """After a receive's final completion: the next one, unless one is armed already or
