@@ -4,6 +4,7 @@ import asyncio
 import faulthandler
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -264,3 +265,41 @@ def test_signal_to_a_child_process_group_is_unaffected(new_loop):
 
     assert loop.run_until_complete(main()) == -signal.SIGUSR1
     loop.close()
+
+
+def test_sigint_raised_by_a_callback_leaves_from_the_loop_not_the_next_callback(new_loop):
+    """SIGINT raised by a callback (signal.raise_signal) while a task does socket I/O: the
+    KeyboardInterrupt leaves run_until_complete() from the loop, and the task is still pending,
+    as on the stock loop, whose own bytecode between two callbacks runs the signal's handler.
+    (On Python 3.10, whose raise_signal() leaves that to the next bytecode, uringloop raised
+    it inside the next callback -- the task, which ended with it.)"""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    loop = new_loop()
+    caught_inside = []
+
+    async def ping_pong():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        try:
+            for i in range(300):
+                await loop.sock_sendall(a, b"p")
+                await loop.sock_recv(b, 10)
+                await asyncio.sleep(0)
+                if i == 100:
+                    loop.call_soon(signal.raise_signal, signal.SIGINT)
+        except KeyboardInterrupt:
+            caught_inside.append(True)
+            raise
+        finally:
+            a.close()
+            b.close()
+
+    task = loop.create_task(ping_pong())
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(task)
+    assert caught_inside == []
+    assert not task.done()
+    task.cancel()
+    loop.run_until_complete(asyncio.gather(task, return_exceptions=True))

@@ -719,6 +719,13 @@ cdef class LoopCore:
             back_to_gc(handle)
             if not is_cancelled(handle):
                 self.run_handle_now(handle, inline_ok)
+                # The stock loop runs bytecode of its own between two callbacks, where the
+                # interpreter runs a pending signal's handler: SIGINT's KeyboardInterrupt leaves
+                # the loop from there, with the rest of the batch still queued.  Without this
+                # check it would be raised in the next callback's code instead -- a user's
+                # task, which would end with it (seen on 3.10, whose signal.raise_signal() does
+                # not run the handler itself).  The check is one flag read when none is pending.
+                PyErr_CheckSignals()
         return 0
 
     cdef int run_handle_now(self, object handle, bint inline_ok) except -1:
