@@ -1,6 +1,7 @@
 """create_datagram_endpoint and the datagram transport, on uringloop and on the stock loop."""
 
 import asyncio
+import errno
 import gc
 import os
 import socket
@@ -551,3 +552,30 @@ async def test_what_connection_made_schedules_runs_before_the_first_datagram():
         finally:
             transport.close()
     assert events == ["made", "scheduled", b"waiting"]
+
+
+@pytest.mark.asyncio
+async def test_sendto_offers_the_datagram_to_the_socket_at_once():
+    """sendto() sends at once when nothing waits before it, as the stock transport does: an
+    error the kernel reports there (EMSGSIZE for a datagram over 64 KiB) reaches
+    error_received() before sendto() returns, the write buffer stays empty and writing is
+    never paused.  (uringloop queued every datagram as a send operation: the error came an
+    iteration later, and a burst above the high-water mark paused a protocol the stock loop
+    never pauses.)"""
+    loop = asyncio.get_running_loop()
+    st, sp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    ct, cp = await loop.create_datagram_endpoint(Recorder,
+                                                 remote_addr=st.get_extra_info("sockname"))
+    ct.sendto(b"x" * 70_000)
+    kind, exc, _ = cp.events.get_nowait()      # already there: reported inside sendto()
+    assert kind == "error" and isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE
+    ct.set_write_buffer_limits(high=100, low=10)
+    for i in range(20):
+        ct.sendto(b"y" * 1000)
+        assert ct.get_write_buffer_size() == 0
+    assert cp.paused == 0
+    for _ in range(20):
+        assert (await sp.next())[1] == b"y" * 1000
+    assert not ct.is_closing()
+    await closed(ct, cp)
+    await closed(st, sp)

@@ -31,6 +31,7 @@ cdef class DatagramCore(TransportCore):
     cdef int recv_failed(self, int res) except -1
     cdef int deliver(self, object data, object addr) except -1
     cdef int error_received(self, object exc) except -1
+    cdef bint send_at_once(self, MsgOp op, object data) except -1
     cdef int pump_sends(self) except -1
     cdef int send_done(self, MsgOp op, int res) except -1
     cdef int force_close(self, object exc) except -1

@@ -25,15 +25,22 @@ and delivered, in order, before anything else once reading resumes -- nothing is
 
 Sending
 -------
-Every sendto() becomes a sendmsg(2) operation carrying the data and the destination address.
-Datagrams are independent, so up to MAX_SENDS_IN_FLIGHT of them are handed to the kernel at
-once (a burst of sendto() calls in one callback goes out in the iteration's single submission);
-beyond that they wait in a queue.  Bytes queued or in flight count as the write buffer for flow
-control.  A failed send is reported to protocol.error_received() as the stock loop does.  The
-data object is pinned until the completion; bytearray and memoryview arguments are copied first,
-because the stock sendto() has consumed them by the time it returns and callers reuse them.
-Finished sendmsg operations are reused, and a reply to the sender of the last datagram takes its
-destination from the binary address the kernel reported (no parsing of the Python tuple).
+sendto() first offers the datagram to the socket itself, with one non-blocking sendmsg(2), as
+the stock loop and uvloop do: a send to a socket with room completes inside the call, and a
+failure the kernel reports there (an unreachable network, EMSGSIZE, a refused unix peer...)
+reaches protocol.error_received() before sendto() returns, the write buffer stays empty and the
+protocol is never paused -- programs that count on any of the three behave as on the stock
+loop.  (A sendmsg operation per datagram, batched into the iteration's io_uring_enter, had
+reported those errors an iteration late and paused protocols the stock loop never pauses.)
+Only a datagram the socket cannot take now (EAGAIN), or any sent while earlier ones wait,
+becomes a sendmsg(2) operation carrying the data and the destination address.  Up to
+MAX_SENDS_IN_FLIGHT of them are in the kernel at once; beyond that they wait in a queue.  Bytes
+queued or in flight count as the write buffer for flow control.  A failed send is reported to
+protocol.error_received() as the stock loop does.  The data object is pinned until the
+completion; bytearray and memoryview arguments are copied first, because the stock sendto() has
+consumed them by the time it returns and callers reuse them.  sendmsg operations are reused,
+and a reply to the sender of the last datagram takes its destination from the binary address
+the kernel reported (no parsing of the Python tuple).
 
 Closing
 -------
@@ -43,10 +50,13 @@ it.  Until then the transport stays in loop._transports as "closing".
 """
 
 cimport cython
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport errno
 from libc.string cimport memcpy, memset
 
-from uringloop._sys cimport (ECANCELED, EBADF, ENOBUFS, socklen_t, sockaddr_storage, msghdr,
+from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, socklen_t,
+                             sockaddr_storage, msghdr, iovec,
                              io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
 from uringloop._ring cimport BufferRing
@@ -63,6 +73,11 @@ import sys
 from asyncio import futures as _futures
 from asyncio import transports as _transports
 from asyncio.log import logger as _logger
+
+cdef extern from "<sys/socket.h>" nogil:
+    int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+    ssize_t c_sendmsg "sendmsg"(int fd, const msghdr *msg, int flags)
 
 cdef object _deque = collections.deque
 cdef object _strerror = os.strerror
@@ -345,8 +360,6 @@ cdef class DatagramCore(TransportCore):
         if (self.conn_lost and self.address) or self.lost:
             self.count_lost_write('socket.send() raised exception.')
             return
-        if type(data) is not bytes:
-            data = bytes(data)
         if self.spare_ops:
             op = <MsgOp>self.spare_ops.pop()
             op.keep = self.sock
@@ -375,11 +388,49 @@ cdef class DatagramCore(TransportCore):
             # A wrong address type: the stock transport treats it as fatal.
             self.fatal_error(exc, 'Fatal write error on datagram transport')
             return
+        if not self.send_q and not self.send_ops and not self.proactor.closing:
+            if self.send_at_once(op, data):
+                return
+        if type(data) is not bytes:
+            data = bytes(data)
         op.set_buffer(data, False)
         self.buffer_size += op.view.len
         self.send_q.append(op)
         self.pump_sends()
         self.maybe_pause_protocol()
+
+    cdef bint send_at_once(self, MsgOp op, object data) except -1:
+        """Offer the datagram to the socket with one non-blocking sendmsg(2), to the address
+        `op` holds (see the module's docstring): true when the socket took it or refused it (the
+        error is reported), false when it would block and `op` is to carry it."""
+        cdef Py_buffer view
+        cdef msghdr msg
+        cdef iovec iov
+        cdef ssize_t sent
+        cdef int err
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except BufferError:
+            return False        # not contiguous: bytes() gathers it for the operation
+        memset(&msg, 0, sizeof(msg))
+        iov.iov_base = view.buf
+        iov.iov_len = <size_t>view.len
+        msg.msg_iov = &iov
+        msg.msg_iovlen = 1
+        if op.msg.msg_namelen:
+            msg.msg_name = &op.addr
+            msg.msg_namelen = op.msg.msg_namelen
+        sent = c_sendmsg(self.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+        err = errno
+        PyBuffer_Release(&view)
+        if sent < 0 and (err == EAGAIN or err == EINTR):
+            return False
+        op.keep = None
+        if len(self.spare_ops) < MAX_SENDS_IN_FLIGHT:
+            self.spare_ops.append(op)
+        if sent < 0:
+            self.error_received(_oserror(err))
+        return True
 
     cdef int pump_sends(self) except -1:
         cdef MsgOp op
