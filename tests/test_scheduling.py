@@ -7,6 +7,7 @@ import asyncio
 import contextvars
 import heapq
 import logging
+import re
 import sys
 import threading
 import time
@@ -454,6 +455,45 @@ def test_debug_mode_logs_slow_callbacks(new_loop, caplog):
     assert len(warnings) == 1
     assert "slow()" in warnings[0].getMessage() and " took " in warnings[0].getMessage()
     assert loop._current_handle is None
+
+
+@pytest.mark.parametrize("kind", ["stream", "datagram"])
+def test_debug_mode_logs_slow_protocol_callbacks(new_loop, caplog, kind):
+    """A data_received()/datagram_received() that blocks the loop gets the slow-callback warning
+    in debug mode, as the stock loop's _read_ready handle does.  (uringloop calls protocols from
+    completions, which were not timed: no warning.)"""
+    import socket
+    loop = new_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+    received = []
+
+    class Slow(asyncio.Protocol):
+        def data_received(self, data):
+            received.append(data)
+            time.sleep(0.1)
+
+        def datagram_received(self, data, addr):
+            self.data_received(data)
+
+    if kind == "stream":
+        a, peer = socket.socketpair()
+        transport, _ = loop.run_until_complete(loop.create_connection(Slow, sock=a))
+        peer.send(b"x")
+    else:
+        transport, _ = loop.run_until_complete(
+            loop.create_datagram_endpoint(Slow, local_addr=("127.0.0.1", 0)))
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.sendto(b"x", transport.get_extra_info("sockname"))
+    with peer, caplog.at_level(logging.WARNING, logger="asyncio"):
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.01))
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+    assert received == [b"x"]
+    slow = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Executing <")]
+    assert len(slow) == 1 and re.search(r" took \d+\.\d{3} seconds$", slow[0]), slow
 
 
 def test_debug_mode_records_where_handles_were_created(new_loop):

@@ -35,6 +35,7 @@ cdef class Proactor:
     cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
     cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
     cdef Operation inflight_head           # every pinned operation, linked (see pin)
+    cdef public bint debug                 # the loop's debug mode: completions are timed
     cdef object __weakref__
 
     cdef inline void pin(self, Operation op):
@@ -68,6 +69,7 @@ cdef class Proactor:
     cdef bint submit_early(self, Py_ssize_t nbytes) except -1
     cdef int reap(self) except -1
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
+    cdef int complete_timed(self, Operation op, int res, unsigned flags) except -1
     cdef int check_usable(self) except -1
     cpdef int wait(self, object timeout) except -1
     cdef int enter_for(self, object timeout) except -1

@@ -56,6 +56,7 @@ from uringloop._ring cimport Ring, BufferRing
 import os
 import socket as _socket
 import time as _time
+from asyncio.log import logger as _logger
 
 cdef extern from "<arpa/inet.h>":
     int inet_pton(int af, const char *src, void *dst)
@@ -577,6 +578,8 @@ cdef class Proactor:
                 # poll this time because the socket really has nothing).  Requests that cannot
                 # arm a poll (splice) would spin here: their owners wait for readiness instead.
                 op.submit()
+            elif self.debug:
+                self.complete_timed(op, res, flags)
             else:
                 op.complete(res, flags)
         except Exception as exc:
@@ -588,6 +591,21 @@ cdef class Proactor:
             if final and op.state == OP_IDLE:    # not resubmitted by complete()
                 op.release()
                 self.unpin(op)
+        return 0
+
+    cdef int complete_timed(self, Operation op, int res, unsigned flags) except -1:
+        # Debug mode: a completion runs protocol callbacks (data_received...) where the stock
+        # loop runs a handle (_read_ready), which its debug mode times; so do we, with the
+        # stock loop's warning, naming the operation and whom it completed for.
+        loop = self.loop
+        started = loop.time()
+        try:
+            op.complete(res, flags)
+        finally:
+            took = loop.time() - started
+            if took >= loop.slow_callback_duration:
+                _logger.warning('Executing %s took %.3f seconds',
+                                f'<{type(op).__name__} completion for {op.owner!r}>', took)
         return 0
 
     # ---- wake-up ----

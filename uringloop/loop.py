@@ -83,6 +83,7 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
             ring.close()
             raise
         self._selector = self._proactor      # what BaseEventLoop._run_once waits on
+        self._proactor.debug = bool(self._debug)
         self._ul_sock_states: dict = {}
         # fd -> transport for each loop.sendfile() in progress (network.py)
         self._ul_sendfile_transports: dict = {}
@@ -95,6 +96,12 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         # on `.data`, the plain dict underneath.
         self._transports = weakref.WeakValueDictionary()
         _live_proactors.add(self._proactor)
+
+    def set_debug(self, enabled: bool) -> None:
+        super().set_debug(enabled)
+        proactor = getattr(self, '_proactor', None)
+        if proactor is not None:
+            proactor.debug = bool(enabled)     # times completions as the stock loop's handles
 
     # ---- the BaseEventLoop hooks ----
 
