@@ -1319,6 +1319,10 @@ async def test_write_buffer_limits_of_any_real_number():
     t = client.transport
     t.set_write_buffer_limits(high=1e6)
     assert t.get_write_buffer_limits() == (250_000, 1_000_000)
+    # ... and give them back as they were given (uringloop gave their floors: (25, 100)).
+    t.set_write_buffer_limits(high=100.5)
+    assert t.get_write_buffer_limits() == (25.0, 100.5)
+    assert type(t.get_write_buffer_limits()[0]) is float
     t.set_write_buffer_limits(high=2 ** 70)
     payload = pattern(1_000_000)
     t.write(payload)
@@ -1839,3 +1843,123 @@ def test_an_interrupt_out_of_a_protocol_factory_leaves_the_server_accepting(new_
             server.close()
             loop.run_until_complete(server.wait_closed())
             gc.collect()
+
+
+@pytest.mark.asyncio
+async def test_eof_received_that_toggles_reading_is_called_once():
+    """eof_received() pausing and resuming reading, then keeping the connection open: called
+    once, as on the stock loop, which stops reading after it returns.  (uringloop's resumed
+    receive found the EOF again and called eof_received() again, without end: the loop spun.)"""
+    loop = asyncio.get_running_loop()
+    calls = []
+
+    class Toggling(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def eof_received(self):
+            calls.append(None)
+            self.transport.pause_reading()
+            self.transport.resume_reading()
+            return True
+
+    a, b = socket.socketpair()
+    with b:
+        transport, _ = await loop.connect_accepted_socket(Toggling, a)
+        b.shutdown(socket.SHUT_WR)
+        await asyncio.sleep(0.2)
+        assert len(calls) == 1
+        transport.write(b"still open for writing")
+        assert b.recv(100) == b"still open for writing"
+        transport.close()
+        await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+async def test_switch_to_a_plain_protocol_inside_buffer_updated_gets_the_rest():
+    """Protocol -> BufferedProtocol with a small buffer -> Protocol again from inside
+    buffer_updated(), during a burst: every byte arrives, the rest through the new protocol's
+    data_received().  (uringloop went on copying what it held through get_buffer(), which the
+    plain protocol lacks: a fatal error and most of the burst lost.)  get_buffer() is always
+    asked with -1, as the stock transport asks."""
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    hints = []
+    done = loop.create_future()
+
+    class Plain(asyncio.Protocol):
+        def __init__(self, switch):
+            self.switch = switch
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            got.extend(data)
+            if self.switch:
+                self.switch = False
+                self.transport.set_protocol(Buffered(self.transport))
+
+        def eof_received(self):
+            done.set_result(None)
+
+        def connection_lost(self, exc):
+            if not done.done():
+                done.set_exception(exc or ConnectionError("lost before EOF"))
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self, transport):
+            self.transport = transport
+            self.buf = bytearray(1000)
+
+        def get_buffer(self, sizehint):
+            hints.append(sizehint)
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            got.extend(self.buf[:nbytes])
+            plain = Plain(False)
+            plain.transport = self.transport
+            self.transport.set_protocol(plain)
+
+        def eof_received(self):
+            done.set_result(None)
+
+        def connection_lost(self, exc):
+            if not done.done():
+                done.set_exception(exc or ConnectionError("lost before EOF"))
+
+    a, b = socket.socketpair()
+    with b:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+        transport, _ = await loop.connect_accepted_socket(lambda: Plain(True), a)
+        await asyncio.sleep(0.05)
+        payload = pattern(200 * 1024)
+        b.sendall(payload)
+        b.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(done, 10)
+        transport.close()
+    assert bytes(got) == payload
+    assert set(hints) <= {-1}
+
+
+@pytest.mark.asyncio
+async def test_writelines_errors_are_those_of_the_stock_transport():
+    """Before Python 3.12 the stock writelines() is write(b''.join(...)), so its errors are the
+    join's and write()'s; from 3.12 it has its own.  (uringloop always gave the 3.12 ones.)"""
+    loop = asyncio.get_running_loop()
+    joined = sys.version_info < (3, 12)
+    a, b = socket.socketpair()
+    with b:
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        with pytest.raises(TypeError) as raised:
+            transport.writelines([b"ok", "text"])
+        if joined:
+            assert str(raised.value) == "sequence item 1: expected a bytes-like object, str found"
+        transport.write_eof()
+        with pytest.raises(RuntimeError) as raised:
+            transport.writelines([b"after"])
+        method = "write" if joined else "writelines"
+        assert str(raised.value) == f"Cannot call {method}() after write_eof()"
+        transport.close()
+        await asyncio.sleep(0)

@@ -11,6 +11,7 @@ cdef class WriteFlow(Completer):
     cdef object protocol
     cdef int conn_lost                     # connection_lost() scheduled (and writes dropped)
     cdef Py_ssize_t high_water, low_water
+    cdef object limits                     # (low, high) as set, for get_write_buffer_limits()
     # The protocol whose pause_writing() was called and whose resume_writing() is still due
     # (None when writing is not paused).  It is remembered rather than assumed to be the current
     # protocol: see maybe_resume_protocol().

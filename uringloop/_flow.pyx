@@ -115,6 +115,10 @@ cdef class WriteFlow(Completer):
         return 0
 
     def get_write_buffer_limits(self):
+        # The numbers as given, as the stock transports return them (the marks compared with
+        # are their floors: _water_mark).
+        if self.limits is not None:
+            return self.limits
         return (self.low_water, self.high_water)
 
     def set_write_buffer_limits(self, high=None, low=None):
@@ -126,6 +130,7 @@ cdef class WriteFlow(Completer):
             raise ValueError(f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
         self.high_water = _water_mark(high)
         self.low_water = _water_mark(low)
+        self.limits = (low, high)
         self.maybe_pause_protocol()
 
 

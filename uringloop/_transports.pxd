@@ -41,6 +41,7 @@ cdef class SocketTransport(WriteFlow):
     cdef readonly bint _closing
     cdef readonly bint _paused       # pause_reading() in effect
     cdef bint reading_started        # the post-connection_made start has happened
+    cdef bint stopped_at_eof         # eof_received() kept the connection open: not reading
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
     cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)
     cdef readonly bint _eof          # write_eof() was called
@@ -91,6 +92,7 @@ cdef class SocketTransport(WriteFlow):
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2
     cdef Py_ssize_t taken_at_once(self, ssize_t sent) except -2
     cdef object write_through(self, object data)
+    cdef int check_writable(self, str method) except -1
     cdef object writelines_through(self, list items, Py_ssize_t n)
     cdef int submit_send(self, object data, Py_ssize_t n) except -1
     cdef int submit_queued(self) except -1

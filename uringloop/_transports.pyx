@@ -152,6 +152,10 @@ cdef object _warn = warnings.warn
 # Python 3.13's Server keeps a WeakSet of its transports: _attach(transport)/_detach(transport).
 # Earlier versions count them: _attach()/_detach().
 cdef bint _SERVER_TRACKS_TRANSPORTS = sys.version_info >= (3, 13)
+# Before 3.12 the stock transports' writelines() is WriteTransport's write(b''.join(list_of_data)):
+# its errors are the join's TypeError, then write()'s own.  (It sends what the join made; we send
+# the items as they are -- the bytes are the same.)
+cdef bint _WRITELINES_IS_JOINED_WRITE = sys.version_info < (3, 12)
 
 
 cdef int set_nodelay(object sock, int fd) except -1:
@@ -735,6 +739,7 @@ cdef class SocketTransport(WriteFlow):
         if self._closing or not self._paused:
             return
         self._paused = False
+        self.stopped_at_eof = False
         if self.stash or self.stash_end is not None:
             self.schedule_stash()
         elif self.reading_started:
@@ -806,14 +811,19 @@ cdef class SocketTransport(WriteFlow):
                 buf = self.protocol.get_buffer(-1)
                 if not len(buf):
                     raise RuntimeError('get_buffer() returned an empty buffer')
-                op = self.single_op
-                if op is None:
-                    op = self.single_op = RecvOp(self.proactor, self, self._sock_fd, self.sock)
-                op.set_buffer(buf, True)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+                return 0
+            op = self.single_op
+            if op is None:
+                op = self.single_op = RecvOp(self.proactor, self, self._sock_fd, self.sock)
+            try:
+                op.set_buffer(buf, True)
+            except Exception as exc:
+                # A read-only buffer: where the stock transport's recv_into() refuses it.
+                self.fatal_error(exc, 'Fatal read error on socket transport')
                 return 0
             op.keep = self.sock
             self.recv_target = self.protocol
@@ -998,7 +1008,7 @@ cdef class SocketTransport(WriteFlow):
         """After a receive's final completion: the next one, unless one is armed already or
         reading stopped (paused, closing, not started yet, or stashed bytes still to deliver)."""
         if (self.recv_op is None and not self._closing and not self._paused
-                and self.reading_started and not self.stash):
+                and self.reading_started and not self.stash and not self.stopped_at_eof):
             self.arm_receive()
         return 0
 
@@ -1007,8 +1017,9 @@ cdef class SocketTransport(WriteFlow):
         # the one that delivered the last bytes, so eof_received() runs after whatever
         # data_received() scheduled with call_soon().  Here the EOF may complete in the same
         # batch as those bytes; it takes the stash's way, one pass of the ready queue later,
-        # and so keeps that order (and a paused transport keeps it for resume).
-        if not self._closing:
+        # and so keeps that order (and a paused transport keeps it for resume).  Not again for
+        # a receive that ends after eof_received() kept the connection open (on_eof).
+        if not self._closing and not self.stopped_at_eof:
             self.stash_end = _EOF
             self.schedule_stash()
         return 0
@@ -1054,7 +1065,7 @@ cdef class SocketTransport(WriteFlow):
         cdef Py_buffer view
         while pos < n:
             try:
-                buf = self.protocol.get_buffer(n - pos)
+                buf = self.protocol.get_buffer(-1)     # the stock transport's hint, always
                 PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
                 k = view.len
                 if k > n - pos:
@@ -1083,6 +1094,10 @@ cdef class SocketTransport(WriteFlow):
                         self.stash = []
                     self.stash.insert(0, data[pos:])
                 return 0
+            if pos < n and not self.buffered:
+                # buffer_updated() switched to a plain Protocol (set_protocol): the rest is its
+                # data_received()'s, not a get_buffer() it does not have.
+                return self.deliver(data[pos:])
         return 0
 
     cdef int on_eof(self) except -1:
@@ -1097,7 +1112,15 @@ cdef class SocketTransport(WriteFlow):
             return 0
         if not keep_open:
             self.close()
-        # keep_open: the receive has ended with the EOF; the protocol may still write.
+        else:
+            # Kept open, for the protocol to write: reading stops here, as the stock transport
+            # removes its reader -- also a receive that a pause_reading()/resume_reading() inside
+            # eof_received() armed, which would only find the EOF again and call
+            # eof_received() again, without end.  A later resume_reading() reads again (and
+            # finds the EOF once more), as the stock loop's adds its reader back.
+            self.stopped_at_eof = True
+            if self.recv_op is not None:
+                self.recv_op.cancel()
         return 0
 
     # ---- writing ----
@@ -1219,18 +1242,25 @@ cdef class SocketTransport(WriteFlow):
 
     def writelines(self, list_of_data):
         cdef list items = []
-        cdef Py_ssize_t n = 0, size
-        if self._eof:
-            raise RuntimeError('Cannot call writelines() after write_eof()')
-        if self.empty_waiter is not None:
-            raise RuntimeError('unable to writelines; sendfile is in progress')
+        cdef Py_ssize_t n = 0, size, i = 0
+        if not _WRITELINES_IS_JOINED_WRITE:
+            self.check_writable('writelines')
         for data in list_of_data:
             if type(data) is not bytes:
-                data = memoryview(data)     # pinned below, unless the socket takes it at once
+                try:
+                    data = memoryview(data)     # pinned below, unless the socket takes it
+                except TypeError:
+                    if _WRITELINES_IS_JOINED_WRITE:
+                        raise TypeError(f'sequence item {i}: expected a bytes-like object, '
+                                        f'{type(data).__name__} found') from None
+                    raise
             size = _nbytes(data)
             if size:
                 items.append(data)
                 n += size
+            i += 1
+        if _WRITELINES_IS_JOINED_WRITE:
+            self.check_writable('write')
         if not items:
             return
         if self.conn_lost:
@@ -1260,6 +1290,13 @@ cdef class SocketTransport(WriteFlow):
             if self.send_op is None:
                 self.submit_queued()
         self.maybe_pause_protocol()
+
+    cdef int check_writable(self, str method) except -1:
+        if self._eof:
+            raise RuntimeError(f'Cannot call {method}() after write_eof()')
+        if self.empty_waiter is not None:
+            raise RuntimeError(f'unable to {method}; sendfile is in progress')
+        return 0
 
     cdef object writelines_through(self, list items, Py_ssize_t n):
         """writelines()'s counterpart of write_through: one non-blocking sendmsg(2) of `items`
