@@ -36,6 +36,9 @@ def run(main, *, debug=None, **run_kwargs):
         raise ValueError(f"a coroutine was expected, got {main!r}")
     if _sys.version_info >= (3, 12):
         return _asyncio.run(main, loop_factory=new_event_loop, debug=debug, **run_kwargs)
+    if _asyncio.events._get_running_loop() is not None:
+        # asyncio.run()'s own check (3.11's Runner makes a loop first, and fails later).
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     if _sys.version_info >= (3, 11):
         with _asyncio.Runner(loop_factory=new_event_loop, debug=debug, **run_kwargs) as runner:
             return runner.run(main)
@@ -44,9 +47,6 @@ def run(main, *, debug=None, **run_kwargs):
 
 def _run_310(main, debug):
     # asyncio.run() of Python 3.10, with our loop: same order of shutdown steps.
-    if _asyncio.events._get_running_loop() is not None:
-        main.close()
-        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     loop = new_event_loop()
     try:
         _asyncio.set_event_loop(loop)
