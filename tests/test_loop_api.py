@@ -305,7 +305,9 @@ def test_a_loop_dropped_without_close_is_collected_and_closed(factory):
     # BaseEventLoop.__del__ closes a forgotten loop (with a ResourceWarning).  uringloop's loops
     # were never collected: the kernel's requests in flight (the wake-up read, a reading
     # transport's receive, a waiting sock_recv) were references nobody held, so the ring, its
-    # descriptors and every connection stayed for the life of the process.
+    # descriptors and every connection stayed for the life of the process.  Later, the same
+    # with a timer or a callback still queued (a background task asleep): queued handles were
+    # kept off the cyclic GC's lists, which hid their references to the loop.
     def open_fds():
         return set(os.listdir("/proc/self/fd"))
 
@@ -318,7 +320,9 @@ def test_a_loop_dropped_without_close_is_collected_and_closed(factory):
             server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
             await loop.create_connection(asyncio.Protocol, *server.sockets[0].getsockname())
             loop.create_task(loop.sock_recv(b, 10))       # still waiting when dropped
+            loop.create_task(asyncio.sleep(3600))         # a timer still queued
             await asyncio.sleep(0.05)
+            loop.call_soon(print)                         # a callback still queued
 
         loop.run_until_complete(main())
         a.close()
@@ -509,3 +513,19 @@ def test_a_second_thread_gets_a_clear_error_not_its_own_ring():
         assert "thread that first ran the loop" in str(err)
     finally:
         loop.close()
+
+
+def test_run_inside_a_running_loop_is_refused_as_asyncio_run_refuses_it():
+    """uringloop.run() from a running loop: asyncio.run()'s RuntimeError, before any loop is
+    made.  (On 3.11 uringloop made a second loop and failed in it, with another message and a
+    'never awaited' warning.)"""
+    async def outer():
+        inner = asyncio.sleep(0)
+        try:
+            with pytest.raises(RuntimeError,
+                               match=r"cannot be called from a running event loop"):
+                uringloop.run(inner)
+        finally:
+            inner.close()
+
+    uringloop.run(outer())

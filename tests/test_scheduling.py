@@ -1156,3 +1156,94 @@ def test_a_handle_dropped_from_the_queue_by_someone_else_frees_its_context(new_l
     assert ref() is None              # the context went with its handles, no crash
     loop.call_soon(loop.stop)         # and the loop goes on
     loop.run_forever()
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_order_after_an_interrupt_is_the_stock_loops(new_loop, exc_type):
+    """A callback that schedules C, then raises KeyboardInterrupt/SystemExit, with B after it in
+    the batch and a timer T due: run again, the loop runs B, T, C -- the order of the stock
+    loop's ready queue, where the due timer stood before what the batch scheduled.  (uringloop
+    put the timer last: B, C, T.)"""
+    loop = new_loop()
+    log = []
+
+    def interrupting():
+        log.append("A")
+        loop.call_soon(log.append, "C")
+        raise exc_type()
+
+    loop.call_later(0, log.append, "T")
+    time.sleep(0.01)
+    loop.call_soon(interrupting)
+    loop.call_soon(log.append, "B")
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert log == ["A", "B", "T", "C"]
+
+
+def test_a_threadsafe_callback_queued_during_the_wait_runs_before_timers_due_meanwhile(new_loop):
+    """call_soon_threadsafe() while the loop waits, after a timer's deadline has passed: the
+    callback runs first, as it is already in the stock loop's ready queue when the timers are
+    added to it.  (uringloop ran the timer, and the callback an iteration later.)"""
+    loop = new_loop()
+    log = []
+    started = threading.Event()
+
+    def other_thread():
+        started.wait()
+        time.sleep(0.05)
+        # Hold the GIL past the timer's deadline, so that the loop finds both when it wakes.
+        deadline = time.monotonic() + 0.1
+        while time.monotonic() < deadline:
+            pass
+        loop.call_soon_threadsafe(log.append, "threadsafe")
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        loop.call_soon(started.set)
+        loop.call_later(0.1, log.append, "timer")
+        loop.call_later(0.5, loop.stop)
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        loop.run_forever()
+        thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert log == ["threadsafe", "timer"]
+
+
+def test_subclass_hooks_that_call_soon_and_handles_consult(new_loop):
+    """BaseEventLoop.call_soon() goes through self._call_soon(), and a handle asks
+    loop.get_debug() whether to record where it was made: a subclass replacing either is
+    heard, as with the stock loop.  (uringloop's compiled call_soon and call_later used
+    neither.)"""
+    base = type(new_loop())
+    seen = []
+
+    class Hooked(base):
+        def _call_soon(self, callback, args, context):
+            seen.append(callback)
+            return super()._call_soon(callback, args, context)
+
+    class Debugging(base):
+        def get_debug(self):
+            return True
+
+    loop = Hooked()
+    try:
+        loop.call_soon(print)
+        assert seen == [print]
+    finally:
+        loop._ready.clear()
+        loop.close()
+    loop = Debugging()
+    try:
+        assert loop.call_soon(print)._source_traceback is not None
+        assert loop.call_later(1, print)._source_traceback is not None
+    finally:
+        loop._ready.clear()
+        loop._scheduled.clear()
+        loop.close()

@@ -48,6 +48,9 @@ cdef class LoopCore:
     cdef public double _clock_resolution
     cdef bint shadowed                  # an instance attribute hides one of our own methods
     cdef bint fields_hidden             # a subclass hides a field: BaseEventLoop's methods only
+    cdef bint iterating                 # inside run_forever: queued handles may leave the GC
+    cdef bint hooks_replaced            # _call_soon or get_debug replaced: BaseEventLoop's paths
+    cdef Py_ssize_t batch_left          # handles of the running ready batch not yet taken
     cdef ul_timer_heap timers           # the deadlines of _scheduled's entries (see _sched.h)
 
     cdef bint own(self, str name, object implementation)

@@ -112,6 +112,7 @@ cdef str NAME_RUN_ONCE = '_run_once'
 # of these names (a test's mock, say) sets LoopCore.shadowed and the lookups come back.
 cdef frozenset SHORTCUT_NAMES = frozenset(
     [NAME_TIME, NAME_CALL_AT, NAME_PROCESS_EVENTS, NAME_RUN_ONCE])
+cdef frozenset HOOK_NAMES = frozenset(['_call_soon', 'get_debug'])
 
 # 3.13 split run_forever's set-up and clean-up into methods of their own.
 cdef bint RUN_FOREVER_HOOKS = hasattr(_BaseEventLoop, '_run_forever_setup')
@@ -290,6 +291,12 @@ cdef class LoopCore:
         for name, descriptor in _FIELD_DESCRIPTORS:
             if ul_type_lookup(self, name) != <PyObject *>descriptor:
                 self.fields_hidden = True
+        # BaseEventLoop's call_soon() goes through self._call_soon(), and the handles it makes
+        # ask loop.get_debug(): a subclass that replaces either gets BaseEventLoop's call_soon,
+        # call_at and call_later, which consult them, instead of our compiled ones.
+        for name, implementation in _HOOKS:
+            if ul_type_lookup(self, name) != <PyObject *>implementation:
+                self.hooks_replaced = True
 
     property _ready:
         def __get__(self):
@@ -306,6 +313,8 @@ cdef class LoopCore:
     def __setattr__(self, name, value):
         if name in SHORTCUT_NAMES:
             self.shadowed = True
+        if name in HOOK_NAMES:
+            self.hooks_replaced = True
         PyObject_GenericSetAttr(self, name, value)
 
     def __delattr__(self, name):
@@ -333,7 +342,7 @@ cdef class LoopCore:
         # A handle we made: while it waits in our deque, the GC need not walk it (back_to_gc()
         # puts it back when run_ready() takes it off).
         self.append_ready(handle)
-        if self.ready_append is not None:
+        if self.ready_append is not None and self.iterating:
             leave_gc(handle)
         return 0
 
@@ -383,7 +392,7 @@ cdef class LoopCore:
 
     def call_soon(self, callback, *args, context=None):
         """Arrange for a callback to be called as soon as possible (FIFO order)."""
-        if self.fields_hidden:
+        if self.fields_hidden or self.hooks_replaced:
             return _BaseEventLoop.call_soon(self, callback, *args, context=context)
         if self._closed:
             raise RuntimeError('Event loop is closed')
@@ -394,7 +403,8 @@ cdef class LoopCore:
         return handle
 
     def _call_soon(self, callback, args, context):
-        if self.fields_hidden or self._debug or not SLOTS_USABLE or not handle_init_pristine():
+        if (self.fields_hidden or self.hooks_replaced or self._debug or not SLOTS_USABLE
+                or not handle_init_pristine()):
             return _BaseEventLoop._call_soon(self, callback, args, context)
         handle = new_handle(_Handle, callback, args, self, context)
         self.queue_ready(handle)
@@ -402,8 +412,8 @@ cdef class LoopCore:
 
     def call_at(self, when, callback, *args, context=None):
         """Like call_later(), but uses an absolute time (the loop's time())."""
-        if (self.fields_hidden or when is None or self._debug or not SLOTS_USABLE
-                or not timer_init_pristine()):
+        if (self.fields_hidden or self.hooks_replaced or when is None or self._debug
+                or not SLOTS_USABLE or not timer_init_pristine()):
             # None: each Python version has its own error for it; debug: source tracebacks.
             return _BaseEventLoop.call_at(self, when, callback, *args, context=context)
         if self._closed:
@@ -412,8 +422,8 @@ cdef class LoopCore:
 
     def call_later(self, delay, callback, *args, context=None):
         """Arrange for a callback to be called after `delay` seconds; returns a TimerHandle."""
-        if (self.fields_hidden or delay is None or self._debug or not SLOTS_USABLE
-                or not timer_init_pristine()
+        if (self.fields_hidden or self.hooks_replaced or delay is None or self._debug
+                or not SLOTS_USABLE or not timer_init_pristine()
                 or not self.own(NAME_TIME, _own_time) or not self.own(NAME_CALL_AT, _own_call_at)):
             # Whatever is unusual, BaseEventLoop's own call_later (which calls our call_at).
             return _BaseEventLoop.call_later(self, delay, callback, *args, context=context)
@@ -445,7 +455,8 @@ cdef class LoopCore:
         scheduled = self._scheduled
         if PyList_CheckExact(scheduled):
             self.heap_push(<list>scheduled, timer)
-            leave_gc(timer)           # until pop_due() or the clean-up takes it off the heap
+            if self.iterating:
+                leave_gc(timer)       # until pop_due() or the clean-up takes it off the heap
         else:
             _heapq.heappush(scheduled, timer)
         ul_slot_set(timer, OFF_SCHEDULED, True)
@@ -498,16 +509,27 @@ cdef class LoopCore:
             _sys.set_asyncgen_hooks(*old_agen_hooks)
 
     cdef int iterate_until_stopped(self) except -1:
-        while True:
-            if self.own(NAME_RUN_ONCE, _own_run_once):
-                self.run_once(True)
-            else:
-                self._run_once()        # replaced on the instance or in a subclass
-            # The stock loop runs Python bytecode between iterations, where the interpreter
-            # runs signal handlers (SIGINT's KeyboardInterrupt); so do we.
-            PyErr_CheckSignals()
-            if self._stopping:
-                return 0
+        # Handles queued while the loop runs are kept off the cyclic GC's lists (leave_gc): the
+        # running loop is referred to from outside (the running-loop slot) anyway.  Once it
+        # stops they go back, with whatever is still queued: a handle refers to its loop, and
+        # an untracked one hides that reference from the collector, so a loop dropped without
+        # close() with a timer or a callback still queued (a background task asleep) would
+        # never be collected -- its ring's descriptors kept for the life of the process.
+        self.iterating = True
+        try:
+            while True:
+                if self.own(NAME_RUN_ONCE, _own_run_once):
+                    self.run_once(True)
+                else:
+                    self._run_once()        # replaced on the instance or in a subclass
+                # The stock loop runs Python bytecode between iterations, where the interpreter
+                # runs signal handlers (SIGINT's KeyboardInterrupt); so do we.
+                PyErr_CheckSignals()
+                if self._stopping:
+                    return 0
+        finally:
+            self.iterating = False
+            self._ul_gc_track_queued()
 
     # ---- one iteration ----
 
@@ -600,6 +622,7 @@ cdef class LoopCore:
         cdef Py_ssize_t ran = 0, count
         cdef list due = None
         cdef bint blocking, inline_ok
+        self.batch_left = 0
         try:
             if pending or self._stopping:
                 due = self.pop_due()
@@ -620,6 +643,13 @@ cdef class LoopCore:
                 due = self.pop_due()
             elif blocking:
                 due.extend(self.pop_due())
+            if blocking and self.ready:
+                # Queued while we waited (nothing was ready before a blocking wait): by
+                # call_soon_threadsafe() from another thread, or a signal's handler.  They are
+                # in the stock loop's ready queue when it polls, so they run in this iteration,
+                # before the I/O callbacks and the timers that fell due meanwhile -- not after
+                # those timers, an iteration later.
+                self.run_ready(len(self.ready))
             proactor.dispatch_completions()
             if due:
                 inline_ok = SLOTS_USABLE and run_pristine()
@@ -645,8 +675,12 @@ cdef class LoopCore:
         finally:
             if due is not None and ran < len(due):
                 # Interrupted (KeyboardInterrupt, SystemExit): the timers not yet run are not
-                # lost; they run next, as they would from the stock loop's ready queue.
-                self.ready.extend(due[ran:])
+                # lost; they run next, where they stood in the stock loop's ready queue -- after
+                # the rest of the interrupted batch (batch_left), before whatever the batch's
+                # callbacks scheduled.
+                for i, timer in enumerate(due[ran:]):
+                    self.ready.insert(self.batch_left + i, timer)
+                self.batch_left = 0
         return 0
 
     cdef object wait_timeout(self):
@@ -714,8 +748,10 @@ cdef class LoopCore:
             return 0
         cdef bint inline_ok = SLOTS_USABLE and run_pristine()
         popleft = self.ready_popleft if self.ready_popleft is not None else self.ready.popleft
+        self.batch_left = ntodo
         for i in range(ntodo):
             handle = popleft()
+            self.batch_left -= 1
             back_to_gc(handle)
             if not is_cancelled(handle):
                 self.run_handle_now(handle, inline_ok)
@@ -768,6 +804,7 @@ cdef tuple _FIELD_DESCRIPTORS = tuple(
 
 # Our own implementations, as the MRO lookups in LoopCore.own() find them.
 cdef object _own_time = LoopCore.__dict__['time']
+cdef tuple _HOOKS = tuple((name, LoopCore.__dict__[name]) for name in HOOK_NAMES)
 cdef object _own_call_at = LoopCore.__dict__['call_at']
 cdef object _own_process_events = LoopCore.__dict__['_process_events']
 cdef object _own_run_once = LoopCore.__dict__['_run_once']
