@@ -238,6 +238,69 @@ async def test_invalid_descriptors_raise_like_the_stock_loop(tmp_path):
         with pytest.raises(PermissionError):
             loop.add_reader(null, lambda: None)
         assert loop.remove_reader(null) is False
+    # A number no descriptor can have: epoll's OverflowError, and nothing to remove (uringloop
+    # cut 2**32 + n down to n and watched that descriptor instead).
+    r, w = os.pipe()
+    try:
+        for huge in (2 ** 31, 2 ** 32 + r):
+            with pytest.raises(OverflowError):
+                loop.add_reader(huge, lambda: None)
+        assert loop.remove_reader(2 ** 64) is False
+        assert loop.remove_reader(r) is False
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_modification_drops_the_registration():
+    """add_writer() on a registered reader's descriptor that was closed meanwhile fails with
+    EBADF, and, as with the stock selector, the registration is gone with it (uringloop kept
+    it: a later add_reader() "succeeded" and remove_reader() said True)."""
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    loop.add_reader(r, lambda: None)
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as info:
+        loop.add_writer(r, lambda: None)
+    assert info.value.errno == 9    # EBADF
+    assert loop.remove_reader(r) is False
+    with pytest.raises(OSError):
+        loop.add_reader(r, lambda: None)
+
+
+def test_every_ready_descriptor_is_dispatched_in_one_iteration(new_loop):
+    """300 descriptors ready at once: all 300 readers run in the same iteration, as the stock
+    selector asks epoll for as many events as it has registrations.  (uringloop took 128 per
+    iteration.)"""
+    loop = new_loop()
+    pairs = [socket.socketpair() for _ in range(300)]
+    calls = [0]
+
+    def read(sock):
+        sock.recv(10)
+        calls[0] += 1
+
+    try:
+        for a, b in pairs:
+            a.setblocking(False)
+            loop.add_reader(a, read, a)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        for a, b in pairs:
+            b.send(b"x")
+        per_iteration = []
+        for _ in range(4):
+            before = calls[0]
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+            per_iteration.append(calls[0] - before)
+        assert sorted(per_iteration) == [0, 0, 0, 300], per_iteration
+    finally:
+        for a, b in pairs:
+            loop.remove_reader(a)
+            a.close()
+            b.close()
 
 
 @pytest.mark.asyncio

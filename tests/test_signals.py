@@ -303,3 +303,32 @@ def test_sigint_raised_by_a_callback_leaves_from_the_loop_not_the_next_callback(
     assert not task.done()
     task.cancel()
     loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+
+
+@pytest.mark.parametrize("registration", ["signal handler", "reader"])
+def test_a_loop_run_in_a_thread_closes_from_another(new_loop, registration):
+    """A loop run (and stopped) in a worker thread, with a signal handler or a reader, closed
+    from the main thread: it closes, as the stock loop does.  (uringloop's close raised
+    FileExistsError -- cancelling the signal reader's or the readiness poll's request entered
+    the SINGLE_ISSUER ring from the wrong thread -- and left the loop half-closed.)"""
+    a, b = socket.socketpair()
+    loop = new_loop()
+    try:
+        if registration == "signal handler":
+            loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+
+        def run():
+            if registration == "reader":
+                loop.add_reader(a, lambda: None)
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        loop.close()
+        assert loop.is_closed()
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+    finally:
+        a.close()
+        b.close()

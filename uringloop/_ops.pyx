@@ -391,7 +391,15 @@ cdef class Proactor:
         # actually ended drops the kernel's reference to the file -- until then close(2) would
         # not close the connection and the peer would never see EOF.  min_complete=0 with
         # GETEVENTS also runs the deferred task work that completes the cancelled request.
-        self.ring.enter(0, 0)
+        try:
+            self.ring.enter(0, 0)
+        except OSError as exc:
+            # EEXIST: called from a thread other than the one that ran the loop -- its close()
+            # stopping a signal reader or the readiness poll -- which may not enter a
+            # SINGLE_ISSUER ring.  The cancel stays queued; close() then keeps the ring and its
+            # requests rather than free them under the kernel (see close()).
+            if exc.errno != EEXIST:
+                raise
         return 0
 
     # ---- completion side ----

@@ -14,10 +14,6 @@ cdef extern from "<sys/epoll.h>" nogil:
         epoll_data_t data
 
 
-cdef enum:
-    READY_BATCH = 128                      # descriptors taken from epoll per epoll_wait
-
-
 cdef class FdWatch:
     cdef readonly int fd
     cdef object fileobj                    # what the first registration passed
@@ -34,7 +30,8 @@ cdef class Readiness(Completer):
     cdef dict watches                      # fd -> FdWatch
     cdef int epfd                          # the epoll instance (-1 until the first registration)
     cdef PollOp poll                       # POLLIN on epfd, re-armed after every event
-    cdef epoll_event events[READY_BATCH]
+    cdef epoll_event *events               # epoll_wait's buffer: room for every registration
+    cdef int events_room
 
     cdef int lookup(self, object fileobj) except -1
     cdef int ctl(self, int op, int fd, uint32_t mask) except -1
@@ -42,3 +39,4 @@ cdef class Readiness(Completer):
     cdef int dispatch(self) except -1
     cdef object add(self, object fileobj, object callback, tuple args, bint read)
     cdef bint remove(self, object fileobj, bint read) except -1
+    cdef int forget(self, FdWatch watch) except -1

@@ -40,6 +40,8 @@ the ready queue (the handle is cancelled, as the stock loop cancels it).
 
 cimport cython
 from libc.stdint cimport uint32_t
+from libc.limits cimport INT_MAX
+from libc.stdlib cimport realloc, free
 
 from uringloop._sys cimport ECANCELED, EBADF, errno
 from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
@@ -70,10 +72,10 @@ cdef extern from "<poll.h>":
 
 
 cdef int _fileobj_to_fd(object fileobj) except -2:
-    """The fd of an int or of an object with fileno(), with the selectors module's errors."""
-    cdef long fd
+    """The fd of an int or of an object with fileno(), with the selectors module's errors (and
+    epoll's OverflowError for a number no descriptor can have)."""
     if isinstance(fileobj, int):
-        fd = fileobj
+        fd = int(fileobj)
     else:
         try:
             fd = int(fileobj.fileno())
@@ -81,6 +83,8 @@ cdef int _fileobj_to_fd(object fileobj) except -2:
             raise ValueError(f"Invalid file object: {fileobj!r}") from None
     if fd < 0:
         raise ValueError(f"Invalid file descriptor: {fd}")
+    if fd > INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
     return <int>fd
 
 
@@ -117,6 +121,7 @@ cdef class Readiness(Completer):
     def __dealloc__(self):
         if self.epfd >= 0:
             c_close(self.epfd)
+        free(self.events)
 
     cdef int lookup(self, object fileobj) except -1:
         cdef FdWatch watch
@@ -167,12 +172,20 @@ cdef class Readiness(Completer):
     cdef int dispatch(self) except -1:
         """The ready descriptors' handles to the ready queue, as the stock loop's
         _process_events() puts them there."""
-        cdef int n, i
+        cdef int n, i, room = max(len(self.watches), 1)
         cdef uint32_t events
         cdef FdWatch watch
-        n = epoll_wait(self.epfd, self.events, READY_BATCH, 0)
-        # (A full batch leaves the rest on epoll's ready list; the re-armed poll finds them at
-        # once.)
+        cdef epoll_event *grown
+        if room > self.events_room:
+            # Room for every registration, as the stock selector asks epoll for: all that is
+            # ready runs in this iteration.  (A smaller batch cannot be topped up with a second
+            # epoll_wait: level-triggered descriptors just returned would come back again.)
+            grown = <epoll_event *>realloc(self.events, room * sizeof(epoll_event))
+            if grown == NULL:
+                raise MemoryError()
+            self.events = grown
+            self.events_room = room
+        n = epoll_wait(self.epfd, self.events, room, 0)
         for i in range(n):
             watch = self.watches.get(self.events[i].data.fd)
             if watch is None:
@@ -217,6 +230,9 @@ cdef class Readiness(Completer):
                 # A registration of a descriptor closed since, renewed for the same events:
                 # the stock selector makes no system call for that and just swaps the callback.
                 if exc.errno != EBADF or watch.mask() | mask != watch.mask():
+                    # Otherwise the registration goes, as the selector's does when its
+                    # modify() fails (epoll has dropped a closed descriptor already).
+                    self.forget(watch)
                     raise
         handle = _Handle(callback, args, self.loop, None)
         if read:
@@ -228,13 +244,22 @@ cdef class Readiness(Completer):
         self.arm()
         return handle
 
+    cdef int forget(self, FdWatch watch) except -1:
+        cdef epoll_event unused
+        del self.watches[watch.fd]
+        epoll_ctl(self.epfd, EPOLL_CTL_DEL, watch.fd, &unused)    # errors: already gone
+        return 0
+
     cdef bint remove(self, object fileobj, bint read) except -1:
         cdef int fd
         cdef FdWatch watch
         cdef epoll_event unused
         if self.loop.is_closed():
             return False
-        fd = self.lookup(fileobj)
+        try:
+            fd = self.lookup(fileobj)
+        except OverflowError:
+            return False        # no descriptor has that number: none is registered (as stock)
         watch = self.watches.get(fd)
         if watch is None:
             return False
@@ -245,8 +270,7 @@ cdef class Readiness(Completer):
         # Errors are ignored: a descriptor closed while registered has already left the set
         # (the stock selector ignores them when unregistering as well).
         if watch.reader is None and watch.writer is None:
-            del self.watches[fd]
-            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, &unused)
+            self.forget(watch)
         elif handle is not None:
             unused.events = watch.mask()
             unused.data.u64 = 0
