@@ -104,6 +104,24 @@ async def test_sock_sendfile_empty_file(tmp_path):
 
 @pytest.mark.asyncio
 @bounded(20)
+async def test_sock_sendfile_of_a_pipe_without_a_count_sends_nothing():
+    """A pipe's size is 0, and with no count given that is what the stock loop sends: it
+    returns 0 at once and leaves the pipe's bytes where they are.  (uringloop fell back to
+    reading the pipe, sent what was in it, then failed seeking it.)"""
+    loop = asyncio.get_running_loop()
+    sender, receiver = await socket_pair()
+    r, w = os.pipe()
+    with sender, receiver, open(r, "rb", buffering=0) as pipe:
+        try:
+            os.write(w, b"stays in the pipe")
+            assert await loop.sock_sendfile(sender, pipe) == 0
+            assert os.read(r, 100) == b"stays in the pipe"
+        finally:
+            os.close(w)
+
+
+@pytest.mark.asyncio
+@bounded(20)
 async def test_sock_sendfile_non_regular_file_falls_back():
     loop = asyncio.get_running_loop()
     payload = os.urandom(200_000)

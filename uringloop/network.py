@@ -164,10 +164,12 @@ class NetworkMixin:
             st = os.fstat(fileno)
         except OSError:
             raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        if not (count or st.st_size):
+            # Nothing to send by the file's size: the stock loop's answer, without a system
+            # call -- also for a pipe or a device, whose size is 0, with no count given.
+            return 0
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise exceptions.SendfileNotAvailableError("not a regular file")
-        if not (count or st.st_size):
-            return 0            # an empty file (the stock loop's answer, without a syscall)
         self._ensure_fd_no_transport(sock)
         return await self._splice_file(sock.fileno(), fileno, offset, count)
 
