@@ -1130,10 +1130,7 @@ cdef class SocketTransport(WriteFlow):
         if type(data) is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
-        if self._eof:
-            raise RuntimeError('Cannot call write() after write_eof()')
-        if self.empty_waiter is not None:
-            raise RuntimeError('unable to write; sendfile is in progress')
+        self.check_writable('write')
         if not data:
             return
         if self.conn_lost:
