@@ -196,6 +196,24 @@ async def test_accept_on_a_blocking_listener_does_not_block_the_loop(is_uring):
 
 
 @pytest.mark.asyncio
+async def test_a_receive_on_a_blocking_datagram_socket_does_not_block_the_loop(is_uring):
+    if not is_uring:
+        pytest.skip("the stock loop calls recv() on a blocking socket and blocks in it "
+                    "(asyncio requires non-blocking sockets; only debug mode checks)")
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+        a.bind(("127.0.0.1", 0))                  # left in blocking mode
+        b.bind(("127.0.0.1", 0))
+        receiving = asyncio.ensure_future(loop.sock_recvfrom(a, 100))
+        for _ in range(5):                        # the loop keeps running while it waits
+            await asyncio.sleep(0.01)
+        assert not receiving.done()
+        b.sendto(b"late", a.getsockname())
+        assert await asyncio.wait_for(receiving, 10) == (b"late", b.getsockname())
+
+
+@pytest.mark.asyncio
 async def test_unix_socket_accept_and_connect(tmp_path):
     loop = asyncio.get_running_loop()
     path = str(tmp_path / "sock")

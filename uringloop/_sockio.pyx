@@ -50,6 +50,7 @@ cdef object _deque = collections.deque
 cdef object _ref = weakref.ref
 cdef object _socket_type = _socket.socket
 cdef object _check_ssl_socket = _base_events._check_ssl_socket
+cdef int _MSG_DONTWAIT = _socket.MSG_DONTWAIT
 cdef int AF_INET = _socket.AF_INET
 cdef int AF_INET6 = _socket.AF_INET6
 cdef int AF_UNIX = _socket.AF_UNIX
@@ -282,14 +283,16 @@ cdef class SocketState(Completer):
         cdef object sock = self.sock_ref()
         if sock is None:
             raise _oserror(EBADF)
+        # MSG_DONTWAIT: a socket left in blocking mode (asyncio wants non-blocking ones) must
+        # not block the loop here either.
         try:
             if req.kind == K_RECV:
-                return sock.recv(req.nbytes)
+                return sock.recv(req.nbytes, _MSG_DONTWAIT)
             if req.kind == K_RECV_INTO:
-                return sock.recv_into(req.buf)
+                return sock.recv_into(req.buf, 0, _MSG_DONTWAIT)
             if req.kind == K_RECVFROM:
-                return sock.recvfrom(req.nbytes)
-            return sock.recvfrom_into(req.buf, req.nbytes)
+                return sock.recvfrom(req.nbytes, _MSG_DONTWAIT)
+            return sock.recvfrom_into(req.buf, req.nbytes, _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return _WOULD_BLOCK
 
@@ -923,7 +926,7 @@ async def sock_sendto(self, sock, data, address):
         # socket's own sendto(), at once, as the stock loop's first attempt.  (Only should it
         # not take the datagram does the request below refuse the address.)
         try:
-            return sock.sendto(data, address)
+            return sock.sendto(data, _MSG_DONTWAIT, address)
         except (BlockingIOError, InterruptedError):
             pass
     cdef Request req = state.new_request(K_SENDTO)
