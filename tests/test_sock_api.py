@@ -692,3 +692,28 @@ async def test_a_family_without_host_and_port_addresses_works():
         assert await loop.sock_sendto(sock, request, (0, 0)) == len(request)
         data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 65536), 5)
         assert addr == (0, 0) and len(data) >= 16
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_ipv6_flowinfo_and_scope_id_are_read_as_socket_sendto_reads_them():
+    """socket.sendto() takes flowinfo and scope_id as C unsigned ints without a range check
+    (-1 and 2**32 wrap) and refuses a flowinfo over 20 bits; sock_sendto() does the same.
+    (uringloop accepted a 21-bit flowinfo and refused scope_ids socket.sendto() takes.)"""
+    loop = asyncio.get_running_loop()
+    try:
+        a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:
+        pytest.skip("no IPv6")
+    with a, socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as b:
+        try:
+            b.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        a.setblocking(False)
+        port = b.getsockname()[1]
+        for flowinfo in (0x100000, -1):
+            with pytest.raises(OverflowError, match="flowinfo must be 0-1048575"):
+                await loop.sock_sendto(a, b"x", ("::1", port, flowinfo, 0))
+        for scope_id in (-1, 2 ** 32):
+            assert await loop.sock_sendto(a, b"y", ("::1", port, 0xfffff, scope_id)) == 1

@@ -54,6 +54,7 @@ from uringloop._sys cimport *
 from uringloop._ring cimport Ring, BufferRing
 
 import os
+from operator import index as _index
 import socket as _socket
 import time as _time
 from asyncio.log import logger as _logger
@@ -201,10 +202,16 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
     sin6 = <sockaddr_in6 *>ss
     sin6.sin6_family = AF_INET6
     sin6.sin6_port = htons(<unsigned short>port)
+    # CPython reads both as C unsigned ints without a range check (-1 is 0xffffffff), then
+    # refuses a flowinfo of more than 20 bits.  (Only sendto comes here: sock_connect uses
+    # socket.connect() itself.)
     if len(address) > 2:
-        sin6.sin6_flowinfo = htonl(<unsigned int>address[2])
+        flowinfo = _index(address[2]) & 0xffffffff
+        if flowinfo > 0xfffff:
+            raise OverflowError("sendto(): flowinfo must be 0-1048575.")
+        sin6.sin6_flowinfo = htonl(<unsigned int>flowinfo)
     if len(address) > 3:
-        sin6.sin6_scope_id = <unsigned int>address[3]
+        sin6.sin6_scope_id = <unsigned int>(_index(address[3]) & 0xffffffff)
     if host == b'':
         return sizeof(sockaddr_in6)
     if inet_pton(AF_INET6, host, &sin6.sin6_addr) != 1:
