@@ -579,3 +579,24 @@ async def test_sendto_offers_the_datagram_to_the_socket_at_once():
     assert not ct.is_closing()
     await closed(ct, cp)
     await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_a_netlink_endpoint_sends_and_receives_with_pid_groups_addresses():
+    """A datagram endpoint on an AF_NETLINK socket (needs no privilege): sendto((pid, groups))
+    and datagram_received's address are the socket module's (pid, groups) tuples.  (uringloop
+    refused the address -- error_received(EAFNOSUPPORT) -- and gave raw bytes as the sender.)"""
+    import struct
+    loop = asyncio.get_running_loop()
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE)
+    except OSError as exc:
+        pytest.skip(f"no netlink socket here: {exc}")
+    sock.bind((0, 0))
+    transport, protocol = await loop.create_datagram_endpoint(Recorder, sock=sock)
+    # RTM_GETLINK, dump: the kernel (pid 0) answers with at least one message.
+    transport.sendto(struct.pack("=IHHII", 32, 18, 0x301, 1, 0)
+                     + struct.pack("=BxHiII", 0, 0, 0, 0, 0), (0, 0))
+    kind, data, addr = await protocol.next()
+    assert kind == "data" and addr == (0, 0) and len(data) >= 16
+    await closed(transport, protocol)

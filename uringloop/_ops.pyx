@@ -88,6 +88,12 @@ cdef extern from "<sys/un.h>":
         unsigned short sun_family
         char sun_path[108]
 
+cdef extern from "<linux/netlink.h>":
+    struct sockaddr_nl:
+        unsigned short nl_family
+        unsigned int nl_pid
+        unsigned int nl_groups
+
 cdef extern from "<sys/eventfd.h>":
     int eventfd(unsigned int initval, int flags)
     int EFD_NONBLOCK, EFD_CLOEXEC
@@ -98,6 +104,7 @@ cdef extern from "Python.h":
 
 cdef int AF_INET = _socket.AF_INET
 cdef int AF_INET6 = _socket.AF_INET6
+cdef int AF_NETLINK = _socket.AF_NETLINK
 cdef int AF_UNIX = _socket.AF_UNIX
 
 
@@ -132,6 +139,8 @@ cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int famil
             return PyBytes_FromStringAndSize(sun.sun_path, n)   # abstract namespace: bytes
         n = strlen(sun.sun_path) if strlen(sun.sun_path) < <size_t>n else n
         return PyUnicode_DecodeFSDefaultAndSize(sun.sun_path, n)
+    if family == AF_NETLINK:
+        return ((<sockaddr_nl *>ss).nl_pid, (<sockaddr_nl *>ss).nl_groups)   # as the socket module
     # Anything else: the raw (family, bytes) form, as socket.getaddrinfo would never give us.
     return (family, PyBytes_FromStringAndSize(<char *>ss, length))
 
@@ -163,6 +172,14 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
         sun.sun_family = AF_UNIX
         memcpy(sun.sun_path, <char *>path, len(path))
         return <socklen_t>(UL_SUN_PATH_OFFSET + len(path))
+    if family == AF_NETLINK:
+        # (pid, groups), both C unsigned ints, as socket.sendto() reads them.
+        if not isinstance(address, tuple) or len(address) != 2:
+            raise TypeError(f"AF_NETLINK address must be tuple, not {type(address).__name__}")
+        (<sockaddr_nl *>ss).nl_family = AF_NETLINK
+        (<sockaddr_nl *>ss).nl_pid = <unsigned int>(_index(address[0]) & 0xffffffff)
+        (<sockaddr_nl *>ss).nl_groups = <unsigned int>(_index(address[1]) & 0xffffffff)
+        return sizeof(sockaddr_nl)
     if family != AF_INET and family != AF_INET6:
         raise OSError(EAFNOSUPPORT, f"address family {family} is not supported")
     if not isinstance(address, tuple):
