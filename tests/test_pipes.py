@@ -603,3 +603,52 @@ async def test_connect_read_pipe_returns_before_the_first_data():
         os.close(w)
         await asyncio.wait_for(reader.lost, 10)
     assert reader.data == b"early" and reader.events == ["made", "data", "eof", "lost"]
+
+
+_where = __import__("contextvars").ContextVar("where", default="loop")
+
+
+@pytest.mark.asyncio
+async def test_pipe_protocol_callbacks_run_in_the_context_the_transport_was_made_in():
+    """A read pipe's data_received(), eof_received() and connection_lost(), and a write pipe's
+    connection_lost(), run in the context current when connect_*_pipe() was awaited, as the
+    stock loop's reader handle runs them.  (uringloop called them from completions in the
+    loop's bare context: connection_made alone saw the caller's values.)"""
+    loop = asyncio.get_running_loop()
+    _where.set("caller")
+    seen = {}
+    lost = loop.create_future()
+
+    class Reading(asyncio.Protocol):
+        def data_received(self, data):
+            seen.setdefault("data_received", _where.get())
+
+        def eof_received(self):
+            seen["eof_received"] = _where.get()
+
+        def connection_lost(self, exc):
+            seen["read connection_lost"] = _where.get()
+            lost.set_result(None)
+
+    r, w = os.pipe()
+    transport, _ = await loop.connect_read_pipe(Reading, os.fdopen(r, "rb", 0))
+    os.write(w, b"x")
+    os.close(w)
+    await asyncio.wait_for(lost, 10)
+
+    write_lost = loop.create_future()
+
+    class Writing(asyncio.Protocol):
+        def connection_lost(self, exc):
+            seen["write connection_lost"] = _where.get()
+            write_lost.set_result(None)
+
+    r, w = os.pipe()
+    transport, _ = await loop.connect_write_pipe(Writing, os.fdopen(w, "wb", 0))
+    # An asyncio.Transport, as the stock write pipe transport is: no reading to pause.
+    with pytest.raises(NotImplementedError):
+        transport.pause_reading()
+    os.close(r)                     # the reading end goes: the transport learns it and closes
+    await asyncio.wait_for(write_lost, 10)
+    assert seen == {"data_received": "caller", "eof_received": "caller",
+                    "read connection_lost": "caller", "write connection_lost": "caller"}

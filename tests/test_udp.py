@@ -600,3 +600,38 @@ async def test_a_netlink_endpoint_sends_and_receives_with_pid_groups_addresses()
     kind, data, addr = await protocol.next()
     assert kind == "data" and addr == (0, 0) and len(data) >= 16
     await closed(transport, protocol)
+
+
+@pytest.mark.asyncio
+async def test_datagram_callbacks_run_in_the_context_the_endpoint_was_made_in():
+    """datagram_received() and error_received() run in the context current when
+    create_datagram_endpoint() was awaited, as the stock loop's reader handle runs them.
+    (uringloop called them from completions in the loop's bare context.)"""
+    import contextvars
+    where = contextvars.ContextVar("where", default="loop")
+    loop = asyncio.get_running_loop()
+    where.set("caller")
+    seen = []
+
+    class Seeing(Recorder):
+        def datagram_received(self, data, addr):
+            seen.append(("datagram_received", where.get()))
+            super().datagram_received(data, addr)
+
+        def error_received(self, exc):
+            seen.append(("error_received", where.get()))
+            super().error_received(exc)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = probe.getsockname()          # bound, then closed: ICMP port unreachable
+    transport, protocol = await loop.create_datagram_endpoint(Seeing, remote_addr=nobody)
+    transport.sendto(b"to nobody")
+    assert (await protocol.next())[0] == "error"
+    st, sp = await loop.create_datagram_endpoint(Seeing, local_addr=("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.sendto(b"hello", st.get_extra_info("sockname"))
+        assert (await sp.next())[:2] == ("data", b"hello")
+    assert seen == [("error_received", "caller"), ("datagram_received", "caller")]
+    await closed(transport, protocol)
+    await closed(st, sp)

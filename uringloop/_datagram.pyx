@@ -194,7 +194,7 @@ cdef class DatagramCore(TransportCore):
             self.recv_op.cancel()
         return 0
 
-    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+    cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         if op is self.recv_op:
             if self.bufs is not None:
                 self.multishot_done(res, flags)

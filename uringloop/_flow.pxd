@@ -1,7 +1,7 @@
 # The plumbing shared by the completion-based transports: write flow control, the reporting of
 # protocol callbacks that raise, and (TransportCore) what the datagram and pipe cores share.
 
-from uringloop._ops cimport Completer, Proactor
+from uringloop._ops cimport Completer, Operation, Proactor
 
 
 cdef class WriteFlow(Completer):
@@ -36,6 +36,9 @@ cdef class TransportCore(WriteFlow):
     cdef readonly bint closing             # close()/abort()/a fatal error happened
     cdef readonly bint lost                # connection_lost() has run
     cdef readonly Py_ssize_t buffer_size   # bytes accepted for writing, not yet written
+    cdef object context                    # the protocol's callbacks from completions run in it
+    cdef int context_depth
 
+    cdef int completed(self, Operation op, int res, unsigned flags) except -1
     cdef int callback_failed(self, str what, object exc) except -1
     cdef int release_if_idle(self) except -1

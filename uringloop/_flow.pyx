@@ -26,7 +26,9 @@ import warnings
 
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
-from uringloop._ops cimport Completer, Proactor
+from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
+
+from uringloop._ops cimport Completer, Operation, Proactor
 
 cdef Py_ssize_t _LOG_THRESHOLD = _constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
@@ -167,6 +169,27 @@ cdef class TransportCore(WriteFlow):
     def __init__(self, loop, transport, protocol):
         self.init_flow(loop, protocol)
         self.transport = transport
+        self.context = PyContext_CopyCurrent()
+
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        # Completions are dispatched outside of any context.  What they call -- the protocol's
+        # datagram_received(), data_received(), error_received(), resume_writing(), and the
+        # callbacks they schedule -- runs in (a copy of) the context the transport was made
+        # in, as the stock loop's reader and writer handles run theirs (the stream transport
+        # does the same: SocketTransport.enter_context).  Entries nest: an operation cancelled
+        # before it reached the kernel completes from inside a callback.
+        if self.context_depth == 0:
+            PyContext_Enter(self.context)
+        self.context_depth += 1
+        try:
+            return self.completed(op, res, flags)
+        finally:
+            self.context_depth -= 1
+            if self.context_depth == 0:
+                PyContext_Exit(self.context)
+
+    cdef int completed(self, Operation op, int res, unsigned flags) except -1:
+        return 0
 
     cdef Py_ssize_t write_buffer_size(self):
         return self.buffer_size

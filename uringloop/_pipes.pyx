@@ -169,7 +169,7 @@ cdef class ReadPipeCore(PipeCore):
         cdef ssize_t n = c_read(self.tty_fd, self.read_op.view.buf, <size_t>self.read_op.view.len)
         return <int>n if n >= 0 else -errno
 
-    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+    cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         cdef object data
         if op is not self.read_op and res >= 0 and not self.closing:
             res = self.tty_read()
@@ -424,7 +424,7 @@ cdef class WritePipeCore(PipeCore):
         finally:
             PyBuffer_Release(&view)
 
-    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+    cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         if op is self.write_op:
             self.write_done(res)
         elif op is self.write_wait:
@@ -596,8 +596,10 @@ class UringReadPipeTransport(CoreTransportMixin, CoreReadingMixin, _transports.R
         return '<{}>'.format(' '.join(info))
 
 
-class UringWritePipeTransport(CoreTransportMixin, CoreWritingMixin, _transports.WriteTransport):
-    """asyncio.WriteTransport for a pipe, socket or character device, on io_uring."""
+class UringWritePipeTransport(CoreTransportMixin, CoreWritingMixin, _transports.Transport):
+    """asyncio.WriteTransport for a pipe, socket or character device, on io_uring.  An
+    asyncio.Transport, as the stock one (through _FlowControlMixin) is: pause_reading(),
+    resume_reading() and is_reading() raise NotImplementedError there, and here."""
 
     def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
         super().__init__(extra)
