@@ -120,7 +120,7 @@ cdef class SocketState(Completer):
     # accepting
     cdef object accept_q
     cdef Operation accept_op          # a PollOp, or an AcceptOp for a blocking listener
-    cdef PollOp spare_poll
+    cdef PollOp spare_poll            # the POLLIN poll an accept (or a datagram receive) waits with
     cdef object accepted              # connections (fd, address) whose caller had gone
     # sending
     cdef object send_q
@@ -129,7 +129,6 @@ cdef class SocketState(Completer):
     # otherwise build and free one operation object per call.
     cdef RecvOp spare_recv
     cdef SendOp spare_send
-    cdef PollOp spare_recv_poll       # datagram sockets: the poll a receive waits with
 
     def __init__(self, loop, Proactor proactor, sock, int fd):
         self.loop = loop
@@ -225,11 +224,7 @@ cdef class SocketState(Completer):
                     self.recv_q.popleft()
                     req.fut.set_result(result)
                     continue
-                op = self.spare_recv_poll
-                if op is None or op.state != OP_IDLE:
-                    op = self.spare_recv_poll = PollOp(self.proactor, self, self.fd, None)
-                    self.spare_recv_poll.events = POLLIN
-                op.keep = self.sock_ref()
+                op = self.readable_poll()
                 op.tag = req
                 self.recv_op = op
                 op.submit()
@@ -276,6 +271,17 @@ cdef class SocketState(Completer):
     # receive is made here, inline, with the socket's own method for the caller at the head of
     # the queue: the stock loop's order (try at once, else wait for readiness and try again),
     # its results (addresses of every family, as socket.recvfrom() converts them) and errors.
+
+    cdef PollOp readable_poll(self):
+        """The socket's POLLIN poll, lent the socket: the spare one when it is free.  (A
+        listening socket's accepts and a datagram socket's receives wait with it; no socket
+        does both.)"""
+        cdef PollOp op = self.spare_poll
+        if op is None or op.state != OP_IDLE:
+            op = self.spare_poll = PollOp(self.proactor, self, self.fd, None)
+            op.events = POLLIN
+        op.keep = self.sock_ref()
+        return op
 
     cdef object receive_now(self, Request req):
         """The head request's receive on a datagram socket, made at once by the socket's own
@@ -517,11 +523,7 @@ cdef class SocketState(Completer):
                     self.accept_q.popleft()
                     req.fut.set_result(result)
                     continue
-                op = self.spare_poll
-                if op is None or op.state != OP_IDLE:
-                    op = self.spare_poll = PollOp(self.proactor, self, self.fd, None)
-                    self.spare_poll.events = POLLIN
-                op.keep = self.sock_ref()
+                op = self.readable_poll()
             else:
                 op = AcceptOp(self.proactor, self, self.fd, self.sock_ref())
             op.tag = req
@@ -706,7 +708,7 @@ cdef class SocketState(Completer):
     cdef discard(self):
         """The socket this state served is gone: release what only it could have used."""
         self.spare_recv = self.spare_send = None    # they point back here (op.owner)
-        self.spare_poll = self.spare_recv_poll = None
+        self.spare_poll = None
         while self.accepted:
             fd, _ = self.accepted.popleft()
             os.close(fd)
