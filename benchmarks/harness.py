@@ -32,6 +32,11 @@ BIN_DIR = BENCH_DIR / "bin"
 LOADGEN_SRC = BENCH_DIR / "loadgen.c"
 LOADGEN = BIN_DIR / "loadgen"
 LOADGEN_CFLAGS = ["-O2", "-Wall", "-Wextra"]
+# The floor: a minimal C echo server on io_uring (see uring_echo.c), measured beside the loops at
+# the small-message Protocol points.  Run.py treats it as one more server under this name.
+FLOOR_NAME = "c-io_uring"
+FLOOR_SRC = BENCH_DIR / "uring_echo.c"
+FLOOR = BIN_DIR / "uring_echo"
 
 SERVER_CPU = 0
 CLIENT_CPU = 1
@@ -123,20 +128,29 @@ def pinning() -> tuple[Optional[int], Optional[int]]:
 
 def build_loadgen(log: Callable[[str], None]) -> Path:
     """Compile loadgen.c into benchmarks/bin/ unless an up-to-date binary is there."""
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN
+    return _build(LOADGEN_SRC, LOADGEN, "the load generator", log)
+
+
+def build_floor(log: Callable[[str], None]) -> Path:
+    """Compile uring_echo.c (the C io_uring floor) into benchmarks/bin/ likewise."""
+    return _build(FLOOR_SRC, FLOOR, "the C io_uring echo server", log)
+
+
+def _build(src: Path, binary: Path, what: str, log: Callable[[str], None]) -> Path:
+    if binary.exists() and binary.stat().st_mtime >= src.stat().st_mtime:
+        return binary
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
-        raise HarnessError("no C compiler: install gcc (apt-get install gcc) to build "
-                           "the load generator benchmarks/loadgen.c")
+        raise HarnessError(f"no C compiler: install gcc (apt-get install gcc) to build "
+                           f"{what}, benchmarks/{src.name}")
     BIN_DIR.mkdir(parents=True, exist_ok=True)
-    cmd = [cc, *LOADGEN_CFLAGS, "-o", str(LOADGEN), str(LOADGEN_SRC)]
-    log(f"building the load generator: {' '.join(cmd)}")
+    cmd = [cc, *LOADGEN_CFLAGS, "-o", str(binary), str(src)]
+    log(f"building {what}: {' '.join(cmd)}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 or proc.stderr.strip():
         # Warnings count as failures: the build must stay warning-free.
-        raise HarnessError(f"building loadgen failed:\n{proc.stderr}")
-    return LOADGEN
+        raise HarnessError(f"building {binary.name} failed:\n{proc.stderr}")
+    return binary
 
 
 # ---- servers --------------------------------------------------------------------------------
@@ -169,9 +183,14 @@ class Server:
               ready_timeout: float = 30.0) -> "Server":
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"server-{self.style}-{self.loop}.log"
-        cmd = [sys.executable, str(BENCH_DIR / "servers.py"), "--loop", self.loop,
-               "--style", self.style, "--max-seconds", str(int(max_seconds)),
-               "--port", str(self.requested_port)]
+        if self.loop == FLOOR_NAME:
+            # One echo server whatever the style: it has no styles.
+            cmd = [str(FLOOR), "--max-seconds", str(int(max_seconds)),
+                   "--port", str(self.requested_port)]
+        else:
+            cmd = [sys.executable, str(BENCH_DIR / "servers.py"), "--loop", self.loop,
+                   "--style", self.style, "--max-seconds", str(int(max_seconds)),
+                   "--port", str(self.requested_port)]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
         with open(self.log_path, "ab") as log:

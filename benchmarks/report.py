@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 SUBJECT = "uringloop"
 REFERENCES = ("uvloop", "asyncio")
+FLOOR = "c-io_uring"       # benchmarks/uring_echo.c, measured at some echo points (run.py)
 LOOP_COLORS = {"uringloop": "#d62728", "uvloop": "#1f77b4", "asyncio": "#7f7f7f"}
 BUSY_PCT = 10.0            # a run whose server CPU spent this much on anything else is flagged
 CLIENT_BOUND_PCT = 90.0    # a load generator this busy may be what limits the rate
@@ -478,6 +479,7 @@ def _render(results: dict, image_prefix: str) -> str:
             row.append(_others_cell(p, loops))
             out.append("| " + " | ".join(row) + " |")
         out.append("")
+        out += floor_lines(echo, notes)
 
     http = [p for p in results.get("points", []) if p["workload"] == "http"]
     if http or results.get("http_skipped"):
@@ -551,6 +553,33 @@ def _render(results: dict, image_prefix: str) -> str:
         out += [f"{i}. {text}" for i, text in enumerate(notes.notes, 1)]
         out.append("")
     return "\n".join(out)
+
+
+def floor_lines(echo: list, notes: Footnotes) -> list[str]:
+    """The echo points where the C io_uring floor ran in the same rounds as the loops."""
+    points = [p for p in echo if FLOOR in p["loops"]]
+    if not points:
+        return []
+    out = ["## The C io_uring floor: requests per second (higher is better)", "",
+           "`benchmarks/uring_echo.c`: a minimal single-threaded C echo server on the same "
+           "io_uring interface (raw system calls, `SINGLE_ISSUER | DEFER_TASKRUN`, one "
+           "`io_uring_enter` per iteration, a receive and then a send per request into one "
+           "buffer per connection, no copies), run in the same rounds as the loops at these "
+           "points. It shows what the kernel and this load generator allow a program with no "
+           "interpreter; uringloop ÷ floor is how close the loop comes to it.", ""]
+    others = [lp for lp in (SUBJECT,) + REFERENCES if any(lp in p["loops"] for p in points)]
+    header = ["style", "size", "conns", FLOOR] + others + \
+             [f"{SUBJECT} ÷ floor", "floor ÷ uvloop", "floor p50 / p99, CPU"]
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for p in points:
+        row = [p["style"], fmt_size(p["size"]), str(p["conns"])]
+        row += [cell(_metric(p, lp, "rps"), fmt_rate, _na(p, lp, notes))
+                for lp in [FLOOR] + others]
+        row += [ratio_cell(_ratio(p, SUBJECT, "rps", FLOOR)),
+                ratio_cell(_ratio(p, FLOOR, "rps", "uvloop")), _latency_cell(p, FLOOR)]
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    return out
 
 
 def memory_lines(results: dict, loops, ratio_cols, notes: Footnotes) -> list[str]:

@@ -53,6 +53,14 @@ MEMORY_LOAD_CONNS = 10
 # idle connections.
 MEMORY_WARMUP_CONNS = 16
 REFERENCES = ("uvloop", "asyncio")
+# The C io_uring floor (benchmarks/uring_echo.c) joins the rounds of the Protocol echo points at
+# this size: small messages are where the per-operation cost of a loop shows, and where issue 7
+# asks how close uringloop comes to a program with no interpreter.  (At 16 and 100 KiB that
+# minimal server -- one buffer per connection, receiving and sending in turn -- bounds nothing:
+# uringloop's Protocol server is faster there, so it is not run.)
+FLOOR = harness.FLOOR_NAME
+FLOOR_STYLE = "protocol"
+FLOOR_SIZE = 1 * KIB
 # A load run in which other processes took this much of the server's or the client's CPU is
 # repeated once; the extra runs may add at most RETRY_BUDGET of the planned time.
 RETRY_DISTURBED_PCT = 25.0
@@ -109,7 +117,7 @@ QUICK = Mode(
 # For the test suite: every code path, minimal time (not a measurement).
 SMOKE = Mode(
     name="smoke",
-    echo_points=(("sock", KIB, 2), ("protocol", 16 * KIB, 2)),
+    echo_points=(("sock", KIB, 2), ("protocol", KIB, 2), ("protocol", 16 * KIB, 2)),
     reps=1, duration=0.2, warmup=0.05,
     http_conns=(4,), http_duration=1,
     micro_scale=0.01,
@@ -254,9 +262,10 @@ def machine_metadata() -> dict:
 
 class Runner:
     def __init__(self, mode: Mode, loops: list[str], out_dir: Path, progress: Progress,
-                 command: str, cpus: tuple):
+                 command: str, cpus: tuple, floor: bool = True):
         self.mode = mode
         self.loops = loops
+        self.floor = floor              # run the C io_uring floor at its points
         self.out_dir = out_dir
         self.log_dir = out_dir / "tmp"
         self.progress = progress
@@ -269,7 +278,7 @@ class Runner:
                 "mode": mode.name, "command": command, "loops": loops, "reps": mode.reps,
                 "duration": mode.duration, "warmup": mode.warmup,
                 "http_duration": mode.http_duration, "micro_scale": mode.micro_scale,
-                "references": list(REFERENCES),
+                "references": list(REFERENCES), "floor": floor,
                 "retry": {"disturbed_pct": RETRY_DISTURBED_PCT, "budget": RETRY_BUDGET},
                 "pinning": {"server": self.server_cpu, "client": self.client_cpu},
                 "glibc_tunables": harness.glibc_tunables(),
@@ -293,7 +302,7 @@ class Runner:
         server = harness.Server(lp, style).start(self.server_cpu, self.log_dir,
                                                  max_seconds=3600)
         if server.ready:
-            expected = loops_mod.EXPECTED_TYPES[lp]
+            expected = FLOOR if lp == FLOOR else loops_mod.EXPECTED_TYPES[lp]
             if server.loop_type != expected:
                 server.error = (f"the server runs {server.loop_type}, not {expected}: "
                                 "refusing to report it as " + lp)
@@ -316,8 +325,13 @@ class Runner:
 
     # -- echo --
 
+    def floor_point(self, style: str, size: int) -> bool:
+        return self.floor and style == FLOOR_STYLE and size == FLOOR_SIZE
+
     def echo_style(self, style: str, points: list, sys_points: list) -> None:
         servers = self.start_servers(style)
+        if any(self.floor_point(style, size) for (_, size, _) in points):
+            servers[FLOOR] = self.start_server(FLOOR, style)
         try:
             for (_, size, conns) in points:
                 self.results["points"].append(self.echo_point(servers, style, size, conns))
@@ -330,9 +344,10 @@ class Runner:
     def echo_point(self, servers: dict, style: str, size: int, conns: int) -> dict:
         mode = self.mode
         label = f"echo {style} {report.fmt_size(size)} x{conns}"
-        runs: dict = {lp: [] for lp in self.loops}
+        point_loops = self.loops + ([FLOOR] if self.floor_point(style, size) else [])
+        runs: dict = {lp: [] for lp in point_loops}
         for rnd in range(mode.reps):
-            for lp in self.loops:
+            for lp in point_loops:
                 server = servers[lp]
                 if not server.ready:
                     runs[lp].append({"ok": False, "error": server.error, "na": True})
@@ -388,8 +403,9 @@ class Runner:
                 for lp, rs in runs.items()}         # the point says those already
         ok_runs = {lp: [r if r.get("ok") else None for r in rs] for lp, rs in runs.items()}
         out = {lp: {"runs": rs, "metrics": {}} for lp, rs in runs.items()}
+        references = REFERENCES + ((FLOOR,) if FLOOR in runs else ())
         for metric in metrics:
-            per_loop = stats.summarize_point(ok_runs, metric, REFERENCES)
+            per_loop = stats.summarize_point(ok_runs, metric, references)
             for lp, entry in per_loop.items():
                 out[lp]["metrics"][metric] = entry
         for lp, rs in runs.items():
@@ -731,6 +747,8 @@ class Runner:
         cost = 0.0
         if do_echo:
             cost += len(self.mode.echo_points) * self.mode.reps * n * self.echo_cost()
+            floor_points = [p for p in self.mode.echo_points if self.floor_point(p[0], p[1])]
+            cost += len(floor_points) * self.mode.reps * self.echo_cost()
         if do_sys:
             cost += len(self.mode.syscall_points) * n * (self.mode.syscall_duration + 0.7)
         if do_http:
@@ -776,6 +794,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--memory-requests", type=int, metavar="N",
                         help="memory: echo requests per load run (default: 1,000,000; "
                              "--quick 100,000)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="leave out the C io_uring echo server (benchmarks/uring_echo.c) "
+                             "that is measured beside the loops at the 1 KiB Protocol points")
     parser.add_argument("--keep-rep-movsb", action="store_true",
                         help="run the servers with glibc's default memcpy (by default they run "
                              "with `rep movsb` kept out of copies: see harness.REP_MOVSB_TUNABLE)")
@@ -848,9 +869,17 @@ def main(argv=None) -> int:
     except harness.HarnessError as exc:
         log(f"error: {exc}")
         return 2
+    floor = not args.no_floor
+    if floor:
+        try:
+            harness.build_floor(log)
+        except harness.HarnessError as exc:
+            # A reference, not a loop under test: the run goes on without it.
+            log(f"WARNING: the C io_uring floor will not be measured: {exc}")
+            floor = False
     meta = machine_metadata()
     progress = Progress(0)
-    runner = Runner(mode, args.loops, args.output, progress, command, cpus)
+    runner = Runner(mode, args.loops, args.output, progress, command, cpus, floor)
     progress.total = runner.planned_cost("echo" in only, "http" in only, "micro" in only,
                                          "syscalls" in only, "memory" in only)
     runner.retry_budget = RETRY_BUDGET * progress.total

@@ -196,6 +196,39 @@ def test_server_reports_its_loop_and_stops(tmp_path):
     assert _gone(server.proc.pid)
 
 
+@pytest.fixture(scope="module")
+def floor_binary():
+    return harness.build_floor(_log)
+
+
+def test_floor_server_echoes_every_byte_and_exits_when_the_harness_goes_away(
+        loadgen, floor_binary, tmp_path):
+    server = harness.Server(harness.FLOOR_NAME, "protocol").start(None, tmp_path, max_seconds=60)
+    try:
+        assert server.ready, server.error
+        assert server.loop_type == harness.FLOOR_NAME and server.pid == server.proc.pid
+        # 5000 bytes fit its 64 KiB buffer; 200,000 do not (receives and sends in pieces).
+        for size in ("5000", "200000"):
+            status, result = _loadgen(loadgen, server.port, "--size", size)
+            assert status == 0 and result["ok"] is True, result
+            assert result["size"] == int(size) and result["requests"] > 0
+        server.proc.stdin.close()
+        assert server.proc.wait(10) == 0
+    finally:
+        server.stop()
+    assert _gone(server.proc.pid)
+
+
+def test_floor_server_that_cannot_listen_is_na_with_its_error(floor_binary, tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = harness.Server(harness.FLOOR_NAME, "protocol", requested_port=port).start(
+            None, tmp_path, max_seconds=60)
+    assert not server.ready
+    assert server.error == "bind: Address already in use"
+    assert server.proc.returncode == 3
+
+
 def test_children_run_with_rep_movsb_kept_out_of_copies_unless_asked(monkeypatch):
     # (glibc rewrites GLIBC_TUNABLES in a process's own copy of its environment, so this is
     # checked where the servers' and micro-benchmarks' environment is made.)
@@ -451,7 +484,8 @@ def test_smoke_run_end_to_end(tmp_path):
 
     # The stock loop must have served every echo point with verified bytes.
     echo = [p for p in results["points"] if p["workload"] == "echo"]
-    assert {(p["style"], p["size"]) for p in echo} == {("sock", 1024), ("protocol", 16384)}
+    assert {(p["style"], p["size"]) for p in echo} == {("sock", 1024), ("protocol", 1024),
+                                                       ("protocol", 16384)}
     for p in echo:
         entry = p["loops"]["asyncio"]
         assert all(r["ok"] for r in entry["runs"]), entry
@@ -463,7 +497,18 @@ def test_smoke_run_end_to_end(tmp_path):
     assert harness.REP_MOVSB_TUNABLE in results["config"]["glibc_tunables"]
     assert "**glibc**: servers run with `GLIBC_TUNABLES=" in (out_dir / "results.md").read_text()
     for lp, name in results["loop_types"].items():
-        assert name == __import__("loops").EXPECTED_TYPES[lp]
+        assert name == (lp if lp == harness.FLOOR_NAME else __import__("loops").EXPECTED_TYPES[lp])
+
+    # The C io_uring floor ran in the same rounds at the 1 KiB Protocol point only, with
+    # verified bytes, and uringloop's ratio to it is reported.
+    floor = [p for p in echo if harness.FLOOR_NAME in p["loops"]]
+    assert [(p["style"], p["size"]) for p in floor] == [("protocol", 1024)]
+    entry = floor[0]["loops"][harness.FLOOR_NAME]
+    assert all(r["ok"] for r in entry["runs"]), entry
+    assert entry["metrics"]["rps"]["ratios"]["uvloop"] is not None or \
+        floor[0]["loops"]["uvloop"].get("error")
+    assert results["loop_types"][harness.FLOOR_NAME] == harness.FLOOR_NAME
+    assert "## The C io_uring floor" in (out_dir / "results.md").read_text()
 
     micro = {p["name"]: p for p in results["points"] if p["workload"] == "micro"}
     assert set(micro) == {"call_soon", "timers", "sleep0_tasks", "create_close"}
