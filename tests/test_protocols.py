@@ -1643,6 +1643,100 @@ async def test_buffered_protocol_buffer_updated_failure_is_fatal():
     await shut(server, peer)
 
 
+class LargeThenFailing(BufferedRecorder):
+    """Receives normally until `fail` is set, then fails the way `fail` names.  The first
+    large transfer moves a uringloop connection to its large-read path (a poll, then recv(2)
+    into get_buffer()'s buffer), so the failures are met there too."""
+    fail = None
+
+    def get_buffer(self, sizehint):
+        if self.fail == 'get_buffer raises':
+            raise OverflowError('no buffer')
+        if self.fail == 'empty buffer':
+            return bytearray()
+        if self.fail == 'read-only buffer':
+            return b'\0' * 65536
+        return super().get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes):
+        if self.fail == 'buffer_updated raises':
+            raise LookupError('updated')
+        super().buffer_updated(nbytes)
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize('fail, exc_type, message', [
+    ('get_buffer raises', OverflowError, 'Fatal error: protocol.get_buffer() call failed.'),
+    ('empty buffer', RuntimeError, 'Fatal error: protocol.get_buffer() call failed.'),
+    ('buffer_updated raises', LookupError, 'Fatal error: protocol.buffer_updated() call failed.'),
+    ('read-only buffer', TypeError, 'Fatal read error on socket transport'),
+])
+async def test_buffered_protocol_failures_after_large_reads_are_fatal(fail, exc_type, message):
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    server, peer, client = await connected_pair(client_protocol=LargeThenFailing)
+    first = pattern(1 << 20)
+    peer.transport.write(first)
+    while len(client.data) < len(first):
+        await asyncio.sleep(0.001)
+    assert bytes(client.data) == first
+    client.fail = fail
+    peer.transport.write(pattern(200_000, seed=7))
+    exc = await client.lost
+    assert isinstance(exc, exc_type)
+    assert [e['message'] for e in errors] == [message]
+    assert client.events.count('lost') == 1
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize('action', ['pause', 'close'])
+async def test_buffered_protocol_stops_inside_a_burst_of_large_reads(action):
+    """pause_reading() or close() inside buffer_updated(), in the middle of a burst that fills
+    the protocol's buffer again and again: no buffer_updated() follows until resume_reading()
+    (then every byte, in order) or ever (close)."""
+    loop = asyncio.get_running_loop()
+
+    class Stopping(BufferedRecorder):
+        calls_while_stopped = 0
+        stopped = False
+
+        def buffer_updated(self, nbytes):
+            if self.stopped:
+                Stopping.calls_while_stopped += 1
+            super().buffer_updated(nbytes)
+            if len(self.data) >= 300_000 and not self.stopped and not hasattr(self, 'done'):
+                self.done = True
+                self.stopped = True
+                if action == 'pause':
+                    self.transport.pause_reading()
+                    loop.call_later(0.05, self.resume)
+                else:
+                    self.transport.close()
+
+        def resume(self):
+            self.stopped = False
+            self.transport.resume_reading()
+
+    server, peer, client = await connected_pair(client_protocol=lambda: Stopping(16384))
+    payload = pattern(4 * 1024 * 1024)
+    peer.transport.write(payload)
+    if action == 'pause':
+        peer.transport.write_eof()
+        await client.eof
+        assert bytes(client.data) == payload
+    else:
+        assert await client.lost is None
+        assert payload.startswith(bytes(client.data))
+        await asyncio.sleep(0.05)
+    assert Stopping.calls_while_stopped == 0
+    assert client.events.count('lost') <= 1
+    await shut(server, peer)
+
+
 @pytest.mark.asyncio
 @bounded()
 async def test_switch_between_protocol_kinds():

@@ -181,6 +181,7 @@ cdef class WakeupOp(Operation):
 
 
 cdef int call_owner(Operation op, int res, unsigned flags) except -1
+cdef int get_writable_buffer(object obj, Py_buffer *view) except -1
 cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int family)
 cdef object accept_nonblocking(int fd, int family, int *err)
 cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *ss) except 0

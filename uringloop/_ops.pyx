@@ -822,18 +822,25 @@ cdef inline unsigned _chunk(BufferOp op):
     return <unsigned>(n if n <= 0x7fffffff else 0x7fffffff)
 
 
+cdef int get_writable_buffer(object obj, Py_buffer *view) except -1:
+    """A writable view of `obj` for a receive into it, refused with socket.recv_into()'s
+    exception type (TypeError) where the object is read-only."""
+    try:
+        PyObject_GetBuffer(obj, view, PyBUF_WRITABLE)
+    except BufferError:
+        raise TypeError(f"a writable bytes-like object is required, not "
+                        f"'{type(obj).__name__}'") from None
+    return 0
+
+
 cdef class BufferOp(Operation):
 
     cdef int set_buffer(self, object obj, bint writable) except -1:
-        cdef int flags = PyBUF_WRITABLE if writable else PyBUF_SIMPLE
         self.drop_buffer()
-        try:
-            PyObject_GetBuffer(obj, &self.view, flags)
-        except BufferError:
-            if writable:
-                raise TypeError(f"a writable bytes-like object is required, not "
-                                f"'{type(obj).__name__}'") from None
-            raise
+        if writable:
+            get_writable_buffer(obj, &self.view)
+        else:
+            PyObject_GetBuffer(obj, &self.view, PyBUF_SIMPLE)
         self.has_view = True
         self.obj = obj
         self.offset = 0

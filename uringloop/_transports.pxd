@@ -79,6 +79,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int stop_receive(self) except -1
     cdef int recv_done(self, Operation op, int res, unsigned flags) except -1
     cdef int poll_done(self, int res) except -1
+    cdef int recv_into_protocol(self) except -1
     cdef int got_data_or_interrupt(self, object data, bint rearm) except -1
     cdef int rearm_if_reading(self) except -1
     cdef int got_eof(self) except -1

@@ -43,7 +43,15 @@ one's final CQE.
 A BufferedProtocol gets single-shot receives straight into the buffer its get_buffer() returned:
 the kernel writes into the protocol's memory, which is pinned (a buffer export) until the final
 completion, and buffer_updated(n) follows.  Kernels without multishot receive use the same
-single-shot operation for a Protocol too, into a scratch bytes object.
+single-shot operation for a Protocol too, into a scratch bytes object.  Large reads are the
+same story for a BufferedProtocol: a receive of LARGE_READ_FROM bytes or more moves the
+connection to a POLLIN poll, and when it completes recv_into_protocol() reads with recv(2) into
+get_buffer()'s buffer and calls buffer_updated() at once -- and again, up to INLINE_READS_MAX
+reads, while each one fills the buffer (the rest of the message is then most likely waiting in
+the socket: libuv reads the same way, until a short read).  Against the single-shot receives on
+the ring, alternating runs of both builds on this machine: 100 KiB x 10 / x 100 / x 1000
+1.11 / 1.16 / 1.22x, 16 KiB x 100 / x 1000 1.22 / 1.22x; the kernel's receives of a whole batch
+had filled 100 connections' buffers before the protocol copied the first one out.
 
 pause_reading() cannot unsubmit what the kernel has already completed.  It cancels the receive
 (ASYNC_CANCEL); whatever completes before the cancellation lands -- bytes, EOF, an error -- is
@@ -96,7 +104,7 @@ from libc.string cimport memset, memcpy
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
 from uringloop._ops cimport (Proactor, Operation, RecvOp, SendOp, MultishotRecvOp, PollOp,
-                             OP_IDLE, call_owner)
+                             OP_IDLE, call_owner, get_writable_buffer)
 from uringloop._flow cimport WriteFlow, add_socket_extra
 
 import _socket as _c_socket
@@ -198,6 +206,10 @@ cdef enum:
     LARGE_READ_FROM = 16384
     LARGE_READ_UNTIL = 8192
     LARGE_READ_MAX = 126976
+    # A BufferedProtocol in large reads: at most this many recv(2) calls per poll completion,
+    # so that one connection streaming into a small buffer cannot hold the loop (see
+    # recv_into_protocol).
+    INLINE_READS_MAX = 4
     # The receive that follows -ENOBUFS once the ring cannot grow: as large as a large read.
     DRY_RING_RECV_SIZE = LARGE_READ_MAX
     # Idle send operations a loop keeps for its transports (see spare_send_ops()).
@@ -806,7 +818,16 @@ cdef class SocketTransport(WriteFlow):
         cdef PollOp poll
         if self.recv_op is not None or self.proactor.closing:
             return 0          # one in flight (maybe being cancelled): its final CQE re-arms
-        if self.buffered:
+        if self.buffered and self.large_read_size and not self.ring_dry:
+            poll = self.poll_op
+            if poll is None:
+                poll = self.poll_op = PollOp(self.proactor, self, self._sock_fd, self.sock)
+                poll.events = POLLIN
+            poll.keep = self.sock
+            self.recv_target = None
+            self.recv_op = poll
+            poll.submit()
+        elif self.buffered:
             try:
                 buf = self.protocol.get_buffer(-1)
                 if not len(buf):
@@ -934,6 +955,8 @@ cdef class SocketTransport(WriteFlow):
                 # The kernel wrote straight into the protocol's buffer.  Drop our export first:
                 # the protocol may resize or replace its buffer in buffer_updated().
                 sop.drop_buffer()
+                if res >= LARGE_READ_FROM:
+                    self.large_read_size = LARGE_READ_MAX
                 try:
                     self.protocol.buffer_updated(res)
                 except (SystemExit, KeyboardInterrupt):
@@ -976,6 +999,8 @@ cdef class SocketTransport(WriteFlow):
         if res < 0 and res != -ECANCELED:
             self.got_end(_os_error(-res))
             return 0
+        if res > 0 and self.buffered and not self._closing and not self._paused and not self.stash:
+            return self.recv_into_protocol()
         if res > 0 and not self._closing and not self._paused and not self.stash:
             # Readable, or an error or hang-up is pending: the recv(2) tells which.  (Never a
             # read of 0 bytes, whose 0 would look like the EOF.)
@@ -990,6 +1015,62 @@ cdef class SocketTransport(WriteFlow):
                 self.got_end(_os_error(<int>-n))
                 return 0
         return self.rearm_if_reading()
+
+    cdef int recv_into_protocol(self) except -1:
+        """A BufferedProtocol's large reads (the module's docstring): the poll completed, so
+        receive into get_buffer()'s buffer with non-blocking recv(2) calls and hand each read
+        to buffer_updated() at once; read again while a read filled the whole buffer (at most
+        INLINE_READS_MAX times) and reading may go on.  Failures are the stock transport's:
+        get_buffer() and buffer_updated() errors are fatal with their messages, a read-only
+        buffer is a fatal read error (TypeError, as recv_into raises)."""
+        cdef Py_buffer view
+        cdef ssize_t n
+        cdef Py_ssize_t size
+        cdef int reads = 0
+        while True:
+            try:
+                buf = self.protocol.get_buffer(-1)
+                if not len(buf):
+                    raise RuntimeError('get_buffer() returned an empty buffer')
+            except (SystemExit, KeyboardInterrupt):
+                self.rearm_if_reading()
+                raise
+            except BaseException as exc:
+                self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+                return 0
+            try:
+                get_writable_buffer(buf, &view)
+            except Exception as exc:
+                self.fatal_error(exc, 'Fatal read error on socket transport')
+                return 0
+            size = view.len
+            n = c_recv(self._sock_fd, view.buf, <size_t>size, MSG_DONTWAIT)
+            if n < 0:
+                n = -errno
+            PyBuffer_Release(&view)
+            buf = None
+            if n > 0:
+                reads += 1
+                if n < LARGE_READ_UNTIL:
+                    self.large_read_size = 0
+                try:
+                    self.protocol.buffer_updated(n)
+                except (SystemExit, KeyboardInterrupt):
+                    self.rearm_if_reading()
+                    raise
+                except BaseException as exc:
+                    self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+                    return 0
+                if (n == size and reads < INLINE_READS_MAX and self.buffered
+                        and not self._closing and not self._paused and not self.stash
+                        and self.sock is not None and not self.proactor.closing):
+                    continue
+            elif n == 0:
+                return self.got_eof()
+            elif n != -EAGAIN and n != -EINTR:
+                self.got_end(_os_error(<int>-n))
+                return 0
+            return self.rearm_if_reading()
 
     cdef int got_data_or_interrupt(self, object data, bint rearm) except -1:
         """got_data(), for a completion after which reading is re-armed (`rearm`): when the
