@@ -818,7 +818,9 @@ cdef class SocketTransport(WriteFlow):
         cdef PollOp poll
         if self.recv_op is not None or self.proactor.closing:
             return 0          # one in flight (maybe being cancelled): its final CQE re-arms
-        if self.buffered and self.large_read_size and not self.ring_dry:
+        if self.large_read_size and not self.ring_dry:
+            # Large reads, for a Protocol and a BufferedProtocol alike: wait for readiness,
+            # receive inline (module docstring, poll_done).
             poll = self.poll_op
             if poll is None:
                 poll = self.poll_op = PollOp(self.proactor, self, self._sock_fd, self.sock)
@@ -828,14 +830,8 @@ cdef class SocketTransport(WriteFlow):
             self.recv_op = poll
             poll.submit()
         elif self.buffered:
-            try:
-                buf = self.protocol.get_buffer(-1)
-                if not len(buf):
-                    raise RuntimeError('get_buffer() returned an empty buffer')
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+            buf = self.protocol_buffer()
+            if buf is None:
                 return 0
             op = self.single_op
             if op is None:
@@ -851,7 +847,7 @@ cdef class SocketTransport(WriteFlow):
             self.recv_op = op
             op.submit()
             self.proactor.note_recv(op.last_res)
-        elif self.bufs is not None and not self.ring_dry and self.large_read_size == 0:
+        elif self.bufs is not None and not self.ring_dry:
             ms = self.ms_op
             if ms is None:
                 ms = self.ms_op = MultishotRecvOp(self.proactor, self, self._sock_fd, self.sock)
@@ -860,16 +856,6 @@ cdef class SocketTransport(WriteFlow):
             self.recv_target = None
             self.recv_op = ms
             ms.submit()
-        elif self.large_read_size and not self.ring_dry:
-            # Large reads: wait for readiness, receive inline (module docstring, poll_done).
-            poll = self.poll_op
-            if poll is None:
-                poll = self.poll_op = PollOp(self.proactor, self, self._sock_fd, self.sock)
-                poll.events = POLLIN
-            poll.keep = self.sock
-            self.recv_target = None
-            self.recv_op = poll
-            poll.submit()
         else:
             op = self.single_op
             if op is None:
@@ -957,13 +943,7 @@ cdef class SocketTransport(WriteFlow):
                 sop.drop_buffer()
                 if res >= LARGE_READ_FROM:
                     self.large_read_size = LARGE_READ_MAX
-                try:
-                    self.protocol.buffer_updated(res)
-                except (SystemExit, KeyboardInterrupt):
-                    self.rearm_if_reading()      # see got_data_or_interrupt
-                    raise
-                except BaseException as exc:
-                    self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+                if not self.buffer_updated(res):
                     return 0
                 if self.recv_op is None and not self._closing and not self._paused:
                     self.arm_receive()
@@ -1016,6 +996,34 @@ cdef class SocketTransport(WriteFlow):
                 return 0
         return self.rearm_if_reading()
 
+    cdef object protocol_buffer(self):
+        """A BufferedProtocol's get_buffer(-1), checked as the stock transport checks it: None
+        after a failure, reported as a fatal error with the stock message.  KeyboardInterrupt
+        and SystemExit go through."""
+        try:
+            buf = self.protocol.get_buffer(-1)
+            if not len(buf):
+                raise RuntimeError('get_buffer() returned an empty buffer')
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+            return None
+        return buf
+
+    cdef bint buffer_updated(self, Py_ssize_t n) except -1:
+        """protocol.buffer_updated(n); False after it failed (a fatal error, as stock).  Before
+        KeyboardInterrupt or SystemExit go, the next receive is armed (got_data_or_interrupt)."""
+        try:
+            self.protocol.buffer_updated(n)
+        except (SystemExit, KeyboardInterrupt):
+            self.rearm_if_reading()
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+            return False
+        return True
+
     cdef int recv_into_protocol(self) except -1:
         """A BufferedProtocol's large reads (the module's docstring): the poll completed, so
         receive into get_buffer()'s buffer with non-blocking recv(2) calls and hand each read
@@ -1029,14 +1037,11 @@ cdef class SocketTransport(WriteFlow):
         cdef int reads = 0
         while True:
             try:
-                buf = self.protocol.get_buffer(-1)
-                if not len(buf):
-                    raise RuntimeError('get_buffer() returned an empty buffer')
-            except (SystemExit, KeyboardInterrupt):
+                buf = self.protocol_buffer()
+            except BaseException:       # KeyboardInterrupt, SystemExit: see got_data_or_interrupt
                 self.rearm_if_reading()
                 raise
-            except BaseException as exc:
-                self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+            if buf is None:
                 return 0
             try:
                 get_writable_buffer(buf, &view)
@@ -1053,13 +1058,7 @@ cdef class SocketTransport(WriteFlow):
                 reads += 1
                 if n < LARGE_READ_UNTIL:
                     self.large_read_size = 0
-                try:
-                    self.protocol.buffer_updated(n)
-                except (SystemExit, KeyboardInterrupt):
-                    self.rearm_if_reading()
-                    raise
-                except BaseException as exc:
-                    self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+                if not self.buffer_updated(n):
                     return 0
                 if (n == size and reads < INLINE_READS_MAX and self.buffered
                         and not self._closing and not self._paused and not self.stash
