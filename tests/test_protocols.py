@@ -1838,7 +1838,7 @@ async def test_transports_are_asyncio_transports():
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
-@pytest.mark.parametrize("kind", ["buffered", "large"])
+@pytest.mark.parametrize("kind", ["buffered", "large", "buffered large"])
 def test_an_interrupt_out_of_a_receive_callback_leaves_the_connection_read(new_loop, kind,
                                                                            exc_type):
     """KeyboardInterrupt or SystemExit raised once by buffer_updated() (or by data_received()
@@ -1847,8 +1847,9 @@ def test_an_interrupt_out_of_a_receive_callback_leaves_the_connection_read(new_l
     receive: later bytes stayed in the socket for good.)"""
     loop = new_loop()
     size = 10 if kind == "buffered" else 100_000
-    # A large message's first bytes come from the shared ring; from the third read on, the
-    # connection is on large reads (a poll, then recv(2)), the path that lost its re-arm.
+    # A large message's first bytes come from the shared ring (a BufferedProtocol's: a receive
+    # into its buffer); from the third read on, the connection is on large reads (a poll, then
+    # recv(2)), the path that lost its re-arm.
     raise_at = 1 if kind == "buffered" else 3
     got = []
 
@@ -1858,7 +1859,8 @@ def test_an_interrupt_out_of_a_receive_callback_leaves_the_connection_read(new_l
             raise exc_type()
 
     class Buffered(asyncio.BufferedProtocol):
-        buf = bytearray(1 << 20)
+        # Large messages: a buffer they fill, so that a poll's reads go on inline.
+        buf = bytearray(1 << 20 if kind == "buffered" else 16384)
 
         def get_buffer(self, sizehint):
             return self.buf
@@ -1873,7 +1875,7 @@ def test_an_interrupt_out_of_a_receive_callback_leaves_the_connection_read(new_l
     a, peer = socket.socketpair()
     with peer:
         transport, _ = loop.run_until_complete(
-            loop.create_connection(Buffered if kind == "buffered" else Plain, sock=a))
+            loop.create_connection(Plain if kind == "large" else Buffered, sock=a))
         peer.settimeout(10)
         interrupts = 0
         for _ in range(3):
