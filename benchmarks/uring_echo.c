@@ -172,13 +172,15 @@ static struct io_uring_sqe *get_sqe(void) {
     return sqe;
 }
 
-static void prep(int opcode, int fd, const void *addr, unsigned len, void *owner, enum op op) {
+static struct io_uring_sqe *prep(int opcode, int fd, const void *addr, unsigned len,
+                                 void *owner, enum op op) {
     struct io_uring_sqe *sqe = get_sqe();
     sqe->opcode = (uint8_t)opcode;
     sqe->fd = fd;
     sqe->addr = (uint64_t)(uintptr_t)addr;
     sqe->len = len;
     sqe->user_data = (uint64_t)(uintptr_t)owner | op;
+    return sqe;
 }
 
 static void arm_accept(void) {
@@ -195,8 +197,8 @@ static void arm_recv(struct conn *c) {
 }
 
 static void arm_send(struct conn *c) {
-    prep(IORING_OP_SEND, c->fd, c->buf + c->sent, c->len - c->sent, c, OP_SEND);
-    ring.sqes[(ring.sq_local_tail - 1) & ring.sq_mask].msg_flags = MSG_NOSIGNAL;
+    prep(IORING_OP_SEND, c->fd, c->buf + c->sent, c->len - c->sent, c, OP_SEND)->msg_flags =
+        MSG_NOSIGNAL;
 }
 
 static void arm_stdin(void) {
