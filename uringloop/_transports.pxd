@@ -80,6 +80,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int recv_done(self, Operation op, int res, unsigned flags) except -1
     cdef int poll_done(self, int res) except -1
     cdef int recv_into_protocol(self) except -1
+    cdef int inline_read_ended(self, ssize_t n) except -1
     cdef object protocol_buffer(self)
     cdef bint buffer_updated(self, Py_ssize_t n) except -1
     cdef int got_data_or_interrupt(self, object data, bint rearm) except -1

@@ -985,15 +985,22 @@ cdef class SocketTransport(WriteFlow):
             # Readable, or an error or hang-up is pending: the recv(2) tells which.  (Never a
             # read of 0 bytes, whose 0 would look like the EOF.)
             data = _recv_inline(self._sock_fd, self.large_read_size or LARGE_READ_MAX, &n)
-            if data is not None:
-                self.large_read_size = (0 if n < LARGE_READ_UNTIL
-                                        else _large_read_size(self.large_read_size, n))
-                self.got_data_or_interrupt(data, True)
-            elif n == 0:
-                return self.got_eof()
-            elif n != -EAGAIN and n != -EINTR:
-                self.got_end(_os_error(<int>-n))
-                return 0
+            if data is None:
+                return self.inline_read_ended(n)
+            self.large_read_size = (0 if n < LARGE_READ_UNTIL
+                                    else _large_read_size(self.large_read_size, n))
+            self.got_data_or_interrupt(data, True)
+        return self.rearm_if_reading()
+
+    cdef int inline_read_ended(self, ssize_t n) except -1:
+        """After an inline recv(2) of large reads that brought no bytes (`n`: 0 or -errno):
+        the EOF, the socket's error, or nothing after all (EAGAIN, EINTR) -- then the poll is
+        armed again."""
+        if n == 0:
+            return self.got_eof()
+        if n != -EAGAIN and n != -EINTR:
+            self.got_end(_os_error(<int>-n))
+            return 0
         return self.rearm_if_reading()
 
     cdef object protocol_buffer(self):
@@ -1054,21 +1061,17 @@ cdef class SocketTransport(WriteFlow):
                 n = -errno
             PyBuffer_Release(&view)
             buf = None
-            if n > 0:
-                reads += 1
-                if n < LARGE_READ_UNTIL:
-                    self.large_read_size = 0
-                if not self.buffer_updated(n):
-                    return 0
-                if (n == size and reads < INLINE_READS_MAX and self.buffered
-                        and not self._closing and not self._paused and not self.stash
-                        and self.sock is not None and not self.proactor.closing):
-                    continue
-            elif n == 0:
-                return self.got_eof()
-            elif n != -EAGAIN and n != -EINTR:
-                self.got_end(_os_error(<int>-n))
+            if n <= 0:
+                return self.inline_read_ended(n)
+            reads += 1
+            if n < LARGE_READ_UNTIL:
+                self.large_read_size = 0
+            if not self.buffer_updated(n):
                 return 0
+            if (n == size and reads < INLINE_READS_MAX and self.buffered
+                    and not self._closing and not self._paused and not self.stash
+                    and self.sock is not None and not self.proactor.closing):
+                continue
             return self.rearm_if_reading()
 
     cdef int got_data_or_interrupt(self, object data, bint rearm) except -1:
