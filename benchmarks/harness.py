@@ -420,7 +420,9 @@ def _run_loadgen(port, conns, size, duration, warmup, cpu, connect_timeout,
            "--timeout", str(connect_timeout)]
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
-    limit = connect_timeout * 2 + warmup + duration + 15
+    # The connect phase and the first round (see loadgen.c) each end within connect_timeout
+    # of no progress.
+    limit = connect_timeout * 3 + warmup + duration + 15
     if requests:
         cmd += ["--requests", str(requests)]
         limit = connect_timeout * 2 + 15 + requests * SECONDS_PER_REQUEST_LIMIT

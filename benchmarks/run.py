@@ -158,6 +158,11 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+# A load run whose first round (every connection completing one request before the clock
+# starts: see loadgen.c) took this long says so in the progress line.
+FIRST_ROUND_NOTE_S = 0.5
+
+
 def _run_text(run: dict) -> str:
     if not run.get("ok"):
         return f"FAILED: {run.get('error')}"
@@ -171,6 +176,10 @@ def _run_text(run: dict) -> str:
         text += ")"
     if run.get("client_cpu_pct", 0) >= report.CLIENT_BOUND_PCT:
         text += f"  [client CPU {run['client_cpu_pct']:.0f}%]"
+    if run.get("first_round_s", 0) >= FIRST_ROUND_NOTE_S:
+        text += f"  [first round {run['first_round_s']:.1f} s]"
+    if run.get("conns_served", run.get("conns")) != run.get("conns"):
+        text += f"  [{run['conns_served']} of {run['conns']} connections served in the window]"
     return text
 
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,10 @@ def loadgen():
 class EchoServer:
     """A blocking, threaded TCP echo server that can misbehave on purpose."""
 
-    def __init__(self, corrupt_at=None, close_after=None):
+    def __init__(self, corrupt_at=None, close_after=None, accept_delay=0.0):
         self.corrupt_at = corrupt_at        # flip the byte at this stream offset
         self.close_after = close_after      # echo this many bytes, then close
+        self.accept_delay = accept_delay    # seconds before each accept (a slow accepter)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.threads = []
@@ -48,6 +50,7 @@ class EchoServer:
 
     def accept_loop(self):
         while not self.stopping:
+            time.sleep(self.accept_delay)
             try:
                 conn, _ = self.listener.accept()
             except OSError:
@@ -125,6 +128,22 @@ def test_loadgen_measures_a_correct_echo(loadgen):
     assert result["requests"] > 0 and result["rps"] > 0
     assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
     assert result["total_requests"] >= result["requests"]
+    assert result["conns_served"] == 3
+    assert 0 < result["first_round_s"] < 5
+
+
+def test_loadgen_starts_the_clock_once_every_connection_is_served(loadgen):
+    # A server that accepts one connection every 0.25 s: without the first round, the 0.3 s
+    # window after 0.05 s of warm-up would see one or two of the four connections served.
+    server = EchoServer(accept_delay=0.25)
+    try:
+        status, result = _loadgen(loadgen, server.port, "--conns", "4")
+    finally:
+        server.close()
+    assert status == 0, result
+    assert result["conns"] == 4
+    assert result["conns_served"] == 4
+    assert result["first_round_s"] >= 0.5
 
 
 def test_loadgen_runs_exactly_the_requests_asked_for(loadgen):
