@@ -178,8 +178,9 @@ def _run_text(run: dict) -> str:
         text += f"  [client CPU {run['client_cpu_pct']:.0f}%]"
     if run.get("first_round_s", 0) >= FIRST_ROUND_NOTE_S:
         text += f"  [first round {run['first_round_s']:.1f} s]"
-    if run.get("conns_served", run.get("conns")) != run.get("conns"):
-        text += f"  [{run['conns_served']} of {run['conns']} connections served in the window]"
+    served = run.get("conns_served")
+    if served is not None and "conns" in run and served != run["conns"]:
+        text += f"  [{served} of {run['conns']} connections served in the window]"
     return text
 
 
