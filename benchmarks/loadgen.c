@@ -59,8 +59,6 @@
 #define SCRATCH_SIZE (256u * 1024u)
 #define MAX_EVENTS 256
 
-enum phase { CONNECTING, RUNNING, DRAINING };
-
 struct conn {
     int fd;
     int connected;
@@ -378,35 +376,67 @@ static void connect_all(void)
     }
 }
 
-/* One request on every connection, each waiting for its echo, until all have come back (see
- * the header).  Fails like the main loop when nothing completes for --timeout seconds. */
-static void first_round(void)
+/* Wait for events (50 ms at most), then go on with each connection they name: read its echo, or
+ * send more of its request.  Each connection whose request completed goes to on_done(c, ctx) at
+ * once, so that the next request can leave before the other events are seen to.  Returns the
+ * time after the wait. */
+static uint64_t serve_events(uint64_t window_start, uint64_t window_end,
+                             void (*on_done)(struct conn *c, uint64_t now, void *ctx), void *ctx)
 {
     struct epoll_event events[MAX_EVENTS];
-    uint64_t stall_ns = (uint64_t)(opt.timeout * 1e9), now = now_ns(), last_progress = now;
-    int waiting = opt.nconns;
+    int n = epoll_wait(epfd, events, MAX_EVENTS, 50);
+    if (n < 0 && errno != EINTR)
+        fail("epoll_wait: %s", strerror(errno));
+    uint64_t now = now_ns();
+    for (int k = 0; k < n; k++) {
+        struct conn *c = &conns[events[k].data.u32];
+        if ((events[k].events & (EPOLLERR | EPOLLHUP | EPOLLIN)) &&
+            pull(c, &now, window_start, window_end)) {
+            on_done(c, now, ctx);
+            continue;
+        }
+        if (c->busy && c->want_out && (events[k].events & EPOLLOUT))
+            push(c);
+    }
+    return now;
+}
+
+/* What the loops over serve_events() keep: how many requests are still out, and when one last
+ * completed (the stall detector's reference). */
+struct progress {
+    int in_flight;
+    uint64_t last_progress;
+    int issuing;            /* the measured run: start the next request while this is set */
+    uint64_t window_end;
+};
+
+static void request_done(struct conn *c, uint64_t now, void *ctx)
+{
+    struct progress *p = ctx;
+    p->last_progress = now;
+    if (p->issuing && more_requests(now, p->window_end))
+        start_request(c);
+    else
+        p->in_flight--;
+}
+
+static void check_stall(const struct progress *p, uint64_t now, const char *what)
+{
+    if (now - p->last_progress > (uint64_t)(opt.timeout * 1e9))
+        fail("%s: no request completed for %.1f s (%d of %d connections waiting)", what,
+             opt.timeout, p->in_flight, opt.nconns);
+}
+
+/* One request on every connection, each waiting for its echo, until all have come back (see
+ * the header).  These requests count in total_requests only: there is no window yet. */
+static void first_round(void)
+{
+    struct progress p = {.in_flight = opt.nconns, .last_progress = now_ns(), .issuing = 0};
     for (int i = 0; i < opt.nconns; i++)
         start_request(&conns[i]);
-    while (waiting > 0) {
-        int n = epoll_wait(epfd, events, MAX_EVENTS, 50);
-        if (n < 0 && errno != EINTR)
-            fail("epoll_wait: %s", strerror(errno));
-        now = now_ns();
-        for (int k = 0; k < n; k++) {
-            struct conn *c = &conns[events[k].data.u32];
-            if ((events[k].events & (EPOLLERR | EPOLLHUP | EPOLLIN)) &&
-                pull(c, &now, UINT64_MAX, UINT64_MAX)) {
-                last_progress = now;
-                waiting--;
-                continue;
-            }
-            if (c->busy && c->want_out && (events[k].events & EPOLLOUT))
-                push(c);
-        }
-        if (now - last_progress > stall_ns)
-            fail("first round stalled: %d of %d connections had no echo for %.1f s", waiting,
-                 opt.nconns, opt.timeout);
-    }
+    while (p.in_flight > 0)
+        check_stall(&p, serve_events(UINT64_MAX, UINT64_MAX, request_done, &p),
+                    "first round stalled");
 }
 
 int main(int argc, char **argv)
@@ -439,47 +469,25 @@ int main(int argc, char **argv)
         window_start = start;
         window_end = UINT64_MAX;
     }
-    uint64_t stall_ns = (uint64_t)(opt.timeout * 1e9);
-    uint64_t last_progress = start, now = start, drain_deadline = 0;
-    enum phase phase = RUNNING;
-    int in_flight = 0;
+    uint64_t now = start, drain_deadline = 0;
+    struct progress p = {.in_flight = 0, .last_progress = start, .issuing = 1,
+                         .window_end = window_end};
     for (int i = 0; i < opt.nconns && more_requests(start, window_end); i++) {
         start_request(&conns[i]);
-        in_flight++;
+        p.in_flight++;
     }
 
-    struct epoll_event events[MAX_EVENTS];
-    while (in_flight > 0) {
-        int n = epoll_wait(epfd, events, MAX_EVENTS, 50);
-        if (n < 0 && errno != EINTR)
-            fail("epoll_wait: %s", strerror(errno));
-        now = now_ns();
-        for (int k = 0; k < n; k++) {
-            struct conn *c = &conns[events[k].data.u32];
-            if (events[k].events & (EPOLLERR | EPOLLHUP | EPOLLIN)) {
-                if (pull(c, &now, window_start, window_end)) {
-                    last_progress = now;
-                    if (phase == RUNNING && more_requests(now, window_end))
-                        start_request(c);
-                    else
-                        in_flight--;
-                    continue;
-                }
-            }
-            if (c->busy && c->want_out && (events[k].events & EPOLLOUT))
-                push(c);
-        }
-        if (phase == RUNNING && now >= window_end) {
+    while (p.in_flight > 0) {
+        now = serve_events(window_start, window_end, request_done, &p);
+        if (p.issuing && now >= window_end) {
             /* Stop issuing; let what is in flight finish (bounded), so the server sees orderly
              * closes rather than resets in the middle of an echo. */
-            phase = DRAINING;
+            p.issuing = 0;
             drain_deadline = now + 2000000000ull;
         }
-        if (phase == DRAINING && now > drain_deadline)
+        if (!p.issuing && now > drain_deadline)
             break;
-        if (now - last_progress > stall_ns)
-            fail("stalled: no request completed for %.1f s (%d of %d connections waiting)",
-                 opt.timeout, in_flight, opt.nconns);
+        check_stall(&p, now, "stalled");
     }
     uint64_t finished = now_ns();
     getrusage(RUSAGE_SELF, &usage_end);
@@ -508,7 +516,7 @@ int main(int argc, char **argv)
            opt.cpu, opt.nconns, opt.size, window_s, (unsigned long long)window_requests,
            (double)window_requests / window_s, (double)window_bytes / window_s / 1e6,
            percentile_us(0.50), percentile_us(0.99), samples[nsamples - 1] / 1000.0, mean,
-           (unsigned long long)total_requests, in_flight, client_cpu_pct, first_round_s,
+           (unsigned long long)total_requests, p.in_flight, client_cpu_pct, first_round_s,
            conns_served);
     return 0;
 }
