@@ -521,31 +521,21 @@ cdef class Proactor:
 
     cdef int dispatch_completions(self) except -1:
         """Dispatch every completion the kernel has posted."""
-        cdef int reaped, rounds, full, total
         self.batch_bytes = 0
         self.ready_at_dispatch = self.ring.cq_ready()
-        reaped = self.reap()
-        # With DEFER_TASKRUN, 6.13+ kernels run at most IO_LOCAL_TW_DEFAULT_MAX (20) items of
-        # deferred task work per io_uring_enter that waits for one completion, and leave the
-        # rest for the next, so a busy server would get 20 socket completions per iteration.
-        # A batch that large means more are probably waiting: collect them now, up to
-        # COLLECT_BATCH per system call without waiting (Ring.collect), within a bound that
-        # keeps timers and ready callbacks from starving.
-        #
-        # Each collect asks for about BATCH_BYTES of data, not a fixed count: the kernel copies
-        # every receive of the batch in before any protocol sees one, and with large messages
-        # 256 completions were megabytes that had left the cache by the time they were read
-        # (BufferedProtocol and Protocol at 100 KiB x 1000 connections).
-        full = LOCAL_WORK_BATCH
-        rounds = 0
-        total = reaped
-        while reaped >= full and rounds < EXTRA_REAP_ROUNDS:
-            full = _batch_for(self.batch_bytes, total, LOCAL_WORK_BATCH, COLLECT_BATCH)
-            self.ring.collect(full)
-            reaped = self.reap()
-            total += reaped
-            rounds += 1
-        self.last_batch = total
+        # One batch per iteration: what this iteration's io_uring_enter brought.  With
+        # DEFER_TASKRUN a 6.13+ kernel runs at most max(IO_LOCAL_TW_DEFAULT_MAX = 20,
+        # min_complete) items of deferred task work per enter and leaves the rest for the next,
+        # so under load the completions come in batches of about that size, one iteration (a
+        # few microseconds) apart; the stock loop would dispatch every ready socket at once.
+        # Collecting the rest at once with further non-blocking enters (up to 16 rounds of 256)
+        # was slower wherever it made a difference: against it, in alternating runs, Protocol
+        # 1 KiB x 100 / x 1000 1.10 / 1.09x, sock_* 1 KiB x 100 1.10x, aiohttp x 100 1.12x,
+        # Protocol 16 KiB x 1000 1.07x, everything else within 0.99-1.04x.  Smaller batches keep
+        # the kernel's and the protocols' working set in the cache, and each reply leaves with
+        # the next enter instead of after the whole backlog has been received -- the C floor
+        # (benchmarks/uring_echo.c) waits for one completion per enter the same way.
+        self.last_batch = self.reap()
         return 0
 
     def select(self, timeout=None):
@@ -730,9 +720,6 @@ cdef class Proactor:
 
 
 cdef enum:
-    LOCAL_WORK_BATCH = 20       # the kernel's IO_LOCAL_TW_DEFAULT_MAX
-    COLLECT_BATCH = 256         # completions asked of one Ring.collect() (the CQ holds 4096)
-    EXTRA_REAP_ROUNDS = 16
     EARLY_SUBMIT_BYTES = 131072  # queued send bytes that make note_send() submit at once
     BATCH_WAIT_FROM = 64         # completions in an iteration that make the next wait batch
     BATCH_WAIT_MAX = 64          # the most completions a batching wait asks for

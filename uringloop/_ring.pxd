@@ -49,7 +49,6 @@ cdef class Ring:
     cdef int flush(self) except -1
     cdef int enter(self, unsigned min_complete, long long timeout_ns,
                    unsigned min_wait_us=*) except -2
-    cdef int collect(self, unsigned batch) except -2
     cdef int entered(self, int ret) except -2
     cdef unsigned cq_ready(self)
     cdef io_uring_cqe *cq_at(self, unsigned i)

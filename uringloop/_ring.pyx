@@ -309,35 +309,6 @@ cdef class Ring:
             ret = ul_enter(fd, to_submit, min_complete, flags, argp, argsz)
         return self.entered(ret)
 
-    cdef int collect(self, unsigned batch) except -2:
-        """Submit what is queued and have the kernel run up to `batch` items of deferred
-        completion work, without waiting for any.
-
-        Why not enter(0, 0): with DEFER_TASKRUN, a 6.13+ kernel runs at most
-        max(IO_LOCAL_TW_DEFAULT_MAX = 20, min_complete) items of the ring's deferred task work
-        per io_uring_enter.  A non-blocking enter asks for min_complete 0 and so collects 20
-        completions per system call on a busy server.  Asking for `batch` completions with a
-        deadline that has already passed raises that limit to `batch`, and the zero deadline
-        makes the call return at once (-ETIME, not an error here) when fewer are there."""
-        cdef io_uring_getevents_arg arg
-        cdef __kernel_timespec ts
-        cdef int ret
-        cdef int fd
-        cdef unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
-        if self.closed:
-            raise RuntimeError("the io_uring ring is closed")
-        if not self.enabled:
-            self.enable()
-        fd = self.enter_fd(&flags)
-        self.flush()
-        ts.tv_sec = 0
-        ts.tv_nsec = 0
-        memset(&arg, 0, sizeof(arg))
-        arg.ts = <uint64_t><uintptr_t>&ts
-        ret = ul_enter(fd, self.sq_tail - ul_load_acquire(self.sq_khead), batch, flags, &arg,
-                       sizeof(arg))
-        return self.entered(ret)
-
     cdef int entered(self, int ret) except -2:
         """The outcome of an io_uring_enter that returned `ret`: the SQEs the kernel consumed."""
         self.enters += 1
