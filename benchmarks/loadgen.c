@@ -90,7 +90,6 @@ static uint64_t total_requests;   /* every completed request, warm-up and drain 
 static uint64_t window_requests;
 static uint64_t window_bytes;
 static uint64_t issued_requests;  /* requests started (for --requests) */
-static int conns_served;          /* connections that completed a request inside the window */
 
 static uint64_t now_ns(void)
 {
@@ -280,10 +279,7 @@ static int pull(struct conn *c, uint64_t *now, uint64_t window_start, uint64_t w
         window_requests++;
         window_bytes += opt.size;
         record(*now - c->started_ns);
-        if (!c->served_in_window) {
-            c->served_in_window = 1;
-            conns_served++;
-        }
+        c->served_in_window = 1;
     }
     return 1;
 }
@@ -491,8 +487,11 @@ int main(int argc, char **argv)
     }
     uint64_t finished = now_ns();
     getrusage(RUSAGE_SELF, &usage_end);
-    for (int i = 0; i < opt.nconns; i++)
+    int conns_served = 0;
+    for (int i = 0; i < opt.nconns; i++) {
         close(conns[i].fd);
+        conns_served += conns[i].served_in_window;
+    }
 
     /* The client's own CPU use over the run: near 100 % means the load generator, not the
      * server, may be what limits the rate. */
