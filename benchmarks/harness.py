@@ -87,13 +87,33 @@ def compile_in_tree() -> None:
 REP_MOVSB_TUNABLE = "glibc.cpu.x86_rep_movsb_threshold=1073741824"
 avoid_rep_movsb = True      # set by run.py from --keep-rep-movsb
 
+# glibc's malloc gives memory at the top of its heap back to the kernel (trims it) once more
+# than M_TRIM_THRESHOLD is free there -- 128 KiB until its "dynamic threshold" raises it, which
+# happens the first time the process frees a chunk big enough to have been mmap()ed (mmap
+# threshold 128 KiB, raised to that chunk's size, the trim threshold to twice it).  A 100 KiB
+# echo allocates and frees a few hundred KiB per request at the heap top (the received bytes,
+# the StreamReader's buffer, the bytes read() returns), so a process whose thresholds were never
+# raised trims and regrows its heap every request and takes a page fault on every page it
+# touches: streams 100 KiB x 10 measured 25-29 minor faults per request in uringloop's, uvloop's
+# and the stock loop's servers alike (12k req/s for each), 0.02-0.03 per request with the
+# thresholds fixed (18-23k req/s).  Whether a server had crossed that line depended on what it
+# had happened to allocate before -- one of the points' earlier sizes, a burst that left more
+# than 128 KiB in a StreamReader -- so two processes of the same build measured 0.80x each
+# other, and a point's ratio turned on which loop's server had been lucky.  Every child
+# therefore runs with the thresholds fixed where glibc's own adjustment would put them after a
+# 4 MiB buffer had been freed; --keep-malloc-thresholds measures with glibc's defaults.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=8388608"
+fix_malloc_thresholds = True    # set by run.py from --keep-malloc-thresholds
+
 
 def glibc_tunables() -> Optional[str]:
     """The GLIBC_TUNABLES the children run with (None: glibc's defaults)."""
-    inherited = os.environ.get("GLIBC_TUNABLES")
-    if not avoid_rep_movsb:
-        return inherited
-    return f"{inherited}:{REP_MOVSB_TUNABLE}" if inherited else REP_MOVSB_TUNABLE
+    parts = [os.environ["GLIBC_TUNABLES"]] if os.environ.get("GLIBC_TUNABLES") else []
+    if avoid_rep_movsb:
+        parts.append(REP_MOVSB_TUNABLE)
+    if fix_malloc_thresholds:
+        parts.append(MALLOC_TUNABLES)
+    return ":".join(parts) or None
 
 
 def child_env() -> dict:

@@ -388,6 +388,22 @@ def conditions_lines(results: dict) -> list[str]:
     return lines
 
 
+def _glibc_line(tunables: Optional[str]) -> str:
+    """What the servers' GLIBC_TUNABLES were, and why (benchmarks/harness.py says more)."""
+    if not tunables:
+        return "- **glibc**: servers run with glibc's defaults"
+    why = []
+    if "rep_movsb_threshold" in tunables:
+        why.append("`rep movsb` kept out of copies: on AMD Zen 3 it runs ~9x slower for some "
+                   "heap layouts")
+    if "trim_threshold" in tunables:
+        why.append("malloc's trim and mmap thresholds fixed: left to glibc's dynamic adjustment, "
+                   "a process that never freed a large chunk trims and regrows its heap top on "
+                   "every large request, a page fault per page")
+    return (f"- **glibc**: servers run with `GLIBC_TUNABLES={tunables}`"
+            + (f" ({'; '.join(why)}; see benchmarks/harness.py)" if why else ""))
+
+
 def metadata_lines(results: dict) -> list[str]:
     meta, cfg = results["meta"], results["config"]
     pk = meta.get("packages", {})
@@ -412,10 +428,7 @@ def metadata_lines(results: dict) -> list[str]:
         f"{meta.get('wrk') or 'wrk: not installed'}",
         f"- **Pinning**: server process on CPU {pin.get('server', '–')}, load generator on CPU "
         f"{pin.get('client', '–')} (benchmarks/loadgen.c, `{meta.get('loadgen_build', '?')}`)",
-        ("- **glibc**: servers run with `GLIBC_TUNABLES=" + cfg["glibc_tunables"] + "` (`rep movsb` "
-         "kept out of copies: on AMD Zen 3 it runs ~9x slower for some heap layouts; see "
-         "benchmarks/harness.py)" if cfg.get("glibc_tunables")
-         else "- **glibc**: servers run with glibc's default memcpy"),
+        _glibc_line(cfg.get("glibc_tunables")),
         "- **Loops verified** (type of the running loop, printed by each server): "
         + ", ".join(f"{k} → `{v}`" for k, v in sorted(results.get("loop_types", {}).items())),
     ]

@@ -810,6 +810,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-rep-movsb", action="store_true",
                         help="run the servers with glibc's default memcpy (by default they run "
                              "with `rep movsb` kept out of copies: see harness.REP_MOVSB_TUNABLE)")
+    parser.add_argument("--keep-malloc-thresholds", action="store_true",
+                        help="run the servers with glibc's default (dynamic) malloc trim and mmap "
+                             "thresholds (by default they run with both fixed: see "
+                             "harness.MALLOC_TUNABLES)")
     parser.add_argument("--output", type=Path, default=None,
                         help="directory for the results (default: benchmarks/results; "
                              "benchmarks/results/tmp/smoke for --smoke)")
@@ -867,6 +871,7 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     harness.avoid_rep_movsb = not args.keep_rep_movsb
+    harness.fix_malloc_thresholds = not args.keep_malloc_thresholds
     cpus = harness.pinning()            # before narrowing our own affinity below
     if cpus[1] is not None:
         # This process mostly waits, but keep even that off the server's CPU.

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -251,6 +252,7 @@ def test_floor_server_that_cannot_listen_is_na_with_its_error(floor_binary, tmp_
 def test_children_run_with_rep_movsb_kept_out_of_copies_unless_asked(monkeypatch):
     # (glibc rewrites GLIBC_TUNABLES in a process's own copy of its environment, so this is
     # checked where the servers' and micro-benchmarks' environment is made.)
+    monkeypatch.setattr(harness, "fix_malloc_thresholds", False)
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     assert harness.child_env()["GLIBC_TUNABLES"] == harness.REP_MOVSB_TUNABLE
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0")
@@ -260,6 +262,47 @@ def test_children_run_with_rep_movsb_kept_out_of_copies_unless_asked(monkeypatch
     assert harness.child_env()["GLIBC_TUNABLES"] == "glibc.malloc.check=0"
     monkeypatch.delenv("GLIBC_TUNABLES")
     assert "GLIBC_TUNABLES" not in harness.child_env()
+
+
+def test_children_run_with_malloc_thresholds_fixed_unless_asked(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert (harness.child_env()["GLIBC_TUNABLES"]
+            == f"{harness.REP_MOVSB_TUNABLE}:{harness.MALLOC_TUNABLES}")
+    monkeypatch.setattr(harness, "avoid_rep_movsb", False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.check=0")
+    assert (harness.child_env()["GLIBC_TUNABLES"]
+            == f"glibc.malloc.check=0:{harness.MALLOC_TUNABLES}")
+    monkeypatch.setattr(harness, "fix_malloc_thresholds", False)
+    assert harness.child_env()["GLIBC_TUNABLES"] == "glibc.malloc.check=0"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables")
+def test_a_child_with_the_malloc_tunables_keeps_its_heap_top():
+    # The tunables must reach glibc in the form it reads (a misspelt name is ignored
+    # silently): a child that frees 1 MiB at the top of its heap keeps it mapped, where glibc's
+    # default trim threshold (128 KiB) gives it back.
+    code = textwrap.dedent("""
+        import ctypes, sys
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.sbrk.restype = ctypes.c_void_p
+        chunks = [libc.malloc(64 * 1024) for _ in range(16)]
+        before = libc.sbrk(0)
+        for chunk in reversed(chunks):
+            libc.free(ctypes.c_void_p(chunk))
+        print(before - libc.sbrk(0))
+    """)
+    def trimmed(tunables):
+        env = dict(os.environ)
+        env.pop("GLIBC_TUNABLES", None)
+        if tunables:
+            env["GLIBC_TUNABLES"] = tunables
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        return int(out)
+    if trimmed(None) <= 0:
+        pytest.skip("this libc does not trim its heap top as glibc does")
+    assert trimmed(harness.MALLOC_TUNABLES) == 0
 
 
 def test_a_server_that_cannot_start_is_na_with_its_error(tmp_path):
