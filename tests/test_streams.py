@@ -209,3 +209,87 @@ async def test_open_connection_returns_before_the_first_data():
         assert await reader.readexactly(7) == b'at once'
         writer.close()
         await writer.wait_closed()
+
+
+async def _serve_bytes(payload, chunk):
+    """A server that writes `payload` in `chunk`-sized writes to each client, then closes."""
+    async def send(reader, writer):
+        view = memoryview(payload)
+        for i in range(0, len(payload), chunk):
+            writer.write(view[i:i + chunk])
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    return await start(send)
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_large_messages_keep_the_readers_limit_while_nobody_reads():
+    """Large reads (100 KiB messages) fill a StreamReader nobody reads: the transport pauses
+    once the buffer holds more than twice the limit, the buffer stays bounded, and every byte
+    arrives in order once read.  (The limit is large enough for many reads to fill it.)"""
+    limit = 512 * 1024
+    payload = os.urandom(4 * 1024 * 1024)
+    server, addr = await _serve_bytes(payload, 100 * 1024)
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr, limit=limit)
+        transport = writer.transport
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if not transport.is_reading():
+                break
+        assert not transport.is_reading()
+        # Paused after the read that crossed 2 x limit: at most one read more than that (the
+        # stock loop reads up to 256 KiB at a time).
+        assert 2 * limit < len(reader._buffer) <= 2 * limit + 256 * 1024
+        assert await reader.read() == payload
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_large_messages_reach_a_stream_reader_subclass_through_feed_data():
+    """A StreamReader subclass sees every byte through its own feed_data(), large reads
+    included, as on the stock loop."""
+    class CountingReader(asyncio.StreamReader):
+        fed = 0
+
+        def feed_data(self, data):
+            self.fed += len(data)
+            super().feed_data(data)
+
+    payload = os.urandom(2 * 1024 * 1024)
+    server, addr = await _serve_bytes(payload, 100 * 1024)
+    async with server:
+        loop = asyncio.get_running_loop()
+        reader = CountingReader(loop=loop)
+        transport, _ = await loop.create_connection(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), *addr)
+        assert await reader.read() == payload
+        assert reader.fed == len(payload)
+        transport.close()
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_large_messages_go_through_a_patched_feed_data(monkeypatch):
+    """StreamReader.feed_data replaced on the class (instrumentation, a test double) is called
+    for every byte, large reads included."""
+    seen = []
+    stock_feed_data = asyncio.StreamReader.feed_data
+
+    def feed_data(self, data):
+        seen.append(len(data))
+        stock_feed_data(self, data)
+
+    monkeypatch.setattr(asyncio.StreamReader, 'feed_data', feed_data)
+    payload = os.urandom(2 * 1024 * 1024)
+    server, addr = await _serve_bytes(payload, 100 * 1024)
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr)
+        assert await reader.read() == payload
+        assert sum(seen) == len(payload)
+        writer.close()
+        await writer.wait_closed()

@@ -27,6 +27,7 @@ cdef class SocketTransport(WriteFlow):
     cdef readonly int _sock_fd
     cdef object data_received        # protocol.data_received, cached (Protocol only)
     cdef bint buffered               # the protocol is a BufferedProtocol
+    cdef bint feeds_stream_reader    # the protocol is asyncio's own StreamReaderProtocol
     cdef bint protocol_connected
     # get_extra_info(): 'socket', 'sockname' and 'peername' are fields, fetched at construction
     # as the stock transport does; `extra` is None unless the creator passed a dict or _extra
@@ -86,6 +87,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int got_data_or_interrupt(self, object data, bint rearm) except -1
     cdef int rearm_if_reading(self) except -1
     cdef int got_eof(self) except -1
+    cdef int recv_into_stream_reader(self) except -1
     cdef int got_data(self, object data) except -1
     cdef int got_end(self, object end) except -1
     cdef int deliver(self, object data) except -1

@@ -38,7 +38,11 @@ whatever bytes arrive stay in the socket until the loop asks for them (a pause o
 cancels the poll and nothing is lost).  The first read that returns less than LARGE_READ_UNTIL
 puts the connection back on the ring.  Order is kept across both switches because a connection
 never has more than one receive (or poll) in flight: the next one is only armed at the previous
-one's final CQE.
+one's final CQE.  For asyncio's own StreamReaderProtocol (exactly that class, feeding exactly
+a StreamReader whose feed_data() nobody replaced) the recv(2) goes straight onto the end of the
+StreamReader's buffer, where feed_data() would have copied the bytes anyway, and the rest of
+feed_data() follows (recv_into_stream_reader): one copy and one object fewer per read
+(streams 100 KiB x 10 1.07x, 16 KiB x 10 1.04x against the build before, alternating runs).
 
 A BufferedProtocol gets single-shot receives straight into the buffer its get_buffer() returned:
 the kernel writes into the protocol's memory, which is pinned (a buffer export) until the final
@@ -95,6 +99,7 @@ the descriptor number may be reused at once without the old operation touching t
 cimport cython
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_REFCNT
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
@@ -116,6 +121,7 @@ from asyncio import base_events as _base_events
 from asyncio import constants as _constants
 from asyncio import futures as _futures
 from asyncio import protocols as _protocols
+from asyncio import streams as _streams
 from asyncio import transports as _asyncio_transports
 from asyncio import trsock as _trsock
 from asyncio.log import logger
@@ -144,6 +150,13 @@ cdef extern from "<string.h>":
     char *c_strerror "strerror"(int errnum)
 
 cdef object _BufferedProtocol = _protocols.BufferedProtocol
+# asyncio's streams, whose large reads go straight into the StreamReader's buffer
+# (recv_into_stream_reader): only these exact classes with their own methods, so that a subclass
+# or a patched method sees every byte through data_received()/feed_data() as on the stock loop.
+cdef object _StreamReaderProtocol = _streams.StreamReaderProtocol
+cdef object _StreamReader = _streams.StreamReader
+cdef object _stock_srp_data_received = _streams.StreamReaderProtocol.data_received
+cdef object _stock_feed_data = _streams.StreamReader.feed_data
 # socket.socket's `family` and `type` convert to enums (two Python calls each, ~1.3 us per pair
 # on this machine); the _socket base type's members are the plain ints.
 cdef object _c_socket_type = _c_socket.socket
@@ -649,6 +662,9 @@ cdef class SocketTransport(WriteFlow):
         self.protocol = protocol
         self.buffered = isinstance(protocol, _BufferedProtocol)
         self.data_received = None if self.buffered else getattr(protocol, 'data_received', None)
+        self.feeds_stream_reader = (
+            type(protocol) is _StreamReaderProtocol
+            and getattr(self.data_received, '__func__', None) is _stock_srp_data_received)
         self.protocol_connected = True
         if self.recv_op is not None and (self.recv_target is not protocol if self.buffered
                                          else self.recv_target is not None):
@@ -722,6 +738,7 @@ cdef class SocketTransport(WriteFlow):
             self.sock = None
             self.protocol = None
             self.data_received = None
+            self.feeds_stream_reader = False
             self.loop = None
             server = self.server
             if server is not None:
@@ -973,6 +990,7 @@ cdef class SocketTransport(WriteFlow):
         here are not counted in the Proactor's batch_bytes, which sizes batched waits by what
         the kernel copies in before the loop sees any of it -- here, nothing."""
         cdef ssize_t n
+        cdef int taken
         self.recv_op = None
         if self.sock is None or self.proactor.closing:
             return 0          # connection_lost already ran, or the loop is closing
@@ -982,6 +1000,12 @@ cdef class SocketTransport(WriteFlow):
         if res > 0 and self.buffered and not self._closing and not self._paused and not self.stash:
             return self.recv_into_protocol()
         if res > 0 and not self._closing and not self._paused and not self.stash:
+            if self.feeds_stream_reader:
+                taken = self.recv_into_stream_reader()
+                if taken == 2:
+                    return 0          # no bytes: inline_read_ended() did what follows
+                if taken:
+                    return self.rearm_if_reading()
             # Readable, or an error or hang-up is pending: the recv(2) tells which.  (Never a
             # read of 0 bytes, whose 0 would look like the EOF.)
             data = _recv_inline(self._sock_fd, self.large_read_size or LARGE_READ_MAX, &n)
@@ -1106,6 +1130,61 @@ cdef class SocketTransport(WriteFlow):
             self.stash_end = _EOF
             self.schedule_stash()
         return 0
+
+    cdef int recv_into_stream_reader(self) except -1:
+        """A large read for asyncio's StreamReaderProtocol, received with one non-blocking
+        recv(2) straight into the end of its StreamReader's buffer.  Returns 1 when it took
+        bytes, 2 when the recv(2) brought none (inline_read_ended() has run: the EOF, the
+        socket's error, or nothing after all), 0 when the ordinary inline read must run: the
+        reader is gone, subclassed, at EOF, or its buffer cannot grow.
+
+        Why: data_received() would hand the bytes to feed_data(), whose first act is to copy
+        them onto the end of that same bytearray -- at streams 100 KiB echo a 100 KiB copy,
+        and a 100 KiB object allocated and freed, per message, on top of the copy out again
+        that read() makes.  What follows the recv(2) is the rest of feed_data() (CPython
+        3.10-3.13 alike): wake a read() waiting for data, and pause the transport once the
+        buffer holds more than twice the reader's limit.  An exception from those is the
+        protocol's, reported as data_received()'s would be."""
+        cdef ssize_t n
+        cdef int err
+        cdef Py_ssize_t old, size
+        reader = self.protocol._stream_reader
+        if (type(reader) is not _StreamReader or reader._eof
+                or _StreamReader.feed_data is not _stock_feed_data):
+            return 0          # feed_data() itself then runs, or asserts, as on the stock loop
+        buf = reader._buffer
+        if type(buf) is not bytearray:
+            return 0
+        size = self.large_read_size or LARGE_READ_MAX
+        old = PyByteArray_GET_SIZE(buf)
+        try:
+            PyByteArray_Resize(buf, old + size)
+        except BufferError:
+            return 0          # a view of the buffer is held: extend() in feed_data() says so
+        n = c_recv(self._sock_fd, PyByteArray_AS_STRING(buf) + old, <size_t>size, MSG_DONTWAIT)
+        err = errno
+        PyByteArray_Resize(buf, old + (n if n > 0 else 0))
+        if n <= 0:
+            self.inline_read_ended(n if n == 0 else -err)
+            return 2
+        self.large_read_size = (0 if n < LARGE_READ_UNTIL
+                                else _large_read_size(self.large_read_size, n))
+        try:
+            reader._wakeup_waiter()
+            if (reader._transport is not None and not reader._paused
+                    and PyByteArray_GET_SIZE(buf) > 2 * reader._limit):
+                try:
+                    reader._transport.pause_reading()
+                except NotImplementedError:
+                    reader._transport = None
+                else:
+                    reader._paused = True
+        except (SystemExit, KeyboardInterrupt):
+            self.rearm_if_reading()
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, 'Fatal error: protocol.data_received() call failed.')
+        return 1
 
     cdef int got_data(self, object data) except -1:
         if self._closing:
