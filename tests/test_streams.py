@@ -224,14 +224,15 @@ async def _serve_bytes(payload, chunk):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize('chunk, limit', [(1024, 16 * 1024), (100 * 1024, 512 * 1024)])
 @bounded(30)
-async def test_large_messages_keep_the_readers_limit_while_nobody_reads():
-    """Large reads (100 KiB messages) fill a StreamReader nobody reads: the transport pauses
-    once the buffer holds more than twice the limit, the buffer stays bounded, and every byte
-    arrives in order once read.  (The limit is large enough for many reads to fill it.)"""
-    limit = 512 * 1024
+async def test_messages_keep_the_readers_limit_while_nobody_reads(chunk, limit):
+    """Small messages (received from the loop's buffer ring) and large ones (large reads)
+    fill a StreamReader nobody reads: the transport pauses once the buffer holds more than
+    twice the limit, the buffer stays bounded, and every byte arrives in order once read.
+    (The limit is large enough for many reads to fill it.)"""
     payload = os.urandom(4 * 1024 * 1024)
-    server, addr = await _serve_bytes(payload, 100 * 1024)
+    server, addr = await _serve_bytes(payload, chunk)
     async with server:
         reader, writer = await asyncio.open_connection(*addr, limit=limit)
         transport = writer.transport
@@ -249,10 +250,11 @@ async def test_large_messages_keep_the_readers_limit_while_nobody_reads():
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize('chunk', [1024, 100 * 1024])
 @bounded(30)
-async def test_large_messages_reach_a_stream_reader_subclass_through_feed_data():
-    """A StreamReader subclass sees every byte through its own feed_data(), large reads
-    included, as on the stock loop."""
+async def test_messages_reach_a_stream_reader_subclass_through_feed_data(chunk):
+    """A StreamReader subclass sees every byte through its own feed_data(), small messages
+    and large reads alike, as on the stock loop."""
     class CountingReader(asyncio.StreamReader):
         fed = 0
 
@@ -261,7 +263,7 @@ async def test_large_messages_reach_a_stream_reader_subclass_through_feed_data()
             super().feed_data(data)
 
     payload = os.urandom(2 * 1024 * 1024)
-    server, addr = await _serve_bytes(payload, 100 * 1024)
+    server, addr = await _serve_bytes(payload, chunk)
     async with server:
         loop = asyncio.get_running_loop()
         reader = CountingReader(loop=loop)
@@ -273,10 +275,11 @@ async def test_large_messages_reach_a_stream_reader_subclass_through_feed_data()
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize('chunk', [1024, 100 * 1024])
 @bounded(30)
-async def test_large_messages_go_through_a_patched_feed_data(monkeypatch):
+async def test_messages_go_through_a_patched_feed_data(monkeypatch, chunk):
     """StreamReader.feed_data replaced on the class (instrumentation, a test double) is called
-    for every byte, large reads included."""
+    for every byte, small messages and large reads alike."""
     seen = []
     stock_feed_data = asyncio.StreamReader.feed_data
 
@@ -286,7 +289,7 @@ async def test_large_messages_go_through_a_patched_feed_data(monkeypatch):
 
     monkeypatch.setattr(asyncio.StreamReader, 'feed_data', feed_data)
     payload = os.urandom(2 * 1024 * 1024)
-    server, addr = await _serve_bytes(payload, 100 * 1024)
+    server, addr = await _serve_bytes(payload, chunk)
     async with server:
         reader, writer = await asyncio.open_connection(*addr)
         assert await reader.read() == payload

@@ -88,6 +88,8 @@ cdef class SocketTransport(WriteFlow):
     cdef int rearm_if_reading(self) except -1
     cdef int got_eof(self) except -1
     cdef int recv_into_stream_reader(self) except -1
+    cdef object copy_into_stream_reader(self, const char *src, Py_ssize_t n)
+    cdef int stream_reader_fed(self, object reader, bint rearm) except -1
     cdef int got_data(self, object data) except -1
     cdef int got_end(self, object end) except -1
     cdef int deliver(self, object data) except -1
