@@ -143,6 +143,10 @@ cdef extern from "<sys/socket.h>" nogil:
     int c_setsockopt "setsockopt"(int fd, int level, int name, const void *value,
                                   socklen_t length)
 
+cdef extern from "<sys/ioctl.h>" nogil:
+    int FIONREAD
+    int c_ioctl_int "ioctl"(int fd, unsigned long request, int *value)
+
 cdef extern from "<poll.h>" nogil:
     int POLLIN
 
@@ -1172,11 +1176,21 @@ cdef class SocketTransport(WriteFlow):
         cdef ssize_t n
         cdef int err
         cdef Py_ssize_t old, size
+        cdef int waiting = 0
         reader = _feedable_reader(self.protocol)
         if reader is None:
             return 0          # feed_data() itself then runs, or asserts, as on the stock loop
+        # Grow the buffer by what is waiting in the socket, not by the read's whole size:
+        # growing a connection's bytearray by up to 124 KiB and cutting it back after every
+        # read fragmented the heap at streams 16 KiB x 1000 (6.7 page faults per request
+        # against 0.2, 0.77x).  Nothing waiting (an EOF or an error is pending): the ordinary
+        # read reports it.
+        if c_ioctl_int(self._sock_fd, FIONREAD, &waiting) < 0 or waiting <= 0:
+            return 0
         buf = reader._buffer
         size = self.large_read_size or LARGE_READ_MAX
+        if waiting < size:
+            size = waiting
         old = PyByteArray_GET_SIZE(buf)
         try:
             PyByteArray_Resize(buf, old + size)
