@@ -34,6 +34,10 @@ cdef class Proactor:
     cdef readonly unsigned ready_at_dispatch  # completions this iteration found (see nothing_to_batch)
     cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
     cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
+    cdef readonly long long spin_max_ns    # URINGLOOP_SPIN_US: the longest a wait spins (0: never)
+    cdef readonly long long spin_limit_ns  # how long the next wait may spin (adapts; see spin_or_wait)
+    cdef readonly unsigned long long spins, spin_hits, spun_ns   # statistics
+    cdef unsigned long long completions_at_spin  # `completions` when spin_or_wait last ran
     cdef Operation inflight_head           # every pinned operation, linked (see pin)
     cdef public bint debug                 # the loop's debug mode: completions are timed
     cdef object __weakref__
@@ -74,6 +78,7 @@ cdef class Proactor:
     cpdef int wait(self, object timeout) except -1
     cdef int enter_for(self, object timeout) except -1
     cdef unsigned busy_wait_count(self)
+    cdef int spin_or_wait(self, long long timeout_ns) except -1
     cdef int dispatch_completions(self) except -1
     cdef inline bint nothing_to_batch(self):
         # Whether this iteration found at most one completion: nothing to batch a send with

@@ -55,6 +55,8 @@ cdef class Ring:
     cdef void cq_advance(self, unsigned n)
     cdef bint cq_overflowed(self)
     cdef bint has_work(self)
+    cdef bint can_spin(self)
+    cdef long long spin_for_work(self, long long limit_ns) noexcept nogil
     cdef int enable(self) except -1
     cdef void register_ring_fd(self)
     cdef void unregister_ring_fd(self)

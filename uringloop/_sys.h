@@ -216,6 +216,22 @@ static inline unsigned ul_load_relaxed(const unsigned *p) {
     return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
+/* ---- spinning briefly instead of sleeping (Ring.spin_for_work) ---- */
+static inline void ul_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+static inline long long ul_monotonic_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 static inline void *ul_mmap(size_t len, int fd, off_t off) {
     void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, off);
     return p == MAP_FAILED ? NULL : p;

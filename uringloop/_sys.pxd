@@ -121,6 +121,8 @@ cdef extern from "_sys.h" nogil:
     unsigned ul_load_acquire(const unsigned *p)
     void ul_store_release(unsigned *p, unsigned v)
     unsigned ul_load_relaxed(const unsigned *p)
+    void ul_cpu_relax()
+    long long ul_monotonic_ns()
     void *ul_mmap(size_t length, int fd, off_t off)
     void *ul_mmap_anon(size_t length, int populate)
     int munmap(void *addr, size_t length)
