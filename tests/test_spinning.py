@@ -146,13 +146,13 @@ def test_the_spin_limit_shrinks_while_the_peer_pauses_and_grows_back(monkeypatch
     a.setblocking(False)
 
     def peer():
-        for _ in range(14):
+        for _ in range(20):
             time.sleep(0.02)
             b.send(b"x")
 
     async def receive_paused_messages():
         received = b""
-        while len(received) < 14:
+        while len(received) < 20:
             received += await asyncio.get_running_loop().sock_recv(a, 100)
         return received
 
@@ -162,7 +162,7 @@ def test_the_spin_limit_shrinks_while_the_peer_pauses_and_grows_back(monkeypatch
         thread = threading.Thread(target=peer)
         thread.start()
         try:
-            assert loop.run_until_complete(receive_paused_messages()) == b"x" * 14
+            assert loop.run_until_complete(receive_paused_messages()) == b"x" * 20
         finally:
             thread.join()
         stats = loop.statistics()
@@ -229,12 +229,12 @@ def test_a_spin_ends_by_the_timers_deadline(monkeypatch):
 
 def test_a_spinning_loop_is_woken_by_another_thread(monkeypatch):
     # The spin runs without the GIL and ends on the wake-up's completion: a thread that calls
-    # call_soon_threadsafe 2 ms into a spin that may last 20 ms or more ends that very spin.
+    # call_soon_threadsafe 2 ms into a spin that may last 50 ms or more ends that very spin.
     loop = _new_loop(monkeypatch, 1_000_000)
     _require_spinning(loop)
     try:
-        limit = _grow_spin_limit(loop, 0.02, 12)
-        assert limit > 20_000_000, limit
+        limit = _grow_spin_limit(loop, 0.05, 13)
+        assert limit > 50_000_000, limit
 
         async def woken():
             await _round_trips(1)

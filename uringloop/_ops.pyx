@@ -44,6 +44,7 @@ returns an empty event list: completions have already been delivered.
 
 cimport cython
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint64_t, uintptr_t
@@ -252,6 +253,9 @@ cdef class Proactor:
     """The completion dispatcher one Loop owns (BaseEventLoop knows it as `_selector`)."""
 
     def __init__(self, loop, Ring ring):
+        # First: a bad setting must be refused before anything below needs closing.
+        self.spin_max_ns = _spin_max_ns_from_environment()
+        self.spin_limit_ns = min(<long long>SPIN_START_NS, self.spin_max_ns)
         self.loop = loop
         self.ring = ring
         self.backlog = []
@@ -267,8 +271,6 @@ cdef class Proactor:
         # is open, so a waiting io_uring_enter returns as soon as anyone writes.
         self.wakeup_op = WakeupOp(self, None, self.wake_fd)
         self.wakeup_op.submit()
-        self.spin_max_ns = _spin_max_ns_from_environment()
-        self.spin_limit_ns = min(<long long>SPIN_START_NS, self.spin_max_ns)
 
     # ---- submission side ----
 
@@ -554,11 +556,19 @@ cdef class Proactor:
             self.ring.enter(0, 0)
             if self.ring.cq_ready():
                 return 0
+            if self.ring.sq_pending():
+                # The kernel took none of it (EAGAIN/EBUSY: short of memory, CQ backlog full):
+                # no answer can come to what it has not seen, so do not spin for one.
+                limit = 0
         if limit > 0:
             if 0 < timeout_ns < limit:
                 limit = timeout_ns
             with nogil:
                 spun = self.ring.spin_for_work(limit)
+            # A signal that arrived during the spin interrupted no system call: the enter below
+            # starts after it and would not return EINTR, so its Python handler (Ctrl-C's among
+            # them) runs now, as the loop runs it after an interrupted wait.
+            PyErr_CheckSignals()
             self.spins += 1
             if spun >= 0:
                 self.spin_hits += 1
