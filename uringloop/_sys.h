@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sched.h>
 #include <signal.h>
 #include <time.h>
 #include <unistd.h>

@@ -122,6 +122,7 @@ cdef extern from "_sys.h" nogil:
     void ul_store_release(unsigned *p, unsigned v)
     unsigned ul_load_relaxed(const unsigned *p)
     void ul_cpu_relax()
+    int sched_yield()
     long long ul_monotonic_ns()
     void *ul_mmap(size_t length, int fd, off_t off)
     void *ul_mmap_anon(size_t length, int populate)
