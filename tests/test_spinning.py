@@ -243,7 +243,8 @@ def test_a_spinning_loop_is_woken_by_another_thread(monkeypatch):
             threading.Timer(0.002, loop.call_soon_threadsafe, (fut.set_result, "woken")).start()
             result = await fut
             after = loop.statistics()
-            return result, after["spins"] - after["spin_hits"], before["spins"] - before["spin_hits"]
+            misses = after["spins"] - after["spin_hits"]
+            return result, misses, before["spins"] - before["spin_hits"]
 
         result, misses_after, misses_before = loop.run_until_complete(woken())
         assert result == "woken"

@@ -35,7 +35,7 @@ cdef class Proactor:
     cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
     cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
     cdef readonly long long spin_max_ns    # URINGLOOP_SPIN_US: the longest a wait spins (0: never)
-    cdef readonly long long spin_limit_ns  # how long the next wait may spin (adapts; see spin_or_wait)
+    cdef readonly long long spin_limit_ns  # how long the next wait may spin (see spin_or_wait)
     cdef readonly unsigned long long spins, spin_hits, spun_ns   # statistics
     cdef unsigned long long completions_at_spin  # `completions` when spin_or_wait last ran
     cdef Operation inflight_head           # every pinned operation, linked (see pin)

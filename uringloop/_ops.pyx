@@ -539,8 +539,11 @@ cdef class Proactor:
     # loop whose peers pause for longer than spin_max_ns stops spinning after a few waits; a
     # spin that finds work leaves it as it is.  Only plain waits spin: not a wait that has
     # nothing before it to make the next completion likely (no completion since the last
-    # such wait: an idle loop, a loop running only timers), not a batching wait (that one asks the kernel for many
-    # completions and a minimum wait; see enter_for), and never past the timers' deadline.
+    # such wait: an idle loop, a loop running only timers), not a batching wait (that one
+    # asks the kernel for many completions and a minimum wait; see enter_for), and never past
+    # the timers' deadline.  Each turn of the spin yields the CPU to anything else runnable
+    # on it (Ring.spin_for_work), so servers sharing a CPU take turns instead of spinning
+    # through each other's work.
     # URINGLOOP_SPIN_US sets spin_max_ns (0 turns spinning off).
     cdef int spin_or_wait(self, long long timeout_ns) except -1:
         """A plain wait for one completion (up to timeout_ns; negative: no deadline), spinning
