@@ -205,49 +205,50 @@ def _grow_spin_limit(loop, delay, count):
     return loop.statistics()["spin_limit_ns"]
 
 
-def test_a_spin_ends_by_the_timers_deadline(monkeypatch):
-    # Up to a second of spinning allowed, and the limit grown past 50 ms by answers that took
-    # 50 ms: a 5 ms sleep must still end at its deadline, not when the spin limit runs out.
+@pytest.fixture
+def long_spinning_loop(monkeypatch):
+    """A loop allowed up to a second of spinning, its limit grown past 50 ms by answers that
+    took 50 ms: (loop, limit)."""
     loop = _new_loop(monkeypatch, 1_000_000)
     _require_spinning(loop)
     try:
         limit = _grow_spin_limit(loop, 0.05, 13)
         assert limit > 50_000_000, limit
-
-        async def sleep_5ms():
-            # A completion first, so that the wait which follows may spin.
-            await _round_trips(1)
-            start = loop.time()
-            await asyncio.sleep(0.005)
-            return loop.time() - start
-
-        slept = loop.run_until_complete(sleep_5ms())
-        assert 0.005 <= slept < limit / 2e9
+        yield loop, limit
     finally:
         loop.close()
 
 
-def test_a_spinning_loop_is_woken_by_another_thread(monkeypatch):
+def test_a_spin_ends_by_the_timers_deadline(long_spinning_loop):
+    # A 5 ms sleep must still end at its deadline, not when the spin limit runs out.
+    loop, limit = long_spinning_loop
+
+    async def sleep_5ms():
+        # A completion first, so that the wait which follows may spin.
+        await _round_trips(1)
+        start = loop.time()
+        await asyncio.sleep(0.005)
+        return loop.time() - start
+
+    slept = loop.run_until_complete(sleep_5ms())
+    assert 0.005 <= slept < limit / 2e9
+
+
+def test_a_spinning_loop_is_woken_by_another_thread(long_spinning_loop):
     # The spin runs without the GIL and ends on the wake-up's completion: a thread that calls
     # call_soon_threadsafe 2 ms into a spin that may last 50 ms or more ends that very spin.
-    loop = _new_loop(monkeypatch, 1_000_000)
-    _require_spinning(loop)
-    try:
-        limit = _grow_spin_limit(loop, 0.05, 13)
-        assert limit > 50_000_000, limit
+    loop, _ = long_spinning_loop
 
-        async def woken():
-            await _round_trips(1)
-            fut = loop.create_future()
-            before = loop.statistics()
-            threading.Timer(0.002, loop.call_soon_threadsafe, (fut.set_result, "woken")).start()
-            result = await fut
-            after = loop.statistics()
-            misses = after["spins"] - after["spin_hits"]
-            return result, misses, before["spins"] - before["spin_hits"]
+    async def woken():
+        await _round_trips(1)
+        fut = loop.create_future()
+        before = loop.statistics()
+        threading.Timer(0.002, loop.call_soon_threadsafe, (fut.set_result, "woken")).start()
+        result = await fut
+        after = loop.statistics()
+        misses = after["spins"] - after["spin_hits"]
+        return result, misses, before["spins"] - before["spin_hits"]
 
-        result, misses_after, misses_before = loop.run_until_complete(woken())
-        assert result == "woken"
-        assert misses_after == misses_before     # the wait that the thread ended was a spin
-    finally:
-        loop.close()
+    result, misses_after, misses_before = loop.run_until_complete(woken())
+    assert result == "woken"
+    assert misses_after == misses_before     # the wait that the thread ended was a spin
