@@ -275,6 +275,32 @@ async def test_messages_reach_a_stream_reader_subclass_through_feed_data(chunk):
 
 
 @pytest.mark.asyncio
+@bounded()
+async def test_a_patched_wakeup_waiter_wakes_the_reads(monkeypatch):
+    """StreamReader._wakeup_waiter replaced on the class is what wakes a read() waiting for
+    data (the loop runs the stock one inline; a replaced one must still be called)."""
+    wakes = []
+    stock_wakeup_waiter = asyncio.StreamReader._wakeup_waiter
+
+    def wakeup_waiter(self):
+        wakes.append(self._waiter is not None)
+        stock_wakeup_waiter(self)
+
+    monkeypatch.setattr(asyncio.StreamReader, '_wakeup_waiter', wakeup_waiter)
+    server, addr = await start()
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr)
+        for i in range(5):
+            writer.write(b'ping %d' % i)
+            # Nothing can have come back yet: this read waits, and only a wake-up ends it.
+            assert await reader.read(100) == b'ping %d' % i
+        # The client's five reads waited, and so did the echo handler's reads.
+        assert wakes.count(True) >= 10
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize('chunk', [1024, 100 * 1024])
 @bounded(30)
 async def test_messages_go_through_a_patched_feed_data(monkeypatch, chunk):

@@ -167,6 +167,7 @@ cdef object _StreamReaderProtocol = _streams.StreamReaderProtocol
 cdef object _StreamReader = _streams.StreamReader
 cdef object _stock_srp_data_received = _streams.StreamReaderProtocol.data_received
 cdef object _stock_feed_data = _streams.StreamReader.feed_data
+cdef object _stock_wakeup_waiter = _streams.StreamReader._wakeup_waiter
 
 
 cdef object _feedable_reader(object protocol):
@@ -1237,7 +1238,16 @@ cdef class SocketTransport(WriteFlow):
         reported as data_received()'s would be; before KeyboardInterrupt or SystemExit go, the
         next receive is armed if `rearm` (got_data_or_interrupt)."""
         try:
-            reader._wakeup_waiter()
+            if _StreamReader._wakeup_waiter is _stock_wakeup_waiter:
+                # StreamReader._wakeup_waiter() (the same in CPython 3.10-3.13), inline: one
+                # Python frame less for every receive a read() waits for.
+                waiter = reader._waiter
+                if waiter is not None:
+                    reader._waiter = None
+                    if not waiter.cancelled():
+                        waiter.set_result(None)
+            else:
+                reader._wakeup_waiter()
             if (reader._transport is not None and not reader._paused
                     and PyByteArray_GET_SIZE(reader._buffer) > 2 * reader._limit):
                 try:
