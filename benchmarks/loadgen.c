@@ -1,5 +1,5 @@
 /*
- * loadgen: a closed-loop TCP echo load generator for the uringloop benchmarks.
+ * loadgen: a TCP echo load generator for the uringloop benchmarks, closed-loop or paced.
  *
  * Each of --conns connections keeps exactly one request in flight: it sends --size bytes, waits
  * until the same --size bytes have come back, compares every one of them with what it sent, and
@@ -17,6 +17,32 @@
  * the round took (first_round_s) and how many connections completed a request inside the window
  * (conns_served).
  *
+ * With --rate R (requests per second over all connections; 0, the default, is the closed loop
+ * above) the load is paced: each connection still keeps at most one request in flight, and its
+ * requests are due --conns / R seconds apart, so the offered rate is R whatever the server's
+ * speed.  A connection whose echo is back before its next request is due sleeps until then (the
+ * point: a server that sees idle gaps between requests, as a server at a fixed rate does); one
+ * whose echo is late sends the next request as soon as it is back.  The connections' first due
+ * times are spread evenly over one interval (connection i at i / R seconds), so they do not all
+ * fire together.  Due times stay an interval apart even when a request leaves late, so a
+ * connection that fell behind catches up by sending as soon as each echo is back.  Counting each
+ * interval from the previous request's actual start instead would offer less than R to every
+ * loop: most wake-ups of this client are 10-50 us late (the 2-CPU VM, 1 connection at 5,000
+ * requests/s), a tenth or more of an interval at the rates the benchmark uses.  And an echo now
+ * and then takes a few hundred microseconds: with the catching up limited to one interval, the
+ * stock loop's server still fell 1-4% short of 5,000-10,000 requests/s on 1 connection.  The
+ * catching up is bounded all the same: a request that leaves more than CATCH_UP_NS after it was
+ * due starts the schedule afresh from itself, so a server that stalled for longer is not handed
+ * every request it missed in one burst, and a server that cannot keep up serves what it can (the
+ * output counts those restarts: schedule_restarts).  A paced run that achieves less than R is a
+ * server that could not sustain R (the client sleeps most of the time: see client_cpu_pct).
+ * Latency is measured from each request's actual start.
+ *
+ * With --mark-window the load generator prints "# window start" and "# window end" on stdout,
+ * each flushed at the moment its measurement window starts and ends (it wakes up for both), so
+ * that the harness can read the server's CPU time over exactly that window.  The JSON line is
+ * still the last line of the output.
+ *
  * With --requests N the run is a fixed amount of work instead: exactly N requests are issued (and
  * completed) over the connections, whatever time that takes; the window is the whole run
  * (--duration and --warmup are ignored).  The memory benchmark uses this to put a known number of
@@ -31,9 +57,10 @@
  * duplicated, truncated or from another connection does not match.  Any mismatch, short echo,
  * unexpected EOF or reset aborts the run with an error.
  *
- * Output: one JSON object on stdout; exit status 0 on success, 2 on a failed run, 1 on bad usage.
- * Every run ends by itself: a connect phase limited by --timeout, a stall detector (--timeout
- * seconds with no completed request), and a bounded drain of in-flight requests at the end.
+ * Output: one JSON object on stdout (after the window marks of --mark-window); exit status 0 on
+ * success, 2 on a failed run, 1 on bad usage.  Every run ends by itself: a connect phase limited
+ * by --timeout, a stall detector (--timeout seconds with requests out and none completed), and a
+ * bounded drain of in-flight requests at the end.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -48,9 +75,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/time.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,6 +87,21 @@
 #define PATTERN_SLACK 4096u
 #define SCRATCH_SIZE (256u * 1024u)
 #define MAX_EVENTS 256
+/* Paced: how far a connection may fall behind its schedule and still catch up (see the header).
+ * Catching up never puts more than one request per connection in flight, so what a server
+ * behind its schedule sees is the closed loop until it is back on time.  With 2 ms the stock
+ * loop's and uvloop's servers fell 1-2.4% short of 5,000 requests/s on 1 connection (3 runs of
+ * each), one of them in a run whose longest echo took 0.5 ms: the client (or its vCPU) had been
+ * held up for longer than 2 ms, not the server. */
+#define CATCH_UP_NS 20000000ull
+/* The longest single wait for events: the stall detector and the window's end are looked at
+ * least this often. */
+#define MAX_WAIT_NS 50000000ull
+/* epoll_pwait2 has number 441 on every architecture (it came after the syscall tables were
+ * unified); headers older than Linux 5.11 do not name it. */
+#ifndef SYS_epoll_pwait2
+#define SYS_epoll_pwait2 441
+#endif
 
 struct conn {
     int fd;
@@ -69,6 +113,8 @@ struct conn {
     uint64_t seq;
     uint64_t started_ns;
     int served_in_window;  /* completed a request inside the measurement window */
+    int idle;              /* paced: no request in flight, the next one due at due_ns */
+    uint64_t due_ns;       /* paced: when its next request may start */
 };
 
 static struct {
@@ -77,7 +123,9 @@ static struct {
     size_t size;
     double duration, warmup, timeout;
     unsigned long long requests;       /* 0: run for --duration; else issue exactly this many */
-} opt = {"127.0.0.1", 0, 1, -1, 1024, 2.0, 0.5, 10.0, 0};
+    double rate;                       /* 0: closed loop; else requests/s over all connections */
+    int mark_window;                   /* print "# window start" / "# window end" (see header) */
+} opt = {"127.0.0.1", 0, 1, -1, 1024, 2.0, 0.5, 10.0, 0, 0.0, 0};
 
 static unsigned char *pattern;
 static unsigned char scratch[SCRATCH_SIZE];
@@ -90,6 +138,8 @@ static uint64_t total_requests;   /* every completed request, warm-up and drain 
 static uint64_t window_requests;
 static uint64_t window_bytes;
 static uint64_t issued_requests;  /* requests started (for --requests) */
+static uint64_t interval_ns;      /* paced: --conns / --rate, between one connection's requests */
+static uint64_t schedule_restarts;  /* paced: requests that left more than CATCH_UP_NS late */
 
 static uint64_t now_ns(void)
 {
@@ -123,8 +173,8 @@ static void fail(const char *fmt, ...)
     va_end(ap);
     printf("{\"ok\": false, \"error\": ");
     json_string(msg);
-    printf(", \"conns\": %d, \"size\": %zu, \"total_requests\": %llu}\n", opt.nconns, opt.size,
-           (unsigned long long)total_requests);
+    printf(", \"conns\": %d, \"size\": %zu, \"rate\": %.1f, \"total_requests\": %llu}\n",
+           opt.nconns, opt.size, opt.rate, (unsigned long long)total_requests);
     fflush(stdout);
     exit(2);
 }
@@ -134,7 +184,11 @@ static void usage(void)
     fprintf(stderr,
             "usage: loadgen --port N [--host 127.0.0.1] [--conns 1] [--size 1024]\n"
             "               [--duration 2] [--warmup 0.5] [--timeout 10] [--cpu N]\n"
-            "               [--requests N]\n");
+            "               [--requests N] [--rate R] [--mark-window]\n"
+            "  --rate R       R requests/s over all connections, each connection sleeping\n"
+            "                 until its next request is due (default 0: closed loop)\n"
+            "  --mark-window  print '# window start' / '# window end' as the measurement\n"
+            "                 window starts and ends\n");
     exit(1);
 }
 
@@ -142,6 +196,10 @@ static void parse_args(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--mark-window")) {        /* the one option without a value */
+            opt.mark_window = 1;
+            continue;
+        }
         if (i + 1 >= argc)
             usage();
         const char *v = argv[++i];
@@ -163,12 +221,18 @@ static void parse_args(int argc, char **argv)
             opt.cpu = atoi(v);
         else if (!strcmp(a, "--requests"))
             opt.requests = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--rate"))
+            opt.rate = atof(v);
         else
             usage();
     }
     if (opt.port <= 0 || opt.port > 65535 || opt.nconns <= 0 || opt.size == 0 ||
-        opt.duration <= 0 || opt.warmup < 0 || opt.timeout <= 0)
+        opt.duration <= 0 || opt.warmup < 0 || opt.timeout <= 0 || !(opt.rate >= 0))
         usage();
+    if (opt.rate > 0) {
+        double ns = (double)opt.nconns * 1e9 / opt.rate;
+        interval_ns = ns < 1 ? 1 : (uint64_t)ns;
+    }
 }
 
 static void make_pattern(void)
@@ -239,6 +303,15 @@ static void start_request(struct conn *c)
     c->busy = 1;
     issued_requests++;
     c->started_ns = now_ns();
+    if (interval_ns) {
+        /* The next request is due an interval after this one was due, not after it left, unless
+         * this one left more than CATCH_UP_NS late: then the schedule starts again from it. */
+        if (c->started_ns > c->due_ns + CATCH_UP_NS) {
+            c->due_ns = c->started_ns;
+            schedule_restarts++;
+        }
+        c->due_ns += interval_ns;
+    }
     push(c);
 }
 
@@ -372,15 +445,49 @@ static void connect_all(void)
     }
 }
 
-/* Wait for events (50 ms at most), then go on with each connection they name: read its echo, or
- * send more of its request.  Each connection whose request completed goes to on_done(c, ctx) at
- * once, so that the next request can leave before the other events are seen to.  Returns the
- * time after the wait. */
-static uint64_t serve_events(uint64_t window_start, uint64_t window_end,
+/* Wait for events until wake_ns (CLOCK_MONOTONIC) at the latest.  wake_ns 0: the closed loop's
+ * plain wait of 50 ms at most, as it always was.
+ *
+ * A paced run sleeps until the next request is due, tens of microseconds away at the rates the
+ * benchmark uses (1 connection at 6,000 requests/s: one every 167 us), so the wait needs a
+ * timeout finer than epoll_wait's milliseconds.  epoll_pwait2 takes a timespec: one system call
+ * per wait, as epoll_wait is.  The alternative, a timerfd in the epoll set, costs a
+ * timerfd_settime whenever the next due time moves and a read() each time it fires -- two more
+ * system calls per request on the client's CPU -- for the same precision; its only advantage,
+ * running on kernels older than 5.11, does not matter on the machines this runs on (a run there
+ * fails saying so).  The timeout of either is an hrtimer that the kernel may fire up to the
+ * thread's timer slack late (50 us by default): main() sets the slack of a paced run to 1 ns. */
+static int wait_events(struct epoll_event *events, uint64_t wake_ns)
+{
+    if (!wake_ns)
+        return epoll_wait(epfd, events, MAX_EVENTS, (int)(MAX_WAIT_NS / 1000000));
+    uint64_t now = now_ns();
+    uint64_t wait = wake_ns > now ? wake_ns - now : 0;
+    if (wait > MAX_WAIT_NS)
+        wait = MAX_WAIT_NS;
+    struct timespec timeout = {.tv_sec = (time_t)(wait / 1000000000ull),
+                               .tv_nsec = (long)(wait % 1000000000ull)};
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+    int n = epoll_pwait2(epfd, events, MAX_EVENTS, &timeout, NULL);
+#else
+    /* glibc before 2.35 has no wrapper. */
+    int n = (int)syscall(SYS_epoll_pwait2, epfd, events, MAX_EVENTS, &timeout, NULL, 0);
+#endif
+    if (n < 0 && errno == ENOSYS)
+        fail("epoll_pwait2 is not available (it needs Linux 5.11 or later): --rate and "
+             "--mark-window cannot wait precisely enough without it");
+    return n;
+}
+
+/* Wait for events (until wake_ns at the latest: see wait_events), then go on with each connection
+ * they name: read its echo, or send more of its request.  Each connection whose request
+ * completed goes to on_done(c, ctx) at once, so that the next request can leave before the other
+ * events are seen to.  Returns the time after the wait. */
+static uint64_t serve_events(uint64_t wake_ns, uint64_t window_start, uint64_t window_end,
                              void (*on_done)(struct conn *c, uint64_t now, void *ctx), void *ctx)
 {
     struct epoll_event events[MAX_EVENTS];
-    int n = epoll_wait(epfd, events, MAX_EVENTS, 50);
+    int n = wait_events(events, wake_ns);
     if (n < 0 && errno != EINTR)
         fail("epoll_wait: %s", strerror(errno));
     uint64_t now = now_ns();
@@ -397,10 +504,12 @@ static uint64_t serve_events(uint64_t window_start, uint64_t window_end,
     return now;
 }
 
-/* What the loops over serve_events() keep: how many requests are still out, and when one last
- * completed (the stall detector's reference). */
+/* What the loops over serve_events() keep: how many connections still take part (a request out,
+ * or paced and idle until the next is due), and when a request last completed or, paced, started
+ * (the stall detector's reference). */
 struct progress {
     int in_flight;
+    int idle;               /* paced: of in_flight, those with no request out */
     uint64_t last_progress;
     int issuing;            /* the measured run: start the next request while this is set */
     uint64_t window_end;
@@ -410,17 +519,68 @@ static void request_done(struct conn *c, uint64_t now, void *ctx)
 {
     struct progress *p = ctx;
     p->last_progress = now;
-    if (p->issuing && more_requests(now, p->window_end))
-        start_request(c);
-    else
+    if (!(p->issuing && more_requests(now, p->window_end)))
         p->in_flight--;
+    else if (interval_ns && now < c->due_ns) {
+        c->idle = 1;        /* back early: start_due_requests() sends the next when it is due */
+        p->idle++;
+    } else
+        start_request(c);
 }
 
+/* Paced: start the request of every idle connection that is due by `now`; returns the earliest
+ * due time among those still idle (UINT64_MAX: none).  A scan of every connection: at the
+ * benchmark's 100 connections that is a few hundred nanoseconds per wake-up. */
+static uint64_t start_due_requests(struct progress *p, uint64_t now)
+{
+    uint64_t next = UINT64_MAX;
+    for (int i = 0; i < opt.nconns && p->idle > 0; i++) {
+        struct conn *c = &conns[i];
+        if (!c->idle)
+            continue;
+        if (c->due_ns > now) {
+            if (c->due_ns < next)
+                next = c->due_ns;
+            continue;
+        }
+        c->idle = 0;
+        p->idle--;
+        if (p->issuing && more_requests(now, p->window_end)) {
+            /* A start counts as progress: a connection that was idle for longer than --timeout
+             * (a slow rate) has not stalled. */
+            p->last_progress = now;
+            start_request(c);
+        } else
+            p->in_flight--;
+    }
+    return next;
+}
+
+/* Paced: the measured run stops issuing; idle connections have nothing out, so they are done. */
+static void drop_idle(struct progress *p)
+{
+    for (int i = 0; i < opt.nconns; i++)
+        if (conns[i].idle) {
+            conns[i].idle = 0;
+            p->in_flight--;
+        }
+    p->idle = 0;
+}
+
+/* Fails the run when requests are out and none has completed for --timeout seconds. */
 static void check_stall(const struct progress *p, uint64_t now, const char *what)
 {
-    if (now - p->last_progress > (uint64_t)(opt.timeout * 1e9))
+    int out = p->in_flight - p->idle;
+    if (out > 0 && now - p->last_progress > (uint64_t)(opt.timeout * 1e9))
         fail("%s: no request completed for %.1f s (%d of %d connections waiting)", what,
-             opt.timeout, p->in_flight, opt.nconns);
+             opt.timeout, out, opt.nconns);
+}
+
+/* --mark-window: say on stdout, at once, that the window started or ended (see the header). */
+static void mark(const char *what)
+{
+    printf("# window %s\n", what);
+    fflush(stdout);
 }
 
 /* One request on every connection, each waiting for its echo, until all have come back (see
@@ -431,7 +591,7 @@ static void first_round(void)
     for (int i = 0; i < opt.nconns; i++)
         start_request(&conns[i]);
     while (p.in_flight > 0)
-        check_stall(&p, serve_events(UINT64_MAX, UINT64_MAX, request_done, &p),
+        check_stall(&p, serve_events(0, UINT64_MAX, UINT64_MAX, request_done, &p),
                     "first round stalled");
 }
 
@@ -455,6 +615,7 @@ int main(int argc, char **argv)
         first_round_s = (double)(now_ns() - t0) / 1e9;
     }
 
+    schedule_restarts = 0;      /* the first round's requests had no schedule */
     struct rusage usage_start, usage_end;
     getrusage(RUSAGE_SELF, &usage_start);
     uint64_t start = now_ns();
@@ -469,23 +630,59 @@ int main(int argc, char **argv)
     struct progress p = {.in_flight = 0, .last_progress = start, .issuing = 1,
                          .window_end = window_end};
     for (int i = 0; i < opt.nconns && more_requests(start, window_end); i++) {
-        start_request(&conns[i]);
+        if (interval_ns) {
+            /* Paced: connection i's first request is due i / R seconds after the start. */
+            conns[i].due_ns = start + interval_ns * (uint64_t)i / (uint64_t)opt.nconns;
+            conns[i].idle = 1;
+            p.idle++;
+        } else
+            start_request(&conns[i]);
         p.in_flight++;
     }
+    if (interval_ns)
+        prctl(PR_SET_TIMERSLACK, 1ul, 0ul, 0ul, 0ul);     /* see wait_events() */
+    uint64_t next_due = p.idle ? start_due_requests(&p, start) : UINT64_MAX;
+    int marked_start = 0, marked_end = 0;
 
     while (p.in_flight > 0) {
-        now = serve_events(window_start, window_end, request_done, &p);
+        /* The closed loop without marks waits as it always did (wake 0); otherwise the wait
+         * ends when the next request is due or the window starts or ends, whichever is first. */
+        uint64_t wake = 0;
+        if (interval_ns || opt.mark_window) {
+            wake = p.idle ? next_due : UINT64_MAX;
+            if (opt.mark_window && !marked_start && window_start < wake)
+                wake = window_start;
+            if ((p.issuing || (opt.mark_window && !marked_end)) && window_end < wake)
+                wake = window_end;
+        }
+        now = serve_events(wake, window_start, window_end, request_done, &p);
         if (p.issuing && now >= window_end) {
             /* Stop issuing; let what is in flight finish (bounded), so the server sees orderly
              * closes rather than resets in the middle of an echo. */
             p.issuing = 0;
             drain_deadline = now + 2000000000ull;
+            drop_idle(&p);
+        }
+        if (p.idle)
+            next_due = start_due_requests(&p, now);
+        if (opt.mark_window && !marked_start && now >= window_start) {
+            mark("start");
+            marked_start = 1;
+        }
+        if (opt.mark_window && !marked_end && now >= window_end) {
+            mark("end");
+            marked_end = 1;
         }
         if (!p.issuing && now > drain_deadline)
             break;
         check_stall(&p, now, "stalled");
     }
     uint64_t finished = now_ns();
+    /* A run of --requests ends its window when its last request is back. */
+    if (opt.mark_window && !marked_start)
+        mark("start");
+    if (opt.mark_window && !marked_end)
+        mark("end");
     getrusage(RUSAGE_SELF, &usage_end);
     int conns_served = 0;
     for (int i = 0; i < opt.nconns; i++) {
@@ -511,11 +708,11 @@ int main(int argc, char **argv)
            "\"requests\": %llu, \"rps\": %.1f, \"mbps\": %.2f, \"p50_us\": %.1f, "
            "\"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f, \"total_requests\": %llu, "
            "\"unfinished\": %d, \"client_cpu_pct\": %.1f, \"first_round_s\": %.3f, "
-           "\"conns_served\": %d}\n",
+           "\"conns_served\": %d, \"rate\": %.1f, \"schedule_restarts\": %llu}\n",
            opt.cpu, opt.nconns, opt.size, window_s, (unsigned long long)window_requests,
            (double)window_requests / window_s, (double)window_bytes / window_s / 1e6,
            percentile_us(0.50), percentile_us(0.99), samples[nsamples - 1] / 1000.0, mean,
            (unsigned long long)total_requests, p.in_flight, client_cpu_pct, first_round_s,
-           conns_served);
+           conns_served, opt.rate, (unsigned long long)schedule_restarts);
     return 0;
 }

@@ -38,10 +38,11 @@ def loadgen():
 class EchoServer:
     """A blocking, threaded TCP echo server that can misbehave on purpose."""
 
-    def __init__(self, corrupt_at=None, close_after=None, accept_delay=0.0):
+    def __init__(self, corrupt_at=None, close_after=None, accept_delay=0.0, silent_after=None):
         self.corrupt_at = corrupt_at        # flip the byte at this stream offset
         self.close_after = close_after      # echo this many bytes, then close
         self.accept_delay = accept_delay    # seconds before each accept (a slow accepter)
+        self.silent_after = silent_after    # echo this many bytes, then read without echoing
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.threads = []
@@ -76,7 +77,11 @@ class EchoServer:
                     return
                 if self.corrupt_at is not None and offset <= self.corrupt_at < offset + len(data):
                     data[self.corrupt_at - offset] ^= 0xFF
-                offset += len(data)
+                received = len(data)
+                if self.silent_after is not None:
+                    # What lies past silent_after in the stream is read and never echoed.
+                    data = data[:max(0, self.silent_after - offset)]
+                offset += received
                 try:
                     conn.sendall(data)
                 except OSError:
@@ -191,6 +196,75 @@ def test_loadgen_reports_a_refused_connection(loadgen):
         status, result = _loadgen(loadgen, port)
     assert status == 2
     assert "refused" in result["error"].lower()
+
+
+def _paced(path, port, rate, *extra, conns=3, duration=0.5, warmup=0.1, timeout=5):
+    """A paced run with --mark-window: (exit status, result, stdout lines)."""
+    proc = subprocess.run([str(path), "--port", str(port), "--conns", str(conns),
+                           "--size", str(REQUEST_SIZE), "--duration", str(duration),
+                           "--warmup", str(warmup), "--timeout", str(timeout),
+                           "--rate", str(rate), "--mark-window", *extra],
+                          capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.strip().splitlines()
+    return proc.returncode, json.loads(lines[-1]), lines
+
+
+def test_loadgen_paces_its_requests_at_the_rate(loadgen):
+    # 600 requests/s over 3 connections for 0.5 s: about 300 in the window.  The band is wide
+    # on purpose (a shared machine); a closed loop against this server runs thousands.
+    server = EchoServer()
+    try:
+        status, result, lines = _paced(loadgen, server.port, 600)
+        closed_status, closed = _loadgen(loadgen, server.port)
+    finally:
+        server.close()
+    assert status == 0, result
+    assert result["ok"] is True and result["rate"] == 600.0
+    assert 150 <= result["requests"] <= 450, result
+    assert 300 <= result["rps"] <= 900
+    assert result["conns_served"] == 3 and result["unfinished"] == 0
+    for key in ("p50_us", "p99_us", "client_cpu_pct", "window_s", "total_requests",
+                "schedule_restarts"):
+        assert key in result
+    # The marks come first, in order, then the JSON line.
+    assert lines[:2] == ["# window start", "# window end"] and len(lines) == 3
+    assert closed_status == 0 and closed["rate"] == 0.0 and closed["ok"] is True
+
+
+def test_loadgen_paced_runs_a_fixed_number_of_requests(loadgen):
+    server = EchoServer()
+    try:
+        status, result, lines = _paced(loadgen, server.port, 2000, "--requests", "50")
+    finally:
+        server.close()
+    assert status == 0, result
+    assert result["total_requests"] == result["requests"] == 50
+    assert lines[:2] == ["# window start", "# window end"]
+
+
+def test_loadgen_paced_idle_longer_than_the_timeout_is_no_stall(loadgen):
+    # One request every 0.5 s on 1 connection, a stall timeout of 0.3 s: the connection is
+    # idle longer than the timeout between requests, and that is not a stall.
+    server = EchoServer()
+    try:
+        status, result, _ = _paced(loadgen, server.port, 2, conns=1, duration=0.8, warmup=0,
+                                   timeout=0.3)
+    finally:
+        server.close()
+    assert status == 0, result
+    assert result["ok"] is True and result["requests"] == 2
+
+
+def test_loadgen_paced_detects_a_server_that_stops_echoing(loadgen):
+    # The server echoes the first round and two more requests, then reads without echoing.
+    server = EchoServer(silent_after=3 * REQUEST_SIZE)
+    try:
+        status, result, _ = _paced(loadgen, server.port, 100, conns=1, duration=2, timeout=0.3)
+    finally:
+        server.close()
+    assert status == 2
+    assert "stalled: no request completed for 0.3 s (1 of 1 connections waiting)" in \
+        result["error"]
 
 
 def _gone(pid: int) -> bool:
