@@ -342,8 +342,7 @@ def cpu_snapshot(cpu: Optional[int], pid: Optional[int]) -> Optional[CpuSnapshot
             return None
         user, nice, system, idle, iowait, irq, softirq, steal = fields
         with open(f"/proc/{pid}/stat") as f:
-            stat = f.read().rsplit(")", 1)[1].split()
-        proc_ticks = int(stat[11]) + int(stat[12])          # utime, stime (fields 14, 15)
+            proc_ticks = parse_stat_cpu_ticks(f.read())
         preemptions = 0
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -353,6 +352,69 @@ def cpu_snapshot(cpu: Optional[int], pid: Optional[int]) -> Optional[CpuSnapshot
                            sum(fields), steal, proc_ticks, preemptions)
     except (OSError, ValueError, IndexError):
         return None
+
+
+def parse_stat_cpu_ticks(text: str) -> int:
+    """utime + stime (fields 14 and 15, clock ticks) of a /proc/PID/stat line: the whole
+    process, threads that have ended included.  The fields are counted after the command name's
+    closing parenthesis, since the name itself may hold spaces and parentheses."""
+    fields = text.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def parse_schedstat_ns(text: str) -> int:
+    """The time on CPU, in nanoseconds, of a /proc/PID/task/TID/schedstat line ("<on-CPU ns>
+    <run-queue wait ns> <timeslices>")."""
+    return int(text.split()[0])
+
+
+@dataclasses.dataclass
+class ProcessCpuTime:
+    """A process's CPU time at one moment, in the two forms the kernel gives it."""
+    wall: float                     # time.monotonic() when it was read
+    task_ns: Optional[dict]         # per thread (tid -> ns on CPU); None: schedstat unreadable
+    ticks: int                      # utime + stime of the whole process, in clock ticks
+
+
+# A server's CPU time over a paced run's window (Runner.paced_point) comes from
+# /proc/PID/task/*/schedstat, summed over the threads: nanoseconds, where /proc/PID/stat's
+# utime + stime come in clock ticks of 10 ms (USER_HZ 100) -- at 5,000 requests/s for 0.8 s, a
+# tick is 2.5 us of a request's CPU time.  (/proc/PID/schedstat alone is the main thread's;
+# the servers' other thread, the watcher of stdin, hardly runs, but is counted.)  Either figure
+# is the scheduler's sum_exec_runtime, brought up to date at each context switch, yield and
+# scheduler tick, so a thread on CPU when it is read lags by up to one tick (4 ms at HZ 250,
+# measured here): a server that sleeps or yields between requests is read almost exactly, a
+# saturated one within a tick at each end.  What schedstat lacks is the threads that ended:
+# when one of those read at the start is gone at the end, the reading falls back to the ticks.
+
+def process_cpu_time(pid: int) -> Optional[ProcessCpuTime]:
+    """The CPU time of process `pid` now (None when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = parse_stat_cpu_ticks(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+    task_ns: Optional[dict] = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    task_ns[int(tid)] = parse_schedstat_ns(f.read())
+            except FileNotFoundError:
+                pass                    # the thread ended after the listing
+    except (OSError, ValueError, IndexError):
+        task_ns = None                  # a kernel without CONFIG_SCHED_INFO
+    return ProcessCpuTime(time.monotonic(), task_ns or None, ticks)
+
+
+def cpu_seconds_between(before: ProcessCpuTime, after: ProcessCpuTime) -> tuple[float, str]:
+    """(CPU seconds the process ran between the two readings, "schedstat" | "stat": which
+    figure gave it).  A thread that started in between counts from zero."""
+    if (before.task_ns is not None and after.task_ns is not None
+            and before.task_ns.keys() <= after.task_ns.keys()):
+        ns = sum(v - before.task_ns.get(tid, 0) for tid, v in after.task_ns.items())
+        return ns / 1e9, "schedstat"
+    return (after.ticks - before.ticks) / _TICK, "stat"
 
 
 def _cpu_ticks(cpu: int) -> Optional[tuple[int, int]]:
@@ -450,11 +512,102 @@ def _run_loadgen(port, conns, size, duration, warmup, cpu, connect_timeout,
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"the load generator did not finish within {limit:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    return _loadgen_result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _loadgen_result(returncode: int, stdout: str, stderr: str) -> dict:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
     if not lines:
-        return {"ok": False, "error": f"loadgen exit status {proc.returncode}: "
-                                      f"{(proc.stderr or proc.stdout).strip()[:300]}"}
+        return {"ok": False, "error": f"loadgen exit status {returncode}: "
+                                      f"{(stderr or stdout).strip()[:300]}"}
     return json.loads(lines[-1])
+
+
+def run_paced_loadgen(port: int, conns: int, size: int, rate: float, duration: float,
+                      warmup: float, cpu: Optional[int], server_pid: int,
+                      server_cpu: Optional[int], connect_timeout: float = 10.0) -> dict:
+    """One paced echo run (loadgen --rate: `rate` requests/s over `conns` connections); the
+    load generator's result plus the server's CPU time over its measurement window:
+    server_cpu_s, server_cpu_pct (CPU time ÷ the window's wall time), cpu_us_per_request, and
+    the disturbance figures of cpu_usage() over the same window."""
+    return with_cpu_usage(None, None, lambda: _run_paced_loadgen(
+        port, conns, size, rate, duration, warmup, cpu, server_pid, server_cpu,
+        connect_timeout), client_cpu=cpu)
+
+
+def _run_paced_loadgen(port, conns, size, rate, duration, warmup, cpu, server_pid, server_cpu,
+                       connect_timeout) -> dict:
+    # The server's CPU time must cover the load generator's measurement window and nothing
+    # else: not the connections' set-up, not the first round (see loadgen.c), not the warm-up
+    # while the loop's spin limit settles, not the drain.  Sleeping `warmup` seconds here would
+    # miss by the connect time and the first round, which vary from run to run, so the load
+    # generator says when its window starts and ends (--mark-window: a line on stdout, flushed
+    # as it happens, at a wake-up it schedules for that moment) and the server's CPU time is
+    # read as each line arrives.  This process waits on the pipe on the load generator's CPU,
+    # so it may have to wait for the load generator to yield it: in a quick run (0.8 s windows)
+    # the two readings were 0.7998-0.8024 s apart, the widest where the load generator's CPU
+    # was 98% busy -- the CPU time covers up to 0.3% more than the window whose requests it is
+    # divided by.  CPU % divides by the time between the two readings themselves.
+    cmd = [str(LOADGEN), "--port", str(port), "--conns", str(conns), "--size", str(size),
+           "--duration", str(duration), "--warmup", str(warmup),
+           "--timeout", str(connect_timeout), "--rate", str(rate), "--mark-window"]
+    if cpu is not None:
+        cmd += ["--cpu", str(cpu)]
+    limit = connect_timeout * 3 + warmup + duration + 15
+    deadline = time.monotonic() + limit
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    readings: dict = {}
+    out = b""
+    try:
+        fd = proc.stdout.fileno()
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, left))
+            if not ready:
+                return {"ok": False,
+                        "error": f"the load generator did not finish within {limit:.0f} s"}
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            out += chunk
+            for what in ("start", "end"):
+                if what not in readings and f"# window {what}\n".encode() in out:
+                    # The precise reading first: the rest (/proc/stat ...) can wait a little.
+                    readings[what] = (process_cpu_time(server_pid),
+                                      cpu_snapshot(server_cpu, server_pid))
+        proc.wait(max(1.0, deadline - time.monotonic()))
+        err = proc.stderr.read()
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"the load generator did not finish within {limit:.0f} s"}
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc, signal.SIGKILL)
+            proc.wait(5)
+        proc.stdout.close()
+        proc.stderr.close()
+    result = _loadgen_result(proc.returncode, out.decode(errors="replace"),
+                             err.decode(errors="replace"))
+    if not result.get("ok"):
+        return result
+    (cpu0, snap0), (cpu1, snap1) = readings.get("start", (None, None)), \
+        readings.get("end", (None, None))
+    if cpu0 is None or cpu1 is None:
+        return dict(result, ok=False, error="the server's CPU time could not be read over the "
+                                            "window (the server exited, or a mark was missing)")
+    result.update(cpu_usage(snap0, snap1))
+    cpu_s, source = cpu_seconds_between(cpu0, cpu1)
+    wall = max(cpu1.wall - cpu0.wall, 1e-9)
+    if abs(wall - result["window_s"]) > 0.05 * result["window_s"] + 0.005:
+        # This process was kept from reading a mark in time (descheduled): the CPU time
+        # would not be the window's.
+        return dict(result, ok=False, error=f"the server's CPU time was read over {wall:.3f} s "
+                                            f"for a {result['window_s']:.3f} s window")
+    result.update(server_cpu_s=round(cpu_s, 6), server_cpu_source=source,
+                  cpu_window_s=round(wall, 6),
+                  server_cpu_pct=round(100.0 * cpu_s / wall, 2),
+                  cpu_us_per_request=round(cpu_s * 1e6 / result["requests"], 3))
+    return result
 
 
 # ---- memory: a server's RSS, and idle connections to it -------------------------------------

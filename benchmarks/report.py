@@ -338,8 +338,12 @@ def disturbance(run: dict) -> Optional[float]:
 
 
 def _others_cell(point: dict, loops) -> str:
-    others = [disturbance(r) for lp in loops for r in _runs(point, lp)
-              if disturbance(r) is not None]
+    return _others_text([r for lp in loops for r in _runs(point, lp)])
+
+
+def _others_text(runs: list) -> str:
+    """The worst disturbance of these runs, in bold from BUSY_PCT on."""
+    others = [disturbance(r) for r in runs if disturbance(r) is not None]
     if not others:
         return "–"
     worst = max(others)
@@ -348,7 +352,7 @@ def _others_cell(point: dict, loops) -> str:
 
 def conditions_lines(results: dict) -> list[str]:
     """How undisturbed the runs were: the figures on a shared machine mean little without it."""
-    runs = [r for p in results.get("points", []) if p["workload"] in ("echo", "http")
+    runs = [r for p in results.get("points", []) if p["workload"] in ("echo", "paced", "http")
             for entry in p["loops"].values() for r in entry.get("runs", [])
             if r.get("ok") and disturbance(r) is not None]
     # One micro-benchmark process per loop and round (its four benchmarks share it).
@@ -494,6 +498,8 @@ def _render(results: dict, image_prefix: str) -> str:
         out.append("")
         out += floor_lines(echo, notes)
 
+    out += paced_lines(results, loops, notes)
+
     http = [p for p in results.get("points", []) if p["workload"] == "http"]
     if http or results.get("http_skipped"):
         out += ["## aiohttp hello world under wrk: requests per second (higher is better)", ""]
@@ -566,6 +572,82 @@ def _render(results: dict, image_prefix: str) -> str:
         out += [f"{i}. {text}" for i, text in enumerate(notes.notes, 1)]
         out.append("")
     return "\n".join(out)
+
+
+def _fmt_pct(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.1f}%"
+
+
+def _fmt_cpu_us(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:.1f} µs"
+
+
+def _fmt_count(x: Optional[float]) -> str:
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def paced_lines(results: dict, loops, notes: Footnotes) -> list[str]:
+    """The paced workload: a table per point of what each loop's server spent at that rate."""
+    points = [p for p in results.get("points", []) if p["workload"] == "paced"]
+    if not points:
+        return []
+    limit = points[0].get("shortfall_limit", 0.03)
+    refs = [r for r in REFERENCES if r in loops]
+    out = ["## Paced load: the server's CPU at fixed request rates (lower CPU is better)", "",
+           "Echo at request rates that every loop sustains (`loadgen.c --rate`: each connection "
+           "keeps at most one request in flight and sleeps until its next one is due, so the "
+           "server sees idle gaps between requests), measuring what the throughput tables "
+           "cannot show: the CPU a loop spends on a given load. uringloop's waits spin before "
+           "they sleep (`URINGLOOP_SPIN_US`, default 100 µs); closed-loop throughput shows what "
+           "that buys, not what it costs. **Server CPU**: the server process's CPU time (all "
+           "its threads) over the load generator's measurement window ÷ the window's wall "
+           "time (100% = one CPU). **CPU / request**: that CPU time ÷ the requests completed in "
+           "the window. **p50 / p99**: the client's latency, send to last byte echoed. "
+           "**÷ uvloop, ÷ asyncio**: the loop's CPU per request ÷ the other loop's from the "
+           "same round, median [min–max] over rounds — **below 1 = less CPU than that loop "
+           f"(better)**. A run that achieved less than the rate by more than {limit:.0%} did "
+           "not sustain it: it is reported as such and left out of the medians and ratios. "
+           "Others: the most that other processes took of the server's or the load "
+           "generator's CPU in the loop's runs.", ""]
+    header = ["loop", "achieved req/s", "server CPU", "CPU / request", "p50 / p99"] + \
+             [f"CPU ÷ {r}" for r in refs] + ["others (max)"]
+    for p in points:
+        conns = f"{p['conns']} connection" + ("s" if p["conns"] != 1 else "")
+        out += [f"**{p['style']} {fmt_size(p['size'])} × {conns} at {p['rate']:,.0f} "
+                "requests/s**", ""]
+        out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for lp in loops:
+            entry = _loop_entry(p, lp)
+            if not entry:
+                continue
+            runs = entry.get("runs", [])
+            short = [r for r in runs if r.get("short")]
+            if short and len(short) == len(runs):
+                achieved = sorted(r["rps"] for r in short)
+                row = [lp, f"**could not sustain the rate**: achieved "
+                           f"{_fmt_count(achieved[len(achieved) // 2])}"
+                           + (f" [{_fmt_count(achieved[0])}–{_fmt_count(achieved[-1])}]"
+                              if len(achieved) > 1 else "")]
+                row += ["–"] * (len(header) - 3)
+                row.append(_others_text(short))
+                out.append("| " + " | ".join(row) + " |")
+                continue
+            achieved = cell(_metric(p, lp, "rps"), _fmt_count, _na(p, lp, notes))
+            if short:
+                achieved += (f" — **{len(short)} of {len(runs)} runs short of the rate** "
+                             "(achieved " + ", ".join(_fmt_count(r["rps"]) for r in short)
+                             + ")")
+            p50, p99 = _metric(p, lp, "p50_us"), _metric(p, lp, "p99_us")
+            latency = "–" if p50 is None else \
+                f"{fmt_us(p50['median'])} / {fmt_us(p99['median'] if p99 else None)}"
+            row = [lp, achieved, cell(_metric(p, lp, "server_cpu_pct"), _fmt_pct),
+                   cell(_metric(p, lp, "cpu_us_per_request"), _fmt_cpu_us), latency]
+            row += [ratio_cell(_ratio(p, lp, "cpu_us_per_request", r)) if r != lp else "–"
+                    for r in refs]
+            row.append(_others_text([r for r in runs if r.get("ok") or r.get("short")]))
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+    return out
 
 
 def floor_lines(echo: list, notes: Footnotes) -> list[str]:
@@ -730,7 +812,8 @@ def draw_plots(results: dict, out_dir: Path) -> list[str]:
                                  squeeze=False)
         for ax, panel in zip(axes[:, 0], panels):
             if panel == "ratios":
-                _ratio_panel(ax, points)
+                _ratio_panel(ax, [p for p in points
+                                  if p["workload"] in ("echo", "http", "micro")])
             elif panel == "http":
                 hp = [p for p in points if p["workload"] == "http"]
                 _grouped_bars(ax, hp, loops, "rps", [f"×{p['conns']}" for p in hp])

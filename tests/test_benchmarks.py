@@ -267,6 +267,68 @@ def test_loadgen_paced_detects_a_server_that_stops_echoing(loadgen):
         result["error"]
 
 
+def test_paced_run_reads_the_server_cpu_time_over_the_window(loadgen):
+    # The echo server's threads run in this process: its CPU time is what is read.
+    server = EchoServer()
+    try:
+        result = harness.run_paced_loadgen(server.port, 2, REQUEST_SIZE, 400, 0.4, 0.05,
+                                           None, os.getpid(), None)
+    finally:
+        server.close()
+    assert result["ok"] is True, result
+    assert result["rate"] == 400.0
+    assert result["server_cpu_source"] in ("schedstat", "stat")
+    assert result["server_cpu_s"] >= 0 and result["server_cpu_pct"] >= 0
+    assert result["cpu_us_per_request"] == pytest.approx(
+        result["server_cpu_s"] * 1e6 / result["requests"], rel=1e-3, abs=1e-3)
+    # The two readings were taken at the marks: as far apart as the window is long.
+    assert result["cpu_window_s"] == pytest.approx(result["window_s"], rel=0.05, abs=0.005)
+
+
+# A /proc/PID/stat line of a process whose name holds a space and parentheses: utime 1234 and
+# stime 567 are fields 14 and 15 counted from the closing parenthesis of the name.
+STAT_LINE = ("4242 (my (odd) server) S 1 4242 4242 0 -1 4194560 12000 0 3 0 1234 567 0 0 20 0 "
+             "2 0 99 123456789 4096 18446744073709551615 1 1 0 0 0 0 0 16781312 2 0 0 0 17 0 0 "
+             "0 0 0 0 0 0 0 0 0 0 0 0\n")
+
+
+def test_cpu_time_parsers():
+    assert harness.parse_stat_cpu_ticks(STAT_LINE) == 1234 + 567
+    assert harness.parse_schedstat_ns("4017334918 218211 3319\n") == 4017334918
+
+
+def test_cpu_seconds_between_uses_schedstat_unless_a_thread_ended():
+    tick = os.sysconf("SC_CLK_TCK")
+    before = harness.ProcessCpuTime(0.0, {10: 1_000_000_000, 11: 5_000_000}, 100)
+    # Both threads still there and a new one (counted from zero): nanoseconds.
+    after = harness.ProcessCpuTime(1.0, {10: 1_250_000_000, 11: 5_000_000, 12: 30_000_000},
+                                   100 + tick)
+    assert harness.cpu_seconds_between(before, after) == (pytest.approx(0.28), "schedstat")
+    # Thread 11 ended in between: its time is only in the whole process's ticks.
+    gone = harness.ProcessCpuTime(1.0, {10: 1_250_000_000}, 100 + tick // 2)
+    assert harness.cpu_seconds_between(before, gone) == (pytest.approx(0.5), "stat")
+    # No schedstat (a kernel without CONFIG_SCHED_INFO): ticks.
+    plain = harness.ProcessCpuTime(0.0, None, 100)
+    assert harness.cpu_seconds_between(plain, gone) == (pytest.approx(0.5), "stat")
+
+
+def test_process_cpu_time_of_a_live_and_a_gone_process():
+    proc = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                             "while time.process_time() - t < 0.05: pass\nprint('x')\n"
+                             "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "x\n"          # 50 ms of CPU spent
+        reading = harness.process_cpu_time(proc.pid)
+        assert reading is not None and reading.ticks >= 0
+        assert reading.task_ns is None or sum(reading.task_ns.values()) > 0
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+        proc.stdout.close()
+    assert harness.process_cpu_time(proc.pid) is None   # gone (and reaped)
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -601,6 +663,65 @@ def test_markdown_reports_memory_and_its_target():
     assert "| **missed** |" in target and "growth +2 MiB over 3 runs" in target
 
 
+def _paced_results():
+    """Synthetic results with one paced point: uringloop spends 30/20/40 us of CPU per request
+    (uvloop 20, the stock loop 25); uvloop fell short of the rate in its second round, the
+    stock loop in all three."""
+    import run
+
+    def paced_run(rps, cpu_us):
+        return run.paced_verdict({"ok": True, "rps": rps, "requests": int(rps),
+                                  "server_cpu_pct": cpu_us * rps / 1e4,
+                                  "cpu_us_per_request": cpu_us, "p50_us": 80.0,
+                                  "p99_us": 150.0, "cpu_other_pct": 0.0}, 5000)
+
+    runs = {"uringloop": [paced_run(5000, 30), paced_run(4990, 20), paced_run(5001, 40)],
+            "uvloop": [paced_run(5000, 20), paced_run(4700, 20), paced_run(5000, 20)],
+            "asyncio": [paced_run(4000, 25), paced_run(4100, 25), paced_run(3900, 25)]}
+    loops = {}
+    for lp, rs in runs.items():
+        loops[lp] = {"runs": rs, "metrics": {}}
+        for metric in run.PACED_METRICS:
+            loops[lp]["metrics"][metric] = stats.summarize_point(
+                {k: [r if r.get("ok") else None for r in v] for k, v in runs.items()},
+                metric, ("uvloop", "asyncio"))[lp]
+        if not any(r.get("ok") for r in rs):
+            loops[lp]["error"] = rs[0]["error"]
+    results = _synthetic_results()
+    results["points"].append({"workload": "paced", "style": "protocol", "size": 1024,
+                              "conns": 1, "rate": 5000, "shortfall_limit": 0.03,
+                              "loops": loops})
+    return results
+
+
+def test_a_paced_run_short_of_its_rate_is_not_ok():
+    import run
+    assert run.paced_verdict({"ok": True, "rps": 4860.0}, 5000)["ok"] is True    # 2.8% short
+    short = run.paced_verdict({"ok": True, "rps": 4840.0}, 5000)                  # 3.2% short
+    assert short["ok"] is False and short["short"] is True
+    assert short["error"] == "could not sustain 5.0k requests/s (achieved 97% of it)"
+    failed = run.paced_verdict({"ok": False, "error": "refused"}, 5000)
+    assert failed == {"ok": False, "error": "refused"}
+
+
+def test_markdown_reports_the_paced_cpu_and_who_fell_short():
+    md = report.render_markdown(_paced_results())
+    assert "## Paced load: the server's CPU at fixed request rates (lower CPU is better)" in md
+    assert "below 1 = less CPU than that loop (better)" in md
+    assert "**protocol 1 KiB × 1 connection at 5,000 requests/s**" in md
+    lines = md.splitlines()
+    start = lines.index("**protocol 1 KiB × 1 connection at 5,000 requests/s**")
+    table = {line.split(" | ")[0]: line for line in lines[start + 2:start + 7]}
+    uring = table["| uringloop"]
+    # CPU per request: median 30 [20–40] us; same-round ratios to uvloop 1.5 and 2.0 (its
+    # second round fell short, so there is no ratio for it); none to the stock loop.
+    assert "| 30.0 µs [20.0 µs–40.0 µs] |" in uring
+    assert "**1.75×** [1.50–2.00]" in uring
+    assert uring.rstrip(" |").endswith("| – | 0%")
+    assert "**1 of 3 runs short of the rate** (achieved 4,700)" in table["| uvloop"]
+    assert "**could not sustain the rate**: achieved 4,000 [3,900–4,100]" in table["| asyncio"]
+
+
 # The suite's 120 s limit is too short here: where uringloop is not installed in the interpreter
 # running the tests (plain pytest from a checkout), run.py first builds benchmarks/.venv and
 # pip-installs the checkout into it (~100 s on the 2-CPU machine) before the few seconds of
@@ -680,7 +801,23 @@ def test_smoke_run_end_to_end(tmp_path):
         e = load["loops"][lp]
         assert e["metrics"]["rss"]["summary"] is not None or e.get("error")
 
+    # Paced: the stock loop's server measured at the rate, its CPU time read over the window.
+    paced = [p for p in results["points"] if p["workload"] == "paced"]
+    assert [(p["style"], p["size"], p["conns"], p["rate"]) for p in paced] == [
+        ("protocol", 1024, 2, 2000)]
+    for r in paced[0]["loops"]["asyncio"]["runs"]:
+        assert r["ok"] or r.get("short"), r
+        assert r["rate"] == 2000.0 and r["rps"] > 0 and r["requests"] > 0
+        assert r["server_cpu_s"] > 0 and r["server_cpu_pct"] > 0
+        assert r["cpu_us_per_request"] > 0 and r["server_cpu_source"] in ("schedstat", "stat")
+        assert r["p50_us"] > 0 and r["p99_us"] >= r["p50_us"]
+    for lp in loops:                    # each loop: measured, short of the rate, or n/a
+        e = paced[0]["loops"][lp]
+        assert e["metrics"]["cpu_us_per_request"]["summary"] is not None or e.get("error")
+
     md = (out_dir / "results.md").read_text()
+    assert "## Paced load: the server's CPU at fixed request rates" in md
+    assert "**protocol 1 KiB × 2 connections at 2,000 requests/s**" in md
     assert "## Memory per idle connection" in md
     assert "## Memory across repeated load runs" in md
     assert "## Echo: requests per second" in md
