@@ -1,7 +1,7 @@
 """Waits that spin before sleeping (Proactor.spin_or_wait): configured by URINGLOOP_SPIN_US, only
-after completions, never past a timer's deadline, and the spin limit adapts -- it shrinks to
-nothing while the peers pause for longer than the most a wait may spin, and grows back when
-answers come quickly."""
+after answers (a receive soon after the loop's own send on that descriptor), never past a
+timer's deadline, and the spin limit adapts -- it shrinks to nothing while the peers pause for
+longer than the most a wait may spin, and grows back when answers come quickly."""
 
 import asyncio
 import socket
@@ -113,6 +113,70 @@ def test_round_trips_spin_and_find_the_answer(monkeypatch):
         assert stats["spins"] > 0
         assert stats["spin_hits"] > 0
         assert stats["spin_hits"] <= stats["spins"]
+        # Every echo answers the client's message, and every message after the first answers
+        # the echo before it.
+        assert stats["answers"] >= 300
+    finally:
+        loop.close()
+
+
+def _paced_messages(loop, gap, count, answer_first):
+    """A thread sends `count` messages `gap` seconds apart on a socket the loop reads with
+    sock_recv; with `answer_first` each one answers a request the loop sends just before."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    def peer():
+        for _ in range(count):
+            if answer_first:
+                b.recv(1)
+            time.sleep(gap)
+            b.send(b"x")
+
+    async def receive():
+        loop = asyncio.get_running_loop()
+        for _ in range(count):
+            if answer_first:
+                await loop.sock_sendall(a, b"?")
+            assert await loop.sock_recv(a, 1) == b"x"
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    try:
+        before = loop.statistics()
+        loop.run_until_complete(receive())
+        after = loop.statistics()
+    finally:
+        thread.join()
+        a.close()
+        b.close()
+    return {key: after[key] - before[key] for key in ("spins", "answers", "completions")}
+
+
+def test_messages_that_answer_nothing_do_not_make_the_loop_spin(monkeypatch):
+    # A peer on its own schedule (here every 2 ms; the loop never sends to it): a spin would
+    # only shorten the wait for a message that comes when it comes.
+    loop = _new_loop(monkeypatch, None)
+    _require_spinning(loop)
+    try:
+        counts = _paced_messages(loop, 0.002, 30, answer_first=False)
+        assert counts["completions"] >= 30
+        assert counts == {"spins": 0, "answers": 0, "completions": counts["completions"]}
+    finally:
+        loop.close()
+
+
+def test_an_answer_later_than_the_window_is_not_one(monkeypatch):
+    # Spins of up to 2 ms make 5 ms the window (a thread's answer, which needs the GIL, comes
+    # well inside it): answers after 20 ms are not answers.
+    loop = _new_loop(monkeypatch, 2000)
+    _require_spinning(loop)
+    try:
+        counts = _paced_messages(loop, 0.02, 10, answer_first=True)
+        assert counts["answers"] == 0 and counts["spins"] == 0
+        # The same peer answering at once: answers, and the waits for them spin.
+        counts = _paced_messages(loop, 0, 50, answer_first=True)
+        assert counts["answers"] >= 25 and counts["spins"] > 0
     finally:
         loop.close()
 
@@ -138,8 +202,9 @@ def test_a_loop_running_only_timers_does_not_spin(monkeypatch):
 
 
 def test_the_spin_limit_shrinks_while_the_peer_pauses_and_grows_back(monkeypatch):
-    # At most 1 ms of spinning: a peer that answers every 20 ms is never caught by a spin, and
-    # each wait that ends after it halves the limit, down to nothing.
+    # At most 1 ms of spinning: a peer that answers at once (so the next wait may spin) and
+    # then sends again only 20 ms later is never caught by a spin, and each wait that ends
+    # after it halves the limit, down to nothing.
     loop = _new_loop(monkeypatch, 1000)
     _require_spinning(loop)
     a, b = socket.socketpair()
@@ -147,13 +212,18 @@ def test_the_spin_limit_shrinks_while_the_peer_pauses_and_grows_back(monkeypatch
 
     def peer():
         for _ in range(20):
+            b.recv(1)
+            b.send(b"!")
             time.sleep(0.02)
             b.send(b"x")
 
     async def receive_paused_messages():
+        loop = asyncio.get_running_loop()
         received = b""
-        while len(received) < 20:
-            received += await asyncio.get_running_loop().sock_recv(a, 100)
+        for _ in range(20):
+            await loop.sock_sendall(a, b"?")
+            assert await loop.sock_recv(a, 1) == b"!"
+            received += await loop.sock_recv(a, 1)
         return received
 
     try:

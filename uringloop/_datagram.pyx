@@ -116,6 +116,7 @@ cdef class MultishotRecvMsgOp(Operation):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
         memset(&self.msg, 0, sizeof(msghdr))
         self.msg.msg_namelen = NAME_ROOM
+        self.receives = True
         ul_prep_recvmsg_multishot(sqe, self.fd, &self.msg, self.bgid, self.ud())
         return 0
 
@@ -420,6 +421,7 @@ cdef class DatagramCore(TransportCore):
         if op.msg.msg_namelen:
             msg.msg_name = &op.addr
             msg.msg_namelen = op.msg.msg_namelen
+        self.proactor.note_sent(self.fd)
         sent = c_sendmsg(self.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
         err = errno
         PyBuffer_Release(&view)

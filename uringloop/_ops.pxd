@@ -1,4 +1,4 @@
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint64_t, uint32_t
 from cpython.buffer cimport Py_buffer
 from uringloop._sys cimport io_uring_sqe, sockaddr_storage, socklen_t, msghdr, iovec
 from uringloop._ring cimport Ring, BufferRing
@@ -38,6 +38,16 @@ cdef class Proactor:
     cdef readonly long long spin_limit_ns  # how long the next wait may spin (see spin_or_wait)
     cdef readonly unsigned long long spins, spin_hits, spun_ns   # statistics
     cdef unsigned long long completions_at_spin  # `completions` when spin_or_wait last ran
+    # Answers (see spin_or_wait): when this iteration's wait ended (in units of 1,024 ns), when
+    # each descriptor last had a send queued (the iteration's wait_ended, low 32 bits; grown on
+    # demand), how soon after that a receive on it is an answer (the same units: 2.5 x
+    # spin_max_ns), the receives that were, and that count when a wait last spun.
+    cdef unsigned long long wait_ended
+    cdef uint32_t answer_window
+    cdef uint32_t *sent_at_wait
+    cdef Py_ssize_t sent_at_wait_len
+    cdef readonly unsigned long long answers
+    cdef unsigned long long answers_at_spin
     cdef Operation inflight_head           # every pinned operation, linked (see pin)
     cdef public bint debug                 # the loop's debug mode: completions are timed
     cdef object __weakref__
@@ -63,6 +73,20 @@ cdef class Proactor:
         op.inflight_prev = NULL
         op.inflight_next = None
         op.pinned = False
+
+    cdef int grow_sent_at_wait(self, int fd) noexcept
+
+    cdef inline void note_sent(self, int fd) noexcept:
+        """A send on `fd` goes to the kernel with the next wait's enter (see note_answer)."""
+        if fd >= 0 and (fd < self.sent_at_wait_len or self.grow_sent_at_wait(fd) == 0):
+            self.sent_at_wait[fd] = <uint32_t>self.wait_ended
+
+    cdef inline void note_answer(self, int fd) noexcept:
+        """Bytes (or readiness) arrived on `fd`: an answer if the wait that brought them ended
+        at most answer_window after the wait before the loop's last send on it."""
+        if 0 <= fd < self.sent_at_wait_len and \
+                <uint32_t>(<uint32_t>self.wait_ended - self.sent_at_wait[fd]) <= self.answer_window:
+            self.answers += 1
 
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
@@ -102,6 +126,7 @@ cdef class Operation:
     cdef public object tag                 # free for the owner (the request this op serves)
     cdef bint multishot
     cdef bint owner_sees_eagain            # -EAGAIN goes to the owner instead of back to the kernel
+    cdef bint receives                     # a receive (or poll for input): may be an answer
 
     cdef inline uint64_t ud(self):
         return <uint64_t><size_t><void *>self

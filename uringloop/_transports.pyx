@@ -489,6 +489,7 @@ cdef class SendMsgOp(Operation):
         memset(&self.msg, 0, sizeof(msghdr))
         self.msg.msg_iov = &self.iov[self.first]
         self.msg.msg_iovlen = <size_t>(self.count - self.first)
+        self.proactor.note_sent(self.fd)
         ul_prep_msg(sqe, UL_OP_SENDMSG, self.fd, &self.msg, MSG_NOSIGNAL, self.ud())
         return 0
 
@@ -1416,6 +1417,7 @@ cdef class SocketTransport(WriteFlow):
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2:
         """How many bytes of `buf` the socket took at once with one non-blocking send(2): all,
         part or none (EAGAIN); -1 when it failed, reported as a fatal error."""
+        self.proactor.note_sent(self._sock_fd)
         return self.taken_at_once(
             c_send(self._sock_fd, buf, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL))
 
@@ -1573,6 +1575,7 @@ cdef class SocketTransport(WriteFlow):
                 memset(&msg, 0, sizeof(msghdr))
                 msg.msg_iov = iov
                 msg.msg_iovlen = <size_t>k
+                self.proactor.note_sent(self._sock_fd)
                 sent = self.taken_at_once(
                     c_sendmsg(self._sock_fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL))
             if sent < 0 or sent == n:
