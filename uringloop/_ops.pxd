@@ -77,7 +77,7 @@ cdef class Proactor:
     cdef int grow_sent_at_wait(self, int fd) noexcept
 
     cdef inline void note_sent(self, int fd) noexcept:
-        """A send on `fd` goes to the kernel with the next wait's enter (see note_answer)."""
+        """A send on `fd` was just queued for the kernel or made at once (see note_answer)."""
         if fd >= 0 and (fd < self.sent_at_wait_len or self.grow_sent_at_wait(fd) == 0):
             self.sent_at_wait[fd] = <uint32_t>self.wait_ended
 

@@ -572,17 +572,16 @@ cdef class Proactor:
     # *answer* -- a receive (or a poll for input) on a descriptor on which the loop had queued a
     # send in an iteration whose wait ended at most 2.5 x spin_max_ns (250 us by default) before
     # the wait that brought it (note_sent where a send is prepared or made at once, note_answer
-    # in dispatch()).  A spin pays where the peer's next message is its answer to the loop's last
-    # one: the loop's own reply is what the peer waits for, so each sleep the spin saves
+    # in dispatch()).  A spin pays where the peer's next message is its answer to the loop's
+    # last one: the loop's own reply is what the peer waits for, so each sleep the spin saves
     # shortens the round trip and the next request comes sooner -- at 1 connection under
-    # closed-loop load the server served 2.7-3.4x the requests (while each wait is the peer's
-    # turn, and short).  Where messages come on their own schedule, a spin buys nothing but a
-    # shorter wait for a message that would have come at the same time anyway: a paced load of
-    # 20,000 requests/s over 10 connections (benchmarks/: the `paced` workload), each request
-    # due 500 us after the previous one on its connection, kept the spinning server ~99% busy at
-    # 2.7x uvloop's CPU time per request, every spin (~40 us) ending with the next connection's
-    # request.  Those are not answers: the loop's last send on that connection was ~500 us
-    # before.
+    # closed-loop load the server served 2.7-3.4x the requests.  Where messages come on their
+    # own schedule, a spin buys nothing but a shorter wait for a message that would have come at
+    # the same time anyway: a paced load of 20,000 requests/s over 10 connections (benchmarks/:
+    # the `paced` workload), each request due 500 us after the previous one on its connection,
+    # kept the spinning server ~99% busy at 2.7x uvloop's CPU time per request, every spin
+    # (~40 us) ending with the next connection's request.  Those are not answers: the loop's
+    # last send on that connection was ~500 us before.
     # URINGLOOP_SPIN_US sets spin_max_ns (0 turns spinning off).
     cdef int spin_or_wait(self, long long timeout_ns) except -1:
         """A plain wait for one completion (up to timeout_ns; negative: no deadline), spinning
