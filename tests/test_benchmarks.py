@@ -314,7 +314,7 @@ def test_cpu_seconds_between_uses_schedstat_unless_a_thread_ended():
 
 def test_process_cpu_time_of_a_live_and_a_gone_process():
     proc = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
-                             "while time.process_time() - t < 0.05: pass\nprint('x')\n"
+                             "while time.process_time() - t < 0.05: pass\nprint('x', flush=True)\n"
                              "import sys; sys.stdin.read()"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
