@@ -249,29 +249,7 @@ def test_the_spin_limit_shrinks_while_the_peer_pauses_and_grows_back(monkeypatch
 def _grow_spin_limit(loop, delay, count):
     """Requests answered by a thread after `delay` seconds each: every wait that a spin missed
     and an answer then ended within the most a spin may take doubles the limit."""
-    a, b = socket.socketpair()
-    a.setblocking(False)
-
-    def peer():
-        for _ in range(count):
-            b.recv(1)
-            time.sleep(delay)
-            b.send(b"!")
-
-    async def ask():
-        loop = asyncio.get_running_loop()
-        for _ in range(count):
-            await loop.sock_sendall(a, b"?")
-            assert await loop.sock_recv(a, 1) == b"!"
-
-    thread = threading.Thread(target=peer)
-    thread.start()
-    try:
-        loop.run_until_complete(ask())
-    finally:
-        thread.join()
-        a.close()
-        b.close()
+    _paced_messages(loop, delay, count, answer_first=True)
     return loop.statistics()["spin_limit_ns"]
 
 
