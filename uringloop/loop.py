@@ -125,8 +125,8 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
 
     def statistics(self) -> dict:
         """Counters of the ring: io_uring_enter calls, SQEs submitted, completions, in flight,
-        and the waits that spun before sleeping (spins, spin_hits, spun_ns, spin_limit_ns,
-        spin_max_ns; see Proactor.spin_or_wait)."""
+        the waits that spun before sleeping (spins, spin_hits, spun_ns, spin_limit_ns,
+        spin_max_ns) and the answers that let them (answers; see Proactor.spin_or_wait)."""
         return self._proactor.statistics()
 
     # ---- the low-level socket API: completion-based, compiled ----
