@@ -96,7 +96,7 @@ cdef class OpenOp(Operation):
                        self.ud())
         return 0
 
-    cdef void release(self):
+    cdef void release(self) noexcept:
         self.path = None
         self.keep = None
 

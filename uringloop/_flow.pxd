@@ -18,7 +18,7 @@ cdef class WriteFlow(Completer):
     cdef object paused_protocol
 
     cdef int init_flow(self, object loop, object protocol) except -1
-    cdef Py_ssize_t write_buffer_size(self)
+    cdef Py_ssize_t write_buffer_size(self) noexcept
     cdef object visible_transport(self)
     cdef int maybe_pause_protocol(self) except -1
     cdef int maybe_resume_protocol(self) except -1

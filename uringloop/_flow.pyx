@@ -43,7 +43,7 @@ cdef class WriteFlow(Completer):
         self.low_water = self.high_water // 4
         return 0
 
-    cdef Py_ssize_t write_buffer_size(self):
+    cdef Py_ssize_t write_buffer_size(self) noexcept:
         return 0
 
     cdef object visible_transport(self):
@@ -191,7 +191,7 @@ cdef class TransportCore(WriteFlow):
     cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         return 0
 
-    cdef Py_ssize_t write_buffer_size(self):
+    cdef Py_ssize_t write_buffer_size(self) noexcept:
         return self.buffer_size
 
     cdef object visible_transport(self):

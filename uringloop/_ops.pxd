@@ -101,7 +101,7 @@ cdef class Proactor:
     cdef int check_usable(self) except -1
     cpdef int wait(self, object timeout) except -1
     cdef int enter_for(self, object timeout) except -1
-    cdef unsigned busy_wait_count(self)
+    cdef unsigned busy_wait_count(self) noexcept
     cdef int spin_or_wait(self, long long timeout_ns) except -1
     cdef int dispatch_completions(self) except -1
     cdef inline bint nothing_to_batch(self):
@@ -132,7 +132,7 @@ cdef class Operation:
         return <uint64_t><size_t><void *>self
     cdef int prep(self, io_uring_sqe *sqe) except -1
     cdef int complete(self, int res, unsigned flags) except -1
-    cdef void release(self)
+    cdef void release(self) noexcept
     cdef int submit(self) except -1
     cpdef cancel(self)
 

@@ -639,7 +639,7 @@ cdef class Proactor:
                     self.spin_limit_ns = 0
         return 0
 
-    cdef unsigned busy_wait_count(self):
+    cdef unsigned busy_wait_count(self) noexcept:
         """How many completions a wait after a busy iteration asks for: a quarter as many as
         that iteration dispatched, at most BATCH_WAIT_MAX, and no more than bring about
         BATCH_BYTES at its average size -- the kernel copies the receives among them in before
@@ -949,7 +949,7 @@ cdef class Operation:
         # Through a reference of our own (see call_owner), not self.owner.
         return call_owner(self, res, flags)
 
-    cdef void release(self):
+    cdef void release(self) noexcept:
         self.keep = None
 
     cdef int submit(self) except -1:
@@ -1002,7 +1002,7 @@ cdef class BufferOp(Operation):
         self.obj = None
         return 0
 
-    cdef void release(self):
+    cdef void release(self) noexcept:
         # Called only after the final CQE: the kernel is done with the memory.
         if self.has_view:
             self.has_view = False

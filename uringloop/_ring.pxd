@@ -45,23 +45,23 @@ cdef class Ring:
     cdef int _map(self, io_uring_params *p) except -1
     cdef int _probe(self) except -1
     cdef io_uring_sqe *get_sqe(self) except? NULL
-    cdef unsigned sq_pending(self)
+    cdef unsigned sq_pending(self) noexcept
     cdef int flush(self) except -1
     cdef int enter(self, unsigned min_complete, long long timeout_ns,
                    unsigned min_wait_us=*) except -2
     cdef int entered(self, int ret) except -2
-    cdef unsigned cq_ready(self)
-    cdef io_uring_cqe *cq_at(self, unsigned i)
-    cdef void cq_advance(self, unsigned n)
-    cdef bint cq_overflowed(self)
-    cdef bint has_work(self)
-    cdef bint can_spin(self)
+    cdef unsigned cq_ready(self) noexcept
+    cdef io_uring_cqe *cq_at(self, unsigned i) noexcept
+    cdef void cq_advance(self, unsigned n) noexcept
+    cdef bint cq_overflowed(self) noexcept
+    cdef bint has_work(self) noexcept
+    cdef bint can_spin(self) noexcept
     cdef long long spin_for_work(self, long long limit_ns) noexcept nogil
     cdef int enable(self) except -1
     cdef void register_ring_fd(self)
     cdef void unregister_ring_fd(self)
     cdef int enter_fd(self, unsigned *flags)
-    cdef bint has_op(self, int opcode)
+    cdef bint has_op(self, int opcode) noexcept
     cpdef close(self)
 
 
@@ -91,9 +91,9 @@ cdef class BufferRing:
         if self.incremental:
             return self.pool + <size_t>bid * self.buf_size + self.offsets[bid]
         return self.pool + <size_t>bid * self.buf_size
-    cdef void consumed(self, unsigned bid, unsigned nbytes, unsigned cqe_flags)
-    cdef void give_back(self, unsigned bid)
-    cdef bint grow(self)
-    cdef void publish(self)
+    cdef void consumed(self, unsigned bid, unsigned nbytes, unsigned cqe_flags) noexcept
+    cdef void give_back(self, unsigned bid) noexcept
+    cdef bint grow(self) noexcept
+    cdef void publish(self) noexcept
     cdef _unmap(self)
     cpdef close(self)

@@ -177,7 +177,7 @@ cdef class Ring:
         self.supported_ops = bytes(ops)
         return 0
 
-    cdef bint has_op(self, int opcode):
+    cdef bint has_op(self, int opcode) noexcept:
         return 0 <= opcode < UL_PROBE_OPS and self.supported_ops[opcode] != 0
 
     def supports(self, int opcode):
@@ -252,7 +252,7 @@ cdef class Ring:
         self.sq_tail += 1
         return sqe
 
-    cdef unsigned sq_pending(self):
+    cdef unsigned sq_pending(self) noexcept:
         return self.sq_tail - ul_load_acquire(self.sq_khead)
 
     cdef int flush(self) except -1:
@@ -328,18 +328,18 @@ cdef class Ring:
 
     # ---- completion ----
 
-    cdef unsigned cq_ready(self):
+    cdef unsigned cq_ready(self) noexcept:
         # Acquire: every CQE up to this tail is fully written by the kernel.
         return ul_load_acquire(self.cq_ktail) - self.cq_khead[0]
 
-    cdef io_uring_cqe *cq_at(self, unsigned i):
+    cdef io_uring_cqe *cq_at(self, unsigned i) noexcept:
         return &self.cqes[(self.cq_khead[0] + i) & self.cq_mask]
 
-    cdef void cq_advance(self, unsigned n):
+    cdef void cq_advance(self, unsigned n) noexcept:
         # Release: we are done reading these CQEs before the kernel may overwrite them.
         ul_store_release(self.cq_khead, self.cq_khead[0] + n)
 
-    cdef bint has_work(self):
+    cdef bint has_work(self) noexcept:
         """Whether an io_uring_enter that does not wait would do anything: submit queued SQEs,
         find CQEs, or run deferred completions (IORING_SQ_TASKRUN) / flush overflowed ones.
         Without TASKRUN_FLAG the kernel does not tell, so the answer is always yes."""
@@ -352,7 +352,7 @@ cdef class Ring:
         return (ul_load_relaxed(self.sq_kflags)
                 & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) != 0
 
-    cdef bint can_spin(self):
+    cdef bint can_spin(self) noexcept:
         """Whether spin_for_work can see completions coming: the kernel flags deferred ones
         (TASKRUN_FLAG), so reading shared memory tells without a system call."""
         return (self.setup_flags & IORING_SETUP_TASKRUN_FLAG) != 0 and not self.closed
@@ -390,7 +390,7 @@ cdef class Ring:
         """The kernel's IORING_SQ_* flags of this ring (diagnostics)."""
         return ul_load_relaxed(self.sq_kflags) if not self.closed else 0
 
-    cdef bint cq_overflowed(self):
+    cdef bint cq_overflowed(self) noexcept:
         # With FEAT_NODROP a full CQ parks completions in a kernel list and raises this flag;
         # the next enter(GETEVENTS) moves them into the CQ.  Nothing is lost, but we must come
         # back for them before sleeping.
@@ -488,13 +488,13 @@ cdef class BufferRing:
             ul_buf_ring_add(self.br, self.mask, i, self.buffer(i), buf_size, i)
         ul_buf_ring_advance(self.br, count)
 
-    cdef void give_back(self, unsigned bid):
+    cdef void give_back(self, unsigned bid) noexcept:
         # Batched: the new tail is published once per reaped CQE batch (publish()).
         ul_buf_ring_add(self.br, self.mask, self.pending_returns, self.buffer(bid),
                         self.buf_size, bid)
         self.pending_returns += 1
 
-    cdef void consumed(self, unsigned bid, unsigned nbytes, unsigned cqe_flags):
+    cdef void consumed(self, unsigned bid, unsigned nbytes, unsigned cqe_flags) noexcept:
         # Call once per completion that names `bid`, after copying its data out.
         if self.incremental and cqe_flags & IORING_CQE_F_BUF_MORE:
             self.offsets[bid] += nbytes      # the kernel keeps filling this buffer
@@ -503,7 +503,7 @@ cdef class BufferRing:
             self.offsets[bid] = 0
         self.give_back(bid)
 
-    cdef bint grow(self):
+    cdef bint grow(self) noexcept:
         """The ring ran dry (a receive ended with -ENOBUFS): double the buffers in circulation,
         up to `capacity`.  Returns whether more buffers are on their way -- added now, or by
         an earlier call in this batch of completions (every connection that met the dry ring
@@ -522,7 +522,7 @@ cdef class BufferRing:
         self.grew_in_batch = True
         return True
 
-    cdef void publish(self):
+    cdef void publish(self) noexcept:
         self.grew_in_batch = False
         if self.pending_returns:
             ul_buf_ring_advance(self.br, self.pending_returns)

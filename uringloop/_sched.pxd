@@ -53,7 +53,7 @@ cdef class LoopCore:
     cdef Py_ssize_t batch_left          # handles of the running ready batch not yet taken
     cdef ul_timer_heap timers           # the deadlines of _scheduled's entries (see _sched.h)
 
-    cdef bint own(self, str name, object implementation)
+    cdef bint own(self, str name, object implementation) noexcept
     cdef object now(self)
     cdef int append_ready(self, object handle) except -1
     cdef int queue_ready(self, object handle) except -1

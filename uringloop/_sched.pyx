@@ -322,7 +322,7 @@ cdef class LoopCore:
             self.shadowed = True
         _generic_setattr_raw(self, name, NULL)
 
-    cdef bint own(self, str name, object implementation):
+    cdef bint own(self, str name, object implementation) noexcept:
         """type(self).<name> is ours and no instance attribute can hide it."""
         return not self.shadowed and ul_type_lookup(self, name) == <PyObject *>implementation
 
@@ -574,8 +574,10 @@ cdef class LoopCore:
             event_list = selector.select(timeout)
             self._process_events(event_list)
             event_list = None
-            for timer in self.pop_due():
-                self.append_ready(timer)
+            due = self.pop_due()
+            if due is not None:
+                for timer in due:
+                    self.append_ready(timer)
             return self.run_ready(len(self.ready))
         return self.proactor_iteration(<Proactor>selector, in_run_forever)
 
@@ -642,7 +644,9 @@ cdef class LoopCore:
             if due is None:
                 due = self.pop_due()
             elif blocking:
-                due.extend(self.pop_due())
+                more = self.pop_due()
+                if more is not None:
+                    due.extend(more)
             if blocking and self.ready:
                 # Queued while we waited (nothing was ready before a blocking wait): by
                 # call_soon_threadsafe() from another thread, or a signal's handler.  They are
@@ -705,14 +709,15 @@ cdef class LoopCore:
         return min(max(0, deadline(heap[0]) - self.now()), maximum_obj)
 
     cdef list pop_due(self):
-        """Take the timers whose deadline is within a clock tick off the heap, in order."""
-        cdef list due = []
+        """Take the timers whose deadline is within a clock tick off the heap, in order; None
+        when none is due (most iterations of a busy server: no list is made for them)."""
+        cdef list due = None
         cdef double when_d, end_d = 0
         cdef bint native_time
-        heap = self._scheduled if PyList_CheckExact(self._scheduled) else None
+        cdef list heap = self._scheduled if PyList_CheckExact(self._scheduled) else None
         if heap is not None:
             if not heap:
-                return due
+                return None
             # With our own time() the deadlines compare as C doubles where the heap caches
             # them; a replaced time() is compared through Python, as heapq would.
             native_time = self.own(NAME_TIME, _own_time)
@@ -730,6 +735,8 @@ cdef class LoopCore:
                 timer = self.heap_pop(heap)
                 back_to_gc(timer)
                 set_scheduled(timer, False)
+                if due is None:
+                    due = []
                 due.append(timer)
         else:
             end_time = self.now() + self._clock_resolution
@@ -738,6 +745,8 @@ cdef class LoopCore:
                     break
                 timer = _heapq.heappop(self._scheduled)
                 timer._scheduled = False
+                if due is None:
+                    due = []
                 due.append(timer)
         return due
 

@@ -179,10 +179,13 @@ static inline int ul_register(int fd, unsigned opcode, void *arg, unsigned nr_ar
    Not pthread_self(): glibc hands a new thread the descriptor -- and so the pthread_t -- of one
    that has exited, and the new thread's slot of the same number may hold another ring.  Not the
    kernel's thread id either: reading it is a system call.  A fork child inherits its parent's
-   value, but a loop from before a fork never enters its ring in the child (Proactor.forked). */
+   value, but a loop from before a fork never enters its ring in the child (Proactor.forked).
+   The initial-exec TLS model reads the variable at a fixed offset from the thread pointer; the
+   default for a shared object calls __tls_get_addr() on every read (every io_uring_enter asks).
+   It takes 8 bytes of the static TLS surplus glibc keeps for modules loaded with dlopen(). */
 static inline uint64_t ul_thread_token(void) {
     static uint64_t last_token;
-    static __thread uint64_t token;
+    static __thread uint64_t token __attribute__((tls_model("initial-exec")));
     if (token == 0)
         token = __atomic_add_fetch(&last_token, 1, __ATOMIC_RELAXED);
     return token;

@@ -17,7 +17,15 @@ cdef class SendMsgOp(Operation):
     cdef readonly Py_ssize_t sent    # bytes the kernel accepted so far
     cdef msghdr msg
     cdef int set_buffers(self, list items, Py_ssize_t n) except -1
-    cdef void drop_views(self)
+    cdef void drop_views(self) noexcept
+
+
+cdef class SpareSends:
+    # A loop's idle SendOps, shared by its transports (see spare_send_ops() in _transports.pyx).
+    cdef list ops                    # ops[:count] are idle; the slots after hold None
+    cdef Py_ssize_t count
+    cdef SendOp take(self)
+    cdef bint give(self, SendOp op) except -1
 
 
 cdef class SocketTransport(WriteFlow):
@@ -60,7 +68,7 @@ cdef class SocketTransport(WriteFlow):
     cdef object stash_end            # what followed the stash: None, True (EOF), an exception
 
     # sending
-    cdef list spare_sends            # the loop's idle SendOps: one is borrowed per send
+    cdef SpareSends spare_sends      # the loop's idle SendOps: one is borrowed per send
     cdef SendMsgOp sendmsg_op_obj
     cdef Operation send_op           # the send the kernel owns, or None
     cdef list write_q                # data written while a send was in flight; None if none
@@ -104,8 +112,8 @@ cdef class SocketTransport(WriteFlow):
     cdef object writelines_through(self, list items, Py_ssize_t n)
     cdef int submit_send(self, object data, Py_ssize_t n) except -1
     cdef int submit_queued(self) except -1
-    cdef bint send_awaited(self)
-    cdef Py_ssize_t write_buffer_size(self)
+    cdef bint send_awaited(self) noexcept
+    cdef Py_ssize_t write_buffer_size(self) noexcept
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1
 
