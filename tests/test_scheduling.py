@@ -671,6 +671,30 @@ def test_call_at_replaced_on_the_instance_is_used_by_call_later(new_loop):
     assert calls == [timer.when()]
 
 
+def test_create_future_binds_the_loop_and_each_future_is_new(new_loop):
+    loop = new_loop()
+    first, second = loop.create_future(), loop.create_future()
+    assert type(first) is asyncio.Future and first is not second
+    assert first.get_loop() is loop and second.get_loop() is loop
+    first.set_result(1)
+    assert first.result() == 1 and not second.done()
+
+
+def test_create_future_uses_a_replaced_future_class(new_loop, monkeypatch):
+    # BaseEventLoop.create_future() looks asyncio.futures.Future up at each call.
+    loop = new_loop()
+    made = []
+
+    class Recording(asyncio.Future):
+        def __init__(self, *, loop=None):
+            made.append(loop)
+            super().__init__(loop=loop)
+
+    monkeypatch.setattr(asyncio.futures, "Future", Recording)
+    future = loop.create_future()
+    assert type(future) is Recording and made == [loop] and future.get_loop() is loop
+
+
 def test_patched_handle_run_is_called(new_loop, monkeypatch):
     loop = new_loop()
     ran = []

@@ -39,6 +39,7 @@ cdef class LoopCore:
     cdef object ready                   # loop._ready: the collections.deque of ready handles
     cdef object ready_append            # ready.append, bound once while ready is a deque
     cdef object ready_popleft           # ready.popleft, likewise
+    cdef dict future_kwargs             # {'loop': self}, for create_future()
     cdef public object _scheduled       # the timer heap: a list ordered as heapq orders it
     cdef public object _stopping
     cdef public object _debug
