@@ -168,6 +168,21 @@ cdef object _StreamReader = _streams.StreamReader
 cdef object _stock_srp_data_received = _streams.StreamReaderProtocol.data_received
 cdef object _stock_feed_data = _streams.StreamReader.feed_data
 cdef object _stock_wakeup_waiter = _streams.StreamReader._wakeup_waiter
+cdef str _NAME_FEED_DATA = 'feed_data'
+cdef str _NAME_WAKEUP_WAITER = '_wakeup_waiter'
+
+cdef extern from *:
+    """
+    /* What cls.<name> resolves to through cls's MRO (borrowed; NULL if nothing; never raises):
+       the type's method cache answers, where cls.<name> also runs the descriptor protocol. */
+    #define ul_class_attr(cls, name) _PyType_Lookup((PyTypeObject *)(cls), (name))
+    """
+    PyObject *ul_class_attr(object cls, object name)
+
+
+cdef inline bint _stock_stream_reader_method(str name, object stock):
+    # The asyncio.StreamReader method `name` is asyncio's own (not replaced on the class).
+    return ul_class_attr(_StreamReader, name) == <PyObject *>stock
 
 
 cdef object _feedable_reader(object protocol):
@@ -179,7 +194,7 @@ cdef object _feedable_reader(object protocol):
         return None
     reader = wr()
     if (type(reader) is not _StreamReader or reader._eof
-            or _StreamReader.feed_data is not _stock_feed_data
+            or not _stock_stream_reader_method(_NAME_FEED_DATA, _stock_feed_data)
             or type(reader._buffer) is not bytearray):
         return None
     return reader
@@ -1275,7 +1290,7 @@ cdef class SocketTransport(WriteFlow):
         reported as data_received()'s would be; before KeyboardInterrupt or SystemExit go, the
         next receive is armed if `rearm` (got_data_or_interrupt)."""
         try:
-            if _StreamReader._wakeup_waiter is _stock_wakeup_waiter:
+            if _stock_stream_reader_method(_NAME_WAKEUP_WAITER, _stock_wakeup_waiter):
                 # StreamReader._wakeup_waiter() (the same in CPython 3.10-3.13), inline: one
                 # Python frame less for every receive a read() waits for.
                 waiter = reader._waiter
