@@ -117,6 +117,7 @@ from uringloop._ring cimport BufferRing
 from uringloop._ops cimport (Proactor, Operation, RecvOp, SendOp, MultishotRecvOp, PollOp,
                              OP_IDLE, call_owner, get_writable_buffer)
 from uringloop._flow cimport WriteFlow, add_socket_extra
+from uringloop._sched cimport ul_class_lookup
 
 import _socket as _c_socket
 import socket as _socket
@@ -171,18 +172,11 @@ cdef object _stock_wakeup_waiter = _streams.StreamReader._wakeup_waiter
 cdef str _NAME_FEED_DATA = 'feed_data'
 cdef str _NAME_WAKEUP_WAITER = '_wakeup_waiter'
 
-cdef extern from *:
-    """
-    /* What cls.<name> resolves to through cls's MRO (borrowed; NULL if nothing; never raises):
-       the type's method cache answers, where cls.<name> also runs the descriptor protocol. */
-    #define ul_class_attr(cls, name) _PyType_Lookup((PyTypeObject *)(cls), (name))
-    """
-    PyObject *ul_class_attr(object cls, object name)
-
 
 cdef inline bint _stock_stream_reader_method(str name, object stock):
-    # The asyncio.StreamReader method `name` is asyncio's own (not replaced on the class).
-    return ul_class_attr(_StreamReader, name) == <PyObject *>stock
+    # The asyncio.StreamReader method `name` is asyncio's own (not replaced on the class), as
+    # the type's method cache answers: `StreamReader.<name>` would also run the descriptor.
+    return ul_class_lookup(_StreamReader, name) == <PyObject *>stock
 
 
 cdef object _feedable_reader(object protocol):
