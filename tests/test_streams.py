@@ -223,14 +223,20 @@ async def _serve_bytes(payload, chunk):
     return await start(send)
 
 
+class _IntLimit(int):
+    """A limit of a subclass of int: the loop compares it in Python, not in C."""
+
+
 @pytest.mark.asyncio
-@pytest.mark.parametrize('chunk, limit', [(1024, 16 * 1024), (100 * 1024, 512 * 1024)])
+@pytest.mark.parametrize('chunk, limit', [(1024, 16 * 1024), (100 * 1024, 512 * 1024),
+                                          (1024, _IntLimit(16 * 1024))])
 @bounded(30)
 async def test_messages_keep_the_readers_limit_while_nobody_reads(chunk, limit):
     """Small messages (received from the loop's buffer ring) and large ones (large reads)
     fill a StreamReader nobody reads: the transport pauses once the buffer holds more than
     twice the limit, the buffer stays bounded, and every byte arrives in order once read.
-    (The limit is large enough for many reads to fill it.)"""
+    (The limit is large enough for many reads to fill it; one of a subclass of int is compared
+    as StreamReader compares it.)"""
     payload = os.urandom(4 * 1024 * 1024)
     server, addr = await _serve_bytes(payload, chunk)
     async with server:

@@ -170,7 +170,40 @@ cdef object _stock_srp_data_received = _streams.StreamReaderProtocol.data_receiv
 cdef object _stock_feed_data = _streams.StreamReader.feed_data
 cdef object _stock_wakeup_waiter = _streams.StreamReader._wakeup_waiter
 cdef str _NAME_FEED_DATA = 'feed_data'
+# asyncio's C Future (the type loop.create_future() makes for StreamReader's waiters) and two of
+# its methods, called unbound on it: no method lookup through its type on every receive.
+cdef object _CFuture = getattr(_futures, '_CFuture', None)
+cdef object _future_cancelled = _CFuture.cancelled if _CFuture is not None else None
+cdef object _future_set_result = _CFuture.set_result if _CFuture is not None else None
 cdef str _NAME_WAKEUP_WAITER = '_wakeup_waiter'
+
+
+cdef extern from *:
+    """
+    /* size > 2 * limit for an int `limit` from 0 to PY_SSIZE_T_MAX / 2 (1 or 0); -1 for any
+       other limit, which the caller compares in Python.  Never raises: for an exact int,
+       PyLong_AsLongLongAndOverflow reports overflow in its flag. */
+    static inline int ul_above_twice(Py_ssize_t size, PyObject *limit)
+    {
+        if (PyLong_CheckExact(limit)) {
+            int overflow = 0;
+            long long n = PyLong_AsLongLongAndOverflow(limit, &overflow);
+            if (!overflow && n >= 0 && n <= PY_SSIZE_T_MAX / 2)
+                return size > 2 * (Py_ssize_t)n;
+        }
+        return -1;
+    }
+    """
+    int ul_above_twice(Py_ssize_t size, object limit)
+
+
+cdef inline bint _above_twice(Py_ssize_t size, object limit) except -1:
+    # size > 2 * limit, as StreamReader.feed_data() compares them: in C for an int limit (no
+    # Python ints made for the size and for twice the limit on every receive).
+    cdef int above = ul_above_twice(size, limit)
+    if above >= 0:
+        return above
+    return size > 2 * limit
 
 
 cdef inline bint _stock_stream_reader_method(str name, object stock):
@@ -1290,12 +1323,15 @@ cdef class SocketTransport(WriteFlow):
                 waiter = reader._waiter
                 if waiter is not None:
                     reader._waiter = None
-                    if not waiter.cancelled():
+                    if type(waiter) is _CFuture:
+                        if not _future_cancelled(waiter):
+                            _future_set_result(waiter, None)
+                    elif not waiter.cancelled():
                         waiter.set_result(None)
             else:
                 reader._wakeup_waiter()
             if (reader._transport is not None and not reader._paused
-                    and PyByteArray_GET_SIZE(reader._buffer) > 2 * reader._limit):
+                    and _above_twice(PyByteArray_GET_SIZE(reader._buffer), reader._limit)):
                 try:
                     reader._transport.pause_reading()
                 except NotImplementedError:
