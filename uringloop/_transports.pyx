@@ -170,12 +170,13 @@ cdef object _stock_srp_data_received = _streams.StreamReaderProtocol.data_receiv
 cdef object _stock_feed_data = _streams.StreamReader.feed_data
 cdef object _stock_wakeup_waiter = _streams.StreamReader._wakeup_waiter
 cdef str _NAME_FEED_DATA = 'feed_data'
+cdef str _NAME_WAKEUP_WAITER = '_wakeup_waiter'
 # asyncio's C Future (the type loop.create_future() makes for StreamReader's waiters) and two of
-# its methods, called unbound on it: no method lookup through its type on every receive.
+# its methods, called unbound on it: no method lookup through its type on every receive.  (Such
+# a waiter is StreamReader's own, made by the loop; asyncio never sets methods on an instance.)
 cdef object _CFuture = getattr(_futures, '_CFuture', None)
 cdef object _future_cancelled = _CFuture.cancelled if _CFuture is not None else None
 cdef object _future_set_result = _CFuture.set_result if _CFuture is not None else None
-cdef str _NAME_WAKEUP_WAITER = '_wakeup_waiter'
 
 
 cdef extern from *:
