@@ -707,7 +707,7 @@ int main(int argc, char **argv)
     printf("{\"ok\": true, \"cpu\": %d, \"conns\": %d, \"size\": %zu, \"window_s\": %.3f, "
            "\"requests\": %llu, \"rps\": %.1f, \"mbps\": %.2f, \"p50_us\": %.1f, "
            "\"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f, \"total_requests\": %llu, "
-           "\"unfinished\": %d, \"client_cpu_pct\": %.1f, \"first_round_s\": %.3f, "
+           "\"unfinished\": %d, \"client_cpu_pct\": %.1f, \"first_round_s\": %.6f, "
            "\"conns_served\": %d, \"rate\": %.1f, \"schedule_restarts\": %llu}\n",
            opt.cpu, opt.nconns, opt.size, window_s, (unsigned long long)window_requests,
            (double)window_requests / window_s, (double)window_bytes / window_s / 1e6,
