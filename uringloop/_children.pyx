@@ -21,7 +21,7 @@ The exit code follows the stock loop: the exit status, or -N for a child killed 
 
 cimport cython
 
-from uringloop._sys cimport ECANCELED
+from uringloop._sys cimport ECANCELED, POLLIN
 from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
 
 import os
@@ -33,10 +33,6 @@ cdef object _waitid = os.waitid
 cdef int P_PIDFD = os.P_PIDFD
 cdef int WAIT_OPTIONS = os.WEXITED | os.WNOHANG
 cdef int CLD_EXITED = os.CLD_EXITED
-
-cdef extern from "<poll.h>":
-    enum:
-        POLLIN
 
 
 @cython.final

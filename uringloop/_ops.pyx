@@ -55,9 +55,6 @@ from posix.unistd cimport close as c_close
 from uringloop._sys cimport *
 from uringloop._ring cimport Ring, BufferRing
 
-cdef extern from "<poll.h>":
-    int POLLIN
-
 import os
 from operator import index as _index
 import socket as _socket

@@ -34,8 +34,8 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EOPNOTSUPP, UL_OP_READ, UL_OP_WRITE,
-                             errno, ul_write_nowait)
+from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EOPNOTSUPP, POLLIN, POLLOUT, UL_OP_READ,
+                             UL_OP_WRITE, errno, ul_write_nowait)
 from uringloop._ops cimport (Proactor, Operation, BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp,
                              OP_IDLE)
 from uringloop._flow cimport TransportCore
@@ -61,11 +61,6 @@ from asyncio.log import logger as _logger
 
 cdef object _strerror = os.strerror
 cdef Py_ssize_t MAX_READ = 256 * 1024
-
-cdef extern from "<poll.h>":
-    enum:
-        POLLIN
-        POLLOUT
 
 
 cdef inline object _oserror(int err):

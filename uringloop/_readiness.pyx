@@ -43,7 +43,7 @@ from libc.stdint cimport uint32_t
 from libc.limits cimport INT_MAX
 from libc.stdlib cimport realloc, free
 
-from uringloop._sys cimport ECANCELED, EBADF, errno
+from uringloop._sys cimport ECANCELED, EBADF, POLLIN, errno
 from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
 
 import os
@@ -65,10 +65,6 @@ cdef extern from "<errno.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
-
-cdef extern from "<poll.h>":
-    enum:
-        POLLIN
 
 
 cdef int _fileobj_to_fd(object fileobj) except -2:

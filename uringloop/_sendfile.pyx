@@ -50,10 +50,6 @@ from asyncio import exceptions as _exceptions
 cdef extern from "<string.h>":
     char *c_strerror "strerror"(int errnum)
 
-cdef extern from "<poll.h>":
-    enum:
-        POLLIN, POLLOUT
-
 # A bigger pipe moves more per splice pair; 1 MiB is the default unprivileged maximum
 # (/proc/sys/fs/pipe-max-size).  The default 64 KiB is kept if the kernel refuses.
 cdef int PIPE_SIZE = 1 << 20

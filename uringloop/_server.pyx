@@ -62,9 +62,6 @@ cdef extern from "<string.h>":
 cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
 
-cdef extern from "<poll.h>" nogil:
-    int POLLIN
-
 cdef object _socket_type = _socket.socket
 cdef frozenset _OUT_OF_RESOURCES = frozenset([_errno.EMFILE, _errno.ENFILE, _errno.ENOBUFS,
                                               _errno.ENOMEM])

@@ -31,7 +31,7 @@ object, never to the new one.
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from uringloop._sys cimport ECANCELED, EBADF, EAGAIN, EINTR
+from uringloop._sys cimport ECANCELED, EBADF, EAGAIN, EINTR, POLLIN, POLLOUT
 from libc.string cimport memcpy
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
@@ -62,10 +62,6 @@ cdef extern from "<fcntl.h>" nogil:
     int F_GETFL
     int O_NONBLOCK
     int c_fcntl "fcntl"(int fd, int cmd)
-
-cdef extern from "<poll.h>" nogil:
-    int POLLIN
-    int POLLOUT
 
 
 cdef enum Kind:

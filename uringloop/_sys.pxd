@@ -24,6 +24,11 @@ cdef extern from "<sys/uio.h>":
         void *iov_base
         size_t iov_len
 
+cdef extern from "<poll.h>" nogil:
+    # The poll(2) event bits io_uring's POLL_ADD takes and reports.
+    enum:
+        POLLIN, POLLOUT
+
 cdef extern from "<errno.h>" nogil:
     int errno
     enum:

@@ -148,9 +148,6 @@ cdef extern from "<sys/ioctl.h>" nogil:
     int FIONREAD
     int c_ioctl_int "ioctl"(int fd, unsigned long request, int *value)
 
-cdef extern from "<poll.h>" nogil:
-    int POLLIN
-
 cdef extern from "<netinet/in.h>" nogil:
     int IPPROTO_TCP
 
