@@ -107,3 +107,68 @@ def test_transports_with_fallback_mechanisms(narrowed_loop):
         assert ring is False                       # no provided buffers were set up
     else:
         assert ring.incremental == bool(features['incremental_buffers'])
+
+
+# Kernels 5.19-6.0 have no SINGLE_ISSUER/DEFER_TASKRUN: the ring is set up with
+# COOP_TASKRUN|TASKRUN_FLAG (the third of _ring.pyx's set-up choices), so completions are run as
+# task work at system-call boundaries instead of only inside our io_uring_enter.  On a newer kernel
+# the loop never picks it, so the test builds the loop on a ring that is not single-issuer, as the
+# older kernel would have built it.
+SETUP_COOP_TASKRUN = 1 << 8
+SETUP_TASKRUN_FLAG = 1 << 9
+SETUP_DEFER_TASKRUN = 1 << 13
+
+
+@pytest.fixture
+def coop_taskrun_loop(monkeypatch):
+    import functools
+    import uringloop.loop
+    monkeypatch.setattr(uringloop.loop, 'Ring',
+                        functools.partial(uringloop.loop.Ring, single_issuer=False))
+    loop = uringloop.new_event_loop()
+    yield loop
+    loop.close()
+
+
+async def coop_scenario():
+    loop = asyncio.get_running_loop()
+    # A blocked wait woken from another thread.
+    woken = loop.create_future()
+    loop.run_in_executor(None, lambda: loop.call_soon_threadsafe(woken.set_result, 'woken'))
+    assert await asyncio.wait_for(woken, 10) == 'woken'
+
+    # A sock_recv cancelled while the bytes are on their way loses none of them: the next
+    # caller gets what the cancelled one would have.
+    import socket
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    with a, b:
+        pending = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        pending.cancel()
+        await loop.sock_sendall(b, b'kept')
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        got = b''
+        while len(got) < 4:
+            got += await asyncio.wait_for(loop.sock_recv(a, 100), 10)
+        assert got == b'kept'
+
+    # Timers fire in order while I/O is in flight.
+    order = []
+    for delay in (0.02, 0.01, 0.0):
+        loop.call_later(delay, order.append, delay)
+    await asyncio.sleep(0.05)
+    assert order == [0.0, 0.01, 0.02]
+    return await scenario()
+
+
+def test_loop_on_a_coop_taskrun_ring(coop_taskrun_loop):
+    proactor = coop_taskrun_loop._proactor
+    flags = proactor.ring.setup_flags
+    assert flags & SETUP_COOP_TASKRUN and flags & SETUP_TASKRUN_FLAG
+    assert not flags & SETUP_DEFER_TASKRUN
+    assert coop_taskrun_loop._features['coop_taskrun']
+    assert not coop_taskrun_loop._features['single_issuer_defer_taskrun']
+    assert coop_taskrun_loop.run_until_complete(asyncio.wait_for(coop_scenario(), 60))
