@@ -4,11 +4,15 @@ The loop's feature set is narrowed before any transport exists, which is what a 
 kernel starts with."""
 
 import asyncio
+import functools
 import os
+import socket
 
 import pytest
 
 import uringloop
+import uringloop.loop
+from uringloop._probe import SETUP_FLAGS
 
 from helpers import pattern
 
@@ -114,15 +118,8 @@ def test_transports_with_fallback_mechanisms(narrowed_loop):
 # task work at system-call boundaries instead of only inside our io_uring_enter.  On a newer kernel
 # the loop never picks it, so the test builds the loop on a ring that is not single-issuer, as the
 # older kernel would have built it.
-SETUP_COOP_TASKRUN = 1 << 8
-SETUP_TASKRUN_FLAG = 1 << 9
-SETUP_DEFER_TASKRUN = 1 << 13
-
-
 @pytest.fixture
 def coop_taskrun_loop(monkeypatch):
-    import functools
-    import uringloop.loop
     monkeypatch.setattr(uringloop.loop, 'Ring',
                         functools.partial(uringloop.loop.Ring, single_issuer=False))
     loop = uringloop.new_event_loop()
@@ -134,12 +131,12 @@ async def coop_scenario():
     loop = asyncio.get_running_loop()
     # A blocked wait woken from another thread.
     woken = loop.create_future()
-    loop.run_in_executor(None, lambda: loop.call_soon_threadsafe(woken.set_result, 'woken'))
+    waker = loop.run_in_executor(None, loop.call_soon_threadsafe, woken.set_result, 'woken')
     assert await asyncio.wait_for(woken, 10) == 'woken'
+    await waker
 
     # A sock_recv cancelled while the bytes are on their way loses none of them: the next
     # caller gets what the cancelled one would have.
-    import socket
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
@@ -167,8 +164,8 @@ async def coop_scenario():
 def test_loop_on_a_coop_taskrun_ring(coop_taskrun_loop):
     proactor = coop_taskrun_loop._proactor
     flags = proactor.ring.setup_flags
-    assert flags & SETUP_COOP_TASKRUN and flags & SETUP_TASKRUN_FLAG
-    assert not flags & SETUP_DEFER_TASKRUN
+    assert flags & SETUP_FLAGS['COOP_TASKRUN'] and flags & SETUP_FLAGS['TASKRUN_FLAG']
+    assert not flags & SETUP_FLAGS['DEFER_TASKRUN']
     assert coop_taskrun_loop._features['coop_taskrun']
     assert not coop_taskrun_loop._features['single_issuer_defer_taskrun']
     assert coop_taskrun_loop.run_until_complete(asyncio.wait_for(coop_scenario(), 60))
