@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from asyncio import base_events, events
 
 import pytest
@@ -693,6 +694,79 @@ def test_create_future_uses_a_replaced_future_class(new_loop, monkeypatch):
     monkeypatch.setattr(asyncio.futures, "Future", Recording)
     future = loop.create_future()
     assert type(future) is Recording and made == [loop] and future.get_loop() is loop
+
+
+class _Released:
+    """A callback argument whose release is recorded."""
+
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def __del__(self):
+        self.log.append(f"{self.name} released")
+
+
+def test_a_callbacks_arguments_are_released_as_soon_as_it_has_run(new_loop):
+    # The ready queue held the handle's last reference: its callback and arguments go before
+    # the next callback runs.
+    loop = new_loop()
+    log = []
+    loop.call_soon(lambda arg: log.append("first ran"), _Released(log, "first's argument"))
+    loop.call_soon(log.append, "second ran")
+    run_iterations(loop)
+    assert log == ["first ran", "first's argument released", "second ran"]
+
+
+def test_a_handle_someone_keeps_is_left_as_it_was(new_loop):
+    loop = new_loop()
+    calls = []
+    kept = loop.call_soon(calls.append, 1)
+    run_iterations(loop)
+    later = [loop.call_soon(calls.append, n) for n in range(2, 200)]
+    run_iterations(loop)
+    assert calls == list(range(1, 200))
+    assert all(handle is not kept for handle in later)
+    assert kept._callback == calls.append and kept._args == (1,) and not kept.cancelled()
+
+
+def test_a_weakly_referenced_handle_dies_once_it_has_run(new_loop):
+    loop = new_loop()
+    ref = weakref.ref(loop.call_soon(lambda: None))
+    run_iterations(loop)
+    assert ref() is None
+
+
+def test_callbacks_scheduled_over_and_over_each_run_in_their_own_context(new_loop):
+    loop = new_loop()
+    var = contextvars.ContextVar("var")
+    seen = []
+    expected = []
+    for round_ in range(3):
+        for i in range(150):
+            if i % 2:
+                context = contextvars.Context()
+                context.run(var.set, (round_, i))
+                loop.call_soon(lambda: seen.append(var.get()), context=context)
+            else:
+                token = var.set((round_, i))
+                loop.call_soon(lambda: seen.append(var.get()))     # a copy of this context
+                var.reset(token)
+            expected.append((round_, i))
+        run_iterations(loop)
+    assert seen == expected
+
+
+def test_a_finalizer_may_schedule_while_a_run_callbacks_arguments_are_released(new_loop):
+    loop = new_loop()
+    log = []
+
+    class Rescheduling:
+        def __del__(self):
+            loop.call_soon(log.append, "scheduled by __del__")
+
+    loop.call_soon(lambda arg: log.append("ran"), Rescheduling())
+    run_iterations(loop, 2)
+    assert log == ["ran", "scheduled by __del__"]
 
 
 def test_patched_handle_run_is_called(new_loop, monkeypatch):
