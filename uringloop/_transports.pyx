@@ -478,9 +478,6 @@ cdef class SpareSends:
         self.count += 1
         return True
 
-    def __len__(self):
-        return self.count
-
 
 cdef SpareSends spare_send_ops(loop):
     """The loop's idle SendOps, shared by its transports.
@@ -1745,14 +1742,13 @@ cdef class SocketTransport(WriteFlow):
                 self.empty_waiter.set_exception(exc)
             return 0
         self.inflight_bytes = 0
-        if type(op) is SendOp and self.spare_sends.count < SPARE_SEND_OPS:
-            # Back to the loop's spares.  The Proactor releases its buffer when this handler
-            # returns, unless a write below (here or on another transport) has already taken it
-            # again and submitted it with a new one.  Only this completed path gives it back:
-            # an aborted send may be completing from inside cancel(), which releases the buffer
-            # regardless of a resubmission.
+        if type(op) is SendOp and self.spare_sends.give(<SendOp>op):
+            # Back to the loop's spares, unless they are full.  The Proactor releases its buffer
+            # when this handler returns, unless a write below (here or on another transport) has
+            # already taken it again and submitted it with a new one.  Only this completed path
+            # gives it back: an aborted send may be completing from inside cancel(), which
+            # releases the buffer regardless of a resubmission.
             op.owner = None
-            self.spare_sends.give(<SendOp>op)
         if self.write_q:
             self.submit_queued()
         self.maybe_resume_protocol()      # may write more
