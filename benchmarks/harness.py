@@ -32,6 +32,11 @@ BIN_DIR = BENCH_DIR / "bin"
 LOADGEN_SRC = BENCH_DIR / "loadgen.c"
 LOADGEN = BIN_DIR / "loadgen"
 LOADGEN_CFLAGS = ["-O2", "-Wall", "-Wextra"]
+# The same source built with --tls (see loadgen.c): it links OpenSSL, so it is a binary of its
+# own, and the plain load generator, which every other point uses, stays as it was.
+LOADGEN_TLS = BIN_DIR / "loadgen-tls"
+LOADGEN_TLS_FLAGS = ["-DLOADGEN_TLS"]
+LOADGEN_TLS_LIBS = ["-lssl", "-lcrypto"]
 # The floor: a minimal C echo server on io_uring (see uring_echo.c), measured beside the loops at
 # the small-message Protocol points.  Run.py treats it as one more server under this name.
 FLOOR_NAME = "c-io_uring"
@@ -151,12 +156,24 @@ def build_loadgen(log: Callable[[str], None]) -> Path:
     return _build(LOADGEN_SRC, LOADGEN, "the load generator", log)
 
 
+def build_loadgen_tls(log: Callable[[str], None]) -> Path:
+    """Compile loadgen.c with TLS (OpenSSL) into benchmarks/bin/loadgen-tls likewise; a
+    HarnessError names what is missing (OpenSSL's headers: apt-get install libssl-dev)."""
+    try:
+        return _build(LOADGEN_SRC, LOADGEN_TLS, "the TLS load generator", log,
+                      LOADGEN_TLS_FLAGS, LOADGEN_TLS_LIBS)
+    except HarnessError as exc:
+        raise HarnessError(f"{exc}\n(the TLS load generator needs OpenSSL's headers and "
+                           "libraries: apt-get install libssl-dev)") from None
+
+
 def build_floor(log: Callable[[str], None]) -> Path:
     """Compile uring_echo.c (the C io_uring floor) into benchmarks/bin/ likewise."""
     return _build(FLOOR_SRC, FLOOR, "the C io_uring echo server", log)
 
 
-def _build(src: Path, binary: Path, what: str, log: Callable[[str], None]) -> Path:
+def _build(src: Path, binary: Path, what: str, log: Callable[[str], None],
+           flags: tuple = (), libs: tuple = ()) -> Path:
     if binary.exists() and binary.stat().st_mtime >= src.stat().st_mtime:
         return binary
     cc = shutil.which("gcc") or shutil.which("cc")
@@ -164,7 +181,7 @@ def _build(src: Path, binary: Path, what: str, log: Callable[[str], None]) -> Pa
         raise HarnessError(f"no C compiler: install gcc (apt-get install gcc) to build "
                            f"{what}, benchmarks/{src.name}")
     BIN_DIR.mkdir(parents=True, exist_ok=True)
-    cmd = [cc, *LOADGEN_CFLAGS, "-o", str(binary), str(src)]
+    cmd = [cc, *LOADGEN_CFLAGS, *flags, "-o", str(binary), str(src), *libs]
     log(f"building {what}: {' '.join(cmd)}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 or proc.stderr.strip():
@@ -487,19 +504,23 @@ SECONDS_PER_REQUEST_LIMIT = 1 / 5000
 def run_loadgen(port: int, conns: int, size: int, duration: float, warmup: float,
                 cpu: Optional[int], connect_timeout: float = 10.0,
                 server_pid: Optional[int] = None, server_cpu: Optional[int] = None,
-                requests: Optional[int] = None) -> dict:
+                requests: Optional[int] = None, tls: bool = False) -> dict:
     """One closed-loop echo run; a dict with ok=True and rps/p50_us/p99_us, or ok=False and
     error; with server_pid, also the CPU accounting of the run (see cpu_usage).  With
-    `requests`, exactly that many requests instead of `duration` seconds of them."""
+    `requests`, exactly that many requests instead of `duration` seconds of them; with `tls`,
+    over TLS (the loadgen-tls binary, which build_loadgen_tls() made)."""
     return with_cpu_usage(server_pid, server_cpu, lambda: _run_loadgen(
-        port, conns, size, duration, warmup, cpu, connect_timeout, requests), client_cpu=cpu)
+        port, conns, size, duration, warmup, cpu, connect_timeout, requests, tls),
+        client_cpu=cpu)
 
 
 def _run_loadgen(port, conns, size, duration, warmup, cpu, connect_timeout,
-                 requests=None) -> dict:
-    cmd = [str(LOADGEN), "--port", str(port), "--conns", str(conns), "--size", str(size),
-           "--duration", str(duration), "--warmup", str(warmup),
+                 requests=None, tls=False) -> dict:
+    cmd = [str(LOADGEN_TLS if tls else LOADGEN), "--port", str(port), "--conns", str(conns),
+           "--size", str(size), "--duration", str(duration), "--warmup", str(warmup),
            "--timeout", str(connect_timeout)]
+    if tls:
+        cmd.append("--tls")
     if cpu is not None:
         cmd += ["--cpu", str(cpu)]
     # The connect phase and the first round (see loadgen.c) each end within connect_timeout

@@ -57,6 +57,12 @@
  * duplicated, truncated or from another connection does not match.  Any mismatch, short echo,
  * unexpected EOF or reset aborts the run with an error.
  *
+ * With --tls every connection speaks TLS (client side, the server's certificate not verified:
+ * loopback only) and the requests and echoes are application data; the handshakes are done
+ * before the first round.  Only a binary built with LOADGEN_TLS defined and linked with OpenSSL
+ * (the harness builds bin/loadgen-tls that way when OpenSSL's headers are there) has it; the
+ * plain binary refuses --tls.  Without --tls both builds make the same system calls.
+ *
  * Output: one JSON object on stdout (after the window marks of --mark-window); exit status 0 on
  * success, 2 on a failed run, 1 on bad usage.  Every run ends by itself: a connect phase limited
  * by --timeout, a stall detector (--timeout seconds with requests out and none completed), and a
@@ -82,6 +88,10 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 /* The pattern is longer than a message by this much: the room the window start moves in. */
 #define PATTERN_SLACK 4096u
@@ -115,6 +125,9 @@ struct conn {
     int served_in_window;  /* completed a request inside the measurement window */
     int idle;              /* paced: no request in flight, the next one due at due_ns */
     uint64_t due_ns;       /* paced: when its next request may start */
+#ifdef LOADGEN_TLS
+    SSL *ssl;              /* --tls: the connection's TLS state */
+#endif
 };
 
 static struct {
@@ -125,7 +138,8 @@ static struct {
     unsigned long long requests;       /* 0: run for --duration; else issue exactly this many */
     double rate;                       /* 0: closed loop; else requests/s over all connections */
     int mark_window;                   /* print "# window start" / "# window end" (see header) */
-} opt = {"127.0.0.1", 0, 1, -1, 1024, 2.0, 0.5, 10.0, 0, 0.0, 0};
+    int tls;                           /* --tls: TLS on every connection (see header) */
+} opt = {"127.0.0.1", 0, 1, -1, 1024, 2.0, 0.5, 10.0, 0, 0.0, 0, 0};
 
 static unsigned char *pattern;
 static unsigned char scratch[SCRATCH_SIZE];
@@ -184,11 +198,12 @@ static void usage(void)
     fprintf(stderr,
             "usage: loadgen --port N [--host 127.0.0.1] [--conns 1] [--size 1024]\n"
             "               [--duration 2] [--warmup 0.5] [--timeout 10] [--cpu N]\n"
-            "               [--requests N] [--rate R] [--mark-window]\n"
+            "               [--requests N] [--rate R] [--mark-window] [--tls]\n"
             "  --rate R       R requests/s over all connections, each connection sleeping\n"
             "                 until its next request is due (default 0: closed loop)\n"
             "  --mark-window  print '# window start' / '# window end' as the measurement\n"
-            "                 window starts and ends\n");
+            "                 window starts and ends\n"
+            "  --tls          TLS on every connection (a binary built with LOADGEN_TLS)\n");
     exit(1);
 }
 
@@ -196,8 +211,16 @@ static void parse_args(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--mark-window")) {        /* the one option without a value */
+        if (!strcmp(a, "--mark-window")) {        /* the options without a value */
             opt.mark_window = 1;
+            continue;
+        }
+        if (!strcmp(a, "--tls")) {
+#ifndef LOADGEN_TLS
+            fprintf(stderr, "loadgen: built without TLS (LOADGEN_TLS and OpenSSL): no --tls\n");
+            exit(1);
+#endif
+            opt.tls = 1;
             continue;
         }
         if (i + 1 >= argc)
@@ -268,10 +291,62 @@ static void record(uint64_t latency_ns)
     samples[nsamples++] = latency_ns > UINT32_MAX ? UINT32_MAX : (uint32_t)latency_ns;
 }
 
-/* Send what is left of the current request; arm EPOLLOUT while the socket is full. */
+static void want_out(struct conn *c)
+{
+    if (!c->want_out) {
+        c->want_out = 1;
+        epoll_set(c, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
+    }
+}
+
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+
+/* --tls: after an SSL_* call on c that did not succeed (`ret` its return value), what to wait
+ * for: EPOLLIN or EPOLLOUT; 0 for the peer's close_notify.  Any other outcome fails the run. */
+static uint32_t tls_wait(struct conn *c, int ret, const char *what)
+{
+    int err = SSL_get_error(c->ssl, ret);
+    if (err == SSL_ERROR_WANT_READ)
+        return EPOLLIN;
+    if (err == SSL_ERROR_WANT_WRITE)
+        return EPOLLOUT;
+    if (err == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    char detail[256] = "";
+    unsigned long code = ERR_get_error();
+    if (code)
+        ERR_error_string_n(code, detail, sizeof detail);
+    else if (err == SSL_ERROR_SYSCALL)
+        snprintf(detail, sizeof detail, "%s", errno ? strerror(errno) : "unexpected EOF");
+    fail("connection %ld: %s: TLS error %d (%s)", (long)(c - conns), what, err, detail);
+}
+#endif
+
+/* Send what is left of the current request; arm EPOLLOUT while the socket is full.  With --tls
+ * a write that waits for the socket to be readable is tried again at its next event
+ * (serve_events). */
 static void push(struct conn *c)
 {
     while (c->sent < opt.size) {
+#ifdef LOADGEN_TLS
+        if (opt.tls) {
+            size_t written;
+            int ret = SSL_write_ex(c->ssl, pattern + c->offset + c->sent, opt.size - c->sent,
+                                   &written);
+            if (ret == 1) {
+                c->sent += written;
+                continue;
+            }
+            uint32_t wait = tls_wait(c, ret, "SSL_write");
+            if (!wait)
+                fail("connection %ld: the server closed TLS (close_notify) during request %llu",
+                     (long)(c - conns), (unsigned long long)c->seq);
+            if (wait == EPOLLOUT)
+                want_out(c);
+            return;
+        }
+#endif
         ssize_t n = send(c->fd, pattern + c->offset + c->sent, opt.size - c->sent,
                          MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0) {
@@ -279,10 +354,7 @@ static void push(struct conn *c)
             continue;
         }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->want_out) {
-                c->want_out = 1;
-                epoll_set(c, EPOLLIN | EPOLLOUT, EPOLL_CTL_MOD);
-            }
+            want_out(c);
             return;
         }
         if (n < 0 && errno == EINTR)
@@ -316,13 +388,31 @@ static void start_request(struct conn *c)
 }
 
 /* Read what the server echoed so far (never past the current request), verify it, and complete
- * the request when all of it is back.  Returns 1 when a request completed. */
+ * the request when all of it is back.  Returns 1 when a request completed.  With --tls it reads
+ * until nothing is left: bytes OpenSSL has decrypted and kept would not wake epoll. */
 static int pull(struct conn *c, uint64_t *now, uint64_t window_start, uint64_t window_end)
 {
+again:;
     size_t want = opt.size - c->received;
     if (want > SCRATCH_SIZE)
         want = SCRATCH_SIZE;
-    ssize_t n = recv(c->fd, scratch, want, MSG_DONTWAIT);
+    ssize_t n;
+#ifdef LOADGEN_TLS
+    if (opt.tls) {
+        size_t got;
+        int ret = SSL_read_ex(c->ssl, scratch, want, &got);
+        if (ret != 1) {
+            uint32_t wait = tls_wait(c, ret, "SSL_read");
+            if (wait == EPOLLOUT)
+                want_out(c);
+            if (wait)
+                return 0;
+            got = 0;               /* close_notify: the server closed */
+        }
+        n = (ssize_t)got;
+    } else
+#endif
+    n = recv(c->fd, scratch, want, MSG_DONTWAIT);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return 0;
@@ -342,8 +432,11 @@ static int pull(struct conn *c, uint64_t *now, uint64_t window_start, uint64_t w
              (long)(c - conns), c->received + at, (unsigned long long)c->seq);
     }
     c->received += (size_t)n;
-    if (c->received < opt.size)
+    if (c->received < opt.size) {
+        if (opt.tls)
+            goto again;
         return 0;
+    }
     *now = now_ns();
     c->busy = 0;
     c->seq++;
@@ -445,6 +538,64 @@ static void connect_all(void)
     }
 }
 
+#ifdef LOADGEN_TLS
+/* --tls: one step of c's handshake; 1 once it is done.  A connection whose handshake is done
+ * waits for no event until all are (the server's session tickets would make it readable, over
+ * and over, while the others finish). */
+static int handshake_step(struct conn *c)
+{
+    int ret = SSL_do_handshake(c->ssl);
+    if (ret == 1) {
+        c->connected = 2;
+        epoll_set(c, 0, EPOLL_CTL_MOD);
+        return 1;
+    }
+    uint32_t wait = tls_wait(c, ret, "TLS handshake");
+    if (!wait)
+        fail("connection %ld: the server closed TLS during the handshake", (long)(c - conns));
+    epoll_set(c, wait, EPOLL_CTL_MOD);
+    return 0;
+}
+
+/* --tls: every connection's handshake, all of them in flight at once, within --timeout. */
+static void handshake_all(void)
+{
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx)
+        fail("SSL_CTX_new failed");
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    /* push() sends what is left of a request from wherever it stands: partial writes, and a
+     * retry whose buffer pointer moved with `sent`. */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    int pending = opt.nconns;
+    for (int i = 0; i < opt.nconns; i++) {
+        struct conn *c = &conns[i];
+        c->ssl = SSL_new(tls_ctx);
+        if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+            fail("connection %d: SSL_new / SSL_set_fd failed", i);
+        SSL_set_connect_state(c->ssl);
+        pending -= handshake_step(c);
+    }
+    struct epoll_event events[MAX_EVENTS];
+    uint64_t deadline = now_ns() + (uint64_t)(opt.timeout * 1e9);
+    while (pending > 0) {
+        if (now_ns() > deadline)
+            fail("%d of %d TLS handshakes not done after %.1f s", pending, opt.nconns,
+                 opt.timeout);
+        int n = epoll_wait(epfd, events, MAX_EVENTS, 100);
+        if (n < 0 && errno != EINTR)
+            fail("epoll_wait: %s", strerror(errno));
+        for (int k = 0; k < n; k++) {
+            struct conn *c = &conns[events[k].data.u32];
+            if (c->connected != 2)
+                pending -= handshake_step(c);
+        }
+    }
+    for (int i = 0; i < opt.nconns; i++)
+        epoll_set(&conns[i], EPOLLIN, EPOLL_CTL_MOD);
+}
+#endif
+
 /* Wait for events until wake_ns (CLOCK_MONOTONIC) at the latest.  wake_ns 0: the closed loop's
  * plain wait of 50 ms at most, as it always was.
  *
@@ -493,12 +644,14 @@ static uint64_t serve_events(uint64_t wake_ns, uint64_t window_start, uint64_t w
     uint64_t now = now_ns();
     for (int k = 0; k < n; k++) {
         struct conn *c = &conns[events[k].data.u32];
-        if ((events[k].events & (EPOLLERR | EPOLLHUP | EPOLLIN)) &&
+        /* (With --tls either read or write may be the one waiting for this event.) */
+        if ((opt.tls || (events[k].events & (EPOLLERR | EPOLLHUP | EPOLLIN))) &&
             pull(c, &now, window_start, window_end)) {
             on_done(c, now, ctx);
             continue;
         }
-        if (c->busy && c->want_out && (events[k].events & EPOLLOUT))
+        if (c->busy && c->sent < opt.size &&
+            (opt.tls || (c->want_out && (events[k].events & EPOLLOUT))))
             push(c);
     }
     return now;
@@ -607,6 +760,10 @@ int main(int argc, char **argv)
         fail("setup: %s", strerror(errno));
 
     connect_all();
+#ifdef LOADGEN_TLS
+    if (opt.tls)
+        handshake_all();
+#endif
     double first_round_s = 0;
     if (!opt.requests) {
         /* (--requests issues exactly that many: no round of its own before them.) */
@@ -686,6 +843,12 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &usage_end);
     int conns_served = 0;
     for (int i = 0; i < opt.nconns; i++) {
+#ifdef LOADGEN_TLS
+        if (conns[i].ssl) {
+            SSL_shutdown(conns[i].ssl);     /* close_notify, without waiting for the server's */
+            SSL_free(conns[i].ssl);
+        }
+#endif
         close(conns[i].fd);
         conns_served += conns[i].served_in_window;
     }
@@ -708,11 +871,13 @@ int main(int argc, char **argv)
            "\"requests\": %llu, \"rps\": %.1f, \"mbps\": %.2f, \"p50_us\": %.1f, "
            "\"p99_us\": %.1f, \"max_us\": %.1f, \"mean_us\": %.1f, \"total_requests\": %llu, "
            "\"unfinished\": %d, \"client_cpu_pct\": %.1f, \"first_round_s\": %.6f, "
-           "\"conns_served\": %d, \"rate\": %.1f, \"schedule_restarts\": %llu}\n",
+           "\"conns_served\": %d, \"rate\": %.1f, \"schedule_restarts\": %llu, "
+           "\"tls\": %s}\n",
            opt.cpu, opt.nconns, opt.size, window_s, (unsigned long long)window_requests,
            (double)window_requests / window_s, (double)window_bytes / window_s / 1e6,
            percentile_us(0.50), percentile_us(0.99), samples[nsamples - 1] / 1000.0, mean,
            (unsigned long long)total_requests, p.in_flight, client_cpu_pct, first_round_s,
-           conns_served, opt.rate, (unsigned long long)schedule_restarts);
+           conns_served, opt.rate, (unsigned long long)schedule_restarts,
+           opt.tls ? "true" : "false");
     return 0;
 }

@@ -4,7 +4,9 @@
 
 Styles: `sock` (loop.sock_accept / sock_recv_into / sock_sendall), `streams`
 (asyncio.start_server), `protocol` (asyncio.Protocol), `bufferedprotocol`
-(asyncio.BufferedProtocol) -- all TCP echo servers -- and `http` (aiohttp hello world).
+(asyncio.BufferedProtocol), `tls` (the streams server with ssl=, over whatever TLS layer the
+loop has; the certificate in benchmarks/tls/) -- all TCP echo servers -- and `http` (aiohttp hello
+world).
 
 Once listening, the process prints one JSON line on stdout:
     {"ready": true, "port": 40123, "loop_type": "uvloop.Loop", "pid": 1234}
@@ -26,14 +28,19 @@ import os
 import resource
 import select
 import socket
+import ssl
 import sys
 import threading
 import traceback
+from pathlib import Path
 
 import loops
 
-STYLES = ("sock", "streams", "protocol", "bufferedprotocol")
+STYLES = ("sock", "streams", "protocol", "bufferedprotocol", "tls")
 ALL_STYLES = STYLES + ("http",)
+# A self-signed ECDSA P-256 certificate for 127.0.0.1 / localhost, made for these loopback runs
+# only (valid until 2126); the load generator does not verify it.
+TLS_DIR = Path(__file__).resolve().parent / "tls"
 BACKLOG = 2048
 # The most one receive asks for.  The sock_* and BufferedProtocol servers preallocate a buffer of
 # this size per connection (1000 connections: 64 MB per server process).
@@ -84,7 +91,7 @@ async def serve_sock(host: str, port: int):
 
 # ---- streams --------------------------------------------------------------------------------
 
-async def serve_streams(host: str, port: int):
+async def serve_streams(host: str, port: int, ssl_context=None):
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _nodelay(writer.get_extra_info("socket"))
         try:
@@ -99,8 +106,14 @@ async def serve_streams(host: str, port: int):
         finally:
             writer.close()
 
-    server = await asyncio.start_server(echo, host, port, backlog=BACKLOG)
+    server = await asyncio.start_server(echo, host, port, backlog=BACKLOG, ssl=ssl_context)
     return server.sockets[0].getsockname()[1], server
+
+
+async def serve_tls(host: str, port: int):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(TLS_DIR / "cert.pem", TLS_DIR / "key.pem")
+    return await serve_streams(host, port, ssl_context=context)
 
 
 # ---- Protocol and BufferedProtocol ----------------------------------------------------------
@@ -174,6 +187,7 @@ SERVE = {
     "streams": serve_streams,
     "protocol": serve_protocol,
     "bufferedprotocol": serve_bufferedprotocol,
+    "tls": serve_tls,
     "http": serve_http,
 }
 

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -35,14 +36,35 @@ def loadgen():
     return harness.build_loadgen(_log)
 
 
-class EchoServer:
-    """A blocking, threaded TCP echo server that can misbehave on purpose."""
+def _tls_loadgen_or_reason():
+    try:
+        return harness.build_loadgen_tls(_log), None
+    except harness.HarnessError as exc:
+        return None, str(exc)
 
-    def __init__(self, corrupt_at=None, close_after=None, accept_delay=0.0, silent_after=None):
+
+@pytest.fixture(scope="module")
+def loadgen_tls():
+    path, reason = _tls_loadgen_or_reason()
+    if path is None:
+        pytest.skip(f"no TLS load generator here: {reason}")
+    return path
+
+
+class EchoServer:
+    """A blocking, threaded TCP echo server that can misbehave on purpose; with tls=True it
+    speaks TLS with the benchmark's certificate (benchmarks/tls/) and echoes what it decrypts."""
+
+    def __init__(self, corrupt_at=None, close_after=None, accept_delay=0.0, silent_after=None,
+                 tls=False):
         self.corrupt_at = corrupt_at        # flip the byte at this stream offset
         self.close_after = close_after      # echo this many bytes, then close
         self.accept_delay = accept_delay    # seconds before each accept (a slow accepter)
         self.silent_after = silent_after    # echo this many bytes, then read without echoing
+        self.tls = None
+        if tls:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(BENCH / "tls" / "cert.pem", BENCH / "tls" / "key.pem")
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.threads = []
@@ -63,6 +85,13 @@ class EchoServer:
 
     def echo(self, conn):
         offset = 0
+        if self.tls is not None:
+            conn.settimeout(10)
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
         with conn:
             conn.settimeout(10)
             if self.close_after is not None:
@@ -129,7 +158,7 @@ def test_loadgen_measures_a_correct_echo(loadgen):
     finally:
         server.close()
     assert status == 0, result
-    assert result["ok"] is True
+    assert result["ok"] is True and result["tls"] is False
     assert result["conns"] == 3 and result["size"] == 5000
     assert result["requests"] > 0 and result["rps"] > 0
     assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
@@ -187,6 +216,46 @@ def test_loadgen_rejects_a_short_echo(loadgen):
     assert status == 2
     assert "closed the connection" in result["error"]
     assert "4000 of 5000 bytes" in result["error"]
+
+
+def test_loadgen_tls_measures_a_correct_echo(loadgen_tls):
+    server = EchoServer(tls=True)
+    try:
+        status, result = _loadgen(loadgen_tls, server.port, "--tls")
+    finally:
+        server.close()
+    assert status == 0, result
+    assert result["ok"] is True and result["tls"] is True
+    assert result["requests"] > 0 and result["conns_served"] == 3
+    assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
+
+
+def test_loadgen_tls_rejects_a_corrupted_byte(loadgen_tls):
+    # The server flips a byte of what it decrypted: the TLS records are sound, the echo is not.
+    server = EchoServer(corrupt_at=5000 + 1234, tls=True)
+    try:
+        status, result = _loadgen(loadgen_tls, server.port, "--tls")
+    finally:
+        server.close()
+    assert status == 2
+    assert "byte 1234 of request 1 differs" in result["error"]
+
+
+def test_loadgen_tls_fails_a_server_that_does_not_speak_tls(loadgen_tls):
+    server = EchoServer()           # echoes the ClientHello back: not a TLS server
+    try:
+        status, result = _loadgen(loadgen_tls, server.port, "--tls")
+    finally:
+        server.close()
+    assert status == 2
+    assert result["ok"] is False and "TLS" in result["error"]
+
+
+def test_loadgen_without_tls_refuses_the_option(loadgen):
+    proc = subprocess.run([str(loadgen), "--port", "1", "--tls"], capture_output=True,
+                          text=True, timeout=10)
+    assert proc.returncode == 1
+    assert "built without TLS" in proc.stderr
 
 
 def test_loadgen_reports_a_refused_connection(loadgen):
@@ -741,11 +810,17 @@ def test_smoke_run_end_to_end(tmp_path):
 
     # The stock loop must have served every echo point with verified bytes.
     echo = [p for p in results["points"] if p["workload"] == "echo"]
-    assert {(p["style"], p["size"]) for p in echo} == {("sock", 1024), ("protocol", 1024),
-                                                       ("protocol", 16384)}
+    expected = {("sock", 1024), ("protocol", 1024), ("protocol", 16384)}
+    tls_path, tls_missing = _tls_loadgen_or_reason()
+    if tls_path is not None:
+        expected.add(("tls", 1024))     # the streams server over TLS
+    else:
+        assert "the TLS echo points will be skipped" in proc.stderr
+    assert {(p["style"], p["size"]) for p in echo} == expected
     for p in echo:
         entry = p["loops"]["asyncio"]
         assert all(r["ok"] for r in entry["runs"]), entry
+        assert all(r["tls"] is (p["style"] == "tls") for r in entry["runs"]), entry
         assert entry["metrics"]["rps"]["summary"]["median"] > 0
         for lp in loops:                # each loop: measured, or n/a with the reason
             e = p["loops"][lp]
@@ -916,3 +991,23 @@ def test_a_server_that_dies_is_replaced_and_the_death_recorded(tmp_path):
     assert servers["asyncio"] is not first and _gone(servers["asyncio"].proc.pid)
     assert point["loops"]["asyncio"]["runs"][0]["ok"], point
     assert "the asyncio server exited (status -9)" in runner.results["server_restarts"][0]
+
+
+def test_tls_points_are_skipped_with_a_warning_without_the_tls_load_generator(
+        tmp_path, monkeypatch, capsys):
+    import run
+
+    def no_openssl(log):
+        raise harness.HarnessError("openssl/ssl.h: No such file or directory")
+
+    monkeypatch.setattr(harness, "build_loadgen_tls", no_openssl)
+    monkeypatch.setattr(harness, "pinning", lambda: (None, None))   # leave pytest unpinned
+    monkeypatch.setattr(run.signal, "signal", lambda *args: None)
+    status = run.main(["--smoke", "--only", "echo", "--loops", "asyncio",
+                       "--output", str(tmp_path)])
+    assert status == 0
+    err = capsys.readouterr().err
+    assert "WARNING: the TLS echo points will be skipped: openssl/ssl.h" in err
+    points = json.loads((tmp_path / "results.json").read_text())["points"]
+    styles = {p["style"] for p in points if p["workload"] == "echo"}
+    assert styles == {"sock", "protocol"}           # the smoke run's other echo points ran
