@@ -1,11 +1,12 @@
 """First-run set-up for `python3 benchmarks/run.py` on a fresh machine.
 
 The benchmark needs uringloop built from this checkout, uvloop, aiohttp and matplotlib, gcc for the
-load generator, and wrk for the HTTP workload.  When the running interpreter lacks the Python
-packages, this creates benchmarks/.venv with the same interpreter, installs this checkout's
-`.[bench]` extra into it (building the extension), and re-executes run.py inside it; later runs
-reuse the venv.  When wrk is missing and we are root on a Debian-like system, it is installed with
-apt-get; otherwise the benchmark says how to install it and skips the HTTP workload.
+load generator, OpenSSL's headers for its TLS build, and wrk for the HTTP workload.  When the
+running interpreter lacks the Python packages, this creates benchmarks/.venv with the same
+interpreter, installs this checkout's `.[bench]` extra into it (building the extension), and
+re-executes run.py inside it; later runs reuse the venv.  When wrk or OpenSSL's headers are
+missing and we are root on a Debian-like system, they are installed with apt-get; otherwise the
+benchmark says how to install them and skips the HTTP workload or the TLS points.
 
 It never touches the running interpreter's own site-packages.
 """
@@ -44,18 +45,24 @@ def _say(msg: str) -> None:
     print(f"[bootstrap] {msg}", file=sys.stderr, flush=True)
 
 
-def _install_wrk() -> None:
-    if shutil.which("wrk") or os.geteuid() != 0 or shutil.which("apt-get") is None:
+def _install_debian_packages() -> None:
+    """wrk (the HTTP workload) and OpenSSL's headers (the TLS load generator), when missing."""
+    missing = []
+    if not shutil.which("wrk"):
+        missing.append("wrk")
+    if not Path("/usr/include/openssl/ssl.h").exists():
+        missing.append("libssl-dev")
+    if not missing or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return
-    _say("wrk is missing: installing the Debian package (apt-get install wrk)")
+    _say(f"installing the missing Debian packages: apt-get install {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=False)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env, check=False)
 
 
 def ensure_environment(argv: list) -> None:
     """Return when everything is importable here; otherwise re-exec inside benchmarks/.venv."""
-    _install_wrk()
+    _install_debian_packages()
     missing = _missing()
     if not missing:
         return
