@@ -35,8 +35,8 @@ LOADGEN_CFLAGS = ["-O2", "-Wall", "-Wextra"]
 # The same source built with --tls (see loadgen.c): it links OpenSSL, so it is a binary of its
 # own, and the plain load generator, which every other point uses, stays as it was.
 LOADGEN_TLS = BIN_DIR / "loadgen-tls"
-LOADGEN_TLS_FLAGS = ["-DLOADGEN_TLS"]
-LOADGEN_TLS_LIBS = ["-lssl", "-lcrypto"]
+LOADGEN_TLS_FLAGS = ("-DLOADGEN_TLS",)
+LOADGEN_TLS_LIBS = ("-lssl", "-lcrypto")
 # The floor: a minimal C echo server on io_uring (see uring_echo.c), measured beside the loops at
 # the small-message Protocol points.  Run.py treats it as one more server under this name.
 FLOOR_NAME = "c-io_uring"

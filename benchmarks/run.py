@@ -47,7 +47,7 @@ STYLES = ("sock", "streams", "protocol", "bufferedprotocol")
 # loop; uvloop's own, compiled.  1 KiB and 16 KiB at 10 connections, the load generator built
 # with OpenSSL (bin/loadgen-tls); without OpenSSL's headers these points are skipped.
 TLS_STYLE = "tls"
-TLS_POINTS = ((TLS_STYLE, 1024, 10), (TLS_STYLE, 16 * 1024, 10))
+TLS_POINTS = ((TLS_STYLE, KIB, 10), (TLS_STYLE, 16 * KIB, 10))
 SIZES = (1 * KIB, 16 * KIB, 100 * KIB)
 CONNS = (1, 10, 100, 1000)
 MICRO = ("call_soon", "timers", "sleep0_tasks", "create_close")
