@@ -230,6 +230,22 @@ def test_loadgen_tls_measures_a_correct_echo(loadgen_tls):
     assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
 
 
+def test_loadgen_tls_echoes_requests_of_many_records(loadgen_tls):
+    # 100 KiB: seven TLS records each way per request, written and read in pieces.
+    server = EchoServer(tls=True)
+    try:
+        proc = subprocess.run([str(loadgen_tls), "--port", str(server.port), "--conns", "3",
+                               "--size", str(100 * 1024), "--duration", "0.3", "--warmup",
+                               "0.05", "--timeout", "5", "--tls"],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        server.close()
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, result
+    assert result["ok"] is True and result["size"] == 100 * 1024
+    assert result["requests"] > 0 and result["conns_served"] == 3
+
+
 def test_loadgen_tls_rejects_a_corrupted_byte(loadgen_tls):
     # The server flips a byte of what it decrypted: the TLS records are sound, the echo is not.
     server = EchoServer(corrupt_at=5000 + 1234, tls=True)
