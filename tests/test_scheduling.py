@@ -153,6 +153,24 @@ def test_due_timers_run_after_the_ready_callbacks(new_loop):
     assert seen == ["call_soon scheduled second", "timer scheduled first"]
 
 
+def test_a_timer_a_callback_schedules_waits_for_the_callbacks_queued_before_it(new_loop):
+    # call_soon(A) then call_later(0, B) from a callback: the stock loop runs A in the next
+    # iteration and B behind it, although B is already due when the callback returns.  (The
+    # conformance run of test_waitfor on 3.12 caught the other order once: wait_for()'s
+    # 1e-9 s timeout cancelled a task before the task's first step had run.)
+    loop = new_loop()
+    seen = []
+
+    def first():
+        loop.call_soon(seen.append, "call_soon")
+        loop.call_later(0, seen.append, "call_later(0)")
+
+    loop.call_soon(first)
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert seen == ["call_soon", "call_later(0)"]
+
+
 def test_timers_run_in_deadline_order(new_loop):
     loop = new_loop()
     seen = []

@@ -635,10 +635,16 @@ cdef class LoopCore:
         cdef Py_ssize_t ran = 0, count
         cdef list due = None
         cdef bint blocking, inline_ok
+        cdef bint due_noted = False
         self.batch_left = 0
         try:
             if pending or self._stopping:
+                # Noted before the ready callbacks run: a timer they schedule waits for the next
+                # iteration even when it is due by the time they return (call_later(0) after a
+                # call_soon(): the stock loop runs the call_soon's callback first).  pop_due()
+                # answers None for "nothing due", so whether the timers were noted is kept apart.
                 due = self.pop_due()
+                due_noted = True
                 if pending:
                     self.run_ready(pending)
                 if due or self.ready or self._stopping or not may_wait_after_ready:
@@ -652,12 +658,17 @@ cdef class LoopCore:
             # A signal that ended the wait (EINTR) has its Python handler run now, as a
             # selector's select() would run it (PEP 475), before any callback of this iteration.
             PyErr_CheckSignals()
-            if due is None:
+            if not due_noted:
                 due = self.pop_due()
             elif blocking:
+                # The blocking wait stood in for the next iteration's (see above): what fell due
+                # during it runs now, as it would after the stock loop's next select().
                 more = self.pop_due()
                 if more is not None:
-                    due.extend(more)
+                    if due is None:
+                        due = more
+                    else:
+                        due.extend(more)
             if blocking and self.ready:
                 # Queued while we waited (nothing was ready before a blocking wait): by
                 # call_soon_threadsafe() from another thread, or a signal's handler.  They are
