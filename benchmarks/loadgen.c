@@ -497,6 +497,38 @@ static void pin_cpu(void)
         fail("sched_setaffinity(CPU %d): %s", opt.cpu, strerror(errno));
 }
 
+/* Wait, within --timeout, until `pending` connections have each finished a set-up phase (the
+ * TCP connect, the TLS handshake): step(c) sees every event on c and answers 1 when c has just
+ * finished the phase, 0 otherwise.  `what` names the unfinished ones in the error. */
+static void finish_phase(int pending, const char *what, int (*step)(struct conn *c))
+{
+    struct epoll_event events[MAX_EVENTS];
+    uint64_t deadline = now_ns() + (uint64_t)(opt.timeout * 1e9);
+    while (pending > 0) {
+        if (now_ns() > deadline)
+            fail("%d of %d %s after %.1f s", pending, opt.nconns, what, opt.timeout);
+        int n = epoll_wait(epfd, events, MAX_EVENTS, 100);
+        if (n < 0 && errno != EINTR)
+            fail("epoll_wait: %s", strerror(errno));
+        for (int k = 0; k < n; k++)
+            pending -= step(&conns[events[k].data.u32]);
+    }
+}
+
+static int connect_step(struct conn *c)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (c->connected)
+        return 0;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err)
+        fail("connect to %s:%d: %s", opt.host, opt.port, strerror(err));
+    c->connected = 1;
+    epoll_set(c, EPOLLIN, EPOLL_CTL_MOD);
+    return 1;
+}
+
 static void connect_all(void)
 {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
@@ -513,37 +545,17 @@ static void connect_all(void)
             fail("connect to %s:%d: %s", opt.host, opt.port, strerror(errno));
         epoll_set(c, EPOLLOUT, EPOLL_CTL_ADD);
     }
-    struct epoll_event events[MAX_EVENTS];
-    uint64_t deadline = now_ns() + (uint64_t)(opt.timeout * 1e9);
-    while (pending > 0) {
-        if (now_ns() > deadline)
-            fail("%d of %d connections not established after %.1f s", pending, opt.nconns,
-                 opt.timeout);
-        int n = epoll_wait(epfd, events, MAX_EVENTS, 100);
-        if (n < 0 && errno != EINTR)
-            fail("epoll_wait: %s", strerror(errno));
-        for (int k = 0; k < n; k++) {
-            struct conn *c = &conns[events[k].data.u32];
-            int err = 0;
-            socklen_t len = sizeof err;
-            if (c->connected)
-                continue;
-            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-            if (err)
-                fail("connect to %s:%d: %s", opt.host, opt.port, strerror(err));
-            c->connected = 1;
-            pending--;
-            epoll_set(c, EPOLLIN, EPOLL_CTL_MOD);
-        }
-    }
+    finish_phase(pending, "connections not established", connect_step);
 }
 
 #ifdef LOADGEN_TLS
-/* --tls: one step of c's handshake; 1 once it is done.  A connection whose handshake is done
- * waits for no event until all are (the server's session tickets would make it readable, over
- * and over, while the others finish). */
+/* --tls: one step of c's handshake; 1 when it has just finished (0 for one finished before, or
+ * still under way).  A connection whose handshake is done waits for no event until all are (the
+ * server's session tickets would make it readable, over and over, while the others finish). */
 static int handshake_step(struct conn *c)
 {
+    if (c->connected == 2)
+        return 0;
     int ret = SSL_do_handshake(c->ssl);
     if (ret == 1) {
         c->connected = 2;
@@ -576,21 +588,7 @@ static void handshake_all(void)
         SSL_set_connect_state(c->ssl);
         pending -= handshake_step(c);
     }
-    struct epoll_event events[MAX_EVENTS];
-    uint64_t deadline = now_ns() + (uint64_t)(opt.timeout * 1e9);
-    while (pending > 0) {
-        if (now_ns() > deadline)
-            fail("%d of %d TLS handshakes not done after %.1f s", pending, opt.nconns,
-                 opt.timeout);
-        int n = epoll_wait(epfd, events, MAX_EVENTS, 100);
-        if (n < 0 && errno != EINTR)
-            fail("epoll_wait: %s", strerror(errno));
-        for (int k = 0; k < n; k++) {
-            struct conn *c = &conns[events[k].data.u32];
-            if (c->connected != 2)
-                pending -= handshake_step(c);
-        }
-    }
+    finish_phase(pending, "TLS handshakes not done", handshake_step);
     for (int i = 0; i < opt.nconns; i++)
         epoll_set(&conns[i], EPOLLIN, EPOLL_CTL_MOD);
 }
