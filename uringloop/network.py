@@ -6,8 +6,9 @@ connect_accepted_socket, start_tls and sendfile on top of a few hooks; NetworkMi
 hooks with completion-based machinery:
 
   _make_socket_transport   the compiled SocketTransport (_transports.pyx)
-  _make_ssl_transport      asyncio.sslproto.SSLProtocol over a SocketTransport, as the stock
-                           loop layers it
+  _make_ssl_transport      TLS over a SocketTransport, layered as the stock loop layers it:
+                           the compiled SSLProtocol (_sslproto.pyx) on 3.11+, asyncio's SSLProtocol
+                           on 3.10; start_tls() is overridden to use the same class
   _start_serving           a compiled Acceptor per listening socket (_server.pyx): a poll on
   _stop_serving            the ring, accept4 and the new transport in its completion handler
 
@@ -27,6 +28,11 @@ import sys
 
 import io
 
+try:
+    import ssl
+except ImportError:  # pragma: no cover -- a Python built without OpenSSL
+    ssl = None
+
 from asyncio import base_events, constants, exceptions, sslproto, tasks
 from asyncio.log import logger
 
@@ -37,6 +43,14 @@ from uringloop._transports import SocketTransport
 _HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
 # create_unix_server(cleanup_socket=True) and the unlink at close arrived in 3.13.
 _HAS_CLEANUP_SOCKET = sys.version_info >= (3, 13)
+# The TLS layer: the compiled one reproduces 3.11+'s SSLProtocol; 3.10's is an older design
+# (see _sslproto.pyx), kept stock there -- and the compiled module, which reads 3.11's sslproto
+# at import, is not imported at all.
+if sys.version_info >= (3, 11):
+    from uringloop._sslproto import SSLProtocol as CompiledSSLProtocol
+    _TLS_PROTOCOL = CompiledSSLProtocol
+else:
+    _TLS_PROTOCOL = sslproto.SSLProtocol
 
 
 def _is_abstract(path) -> bool:
@@ -74,16 +88,52 @@ class NetworkMixin:
                             server_side=False, server_hostname=None, extra=None, server=None,
                             ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
                             ssl_shutdown_timeout=None):
-        # TLS is asyncio's own SSLProtocol (a BufferedProtocol from 3.11 on: the kernel
-        # receives straight into its buffer) over our socket transport, exactly the layering
-        # of the stock loop; the application sees SSLProtocol's app transport.
+        # The TLS protocol (a BufferedProtocol from 3.11 on: the kernel receives straight into
+        # its buffer) over our socket transport, exactly the layering of the stock loop; the
+        # application sees the TLS protocol's app transport.
         kwargs = {'ssl_handshake_timeout': ssl_handshake_timeout}
         if _HAS_SSL_SHUTDOWN_TIMEOUT:
             kwargs['ssl_shutdown_timeout'] = ssl_shutdown_timeout
-        ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
-                                            server_hostname, **kwargs)
+        ssl_protocol = _TLS_PROTOCOL(self, protocol, sslcontext, waiter, server_side,
+                                     server_hostname, **kwargs)
         SocketTransport(self, rawsock, ssl_protocol, None, extra, server)
         return ssl_protocol._app_transport
+
+    if _TLS_PROTOCOL is not sslproto.SSLProtocol:
+        async def start_tls(self, transport, protocol, sslcontext, *, server_side=False,
+                            server_hostname=None, ssl_handshake_timeout=None,
+                            ssl_shutdown_timeout=None):
+            """Upgrade transport to TLS; return the new transport protocol must use from now.
+
+            BaseEventLoop.start_tls() builds asyncio's SSLProtocol itself, so this is its
+            sequence with our TLS protocol in its place: the same checks, the upgrade made
+            from the next iteration, and the transport closed if the handshake fails."""
+            if ssl is None:
+                raise RuntimeError('Python ssl module is not available')
+            if not isinstance(sslcontext, ssl.SSLContext):
+                raise TypeError(f'sslcontext is expected to be an instance of ssl.SSLContext, '
+                                f'got {sslcontext!r}')
+            if not getattr(transport, '_start_tls_compatible', False):
+                raise TypeError(f'transport {transport!r} is not supported by start_tls()')
+            waiter = self.create_future()
+            tls = CompiledSSLProtocol(self, protocol, sslcontext, waiter, server_side, server_hostname,
+                              ssl_handshake_timeout=ssl_handshake_timeout,
+                              ssl_shutdown_timeout=ssl_shutdown_timeout,
+                              call_connection_made=False)
+            # Reading is paused before the switch so that no bytes reach the TLS protocol
+            # ahead of its connection_made() (which starts the handshake).
+            transport.pause_reading()
+            transport.set_protocol(tls)
+            made = self.call_soon(tls.connection_made, transport)
+            resumed = self.call_soon(transport.resume_reading)
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                made.cancel()
+                resumed.cancel()
+                raise
+            return tls._app_transport
 
     # ---- servers ----
 
