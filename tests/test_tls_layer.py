@@ -397,3 +397,25 @@ async def test_tls_inside_tls_through_start_tls(contexts):
     writer.close()
     await writer.wait_closed()
     await close_server(server)
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_a_corrupted_record_ends_the_connection_with_the_ssl_error(contexts):
+    loop = asyncio.get_running_loop()
+    handled = []
+    loop.set_exception_handler(lambda loop, context: handled.append(context))
+    server, transport, protocol, peer = await tls_pair(contexts, Recorder, Recorder)
+    transport.write(b'fine')
+    while bytes(peer.data) != b'fine':
+        await asyncio.sleep(0.01)
+    # Bytes that are no TLS record, written under the TLS layer's feet.
+    os.write(transport.get_extra_info('socket').fileno(), b'\x17\x03\x03\x00\x10' + b'\0' * 16)
+    exc = await peer.closed
+    assert isinstance(exc, ssl.SSLError)
+    assert peer.events == ['made', 'data', ('lost', exc)]
+    # An SSLError is an OSError: logged in debug mode only, not reported to the handler.
+    assert handled == []
+    transport.close()
+    await protocol.closed
+    await close_server(server)

@@ -1,4 +1,4 @@
-# The compiled TLS layer (_sslproto.pyx): its two classes and their state, declared apart from the code.
+# The compiled TLS layer (_sslproto.pyx): its two classes and their state, apart from the code.
 
 cimport cython
 

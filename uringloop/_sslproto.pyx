@@ -51,7 +51,8 @@ Where it is faster than the stock class, and why that changes nothing visible
   being empty and OpenSSL holding no decrypted bytes (pending() == 0).  With both empty, OpenSSL
   cannot produce more plaintext: CPython's ssl module never turns on OpenSSL's read-ahead (nor
   can its API), so every byte not yet processed is still in the BIO (at most a partial record
-  sits inside OpenSSL, and that needs more input anyway).  A close_notify alert is bytes in the BIO, so it is still read.
+  sits inside OpenSSL, and that needs more input anyway).  A close_notify alert is bytes in the
+  BIO, so it is still read.
 - A BufferedProtocol application's buffer is filled through a memoryview of it; the stock class
   slices the buffer itself, and when get_buffer() returned a bytearray the slice is a copy and
   what OpenSSL reads into it past the first record is lost (CPython 3.11-3.13).  The one place

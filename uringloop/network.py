@@ -7,7 +7,7 @@ hooks with completion-based machinery:
 
   _make_socket_transport   the compiled SocketTransport (_transports.pyx)
   _make_ssl_transport      TLS over a SocketTransport, layered as the stock loop layers it:
-                           the compiled SSLProtocol (_sslproto.pyx) on 3.11+, asyncio's SSLProtocol
+                           the compiled SSLProtocol (_sslproto.pyx) on 3.11+, asyncio's own
                            on 3.10; start_tls() is overridden to use the same class
   _start_serving           a compiled Acceptor per listening socket (_server.pyx): a poll on
   _stop_serving            the ring, accept4 and the new transport in its completion handler
@@ -47,8 +47,7 @@ _HAS_CLEANUP_SOCKET = sys.version_info >= (3, 13)
 # (see _sslproto.pyx), kept stock there -- and the compiled module, which reads 3.11's sslproto
 # at import, is not imported at all.
 if sys.version_info >= (3, 11):
-    from uringloop._sslproto import SSLProtocol as CompiledSSLProtocol
-    _TLS_PROTOCOL = CompiledSSLProtocol
+    from uringloop._sslproto import SSLProtocol as _TLS_PROTOCOL
 else:
     _TLS_PROTOCOL = sslproto.SSLProtocol
 
@@ -116,10 +115,10 @@ class NetworkMixin:
             if not getattr(transport, '_start_tls_compatible', False):
                 raise TypeError(f'transport {transport!r} is not supported by start_tls()')
             waiter = self.create_future()
-            tls = CompiledSSLProtocol(self, protocol, sslcontext, waiter, server_side, server_hostname,
-                              ssl_handshake_timeout=ssl_handshake_timeout,
-                              ssl_shutdown_timeout=ssl_shutdown_timeout,
-                              call_connection_made=False)
+            tls = _TLS_PROTOCOL(self, protocol, sslcontext, waiter, server_side, server_hostname,
+                                ssl_handshake_timeout=ssl_handshake_timeout,
+                                ssl_shutdown_timeout=ssl_shutdown_timeout,
+                                call_connection_made=False)
             # Reading is paused before the switch so that no bytes reach the TLS protocol
             # ahead of its connection_made() (which starts the handshake).
             transport.pause_reading()
