@@ -24,6 +24,7 @@ aiohttp = pytest.importorskip(
 from aiohttp import web  # noqa: E402
 
 import uringloop  # noqa: E402
+from helpers import certificate, contexts  # noqa: E402,F401 (fixtures)
 
 MiB = 1024 * 1024
 
@@ -106,15 +107,16 @@ def make_app() -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def serving(app):
-    """Serve `app` on 127.0.0.1 on the running loop; yields the base URL."""
+async def serving(app, ssl_context=None):
+    """Serve `app` on 127.0.0.1 on the running loop (HTTPS with ssl_context); yields the base
+    URL."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
         await site.start()
         port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if ssl_context is not None else 'http'}://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
 
@@ -147,6 +149,40 @@ async def test_get_requests_keepalive_and_fresh_connections(is_uring):
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{base}/missing") as response:
                 assert response.status == 404
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_https_requests_a_large_body_and_a_secure_websocket(contexts, is_uring):
+    # TLS on both ends through the loop's ssl= support (on uringloop from 3.11: its compiled
+    # TLS layer), the certificate (made for localhost and 127.0.0.1) verified.
+    server_ctx, client_ctx = contexts
+    async with serving(make_app(), ssl_context=server_ctx) as base:
+        assert base.startswith("https://")
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as session:
+            for i in range(5):
+                async with session.get(f"{base}/hello", params={"name": f"s{i}"}) as response:
+                    assert response.status == 200
+                    payload = await response.json()
+                    assert payload["hello"] == f"s{i}"
+            assert (payload["loop"] == "uringloop.loop.Loop") == is_uring
+
+            body = pattern(3, 3 * MiB + 777)
+            async with session.post(f"{base}/echo", data=io.BytesIO(body)) as response:
+                assert await response.read() == body
+
+            async with session.ws_connect(f"{base.replace('https', 'wss')}/ws") as ws:
+                await ws.send_str("over tls")
+                assert (await ws.receive()).data == "echo:over tls"
+                blob = pattern(4, 300_000)
+                await ws.send_bytes(blob)
+                assert (await ws.receive()).data == blob[::-1]
+                await ws.close()
+
+        # A client that does not trust the server's certificate is refused.
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await session.get(f"{base}/hello")
 
 
 @pytest.mark.asyncio
