@@ -60,7 +60,6 @@ cdef class SSLProtocol:
 
     cdef bytearray ssl_buffer           # where the socket transport receives ciphertext
     cdef object ssl_buffer_view
-    cdef bytearray scratch              # plaintext is read into it, then copied out at its size
 
     cdef set_app_protocol(self, app_protocol)
     cdef wakeup_waiter(self, exc=*)

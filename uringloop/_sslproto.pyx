@@ -57,13 +57,15 @@ Where it is faster than the stock class, and why that changes nothing visible
   slices the buffer itself, and when get_buffer() returned a bytearray the slice is a copy and
   what OpenSSL reads into it past the first record is lost (CPython 3.11-3.13).  The one place
   where the stock behaviour is not kept: it loses data.
-- Plaintext is read into a scratch buffer the protocol keeps and copied out at its size, where
-  the stock read(256 KiB) allocates a 256 KiB bytes object per record and shrinks it.
+- Each read asks OpenSSL for no more plaintext than the ciphertext buffered could hold (at most
+  one record's 16 KiB), where the stock read(256 KiB) allocates a 256 KiB bytes object per
+  record and shrinks it.
+- The buffer the socket transport receives into is not zeroed first (_unfilled_buffer): the
+  stock class's bytearray(256 KiB) makes all of it resident, 256 KiB of RSS per connection.
 """
 
 cimport cython
-from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
 
 import collections
 import math
@@ -122,9 +124,18 @@ cdef enum:
 cdef enum:
     # The largest buffer get_buffer() hands out unasked, as the stock class's max_size.
     MAX_SIZE = 256 * 1024
-    # The scratch buffer plaintext is read into: one TLS record's plaintext is at most 16 KiB,
-    # and a read never returns more than one record's.
-    SCRATCH_SIZE = 17 * 1024
+    # One TLS record's plaintext is at most 16 KiB, and a read never returns more than one
+    # record's.
+    RECORD_PLAINTEXT_MAX = 16 * 1024
+
+
+cdef inline bytearray _unfilled_buffer(Py_ssize_t size):
+    # A bytearray whose memory is left as malloc() gives it.  bytearray(size) writes zeros into
+    # all of it, which makes every page resident: 256 KiB of RSS per TLS connection for a buffer
+    # of which a connection exchanging small messages only ever touches the first pages (the
+    # stock class pays that).  Nothing reads what nobody wrote: the socket transport receives
+    # into it and buffer_updated(n) passes on the n bytes received.
+    return PyByteArray_FromStringAndSize(NULL, size)
 
 
 cdef inline Py_ssize_t _ceil_limit(object value) except? -1:
@@ -318,7 +329,7 @@ cdef class SSLProtocol:
                  ssl_shutdown_timeout=None):
         if _ssl is None:
             raise RuntimeError("stdlib ssl module not available")
-        self.ssl_buffer = bytearray(MAX_SIZE)
+        self.ssl_buffer = _unfilled_buffer(MAX_SIZE)
         self.ssl_buffer_view = memoryview(self.ssl_buffer)
 
         if ssl_handshake_timeout is None:
@@ -469,7 +480,7 @@ cdef class SSLProtocol:
         if want <= 0 or want > MAX_SIZE:
             want = MAX_SIZE
         if len(self.ssl_buffer) < want:
-            self.ssl_buffer = bytearray(want)
+            self.ssl_buffer = _unfilled_buffer(want)
             self.ssl_buffer_view = memoryview(self.ssl_buffer)
         return self.ssl_buffer_view
 
@@ -790,31 +801,39 @@ cdef class SSLProtocol:
 
     cdef do_read_copied(self):
         # Read records until there is no more; the application gets one bytes object.
-        cdef Py_ssize_t count = 1, total = 0
+        cdef Py_ssize_t count = 1, want, held
+        cdef object first = None
         cdef list chunks = None
-        cdef bytes data
-        if self.scratch is None:
-            self.scratch = bytearray(SCRATCH_SIZE)
         try:
             while True:
-                count = self.ssl_c.read(SCRATCH_SIZE, self.scratch)
+                # Ask for no more than can come: a record's plaintext is smaller than its
+                # ciphertext, so what the BIO holds (or what OpenSSL holds decrypted) bounds the
+                # next read, and the bytes object read() makes is about the right size from the
+                # start.  Nothing held: nothing to read (the module's docstring).
+                want = self.incoming.pending
+                held = self.ssl_c.pending()
+                if held > want:
+                    want = held
+                if want == 0:
+                    break
+                if want > RECORD_PLAINTEXT_MAX:
+                    want = RECORD_PLAINTEXT_MAX
+                data = self.ssl_c.read(want)
+                count = len(data)
                 if not count:
                     break
-                data = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self.scratch), count)
-                if chunks is None:
-                    chunks = [data]
+                if first is None:
+                    first = data
+                elif chunks is None:
+                    chunks = [first, data]
                 else:
                     chunks.append(data)
-                total += count
-                if self.nothing_to_read():
-                    break
         except _SSLAgainErrors:
             pass
         if chunks is not None:
-            if len(chunks) == 1:
-                self.app_protocol.data_received(chunks[0])
-            else:
-                self.app_protocol.data_received(b''.join(chunks))
+            self.app_protocol.data_received(b''.join(chunks))
+        elif first is not None:
+            self.app_protocol.data_received(first)
         if not count:
             # close_notify
             self.call_eof_received()
