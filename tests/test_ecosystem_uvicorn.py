@@ -24,6 +24,7 @@ uvicorn = pytest.importorskip(
     "uvicorn", reason="uvicorn is not installed (the 'test' extra has it)")
 
 import uringloop  # noqa: E402
+from helpers import certificate  # noqa: E402,F401 (fixture)
 
 UVICORN_VERSION = tuple(int(part) for part in uvicorn.__version__.split(".")[:2])
 pytestmark = pytest.mark.skipif(
@@ -94,7 +95,7 @@ def free_port() -> int:
 class Uvicorn:
     """`uvicorn app:app --loop uringloop:new_event_loop` as its own process."""
 
-    def __init__(self, app_dir: pathlib.Path, port: int):
+    def __init__(self, app_dir: pathlib.Path, port: int, extra_args=()):
         markers = app_dir / "markers"
         markers.mkdir()
         self.markers = markers
@@ -104,7 +105,7 @@ class Uvicorn:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app:app", "--loop", "uringloop:new_event_loop",
              "--host", "127.0.0.1", "--port", str(port), "--app-dir", str(app_dir),
-             "--no-access-log", "--lifespan", "on"],
+             "--no-access-log", "--lifespan", "on", *extra_args],
             cwd=app_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.log: list = []
         self.started = threading.Event()
@@ -191,6 +192,36 @@ def test_uvicorn_serves_asgi_app_on_uringloop(tmp_path, stop_signal):
         # The lifespan shutdown ran on the same uringloop, in the same process.
         shutdown = json.loads((server.markers / "shutdown.json").read_text())
         assert shutdown["is_uringloop"] and shutdown["pid"] == server.proc.pid
+        assert "Traceback" not in server.output, server.output
+    finally:
+        server.kill()
+
+
+def test_uvicorn_serves_https_on_uringloop(tmp_path, certificate):
+    # uvicorn's --ssl-* options: the loop's TLS (its compiled layer from Python 3.11 on) under
+    # an ASGI app, verified by a client that trusts the test certificate.
+    import ssl
+    certfile, keyfile = certificate
+    (tmp_path / "app.py").write_text(APP)
+    server = Uvicorn(tmp_path, free_port(),
+                     ("--ssl-certfile", certfile, "--ssl-keyfile", keyfile))
+    try:
+        server.wait_started()
+        assert "https://127.0.0.1" in server.output, server.output
+        context = ssl.create_default_context(cafile=certfile)
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, timeout=20, context=context)
+        try:
+            for i in range(5):
+                report = request(conn, "GET", f"/item/{i}")
+                assert report["path"] == f"/item/{i}" and report["is_uringloop"]
+            body = os.urandom(3 * 1024 * 1024 + 5)
+            report = request(conn, "POST", "/upload", body)
+            assert report["size"] == len(body)
+            assert report["sha256"] == hashlib.sha256(body).hexdigest()
+            assert conn.sock.version().startswith("TLS")
+        finally:
+            conn.close()
+        assert server.stop(signal.SIGINT) == 0, server.output
         assert "Traceback" not in server.output, server.output
     finally:
         server.kill()
