@@ -86,6 +86,7 @@ cdef class SSLProtocol:
     cdef call_eof_received(self)
     cdef Py_ssize_t get_write_buffer_size(self) except -1
     cdef control_app_writing(self)
+    cdef report_flow_failure(self, message, exc)
     cdef set_write_buffer_limits(self, high, low)
     cdef resume_app_reading(self)
     cdef control_ssl_reading(self)

@@ -861,7 +861,7 @@ cdef class SSLProtocol:
         return self.outgoing.pending + self.write_buffer_size
 
     cdef control_app_writing(self):
-        cdef Py_ssize_t size = self.outgoing.pending + self.write_buffer_size
+        cdef Py_ssize_t size = self.get_write_buffer_size()
         if size >= self.outgoing_high and not self.app_writing_paused:
             self.app_writing_paused = True
             try:
@@ -869,12 +869,7 @@ cdef class SSLProtocol:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
-                self.loop.call_exception_handler({
-                    'message': 'protocol.pause_writing() failed',
-                    'exception': exc,
-                    'transport': self.app_transport,
-                    'protocol': self,
-                })
+                self.report_flow_failure('protocol.pause_writing() failed', exc)
         elif size <= self.outgoing_low and self.app_writing_paused:
             self.app_writing_paused = False
             try:
@@ -882,12 +877,16 @@ cdef class SSLProtocol:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
-                self.loop.call_exception_handler({
-                    'message': 'protocol.resume_writing() failed',
-                    'exception': exc,
-                    'transport': self.app_transport,
-                    'protocol': self,
-                })
+                self.report_flow_failure('protocol.resume_writing() failed', exc)
+
+    cdef report_flow_failure(self, message, exc):
+        # The application's pause_writing()/resume_writing() raised: reported, not fatal.
+        self.loop.call_exception_handler({
+            'message': message,
+            'exception': exc,
+            'transport': self.app_transport,
+            'protocol': self,
+        })
 
     cdef set_write_buffer_limits(self, high, low):
         high, low = _add_flowcontrol_defaults(high, low,
