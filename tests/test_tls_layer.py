@@ -419,3 +419,36 @@ async def test_a_corrupted_record_ends_the_connection_with_the_ssl_error(context
     transport.close()
     await protocol.closed
     await close_server(server)
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_a_failing_pause_writing_is_reported_and_not_fatal(contexts):
+    loop = asyncio.get_running_loop()
+    handled = []
+    loop.set_exception_handler(lambda loop, context: handled.append(context))
+
+    class Writer(asyncio.Protocol):
+        def pause_writing(self):
+            raise RuntimeError('pause refused')
+
+    server, transport, protocol, peer = await tls_pair(
+        contexts, lambda: Recorder(on_made=lambda t: t.pause_reading()), Writer)
+    transport.set_write_buffer_limits(high=64 * 1024)
+    block = b'z' * 65536
+    sent = 0
+    while not handled and sent < 64 * 1024 * 1024:
+        transport.write(block)
+        sent += len(block)
+        await asyncio.sleep(0)
+    assert [c['message'] for c in handled] == ['protocol.pause_writing() failed']
+    assert isinstance(handled[0]['exception'], RuntimeError)
+    assert handled[0]['transport'] is transport
+    # The connection goes on: everything written arrives.
+    peer.transport.resume_reading()
+    while len(peer.data) < sent:
+        await asyncio.sleep(0.01)
+    assert bytes(peer.data) == block * (sent // len(block))
+    transport.close()
+    await peer.closed
+    await close_server(server)
