@@ -85,6 +85,19 @@ async def close_server(server):
     await server.wait_closed()
 
 
+async def until(condition):
+    """Wait (each test is bounded) until condition() holds."""
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+def handler_reports():
+    """The running loop's exception-handler calls from now on, in a list."""
+    reports = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: reports.append(context))
+    return reports
+
+
 @pytest.mark.asyncio
 @bounded(20)
 async def test_records_that_arrive_together_reach_the_protocol_whole_and_in_order(contexts):
@@ -95,8 +108,7 @@ async def test_records_that_arrive_together_reach_the_protocol_whole_and_in_orde
     for chunk in chunks:
         transport.write(chunk)
     expected = b''.join(chunks)
-    while len(peer.data) < len(expected):
-        await asyncio.sleep(0.01)
+    await until(lambda: len(peer.data) >= len(expected))
     assert bytes(peer.data) == expected
     transport.close()
     assert await peer.closed is None
@@ -141,8 +153,7 @@ async def test_a_buffered_protocol_application_gets_everything_through_a_small_b
     server, transport, _, peer = await tls_pair(contexts, Small)
     payload = os.urandom(100_000)
     transport.write(payload)
-    while len(peer.data) < len(payload):
-        await asyncio.sleep(0.01)
+    await until(lambda: len(peer.data) >= len(payload))
     assert bytes(peer.data) == payload
     assert max(peer.sizes) == 1000          # never more than the buffer it offered
     transport.close()
@@ -154,8 +165,7 @@ async def test_a_buffered_protocol_application_gets_everything_through_a_small_b
 @pytest.mark.asyncio
 @bounded(20)
 async def test_paused_reading_holds_data_and_the_peers_close_until_resumed(contexts):
-    server, transport, _, peer = await tls_pair(
-        contexts, Recorder, )
+    server, transport, _, peer = await tls_pair(contexts, Recorder)
     peer.transport.pause_reading()
     assert not peer.transport.is_reading()
     transport.write(b'held back')
@@ -174,8 +184,6 @@ async def test_paused_reading_holds_data_and_the_peers_close_until_resumed(conte
 @pytest.mark.asyncio
 @bounded(20)
 async def test_the_app_transport_api(contexts):
-    loop = asyncio.get_running_loop()
-    server_ctx, _ = contexts
     server, transport, protocol, peer = await tls_pair(contexts, Recorder)
 
     assert isinstance(transport, asyncio.Transport)
@@ -193,16 +201,14 @@ async def test_the_app_transport_api(contexts):
         transport.write('text')
     transport.write(b'')                      # nothing at all
     transport.writelines([b'one ', bytearray(b'two '), memoryview(b'three')])
-    while bytes(peer.data) != b'one two three':
-        await asyncio.sleep(0.01)
+    await until(lambda: bytes(peer.data) == b'one two three')
 
     # set_protocol() switches where the data goes.
     other = Recorder()
     peer.transport.set_protocol(other)
     assert peer.transport.get_protocol() is other
     transport.write(b'four')
-    while bytes(other.data) != b'four':
-        await asyncio.sleep(0.01)
+    await until(lambda: bytes(other.data) == b'four')
     assert bytes(peer.data) == b'one two three'
 
     assert not transport.is_closing()
@@ -210,7 +216,6 @@ async def test_the_app_transport_api(contexts):
     assert transport.is_closing()
     assert await other.closed is None
     await close_server(server)
-    del server_ctx, loop
 
 
 @pytest.mark.asyncio
@@ -259,8 +264,7 @@ async def test_the_application_is_paused_and_resumed_by_its_write_buffer(context
     assert calls == ['pause']
     assert transport.get_write_buffer_size() >= 64 * 1024
     peer.transport.resume_reading()
-    while len(peer.data) < sent:
-        await asyncio.sleep(0.01)
+    await until(lambda: len(peer.data) >= sent)
     assert calls == ['pause', 'resume']
     transport.close()
     await peer.closed
@@ -321,8 +325,7 @@ async def test_sendfile_over_tls_falls_back_to_writes(contexts, tmp_path):
     with open(path, 'rb') as file:
         sent = await loop.sendfile(transport, file, offset=1000, count=200_000)
     assert sent == 200_000
-    while len(peer.data) < sent:
-        await asyncio.sleep(0.01)
+    await until(lambda: len(peer.data) >= sent)
     assert bytes(peer.data) == payload[1000:201_000]
     transport.close()
     await peer.closed
@@ -349,8 +352,7 @@ async def test_a_contexts_own_sslobject_class_does_the_work(contexts):
         server, transport, _, peer = await tls_pair(
             contexts, lambda: Recorder(on_made=lambda t: None))
         transport.write(b'ping')
-        while bytes(peer.data) != b'ping':
-            await asyncio.sleep(0.01)
+        await until(lambda: bytes(peer.data) == b'ping')
         peer.transport.write(b'pong')
         assert isinstance(peer.transport.get_extra_info('ssl_object'), Counting)
         transport.close()
@@ -402,13 +404,10 @@ async def test_tls_inside_tls_through_start_tls(contexts):
 @pytest.mark.asyncio
 @bounded(20)
 async def test_a_corrupted_record_ends_the_connection_with_the_ssl_error(contexts):
-    loop = asyncio.get_running_loop()
-    handled = []
-    loop.set_exception_handler(lambda loop, context: handled.append(context))
+    handled = handler_reports()
     server, transport, protocol, peer = await tls_pair(contexts, Recorder, Recorder)
     transport.write(b'fine')
-    while bytes(peer.data) != b'fine':
-        await asyncio.sleep(0.01)
+    await until(lambda: bytes(peer.data) == b'fine')
     # Bytes that are no TLS record, written under the TLS layer's feet.
     os.write(transport.get_extra_info('socket').fileno(), b'\x17\x03\x03\x00\x10' + b'\0' * 16)
     exc = await peer.closed
@@ -424,9 +423,7 @@ async def test_a_corrupted_record_ends_the_connection_with_the_ssl_error(context
 @pytest.mark.asyncio
 @bounded(20)
 async def test_a_failing_pause_writing_is_reported_and_not_fatal(contexts):
-    loop = asyncio.get_running_loop()
-    handled = []
-    loop.set_exception_handler(lambda loop, context: handled.append(context))
+    handled = handler_reports()
 
     class Writer(asyncio.Protocol):
         def pause_writing(self):
@@ -446,8 +443,7 @@ async def test_a_failing_pause_writing_is_reported_and_not_fatal(contexts):
     assert handled[0]['transport'] is transport
     # The connection goes on: everything written arrives.
     peer.transport.resume_reading()
-    while len(peer.data) < sent:
-        await asyncio.sleep(0.01)
+    await until(lambda: len(peer.data) >= sent)
     assert bytes(peer.data) == block * (sent // len(block))
     transport.close()
     await peer.closed

@@ -64,7 +64,6 @@ Where it is faster than the stock class, and why that changes nothing visible
   stock class's bytearray(256 KiB) makes all of it resident, 256 KiB of RSS per connection.
 """
 
-cimport cython
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 
 import collections
