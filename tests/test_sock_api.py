@@ -154,6 +154,88 @@ async def test_connect_resolves_hostnames():
             conn.close()
 
 
+async def connect_and_accept(srv, address):
+    """sock_connect a new socket to address and accept it on srv: the accepted peer address
+    is the client's own (so it reached srv)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as client:
+        client.setblocking(False)
+        await loop.sock_connect(client, address)
+        conn, peer = await asyncio.wait_for(loop.sock_accept(srv), 5)
+        conn.close()
+        assert peer == client.getsockname()
+
+
+@pytest.mark.asyncio
+async def test_connect_address_forms_are_read_as_the_stock_loop_reads_them():
+    """The numeric IPv4 pair (uringloop answers it without _ensure_resolved's coroutines) and
+    the forms only address resolution turns into one: a port given as a string, a third item,
+    a host name, bytes.  A host with an embedded NUL is socket.inet_pton()'s ValueError."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.setblocking(False)
+        port = srv.getsockname()[1]
+        for address in [("127.0.0.1", port), ("127.0.0.1", str(port)), ("127.0.0.1", port, 0),
+                        ("localhost", port), (b"127.0.0.1", port), ["127.0.0.1", port]]:
+            await connect_and_accept(srv, address)
+        with socket.socket() as client:
+            client.setblocking(False)
+            with pytest.raises(ValueError):
+                await loop.sock_connect(client, ("127.0.0.1\0", port))
+    await still_works()
+
+
+@pytest.mark.asyncio
+async def test_connect_asks_a_replaced_ensure_resolved():
+    """An _ensure_resolved replaced on the loop (a test's mock, an instrumented subclass) is
+    asked for every address, the numeric ones included, as by the stock loop."""
+    loop = asyncio.get_running_loop()
+    asked = []
+    original = loop._ensure_resolved
+
+    async def spy(address, **kwargs):
+        asked.append(address)
+        return await original(address, **kwargs)
+
+    loop._ensure_resolved = spy
+    try:
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+            srv.setblocking(False)
+            await connect_and_accept(srv, srv.getsockname())
+            assert asked == [srv.getsockname()]
+    finally:
+        del loop._ensure_resolved
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_connect_leaves_the_loop_and_socket_usable(is_uring):
+    """A connect still under way (the listener's queue is full, so its SYN goes unanswered)
+    cancelled by wait_for: TimeoutError, and on uringloop the poll that waited for it is
+    cancelled in the kernel (nothing stays in flight).  The loop serves the next call."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv, socket.socket() as first, socket.socket() as second:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)                   # room for one queued connection
+        first.setblocking(False)
+        second.setblocking(False)
+        await loop.sock_connect(first, srv.getsockname())
+        if is_uring:
+            in_flight = loop.statistics()["inflight"]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(loop.sock_connect(second, srv.getsockname()), 0.2)
+        if is_uring:
+            for _ in range(100):
+                if loop.statistics()["inflight"] == in_flight:
+                    break
+                await asyncio.sleep(0.01)
+            assert loop.statistics()["inflight"] == in_flight
+    await still_works()
+
+
 @pytest.mark.asyncio
 async def test_accept_of_a_connection_already_queued():
     # The other path of tcp_pair's accept, which waits for its connection: this one is in the

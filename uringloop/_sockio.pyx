@@ -58,6 +58,15 @@ cdef int AF_UNIX = _socket.AF_UNIX
 cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
 
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
+
+cdef extern from "<string.h>" nogil:
+    size_t strlen(const char *s)
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
+
 cdef extern from "<fcntl.h>" nogil:
     int F_GETFL
     int O_NONBLOCK
@@ -66,22 +75,6 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef enum Kind:
     K_RECV, K_RECV_INTO, K_RECVFROM, K_RECVFROM_INTO, K_SEND, K_SENDTO, K_ACCEPT, K_CONNECT
-
-
-class OperationFuture(_Future):
-    """A Future whose cancel() also cancels the kernel operation serving it: for sock_connect,
-    whose future loop.sock_connect awaits (the other sock_* coroutines await a plain Future and
-    cancel the operation themselves, see _abandoned)."""
-    __slots__ = ('_ul_req',)
-
-    def cancel(self, msg=None):
-        if not _Future.cancel(self, msg):
-            return False
-        req = self._ul_req
-        if req is not None:
-            self._ul_req = None
-            (<Request>req).state.request_cancelled(<Request>req)
-        return True
 
 
 @cython.final
@@ -148,18 +141,13 @@ cdef class SocketState(Completer):
         cdef Request req = Request.__new__(Request)
         req.state = self
         req.kind = kind
-        if kind == K_CONNECT:
-            fut = OperationFuture(loop=self.loop)
-            fut._ul_req = req
-        else:
-            # An exact asyncio.Future, not a subclass: the C Task then takes its fast paths (no
-            # attribute lookups of _asyncio_future_blocking, get_loop, add_done_callback and
-            # result per await).  With the op reuse and the inlined awaits below: an in-process
-            # sock_* ping-pong went from ~44k to ~56k round trips/s (median of 11 alternating
-            # runs), the benchmark's sock_* server from ~17-24 to ~13-15 us of CPU per request.
-            # The kernel operation is then cancelled by the awaiting coroutine (_abandoned).
-            fut = _Future(loop=self.loop)
-        req.fut = fut
+        # An exact asyncio.Future, not a subclass: the C Task then takes its fast paths (no
+        # attribute lookups of _asyncio_future_blocking, get_loop, add_done_callback and
+        # result per await).  With the op reuse and the inlined awaits below: an in-process
+        # sock_* ping-pong went from ~44k to ~56k round trips/s (median of 11 alternating
+        # runs), the benchmark's sock_* server from ~17-24 to ~13-15 us of CPU per request.
+        # The kernel operation is then cancelled by the awaiting coroutine (_abandoned).
+        req.fut = _Future(loop=self.loop)
         return req
 
     # ---- cancellation from the awaiting side ----
@@ -353,8 +341,6 @@ cdef class SocketState(Completer):
         op.tag = None
         if q and q[0] is req:
             q.popleft()
-        if req.kind == K_CONNECT:
-            req.fut._ul_req = None
         return req
 
     cdef int give_back(self, Request req, object result) except -1:
@@ -773,7 +759,8 @@ cdef int _abandoned(SocketState state, Request req) except -1:
         fut.cancel()
     if fut.cancelled():
         state.request_cancelled(req)
-    elif fut.exception() is None and req.kind != K_SEND and req.kind != K_SENDTO:
+    elif (fut.exception() is None and req.kind != K_SEND and req.kind != K_SENDTO
+            and req.kind != K_CONNECT):
         state.give_back(req, fut.result())
     return 0
 
@@ -952,14 +939,95 @@ async def sock_accept(self, sock):
         raise
 
 
-def connect_resolved(self, sock, address):
-    """Connect to an already-resolved address (loop.sock_connect resolves first)."""
-    cdef SocketState state = _state_for(self, sock)
-    cdef Request req = state.new_request(K_CONNECT)
+# sock_connect resolves the address as the stock loop does -- through loop._ensure_resolved(),
+# which answers at once for an address that is already numeric (base_events._ipaddr_info) and
+# otherwise asks getaddrinfo() in the executor.  The numeric case is nearly every call (a
+# create_connection() has resolved the host already and passes the address it got), and costs
+# the stock path two Python coroutines, _ipaddr_info's checks and five enum conversions of the
+# socket's family and type (~5 us per connect here, measured).  For the commonest form of it --
+# an IPv4 socket, an exact (str, int) pair, a host inet_pton(3) reads -- _ipaddr_info's answer
+# is the address itself, unchanged, and the check below gives it without the calls.  Anything
+# else (IPv6 with its flowinfo and scope id, a port given as a string, bytes hosts, another
+# protocol, a replaced _ensure_resolved or _ipaddr_info) goes the stock way.
+
+cdef object _socket_base = _socket_base_type()
+cdef object _family_of = _socket_base.__dict__['family'].__get__
+cdef object _type_of = _socket_base.__dict__['type'].__get__
+cdef object _proto_of = _socket_base.__dict__['proto'].__get__
+cdef object _original_ensure_resolved = _base_events.BaseEventLoop._ensure_resolved
+cdef object _original_ipaddr_info = _base_events._ipaddr_info
+cdef str _NAME_ENSURE_RESOLVED = '_ensure_resolved'
+cdef int _SOCK_STREAM = _socket.SOCK_STREAM
+cdef int _SOCK_DGRAM = _socket.SOCK_DGRAM
+cdef int _IPPROTO_TCP = _socket.IPPROTO_TCP
+cdef int _IPPROTO_UDP = _socket.IPPROTO_UDP
+
+
+cdef object _socket_base_type():
+    # _socket.socket, the C type socket.socket subclasses (its family/type/proto are plain ints
+    # there; socket.socket's properties convert them to enums in Python).
+    import _socket as _socket_c
+    return _socket_c.socket
+
+
+cdef bint _already_resolved(loop, sock, address) except -1:
+    """_ensure_resolved(address) would answer [(..., address)] for this IPv4 socket at once:
+    address is an exact (str, int) pair with an IPv4 literal for its host, on a stream or
+    datagram socket of protocol 0, TCP or UDP, and neither _ensure_resolved nor _ipaddr_info has
+    been replaced (a test's mock must see its call)."""
+    cdef const char *host
+    cdef Py_ssize_t size
+    cdef unsigned char packed[16]
+    cdef int kind, proto
+    if type(address) is not tuple or len(address) != 2:
+        return False
+    host_obj = address[0]
+    if type(host_obj) is not str or type(address[1]) is not int:
+        return False
+    kind = _type_of(sock)
+    proto = _proto_of(sock)
+    if (kind != _SOCK_STREAM and kind != _SOCK_DGRAM) or (
+            proto != 0 and proto != _IPPROTO_TCP and proto != _IPPROTO_UDP):
+        return False
+    if (getattr(type(loop), _NAME_ENSURE_RESOLVED, None) is not _original_ensure_resolved
+            or _NAME_ENSURE_RESOLVED in loop.__dict__
+            or _base_events._ipaddr_info is not _original_ipaddr_info):
+        return False
+    try:
+        host = PyUnicode_AsUTF8AndSize(host_obj, &size)
+    except UnicodeError:
+        return False          # a lone surrogate: the stock path raises what it raises
+    if <Py_ssize_t>strlen(host) != size:
+        return False          # an embedded NUL: socket.inet_pton() raises ValueError there
+    return inet_pton(AF_INET, host, packed) == 1
+
+
+async def sock_connect(self, sock, address):
+    """Connect sock to address: connect(2) at once and, while the connection is under way, a
+    poll on the ring for its outcome (see SocketState.start_connect)."""
+    cdef SocketState state
+    cdef Request req
+    cdef int family
+    if type(sock) is not _socket_type:
+        _check_ssl_socket(sock)
+    if self._debug and sock.gettimeout() != 0:
+        raise ValueError("the socket must be non-blocking")
+    family = _family_of(sock) if isinstance(sock, _socket_base) else sock.family
+    if family == AF_INET or (family == AF_INET6 and _base_events._HAS_IPv6):
+        if family != AF_INET or not _already_resolved(self, sock, address):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+    state = _state_for(self, sock)
+    req = state.new_request(K_CONNECT)
     req.address = address
     state.send_q.append(req)
     state.pump_send()
-    return req.fut
+    try:
+        return await req.fut
+    except BaseException:
+        _abandoned(state, req)
+        raise
 
 
 def forget_socket(self, int fd):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import weakref
 
@@ -138,21 +137,7 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
     sock_sendall = _sockio.sock_sendall
     sock_sendto = _sockio.sock_sendto
     sock_accept = _sockio.sock_accept
-
-    async def sock_connect(self, sock, address):
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        if sock.family == socket.AF_INET or (
-                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
-            resolved = await self._ensure_resolved(
-                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
-            _, _, _, _, address = resolved[0]
-        fut = _sockio.connect_resolved(self, sock, address)
-        try:
-            return await fut
-        finally:
-            fut = None
+    sock_connect = _sockio.sock_connect
 
     def _ensure_fd_no_transport(self, fd) -> None:
         fileno = fd
