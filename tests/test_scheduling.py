@@ -874,6 +874,67 @@ def test_call_soon_threadsafe_wakes_a_waiting_loop(new_loop):
     assert seen == ["from the thread"]
 
 
+def test_every_threadsafe_call_after_a_wait_wakes_the_loop_again(new_loop):
+    """uringloop writes its wake-up eventfd only when no write is pending: each of these calls
+    comes once the loop has taken the last one and is waiting again, so each needs a write of
+    its own.  A wake-up lost would leave the loop asleep until the fallback timer."""
+    loop = new_loop()
+    ran = threading.Event()
+    missed = []
+
+    def from_thread():
+        for i in range(100):
+            ran.clear()
+            loop.call_soon_threadsafe(ran.set)
+            if not ran.wait(10):
+                missed.append(i)
+                break
+            time.sleep(0.002)           # the loop goes back to waiting meanwhile
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=from_thread)
+    fallback = loop.call_later(60, loop.stop)
+    loop.call_soon(thread.start)
+    loop.run_forever()
+    thread.join()
+    fallback.cancel()
+    assert missed == []
+
+
+def test_threadsafe_calls_from_many_threads_all_run_once_in_each_threads_order(new_loop):
+    """Four threads queue 20,000 callbacks each as fast as they can, most of them while a
+    wake-up is already pending (uringloop then skips the write): every one runs, once, and each
+    thread's in the order it queued them."""
+    loop = new_loop()
+    per_thread = 20000
+    seen = {n: [] for n in range(4)}
+    finished = []
+
+    def from_thread(n):
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(seen[n].append, i)
+        loop.call_soon_threadsafe(finished.append, n)
+
+    def check_done():
+        if len(finished) == 4:
+            loop.stop()
+        else:
+            loop.call_later(0.01, check_done)
+
+    threads = [threading.Thread(target=from_thread, args=(n,)) for n in range(4)]
+    fallback = loop.call_later(60, loop.stop)
+    for thread in threads:
+        loop.call_soon(thread.start)
+    loop.call_soon(check_done)
+    loop.run_forever()
+    for thread in threads:
+        thread.join()
+    fallback.cancel()
+    assert sorted(finished) == [0, 1, 2, 3]
+    for n in range(4):
+        assert seen[n] == list(range(per_thread))
+
+
 def test_timer_ends_the_wait(new_loop):
     loop = new_loop()
     seen = []

@@ -24,6 +24,7 @@ cdef class Proactor:
     cdef readonly bint closing
     cdef public bint forked                # set in a fork child: the ring belongs to the parent
     cdef int wake_fd
+    cdef int wake_pending                  # an eventfd write not yet taken (see wakeup)
     cdef WakeupOp wakeup_op
     cdef list buffer_rings
     cdef readonly unsigned long long completions

@@ -762,7 +762,15 @@ cdef class Proactor:
 
     def wakeup(self):
         """Make a waiting io_uring_enter return (any thread)."""
-        ul_eventfd_write(self.wake_fd)
+        # One write is enough until the loop takes it: the eventfd read in flight completes
+        # once for any number of writes.  The writer raises the flag after queueing its
+        # callback, and the loop lowers it when it takes the read's completion -- before it
+        # next looks at the ready queue -- so a callback whose write was skipped is queued
+        # before the loop looks (the coalescing of libuv's uv_async_send).  Each
+        # call_soon_threadsafe() from another thread cost a write(2) before: a thread queueing
+        # 200k callbacks took 0.80 us per callback here against uvloop's 0.45.
+        if ul_flag_raise(&self.wake_pending) == 0:
+            ul_eventfd_write(self.wake_fd)
 
     # ---- provided buffers ----
 
@@ -1180,7 +1188,9 @@ cdef class WakeupOp(Operation):
         return 0
 
     cdef int complete(self, int res, unsigned flags) except -1:
+        # The writes so far are taken (see Proactor.wakeup): the next one must write again.
         # Re-arm unless the loop is closing; the value itself means nothing.
+        ul_flag_lower(&self.proactor.wake_pending)
         if not self.proactor.closing and self.state == OP_IDLE:
             self.submit()
         return 0

@@ -392,6 +392,16 @@ static inline void ul_buf_ring_advance(struct io_uring_buf_ring *br, unsigned co
     ul_store_release16(&br->tail, (uint16_t)(br->tail + count));
 }
 
+/* The wake-up flag (Proactor.wakeup): raised by whoever writes the eventfd, lowered by the loop
+ * when it takes the write's completion.  Sequentially consistent both ways: the ready queue a
+ * writer appended to before raising must be seen by the loop after it lowers. */
+static inline int ul_flag_raise(int *p) {
+    return __atomic_exchange_n(p, 1, __ATOMIC_SEQ_CST);
+}
+static inline void ul_flag_lower(int *p) {
+    __atomic_store_n(p, 0, __ATOMIC_SEQ_CST);
+}
+
 static inline int ul_eventfd_write(int fd) {
     uint64_t one = 1;
     return (int)write(fd, &one, sizeof(one));

@@ -163,3 +163,5 @@ cdef extern from "_sys.h" nogil:
     void ul_buf_ring_advance(io_uring_buf_ring *br, unsigned count)
     void ul_buf_reg_set_flags(io_uring_buf_reg *reg, uint16_t flags)
     int ul_eventfd_write(int fd)
+    int ul_flag_raise(int *p)
+    void ul_flag_lower(int *p)
