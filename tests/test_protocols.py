@@ -5,6 +5,7 @@ import array
 import asyncio
 import contextlib
 import contextvars
+import errno
 import functools
 import gc
 import os
@@ -119,6 +120,81 @@ async def test_connection_made_runs_before_create_connection_returns():
     assert not transport.is_closing()
     assert transport.is_reading()
     await shut(server, client, peer)
+
+
+# ---- create_connection() to an IPv4 literal (uringloop's short path: see network.py) ----
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connection_to_an_ipv4_literal_gets_the_socket_the_stock_loop_makes():
+    """The socket _connect_sock() makes from _ipaddr_info()'s answer: AF_INET, SOCK_STREAM,
+    IPPROTO_TCP, non-blocking -- with the defaults also given explicitly."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Recorder, '127.0.0.1', 0)
+    port = server.sockets[0].getsockname()[1]
+    explicit = {'ssl': None, 'family': 0, 'proto': 0, 'flags': 0, 'sock': None,
+                'local_addr': None, 'server_hostname': None}
+    for kwargs in [{}, explicit]:
+        transport, client = await loop.create_connection(Recorder, '127.0.0.1', port, **kwargs)
+        sock = transport.get_extra_info('socket')
+        assert (sock.family, sock.type, sock.proto) == (
+            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        assert sock.gettimeout() == 0
+        assert transport.get_extra_info('peername') == ('127.0.0.1', port)
+        assert client.events == ['made']
+        transport.close()
+        await client.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_a_refused_connection_to_an_ipv4_literal_raises_as_on_the_stock_loop():
+    """create_connection() raises the one exception _connect_sock() collected, as it is, and
+    closes the socket (one left to the garbage collector warns)."""
+    loop = asyncio.get_running_loop()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', ResourceWarning)
+        with socket.socket() as probe:
+            probe.bind(('127.0.0.1', 0))
+            port = probe.getsockname()[1]       # bound, not listening: refused
+            with pytest.raises(ConnectionRefusedError) as raised:
+                await loop.create_connection(asyncio.Protocol, '127.0.0.1', port)
+        assert str(raised.value) == (
+            f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})")
+        del raised                  # its traceback holds the frames that held the socket
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    with pytest.raises(TypeError):
+        await loop.create_connection(asyncio.Protocol, '127.0.0.1', port, no_such_option=1)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_connection_to_an_ipv4_literal_goes_through_a_replaced_connect_sock():
+    """A _connect_sock replaced on the loop (a test's mock, an instrumented subclass) makes the
+    socket, as on the stock loop."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Recorder, '127.0.0.1', 0)
+    port = server.sockets[0].getsockname()[1]
+    asked = []
+    original = loop._connect_sock
+
+    async def spy(exceptions, addr_info, *args):
+        asked.append(addr_info[4])
+        return await original(exceptions, addr_info, *args)
+
+    loop._connect_sock = spy
+    try:
+        transport, client = await loop.create_connection(Recorder, '127.0.0.1', port)
+    finally:
+        del loop._connect_sock
+    assert asked == [('127.0.0.1', port)]
+    transport.close()
+    await client.lost
+    server.close()
+    await server.wait_closed()
 
 
 @pytest.mark.asyncio

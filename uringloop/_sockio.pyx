@@ -1011,9 +1011,6 @@ cdef bint _already_resolved(loop, sock, address) except -1:
     address is an exact (str, int) pair with an IPv4 literal for its host, on a stream or
     datagram socket of protocol 0, TCP or UDP, and neither _ensure_resolved nor _ipaddr_info has
     been replaced (a test's mock must see its call)."""
-    cdef const char *host
-    cdef Py_ssize_t size
-    cdef unsigned char packed[16]
     cdef int kind, proto
     if type(address) is not tuple or len(address) != 2:
         return False
@@ -1028,6 +1025,17 @@ cdef bint _already_resolved(loop, sock, address) except -1:
     if (getattr(type(loop), _NAME_ENSURE_RESOLVED, None) is not _original_ensure_resolved
             or _NAME_ENSURE_RESOLVED in loop.__dict__
             or _base_events._ipaddr_info is not _original_ipaddr_info):
+        return False
+    return is_ipv4_literal(host_obj)
+
+
+cpdef bint is_ipv4_literal(object host_obj) except -1:
+    """host_obj is a str that inet_pton(AF_INET) reads (what base_events._ipaddr_info tries
+    first): False for anything else, without raising."""
+    cdef const char *host
+    cdef Py_ssize_t size
+    cdef unsigned char packed[16]
+    if type(host_obj) is not str:
         return False
     try:
         host = PyUnicode_AsUTF8AndSize(host_obj, &size)

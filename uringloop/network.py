@@ -12,7 +12,9 @@ hooks with completion-based machinery:
   _start_serving           a compiled Acceptor per listening socket (_server.pyx): a poll on
   _stop_serving            the ring, accept4 and the new transport in its completion handler
 
-and the UNIX-socket half of the stream API that BaseEventLoop leaves to its subclasses
+create_connection() itself is overridden only to take a shorter path to an IPv4 literal with
+default options (the same steps as BaseEventLoop's; see the comment above its defaults); and
+NetworkMixin adds the UNIX-socket half of the stream API that BaseEventLoop leaves to its subclasses
 (create_unix_connection, create_unix_server: asyncio.open_unix_connection/start_unix_server),
 with unix_events' semantics: a stale socket file is replaced at bind, abstract names are left
 alone, and on Python 3.13 the socket file is removed when the server closes (cleanup_socket).
@@ -21,6 +23,7 @@ alone, and on Python 3.13 the socket file is removed when the server closes (cle
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import socket
 import stat
@@ -37,6 +40,7 @@ from asyncio import base_events, constants, exceptions, sslproto, tasks
 from asyncio.log import logger
 
 from uringloop._server import Acceptor, report_failed_connection
+from uringloop._sockio import is_ipv4_literal
 from uringloop._transports import SocketTransport
 
 # SSLProtocol (and the loop hooks around it) grew ssl_shutdown_timeout in 3.11.
@@ -65,8 +69,77 @@ def _ssl_shutdown_kwargs(method, ssl_shutdown_timeout) -> dict:
     return {}
 
 
+# create_connection() to an IPv4 address given as a literal, with nothing else asked for (no TLS,
+# local address, happy eyeballs or interleaving, no family/proto/flags): what BaseEventLoop does
+# there is one fixed path -- _ensure_resolved() answers [(AF_INET, SOCK_STREAM, IPPROTO_TCP, '',
+# (host, port))] at once (_ipaddr_info), and _connect_sock() makes that socket, sets it
+# non-blocking and awaits sock_connect(), closing the socket on any failure, whose exception
+# create_connection() raises as it is (the only one of its list).  The fast path below takes the
+# same steps, in the same order, with the same calls to the loop's own methods (sock_connect,
+# _create_connection_transport -- replaced ones are called), without the two coroutines, the
+# resolution and the list around them: 45-55 against 53-61 us per connect here (alternating
+# runs against a uvloop server; uvloop's own create_connection 31-38 us, the stock loop's
+# 91-121).  A replaced _ensure_resolved or _connect_sock, a patched base_events.socket or
+# _ipaddr_info, debug mode (it logs the connection), or any argument but the defaults takes
+# BaseEventLoop's path.
+_STOCK_CONNECTION_PARAMETERS = inspect.signature(
+    base_events.BaseEventLoop.create_connection).parameters
+# The keyword arguments whose default this version's create_connection() has, by kind of default
+# (ssl=False and all_errors=0 are read as the defaults are: as false).
+_NONE_DEFAULTS = frozenset(
+    ['sock', 'local_addr', 'server_hostname', 'ssl_handshake_timeout', 'ssl_shutdown_timeout',
+     'happy_eyeballs_delay', 'interleave']).intersection(_STOCK_CONNECTION_PARAMETERS)
+_ZERO_DEFAULTS = frozenset(['family', 'proto', 'flags']).intersection(
+    _STOCK_CONNECTION_PARAMETERS)
+_FALSE_DEFAULTS = frozenset(['ssl', 'all_errors']).intersection(_STOCK_CONNECTION_PARAMETERS)
+_BASE_ENSURE_RESOLVED = base_events.BaseEventLoop._ensure_resolved
+_BASE_CONNECT_SOCK = base_events.BaseEventLoop._connect_sock
+_BASE_SOCKET_MODULE = base_events.socket
+_BASE_IPADDR_INFO = base_events._ipaddr_info
+
+
+def _defaults_only(kwargs) -> bool:
+    """Every keyword argument of a create_connection() call has its default value."""
+    for name, value in kwargs.items():
+        if name in _NONE_DEFAULTS:
+            if value is not None:
+                return False
+        elif name in _ZERO_DEFAULTS:
+            if not isinstance(value, int) or value != 0:
+                return False
+        elif name in _FALSE_DEFAULTS:
+            if value is not False and value is not None and value != 0:
+                return False
+        else:
+            return False          # unknown: BaseEventLoop's TypeError
+    return True
+
+
 class NetworkMixin:
     """Mixed into uringloop.Loop: stream transports and servers."""
+
+    async def create_connection(self, protocol_factory, host=None, port=None, **kwargs):
+        # The short path for an IPv4 literal: see the comment above _STOCK_CONNECTION_PARAMETERS.
+        if (type(port) is not int or not is_ipv4_literal(host) or self._debug
+                or (kwargs and not _defaults_only(kwargs))
+                or type(self)._ensure_resolved is not _BASE_ENSURE_RESOLVED
+                or type(self)._connect_sock is not _BASE_CONNECT_SOCK
+                or '_ensure_resolved' in self.__dict__ or '_connect_sock' in self.__dict__
+                or base_events.socket is not _BASE_SOCKET_MODULE
+                or base_events._ipaddr_info is not _BASE_IPADDR_INFO):
+            return await super().create_connection(protocol_factory, host, port, **kwargs)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setblocking(False)
+            await self.sock_connect(sock, (host, port))
+        except BaseException:
+            sock.close()
+            raise
+        return await self._create_connection_transport(sock, protocol_factory, None, None)
+
+    create_connection.__signature__ = inspect.signature(
+        base_events.BaseEventLoop.create_connection)
+    create_connection.__doc__ = base_events.BaseEventLoop.create_connection.__doc__
 
     # The provided-buffer ring every transport's multishot receive draws from; created by the
     # first transport (False when the kernel cannot do multishot receives).
