@@ -11,6 +11,10 @@ task finished) -- a benchmark that silently did less would look fast.
   timers        100k call_later timers, deadlines 0-1 ms in shuffled order, until the last fires
   sleep0_tasks  T tasks, each awaiting asyncio.sleep(0) K times
   create_close  new_event_loop() + close(), repeated
+  threadsafe    N callbacks queued with call_soon_threadsafe from another thread, until all ran
+  connect       C create_connection() calls to an IPv4 literal, a listening socket in the same
+                process that never accepts (the kernel completes each handshake into its queue):
+                the client side of a connection set-up alone
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import gc
 import json
 import os
 import random
+import socket
 import sys
+import threading
 import time
 
 import loops
@@ -124,11 +130,89 @@ def bench_create_close(name: str, scale: float) -> dict:
     return {"seconds": seconds, "ops": n}
 
 
+def bench_threadsafe(name: str, scale: float) -> dict:
+    n = max(1000, int(200_000 * scale))
+    loop = loops.make_loop(name)
+    try:
+        ran = [0]
+
+        async def main():
+            done = loop.create_future()
+
+            def callback():
+                ran[0] += 1
+                if ran[0] == n:
+                    done.set_result(None)
+
+            def queue_all():
+                call_soon_threadsafe = loop.call_soon_threadsafe
+                for _ in range(n):
+                    call_soon_threadsafe(callback)
+
+            thread = threading.Thread(target=queue_all)
+            start = time.perf_counter()
+            thread.start()
+            await done
+            seconds = time.perf_counter() - start
+            thread.join()
+            return seconds
+
+        seconds = loop.run_until_complete(main())
+        if ran[0] != n:
+            raise AssertionError(f"{ran[0]} of {n} callbacks ran")
+        return {"seconds": seconds, "ops": n}
+    finally:
+        loop.close()
+
+
+def bench_connect(name: str, scale: float) -> dict:
+    # At most 1,000 connections at a time (the listening queue and the descriptors), and the
+    # accepting side is closed first, so that no client port is left in TIME_WAIT: repeated runs
+    # would otherwise make the kernel search longer for a free port.
+    n = max(50, int(1000 * scale))
+    loop = loops.make_loop(name)
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(n + 16)
+        port = listener.getsockname()[1]
+        transports = []
+
+        async def main():
+            start = time.perf_counter()
+            for _ in range(n):
+                transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+                transports.append(transport)
+            return time.perf_counter() - start
+
+        seconds = loop.run_until_complete(main())
+        listener.setblocking(False)
+        accepted = 0
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
+            conn.close()
+            accepted += 1
+        for transport in transports:
+            transport.close()
+        loop.run_until_complete(asyncio.sleep(0.05))
+        if accepted != n:
+            raise AssertionError(f"{accepted} of {n} connections reached the listener")
+        return {"seconds": seconds, "ops": n}
+    finally:
+        listener.close()
+        loop.close()
+
+
 BENCHMARKS = {
     "call_soon": bench_call_soon,
     "timers": bench_timers,
     "sleep0_tasks": bench_sleep0_tasks,
     "create_close": bench_create_close,
+    "threadsafe": bench_threadsafe,
+    "connect": bench_connect,
 }
 
 

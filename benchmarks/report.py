@@ -23,6 +23,8 @@ MICRO_TITLES = {
     "timers": "100k timers",
     "sleep0_tasks": "tasks awaiting sleep(0)",
     "create_close": "loop create + close",
+    "threadsafe": "call_soon_threadsafe from a thread",
+    "connect": "create_connection (client side)",
 }
 
 
@@ -355,7 +357,7 @@ def conditions_lines(results: dict) -> list[str]:
     runs = [r for p in results.get("points", []) if p["workload"] in ("echo", "paced", "http")
             for entry in p["loops"].values() for r in entry.get("runs", [])
             if r.get("ok") and disturbance(r) is not None]
-    # One micro-benchmark process per loop and round (its four benchmarks share it).
+    # One micro-benchmark process per loop and round (its benchmarks share it).
     micro = [r for p in results.get("points", [])[:] if p["workload"] == "micro"
              and p["name"] == "call_soon" for entry in p["loops"].values()
              for r in entry.get("runs", []) if r.get("ok") and "cpu_other_pct" in r]

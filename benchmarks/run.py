@@ -50,7 +50,7 @@ TLS_STYLE = "tls"
 TLS_POINTS = ((TLS_STYLE, KIB, 10), (TLS_STYLE, 16 * KIB, 10))
 SIZES = (1 * KIB, 16 * KIB, 100 * KIB)
 CONNS = (1, 10, 100, 1000)
-MICRO = ("call_soon", "timers", "sleep0_tasks", "create_close")
+MICRO = ("call_soon", "timers", "sleep0_tasks", "create_close", "threadsafe", "connect")
 WORKLOADS = ("echo", "paced", "http", "micro", "syscalls", "memory")
 # The memory benchmark's server and load: the Protocol echo server, 1 KiB requests over 10
 # connections (issue 7's "RSS after 1M requests").
@@ -678,7 +678,8 @@ class Runner:
                 self.progress.say(f"micro  round {rnd + 1}/{mode.reps}  {lp:9} "
                                   + ", ".join(parts))
         units = {"call_soon": "callbacks", "timers": "timers", "sleep0_tasks": "task steps",
-                 "create_close": "loops"}
+                 "create_close": "loops", "threadsafe": "callbacks from a thread",
+                 "connect": "connections"}
         for name in MICRO:
             point = {"workload": "micro", "name": name,
                      "work": f"{work.get(name, 0):,} {units[name]}"}
