@@ -134,18 +134,17 @@ async def test_connection_to_an_ipv4_literal_gets_the_socket_the_stock_loop_make
     port = server.sockets[0].getsockname()[1]
     explicit = {'ssl': None, 'family': 0, 'proto': 0, 'flags': 0, 'sock': None,
                 'local_addr': None, 'server_hostname': None}
+    clients = []
     for kwargs in [{}, explicit]:
         transport, client = await loop.create_connection(Recorder, '127.0.0.1', port, **kwargs)
+        clients.append(client)
         sock = transport.get_extra_info('socket')
         assert (sock.family, sock.type, sock.proto) == (
             socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         assert sock.gettimeout() == 0
         assert transport.get_extra_info('peername') == ('127.0.0.1', port)
         assert client.events == ['made']
-        transport.close()
-        await client.lost
-    server.close()
-    await server.wait_closed()
+    await shut(server, *clients)
 
 
 @pytest.mark.asyncio
@@ -187,14 +186,11 @@ async def test_connection_to_an_ipv4_literal_goes_through_a_replaced_connect_soc
 
     loop._connect_sock = spy
     try:
-        transport, client = await loop.create_connection(Recorder, '127.0.0.1', port)
+        _, client = await loop.create_connection(Recorder, '127.0.0.1', port)
     finally:
         del loop._connect_sock
     assert asked == [('127.0.0.1', port)]
-    transport.close()
-    await client.lost
-    server.close()
-    await server.wait_closed()
+    await shut(server, client)
 
 
 @pytest.mark.asyncio

@@ -1022,11 +1022,16 @@ cdef bint _already_resolved(loop, sock, address) except -1:
     if (kind != _SOCK_STREAM and kind != _SOCK_DGRAM) or (
             proto != 0 and proto != _IPPROTO_TCP and proto != _IPPROTO_UDP):
         return False
-    if (getattr(type(loop), _NAME_ENSURE_RESOLVED, None) is not _original_ensure_resolved
-            or _NAME_ENSURE_RESOLVED in loop.__dict__
+    if (not stock_method(loop, _NAME_ENSURE_RESOLVED, _original_ensure_resolved)
             or _base_events._ipaddr_info is not _original_ipaddr_info):
         return False
     return is_ipv4_literal(host_obj)
+
+
+cpdef bint stock_method(object loop, str name, object original) except -1:
+    """loop.<name> is `original` (BaseEventLoop's): neither its class nor the instance replaced
+    it (a test's mock, an instrumented subclass), so a short path may stand in for its call."""
+    return getattr(type(loop), name, None) is original and name not in loop.__dict__
 
 
 cpdef bint is_ipv4_literal(object host_obj) except -1:

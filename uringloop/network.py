@@ -40,7 +40,7 @@ from asyncio import base_events, constants, exceptions, sslproto, tasks
 from asyncio.log import logger
 
 from uringloop._server import Acceptor, report_failed_connection
-from uringloop._sockio import is_ipv4_literal
+from uringloop._sockio import is_ipv4_literal, stock_method
 from uringloop._transports import SocketTransport
 
 # SSLProtocol (and the loop hooks around it) grew ssl_shutdown_timeout in 3.11.
@@ -122,9 +122,8 @@ class NetworkMixin:
         # The short path for an IPv4 literal: see the comment above _STOCK_CONNECTION_PARAMETERS.
         if (type(port) is not int or not is_ipv4_literal(host) or self._debug
                 or (kwargs and not _defaults_only(kwargs))
-                or type(self)._ensure_resolved is not _BASE_ENSURE_RESOLVED
-                or type(self)._connect_sock is not _BASE_CONNECT_SOCK
-                or '_ensure_resolved' in self.__dict__ or '_connect_sock' in self.__dict__
+                or not stock_method(self, '_ensure_resolved', _BASE_ENSURE_RESOLVED)
+                or not stock_method(self, '_connect_sock', _BASE_CONNECT_SOCK)
                 or base_events.socket is not _BASE_SOCKET_MODULE
                 or base_events._ipaddr_info is not _BASE_IPADDR_INFO):
             return await super().create_connection(protocol_factory, host, port, **kwargs)
