@@ -41,6 +41,7 @@ import collections
 import errno as _errno_mod
 import os
 import socket as _socket
+import _socket as _socket_c
 import weakref
 from asyncio import futures as _futures
 from asyncio import base_events as _base_events
@@ -986,7 +987,9 @@ async def sock_accept(self, sock):
 # else (IPv6 with its flowinfo and scope id, a port given as a string, bytes hosts, another
 # protocol, a replaced _ensure_resolved or _ipaddr_info) goes the stock way.
 
-cdef object _socket_base = _socket_base_type()
+# _socket.socket, the C type socket.socket subclasses: its family/type/proto are plain ints
+# there (socket.socket's properties convert them to enums in Python).
+cdef object _socket_base = _socket_c.socket
 cdef object _family_of = _socket_base.__dict__['family'].__get__
 cdef object _type_of = _socket_base.__dict__['type'].__get__
 cdef object _proto_of = _socket_base.__dict__['proto'].__get__
@@ -997,13 +1000,6 @@ cdef int _SOCK_STREAM = _socket.SOCK_STREAM
 cdef int _SOCK_DGRAM = _socket.SOCK_DGRAM
 cdef int _IPPROTO_TCP = _socket.IPPROTO_TCP
 cdef int _IPPROTO_UDP = _socket.IPPROTO_UDP
-
-
-cdef object _socket_base_type():
-    # _socket.socket, the C type socket.socket subclasses (its family/type/proto are plain ints
-    # there; socket.socket's properties convert them to enums in Python).
-    import _socket as _socket_c
-    return _socket_c.socket
 
 
 cdef bint _already_resolved(loop, sock, address) except -1:
