@@ -187,6 +187,31 @@ async def test_connect_address_forms_are_read_as_the_stock_loop_reads_them():
     await still_works()
 
 
+class SocketLike:
+    """A wrapper that is not a socket.socket but answers for one (family, type, fileno,
+    connect, getsockopt...), as some libraries' socket wrappers do."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+@pytest.mark.asyncio
+async def test_connect_of_a_socket_like_wrapper_to_an_ipv4_literal():
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv, socket.socket() as client:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.setblocking(False)
+        client.setblocking(False)
+        await loop.sock_connect(SocketLike(client), srv.getsockname())
+        conn, peer = await asyncio.wait_for(loop.sock_accept(srv), 5)
+        conn.close()
+        assert peer == client.getsockname()
+
+
 @pytest.mark.asyncio
 async def test_connect_asks_a_replaced_ensure_resolved():
     """An _ensure_resolved replaced on the loop (a test's mock, an instrumented subclass) is

@@ -1004,10 +1004,12 @@ cdef int _IPPROTO_UDP = _socket.IPPROTO_UDP
 
 cdef bint _already_resolved(loop, sock, address) except -1:
     """_ensure_resolved(address) would answer [(..., address)] for this IPv4 socket at once:
-    address is an exact (str, int) pair with an IPv4 literal for its host, on a stream or
-    datagram socket of protocol 0, TCP or UDP, and neither _ensure_resolved nor _ipaddr_info has
-    been replaced (a test's mock must see its call)."""
+    address is an exact (str, int) pair with an IPv4 literal for its host, on a socket object
+    (not a wrapper) of type stream or datagram and protocol 0, TCP or UDP, and neither
+    _ensure_resolved nor _ipaddr_info has been replaced (a test's mock must see its call)."""
     cdef int kind, proto
+    if not isinstance(sock, _socket_base):
+        return False          # a socket-like wrapper: its type and proto only as attributes
     if type(address) is not tuple or len(address) != 2:
         return False
     host_obj = address[0]
