@@ -16,6 +16,11 @@ cdef class Completer:
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1
 
 
+ctypedef struct FdStamps:
+    uint32_t sent_at_wait     # wait_ended (low 32 bits) of the iteration that last sent on it
+    uint32_t received_in      # the period in which a receive on it was last counted
+
+
 cdef class Proactor:
     cdef readonly Ring ring
     cdef readonly Py_ssize_t inflight      # operations the kernel still owns (incl. backlog)
@@ -40,15 +45,23 @@ cdef class Proactor:
     cdef readonly unsigned long long spins, spin_hits, spun_ns   # statistics
     cdef unsigned long long completions_at_spin  # `completions` when spin_or_wait last ran
     # Answers (see spin_or_wait): when this iteration's wait ended (in units of 1,024 ns), when
-    # each descriptor last had a send queued (the iteration's wait_ended, low 32 bits; grown on
-    # demand), how soon after that a receive on it is an answer (the same units: 2.5 x
-    # spin_max_ns), the receives that were, and that count when a wait last spun.
+    # each descriptor last had a send queued (fd_stamps[fd].sent_at_wait: the iteration's
+    # wait_ended, low 32 bits; grown on demand), how soon after that a receive on it is an
+    # answer (the same units: 2.5 x spin_max_ns), the receives that were, and that count when a
+    # wait last spun.
     cdef unsigned long long wait_ended
     cdef uint32_t answer_window
-    cdef uint32_t *sent_at_wait
-    cdef Py_ssize_t sent_at_wait_len
+    cdef FdStamps *fd_stamps
+    cdef Py_ssize_t fd_stamps_len
     cdef readonly unsigned long long answers
     cdef unsigned long long answers_at_spin
+    # Breadth (see breadth_ask): the period (wait_ended >> 10: 2**20 ns, ~1.05 ms) the loop is
+    # in, the descriptors that have received in it so far and its receives; the same two of
+    # the last whole period; and the waits that asked for breadth.
+    cdef uint32_t period
+    cdef uint32_t period_fds, period_receives
+    cdef readonly uint32_t active_fds, receive_rate
+    cdef readonly unsigned long long breadth_waits
     cdef Operation inflight_head           # every pinned operation, linked (see pin)
     cdef public bint debug                 # the loop's debug mode: completions are timed
     cdef object __weakref__
@@ -75,19 +88,27 @@ cdef class Proactor:
         op.inflight_next = None
         op.pinned = False
 
-    cdef int grow_sent_at_wait(self, int fd) noexcept
+    cdef int grow_fd_stamps(self, int fd) noexcept
 
     cdef inline void note_sent(self, int fd) noexcept:
         """A send on `fd` was just queued for the kernel or made at once (see note_answer)."""
-        if fd >= 0 and (fd < self.sent_at_wait_len or self.grow_sent_at_wait(fd) == 0):
-            self.sent_at_wait[fd] = <uint32_t>self.wait_ended
+        if fd >= 0 and (fd < self.fd_stamps_len or self.grow_fd_stamps(fd) == 0):
+            self.fd_stamps[fd].sent_at_wait = <uint32_t>self.wait_ended
 
     cdef inline void note_answer(self, int fd) noexcept:
         """Bytes (or readiness) arrived on `fd`: an answer if the wait that brought them ended
-        at most answer_window after the wait before the loop's last send on it."""
-        if 0 <= fd < self.sent_at_wait_len and \
-                <uint32_t>(<uint32_t>self.wait_ended - self.sent_at_wait[fd]) <= self.answer_window:
-            self.answers += 1
+        at most answer_window after the wait before the loop's last send on it; counted towards
+        the period's breadth (see breadth_ask) if the loop has ever sent on a descriptor with
+        that number."""
+        cdef FdStamps *stamps
+        if 0 <= fd < self.fd_stamps_len:
+            stamps = &self.fd_stamps[fd]
+            if <uint32_t>(<uint32_t>self.wait_ended - stamps.sent_at_wait) <= self.answer_window:
+                self.answers += 1
+            self.period_receives += 1
+            if stamps.received_in != self.period:
+                stamps.received_in = self.period
+                self.period_fds += 1
 
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
@@ -103,6 +124,7 @@ cdef class Proactor:
     cpdef int wait(self, object timeout) except -1
     cdef int enter_for(self, object timeout) except -1
     cdef unsigned busy_wait_count(self) noexcept
+    cdef unsigned breadth_ask(self) noexcept
     cdef int spin_or_wait(self, long long timeout_ns) except -1
     cdef int dispatch_completions(self) except -1
     cdef inline bint nothing_to_batch(self):
