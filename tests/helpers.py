@@ -70,6 +70,16 @@ async def echo(reader, writer):
         writer.close()
 
 
+class EchoProtocol(asyncio.Protocol):
+    """A Protocol that writes back whatever it receives."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
 def pattern(n, seed=0):
     """n bytes that reveal any loss, duplication or reordering (a running 32-bit counter)."""
     words = (n + 3) // 4

@@ -11,14 +11,7 @@ import socket
 import pytest
 
 import uringloop
-
-
-class _Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
+from helpers import EchoProtocol
 
 
 class _Collect(asyncio.Protocol):
@@ -53,7 +46,7 @@ async def _conversations(count):
     clients, transports = [], []
     for _ in range(count):
         a, b = socket.socketpair()
-        server_transport, _ = await loop.connect_accepted_socket(_Echo, a)
+        server_transport, _ = await loop.connect_accepted_socket(EchoProtocol, a)
         client_transport, client = await loop.connect_accepted_socket(_Collect, b)
         transports += [server_transport, client_transport]
         clients.append(client)
@@ -158,7 +151,7 @@ def test_breadth_waits_return_to_the_few_peers_still_talking():
         transports, theirs = [], []
         for _ in range(64):
             ours, peer = socket.socketpair()
-            transport, _ = await loop.connect_accepted_socket(_Echo, ours)
+            transport, _ = await loop.connect_accepted_socket(EchoProtocol, ours)
             transports.append(transport)
             theirs.append(peer)
         peers = _Peers(theirs)

@@ -11,6 +11,7 @@ import time
 import pytest
 
 import uringloop
+from helpers import EchoProtocol
 
 
 def _new_loop(monkeypatch, spin_us):
@@ -25,14 +26,6 @@ def _require_spinning(loop):
     if not loop._proactor.can_spin:
         loop.close()
         pytest.skip("this kernel does not flag deferred completions (IORING_SETUP_TASKRUN_FLAG)")
-
-
-class _Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
 
 
 class _Collect(asyncio.Protocol):
@@ -53,7 +46,7 @@ async def _round_trips(count):
     """`count` 100-byte round trips between two transports of the running loop."""
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
-    server_transport, _ = await loop.connect_accepted_socket(_Echo, a)
+    server_transport, _ = await loop.connect_accepted_socket(EchoProtocol, a)
     client_transport, client = await loop.connect_accepted_socket(_Collect, b)
     try:
         for i in range(count):
