@@ -2,7 +2,7 @@
 iteration that answered someone asks the kernel for a few more completions, bounded by the
 min-wait.  What must hold: the talking peers are counted per period (and forgotten when the loop
 sleeps through one), and a breadth wait that cannot be satisfied -- the other peers have gone
-quiet -- still returns to the one peer left, so its conversation goes on."""
+quiet -- still returns to the few peers left, so their conversations go on."""
 
 import asyncio
 import selectors
@@ -59,17 +59,16 @@ async def _close(transports):
     await asyncio.sleep(0)
 
 
-async def _talk(clients, rounds):
-    """`rounds` rounds in which every client has one round trip at the same time."""
-    for i in range(rounds):
-        await asyncio.gather(*(client.round_trip(bytes([(i + n) % 256]) * 100)
-                               for n, client in enumerate(clients)))
+async def _one_round(clients, i):
+    """Round `i`: every client has one round trip, all at the same time."""
+    await asyncio.gather(*(client.round_trip(bytes([(i + n) % 256]) * 100)
+                           for n, client in enumerate(clients)))
 
 
 def _run(coro):
     loop = uringloop.new_event_loop()
     try:
-        return loop, loop.run_until_complete(coro(loop))
+        return loop.run_until_complete(coro(loop))
     finally:
         loop.close()
 
@@ -79,8 +78,8 @@ def test_talking_peers_are_counted_per_period_and_forgotten_after_a_silent_one()
         clients, transports = await _conversations(40)
         try:
             most = 0
-            for _ in range(60):
-                await _talk(clients, 1)
+            for i in range(60):
+                await _one_round(clients, i)
                 most = max(most, loop.statistics()["active_fds"])
             # A whole period in which nobody received: the count is of no one.
             await asyncio.sleep(0.005)
@@ -90,7 +89,7 @@ def test_talking_peers_are_counted_per_period_and_forgotten_after_a_silent_one()
         finally:
             await _close(transports)
 
-    _, (most, after_silence) = _run(main)
+    most, after_silence = _run(main)
     # 80 descriptors talk (both ends of each pair are the loop's); some period saw at least half
     # of them, and none can have seen more than exist.
     assert 40 <= most <= 80
@@ -184,7 +183,7 @@ def test_breadth_waits_return_to_the_few_peers_still_talking():
             for peer in theirs:
                 peer.close()
 
-    _, counts = _run(main)
+    counts = _run(main)
     # Not vacuous: the many peers made the loop ask for breadth, and some of the few peers'
     # round trips did go through such a wait (the count of talking peers is that of the last
     # whole period, ~1 ms, in which all 64 talked).
