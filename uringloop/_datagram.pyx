@@ -70,7 +70,6 @@ import os
 import socket as _socket
 import sys
 
-from asyncio import futures as _futures
 from asyncio import transports as _transports
 from asyncio.log import logger as _logger
 
@@ -560,27 +559,15 @@ class UringDatagramTransport(CoreTransportMixin, CoreReadingMixin, CoreWritingMi
         # not go through a Python-level method first.
         self.sendto = core.sendto
         loop._transports[core.fd] = self
-        loop.call_soon(protocol.connection_made, self)
-        # Receiving starts one pass of the ready queue after connection_made(), so that what it
-        # schedules runs before the first datagram_received(), as on the stock loop (the
-        # stream transport's _start_reading says why).
-        loop.call_soon(loop.call_soon, core.start_reading)
-        if waiter is not None:
-            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+        self._announce(loop, protocol, waiter, core.start_reading)
 
     def __repr__(self):
         core = self._core
-        info = [type(self).__name__]
-        if core is None or not core.fd_open:
-            info.append('closed')
-        elif core.closing:
-            info.append('closing')
-        if core is not None:
-            info.append(f'fd={core.fd}')
-            if core.fd_open:
-                info.append('read=receiving' if core.receiving else 'read=idle')
-                state = 'sending' if core.sends_in_flight else 'idle'
-                info.append(f'write=<{state}, bufsize={core.buffer_size}>')
+        info = self._repr_info()
+        if core is not None and core.fd_open:
+            info.append('read=receiving' if core.receiving else 'read=idle')
+            state = 'sending' if core.sends_in_flight else 'idle'
+            info.append(f'write=<{state}, bufsize={core.buffer_size}>')
         return '<{}>'.format(' '.join(info))
 
     def sendto(self, data, addr=None):

@@ -17,6 +17,7 @@ This module also holds the Python-level halves the datagram and pipe transports 
 asyncio transport objects are thin Python classes delegating to a TransportCore (`_core`).
 """
 
+from asyncio import futures as _futures
 from asyncio import constants as _constants
 from asyncio import trsock as _trsock
 from asyncio.log import logger as _logger
@@ -235,6 +236,33 @@ cdef class TransportCore(WriteFlow):
 
 class CoreTransportMixin:
     """BaseTransport methods answered by the core."""
+
+    def _announce(self, loop, protocol, waiter, start, start_after_made=True):
+        """What every transport does once built, as the stock transports do it: from the ready
+        queue, protocol.connection_made(self), then `start` (the core's first operation) --
+        one pass of the ready queue later when `start_after_made`, so that what
+        connection_made() schedules runs before the protocol hears of any input (the stream
+        transport's _start_reading says why) -- and the waiter's result."""
+        loop.call_soon(protocol.connection_made, self)
+        if start_after_made:
+            loop.call_soon(loop.call_soon, start)
+        else:
+            loop.call_soon(start)
+        if waiter is not None:
+            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+
+    def _repr_info(self):
+        """The start of every core transport's repr: its class, 'closed' or 'closing', its fd.
+        The transports add what they do (reading, sending) while the fd is open."""
+        core = self._core
+        info = [type(self).__name__]
+        if core is None or not core.fd_open:
+            info.append('closed')
+        elif core.closing:
+            info.append('closing')
+        if core is not None:
+            info.append(f'fd={core.fd}')
+        return info
 
     def set_protocol(self, protocol):
         self._core.protocol = protocol

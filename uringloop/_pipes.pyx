@@ -55,7 +55,6 @@ import errno as _errno
 import os
 import stat as _stat
 
-from asyncio import futures as _futures
 from asyncio import transports as _transports
 from asyncio.log import logger as _logger
 
@@ -565,29 +564,17 @@ class UringReadPipeTransport(CoreTransportMixin, CoreReadingMixin, _transports.R
         fd, is_fifo, is_socket = _adopt_pipe(pipe, "Pipe transport is for pipes/sockets only.")
         core = ReadPipeCore(loop, self, pipe, fd, protocol, is_socket)
         self._core = core
-        loop.call_soon(protocol.connection_made, self)
-        # Reading starts one pass of the ready queue after connection_made(), so that what it
-        # schedules runs before the first data_received(), as on the stock loop (the stream
-        # transport's _start_reading says why).
-        loop.call_soon(loop.call_soon, core.start_reading)
-        if waiter is not None:
-            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+        self._announce(loop, protocol, waiter, core.start_reading)
 
     def __repr__(self):
         core = self._core
-        info = [type(self).__name__]
-        if core is None or not core.fd_open:
-            info.append('closed')
-        elif core.closing:
-            info.append('closing')
-        if core is not None:
-            info.append(f'fd={core.fd}')
-            if core.fd_open:
-                if self._loop.is_closed():
-                    # As the stock transport: a loop closed under an open pipe says only that.
-                    info.append('open')
-                else:
-                    info.append('reading' if core.reading else 'idle')
+        info = self._repr_info()
+        if core is not None and core.fd_open:
+            if self._loop.is_closed():
+                # As the stock transport: a loop closed under an open pipe says only that.
+                info.append('open')
+            else:
+                info.append('reading' if core.reading else 'idle')
         return '<{}>'.format(' '.join(info))
 
 
@@ -606,26 +593,17 @@ class UringWritePipeTransport(CoreTransportMixin, CoreWritingMixin, _transports.
         core = WritePipeCore(loop, self, pipe, fd, protocol, is_socket, is_socket or is_fifo)
         self._core = core
         self.write = core.write          # the hot path, without a Python-level method first
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(core.start_watching)
-        if waiter is not None:
-            loop.call_soon(_futures._set_result_unless_cancelled, waiter, None)
+        self._announce(loop, protocol, waiter, core.start_watching, False)
 
     def __repr__(self):
         core = self._core
-        info = [type(self).__name__]
-        if core is None or not core.fd_open:
-            info.append('closed')
-        elif core.closing:
-            info.append('closing')
-        if core is not None:
-            info.append(f'fd={core.fd}')
-            if core.fd_open:
-                if self._loop.is_closed():
-                    info.append('open')
-                else:
-                    info.append('writing' if core.writing else 'idle')
-                    info.append(f'bufsize={core.buffer_size}')
+        info = self._repr_info()
+        if core is not None and core.fd_open:
+            if self._loop.is_closed():
+                info.append('open')
+            else:
+                info.append('writing' if core.writing else 'idle')
+                info.append(f'bufsize={core.buffer_size}')
         return '<{}>'.format(' '.join(info))
 
     def write(self, data):
