@@ -35,9 +35,15 @@ def _kernel_release() -> str:
     return os.uname().release
 
 
+_KERNEL_VERSION = None
+
+
 def kernel_version() -> tuple[int, int]:
-    m = re.match(r"(\d+)\.(\d+)", _kernel_release())
-    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    global _KERNEL_VERSION
+    if _KERNEL_VERSION is None:      # the running kernel's: read once per process
+        m = re.match(r"(\d+)\.(\d+)", _kernel_release())
+        _KERNEL_VERSION = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    return _KERNEL_VERSION
 
 
 def _read(path: str) -> str | None:
@@ -163,6 +169,9 @@ class ProbeReport:
 
 
 _PBUF_OK = None
+# feature_set()'s answer for each set of setup flags a ring got: the rest of it is the kernel's
+# (its version, its opcodes, provided-buffer rings), the same for every ring of the process.
+_FEATURES_BY_SETUP_FLAGS: dict = {}
 
 
 def feature_set(ring) -> dict:
@@ -171,9 +180,12 @@ def feature_set(ring) -> dict:
     send (measured slower on loopback, _transports.pyx), IORING_OP_WAITID (_children.pyx says
     why not), recv bundles (not tried) -- shows in the report's opcode and feature lists only."""
     from uringloop._ring import BufferRing
+    global _PBUF_OK
+    known = _FEATURES_BY_SETUP_FLAGS.get(ring.setup_flags)
+    if known is not None:
+        return dict(known)
     version = kernel_version()
     ops = {name for name, code in OPCODES.items() if ring.supports(code)}
-    global _PBUF_OK
     if _PBUF_OK is None:
         # Registering a one-buffer group is the only way to know; done once per process, since
         # the answer is the kernel's and every loop would otherwise pay two extra syscalls.
@@ -184,7 +196,7 @@ def feature_set(ring) -> dict:
             _PBUF_OK = False
     pbuf = _PBUF_OK
     inc = pbuf and version >= (6, 12)
-    return {
+    features = {
         "single_issuer_defer_taskrun": bool(ring.setup_flags & SETUP_FLAGS["DEFER_TASKRUN"]),
         "coop_taskrun": bool(ring.setup_flags & SETUP_FLAGS["COOP_TASKRUN"]),
         "multishot_recv": "RECV" in ops and pbuf and version >= (6, 0),
@@ -192,6 +204,8 @@ def feature_set(ring) -> dict:
         "incremental_buffers": inc,
         "splice": "SPLICE" in ops,
     }
+    _FEATURES_BY_SETUP_FLAGS[ring.setup_flags] = features
+    return dict(features)
 
 
 def probe() -> ProbeReport:

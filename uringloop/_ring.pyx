@@ -49,6 +49,10 @@ cdef enum:
     DEFAULT_ENTRIES = 1024
 
 
+# What IORING_REGISTER_PROBE answered (Ring._probe), once it has.
+cdef bytes _kernel_ops = None
+
+
 cdef object _oserror(int err, str what):
     return OSError(err, f"{what}: {os.strerror(err)}")
 
@@ -160,10 +164,18 @@ cdef class Ring:
         return 0
 
     cdef int _probe(self) except -1:
+        # The opcodes are the running kernel's, the same for every ring of the process: asked
+        # once (a loop's creation is otherwise one io_uring_register more).
+        global _kernel_ops
         cdef size_t size = sizeof(io_uring_probe) + UL_PROBE_OPS * sizeof(io_uring_probe_op)
-        cdef io_uring_probe *probe = <io_uring_probe *>calloc(1, size)
-        cdef bytearray ops = bytearray(UL_PROBE_OPS)
+        cdef io_uring_probe *probe
+        cdef bytearray ops
         cdef int i, ret
+        if _kernel_ops is not None:
+            self.supported_ops = _kernel_ops
+            return 0
+        probe = <io_uring_probe *>calloc(1, size)
+        ops = bytearray(UL_PROBE_OPS)
         if probe == NULL:
             raise MemoryError()
         try:
@@ -175,6 +187,8 @@ cdef class Ring:
         finally:
             free(probe)
         self.supported_ops = bytes(ops)
+        if ret >= 0:
+            _kernel_ops = self.supported_ops
         return 0
 
     cdef bint has_op(self, int opcode) noexcept:
