@@ -138,6 +138,25 @@ def test_probe_reports_this_kernel():
     assert "io_uring: available" in report.format()
 
 
+def test_each_loop_has_its_own_feature_set():
+    # The kernel is asked once per process (_probe.feature_set keeps its answer), yet a loop's
+    # feature set is its own: what one loop changes in it (the fallback tests narrow it) is
+    # not what the next loop starts with.
+    first = uringloop.new_event_loop()
+    try:
+        expected = dict(first._features)
+        for name in first._features:
+            first._features[name] = not first._features[name]
+    finally:
+        first.close()
+    second = uringloop.new_event_loop()
+    try:
+        assert second._features == expected
+        assert second._features == uringloop.probe().uses
+    finally:
+        second.close()
+
+
 def test_python_m_uringloop_prints_the_report():
     result = subprocess.run([sys.executable, "-m", "uringloop"], capture_output=True, text=True,
                             timeout=60, env=CHILD_ENV, cwd=PACKAGE_PARENT)
