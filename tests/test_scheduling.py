@@ -874,6 +874,44 @@ def test_call_soon_threadsafe_wakes_a_waiting_loop(new_loop):
     assert seen == ["from the thread"]
 
 
+def test_call_soon_threadsafe_keeps_the_stock_contract(new_loop):
+    """What the call gives back and how it fails, as BaseEventLoop's: a Handle that can be
+    cancelled before it runs, the context it was given, the loop's closed error; and a loop
+    class that replaces _write_to_self (how a loop is woken) still has it called."""
+    loop = new_loop()
+    var = contextvars.ContextVar("var", default="default")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "given")
+    seen = []
+    handle = loop.call_soon_threadsafe(seen.append, "cancelled")
+    assert isinstance(handle, asyncio.Handle) and not isinstance(handle, asyncio.TimerHandle)
+    handle.cancel()
+    loop.call_soon_threadsafe(lambda: seen.append(var.get()), context=ctx)
+    loop.call_soon_threadsafe(lambda: seen.append(var.get()))
+    loop.call_soon_threadsafe(loop.stop)
+    loop.run_forever()
+    assert seen == ["given", "default"]
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_soon_threadsafe(seen.append, "late")
+
+    woken = []
+
+    class CountingWakeups(type(loop)):
+        def _write_to_self(self):
+            woken.append(True)
+            super()._write_to_self()
+
+    counting = CountingWakeups()
+    try:
+        counting.call_soon_threadsafe(seen.append, "counted")
+        counting.call_soon_threadsafe(counting.stop)
+        counting.run_forever()
+    finally:
+        counting.close()
+    assert woken == [True, True] and seen[-1] == "counted"
+
+
 def test_every_threadsafe_call_after_a_wait_wakes_the_loop_again(new_loop):
     """uringloop writes its wake-up eventfd only when no write is pending: each of these calls
     comes once the loop has taken the last one and is waiting again, so each needs a write of

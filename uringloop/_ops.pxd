@@ -112,6 +112,7 @@ cdef class Proactor:
 
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
+    cdef void wake(self) noexcept
     cdef int flush_backlog(self) except -1
     cdef int submit_pending(self) except -1
     cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1

@@ -815,6 +815,9 @@ cdef class Proactor:
 
     def wakeup(self):
         """Make a waiting io_uring_enter return (any thread)."""
+        self.wake()
+
+    cdef void wake(self) noexcept:
         # One write is enough until the loop takes it: the eventfd read in flight completes
         # once for any number of writes.  The writer raises the flag after queueing its
         # callback, and the loop lowers it when it takes the read's completion -- before it

@@ -58,6 +58,7 @@ cdef class LoopCore:
     cdef object now(self)
     cdef int append_ready(self, object handle) except -1
     cdef int queue_ready(self, object handle) except -1
+    cdef int wake_waiting_loop(self) except -1
     cdef int heap_push(self, list heap, object timer) except -1
     cdef object heap_pop(self, list heap)
     cdef object schedule_at(self, object when, object callback, tuple args, object context)

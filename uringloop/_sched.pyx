@@ -109,10 +109,15 @@ cdef str NAME_TIME = 'time'
 cdef str NAME_CALL_AT = 'call_at'
 cdef str NAME_PROCESS_EVENTS = '_process_events'
 cdef str NAME_RUN_ONCE = '_run_once'
+cdef str NAME_WRITE_TO_SELF = '_write_to_self'
 # Methods of ours that the fast paths call without looking them up; an instance attribute of one
 # of these names (a test's mock, say) sets LoopCore.shadowed and the lookups come back.
 cdef frozenset SHORTCUT_NAMES = frozenset(
-    [NAME_TIME, NAME_CALL_AT, NAME_PROCESS_EVENTS, NAME_RUN_ONCE])
+    [NAME_TIME, NAME_CALL_AT, NAME_PROCESS_EVENTS, NAME_RUN_ONCE, NAME_WRITE_TO_SELF])
+# Newer asyncio (3.14, CPython gh-128340) gives call_soon_threadsafe() a handle class of its own
+# (events._ThreadSafeHandle, whose cancel() and _run() take a lock); wherever asyncio has it,
+# BaseEventLoop.call_soon_threadsafe() is used as it is.
+cdef bint THREADSAFE_HANDLE_CLASS = hasattr(_events, '_ThreadSafeHandle')
 cdef frozenset HOOK_NAMES = frozenset(['_call_soon', 'get_debug'])
 
 # 3.13 split run_forever's set-up and clean-up into methods of their own.
@@ -412,6 +417,32 @@ cdef class LoopCore:
         handle = new_handle(_Handle, callback, args, self, context)
         self.queue_ready(handle)
         return handle
+
+    def call_soon_threadsafe(self, callback, *args, context=None):
+        """Like call_soon(), but thread-safe."""
+        # BaseEventLoop's steps (check, queue the handle, wake the loop) without its three
+        # Python-level calls: every run_in_executor() result, to_thread() and getaddrinfo()
+        # comes back to the loop through here.
+        if (self.fields_hidden or self.hooks_replaced or self._debug or THREADSAFE_HANDLE_CLASS
+                or not SLOTS_USABLE or not handle_init_pristine()
+                or not self.own(NAME_WRITE_TO_SELF, _own_write_to_self)):
+            return _BaseEventLoop.call_soon_threadsafe(self, callback, *args, context=context)
+        if self._closed:
+            raise RuntimeError('Event loop is closed')
+        handle = new_handle(_Handle, callback, args, self, context)
+        self.queue_ready(handle)
+        self.wake_waiting_loop()
+        return handle
+
+    def _write_to_self(self):
+        # call_soon_threadsafe() and signal delivery: make a waiting io_uring_enter return.
+        self.wake_waiting_loop()
+
+    cdef int wake_waiting_loop(self) except -1:
+        selector = self._selector
+        if isinstance(selector, Proactor):
+            (<Proactor>selector).wake()     # coalesced: see Proactor.wakeup
+        return 0
 
     def _call_soon(self, callback, args, context):
         if (self.fields_hidden or self.hooks_replaced or self._debug or not SLOTS_USABLE
@@ -837,5 +868,6 @@ cdef tuple _FIELD_DESCRIPTORS = tuple(
 cdef object _own_time = LoopCore.__dict__['time']
 cdef tuple _HOOKS = tuple((name, LoopCore.__dict__[name]) for name in HOOK_NAMES)
 cdef object _own_call_at = LoopCore.__dict__['call_at']
+cdef object _own_write_to_self = LoopCore.__dict__['_write_to_self']
 cdef object _own_process_events = LoopCore.__dict__['_process_events']
 cdef object _own_run_once = LoopCore.__dict__['_run_once']

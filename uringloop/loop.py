@@ -104,12 +104,6 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
 
     # ---- the BaseEventLoop hooks ----
 
-    def _write_to_self(self) -> None:
-        # call_soon_threadsafe and signal delivery: wake a waiting io_uring_enter.
-        proactor = self._proactor
-        if proactor is not None:
-            proactor.wakeup()
-
     def close(self) -> None:
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
