@@ -442,6 +442,12 @@ cdef class LoopCore:
         selector = self._selector
         if isinstance(selector, Proactor):
             (<Proactor>selector).wake()     # coalesced: see Proactor.wakeup
+        else:
+            # A loop whose _selector field is not its Proactor (a subclass hid the field, or
+            # replaced the selector): wake the Proactor the loop made, if it has one.
+            proactor = getattr(self, '_proactor', None)
+            if proactor is not None:
+                proactor.wakeup()
         return 0
 
     def _call_soon(self, callback, args, context):
