@@ -35,15 +35,9 @@ def _kernel_release() -> str:
     return os.uname().release
 
 
-_KERNEL_VERSION = None
-
-
 def kernel_version() -> tuple[int, int]:
-    global _KERNEL_VERSION
-    if _KERNEL_VERSION is None:      # the running kernel's: read once per process
-        m = re.match(r"(\d+)\.(\d+)", _kernel_release())
-        _KERNEL_VERSION = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-    return _KERNEL_VERSION
+    m = re.match(r"(\d+)\.(\d+)", _kernel_release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def _read(path: str) -> str | None:

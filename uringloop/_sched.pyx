@@ -1,6 +1,6 @@
 # cython: language_level=3
-"""The loop's scheduling hot paths, compiled: call_soon, call_at/call_later, the timer heap, the
-ready queue and one iteration of the loop (_run_once).
+"""The loop's scheduling hot paths, compiled: call_soon, call_soon_threadsafe, call_at/call_later,
+the timer heap, the ready queue and one iteration of the loop (_run_once).
 
 Why this exists and what it must not change
 -------------------------------------------
@@ -35,10 +35,10 @@ this module does the same work in C without changing anything anyone can observe
     own; exceptions reach call_exception_handler with the same context dict Handle._run builds.
 
 Everything unusual takes the stock path instead of an approximation of it: debug mode (source
-tracebacks, thread and callback checks, the slow-callback warning) delegates call_soon/call_at/
-call_later to BaseEventLoop's own methods and runs handles through handle._run(); a `time`,
-`call_at` or `_process_events` replaced on the instance or in a subclass is called as BaseEventLoop
-would call it; a `_selector` that is not our Proactor gets select() + _process_events(); a heap
+tracebacks, thread and callback checks, the slow-callback warning) delegates call_soon/
+call_soon_threadsafe/call_at/call_later to BaseEventLoop's own methods and runs handles through
+handle._run(); a `time`, `call_at`, `_write_to_self` or `_process_events` replaced on the instance
+or in a subclass is called as BaseEventLoop would call it; a `_selector` that is not our Proactor gets select() + _process_events(); a heap
 that is not a list or a ready queue that is not a deque sends the whole iteration to
 BaseEventLoop._run_once.
 """

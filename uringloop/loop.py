@@ -62,9 +62,10 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
     """An asyncio event loop whose I/O is completion-based, on io_uring.
 
     LoopCore (uringloop/_sched.pyx) comes before BaseEventLoop: it holds the scheduling state in
-    C fields and compiles call_soon, call_at/call_later, run_forever/_run_once, time and a few
-    small methods with BaseEventLoop's behaviour (and the no-op _process_events); everything
-    else is BaseEventLoop's."""
+    C fields and compiles call_soon, call_soon_threadsafe, call_at/call_later,
+    run_forever/_run_once, time and a few small methods with BaseEventLoop's behaviour (and the
+    no-op _process_events, and _write_to_self: the Proactor's wake-up); everything else is
+    BaseEventLoop's."""
 
     def __init__(self) -> None:
         super().__init__()
