@@ -802,6 +802,71 @@ async def test_eof_received_false_closes_transport():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_eof_after_large_messages_is_seen_once():
+    """Large messages, then the peer's EOF, the last bytes and the EOF possibly in one wake-up
+    of the socket: every byte, then eof_received() once, then connection_lost().  (uringloop
+    reads large messages on readiness; a trial build that waited for it with a multishot
+    poll, which completes once per wake-up and not while the socket stays readable, lost
+    this EOF: it failed here.)"""
+    server, peer, client = await connected_pair()
+    first, second = pattern(64 * 1024), pattern(96 * 1024)[::-1]
+    client.transport.write(first)
+    assert await peer.received(len(first)) == first
+    client.transport.write(second)
+    client.transport.write_eof()
+    await peer.eof
+    assert bytes(peer.data) == first + second
+    assert await peer.lost is None           # eof_received() returned False: closed
+    assert peer.events == ['made', 'data', 'eof', 'lost']
+    await client.eof
+    client.transport.close()
+    await client.lost
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_many_peers_end_at_once_after_large_messages():
+    """Twenty connections in large reads whose peers all shut down their side at once, so
+    that their EOFs come in together: each server side sees eof_received() once, then
+    connection_lost(), and the loop goes on serving.  (The multishot-poll trial build that
+    lost the EOF of test_eof_after_large_messages_is_seen_once failed here too.)"""
+    loop = asyncio.get_running_loop()
+    peers = []
+
+    def factory():
+        peers.append(Recorder())
+        return peers[-1]
+
+    server = await loop.create_server(factory, '127.0.0.1', 0)
+    port = server.sockets[0].getsockname()[1]
+    message = pattern(64 * 1024)
+    clients = []
+    for _ in range(20):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ('127.0.0.1', port))
+        clients.append(sock)
+    for sock in clients:
+        await loop.sock_sendall(sock, message)
+    while len(peers) < 20 or any(len(p.data) < len(message) for p in peers):
+        await asyncio.sleep(0.005)
+    for sock in clients:
+        sock.send(message[:32 * 1024])
+        sock.shutdown(socket.SHUT_WR)
+    for proto in peers:
+        assert await proto.lost is None
+        assert proto.events == ['made', 'data', 'eof', 'lost']
+        assert bytes(proto.data) == message + message[:32 * 1024]
+    for sock in clients:
+        sock.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_close_flushes_pending_writes():
     server, peer, client = await connected_pair()
     payload = pattern(8 * 1024 * 1024)
