@@ -98,6 +98,18 @@ async def connected_pair(server_protocol=Recorder, client_protocol=Recorder):
     return server, peer, client
 
 
+async def recording_server():
+    """A server on 127.0.0.1 whose connections each get a Recorder: (server, their list)."""
+    accepted = []
+
+    def factory():
+        accepted.append(Recorder())
+        return accepted[-1]
+
+    server = await asyncio.get_running_loop().create_server(factory, '127.0.0.1', 0)
+    return server, accepted
+
+
 async def shut(server, *protocols):
     for proto in protocols:
         if proto.transport is not None:
@@ -271,13 +283,7 @@ async def test_extra_info_of_many_connections_to_one_server():
     # Every connection reports its own addresses: on the server side the same listening address
     # and each its own peer port; on the client side the reverse.
     loop = asyncio.get_running_loop()
-    accepted = []
-
-    def factory():
-        accepted.append(Recorder())
-        return accepted[-1]
-
-    server = await loop.create_server(factory, '127.0.0.1', 0)
+    server, accepted = await recording_server()
     address = server.sockets[0].getsockname()
     clients = []
     for _ in range(5):
@@ -819,10 +825,7 @@ async def test_eof_after_large_messages_is_seen_once():
     assert await peer.lost is None           # eof_received() returned False: closed
     assert peer.events == ['made', 'data', 'eof', 'lost']
     await client.eof
-    client.transport.close()
-    await client.lost
-    server.close()
-    await server.wait_closed()
+    await shut(server, client)
 
 
 @pytest.mark.asyncio
@@ -833,13 +836,7 @@ async def test_many_peers_end_at_once_after_large_messages():
     connection_lost(), and the loop goes on serving.  (The multishot-poll trial build that
     lost the EOF of test_eof_after_large_messages_is_seen_once failed here too.)"""
     loop = asyncio.get_running_loop()
-    peers = []
-
-    def factory():
-        peers.append(Recorder())
-        return peers[-1]
-
-    server = await loop.create_server(factory, '127.0.0.1', 0)
+    server, peers = await recording_server()
     port = server.sockets[0].getsockname()[1]
     message = pattern(64 * 1024)
     clients = []
