@@ -842,6 +842,8 @@ async def test_many_peers_end_at_once_after_large_messages():
     clients = []
     for _ in range(20):
         sock = socket.socket()
+        # Room for the last message whole, so that one non-blocking send() takes all of it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         sock.setblocking(False)
         await loop.sock_connect(sock, ('127.0.0.1', port))
         clients.append(sock)
@@ -849,8 +851,8 @@ async def test_many_peers_end_at_once_after_large_messages():
         await loop.sock_sendall(sock, message)
     while len(peers) < 20 or any(len(p.data) < len(message) for p in peers):
         await asyncio.sleep(0.005)
-    for sock in clients:
-        sock.send(message[:32 * 1024])
+    for sock in clients:      # back to back: the last bytes and the EOF, no await between
+        assert sock.send(message[:32 * 1024]) == 32 * 1024
         sock.shutdown(socket.SHUT_WR)
     for proto in peers:
         assert await proto.lost is None
