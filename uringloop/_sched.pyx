@@ -38,9 +38,9 @@ Everything unusual takes the stock path instead of an approximation of it: debug
 tracebacks, thread and callback checks, the slow-callback warning) delegates call_soon/
 call_soon_threadsafe/call_at/call_later to BaseEventLoop's own methods and runs handles through
 handle._run(); a `time`, `call_at`, `_write_to_self` or `_process_events` replaced on the instance
-or in a subclass is called as BaseEventLoop would call it; a `_selector` that is not our Proactor gets select() + _process_events(); a heap
-that is not a list or a ready queue that is not a deque sends the whole iteration to
-BaseEventLoop._run_once.
+or in a subclass is called as BaseEventLoop would call it; a `_selector` that is not our Proactor
+gets select() + _process_events(); a heap that is not a list or a ready queue that is not a deque
+sends the whole iteration to BaseEventLoop._run_once.
 """
 
 cimport cython
