@@ -341,6 +341,148 @@ async def test_close_with_pending_recv_and_fd_reuse():
         assert await loop.sock_recv(reader, 100) == b"fresh"
 
 
+def pair_on_number(number):
+    """A connected socket pair (non-blocking) whose first socket has the descriptor number
+    `number`, which the caller has just freed."""
+    c, d = socket.socketpair()
+    if d.fileno() == number:
+        c, d = d, c
+    elif c.fileno() != number:
+        moved = socket.socket(fileno=os.dup2(c.fileno(), number))
+        c.close()
+        c = moved
+    c.setblocking(False)
+    d.setblocking(False)
+    return c, d
+
+
+# A socket closed under sock_* requests: the one in the kernel holds the old socket there, but its
+# descriptor number is free the moment close() returns, and the next socket takes it.  Nothing
+# the loop submits afterwards for the old socket -- a request queued behind the one in the kernel,
+# the rest of a partial send -- may reach the new one.  On the stock loop nothing does (its
+# callbacks call the closed socket object's methods); the queued request there waits for a
+# descriptor that no longer exists, so each test cancels it at the end.
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_queued_receive_does_not_read_a_new_socket_that_took_the_closed_ones_number():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    number = b.fileno()
+    first = asyncio.ensure_future(loop.sock_recv(b, 100))
+    second = asyncio.ensure_future(loop.sock_recv(b, 100))
+    await asyncio.sleep(0.01)
+    assert not first.done() and not second.done()
+    b.close()
+    new, peer = pair_on_number(number)
+    with a, new, peer:
+        peer.send(b"for the new socket")
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        assert new.recv(100) == b"for the new socket"
+        second.cancel()
+        outcome, = await asyncio.gather(second, return_exceptions=True)
+    # uringloop fails the queued receive as the closed socket's recv() fails.
+    assert isinstance(outcome, (OSError, asyncio.CancelledError)), outcome
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_queued_send_does_not_reach_a_new_socket_that_took_the_closed_ones_number():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()        # `a` never reads: the first send stays in the kernel
+    b.setblocking(False)
+    number = b.fileno()
+    stuck = asyncio.ensure_future(loop.sock_sendall(b, b"x" * (8 << 20)))
+    queued = asyncio.ensure_future(loop.sock_sendall(b, b"secret"))
+    await asyncio.sleep(0.05)
+    assert not stuck.done() and not queued.done()
+    b.close()
+    new, peer = pair_on_number(number)
+    with a, new, peer:
+        stuck.cancel()
+        await asyncio.gather(stuck, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)
+        queued.cancel()
+        outcome, = await asyncio.gather(queued, return_exceptions=True)
+    assert isinstance(outcome, (OSError, asyncio.CancelledError)), outcome
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_partial_send_does_not_go_on_in_a_new_socket_that_took_the_closed_ones_number():
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    number = b.fileno()
+    sending = asyncio.ensure_future(loop.sock_sendall(b, b"x" * (8 << 20)))
+    await asyncio.sleep(0.05)
+    assert not sending.done()
+    b.close()
+    new, peer = pair_on_number(number)
+    with a, new, peer:
+        # The closed socket's peer reads: the send waiting in the kernel (on the old socket)
+        # moves on and completes part of the way; the rest must not go out on `new`.
+        a.setblocking(False)
+        deadline = loop.time() + 5
+        while not sending.done() and loop.time() < deadline:
+            try:
+                if not a.recv(1 << 20):
+                    break           # EOF: the old socket is gone (the stock loop's case)
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+        with pytest.raises(BlockingIOError):
+            peer.recv(100)
+        sending.cancel()
+        outcome, = await asyncio.gather(sending, return_exceptions=True)
+    # uringloop ends the send as the closed socket's send() fails (OSError EBADF).
+    assert isinstance(outcome, (OSError, asyncio.CancelledError)), outcome
+
+
+def test_connection_kept_for_a_cancelled_accept_is_closed_with_the_loop(new_loop, is_uring):
+    if not is_uring:
+        pytest.skip("the stock loop keeps no connection for a cancelled sock_accept(): one "
+                    "accepted as its task was cancelled is dropped (closed when collected)")
+    loop = new_loop()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    srv.setblocking(False)
+    clients = []
+
+    def connect():
+        clients.append(socket.create_connection(srv.getsockname()))
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_accept(srv))
+        await asyncio.sleep(0.01)           # the accept waits: its poll is in the kernel
+        assert not task.done()
+        # The timer is due when the next iteration starts, and runs after that iteration's
+        # completions -- the connection made by its first callback, accepted for the task --
+        # and before the task resumes to take it: the task is cancelled with its result set,
+        # and the connection is kept for the next sock_accept() on the listener.
+        loop.call_later(0, task.cancel)
+        loop.call_soon(connect)
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+
+    with srv:
+        loop.run_until_complete(main())
+        client, = clients
+        with client:
+            client.settimeout(0.2)
+            with pytest.raises(socket.timeout):
+                client.recv(1)              # kept open, for a next caller
+            loop.close()                    # nobody can take it any more: closed
+            client.settimeout(10)
+            assert client.recv(1) == b""
+
+
 def test_close_drains_in_flight_operations_and_releases_buffers(new_loop):
     loop = new_loop()
     a, b = socket.socketpair()

@@ -392,6 +392,51 @@ PREFORK_WORKER = textwrap.dedent("""
 """)
 
 
+def listening_socket_on_number(number):
+    """A listening TCP socket (non-blocking) with the descriptor number `number`, which the
+    caller has just freed."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    if sock.fileno() != number:
+        moved = socket.socket(fileno=os.dup2(sock.fileno(), number))
+        sock.close()
+        sock = moved
+    sock.listen()
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_server_whose_socket_is_closed_under_it_takes_nothing_by_its_number(is_uring):
+    if not is_uring:
+        pytest.skip("the stock loop keeps the closed listener's reader registered by number, "
+                    "so sock_accept() on a socket that reuses the number fails to register")
+    loop = asyncio.get_running_loop()
+    served = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    server = await loop.create_server(lambda: served.append(1) or asyncio.Protocol(),
+                                      sock=listener)
+    number, address = listener.fileno(), listener.getsockname()
+    # Closed under the server, without server.close(): its poll in the kernel keeps the socket
+    # listening, and the number goes to a new listener, accepted from with sock_accept().
+    listener.close()
+    with listening_socket_on_number(number) as other:
+        accepting = asyncio.ensure_future(loop.sock_accept(other))
+        await asyncio.sleep(0.01)
+        with socket.create_connection(address):     # wakes the server's poll
+            await asyncio.sleep(0.05)
+        with socket.create_connection(other.getsockname()):
+            conn, _ = await asyncio.wait_for(accepting, 5)
+            conn.close()
+    assert served == []
+    server.close()
+    await server.wait_closed()
+
+
 def answering_pid(conn):
     """Who served a connection to a PREFORK_WORKER, or why nobody did."""
     conn.settimeout(5)

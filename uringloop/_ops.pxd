@@ -76,7 +76,11 @@ cdef class Proactor:
         op.pinned = True
 
     cdef inline void unpin(self, Operation op):
-        # The caller holds a reference to op: the list's may be the last but one.
+        # The caller holds a reference to op: the list's may be the last but one.  Unpinning
+        # twice must do nothing: an operation its completion handler resubmitted into the
+        # backlog and cancelled again is unpinned inside cancel(), then seen idle by dispatch().
+        if not op.pinned:
+            return
         cdef Operation after = op.inflight_next
         if op.inflight_prev == NULL:
             self.inflight_head = after
@@ -151,6 +155,7 @@ cdef class Operation:
     cdef bint multishot
     cdef bint owner_sees_eagain            # -EAGAIN goes to the owner instead of back to the kernel
     cdef bint receives                     # a receive (or poll for input): may be an answer
+    cdef bint cancel_asked                 # cancel() was called since its last submission
 
     cdef inline uint64_t ud(self):
         return <uint64_t><size_t><void *>self
@@ -235,6 +240,7 @@ cdef class WakeupOp(Operation):
 
 
 cdef int call_owner(Operation op, int res, unsigned flags) except -1
+cdef bint still_same_file(Operation op) except -1
 cdef int get_writable_buffer(object obj, Py_buffer *view) except -1
 cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int family)
 cdef object accept_nonblocking(int fd, int family, int *err)

@@ -58,6 +58,7 @@ from uringloop._ring cimport Ring, BufferRing
 import os
 from operator import index as _index
 import socket as _socket
+import _socket as _socket_c
 import time as _time
 from asyncio.log import logger as _logger
 
@@ -316,6 +317,7 @@ cdef class Proactor:
         if newly_pinned:
             self.pin(op)
         self.inflight += 1
+        op.cancel_asked = False
         if sqe == NULL:
             # SQ full even after an early submit: keep order by queueing behind earlier ones.
             op.state = OP_QUEUED
@@ -425,6 +427,10 @@ cdef class Proactor:
             # (In a fork child the request is the parent's, in the parent's ring: not ours to
             # cancel -- a close of the inherited loop stops its servers and readiness callbacks.)
             return 0
+        # Remembered on the operation whether or not the ASYNC_CANCEL below finds a slot: its
+        # final completion must not carry it on -- a partial send sending the rest, an -EAGAIN
+        # going back to the kernel -- after its owner asked it to stop (dispatch, SendOp).
+        op.cancel_asked = True
         sqe = self.ring.get_sqe()
         if sqe == NULL:
             # No slot for the cancel request right now: the close-time CANCEL_ALL or the
@@ -763,7 +769,7 @@ cdef class Proactor:
 
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1:
         cdef bint final = not (flags & IORING_CQE_F_MORE)
-        cdef bint cancelled = op.state == OP_CANCELLING
+        cdef bint cancelled = op.cancel_asked
         self.completions += 1
         if res > 0 and op.receives:
             self.note_answer(op.fd)
@@ -780,7 +786,11 @@ cdef class Proactor:
                 # Never surfaced: the request goes straight back to the kernel (it arms its own
                 # poll this time because the socket really has nothing).  Requests that cannot
                 # arm a poll (splice) would spin here: their owners wait for readiness instead.
-                op.submit()
+                # Not when the socket was closed meanwhile (still_same_file).
+                if still_same_file(op):
+                    op.submit()
+                else:
+                    op.complete(-EBADF, flags)
             elif self.debug:
                 self.complete_timed(op, res, flags)
             else:
@@ -982,6 +992,27 @@ cdef inline int _errno():
 # operation kinds
 # ---------------------------------------------------------------------------------------------
 
+# Closed under a request.  A request in the kernel holds its file, so closing the socket's fd
+# while one is in flight does not close the socket -- but the *number* is free the moment
+# close() returns, and the next socket made or accepted gets it.  Whatever the loop submits after
+# that by number -- the rest of a partial send, an -EAGAIN completion sent back, the next sock_*
+# request of a queue -- would reach that other socket: bytes sent to an unrelated peer, its bytes
+# or connections taken.  The stock loop cannot do that: it calls the socket object's own methods,
+# which raise EBADF once it is closed.  So before anything is submitted again for an operation
+# that has completed, its socket object (op.keep) is asked whether it still has that number; a
+# closed socket object's fileno() is -1.
+
+cdef object _socket_base = _socket_c.socket
+
+cdef bint still_same_file(Operation op) except -1:
+    """Whether op.fd still names the socket op.keep (when it keeps a socket object; anything
+    else cannot tell, and counts as yes).  See above."""
+    cdef object keep = op.keep
+    if keep is None or not isinstance(keep, _socket_base):
+        return True
+    return keep.fileno() == op.fd
+
+
 cdef int call_owner(Operation op, int res, unsigned flags) except -1:
     """op.owner.op_done(op, res, flags), holding a reference to the owner for the call.
 
@@ -1108,8 +1139,10 @@ cdef class SendOp(BufferOp):
         # the owner sees one completion for the whole buffer, res = total bytes sent.
         if res > 0:
             self.offset += res
-            if self.offset < self.view.len and self.state == OP_IDLE \
-                    and not self.proactor.closing:
+            if (self.offset < self.view.len and self.state == OP_IDLE and not self.cancel_asked
+                    and not self.proactor.closing):
+                if not still_same_file(self):
+                    return call_owner(self, -EBADF, flags)
                 self.submit()
                 return 0
             res = <int>min(self.offset, 0x7fffffff)

@@ -137,6 +137,13 @@ cdef class Acceptor(Completer):
     cdef int arm(self) except -1:
         if not self.serving or self.proactor.closing or self.retry_handle is not None:
             return 0
+        if self.sock.fileno() != self.fd:
+            # The listening socket was closed under the server (sock.close() without
+            # server.close()): its number may be another socket's by now, whose connections a
+            # poll and accept4 by number would take (see _ops: closed under a request).  It
+            # stops accepting, as the stock loop's reader goes with the closed descriptor.
+            self.serving = False
+            return 0
         if self.poll is None:
             self.poll = PollOp(self.proactor, self, self.fd, self.sock)
             self.poll.events = POLLIN
@@ -150,7 +157,9 @@ cdef class Acceptor(Completer):
         if not self.serving or self.proactor.closing:
             return 0          # stopped: whatever is queued stays for the socket's other owners
         try:
-            if res >= 0:
+            if res >= 0 and self.sock.fileno() != self.fd:
+                self.serving = False        # closed under the server (see arm)
+            elif res >= 0:
                 PyContext_Enter(self.context)
                 try:
                     self.accept_queued()

@@ -26,7 +26,10 @@ raises them.
 The state of a socket is keyed by its fd and checked against the socket object itself (a weak
 reference), so a new socket that reuses a closed socket's fd number starts clean; an operation
 still in flight for the old socket holds the old *file* in the kernel and reports to the old state
-object, never to the new one.
+object, never to the new one.  What was queued behind it is never submitted once the old socket
+is closed -- by number it would reach the new socket -- but fails with EBADF, as the closed
+socket's own methods fail (socket_closed; SendOp does the same for the rest of a partial send).
+Connections accepted for callers that had gone are closed with the loop if nobody took them.
 """
 
 cimport cython
@@ -172,6 +175,22 @@ cdef class SocketState(Completer):
         return (self.recv_op is None and self.accept_op is None and self.send_op is None
                 and not self.recv_q and not self.accept_q and not self.send_q)
 
+    cdef bint socket_closed(self) except -1:
+        """Whether the socket this state serves has been closed (or collected): its fd number
+        may name another socket by now, for which nothing may be submitted (see _ops: closed
+        under a request).  Asked before each request a queue sends to the kernel -- queued
+        requests go there from completion handlers, long after the call that checked the
+        socket."""
+        cdef object sock = self.sock_ref()
+        return sock is None or sock.fileno() != self.fd
+
+    cdef int fail_closed(self, object q) except -1:
+        """Every request waiting in `q` fails as the socket's own methods fail once it is
+        closed (OSError EBADF)."""
+        while q:
+            self.fail(<Request>q.popleft(), _oserror(EBADF))
+        return 0
+
     cdef Request new_request(self, int kind):
         cdef Request req = Request.__new__(Request)
         req.state = self
@@ -232,6 +251,8 @@ cdef class SocketState(Completer):
                 continue
             if self.recv_op is not None or self.proactor.closing:
                 return 0     # an earlier operation is still in the kernel: wait for it
+            if self.socket_closed():
+                return self.fail_closed(self.recv_q)
             if not self.stream:
                 try:
                     result = self.receive_now(req)
@@ -527,6 +548,8 @@ cdef class SocketState(Completer):
                 continue
             if self.accept_op is not None or self.proactor.closing:
                 return 0
+            if self.socket_closed():
+                return self.fail_closed(self.accept_q)
             if c_fcntl(self.fd, F_GETFL) & O_NONBLOCK:
                 # First try at once, as the stock loop does: a queued connection costs no
                 # trip through the ring.
@@ -615,6 +638,28 @@ cdef class SocketState(Completer):
         (<ConnectOp>op).set_address(self.family, req.address)
         return op
 
+    # A unix datagram socket's sock_sendto() never waits in the kernel as a sendmsg request:
+    # unix_dgram_sendmsg copies the data out before it finds the receiver's queue full, and the
+    # request, retried once there is room, sends an *empty* datagram (see _datagram's module
+    # docstring).  It sends at once by the socket's own method, as the stock loop does, and
+    # when there is no room waits for POLLOUT and tries again (send_done).
+
+    cdef Operation sendto_now(self, Request req):
+        """A unix datagram sendto() at once: None when that settled the request, else the
+        POLLOUT poll to wait for room with; raises what socket.sendto() raises."""
+        cdef PollOp op
+        cdef object sock = self.sock_ref()
+        if sock is None:
+            raise _oserror(EBADF)
+        try:
+            sent = sock.sendto(req.buf, _MSG_DONTWAIT, req.address)
+        except (BlockingIOError, InterruptedError):
+            op = PollOp(self.proactor, self, self.fd, sock)
+            op.events = POLLOUT
+            return op
+        req.fut.set_result(sent)
+        return None
+
     cdef int connect_error(self) except -1:
         """SO_ERROR of a socket whose connection attempt ended (its POLLOUT came)."""
         cdef object sock = self.sock_ref()
@@ -646,11 +691,17 @@ cdef class SocketState(Completer):
             req = self.next_request(self.send_q)
             if req is None or self.send_op is not None or self.proactor.closing:
                 return 0
+            if self.socket_closed():
+                return self.fail_closed(self.send_q)
             try:
                 if req.kind == K_CONNECT:
                     op = self.start_connect(req)
                     if op is None:
                         continue      # connected at once
+                elif req.kind == K_SENDTO and self.family == AF_UNIX and not self.stream:
+                    op = self.sendto_now(req)
+                    if op is None:
+                        continue      # sent at once
                 else:
                     op = self.make_send_op(req)
             except Exception as exc:
@@ -676,7 +727,14 @@ cdef class SocketState(Completer):
     cdef int send_done(self, Operation op, int res) except -1:
         cdef Request req = self.finish_request(op, self.send_q)
         self.send_op = None
-        if not req.fut.done():
+        if (req.kind == K_SENDTO and type(op) is PollOp and res >= 0
+                and not req.fut.done()):
+            # A unix datagram socket has room (sendto_now): the request goes back to the head
+            # of the queue and pump_send() below sends it, or waits again.
+            if self.send_q is None:
+                self.send_q = _deque()
+            self.send_q.appendleft(req)
+        elif not req.fut.done():
             if res == -ECANCELED:
                 req.fut.cancel()
             elif req.kind == K_CONNECT and (res < 0 or type(op) is PollOp):
@@ -1091,6 +1149,17 @@ def forget_socket(self, int fd):
             leftover = bytes(state.stash)
         state.discard()
     return leftover
+
+
+def forget_all_sockets(self):
+    """Loop.close(), once the Proactor has drained: drop every socket's sock_* state.  The
+    connections accepted for callers that had gone are closed -- nobody can take them any more,
+    and their clients would otherwise wait on them for as long as the process lives."""
+    cdef dict states = self._ul_sock_states
+    cdef SocketState state
+    for state in list(states.values()):
+        state.discard()
+    states.clear()
 
 
 cdef inline Py_ssize_t _check_writable(buf) except -1:

@@ -115,7 +115,7 @@ from libc.string cimport memset, memcpy
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
 from uringloop._ops cimport (Proactor, Operation, RecvOp, SendOp, MultishotRecvOp, PollOp,
-                             OP_IDLE, call_owner, get_writable_buffer)
+                             OP_IDLE, call_owner, get_writable_buffer, still_same_file)
 from uringloop._flow cimport WriteFlow, add_socket_extra
 from uringloop._sched cimport ul_class_lookup
 
@@ -579,7 +579,10 @@ cdef class SendMsgOp(Operation):
                     self.iov[self.first].iov_base = (<char *>self.iov[self.first].iov_base) + left
                     self.iov[self.first].iov_len -= <size_t>left
                     left = 0
-            if self.sent < self.total and self.state == OP_IDLE and not self.proactor.closing:
+            if (self.sent < self.total and self.state == OP_IDLE and not self.cancel_asked
+                    and not self.proactor.closing):
+                if not still_same_file(self):      # (see _ops: closed under a request)
+                    return call_owner(self, -EBADF, flags)
                 self.submit()      # a short send: the rest goes out before the owner hears
                 return 0
         return call_owner(self, res, flags)
@@ -1756,8 +1759,11 @@ cdef class SocketTransport(WriteFlow):
             if self.empty_waiter is not None and not self.empty_waiter.done():
                 self.empty_waiter.set_result(None)
             if self._closing:
-                self.conn_lost += 1
-                self._call_connection_lost(None)
+                # (Unless resume_writing() above closed or aborted the transport itself, which
+                # has scheduled connection_lost() already.)
+                if not self.conn_lost:
+                    self.conn_lost += 1
+                    self._call_connection_lost(None)
             elif self._eof:
                 self.sock.shutdown(_SHUT_WR)
         return 0

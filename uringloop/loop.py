@@ -114,6 +114,7 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         # Drain first: completions may still resolve futures and schedule callbacks, which
         # BaseEventLoop.close() then discards with the rest of the ready queue.
         self._proactor.close()
+        _sockio.forget_all_sockets(self)
         self._ul_gc_track_queued()    # BaseEventLoop.close() drops them: back in the GC first
         super().close()
 
