@@ -1,6 +1,6 @@
 from uringloop._sys cimport sockaddr_storage, socklen_t
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport MsgOp, Operation
+from uringloop._ops cimport MsgOp, Operation, PollOp
 from uringloop._flow cimport TransportCore
 
 
@@ -20,6 +20,7 @@ cdef class DatagramCore(TransportCore):
     cdef object send_q                     # sendmsg operations built, waiting for a slot
     cdef set send_ops                      # sendmsg operations the kernel holds
     cdef list spare_ops                    # finished sendmsg operations, for reuse
+    cdef PollOp send_poll                  # AF_UNIX: queued datagrams wait for room with it
     cdef object peer_addr                  # the address of the last datagram received ...
     cdef sockaddr_storage peer_sockaddr    # ... and its binary form, for replies to it
     cdef socklen_t peer_sockaddr_len
@@ -34,6 +35,9 @@ cdef class DatagramCore(TransportCore):
     cdef bint send_at_once(self, MsgOp op, object data) except -1
     cdef int pump_sends(self) except -1
     cdef int send_done(self, MsgOp op, int res) except -1
+    cdef int arm_send_poll(self) except -1
+    cdef int send_poll_done(self, int res) except -1
+    cdef int send_queued_inline(self) except -1
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1
     cdef int release_if_idle(self) except -1

@@ -42,6 +42,15 @@ consumed them by the time it returns and callers reuse them.  sendmsg operations
 and a reply to the sender of the last datagram takes its destination from the binary address
 the kernel reported (no parsing of the Python tuple).
 
+AF_UNIX datagram sockets never hand a send to the kernel to wait with: their queued datagrams
+wait with a POLLOUT poll on the ring and go out inline, one non-blocking sendmsg(2) each, in
+order (send_queued_inline) -- the stock loop's way.  A unix datagram send copies the data out of
+the caller's buffer *before* it finds the receiver's queue full and fails with EAGAIN; a
+blocking sendmsg(2) waits first and copies after, but an io_uring sendmsg request waits for
+room and then tries again with the data already consumed, and sends an *empty* datagram
+(Linux 6.18; a sock_sendto() of 200 datagrams to a receiver reading slowly delivered 2 empty,
+a transport's 112 with 64 requests in flight 30 empty, out of order).
+
 Closing
 -------
 The socket is closed only when the kernel holds no operation on it any more (every final CQE
@@ -55,12 +64,12 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno
 from libc.string cimport memcpy, memset
 
-from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, socklen_t,
+from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, POLLOUT, socklen_t,
                              sockaddr_storage, msghdr, iovec,
                              io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport Proactor, Operation, MsgOp, OP_IDLE, sockaddr_to_python
+from uringloop._ops cimport Proactor, Operation, MsgOp, PollOp, OP_IDLE, sockaddr_to_python
 from uringloop._flow cimport TransportCore, add_socket_extra
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
@@ -200,6 +209,8 @@ cdef class DatagramCore(TransportCore):
                 self.multishot_done(res, flags)
             else:
                 self.recv_done(res)
+        elif op is self.send_poll:
+            self.send_poll_done(res)
         else:
             self.send_done(<MsgOp>op, res)
         self.release_if_idle()
@@ -435,6 +446,8 @@ cdef class DatagramCore(TransportCore):
 
     cdef int pump_sends(self) except -1:
         cdef MsgOp op
+        if self.family == AF_UNIX:
+            return self.arm_send_poll()     # see the module's docstring
         while self.send_q and len(self.send_ops) < MAX_SENDS_IN_FLIGHT \
                 and not self.proactor.closing:
             op = <MsgOp>self.send_q.popleft()
@@ -445,19 +458,82 @@ cdef class DatagramCore(TransportCore):
     cdef int send_done(self, MsgOp op, int res) except -1:
         self.send_ops.discard(op)
         self.buffer_size -= op.view.len
-        if len(self.spare_ops) < MAX_SENDS_IN_FLIGHT:
-            # Reused by a later sendto(); the Proactor releases its buffer after this returns.
-            self.spare_ops.append(op)
         if res < 0 and res != -ECANCELED and not self.lost:
             self.error_received(_oserror(-res))
         if not self.conn_lost:
             self.pump_sends()
-        self.maybe_resume_protocol()
+            # Not after abort(): the stock transport drops its buffer there and never resumes
+            # writing (the sends it cancelled complete here, lowering the buffer size).
+            self.maybe_resume_protocol()
         if self.closing and not self.conn_lost and not self.send_q and not self.send_ops:
             # close() was waiting for the queued datagrams.
             self.conn_lost += 1
             self.loop.call_soon(self.call_connection_lost, None)
+        if len(self.spare_ops) < MAX_SENDS_IN_FLIGHT:
+            # Reused by a later sendto(); the Proactor releases its buffer after this returns.
+            # Only now, after the protocol's callbacks above: a sendto() from error_received()
+            # or resume_writing() would otherwise take this very operation back, lend it the new
+            # datagram and -- with MAX_SENDS_IN_FLIGHT sends in the kernel -- leave it waiting
+            # in send_q, still idle, so that the release after this handler dropped the
+            # datagram it was to send.
+            self.spare_ops.append(op)
         return 0
+
+    cdef int arm_send_poll(self) except -1:
+        """AF_UNIX: wait for room for the queued datagrams (see the module's docstring)."""
+        if not self.send_q or self.proactor.closing or self.sock is None or self.conn_lost:
+            return 0
+        if self.send_poll is None:
+            self.send_poll = PollOp(self.proactor, self, self.fd, None)
+            self.send_poll.events = POLLOUT
+        elif self.send_poll.state != OP_IDLE:
+            return 0
+        self.send_poll.keep = self.sock
+        self.send_poll.submit()
+        return 0
+
+    cdef int send_poll_done(self, int res) except -1:
+        if self.conn_lost or self.proactor.closing:
+            return 0            # aborted (the queue is gone), or the loop is closing
+        self.send_queued_inline()
+        self.maybe_resume_protocol()
+        if self.closing and not self.conn_lost and not self.send_q:
+            # close() was waiting for the queued datagrams.
+            self.conn_lost += 1
+            self.loop.call_soon(self.call_connection_lost, None)
+        return 0
+
+    cdef int send_queued_inline(self) except -1:
+        """AF_UNIX: send the queued datagrams in order, one non-blocking sendmsg(2) each, until
+        the socket has no room; then wait for room again."""
+        cdef MsgOp op
+        cdef msghdr msg
+        cdef ssize_t sent
+        cdef int err
+        while self.send_q:
+            op = <MsgOp>self.send_q[0]
+            memset(&msg, 0, sizeof(msg))
+            op.iov.iov_base = op.view.buf
+            op.iov.iov_len = <size_t>op.view.len
+            msg.msg_iov = &op.iov
+            msg.msg_iovlen = 1
+            if op.msg.msg_namelen:
+                msg.msg_name = &op.addr
+                msg.msg_namelen = op.msg.msg_namelen
+            self.proactor.note_sent(self.fd)
+            sent = c_sendmsg(self.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+            err = errno
+            if sent < 0 and (err == EAGAIN or err == EINTR):
+                break
+            self.send_q.popleft()
+            self.buffer_size -= op.view.len
+            op.drop_buffer()
+            op.keep = None      # (not reused: error_received() below may call sendto())
+            if sent < 0:
+                self.error_received(_oserror(err))
+                if self.conn_lost:
+                    return 0
+        return self.arm_send_poll()
 
     # ---- closing ----
 
@@ -483,6 +559,8 @@ cdef class DatagramCore(TransportCore):
             op.drop_buffer()
         for op in list(self.send_ops):
             op.cancel()
+        if self.send_poll is not None and self.send_poll.state != OP_IDLE:
+            self.send_poll.cancel()
         if not self.closing:
             self.closing = True
             self.stop_recv()
@@ -502,6 +580,8 @@ cdef class DatagramCore(TransportCore):
         if not self.lost or sock is None:
             return 0
         if self.recv_op.state != OP_IDLE or self.send_ops:
+            return 0
+        if self.send_poll is not None and self.send_poll.state != OP_IDLE:
             return 0
         self.sock = None
         transports = self.loop._transports
