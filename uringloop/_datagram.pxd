@@ -33,6 +33,7 @@ cdef class DatagramCore(TransportCore):
     cdef int deliver(self, object data, object addr) except -1
     cdef int error_received(self, object exc) except -1
     cdef bint send_at_once(self, MsgOp op, object data) except -1
+    cdef ssize_t send_now(self, MsgOp op, void *buf, Py_ssize_t n, int *err) noexcept
     cdef int pump_sends(self) except -1
     cdef int send_done(self, MsgOp op, int res) except -1
     cdef int arm_send_poll(self) except -1

@@ -415,25 +415,13 @@ cdef class DatagramCore(TransportCore):
         `op` holds (see the module's docstring): true when the socket took it or refused it (the
         error is reported), false when it would block and `op` is to carry it."""
         cdef Py_buffer view
-        cdef msghdr msg
-        cdef iovec iov
         cdef ssize_t sent
         cdef int err
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         except BufferError:
             return False        # not contiguous: bytes() gathers it for the operation
-        memset(&msg, 0, sizeof(msg))
-        iov.iov_base = view.buf
-        iov.iov_len = <size_t>view.len
-        msg.msg_iov = &iov
-        msg.msg_iovlen = 1
-        if op.msg.msg_namelen:
-            msg.msg_name = &op.addr
-            msg.msg_namelen = op.msg.msg_namelen
-        self.proactor.note_sent(self.fd)
-        sent = c_sendmsg(self.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
-        err = errno
+        sent = self.send_now(op, view.buf, view.len, &err)
         PyBuffer_Release(&view)
         if sent < 0 and (err == EAGAIN or err == EINTR):
             return False
@@ -443,6 +431,25 @@ cdef class DatagramCore(TransportCore):
         if sent < 0:
             self.error_received(_oserror(err))
         return True
+
+    cdef ssize_t send_now(self, MsgOp op, void *buf, Py_ssize_t n, int *err) noexcept:
+        """One non-blocking sendmsg(2) of buf[:n] to the address `op` holds: what it returned,
+        with its errno in *err."""
+        cdef msghdr msg
+        cdef iovec iov
+        cdef ssize_t sent
+        memset(&msg, 0, sizeof(msg))
+        iov.iov_base = buf
+        iov.iov_len = <size_t>n
+        msg.msg_iov = &iov
+        msg.msg_iovlen = 1
+        if op.msg.msg_namelen:
+            msg.msg_name = &op.addr
+            msg.msg_namelen = op.msg.msg_namelen
+        self.proactor.note_sent(self.fd)
+        sent = c_sendmsg(self.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
+        err[0] = errno
+        return sent
 
     cdef int pump_sends(self) except -1:
         cdef MsgOp op
@@ -507,22 +514,11 @@ cdef class DatagramCore(TransportCore):
         """AF_UNIX: send the queued datagrams in order, one non-blocking sendmsg(2) each, until
         the socket has no room; then wait for room again."""
         cdef MsgOp op
-        cdef msghdr msg
         cdef ssize_t sent
         cdef int err
         while self.send_q:
             op = <MsgOp>self.send_q[0]
-            memset(&msg, 0, sizeof(msg))
-            op.iov.iov_base = op.view.buf
-            op.iov.iov_len = <size_t>op.view.len
-            msg.msg_iov = &op.iov
-            msg.msg_iovlen = 1
-            if op.msg.msg_namelen:
-                msg.msg_name = &op.addr
-                msg.msg_namelen = op.msg.msg_namelen
-            self.proactor.note_sent(self.fd)
-            sent = c_sendmsg(self.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL)
-            err = errno
+            sent = self.send_now(op, op.view.buf, op.view.len, &err)
             if sent < 0 and (err == EAGAIN or err == EINTR):
                 break
             self.send_q.popleft()
