@@ -364,29 +364,40 @@ def pair_on_number(number):
 # descriptor that no longer exists, so each test cancels it at the end.
 
 
+async def close_under(sock, *requests):
+    """Start `requests` (sock_* calls on `sock`), let them reach the kernel, close `sock` under
+    them and give its number to a new connected pair: (tasks, new, new's peer)."""
+    tasks = [asyncio.ensure_future(request) for request in requests]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in tasks)
+    number = sock.fileno()
+    sock.close()
+    return (tasks, *pair_on_number(number))
+
+
+async def assert_failed_or_cancelled(task):
+    """The outcome of a request on a socket closed under it: uringloop fails it as the closed
+    socket's own methods fail (OSError EBADF); on the stock loop it waits on, and is cancelled."""
+    task.cancel()
+    outcome, = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(outcome, (OSError, asyncio.CancelledError)), outcome
+
+
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_queued_receive_does_not_read_a_new_socket_that_took_the_closed_ones_number():
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
     b.setblocking(False)
-    number = b.fileno()
-    first = asyncio.ensure_future(loop.sock_recv(b, 100))
-    second = asyncio.ensure_future(loop.sock_recv(b, 100))
-    await asyncio.sleep(0.01)
-    assert not first.done() and not second.done()
-    b.close()
-    new, peer = pair_on_number(number)
+    (first, second), new, peer = await close_under(b, loop.sock_recv(b, 100),
+                                                   loop.sock_recv(b, 100))
     with a, new, peer:
         peer.send(b"for the new socket")
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
         await asyncio.sleep(0.05)
         assert new.recv(100) == b"for the new socket"
-        second.cancel()
-        outcome, = await asyncio.gather(second, return_exceptions=True)
-    # uringloop fails the queued receive as the closed socket's recv() fails.
-    assert isinstance(outcome, (OSError, asyncio.CancelledError)), outcome
+        await assert_failed_or_cancelled(second)
 
 
 @pytest.mark.asyncio
@@ -395,22 +406,15 @@ async def test_queued_send_does_not_reach_a_new_socket_that_took_the_closed_ones
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()        # `a` never reads: the first send stays in the kernel
     b.setblocking(False)
-    number = b.fileno()
-    stuck = asyncio.ensure_future(loop.sock_sendall(b, b"x" * (8 << 20)))
-    queued = asyncio.ensure_future(loop.sock_sendall(b, b"secret"))
-    await asyncio.sleep(0.05)
-    assert not stuck.done() and not queued.done()
-    b.close()
-    new, peer = pair_on_number(number)
+    (stuck, queued), new, peer = await close_under(b, loop.sock_sendall(b, b"x" * (8 << 20)),
+                                                   loop.sock_sendall(b, b"secret"))
     with a, new, peer:
         stuck.cancel()
         await asyncio.gather(stuck, return_exceptions=True)
         await asyncio.sleep(0.05)
         with pytest.raises(BlockingIOError):
             peer.recv(100)
-        queued.cancel()
-        outcome, = await asyncio.gather(queued, return_exceptions=True)
-    assert isinstance(outcome, (OSError, asyncio.CancelledError)), outcome
+        await assert_failed_or_cancelled(queued)
 
 
 @pytest.mark.asyncio
@@ -419,12 +423,7 @@ async def test_partial_send_does_not_go_on_in_a_new_socket_that_took_the_closed_
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
     b.setblocking(False)
-    number = b.fileno()
-    sending = asyncio.ensure_future(loop.sock_sendall(b, b"x" * (8 << 20)))
-    await asyncio.sleep(0.05)
-    assert not sending.done()
-    b.close()
-    new, peer = pair_on_number(number)
+    (sending,), new, peer = await close_under(b, loop.sock_sendall(b, b"x" * (8 << 20)))
     with a, new, peer:
         # The closed socket's peer reads: the send waiting in the kernel (on the old socket)
         # moves on and completes part of the way; the rest must not go out on `new`.
@@ -438,10 +437,7 @@ async def test_partial_send_does_not_go_on_in_a_new_socket_that_took_the_closed_
                 await asyncio.sleep(0.005)
         with pytest.raises(BlockingIOError):
             peer.recv(100)
-        sending.cancel()
-        outcome, = await asyncio.gather(sending, return_exceptions=True)
-    # uringloop ends the send as the closed socket's send() fails (OSError EBADF).
-    assert isinstance(outcome, (OSError, asyncio.CancelledError)), outcome
+        await assert_failed_or_cancelled(sending)
 
 
 def test_connection_kept_for_a_cancelled_accept_is_closed_with_the_loop(new_loop, is_uring):
