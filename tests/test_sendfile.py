@@ -2,10 +2,12 @@
 os.sendfile) and the fallbacks, run on uringloop and on the stock loop."""
 
 import asyncio
+import errno
 import hashlib
 import io
 import os
 import socket
+import time
 
 import pytest
 
@@ -189,12 +191,71 @@ async def test_sock_sendfile_cancelled_midway(data_file):
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if open_fds() == fds:
-                break
+        # The transfer is over when the caller resumes: nothing left behind, and the file's
+        # position untouched, as the stock loop leaves it (os.sendfile names the offset).
+        assert open_fds() == fds
+        assert f.tell() == 0
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_sock_sendfile_cancelled_leaves_the_file_to_the_caller(data_file):
+    """What the cancelled caller does with the file in its except block stands: no late
+    lseek of the transfer ends up undoing it."""
+    loop = asyncio.get_running_loop()
+    path = data_file(8 * 1024 * 1024)
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        async def send():
+            try:
+                await loop.sock_sendfile(sender, f, 0)
+            except asyncio.CancelledError:
+                f.seek(12345)
+                raise
+        task = asyncio.ensure_future(send())
+        await loop.sock_recv(receiver, 65536)
+        await asyncio.sleep(0.1)       # the receiver stops reading: the sender gets stuck
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(5):
             await asyncio.sleep(0.01)
-        assert open_fds() == fds      # nothing left behind
-        assert 0 <= f.tell() < 32 * 1024 * 1024
+        assert f.tell() == 12345
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_sock_sendfile_stops_when_its_socket_is_closed_under_it(data_file, is_uring):
+    """The caller closes the socket during the transfer: the connection ends (the peer sees
+    end-of-file at once) and the rest of the file does not go out.  The stock loop's task
+    then waits forever; uringloop's fails with EBADF, as its sock_sendall() does."""
+    loop = asyncio.get_running_loop()
+    size = 32 * 1024 * 1024
+    path = data_file(size)
+    sender, receiver = await socket_pair()
+    receiver.setblocking(True)
+
+    def read_slowly():
+        n = 0
+        while chunk := receiver.recv(65536):
+            n += len(chunk)
+            time.sleep(0.001)
+        return n
+
+    with receiver, open(path, 'rb') as f:
+        reading = loop.run_in_executor(None, read_slowly)
+        task = asyncio.ensure_future(loop.sock_sendfile(sender, f))
+        await asyncio.sleep(0.2)
+        sender.close()
+        received = await asyncio.wait_for(reading, 10)     # end-of-file reached the peer
+        assert received < size
+        if is_uring:
+            with pytest.raises(OSError) as caught:
+                await asyncio.wait_for(task, 10)
+            assert caught.value.errno == errno.EBADF
+        else:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.mark.asyncio

@@ -30,10 +30,20 @@ socket descriptors (and on its own pipe) and closes them only after the final co
 last operation -- the caller may close the socket or the file at any moment (a transport being
 closed, a task being cancelled) without an in-flight splice ever touching a reused number.
 
+The duplicate keeps the connection alive, though, so the caller's socket object is kept too
+and asked before each new step whether it still has its number: a socket the caller closed
+under a transfer ends it with OSError(EBADF), as sock_sendall() does, instead of streaming the
+rest of the file into a connection its owner believes closed.
+
 Errors mirror the stock loop's os.sendfile path: a failure before any byte was sent raises
 SendfileNotAvailableError (loop.sock_sendfile then falls back to reading and sending), a failure
-later raises the OSError itself (ENOTCONN normalised to ConnectionError), and on every outcome the
-file position is left just after the last byte sent.
+later raises the OSError itself (ENOTCONN normalised to ConnectionError), and the file position is
+left just after the last byte sent.  A cancelled transfer leaves the position alone, as the stock
+loop's does (its os.sendfile calls name the offset and never move it) -- and the caller resumes
+only after the kernel's last splice has ended (`finished`, awaited by network._splice_file): a
+splice running in an io_uring worker when the cancel comes may still move bytes, and none of
+them may reach the socket after the caller was told the transfer is over, nor may a late lseek
+undo what the caller does with the file in its `except CancelledError`.
 """
 
 cimport cython
@@ -65,6 +75,9 @@ cdef enum Stage:
 cdef class SpliceSender(Completer):
     cdef Proactor proactor
     cdef object fut
+    cdef object finished_fut       # done once neither operation is in the kernel any more
+    cdef object sock               # the caller's socket: closed under us ends the transfer
+    cdef int sock_number           # its number when the transfer began
     cdef SpliceOp op
     cdef PollOp ready_op           # waits for the descriptor a splice found not ready
     cdef int file_fd, sock_fd, pipe_r, pipe_w
@@ -76,18 +89,21 @@ cdef class SpliceSender(Completer):
     cdef int stage
     cdef bint started
 
-    def __init__(self, loop, int sock_fd, int file_fd, long long offset, long long count):
-        """Send from file_fd at offset (count bytes, or to EOF when count <= 0) to sock_fd.
-        Both descriptors are duplicated here; the caller keeps ownership of its own."""
+    def __init__(self, loop, sock, int file_fd, long long offset, long long count):
+        """Send from file_fd at offset (count bytes, or to EOF when count <= 0) to the socket
+        `sock`.  Both descriptors are duplicated here; the caller keeps ownership of its own."""
         self.proactor = <Proactor>loop._proactor
         self.proactor.check_usable()
         self.file_fd = self.sock_fd = self.pipe_r = self.pipe_w = -1
         self.fut = loop.create_future()
+        self.finished_fut = loop.create_future()
         self.offset = offset
         self.remaining = count if count > 0 else -1
+        self.sock = sock
+        self.sock_number = sock.fileno()
         try:
             self.file_fd = os.dup(file_fd)
-            self.sock_fd = os.dup(sock_fd)
+            self.sock_fd = os.dup(self.sock_number)
             self.pipe_r, self.pipe_w = os.pipe2(os.O_CLOEXEC)
             try:
                 _fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
@@ -103,7 +119,13 @@ cdef class SpliceSender(Completer):
 
     @property
     def future(self):
+        """The transfer's outcome: the bytes sent, or the exception."""
         return self.fut
+
+    @property
+    def finished(self):
+        """Done once the kernel holds no splice or poll of this transfer any more."""
+        return self.finished_fut
 
     def start(self):
         self.started = True
@@ -163,6 +185,8 @@ cdef class SpliceSender(Completer):
         if op is self.ready_op:
             if self.fut.done() or self.proactor.closing:
                 return self.finish(None)
+            if self.sock.fileno() != self.sock_number:
+                return self.finish(OSError(EBADF, c_strerror(EBADF).decode('utf-8', 'replace')))
             if res < 0:
                 return self.finish(self.error(-res))
             # Ready, or in error (POLLERR/POLLHUP): the splice itself reports which.
@@ -178,6 +202,9 @@ cdef class SpliceSender(Completer):
                 self.total_sent += res
         if self.fut.done() or self.proactor.closing:
             return self.finish(None)           # cancelled (or the loop is closing): stop here
+        if self.sock.fileno() != self.sock_number:
+            # Closed by its owner (and maybe its number reused): nothing more goes out.
+            return self.finish(OSError(EBADF, c_strerror(EBADF).decode('utf-8', 'replace')))
         if res == -EAGAIN:
             return self.wait_ready()
         if res < 0:
@@ -206,12 +233,15 @@ cdef class SpliceSender(Completer):
 
     cdef int finish(self, object exc) except -1:
         try:
-            if self.total_sent > 0:
+            if self.total_sent > 0 and not self.fut.cancelled():
                 # The file position ends just after the last byte that went out, as with
                 # os.sendfile in the stock loop (the duplicate shares the file's position).
                 os.lseek(self.file_fd, self.offset - self.in_pipe, os.SEEK_SET)
         finally:
             self.close_fds()
+            self.sock = None
+            if not self.finished_fut.done():
+                self.finished_fut.set_result(None)
         if not self.fut.done():
             if exc is None:
                 self.fut.set_result(self.total_sent)

@@ -292,18 +292,25 @@ class NetworkMixin:
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise exceptions.SendfileNotAvailableError("not a regular file")
         self._ensure_fd_no_transport(sock)
-        return await self._splice_file(sock.fileno(), fileno, offset, count)
+        return await self._splice_file(sock, fileno, offset, count)
 
-    async def _splice_file(self, sock_fd, file_fd, offset, count):
+    async def _splice_file(self, sock, file_fd, offset, count):
         from uringloop._sendfile import SpliceSender     # imported when first used (see unix.py)
-        sender = SpliceSender(self, sock_fd, file_fd, offset, count or 0)
+        sender = SpliceSender(self, sock, file_fd, offset, count or 0)
         # loop.sendfile() on a transport: the transport's close ends the transfer (see
         # _sendfile_native).
-        transp = self._ul_sendfile_transports.get(sock_fd)
+        transp = self._ul_sendfile_transports.get(sock.fileno())
         if transp is not None:
             transp._sendfile_sender = sender
         sender.start()
-        return await sender.future
+        try:
+            return await sender.future
+        except BaseException:
+            # Cancelled, or ended by the transport's close: the splice in the kernel may still
+            # be moving bytes.  The caller resumes once it is over (see _sendfile.pyx).
+            if not sender.finished.done():
+                await tasks.shield(sender.finished)
+            raise
 
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, SocketTransport):
