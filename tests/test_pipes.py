@@ -417,6 +417,96 @@ async def test_read_pipe_pause_and_resume_lose_nothing():
 
 
 @pytest.mark.asyncio
+async def test_read_pipe_closed_in_data_received_leaves_the_rest_in_the_pipe():
+    """A protocol that closes its transport in data_received(): what the pipe holds beyond
+    that chunk stays there for the pipe's other readers -- no read taken ahead of the close."""
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    other_reader = os.dup(r)
+    try:
+        class CloseAtFirst(Reader):
+            def data_received(self, data):
+                super().data_received(data)
+                os.write(w, b"second")      # arrives before the close
+                self.transport.close()
+
+        transport, proto = await loop.connect_read_pipe(CloseAtFirst, os.fdopen(r, "rb", 0))
+        os.write(w, b"first")
+        assert await asyncio.wait_for(proto.lost, 5) is None
+        await iterations()
+        assert proto.data == b"first"
+        os.set_blocking(other_reader, False)
+        assert os.read(other_reader, 100) == b"second"
+    finally:
+        os.close(other_reader)
+        os.close(w)
+
+
+@pytest.mark.asyncio
+async def test_read_pipe_takes_nothing_from_a_pipe_given_its_closed_number():
+    """Misuse: the caller closes the pipe's file object under the transport, and a new pipe
+    gets the number.  The transport must not read that pipe's bytes."""
+    r, w = os.pipe()
+    rpipe = os.fdopen(r, "rb", 0)
+    other = {}
+
+    class ClosesItsFile(Reader):
+        def data_received(self, data):
+            super().data_received(data)
+            rpipe.close()
+            other["r"], other["w"] = os.pipe()
+            os.write(other["w"], b"for someone else")
+
+    transport, proto = await asyncio.get_running_loop().connect_read_pipe(ClosesItsFile, rpipe)
+    os.write(w, b"first")
+    await until(lambda: "w" in other)
+    await iterations(20)
+    try:
+        assert other["r"] == r                  # the number was reused
+        assert proto.data == b"first"
+        os.set_blocking(other["r"], False)
+        assert os.read(other["r"], 100) == b"for someone else"
+    finally:
+        transport.close()
+        await iterations()
+        for fd in (w, other["r"], other["w"]):
+            os.close(fd)
+
+
+@pytest.mark.asyncio
+@pytest.mark.filterwarnings("ignore::ResourceWarning",       # the stock transport's abort()
+                            "ignore::pytest.PytestUnraisableExceptionWarning")   # fails here
+async def test_write_pipe_writes_nothing_into_a_pipe_given_its_closed_number():
+    """Misuse: the caller closes the pipe's file object while the transport still has the rest
+    of a write to send, and the number goes to another pipe's write end: none of the rest may
+    reach that pipe."""
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    wpipe = os.fdopen(w, "wb", 0)
+    transport, proto = await loop.connect_write_pipe(Writer, wpipe)
+    transport.write(b"A" * 1_000_000)       # more than the pipe holds: the rest waits
+    wpipe.close()
+    assert os.open(os.devnull, os.O_RDONLY) == w    # holds the number for the dup2() below
+    r2, w2 = os.pipe()
+    os.dup2(w2, w)                          # the number now names the other pipe's write end
+    os.close(w2)
+    try:
+        await iterations(20)
+        await asyncio.sleep(0.05)
+        os.set_blocking(r2, False)
+        with pytest.raises(BlockingIOError):
+            os.read(r2, 1 << 20)
+    finally:
+        try:
+            transport.abort()
+        except OSError:
+            pass        # the stock loop's selector, asked to forget a number it never had
+        await iterations()
+        for fd in (r, r2, w):
+            os.close(fd)
+
+
+@pytest.mark.asyncio
 async def test_pipe_transports_refuse_regular_files(tmp_path):
     loop = asyncio.get_running_loop()
     path = tmp_path / "file"

@@ -4,7 +4,8 @@ from uringloop._flow cimport TransportCore
 
 cdef class PipeCore(TransportCore):
     cdef object pipe                       # file object / socket, closed when nothing is in flight
-    cdef readonly int fd
+    cdef readonly int fd                   # the caller's number (repr); never submitted
+    cdef int own_fd                        # our duplicate: every request names this one
     cdef bint is_socket
     cdef bint lost_scheduled               # connection_lost() is on the ready queue
     cdef int tty_fd                        # a tty's own O_NONBLOCK description, or -1

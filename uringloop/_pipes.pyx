@@ -70,16 +70,27 @@ cdef class PipeCore(TransportCore):
 
     def __cinit__(self):
         self.tty_fd = -1
+        self.own_fd = -1
 
     def __init__(self, loop, transport, pipe, int fd, protocol, bint is_socket):
         TransportCore.__init__(self, loop, transport, protocol)
         self.pipe = pipe
         self.fd = fd
+        # Requests name a descriptor of the transport's own, not the caller's number: the
+        # caller may close its file object (or a dup2() may replace the number) while a read or
+        # write is queued for the next io_uring_enter or waits for its rest, and the number
+        # then names whatever file took it -- the transport would read another pipe's bytes or
+        # write into it.  This one is closed only in close_pipe(), once nothing in the kernel
+        # names it.  (The pipe itself then stays open until the transport is closed, as a
+        # socket's connection stays open under a request in flight.)
+        self.own_fd = os.dup(fd)
         self.is_socket = is_socket
 
     def __dealloc__(self):
         if self.tty_fd >= 0:
             c_close(self.tty_fd)
+        if self.own_fd >= 0:
+            c_close(self.own_fd)      # never closed (the operations pin us while in flight)
 
     cdef int schedule_connection_lost(self, object exc) except -1:
         if not self.lost_scheduled:
@@ -98,9 +109,13 @@ cdef class PipeCore(TransportCore):
     cdef int close_pipe(self) except -1:
         cdef object pipe = self.pipe
         cdef int tty_fd = self.tty_fd
+        cdef int own_fd = self.own_fd
         if tty_fd >= 0:
             self.tty_fd = -1
             c_close(tty_fd)
+        if own_fd >= 0:
+            self.own_fd = -1
+            c_close(own_fd)
         self.pipe = None
         pipe.close()
         return 0
@@ -125,16 +140,16 @@ cdef class ReadPipeCore(PipeCore):
         self.buf = bytearray(MAX_READ)
         self.stash = []
         if is_socket:
-            self.read_op = RecvOp(self.proactor, self, fd, None)
+            self.read_op = RecvOp(self.proactor, self, self.own_fd, None)
         else:
-            self.read_op = ReadWriteOp(self.proactor, self, fd, None)
+            self.read_op = ReadWriteOp(self.proactor, self, self.own_fd, None)
             (<ReadWriteOp>self.read_op).opcode = UL_OP_READ
             (<ReadWriteOp>self.read_op).position = -1     # the file's own (stream) position
         self.read_wait = self.read_op
         if not is_socket and os.isatty(fd):
             self.tty_fd = _open_tty_again(fd, os.O_RDONLY)
             if self.tty_fd >= 0:
-                self.read_wait = PollOp(self.proactor, self, fd, None)
+                self.read_wait = PollOp(self.proactor, self, self.own_fd, None)
                 (<PollOp>self.read_wait).events = POLLIN
                 self.read_op.set_buffer(self.buf, True)    # tty_read's target; never submitted
 
@@ -153,8 +168,7 @@ cdef class ReadPipeCore(PipeCore):
             return 0
         if not self.read_op.has_view:
             self.read_op.set_buffer(self.buf, True)
-        op.keep = self.pipe
-        op.submit()
+        op.submit()         # (names own_fd: nothing to pin in op.keep, see PipeCore)
         return 0
 
     cdef int tty_read(self) except? -1:
@@ -181,9 +195,14 @@ cdef class ReadPipeCore(PipeCore):
         elif res == 0:
             self.got_eof()
         else:
+            # Delivered before the next read is armed: a protocol that closes the transport
+            # (or pauses it) in data_received() leaves whatever else the pipe holds in the pipe,
+            # for the other readers of a shared pipe, as the stock transport does -- a read
+            # submitted first would have taken it before the close could cancel it.
             data = PyBytes_FromStringAndSize(<char *>self.read_op.view.buf, res)
-            self.arm_read()
             self.got_data(data)
+            if not self.closing and not self.paused and not self.stash:
+                self.arm_read()
         self.release_if_idle()
         return 0
 
@@ -272,19 +291,19 @@ cdef class WritePipeCore(PipeCore):
         PipeCore.__init__(self, loop, transport, pipe, fd, protocol, is_socket)
         self.pending = bytearray()
         if is_socket:
-            self.write_op = SendOp(self.proactor, self, fd, None)
+            self.write_op = SendOp(self.proactor, self, self.own_fd, None)
         else:
-            self.write_op = ReadWriteOp(self.proactor, self, fd, None)
+            self.write_op = ReadWriteOp(self.proactor, self, self.own_fd, None)
             (<ReadWriteOp>self.write_op).opcode = UL_OP_WRITE
             (<ReadWriteOp>self.write_op).position = -1
         if watch_hangup:
-            self.hangup_poll = PollOp(self.proactor, self, fd, None)
+            self.hangup_poll = PollOp(self.proactor, self, self.own_fd, None)
             self.hangup_poll.events = POLLIN
         self.write_wait = self.write_op
         if not is_socket and not watch_hangup and os.isatty(fd):
             self.tty_fd = _open_tty_again(fd, os.O_WRONLY)
             if self.tty_fd >= 0:
-                self.write_wait = PollOp(self.proactor, self, fd, None)
+                self.write_wait = PollOp(self.proactor, self, self.own_fd, None)
                 (<PollOp>self.write_wait).events = POLLOUT
             else:
                 # No description of our own (a pty's master end, no /proc...): the writes go
@@ -299,7 +318,6 @@ cdef class WritePipeCore(PipeCore):
         """Scheduled right after protocol.connection_made()."""
         if self.hangup_poll is not None and not self.closing and not self.proactor.closing \
                 and self.pipe is not None and self.hangup_poll.state == OP_IDLE:
-            self.hangup_poll.keep = self.pipe
             self.hangup_poll.submit()
 
     def write(self, data):
@@ -349,11 +367,11 @@ cdef class WritePipeCore(PipeCore):
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             if self.is_socket:
-                done = c_send(self.fd, view.buf, <size_t>view.len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                done = c_send(self.own_fd, view.buf, <size_t>view.len, MSG_DONTWAIT | MSG_NOSIGNAL)
             elif self.tty_fd >= 0:
                 done = c_write(self.tty_fd, view.buf, <size_t>view.len)
             else:
-                done = ul_write_nowait(self.fd, view.buf, <size_t>view.len)
+                done = ul_write_nowait(self.own_fd, view.buf, <size_t>view.len)
             err = errno
             if done == view.len:
                 return None
@@ -394,7 +412,6 @@ cdef class WritePipeCore(PipeCore):
                 self.write_op.set_buffer(memoryview(self.inflight)[self.inflight_done:], False)
             else:
                 self.write_op.set_buffer(self.inflight, False)
-        op.keep = self.pipe
         op.submit()
         return 0
 
