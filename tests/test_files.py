@@ -313,6 +313,28 @@ async def test_close_waits_for_requests_in_flight(tmp_path):
 
 
 @uring_only
+async def test_close_ends_a_fifo_read_waiting_for_a_writer(tmp_path):
+    """A FIFO's read may wait forever: close() stops it (the read fails as a read of a closed
+    file) instead of waiting with it, and the stopped read takes nothing written afterwards.
+    A write in flight is still waited for."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    other = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)   # keeps the FIFO open after close()
+    try:
+        f = await files.open(fifo, "r+b")
+        reading = asyncio.ensure_future(f.read(10, 0))
+        await asyncio.sleep(0.05)
+        assert not reading.done()
+        await asyncio.wait_for(f.close(), 5)
+        with pytest.raises(ValueError, match="closed file"):
+            await reading
+        os.write(other, b"later")
+        assert os.read(other, 100) == b"later"
+    finally:
+        os.close(other)
+
+
+@uring_only
 async def test_fsync_and_fdatasync(tmp_path):
     async with files.open(tmp_path / "data", "wb") as f:
         await f.write(b"durable", 0)

@@ -14,8 +14,11 @@ Every call on a File is one request on the ring, exactly like loop.sock_*:
     which is what lets a copier keep many positional requests in flight without bookkeeping.
   * open and close are requests too (IORING_OP_OPENAT / IORING_OP_CLOSE): path lookup and the
     last close of a file can wait for the disk, and the loop thread never does.  close() waits
-    for the file's requests still in flight (file requests always finish on their own -- unlike a
-    socket receive there is no peer to wait for), so a write issued before close() is never lost.
+    for the file's requests still in flight (a regular file's requests always finish on their own
+    -- unlike a socket receive there is no peer to wait for), so a write issued before close() is
+    never lost.  The exception is a read of a FIFO or a character device, which waits for a
+    writer that may never write: close() asks the kernel to stop those, and each then ends with
+    what it read after all or, having read nothing, with the ValueError of a closed file.
 
 Which loop: a File belongs to the uringloop loop it was opened on; the stock loop and uvloop have
 no completion-based file I/O (uringloop.files.open refuses them with a clear error).
@@ -268,6 +271,10 @@ cdef class File(Completer):
         fut = _new_future(self.loop, op, kind)
         op.submit()
         self.pending += 1
+        if not self.seekable and (kind == K_READ or kind == K_READINTO):
+            if self.device_reads is None:
+                self.device_reads = set()
+            self.device_reads.add(fut)
         return fut
 
     def read(self, Py_ssize_t size, long long offset):
@@ -351,6 +358,14 @@ cdef class File(Completer):
                 self.closer.set_result(None)
             elif self.pending == 0:
                 self.submit_close()
+            elif self.device_reads:
+                # A FIFO's or a device's read may wait forever: stop it.  The operation is
+                # cancelled, not the future -- bytes it read before the cancel landed are still
+                # handed to its caller (rw_done).
+                for fut in list(self.device_reads):
+                    op = fut._ul_op
+                    if op is not None:
+                        (<Operation>op).cancel()
         return _shield(self.closer)
 
     async def __aenter__(self):
@@ -414,7 +429,11 @@ cdef class File(Completer):
         total = op.offset
         fut._ul_op = None
         if not fut.done():
-            if res == -ECANCELED or unfinished:
+            if res == -ECANCELED and self.closer is not None and not self.seekable:
+                # A FIFO's or a device's read stopped by close() (one read(2) per request: it
+                # read nothing) -- as a read of a closed file.
+                fut.set_exception(ValueError("I/O operation on closed file."))
+            elif res == -ECANCELED or unfinished:
                 # Cancelled in the kernel, or cut short because the loop is closing.
                 fut.cancel()
             elif res < 0:
@@ -429,6 +448,8 @@ cdef class File(Completer):
         return self.finish(op)
 
     cdef int finish(self, Operation op) except -1:
+        if self.device_reads:
+            self.device_reads.discard(op.tag)
         op.tag = None
         self.pending -= 1
         if self.pending == 0 and self.closer is not None and not self.close_submitted:

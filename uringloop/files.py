@@ -30,6 +30,8 @@ Guarantees, the same as for loop.sock_* on uringloop:
   devices are what this is for; on a FIFO or a character device the offset is ignored and a
   read returns what one read(2) returns.)
 * ``close`` waits for the file's requests still in flight, so nothing written is lost by closing.
+  (A read of a FIFO or a character device, which may wait for a writer forever, is stopped
+  instead: it raises the ValueError of a closed file.)
 * Errors are the builtin open()'s: FileNotFoundError, IsADirectoryError (also for reading a
   directory), PermissionError, FileExistsError (mode 'x') ... with ``filename`` set; a request on a
   closed file raises ValueError, a write on a file opened for reading io.UnsupportedOperation.
