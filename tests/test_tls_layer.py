@@ -7,7 +7,9 @@ Python 3.11 and later (below)."""
 
 import asyncio
 import logging
+import math
 import os
+import socket
 import ssl
 import sys
 
@@ -164,6 +166,99 @@ async def test_a_buffered_protocol_application_gets_everything_through_a_small_b
 
 @pytest.mark.asyncio
 @bounded(20)
+async def test_a_buffered_protocol_application_may_resize_its_bytearray_in_buffer_updated(
+        contexts, is_uring):
+    if not is_uring:
+        pytest.skip("asyncio's SSLProtocol reads past a record's first bytes into a copy of a "
+                    "bytearray buffer (buf[offset:]) and loses them (CPython 3.11-3.13)")
+
+    class Trims(asyncio.BufferedProtocol):
+        """Offers a new bytearray each time and cuts it to what was received."""
+        def __init__(self):
+            self.data = bytearray()
+            self.closed = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint):
+            self.buffer = bytearray(65536)
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            del self.buffer[nbytes:]            # a resize: no export of it may be left
+            self.data += self.buffer
+
+        def connection_lost(self, exc):
+            self.closed.set_result(exc)
+
+    reports = handler_reports()
+    server, transport, _, peer = await tls_pair(contexts, Trims)
+    chunks = [bytes([65 + i]) * 1000 for i in range(5)]     # records read together
+    for chunk in chunks:
+        transport.write(chunk)
+    await until(lambda: len(peer.data) >= 5000 or peer.closed.done())
+    transport.close()
+    assert await peer.closed is None
+    assert bytes(peer.data) == b''.join(chunks)
+    assert reports == []
+    await close_server(server)
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_a_buffered_protocol_gets_everything_when_the_peer_ends_without_close_notify(
+        contexts, is_uring):
+    """A peer that sends and then closes TCP without close_notify: the plaintext already
+    decrypted -- more than the application's buffer holds -- reaches it before eof_received()."""
+    if not is_uring:
+        pytest.skip("asyncio's SSLProtocol hands a BufferedProtocol one buffer of what is left "
+                    "at the peer's EOF and drops the rest (CPython 3.11-3.13)")
+    server_ctx, client_ctx = contexts
+    loop = asyncio.get_running_loop()
+    payload = os.urandom(200_000)
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen()
+
+    def peer():
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True) as tls:     # takes conn's fd
+            tls.sendall(payload)
+            # The TCP end only, below the TLS layer: no close_notify.
+            socket.socket.shutdown(tls, socket.SHUT_WR)
+            tls.settimeout(10)
+            while socket.socket.recv(tls, 65536):
+                pass
+
+    class Small(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buffer = bytearray(1000)
+            self.data = bytearray()
+            self.eof_at = None
+            self.closed = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            self.data += self.buffer[:nbytes]
+
+        def eof_received(self):
+            self.eof_at = len(self.data)
+
+        def connection_lost(self, exc):
+            self.closed.set_result(exc)
+
+    with listener:
+        serving = loop.run_in_executor(None, peer)
+        transport, app = await loop.create_connection(
+            Small, *listener.getsockname(), ssl=client_ctx, server_hostname='localhost')
+        await app.closed
+        await serving
+    assert app.eof_at == len(payload)
+    assert bytes(app.data) == payload
+
+
+@pytest.mark.asyncio
+@bounded(20)
 async def test_paused_reading_holds_data_and_the_peers_close_until_resumed(contexts):
     server, transport, _, peer = await tls_pair(contexts, Recorder)
     peer.transport.pause_reading()
@@ -234,6 +329,23 @@ async def test_flow_control_limits(contexts):
         transport.set_read_buffer_limits(high=-1)
     assert transport.get_read_buffer_size() == 0
     assert transport.get_write_buffer_size() == 0
+    transport.close()
+    await peer.closed
+    await close_server(server)
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_flow_control_limits_without_an_upper_bound(contexts):
+    server, transport, _, peer = await tls_pair(contexts, Recorder)
+    transport.set_write_buffer_limits(high=math.inf, low=0)
+    assert transport.get_write_buffer_limits() == (0, math.inf)
+    transport.set_read_buffer_limits(high=math.inf, low=0)
+    assert transport.get_read_buffer_limits() == (0, math.inf)
+    transport.set_write_buffer_limits(high=2 ** 64)
+    assert transport.get_write_buffer_limits() == (2 ** 62, 2 ** 64)
+    transport.write(b'x' * 1_000_000)      # never paused, all of it delivered
+    await until(lambda: len(peer.data) >= 1_000_000)
     transport.close()
     await peer.closed
     await close_server(server)

@@ -65,6 +65,7 @@ Where it is faster than the stock class, and why that changes nothing visible
 """
 
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
+from cpython.pyport cimport PY_SSIZE_T_MAX
 
 import collections
 import math
@@ -139,13 +140,18 @@ cdef inline bytearray _unfilled_buffer(Py_ssize_t size):
 
 cdef inline Py_ssize_t _ceil_limit(object value) except? -1:
     # Limits may be floats (the stock class compares whatever it was given); an integer size is
-    # >= x exactly when it is >= ceil(x), and <= x exactly when <= floor(x).
+    # >= x exactly when it is >= ceil(x), and <= x exactly when <= floor(x).  No size reaches
+    # PY_SSIZE_T_MAX, so anything from there up -- math.inf, a huge int -- is "no limit".
+    if value >= PY_SSIZE_T_MAX:
+        return PY_SSIZE_T_MAX
     if type(value) is int:
         return value
     return math.ceil(value)
 
 
 cdef inline Py_ssize_t _floor_limit(object value) except? -1:
+    if value >= PY_SSIZE_T_MAX:
+        return PY_SSIZE_T_MAX
     if type(value) is int:
         return value
     return math.floor(value)
@@ -626,8 +632,23 @@ cdef class SSLProtocol:
             self.transport._force_close(_TimeoutError('SSL shutdown timed out'))
 
     cdef do_flush(self):
-        # Whatever plaintext is still buffered goes to the application first.
-        self.do_read()
+        # Whatever plaintext is still buffered goes to the application first -- all of it.  One
+        # do_read() is not enough for a BufferedProtocol: it fills one buffer and leaves the
+        # rest to a call_soon(), which finds the state SHUTDOWN (the stock class loses that rest
+        # when the peer ends without close_notify).  So read again while that makes progress; a
+        # partial record (the peer stopped mid-record) makes none.  A protocol that paused
+        # reading meanwhile, as one that had paused before the close, gets no more.
+        cdef Py_ssize_t left = -1, now
+        while True:
+            self.do_read()
+            if self.state != FLUSHING:
+                return          # aborted (or closed) from a callback of the application
+            if self.app_reading_paused or self.nothing_to_read():
+                break
+            now = self.incoming.pending + self.ssl_c.pending()
+            if now == left:
+                break
+            left = now
         self.set_state(SHUTDOWN)
         self.do_shutdown()
 
@@ -791,6 +812,11 @@ cdef class SSLProtocol:
                     self.loop.call_soon(self._do_read)
         except _SSLAgainErrors:
             pass
+        if view is not None:
+            # No export of the application's buffer left when it is told: buffer_updated() may
+            # resize the bytearray it returned (BufferError otherwise).
+            view.release()
+            view = None
         if offset > 0:
             self.app_buffer_updated(offset)
         if not count:
@@ -890,10 +916,10 @@ cdef class SSLProtocol:
     cdef set_write_buffer_limits(self, high, low):
         high, low = _add_flowcontrol_defaults(high, low,
                                               _constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
-        self.outgoing_high_water = high
-        self.outgoing_low_water = low
         self.outgoing_high = _ceil_limit(high)
         self.outgoing_low = _floor_limit(low)
+        self.outgoing_high_water = high
+        self.outgoing_low_water = low
 
     cdef resume_app_reading(self):
         if self.app_reading_paused:
@@ -922,10 +948,10 @@ cdef class SSLProtocol:
     cdef set_read_buffer_limits(self, high, low):
         high, low = _add_flowcontrol_defaults(high, low,
                                               _constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
-        self.incoming_high_water = high
-        self.incoming_low_water = low
         self.incoming_high = _ceil_limit(high)
         self.incoming_low = _floor_limit(low)
+        self.incoming_high_water = high
+        self.incoming_low_water = low
 
     # ---- errors ----
 
