@@ -365,6 +365,85 @@ def test_few_cancelled_timers_are_dropped_from_the_head_only(new_loop):
     assert all(t._scheduled is True for t in timers[-5:])
 
 
+def test_a_timer_cancelled_by_a_callback_before_a_wait_is_dropped_and_uncounted(new_loop):
+    """A callback cancels the first timer (a timeout whose awaited thing came first) and the
+    loop then waits: the cancelled timer leaves the heap as the next iteration's first step,
+    and the cancelled-timer count goes back to 0 -- no wake-up at its deadline either."""
+    loop = new_loop()
+    ran = []
+    timeout = loop.call_later(0.05, ran.append, "timeout")
+    loop.call_soon(timeout.cancel)
+    loop.call_later(0.1, loop.stop)
+    loop.run_forever()
+    assert ran == []
+    assert loop._timer_cancelled_count == 0
+    assert loop._scheduled == []
+    assert timeout._scheduled is False
+
+
+def test_a_timer_postponed_in_place_runs_at_its_new_deadline(new_loop):
+    """Code that moves a scheduled timer by assigning its _when (an expiring cache extending
+    itself): the stock heap reads the live deadline, so the timer runs at the new one."""
+    loop = new_loop()
+    ran = []
+    start = loop.time()
+    timer = loop.call_at(start + 0.05, lambda: ran.append(loop.time() - start))
+    loop.call_at(start + 0.5, loop.stop)
+    timer._when = start + 0.2
+    loop.run_forever()
+    assert len(ran) == 1 and 0.2 <= ran[0] < 0.5
+
+
+def test_deadlines_rewritten_then_heapified_run_in_their_new_order(new_loop):
+    """A fake clock's way: rewrite deadlines, heapq.heapify(loop._scheduled)."""
+    loop = new_loop()
+    ran = []
+    start = loop.time()
+    timers = [loop.call_at(start + 0.05 * (i + 1), ran.append, i) for i in range(3)]
+    timers[1]._when = start + 0.3
+    heapq.heapify(loop._scheduled)
+    loop.call_at(start + 0.2, loop.stop)
+    loop.run_forever()
+    assert ran == [0, 2]
+
+
+def test_handle_classes_replaced_in_asyncio_events_are_used(new_loop, monkeypatch):
+    """BaseEventLoop looks asyncio.events.Handle / TimerHandle up on each call: replacing them
+    (instrumentation does) gives handles of the replacements."""
+    class MyHandle(events.Handle):
+        pass
+
+    class MyTimerHandle(events.TimerHandle):
+        pass
+
+    loop = new_loop()
+    monkeypatch.setattr(events, "Handle", MyHandle)
+    monkeypatch.setattr(events, "TimerHandle", MyTimerHandle)
+    ran = []
+    assert type(loop.call_soon(ran.append, 1)) is MyHandle
+    assert type(loop.call_later(0, ran.append, 2)) is MyTimerHandle
+    assert type(loop.call_at(loop.time(), ran.append, 3)) is MyTimerHandle
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert ran == [1, 2, 3]
+
+
+def test_the_loop_clock_follows_a_replaced_time_monotonic(new_loop, monkeypatch):
+    """BaseEventLoop.time() calls time.monotonic(): tools that replace it (freezegun's
+    tick()) move the loop's clock, and timers become due by it."""
+    loop = new_loop()
+    real = time.monotonic
+    offset = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: real() + offset[0])
+    ran = []
+    loop.call_later(3600, ran.append, "an hour later")
+    offset[0] += 3601
+    assert abs(loop.time() - (real() + 3601)) < 1
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran == ["an hour later"]
+
+
 def test_cancelling_a_popped_timer_is_not_counted(new_loop):
     loop = new_loop()
     timer = loop.call_later(0, lambda: None)

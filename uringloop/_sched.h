@@ -520,14 +520,40 @@ static int ul_heap_heapify(ul_timer_heap *heap, PyObject *list)
     return result;
 }
 
-/* The head's deadline without touching the handle: 1 with *when set when it is an exact
- * (float) deadline, 0 when it must be compared through Python, -1 with an exception set. */
+/* The head's deadline: 1 with *when set when it is an exact (float) deadline, 0 when it must
+ * be compared through Python, -1 with an exception set.
+ *
+ * The keys cache each timer's deadline so that sifting need not read the handles -- but code
+ * outside the loop sometimes moves a scheduled timer by assigning its _when in place (caches that
+ * extend an expiry, fake clocks; the stock heap compares the live value every time).  So the
+ * head, which is about to be waited for or run, is read again: if its deadline changed, it is
+ * put where it belongs now and the new head is read in turn.  A timer postponed in place thus
+ * runs at its new deadline, as with the stock loop; the cost is one read of a handle that the
+ * caller reads anyway. */
 static int ul_heap_head_when(ul_timer_heap *heap, PyObject *list, double *when)
 {
-    ul_heap_key *key;
+    ul_heap_key *key, before;
+    Py_ssize_t checked = 0, size;
     if (ul_heap_begin(heap, list) < 0)
         return -1;
+    size = PyList_GET_SIZE(list);
     key = ul_heap_key_at(heap, list, 0);
+    for (;;) {
+        before = *key;
+        ul_heap_read_key(key, PyList_GET_ITEM(list, 0));
+        if (key->exact == before.exact && (!key->exact || key->when == before.when))
+            break;
+        /* Moved in place: sift it down.  Each pass settles one timer's key, so there are
+         * never more passes than timers; the bound only guards against the impossible. */
+        if (++checked > size)
+            break;
+        if (ul_heap_sift_leafward(heap, list, 0) < 0) {
+            ul_heap_end(heap, list);
+            return -1;
+        }
+        ul_heap_end(heap, list);
+        key = ul_heap_key_at(heap, list, 0);
+    }
     if (!key->exact)
         return 0;
     *when = key->when;

@@ -63,6 +63,8 @@ cdef class LoopCore:
     cdef object heap_pop(self, list heap)
     cdef object schedule_at(self, object when, object callback, tuple args, object context)
     cdef int run_once(self, bint in_run_forever) except -1
+    cdef int drop_cancelled(self) except -1
+    cdef bint own_clock(self) except -1
     cdef int iterate_until_stopped(self) except -1
     cdef int proactor_iteration(self, Proactor proactor, bint may_wait_after_ready) except -1
     cdef object wait_timeout(self)

@@ -56,6 +56,7 @@ from cpython.contextvars cimport PyContext_CheckExact
 from uringloop._ops cimport Proactor
 
 import collections
+import time as _time_mod
 import sys as _sys
 import threading as _threading
 import heapq as _heapq
@@ -68,6 +69,15 @@ from asyncio import format_helpers as _format_helpers
 cdef object _BaseEventLoop = _base_events.BaseEventLoop
 cdef dict _base_events_globals = vars(_base_events)
 cdef object _deque = collections.deque
+# BaseEventLoop.time() calls time.monotonic() -- whatever that is at the time: freezegun and
+# tests' fake clocks replace it to move the loop's clock.  Our C clock is used only while the
+# module still has the function it had at import (a dict lookup per call).
+cdef object _real_monotonic = _time_mod.monotonic
+cdef dict _time_globals = vars(_time_mod)
+
+
+cdef inline bint monotonic_replaced():
+    return _time_globals.get('monotonic') is not _real_monotonic
 cdef object _Handle = _events.Handle
 cdef object _TimerHandle = _events.TimerHandle
 cdef object _CFuture = getattr(_futures, '_CFuture', None)     # None without _asyncio
@@ -132,16 +142,20 @@ cdef object _object_new = object.__dict__['__new__']
 
 # Whether asyncio's handle classes are still as asyncio defines them, looked up each time (the
 # type attribute cache makes a lookup a few nanoseconds): instrumentation that replaces
-# Handle.__init__ or Handle._run (some profilers do) must see every handle go through it.
+# Handle.__init__ or Handle._run (some profilers do) must see every handle go through it -- and
+# one that replaces the classes themselves in asyncio.events (BaseEventLoop looks them up there
+# on each call) must get its own classes' handles.
 
 cdef inline bint handle_init_pristine():
     """Handle() would run asyncio's own __init__ on an object.__new__ instance."""
-    return (ul_class_lookup(_Handle, NAME_INIT) == <PyObject *>_original_handle_init
+    return (_events.Handle is _Handle
+            and ul_class_lookup(_Handle, NAME_INIT) == <PyObject *>_original_handle_init
             and ul_class_lookup(_Handle, NAME_NEW) == <PyObject *>_object_new)
 
 
 cdef inline bint timer_init_pristine():
-    return (ul_class_lookup(_TimerHandle, NAME_INIT) == <PyObject *>_original_timer_init
+    return (_events.TimerHandle is _TimerHandle
+            and ul_class_lookup(_TimerHandle, NAME_INIT) == <PyObject *>_original_timer_init
             and ul_class_lookup(_TimerHandle, NAME_NEW) == <PyObject *>_object_new
             and handle_init_pristine())
 
@@ -332,8 +346,12 @@ cdef class LoopCore:
         """type(self).<name> is ours and no instance attribute can hide it."""
         return not self.shadowed and ul_type_lookup(self, name) == <PyObject *>implementation
 
+    cdef bint own_clock(self) except -1:
+        """Our time() reads CLOCK_MONOTONIC in C: neither time() nor time.monotonic replaced."""
+        return self.own(NAME_TIME, _own_time) and not monotonic_replaced()
+
     cdef object now(self):
-        if self.own(NAME_TIME, _own_time):
+        if self.own_clock():
             return ul_monotonic()
         return self.time()
 
@@ -366,6 +384,8 @@ cdef class LoopCore:
 
     def time(self):
         """Return the time according to the event loop's clock (time.monotonic())."""
+        if monotonic_replaced():
+            return _time_globals['monotonic']()
         return ul_monotonic()
 
     # Small BaseEventLoop methods on everyone's hot path: every Future and Task asks
@@ -472,7 +492,7 @@ cdef class LoopCore:
         """Arrange for a callback to be called after `delay` seconds; returns a TimerHandle."""
         if (self.fields_hidden or self.hooks_replaced or delay is None or self._debug
                 or not SLOTS_USABLE or not timer_init_pristine()
-                or not self.own(NAME_TIME, _own_time) or not self.own(NAME_CALL_AT, _own_call_at)):
+                or not self.own_clock() or not self.own(NAME_CALL_AT, _own_call_at)):
             # Whatever is unusual, BaseEventLoop's own call_later (which calls our call_at).
             return _BaseEventLoop.call_later(self, delay, callback, *args, context=context)
         if PyFloat_CheckExact(delay):
@@ -583,37 +603,14 @@ cdef class LoopCore:
 
     cdef int run_once(self, bint in_run_forever) except -1:
         cdef list heap
-        cdef list kept
-        cdef Py_ssize_t count
-        scheduled = self._scheduled
-        if (self.fields_hidden or not PyList_CheckExact(scheduled)
+        if (self.fields_hidden or not PyList_CheckExact(self._scheduled)
                 or type(self.ready) is not _deque):
             self._ul_gc_track_queued()      # the stock code pops them
             return _BaseEventLoop._run_once(self) or 0
-        heap = <list>scheduled
 
-        # 1. Cancelled timers: rebuild the heap when they are many, else pop them off its top.
-        count = len(heap)
-        if (count > 0 and count > _base_events_globals['_MIN_SCHEDULED_TIMER_HANDLES']
-                and <double>self._timer_cancelled_count / <double>count
-                > _base_events_globals['_MIN_CANCELLED_TIMER_HANDLES_FRACTION']):
-            kept = []
-            for timer in heap:
-                if is_cancelled(timer):
-                    back_to_gc(timer)
-                    set_scheduled(timer, False)
-                else:
-                    kept.append(timer)
-            ul_heap_native_lt(lt_pristine())
-            ul_heap_heapify(&self.timers, kept)
-            self._scheduled = heap = kept
-            self._timer_cancelled_count = 0
-        else:
-            while heap and is_cancelled(heap[0]):
-                self._timer_cancelled_count -= 1
-                timer = self.heap_pop(heap)
-                back_to_gc(timer)
-                set_scheduled(timer, False)
+        # 1. Cancelled timers.
+        self.drop_cancelled()
+        heap = self._scheduled
 
         selector = self._selector
         if type(selector) is not Proactor or not self.own(NAME_PROCESS_EVENTS, _own_process_events):
@@ -667,6 +664,34 @@ cdef class LoopCore:
     # loaded connection.  A _run_once() called by hand keeps the stock contract: an iteration
     # that starts with ready callbacks does not block.
 
+    cdef int drop_cancelled(self) except -1:
+        """Cancelled timers, as the stock loop's iteration begins: rebuild the heap when they are
+        many, else pop them off its top.  (_scheduled is an exact list: run_once checked.)"""
+        cdef list heap = self._scheduled
+        cdef list kept
+        cdef Py_ssize_t count = len(heap)
+        if (count > 0 and count > _base_events_globals['_MIN_SCHEDULED_TIMER_HANDLES']
+                and <double>self._timer_cancelled_count / <double>count
+                > _base_events_globals['_MIN_CANCELLED_TIMER_HANDLES_FRACTION']):
+            kept = []
+            for timer in heap:
+                if is_cancelled(timer):
+                    back_to_gc(timer)
+                    set_scheduled(timer, False)
+                else:
+                    kept.append(timer)
+            ul_heap_native_lt(lt_pristine())
+            ul_heap_heapify(&self.timers, kept)
+            self._scheduled = heap = kept
+            self._timer_cancelled_count = 0
+        else:
+            while heap and is_cancelled(heap[0]):
+                self._timer_cancelled_count -= 1
+                timer = self.heap_pop(heap)
+                back_to_gc(timer)
+                set_scheduled(timer, False)
+        return 0
+
     cdef int proactor_iteration(self, Proactor proactor, bint may_wait_after_ready) except -1:
         cdef Py_ssize_t pending = len(self.ready)
         cdef Py_ssize_t ran = 0, count
@@ -687,6 +712,8 @@ cdef class LoopCore:
                 if due or self.ready or self._stopping or not may_wait_after_ready:
                     timeout = 0
                 else:
+                    if PyList_CheckExact(self._scheduled):
+                        self.drop_cancelled()   # what the stock loop's next iteration does first
                     timeout = self.wait_timeout()
             else:
                 timeout = self.wait_timeout()
@@ -756,7 +783,7 @@ cdef class LoopCore:
         if not heap:
             return None
         maximum_obj = _base_events_globals['MAXIMUM_SELECT_TIMEOUT']
-        if self.own(NAME_TIME, _own_time) and PyList_CheckExact(heap) \
+        if self.own_clock() and PyList_CheckExact(heap) \
                 and ul_heap_head_when(&self.timers, <list>heap, &when_d):
             maximum = maximum_obj
             timeout_d = when_d - ul_monotonic()
@@ -779,7 +806,7 @@ cdef class LoopCore:
                 return None
             # With our own time() the deadlines compare as C doubles where the heap caches
             # them; a replaced time() is compared through Python, as heapq would.
-            native_time = self.own(NAME_TIME, _own_time)
+            native_time = self.own_clock()
             if native_time:
                 end_d = ul_monotonic() + self._clock_resolution
                 end_time = end_d
