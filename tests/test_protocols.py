@@ -2195,3 +2195,111 @@ async def test_writelines_errors_are_those_of_the_stock_transport():
         assert str(raised.value) == f"Cannot call {method}() after write_eof()"
         transport.close()
         await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_a_socket_closed_under_its_transport_ends_it_and_nothing_goes_by_its_number():
+    """The owner of a socket handed to a transport closes it, and a new socket takes the
+    number.  Like the stock transport's next send() on the closed object, write() ends the
+    transport with EBADF; nothing is sent to, or read from, the socket that has the number."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    transport, protocol = await loop.connect_accepted_socket(Recorder, sock=a)
+    await asyncio.sleep(0.02)
+    number = a.fileno()
+    a.close()
+    c, d = socket.socketpair()
+    with b, c, d:
+        assert c.fileno() == number
+        for d_or_b in (b, c, d):
+            d_or_b.setblocking(False)
+        transport.write(b"small")
+        transport.write(b"x" * 100_000)
+        exc = await asyncio.wait_for(protocol.lost, 5)
+        assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+        d.send(b"for c only")
+        await asyncio.sleep(0.05)
+        with pytest.raises(BlockingIOError):
+            d.recv(1 << 20)                     # nothing of ours reached c's peer
+        assert c.recv(100) == b"for c only"     # and nothing of c's was read
+        assert protocol.data == b""
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_a_memoryview_released_right_after_write_is_no_concern_of_the_caller():
+    """`with memoryview(data) as view: transport.write(view)`: the view is released when the
+    block ends, whether the bytes left at once, became a send operation (several connections
+    answering in one iteration) or wait behind a large write -- no BufferError, every byte
+    delivered."""
+    loop = asyncio.get_running_loop()
+    errors = []
+
+    class Replies(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            try:
+                with memoryview(b"reply") as view:
+                    self.transport.write(view)
+            except BufferError as exc:
+                errors.append(exc)
+
+    pairs = [socket.socketpair() for _ in range(4)]
+    transports = [(await loop.connect_accepted_socket(Replies, sock=a))[0] for a, _ in pairs]
+    await asyncio.sleep(0.02)
+    for _, b in pairs:
+        b.send(b"request")
+    for _, b in pairs:
+        b.setblocking(False)
+        assert await loop.sock_recv(b, 100) == b"reply"
+    assert errors == []
+
+    transport = transports[0]
+    transport.write(b"x" * 4_000_000)           # more than the socket takes: a send in flight
+    with memoryview(b"tail") as view:
+        transport.write(view)                    # queued behind it
+    transport.close()
+    b = pairs[0][1]
+    received = bytearray()
+    while chunk := await loop.sock_recv(b, 1 << 20):
+        received += chunk
+    assert len(received) == 4_000_004 and received.endswith(b"tail")
+    for t in transports[1:]:
+        t.close()
+    for _, b in pairs:
+        b.close()
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_data_received_rebound_on_the_protocol_instance_takes_the_next_bytes():
+    """The stock transport looks protocol.data_received up for every read: a protocol that
+    switches state by rebinding it on the instance gets the next bytes in the new method."""
+    loop = asyncio.get_running_loop()
+    calls = []
+    next_read = loop.create_future()
+
+    class Switches(asyncio.Protocol):
+        def data_received(self, data):
+            calls.append(("header", data))
+            self.data_received = self.body
+            next_read.set_result(None)
+
+        def body(self, data):
+            calls.append(("body", data))
+
+    a, b = socket.socketpair()
+    with b:
+        transport, _ = await loop.connect_accepted_socket(Switches, sock=a)
+        b.send(b"one")
+        await asyncio.wait_for(next_read, 5)
+        b.send(b"two")
+        for _ in range(100):
+            if len(calls) == 2:
+                break
+            await asyncio.sleep(0.01)
+        transport.close()
+    assert calls == [("header", b"one"), ("body", b"two")]

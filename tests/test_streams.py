@@ -328,3 +328,28 @@ async def test_messages_go_through_a_patched_feed_data(monkeypatch, chunk):
         assert sum(seen) == len(payload)
         writer.close()
         await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize('chunk', [1024, 100 * 1024])
+@bounded(30)
+async def test_messages_go_through_a_feed_data_replaced_on_the_reader(chunk):
+    """feed_data replaced on one reader instance (a test double, a tap) is called for every
+    byte, as the stock transport's data_received() -> feed_data() calls it."""
+    seen = []
+    payload = os.urandom(2 * 1024 * 1024)
+    server, addr = await _serve_bytes(payload, chunk)
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr)
+        stock_feed_data = reader.feed_data
+
+        def feed_data(data):
+            seen.append(len(data))
+            stock_feed_data(data)
+
+        reader.feed_data = feed_data
+        received = await reader.read()
+        # What arrived before the replacement went in the stock way.
+        assert received == payload and 0 < sum(seen) <= len(payload)
+        writer.close()
+        await writer.wait_closed()

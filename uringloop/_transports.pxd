@@ -85,6 +85,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int enter_context(self) except -1
     cdef int exit_context(self) except -1
     cdef int arm_receive(self) except -1
+    cdef bint socket_gone(self) except -1
     cdef int stop_receive(self) except -1
     cdef int recv_done(self, Operation op, int res, unsigned flags) except -1
     cdef int poll_done(self, int res) except -1

@@ -195,6 +195,21 @@ cdef extern from *:
     int ul_above_twice(Py_ssize_t size, object limit)
 
 
+cdef extern from *:
+    """
+    /* The descriptor of a _socket.socket (or subclass) instance, without a method call: the
+       object's C struct begins with it (Modules/socketmodule.h, PySocketSockObject:
+       PyObject_HEAD, then SOCKET_T sock_fd -- an int on POSIX, -1 once the socket is closed),
+       and has since the module's first version. */
+    typedef struct { PyObject_HEAD int sock_fd; } ul_socket_head;
+    static inline int ul_socket_fd(PyObject *sock)
+    {
+        return ((ul_socket_head *)sock)->sock_fd;
+    }
+    """
+    int ul_socket_fd(object sock)
+
+
 cdef inline bint _above_twice(Py_ssize_t size, object limit) except -1:
     # size > 2 * limit, as StreamReader.feed_data() compares them: in C for an int limit (no
     # Python ints made for the size and for twice the limit on every receive).
@@ -214,12 +229,15 @@ cdef object _feedable_reader(object protocol):
     """The StreamReader that `protocol` (a StreamReaderProtocol) feeds, when its bytes may go
     straight into its buffer: exactly asyncio's class, feed_data() not replaced, not at EOF
     (feed_data() asserts), its buffer a bytearray.  None otherwise."""
+    if 'data_received' in getattr(protocol, '__dict__', ()):
+        return None
     wr = getattr(protocol, '_stream_reader_wr', None)
     if wr is None:
         return None
     reader = wr()
     if (type(reader) is not _StreamReader or reader._eof
             or not _stock_stream_reader_method(_NAME_FEED_DATA, _stock_feed_data)
+            or 'feed_data' in reader.__dict__ or '_wakeup_waiter' in reader.__dict__
             or type(reader._buffer) is not bytearray):
         return None
     return reader
@@ -508,7 +526,11 @@ cdef inline object _pinnable(object data):
     """An object whose bytes cannot change or move while the kernel sends them: immutable data
     as it is; anything mutable is copied (the caller may reuse its buffer as soon as write()
     returns)."""
-    return data if _immutable(data) else bytes(data)
+    if not _immutable(data):
+        return bytes(data)
+    if type(data) is memoryview:
+        return memoryview(data)     # our own view: the caller may release theirs
+    return data
 
 
 cdef inline Py_ssize_t _nbytes(object data):
@@ -804,6 +826,10 @@ cdef class SocketTransport(WriteFlow):
     cdef int force_close(self, object exc) except -1:
         if self.conn_lost:
             return 0
+        # Lost first: a send still in the Proactor's backlog completes inside cancel() below,
+        # and its handler must find the transport lost (else it reports a fatal error, whose
+        # force_close would schedule a second connection_lost()).
+        self.conn_lost += 1
         if self.send_op is not None or self.write_q:
             self.write_q = None
             self.queued_bytes = 0
@@ -813,7 +839,6 @@ cdef class SocketTransport(WriteFlow):
         if not self._closing:
             self._closing = True
             self.stop_receive()
-        self.conn_lost += 1
         self.loop.call_soon(self._call_connection_lost, exc)
         return 0
 
@@ -932,11 +957,31 @@ cdef class SocketTransport(WriteFlow):
         finally:
             self.exit_context()
 
+    cdef bint socket_gone(self) except -1:
+        """Whether the socket object was closed under the transport (its owner kept it: a
+        sock= argument, connect_accepted_socket), and if so end the transport with EBADF, as
+        the stock transport's next send() or recv() on the closed object ends it.
+
+        Why before anything goes to the kernel by number: a request in flight holds the old
+        file, but a new one -- a receive armed, a send, the inline recv(2) after a poll, the
+        queue sent from a completion -- would name whatever socket took the number since:
+        bytes sent to an unrelated peer, its bytes read.  (Cheap enough for every write: the
+        number is read from the socket object's C struct.)"""
+        cdef object sock = self.sock
+        cdef int fd
+        if sock is None:
+            return False
+        fd = ul_socket_fd(sock) if isinstance(sock, _c_socket_type) else sock.fileno()
+        if fd == self._sock_fd:
+            return False
+        self.fatal_error(_os_error(EBADF), 'Fatal error on transport')
+        return True
+
     cdef int arm_receive(self) except -1:
         cdef RecvOp op
         cdef MultishotRecvOp ms
         cdef PollOp poll
-        if self.recv_op is not None or self.proactor.closing:
+        if self.recv_op is not None or self.proactor.closing or self.socket_gone():
             return 0          # one in flight (maybe being cancelled): its final CQE re-arms
         if self.large_read_size and not self.ring_dry:
             # Large reads, for a Protocol and a BufferedProtocol alike: wait for readiness,
@@ -1105,6 +1150,8 @@ cdef class SocketTransport(WriteFlow):
             return 0          # connection_lost already ran, or the loop is closing
         if res < 0 and res != -ECANCELED:
             self.got_end(_os_error(-res))
+            return 0
+        if res > 0 and self.socket_gone():
             return 0
         if res > 0 and self.buffered and not self._closing and not self._paused and not self.stash:
             return self.recv_into_protocol()
@@ -1368,10 +1415,7 @@ cdef class SocketTransport(WriteFlow):
         if self.buffered:
             return self.deliver_buffered(data)
         try:
-            if self.data_received is not None:
-                self.data_received(data)
-            else:
-                self.protocol.data_received(data)
+            self.protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -1455,6 +1499,8 @@ cdef class SocketTransport(WriteFlow):
             return
         if self.conn_lost:
             self.count_lost_write('socket.send() raised exception.')
+            return
+        if self.socket_gone():
             return
         if (type(data) is not bytes or self.proactor.nothing_to_batch()
                 or PyBytes_GET_SIZE(data) >= WRITE_THROUGH_MIN):
@@ -1546,14 +1592,14 @@ cdef class SocketTransport(WriteFlow):
         try:
             if view.len < WRITE_THROUGH_MIN and not unbatched:
                 if immutable:
-                    return data        # bytes cannot change: sent as they are, no copy
+                    return _pinnable(data)
                 return PyBytes_FromStringAndSize(<char *>view.buf, view.len)
             sent = self.send_at_once(<char *>view.buf, view.len)
             if sent == view.len or sent < 0:
                 return None
             if immutable:
                 # Sliced in bytes: a view's items may be wider (memoryview.cast('i')).
-                return memoryview(data).cast('B')[sent:] if sent else data
+                return memoryview(data).cast('B')[sent:] if sent else _pinnable(data)
             return PyBytes_FromStringAndSize(<char *>view.buf + sent, view.len - sent)
         finally:
             PyBuffer_Release(&view)
@@ -1583,6 +1629,8 @@ cdef class SocketTransport(WriteFlow):
             return
         if self.conn_lost:
             self.count_lost_write('socket.send() raised exception.')
+            return
+        if self.socket_gone():
             return
         if (self.send_op is None and not self.write_q and self.sock is not None
                 and (n >= WRITE_THROUGH_MIN or self.proactor.nothing_to_batch())):
@@ -1698,6 +1746,8 @@ cdef class SocketTransport(WriteFlow):
         cdef list q = self.write_q
         cdef Py_ssize_t k = len(q)
         cdef SendMsgOp op
+        if self.socket_gone():
+            return 0
         # The queue is dropped once it is empty: an idle connection holds no list.
         if k == 1:
             data = q[0]
