@@ -437,6 +437,87 @@ async def test_server_whose_socket_is_closed_under_it_takes_nothing_by_its_numbe
     await server.wait_closed()
 
 
+@pytest.mark.asyncio
+@bounded(30)
+async def test_a_protocol_factory_closing_the_listening_socket_ends_the_accept_batch():
+    """The protocol factory closes the listening socket itself (not the server), and a new
+    listener takes its number: the server accepts nothing more -- no accept4() by the closed
+    number, which would take the new listener's connection or report EBADF."""
+    loop = asyncio.get_running_loop()
+    reports = []
+    loop.set_exception_handler(lambda loop, context: reports.append(context))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(10)
+    address = listener.getsockname()
+    served, other = [], {}
+
+    class ClosesTheListener(asyncio.Protocol):
+        def __init__(self):
+            if not other:
+                number = listener.fileno()
+                listener.close()
+                new = socket.socket()
+                new.bind(("127.0.0.1", 0))
+                new.listen(10)
+                new.setblocking(False)
+                other["listener"] = new
+                other["reused"] = new.fileno() == number
+                other["client"] = socket.create_connection(new.getsockname())
+
+        def connection_made(self, transport):
+            served.append(transport.get_extra_info("sockname"))
+            transport.close()
+
+    server = await loop.create_server(ClosesTheListener, sock=listener)
+    with socket.create_connection(address):
+        await asyncio.sleep(0.2)
+    try:
+        assert other["reused"]
+        assert served == [address]
+        assert reports == []
+        conn, _ = other["listener"].accept()     # its connection is still its own
+        conn.close()
+    finally:
+        other["client"].close()
+        other["listener"].close()
+        try:
+            server.close()
+        except ValueError:
+            pass        # the stock loop's remove_reader(-1) of the closed socket
+
+
+@pytest.mark.asyncio
+@bounded(30)
+async def test_closing_a_server_whose_socket_was_closed_releases_the_port():
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    server = await loop.create_server(asyncio.Protocol, sock=listener)
+    listener.close()
+    try:
+        server.close()
+    except ValueError:
+        pass            # the stock loop's remove_reader(-1) of the closed socket
+    await asyncio.sleep(0.05)
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))      # nothing holds the port any more
+        again.listen()
+
+
+def test_serving_on_a_closed_loop_is_refused(new_loop):
+    loop = new_loop()
+    server = loop.run_until_complete(
+        loop.create_server(asyncio.Protocol, "127.0.0.1", 0, start_serving=False))
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        server._start_serving()
+    for sock in server._sockets:
+        sock.close()
+
+
 def answering_pid(conn):
     """Who served a connection to a PREFORK_WORKER, or why nobody did."""
     conn.settimeout(5)

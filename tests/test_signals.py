@@ -332,3 +332,30 @@ def test_a_loop_run_in_a_thread_closes_from_another(new_loop, registration):
     finally:
         a.close()
         b.close()
+
+
+def test_closed_from_a_thread_other_than_main_with_a_signal_handler(new_loop):
+    """close() called in a worker thread while a signal handler is installed: removing the
+    handler raises ValueError there (signal.signal() is for the main thread), and the loop is
+    closed all the same, as the stock loop's close() closes first and removes after."""
+    loop = new_loop()
+    loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    outcome = {}
+
+    def close_here():
+        loop.run_until_complete(asyncio.sleep(0))
+        try:
+            loop.close()
+        except ValueError as exc:
+            outcome["raised"] = exc
+        outcome["closed"] = loop.is_closed()
+
+    try:
+        worker = threading.Thread(target=close_here)
+        worker.start()
+        worker.join()
+        assert isinstance(outcome.get("raised"), ValueError)
+        assert outcome["closed"] is True
+    finally:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)

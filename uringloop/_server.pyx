@@ -38,6 +38,13 @@ constants.ACCEPT_RETRY_DELAY seconds; a connection aborted before it was accepte
 
 _stop_serving cancels the poll and closes the socket.  Nothing is accepted once serving stopped:
 connections still queued stay in the kernel for whoever else listens on the socket.
+
+A listening socket its owner closes under the server (sock.close() without server.close()) is
+not accepted from again: nothing goes to the kernel by the number it had (see arm, and
+accept_queued for a protocol factory that closes it mid-batch).  Unlike with the stock loop's
+epoll registration, the poll request in flight holds the socket open in the kernel -- its port
+bound, connections still completing their handshake -- until a connection wakes it or
+server.close() cancels it.
 """
 
 cimport cython
@@ -198,6 +205,9 @@ cdef class Acceptor(Completer):
                 PyContext_Exit(connection_context)
             if not self.serving:
                 return 0      # the protocol factory closed the server
+            if self.sock.fileno() != self.fd:
+                self.serving = False    # ... or the listening socket itself (see arm)
+                return 0
         return 0
 
     cdef int report_error(self, int err) except -1:

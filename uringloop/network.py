@@ -211,16 +211,19 @@ class NetworkMixin:
     def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
                        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
                        ssl_shutdown_timeout=None):
+        self._check_closed()      # as stock (its add_reader checks): no server that never serves
+        # Keyed by the socket object, not its number: a socket closed under its server has no
+        # number any more, and server.close() must still find (and cancel) its Acceptor, whose
+        # poll request holds the listening socket open in the kernel until it ends.
         acceptors = self._ul_acceptors
         if acceptors is None:
             acceptors = self._ul_acceptors = {}
-        fd = sock.fileno()
-        previous = acceptors.get(fd)
+        previous = acceptors.get(sock)
         if previous is not None:
             previous.stop()
         acceptor = Acceptor(self, sock, protocol_factory, sslcontext, server, backlog,
                             ssl_handshake_timeout, ssl_shutdown_timeout)
-        acceptors[fd] = acceptor
+        acceptors[sock] = acceptor
         acceptor.start()
 
     def _stop_serving(self, sock):
@@ -229,7 +232,7 @@ class NetworkMixin:
         path = sock.getsockname() if cleanup is not None else None
         acceptors = self._ul_acceptors
         if acceptors:
-            acceptor = acceptors.pop(sock.fileno(), None)
+            acceptor = acceptors.pop(sock, None)
             if acceptor is not None:
                 # Cancel first; the poll request holds its own reference to the socket's
                 # file until its final completion, so closing the descriptor now is safe.

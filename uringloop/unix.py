@@ -36,6 +36,7 @@ class UnixMixin:
 
     _ul_readiness = None        # the _readiness.Readiness registry, created on first use
     _ul_children = None         # the _children.ChildWatcher, created with the first child
+    _ul_close_error = None      # what removing the signal handlers raised, for close() to raise
     _ul_signal_reader = None    # the _signals.SignalReader, created with the first handler
     _ul_datagram_buffers = None         # the UDP transports' shared provided-buffer group
     _ul_datagram_buffers_failed = None  # True once we know it cannot be had
@@ -221,8 +222,12 @@ class UnixMixin:
         # As the stock loop: the handlers go back to the defaults and the wake-up descriptor is
         # unset (so no signal is written to the socket once it is closed, after the drain).
         if not sys.is_finalizing():
-            for sig in list(self._signal_handlers):
-                self.remove_signal_handler(sig)
+            try:
+                for sig in list(self._signal_handlers):
+                    self.remove_signal_handler(sig)
+            except BaseException as exc:
+                # As stock: the loop is closed all the same, then the error is raised.
+                self._ul_close_error = exc
         elif self._signal_handlers:
             warnings.warn(f"Closing the loop {self!r} on interpreter shutdown stage, "
                           f"skipping signal handlers removal", ResourceWarning, source=self)
@@ -240,3 +245,6 @@ class UnixMixin:
         if reader is not None:
             self._ul_signal_reader = None
             reader.close_sockets()
+        exc, self._ul_close_error = self._ul_close_error, None
+        if exc is not None:
+            raise exc
