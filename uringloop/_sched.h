@@ -26,6 +26,69 @@ static inline Py_ssize_t ul_member_offset(PyObject *descr)
     return m->offset;
 }
 
+/* d[key], borrowed, or NULL when absent -- for the per-call checks whether a module attribute
+ * or an instance attribute was replaced.  PyDict_GetItem saves and restores the error state
+ * around the lookup (about as much work again as the lookup of a str key, whose hash is
+ * cached); an error here can only be a failed comparison of an odd key, taken as absent. */
+static inline PyObject *ul_dict_get(PyObject *d, PyObject *key)
+{
+    PyObject *value = PyDict_GetItemWithError(d, key);
+    if (value == NULL && PyErr_Occurred())
+        PyErr_Clear();
+    return value;
+}
+
+/* Whether a module attribute is still the object it was at import (time.monotonic,
+ * asyncio.events.Handle...), asked on hot paths: BaseEventLoop looks those names up on every
+ * call, so a program that replaces one (freezegun, a profiler's Handle subclass) must see the
+ * replacement used -- but a dict lookup per call_soon() would cost more than the rest of it.
+ * The module dict's version tag changes with every change to the dict, and a module's dict
+ * hardly ever changes after import: the lookup is made again only when the tag moved.
+ * (ma_version_tag is deprecated as an API from 3.12 but still maintained on every change in
+ * 3.10-3.13, which is what this needs; a later Python would go through ul_dict_get always.) */
+typedef struct {
+    PyObject *dict;         /* the module's __dict__ (a strong reference, held for good) */
+    PyObject *name;
+    PyObject *expected;
+    uint64_t tag;
+    int same;
+} ul_attr_watch;
+
+static inline uint64_t ul_dict_tag(PyObject *d)
+{
+#if PY_VERSION_HEX < 0x030E0000
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    return ((PyDictObject *)d)->ma_version_tag;
+#pragma GCC diagnostic pop
+#else
+    (void)d;
+    return 0;
+#endif
+}
+
+static void ul_attr_watch_init(ul_attr_watch *w, PyObject *dict, PyObject *name, PyObject *expected)
+{
+    Py_INCREF(dict);
+    Py_INCREF(name);
+    Py_INCREF(expected);
+    w->dict = dict;
+    w->name = name;
+    w->expected = expected;
+    w->tag = ul_dict_tag(dict);
+    w->same = ul_dict_get(dict, name) == expected;
+}
+
+static inline int ul_attr_unchanged(ul_attr_watch *w)
+{
+    uint64_t tag = ul_dict_tag(w->dict);
+    if (tag != w->tag || PY_VERSION_HEX >= 0x030E0000) {
+        w->tag = tag;
+        w->same = ul_dict_get(w->dict, w->name) == w->expected;
+    }
+    return w->same;
+}
+
 /* Borrowed reference to the slot's value; NULL when the slot is unset. */
 static inline PyObject *ul_slot_get(PyObject *obj, Py_ssize_t offset)
 {
@@ -520,44 +583,43 @@ static int ul_heap_heapify(ul_timer_heap *heap, PyObject *list)
     return result;
 }
 
-/* The head's deadline: 1 with *when set when it is an exact (float) deadline, 0 when it must
- * be compared through Python, -1 with an exception set.
- *
- * The keys cache each timer's deadline so that sifting need not read the handles -- but code
- * outside the loop sometimes moves a scheduled timer by assigning its _when in place (caches that
- * extend an expiry, fake clocks; the stock heap compares the live value every time).  So the
- * head, which is about to be waited for or run, is read again: if its deadline changed, it is
- * put where it belongs now and the new head is read in turn.  A timer postponed in place thus
- * runs at its new deadline, as with the stock loop; the cost is one read of a handle that the
- * caller reads anyway. */
+/* The head's deadline without touching the handle: 1 with *when set when it is an exact
+ * (float) deadline, 0 when it must be compared through Python, -1 with an exception set. */
 static int ul_heap_head_when(ul_timer_heap *heap, PyObject *list, double *when)
 {
-    ul_heap_key *key, before;
-    Py_ssize_t checked = 0, size;
+    ul_heap_key *key;
     if (ul_heap_begin(heap, list) < 0)
         return -1;
-    size = PyList_GET_SIZE(list);
     key = ul_heap_key_at(heap, list, 0);
-    for (;;) {
-        before = *key;
-        ul_heap_read_key(key, PyList_GET_ITEM(list, 0));
-        if (key->exact == before.exact && (!key->exact || key->when == before.when))
-            break;
-        /* Moved in place: sift it down.  Each pass settles one timer's key, so there are
-         * never more passes than timers; the bound only guards against the impossible. */
-        if (++checked > size)
-            break;
-        if (ul_heap_sift_leafward(heap, list, 0) < 0) {
-            ul_heap_end(heap, list);
-            return -1;
-        }
-        ul_heap_end(heap, list);
-        key = ul_heap_key_at(heap, list, 0);
-    }
     if (!key->exact)
         return 0;
     *when = key->when;
     return 1;
+}
+
+/* Whether the head's deadline was changed in place since its key was cached: 1 after putting
+ * it where it belongs now (the caller looks at the new head), 0 if it is unchanged, -1 with an
+ * exception set.
+ *
+ * The keys cache each timer's deadline so that sifting need not read the handles -- but code
+ * outside the loop sometimes moves a scheduled timer by assigning its _when in place (caches
+ * that extend an expiry, fake clocks; the stock heap compares the live value every time).  So
+ * a head about to be run as due is read again first (pop_due): a timer postponed in place runs
+ * at its new deadline, as with the stock loop.  The handle is read then anyway, to run it. */
+static int ul_heap_head_moved(ul_timer_heap *heap, PyObject *list)
+{
+    ul_heap_key *key, before;
+    int result;
+    if (ul_heap_begin(heap, list) < 0)
+        return -1;
+    key = ul_heap_key_at(heap, list, 0);
+    before = *key;
+    ul_heap_read_key(key, PyList_GET_ITEM(list, 0));
+    if (key->exact == before.exact && (!key->exact || key->when == before.when))
+        return 0;
+    result = ul_heap_sift_leafward(heap, list, 0);
+    ul_heap_end(heap, list);
+    return result < 0 ? -1 : 1;
 }
 
 #endif

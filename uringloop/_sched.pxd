@@ -19,6 +19,11 @@ cdef extern from "_sched.h":
     int ul_gc_parking_check()
     PyObject *ul_type_lookup(object obj, object name)
     PyObject *ul_class_lookup(object cls, object name)
+    PyObject *ul_dict_get(object d, object key)
+    ctypedef struct ul_attr_watch:
+        pass
+    void ul_attr_watch_init(ul_attr_watch *w, object dict, object name, object expected)
+    bint ul_attr_unchanged(ul_attr_watch *w)
     double ul_monotonic() nogil
     object ul_call_with_tuple(object callback, object args)
 
@@ -31,6 +36,7 @@ cdef extern from "_sched.h":
     object ul_heap_pop(ul_timer_heap *heap, list items)
     int ul_heap_heapify(ul_timer_heap *heap, list items) except -1
     int ul_heap_head_when(ul_timer_heap *heap, list items, double *when) except -1
+    int ul_heap_head_moved(ul_timer_heap *heap, list items) except -1
 
 
 cdef class LoopCore:

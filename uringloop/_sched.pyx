@@ -71,15 +71,25 @@ cdef dict _base_events_globals = vars(_base_events)
 cdef object _deque = collections.deque
 # BaseEventLoop.time() calls time.monotonic() -- whatever that is at the time: freezegun and
 # tests' fake clocks replace it to move the loop's clock.  Our C clock is used only while the
-# module still has the function it had at import (a dict lookup per call).
+# module still has the function it had at import (asked through the module dict's version tag:
+# see ul_attr_watch in _sched.h).
 cdef object _real_monotonic = _time_mod.monotonic
 cdef dict _time_globals = vars(_time_mod)
 
 
-cdef inline bint monotonic_replaced():
-    return _time_globals.get('monotonic') is not _real_monotonic
+cdef ul_attr_watch _monotonic_watch
+ul_attr_watch_init(&_monotonic_watch, _time_globals, 'monotonic', _real_monotonic)
+
+
+cdef inline bint monotonic_replaced() noexcept:
+    return not ul_attr_unchanged(&_monotonic_watch)
+
+
 cdef object _Handle = _events.Handle
 cdef object _TimerHandle = _events.TimerHandle
+cdef ul_attr_watch _handle_watch, _timer_handle_watch     # asyncio.events.Handle, .TimerHandle
+ul_attr_watch_init(&_handle_watch, vars(_events), 'Handle', _Handle)
+ul_attr_watch_init(&_timer_handle_watch, vars(_events), 'TimerHandle', _TimerHandle)
 cdef object _CFuture = getattr(_futures, '_CFuture', None)     # None without _asyncio
 cdef object _original_run = _Handle.__dict__['_run']
 cdef object _original_lt = _TimerHandle.__dict__['__lt__']
@@ -148,13 +158,13 @@ cdef object _object_new = object.__dict__['__new__']
 
 cdef inline bint handle_init_pristine():
     """Handle() would run asyncio's own __init__ on an object.__new__ instance."""
-    return (_events.Handle is _Handle
+    return (ul_attr_unchanged(&_handle_watch)
             and ul_class_lookup(_Handle, NAME_INIT) == <PyObject *>_original_handle_init
             and ul_class_lookup(_Handle, NAME_NEW) == <PyObject *>_object_new)
 
 
 cdef inline bint timer_init_pristine():
-    return (_events.TimerHandle is _TimerHandle
+    return (ul_attr_unchanged(&_timer_handle_watch)
             and ul_class_lookup(_TimerHandle, NAME_INIT) == <PyObject *>_original_timer_init
             and ul_class_lookup(_TimerHandle, NAME_NEW) == <PyObject *>_object_new
             and handle_init_pristine())
@@ -609,8 +619,10 @@ cdef class LoopCore:
             return _BaseEventLoop._run_once(self) or 0
 
         # 1. Cancelled timers.
-        self.drop_cancelled()
         heap = self._scheduled
+        if heap:
+            self.drop_cancelled()
+            heap = self._scheduled
 
         selector = self._selector
         if type(selector) is not Proactor or not self.own(NAME_PROCESS_EVENTS, _own_process_events):
@@ -712,7 +724,7 @@ cdef class LoopCore:
                 if due or self.ready or self._stopping or not may_wait_after_ready:
                     timeout = 0
                 else:
-                    if PyList_CheckExact(self._scheduled):
+                    if self._scheduled and PyList_CheckExact(self._scheduled):
                         self.drop_cancelled()   # what the stock loop's next iteration does first
                     timeout = self.wait_timeout()
             else:
@@ -816,6 +828,8 @@ cdef class LoopCore:
                 if native_time and ul_heap_head_when(&self.timers, heap, &when_d):
                     if when_d >= end_d:
                         break
+                    if ul_heap_head_moved(&self.timers, heap):
+                        continue        # its _when was changed in place: re-sifted, look again
                 elif PyObject_RichCompareBool(deadline(heap[0]), end_time, Py_GE):
                     break
                 timer = self.heap_pop(heap)
