@@ -57,6 +57,39 @@ def test_run_rejects_non_coroutines():
         uringloop.run(lambda: None)
 
 
+def test_run_takes_a_loop_factory_as_uvloop_run_does():
+    made = []
+
+    def factory():
+        made.append(asyncio.new_event_loop())
+        return made[-1]
+
+    async def main():
+        return asyncio.get_running_loop()
+
+    assert uringloop.run(main(), loop_factory=factory) is made[0]
+    assert made[0].is_closed()
+
+
+def test_run_of_a_non_coroutine_inside_a_running_loop_is_the_running_loop_error():
+    async def outer():
+        with pytest.raises(RuntimeError, match="cannot be called from a running event loop"):
+            uringloop.run(lambda: None)
+
+    uringloop.run(outer())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="uvloop.install() warns from 3.12")
+def test_install_is_deprecated_as_uvloop_install_is():
+    old_policy = asyncio.get_event_loop_policy()
+    try:
+        with pytest.warns(DeprecationWarning, match="uringloop.run"):
+            uringloop.install()
+        assert isinstance(asyncio.get_event_loop_policy(), uringloop.EventLoopPolicy)
+    finally:
+        asyncio.set_event_loop_policy(old_policy)
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="loop_factory= is new in 3.12")
 def test_asyncio_run_with_loop_factory():
     async def main():
@@ -165,25 +198,31 @@ def test_python_m_uringloop_prints_the_report():
     assert os.uname().release in result.stdout
 
 
-@pytest.mark.parametrize("err, disabled, seccomp, expect", [
-    (errno.EPERM, "2", 0, "io_uring_disabled=2"),
-    (errno.EPERM, "1", 0, "io_uring_group"),
-    (errno.EPERM, "0", 2, "seccomp"),
-    (errno.ENOSYS, None, 2, "seccomp"),
-    (errno.ENOSYS, None, 0, "no io_uring"),
-    (errno.ENOMEM, "0", 0, "RLIMIT_MEMLOCK"),
+@pytest.mark.parametrize("err, disabled, seccomp, expect, release, group", [
+    (errno.EPERM, "2", 0, "io_uring_disabled=2", "6.8.0", "1234"),
+    (errno.EPERM, "1", 0, "group 1234 (kernel.io_uring_group)", "6.8.0", "1234"),
+    (errno.EPERM, "1", 0, "kernel.io_uring_group is -1: no group", "6.8.0", "-1"),
+    (errno.EPERM, "0", 2, "seccomp", "6.8.0", "1234"),
+    (errno.ENOSYS, None, 2, "seccomp", "6.8.0", "1234"),
+    (errno.ENOSYS, None, 0, "no io_uring", "6.8.0", "1234"),
+    # A container on a host whose kernel predates io_uring: the kernel, not the profile.
+    (errno.ENOSYS, None, 2, "predates io_uring", "4.19.0", "1234"),
+    (errno.EPERM, None, 2, "predates io_uring", "3.10.0-1160.el7.x86_64", "1234"),
+    (errno.ENOMEM, "0", 0, "RLIMIT_MEMLOCK", "5.10.0", "1234"),
+    (errno.ENOMEM, "0", 0, "memory cgroup", "6.8.0", "1234"),
 ])
-def test_refusal_is_diagnosed(monkeypatch, err, disabled, seccomp, expect):
+def test_refusal_is_diagnosed(monkeypatch, err, disabled, seccomp, expect, release, group):
     def fake_read(path):
         if path.endswith("io_uring_disabled"):
             return disabled
         if path.endswith("io_uring_group"):
-            return "1234"
+            return group
         if path == "/proc/self/status":
             return f"Name:\tpython\nSeccomp:\t{seccomp}\n"
         return None
 
     monkeypatch.setattr(_probe, "_read", fake_read)
+    monkeypatch.setattr(_probe, "_kernel_release", lambda: release)
     exc = _probe.diagnose(err)
     assert isinstance(exc, uringloop.IOUringUnavailableError)
     assert isinstance(exc, OSError) and isinstance(exc, RuntimeError)
@@ -199,6 +238,85 @@ def _refuse_ring(monkeypatch):
     monkeypatch.setattr("uringloop.loop.Ring", refuse)
     monkeypatch.setattr(_probe, "_read",
                         lambda path: "Seccomp:\t2\n" if path == "/proc/self/status" else None)
+
+
+def test_the_refusal_pickles_and_copies_with_its_cause_and_fix():
+    """Raised in a ProcessPoolExecutor job or a multiprocessing child, it must cross back."""
+    import copy
+    import pickle
+
+    exc = _probe.diagnose(errno.ENOSYS)
+    for again in (pickle.loads(pickle.dumps(exc)), copy.copy(exc)):
+        assert type(again) is uringloop.IOUringUnavailableError
+        assert (again.errno, again.cause, again.fix, str(again)) == \
+            (exc.errno, exc.cause, exc.fix, str(exc))
+
+
+def test_a_kernel_older_than_5_19_is_refused_where_the_ring_sets_up(monkeypatch):
+    """5.11-5.18 set a ring up; the loop would run until its close, whose CANCEL_ALL|ANY they
+    refuse (every close waited out its drain and leaked the ring).  The loop is refused as the
+    probe refuses it, and fallback=True gives the stock loop."""
+    monkeypatch.setattr(_probe, "_kernel_release", lambda: "5.15.0-91-generic")
+    with pytest.raises(uringloop.IOUringUnavailableError, match="5.19") as raised:
+        uringloop.new_event_loop()
+    assert raised.value.errno == errno.EINVAL
+    report = uringloop.probe()
+    assert not report.available and report.cause == raised.value.cause
+    with pytest.warns(RuntimeWarning, match="stock asyncio"):
+        loop = uringloop.new_event_loop(fallback=True)
+    try:
+        assert isinstance(loop, asyncio.SelectorEventLoop)
+    finally:
+        loop.close()
+
+
+SECCOMP_CHILD = """
+    import ctypes, errno, sys
+    SETUP, ENTER, REGISTER = 425, 426, 427          # x86_64 system call numbers
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                    ("k", ctypes.c_uint)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    def refuse(number, err):
+        # A classic-BPF seccomp filter: on x86_64, system call `number` fails with `err`.
+        ins = [Filter(0x20, 0, 0, 4), Filter(0x15, 0, 3, 0xC000003E), Filter(0x20, 0, 0, 0),
+               Filter(0x15, 0, 1, number), Filter(0x06, 0, 0, 0x00050000 | err),
+               Filter(0x06, 0, 0, 0x7FFF0000)]
+        array = (Filter * len(ins))(*ins)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(38, 1, 0, 0, 0) != 0:                    # PR_SET_NO_NEW_PRIVS
+            sys.exit(77)
+        if libc.prctl(22, 2, ctypes.byref(Program(len(ins), array)), 0, 0) != 0:
+            sys.exit(77)                                        # no seccomp here: skip
+
+    refuse(%s, errno.EPERM)
+    import uringloop
+    try:
+        uringloop.new_event_loop()
+    except uringloop.IOUringUnavailableError as exc:
+        print("refused:", exc.cause)
+    report = uringloop.probe()
+    print("probe:", "available" if report.available else "unavailable")
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86_64 system call numbers")
+@pytest.mark.parametrize("call", ["ENTER", "REGISTER"])
+def test_a_sandbox_refusing_enter_or_register_is_diagnosed_at_creation(call, monkeypatch):
+    """A seccomp profile that allows io_uring_setup but not io_uring_enter (or _register): the
+    loop's creation says so, with the cause -- not a bare PermissionError at its first
+    iteration -- and the probe reports io_uring unavailable."""
+    result = run_python(SECCOMP_CHILD % call)
+    if result.returncode == 77:
+        pytest.skip("seccomp filters cannot be installed here")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("refused: a seccomp filter"), result.stdout
+    assert lines[1] == "probe: unavailable"
 
 
 def test_refused_io_uring_raises_one_clear_exception(monkeypatch):
@@ -409,6 +527,60 @@ def test_fork_child_refuses_the_parents_loop_and_can_make_a_new_one():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "child 0", result.stdout + result.stderr
+
+
+def test_a_fork_child_leaving_from_a_callback_leaves_the_parents_rings_alone():
+    """A protocol callback forks and the child exits with sys.exit() -- which unwinds through
+    the completion handling the child inherited.  The completion queue is memory shared with
+    the parent: the child must not move its head (the parent's loop then dispatched stale
+    completions forever), and the parent answers every connection."""
+    result = run_python("""
+        import asyncio, os, socket, sys, threading, time
+        import uringloop
+        me = os.getpid()
+        forked = []
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+            def data_received(self, data):
+                if data == b"fork" and not forked:
+                    forked.append(True)
+                    pid = os.fork()
+                    if pid == 0:
+                        sys.exit(0)
+                    os.waitpid(pid, 0)
+                self.transport.write(data)
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(Echo, "127.0.0.1", 0)
+            clients = [socket.create_connection(server.sockets[0].getsockname())
+                       for _ in range(4)]
+            await asyncio.sleep(0.1)
+            for i, client in enumerate(clients):
+                client.sendall(b"fork" if i == 0 else b"msg%d" % i)
+            for client in clients:
+                client.settimeout(10)
+            echoed = await loop.run_in_executor(None, lambda: [c.recv(100) for c in clients])
+            for client in clients:
+                client.close()
+            server.close()
+            return echoed
+
+        def watchdog():
+            time.sleep(20)
+            if os.getpid() == me:
+                print("hung", flush=True)
+                os._exit(1)
+
+        threading.Thread(target=watchdog, daemon=True).start()
+        loop = uringloop.new_event_loop()
+        print(loop.run_until_complete(main()))
+        loop.close()
+    """)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "[b'fork', b'msg1', b'msg2', b'msg3']", result.stdout
 
 
 def test_statistics_count_io_uring_enters():

@@ -30,24 +30,28 @@ def new_event_loop(*, fallback: bool = False) -> _asyncio.AbstractEventLoop:
         return _asyncio.SelectorEventLoop()
 
 
-def run(main, *, debug=None, **run_kwargs):
-    """Run coroutine `main` on a new uringloop event loop, like asyncio.run (and uvloop.run)."""
+def run(main, *, loop_factory=None, debug=None, **run_kwargs):
+    """Run coroutine `main` on a new uringloop event loop, like asyncio.run (and uvloop.run).
+    `loop_factory`, as uvloop.run's, makes the loop instead (default: new_event_loop)."""
+    if _asyncio.events._get_running_loop() is not None:
+        # asyncio.run()'s own check, and first, as there (3.11's Runner makes a loop first, and
+        # fails later).
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     if not _asyncio.iscoroutine(main):
         raise ValueError(f"a coroutine was expected, got {main!r}")
+    if loop_factory is None:
+        loop_factory = new_event_loop
     if _sys.version_info >= (3, 12):
-        return _asyncio.run(main, loop_factory=new_event_loop, debug=debug, **run_kwargs)
-    if _asyncio.events._get_running_loop() is not None:
-        # asyncio.run()'s own check (3.11's Runner makes a loop first, and fails later).
-        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+        return _asyncio.run(main, loop_factory=loop_factory, debug=debug, **run_kwargs)
     if _sys.version_info >= (3, 11):
-        with _asyncio.Runner(loop_factory=new_event_loop, debug=debug, **run_kwargs) as runner:
+        with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
             return runner.run(main)
-    return _run_310(main, debug)
+    return _run_310(main, debug, loop_factory)
 
 
-def _run_310(main, debug):
+def _run_310(main, debug, loop_factory):
     # asyncio.run() of Python 3.10, with our loop: same order of shutdown steps.
-    loop = new_event_loop()
+    loop = loop_factory()
     try:
         _asyncio.set_event_loop(loop)
         if debug is not None:
@@ -93,6 +97,11 @@ if _sys.version_info < (3, 16):
 
     def install() -> None:
         """Make uringloop the default: asyncio.set_event_loop_policy(EventLoopPolicy())."""
+        if _sys.version_info >= (3, 12):
+            # As uvloop.install() warns from 3.12 on.
+            _warnings.warn(
+                "uringloop.install() is deprecated in favor of uringloop.run() starting with "
+                "Python 3.12.", DeprecationWarning, stacklevel=2)
         _asyncio.set_event_loop_policy(EventLoopPolicy())
 
     __all__ += ["EventLoopPolicy", "install"]

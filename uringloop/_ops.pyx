@@ -760,11 +760,19 @@ cdef class Proactor:
                     if res > 0:
                         self.batch_bytes += res
                     self.dispatch(op, res, flags)
+                    if self.forked:
+                        # A callback called os.fork() and this is the child, back here (or
+                        # leaving through here with SystemExit).  The rings are the parent's
+                        # memory, shared: the parent goes on with this very batch, and nothing
+                        # may move its CQ head or publish its buffers from here -- it would
+                        # skip completions, or read past the tail and dispatch stale ones.
+                        return total
             finally:
-                ring.cq_advance(i)
-                total += i
-                for br in self.buffer_rings:
-                    br.publish()
+                if not self.forked:
+                    ring.cq_advance(i)
+                    total += i
+                    for br in self.buffer_rings:
+                        br.publish()
         return total
 
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1:

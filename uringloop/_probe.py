@@ -28,6 +28,11 @@ class IOUringUnavailableError(OSError, RuntimeError):
         self.cause = cause
         self.fix = fix
 
+    def __reduce__(self):
+        # Pickled (a ProcessPoolExecutor job, multiprocessing) and copied by what __init__
+        # takes, not by OSError's args (errno, message).
+        return type(self), (self.errno, self.cause, self.fix)
+
 
 def _kernel_release() -> str:
     # What platform.release() returns, without importing platform (~0.1 MiB of a process that
@@ -59,6 +64,12 @@ def diagnose(err: int) -> IOUringUnavailableError:
     version = kernel_version()
     disabled = _read("/proc/sys/kernel/io_uring_disabled")
     seccomp = _seccomp_mode()
+    if version < (5, 1):
+        # First: no profile or sysctl can give a kernel what it does not have (a container on
+        # an old host runs under seccomp too).
+        return IOUringUnavailableError(
+            err, f"this kernel ({_kernel_release()}) predates io_uring (Linux 5.1)",
+            f"use Linux >= {MINIMUM_KERNEL[0]}.{MINIMUM_KERNEL[1]} built with CONFIG_IO_URING=y")
     if disabled == "2":
         return IOUringUnavailableError(
             err, "the sysctl kernel.io_uring_disabled=2 disables io_uring for every process",
@@ -66,6 +77,12 @@ def diagnose(err: int) -> IOUringUnavailableError:
             "use uringloop.new_event_loop(fallback=True) to run on the stock asyncio loop")
     if disabled == "1" and err == errno.EPERM:
         group = _read("/proc/sys/kernel/io_uring_group") or "?"
+        if group == "-1":
+            return IOUringUnavailableError(
+                err, "the sysctl kernel.io_uring_disabled=1 allows io_uring only to processes "
+                     "with CAP_SYS_ADMIN (kernel.io_uring_group is -1: no group)",
+                "set kernel.io_uring_group to a group this user is in, or "
+                "kernel.io_uring_disabled=0")
         return IOUringUnavailableError(
             err, "the sysctl kernel.io_uring_disabled=1 allows io_uring only to members of "
                  f"group {group} (kernel.io_uring_group) and CAP_SYS_ADMIN",
@@ -78,17 +95,23 @@ def diagnose(err: int) -> IOUringUnavailableError:
             "seccomp profile (docker run --security-opt seccomp=<profile.json>; in Kubernetes "
             "securityContext.seccompProfile with a Localhost profile), or run with "
             "uringloop.new_event_loop(fallback=True)")
-    if err == errno.ENOSYS or version < (5, 1):
+    if err == errno.ENOSYS:
         return IOUringUnavailableError(
-            err, f"this kernel ({_kernel_release()}) has no io_uring (CONFIG_IO_URING is off, "
-                 "or the kernel predates 5.1)",
+            err, f"this kernel ({_kernel_release()}) has no io_uring (CONFIG_IO_URING is off)",
             f"use Linux >= {MINIMUM_KERNEL[0]}.{MINIMUM_KERNEL[1]} built with CONFIG_IO_URING=y")
-    if err == errno.ENOMEM:
+    if err == errno.ENOMEM and version < (5, 12):
         return IOUringUnavailableError(
             err, "the kernel refused memory for the rings; kernels before 5.12 charge them to "
                  "RLIMIT_MEMLOCK, which is " + _memlock(),
             "raise the locked-memory limit (ulimit -l, LimitMEMLOCK= in systemd, --ulimit "
             "memlock= in Docker) or upgrade the kernel")
+    if err == errno.ENOMEM:
+        return IOUringUnavailableError(
+            err, "the kernel refused memory for the rings (charged to the memory cgroup since "
+                 "Linux 5.12: the container's or service's memory limit is reached, or the "
+                 "system is out of memory)",
+            "raise the memory limit (docker run --memory, MemoryMax= in systemd, the pod's "
+            "resources.limits.memory) or free memory")
     if err == errno.EPERM:
         return IOUringUnavailableError(
             err, "the kernel denied io_uring_setup (a security module or sandbox policy)",
@@ -222,9 +245,26 @@ def probe() -> ProbeReport:
         ring.close()
     report = ProbeReport(kernel=release, kernel_version=version, available=True,
                          setup_flags=flags, features=feats, opcodes=ops, uses=uses)
-    if version < MINIMUM_KERNEL:
+    old = too_old()
+    if old is not None:
         report.available = False
         report.error = f"kernel {release} is older than {MINIMUM_KERNEL}"
-        report.cause = "features uringloop relies on (CANCEL_ANY, COOP_TASKRUN) arrived in 5.19"
-        report.fix = "use Linux >= 5.19"
+        report.cause = old.cause
+        report.fix = old.fix
     return report
+
+
+def too_old() -> IOUringUnavailableError | None:
+    """The error for a kernel that has io_uring but not all uringloop relies on, or None.
+
+    Such a kernel (5.11-5.18) sets a ring up, and a loop would run on it -- until it closes:
+    the close-time IORING_ASYNC_CANCEL_ALL|ANY is 5.19's, refused with EINVAL before, and every
+    close would wait out its drain and leak the ring."""
+    if kernel_version() >= MINIMUM_KERNEL:
+        return None
+    return IOUringUnavailableError(
+        errno.EINVAL,
+        f"this kernel ({_kernel_release()}) has io_uring but not the features uringloop relies "
+        "on (IORING_ASYNC_CANCEL_ALL/ANY, COOP_TASKRUN: Linux 5.19)",
+        f"use Linux >= {MINIMUM_KERNEL[0]}.{MINIMUM_KERNEL[1]}, or "
+        "uringloop.new_event_loop(fallback=True)")

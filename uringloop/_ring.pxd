@@ -44,6 +44,7 @@ cdef class Ring:
 
     cdef int _map(self, io_uring_params *p) except -1
     cdef int _probe(self) except -1
+    cdef int _check_enter(self) except -1
     cdef io_uring_sqe *get_sqe(self) except? NULL
     cdef unsigned sq_pending(self) noexcept
     cdef int flush(self) except -1

@@ -39,6 +39,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from posix.unistd cimport getpid
 
 from uringloop._sys cimport *
+from libc.errno cimport EACCES
 
 import os
 
@@ -51,6 +52,12 @@ cdef enum:
 
 # What IORING_REGISTER_PROBE answered (Ring._probe), once it has.
 cdef bytes _kernel_ops = None
+# io_uring_enter was found permitted (Ring._check_enter), once it has.
+cdef bint _enter_permitted = False
+
+# A sandbox that refuses one of the three io_uring system calls answers with one of these.
+cdef inline bint _refused(int ret) noexcept:
+    return ret == -EPERM or ret == -ENOSYS or ret == -EACCES
 
 
 cdef object _oserror(int err, str what):
@@ -110,6 +117,7 @@ cdef class Ring:
         try:
             self._map(&p)
             self._probe()
+            self._check_enter()
         except BaseException:
             self.close()
             raise
@@ -180,6 +188,11 @@ cdef class Ring:
             raise MemoryError()
         try:
             ret = ul_register(self.fd, IORING_REGISTER_PROBE, probe, UL_PROBE_OPS)
+            if _refused(ret):
+                # io_uring_register itself is refused (a seccomp profile that allows only
+                # io_uring_setup): the loop could not enable its ring -- say so now, where the
+                # loop's creation diagnoses it, not at the first iteration.
+                raise _oserror(-ret, "io_uring_register")
             if ret >= 0:
                 for i in range(probe.ops_len):
                     if probe.ops[i].flags & IO_URING_OP_SUPPORTED:
@@ -189,6 +202,21 @@ cdef class Ring:
         self.supported_ops = bytes(ops)
         if ret >= 0:
             _kernel_ops = self.supported_ops
+        return 0
+
+    cdef int _check_enter(self) except -1:
+        # The same for io_uring_enter: a sandbox may allow the set-up and refuse the enter.  An
+        # enter that submits and waits for nothing does nothing: on a ring still disabled
+        # (R_DISABLED) the kernel answers EBADFD, on an enabled one 0.  Asked once per process
+        # (a filter, once installed, stays).
+        global _enter_permitted
+        cdef int ret
+        if _enter_permitted:
+            return 0
+        ret = ul_enter(self.fd, 0, 0, 0, NULL, 0)
+        if _refused(ret):
+            raise _oserror(-ret, "io_uring_enter")
+        _enter_permitted = True
         return 0
 
     cdef bint has_op(self, int opcode) noexcept:

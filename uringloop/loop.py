@@ -29,7 +29,7 @@ from uringloop.network import NetworkMixin
 from uringloop.unix import UnixMixin
 from uringloop._ops import Proactor
 from uringloop._sched import LoopCore
-from uringloop._probe import IOUringUnavailableError, diagnose, feature_set
+from uringloop._probe import IOUringUnavailableError, diagnose, feature_set, too_old
 from uringloop._ring import Ring
 
 __all__ = ["Loop"]
@@ -75,6 +75,11 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         except OSError as exc:
             self._closed = True      # half-built: BaseEventLoop.__del__ must not try to close
             raise diagnose(exc.errno or 0) from exc
+        old = too_old()
+        if old is not None:
+            self._closed = True
+            ring.close()
+            raise old
         try:
             self._features = feature_set(ring)
             self._proactor = Proactor(self, ring)
