@@ -370,6 +370,31 @@ def test_paced_run_reads_the_server_cpu_time_over_the_window(loadgen):
     assert result["cpu_window_s"] == pytest.approx(result["window_s"], rel=0.05, abs=0.005)
 
 
+@pytest.mark.parametrize("late", [1, harness.PACED_ATTEMPTS])
+def test_a_paced_run_whose_window_marks_were_read_late_is_made_again(monkeypatch, late):
+    """Descheduled past a window mark, the harness cannot tell the server's CPU time over the
+    window: that run is made again, up to PACED_ATTEMPTS in all, and only the last failure is
+    reported (without the internal flag)."""
+    calls = []
+
+    def fake_run(*args):
+        calls.append(args)
+        if len(calls) <= late:
+            return {"ok": False, "marks_read_late": True, "window_s": 0.2,
+                    "error": "the server's CPU time was read over 0.300 s for a 0.200 s window"}
+        return {"ok": True, "window_s": 0.2, "requests": 40}
+
+    monkeypatch.setattr(harness, "_run_paced_loadgen", fake_run)
+    result = harness.run_paced_loadgen(1, 2, REQUEST_SIZE, 400, 0.2, 0.05, None, os.getpid(),
+                                       None)
+    assert "marks_read_late" not in result
+    if late < harness.PACED_ATTEMPTS:
+        assert result["ok"] is True and len(calls) == late + 1
+    else:
+        assert result["ok"] is False and "read over" in result["error"]
+        assert len(calls) == harness.PACED_ATTEMPTS
+
+
 # A /proc/PID/stat line of a process whose name holds a space and parentheses: utime 1234 and
 # stime 567 are fields 14 and 15 counted from the closing parenthesis of the name.
 STAT_LINE = ("4242 (my (odd) server) S 1 4242 4242 0 -1 4194560 12000 0 3 0 1234 567 0 0 20 0 "
