@@ -2228,11 +2228,12 @@ async def test_a_socket_closed_under_its_transport_ends_it_and_nothing_goes_by_i
 
 @pytest.mark.asyncio
 @bounded()
-async def test_a_memoryview_released_right_after_write_is_no_concern_of_the_caller():
+async def test_a_memoryview_released_right_after_write_is_no_concern_of_the_caller(is_uring):
     """`with memoryview(data) as view: transport.write(view)`: the view is released when the
     block ends, whether the bytes left at once, became a send operation (several connections
     answering in one iteration) or wait behind a large write -- no BufferError, every byte
-    delivered."""
+    delivered.  (The stock transport of 3.12+ keeps a queued view itself and fails on it once
+    released: that part is checked on uringloop, and on the stock loop before 3.12.)"""
     loop = asyncio.get_running_loop()
     errors = []
 
@@ -2248,29 +2249,35 @@ async def test_a_memoryview_released_right_after_write_is_no_concern_of_the_call
                 errors.append(exc)
 
     pairs = [socket.socketpair() for _ in range(4)]
-    transports = [(await loop.connect_accepted_socket(Replies, sock=a))[0] for a, _ in pairs]
-    await asyncio.sleep(0.02)
-    for _, b in pairs:
-        b.send(b"request")
-    for _, b in pairs:
-        b.setblocking(False)
-        assert await loop.sock_recv(b, 100) == b"reply"
-    assert errors == []
+    transports = []
+    try:
+        for a, _ in pairs:
+            transports.append((await loop.connect_accepted_socket(Replies, sock=a))[0])
+        await asyncio.sleep(0.02)
+        for _, b in pairs:
+            b.send(b"request")
+        for _, b in pairs:
+            b.setblocking(False)
+            assert await loop.sock_recv(b, 100) == b"reply"
+        assert errors == []
 
-    transport = transports[0]
-    transport.write(b"x" * 4_000_000)           # more than the socket takes: a send in flight
-    with memoryview(b"tail") as view:
-        transport.write(view)                    # queued behind it
-    transport.close()
-    b = pairs[0][1]
-    received = bytearray()
-    while chunk := await loop.sock_recv(b, 1 << 20):
-        received += chunk
-    assert len(received) == 4_000_004 and received.endswith(b"tail")
-    for t in transports[1:]:
-        t.close()
-    for _, b in pairs:
-        b.close()
+        if is_uring or sys.version_info < (3, 12):
+            transport = transports[0]
+            transport.write(b"x" * 4_000_000)    # more than the socket takes: a send in flight
+            with memoryview(b"tail") as view:
+                transport.write(view)            # queued behind it
+            transport.close()
+            b = pairs[0][1]
+            received = bytearray()
+            while chunk := await loop.sock_recv(b, 1 << 20):
+                received += chunk
+            assert len(received) == 4_000_004 and received.endswith(b"tail")
+    finally:
+        for t in transports:
+            t.close()
+        for _, b in pairs:
+            b.close()
+        await asyncio.sleep(0)
 
 
 @pytest.mark.asyncio
