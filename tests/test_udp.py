@@ -739,3 +739,33 @@ async def test_datagram_callbacks_run_in_the_context_the_endpoint_was_made_in():
     assert seen == [("error_received", "caller"), ("datagram_received", "caller")]
     await closed(transport, protocol)
     await closed(st, sp)
+
+
+@pytest.mark.asyncio
+async def test_a_socket_closed_under_its_transport_sends_nothing_by_its_number():
+    """The owner of the socket given with sock= closes it and a new socket takes the number:
+    sendto() gets the closed socket's EBADF through error_received(), as the stock transport's
+    does, and no datagram leaves from the socket that has the number now."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    transport, proto = await loop.create_datagram_endpoint(Recorder, sock=sock)
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+    number = sock.fileno()
+    sock.close()
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert other.fileno() == number
+        transport.sendto(b"not from here", receiver.getsockname())
+        kind, exc, _ = await proto.next()
+        assert kind == "error" and isinstance(exc, OSError) and exc.errno == errno.EBADF
+        await asyncio.sleep(0.05)
+        with pytest.raises(BlockingIOError):
+            receiver.recv(100)
+    finally:
+        transport.abort()
+        await asyncio.sleep(0)
+        other.close()
+        receiver.close()

@@ -25,6 +25,7 @@ cdef class DatagramCore(TransportCore):
     cdef sockaddr_storage peer_sockaddr    # ... and its binary form, for replies to it
     cdef socklen_t peer_sockaddr_len
 
+    cdef bint socket_gone(self) except -1
     cdef int arm_recv(self) except -1
     cdef int stop_recv(self) except -1
     cdef int recv_done(self, int res) except -1

@@ -71,11 +71,13 @@ from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, POLLOUT, 
 from uringloop._ring cimport BufferRing
 from uringloop._ops cimport Proactor, Operation, MsgOp, PollOp, OP_IDLE, sockaddr_to_python
 from uringloop._flow cimport TransportCore, add_socket_extra
+from uringloop._sched cimport ul_socket_fd
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
 import collections
 import errno as _errno
 import os
+import _socket as _c_socket
 import socket as _socket
 import sys
 
@@ -88,6 +90,7 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t c_sendmsg "sendmsg"(int fd, const msghdr *msg, int flags)
 
 cdef object _deque = collections.deque
+cdef type _c_socket_type = _c_socket.socket
 cdef object _strerror = os.strerror
 cdef int AF_UNIX = _socket.AF_UNIX
 cdef int AF_INET = _socket.AF_INET
@@ -188,10 +191,23 @@ cdef class DatagramCore(TransportCore):
         if not self.closing and not self.paused and not self.stash:
             self.arm_recv()
 
+    cdef bint socket_gone(self) except -1:
+        """Whether its owner closed the socket under the transport (a sock= argument): its
+        number may be another socket's by now, and nothing may go to the kernel by it -- a
+        receive armed would read that socket's datagrams, a send would leave from it.  (The
+        stock transport calls the closed object's methods, which raise EBADF.)"""
+        cdef object sock = self.sock
+        if sock is None:
+            return False
+        return (ul_socket_fd(sock) if isinstance(sock, _c_socket_type)
+                else sock.fileno()) != self.fd
+
     cdef int arm_recv(self) except -1:
         cdef Operation op = self.recv_op
         if op.state != OP_IDLE or self.proactor.closing or self.sock is None:
             return 0
+        if self.socket_gone():
+            return 0        # as the stock loop's reader goes with the closed descriptor
         if self.bufs is None and not (<MsgOp>op).has_view:
             (<MsgOp>op).set_buffer(self.recv_buf, True)
         op.keep = self.sock
@@ -371,6 +387,9 @@ cdef class DatagramCore(TransportCore):
         if (self.conn_lost and self.address) or self.lost:
             self.count_lost_write('socket.send() raised exception.')
             return
+        if self.socket_gone():
+            self.error_received(_oserror(EBADF))      # what the stock transport's sendto() gets
+            return
         if self.spare_ops:
             op = <MsgOp>self.spare_ops.pop()
             op.keep = self.sock
@@ -453,6 +472,10 @@ cdef class DatagramCore(TransportCore):
 
     cdef int pump_sends(self) except -1:
         cdef MsgOp op
+        if self.send_q and self.socket_gone():
+            # Queued datagrams of a socket closed under the transport: none may leave by its
+            # number (the stock transport's would wait forever for a closed descriptor).
+            return self.fatal_error(_oserror(EBADF), 'Fatal write error on datagram transport')
         if self.family == AF_UNIX:
             return self.arm_send_poll()     # see the module's docstring
         while self.send_q and len(self.send_ops) < MAX_SENDS_IN_FLIGHT \
@@ -502,6 +525,8 @@ cdef class DatagramCore(TransportCore):
     cdef int send_poll_done(self, int res) except -1:
         if self.conn_lost or self.proactor.closing:
             return 0            # aborted (the queue is gone), or the loop is closing
+        if self.socket_gone():
+            return self.fatal_error(_oserror(EBADF), 'Fatal write error on datagram transport')
         self.send_queued_inline()
         self.maybe_resume_protocol()
         if self.closing and not self.conn_lost and not self.send_q:

@@ -89,6 +89,18 @@ static inline int ul_attr_unchanged(ul_attr_watch *w)
     return w->same;
 }
 
+/* The descriptor of a _socket.socket (or subclass) instance, without a method call -- asked
+ * before anything goes to the kernel by a socket's number, to see whether its owner closed it:
+ * the object's C struct begins with it (Modules/socketmodule.h, PySocketSockObject:
+ * PyObject_HEAD, then SOCKET_T sock_fd -- an int on POSIX, -1 once the socket is closed), and
+ * has since the module's first version.  The caller checks the type. */
+typedef struct { PyObject_HEAD int sock_fd; } ul_socket_head;
+
+static inline int ul_socket_fd(PyObject *sock)
+{
+    return ((ul_socket_head *)sock)->sock_fd;
+}
+
 /* Borrowed reference to the slot's value; NULL when the slot is unset. */
 static inline PyObject *ul_slot_get(PyObject *obj, Py_ssize_t offset)
 {

@@ -20,6 +20,7 @@ cdef extern from "_sched.h":
     PyObject *ul_type_lookup(object obj, object name)
     PyObject *ul_class_lookup(object cls, object name)
     PyObject *ul_dict_get(object d, object key)
+    int ul_socket_fd(object sock)
     ctypedef struct ul_attr_watch:
         pass
     void ul_attr_watch_init(ul_attr_watch *w, object dict, object name, object expected)

@@ -118,7 +118,7 @@ from uringloop._ring cimport BufferRing
 from uringloop._ops cimport (Proactor, Operation, RecvOp, SendOp, MultishotRecvOp, PollOp,
                              OP_IDLE, call_owner, get_writable_buffer, still_same_file)
 from uringloop._flow cimport WriteFlow, add_socket_extra
-from uringloop._sched cimport ul_class_lookup
+from uringloop._sched cimport ul_class_lookup, ul_socket_fd
 
 import _socket as _c_socket
 import socket as _socket
@@ -194,21 +194,6 @@ cdef extern from *:
     }
     """
     int ul_above_twice(Py_ssize_t size, object limit)
-
-
-cdef extern from *:
-    """
-    /* The descriptor of a _socket.socket (or subclass) instance, without a method call: the
-       object's C struct begins with it (Modules/socketmodule.h, PySocketSockObject:
-       PyObject_HEAD, then SOCKET_T sock_fd -- an int on POSIX, -1 once the socket is closed),
-       and has since the module's first version. */
-    typedef struct { PyObject_HEAD int sock_fd; } ul_socket_head;
-    static inline int ul_socket_fd(PyObject *sock)
-    {
-        return ((ul_socket_head *)sock)->sock_fd;
-    }
-    """
-    int ul_socket_fd(object sock)
 
 
 cdef inline bint _above_twice(Py_ssize_t size, object limit) except -1:
