@@ -210,7 +210,9 @@ def targets_lines(results: dict) -> list[str]:
         out.append(f"| {target.what} | {target.goal} | {status} | {figures} |")
     ev = evaluate_memory_target(results)
     status = "**missed**" if ev["status"] == "missed" else ev["status"]
-    out.append(f"| memory per idle connection; RSS after 1M requests | ≤ uvloop's, no growth "
+    requests = (results.get("memory") or {}).get("load", {}).get("requests_per_run")
+    after = f"RSS after {fmt_count(requests)} requests" if requests else "RSS after the load runs"
+    out.append(f"| memory per idle connection; {after} | ≤ uvloop's, no growth "
                f"(≤ {fmt_bytes(GROWTH_TOLERANCE)} across the runs) | {status} | "
                f"{'; '.join(ev['figures']) or '–'} |")
     out.append("")
@@ -309,8 +311,8 @@ def _runs(point: dict, loop: str) -> list:
 
 
 def _median_of(point: dict, loop: str, key: str) -> Optional[float]:
-    values = sorted(r[key] for r in _runs(point, loop) if key in r)
-    return values[len(values) // 2] if values else None
+    values = [r[key] for r in _runs(point, loop) if key in r]
+    return statistics.median(values) if values else None
 
 
 def client_bound(point: dict, loop: str) -> bool:

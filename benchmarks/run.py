@@ -211,6 +211,16 @@ def _clock(seconds: float) -> str:
 FIRST_ROUND_NOTE_S = 0.5
 
 
+def rotated(loops: list, rnd: int) -> list:
+    """The order the loops run in, in round `rnd`: rotated by one each round, so that every loop
+    takes every position in turn (with as many rounds as loops, each position once).  A fixed
+    order would add the same-signed error to every same-round ratio wherever the machine drifts
+    within a round (a previous server's clean-up, frequency, the guest's neighbours), and the
+    median of the ratios would not cancel it."""
+    k = rnd % len(loops) if loops else 0
+    return loops[k:] + loops[:k]
+
+
 def _measured(run: dict) -> bool:
     """Did the run measure something: ok, or a paced run short of its rate?"""
     return bool(run.get("ok") or run.get("short"))
@@ -444,7 +454,7 @@ class Runner:
         mode = self.mode
         runs: dict = {lp: [] for lp in point_loops}
         for rnd in range(mode.reps):
-            for lp in point_loops:
+            for lp in rotated(point_loops, rnd):
                 server = servers[lp]
                 if not server.ready:
                     runs[lp].append({"ok": False, "error": server.error, "na": True})
@@ -613,7 +623,7 @@ class Runner:
             for conns in mode.http_conns:
                 runs: dict = {lp: [] for lp in self.loops}
                 for rnd in range(mode.reps):
-                    for lp in self.loops:
+                    for lp in rotated(self.loops, rnd):
                         server = servers[lp]
                         if not server.ready:
                             runs[lp].append({"ok": False, "error": server.error, "na": True})
@@ -643,7 +653,7 @@ class Runner:
         runs: dict = {name: {lp: [] for lp in self.loops} for name in MICRO}
         work: dict = {}
         for rnd in range(mode.reps):
-            for lp in self.loops:
+            for lp in rotated(self.loops, rnd):
                 res = self.run_micro_process(lp)
                 self.progress.advance(self.micro_cost())
                 others = res.get("cpu_other_pct", 0)
@@ -735,7 +745,7 @@ class Runner:
         counts = sorted(self.mode.memory_idle_conns)
         runs: dict = {n: {lp: [] for lp in self.loops} for n in counts}
         for rnd in range(self.mode.reps):
-            for lp in self.loops:
+            for lp in rotated(self.loops, rnd):
                 per_count = self.memory_idle_once(lp)
                 self.progress.advance(self.memory_idle_cost())
                 for n in counts:

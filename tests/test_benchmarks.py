@@ -1054,3 +1054,25 @@ def test_tls_points_are_skipped_with_a_warning_without_the_tls_load_generator(
     points = json.loads((tmp_path / "results.json").read_text())["points"]
     styles = {p["style"] for p in points if p["workload"] == "echo"}
     assert styles == {"sock", "protocol"}           # the smoke run's other echo points ran
+
+
+def test_the_loops_run_in_an_order_rotated_each_round():
+    """No loop always runs first, or always right after the same one: over as many rounds as
+    loops, each takes every position once, and each round runs every loop once."""
+    import run
+    loops = ["uringloop", "uvloop", "asyncio", "floor"]
+    orders = [run.rotated(loops, rnd) for rnd in range(len(loops))]
+    assert all(sorted(order) == sorted(loops) for order in orders)
+    for position in range(len(loops)):
+        assert sorted(order[position] for order in orders) == sorted(loops)
+    assert orders[0] == loops
+    assert run.rotated(loops, len(loops)) == loops
+    assert run.rotated([], 3) == []
+
+
+def test_report_medians_of_an_even_number_of_runs_are_the_middle_two_averaged():
+    point = {"loops": {"uvloop": {"runs": [
+        {"ok": True, "client_cpu_pct": 80.0}, {"ok": True, "client_cpu_pct": 95.0},
+        {"ok": False, "client_cpu_pct": 99.0}]}}}
+    assert report._median_of(point, "uvloop", "client_cpu_pct") == 87.5
+    assert not report.client_bound(point, "uvloop")       # 87.5% is under the 90% mark
