@@ -4,14 +4,17 @@
     python3 benchmarks/micro_sched.py -r 7 call_soon timers
     python3 benchmarks/micro_sched.py --one uringloop timers     # one measurement (for profiling)
 
-Each round runs every loop in its own child process (same interpreter), interleaved (round 1:
-uringloop, uvloop, asyncio; round 2: ...), so a noisy neighbour on this shared machine hurts every
-loop alike.  A child runs the workload once to warm up (allocator arenas, imports, code caches)
-and then --repeat times, each on a fresh loop, and reports the median.  The table shows the
-median over the rounds and the ratios to uvloop and to the stock loop from those medians; lower
-is better.
+Each round runs every loop in its own child process (same interpreter), interleaved, in an order
+rotated by one each round (run.rotated: round 1 uringloop, uvloop, asyncio; round 2 uvloop,
+asyncio, uringloop; ...), so a noisy neighbour on this shared machine hurts every loop alike.  A
+child runs the workload once to warm up (allocator arenas, imports, code caches) and then
+--repeat times, each on a fresh loop, and reports the median.  The table shows the median over
+the rounds, and the ratios to uvloop and to the stock loop as the median of the same-round ratios
+(the project's rule, as benchmarks/run.py reports them); lower is better.  The children are not
+pinned to a CPU, nor run with run.py's GLIBC_TUNABLES: these figures are for comparing builds and
+loops on one machine, not for the README's tables, which come from micro.py under run.py.
 
-Workloads (each timed from inside the running loop, loop creation excluded):
+Workloads (each timed around run_until_complete() of the workload, loop creation excluded):
   call_soon      100k call_soon(noop) from one callback, until the last has run (a burst: 100k
                  handles queued at once, so the cyclic GC's full collections weigh in)
   call_soon_steady  100k call_soon in 100 chains (each callback schedules the next of its
@@ -34,6 +37,9 @@ import statistics
 import subprocess
 import sys
 import time
+
+from run import rotated
+from stats import round_ratios
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -246,17 +252,17 @@ def main():
     print(header)
     for workload in args.workloads:
         samples = {k: [] for k in loops}
-        for _ in range(args.rounds):
-            for kind in loops:
+        for rnd in range(args.rounds):
+            for kind in rotated(loops, rnd):
                 samples[kind].append(measure_in_child(kind, workload, args.repeat))
         medians = {k: statistics.median(v) for k, v in samples.items()}
         line = f"{workload:<17}" + "".join(f"{medians[k]:>11.4f}" for k in loops)
         if "uringloop" in loops:
-            ours = medians["uringloop"]
-            if "uvloop" in medians:
-                line += f"  {ours / medians['uvloop']:>12.2f}"
-            if "asyncio" in medians:
-                line += f"  {ours / medians['asyncio']:>13.2f}"
+            ours = samples["uringloop"]
+            if "uvloop" in samples:
+                line += f"  {statistics.median(round_ratios(ours, samples['uvloop'])):>12.2f}"
+            if "asyncio" in samples:
+                line += f"  {statistics.median(round_ratios(ours, samples['asyncio'])):>13.2f}"
         print(line, flush=True)
 
 
