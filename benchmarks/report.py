@@ -424,7 +424,8 @@ def metadata_lines(results: dict) -> list[str]:
     lines = [
         f"- **Run**: `{cfg['command']}` ({cfg['mode']} mode), {meta['started_utc']} UTC, "
         f"{cfg['reps']} rounds per point, loops interleaved "
-        f"{' '.join(cfg['loops'])} within each round; echo runs {cfg['duration']} s after "
+        f"{' '.join(cfg['loops'])} in the first round, the order rotated by one each round; "
+        f"echo runs {cfg['duration']} s after "
         f"{cfg['warmup']} s warm-up; total {meta.get('elapsed_s', 0):.0f} s"
         + (" — **interrupted, partial results**" if results.get("interrupted") else ""),
         f"- **Machine**: {meta['cpu_model']}, {meta['cpus']} CPUs, "
