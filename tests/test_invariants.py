@@ -21,6 +21,8 @@ import threading
 
 import pytest
 
+import uringloop
+
 STORM_BYTES = 20 * 1024 * 1024
 
 
@@ -555,3 +557,39 @@ def test_coroutines_still_waiting_when_the_loop_closes_close_quietly(new_loop):
         b.setblocking(True)
         b.settimeout(5)
         assert b.recv(10) == b"after"
+
+
+def test_a_cancel_that_finds_no_sqe_slot_is_sent_at_the_next_enter():
+    """uringloop only (its kernel requests): a cancel made while the kernel takes no more
+    submission entries (EAGAIN/EBUSY; imitated with the ring's test knob) still reaches it once
+    entries are taken again.  It was dropped: the receive stayed armed until the loop closed,
+    holding the socket's file, so closing the socket did not close the connection."""
+    loop = uringloop.new_event_loop()
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    a.settimeout(5)
+    try:
+        async def start():
+            return asyncio.ensure_future(loop.sock_recv(b, 10))
+
+        task = loop.run_until_complete(start())
+        loop.run_until_complete(asyncio.sleep(0.01))
+        proactor = loop._proactor
+        armed = proactor.inflight            # the receive, and the loop's own wake-up read
+        assert not task.done()
+        proactor.ring._limit_sq_room(0)
+        try:
+            task.cancel()
+            loop.run_until_complete(asyncio.wait([task]))
+            assert task.cancelled()
+            assert proactor.inflight == armed    # the receive is still the kernel's
+        finally:
+            proactor.ring._limit_sq_room(None)
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert proactor.inflight == armed - 1
+        b.close()
+        assert a.recv(10) == b""                  # the peer sees the close
+    finally:
+        loop.close()
+        a.close()
+        b.close()

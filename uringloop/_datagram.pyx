@@ -69,15 +69,14 @@ from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, POLLOUT, 
                              io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport Proactor, Operation, MsgOp, PollOp, OP_IDLE, sockaddr_to_python
+from uringloop._ops cimport (Proactor, Operation, MsgOp, PollOp, OP_IDLE, sockaddr_to_python,
+                             socket_fd_now)
 from uringloop._flow cimport TransportCore, add_socket_extra
-from uringloop._sched cimport ul_socket_fd
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
 import collections
 import errno as _errno
 import os
-import _socket as _c_socket
 import socket as _socket
 import sys
 
@@ -90,7 +89,6 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t c_sendmsg "sendmsg"(int fd, const msghdr *msg, int flags)
 
 cdef object _deque = collections.deque
-cdef type _c_socket_type = _c_socket.socket
 cdef object _strerror = os.strerror
 cdef int AF_UNIX = _socket.AF_UNIX
 cdef int AF_INET = _socket.AF_INET
@@ -199,8 +197,7 @@ cdef class DatagramCore(TransportCore):
         cdef object sock = self.sock
         if sock is None:
             return False
-        return (ul_socket_fd(sock) if isinstance(sock, _c_socket_type)
-                else sock.fileno()) != self.fd
+        return socket_fd_now(sock) != self.fd
 
     cdef int arm_recv(self) except -1:
         cdef Operation op = self.recv_op

@@ -25,6 +25,7 @@ cdef class Proactor:
     cdef readonly Ring ring
     cdef readonly Py_ssize_t inflight      # operations the kernel still owns (incl. backlog)
     cdef list backlog                      # operations waiting for an SQE slot
+    cdef list pending_cancels              # operations whose ASYNC_CANCEL found no SQE slot
     cdef readonly object loop
     cdef readonly bint closing
     cdef public bint forked                # set in a fork child: the ring belongs to the parent
@@ -118,6 +119,7 @@ cdef class Proactor:
     cdef int cancel(self, Operation op) except -1
     cdef void wake(self) noexcept
     cdef int flush_backlog(self) except -1
+    cdef int place_pending_cancels(self) except -1
     cdef int submit_pending(self) except -1
     cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1
     cdef int note_recv(self, Py_ssize_t nbytes) except -1
@@ -240,6 +242,7 @@ cdef class WakeupOp(Operation):
 
 
 cdef int call_owner(Operation op, int res, unsigned flags) except -1
+cdef int socket_fd_now(object sock) except? -2
 cdef bint still_same_file(Operation op) except -1
 cdef int get_writable_buffer(object obj, Py_buffer *view) except -1
 cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int family)

@@ -54,6 +54,7 @@ from posix.unistd cimport close as c_close
 
 from uringloop._sys cimport *
 from uringloop._ring cimport Ring, BufferRing
+from uringloop._sched cimport ul_socket_fd
 
 import os
 from operator import index as _index
@@ -262,6 +263,7 @@ cdef class Proactor:
         self.loop = loop
         self.ring = ring
         self.backlog = []
+        self.pending_cancels = []
         self.buffer_rings = []
         self.exception_handler = loop.call_exception_handler
         # Blocking on purpose: io_uring arms its own poll for a file that supports NOWAIT, whereas
@@ -336,26 +338,60 @@ cdef class Proactor:
         return 0
 
     cdef int flush_backlog(self) except -1:
+        """Place what waited for an SQE slot: the cancel requests first (they only end
+        operations, and free the files and buffers of those the caller gave up on), then the
+        operations, in the order they were submitted."""
         cdef io_uring_sqe *sqe
         cdef Operation op
         cdef Py_ssize_t i = 0, n = len(self.backlog)
-        while i < n:
-            sqe = self.ring.get_sqe()
-            if sqe == NULL:
-                break
-            op = <Operation>self.backlog[i]
-            op.prep(sqe)
-            op.state = OP_SUBMITTED
-            i += 1
-        if i:
-            del self.backlog[:i]
+        if self.pending_cancels:
+            self.place_pending_cancels()
+        try:
+            while i < n:
+                sqe = self.ring.get_sqe()
+                if sqe == NULL:
+                    break
+                op = <Operation>self.backlog[i]
+                try:
+                    op.prep(sqe)
+                except BaseException:
+                    # As in submit(): the slot goes to the kernel as a NOP of user_data 0.  The
+                    # operation stays first in the backlog (queued, pinned, counted in flight)
+                    # for a cancel() or close() to end.
+                    ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, 0)
+                    raise
+                op.state = OP_SUBMITTED
+                i += 1
+        finally:
+            # Even when a prep raised: those placed are the kernel's now, and left in the
+            # backlog they would be submitted a second time by the next flush.
+            if i:
+                del self.backlog[:i]
+        return 0
+
+    cdef int place_pending_cancels(self) except -1:
+        """Send the ASYNC_CANCELs that cancel() found no SQE slot for (see there), as far as
+        slots allow.  One whose operation has ended since, or was submitted again and not
+        cancelled again, is dropped: its user_data may name a request made after it."""
+        cdef list ops = self.pending_cancels
+        cdef Operation op
+        cdef io_uring_sqe *sqe
+        while ops:
+            op = <Operation>ops[0]
+            if op.state == OP_SUBMITTED and op.cancel_asked:
+                sqe = self.ring.get_sqe()
+                if sqe == NULL:
+                    return 0
+                ul_prep_cancel(sqe, op.ud(), 0)
+                op.state = OP_CANCELLING
+            del ops[0]
         return 0
 
     cdef int submit_pending(self) except -1:
         """Hand every queued SQE to the kernel now, without waiting for anything -- for the few
         requests whose effect others may observe before the loop's next iteration."""
         self.check_usable()
-        if self.backlog:
+        if self.backlog or self.pending_cancels:
             self.flush_backlog()
         self.ring.enter(0, 0)
         return 0
@@ -433,8 +469,12 @@ cdef class Proactor:
         op.cancel_asked = True
         sqe = self.ring.get_sqe()
         if sqe == NULL:
-            # No slot for the cancel request right now: the close-time CANCEL_ALL or the
-            # operation's own completion will still end it; nothing is freed early either way.
+            # No slot even after pushing the queue to the kernel (it takes no more entries for
+            # now: EAGAIN/EBUSY).  The cancel waits in pending_cancels for the next enter to
+            # place it -- not given up: a receive on an idle connection would otherwise stay
+            # armed, holding the socket's file open (its peer never sees the close) and its
+            # buffer, until the loop closes.  Nothing is freed early meanwhile.
+            self.pending_cancels.append(op)
             return 0
         ul_prep_cancel(sqe, op.ud(), 0)
         op.state = OP_CANCELLING
@@ -472,7 +512,7 @@ cdef class Proactor:
         cdef unsigned min_complete, min_wait_us, busy, ask
         cdef int quiet
         self.check_usable()
-        if self.backlog:
+        if self.backlog or self.pending_cancels:
             self.flush_backlog()
         if timeout is None:
             timeout_ns = -1
@@ -480,7 +520,7 @@ cdef class Proactor:
             timeout_ns = <long long>(timeout * 1e9)
             if timeout_ns < 0:
                 timeout_ns = 0
-        if self.ring.cq_ready() or self.backlog:
+        if self.ring.cq_ready() or self.backlog or self.pending_cancels:
             timeout_ns = 0          # work is already waiting: do not sleep
         if timeout_ns == 0 and not self.ring.has_work():
             # Nothing to submit and no completion anywhere: the enter would return at once with
@@ -899,6 +939,7 @@ cdef class Proactor:
         """Cancel everything, wait for every final CQE, then unmap the ring.  Idempotent."""
         cdef io_uring_sqe *sqe
         cdef double deadline
+        cdef bint cancel_all_placed
         if self.ring.closed:
             return
         self.closing = True
@@ -914,11 +955,20 @@ cdef class Proactor:
             while self.backlog:
                 self.cancel(<Operation>self.backlog[0])
             if self.inflight:
-                sqe = self.ring.get_sqe()
-                if sqe != NULL:
-                    ul_prep_cancel_all(sqe, 0)
+                # One CANCEL_ANY|CANCEL_ALL ends every request, those whose own cancel is still
+                # pending included.  Without a slot for it (the kernel taking no entries for
+                # now), it is asked for again each round of the drain: given up, every request
+                # that would never end by itself (a receive on an idle connection) would keep
+                # the drain waiting its whole timeout, then leak.
+                self.pending_cancels = []
+                cancel_all_placed = False
                 deadline = _time.monotonic() + drain_timeout
                 while self.inflight > 0 and _time.monotonic() < deadline:
+                    if not cancel_all_placed:
+                        sqe = self.ring.get_sqe()
+                        if sqe != NULL:
+                            ul_prep_cancel_all(sqe, 0)
+                            cancel_all_placed = True
                     self.ring.enter(1, 50_000_000)
                     self.reap()
         except OSError:
@@ -1010,7 +1060,17 @@ cdef inline int _errno():
 # that has completed, its socket object (op.keep) is asked whether it still has that number; a
 # closed socket object's fileno() is -1.
 
-cdef object _socket_base = _socket_c.socket
+cdef type _socket_base = _socket_c.socket
+
+cdef int socket_fd_now(object sock) except? -2:
+    """The number a socket object names now, -1 once it is closed: read from a _socket.socket's
+    C struct (no call: the transports ask before every write), fileno() for anything else.
+    The one test behind every "was the socket closed under us" check -- still_same_file here,
+    and the stream and datagram transports' socket_gone()."""
+    if isinstance(sock, _socket_base):
+        return ul_socket_fd(sock)
+    return sock.fileno()
+
 
 cdef bint still_same_file(Operation op) except -1:
     """Whether op.fd still names the socket op.keep (when it keeps a socket object; anything
@@ -1018,7 +1078,7 @@ cdef bint still_same_file(Operation op) except -1:
     cdef object keep = op.keep
     if keep is None or not isinstance(keep, _socket_base):
         return True
-    return keep.fileno() == op.fd
+    return ul_socket_fd(keep) == op.fd
 
 
 cdef int call_owner(Operation op, int res, unsigned flags) except -1:

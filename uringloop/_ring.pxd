@@ -24,6 +24,7 @@ cdef class Ring:
     cdef unsigned *sq_array
     cdef unsigned sq_mask
     cdef unsigned sq_tail                    # our private tail: SQEs handed out, not yet published
+    cdef unsigned sq_room                    # sq_entries (less only in tests: _limit_sq_room)
     cdef io_uring_sqe *sqes
 
     # completion queue, shared with the kernel

@@ -113,6 +113,7 @@ cdef class Ring:
         self.min_timeout = (p.features & IORING_FEAT_MIN_TIMEOUT) != 0
         self.enabled = not (p.flags & IORING_SETUP_R_DISABLED)
         self.sq_entries = p.sq_entries
+        self.sq_room = p.sq_entries
         self.cq_entries = p.cq_entries
         try:
             self._map(&p)
@@ -283,16 +284,22 @@ cdef class Ring:
         """A zero-initialised-by-the-caller SQE slot, or NULL when the SQ is full even after
         pushing what is queued to the kernel (the caller then keeps its request in a backlog)."""
         cdef unsigned head = ul_load_acquire(self.sq_khead)
-        if self.sq_tail - head >= self.sq_entries:
+        if self.sq_tail - head >= self.sq_room:
             # Full: hand the queued entries to the kernel now rather than at the iteration's
             # enter.  min_complete=0, so this never blocks.
             self.enter(0, 0)
             head = ul_load_acquire(self.sq_khead)
-            if self.sq_tail - head >= self.sq_entries:
+            if self.sq_tail - head >= self.sq_room:
                 return NULL
         cdef io_uring_sqe *sqe = &self.sqes[self.sq_tail & self.sq_mask]
         self.sq_tail += 1
         return sqe
+
+    def _limit_sq_room(self, room=None):
+        """For tests: hand out SQE slots only while fewer than `room` wait for the kernel (None:
+        the whole queue) -- with 0, get_sqe() answers NULL as when the kernel takes no more
+        entries (EAGAIN/EBUSY), the case no loopback test can bring about."""
+        self.sq_room = self.sq_entries if room is None else min(<unsigned>room, self.sq_entries)
 
     cdef unsigned sq_pending(self) noexcept:
         return self.sq_tail - ul_load_acquire(self.sq_khead)

@@ -19,7 +19,6 @@ cdef extern from "_sched.h":
     int ul_gc_parking_check()
     PyObject *ul_type_lookup(object obj, object name)
     PyObject *ul_class_lookup(object cls, object name)
-    PyObject *ul_dict_get(object d, object key)
     int ul_socket_fd(object sock)
     ctypedef struct ul_attr_watch:
         pass

@@ -33,7 +33,6 @@ cdef class SocketTransport(WriteFlow):
     # conn_lost and the write flow control state.
     cdef object sock                 # None once connection_lost has run
     cdef readonly int _sock_fd
-    cdef object data_received        # protocol.data_received, cached (Protocol only)
     cdef bint buffered               # the protocol is a BufferedProtocol
     cdef bint feeds_stream_reader    # the protocol is asyncio's own StreamReaderProtocol
     cdef bint protocol_connected

@@ -116,9 +116,10 @@ from libc.string cimport memset, memcpy
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
 from uringloop._ops cimport (Proactor, Operation, RecvOp, SendOp, MultishotRecvOp, PollOp,
-                             OP_IDLE, call_owner, get_writable_buffer, still_same_file)
+                             OP_IDLE, call_owner, get_writable_buffer, still_same_file,
+                             socket_fd_now)
 from uringloop._flow cimport WriteFlow, add_socket_extra
-from uringloop._sched cimport ul_class_lookup, ul_socket_fd
+from uringloop._sched cimport ul_class_lookup
 
 import _socket as _c_socket
 import socket as _socket
@@ -167,7 +168,6 @@ cdef object _StreamReader = _streams.StreamReader
 cdef object _stock_srp_data_received = _streams.StreamReaderProtocol.data_received
 cdef object _stock_feed_data = _streams.StreamReader.feed_data
 cdef object _stock_wakeup_waiter = _streams.StreamReader._wakeup_waiter
-cdef str _NAME_FEED_DATA = 'feed_data'
 cdef str _NAME_WAKEUP_WAITER = '_wakeup_waiter'
 # asyncio's C Future (the type loop.create_future() makes for StreamReader's waiters) and two of
 # its methods, called unbound on it: no method lookup through its type on every receive.  (Such
@@ -783,10 +783,10 @@ cdef class SocketTransport(WriteFlow):
     def set_protocol(self, protocol):
         self.protocol = protocol
         self.buffered = isinstance(protocol, _BufferedProtocol)
-        self.data_received = None if self.buffered else getattr(protocol, 'data_received', None)
         self.feeds_stream_reader = (
             type(protocol) is _StreamReaderProtocol
-            and getattr(self.data_received, '__func__', None) is _stock_srp_data_received)
+            and getattr(getattr(protocol, 'data_received', None), '__func__', None)
+            is _stock_srp_data_received)
         self.protocol_connected = True
         if self.recv_op is not None and (self.recv_target is not protocol if self.buffered
                                          else self.recv_target is not None):
@@ -862,7 +862,6 @@ cdef class SocketTransport(WriteFlow):
             self.sock.close()
             self.sock = None
             self.protocol = None
-            self.data_received = None
             self.feeds_stream_reader = False
             self.loop = None
             server = self.server
@@ -965,11 +964,9 @@ cdef class SocketTransport(WriteFlow):
         bytes sent to an unrelated peer, its bytes read.  (Cheap enough for every write: the
         number is read from the socket object's C struct.)"""
         cdef object sock = self.sock
-        cdef int fd
         if sock is None:
             return False
-        fd = ul_socket_fd(sock) if isinstance(sock, _c_socket_type) else sock.fileno()
-        if fd == self._sock_fd:
+        if socket_fd_now(sock) == self._sock_fd:
             return False
         self.fatal_error(_os_error(EBADF), 'Fatal error on transport')
         return True
