@@ -4,6 +4,8 @@ import asyncio
 import contextvars
 import os
 import socket
+import threading
+import time
 
 import pytest
 
@@ -472,3 +474,77 @@ def test_close_with_registrations_drains(new_loop, pair):
     if isinstance(loop, uringloop.Loop):
         assert loop._proactor.inflight == 0
         assert len(loop._ul_readiness) == 0        # released by _close_io before the drain
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("what_enters", ["close", "large write"])
+async def test_reader_runs_once_per_readiness_when_a_transport_enters_the_ring_early(
+        pair, what_enters):
+    # A completion in the same batch makes the Proactor enter the ring at once -- a transport
+    # closed in data_received() cancels its receive, a write of megabytes is submitted early.
+    # That enter took the readiness poll, re-armed before the reader had run, to the kernel:
+    # it completed at once and the reader was queued twice, the second call finding nothing.
+    loop = asyncio.get_running_loop()
+    a, b = pair
+    c, d = socket.socketpair()
+    calls = []
+
+    def reader():
+        try:
+            calls.append(a.recv(100))
+        except BlockingIOError:
+            calls.append("nothing to read")
+
+    class Closing(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            if what_enters == "close":
+                self.transport.close()
+            else:
+                self.transport.write(b"z" * 4_000_000)
+
+    with c, d:
+        transport, _ = await loop.connect_accepted_socket(Closing, c)
+        loop.add_reader(a, reader)
+        try:
+            await asyncio.sleep(0.05)
+            b.send(b"x")                # ready first, then the transport's data
+            d.send(b"y")
+            await asyncio.sleep(0.1)
+        finally:
+            loop.remove_reader(a)
+            transport.abort()
+    assert calls == [b"x"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_first_reader_added_from_another_thread_is_watched_at_once():
+    # The loop waits (a 5 s sleep, nothing else registered) while a thread adds a reader and
+    # makes its descriptor readable: the stock loop's epoll_wait sees the new registration.
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    called = loop.create_future()
+
+    def reader():
+        os.read(r, 10)
+        loop.remove_reader(r)
+        called.set_result(loop.time())
+
+    def other_thread():
+        time.sleep(0.1)                 # the loop is waiting by now
+        loop.add_reader(r, reader)
+        os.write(w, b"x")
+
+    thread = threading.Thread(target=other_thread)   # (no executor: its result wakes the loop)
+    try:
+        started = loop.time()
+        thread.start()
+        assert await asyncio.wait_for(called, 5) - started < 2.5
+    finally:
+        thread.join()
+        os.close(r)
+        os.close(w)

@@ -30,6 +30,7 @@ cdef class Readiness(Completer):
     cdef dict watches                      # fd -> FdWatch
     cdef int epfd                          # the epoll instance (-1 until the first registration)
     cdef PollOp poll                       # POLLIN on epfd, re-armed after every event
+    cdef bint rearm_queued                 # re-armed by a handle behind those dispatch() queued
     cdef epoll_event *events               # epoll_wait's buffer: room for every registration
     cdef int events_room
 

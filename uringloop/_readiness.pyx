@@ -27,11 +27,22 @@ Level-triggered, like the stock loop
 ------------------------------------
 The registrations are level-triggered epoll entries, so epoll_wait reports a descriptor every
 time it is asked while the descriptor is ready.  The ring's poll on the epoll instance is one-
-shot and re-submitted from its own completion; the new SQE reaches the kernel with the next
-io_uring_enter, which BaseEventLoop makes after this iteration's ready callbacks have run.
-Polling an epoll instance asks each of its reported level-triggered entries again whether it is
-still ready -- after the callback had its chance to consume -- so the poll completes at once if
-data is still there, and the callback runs again in the next iteration, as with the stock loop.
+shot.  After a completion that dispatched handles it is submitted again by one more handle
+queued behind them (rearm_after_callbacks), so it reaches the kernel only once this iteration's
+callbacks have run.  Polling an epoll instance asks each of its reported level-triggered entries
+again whether it is still ready -- after the callback had its chance to consume -- so the poll
+completes at once if data is still there, and the callback runs again in the next iteration,
+as with the stock loop.  (It was re-submitted from its completion before, counting on the
+iteration's io_uring_enter to come after the callbacks.  But a completion handler later in the
+same pass may enter the ring at once -- a transport closed in data_received() cancels its
+receive, a write of megabytes is submitted early -- and that enter took the poll to the kernel
+too: it completed at once, the descriptor not yet read, and the same reader was queued twice.
+Its second call found nothing to read: BlockingIOError, or a blocking read that hung the loop.)
+
+The poll is submitted from the loop's own thread only (the ring takes work from that thread
+alone): a first registration made from another thread while the loop waits arms it through
+call_soon_threadsafe(), which also wakes the loop -- as a stock epoll_wait in progress sees
+an epoll_ctl made meanwhile.
 
 Removing a callback takes the descriptor out of the set (or narrows its events): nothing fires
 after remove_reader()/remove_writer() returned, also when its event was already collected into
@@ -47,6 +58,7 @@ from uringloop._sys cimport ECANCELED, EBADF, POLLIN, errno
 from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
 
 import os
+from _thread import get_ident as _get_ident
 
 from asyncio import events as _events
 
@@ -145,11 +157,31 @@ cdef class Readiness(Completer):
         raise _oserror(errno)
 
     cdef int arm(self) except -1:
-        # A poll still in the kernel (even one being cancelled) re-arms from its completion.
-        if self.poll.state != OP_IDLE or self.proactor.closing:
+        # A poll still in the kernel (even one being cancelled) re-arms from its completion;
+        # one whose handles wait in the ready queue, from the handle behind them (see above).
+        if self.poll.state != OP_IDLE or self.proactor.closing or self.rearm_queued:
             return 0
         self.poll.submit()
         return 0
+
+    def rearm_after_callbacks(self):
+        """Queued behind the handles a completion dispatched (module docstring)."""
+        self.rearm_queued = False
+        if self.epfd >= 0:
+            self.arm()
+
+    def arm_from_any_thread(self):
+        """arm(), from the loop's thread: add_reader() called from another thread while the
+        loop runs there may not write to the ring, and its wait would not see the poll."""
+        thread_id = self.loop._thread_id
+        if thread_id is not None and thread_id != _get_ident():
+            self.loop.call_soon_threadsafe(self.arm_in_loop_thread)
+        else:
+            self.arm()
+
+    def arm_in_loop_thread(self):
+        if self.epfd >= 0:
+            self.arm()
 
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         if self.epfd < 0 or self.proactor.closing:
@@ -162,6 +194,10 @@ cdef class Readiness(Completer):
             return 0
         if res > 0:
             self.dispatch()
+            if not self.rearm_queued:
+                self.rearm_queued = True
+                self.ready.append(_Handle(self.rearm_after_callbacks, (), self.loop, None))
+            return 0
         self.arm()
         return 0
 
@@ -237,7 +273,7 @@ cdef class Readiness(Completer):
             old, watch.writer = watch.writer, handle
         if old is not None:
             old.cancel()
-        self.arm()
+        self.arm_from_any_thread()
         return handle
 
     cdef int forget(self, FdWatch watch) except -1:
