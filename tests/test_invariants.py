@@ -155,6 +155,59 @@ async def test_bytes_arriving_as_the_reader_is_cancelled_reach_the_next_reader(k
     assert received == sent
 
 
+async def leave_bytes_of_a_cancelled_read(a, b):
+    """A sock_recv(a) whose bytes came in and whose task was cancelled before it resumed:
+    uringloop keeps those bytes for a's next reader (the stock loop drops them)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(loop.sock_recv(a, 100))
+    await asyncio.sleep(0)
+    b.send(b"OLD-CONNECTION")
+    await asyncio.sleep(0)          # the read completes in this iteration ...
+    task.cancel()                   # ... and its task is cancelled before it resumes
+    await asyncio.wait([task])
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("taken_by", ["open_connection", "server"])
+async def test_bytes_kept_for_a_closed_socket_never_reach_a_new_one_with_its_number(taken_by):
+    # What a cancelled read left belongs to its socket only.  The socket is closed and a new
+    # connection gets its number: a transport made for it (open_connection(sock=), a server's
+    # accept) must see only its own peer's bytes -- uringloop handed the old ones over first.
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    await leave_bytes_of_a_cancelled_read(a, b)
+    number = a.fileno()
+    if taken_by == "open_connection":
+        a.close()
+        b.close()
+        c, d = socket.socketpair()
+        assert c.fileno() == number
+        with d:
+            reader, writer = await asyncio.open_connection(sock=c)
+            d.sendall(b"NEW")
+            d.shutdown(socket.SHUT_WR)
+            assert await asyncio.wait_for(reader.read(), 10) == b"NEW"
+            writer.close()
+        return
+    got = loop.create_future()
+
+    async def handler(reader, writer):
+        got.set_result(await reader.read())
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    async with server:
+        client = socket.create_connection(server.sockets[0].getsockname())
+        with client:
+            a.close()              # the server's accept now takes a's number
+            b.close()
+            client.sendall(b"NEW-CLIENT")
+            client.shutdown(socket.SHUT_WR)
+            assert await asyncio.wait_for(got, 10) == b"NEW-CLIENT"
+
+
 def open_fds():
     return set(os.listdir("/proc/self/fd"))
 

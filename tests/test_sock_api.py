@@ -824,3 +824,79 @@ async def test_ipv6_flowinfo_and_scope_id_are_read_as_socket_sendto_reads_them()
                 await loop.sock_sendto(a, b"x", ("::1", port, flowinfo, 0))
         for scope_id in (-1, 2 ** 32):
             assert await loop.sock_sendto(a, b"y", ("::1", port, 0xfffff, scope_id)) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("socket_kind", ["unconnected TCP", "shut down for writing",
+                                         "unconnected AF_UNIX"])
+async def test_sendall_of_nothing_reports_the_sockets_state(socket_kind):
+    # The stock loop's sock.send(b'') answers for the socket even with nothing to send.
+    loop = asyncio.get_running_loop()
+    if socket_kind == "shut down for writing":
+        sock, peer = nonblocking_pair()
+        sock.shutdown(socket.SHUT_WR)
+    else:
+        sock = socket.socket(socket.AF_INET if "TCP" in socket_kind else socket.AF_UNIX)
+        sock.setblocking(False)
+        peer = None
+    try:
+        with pytest.raises(OSError) as raised:
+            await loop.sock_sendall(sock, b"")
+        assert raised.value.errno in (errno.EPIPE, errno.ENOTCONN)
+        if peer is not None:
+            assert await loop.sock_sendall(peer, b"") is None      # a working socket: nothing
+    finally:
+        sock.close()
+        if peer is not None:
+            peer.close()
+
+
+@pytest.mark.asyncio
+@needs_311
+async def test_sendto_takes_an_integer_like_port_and_refuses_a_nul_in_the_host():
+    class Port:
+        def __init__(self, number):
+            self.number = number
+
+        def __index__(self):
+            return self.number
+
+    loop = asyncio.get_running_loop()
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        b.bind(("127.0.0.1", 0))
+        host, port = b.getsockname()
+        assert await loop.sock_sendto(a, b"by index", (host, Port(port))) == 8
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 10) == b"by index"
+        with pytest.raises(TypeError, match="null character"):
+            await loop.sock_sendto(a, b"x", ("127.0.0.1\0zz", port))
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_closing_after_reads_served_from_kept_bytes_closes_the_connection():
+    # Two reads wait; the first one's bytes come and its task is cancelled before it resumes
+    # (uringloop keeps those bytes and serves them to the second read -- whose own receive was
+    # in the kernel by then and stayed armed there, holding the socket open).  Nothing waits
+    # any more, so closing the socket must close the connection: the peer sees EOF.
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with b:
+        first = asyncio.ensure_future(loop.sock_recv(a, 100))
+        second = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0)
+        b.send(b"first")
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.wait([first])
+        got = b"" if first.cancelled() else first.result()
+        got += await asyncio.wait_for(second, 10)
+        assert got == b"first"
+        a.close()
+        await asyncio.sleep(0.05)
+        b.setblocking(True)
+        b.settimeout(5)
+        assert b.recv(10) == b""

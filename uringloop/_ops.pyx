@@ -196,17 +196,20 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
     if family == AF_INET6 and not 2 <= len(address) <= 4:
         raise TypeError("AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])")
     host_obj, port_obj = address[0], address[1]
-    if not isinstance(port_obj, int):
-        raise TypeError(f"'{type(port_obj).__name__}' object cannot be interpreted as an integer")
-    port = port_obj
-    if not 0 <= port <= 65535:
+    # Any integer-like port (operator.index: a numpy integer...), as socket.sendto() takes it.
+    port_number = _index(port_obj)
+    if not 0 <= port_number <= 65535:
         raise OverflowError("port must be 0-65535.")
+    port = port_number
     if isinstance(host_obj, str):
         host = host_obj.encode('idna') if host_obj else b''
     elif isinstance(host_obj, (bytes, bytearray)):
         host = bytes(host_obj)
     else:
         raise TypeError(f"str, bytes or bytearray expected, not {type(host_obj).__name__}")
+    if b'\0' in host:
+        # inet_pton() would stop at the NUL and send to the address before it.
+        raise TypeError("host name must not contain null character")
     if family == AF_INET:
         sin = <sockaddr_in *>ss
         sin.sin_family = AF_INET

@@ -239,15 +239,18 @@ cdef class SocketState(Completer):
                 exc, self.stash_exc = self.stash_exc, None
                 self.recv_q.popleft()
                 self.fail(req, exc)
+                self.withdraw_receive(req)
                 continue
             if self.stream and self.stash:
                 self.recv_q.popleft()
                 self.serve_from_stash(req)
+                self.withdraw_receive(req)
                 continue
             if not self.stream and self.dgram_stash:
                 self.recv_q.popleft()
                 data, addr = self.dgram_stash.popleft()
                 self.serve_datagram(req, data, len(data), addr)
+                self.withdraw_receive(req)
                 continue
             if self.recv_op is not None or self.proactor.closing:
                 return 0     # an earlier operation is still in the kernel: wait for it
@@ -280,6 +283,19 @@ cdef class SocketState(Completer):
             self.recv_op = op
             op.submit()
             return 0
+
+    cdef int withdraw_receive(self, Request req) except -1:
+        """`req` was just served from what a cancelled caller left; if its own receive is in
+        the kernel (submitted while it waited behind that caller), cancel it.  Left there it
+        stayed armed with nobody waiting -- holding the socket's file, so that closing the
+        socket did not close the connection (its peer never saw EOF).  Whatever its final CQE
+        still brings is kept for the next caller (recv_done).  After serving, not before: a
+        request that never reached the kernel completes inside cancel(), and recv_done's
+        pump_recv() must not serve a later caller ahead of this one."""
+        cdef Operation op = self.recv_op
+        if op is not None and op.tag is req:
+            op.cancel()
+        return 0
 
     cdef Operation make_recv_op(self, Request req):
         cdef BufferOp op
@@ -665,7 +681,10 @@ cdef class SocketState(Completer):
         cdef object sock = self.sock_ref()
         if sock is None:
             return EBADF
-        return sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        try:
+            return sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
+        except OSError as exc:
+            return exc.errno or EBADF      # closed under the connect: EBADF, as stock's would
 
     cdef Operation make_send_op(self, Request req):
         cdef Operation op
@@ -978,8 +997,14 @@ async def sock_sendall(self, sock, data):
     cdef SocketState state = _state_for(self, sock)
     cdef Request req
     if memoryview(data).nbytes == 0 and state.stream:
-        # Nothing to send.  (On a datagram or seqpacket socket an empty send is an empty
-        # datagram, which the stock loop sends: that one goes to the kernel.)
+        # Nothing to send, but the socket still answers for its state as the stock loop's
+        # sock.send(b'') makes it: BrokenPipeError once shut down for writing or never
+        # connected (ENOTCONN for AF_UNIX).  A send of nothing never waits.  (On a datagram or
+        # seqpacket socket an empty send is an empty datagram: that one goes to the kernel.)
+        try:
+            sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            pass
         return None
     req = state.new_request(K_SEND)
     req.buf = data
@@ -1135,14 +1160,23 @@ async def sock_connect(self, sock, address):
         raise
 
 
-def forget_socket(self, int fd):
+def forget_socket(self, sock, int fd):
     """Drop the sock_* state of fd if it has nothing in flight (called when a transport takes
-    over a socket), and return the stream bytes a cancelled sock_recv*() left in it, which the
-    transport delivers before anything it receives itself (the stock loop would have left them
-    in the socket), or None."""
+    over the socket object `sock`), and return the stream bytes a cancelled sock_recv*() left in
+    it, which the transport delivers before anything it receives itself (the stock loop would
+    have left them in the socket), or None.
+
+    Only a state of that very socket object hands anything over.  One kept under the number
+    for a socket closed since (its state outlives it until the number is used again) belonged
+    to another connection: its bytes were handed to the new connection's protocol as if its
+    peer had sent them.  It is discarded, as _state_for() discards it."""
     cdef dict states = self._ul_sock_states
     cdef SocketState state = states.get(fd)
     cdef object leftover = None
+    if state is not None and state.sock_ref() is not sock:
+        del states[fd]
+        state.discard()
+        return None
     if state is not None and state.idle():
         del states[fd]
         if state.stream and state.stash:

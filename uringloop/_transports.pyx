@@ -680,7 +680,7 @@ cdef class SocketTransport(WriteFlow):
             # The socket was used with sock_* (sock_connect, typically) before the transport
             # took it over; its idle per-socket state must not outlive the handover.  Bytes a
             # cancelled sock_recv() left there come first (see _arm_first_receive).
-            leftover = _forget_socket(loop, self._sock_fd)
+            leftover = _forget_socket(loop, sock, self._sock_fd)
             if leftover is not None:
                 self.stash = [leftover]
 
