@@ -233,3 +233,29 @@ def test_falls_back_to_a_waitpid_thread_without_pidfd_open(new_loop, monkeypatch
 
     assert loop.run_until_complete(main()) == ((b"", None), 5)
     loop.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_child_that_cannot_be_watched_fails_creation_at_once(monkeypatch):
+    """uringloop only (its child watching): no pidfd (a seccomp profile refusing pidfd_open)
+    and no thread to wait with -- create_subprocess_exec() raises that error, as the stock
+    loop's add_child_handler() does.  It waited for an exit nothing watched, forever."""
+    def refused(pid, flags=0):
+        raise PermissionError(1, "refused by the test")
+
+    start = threading.Thread.start
+
+    def no_waitpid_thread(thread):
+        if thread.name.startswith("uringloop-waitpid"):
+            raise RuntimeError("can't start new thread")
+        return start(thread)
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    monkeypatch.setattr(threading.Thread, "start", no_waitpid_thread)
+    loop = uringloop.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            loop.run_until_complete(asyncio.wait_for(
+                asyncio.create_subprocess_exec(*python("pass")), 10))
+    finally:
+        loop.close()

@@ -80,7 +80,7 @@ class UnixMixin:
         self._ensure_fd_no_transport(sock)
         # The socket may have been connected with sock_connect (remote_addr=): that per-socket
         # state has nothing in flight any more and must not outlive the handover.
-        _sockio.forget_socket(self, sock.fileno())
+        _sockio.forget_socket(self, sock, sock.fileno())
         from uringloop import _datagram
         return _datagram.UringDatagramTransport(self, sock, protocol, address, waiter, extra)
 
@@ -112,6 +112,15 @@ class UnixMixin:
             children = self._ul_children = _children.ChildWatcher(self)
         try:
             children.watch(transport._proc, transport._process_exited)
+        except BaseException:
+            # No pidfd and no thread to wait with: nothing would ever end transport._wait()
+            # (it waited there forever).  The error is raised at once, as from the stock
+            # loop's add_child_handler(); the child is killed and reaped here, since nobody
+            # else can (close() kills a child still running; after SIGKILL, wait() is brief).
+            transport.close()
+            transport._proc.wait()
+            raise
+        try:
             await waiter
         except (SystemExit, KeyboardInterrupt):
             raise
