@@ -900,3 +900,57 @@ async def test_closing_after_reads_served_from_kept_bytes_closes_the_connection(
         b.setblocking(True)
         b.settimeout(5)
         assert b.recv(10) == b""
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("waiting", ["sock_recv", "sock_recv_into"])
+async def test_closing_a_socket_with_a_read_waiting_closes_the_connection(waiting):
+    # The socket object is closed while a read of it waits (not cancelled first).  The stock
+    # loop's epoll lets go of it and the peer sees EOF at once; uringloop's receive in the
+    # kernel held the file open for as long as it waited -- the peer never saw the close.
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with b:
+        read = (loop.sock_recv(a, 100) if waiting == "sock_recv"
+                else loop.sock_recv_into(a, bytearray(100)))
+        task = asyncio.ensure_future(read)
+        await asyncio.sleep(0.05)
+        a.close()
+        b.setblocking(False)
+        deadline = loop.time() + 10
+        while True:         # (the loop must run meanwhile: uringloop notices within a second)
+            try:
+                assert b.recv(10) == b""
+                break
+            except BlockingIOError:
+                assert loop.time() < deadline, "the peer never saw the close"
+                await asyncio.sleep(0.02)
+        task.cancel()       # the stock loop's read waits on forever; uringloop's fails (EBADF)
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_closing_a_listener_with_an_accept_waiting_frees_its_port():
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    address = listener.getsockname()
+    task = asyncio.ensure_future(loop.sock_accept(listener))
+    await asyncio.sleep(0.05)
+    listener.close()
+    deadline = loop.time() + 10
+    while True:
+        with socket.socket() as again:
+            try:
+                again.bind(address)          # free once the listening socket really closed
+                break
+            except OSError as exc:
+                assert exc.errno == errno.EADDRINUSE
+                assert loop.time() < deadline, "the closed listener still holds its port"
+        await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -184,6 +184,21 @@ cdef class SocketState(Completer):
         cdef object sock = self.sock_ref()
         return sock is None or sock.fileno() != self.fd
 
+    cdef int abandon_requests_in_kernel(self) except -1:
+        """The socket object was closed with requests of its in the kernel (see the sweep,
+        _sweep_closed_sockets): each fails with EBADF and is cancelled there, which drops the
+        kernel's reference to the file.  Whatever a final completion still brings is kept as
+        for any caller that had gone; the requests queued behind fail when the queue next
+        moves (socket_closed)."""
+        cdef Operation op
+        for op in (self.recv_op, self.accept_op, self.send_op):
+            if op is None:
+                continue
+            if isinstance(op.tag, Request):
+                self.fail(<Request>op.tag, _oserror(EBADF))
+            op.cancel()
+        return 0
+
     cdef int fail_closed(self, object q) except -1:
         """Every request waiting in `q` fails as the socket's own methods fail once it is
         closed (OSError EBADF)."""
@@ -843,7 +858,53 @@ cdef SocketState _state_for(loop, sock):
         proactor.check_usable()
         state = SocketState(loop, proactor, sock, fd)
         states[fd] = state
+    if loop._ul_sock_sweep is None:
+        loop._ul_sock_sweep = loop.call_later(SWEEP_INTERVAL, _sweep_closed_sockets, loop)
     return state
+
+
+# Sockets closed under requests still in the kernel
+# -------------------------------------------------
+# A request in the kernel holds a reference to its socket's file until it ends.  A program that
+# closes a socket object while a sock_recv(), sock_accept() or sock_sendall() of its waits --
+# a timeout written as "close it from another task", a shutdown path -- closes only the number:
+# with the stock loop epoll forgets the file and the kernel closes the connection at once (the
+# peer sees EOF, a closed listener's port is free again), but here the file stayed open for as
+# long as the request waited, possibly forever: the peer never saw the close, clients still
+# connected to the "closed" listener.  Nothing tells the loop about socket.close().  So while
+# any sock_* state exists, a sweep every SWEEP_INTERVAL seconds looks for states whose socket
+# object was closed (or collected) with requests in the kernel; those requests fail with EBADF
+# -- what the socket's own methods raise once it is closed; the stock loop's caller would wait
+# on forever -- and are cancelled in the kernel, which then lets go of the file.  The sweep
+# runs SWEEP_INTERVAL seconds after a sock_* call, and again every SWEEP_INTERVAL seconds while
+# requests wait (a server idle in sock_accept() wakes once a second for it); it stops when none
+# waits, and the next sock_* call starts it again.  A sweep walks the sockets used with sock_*,
+# and drops the state of those closed with nothing in flight.  (Not more often: each timer
+# that ends a wait is a wake-up, and one that ends a wait the spin had been sized for shrinks
+# its limit -- a first sweep after 0.1 s, doubling, kept the limit from growing in
+# tests/test_spinning.py.)
+
+cdef double SWEEP_INTERVAL = 1.0
+
+
+def _sweep_closed_sockets(loop):
+    cdef SocketState state
+    cdef dict states = loop._ul_sock_states
+    cdef bint waiting = False
+    loop._ul_sock_sweep = None
+    if loop.is_closed():
+        return
+    for fd, state in list(states.items()):
+        if state.recv_op is None and state.accept_op is None and state.send_op is None:
+            if state.socket_closed() and state.idle():
+                del states[fd]
+                state.discard()
+        elif state.socket_closed():
+            state.abandon_requests_in_kernel()
+        else:
+            waiting = True
+    if waiting:
+        loop._ul_sock_sweep = loop.call_later(SWEEP_INTERVAL, _sweep_closed_sockets, loop)
 
 
 cdef int _abandoned(SocketState state, Request req) except -1:

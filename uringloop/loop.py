@@ -90,6 +90,7 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         self._selector = self._proactor      # what BaseEventLoop._run_once waits on
         self._proactor.debug = bool(self._debug)
         self._ul_sock_states: dict = {}
+        self._ul_sock_sweep = None     # the TimerHandle of _sockio's sweep for closed sockets
         # fd -> transport for each loop.sendfile() in progress (network.py)
         self._ul_sendfile_transports: dict = {}
         # fd -> transport, maintained by the transports themselves.  Weak, as the stock loop's:
