@@ -183,9 +183,19 @@ def test_breadth_waits_return_to_the_few_peers_still_talking():
             for peer in theirs:
                 peer.close()
 
-    counts = _run(main)
     # Not vacuous: the many peers made the loop ask for breadth, and some of the few peers'
     # round trips did go through such a wait (the count of talking peers is that of the last
-    # whole period, ~1 ms, in which all 64 talked).
-    assert any(many > 0 for many, _ in counts), counts
-    assert sum(few for _, few in counts) > 0, counts
+    # whole period, ~1 ms, in which all 64 talked).  That takes the client thread's switch from
+    # the many peers to the few within about a period, which a loaded machine does not always
+    # give: a CI run saw no breadth wait in all eight few-peer phases of one scenario (the
+    # few peers all served, as they must be), so the scenario is run up to three times, on a
+    # fresh loop each, for one in which some did.
+    tries = []
+    for _ in range(3):
+        counts = _run(main)
+        assert any(many > 0 for many, _ in counts), counts
+        tries.append(counts)
+        if sum(few for _, few in counts) > 0:
+            break
+    else:
+        pytest.fail(f"no few-peer round trip went through a breadth wait: {tries}")
