@@ -669,6 +669,70 @@ async def test_a_datagram_arriving_as_its_receiver_is_cancelled_stays_whole(fami
             assert got == (b"0123456789AB-%d" % round, b.getsockname())
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("into", [False, True], ids=["recv", "recv_into"])
+async def test_a_datagram_given_back_by_a_cancelled_receiver_keeps_its_address(is_uring, into):
+    """A sock_recv() whose datagram was received for it but whose task was cancelled before it
+    resumed gives the datagram back -- with its sender's address, for a later sock_recvfrom()
+    (uringloop kept (data, None): sock_recv received without the address).  The window is
+    made with two concurrent receivers served in one pass: the first, resuming, cancels the
+    second."""
+    if not is_uring:
+        pytest.skip("the stock loop leaves all but the last concurrent receiver pending "
+                    "(each add_reader() replaces the one before)")
+    loop = asyncio.get_running_loop()
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with a, b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        a.setblocking(False)
+
+        async def receive():
+            if into:
+                buf = bytearray(100)
+                n = await loop.sock_recv_into(a, buf)
+                return bytes(buf[:n])
+            return await loop.sock_recv(a, 100)
+
+        second = None
+
+        async def first_then_cancel_the_second():
+            data = await receive()
+            second.cancel()
+            return data
+
+        first = asyncio.ensure_future(first_then_cancel_the_second())
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(receive())
+        await asyncio.sleep(0.01)
+        b.sendto(b"one", a.getsockname())
+        b.sendto(b"two", a.getsockname())
+        assert await asyncio.wait_for(first, 5) == b"one"
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        got = await asyncio.wait_for(loop.sock_recvfrom(a, 100), 5)
+        assert got == (b"two", b.getsockname())
+
+
+@pytest.mark.asyncio
+async def test_argument_errors_come_before_a_closed_socket_is_noticed():
+    """sock_recv(closed, -1) raises the stock loop's ValueError, and a buffer the call cannot
+    use its TypeError (uringloop: EBADF, its socket check came first)."""
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    b.close()
+    a.close()
+    with pytest.raises(ValueError):
+        await loop.sock_recv(a, -1)
+    with pytest.raises(ValueError):
+        await loop.sock_recvfrom(a, -1)
+    with pytest.raises(TypeError):
+        await loop.sock_recv_into(a, b"read-only")
+    with pytest.raises(TypeError):
+        await loop.sock_sendall(a, 123)
+
+
 @needs_311
 @pytest.mark.asyncio
 async def test_recvfrom_on_a_stream_socket_gets_bytes_a_cancelled_receive_left():

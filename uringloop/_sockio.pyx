@@ -362,11 +362,16 @@ cdef class SocketState(Completer):
             raise _oserror(EBADF)
         # MSG_DONTWAIT: a socket left in blocking mode (asyncio wants non-blocking ones) must
         # not block the loop here either.
+        # sock_recv() and sock_recv_into() receive with recvfrom too, and the request keeps the
+        # sender's address: should the awaiter be gone before taking the datagram, give_back()
+        # keeps it whole, address included, for a later sock_recvfrom().
         try:
             if req.kind == K_RECV:
-                return sock.recv(req.nbytes, _MSG_DONTWAIT)
+                data, req.address = sock.recvfrom(req.nbytes, _MSG_DONTWAIT)
+                return data
             if req.kind == K_RECV_INTO:
-                return sock.recv_into(req.buf, 0, _MSG_DONTWAIT)
+                n, req.address = sock.recvfrom_into(req.buf, 0, _MSG_DONTWAIT)
+                return n
             if req.kind == K_RECVFROM:
                 return sock.recvfrom(req.nbytes, _MSG_DONTWAIT)
             return sock.recvfrom_into(req.buf, req.nbytes, _MSG_DONTWAIT)
@@ -403,8 +408,10 @@ cdef class SocketState(Completer):
             mv[:n] = data[:n]
             req.fut.set_result((n, addr))
         elif req.kind == K_RECV:
+            req.address = addr
             req.fut.set_result(data[:req.nbytes])
         else:
+            req.address = addr
             mv = memoryview(req.buf).cast('B')
             n = min(n, len(mv))
             mv[:n] = data[:n]
@@ -438,13 +445,13 @@ cdef class SocketState(Completer):
             if self.stream:
                 self.stash[:0] = result
             else:
-                self.datagram_stash().appendleft((result, None))
+                self.datagram_stash().appendleft((result, req.address))
         elif req.kind == K_RECV_INTO:
             data = bytes(memoryview(req.buf).cast('B')[:result])
             if self.stream:
                 self.stash[:0] = data
             else:
-                self.datagram_stash().appendleft((data, None))
+                self.datagram_stash().appendleft((data, req.address))
         elif req.kind == K_RECVFROM:
             if self.stream:
                 self.stash[:0] = result[0]
@@ -835,6 +842,9 @@ cdef class SocketState(Completer):
 # create_task(), gather() and wait_for(), which accept coroutines only.  The body runs when the
 # coroutine is first awaited or the task first runs -- as in asyncio, that is when the request
 # joins the socket's queue and when argument errors are raised.
+# An argument the socket's own method would refuse (a negative size, a read-only buffer, data
+# that is not bytes-like) is refused before the socket is looked at, as the stock loop's call
+# of that method refuses it: sock_recv(closed_sock, -1) is a ValueError there, not EBADF.
 # ---------------------------------------------------------------------------------------------
 
 cdef SocketState _state_for(loop, sock):
@@ -968,10 +978,10 @@ cdef object _read_nothing(SocketState state, object call, object arg, bint takes
 
 async def sock_recv(self, sock, n):
     """Receive up to n bytes from sock (completion-based recv)."""
-    cdef SocketState state = _state_for(self, sock)
     cdef Py_ssize_t size = n
     if size < 0:
         raise ValueError("negative buffersize in recv")
+    cdef SocketState state = _state_for(self, sock)
     if size == 0:
         result = _read_nothing(state, sock.recv, 0, False)
         if result is not _WOULD_BLOCK:
@@ -989,8 +999,9 @@ async def sock_recv(self, sock, n):
 
 async def sock_recv_into(self, sock, buf):
     """Receive into buf; the kernel writes into it directly, and holds it until it is done."""
+    cdef Py_ssize_t size = _check_writable(buf)
     cdef SocketState state = _state_for(self, sock)
-    if _check_writable(buf) == 0:
+    if size == 0:
         result = _read_nothing(state, sock.recv_into, buf, False)
         if result is not _WOULD_BLOCK:
             return result
@@ -1006,10 +1017,10 @@ async def sock_recv_into(self, sock, buf):
 
 
 async def sock_recvfrom(self, sock, bufsize):
-    cdef SocketState state = _state_for(self, sock)
     cdef Py_ssize_t size = bufsize
     if size < 0:
         raise ValueError("negative buffersize in recvfrom")
+    cdef SocketState state = _state_for(self, sock)
     if size == 0:
         result = _read_nothing(state, sock.recvfrom, 0, True)
         if result is not _WOULD_BLOCK:
@@ -1026,7 +1037,6 @@ async def sock_recvfrom(self, sock, bufsize):
 
 
 async def sock_recvfrom_into(self, sock, buf, nbytes=0):
-    cdef SocketState state = _state_for(self, sock)
     cdef Py_ssize_t size = _check_writable(buf)
     if not nbytes:
         # The stock loop's reading of "no size": len(buf) -- items, not bytes, for an array
@@ -1037,6 +1047,7 @@ async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         raise ValueError("negative buffersize in recvfrom_into")
     if wanted > size:
         raise ValueError("nbytes is greater than the length of the buffer")
+    cdef SocketState state = _state_for(self, sock)
     if size == 0:
         result = _read_nothing(state, sock.recvfrom_into, buf, True)
         if result is not _WOULD_BLOCK:
@@ -1055,9 +1066,10 @@ async def sock_recvfrom_into(self, sock, buf, nbytes=0):
 
 async def sock_sendall(self, sock, data):
     """Send every byte of data; partial completions continue inside the core."""
-    cdef SocketState state = _state_for(self, sock)
     cdef Request req
-    if memoryview(data).nbytes == 0 and state.stream:
+    cdef Py_ssize_t size = memoryview(data).nbytes
+    cdef SocketState state = _state_for(self, sock)
+    if size == 0 and state.stream:
         # Nothing to send, but the socket still answers for its state as the stock loop's
         # sock.send(b'') makes it: BrokenPipeError once shut down for writing or never
         # connected (ENOTCONN for AF_UNIX).  A send of nothing never waits.  (On a datagram or
@@ -1079,13 +1091,13 @@ async def sock_sendall(self, sock, data):
 
 
 async def sock_sendto(self, sock, data, address):
-    cdef SocketState state = _state_for(self, sock)
     memoryview(data)
     if address is None:
         # MsgOp takes None as "no address" (a connected datagram transport's sendto); sendto(2)
         # through the stock loop refuses it before anything is sent.
         raise TypeError("sock_sendto() address must be an address for the socket's family, "
                         "not None (for a connected socket use sock_sendall())")
+    cdef SocketState state = _state_for(self, sock)
     if (state.family != AF_INET and state.family != AF_INET6 and state.family != AF_UNIX
             and state.send_op is None and not state.send_q):
         # A family whose addresses our operations cannot write (AF_NETLINK, AF_PACKET...): the
