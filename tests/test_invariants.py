@@ -364,6 +364,63 @@ async def test_waiting_on_a_stalled_peer_is_not_a_busy_loop(is_uring, tmp_path):
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
+async def test_a_unix_connect_waiting_for_room_in_the_listeners_queue_is_not_a_busy_loop(
+        is_uring, tmp_path):
+    """A non-blocking unix socket's sock_connect() to a listener whose queue is full waits for
+    room, as a blocking connect would, and connects once the listener accepts.  Nothing can be
+    polled for that room; uringloop's connect request completed with -EAGAIN and was resubmitted
+    at once, ~every few microseconds for as long as the queue stayed full.  (The stock loop
+    reports the socket connected at once, though it is not: ENOTCONN on the first send.)"""
+    if not is_uring:
+        pytest.skip("the stock loop reports a connection that was never made")
+    loop = asyncio.get_running_loop()
+    path = str(tmp_path / 'listener')
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(0)
+    fillers = []
+    with listener:
+        while True:                      # fill the listener's queue
+            filler = socket.socket(socket.AF_UNIX)
+            filler.setblocking(False)
+            try:
+                filler.connect(path)
+            except BlockingIOError:
+                filler.close()
+                break
+            fillers.append(filler)
+        assert fillers
+        sock = socket.socket(socket.AF_UNIX)
+        sock.setblocking(False)
+        with sock:
+            connecting = asyncio.ensure_future(loop.sock_connect(sock, path))
+            await asyncio.sleep(0.1)
+            before = loop.statistics()['completions']
+            await asyncio.sleep(0.3)
+            completions = loop.statistics()['completions'] - before
+            assert not connecting.done()
+            assert completions <= 20, completions
+            other = socket.socket(socket.AF_UNIX)          # one cancelled while it waits
+            other.setblocking(False)
+            with other:
+                cancelled = asyncio.ensure_future(loop.sock_connect(other, path))
+                await asyncio.sleep(0.05)
+                cancelled.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await cancelled
+            for filler in fillers:           # room: the listener accepts what was queued
+                listener.accept()[0].close()
+            await asyncio.wait_for(connecting, 5)
+            peer, _ = listener.accept()
+            with peer:
+                await loop.sock_sendall(sock, b'hello')
+                assert peer.recv(10) == b'hello'
+    for filler in fillers:
+        filler.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
 async def test_close_with_pending_recv_and_fd_reuse():
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()

@@ -1,6 +1,6 @@
 from libc.stdint cimport uint64_t, uint32_t
 from cpython.buffer cimport Py_buffer
-from uringloop._sys cimport io_uring_sqe, sockaddr_storage, socklen_t, msghdr, iovec
+from uringloop._sys cimport io_uring_sqe, sockaddr_storage, socklen_t, msghdr, iovec, __kernel_timespec
 from uringloop._ring cimport Ring, BufferRing
 
 
@@ -239,6 +239,14 @@ cdef class ShutdownOp(Operation):
 
 cdef class WakeupOp(Operation):
     cdef unsigned long long value
+
+
+cdef class DelayOp(Operation):
+    """IORING_OP_TIMEOUT used as a sleep: its final CQE (-ETIME) comes once the delay has
+    passed, or -ECANCELED if cancelled first.  No fd; a retry's backoff (see _sockio's unix
+    connect)."""
+    cdef __kernel_timespec delay
+    cdef int set_delay(self, double seconds) except -1
 
 
 cdef int call_owner(Operation op, int res, unsigned flags) except -1

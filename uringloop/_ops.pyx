@@ -1360,3 +1360,20 @@ cdef class WakeupOp(Operation):
         if not self.proactor.closing and self.state == OP_IDLE:
             self.submit()
         return 0
+
+
+@cython.final
+cdef class DelayOp(Operation):
+    cdef int set_delay(self, double seconds) except -1:
+        if seconds < 0:
+            seconds = 0
+        self.delay.tv_sec = <long long>seconds
+        self.delay.tv_nsec = <long long>((seconds - <double>self.delay.tv_sec) * 1e9)
+        return 0
+
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        # A relative timeout counting no completions (off = 0): it ends only when the time
+        # is up.  The kernel reads `delay` when it prepares the request, but the operation
+        # holds it anyway until its final CQE, as every lent memory.
+        ul_prep_rw(sqe, UL_OP_TIMEOUT, -1, &self.delay, 1, 0, self.ud())
+        return 0

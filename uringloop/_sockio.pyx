@@ -38,7 +38,7 @@ from uringloop._sys cimport ECANCELED, EBADF, EAGAIN, EINTR, POLLIN, POLLOUT
 from libc.string cimport memcpy
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
-                             AcceptOp, ConnectOp, PollOp, OP_IDLE, accept_nonblocking)
+                             AcceptOp, ConnectOp, PollOp, DelayOp, OP_IDLE, accept_nonblocking)
 
 import collections
 import errno as _errno_mod
@@ -648,11 +648,17 @@ cdef class SocketState(Completer):
     # OSError(err, 'Connect call failed <address>'); create_connection() relies on the
     # difference (the same error from every address of a host is raised as that one error,
     # with its errno).  The socket's own method also converts every address family it knows.
-    # Two cases keep the connect request: a socket in blocking mode (connect(2) would block
-    # the loop; asyncio wants non-blocking sockets), and a unix socket whose listener's queue
-    # is full (EAGAIN: the request waits for room, as a blocking connect would -- the stock
-    # loop waits for POLLOUT there, which comes at once, and reports a connection that was
-    # never made).
+    # A socket in blocking mode gets the connect request (connect(2) would block the loop;
+    # asyncio wants non-blocking sockets).
+    #
+    # A unix socket whose listener's queue is full (EAGAIN) waits for room, as a blocking
+    # connect would.  Nothing can be polled for that: a blocking connect sleeps on the
+    # listener's own wait queue, which its accept() wakes, while the connecting socket reports
+    # POLLOUT at once -- the stock loop waits for that POLLOUT and reports a connection that
+    # was never made, and an io_uring connect request completes with -EAGAIN at once, again
+    # and again (resubmitted, it kept a core busy for as long as the queue stayed full).  So
+    # connect(2) is tried again after a pause in the kernel (a DelayOp: 1 ms, doubling up to
+    # 50 ms while the queue stays full); `req.nbytes` counts the tries.
 
     cdef Operation start_connect(self, Request req):
         """Connect at once: None when that settled the request (connected, or refused), else the
@@ -665,10 +671,14 @@ cdef class SocketState(Completer):
             try:
                 sock.connect(req.address)
             except (BlockingIOError, InterruptedError) as exc:
-                if exc.errno != EAGAIN or self.family != AF_UNIX:
-                    op = PollOp(self.proactor, self, self.fd, sock)
-                    (<PollOp>op).events = POLLOUT
+                if exc.errno == EAGAIN and self.family == AF_UNIX:
+                    op = DelayOp(self.proactor, self, -1, sock)
+                    (<DelayOp>op).set_delay(min(0.001 * (1 << min(req.nbytes, 6)), 0.05))
+                    req.nbytes += 1
                     return op
+                op = PollOp(self.proactor, self, self.fd, sock)
+                (<PollOp>op).events = POLLOUT
+                return op
             else:
                 req.fut.set_result(None)
                 return None
@@ -768,10 +778,12 @@ cdef class SocketState(Completer):
     cdef int send_done(self, Operation op, int res) except -1:
         cdef Request req = self.finish_request(op, self.send_q)
         self.send_op = None
-        if (req.kind == K_SENDTO and type(op) is PollOp and res >= 0
+        if (((req.kind == K_SENDTO and type(op) is PollOp and res >= 0)
+                or (req.kind == K_CONNECT and type(op) is DelayOp and res != -ECANCELED))
                 and not req.fut.done()):
-            # A unix datagram socket has room (sendto_now): the request goes back to the head
-            # of the queue and pump_send() below sends it, or waits again.
+            # A unix datagram socket has room (sendto_now), or a unix connect's pause is over
+            # (start_connect): the request goes back to the head of the queue and pump_send()
+            # below tries it again, or waits again.
             if self.send_q is None:
                 self.send_q = _deque()
             self.send_q.appendleft(req)
