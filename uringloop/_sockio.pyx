@@ -172,8 +172,11 @@ cdef class SocketState(Completer):
         return self.accepted
 
     cdef inline bint idle(self):
-        return (self.recv_op is None and self.accept_op is None and self.send_op is None
+        return (not self.has_requests_in_kernel()
                 and not self.recv_q and not self.accept_q and not self.send_q)
+
+    cdef inline bint has_requests_in_kernel(self):
+        return self.recv_op is not None or self.accept_op is not None or self.send_op is not None
 
     cdef bint socket_closed(self) except -1:
         """Whether the socket this state serves has been closed (or collected): its fd number
@@ -917,7 +920,7 @@ def _sweep_closed_sockets(loop):
     if loop.is_closed():
         return
     for fd, state in list(states.items()):
-        if state.recv_op is None and state.accept_op is None and state.send_op is None:
+        if not state.has_requests_in_kernel():
             if state.socket_closed() and state.idle():
                 del states[fd]
                 state.discard()
