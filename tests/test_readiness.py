@@ -305,6 +305,36 @@ def test_every_ready_descriptor_is_dispatched_in_one_iteration(new_loop):
             b.close()
 
 
+def test_a_reader_runs_before_the_timers_due_in_the_same_iteration(new_loop, pair):
+    """A descriptor that became ready and a timer that fell due while one callback blocked:
+    the reader runs first, then the timer, in one iteration -- the stock loop's order (its
+    _process_events() queues the reader ahead of the due timers).  uringloop queued the reader
+    behind what the iteration's completions had queued, and ran it after the timer, an
+    iteration late."""
+    loop = new_loop()
+    a, b = pair
+    order = []
+
+    def read():
+        a.recv(10)
+        order.append('reader')
+
+    def block_while_both_become_ready():
+        loop.call_later(0.01, order.append, 'timer')
+        b.send(b"x")
+        time.sleep(0.05)
+
+    loop.add_reader(a, read)
+    try:
+        # A timer's callback: nothing else is ready in the iteration after it, so the next
+        # iteration finds the data and the due timer together.
+        loop.call_later(0.01, block_while_both_become_ready)
+        loop.run_until_complete(asyncio.sleep(0.2))
+        assert order == ['reader', 'timer']
+    finally:
+        loop.remove_reader(a)
+
+
 @pytest.mark.asyncio
 async def test_closing_a_registered_descriptor_closes_it():
     """A descriptor closed without remove_reader()/remove_writer() first really closes: its

@@ -26,6 +26,11 @@ cdef class Proactor:
     cdef readonly Py_ssize_t inflight      # operations the kernel still owns (incl. backlog)
     cdef list backlog                      # operations waiting for an SQE slot
     cdef list pending_cancels              # operations whose ASYNC_CANCEL found no SQE slot
+    # Handles a completion made ready that run in this iteration's I/O phase, before the timers
+    # due -- where the stock loop's _process_events() puts a selector's callbacks (the readiness
+    # registrations of add_reader/add_writer).  Run by the loop's iteration (_sched), or moved
+    # to the ready queue by select() for BaseEventLoop's own iteration.
+    cdef list io_handles
     cdef readonly object loop
     cdef readonly bint closing
     cdef public bint forked                # set in a fork child: the ring belongs to the parent
@@ -134,6 +139,8 @@ cdef class Proactor:
     cdef unsigned breadth_ask(self) noexcept
     cdef int spin_or_wait(self, long long timeout_ns) except -1
     cdef int dispatch_completions(self) except -1
+    cdef int move_io_handles_to_ready(self) except -1
+    cdef list take_io_handles(self)
     cdef inline bint nothing_to_batch(self):
         # Whether this iteration found at most one completion: nothing to batch a send with
         # (SocketTransport.write sends at once then).

@@ -267,6 +267,7 @@ cdef class Proactor:
         self.ring = ring
         self.backlog = []
         self.pending_cancels = []
+        self.io_handles = []
         self.buffer_rings = []
         self.exception_handler = loop.call_exception_handler
         # Blocking on purpose: io_uring arms its own poll for a file that supports NOWAIT, whereas
@@ -767,8 +768,25 @@ cdef class Proactor:
         return 0
 
     def select(self, timeout=None):
+        # BaseEventLoop's iteration (the loop's fallback, see _sched): the handles of the I/O
+        # phase join the ready queue now, ahead of the timers it then finds due.
         self.wait(timeout)
+        self.move_io_handles_to_ready()
         return ()
+
+    cdef int move_io_handles_to_ready(self) except -1:
+        if self.io_handles:
+            self.loop._ready.extend(self.io_handles)
+            self.io_handles = []
+        return 0
+
+    cdef list take_io_handles(self):
+        """The handles this iteration's completions made ready for its I/O phase (or None)."""
+        cdef list handles = self.io_handles
+        if not handles:
+            return None
+        self.io_handles = []
+        return handles
 
     cdef int reap(self) except -1:
         """Dispatch every ready completion; return how many there were."""

@@ -26,7 +26,6 @@ cdef class FdWatch:
 cdef class Readiness(Completer):
     cdef object loop
     cdef Proactor proactor
-    cdef object ready                      # loop._ready: where the handles go, as in the stock loop
     cdef dict watches                      # fd -> FdWatch
     cdef int epfd                          # the epoll instance (-1 until the first registration)
     cdef PollOp poll                       # POLLIN on epfd, re-armed after every event

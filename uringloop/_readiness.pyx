@@ -5,8 +5,12 @@ psycopg, pyzmq, aiodns, prompt_toolkit and asyncio's own child watchers ask the 
 when a descriptor becomes readable or writable.  The registrations live in an epoll instance of
 the loop's own, and the ring watches that instance with one POLLIN poll request: when it
 completes, epoll_wait(2) with a zero timeout collects the ready descriptors and their registered
-asyncio.Handles go to the loop's ready queue, exactly where the stock loop's _process_events()
-puts them, so a callback runs as a Handle (context, exception reporting, debug timing as usual).
+asyncio.Handles run in the iteration's I/O phase (Proactor.io_handles): after the callbacks that
+were ready when it began and before the timers due, exactly where the stock loop's
+_process_events() puts them in its ready queue, so a callback runs as a Handle (context,
+exception reporting, debug timing as usual) and in the stock order.  (They went to the end of
+the ready queue before, behind what the iteration's completions had queued: a reader ready in
+the same iteration as a timer ran after the timer, one iteration late.)
 
 Why epoll here, in a loop that is otherwise a Proactor on io_uring
 -----------------------------------------------------------------
@@ -28,8 +32,8 @@ Level-triggered, like the stock loop
 The registrations are level-triggered epoll entries, so epoll_wait reports a descriptor every
 time it is asked while the descriptor is ready.  The ring's poll on the epoll instance is one-
 shot.  After a completion that dispatched handles it is submitted again by one more handle
-queued behind them (rearm_after_callbacks), so it reaches the kernel only once this iteration's
-callbacks have run.  Polling an epoll instance asks each of its reported level-triggered entries
+queued behind them (rearm_after_callbacks), so it reaches the kernel only once those callbacks
+have run.  Polling an epoll instance asks each of its reported level-triggered entries
 again whether it is still ready -- after the callback had its chance to consume -- so the poll
 completes at once if data is still there, and the callback runs again in the next iteration,
 as with the stock loop.  (It was re-submitted from its completion before, counting on the
@@ -123,7 +127,6 @@ cdef class Readiness(Completer):
     def __init__(self, loop):
         self.loop = loop
         self.proactor = <Proactor>loop._proactor
-        self.ready = loop._ready
         self.watches = {}
 
     def __dealloc__(self):
@@ -196,7 +199,8 @@ cdef class Readiness(Completer):
             self.dispatch()
             if not self.rearm_queued:
                 self.rearm_queued = True
-                self.ready.append(_Handle(self.rearm_after_callbacks, (), self.loop, None))
+                self.proactor.io_handles.append(
+                    _Handle(self.rearm_after_callbacks, (), self.loop, None))
             return 0
         self.arm()
         return 0
@@ -228,12 +232,12 @@ cdef class Readiness(Completer):
                 if watch.reader._cancelled:
                     self.remove(watch.fd, True)   # a cancelled handle unregisters itself
                 else:
-                    self.ready.append(watch.reader)
+                    self.proactor.io_handles.append(watch.reader)
             if events & ~(<uint32_t>EPOLLIN) and watch.writer is not None:
                 if watch.writer._cancelled:
                     self.remove(watch.fd, False)
                 else:
-                    self.ready.append(watch.writer)
+                    self.proactor.io_handles.append(watch.writer)
         return 0
 
     cdef object add(self, object fileobj, object callback, tuple args, bint read):

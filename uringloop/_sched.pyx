@@ -655,6 +655,8 @@ cdef class LoopCore:
     #            |
     #   dispatch the completions (their protocol callbacks and future wake-ups run here)
     #            |
+    #   run the handles they made ready for the I/O phase (add_reader/add_writer callbacks)
+    #            |
     #   run the timers noted
     #
     # Dispatching before the ready callbacks would let a datagram_received() or data_received()
@@ -707,7 +709,8 @@ cdef class LoopCore:
     cdef int proactor_iteration(self, Proactor proactor, bint may_wait_after_ready) except -1:
         cdef Py_ssize_t pending = len(self.ready)
         cdef Py_ssize_t ran = 0, count
-        cdef list due = None
+        cdef list due = None            # the I/O phase's handles, then the timers due
+        cdef list io_handles
         cdef bint blocking, inline_ok
         cdef bint due_noted = False
         self.batch_left = 0
@@ -753,6 +756,13 @@ cdef class LoopCore:
                 # those timers, an iteration later.
                 self.run_ready(len(self.ready))
             proactor.dispatch_completions()
+            # The I/O phase's handles (add_reader/add_writer callbacks the completions made
+            # ready) run first, then the timers due: the stock loop's order.
+            io_handles = proactor.take_io_handles()
+            if io_handles is not None:
+                if due is not None:
+                    io_handles.extend(due)
+                due = io_handles
             if due:
                 inline_ok = SLOTS_USABLE and run_pristine()
                 count = len(due)
