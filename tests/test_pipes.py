@@ -742,3 +742,34 @@ async def test_pipe_protocol_callbacks_run_in_the_context_the_transport_was_made
     await asyncio.wait_for(write_lost, 10)
     assert seen == {"data_received": "caller", "eof_received": "caller",
                     "read connection_lost": "caller", "write connection_lost": "caller"}
+
+
+def test_a_read_pipe_goes_on_reading_after_data_received_raised_keyboardinterrupt(new_loop):
+    """KeyboardInterrupt out of data_received() stops the loop's run; run again, the transport
+    goes on reading, as the stock one does (its reader stays registered).  uringloop had not
+    armed the next read: the pipe stayed silent while is_reading() said True."""
+    loop = new_loop()
+
+    class Proto(asyncio.Protocol):
+        def __init__(self):
+            self.chunks = []
+
+        def data_received(self, data):
+            self.chunks.append(data)
+            if len(self.chunks) == 1:
+                raise KeyboardInterrupt
+
+    r, w = os.pipe()
+    try:
+        transport, proto = loop.run_until_complete(
+            loop.connect_read_pipe(Proto, os.fdopen(r, "rb", 0)))
+        os.write(w, b"first")
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(asyncio.sleep(1))
+        os.write(w, b"second")
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert proto.chunks == [b"first", b"second"]
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        os.close(w)

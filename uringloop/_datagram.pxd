@@ -17,10 +17,9 @@ cdef class DatagramCore(TransportCore):
     cdef readonly bint paused
     cdef object stash                      # datagrams completed after pause_reading()
     cdef bint stash_flush_scheduled
-    cdef object send_q                     # sendmsg operations built, waiting for a slot
-    cdef set send_ops                      # sendmsg operations the kernel holds
-    cdef list spare_ops                    # finished sendmsg operations, for reuse
-    cdef PollOp send_poll                  # AF_UNIX: queued datagrams wait for room with it
+    cdef object send_q                     # datagrams (MsgOps) waiting for room, in order
+    cdef list spare_ops                    # idle MsgOps, for reuse
+    cdef PollOp send_poll                  # queued datagrams wait for room with it
     cdef object peer_addr                  # the address of the last datagram received ...
     cdef sockaddr_storage peer_sockaddr    # ... and its binary form, for replies to it
     cdef socklen_t peer_sockaddr_len
@@ -31,12 +30,12 @@ cdef class DatagramCore(TransportCore):
     cdef int recv_done(self, int res) except -1
     cdef int multishot_done(self, int res, unsigned flags) except -1
     cdef int recv_failed(self, int res) except -1
+    cdef int socket_closed_under_receive(self) except -1
     cdef int deliver(self, object data, object addr) except -1
     cdef int error_received(self, object exc) except -1
     cdef bint send_at_once(self, MsgOp op, object data) except -1
     cdef ssize_t send_now(self, MsgOp op, void *buf, Py_ssize_t n, int *err) noexcept
     cdef int pump_sends(self) except -1
-    cdef int send_done(self, MsgOp op, int res) except -1
     cdef int arm_send_poll(self) except -1
     cdef int send_poll_done(self, int res) except -1
     cdef int send_queued_inline(self) except -1

@@ -32,24 +32,26 @@ reaches protocol.error_received() before sendto() returns, the write buffer stay
 protocol is never paused -- programs that count on any of the three behave as on the stock
 loop.  (A sendmsg operation per datagram, batched into the iteration's io_uring_enter, had
 reported those errors an iteration late and paused protocols the stock loop never pauses.)
-Only a datagram the socket cannot take now (EAGAIN), or any sent while earlier ones wait,
-becomes a sendmsg(2) operation carrying the data and the destination address.  Up to
-MAX_SENDS_IN_FLIGHT of them are in the kernel at once; beyond that they wait in a queue.  Bytes
-queued or in flight count as the write buffer for flow control.  A failed send is reported to
-protocol.error_received() as the stock loop does.  The data object is pinned until the
-completion; bytearray and memoryview arguments are copied first, because the stock sendto() has
-consumed them by the time it returns and callers reuse them.  sendmsg operations are reused,
-and a reply to the sender of the last datagram takes its destination from the binary address
-the kernel reported (no parsing of the Python tuple).
+Only a datagram the socket cannot take now (EAGAIN), or any sent while earlier ones wait, is
+queued (a MsgOp holding the data and the destination address).  Bytes queued count as the
+write buffer for flow control.  The queue waits with one POLLOUT poll on the ring, and its
+datagrams go out inline, one non-blocking sendmsg(2) each, in order, once there is room
+(send_queued_inline) -- the stock loop's way.  A failed send is reported to
+protocol.error_received() as the stock loop does.  bytearray and memoryview arguments are
+copied first, because the stock sendto() has consumed them by the time it returns and callers
+reuse them.  A reply to the sender of the last datagram takes its destination from the binary
+address the kernel reported (no parsing of the Python tuple).
 
-AF_UNIX datagram sockets never hand a send to the kernel to wait with: their queued datagrams
-wait with a POLLOUT poll on the ring and go out inline, one non-blocking sendmsg(2) each, in
-order (send_queued_inline) -- the stock loop's way.  A unix datagram send copies the data out of
-the caller's buffer *before* it finds the receiver's queue full and fails with EAGAIN; a
-blocking sendmsg(2) waits first and copies after, but an io_uring sendmsg request waits for
-room and then tries again with the data already consumed, and sends an *empty* datagram
-(Linux 6.18; a sock_sendto() of 200 datagrams to a receiver reading slowly delivered 2 empty,
-a transport's 112 with 64 requests in flight 30 empty, out of order).
+Why not a sendmsg request in the kernel per queued datagram, waiting there for room?  Two
+reasons.  Requests waiting for room on one socket are not resumed in the order they began to
+wait: UDP datagrams that had waited behind a full send buffer (a shaped link) left largely in
+reverse order, ~1,400 out-of-order steps in 3,000 with 64 requests in flight, where the stock
+loop sends them in order.  And a unix datagram send copies the data out of the caller's buffer
+*before* it finds the receiver's queue full and fails with EAGAIN; a blocking sendmsg(2) waits
+first and copies after, but an io_uring sendmsg request waits for room and then tries again
+with the data already consumed, and sends an *empty* datagram (Linux 6.18; a sock_sendto() of
+200 datagrams to a receiver reading slowly delivered 2 empty, a transport's 112 with 64
+requests in flight 30 empty, out of order).
 
 Closing
 -------
@@ -96,9 +98,8 @@ cdef int AF_INET6 = _socket.AF_INET6
 
 # The stock transport's recvfrom() size.
 cdef Py_ssize_t MAX_DATAGRAM = 256 * 1024
-# Enough to put a burst of sendto() calls into one submission without letting one transport
-# occupy the whole submission queue.
-cdef Py_ssize_t MAX_SENDS_IN_FLIGHT = 64
+# Idle MsgOps (address holders for sendto()) a transport keeps for reuse.
+cdef Py_ssize_t MAX_SPARE_OPS = 64
 # Python 3.13 sends zero-length datagrams; earlier versions silently drop them.
 cdef bint SEND_EMPTY = sys.version_info >= (3, 13)
 # Errors that mean the socket itself is gone: reporting them to error_received() and receiving
@@ -179,7 +180,6 @@ cdef class DatagramCore(TransportCore):
             self.recv_op = MsgOp(self.proactor, self, self.fd, None)
         self.stash = _deque()
         self.send_q = _deque()
-        self.send_ops = set()
         self.spare_ops = []
 
     # ---- receiving ----
@@ -224,8 +224,6 @@ cdef class DatagramCore(TransportCore):
                 self.recv_done(res)
         elif op is self.send_poll:
             self.send_poll_done(res)
-        else:
-            self.send_done(<MsgOp>op, res)
         self.release_if_idle()
         return 0
 
@@ -257,15 +255,21 @@ cdef class DatagramCore(TransportCore):
             finally:
                 # Copied out: the buffer goes back to the group (published after this batch).
                 self.bufs.give_back(bid)
+        if data is not None and self.socket_gone():
+            return self.socket_closed_under_receive()
         if data is not None:
-            if self.closing:
-                pass
-            elif self.paused or self.stash:
-                self.stash.append((data, addr))
-            else:
-                self.deliver(data, addr)
-            if final and not self.closing and not self.paused and not self.stash:
-                self.arm_recv()     # the kernel ended the multishot request: start another
+            try:
+                if self.closing:
+                    pass
+                elif self.paused or self.stash:
+                    self.stash.append((data, addr))
+                else:
+                    self.deliver(data, addr)
+            finally:
+                # (Also when datagram_received() raised KeyboardInterrupt or SystemExit: a
+                # loop run again goes on receiving.)
+                if final and not self.closing and not self.paused and not self.stash:
+                    self.arm_recv()     # the kernel ended the multishot request: start another
             return 0
         if res == -ECANCELED or res == -ENOBUFS or res >= 0:
             # Cancelled (pause/close/loop closing), or the group ran dry for a moment: the
@@ -297,6 +301,8 @@ cdef class DatagramCore(TransportCore):
             return 0
         if self.closing:
             return 0            # completed after close(): the stock loop would not read it
+        if self.socket_gone():
+            return self.socket_closed_under_receive()
         if res < 0:
             return self.recv_failed(res)
         data = PyBytes_FromStringAndSize(<char *>op.view.buf, res)
@@ -314,6 +320,15 @@ cdef class DatagramCore(TransportCore):
             return 0
         self.arm_recv()
         self.deliver(data, addr)
+        return 0
+
+    cdef int socket_closed_under_receive(self) except -1:
+        """The owner closed the socket (a sock= argument) while our receive was in the kernel,
+        which kept its file open: what that receive got is dropped -- the stock transport's
+        reader went with the closed descriptor and reads nothing more -- and the receive ends,
+        which lets the file go (the port is free again).  The transport stays open, as the
+        stock one does; its sendto() reports EBADF to error_received()."""
+        self.stop_recv()
         return 0
 
     cdef int deliver(self, object data, object addr) except -1:
@@ -384,8 +399,11 @@ cdef class DatagramCore(TransportCore):
         if (self.conn_lost and self.address) or self.lost:
             self.count_lost_write('socket.send() raised exception.')
             return
+        # From here on, protocol.error_received() is called directly, not through the
+        # exception-reporting wrapper: as in the stock sendto(), what it raises goes out of
+        # sendto() to its caller.
         if self.socket_gone():
-            self.error_received(_oserror(EBADF))      # what the stock transport's sendto() gets
+            self.protocol.error_received(_oserror(EBADF))   # what the stock sendto() gets
             return
         if self.spare_ops:
             op = <MsgOp>self.spare_ops.pop()
@@ -407,7 +425,7 @@ cdef class DatagramCore(TransportCore):
                 op.set_address(self.family, addr)
         except OSError as exc:
             # What socket.sendto() raises for an unusable address (gaierror, ...).
-            self.error_received(exc)
+            self.protocol.error_received(exc)
             return
         except (SystemExit, KeyboardInterrupt):
             raise
@@ -415,7 +433,7 @@ cdef class DatagramCore(TransportCore):
             # A wrong address type: the stock transport treats it as fatal.
             self.fatal_error(exc, 'Fatal write error on datagram transport')
             return
-        if not self.send_q and not self.send_ops and not self.proactor.closing:
+        if not self.send_q and not self.proactor.closing:
             if self.send_at_once(op, data):
                 return
         if type(data) is not bytes:
@@ -442,10 +460,10 @@ cdef class DatagramCore(TransportCore):
         if sent < 0 and (err == EAGAIN or err == EINTR):
             return False
         op.keep = None
-        if len(self.spare_ops) < MAX_SENDS_IN_FLIGHT:
+        if len(self.spare_ops) < MAX_SPARE_OPS:
             self.spare_ops.append(op)
         if sent < 0:
-            self.error_received(_oserror(err))
+            self.protocol.error_received(_oserror(err))     # raises out of sendto() (above)
         return True
 
     cdef ssize_t send_now(self, MsgOp op, void *buf, Py_ssize_t n, int *err) noexcept:
@@ -468,46 +486,14 @@ cdef class DatagramCore(TransportCore):
         return sent
 
     cdef int pump_sends(self) except -1:
-        cdef MsgOp op
         if self.send_q and self.socket_gone():
             # Queued datagrams of a socket closed under the transport: none may leave by its
             # number (the stock transport's would wait forever for a closed descriptor).
             return self.fatal_error(_oserror(EBADF), 'Fatal write error on datagram transport')
-        if self.family == AF_UNIX:
-            return self.arm_send_poll()     # see the module's docstring
-        while self.send_q and len(self.send_ops) < MAX_SENDS_IN_FLIGHT \
-                and not self.proactor.closing:
-            op = <MsgOp>self.send_q.popleft()
-            op.submit()
-            self.send_ops.add(op)
-        return 0
-
-    cdef int send_done(self, MsgOp op, int res) except -1:
-        self.send_ops.discard(op)
-        self.buffer_size -= op.view.len
-        if res < 0 and res != -ECANCELED and not self.lost:
-            self.error_received(_oserror(-res))
-        if not self.conn_lost:
-            self.pump_sends()
-            # Not after abort(): the stock transport drops its buffer there and never resumes
-            # writing (the sends it cancelled complete here, lowering the buffer size).
-            self.maybe_resume_protocol()
-        if self.closing and not self.conn_lost and not self.send_q and not self.send_ops:
-            # close() was waiting for the queued datagrams.
-            self.conn_lost += 1
-            self.loop.call_soon(self.call_connection_lost, None)
-        if len(self.spare_ops) < MAX_SENDS_IN_FLIGHT:
-            # Reused by a later sendto(); the Proactor releases its buffer after this returns.
-            # Only now, after the protocol's callbacks above: a sendto() from error_received()
-            # or resume_writing() would otherwise take this very operation back, lend it the new
-            # datagram and -- with MAX_SENDS_IN_FLIGHT sends in the kernel -- leave it waiting
-            # in send_q, still idle, so that the release after this handler dropped the
-            # datagram it was to send.
-            self.spare_ops.append(op)
-        return 0
+        return self.arm_send_poll()     # see the module's docstring
 
     cdef int arm_send_poll(self) except -1:
-        """AF_UNIX: wait for room for the queued datagrams (see the module's docstring)."""
+        """Wait for room for the queued datagrams (see the module's docstring)."""
         if not self.send_q or self.proactor.closing or self.sock is None or self.conn_lost:
             return 0
         if self.send_poll is None:
@@ -533,8 +519,8 @@ cdef class DatagramCore(TransportCore):
         return 0
 
     cdef int send_queued_inline(self) except -1:
-        """AF_UNIX: send the queued datagrams in order, one non-blocking sendmsg(2) each, until
-        the socket has no room; then wait for room again."""
+        """Send the queued datagrams in order, one non-blocking sendmsg(2) each, until the
+        socket has no room; then wait for room again."""
         cdef MsgOp op
         cdef ssize_t sent
         cdef int err
@@ -560,7 +546,7 @@ cdef class DatagramCore(TransportCore):
             return
         self.closing = True
         self.stop_recv()
-        if not self.send_q and not self.send_ops:
+        if not self.send_q:
             self.conn_lost += 1
             self.loop.call_soon(self.call_connection_lost, None)
 
@@ -569,21 +555,23 @@ cdef class DatagramCore(TransportCore):
 
     cdef int force_close(self, object exc) except -1:
         cdef MsgOp op
+        cdef bint was_closing = self.closing
         if self.conn_lost:
             return 0
+        # Marked lost and closing before anything is cancelled: a cancel that never reached
+        # the kernel completes inside cancel(), and its handler must see a transport that is
+        # over (connection_lost() scheduled once, with `exc`; no resume_writing()).
+        self.conn_lost += 1
+        self.closing = True
         while self.send_q:
             op = <MsgOp>self.send_q.popleft()
             self.buffer_size -= op.view.len
             op.drop_buffer()
-        for op in list(self.send_ops):
-            op.cancel()
         if self.send_poll is not None and self.send_poll.state != OP_IDLE:
             self.send_poll.cancel()
-        if not self.closing:
-            self.closing = True
+        if not was_closing:
             self.stop_recv()
         self.stash.clear()
-        self.conn_lost += 1
         self.loop.call_soon(self.call_connection_lost, exc)
         return 0
 
@@ -597,7 +585,7 @@ cdef class DatagramCore(TransportCore):
         cdef object sock = self.sock
         if not self.lost or sock is None:
             return 0
-        if self.recv_op.state != OP_IDLE or self.send_ops:
+        if self.recv_op.state != OP_IDLE:
             return 0
         if self.send_poll is not None and self.send_poll.state != OP_IDLE:
             return 0
@@ -635,8 +623,8 @@ cdef class DatagramCore(TransportCore):
         return self.recv_op.state != OP_IDLE
 
     @property
-    def sends_in_flight(self):
-        return len(self.send_ops)
+    def sends_queued(self):
+        return len(self.send_q)
 
 
 class UringDatagramTransport(CoreTransportMixin, CoreReadingMixin, CoreWritingMixin,
@@ -664,7 +652,7 @@ class UringDatagramTransport(CoreTransportMixin, CoreReadingMixin, CoreWritingMi
         info = self._repr_info()
         if core is not None and core.fd_open:
             info.append('read=receiving' if core.receiving else 'read=idle')
-            state = 'sending' if core.sends_in_flight else 'idle'
+            state = 'sending' if core.sends_queued else 'idle'
             info.append(f'write=<{state}, bufsize={core.buffer_size}>')
         return '<{}>'.format(' '.join(info))
 

@@ -200,9 +200,16 @@ cdef class ReadPipeCore(PipeCore):
             # for the other readers of a shared pipe, as the stock transport does -- a read
             # submitted first would have taken it before the close could cancel it.
             data = PyBytes_FromStringAndSize(<char *>self.read_op.view.buf, res)
-            self.got_data(data)
-            if not self.closing and not self.paused and not self.stash:
-                self.arm_read()
+            try:
+                self.got_data(data)
+            finally:
+                # Also when data_received() raised KeyboardInterrupt or SystemExit (which go
+                # out to the caller of run_*()): a loop run again goes on reading, as the stock
+                # transport's reader stays registered.
+                if not self.closing and not self.paused and not self.stash:
+                    self.arm_read()
+                self.release_if_idle()
+            return 0
         self.release_if_idle()
         return 0
 
