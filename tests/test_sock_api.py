@@ -800,6 +800,77 @@ async def test_bytes_a_cancelled_receive_left_reach_the_transport_that_takes_the
 
 
 @pytest.mark.asyncio
+async def test_a_read_only_buffer_for_bytes_the_transport_holds_is_a_read_error():
+    """A BufferedProtocol whose get_buffer() returns a read-only buffer, given bytes the
+    transport already holds (here: what a cancelled sock_recv() left): the connection ends with
+    the TypeError the stock transport's recv_into() raises (uringloop: BufferError, reported as
+    a get_buffer() failure)."""
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: None)
+    lost = loop.create_future()
+
+    class ReadOnly(asyncio.BufferedProtocol):
+        def get_buffer(self, sizehint):
+            return b"read-only buffer"
+
+        def buffer_updated(self, nbytes):
+            pass
+
+        def connection_lost(self, exc):
+            lost.set_result(exc)
+
+    a, b = nonblocking_pair()
+    try:
+        with b:
+            receiving = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            b.send(b"HELLO")
+            receiving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await receiving
+            await loop.create_connection(ReadOnly, sock=a)
+            assert isinstance(await asyncio.wait_for(lost, 5), TypeError)
+    finally:
+        loop.set_exception_handler(None)
+
+
+@pytest.mark.asyncio
+async def test_a_transport_taking_the_socket_before_a_cancelled_receive_unwound_loses_nothing():
+    """create_connection(sock=) right after cancelling a sock_recv() whose task has not yet run:
+    the receive is still in the kernel and takes the peer's next bytes -- which the transport
+    delivers first, then what it receives itself.  uringloop kept them for a next sock_*
+    caller who never came (the protocol got b'0123456789', b'early' was lost).  The stock loop
+    leaves them in the socket (and reports a RuntimeError from its replaced reader)."""
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: None)     # the stock loop's RuntimeError
+    received = bytearray()
+
+    class Proto(asyncio.Protocol):
+        def data_received(self, data):
+            received.extend(data)
+
+    a, b = nonblocking_pair()
+    try:
+        with b:
+            receiving = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.05)
+            receiving.cancel()
+            b.send(b"early")
+            transport, _ = await loop.create_connection(Proto, sock=a)
+            b.send(b"0123456789")
+            for _ in range(100):
+                if len(received) >= 15:
+                    break
+                await asyncio.sleep(0.01)
+            assert bytes(received) == b"early0123456789"
+            transport.close()
+            await asyncio.sleep(0.01)
+    finally:
+        loop.set_exception_handler(None)
+        a.close()
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("type", [socket.SOCK_STREAM, socket.SOCK_DGRAM], ids=["stream", "dgram"])
 @pytest.mark.parametrize("address", ["", b""], ids=["str", "bytes"])
 async def test_an_empty_unix_address_is_refused(type, address):

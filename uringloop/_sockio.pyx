@@ -110,6 +110,9 @@ cdef class SocketState(Completer):
     cdef bytearray stash              # stream bytes received for a caller that had gone
     cdef object dgram_stash           # datagrams (data, address) a cancelled task never took
     cdef object stash_exc             # an error whose caller had gone
+    # A transport that took the socket while a receive of ours was in the kernel
+    # (forget_socket, hand_over).
+    cdef object handover
     # accepting
     cdef object accept_q
     cdef Operation accept_op          # a PollOp, or an AcceptOp for a blocking listener
@@ -521,8 +524,33 @@ cdef class SocketState(Completer):
             # Reusable once this handler returns: the Proactor then releases the buffer, unless
             # pump_recv() below has already resubmitted the operation with the next one.
             self.spare_recv = <RecvOp>op
+        if self.handover is not None:
+            return self.hand_over(req)
         if not self.proactor.closing:
             self.pump_recv()
+        return 0
+
+    cdef int hand_over(self, Request finished) except -1:
+        """The receive that was in the kernel when a transport took the socket has ended:
+        what it and the cancelled callers before it left goes to the transport, which has been
+        waiting for this before it receives itself (forget_socket).  Receives still queued
+        fail as new sock_* calls on a transport's socket fail, and the state goes if nothing
+        else of it is in the kernel."""
+        cdef Request req
+        transport, self.handover = self.handover, None
+        leftover = bytes(self.stash) if self.stash else None
+        exc, self.stash_exc = self.stash_exc, None
+        self.stash = bytearray()
+        taken = RuntimeError(f'File descriptor {self.fd} is used by transport {transport!r}')
+        self.fail(finished, taken)         # if its caller still waits (the receive cancelled)
+        while self.recv_q:
+            req = <Request>self.recv_q.popleft()
+            self.fail(req, taken)
+        states = self.loop._ul_sock_states
+        if self.idle() and states.get(self.fd) is self:
+            del states[self.fd]
+            self.discard()
+        transport._take_leftover(leftover, exc)
         return 0
 
     # ---- accept ----
@@ -1248,11 +1276,23 @@ async def sock_connect(self, sock, address):
         raise
 
 
-def forget_socket(self, sock, int fd):
+HANDOVER_PENDING = object()
+
+
+def forget_socket(self, sock, int fd, transport=None):
     """Drop the sock_* state of fd if it has nothing in flight (called when a transport takes
     over the socket object `sock`), and return the stream bytes a cancelled sock_recv*() left in
     it, which the transport delivers before anything it receives itself (the stock loop would
     have left them in the socket), or None.
+
+    With a receive of ours still in the kernel -- a cancelled sock_recv() whose task has not
+    yet run to withdraw it, typically (create_connection(sock=) right after task.cancel()) --
+    the state cannot go yet: that receive may still complete with the peer's first bytes, and
+    a receive of the transport's own beside it could take the bytes after them.  The stream
+    `transport` is then told to wait (HANDOVER_PENDING is returned, and the receive is
+    cancelled: nobody but the transport may read the socket now); at the receive's final
+    completion, hand_over() gives it what was left, bytes and error, and it starts receiving.
+    (Those bytes were lost before: kept for a next sock_* caller who never came.)
 
     Only a state of that very socket object hands anything over.  One kept under the number
     for a socket closed since (its state outlives it until the number is used again) belonged
@@ -1270,6 +1310,11 @@ def forget_socket(self, sock, int fd):
         if state.stream and state.stash:
             leftover = bytes(state.stash)
         state.discard()
+    elif (state is not None and transport is not None and state.stream
+            and state.recv_op is not None):
+        state.handover = transport
+        state.recv_op.cancel()
+        return HANDOVER_PENDING
     return leftover
 
 

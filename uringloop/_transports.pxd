@@ -49,6 +49,7 @@ cdef class SocketTransport(WriteFlow):
     cdef readonly bint _closing
     cdef readonly bint _paused       # pause_reading() in effect
     cdef bint reading_started        # the post-connection_made start has happened
+    cdef bint awaiting_leftover      # a receive of sock_*'s is still in the kernel (setup)
     cdef bint stopped_at_eof         # eof_received() kept the connection open: not reading
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
     cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)

@@ -103,7 +103,7 @@ the descriptor number may be reused at once without the old operation touching t
 """
 
 cimport cython
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.object cimport PyObject
@@ -135,7 +135,8 @@ from asyncio import transports as _asyncio_transports
 from asyncio import trsock as _trsock
 from asyncio.log import logger
 
-from uringloop._sockio import forget_socket as _forget_socket
+from uringloop._sockio import (forget_socket as _forget_socket,
+                               HANDOVER_PENDING as _HANDOVER_PENDING)
 
 cdef extern from "<sys/socket.h>" nogil:
     int MSG_NOSIGNAL
@@ -679,10 +680,15 @@ cdef class SocketTransport(WriteFlow):
         if self._sock_fd in loop._ul_sock_states:
             # The socket was used with sock_* (sock_connect, typically) before the transport
             # took it over; its idle per-socket state must not outlive the handover.  Bytes a
-            # cancelled sock_recv() left there come first (see _arm_first_receive).
-            leftover = _forget_socket(loop, sock, self._sock_fd)
-            if leftover is not None:
-                self.stash = [leftover]
+            # cancelled sock_recv() left there come first (see _arm_first_receive).  With a
+            # receive of sock_*'s still in the kernel, the transport receives nothing itself
+            # until that one has ended and handed over what it got (_take_leftover).
+            self.awaiting_leftover = True
+            leftover = _forget_socket(loop, sock, self._sock_fd, self)
+            if leftover is not _HANDOVER_PENDING:
+                self.awaiting_leftover = False
+                if leftover is not None:
+                    self.stash = [leftover]
 
         # Disable Nagle: small writes go out without waiting for the peer's ACK (as stock).
         set_nodelay(sock, self._sock_fd)
@@ -912,9 +918,31 @@ cdef class SocketTransport(WriteFlow):
         # to its StreamReader, and the handshake never completed.
         self.loop.call_soon(self._arm_first_receive)
 
+    def _take_leftover(self, leftover, exc):
+        """sock_*'s last receive on the socket has ended (see setup): its bytes, and the error
+        it took from the socket, come before anything the transport receives."""
+        self.awaiting_leftover = False
+        if self.sock is None or self._closing:
+            return
+        if leftover is not None:
+            if self.stash is None:
+                self.stash = []
+            self.stash.insert(0, leftover)
+        if exc is not None and self.stash_end is None:
+            self.stash_end = exc
+        if self.reading_started and not self._paused:
+            if self.stash or self.stash_end is not None:
+                self.schedule_stash()
+            else:
+                self.enter_context()
+                try:
+                    self.arm_receive()
+                finally:
+                    self.exit_context()
+
     def _arm_first_receive(self):
         self.reading_started = True
-        if self.stash:
+        if self.stash or self.stash_end is not None:
             self.schedule_stash()      # delivered first; it arms the receive after them
         elif not self._closing and not self._paused:
             self.enter_context()
@@ -977,6 +1005,8 @@ cdef class SocketTransport(WriteFlow):
         cdef PollOp poll
         if self.recv_op is not None or self.proactor.closing or self.socket_gone():
             return 0          # one in flight (maybe being cancelled): its final CQE re-arms
+        if self.awaiting_leftover:
+            return 0          # sock_*'s receive is still in the kernel (_take_leftover arms)
         if self.large_read_size and not self.ring_dry:
             # Large reads, for a Protocol and a BufferedProtocol alike: wait for readiness,
             # receive inline (module docstring, poll_done).
@@ -1244,7 +1274,8 @@ cdef class SocketTransport(WriteFlow):
                 return 0
             if (n == size and reads < INLINE_READS_MAX and self.buffered
                     and not self._closing and not self._paused and not self.stash
-                    and self.sock is not None and not self.proactor.closing):
+                    and self.sock is not None and not self.proactor.closing
+                    and not self.socket_gone()):    # closed in buffer_updated(): no read by number
                 continue
             return self.rearm_if_reading()
 
@@ -1424,20 +1455,26 @@ cdef class SocketTransport(WriteFlow):
         while pos < n:
             try:
                 buf = self.protocol.get_buffer(-1)     # the stock transport's hint, always
-                PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
-                k = view.len
-                if k > n - pos:
-                    k = n - pos
-                if k > 0:
-                    memcpy(view.buf, (<char *>data) + pos, k)
-                PyBuffer_Release(&view)
-                if k <= 0:
+                if len(buf) == 0:
                     raise RuntimeError('get_buffer() returned an empty buffer')
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
                 self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
                 return 0
+            try:
+                # A buffer that cannot be written is the stock transport's recv_into() failing:
+                # TypeError, a read error.
+                get_writable_buffer(buf, &view)
+            except Exception as exc:
+                self.fatal_error(exc, 'Fatal read error on socket transport')
+                return 0
+            k = view.len
+            if k > n - pos:
+                k = n - pos
+            if k > 0:
+                memcpy(view.buf, (<char *>data) + pos, k)
+            PyBuffer_Release(&view)
             try:
                 self.protocol.buffer_updated(k)
             except (SystemExit, KeyboardInterrupt):
