@@ -7,6 +7,7 @@ one test checks that the stock loop is refused with a clear error.
 
 import array
 import asyncio
+import errno
 import gc
 import io
 import os
@@ -408,3 +409,58 @@ def test_file_left_open_when_the_loop_closes(tmp_path):
             os.fstat(fd)
     finally:
         loop.close()
+
+
+def test_a_write_stopped_by_an_error_part_of_the_way_says_how_much_it_wrote(tmp_path):
+    """A write of 200 bytes in a process whose files may not exceed 100 (RLIMIT_FSIZE): the
+    kernel writes 100, then refuses the rest with EFBIG.  The OSError says so in
+    characters_written (uringloop raised it bare: the caller could not tell that 100 bytes were
+    on disk)."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(PACKAGE_PARENT)!r})
+        import uringloop
+        from uringloop import files
+
+        async def main():
+            async with await files.open({str(tmp_path / "data")!r}, "wb") as f:
+                try:
+                    await f.write(b"x" * 200, 0)
+                except OSError as exc:
+                    print(exc.errno, exc.characters_written)
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, resource.RLIM_INFINITY))
+        uringloop.run(main())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    errno_value, written = map(int, proc.stdout.split())
+    assert errno_value == errno.EFBIG
+    assert written == 100
+    assert (tmp_path / "data").stat().st_size == 100
+
+
+@uring_only
+async def test_close_stops_a_write_to_a_fifo_nobody_reads(tmp_path):
+    """A write of 1 MiB to a FIFO whose reader never reads waits for room forever; close()
+    stops it, as it stops a FIFO's read: the write fails with the ValueError of a closed file,
+    saying how much went out (the pipe's buffer-full).  uringloop's close() waited for it
+    forever."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        f = await files.open(path, "wb")
+        writing = asyncio.ensure_future(f.write(b"x" * (1 << 20), 0))
+        await asyncio.sleep(0.1)
+        assert not writing.done()
+        await asyncio.wait_for(f.close(), 5)
+        with pytest.raises(ValueError) as raised:
+            await writing
+        written = raised.value.characters_written
+        assert 0 < written < 1 << 20
+        assert len(os.read(reader, 2 << 20)) == written
+    finally:
+        os.close(reader)

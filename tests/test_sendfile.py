@@ -443,3 +443,29 @@ async def test_loop_sendfile_over_tls_uses_the_fallback(data_file, contexts):
     peer.transport.close()
     server.close()
     await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_a_count_too_large_closes_no_descriptor_of_anyone_else(data_file):
+    """sock_sendfile() with a count no C integer holds raises OverflowError, as the stock
+    loop's does, and leaves descriptor 0 alone.  uringloop's sender, failing in its
+    constructor, closed descriptors 0 (and tried three more) when it was freed: its fields
+    start at 0, and were set to -1 only after the arguments were converted."""
+    import gc
+    loop = asyncio.get_running_loop()
+    path = data_file(1000)
+    saved = os.dup(0)
+    stand_in = os.open(path, os.O_RDONLY)        # descriptor 0 for the test: a file we know
+    os.dup2(stand_in, 0)
+    os.close(stand_in)
+    sender, receiver = await socket_pair()
+    try:
+        with sender, receiver, open(path, 'rb') as f:
+            with pytest.raises(OverflowError):
+                await loop.sock_sendfile(sender, f, 0, 2 ** 64)
+        gc.collect()
+        assert os.fstat(0).st_ino == os.stat(path).st_ino
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)

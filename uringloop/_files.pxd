@@ -38,7 +38,8 @@ cdef class File(Completer):
     cdef bint seekable               # regular file or block device: short reads mean EOF
     cdef Py_ssize_t pending          # user requests (read/write/fsync) not yet completed
     cdef object closer               # the close() future, once close has been asked for
-    cdef set device_reads            # reads in flight on a FIFO / device (close() ends them)
+    cdef set device_ops              # reads and writes in flight on a FIFO / device (close()
+                                     # ends them)
     cdef bint close_submitted
 
     cdef int check_usable(self, bint reading, bint writing) except -1

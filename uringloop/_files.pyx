@@ -16,9 +16,11 @@ Every call on a File is one request on the ring, exactly like loop.sock_*:
     last close of a file can wait for the disk, and the loop thread never does.  close() waits
     for the file's requests still in flight (a regular file's requests always finish on their own
     -- unlike a socket receive there is no peer to wait for), so a write issued before close() is
-    never lost.  The exception is a read of a FIFO or a character device, which waits for a
-    writer that may never write: close() asks the kernel to stop those, and each then ends with
-    what it read after all or, having read nothing, with the ValueError of a closed file.
+    never lost.  The exception is a read or a write of a FIFO or a character device, which waits
+    for a peer that may never write or read: close() asks the kernel to stop those, and a read
+    then ends with what it read after all or, having read nothing, with the ValueError of a
+    closed file; a write with that ValueError, its `characters_written` saying how much of the
+    data went out.  (close() waited forever for a write to a FIFO nobody read.)
 
 Which loop: a File belongs to the uringloop loop it was opened on; the stock loop and uvloop have
 no completion-based file I/O (uringloop.files.open refuses them with a clear error).
@@ -271,16 +273,17 @@ cdef class File(Completer):
         fut = _new_future(self.loop, op, kind)
         op.submit()
         self.pending += 1
-        if not self.seekable and (kind == K_READ or kind == K_READINTO):
-            if self.device_reads is None:
-                self.device_reads = set()
-            self.device_reads.add(fut)
+        if not self.seekable and (kind == K_READ or kind == K_READINTO or kind == K_WRITE):
+            if self.device_ops is None:
+                self.device_ops = set()
+            self.device_ops.add(fut)
         return fut
 
     def read(self, Py_ssize_t size, long long offset):
         """Read `size` bytes at `offset`; returns bytes.
 
-        Fewer bytes come back only when the file ends first (b'' at or past the end).  A size of
+        Fewer bytes come back only when the file ends first (b'' at or past the end), or when an
+        error stopped the read after some bytes (the next read, from there, raises it).  A size of
         -1 reads from `offset` to the end of the file as fstat() reports it now.  (On a FIFO or
         a character device the offset is ignored and a read returns what one read(2) returns.)
         """
@@ -319,6 +322,8 @@ cdef class File(Completer):
     def write(self, data, long long offset):
         """Write every byte of `data` (any bytes-like object) at `offset`; returns len(data).
 
+        An error raises OSError; its `characters_written` is how many bytes were written before
+        it (EFBIG or ENOSPC may stop a write part of the way).
         In append mode ('a') the kernel writes at the end of the file whatever `offset` says.
         `data` is lent to the kernel until the request completes: do not modify it meanwhile.
         If the request is cancelled, some or all of the data may already be written.
@@ -358,11 +363,11 @@ cdef class File(Completer):
                 self.closer.set_result(None)
             elif self.pending == 0:
                 self.submit_close()
-            elif self.device_reads:
-                # A FIFO's or a device's read may wait forever: stop it.  The operation is
-                # cancelled, not the future -- bytes it read before the cancel landed are still
-                # handed to its caller (rw_done).
-                for fut in list(self.device_reads):
+            elif self.device_ops:
+                # A FIFO's or a device's read or write may wait forever: stop it.  The
+                # operation is cancelled, not the future -- bytes it read before the cancel
+                # landed are still handed to its caller (rw_done).
+                for fut in list(self.device_ops):
                     op = fut._ul_op
                     if op is not None:
                         (<Operation>op).cancel()
@@ -431,14 +436,24 @@ cdef class File(Completer):
         if not fut.done():
             if res == -ECANCELED and self.closer is not None and not self.seekable:
                 # A FIFO's or a device's read stopped by close() (one read(2) per request: it
-                # read nothing) -- as a read of a closed file.
-                fut.set_exception(ValueError("I/O operation on closed file."))
+                # read nothing), or write -- as an I/O operation on a closed file.
+                exc = ValueError("I/O operation on closed file.")
+                if fut._ul_kind == K_WRITE:
+                    exc.characters_written = total
+                fut.set_exception(exc)
             elif res == -ECANCELED or unfinished:
                 # Cancelled in the kernel, or cut short because the loop is closing.
                 fut.cancel()
-            elif res < 0:
-                fut.set_exception(_oserror(-res, self.name))
+            elif res < 0 and (total == 0 or fut._ul_kind == K_WRITE):
+                # An error after part of a write (EFBIG past RLIMIT_FSIZE, ENOSPC...): raised,
+                # saying how much is written, as BlockingIOError says it (write(2) would have
+                # returned the short count, and failed at the next call).
+                exc = _oserror(-res, self.name)
+                exc.characters_written = total
+                fut.set_exception(exc)
             elif fut._ul_kind == K_READ:
+                # (Also after an error that cut a read short: what was read comes back, a
+                # short read, as read(2) returns it; the next read reports the error.)
                 data = op.buffer
                 if total != op.view.len:
                     data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), total)
@@ -448,8 +463,8 @@ cdef class File(Completer):
         return self.finish(op)
 
     cdef int finish(self, Operation op) except -1:
-        if self.device_reads:
-            self.device_reads.discard(op.tag)
+        if self.device_ops:
+            self.device_ops.discard(op.tag)
         op.tag = None
         self.pending -= 1
         if self.pending == 0 and self.closer is not None and not self.close_submitted:

@@ -89,6 +89,13 @@ cdef class SpliceSender(Completer):
     cdef int stage
     cdef bint started
 
+    def __cinit__(self):
+        # Before __init__ can fail (an offset or count too large for a long long, a closed
+        # loop): __dealloc__ closes the descriptors that are not -1, and C zero-initialised
+        # fields would have it close descriptor 0 -- the process's stdin, or whatever file
+        # took its number since.
+        self.file_fd = self.sock_fd = self.pipe_r = self.pipe_w = -1
+
     def __init__(self, loop, sock, int file_fd, long long offset, long long count):
         """Send from file_fd at offset (count bytes, or to EOF when count <= 0) to the socket
         `sock`.  Both descriptors are duplicated here; the caller keeps ownership of its own."""
