@@ -109,7 +109,10 @@ def open(path, mode: str = "rb", *, perms: int = 0o666, flags: int = 0) -> _Open
     perms: permission bits of a file that is created (before the umask), as for os.open.
     flags: extra os.O_* flags OR'ed in (O_DIRECT, O_NOATIME, O_DSYNC, ...).  With os.O_TMPFILE
            `path` names a directory and the file is created unnamed in it (mode 'w' or 'w+';
-           O_CREAT and O_TRUNC are then left out, as the kernel requires).
+           O_CREAT and O_TRUNC are then left out, as the kernel requires).  O_DIRECT needs
+           block-aligned memory, offsets and sizes: use readinto() and write() with an aligned
+           buffer (an mmap.mmap, say) -- read() reads into a new bytes object, which is not
+           aligned, and the kernel refuses it (EINVAL).
 
     Returns an awaitable that resolves to a File once the kernel has opened the file (openat on
     the ring); ``async with files.open(...) as f`` closes it at the end of the block.  Raises
