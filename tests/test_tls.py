@@ -2,6 +2,7 @@
 servers, server_hostname, start_tls, handshake timeout, errors.  Run on uringloop and stock."""
 
 import asyncio
+import weakref
 import hashlib
 import os
 import socket
@@ -387,3 +388,26 @@ async def test_start_tls_first_thing_in_a_handler_with_the_client_hello_waiting(
                 except ssl.SSLWantReadError:
                     await exchange()
             assert reply == b'HELLO\n'
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_a_tls_transport_can_be_weakly_referenced(contexts):
+    """A TLS connection's transport (and the SSL protocol under it) take weak references, as
+    the stock ones do -- WeakSet, WeakKeyDictionary, weakref.finalize (uringloop's compiled TLS
+    classes refused them: TypeError)."""
+    server_ctx, client_ctx = contexts
+    server = await asyncio.start_server(echo, '127.0.0.1', 0, ssl=server_ctx)
+    addr = server.sockets[0].getsockname()
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr, ssl=client_ctx,
+                                                       server_hostname='localhost')
+        transport = writer.transport
+        ref = weakref.ref(transport)
+        assert ref() is transport
+        assert transport in weakref.WeakSet([transport])
+        protocol = getattr(transport, '_ssl_protocol', None)
+        if protocol is not None:
+            assert weakref.ref(protocol)() is protocol
+        writer.close()
+        await writer.wait_closed()

@@ -7,6 +7,7 @@ cdef class SSLProtocol
 
 @cython.final
 cdef class SSLTransport:
+    cdef object __weakref__          # as the stock transport: WeakSet, weakref.finalize...
     cdef readonly object _loop
     cdef SSLProtocol protocol        # None after a second close(), as the stock transport
     cdef public bint _closed
@@ -16,6 +17,7 @@ cdef class SSLTransport:
 
 @cython.final
 cdef class SSLProtocol:
+    cdef object __weakref__
     cdef object loop
     cdef object app_protocol
     cdef bint app_is_buffered
