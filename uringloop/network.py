@@ -310,9 +310,13 @@ class NetworkMixin:
             return await sender.future
         except BaseException:
             # Cancelled, or ended by the transport's close: the splice in the kernel may still
-            # be moving bytes.  The caller resumes once it is over (see _sendfile.pyx).
-            if not sender.finished.done():
-                await tasks.shield(sender.finished)
+            # be moving bytes.  The caller resumes once it is over (see _sendfile.pyx) -- also
+            # if cancelled again meanwhile (the first exception is what it then gets).
+            while not sender.finished.done():
+                try:
+                    await tasks.shield(sender.finished)
+                except exceptions.CancelledError:
+                    pass
             raise
 
     async def _sendfile_native(self, transp, file, offset, count):
