@@ -1737,6 +1737,42 @@ async def test_buffered_protocol_pause_reading_keeps_order():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_resume_reading_does_not_call_get_buffer_from_inside_it():
+    """A BufferedProtocol that resumes reading from its own buffer_updated() is not asked for
+    its next buffer before that callback has returned -- the stock transport's reader asks
+    from the loop.  uringloop armed the receive inside resume_reading(), calling get_buffer()
+    there."""
+    class Resuming(BufferedRecorder):
+        inside = False
+        asked_inside = 0
+
+        def get_buffer(self, sizehint):
+            if self.inside:
+                Resuming.asked_inside += 1
+            return super().get_buffer(sizehint)
+
+        def buffer_updated(self, nbytes):
+            super().buffer_updated(nbytes)
+            self.transport.pause_reading()
+            self.inside = True
+            try:
+                self.transport.resume_reading()
+            finally:
+                self.inside = False
+
+    server, peer, client = await connected_pair(client_protocol=lambda: Resuming(4096))
+    payload = pattern(200_000)
+    peer.transport.write(payload)
+    peer.transport.write_eof()
+    await client.eof
+    assert bytes(client.data) == payload
+    assert Resuming.asked_inside == 0
+    await client.lost
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_buffered_protocol_get_buffer_failures_are_fatal():
     loop = asyncio.get_running_loop()
     errors = []

@@ -902,9 +902,25 @@ cdef class SocketTransport(WriteFlow):
         if self.stash or self.stash_end is not None:
             self.schedule_stash()
         elif self.reading_started:
-            self.arm_receive()
+            if self.buffered:
+                # Arming this receive asks the protocol for its buffer: from the loop, as the
+                # stock transport's reader asks, not from inside the caller's resume_reading()
+                # -- a protocol resuming from its own buffer_updated() would be asked for the
+                # next buffer before it had finished with the last one.
+                self.loop.call_soon(self._arm_after_resume)
+            else:
+                self.arm_receive()
         if self.loop.get_debug():
             logger.debug("%r resumes reading", self)
+
+    def _arm_after_resume(self):
+        if self._paused or self._closing or not self.reading_started:
+            return
+        self.enter_context()
+        try:
+            self.arm_receive()
+        finally:
+            self.exit_context()
 
     def _start_reading(self):
         # Queued right behind connection_made(); the first receive is armed one pass of the
