@@ -448,10 +448,11 @@ async def test_loop_sendfile_over_tls_uses_the_fallback(data_file, contexts):
 @pytest.mark.asyncio
 @bounded(20)
 async def test_a_count_too_large_closes_no_descriptor_of_anyone_else(data_file):
-    """sock_sendfile() with a count no C integer holds raises OverflowError, as the stock
-    loop's does, and leaves descriptor 0 alone.  uringloop's sender, failing in its
-    constructor, closed descriptors 0 (and tried three more) when it was freed: its fields
-    start at 0, and were set to -1 only after the arguments were converted."""
+    """sock_sendfile() with a count no C integer holds leaves descriptor 0 alone (uringloop
+    raises OverflowError, as the stock loop does before 3.13; 3.13's sends the file).
+    uringloop's sender, failing in its constructor, closed descriptor 0 (and tried three more)
+    when it was freed: its fields start at 0, and were set to -1 only after the arguments
+    were converted."""
     import gc
     loop = asyncio.get_running_loop()
     path = data_file(1000)
@@ -462,8 +463,10 @@ async def test_a_count_too_large_closes_no_descriptor_of_anyone_else(data_file):
     sender, receiver = await socket_pair()
     try:
         with sender, receiver, open(path, 'rb') as f:
-            with pytest.raises(OverflowError):
+            try:
                 await loop.sock_sendfile(sender, f, 0, 2 ** 64)
+            except OverflowError:
+                pass
         gc.collect()
         assert os.fstat(0).st_ino == os.stat(path).st_ino
     finally:

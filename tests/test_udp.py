@@ -897,10 +897,12 @@ async def main():
         most = max(most, transport.get_write_buffer_size())
         if i % 4 == 3:
             await asyncio.sleep(0)
+    # Until every datagram is in (not until the write buffer is empty: the stock transport of
+    # 3.13 counts 8 bytes more per datagram into it than it takes out, and never gets to 0).
     deadline = time.monotonic() + 30
-    while transport.get_write_buffer_size() and time.monotonic() < deadline:
+    while len(got) < N and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.1)
     stop.set()
     reader.join()
     transport.close()
@@ -922,7 +924,7 @@ def test_datagrams_that_wait_for_room_leave_in_order(loop_name, tmp_path):
     namespace of its own) takes them, with a 4 KiB send buffer: most wait for room, and all
     leave in the order sendto() was called.  uringloop had up to 64 sendmsg requests waiting
     in the kernel, which resumed them largely in reverse order (~1,400 out-of-order steps in
-    3,000 datagrams)."""
+    3,000 datagrams; here, hundreds in 2,000)."""
     import shutil
     import subprocess
     if shutil.which("unshare") is None or shutil.which("tc") is None or shutil.which("ip") is None:
@@ -944,4 +946,7 @@ def test_datagrams_that_wait_for_room_leave_in_order(loop_name, tmp_path):
     most, received, out_of_order = map(int, proc.stdout.split())
     assert most > 64 * 1024, "the datagrams never had to wait: the test shows nothing"
     assert received == 2000
-    assert out_of_order == 0
+    # A few may be reordered on the way in: the loopback delivers through a per-CPU queue of
+    # whichever CPU sent each packet out of the shaper (the stock loop's run sees 1-3 at times
+    # too).  Waiting in the kernel, uringloop's had been ~1,400 out of order in 3,000.
+    assert out_of_order <= 10
