@@ -6,6 +6,7 @@ outcome with the stock loop's directly."""
 import asyncio
 import contextvars
 import heapq
+import os
 import logging
 import re
 import sys
@@ -1541,3 +1542,42 @@ def test_subclass_hooks_that_call_soon_and_handles_consult(new_loop):
         loop._ready.clear()
         loop._scheduled.clear()
         loop.close()
+
+
+_NAN_TIMER_SCRIPT = r"""
+import asyncio, sys
+sys.path.insert(0, sys.argv[2])
+import uringloop
+
+async def main():
+    await asyncio.sleep(float("nan"))
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.call_at(float("nan"), fut.set_result, "ran")
+    print(await asyncio.wait_for(fut, 5))
+
+factory = uringloop.new_event_loop if sys.argv[1] == "uringloop" else asyncio.SelectorEventLoop
+loop = factory()
+loop.run_until_complete(main())
+loop.close()
+"""
+
+
+@pytest.mark.parametrize("loop_name", ["uringloop", "asyncio"])
+def test_a_timer_whose_deadline_is_nan_runs_at_once(loop_name, tmp_path):
+    """sleep(nan), call_at(nan): the timer is due at once, as the stock loop of 3.10-3.12 runs
+    it (3.13's refuses the NaN timeout in its selector).  uringloop read a NaN head as moved
+    on every look and spun in pop_due() forever, deaf to Ctrl-C -- hence a child process."""
+    import subprocess
+    if loop_name == "asyncio" and sys.version_info >= (3, 13):
+        pytest.skip("the stock loop of 3.13 raises ValueError from its selector")
+    script = tmp_path / "nan_timer.py"
+    script.write_text(_NAN_TIMER_SCRIPT)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(uringloop.__file__)))
+    try:
+        proc = subprocess.run([sys.executable, str(script), loop_name, repo],
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the loop never ran the timer (killed after 30 s)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["ran"]

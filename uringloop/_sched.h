@@ -627,7 +627,12 @@ static int ul_heap_head_moved(ul_timer_heap *heap, PyObject *list)
     key = ul_heap_key_at(heap, list, 0);
     before = *key;
     ul_heap_read_key(key, PyList_GET_ITEM(list, 0));
-    if (key->exact == before.exact && (!key->exact || key->when == before.when))
+    /* (A NaN deadline equals no deadline, itself included: compared with ==, a NaN head read
+     * "moved" on every pass and pop_due() spun forever.  Unchanged NaN is unchanged; it is then
+     * popped as due -- nothing compares >= it -- as the stock loop of 3.10-3.12 runs it.) */
+    if (key->exact == before.exact
+            && (!key->exact || key->when == before.when
+                || (key->when != key->when && before.when != before.when)))
         return 0;
     result = ul_heap_sift_leafward(heap, list, 0);
     ul_heap_end(heap, list);
