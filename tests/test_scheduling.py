@@ -1581,3 +1581,15 @@ def test_a_timer_whose_deadline_is_nan_runs_at_once(loop_name, tmp_path):
         pytest.fail("the loop never ran the timer (killed after 30 s)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ran"]
+
+
+def test_time_follows_a_replaced_time_module_in_base_events(new_loop):
+    """mock.patch('asyncio.base_events.time') -- CPython's own test_base_events does it -- moves
+    loop.time() as it moves BaseEventLoop.time(); uringloop watched only time.monotonic and
+    went on reading the real clock."""
+    from unittest import mock
+    loop = new_loop()
+    with mock.patch('asyncio.base_events.time') as fake:
+        fake.monotonic.return_value = 123.0
+        assert loop.time() == 123.0
+    assert loop.time() != 123.0

@@ -79,10 +79,14 @@ cdef dict _time_globals = vars(_time_mod)
 
 cdef ul_attr_watch _monotonic_watch
 ul_attr_watch_init(&_monotonic_watch, _time_globals, 'monotonic', _real_monotonic)
+# ... and base_events' own name for the time module, which tests replace as a whole
+# (mock.patch('asyncio.base_events.time'), as CPython's test_base_events does).
+cdef ul_attr_watch _time_module_watch
+ul_attr_watch_init(&_time_module_watch, _base_events_globals, 'time', _time_mod)
 
 
 cdef inline bint monotonic_replaced() noexcept:
-    return not ul_attr_unchanged(&_monotonic_watch)
+    return not (ul_attr_unchanged(&_monotonic_watch) and ul_attr_unchanged(&_time_module_watch))
 
 
 cdef object _Handle = _events.Handle
@@ -395,7 +399,7 @@ cdef class LoopCore:
     def time(self):
         """Return the time according to the event loop's clock (time.monotonic())."""
         if monotonic_replaced():
-            return _time_globals['monotonic']()
+            return _base_events_globals['time'].monotonic()    # what BaseEventLoop.time() calls
         return ul_monotonic()
 
     # Small BaseEventLoop methods on everyone's hot path: every Future and Task asks
