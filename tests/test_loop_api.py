@@ -57,6 +57,20 @@ def test_run_rejects_non_coroutines():
         uringloop.run(lambda: None)
 
 
+def test_run_refuses_an_unknown_keyword_on_every_version():
+    """uringloop.run(main(), bogus=1) raises TypeError as asyncio.run()/Runner do (on 3.10 it
+    was dropped silently)."""
+    async def main():
+        return 1
+
+    coro = main()
+    try:
+        with pytest.raises(TypeError):
+            uringloop.run(coro, bogus=1)
+    finally:
+        coro.close()
+
+
 def test_run_takes_a_loop_factory_as_uvloop_run_does():
     made = []
 

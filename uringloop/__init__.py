@@ -46,6 +46,9 @@ def run(main, *, loop_factory=None, debug=None, **run_kwargs):
     if _sys.version_info >= (3, 11):
         with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
             return runner.run(main)
+    if run_kwargs:
+        # (3.10's asyncio.run() takes none; on 3.11+ Runner/asyncio.run refuse unknown ones.)
+        raise TypeError(f"run() got an unexpected keyword argument {next(iter(run_kwargs))!r}")
     return _run_310(main, debug, loop_factory)
 
 
@@ -79,7 +82,7 @@ def _cancel_all_tasks(loop):
             continue
         if task.exception() is not None:
             loop.call_exception_handler({
-                "message": "unhandled exception during uringloop.run() shutdown",
+                "message": "unhandled exception during asyncio.run() shutdown",
                 "exception": task.exception(),
                 "task": task,
             })
