@@ -217,6 +217,8 @@ def test_python_m_uringloop_prints_the_report():
     (errno.EPERM, "1", 0, "group 1234 (kernel.io_uring_group)", "6.8.0", "1234"),
     (errno.EPERM, "1", 0, "kernel.io_uring_group is -1: no group", "6.8.0", "-1"),
     (errno.EPERM, "0", 2, "seccomp", "6.8.0", "1234"),
+    # In the sysctl's group already: the group is not what refuses (it named the group).
+    (errno.EPERM, "1", 2, "seccomp", "6.8.0", str(os.getegid())),
     (errno.ENOSYS, None, 2, "seccomp", "6.8.0", "1234"),
     (errno.ENOSYS, None, 0, "no io_uring", "6.8.0", "1234"),
     # A container on a host whose kernel predates io_uring: the kernel, not the profile.

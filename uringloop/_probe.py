@@ -59,6 +59,16 @@ def _seccomp_mode() -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _in_group(group) -> bool:
+    """Whether this process is in the group kernel.io_uring_group names: the sysctl then lets it
+    through, and an EPERM comes from something else (a seccomp filter, most likely)."""
+    try:
+        gid = int(group)
+    except (TypeError, ValueError):
+        return False
+    return gid >= 0 and (gid == os.getegid() or gid in os.getgroups())
+
+
 def diagnose(err: int) -> IOUringUnavailableError:
     """Explain an io_uring_setup failure with errno `err`."""
     version = kernel_version()
@@ -75,8 +85,8 @@ def diagnose(err: int) -> IOUringUnavailableError:
             err, "the sysctl kernel.io_uring_disabled=2 disables io_uring for every process",
             "run `sysctl -w kernel.io_uring_disabled=0` as root (or set it in /etc/sysctl.d), or "
             "use uringloop.new_event_loop(fallback=True) to run on the stock asyncio loop")
-    if disabled == "1" and err == errno.EPERM:
-        group = _read("/proc/sys/kernel/io_uring_group") or "?"
+    group = (_read("/proc/sys/kernel/io_uring_group") or "?") if disabled == "1" else None
+    if disabled == "1" and err == errno.EPERM and not _in_group(group):
         if group == "-1":
             return IOUringUnavailableError(
                 err, "the sysctl kernel.io_uring_disabled=1 allows io_uring only to processes "
