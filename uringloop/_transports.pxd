@@ -83,6 +83,8 @@ cdef class SocketTransport(WriteFlow):
                    object peername, object server) except -1
     cdef int set_addresses(self, object sock, object peername) except -1
     cdef int enter_context(self) except -1
+    cdef int start_receiving(self) except -1
+    cdef int arm_receive_in_context(self) except -1
     cdef int exit_context(self) except -1
     cdef int arm_receive(self) except -1
     cdef bint socket_gone(self) except -1

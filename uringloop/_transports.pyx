@@ -916,11 +916,7 @@ cdef class SocketTransport(WriteFlow):
     def _arm_after_resume(self):
         if self._paused or self._closing or not self.reading_started:
             return
-        self.enter_context()
-        try:
-            self.arm_receive()
-        finally:
-            self.exit_context()
+        self.arm_receive_in_context()
 
     def _start_reading(self):
         # Queued right behind connection_made(); the first receive is armed one pass of the
@@ -946,26 +942,31 @@ cdef class SocketTransport(WriteFlow):
             self.stash.insert(0, leftover)
         if exc is not None and self.stash_end is None:
             self.stash_end = exc
-        if self.reading_started and not self._paused:
-            if self.stash or self.stash_end is not None:
-                self.schedule_stash()
-            else:
-                self.enter_context()
-                try:
-                    self.arm_receive()
-                finally:
-                    self.exit_context()
+        if self.reading_started:
+            self.start_receiving()
 
     def _arm_first_receive(self):
         self.reading_started = True
+        self.start_receiving()
+
+    cdef int start_receiving(self) except -1:
+        """What the transport holds goes first (the stash delivery arms the receive after it),
+        else the receive is armed -- unless closing or paused."""
         if self.stash or self.stash_end is not None:
-            self.schedule_stash()      # delivered first; it arms the receive after them
+            self.schedule_stash()
         elif not self._closing and not self._paused:
-            self.enter_context()
-            try:
-                self.arm_receive()
-            finally:
-                self.exit_context()
+            self.arm_receive_in_context()
+        return 0
+
+    cdef int arm_receive_in_context(self) except -1:
+        # Outside a completion (from the ready queue): get_buffer() and anything arming calls
+        # run in the transport's context, as its completions' callbacks do.
+        self.enter_context()
+        try:
+            self.arm_receive()
+        finally:
+            self.exit_context()
+        return 0
 
     cdef int schedule_stash(self) except -1:
         if not self.stash_scheduled:
@@ -1469,14 +1470,8 @@ cdef class SocketTransport(WriteFlow):
         cdef Py_ssize_t pos = 0, n = PyBytes_GET_SIZE(data), k
         cdef Py_buffer view
         while pos < n:
-            try:
-                buf = self.protocol.get_buffer(-1)     # the stock transport's hint, always
-                if len(buf) == 0:
-                    raise RuntimeError('get_buffer() returned an empty buffer')
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self.fatal_error(exc, 'Fatal error: protocol.get_buffer() call failed.')
+            buf = self.protocol_buffer()
+            if buf is None:
                 return 0
             try:
                 # A buffer that cannot be written is the stock transport's recv_into() failing:
