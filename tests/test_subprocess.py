@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -209,11 +210,52 @@ def test_loop_close_with_running_child_stops_watching(new_loop):
         # The stock PidfdChildWatcher (3.12+) leaks its pidfd when the loop closes first.
         loop.run_until_complete(proc.wait())
     loop.close()
-    # The closed uringloop no longer reaps: the status is left for Popen.  (The stock loop's
-    # watcher thread may reap it behind Popen's back, which then reports 0.)
+    # The closed uringloop no longer reaps: the status is left for Popen (before 3.12, to a
+    # thread that reaps through Popen).  (The stock loop's watcher thread may reap it behind
+    # Popen's back, which then reports 0.)
     code = popen.wait(10)
     if isinstance(loop, uringloop.Loop):
         assert code == -signal.SIGKILL
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12),
+                    reason="3.12+: the stock PidfdChildWatcher leaves it a zombie, as uringloop")
+@pytest.mark.parametrize("exited", [False, True], ids=["running", "exited"])
+def test_child_unreaped_at_loop_close_is_reaped_after_it(new_loop, caplog, exited):
+    """Before 3.12 the stock loop's watcher thread outlives the loop: a child still running when
+    the loop closes -- or exited, but not yet seen by the loop -- is reaped all the same, and no
+    zombie remains.  uringloop left it a zombie (until Popen's cleanup), and close() must not
+    wait for the child to do it."""
+    loop = new_loop()
+
+    async def start():
+        return await asyncio.create_subprocess_exec(*python("import time; time.sleep(0.3)"))
+
+    proc = loop.run_until_complete(start())
+    popen = proc._transport.get_extra_info("subprocess")
+    try:
+        if exited:
+            popen.send_signal(signal.SIGKILL)
+            time.sleep(0.2)              # a zombie now, and the loop has not run since
+        started = time.monotonic()
+        loop.close()
+        assert time.monotonic() - started < 0.2
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{proc.pid}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not os.path.exists(f"/proc/{proc.pid}"), "left a zombie"
+        if not exited:
+            # And reported as the stock watcher thread does, once the child has exited.
+            while "that handles pid" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert f"that handles pid {proc.pid} is closed" in caplog.text
+        code = popen.wait(10)
+        if isinstance(loop, uringloop.Loop):
+            # Reaped through Popen, which knows the real status (the stock thread's bare
+            # waitpid() leaves it to report 0).
+            assert code == (-signal.SIGKILL if exited else 0)
+    finally:
+        proc._transport.close()      # (a zombie left by a failure: reaped by its poll())
 
 
 def test_falls_back_to_a_waitpid_thread_without_pidfd_open(new_loop, monkeypatch):

@@ -7,4 +7,5 @@ cdef class ChildWatcher(Completer):
     cdef dict watches                      # pid -> PollOp on the child's pidfd
 
     cdef object reap(self, int pidfd, object popen)
+    cdef int let_go(self, PollOp poll) except -1
     cdef int forget(self, PollOp poll) except -1

@@ -25,6 +25,7 @@ from uringloop._sys cimport ECANCELED, POLLIN
 from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
 
 import os
+import sys
 import threading as _threading
 
 from asyncio.log import logger as _logger
@@ -33,6 +34,13 @@ cdef object _waitid = os.waitid
 cdef int P_PIDFD = os.P_PIDFD
 cdef int WAIT_OPTIONS = os.WEXITED | os.WNOHANG
 cdef int CLD_EXITED = os.CLD_EXITED
+
+# What becomes of a child the loop has not reaped when it closes follows the stock loop's default
+# watcher.  Before 3.12 that is ThreadedChildWatcher, a thread per child, which outlives the loop
+# and reaps the child whenever it exits.  From 3.12 it is PidfdChildWatcher, whose pidfd reader
+# dies with the loop: the child stays a zombie until Popen reaps it (a Popen collected unreaped is
+# reaped by the next Popen's cleanup).
+cdef bint REAP_AFTER_CLOSE = sys.version_info < (3, 12)
 
 
 @cython.final
@@ -76,8 +84,9 @@ cdef class ChildWatcher(Completer):
         cdef int pidfd
         pidfd, popen, callback = poll.tag
         if res == -ECANCELED:
-            # The loop is closing: the child is left to Popen (which reaps it when collected).
-            self.forget(poll)
+            # The loop is closing: the child is left to Popen (which reaps it when collected),
+            # or before 3.12 to a thread (REAP_AFTER_CLOSE).
+            self.let_go(poll)
             return 0
         if res < 0:
             self.forget(poll)
@@ -93,7 +102,7 @@ cdef class ChildWatcher(Completer):
             if not self.proactor.closing:
                 poll.submit()
             else:
-                self.forget(poll)
+                self.let_go(poll)
             return 0
         self.forget(poll)
         self.loop.call_soon(callback, returncode)
@@ -140,6 +149,23 @@ cdef class ChildWatcher(Completer):
             returncode = 255
         return returncode
 
+    cdef int let_go(self, PollOp poll) except -1:
+        """Stop watching a child the closing loop has not reaped.  Before 3.12, as the stock
+        watcher thread would: a child that has already exited is reaped now (that thread would
+        have reaped it before the close), one still running by a thread when it exits."""
+        cdef int pidfd
+        pidfd, popen, callback = poll.tag
+        try:
+            if REAP_AFTER_CLOSE and self.reap(pidfd, popen) is None:
+                try:
+                    _threading.Thread(target=_reap_after_close, args=(self.loop, popen),
+                                      name=f"uringloop-reap-{popen.pid}", daemon=True).start()
+                except RuntimeError:
+                    pass        # no thread to be had (interpreter shutdown): left to Popen
+        finally:
+            self.forget(poll)
+        return 0
+
     cdef int forget(self, PollOp poll) except -1:
         pidfd, popen, callback = poll.tag
         poll.tag = None
@@ -157,3 +183,11 @@ cdef class ChildWatcher(Completer):
 
     def __len__(self):
         return len(self.watches)
+
+
+def _reap_after_close(loop, popen):
+    # Through Popen.wait(), not a bare waitpid() as the stock thread: Popen's lock orders it
+    # with the program's own poll()/wait() on the same Popen, which then see the real status
+    # (a waitpid() behind Popen's back leaves it to report 0).
+    popen.wait()
+    _logger.warning("Loop %r that handles pid %r is closed", loop, popen.pid)
