@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -312,14 +313,14 @@ class Collect(asyncio.Protocol):
         return bytes(self.data)
 
 
-async def transport_pair(server_ssl=None, client_ssl=None):
+async def transport_pair(server_ssl=None, client_ssl=None, client_protocol=Collect):
     loop = asyncio.get_running_loop()
     peers = []
     server = await loop.create_server(lambda: peers.append(Collect()) or peers[-1],
                                       '127.0.0.1', 0, ssl=server_ssl)
     kwargs = {'ssl': client_ssl, 'server_hostname': 'localhost'} if client_ssl else {}
-    transport, client = await loop.create_connection(Collect, *server.sockets[0].getsockname(),
-                                                     **kwargs)
+    transport, client = await loop.create_connection(client_protocol,
+                                                     *server.sockets[0].getsockname(), **kwargs)
     while not peers:
         await asyncio.sleep(0.001)
     return server, transport, client, peers[0]
@@ -405,6 +406,148 @@ async def test_loop_sendfile_fallback_on_a_transport():
     assert transport.is_reading()
     transport.close()
     await client.lost
+    server.close()
+    await server.wait_closed()
+
+
+# The stock transport of 3.12+ queues a view of the caller's buffer (no copy) where the socket
+# takes not all of a write, and the stock fallback reads every block into one reused bytearray:
+# what its receiver gets of a transfer held back by flow control is not the file (later blocks
+# overwrite queued ones).  The tests below check that content on uringloop, over TLS (the stock
+# TLS layer encrypts each write at once) and on the older stock loops.
+STOCK_FALLBACK_SENDS_THE_FILE = sys.version_info < (3, 12)
+
+
+class FlowRecorder(Collect):
+    """Collect, noting each pause_writing()/resume_writing() it gets while `transfer` (a task)
+    is not done."""
+
+    def __init__(self):
+        super().__init__()
+        self.transfer = None
+        self.flow_during = []
+        self.flow = []
+
+    def pause_writing(self):
+        self.note('pause_writing')
+
+    def resume_writing(self):
+        self.note('resume_writing')
+
+    def note(self, call):
+        self.flow.append(call)
+        if self.transfer is not None and not self.transfer.done():
+            self.flow_during.append(call)
+
+
+@pytest.mark.asyncio
+@bounded(30)
+@pytest.mark.parametrize('tls', [False, True], ids=['tcp', 'tls'])
+async def test_loop_sendfile_fallback_paces_itself_not_the_protocol(contexts, tls, is_uring):
+    """The fallback's writes pause and resume the fallback, not the application's protocol:
+    the stock loop installs a protocol of its own for the transfer (reading paused) and the
+    application's again afterwards, so while a slow receiver holds the transfer back the
+    application's protocol sees no pause_writing()/resume_writing(), its write() is accepted,
+    and the bytes its peer sent meanwhile reach it after the transfer.  (uringloop kept the
+    application's protocol on a plain connection: it saw the transfer's pauses and resumes,
+    and its write() was refused while the transfer waited for the buffer to drain.)"""
+    loop = asyncio.get_running_loop()
+    payload = os.urandom(16 * 1024 * 1024)
+    server_ctx, client_ctx = contexts if tls else (None, None)
+    server, transport, client, peer = await transport_pair(server_ctx, client_ctx,
+                                                           FlowRecorder)
+    while not hasattr(peer, 'transport'):      # (made once the TLS handshake is over)
+        await asyncio.sleep(0.001)
+    transport.set_write_buffer_limits(high=16384, low=4096)
+    peer.transport.pause_reading()              # the receiver stops reading: the buffers fill
+    stream = io.BytesIO(payload)                # no fileno(): the fallback, on either loop
+    task = client.transfer = asyncio.ensure_future(loop.sendfile(transport, stream))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if transport.get_write_buffer_size() > 16384:
+            break
+    await asyncio.sleep(0.05)
+    assert not task.done()                      # held back by flow control
+    assert client.flow_during == []
+    transport.write(b'W')                       # goes out between two blocks of the file
+    peer.transport.write(b'ping')               # waits until the transfer is over
+    await asyncio.sleep(0.05)
+    assert client.data == b''
+    assert not transport.is_reading()
+    assert transport.get_protocol() is not client
+    peer.transport.resume_reading()
+    assert await task == len(payload)
+    assert client.flow_during == []
+    assert transport.get_protocol() is client
+    assert transport.is_reading()
+    assert await client.received(4) == b'ping'
+    transport.write(b':end')
+    received = await peer.received(len(payload) + 5)
+    assert len(received) == len(payload) + 5 and received.endswith(b':end')
+    if is_uring or tls or STOCK_FALLBACK_SENDS_THE_FILE:
+        # The file, with the application's b'W' between two of its blocks.
+        assert any(received[at] == ord('W') and received[:at] == payload[:at]
+                   and received[at + 1:-4] == payload[at:]
+                   for at in range(0, len(payload) + 1, 16384))
+    transport.close()
+    await client.lost
+    peer.transport.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(30)
+@pytest.mark.parametrize('end', ['cancelled', 'peer_aborts'])
+async def test_loop_sendfile_fallback_ended_early_gives_the_protocol_back(end, is_uring):
+    """A fallback transfer cancelled, or cut by the peer, while the receiver holds it back: the
+    application's protocol is the transport's again (also after connection_lost(), as stock),
+    reading resumes, the file is left just after the last byte written, and the protocol saw
+    none of the transfer's flow control.  (The stock loop later calls resume_writing() on it
+    when the buffer the cancelled transfer left drains, a resume with no pause before it;
+    uringloop does not.)"""
+    loop = asyncio.get_running_loop()
+    payload = os.urandom(16 * 1024 * 1024)
+    server, transport, client, peer = await transport_pair(client_protocol=FlowRecorder)
+    transport.set_write_buffer_limits(high=16384, low=4096)
+    peer.transport.pause_reading()
+    stream = io.BytesIO(payload)
+    task = client.transfer = asyncio.ensure_future(loop.sendfile(transport, stream))
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if transport.get_write_buffer_size() > 16384:
+            break
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    if end == 'cancelled':
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert transport.get_protocol() is client
+        assert transport.is_reading()
+        sent = stream.tell()
+        assert 0 < sent < len(payload) and sent % 16384 == 0
+        transport.write(b':end')
+        peer.transport.resume_reading()
+        received = await peer.received(sent + 4)
+        assert len(received) == sent + 4 and received.endswith(b':end')
+        if is_uring or STOCK_FALLBACK_SENDS_THE_FILE:
+            assert received[:sent] == payload[:sent]
+        transport.close()
+        assert await client.lost is None
+    else:
+        peer.transport.abort()
+        with pytest.raises(ConnectionError):
+            await task
+        assert isinstance(await client.lost, ConnectionError)
+        assert transport.get_protocol() is client
+        assert 0 < stream.tell() < len(payload)
+    assert client.flow_during == []
+    if is_uring:
+        assert client.flow == []
+    else:
+        assert client.flow in ([], ['resume_writing'])
+    peer.transport.close()
     server.close()
     await server.wait_closed()
 

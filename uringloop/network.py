@@ -36,7 +36,7 @@ try:
 except ImportError:  # pragma: no cover -- a Python built without OpenSSL
     ssl = None
 
-from asyncio import base_events, constants, exceptions, sslproto, tasks
+from asyncio import base_events, constants, exceptions, protocols, sslproto, tasks
 from asyncio.log import logger
 
 from uringloop._server import Acceptor, report_failed_connection
@@ -113,6 +113,85 @@ def _defaults_only(kwargs) -> bool:
         else:
             return False          # unknown: BaseEventLoop's TypeError
     return True
+
+
+class _FallbackProtocol(protocols.Protocol):
+    """The transport's protocol while loop.sendfile() falls back to reading and writing on a
+    SocketTransport.
+
+    The stock fallback installs a stand-in protocol of its own for the transfer, so that the
+    pause_writing()/resume_writing() its writes cause pace the transfer and never reach the
+    application's protocol, and installs the application's again at the end.  Its class
+    (base_events._SendfileFallbackProtocol) accepts only a transports._FlowControlMixin, which
+    an extension type cannot be; and it expects resume_writing() to go to the current
+    protocol, while ours goes to the protocol that was paused (_flow.pyx) -- to this one even
+    after the application's is back, when the transfer ended (or was cancelled) with the buffer
+    over its high-water mark.  So this class plays the stand-in, and once restored ignores that
+    late resume_writing().  (The stock loop hands it to the application's protocol, which was
+    never paused: asyncio's streams then fail an assertion in resume_writing().)
+
+    No protocol is paused when the fallback starts: the native attempt before it has waited
+    for the write buffer to empty (_sendfile_native), so every pause from here on is ours."""
+
+    def __init__(self, transp):
+        self._transport = transp
+        self._protocol = transp.get_protocol()
+        self._resume_reading = transp.is_reading()
+        self._ready = None             # while writing is paused: resolved by resume_writing()
+        transp.pause_reading()
+        transp.set_protocol(self)
+
+    async def drain(self):
+        if self._transport.is_closing():
+            raise ConnectionError("Connection closed by peer")
+        if self._ready is not None:
+            await self._ready
+
+    def pause_writing(self):
+        if self._ready is None:
+            self._ready = self._transport._loop.create_future()
+
+    def resume_writing(self):
+        ready, self._ready = self._ready, None
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    def connection_made(self, transport):
+        raise RuntimeError("Invalid state: connection should have been established already.")
+
+    def connection_lost(self, exc):
+        # A transfer waiting for resume_writing() fails with the connection's error; the
+        # future stays for restore() to retrieve when the transfer was not waiting on it.
+        ready = self._ready
+        if ready is not None and not ready.done():
+            ready.set_exception(ConnectionError("Connection is closed by peer")
+                                if exc is None else exc)
+        self._protocol.connection_lost(exc)
+
+    # Reading is paused for the transfer: whatever arrives meanwhile waits in the transport for
+    # the application's protocol (the transport delivers nothing while paused).
+    def data_received(self, data):
+        raise RuntimeError("Invalid state: reading should be paused")
+
+    def eof_received(self):
+        raise RuntimeError("Invalid state: reading should be paused")
+
+    def restore(self):
+        transp = self._transport
+        # Also after connection_lost(), as stock: get_protocol() names the application's.
+        transp.set_protocol(self._protocol)
+        if self._resume_reading and transp._sock is not None:
+            transp.resume_reading()
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            # Awaited only by the transfer, which is over.  The error connection_lost() set on it
+            # while the transfer was reading the file is retrieved here: the transfer has raised
+            # ConnectionError itself (drain()), and asyncio would log the future's as lost.
+            if ready.done():
+                if not ready.cancelled():
+                    ready.exception()
+            else:
+                ready.cancel()
 
 
 class NetworkMixin:
@@ -350,17 +429,15 @@ class NetworkMixin:
     async def _sendfile_fallback(self, transp, file, offset, count):
         if not isinstance(transp, SocketTransport):
             return await super()._sendfile_fallback(transp, file, offset, count)
-        # The stock fallback drives flow control through a substitute protocol that insists on
-        # a _FlowControlMixin transport.  Ours has what it needs itself: read the file in the
-        # executor, write, and wait for the write buffer to drain whenever the transport is
-        # over its high-water mark.
+        # The stock fallback, with our own stand-in protocol (_FallbackProtocol) for the
+        # duration: read the file in the executor, write, and wait for resume_writing() whenever
+        # the writes paused the stand-in.
         if offset:
             file.seek(offset)
         blocksize = min(count, 16384) if count else 16384
         buf = bytearray(blocksize)
         total_sent = 0
-        resume_reading = transp.is_reading()
-        transp.pause_reading()
+        proto = _FallbackProtocol(transp)
         try:
             while True:
                 if count:
@@ -371,21 +448,13 @@ class NetworkMixin:
                 read = await self.run_in_executor(None, file.readinto, view)
                 if not read:
                     return total_sent
-                if transp.is_closing():
-                    raise ConnectionError("Connection closed by peer")
-                if transp._protocol_paused:
-                    waiter = transp._make_empty_waiter()
-                    try:
-                        await waiter
-                    finally:
-                        transp._reset_empty_waiter()
+                await proto.drain()
                 transp.write(view[:read])          # copied: buf is reused for the next read
                 total_sent += read
         finally:
             if total_sent > 0 and hasattr(file, 'seek'):
                 file.seek(offset + total_sent)
-            if resume_reading and transp._sock is not None:
-                transp.resume_reading()
+            proto.restore()
 
     # ---- UNIX stream sockets ----
 
