@@ -4,6 +4,12 @@ from uringloop._sys cimport io_uring_sqe, sockaddr_storage, socklen_t, msghdr, i
 from uringloop._ring cimport Ring, BufferRing
 
 
+# An iteration that found this many completions or fewer sends a write at once rather than with
+# its io_uring_enter (Proactor.nothing_to_batch; why and what it measured: SocketTransport's
+# send_at_once in _transports.pyx).
+cdef enum:
+    FEW_COMPLETIONS = 4
+
 cdef enum OpState:
     OP_IDLE = 0         # built, never submitted, or finished
     OP_QUEUED = 1       # waiting in the backlog for a free SQE slot
@@ -142,9 +148,9 @@ cdef class Proactor:
     cdef int move_io_handles_to_ready(self) except -1
     cdef list take_io_handles(self)
     cdef inline bint nothing_to_batch(self):
-        # Whether this iteration found at most one completion: nothing to batch a send with
-        # (SocketTransport.write sends at once then).
-        return self.ready_at_dispatch <= 1
+        # Whether this iteration found too few completions for its sends to be worth batching
+        # (SocketTransport.write sends at once then): FEW_COMPLETIONS or fewer.
+        return self.ready_at_dispatch <= FEW_COMPLETIONS
     cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
                                     bint incremental=*, unsigned capacity=*)
 

@@ -1564,7 +1564,8 @@ cdef class SocketTransport(WriteFlow):
     #
     # A write normally becomes a send operation submitted with the iteration's io_uring_enter,
     # so that the sends of many connections leave in one system call.  When the iteration found
-    # at most one completion (Proactor.nothing_to_batch) there is nothing to batch with: a
+    # few completions (Proactor.nothing_to_batch: FEW_COMPLETIONS, 4, or fewer) there is little
+    # or nothing to batch with: a
     # server answering one request at a time would spend an io_uring_enter on the send alone --
     # it returns at once, since a send on a socket with room completes inside it -- then a loop
     # iteration to dispatch that completion, then a second enter to wait for the next request,
@@ -1577,9 +1578,21 @@ cdef class SocketTransport(WriteFlow):
     # Measured at 1 connection (Python 3.11, 11 alternating 1 s runs, both builds alive),
     # requests per second at 1 / 16 / 100 KiB: streams +14 / +12 / +6%, Protocol +12 / +9 / -1%,
     # BufferedProtocol 1 KiB +10% (16 / 100 KiB: +10 / +8% with glibc's rep movsb kept out of
-    # the echo's own copy -- see benchmarks/README.md).  With 10 and more connections the
-    # iterations find many completions and the sends stay on the ring: 7 send(2) calls in
-    # ~200,000 requests at Protocol 1 KiB x 100.
+    # the echo's own copy -- see benchmarks/README.md).
+    #
+    # The limit was one completion until 2026-12-02.  With a few, a reply written by a task
+    # (asyncio streams, aiohttp: the ready callbacks after the dispatch) still waited for the
+    # enter after those callbacks, and the callback that looks for the next request ran right
+    # after that enter, before the peer could have answered: aiohttp's request loop found no
+    # request queued on ~0.8 of its turns and waited on a future (~0.2 on uvloop, which sends
+    # every write at once).  Sent at once, the reply's answer is back by then more often (0.27).
+    # aiohttp hello world x 10 connections, alternating 2 s runs against a limit of 1 (Python
+    # 3.11, AMD guest): limit 2 0.97x, 3 1.02x, 4 1.03-1.07x [0.99-1.12] over three sets, 6
+    # 1.05x, 8 0.95-0.97x, 16 0.95x -- above ~6 the iterations that send at once are most of
+    # them, and every reply wakes the client by itself (the reason sends are batched at all).
+    # Unchanged with 4: Protocol and streams 1 KiB x 10 0.99 / 1.00x, Protocol 1 KiB x 100
+    # 1.01x, aiohttp x 100 0.99x (8 / 6 rounds): there the iterations find many completions
+    # and the sends stay on the ring.
 
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2:
         """How many bytes of `buf` the socket took at once with one non-blocking send(2): all,
