@@ -1587,7 +1587,7 @@ cdef class SocketTransport(WriteFlow):
     # request queued on ~0.8 of its turns and waited on a future (~0.2 on uvloop, which sends
     # every write at once).  Sent at once, the reply's answer is back by then more often (0.27).
     # aiohttp hello world x 10 connections, alternating 2 s runs against a limit of 1 (Python
-    # 3.11, AMD guest): limit 2 0.97x, 3 1.02x, 4 1.03-1.07x [0.99-1.12] over three sets, 6
+    # 3.11, Intel guest): limit 2 0.97x, 3 1.02x, 4 1.03-1.07x [0.99-1.12] over three sets, 6
     # 1.05x, 8 0.95-0.97x, 16 0.95x -- above ~6 the iterations that send at once are most of
     # them, and every reply wakes the client by itself (the reason sends are batched at all).
     # Unchanged with 4: Protocol and streams 1 KiB x 10 0.99 / 1.00x, Protocol 1 KiB x 100
