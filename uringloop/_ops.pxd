@@ -5,7 +5,7 @@ from uringloop._ring cimport Ring, BufferRing
 
 
 # An iteration that found this many completions or fewer sends a write at once rather than with
-# its io_uring_enter (Proactor.nothing_to_batch; why and what it measured: SocketTransport's
+# its io_uring_enter (Proactor.little_to_batch; why and what it measured: SocketTransport's
 # send_at_once in _transports.pyx).
 cdef enum:
     FEW_COMPLETIONS = 4
@@ -49,7 +49,7 @@ cdef class Proactor:
     cdef object exception_handler          # loop.call_exception_handler
     cdef Py_ssize_t queued_io_bytes        # bytes the SQEs not yet submitted should move
     cdef int last_batch                    # completions the last iteration dispatched
-    cdef readonly unsigned ready_at_dispatch  # completions this iteration found (see nothing_to_batch)
+    cdef readonly unsigned ready_at_dispatch  # completions this iteration found (see little_to_batch)
     cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
     cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
     cdef readonly long long spin_max_ns    # URINGLOOP_SPIN_US: the longest a wait spins (0: never)
@@ -147,7 +147,7 @@ cdef class Proactor:
     cdef int dispatch_completions(self) except -1
     cdef int move_io_handles_to_ready(self) except -1
     cdef list take_io_handles(self)
-    cdef inline bint nothing_to_batch(self):
+    cdef inline bint little_to_batch(self):
         # Whether this iteration found too few completions for its sends to be worth batching
         # (SocketTransport.write sends at once then): FEW_COMPLETIONS or fewer.
         return self.ready_at_dispatch <= FEW_COMPLETIONS

@@ -73,7 +73,7 @@ Sending
 -------
 write() with nothing in flight submits a send of that very object (bytes are pinned, mutable
 buffers are copied first: the caller may reuse them the moment write() returns).  Data of 16 KiB
-or more, and any data when the iteration has nothing to batch it with, is first offered to the
+or more, and any data when the iteration has little to batch it with, is first offered to the
 socket with one non-blocking send(2) -- writelines(): one sendmsg(2) -- and only what it did not
 take is submitted (see write_through, send_at_once and writelines_through).  Writes made while a
 send is in flight are queued and leave together, in one vectored sendmsg (SendMsgOp), when it
@@ -1544,7 +1544,7 @@ cdef class SocketTransport(WriteFlow):
             return
         if self.socket_gone():
             return
-        if (type(data) is not bytes or self.proactor.nothing_to_batch()
+        if (type(data) is not bytes or self.proactor.little_to_batch()
                 or PyBytes_GET_SIZE(data) >= WRITE_THROUGH_MIN):
             data = self.write_through(data)
             if data is None:
@@ -1564,7 +1564,7 @@ cdef class SocketTransport(WriteFlow):
     #
     # A write normally becomes a send operation submitted with the iteration's io_uring_enter,
     # so that the sends of many connections leave in one system call.  When the iteration found
-    # few completions (Proactor.nothing_to_batch: FEW_COMPLETIONS, 4, or fewer) there is little
+    # few completions (Proactor.little_to_batch: FEW_COMPLETIONS, 4, or fewer) there is little
     # or nothing to batch with: a
     # server answering one request at a time would spend an io_uring_enter on the send alone --
     # it returns at once, since a send on a socket with room completes inside it -- then a loop
@@ -1632,13 +1632,13 @@ cdef class SocketTransport(WriteFlow):
         loop and uvloop offer every write: one send(2) with MSG_DONTWAIT, and only what the
         socket did not take is submitted (mutable data copied first).  Smaller data is not --
         a copy of a few KiB is cheaper than a system call, and the sends of an iteration still
-        leave in one io_uring_enter -- unless there is nothing to batch with (send_at_once)."""
+        leave in one io_uring_enter -- unless there is little to batch with (send_at_once)."""
         cdef Py_buffer view
         cdef Py_ssize_t sent
         cdef bint unbatched, immutable
         if self.send_op is not None or self.write_q or self.sock is None:
             return _pinnable(data)
-        unbatched = self.proactor.nothing_to_batch()
+        unbatched = self.proactor.little_to_batch()
         immutable = _immutable(data)
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -1688,7 +1688,7 @@ cdef class SocketTransport(WriteFlow):
         if self.socket_gone():
             return
         if (self.send_op is None and not self.write_q and self.sock is not None
-                and (n >= WRITE_THROUGH_MIN or self.proactor.nothing_to_batch())):
+                and (n >= WRITE_THROUGH_MIN or self.proactor.little_to_batch())):
             # The rule write() follows (write_through): offered to the socket at once.
             items = self.writelines_through(items, n)
             if items is None:
