@@ -1,13 +1,16 @@
 """What several test modules share: bounded async tests, the file-descriptor leak check, a stream
-echo handler, a loss-revealing byte pattern, a TLS certificate with its contexts, and the
-environment of child processes that must import the uringloop under test."""
+echo handler, a loss-revealing byte pattern, a TLS certificate with its contexts, AF_PACKET
+sockets on the loopback interface, and the environment of child processes that must import the
+uringloop under test."""
 
 import asyncio
 import datetime
+import errno
 import functools
 import gc
 import os
 import shutil
+import socket
 import ssl
 import struct
 import subprocess
@@ -148,3 +151,45 @@ def contexts(certificate):
     server.load_cert_chain(certfile, keyfile)
     client = ssl.create_default_context(cafile=certfile)
     return server, client
+
+
+# AF_PACKET datagram sockets on the loopback interface: a family whose addresses uringloop's core
+# does not convert (the socket module gives ('lo', ethertype, pkttype, hatype, hwaddr)).  Two
+# ethertypes of the IEEE "local experimental" range: a socket bound to one receives only the
+# frames of that type (not its own outgoing ones).  Needs CAP_NET_RAW: the tests skip without.
+PACKET_P, PACKET_Q = 0x88B5, 0x88B6
+
+
+class RefusingFirstSends(socket.socket):
+    """A socket whose first `refuse` sendto() calls find no room (BlockingIOError), as a full
+    send buffer would: the would-block path of a family whose send buffer cannot be filled at
+    will (AF_PACKET on 'lo'), on demand, on any loop."""
+    refuse = 0
+
+    def sendto(self, *args):
+        if self.refuse:
+            self.refuse -= 1
+            raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        return super().sendto(*args)
+
+
+def packet_socket(ethertype, cls=None):
+    """A non-blocking AF_PACKET SOCK_DGRAM socket bound to ('lo', ethertype) (of class `cls`,
+    a socket.socket subclass, if given); pytest.skip() where none can be made."""
+    try:
+        sock = (cls or socket.socket)(socket.AF_PACKET, socket.SOCK_DGRAM,
+                                      socket.htons(ethertype))
+    except (OSError, AttributeError) as exc:
+        pytest.skip(f"no AF_PACKET socket here: {exc}")
+    try:
+        sock.bind(("lo", ethertype))
+    except OSError as exc:
+        sock.close()
+        pytest.skip(f"cannot bind an AF_PACKET socket to 'lo': {exc}")
+    sock.setblocking(False)
+    return sock
+
+
+def lo_address(ethertype):
+    """The address socket.sendto() takes for a frame of `ethertype` on 'lo'."""
+    return ("lo", ethertype, 0, 0, b"\0" * 6)

@@ -12,6 +12,7 @@ import pytest
 import uringloop
 
 from helpers import no_leaked_fds  # noqa: F401 (an autouse fixture)
+from helpers import PACKET_P, PACKET_Q, RefusingFirstSends, lo_address, packet_socket
 
 HAS_IPV6 = socket.has_ipv6
 if HAS_IPV6:
@@ -72,6 +73,26 @@ def free_udp_port():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()
+
+
+async def receive_from(sock):
+    """The next datagram on a non-blocking socket and its sender, through the loop:
+    loop.sock_recvfrom(), or readiness and the socket's recvfrom() on the stock loop of Python
+    3.10, which has no sock_recvfrom()."""
+    loop = asyncio.get_running_loop()
+    if hasattr(loop, "sock_recvfrom"):
+        return await asyncio.wait_for(loop.sock_recvfrom(sock, 65536), 5)
+    while True:
+        try:
+            return sock.recvfrom(65536)
+        except BlockingIOError:
+            pass
+        readable = loop.create_future()
+        loop.add_reader(sock.fileno(), lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, 5)
+        finally:
+            loop.remove_reader(sock.fileno())
 
 
 @pytest.mark.asyncio
@@ -703,6 +724,66 @@ async def test_a_netlink_endpoint_sends_and_receives_with_pid_groups_addresses()
                      + struct.pack("=BxHiII", 0, 0, 0, 0, 0), (0, 0))
     kind, data, addr = await protocol.next()
     assert kind == "data" and addr == (0, 0) and len(data) >= 16
+    await closed(transport, protocol)
+
+
+@pytest.mark.asyncio
+async def test_an_af_packet_endpoint_gives_and_takes_the_socket_modules_addresses():
+    """A datagram endpoint on an AF_PACKET socket (a family the core does not convert):
+    datagram_received() gets the sender as socket.recvfrom() gives it, ('lo', ethertype,
+    pkttype, hatype, hwaddr), and sendto() takes such addresses -- one built from it, or an
+    equal copy of it.  (uringloop gave the raw (17, b'...') form, and sendto() to an address
+    socket.sendto() takes reported EAFNOSUPPORT to error_received().)"""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(Recorder,
+                                                              sock=packet_socket(PACKET_P))
+    peer = packet_socket(PACKET_Q)
+    token = os.urandom(8)
+    try:
+        peer.sendto(token + b"ping", lo_address(PACKET_P))
+        kind, data, addr = await protocol.next()
+        assert (kind, data) == ("data", token + b"ping")
+        assert addr == ("lo", PACKET_P, socket.PACKET_HOST, 772, b"\0" * 6)   # 772: loopback
+        # A reply to the same interface and kind of frame, of the peer's ethertype.
+        transport.sendto(token + b"pong", (addr[0], PACKET_Q) + addr[2:])
+        data, peer_addr = await receive_from(peer)
+        assert data == token + b"pong" and peer_addr[:2] == ("lo", PACKET_Q)
+        # To the sender's address itself (an equal tuple, not the object delivered): a frame
+        # of the endpoint's own ethertype, which it receives.
+        transport.sendto(token + b"again", tuple(list(addr)))
+        assert await protocol.next() == ("data", token + b"again", addr)
+        assert protocol.events.empty()
+    finally:
+        peer.close()
+    await closed(transport, protocol)
+
+
+@pytest.mark.asyncio
+async def test_an_af_packet_endpoint_queues_what_would_block_and_sends_it_in_order(is_uring):
+    """sendto() on an AF_PACKET endpoint when the socket has no room: the datagrams wait, in
+    order, counted in the write buffer, and go once there is room -- to the addresses given,
+    which only the socket's own sendto() converts -- as on the stock loop."""
+    loop = asyncio.get_running_loop()
+    sock = packet_socket(PACKET_P, RefusingFirstSends)
+    sock.refuse = 2
+    transport, protocol = await loop.create_datagram_endpoint(Recorder, sock=sock)
+    peer = packet_socket(PACKET_Q)
+    token = os.urandom(8)
+    try:
+        for i in range(3):
+            transport.sendto(token + b"%d" % i, lo_address(PACKET_Q))
+        assert transport.get_write_buffer_size() > 0
+        for i in range(3):
+            data, _ = await receive_from(peer)
+            assert data == token + b"%d" % i
+        assert sock.refuse == 0
+        if is_uring:
+            # (The stock transport of Python 3.13 counts 8 bytes more per queued datagram than
+            # it takes off again once sent: not a reference here.)
+            assert transport.get_write_buffer_size() == 0
+        assert protocol.events.empty()
+    finally:
+        peer.close()
     await closed(transport, protocol)
 
 

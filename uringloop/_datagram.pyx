@@ -53,6 +53,19 @@ with the data already consumed, and sends an *empty* datagram (Linux 6.18; a soc
 200 datagrams to a receiver reading slowly delivered 2 empty, a transport's 112 with 64
 requests in flight 30 empty, out of order).
 
+Other address families
+----------------------
+The core converts the addresses of AF_INET, AF_INET6, AF_UNIX and AF_NETLINK as the socket
+module does (_ops.converts_sockaddr).  A socket of any other family given with sock= (AF_PACKET,
+AF_CAN, AF_TIPC...) would have had its senders reported in a raw (family, bytes) form no user
+expects -- the stock transport gives what socket.recvfrom() gives, ('lo', 0x88b5, 0, 772, b'...')
+for AF_PACKET -- and could not send to the addresses socket.sendto() takes (EAFNOSUPPORT).
+Such a transport ("by_socket") therefore receives and sends with the socket's own methods, as
+the stock transport does: it waits for input with a POLLIN poll on the ring and reads with
+recvfrom() until the socket has nothing more (a bounded number per poll), and sends with
+sendto()/send() at once, queueing what would block and sending it once a POLLOUT poll says
+there is room.  A cancelled poll loses nothing, so no stash is needed there.
+
 Closing
 -------
 The socket is closed only when the kernel holds no operation on it any more (every final CQE
@@ -66,13 +79,13 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno
 from libc.string cimport memcpy, memset
 
-from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, POLLOUT, socklen_t,
+from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, POLLIN, POLLOUT, socklen_t,
                              sockaddr_storage, msghdr, iovec,
                              io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
 from uringloop._ring cimport BufferRing
 from uringloop._ops cimport (Proactor, Operation, MsgOp, PollOp, OP_IDLE, sockaddr_to_python,
-                             socket_fd_now)
+                             converts_sockaddr, socket_fd_now)
 from uringloop._flow cimport TransportCore, add_socket_extra
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
@@ -100,6 +113,10 @@ cdef int AF_INET6 = _socket.AF_INET6
 cdef Py_ssize_t MAX_DATAGRAM = 256 * 1024
 # Idle MsgOps (address holders for sendto()) a transport keeps for reuse.
 cdef Py_ssize_t MAX_SPARE_OPS = 64
+# Datagrams a by_socket transport reads per readiness before it polls again (the stock reader
+# reads one per loop iteration; a few more save round trips through the ring, and the bound
+# keeps a flooded socket from holding the loop).
+cdef int READS_PER_POLL = 16
 # Python 3.13 sends zero-length datagrams; earlier versions silently drop them.
 cdef bint SEND_EMPTY = sys.version_info >= (3, 13)
 # Errors that mean the socket itself is gone: reporting them to error_received() and receiving
@@ -172,9 +189,15 @@ cdef class DatagramCore(TransportCore):
         self.connected = connected
         if self.family == AF_INET or self.family == AF_INET6:
             self.bufs = _multishot_buffers(loop)
+        self.by_socket = not converts_sockaddr(self.family)
         if self.bufs is not None:
             self.recv_op = MultishotRecvMsgOp(self.proactor, self, self.fd, None)
             (<MultishotRecvMsgOp>self.recv_op).bgid = self.bufs.bgid
+        elif self.by_socket:
+            # Addresses only the socket's own recvfrom() converts (see the module's docstring):
+            # the ring waits for input, the socket reads.
+            self.recv_op = PollOp(self.proactor, self, self.fd, None)
+            (<PollOp>self.recv_op).events = POLLIN
         else:
             self.recv_buf = bytearray(MAX_DATAGRAM)
             self.recv_op = MsgOp(self.proactor, self, self.fd, None)
@@ -205,7 +228,7 @@ cdef class DatagramCore(TransportCore):
             return 0
         if self.socket_gone():
             return 0        # as the stock loop's reader goes with the closed descriptor
-        if self.bufs is None and not (<MsgOp>op).has_view:
+        if self.bufs is None and not self.by_socket and not (<MsgOp>op).has_view:
             (<MsgOp>op).set_buffer(self.recv_buf, True)
         op.keep = self.sock
         op.submit()
@@ -220,6 +243,8 @@ cdef class DatagramCore(TransportCore):
         if op is self.recv_op:
             if self.bufs is not None:
                 self.multishot_done(res, flags)
+            elif self.by_socket:
+                self.readable_done(res)
             else:
                 self.recv_done(res)
         elif op is self.send_poll:
@@ -288,6 +313,56 @@ cdef class DatagramCore(TransportCore):
         if not self.paused:
             self.arm_recv()
         self.error_received(_oserror(-res))
+        return 0
+
+    cdef int readable_done(self, int res) except -1:
+        """A by_socket transport's POLLIN poll completed (see the module's docstring): the
+        datagrams are read by the socket's own recvfrom(), as the stock transport's reader
+        reads them, so that datagram_received() gets the socket module's addresses."""
+        cdef int reads = 0
+        cdef object sock = self.sock
+        if res == -ECANCELED:
+            # pause_reading()/close() asked for it -- or the loop is closing.  Nothing was read:
+            # the datagrams wait in the socket.  If reading was resumed meanwhile, go on.
+            if not self.closing and not self.paused:
+                self.arm_recv()
+            return 0
+        if self.closing or sock is None:
+            return 0
+        if self.socket_gone():
+            return self.socket_closed_under_receive()
+        if res < 0:
+            return self.recv_failed(res)
+        try:
+            # datagram_received() may pause or close the transport, or close the socket under
+            # it: each read asks again.
+            while (reads < READS_PER_POLL and not self.closing and not self.paused
+                   and not self.socket_gone()):
+                reads += 1
+                try:
+                    data, addr = sock.recvfrom(MAX_DATAGRAM, MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    # An error queued on the socket (what the stock reader passes to
+                    # error_received()); one that says the socket itself is gone ends it.
+                    if exc.errno in FATAL_RECV_ERRORS:
+                        self.fatal_error(exc, 'Fatal read error on datagram transport')
+                    else:
+                        self.error_received(exc)
+                    continue
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self.fatal_error(exc, 'Fatal read error on datagram transport')
+                    break
+                self.deliver(data, addr)
+        finally:
+            # Poll again -- also when datagram_received() raised KeyboardInterrupt or
+            # SystemExit: a loop run again goes on receiving.  (arm_recv() does nothing for a
+            # socket closed under the transport, nor when resume_reading() has armed it.)
+            if not self.closing and not self.paused:
+                self.arm_recv()
         return 0
 
     cdef int recv_done(self, int res) except -1:
@@ -405,6 +480,9 @@ cdef class DatagramCore(TransportCore):
         if self.socket_gone():
             self.protocol.error_received(_oserror(EBADF))   # what the stock sendto() gets
             return
+        if self.by_socket:
+            self.sendto_by_socket(data, addr)
+            return
         if self.spare_ops:
             op = <MsgOp>self.spare_ops.pop()
             op.keep = self.sock
@@ -518,23 +596,80 @@ cdef class DatagramCore(TransportCore):
             self.loop.call_soon(self.call_connection_lost, None)
         return 0
 
+    cdef int sendto_by_socket(self, object data, object addr) except -1:
+        """sendto() of a by_socket transport (see the module's docstring): the socket's own
+        send()/sendto() converts the address, at once when nothing waits before it; what would
+        block is queued with its address as given, for send_queued_inline().  Errors as the
+        stock sendto() has them: an OSError goes to protocol.error_received() (what that raises
+        goes out of sendto()), anything else (an address of the wrong form) is fatal."""
+        cdef MsgOp op
+        if not self.send_q and not self.proactor.closing:
+            try:
+                if self.connected:
+                    self.sock.send(data, MSG_DONTWAIT)
+                else:
+                    self.sock.sendto(data, MSG_DONTWAIT, addr)
+                return 0
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self.protocol.error_received(exc)
+                return 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.fatal_error(exc, 'Fatal write error on datagram transport')
+                return 0
+        # The MsgOp only holds the data (and counts it): the address stays a Python object
+        # in its tag, for the socket's sendto(); it never goes to the kernel as an operation.
+        op = MsgOp(self.proactor, self, self.fd, self.sock)
+        op.sending = True
+        op.tag = addr
+        op.set_buffer(data if type(data) is bytes else bytes(data), False)
+        self.buffer_size += op.view.len
+        self.send_q.append(op)
+        self.pump_sends()
+        self.maybe_pause_protocol()
+        return 0
+
     cdef int send_queued_inline(self) except -1:
         """Send the queued datagrams in order, one non-blocking sendmsg(2) each, until the
         socket has no room; then wait for room again."""
         cdef MsgOp op
         cdef ssize_t sent
         cdef int err
+        cdef object exc
         while self.send_q:
             op = <MsgOp>self.send_q[0]
-            sent = self.send_now(op, op.view.buf, op.view.len, &err)
-            if sent < 0 and (err == EAGAIN or err == EINTR):
-                break
+            exc = None
+            if self.by_socket:
+                # The socket's own method, with the address as it was given (sendto_by_socket).
+                try:
+                    if self.connected:
+                        self.sock.send(op.obj, MSG_DONTWAIT)
+                    else:
+                        self.sock.sendto(op.obj, MSG_DONTWAIT, op.tag)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as e:
+                    exc = e
+            else:
+                sent = self.send_now(op, op.view.buf, op.view.len, &err)
+                if sent < 0 and (err == EAGAIN or err == EINTR):
+                    break
+                if sent < 0:
+                    exc = _oserror(err)
             self.send_q.popleft()
             self.buffer_size -= op.view.len
             op.drop_buffer()
-            op.keep = None      # (not reused: error_received() below may call sendto())
-            if sent < 0:
-                self.error_received(_oserror(err))
+            op.keep = op.tag = None     # (not reused: error_received() below may call sendto())
+            if exc is not None:
+                if not isinstance(exc, OSError):
+                    # An address the socket refused by its form: fatal, as in the stock sendto.
+                    return self.fatal_error(exc, 'Fatal write error on datagram transport')
+                self.error_received(exc)
                 if self.conn_lost:
                     return 0
         return self.arm_send_poll()

@@ -146,7 +146,17 @@ cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int famil
     if family == AF_NETLINK:
         return ((<sockaddr_nl *>ss).nl_pid, (<sockaddr_nl *>ss).nl_groups)   # as the socket module
     # Anything else: the raw (family, bytes) form, as socket.getaddrinfo would never give us.
+    # (Not what socket.recvfrom() gives for it: datagram sockets of such families receive and
+    # send with the socket's own methods instead -- see converts_sockaddr.)
     return (family, PyBytes_FromStringAndSize(<char *>ss, length))
+
+
+cdef bint converts_sockaddr(int family) noexcept:
+    """Whether sockaddr_to_python and python_to_sockaddr convert the addresses of `family` as
+    the socket module does.  For any other family (AF_PACKET, AF_CAN, AF_TIPC, AF_BLUETOOTH...)
+    only the socket object's own recvfrom()/sendto() give and take the addresses its users
+    expect, so datagrams of those go through them (_datagram, _sockio)."""
+    return family == AF_INET or family == AF_INET6 or family == AF_UNIX or family == AF_NETLINK
 
 
 cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *ss) except 0:
