@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from helpers import PACKET_P, PACKET_Q, RefusingFirstSends, lo_address, packet_socket
+
 needs_311 = pytest.mark.skipif(sys.version_info < (3, 11),
                                reason="sock_recvfrom/sock_sendto are in the stock loop since 3.11")
 
@@ -935,6 +937,32 @@ async def test_a_family_without_host_and_port_addresses_works():
         assert await loop.sock_sendto(sock, request, (0, 0)) == len(request)
         data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 65536), 5)
         assert addr == (0, 0) and len(data) >= 16
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_a_packet_socket_sends_and_receives_with_the_socket_modules_addresses():
+    """AF_PACKET (a family the core does not convert): sock_sendto() takes the addresses
+    socket.sendto() takes -- also when the socket has no room at first and the datagram must
+    wait for it (uringloop's request then refused the address: EAFNOSUPPORT) -- and
+    sock_recvfrom()/sock_recvfrom_into() give the sender as socket.recvfrom() does."""
+    loop = asyncio.get_running_loop()
+    sender = packet_socket(PACKET_Q, RefusingFirstSends)
+    receiver = packet_socket(PACKET_P)
+    token = os.urandom(8)
+    with sender, receiver:
+        sender.refuse = 2
+        assert await asyncio.wait_for(
+            loop.sock_sendto(sender, token + b"waited", lo_address(PACKET_P)), 5) == 14
+        assert sender.refuse == 0
+        expected = ("lo", PACKET_P, socket.PACKET_HOST, 772, b"\0" * 6)     # 772: loopback
+        assert await asyncio.wait_for(loop.sock_recvfrom(receiver, 100), 5) == (
+            token + b"waited", expected)
+        assert await loop.sock_sendto(sender, token + b"at once", lo_address(PACKET_P)) == 15
+        buf = bytearray(100)
+        assert await asyncio.wait_for(loop.sock_recvfrom_into(receiver, buf), 5) == (
+            15, expected)
+        assert bytes(buf[:15]) == token + b"at once"
 
 
 @needs_311

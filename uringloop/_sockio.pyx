@@ -38,7 +38,8 @@ from uringloop._sys cimport ECANCELED, EBADF, EAGAIN, EINTR, EINPROGRESS, POLLIN
 from libc.string cimport memcpy
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
-                             AcceptOp, ConnectOp, PollOp, DelayOp, OP_IDLE, accept_nonblocking)
+                             AcceptOp, ConnectOp, PollOp, DelayOp, OP_IDLE, accept_nonblocking,
+                             converts_sockaddr)
 
 import collections
 import errno as _errno_mod
@@ -749,11 +750,15 @@ cdef class SocketState(Completer):
     # unix_dgram_sendmsg copies the data out before it finds the receiver's queue full, and the
     # request, retried once there is room, sends an *empty* datagram (see _datagram's module
     # docstring).  It sends at once by the socket's own method, as the stock loop does, and
-    # when there is no room waits for POLLOUT and tries again (send_done).
+    # when there is no room waits for POLLOUT and tries again (send_done).  So does a socket of
+    # a family whose addresses the core cannot write (AF_PACKET, AF_CAN...: see
+    # _ops.converts_sockaddr): only its own sendto() takes the addresses socket.sendto() takes
+    # (a sendmsg request refused them with EAFNOSUPPORT when the first try would block).
 
     cdef Operation sendto_now(self, Request req):
-        """A unix datagram sendto() at once: None when that settled the request, else the
-        POLLOUT poll to wait for room with; raises what socket.sendto() raises."""
+        """A sendto() at once by the socket's own method (a unix datagram socket, or a family
+        the core does not convert): None when that settled the request, else the POLLOUT poll
+        to wait for room with; raises what socket.sendto() raises."""
         cdef PollOp op
         cdef object sock = self.sock_ref()
         if sock is None:
@@ -808,7 +813,9 @@ cdef class SocketState(Completer):
                     op = self.start_connect(req)
                     if op is None:
                         continue      # connected at once
-                elif req.kind == K_SENDTO and self.family == AF_UNIX and not self.stream:
+                elif req.kind == K_SENDTO and (
+                        (self.family == AF_UNIX and not self.stream)
+                        or not converts_sockaddr(self.family)):
                     op = self.sendto_now(req)
                     if op is None:
                         continue      # sent at once
@@ -840,7 +847,7 @@ cdef class SocketState(Completer):
         if (((req.kind == K_SENDTO and type(op) is PollOp and res >= 0)
                 or (req.kind == K_CONNECT and type(op) is DelayOp and res != -ECANCELED))
                 and not req.fut.done()):
-            # A unix datagram socket has room (sendto_now), or a unix connect's pause is over
+            # The socket has room for a sendto() (sendto_now), or a unix connect's pause is over
             # (start_connect): the request goes back to the head of the queue and pump_send()
             # below tries it again, or waits again.
             if self.send_q is None:
@@ -1171,9 +1178,9 @@ async def sock_sendto(self, sock, data, address):
     cdef SocketState state = _state_for(self, sock)
     if (state.family != AF_INET and state.family != AF_INET6 and state.family != AF_UNIX
             and state.send_op is None and not state.send_q):
-        # A family whose addresses our operations cannot write (AF_NETLINK, AF_PACKET...): the
-        # socket's own sendto(), at once, as the stock loop's first attempt.  (Only should it
-        # not take the datagram does the request below refuse the address.)
+        # A family other than IP and unix (AF_NETLINK, AF_PACKET...): the socket's own sendto(),
+        # at once, as the stock loop's first attempt, without a request.  (Should it not take
+        # the datagram, the request below waits for room and tries it again: sendto_now.)
         try:
             return sock.sendto(data, _MSG_DONTWAIT, address)
         except (BlockingIOError, InterruptedError):
