@@ -672,9 +672,9 @@ async def test_a_datagram_arriving_as_its_receiver_is_cancelled_stays_whole(fami
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("into", [False, True], ids=["recv", "recv_into"])
-async def test_a_datagram_given_back_by_a_cancelled_receiver_keeps_its_address(is_uring, into):
-    """A sock_recv() whose datagram was received for it but whose task was cancelled before it
+@pytest.mark.parametrize("kind", ["recv", "recv_into", "recvfrom", "recvfrom_into"])
+async def test_a_datagram_given_back_by_a_cancelled_receiver_keeps_its_address(is_uring, kind):
+    """A sock_recv*() whose datagram was received for it but whose task was cancelled before it
     resumed gives the datagram back -- with its sender's address, for a later sock_recvfrom()
     (uringloop kept (data, None): sock_recv received without the address).  The window is
     made with two concurrent receivers served in one pass: the first, resuming, cancels the
@@ -691,11 +691,19 @@ async def test_a_datagram_given_back_by_a_cancelled_receiver_keeps_its_address(i
         a.setblocking(False)
 
         async def receive():
-            if into:
-                buf = bytearray(100)
+            buf = bytearray(100)
+            if kind == "recv":
+                return await loop.sock_recv(a, 100)
+            if kind == "recv_into":
                 n = await loop.sock_recv_into(a, buf)
-                return bytes(buf[:n])
-            return await loop.sock_recv(a, 100)
+            elif kind == "recvfrom":
+                data, addr = await loop.sock_recvfrom(a, 100)
+                assert addr == b.getsockname()
+                return data
+            else:
+                n, addr = await loop.sock_recvfrom_into(a, buf)
+                assert addr == b.getsockname()
+            return bytes(buf[:n])
 
         second = None
 
