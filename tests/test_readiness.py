@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import errno
 import os
 import socket
 import threading
@@ -270,6 +271,40 @@ async def test_a_failed_modification_drops_the_registration():
     assert loop.remove_reader(r) is False
     with pytest.raises(OSError):
         loop.add_reader(r, lambda: None)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("given_as", ["number", "socket object"])
+@pytest.mark.parametrize("removed", ["reader", "writer"])
+async def test_removing_one_direction_of_a_closed_descriptor_raises_and_drops_the_other(
+        given_as, removed):
+    """remove_reader() of a descriptor closed since it was registered while a writer is still
+    registered on it (or remove_writer() with a reader) raises OSError(EBADF), and the other
+    direction's callback is gone with the registration.  That is the stock loop's behaviour
+    on 3.10-3.13 (its selector's modify() fails, unregisters and re-raises), and the project's
+    rule is the stock loop's exception types.  uringloop said True and kept the other callback
+    registered for a descriptor that no longer existed."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    with b:
+        target = a.fileno() if given_as == "number" else a
+        loop.add_reader(target, lambda: None)
+        loop.add_writer(target, lambda: None)
+        a.close()
+        remove, other = ((loop.remove_reader, loop.remove_writer) if removed == "reader"
+                         else (loop.remove_writer, loop.remove_reader))
+        with pytest.raises(OSError) as info:
+            remove(target)
+        assert info.value.errno == errno.EBADF
+        if given_as == "number":
+            assert other(target) is False
+            assert remove(target) is False
+        else:
+            # No registration has it any more: the closed socket object is a descriptor -1,
+            # a ValueError for both loops.
+            with pytest.raises(ValueError):
+                other(target)
+        await iterations()
 
 
 def test_every_ready_descriptor_is_dispatched_in_one_iteration(new_loop):
