@@ -307,6 +307,105 @@ async def test_removing_one_direction_of_a_closed_descriptor_raises_and_drops_th
         await iterations()
 
 
+@pytest.mark.asyncio
+async def test_an_error_on_the_descriptor_wakes_both_its_reader_and_its_writer():
+    """An error (EPOLLERR) wakes the reader and the writer of a descriptor whatever they wait
+    for, as the stock selector maps it: here a full pipe's write end, whose reader has gone,
+    has neither room nor anything to read."""
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    fired = set()
+    try:
+        while True:
+            os.write(w, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    try:
+        loop.add_reader(w, fired.add, "reader")
+        loop.add_writer(w, fired.add, "writer")
+        await iterations()
+        assert fired == set()
+        os.close(r)
+        await until(lambda: fired == {"reader", "writer"})
+        assert loop.remove_reader(w) and loop.remove_writer(w)
+    finally:
+        os.close(w)
+
+
+def eventpoll_descriptors():
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]":
+                found.add(int(name))
+        except FileNotFoundError:
+            pass                # listdir's own descriptor
+    return found
+
+
+def test_readiness_survives_its_epoll_descriptor_being_closed_by_someone_else(
+        new_loop, is_uring):
+    """The loop's epoll instance closed by someone else (a double close, a closerange()):
+    every registration goes on firing, the exception handler hears about it, and loop.close()
+    leaves alone the file that took the number.  uringloop's poll on the instance failed with
+    EBADF once re-armed (or its epoll_wait did) and was never armed again: every reader and
+    writer stopped firing while still registered -- and close() closed the number, whatever
+    file it named by then."""
+    if not is_uring:
+        pytest.skip("the stock loop's epoll_wait raises OSError(EBADF) out of run_forever() "
+                    "once its selector's descriptor is closed under it")
+    loop = new_loop()
+    reports = []
+    loop.set_exception_handler(lambda loop, context: reports.append(context))
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    got = []
+    before = eventpoll_descriptors()
+
+    def reader():
+        got.append(b.recv(100))
+        if len(got) == 1:
+            os.close(epfd)      # between its completion and the poll's re-arm: POLL_ADD fails
+
+    async def main():
+        loop.add_reader(b, reader)
+        await iterations()
+        a.send(b"one")
+        await until(lambda: len(got) == 1)
+        await iterations()
+        a.send(b"two")
+        await until(lambda: len(got) == 2)
+        assert len(reports) == 1
+        # Closed again while the poll waits in the kernel (it holds the instance, and still
+        # completes), the number taken by another file before it does: epoll_wait on it fails.
+        renewed, = eventpoll_descriptors() - before      # (it may have taken epfd's number)
+        os.close(renewed)
+        os.dup2(null, renewed, inheritable=False)
+        a.send(b"three")
+        await until(lambda: len(got) == 3)
+        assert len(reports) == 2
+        return renewed
+
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        with a, b:
+            loop.add_reader(b, lambda: None)
+            epfd, = eventpoll_descriptors() - before
+            loop.remove_reader(b)
+            stranger = loop.run_until_complete(main())
+            assert got == [b"one", b"two", b"three"]
+            for report in reports:
+                assert isinstance(report["exception"], OSError)
+                assert "closed by someone else" in report["message"]
+            loop.close()
+            os.fstat(stranger)          # still open: not the loop's to close
+            os.close(stranger)
+    finally:
+        os.close(null)
+
+
 def test_every_ready_descriptor_is_dispatched_in_one_iteration(new_loop):
     """300 descriptors ready at once: all 300 readers run in the same iteration, as the stock
     selector asks epoll for as many events as it has registrations.  (uringloop took 128 per

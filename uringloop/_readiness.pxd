@@ -39,4 +39,5 @@ cdef class Readiness(Completer):
     cdef int dispatch(self) except -1
     cdef object add(self, object fileobj, object callback, tuple args, bint read)
     cdef bint remove(self, object fileobj, bint read) except -1
+    cdef int renew(self, int err) except -1
     cdef int forget(self, FdWatch watch) except -1

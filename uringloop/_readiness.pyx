@@ -190,10 +190,14 @@ cdef class Readiness(Completer):
         if self.epfd < 0 or self.proactor.closing:
             return 0                    # closed: nothing fires any more
         if res < 0 and res != -ECANCELED:
-            self.loop.call_exception_handler({
-                'message': f'poll on the readiness epoll instance failed: {os.strerror(-res)}',
-                'exception': _oserror(-res),
-            })
+            # The registered descriptors are not polled here -- epoll drops a closed one
+            # silently, and reports an error or hang-up on one as readiness (dispatch) -- so
+            # the poll on the instance itself fails only when its number no longer names an
+            # open file: EBADF, the number closed by someone else (a double close, a
+            # closerange()).  It was reported and never submitted again: every reader and
+            # writer stopped firing while still registered.  The stock loop's epoll_wait raises
+            # out of run_forever() then; here the instance is made again (renew).
+            self.renew(-res)
             return 0
         if res > 0:
             self.dispatch()
@@ -222,6 +226,11 @@ cdef class Readiness(Completer):
             self.events = grown
             self.events_room = room
         n = epoll_wait(self.epfd, self.events, room, 0)
+        if n < 0:
+            # EBADF or EINVAL: the instance's number was closed by someone else (the poll in
+            # the kernel holds the instance, so it still completed) and is free or names
+            # another file now.  See renew.
+            return self.renew(errno)
         for i in range(n):
             watch = self.watches.get(self.events[i].data.fd)
             if watch is None:
@@ -290,6 +299,43 @@ cdef class Readiness(Completer):
             old.cancel()
         self.arm_from_any_thread()
         return handle
+
+    cdef int renew(self, int err) except -1:
+        """The epoll instance's number was closed under the loop (op_done, dispatch): make a
+        new instance, add every registration to it again, report what happened to the
+        exception handler, and arm the poll on the new one.  Every callback goes on firing
+        as before.  The old number is never closed again by the loop: it may name someone
+        else's file by now (close() closed it before, whatever it had become).  A registration
+        whose descriptor is closed by now is not added (epoll would have dropped it as well)
+        but stays known, as the stock selector keeps it: remove_reader() still says True.
+        (Undetectable, and left alone: the old number taken meanwhile by another epoll
+        instance, or by a socket that never becomes readable, before the poll is submitted
+        again.)"""
+        cdef FdWatch watch
+        cdef epoll_event event
+        cdef int old = self.epfd
+        cdef int fd = epoll_create1(EPOLL_CLOEXEC)
+        if fd < 0:
+            err = errno
+            self.epfd = -1
+            self.watches.clear()
+            raise _oserror(err)
+        self.epfd = fd
+        self.poll = PollOp(self.proactor, self, fd, None)
+        self.poll.events = POLLIN
+        for watch in self.watches.values():
+            event.events = watch.mask()
+            event.data.u64 = 0
+            event.data.fd = watch.fd
+            epoll_ctl(fd, EPOLL_CTL_ADD, watch.fd, &event)
+        self.arm()          # before the handler, which may do anything
+        self.loop.call_exception_handler({
+            'message': f'the readiness epoll instance (fd {old}) was closed by someone else: '
+                       f'made a new one (fd {fd}) with every add_reader()/add_writer() '
+                       f'registration',
+            'exception': _oserror(err),
+        })
+        return 0
 
     cdef int forget(self, FdWatch watch) except -1:
         cdef epoll_event unused
