@@ -30,6 +30,22 @@ object, never to the new one.  What was queued behind it is never submitted once
 is closed -- by number it would reach the new socket -- but fails with EBADF, as the closed
 socket's own methods fail (socket_closed; SendOp does the same for the rest of a partial send).
 Connections accepted for callers that had gone are closed with the loop if nobody took them.
+
+One window is left open, knowingly.  A request is written into the ring when it is made, and
+the kernel reads its descriptor number only at the iteration's io_uring_enter.  Should another
+callback of the same pass of the ready queue close the socket and make or accept a new one
+(which takes the lowest free number: very likely this one), the request reaches the new socket
+-- a receive takes its bytes, a send writes to its peer -- where the stock loop's call, which
+tries the socket itself first, has sent already or waits on for the closed one (epoll forgot it).  Closing the window means learning of the
+close before the enter, and socket.close() tells the loop nothing: it would take a look at
+every request written since the last enter, on every enter -- the hot path of every sock_*
+call, for a program that closes a socket under another task's call and reuses its number
+within one pass.  The cheaper-looking ways do not hold: a dup() per request is a system call
+per request; one per socket keeps the connection open after close() until the loop notices;
+a fixed-file slot per socket holds the file as that dup would, and costs a registration;
+holding the socket's _io_refs (as makefile() does) keeps fileno() valid after close(), which
+programs and libraries read as "still open", and costs Python attribute traffic per request.
+tests/test_invariants.py keeps the reproduction (xfail).
 """
 
 cimport cython
