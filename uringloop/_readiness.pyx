@@ -307,10 +307,13 @@ cdef class Readiness(Completer):
         as before.  The old number is never closed again by the loop: it may name someone
         else's file by now (close() closed it before, whatever it had become).  A registration
         whose descriptor is closed by now is not added (epoll would have dropped it as well)
-        but stays known, as the stock selector keeps it: remove_reader() still says True.
-        (Undetectable, and left alone: the old number taken meanwhile by another epoll
-        instance, or by a socket that never becomes readable, before the poll is submitted
-        again.)"""
+        but stays known, as the stock selector keeps it: remove_reader() still says True; one
+        whose number another file has taken since is watched for that file, as add_reader()
+        would watch it (README: a reused descriptor number).  (Undetectable, and left alone:
+        the old number taken meanwhile by another epoll instance, or by a socket that never
+        becomes readable, before the poll is submitted again.  And should the poll ever fail
+        for another reason with the instance still there, that instance is left open: no
+        such failure is known for a poll on an epoll descriptor.)"""
         cdef FdWatch watch
         cdef epoll_event event
         cdef int old = self.epfd
