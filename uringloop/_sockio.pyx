@@ -36,8 +36,9 @@ the kernel reads its descriptor number only at the iteration's io_uring_enter.  
 callback of the same pass of the ready queue close the socket and make or accept a new one
 (which takes the lowest free number: very likely this one), the request reaches the new socket
 -- a receive takes its bytes, a send writes to its peer -- where the stock loop's call, which
-tries the socket itself first, has sent already or waits on for the closed one (epoll forgot it).  Closing the window means learning of the
-close before the enter, and socket.close() tells the loop nothing: it would take a look at
+tries the socket itself first, has sent already or waits on for the closed one (epoll forgot
+it).  Closing the window means learning of the close before the enter, and socket.close()
+tells the loop nothing: it would take a look at
 every request written since the last enter, on every enter -- the hot path of every sock_*
 call, for a program that closes a socket under another task's call and reuses its number
 within one pass.  The cheaper-looking ways do not hold: a dup() per request is a system call
