@@ -545,6 +545,70 @@ def test_fork_child_refuses_the_parents_loop_and_can_make_a_new_one():
     assert result.stdout.strip() == "child 0", result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("wake_up", [False, True], ids=["at-once", "after-a-thread"])
+@pytest.mark.parametrize("loop_name", list(LOOP_FACTORIES))
+def test_a_fork_child_leaving_the_running_loop_with_sys_exit_exits_with_its_code(loop_name,
+                                                                                  wake_up):
+    """A coroutine forks and the child leaves with sys.exit(3): asyncio.run()'s shutdown then
+    runs the loop again in the child (cancelling tasks, closing async generators and the
+    executor), and the child must exit with 3 and print nothing, as on the stock loop.  On
+    uringloop it exited with 1 and a RuntimeError (the inherited loop refused to iterate).
+    `after-a-thread`: the child first awaits run_in_executor(), so its loop must be woken by a
+    thread of its own (and its shutdown joins that executor); on uringloop new I/O is refused
+    there all the same (the ring is the parent's).  On uringloop, the parent's loop works on:
+    the receive it had in flight at the fork completes, its reader is called (the child removed
+    it), and a thread wakes it.  (The stock loop's child shares the parent's epoll instance and
+    self-pipe, and unregisters them from it when its loop closes: its parent is not checked.)"""
+    result = run_python(f"""
+        import asyncio, os, socket, sys
+        import uringloop
+        uring = {loop_name == "uringloop"!r}
+        factory = uringloop.new_event_loop if uring else asyncio.SelectorEventLoop
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            a, b = socket.socketpair()
+            b.setblocking(False)
+            receiving = asyncio.ensure_future(loop.sock_recv(b, 10)) if uring else None
+            r, w = os.pipe()
+            readable = loop.create_future()
+            loop.add_reader(r, lambda: readable.done() or readable.set_result(os.read(r, 10)))
+            await asyncio.sleep(0)
+            pid = os.fork()
+            if pid == 0:
+                if {wake_up!r}:
+                    await loop.run_in_executor(None, sum, [1, 2])
+                    if uring:
+                        # A reader's clean-up leaves the parent's registration alone (the epoll
+                        # instance is shared), and new I/O is refused, with the reason.
+                        loop.remove_reader(r)
+                        c, d = socket.socketpair()
+                        c.setblocking(False)
+                        try:
+                            await loop.sock_sendall(c, b"x")
+                            os._exit(8)
+                        except RuntimeError as exc:
+                            if "fork" not in str(exc):
+                                os._exit(9)
+                sys.exit(3)
+            _, status = os.waitpid(pid, 0)
+            print("child", os.waitstatus_to_exitcode(status), flush=True)
+            if uring:
+                a.send(b"parent")
+                os.write(w, b"pipe")
+                print(await asyncio.wait_for(receiving, 10),
+                      await asyncio.wait_for(readable, 10),
+                      await loop.run_in_executor(None, sum, [1, 2]), flush=True)
+            loop.remove_reader(r)
+            for f in (a, b, r, w):
+                os.close(f) if isinstance(f, int) else f.close()
+
+        uringloop.run(main(), loop_factory=factory)
+    """)
+    expected = "child 3\nb'parent' b'pipe' 3" if loop_name == "uringloop" else "child 3"
+    assert (result.returncode, result.stdout.strip(), result.stderr) == (0, expected, "")
+
+
 def test_a_fork_child_leaving_from_a_callback_leaves_the_parents_rings_alone():
     """A protocol callback forks and the child exits with sys.exit() -- which unwinds through
     the completion handling the child inherited.  The completion queue is memory shared with

@@ -40,6 +40,7 @@ cdef class Proactor:
     cdef readonly object loop
     cdef readonly bint closing
     cdef public bint forked                # set in a fork child: the ring belongs to the parent
+    cdef readonly bint runs_in_fork_child  # ... and the child goes on inside this loop's run
     cdef int wake_fd
     cdef int wake_pending                  # an eventfd write not yet taken (see wakeup)
     cdef WakeupOp wakeup_op
@@ -141,6 +142,7 @@ cdef class Proactor:
     cdef int check_usable(self) except -1
     cpdef int wait(self, object timeout) except -1
     cdef int enter_for(self, object timeout) except -1
+    cdef int wait_in_fork_child(self, object timeout) except -1
     cdef unsigned busy_wait_count(self) noexcept
     cdef unsigned breadth_ask(self) noexcept
     cdef int spin_or_wait(self, long long timeout_ns) except -1

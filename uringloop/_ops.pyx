@@ -50,7 +50,8 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.stdint cimport uint64_t, uint32_t, uintptr_t
 from libc.string cimport memset, memcpy, strlen
-from posix.unistd cimport close as c_close
+from libc.math cimport ceil
+from posix.unistd cimport close as c_close, read as c_read
 
 from uringloop._sys cimport *
 from uringloop._ring cimport Ring, BufferRing
@@ -101,6 +102,13 @@ cdef extern from "<linux/netlink.h>":
 cdef extern from "<sys/eventfd.h>":
     int eventfd(unsigned int initval, int flags)
     int EFD_NONBLOCK, EFD_CLOEXEC
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
 
 
 cdef extern from "Python.h":
@@ -302,6 +310,30 @@ cdef class Proactor:
         if self.ring.closed:
             raise RuntimeError("Event loop is closed")
         return 0
+
+    def after_fork_in_child(self, bint running_here):
+        """This is a fork child (called from os.fork()'s after-child hook, the only thread
+        left).  `running_here`: the fork was made inside this loop's run, in the thread that
+        runs it, so the child goes on inside that run."""
+        self.forked = True
+        if self.ring.closed:
+            return
+        # The eventfd is the parent's file, read by the parent's ring: a call_soon_threadsafe()
+        # in the child would wake the parent, and nothing would wake the child.  Closing our copy
+        # of the descriptor leaves the parent's alone.  (-1 if none can be had: the child's waits
+        # then end by their timeout only.)
+        c_close(self.wake_fd)
+        self.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        self.wake_pending = 0
+        # Why a loop running at the fork may go on, where an idle one refuses to run at all: the
+        # child's code is inside run_forever() and cannot follow the advice of check_usable()'s
+        # error and make a new loop -- asyncio allows no loop to run inside a running one -- nor
+        # even finish: asyncio.run()'s shutdown (cancelling the tasks, closing the async
+        # generators and the executor) runs this loop again, so a child leaving with
+        # sys.exit(3) left with status 1 and that RuntimeError instead.  It goes on without the
+        # ring (wait_in_fork_child): callbacks, timers and call_soon_threadsafe() work, new I/O
+        # is still refused (submit), and what the parent has in flight is not ours to collect.
+        self.runs_in_fork_child = running_here
 
     cdef int grow_fd_stamps(self, int fd) noexcept:
         """Room in fd_stamps for `fd`; -1 (the send goes unrecorded) if memory is short."""
@@ -525,6 +557,8 @@ cdef class Proactor:
         cdef long long timeout_ns
         cdef unsigned min_complete, min_wait_us, busy, ask
         cdef int quiet
+        if self.forked and self.runs_in_fork_child and not self.ring.closed:
+            return self.wait_in_fork_child(timeout)
         self.check_usable()
         if self.backlog or self.pending_cancels:
             self.flush_backlog()
@@ -603,6 +637,37 @@ cdef class Proactor:
                 and self.answers != self.answers_at_spin and self.ring.can_spin()):
             return self.spin_or_wait(timeout_ns)
         self.ring.enter(min_complete, timeout_ns, min_wait_us)
+        return 0
+
+    cdef int wait_in_fork_child(self, object timeout) except -1:
+        """enter_for() in a fork child that goes on inside this loop's run (see
+        after_fork_in_child): the ring is the parent's -- entering it would submit what the
+        parent queued and take the parent's completions -- so only the child's own wake-up
+        (call_soon_threadsafe) or the timeout ends the wait, and nothing is dispatched."""
+        cdef pollfd pfd
+        cdef int ms, n
+        cdef double ms_wanted
+        cdef uint64_t value
+        if timeout is None:
+            ms = -1
+        else:
+            # Rounded up, as the stock selectors do: a wait that ended before the next timer is
+            # due would come straight back for a few microseconds.
+            ms_wanted = ceil(<double>timeout * 1e3)
+            if not ms_wanted > 0:
+                return 0
+            ms = <int>min(ms_wanted, 2147483647.0)
+        pfd.fd = self.wake_fd          # (-1 if the child had none: poll() skips it)
+        pfd.events = POLLIN
+        pfd.revents = 0
+        with nogil:
+            n = poll(&pfd, 1, ms)
+        # (EINTR: the loop runs the signal's Python handler when this returns.)
+        if n > 0 and pfd.revents & POLLIN:
+            # Taken as WakeupOp.complete() takes it: the count first, then the flag, so that a
+            # writer who saw the flag raised has queued its callback before this returns.
+            c_read(self.wake_fd, &value, 8)
+            ul_flag_lower(&self.wake_pending)
         return 0
 
     # Spinning before sleeping.  A loop that has just served completions and finds none waiting
@@ -748,6 +813,9 @@ cdef class Proactor:
     cdef int dispatch_completions(self) except -1:
         """Dispatch every completion the kernel has posted."""
         cdef uint32_t period
+        if self.forked:
+            # A fork child's: the completion queue is the parent's (see wait_in_fork_child).
+            return 0
         self.batch_bytes = 0
         self.wait_ended = ul_monotonic_ns() >> 10
         period = <uint32_t>(self.wait_ended >> (PERIOD_SHIFT_NS - 10))
@@ -981,6 +1049,7 @@ cdef class Proactor:
             Py_INCREF(self)
             self.ring.close()
             c_close(self.wake_fd)
+            self.wake_fd = -1
             return
         try:
             while self.backlog:

@@ -162,7 +162,9 @@ cdef class Readiness(Completer):
     cdef int arm(self) except -1:
         # A poll still in the kernel (even one being cancelled) re-arms from its completion;
         # one whose handles wait in the ready queue, from the handle behind them (see above).
-        if self.poll.state != OP_IDLE or self.proactor.closing or self.rearm_queued:
+        if (self.poll.state != OP_IDLE or self.proactor.closing or self.rearm_queued
+                or self.proactor.forked):
+            # (A fork child's loop: the poll is the parent's, in the parent's ring.)
             return 0
         self.poll.submit()
         return 0
@@ -343,6 +345,11 @@ cdef class Readiness(Completer):
     cdef int forget(self, FdWatch watch) except -1:
         cdef epoll_event unused
         del self.watches[watch.fd]
+        if self.proactor.forked:
+            # A fork child's loop (one that goes on inside its run cancels tasks in
+            # asyncio.run()'s shutdown, whose clean-up removes readers): the epoll instance is
+            # shared with the parent, and a deletion here took the parent's registration away.
+            return 0
         epoll_ctl(self.epfd, EPOLL_CTL_DEL, watch.fd, &unused)    # errors: already gone
         return 0
 
@@ -367,7 +374,7 @@ cdef class Readiness(Completer):
             # Errors are ignored: a descriptor closed while registered has already left the set
             # (the stock selector ignores them when unregistering as well).
             self.forget(watch)
-        elif handle is not None:
+        elif handle is not None and not self.proactor.forked:     # (forked: see forget)
             # The other direction stays registered: its events are narrowed.  That can fail --
             # EBADF when the descriptor was closed meanwhile, ENOENT when its number now names
             # a file the set never had -- and then the stock selector's modify() drops the whole

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 import weakref
 
 from asyncio import base_events
@@ -40,9 +41,13 @@ _live_proactors: "weakref.WeakSet[Proactor]" = weakref.WeakSet()
 
 def _after_fork_in_child() -> None:
     # The child shares the parent's ring mapping and fd.  Submitting on it would race the parent
-    # for the same queues, so every inherited loop refuses further use with a clear error.
+    # for the same queues, so every inherited loop refuses new I/O with a clear error -- and
+    # refuses to run at all, unless the fork was made inside its run, in the thread running it:
+    # the child then goes on inside that run, without the ring (Proactor.after_fork_in_child).
+    # (Only the forking thread exists in the child; it keeps its thread id.)
+    me = threading.get_ident()
     for proactor in list(_live_proactors):
-        proactor.forked = True
+        proactor.after_fork_in_child(proactor.loop._thread_id == me)
 
 
 if hasattr(os, "register_at_fork"):
