@@ -280,6 +280,78 @@ def test_falls_back_to_a_waitpid_thread_without_pidfd_open(new_loop, monkeypatch
     loop.close()
 
 
+def _refuse_pidfd_open(monkeypatch):
+    def refused(pid, flags=0):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+
+
+def _waitpid_threads(pid):
+    return [t for t in threading.enumerate() if t.name == f"uringloop-waitpid-{pid}"]
+
+
+def test_fallback_thread_reaps_through_popen_and_reports_a_closed_loop(monkeypatch, caplog):
+    """uringloop only (its fallback for a refused pidfd_open(2); the stock loop's, the
+    ThreadedChildWatcher, is the reference of test_child_unreaped_at_loop_close_is_reaped_after_it
+    before 3.12).  The child exits after the loop has closed: the waiting thread reaps it all the
+    same and logs the stock thread's warning -- it said nothing -- and Popen, which the thread
+    reaps through, knows the real status (a bare waitpid() left it to report 0)."""
+    _refuse_pidfd_open(monkeypatch)
+    loop = uringloop.new_event_loop()
+
+    async def start():
+        return await asyncio.create_subprocess_exec(*python("import time; time.sleep(60)"))
+
+    proc = loop.run_until_complete(start())
+    popen = proc._transport.get_extra_info("subprocess")
+    try:
+        waiters = _waitpid_threads(proc.pid)
+        assert len(waiters) == 1          # the fallback is what is tested
+        loop.close()
+        popen.send_signal(signal.SIGKILL)          # exits now, with the loop closed
+        waiters[0].join(30)
+        assert not waiters[0].is_alive()
+        assert not os.path.exists(f"/proc/{proc.pid}"), "left a zombie"
+        assert f"that handles pid {proc.pid} is closed" in caplog.text
+        assert popen.wait(10) == -signal.SIGKILL
+    finally:
+        proc._transport.close()      # (a child left by a failure: killed and reaped by it)
+
+
+def test_fallback_thread_status_reaches_a_popen_polled_before_the_loop_runs(monkeypatch):
+    """uringloop only (as above).  The waiting thread has seen the exit and queued the status
+    for the loop, which has not run since (a callback still runs), and the program polls the
+    Popen meanwhile -- as the transport's close() does.  Popen must see the real status: the
+    thread's bare waitpid() had reaped the child behind its back, poll() found none and set
+    returncode 0 (and kept it, since asyncio copies the status only into a Popen without
+    one)."""
+    _refuse_pidfd_open(monkeypatch)
+    loop = uringloop.new_event_loop()
+
+    async def main():
+        r, w = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *python(f"import os, sys; os.read({r}, 1); sys.exit(5)"), pass_fds=(r,))
+        finally:
+            os.close(r)
+        popen = proc._transport.get_extra_info("subprocess")
+        waiters = _waitpid_threads(proc.pid)
+        os.write(w, b"x")            # the child exits now
+        os.close(w)
+        assert len(waiters) == 1
+        waiters[0].join(30)          # (blocking the loop: it runs no callback meanwhile)
+        assert not waiters[0].is_alive()
+        polled = popen.poll()
+        return polled, await asyncio.wait_for(proc.wait(), 10), popen.returncode
+
+    try:
+        assert loop.run_until_complete(main()) == (5, 5, 5)
+    finally:
+        loop.close()
+
+
 @pytest.mark.timeout(30)
 def test_a_child_that_cannot_be_watched_fails_creation_at_once(monkeypatch):
     """uringloop only (its child watching): no pidfd (a seccomp profile refusing pidfd_open)

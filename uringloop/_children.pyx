@@ -34,6 +34,8 @@ cdef object _waitid = os.waitid
 cdef int P_PIDFD = os.P_PIDFD
 cdef int WAIT_OPTIONS = os.WEXITED | os.WNOHANG
 cdef int CLD_EXITED = os.CLD_EXITED
+cdef int P_PID = os.P_PID
+cdef int WAIT_EXITED_NOWAIT = os.WEXITED | os.WNOWAIT      # wait for the exit, leave the zombie
 
 # What becomes of a child the loop has not reaped when it closes follows the stock loop's default
 # watcher.  Before 3.12 that is ThreadedChildWatcher, a thread per child, which outlives the loop
@@ -64,7 +66,7 @@ cdef class ChildWatcher(Completer):
             return
         except OSError:
             # pidfd_open refused (a seccomp profile that predates it answers EPERM/ENOSYS):
-            # the stock loop's fallback, one thread blocked in waitpid() for this child.
+            # the stock loop's fallback, one thread waiting for this child (wait_in_thread).
             _threading.Thread(target=self.wait_in_thread, args=(popen, callback),
                               name=f"uringloop-waitpid-{popen.pid}", daemon=True).start()
             return
@@ -128,16 +130,30 @@ cdef class ChildWatcher(Completer):
         return returncode
 
     def wait_in_thread(self, popen, callback):
+        # Waits for the exit without reaping (WNOWAIT), then reaps through Popen.wait(), whose
+        # lock orders the reap with the program's own poll()/wait() on the same Popen.  A bare
+        # waitpid() here reaped behind Popen's back: a Popen.poll() between it and the loop
+        # running `callback` (the transport's close() calls one; so does send_signal() before
+        # 3.13), or any after the loop had closed (the callback then never runs), found no
+        # child and left Popen reporting 0 instead of the real status.
+        pid = popen.pid
         try:
-            _, status = os.waitpid(popen.pid, 0)
+            info = _waitid(P_PID, pid, WAIT_EXITED_NOWAIT)
         except ChildProcessError:
+            # Reaped already: by Popen, which knows the status, or behind its back.
             returncode = self.exit_code_from_popen(popen)
         else:
-            returncode = os.waitstatus_to_exitcode(status)
+            if info.si_code == CLD_EXITED:
+                returncode = info.si_status
+            else:
+                returncode = -info.si_status    # killed (or dumped core) by that signal
+            popen.wait()        # a zombie now: returns at once
         try:
             self.loop.call_soon_threadsafe(callback, returncode)
         except RuntimeError:
-            pass                # the loop was closed meanwhile
+            # The loop was closed meanwhile.  The child is reaped all the same (above); say so,
+            # as the stock loop's watcher thread does in this case.
+            _logger.warning("Loop %r that handles pid %r is closed", self.loop, pid)
 
     def exit_code_from_popen(self, popen):
         returncode = popen.returncode
