@@ -11,6 +11,7 @@ duplicate can then only come from the loop.
 """
 
 import asyncio
+import errno
 import gc
 import hashlib
 import os
@@ -556,19 +557,14 @@ async def test_partial_send_does_not_go_on_in_a_new_socket_that_took_the_closed_
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("call", ["sock_recv", "sock_sendall"])
 async def test_request_written_in_the_pass_that_closes_its_socket_does_not_reach_a_new_one(
-        is_uring, request, call):
+        call):
     """A sock_recv() or sock_sendall() whose request was written into the ring in the same pass
     of the ready queue in which another callback closes the socket and a new socket takes its
-    number: the request reaches the kernel at the iteration's io_uring_enter, by number -- the
-    receive takes the new socket's bytes, the send goes to the new socket's peer.  Known and
-    left open on uringloop (the _sockio module docstring says why: closing the window costs a
-    look at every request written since the last enter, on every enter).  On the stock loop,
-    which tries the socket itself first, the send has gone to the old peer at once and the
-    receive waits on for the closed socket; the new socket keeps its bytes."""
-    if is_uring:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="known: a request written in the pass that closes its socket "
-                                "goes to the kernel by number (_sockio docstring)"))
+    number: the request reaches the kernel only at the iteration's io_uring_enter, by number,
+    so before the enter uringloop looks whether the socket still has it (_ops.StaleFdGuard) and
+    fails the request with EBADF if not -- it must neither take the new socket's bytes nor
+    write to its peer.  On the stock loop, which tries the socket itself first, the send has
+    gone to the old peer at once and the receive waits on for the closed socket."""
     loop = asyncio.get_running_loop()
     a, b = socket.socketpair()
     a.setblocking(False)
@@ -597,8 +593,14 @@ async def test_request_written_in_the_pass_that_closes_its_socket_does_not_reach
             assert isinstance(outcome, (OSError, asyncio.CancelledError)), outcome
         else:
             with pytest.raises(BlockingIOError):
-                peer.recv(100)
-            assert a.recv(100) == b"for the old peer"
+                peer.recv(100)                  # nothing reached the new socket's peer
+            # Sent to the old peer before the close (stock), or failed (uringloop: EBADF).
+            received = a.recv(100)
+            if received:
+                assert received == b"for the old peer"
+                assert outcome is None, outcome
+            else:
+                assert isinstance(outcome, OSError) and outcome.errno == errno.EBADF, outcome
 
 
 def test_connection_kept_for_a_cancelled_accept_is_closed_with_the_loop(new_loop, is_uring):

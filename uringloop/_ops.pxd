@@ -1,7 +1,7 @@
 from libc.stdint cimport uint64_t, uint32_t
 from cpython.buffer cimport Py_buffer
 from uringloop._sys cimport io_uring_sqe, sockaddr_storage, socklen_t, msghdr, iovec, __kernel_timespec
-from uringloop._ring cimport Ring, BufferRing
+from uringloop._ring cimport Ring, BufferRing, EnterHook
 
 
 # An iteration that found this many completions or fewer sends a write at once rather than with
@@ -27,8 +27,15 @@ ctypedef struct FdStamps:
     uint32_t received_in      # the period in which a receive on it was last counted
 
 
+cdef class StaleFdGuard(EnterHook):
+    # The sock_* operations written into the SQ since the last io_uring_enter (see _ops).
+    cdef Ring ring
+    cdef list ops
+
+
 cdef class Proactor:
     cdef readonly Ring ring
+    cdef StaleFdGuard fd_guard             # made with the ring; the ring's enter_hook when armed
     cdef readonly Py_ssize_t inflight      # operations the kernel still owns (incl. backlog)
     cdef list backlog                      # operations waiting for an SQE slot
     cdef list pending_cancels              # operations whose ASYNC_CANCEL found no SQE slot
@@ -131,6 +138,7 @@ cdef class Proactor:
     cdef int cancel(self, Operation op) except -1
     cdef void wake(self) noexcept
     cdef int flush_backlog(self) except -1
+    cdef int guard_fd(self, Operation op) except -1
     cdef int place_pending_cancels(self) except -1
     cdef int submit_pending(self) except -1
     cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1
@@ -173,6 +181,8 @@ cdef class Operation:
     cdef bint owner_sees_eagain            # -EAGAIN goes to the owner instead of back to the kernel
     cdef bint receives                     # a receive (or poll for input): may be an answer
     cdef bint cancel_asked                 # cancel() was called since its last submission
+    cdef bint guards_fd                    # sock_*: checked against its socket before the enter
+    cdef unsigned sq_slot                  # ... and where its SQE was written (StaleFdGuard)
 
     cdef inline uint64_t ud(self):
         return <uint64_t><size_t><void *>self

@@ -273,6 +273,53 @@ cdef class Completer:
         return 0
 
 
+# A sock_* request on a socket its owner closes before the request reaches the kernel.
+#
+# An operation's SQE names its socket by number, and the kernel looks the number up only when
+# io_uring_enter consumes the SQE -- at the end of the iteration in which the request was made.
+# Between the two, another callback of the same pass of the ready queue may close the socket
+# and make or accept a new one, which takes the lowest free number: very likely this one.  The
+# request would then act on the new socket: a receive takes its bytes, a send writes to its
+# peer, an accept takes its connections.  socket.close() tells the loop nothing, so the loop
+# looks itself, just before the enter, while the SQEs written since the last one are still ours
+# to change: every sock_* operation submitted since then is remembered (guards_fd, sq_slot),
+# and one whose socket object no longer has that number has its SQE's descriptor replaced by
+# -1, so that the kernel fails it with EBADF -- what the closed socket's own methods raise, and
+# what the operation's owner reports for a socket closed under a request (socket_closed).  The
+# cost is a list append per sock_* submission and a look at each of them per enter: the
+# transports, whose sockets the loop owns, are not guarded.  (An SQE the kernel consumed early
+# -- the SQ full, or a submit_pending() -- is past changing; those windows are inside the loop's
+# own calls, not between two callbacks.)
+
+cdef class StaleFdGuard(EnterHook):
+
+    def __init__(self, Ring ring):
+        self.ring = ring
+        self.ops = []
+
+    cdef int before_enter(self) except -1:
+        cdef Operation op
+        cdef Ring ring = self.ring
+        cdef unsigned head = ul_load_acquire(ring.sq_khead)
+        cdef unsigned pending = ring.sq_tail - head
+        cdef io_uring_sqe *sqe
+        cdef list ops = self.ops
+        ring.enter_hook = None
+        for op in ops:
+            # Still waiting in the SQ (not consumed by an earlier enter), still this operation's
+            # SQE (not resubmitted into another slot since), and its socket closed since.
+            if (op.state != OP_SUBMITTED or op.fd < 0 or op.keep is None
+                    or <unsigned>(op.sq_slot - head) >= pending):
+                continue
+            sqe = &ring.sqes[op.sq_slot & ring.sq_mask]
+            if sqe.user_data != op.ud() or sqe.fd != op.fd:
+                continue
+            if socket_fd_now(op.keep) != op.fd:
+                sqe.fd = -1
+        del ops[:]          # (the list is reused: one per enter would be an allocation each)
+        return 0
+
+
 cdef class Proactor:
     """The completion dispatcher one Loop owns (BaseEventLoop knows it as `_selector`)."""
 
@@ -283,6 +330,7 @@ cdef class Proactor:
         self.answer_window = <uint32_t>min((self.spin_max_ns * 5 // 2) >> 10, 0xffffffff)
         self.loop = loop
         self.ring = ring
+        self.fd_guard = StaleFdGuard(ring)
         self.backlog = []
         self.pending_cancels = []
         self.io_handles = []
@@ -381,6 +429,16 @@ cdef class Proactor:
                 self.unpin(op)
             raise
         op.state = OP_SUBMITTED
+        if op.guards_fd:
+            self.guard_fd(op)
+        return 0
+
+    cdef int guard_fd(self, Operation op) except -1:
+        """`op`, a sock_* operation, has just been written into the SQ's last slot: its socket
+        is looked at again before the enter (StaleFdGuard)."""
+        op.sq_slot = self.ring.sq_tail - 1
+        self.fd_guard.ops.append(op)
+        self.ring.enter_hook = self.fd_guard
         return 0
 
     cdef int flush_backlog(self) except -1:
@@ -407,6 +465,8 @@ cdef class Proactor:
                     ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, 0)
                     raise
                 op.state = OP_SUBMITTED
+                if op.guards_fd:
+                    self.guard_fd(op)
                 i += 1
         finally:
             # Even when a prep raised: those placed are the kernel's now, and left in the

@@ -2,6 +2,12 @@ from libc.stdint cimport uint16_t, uint32_t, uint64_t
 from uringloop._sys cimport io_uring_sqe, io_uring_cqe, io_uring_buf_ring, io_uring_params
 
 
+cdef class EnterHook:
+    # Told before every io_uring_enter, while the SQEs written since the last one can still be
+    # changed (Ring.enter_hook; the Proactor's StaleFdGuard).
+    cdef int before_enter(self) except -1
+
+
 cdef class Ring:
     cdef readonly int fd
     cdef readonly unsigned setup_flags       # the IORING_SETUP_* flags the kernel accepted
@@ -26,6 +32,7 @@ cdef class Ring:
     cdef unsigned sq_tail                    # our private tail: SQEs handed out, not yet published
     cdef unsigned sq_room                    # sq_entries (less only in tests: _limit_sq_room)
     cdef io_uring_sqe *sqes
+    cdef EnterHook enter_hook                # None, or told before each enter (see EnterHook)
 
     # completion queue, shared with the kernel
     cdef unsigned *cq_khead

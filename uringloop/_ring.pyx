@@ -80,6 +80,11 @@ cdef list _SETUP_CHOICES = [
 ]
 
 
+cdef class EnterHook:
+    cdef int before_enter(self) except -1:
+        return 0
+
+
 cdef class Ring:
 
     def __cinit__(self):
@@ -333,6 +338,8 @@ cdef class Ring:
         if not self.enabled:
             self.enable()
         fd = self.enter_fd(&flags)
+        if self.enter_hook is not None:
+            self.enter_hook.before_enter()
         self.flush()
         to_submit = self.sq_tail - ul_load_acquire(self.sq_khead)
         if timeout_ns == 0:

@@ -31,22 +31,18 @@ is closed -- by number it would reach the new socket -- but fails with EBADF, as
 socket's own methods fail (socket_closed; SendOp does the same for the rest of a partial send).
 Connections accepted for callers that had gone are closed with the loop if nobody took them.
 
-One window is left open, knowingly.  A request is written into the ring when it is made, and
-the kernel reads its descriptor number only at the iteration's io_uring_enter.  Should another
-callback of the same pass of the ready queue close the socket and make or accept a new one
-(which takes the lowest free number: very likely this one), the request reaches the new socket
--- a receive takes its bytes, a send writes to its peer -- where the stock loop's call, which
-tries the socket itself first, has sent already or waits on for the closed one (epoll forgot
-it).  Closing the window means learning of the close before the enter, and socket.close()
-tells the loop nothing: it would take a look at
-every request written since the last enter, on every enter -- the hot path of every sock_*
-call, for a program that closes a socket under another task's call and reuses its number
-within one pass.  The cheaper-looking ways do not hold: a dup() per request is a system call
-per request; one per socket keeps the connection open after close() until the loop notices;
-a fixed-file slot per socket holds the file as that dup would, and costs a registration;
-holding the socket's _io_refs (as makefile() does) keeps fileno() valid after close(), which
-programs and libraries read as "still open", and costs Python attribute traffic per request.
-tests/test_invariants.py keeps the reproduction (xfail).
+The same holds for a request made in the pass of the ready queue in which another callback
+closes its socket and makes or accepts a new one (which takes the lowest free number: very
+likely this one).  The request is written into the ring when it is made, and the kernel reads
+its descriptor number only at the iteration's io_uring_enter: it would reach the new socket --
+a receive taking its bytes, a send writing to its peer.  socket.close() tells the loop nothing,
+so every operation submitted here is marked (guards_fd) and the Proactor looks again just
+before the enter: one whose socket no longer has the number is failed by the kernel with EBADF
+(_ops.StaleFdGuard).  The cheaper-looking alternatives do not hold: a dup() per request is a
+system call per request; one per socket keeps the connection open after close() until the loop
+notices; a fixed-file slot per socket holds the file as that dup would, and costs a
+registration; holding the socket's _io_refs (as makefile() does) keeps fileno() valid after
+close(), which programs and libraries read as "still open".
 """
 
 cimport cython
@@ -316,6 +312,7 @@ cdef class SocketState(Completer):
                 op = self.readable_poll()
                 op.tag = req
                 self.recv_op = op
+                op.guards_fd = True
                 op.submit()
                 return 0
             try:
@@ -327,6 +324,7 @@ cdef class SocketState(Completer):
                 continue
             op.tag = req
             self.recv_op = op
+            op.guards_fd = True
             op.submit()
             return 0
 
@@ -662,6 +660,7 @@ cdef class SocketState(Completer):
                 op = AcceptOp(self.proactor, self, self.fd, self.sock_ref())
             op.tag = req
             self.accept_op = op
+            op.guards_fd = True
             op.submit()
             return 0
 
@@ -848,6 +847,7 @@ cdef class SocketState(Completer):
             break
         op.tag = req
         self.send_op = op
+        op.guards_fd = True      # (the module docstring, and StaleFdGuard in _ops)
         op.submit()
         if type(op) is ConnectOp:
             # asyncio's sock_connect calls connect(2) before it first yields, and programs

@@ -49,6 +49,7 @@ cdef extern from "_sys.h" nogil:
     struct io_uring_sqe:
         uint8_t opcode
         uint8_t flags
+        int fd
         uint64_t user_data
     struct io_uring_cqe:
         uint64_t user_data
