@@ -103,13 +103,6 @@ cdef extern from "<sys/eventfd.h>":
     int eventfd(unsigned int initval, int flags)
     int EFD_NONBLOCK, EFD_CLOEXEC
 
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)

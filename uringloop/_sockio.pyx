@@ -47,7 +47,8 @@ close(), which programs and libraries read as "still open".
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from uringloop._sys cimport ECANCELED, EBADF, EAGAIN, EINTR, EINPROGRESS, POLLIN, POLLOUT
+from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, EINPROGRESS, POLLIN, POLLOUT,
+                             pollfd, poll as c_poll)
 from libc.string cimport memcpy
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
@@ -89,13 +90,6 @@ cdef extern from "<fcntl.h>" nogil:
     int F_GETFL
     int O_NONBLOCK
     int c_fcntl "fcntl"(int fd, int cmd)
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int c_poll "poll"(pollfd *fds, unsigned long nfds, int timeout)
 
 
 cdef enum Kind:

@@ -25,9 +25,15 @@ cdef extern from "<sys/uio.h>":
         size_t iov_len
 
 cdef extern from "<poll.h>" nogil:
-    # The poll(2) event bits io_uring's POLL_ADD takes and reports.
+    # The poll(2) event bits io_uring's POLL_ADD takes and reports -- and poll(2) itself, for the
+    # few waits that cannot go through the ring (a fork child's loop, a connect's outcome).
     enum:
         POLLIN, POLLOUT
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
 
 cdef extern from "<errno.h>" nogil:
     int errno
