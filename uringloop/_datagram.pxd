@@ -43,6 +43,7 @@ cdef class DatagramCore(TransportCore):
     cdef int arm_send_poll(self) except -1
     cdef int send_poll_done(self, int res) except -1
     cdef int sendto_by_socket(self, object data, object addr) except -1
+    cdef int send_by_socket(self, object data, object addr) except -1
     cdef int send_queued_inline(self) except -1
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1

@@ -605,10 +605,7 @@ cdef class DatagramCore(TransportCore):
         cdef MsgOp op
         if not self.send_q and not self.proactor.closing:
             try:
-                if self.connected:
-                    self.sock.send(data, MSG_DONTWAIT)
-                else:
-                    self.sock.sendto(data, MSG_DONTWAIT, addr)
+                self.send_by_socket(data, addr)
                 return 0
             except (BlockingIOError, InterruptedError):
                 pass
@@ -632,6 +629,16 @@ cdef class DatagramCore(TransportCore):
         self.maybe_pause_protocol()
         return 0
 
+    cdef int send_by_socket(self, object data, object addr) except -1:
+        """One non-blocking send of a by_socket transport through the socket's own method:
+        send() when connected, else sendto() with the address as given (the socket converts it).
+        Raises what the method raises; the callers tell a full socket from an error."""
+        if self.connected:
+            self.sock.send(data, MSG_DONTWAIT)
+        else:
+            self.sock.sendto(data, MSG_DONTWAIT, addr)
+        return 0
+
     cdef int send_queued_inline(self) except -1:
         """Send the queued datagrams in order, one non-blocking sendmsg(2) each, until the
         socket has no room; then wait for room again."""
@@ -645,10 +652,7 @@ cdef class DatagramCore(TransportCore):
             if self.by_socket:
                 # The socket's own method, with the address as it was given (sendto_by_socket).
                 try:
-                    if self.connected:
-                        self.sock.send(op.obj, MSG_DONTWAIT)
-                    else:
-                        self.sock.sendto(op.obj, MSG_DONTWAIT, op.tag)
+                    self.send_by_socket(op.obj, op.tag)
                 except (BlockingIOError, InterruptedError):
                     break
                 except (SystemExit, KeyboardInterrupt):
