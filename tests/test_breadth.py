@@ -7,11 +7,16 @@ quiet -- still returns to the few peers left, so their conversations go on."""
 import asyncio
 import selectors
 import socket
+import time
 
 import pytest
 
 import uringloop
 from helpers import EchoProtocol
+
+
+# Breadth is counted over periods of 2**20 ns (Proactor: PERIOD_SHIFT_NS).
+_PERIOD_S = 2 ** 20 / 1e9
 
 
 class _Collect(asyncio.Protocol):
@@ -78,21 +83,29 @@ def test_talking_peers_are_counted_per_period_and_forgotten_after_a_silent_one()
         clients, transports = await _conversations(40)
         try:
             most = 0
+            fastest = float('inf')
             for i in range(60):
+                started = time.perf_counter()
                 await _one_round(clients, i)
+                fastest = min(fastest, time.perf_counter() - started)
                 most = max(most, loop.statistics()["active_fds"])
             # A whole period in which nobody received: the count is of no one.
             await asyncio.sleep(0.005)
             await asyncio.sleep(0)
             after_silence = loop.statistics()
-            return most, after_silence
+            return most, fastest, after_silence
         finally:
             await _close(transports)
 
-    most, after_silence = _run(main)
-    # 80 descriptors talk (both ends of each pair are the loop's); some period saw at least half
-    # of them, and none can have seen more than exist.
-    assert 40 <= most <= 80
+    most, fastest, after_silence = _run(main)
+    # 80 descriptors talk (both ends of each pair are the loop's), and none can have been counted
+    # more than once in a period.  The rounds follow one another without a pause, so where a
+    # round takes at most half a period (~0.5 ms; ~0.35 ms on this machine) some whole period
+    # spans a round and saw every descriptor -- at least half of them is asked.  A machine slow
+    # enough that a round takes longer (PYTHONMALLOC=debug in dev mode: ~15 ms) sees only part
+    # of them in a period, and then that they were counted at all is what can be asked.
+    assert most <= 80
+    assert most >= (40 if fastest <= _PERIOD_S / 2 else 1), (most, fastest)
     assert after_silence["active_fds"] == 0
     assert after_silence["receive_rate"] == 0
 
