@@ -186,6 +186,10 @@ async def test_connect_address_forms_are_read_as_the_stock_loop_reads_them():
             client.setblocking(False)
             with pytest.raises(ValueError):
                 await loop.sock_connect(client, ("127.0.0.1\0", port))
+            # A port out of range: socket.connect()'s OverflowError, on either loop.
+            for bad_port in (-1, 65536, 2 ** 70):
+                with pytest.raises(OverflowError):
+                    await loop.sock_connect(client, ("127.0.0.1", bad_port))
     await still_works()
 
 
@@ -236,6 +240,32 @@ async def test_connect_asks_a_replaced_ensure_resolved():
             assert asked == [srv.getsockname()]
     finally:
         del loop._ensure_resolved
+
+
+@pytest.mark.asyncio
+async def test_a_connect_under_way_completes_once_the_listener_has_room():
+    """A connect whose SYN finds the listener's queue full is under way when connect(2)
+    returns (on uringloop: made by connect(2) itself, then a poll on the ring): once the
+    listener accepts the connection ahead of it, the next SYN retransmission (~1 s) gets
+    through, and sock_connect() returns with the socket connected to the listener."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv, socket.socket() as first, socket.socket() as second:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)                   # room for one queued connection
+        first.setblocking(False)
+        second.setblocking(False)
+        await loop.sock_connect(first, srv.getsockname())
+        connecting = asyncio.ensure_future(loop.sock_connect(second, srv.getsockname()))
+        await asyncio.sleep(0.1)
+        assert not connecting.done()
+        conn, _ = srv.accept()
+        conn.close()
+        assert await asyncio.wait_for(connecting, 10) is None
+        assert second.getpeername() == srv.getsockname()
+        conn, peer = srv.accept()
+        conn.close()
+        assert peer == second.getsockname()
+    await still_works()
 
 
 @pytest.mark.asyncio
