@@ -1585,6 +1585,36 @@ async def test_socket_of_a_transport_is_refused_to_sock_methods():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_a_transport_collected_unclosed_leaves_its_number_to_the_next_socket():
+    """The loop knows its transports weakly: one nobody closed or refers to (reading paused, so
+    the kernel holds nothing of it) is collected, its socket closed with a ResourceWarning, and
+    the descriptor number, which the next socket made takes, is that socket's for sock_*."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+    number = a.fileno()
+    transport.pause_reading()
+    await asyncio.sleep(0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del transport, a
+        gc.collect()
+    c, d = socket.socketpair()
+    try:
+        assert c.fileno() == number          # the kernel hands out the lowest free number
+        loop._ensure_fd_no_transport(number)
+        for sock in (b, c, d):
+            sock.setblocking(False)
+        await loop.sock_sendall(d, b"mine")
+        assert await asyncio.wait_for(loop.sock_recv(c, 100), 5) == b"mine"
+        assert await asyncio.wait_for(loop.sock_recv(b, 100), 5) == b""   # a's end closed
+    finally:
+        for sock in (b, c, d):
+            sock.close()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_set_protocol_switches_delivery_mid_stream():
     server, peer, client = await connected_pair()
     first = pattern(1000)

@@ -30,6 +30,7 @@ from uringloop.network import NetworkMixin
 from uringloop.unix import UnixMixin
 from uringloop._ops import Proactor
 from uringloop._sched import LoopCore
+from uringloop._transports import TransportTable
 from uringloop._probe import IOUringUnavailableError, diagnose, feature_set, too_old
 from uringloop._ring import Ring
 
@@ -103,9 +104,10 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         # with the protocol keeping it half-open) and nobody else refers to is collected, its
         # socket closed with a ResourceWarning -- a server whose handlers forget to close
         # writers does not keep a descriptor per finished client.  (A transport with a request
-        # in flight is held by it: see the Proactor's pins.)  The sock_* calls test membership
-        # on `.data`, the plain dict underneath.
-        self._transports = weakref.WeakValueDictionary()
+        # in flight is held by it: see the Proactor's pins.)  A compiled mapping in place of
+        # the stock WeakValueDictionary (_transports.TransportTable says why); the sock_* calls
+        # test membership on `.data`, the plain dict underneath.
+        self._transports = TransportTable()
         _live_proactors.add(self._proactor)
 
     def set_debug(self, enabled: bool) -> None:
