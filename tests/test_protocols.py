@@ -224,7 +224,15 @@ async def test_extra_info():
         s = transport.get_extra_info('socket')
         assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     assert f"fd={sock.fileno()}" in repr(t)
+    # The same TransportSocket every time, in the stock transport's dict too, and after close.
+    assert t.get_extra_info('socket') is sock
+    assert t._extra['socket'] is sock
+    other = peer.transport
     await shut(server, client, peer)
+    assert t.get_extra_info('socket') is sock
+    first = other.get_extra_info('socket')        # first asked for after the connection ended
+    assert isinstance(first, asyncio.trsock.TransportSocket)
+    assert other.get_extra_info('socket') is first
 
 
 @pytest.mark.asyncio

@@ -36,10 +36,10 @@ cdef class SocketTransport(WriteFlow):
     cdef bint buffered               # the protocol is a BufferedProtocol
     cdef bint feeds_stream_reader    # the protocol is asyncio's own StreamReaderProtocol
     cdef bint protocol_connected
-    # get_extra_info(): 'socket', 'sockname' and 'peername' are fields, fetched at construction
-    # as the stock transport does; `extra` is None unless the creator passed a dict or _extra
-    # was asked for (then the dict holds them all and answers).
-    cdef object socket_info
+    # get_extra_info(): 'socket', 'sockname' and 'peername' are fields, the addresses fetched at
+    # construction as the stock transport does; `extra` is None unless the creator passed a dict
+    # or _extra was asked for (then the dict holds them all and answers).
+    cdef object socket_info          # the socket, or its TransportSocket once asked for
     cdef object sockname
     cdef object peername
     cdef dict extra
@@ -82,6 +82,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int setup(self, object loop, object sock, object protocol, object waiter, dict extra,
                    object peername, object server) except -1
     cdef int set_addresses(self, object sock, object peername) except -1
+    cdef object socket_extra(self)
     cdef int enter_context(self) except -1
     cdef int start_receiving(self) except -1
     cdef int arm_receive_in_context(self) except -1

@@ -174,6 +174,7 @@ cdef extern from "<string.h>":
     char *c_strerror "strerror"(int errnum)
 
 cdef object _BufferedProtocol = _protocols.BufferedProtocol
+cdef object _TransportSocket = _trsock.TransportSocket
 # asyncio's streams, whose received bytes go straight into the StreamReader's buffer (see the
 # module's docstring): only these exact classes with their own methods, so that a subclass or a
 # patched method sees every byte through data_received()/feed_data() as on the stock loop.
@@ -795,7 +796,8 @@ cdef class SocketTransport(WriteFlow):
         if extra is None:
             # The usual case: the three entries every socket transport has are fields, not a
             # dict (a dict of three entries costs an idle connection ~180 B).
-            self.socket_info = _trsock.TransportSocket(sock)
+            # The socket itself until get_extra_info('socket') first asks (socket_extra()).
+            self.socket_info = sock
             self.set_addresses(sock, peername)
         else:
             # A caller's dict gets the entries, as the stock transport adds them to it.
@@ -924,9 +926,18 @@ cdef class SocketTransport(WriteFlow):
         # The stock transport's dict, made on demand; from then on it is what get_extra_info()
         # answers from, so changes made to it are seen as the stock transport would see them.
         if self.extra is None:
-            self.extra = {'socket': self.socket_info, 'sockname': self.sockname,
+            self.extra = {'socket': self.socket_extra(), 'sockname': self.sockname,
                           'peername': self.peername}
         return self.extra
+
+    cdef object socket_extra(self):
+        """get_extra_info('socket'): the asyncio.trsock.TransportSocket of the transport's
+        socket, made the first time it is asked for (most connections never are: ~2k
+        instructions, a Python-level __init__, and 48 bytes each saved) and the same object
+        every time after."""
+        if type(self.socket_info) is not _TransportSocket:
+            self.socket_info = _TransportSocket(self.socket_info)
+        return self.socket_info
 
     # ---- BaseTransport ----
 
@@ -935,7 +946,7 @@ cdef class SocketTransport(WriteFlow):
             return self.extra.get(name, default)
         if isinstance(name, str):
             if name == 'socket':
-                return self.socket_info
+                return self.socket_extra()
             if name == 'sockname':
                 return self.sockname
             if name == 'peername':
