@@ -1156,3 +1156,78 @@ async def test_closing_a_listener_with_an_accept_waiting_frees_its_port():
         await asyncio.sleep(0.02)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def cancel_when_its_result_is_in(task):
+    """Cancel `task` in the one window asyncio leaves open to a sock_* caller: the future it
+    awaits has its result, but the task has not resumed to take it.  (A callback that puts
+    itself back on the ready queue runs ahead of the wake-up that the result schedules; the
+    awaited future is the task's _fut_waiter until the task resumes.)"""
+    loop = asyncio.get_running_loop()
+
+    def look():
+        waiter = task._fut_waiter
+        if waiter is not None and waiter.done():
+            task.cancel()
+        elif not task.done():
+            loop.call_soon(look)
+
+    loop.call_soon(look)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_bytes_given_back_by_cancelled_receivers_keep_their_order(is_uring):
+    if not is_uring:
+        pytest.skip("the stock loop leaves all but the last concurrent receiver pending")
+    # The first receiver takes b"12", and is cancelled before it resumes: the bytes go back.
+    # They were served at once to the next two receivers -- and the first of those was
+    # cancelled the same way, its b"1" going back behind b"2" already handed to the third.
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        first, second, third = (asyncio.ensure_future(loop.sock_recv(b, n)) for n in (10, 1, 1))
+        await asyncio.sleep(0)
+        cancel_when_its_result_is_in(first)
+        cancel_when_its_result_is_in(second)
+        a.send(b"12")
+        await asyncio.wait_for(asyncio.gather(first, second, third, return_exceptions=True), 10)
+        assert first.cancelled() and second.cancelled()
+        assert [third.result(), await loop.sock_recv(b, 1)] == [b"1", b"2"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
+async def test_a_read_waiting_on_a_closed_socket_whose_number_is_taken_again_ends(is_uring):
+    # The socket is closed under a waiting read, and a new socket takes its number and is used
+    # with sock_* at once.  The read must still let go of the closed connection (its peer sees
+    # EOF, as with the stock loop) and, on uringloop, fail with EBADF rather than wait forever.
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with b:
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.05)
+        number = a.fileno()
+        a.close()
+        c, d = nonblocking_pair()
+        with c, d:
+            if c.fileno() != number:
+                task.cancel()
+                pytest.skip("the new socket did not take the closed one's number")
+            await loop.sock_sendall(c, b"new")
+            assert await loop.sock_recv(d, 10) == b"new"
+            deadline = loop.time() + 10
+            while True:
+                try:
+                    assert b.recv(10) == b""
+                    break
+                except BlockingIOError:
+                    assert loop.time() < deadline, "the peer never saw the close"
+                    await asyncio.sleep(0.02)
+            if is_uring:
+                with pytest.raises(OSError) as caught:
+                    await asyncio.wait_for(task, 10)
+                assert caught.value.errno == errno.EBADF
+            else:
+                task.cancel()       # the stock loop's read waits on forever
+                await asyncio.gather(task, return_exceptions=True)

@@ -26,7 +26,8 @@ raises them.
 The state of a socket is keyed by its fd and checked against the socket object itself (a weak
 reference), so a new socket that reuses a closed socket's fd number starts clean; an operation
 still in flight for the old socket holds the old *file* in the kernel and reports to the old state
-object, never to the new one.  What was queued behind it is never submitted once the old socket
+object, never to the new one (which stays in the table under another key until the sweep has
+ended that operation: _retire).  What was queued behind it is never submitted once the old socket
 is closed -- by number it would reach the new socket -- but fails with EBADF, as the closed
 socket's own methods fail (socket_closed; SendOp does the same for the rest of a partial send).
 Connections accepted for callers that had gone are closed with the loop if nobody took them.
@@ -136,6 +137,11 @@ cdef class SocketState(Completer):
     cdef object recv_q
     cdef Operation recv_op
     cdef bytearray stash              # stream bytes received for a caller that had gone
+    # The receive last served, until its coroutine resumes and takes the result (claimed) or,
+    # cancelled before that, gives it back (give_back).  No later receive is served meanwhile:
+    # bytes given back go to the front of the stash, and a later caller served in between
+    # would have taken the bytes that followed them -- out of order.
+    cdef Request unclaimed
     cdef object dgram_stash           # datagrams (data, address) a cancelled task never took
     cdef object stash_exc             # an error whose caller had gone
     # A transport that took the socket while a receive of ours was in the kernel
@@ -184,6 +190,15 @@ cdef class SocketState(Completer):
         if self.send_q is None:
             self.send_q = _deque()
         self.send_q.append(req)
+        return 0
+
+    cdef inline int claimed(self, Request req) except -1:
+        """The coroutine of `req` has resumed with its result: the next receive may be
+        served."""
+        if self.unclaimed is req:
+            self.unclaimed = None
+            if self.recv_q:
+                self.pump_recv()
         return 0
 
     cdef inline int queue_accept(self, Request req) except -1:
@@ -281,6 +296,8 @@ cdef class SocketState(Completer):
         cdef Request req
         cdef Operation op
         while True:
+            if self.unclaimed is not None:
+                return 0
             req = self.next_request(self.recv_q)
             if req is None:
                 return 0
@@ -293,12 +310,14 @@ cdef class SocketState(Completer):
             if self.stream and self.stash:
                 self.recv_q.popleft()
                 self.serve_from_stash(req)
+                self.unclaimed = req
                 self.withdraw_receive(req)
                 continue
             if not self.stream and self.dgram_stash:
                 self.recv_q.popleft()
                 data, addr = self.dgram_stash.popleft()
                 self.serve_datagram(req, data, len(data), addr)
+                self.unclaimed = req
                 self.withdraw_receive(req)
                 continue
             if self.recv_op is not None or self.proactor.closing:
@@ -315,6 +334,7 @@ cdef class SocketState(Completer):
                 if result is not _WOULD_BLOCK:
                     self.recv_q.popleft()
                     req.fut.set_result(result)
+                    self.unclaimed = req
                     continue
                 op = self.readable_poll()
                 op.tag = req
@@ -477,6 +497,8 @@ cdef class SocketState(Completer):
         """Return a delivered result whose awaiter was cancelled before it could take it: it
         came before anything stashed since, so it goes to the front."""
         cdef memoryview mv
+        if self.unclaimed is req:
+            self.unclaimed = None
         if req.kind == K_RECV:
             if self.stream:
                 self.stash[:0] = result
@@ -544,6 +566,7 @@ cdef class SocketState(Completer):
                     req.fut.set_result((data, addr))
                 else:
                     req.fut.set_result((res, addr))
+                self.unclaimed = req
             else:
                 # The awaiter is gone but the bytes are real: keep them for the next caller.
                 # (A stream socket's: datagram sockets receive inline, see receive_now.)
@@ -568,6 +591,7 @@ cdef class SocketState(Completer):
         else of it is in the kernel."""
         cdef Request req
         transport, self.handover = self.handover, None
+        self.unclaimed = None
         leftover = bytes(self.stash) if self.stash else None
         exc, self.stash_exc = self.stash_exc, None
         self.stash = bytearray()
@@ -940,6 +964,7 @@ cdef class SocketState(Completer):
         if self.dgram_stash is not None:
             self.dgram_stash.clear()
         self.stash_exc = None
+        self.unclaimed = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,12 +990,12 @@ cdef SocketState _state_for(loop, sock):
         raise OSError(EBADF, 'Bad file descriptor')
     if loop._debug and sock.gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
-    if fd in loop._transports.data:      # (a WeakValueDictionary: its dict, for speed)
+    if fd in loop._transports.data:      # (the TransportTable's own dict, for speed)
         loop._ensure_fd_no_transport(fd)
     state = <SocketState>states.get(fd)
     if state is None or state.sock_ref() is not sock:
         if state is not None:
-            state.discard()
+            _retire(states, state)
         proactor = <Proactor>loop._proactor
         proactor.check_usable()
         state = SocketState(loop, proactor, sock, fd)
@@ -1002,6 +1027,25 @@ cdef SocketState _state_for(loop, sock):
 # tests/test_spinning.py.)
 
 cdef double SWEEP_INTERVAL = 1.0
+
+# Keys of the states _retire() keeps: below every descriptor number.
+cdef long _last_retired_key = 0
+
+
+cdef int _retire(dict states, SocketState state) except -1:
+    """`state` served a socket closed since, whose number another socket now has: it leaves
+    that number.  With requests of its still in the kernel it stays in the table, under a key
+    no descriptor has, for the sweep to find its socket closed and end them (EBADF, and the
+    cancel that lets the kernel drop the closed file).  Dropped there, as it was once, their
+    callers waited forever and the closed connection stayed open, its peer never seeing EOF."""
+    global _last_retired_key
+    del states[state.fd]
+    if state.has_requests_in_kernel():
+        _last_retired_key -= 1
+        states[_last_retired_key] = state
+    else:
+        state.discard()
+    return 0
 
 
 def _sweep_closed_sockets(loop):
@@ -1098,10 +1142,12 @@ async def sock_recv(self, sock, n):
     state.queue_recv(req)
     state.pump_recv()
     try:
-        return await req.fut
+        result = await req.fut
     except BaseException:
         _abandoned(state, req)
         raise
+    state.claimed(req)
+    return result
 
 
 async def sock_recv_into(self, sock, buf):
@@ -1117,10 +1163,12 @@ async def sock_recv_into(self, sock, buf):
     state.queue_recv(req)
     state.pump_recv()
     try:
-        return await req.fut
+        result = await req.fut
     except BaseException:
         _abandoned(state, req)
         raise
+    state.claimed(req)
+    return result
 
 
 async def sock_recvfrom(self, sock, bufsize):
@@ -1137,10 +1185,12 @@ async def sock_recvfrom(self, sock, bufsize):
     state.queue_recv(req)
     state.pump_recv()
     try:
-        return await req.fut
+        result = await req.fut
     except BaseException:
         _abandoned(state, req)
         raise
+    state.claimed(req)
+    return result
 
 
 async def sock_recvfrom_into(self, sock, buf, nbytes=0):
@@ -1165,10 +1215,12 @@ async def sock_recvfrom_into(self, sock, buf, nbytes=0):
     state.queue_recv(req)
     state.pump_recv()
     try:
-        return await req.fut
+        result = await req.fut
     except BaseException:
         _abandoned(state, req)
         raise
+    state.claimed(req)
+    return result
 
 
 async def sock_sendall(self, sock, data):
@@ -1431,8 +1483,7 @@ def forget_socket(self, sock, int fd, transport=None):
     cdef SocketState state = states.get(fd)
     cdef object leftover = None
     if state is not None and state.sock_ref() is not sock:
-        del states[fd]
-        state.discard()
+        _retire(states, state)
         return None
     if state is not None and state.idle():
         del states[fd]
