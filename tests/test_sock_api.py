@@ -1,6 +1,7 @@
 """loop.sock_*: behaviour and errors, identical on uringloop and the stock loop."""
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -242,6 +243,21 @@ async def test_connect_asks_a_replaced_ensure_resolved():
         del loop._ensure_resolved
 
 
+@contextlib.asynccontextmanager
+async def a_full_listener():
+    """A listening socket whose queue is full (it has room for one connection, which a first
+    client took), and a non-blocking socket whose connect to it will stay under way: yields
+    (listener, that socket)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket() as srv, socket.socket() as first, socket.socket() as second:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(0)
+        first.setblocking(False)
+        second.setblocking(False)
+        await loop.sock_connect(first, srv.getsockname())
+        yield srv, second
+
+
 @pytest.mark.asyncio
 async def test_a_connect_under_way_completes_once_the_listener_has_room():
     """A connect whose SYN finds the listener's queue full is under way when connect(2)
@@ -249,12 +265,7 @@ async def test_a_connect_under_way_completes_once_the_listener_has_room():
     listener accepts the connection ahead of it, the next SYN retransmission (~1 s) gets
     through, and sock_connect() returns with the socket connected to the listener."""
     loop = asyncio.get_running_loop()
-    with socket.socket() as srv, socket.socket() as first, socket.socket() as second:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(0)                   # room for one queued connection
-        first.setblocking(False)
-        second.setblocking(False)
-        await loop.sock_connect(first, srv.getsockname())
+    async with a_full_listener() as (srv, second):
         connecting = asyncio.ensure_future(loop.sock_connect(second, srv.getsockname()))
         await asyncio.sleep(0.1)
         assert not connecting.done()
@@ -274,12 +285,7 @@ async def test_a_cancelled_connect_leaves_the_loop_and_socket_usable(is_uring):
     cancelled by wait_for: TimeoutError, and on uringloop the poll that waited for it is
     cancelled in the kernel (nothing stays in flight).  The loop serves the next call."""
     loop = asyncio.get_running_loop()
-    with socket.socket() as srv, socket.socket() as first, socket.socket() as second:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(0)                   # room for one queued connection
-        first.setblocking(False)
-        second.setblocking(False)
-        await loop.sock_connect(first, srv.getsockname())
+    async with a_full_listener() as (srv, second):
         if is_uring:
             in_flight = loop.statistics()["inflight"]
         with pytest.raises(asyncio.TimeoutError):

@@ -64,30 +64,6 @@ import _socket as _socket_c
 import time as _time
 from asyncio.log import logger as _logger
 
-cdef extern from "<arpa/inet.h>":
-    int inet_pton(int af, const char *src, void *dst)
-    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
-    unsigned short htons(unsigned short)
-    unsigned short ntohs(unsigned short)
-    unsigned int htonl(unsigned int)
-    unsigned int ntohl(unsigned int)
-
-cdef extern from "<netinet/in.h>":
-    struct in_addr:
-        unsigned int s_addr
-    struct sockaddr_in:
-        unsigned short sin_family
-        unsigned short sin_port
-        in_addr sin_addr
-    struct in6_addr:
-        pass
-    struct sockaddr_in6:
-        unsigned short sin6_family
-        unsigned short sin6_port
-        unsigned int sin6_flowinfo
-        in6_addr sin6_addr
-        unsigned int sin6_scope_id
-
 cdef extern from "<sys/un.h>":
     struct sockaddr_un:
         unsigned short sun_family

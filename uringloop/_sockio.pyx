@@ -49,7 +49,8 @@ close(), which programs and libraries read as "still open".
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, EINPROGRESS, POLLIN, POLLOUT,
-                             pollfd, poll as c_poll, sockaddr, socklen_t)
+                             pollfd, poll as c_poll, sockaddr, socklen_t, sockaddr_in,
+                             inet_pton, htons)
 from libc.errno cimport errno, EALREADY
 from libc.string cimport memcpy, memset
 
@@ -78,18 +79,6 @@ cdef int AF_UNIX = _socket.AF_UNIX
 
 cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
-
-cdef extern from "<arpa/inet.h>" nogil:
-    int inet_pton(int af, const char *src, void *dst)
-    unsigned short htons(unsigned short hostshort)
-
-cdef extern from "<netinet/in.h>" nogil:
-    struct in_addr:
-        pass
-    struct sockaddr_in:
-        unsigned short sin_family
-        unsigned short sin_port
-        in_addr sin_addr
 
 cdef extern from "<sys/socket.h>" nogil:
     int c_connect "connect"(int fd, const sockaddr *addr, socklen_t addrlen)

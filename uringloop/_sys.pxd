@@ -24,6 +24,32 @@ cdef extern from "<sys/uio.h>":
         void *iov_base
         size_t iov_len
 
+cdef extern from "<netinet/in.h>" nogil:
+    # The addresses the core converts itself (the ring's accept, connect, sendto and recvmsg;
+    # transports' getsockname/getpeername) rather than through the socket module.
+    struct in_addr:
+        unsigned int s_addr
+    struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    struct in6_addr:
+        pass
+    struct sockaddr_in6:
+        unsigned short sin6_family
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    unsigned short htons(unsigned short)
+    unsigned short ntohs(unsigned short)
+    unsigned int htonl(unsigned int)
+    unsigned int ntohl(unsigned int)
+
 cdef extern from "<poll.h>" nogil:
     # The poll(2) event bits io_uring's POLL_ADD takes and reports -- and poll(2) itself, for the
     # few waits that cannot go through the ring (a fork child's loop, a connect's outcome).

@@ -150,22 +150,12 @@ cdef extern from "<sys/socket.h>" nogil:
     int c_getsockname "getsockname"(int fd, sockaddr *addr, socklen_t *length)
     int c_getpeername "getpeername"(int fd, sockaddr *addr, socklen_t *length)
 
-cdef extern from "<arpa/inet.h>" nogil:
-    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
-    unsigned short ntohs(unsigned short netshort)
-
 cdef extern from "<sys/ioctl.h>" nogil:
     int FIONREAD
     int c_ioctl_int "ioctl"(int fd, unsigned long request, int *value)
 
 cdef extern from "<netinet/in.h>" nogil:
     int IPPROTO_TCP
-    struct in_addr:
-        pass
-    struct sockaddr_in:
-        unsigned short sin_family
-        unsigned short sin_port
-        in_addr sin_addr
 
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
