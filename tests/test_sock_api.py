@@ -1204,6 +1204,27 @@ async def test_bytes_given_back_by_cancelled_receivers_keep_their_order(is_uring
 
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
+async def test_a_datagram_given_back_by_a_cancelled_receiver_keeps_its_place(is_uring):
+    if not is_uring:
+        pytest.skip("the stock loop leaves all but the last concurrent receiver pending")
+    # Two datagrams arrive while three receivers wait.  The first receiver takes b"1" and is
+    # cancelled before it resumes: b"1" goes back, and must reach the second receiver, ahead of
+    # b"2" -- which the second had already been served when receives went on without waiting.
+    loop = asyncio.get_running_loop()
+    a, b = connected_udp_pair()
+    with a, b:
+        first, second, third = (asyncio.ensure_future(loop.sock_recv(b, 10)) for _ in range(3))
+        await asyncio.sleep(0)
+        cancel_when_its_result_is_in(first)
+        a.send(b"1")
+        a.send(b"2")
+        await asyncio.wait_for(asyncio.gather(first, second, third, return_exceptions=True), 10)
+        assert first.cancelled()
+        assert [second.result(), third.result()] == [b"1", b"2"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(30)
 async def test_a_read_waiting_on_a_closed_socket_whose_number_is_taken_again_ends(is_uring):
     # The socket is closed under a waiting read, and a new socket takes its number and is used
     # with sock_* at once.  The read must still let go of the closed connection (its peer sees
