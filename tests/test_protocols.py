@@ -816,6 +816,63 @@ async def test_eof_received_false_closes_transport():
 
 @pytest.mark.asyncio
 @bounded()
+async def test_write_eof_behind_a_send_the_peer_resets_after_is_no_unhandled_error():
+    """write_eof() while a send waits for room; the peer makes room and then resets the
+    connection before the loop hears that the send went out.  The shutdown deferred to that
+    moment meets a reset socket (ENOTCONN): the connection ends with the reset, quietly, as
+    the stock loop's failing send ends it -- not with an error out of a completion handler
+    left to the loop's exception handler.  (On uringloop the peer's reset is made from another
+    connection's data_received() dispatched in the same batch as the send's completion.)"""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    listener = socket.create_server(('127.0.0.1', 0))
+    sock = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    other_peer = None
+    sock.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:                    # the socket full: the next write waits for room
+            sock.send(b'f' * 65536)
+    lost = loop.create_future()
+
+    class Client(asyncio.Protocol):
+        def connection_lost(self, exc):
+            lost.set_result(exc)
+
+    class ResetsThePeer(asyncio.Protocol):
+        def data_received(self, data):
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+            peer.close()
+
+    transport, _ = await loop.create_connection(Client, sock=sock)
+    other, _ = await loop.create_connection(ResetsThePeer, *listener.getsockname())
+    try:
+        other_peer, _ = listener.accept()
+        await asyncio.sleep(0.01)
+        transport.write(b'x' * 10)
+        transport.write_eof()
+
+        def make_room_then_wake_the_resetter():
+            other_peer.send(b'go')
+            peer.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while peer.recv(1 << 20):
+                    pass
+
+        loop.call_soon(make_room_then_wake_the_resetter)
+        exc = await lost
+        assert isinstance(exc, OSError), exc
+        assert errors == []
+    finally:
+        other.close()
+        for s in (peer, other_peer, listener):
+            if s is not None:
+                s.close()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_eof_after_large_messages_is_seen_once():
     """Large messages, then the peer's EOF, the last bytes and the EOF possibly in one wake-up
     of the socket: every byte, then eof_received() once, then connection_lost().  (uringloop

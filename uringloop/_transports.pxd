@@ -109,6 +109,7 @@ cdef class SocketTransport(WriteFlow):
     cdef int on_eof(self) except -1
     cdef int schedule_stash(self) except -1
     cdef int send_done(self, Operation op, int res) except -1
+    cdef int shutdown_after_sends(self) except -1
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2
     cdef Py_ssize_t taken_at_once(self, ssize_t sent) except -2
     cdef object write_through(self, object data)

@@ -255,6 +255,8 @@ cdef int _AF_INET6 = _socket.AF_INET6
 cdef int _SOCK_STREAM = _socket.SOCK_STREAM
 cdef object _set_result_unless_cancelled = _futures._set_result_unless_cancelled
 cdef object _SHUT_WR = _socket.SHUT_WR
+cdef object _SOL_SOCKET = _socket.SOL_SOCKET
+cdef object _SO_ERROR = _socket.SO_ERROR
 # Held here so that a transport finalized at interpreter shutdown can still warn.
 cdef object _warn = warnings.warn
 # Python 3.13's Server keeps a WeakSet of its transports: _attach(transport)/_detach(transport).
@@ -2032,7 +2034,30 @@ cdef class SocketTransport(WriteFlow):
                     self.conn_lost += 1
                     self._call_connection_lost(None)
             elif self._eof:
-                self.sock.shutdown(_SHUT_WR)
+                self.shutdown_after_sends()
+        return 0
+
+    cdef int shutdown_after_sends(self) except -1:
+        """The shutdown(SHUT_WR) that write_eof() left for the last send's completion.
+
+        The stock transport shuts down in the same callback as its last send(2), so a peer's
+        reset meets the send and ends the connection quietly (a fatal error with the reset).
+        Here the send completed in the kernel some time before this handler runs -- after the
+        rest of its batch, whose callbacks may have reset the peer -- so the reset can meet the
+        shutdown instead (ENOTCONN).  Raised from here it would reach the loop's exception
+        handler as an error of the completion, leaving the transport open.  It ends the
+        connection as the failed send would have: with the socket's pending error (the reset)
+        when there is one."""
+        cdef int err = 0
+        try:
+            self.sock.shutdown(_SHUT_WR)
+        except OSError as exc:
+            try:
+                err = self.sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
+            except OSError:
+                err = 0
+            self.fatal_error(_os_error(err) if err else exc,
+                             'Fatal write error on socket transport')
         return 0
 
     def write_eof(self):
