@@ -2359,6 +2359,58 @@ async def test_a_socket_closed_under_its_transport_ends_it_and_nothing_goes_by_i
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize('request_made', ['send', 'receive'])
+async def test_a_socket_closed_right_after_a_request_of_its_transport_lends_it_no_number(
+        is_uring, request_made):
+    """The order the test above does not take: first the transport makes a request -- a
+    write() the full socket cannot take at once, or the receive resume_reading() arms -- then,
+    in the same callback, the socket's owner closes it and a new socket takes its number, all
+    before the loop enters the kernel again.  The request must not reach the new socket: our
+    bytes to its peer, or its peer's bytes to our protocol.  (uringloop wrote the request into
+    the SQ by number; the kernel looked the number up at the enter and found the new socket.)"""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    if request_made == 'send':
+        a.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:                          # full: the next write becomes a request
+                a.send(b'f' * 65536)
+    transport, protocol = await loop.connect_accepted_socket(Recorder, sock=a)
+    if request_made == 'receive':
+        transport.pause_reading()
+    await asyncio.sleep(0.02)
+    number = a.fileno()
+    if request_made == 'send':
+        transport.write(b'not for d')
+    else:
+        transport.resume_reading()
+    a.close()
+    c, d = socket.socketpair()
+    with b, c, d:
+        assert c.fileno() == number
+        for s in (c, d):
+            s.setblocking(False)
+        d.send(b'for c only')
+        # (The stock transport never hears of its socket again; uringloop's request fails.)
+        await asyncio.wait([protocol.lost], timeout=2 if is_uring else 0.05)
+        with pytest.raises(BlockingIOError):
+            d.recv(1 << 20)                      # nothing of ours reached c's peer
+        assert c.recv(100) == b'for c only'      # and nothing of c's was read
+        assert protocol.data == b''
+        if is_uring:
+            exc = protocol.lost.result()
+            assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+        else:
+            # The stock loop's selector still maps the number to the transport's writer, and
+            # its first abort() fails to change that registration on the new socket (and drops it).
+            with contextlib.suppress(FileNotFoundError):
+                transport.abort()
+            transport.abort()
+            await protocol.lost
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_a_memoryview_released_right_after_write_is_no_concern_of_the_caller(is_uring):
     """`with memoryview(data) as view: transport.write(view)`: the view is released when the
     block ends, whether the bytes left at once, became a send operation (several connections

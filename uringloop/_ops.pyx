@@ -255,10 +255,13 @@ cdef class Completer:
 # and one whose socket object no longer has that number has its SQE's descriptor replaced by
 # -1, so that the kernel fails it with EBADF -- what the closed socket's own methods raise, and
 # what the operation's owner reports for a socket closed under a request (socket_closed).  The
-# cost is a list append per sock_* submission and a look at each of them per enter: the
-# transports, whose sockets the loop owns, are not guarded.  (An SQE the kernel consumed early
-# -- the SQ full, or a submit_pending() -- is past changing; those windows are inside the loop's
-# own calls, not between two callbacks.)
+# cost is a list append per sock_* submission and a look at each of them per enter.  The
+# stream transports' requests are guarded the same way, except where the loop made the socket
+# itself and handed it to no one (its servers' connections, its connects to an address): a
+# socket the caller gave (create_connection(sock=...), connect_accepted_socket()) may be closed
+# by its owner between a write() and the enter (SocketTransport.setup).  (An SQE the kernel
+# consumed early -- the SQ full, or a submit_pending() -- is past changing; those windows are
+# inside the loop's own calls, not between two callbacks.)
 
 cdef class StaleFdGuard(EnterHook):
 

@@ -54,6 +54,8 @@ cdef class SocketTransport(WriteFlow):
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
     cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)
     cdef readonly bint _eof          # write_eof() was called
+    cdef bint guards_fd              # its requests are checked against the socket before each
+                                     # io_uring_enter (see setup)
     cdef bint stash_scheduled        # _deliver_stash is scheduled (kept with the flags: a lone
                                      # int between pointers costs 4 B of padding)
 

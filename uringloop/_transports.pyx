@@ -797,6 +797,20 @@ cdef class SocketTransport(WriteFlow):
             add_socket_extra(extra, sock)
         self.sock = sock
         self._sock_fd = sock.fileno()
+        # A request is written into the SQ when it is made and the kernel looks its descriptor
+        # up only at the iteration's io_uring_enter.  socket_gone() catches a socket closed
+        # under the transport before anything is submitted, but not one closed after: a
+        # write() or a re-armed receive, then -- in a later callback of the same pass -- the
+        # socket's owner closes it and a new socket takes the lowest free number, this one.
+        # The enter would then send our bytes to the new socket's peer, or hand its bytes to
+        # our protocol.  So, as for sock_* requests, the Proactor looks again just before the
+        # enter (StaleFdGuard) and fails such a request with EBADF -- for every socket but
+        # those the loop made itself and never handed out (accepted by its servers, or made by
+        # its create_connection()/create_unix_connection() for an address: `loop_socket`),
+        # which nobody else holds to close.
+        self.guards_fd = not (server is not None or loop._ul_loop_socket is sock)
+        if loop._ul_loop_socket is sock:
+            loop._ul_loop_socket = None
         self.set_protocol(protocol)
         self.server = server
         # Completions arrive outside any task; protocol callbacks run in this context, the one
@@ -1195,6 +1209,7 @@ cdef class SocketTransport(WriteFlow):
             if poll is None:
                 poll = self.poll_op = PollOp(self.proactor, self, self._sock_fd, self.sock)
                 poll.events = POLLIN
+                poll.guards_fd = self.guards_fd
             poll.keep = self.sock
             self.recv_target = None
             self.recv_op = poll
@@ -1206,6 +1221,7 @@ cdef class SocketTransport(WriteFlow):
             op = self.single_op
             if op is None:
                 op = self.single_op = RecvOp(self.proactor, self, self._sock_fd, self.sock)
+                op.guards_fd = self.guards_fd
             try:
                 op.set_buffer(buf, True)
             except Exception as exc:
@@ -1221,6 +1237,7 @@ cdef class SocketTransport(WriteFlow):
             ms = self.ms_op
             if ms is None:
                 ms = self.ms_op = MultishotRecvOp(self.proactor, self, self._sock_fd, self.sock)
+                ms.guards_fd = self.guards_fd
                 ms.bufs = self.bufs
             ms.keep = self.sock
             self.recv_target = None
@@ -1230,6 +1247,7 @@ cdef class SocketTransport(WriteFlow):
             op = self.single_op
             if op is None:
                 op = self.single_op = RecvOp(self.proactor, self, self._sock_fd, self.sock)
+                op.guards_fd = self.guards_fd
             # Also where the shared ring ran dry for this connection (see recv_done): one
             # receive into a buffer of its own, then back to the ring.
             op.set_buffer(PyBytes_FromStringAndSize(
@@ -1953,6 +1971,7 @@ cdef class SocketTransport(WriteFlow):
             op.fd = self._sock_fd
         else:
             op = SendOp(self.proactor, self, self._sock_fd, self.sock)
+        op.guards_fd = self.guards_fd       # (the loop's spares serve every transport)
         op.set_buffer(data, False)
         op.keep = self.sock
         self.inflight_bytes = n
@@ -1979,6 +1998,7 @@ cdef class SocketTransport(WriteFlow):
         op = self.sendmsg_op_obj
         if op is None:
             op = self.sendmsg_op_obj = SendMsgOp(self.proactor, self, self._sock_fd, self.sock)
+            op.guards_fd = self.guards_fd
         op.set_buffers(q, k)
         if k == len(q):
             self.write_q = None

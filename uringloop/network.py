@@ -213,7 +213,7 @@ class NetworkMixin:
         except BaseException:
             sock.close()
             raise
-        return await self._create_connection_transport(sock, protocol_factory, None, None)
+        return await self._transport_of_loop_socket(sock, protocol_factory, None, None)
 
     create_connection.__signature__ = inspect.signature(
         base_events.BaseEventLoop.create_connection)
@@ -226,10 +226,23 @@ class NetworkMixin:
     _ul_spare_send_ops = None
     # Listening socket fd -> its Acceptor, while serving.
     _ul_acceptors = None
+    # A socket this loop made and hands to no one, while its transport is being made: the
+    # transport's requests need no check against a close by the socket's owner
+    # (SocketTransport.setup takes it).
+    _ul_loop_socket = None
     # UNIX server socket -> inode of its socket file, removed when the server closes (3.13).
     _ul_unix_server_sockets = None
 
     # ---- transports ----
+
+    async def _transport_of_loop_socket(self, sock, *args, **kwargs):
+        # _create_connection_transport() makes the transport before its first await.
+        self._ul_loop_socket = sock
+        try:
+            return await self._create_connection_transport(sock, *args, **kwargs)
+        finally:
+            if self._ul_loop_socket is sock:
+                self._ul_loop_socket = None
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         return SocketTransport(self, sock, protocol, waiter, extra, server)
@@ -490,9 +503,10 @@ class NetworkMixin:
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError(f'A UNIX Domain Stream Socket was expected, got {sock!r}')
             sock.setblocking(False)
-        return await self._create_connection_transport(
-            sock, protocol_factory, ssl, server_hostname,
-            ssl_handshake_timeout=ssl_handshake_timeout, **tls_kwargs)
+        make = (self._create_connection_transport if path is None
+                else self._transport_of_loop_socket)
+        return await make(sock, protocol_factory, ssl, server_hostname,
+                          ssl_handshake_timeout=ssl_handshake_timeout, **tls_kwargs)
 
     async def _create_unix_server(self, protocol_factory, path, sock, backlog, ssl,
                                   ssl_handshake_timeout, ssl_shutdown_timeout, start_serving,
