@@ -853,6 +853,51 @@ async def test_a_socket_closed_under_its_transport_sends_nothing_by_its_number()
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_UNIX])
+async def test_a_socket_closed_right_after_its_receive_was_armed_takes_nothing_of_the_next(
+        family):
+    """resume_reading() arms the transport's receive; in the same callback the owner of the
+    socket given with sock= closes it and a new socket takes the number, before the loop
+    enters the kernel again.  The new socket's datagram is its own: uringloop's receive,
+    written into the SQ by number, took it from the new socket at the enter (and dropped it,
+    its socket being gone) -- neither the transport nor the new socket's owner saw it."""
+    skip_if_stock_cannot_pause()
+    loop = asyncio.get_running_loop()
+    if family == socket.AF_INET:
+        pair = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+        for s in pair:
+            s.bind(("127.0.0.1", 0))
+    else:
+        pair = list(socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM))
+    sock = pair[0]
+    transport, proto = await loop.create_datagram_endpoint(Recorder, sock=sock)
+    transport.pause_reading()
+    await asyncio.sleep(0.02)
+    number = sock.fileno()
+    transport.resume_reading()
+    sock.close()
+    if family == socket.AF_INET:
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other.bind(("127.0.0.1", 0))
+        sender = pair[1]
+        sender.sendto(b"for other only", other.getsockname())
+    else:
+        other, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.send(b"for other only")
+    try:
+        assert other.fileno() == number
+        await asyncio.sleep(0.05)
+        other.setblocking(False)
+        assert other.recv(100) == b"for other only"
+        assert proto.events.empty()
+    finally:
+        transport.abort()
+        await asyncio.wait_for(proto.lost, 5)
+        for s in {other, sender, *pair[1:]}:
+            s.close()
+
+
+@pytest.mark.asyncio
 async def test_a_socket_closed_by_its_owner_receives_nothing_more_and_lets_its_port_go():
     """create_datagram_endpoint(sock=s), then s.close(): datagrams sent to its port are not
     delivered, and the port can be bound again -- the stock transport's reader went with the

@@ -201,6 +201,15 @@ cdef class DatagramCore(TransportCore):
         else:
             self.recv_buf = bytearray(MAX_DATAGRAM)
             self.recv_op = MsgOp(self.proactor, self, self.fd, None)
+        # socket_gone() stops a request made after the socket was closed under the transport,
+        # not one made before: a receive armed (resume_reading(), a re-arm), then in a later
+        # callback of the same pass the owner closes the socket and a new one takes its number,
+        # all before the loop's io_uring_enter, where the kernel looks the number up -- the
+        # receive would take the new socket's datagrams.  So the Proactor looks again just
+        # before the enter (StaleFdGuard, as for sock_*) and fails such a request with EBADF.
+        # For every datagram transport: its requests are few (one multishot receive armed
+        # for good, a poll while sends wait), so the check costs next to nothing.
+        self.recv_op.guards_fd = True
         self.stash = _deque()
         self.send_q = _deque()
         self.spare_ops = []
@@ -280,7 +289,9 @@ cdef class DatagramCore(TransportCore):
             finally:
                 # Copied out: the buffer goes back to the group (published after this batch).
                 self.bufs.give_back(bid)
-        if data is not None and self.socket_gone():
+        if (data is not None or res == -EBADF) and self.socket_gone():
+            # (-EBADF: the Proactor failed a receive armed just before the close: recv_op's
+            # guards_fd.)
             return self.socket_closed_under_receive()
         if data is not None:
             try:
@@ -576,6 +587,7 @@ cdef class DatagramCore(TransportCore):
             return 0
         if self.send_poll is None:
             self.send_poll = PollOp(self.proactor, self, self.fd, None)
+            self.send_poll.guards_fd = True      # (see recv_op's)
             self.send_poll.events = POLLOUT
         elif self.send_poll.state != OP_IDLE:
             return 0
