@@ -2411,6 +2411,51 @@ async def test_a_socket_closed_right_after_a_request_of_its_transport_lends_it_n
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize('kind', ['Protocol', 'BufferedProtocol', 'streams'])
+async def test_a_socket_closed_under_its_idle_transport_gets_it_nothing_more(is_uring, kind):
+    """The owner of a socket handed to a transport closes it while the transport waits for
+    data; the peer's bytes sent after that reach no protocol, and the peer sees the close.
+    (uringloop's multishot receive, armed before the close, held the socket's file: it went
+    on delivering the peer's bytes and the peer never saw the close.  Now what it brings
+    ends the transport with EBADF, which lets the file go.)"""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    if kind == 'streams':
+        reader, writer = await asyncio.open_connection(sock=a)
+        transport = writer.transport
+    else:
+        transport, protocol = await loop.connect_accepted_socket(
+            Recorder if kind == 'Protocol' else BufferedRecorder, sock=a)
+    with b:
+        await asyncio.sleep(0.02)
+        a.close()
+        with contextlib.suppress(OSError):       # (the stock loop: EPIPE, a is closed)
+            b.sendall(b'after the close')
+        for _ in range(40):
+            if transport.is_closing():
+                break
+            await asyncio.sleep(0.005)          # (the stock transport never hears of it)
+        if kind == 'streams':
+            assert len(reader._buffer) == 0
+        else:
+            assert protocol.data == b''
+        b.settimeout(5)
+        assert b.recv(100) == b''               # the close reached the peer
+        if is_uring:
+            assert transport.is_closing()
+        if kind == 'streams':
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        else:
+            transport.abort()
+            exc = await protocol.lost
+            if is_uring:
+                assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_a_memoryview_released_right_after_write_is_no_concern_of_the_caller(is_uring):
     """`with memoryview(data) as view: transport.write(view)`: the view is released when the
     block ends, whether the bytes left at once, became a send operation (several connections

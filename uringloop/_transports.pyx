@@ -1301,13 +1301,22 @@ cdef class SocketTransport(WriteFlow):
         cdef object reader = None         # a StreamReader the bytes went into already
         cdef object target = self.recv_target
         cdef RecvOp sop
+        cdef bint gone
         if final:
             self.recv_op = None
             self.recv_target = None
+        # A receive in the kernel holds the socket's file, so one armed before the socket's
+        # owner closed it (a sock= argument) goes on receiving -- and, multishot, would go on
+        # for good: bytes the peer sent after the close reached the protocol, and the peer
+        # never saw the close.  The stock transport's reader went with the closed descriptor.
+        # What such a receive brings is dropped and the transport ends with EBADF, as its
+        # re-arm would end it (socket_gone), which cancels the receive and lets the file go.
+        gone = (res != -ECANCELED and not self._closing and self.sock is not None
+                and not self.proactor.closing and self.socket_gone())
         if op is self.ms_op:
             if flags & IORING_CQE_F_BUFFER:
                 bid = flags >> IORING_CQE_BUFFER_SHIFT
-                if res > 0:
+                if res > 0 and not gone:
                     if self.feeds_stream_reader:
                         reader = self.copy_into_stream_reader(self.bufs.data(bid), res)
                     if reader is None:
@@ -1325,7 +1334,7 @@ cdef class SocketTransport(WriteFlow):
                 # completions, and each retry costs a completion and a submission per
                 # connection.  This connection's next receive brings its own buffer.
                 self.ring_dry = True
-        elif res > 0:
+        elif res > 0 and not gone:
             sop = <RecvOp>op
             sop.last_res = res
             if (target is not None and target is self.protocol and not self._paused
@@ -1342,6 +1351,8 @@ cdef class SocketTransport(WriteFlow):
                 return 0
             data = _received_bytes(sop, res)
 
+        if gone:
+            return 0
         if reader is not None:
             self.stream_reader_fed(reader, final)
         elif self.sock is None or self.proactor.closing:
