@@ -1181,6 +1181,18 @@ def cancel_when_its_result_is_in(task):
     loop.call_soon(look)
 
 
+async def waiting_receivers(sock, sizes):
+    """A sock_recv() task per size, each queued on `sock` before this returns."""
+    loop = asyncio.get_running_loop()
+    tasks = [asyncio.ensure_future(loop.sock_recv(sock, n)) for n in sizes]
+    await asyncio.sleep(0)
+    return tasks
+
+
+async def all_settled(tasks):
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+
+
 @pytest.mark.asyncio
 @pytest.mark.timeout(30)
 async def test_bytes_given_back_by_cancelled_receivers_keep_their_order(is_uring):
@@ -1192,12 +1204,11 @@ async def test_bytes_given_back_by_cancelled_receivers_keep_their_order(is_uring
     loop = asyncio.get_running_loop()
     a, b = nonblocking_pair()
     with a, b:
-        first, second, third = (asyncio.ensure_future(loop.sock_recv(b, n)) for n in (10, 1, 1))
-        await asyncio.sleep(0)
+        first, second, third = await waiting_receivers(b, (10, 1, 1))
         cancel_when_its_result_is_in(first)
         cancel_when_its_result_is_in(second)
         a.send(b"12")
-        await asyncio.wait_for(asyncio.gather(first, second, third, return_exceptions=True), 10)
+        await all_settled((first, second, third))
         assert first.cancelled() and second.cancelled()
         assert [third.result(), await loop.sock_recv(b, 1)] == [b"1", b"2"]
 
@@ -1210,15 +1221,13 @@ async def test_a_datagram_given_back_by_a_cancelled_receiver_keeps_its_place(is_
     # Two datagrams arrive while three receivers wait.  The first receiver takes b"1" and is
     # cancelled before it resumes: b"1" goes back, and must reach the second receiver, ahead of
     # b"2" -- which the second had already been served when receives went on without waiting.
-    loop = asyncio.get_running_loop()
     a, b = connected_udp_pair()
     with a, b:
-        first, second, third = (asyncio.ensure_future(loop.sock_recv(b, 10)) for _ in range(3))
-        await asyncio.sleep(0)
+        first, second, third = await waiting_receivers(b, (10, 10, 10))
         cancel_when_its_result_is_in(first)
         a.send(b"1")
         a.send(b"2")
-        await asyncio.wait_for(asyncio.gather(first, second, third, return_exceptions=True), 10)
+        await all_settled((first, second, third))
         assert first.cancelled()
         assert [second.result(), third.result()] == [b"1", b"2"]
 
