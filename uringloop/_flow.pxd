@@ -27,6 +27,7 @@ cdef class WriteFlow(Completer):
 
 
 cdef int add_socket_extra(dict extra, object sock) except -1
+cdef object os_error(int err)
 
 
 cdef class TransportCore(WriteFlow):

@@ -6,7 +6,7 @@ from uringloop._ring cimport Ring, BufferRing, EnterHook
 
 # An iteration that found this many completions or fewer sends a write at once rather than with
 # its io_uring_enter (Proactor.little_to_batch; why and what it measured: SocketTransport's
-# send_at_once in _transports.pyx).
+# send_at_once in _sendside.pyx).
 cdef enum:
     FEW_COMPLETIONS = 4
 
@@ -213,6 +213,21 @@ cdef class SendOp(BufferOp):
     """send(2) until every byte is out: a partial completion resubmits the rest from inside the
     core, so no owner ever sees a short write."""
     pass
+
+
+cdef class SendMsgOp(Operation):
+    """sendmsg(2) of several buffers at once (the writes queued while a send was in flight).
+    Every buffer is pinned (a Py_buffer export) until the final completion; partial sends are
+    continued inside the operation, so the owner sees one completion for all of them."""
+    cdef Py_buffer *views
+    cdef iovec *iov
+    cdef Py_ssize_t count            # buffers held
+    cdef Py_ssize_t first            # first iovec with bytes still to send
+    cdef readonly Py_ssize_t total   # bytes in all buffers
+    cdef readonly Py_ssize_t sent    # bytes the kernel accepted so far
+    cdef msghdr msg
+    cdef int set_buffers(self, list items, Py_ssize_t n) except -1
+    cdef void drop_views(self) noexcept
 
 
 cdef class MultishotRecvOp(Operation):

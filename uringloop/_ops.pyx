@@ -1356,6 +1356,77 @@ cdef class SendOp(BufferOp):
         return self.offset
 
 
+@cython.final
+cdef class SendMsgOp(Operation):
+
+    def __dealloc__(self):
+        self.drop_views()
+        PyMem_Free(self.views)
+        PyMem_Free(self.iov)
+
+    cdef int set_buffers(self, list items, Py_ssize_t n) except -1:
+        cdef Py_ssize_t i
+        cdef void *mem
+        self.drop_views()
+        mem = PyMem_Realloc(self.views, n * sizeof(Py_buffer))
+        if mem == NULL:
+            raise MemoryError()
+        self.views = <Py_buffer *>mem
+        mem = PyMem_Realloc(self.iov, n * sizeof(iovec))
+        if mem == NULL:
+            raise MemoryError()
+        self.iov = <iovec *>mem
+        self.total = 0
+        self.sent = 0
+        self.first = 0
+        for i in range(n):
+            PyObject_GetBuffer(items[i], &self.views[i], PyBUF_SIMPLE)
+            self.count = i + 1
+            self.iov[i].iov_base = self.views[i].buf
+            self.iov[i].iov_len = <size_t>self.views[i].len
+            self.total += self.views[i].len
+        return 0
+
+    cdef void drop_views(self) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.count):
+            PyBuffer_Release(&self.views[i])
+        self.count = 0
+
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        memset(&self.msg, 0, sizeof(msghdr))
+        self.msg.msg_iov = &self.iov[self.first]
+        self.msg.msg_iovlen = <size_t>(self.count - self.first)
+        self.proactor.note_sent(self.fd)
+        ul_prep_msg(sqe, UL_OP_SENDMSG, self.fd, &self.msg, MSG_NOSIGNAL, self.ud())
+        return 0
+
+    cdef int complete(self, int res, unsigned flags) except -1:
+        cdef Py_ssize_t left
+        if res > 0:
+            self.sent += res
+            left = res
+            while left > 0 and self.first < self.count:
+                if <Py_ssize_t>self.iov[self.first].iov_len <= left:
+                    left -= self.iov[self.first].iov_len
+                    self.first += 1
+                else:
+                    self.iov[self.first].iov_base = (<char *>self.iov[self.first].iov_base) + left
+                    self.iov[self.first].iov_len -= <size_t>left
+                    left = 0
+            if (self.sent < self.total and self.state == OP_IDLE and not self.cancel_asked
+                    and not self.proactor.closing):
+                if not still_same_file(self):      # (see _ops: closed under a request)
+                    return call_owner(self, -EBADF, flags)
+                self.submit()      # a short send: the rest goes out before the owner hears
+                return 0
+        return call_owner(self, res, flags)
+
+    cdef void release(self) noexcept:
+        self.drop_views()
+        self.keep = None
+
+
 cdef extern from "<sys/socket.h>":
     int MSG_NOSIGNAL
     int SOCK_NONBLOCK

@@ -204,7 +204,7 @@ _FEATURES_BY_SETUP_FLAGS: dict = {}
 def feature_set(ring) -> dict:
     """The optional mechanisms the loop uses where `ring`'s kernel has them (the loop consults
     this; the report prints it).  What the kernel has and the loop does not use -- zero-copy
-    send (measured slower on loopback, _transports.pyx), IORING_OP_WAITID (_children.pyx says
+    send (measured slower on loopback, _sendside.pyx), IORING_OP_WAITID (_children.pyx says
     why not), recv bundles (not tried) -- shows in the report's opcode and feature lists only."""
     from uringloop._ring import BufferRing
     global _PBUF_OK

@@ -230,7 +230,7 @@ class NetworkMixin:
     # The provided-buffer ring every transport's multishot receive draws from; created by the
     # first transport (False when the kernel cannot do multishot receives).
     _ul_recv_ring = None
-    # Idle SendOps the stream transports borrow one of per send (_transports.spare_send_ops).
+    # Idle SendOps the stream transports borrow one of per send (_sendside.spare_send_ops).
     _ul_spare_send_ops = None
     # Listening socket fd -> its Acceptor, while serving.
     _ul_acceptors = None
