@@ -56,7 +56,7 @@ requests in flight 30 empty, out of order).
 Other address families
 ----------------------
 The core converts the addresses of AF_INET, AF_INET6, AF_UNIX and AF_NETLINK as the socket
-module does (_ops.converts_sockaddr).  A socket of any other family given with sock= (AF_PACKET,
+module does (_sockaddr.converts_sockaddr).  A socket of any other family given with sock= (AF_PACKET,
 AF_CAN, AF_TIPC...) would have had its senders reported in a raw (family, bytes) form no user
 expects -- the stock transport gives what socket.recvfrom() gives, ('lo', 0x88b5, 0, 772, b'...')
 for AF_PACKET -- and could not send to the addresses socket.sendto() takes (EAFNOSUPPORT).
@@ -84,8 +84,8 @@ from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, POLLIN, P
                              io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport (Proactor, Operation, MsgOp, PollOp, OP_IDLE, sockaddr_to_python,
-                             converts_sockaddr, socket_fd_now)
+from uringloop._ops cimport Proactor, Operation, MsgOp, PollOp, OP_IDLE, socket_fd_now
+from uringloop._sockaddr cimport sockaddr_to_python, converts_sockaddr
 from uringloop._flow cimport TransportCore, add_socket_extra
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 

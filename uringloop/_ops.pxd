@@ -293,7 +293,4 @@ cdef int call_owner(Operation op, int res, unsigned flags) except -1
 cdef int socket_fd_now(object sock) except? -2
 cdef bint still_same_file(Operation op) except -1
 cdef int get_writable_buffer(object obj, Py_buffer *view) except -1
-cdef object sockaddr_to_python(sockaddr_storage *ss, socklen_t length, int family)
-cdef bint converts_sockaddr(int family) noexcept
 cdef object accept_nonblocking(int fd, int family, int *err)
-cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *ss) except 0

@@ -55,8 +55,8 @@ from libc.errno cimport errno, EALREADY
 from libc.string cimport memcpy, memset
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
-                             AcceptOp, ConnectOp, PollOp, DelayOp, OP_IDLE, accept_nonblocking,
-                             converts_sockaddr)
+                             AcceptOp, ConnectOp, PollOp, DelayOp, OP_IDLE, accept_nonblocking)
+from uringloop._sockaddr cimport converts_sockaddr
 
 import collections
 import errno as _errno_mod
@@ -793,7 +793,7 @@ cdef class SocketState(Completer):
     # docstring).  It sends at once by the socket's own method, as the stock loop does, and
     # when there is no room waits for POLLOUT and tries again (send_done).  So does a socket of
     # a family whose addresses the core cannot write (AF_PACKET, AF_CAN...: see
-    # _ops.converts_sockaddr): only its own sendto() takes the addresses socket.sendto() takes
+    # _sockaddr.converts_sockaddr): only its own sendto() takes the addresses socket.sendto() takes
     # (a sendmsg request refused them with EAFNOSUPPORT when the first try would block).
 
     cdef Operation sendto_now(self, Request req):
