@@ -794,6 +794,114 @@ def test_create_future_uses_a_replaced_future_class(new_loop, monkeypatch):
     assert type(future) is Recording and made == [loop] and future.get_loop() is loop
 
 
+# ---- create_task: compiled for the coroutine alone, BaseEventLoop's for everything else ----
+
+async def _returns(value):
+    return value
+
+
+def test_create_task_makes_an_asyncio_task_of_the_loop(new_loop):
+    loop = new_loop()
+    marker = contextvars.ContextVar("marker")
+    marker.set("the caller's")
+
+    async def reads_the_marker():
+        return marker.get()
+
+    task = loop.create_task(reads_the_marker())
+    marker.set("changed after")
+    assert type(task) is asyncio.Task and task.get_loop() is loop
+    assert re.fullmatch(r"Task-\d+", task.get_name())
+    assert loop.run_until_complete(task) == "the caller's"     # a copy of the caller's context
+    loop.close()
+
+
+def test_closed_loop_refuses_tasks(new_loop):
+    loop = new_loop()
+    loop.close()
+    coro = _returns(1)
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.create_task(coro)
+    coro.close()
+
+
+@pytest.mark.parametrize("kwargs", [
+    pytest.param({"name": "named"}, id="name"),
+    pytest.param({"context": contextvars.Context()}, id="context"),   # TypeError on 3.10
+    pytest.param({"eager_start": True}, id="eager_start"),           # TypeError before 3.14
+    pytest.param({"nmae": "typo"}, id="unknown keyword"),
+])
+def test_create_task_keywords_as_on_the_stock_loop(new_loop, kwargs):
+    def action(loop):
+        coro = _returns(7)
+        try:
+            task = loop.create_task(coro, **kwargs)
+        except TypeError:
+            coro.close()
+            raise
+        return task.get_name() == kwargs.get("name", task.get_name()), loop.run_until_complete(task)
+
+    assert outcome(action, new_loop()) == stock_outcome(action)
+
+
+def test_create_task_uses_a_replaced_task_class(new_loop, monkeypatch):
+    # BaseEventLoop.create_task() looks asyncio.tasks.Task up at each call.
+    loop = new_loop()
+    made = []
+
+    class Recording(asyncio.Task):
+        def __init__(self, coro, *, loop=None, **kwargs):
+            made.append(loop)
+            super().__init__(coro, loop=loop, **kwargs)
+
+    monkeypatch.setattr(asyncio.tasks, "Task", Recording)
+    task = loop.create_task(_returns(3))
+    assert type(task) is Recording and made == [loop]
+    assert loop.run_until_complete(task) == 3
+    loop.close()
+
+
+def test_create_task_uses_the_task_factory(new_loop):
+    loop = new_loop()
+    seen = []
+
+    def factory(loop, coro, **kwargs):
+        seen.append(kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    plain = loop.create_task(_returns(5))
+    named = loop.create_task(_returns(6), name="from the factory")
+    assert seen == [{}, {}] and named.get_name() == "from the factory"
+    assert loop.run_until_complete(asyncio.gather(plain, named)) == [5, 6]
+    loop.close()
+
+
+def test_check_closed_replaced_on_the_instance_is_used_by_create_task(new_loop):
+    loop = new_loop()
+
+    def refuse():
+        raise RuntimeError("refused by the replacement")
+
+    loop._check_closed = refuse
+    coro = _returns(1)
+    with pytest.raises(RuntimeError, match="refused by the replacement"):
+        loop.create_task(coro)
+    coro.close()
+    del loop._check_closed
+    loop.close()
+
+
+def test_create_task_in_debug_mode_traces_back_to_its_caller(new_loop):
+    loop = new_loop()
+    loop.set_debug(True)
+    task = loop.create_task(_returns(0))
+    frame = task._source_traceback[-1]
+    assert frame.name == "test_create_task_in_debug_mode_traces_back_to_its_caller"
+    loop.run_until_complete(task)
+    loop.close()
+
+
 class _Released:
     """A callback argument whose release is recorded."""
 

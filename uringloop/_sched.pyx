@@ -64,6 +64,7 @@ import inspect as _inspect
 from asyncio import base_events as _base_events
 from asyncio import events as _events
 from asyncio import futures as _futures
+from asyncio import tasks as _tasks
 from asyncio import format_helpers as _format_helpers
 
 cdef object _BaseEventLoop = _base_events.BaseEventLoop
@@ -134,10 +135,12 @@ cdef str NAME_CALL_AT = 'call_at'
 cdef str NAME_PROCESS_EVENTS = '_process_events'
 cdef str NAME_RUN_ONCE = '_run_once'
 cdef str NAME_WRITE_TO_SELF = '_write_to_self'
+cdef str NAME_CHECK_CLOSED = '_check_closed'
 # Methods of ours that the fast paths call without looking them up; an instance attribute of one
 # of these names (a test's mock, say) sets LoopCore.shadowed and the lookups come back.
 cdef frozenset SHORTCUT_NAMES = frozenset(
-    [NAME_TIME, NAME_CALL_AT, NAME_PROCESS_EVENTS, NAME_RUN_ONCE, NAME_WRITE_TO_SELF])
+    [NAME_TIME, NAME_CALL_AT, NAME_PROCESS_EVENTS, NAME_RUN_ONCE, NAME_WRITE_TO_SELF,
+     NAME_CHECK_CLOSED])
 # Newer asyncio (3.14, CPython gh-128340) gives call_soon_threadsafe() a handle class of its own
 # (events._ThreadSafeHandle, whose cancel() and _run() take a lock); wherever asyncio has it,
 # BaseEventLoop.call_soon_threadsafe() is used as it is.
@@ -435,6 +438,29 @@ cdef class LoopCore:
         if kwargs is None:
             kwargs = self.future_kwargs = {'loop': self}
         return PyObject_Call(future_class, (), kwargs)
+
+    def create_task(self, coro, **kwargs):
+        """Schedule a coroutine object.
+
+        Return a task object.
+        """
+        # BaseEventLoop.create_task() is Python: its frame, a Python call of _check_closed(),
+        # then asyncio.Task.  Called with the coroutine alone -- asyncio.create_task() without a
+        # context, start_server()'s handler, aiohttp's task per request on Python 3.11 -- with
+        # no task factory and not in debug mode, it comes down to that check and the Task, made
+        # here.  Anything else (a name, a context, eager_start, a task factory, debug mode's
+        # source traceback, a _check_closed() of a subclass or an instance's) is BaseEventLoop's,
+        # with each Python version's own signature and errors.
+        if (kwargs or self.fields_hidden or self._debug or self._task_factory is not None
+                or not self.own(NAME_CHECK_CLOSED, _own_check_closed)):
+            return _BaseEventLoop.create_task(self, coro, **kwargs)
+        if self._closed:
+            raise RuntimeError('Event loop is closed')
+        kwargs = self.future_kwargs
+        if kwargs is None:
+            kwargs = self.future_kwargs = {'loop': self}
+        return PyObject_Call(_tasks.Task, (coro,), kwargs)   # looked up at each call, as
+                                                              # BaseEventLoop does
 
     def _process_events(self, event_list):
         # Completions were dispatched inside the Proactor's wait; nothing is left to process.
@@ -932,3 +958,4 @@ cdef object _own_call_at = LoopCore.__dict__['call_at']
 cdef object _own_write_to_self = LoopCore.__dict__['_write_to_self']
 cdef object _own_process_events = LoopCore.__dict__['_process_events']
 cdef object _own_run_once = LoopCore.__dict__['_run_once']
+cdef object _own_check_closed = LoopCore.__dict__['_check_closed']
