@@ -22,7 +22,7 @@ The exit code follows the stock loop: the exit status, or -N for a child killed 
 cimport cython
 
 from uringloop._sys cimport ECANCELED, POLLIN
-from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
+from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE, os_error
 
 import os
 import sys
@@ -94,7 +94,7 @@ cdef class ChildWatcher(Completer):
             self.forget(poll)
             self.loop.call_exception_handler({
                 'message': f'polling the pidfd of child {popen.pid} failed',
-                'exception': OSError(-res, os.strerror(-res)),
+                'exception': os_error(-res),
             })
             return 0
         returncode = self.reap(pidfd, popen)

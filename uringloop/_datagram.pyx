@@ -84,14 +84,14 @@ from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, POLLIN, P
                              io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport Proactor, Operation, MsgOp, PollOp, OP_IDLE, socket_fd_now
+from uringloop._ops cimport (Proactor, Operation, MsgOp, PollOp, OP_IDLE, socket_fd_now,
+                             os_error)
 from uringloop._sockaddr cimport sockaddr_to_python, converts_sockaddr
 from uringloop._flow cimport TransportCore, add_socket_extra
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
 import collections
 import errno as _errno
-import os
 import socket as _socket
 import sys
 
@@ -104,7 +104,6 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t c_sendmsg "sendmsg"(int fd, const msghdr *msg, int flags)
 
 cdef object _deque = collections.deque
-cdef object _strerror = os.strerror
 cdef int AF_UNIX = _socket.AF_UNIX
 cdef int AF_INET = _socket.AF_INET
 cdef int AF_INET6 = _socket.AF_INET6
@@ -171,10 +170,6 @@ cdef object _no_address_error(int family):
         return TypeError("a bytes-like object is required, not 'NoneType'")
     name = 'AF_INET6' if family == AF_INET6 else 'AF_INET'
     return TypeError(f"sendto(): {name} address must be tuple, not NoneType")
-
-
-cdef inline object _oserror(int err):
-    return OSError(err, _strerror(err))
 
 
 @cython.final
@@ -319,11 +314,11 @@ cdef class DatagramCore(TransportCore):
         if self.closing:
             return 0
         if -res in FATAL_RECV_ERRORS:
-            self.fatal_error(_oserror(-res), 'Fatal read error on datagram transport')
+            self.fatal_error(os_error(-res), 'Fatal read error on datagram transport')
             return 0
         if not self.paused:
             self.arm_recv()
-        self.error_received(_oserror(-res))
+        self.error_received(os_error(-res))
         return 0
 
     cdef int readable_done(self, int res) except -1:
@@ -489,7 +484,7 @@ cdef class DatagramCore(TransportCore):
         # exception-reporting wrapper: as in the stock sendto(), what it raises goes out of
         # sendto() to its caller.
         if self.socket_gone():
-            self.protocol.error_received(_oserror(EBADF))   # what the stock sendto() gets
+            self.protocol.error_received(os_error(EBADF))   # what the stock sendto() gets
             return
         if self.by_socket:
             self.sendto_by_socket(data, addr)
@@ -552,7 +547,7 @@ cdef class DatagramCore(TransportCore):
         if len(self.spare_ops) < MAX_SPARE_OPS:
             self.spare_ops.append(op)
         if sent < 0:
-            self.protocol.error_received(_oserror(err))     # raises out of sendto() (above)
+            self.protocol.error_received(os_error(err))     # raises out of sendto() (above)
         return True
 
     cdef ssize_t send_now(self, MsgOp op, void *buf, Py_ssize_t n, int *err) noexcept:
@@ -578,7 +573,7 @@ cdef class DatagramCore(TransportCore):
         if self.send_q and self.socket_gone():
             # Queued datagrams of a socket closed under the transport: none may leave by its
             # number (the stock transport's would wait forever for a closed descriptor).
-            return self.fatal_error(_oserror(EBADF), 'Fatal write error on datagram transport')
+            return self.fatal_error(os_error(EBADF), 'Fatal write error on datagram transport')
         return self.arm_send_poll()     # see the module's docstring
 
     cdef int arm_send_poll(self) except -1:
@@ -599,7 +594,7 @@ cdef class DatagramCore(TransportCore):
         if self.conn_lost or self.proactor.closing:
             return 0            # aborted (the queue is gone), or the loop is closing
         if self.socket_gone():
-            return self.fatal_error(_oserror(EBADF), 'Fatal write error on datagram transport')
+            return self.fatal_error(os_error(EBADF), 'Fatal write error on datagram transport')
         self.send_queued_inline()
         self.maybe_resume_protocol()
         if self.closing and not self.conn_lost and not self.send_q:
@@ -676,7 +671,7 @@ cdef class DatagramCore(TransportCore):
                 if sent < 0 and (err == EAGAIN or err == EINTR):
                     break
                 if sent < 0:
-                    exc = _oserror(err)
+                    exc = os_error(err)
             self.send_q.popleft()
             self.buffer_size -= op.view.len
             op.drop_buffer()

@@ -27,7 +27,6 @@ cdef class WriteFlow(Completer):
 
 
 cdef int add_socket_extra(dict extra, object sock) except -1
-cdef object os_error(int err)
 
 
 cdef class TransportCore(WriteFlow):

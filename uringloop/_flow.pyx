@@ -31,9 +31,6 @@ from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyConte
 
 from uringloop._ops cimport Completer, Operation, Proactor
 
-cdef extern from "<string.h>":
-    char *c_strerror "strerror"(int errnum)
-
 cdef Py_ssize_t _LOG_THRESHOLD = _constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
 
@@ -150,12 +147,6 @@ cdef Py_ssize_t _water_mark(object limit) except -1:
             return PY_SSIZE_T_MAX
         limit = math.floor(limit)
     return min(limit, PY_SSIZE_T_MAX)
-
-
-cdef object os_error(int err):
-    """OSError(err, strerror(err)): the specific subclass (ConnectionResetError, ...), as the
-    stock transports raise it from the failed call."""
-    return OSError(err, c_strerror(err).decode('utf-8', 'replace'))
 
 
 cdef int add_socket_extra(dict extra, object sock) except -1:

@@ -294,3 +294,4 @@ cdef int socket_fd_now(object sock) except? -2
 cdef bint still_same_file(Operation op) except -1
 cdef int get_writable_buffer(object obj, Py_buffer *view) except -1
 cdef object accept_nonblocking(int fd, int family, int *err)
+cdef object os_error(int err)

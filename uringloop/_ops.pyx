@@ -1263,6 +1263,18 @@ cdef class SendMsgOp(Operation):
         self.keep = None
 
 
+cdef extern from "<string.h>":
+    char *c_strerror "strerror"(int errnum)
+
+
+cdef object os_error(int err):
+    """The OSError an errno stands for, as the stock loop's failed call raises it: OSError(err,
+    strerror(err)), which Python turns into the specific subclass (ConnectionResetError,
+    BrokenPipeError, PermissionError, ...).  Every module that turns a negative completion
+    result or a failed call's errno into an exception makes it here."""
+    return OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+
+
 cdef extern from "<sys/socket.h>":
     int MSG_NOSIGNAL
     int SOCK_NONBLOCK

@@ -37,7 +37,7 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EOPNOTSUPP, POLLIN, POLLOUT, UL_OP_READ,
                              UL_OP_WRITE, errno, ul_write_nowait)
 from uringloop._ops cimport (Proactor, Operation, BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp,
-                             OP_IDLE)
+                             OP_IDLE, os_error)
 from uringloop._flow cimport TransportCore
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
@@ -58,12 +58,7 @@ import stat as _stat
 from asyncio import transports as _transports
 from asyncio.log import logger as _logger
 
-cdef object _strerror = os.strerror
 cdef Py_ssize_t MAX_READ = 256 * 1024
-
-
-cdef inline object _oserror(int err):
-    return OSError(err, _strerror(err))
 
 
 cdef class PipeCore(TransportCore):
@@ -189,7 +184,7 @@ cdef class ReadPipeCore(PipeCore):
         elif self.closing:
             pass                    # completed after close(): the stock loop would not read it
         elif res < 0:
-            self.fatal_error(_oserror(-res), 'Fatal read error on pipe transport')
+            self.fatal_error(os_error(-res), 'Fatal read error on pipe transport')
         elif self.paused or self.stash:
             self.stash.append(PyBytes_FromStringAndSize(<char *>self.read_op.view.buf, res))
         elif res == 0:
@@ -387,7 +382,7 @@ cdef class WritePipeCore(PipeCore):
                     self.no_write_now = True
                 elif err != EAGAIN and err != EINTR:
                     self.conn_lost += 1
-                    self.fatal_error(_oserror(err), 'Fatal write error on pipe transport')
+                    self.fatal_error(os_error(err), 'Fatal write error on pipe transport')
                     return None
                 done = 0
             if done == 0 and type(data) is bytes:
@@ -467,7 +462,7 @@ cdef class WritePipeCore(PipeCore):
             self.pending.clear()
             self.buffer_size = 0
             self.conn_lost += 1
-            self.fatal_error(_oserror(-res), 'Fatal write error on pipe transport')
+            self.fatal_error(os_error(-res), 'Fatal write error on pipe transport')
             return 0
         self.buffer_size -= res
         self.inflight_done += res

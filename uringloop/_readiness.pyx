@@ -59,9 +59,8 @@ from libc.limits cimport INT_MAX
 from libc.stdlib cimport realloc, free
 
 from uringloop._sys cimport ECANCELED, EBADF, POLLIN, errno
-from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE
+from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE, os_error
 
-import os
 from _thread import get_ident as _get_ident
 
 from asyncio import events as _events
@@ -98,11 +97,6 @@ cdef int _fileobj_to_fd(object fileobj) except -2:
     if fd > INT_MAX:
         raise OverflowError("Python int too large to convert to C int")
     return <int>fd
-
-
-cdef inline object _oserror(int err):
-    # OSError(errno, strerror) picks the subclass: PermissionError for EPERM, ...
-    return OSError(err, os.strerror(err))
 
 
 @cython.final
@@ -157,7 +151,7 @@ cdef class Readiness(Completer):
             return 0
         if op == EPOLL_CTL_MOD and errno == ENOENT:
             return self.ctl(EPOLL_CTL_ADD, fd, mask)
-        raise _oserror(errno)
+        raise os_error(errno)
 
     cdef int arm(self) except -1:
         # A poll still in the kernel (even one being cancelled) re-arms from its completion;
@@ -270,13 +264,13 @@ cdef class Readiness(Completer):
         if self.epfd < 0:
             self.epfd = epoll_create1(EPOLL_CLOEXEC)
             if self.epfd < 0:
-                raise _oserror(errno)
+                raise os_error(errno)
             self.poll = PollOp(self.proactor, self, self.epfd, None)
             self.poll.events = POLLIN
         if fd == self.epfd:
             # The instance took the lowest free number: `fd` was not open before (the stock
             # loop's selector exists from the start, and epoll_ctl says EBADF there).
-            raise _oserror(EBADF)
+            raise os_error(EBADF)
         if watch is None:
             self.ctl(EPOLL_CTL_ADD, fd, mask)       # PermissionError, OSError(EBADF), ...
             watch = FdWatch(fd, fileobj)
@@ -324,7 +318,7 @@ cdef class Readiness(Completer):
             err = errno
             self.epfd = -1
             self.watches.clear()
-            raise _oserror(err)
+            raise os_error(err)
         self.epfd = fd
         self.poll = PollOp(self.proactor, self, fd, None)
         self.poll.events = POLLIN
@@ -338,7 +332,7 @@ cdef class Readiness(Completer):
             'message': f'the readiness epoll instance (fd {old}) was closed by someone else: '
                        f'made a new one (fd {fd}) with every add_reader()/add_writer() '
                        f'registration',
-            'exception': _oserror(err),
+            'exception': os_error(err),
         })
         return 0
 
@@ -389,7 +383,7 @@ cdef class Readiness(Completer):
             if epoll_ctl(self.epfd, EPOLL_CTL_MOD, fd, &unused) != 0:
                 err = errno
                 self.forget(watch)
-                raise _oserror(err)
+                raise os_error(err)
         if handle is None:
             return False
         handle.cancel()

@@ -49,16 +49,13 @@ undo what the caller does with the file in its `except CancelledError`.
 cimport cython
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Proactor, Completer, Operation, SpliceOp, PollOp, OP_IDLE
+from uringloop._ops cimport Proactor, Completer, Operation, SpliceOp, PollOp, OP_IDLE, os_error
 
 import errno as _errno
 import fcntl as _fcntl
 import os
 
 from asyncio import exceptions as _exceptions
-
-cdef extern from "<string.h>":
-    char *c_strerror "strerror"(int errnum)
 
 # A bigger pipe moves more per splice pair; 1 MiB is the default unprivileged maximum
 # (/proc/sys/fs/pipe-max-size).  The default 64 KiB is kept if the kernel refuses.
@@ -193,7 +190,7 @@ cdef class SpliceSender(Completer):
             if self.fut.done() or self.proactor.closing:
                 return self.finish(None)
             if self.sock.fileno() != self.sock_number:
-                return self.finish(OSError(EBADF, c_strerror(EBADF).decode('utf-8', 'replace')))
+                return self.finish(os_error(EBADF))
             if res < 0:
                 return self.finish(self.error(-res))
             # Ready, or in error (POLLERR/POLLHUP): the splice itself reports which.
@@ -211,7 +208,7 @@ cdef class SpliceSender(Completer):
             return self.finish(None)           # cancelled (or the loop is closing): stop here
         if self.sock.fileno() != self.sock_number:
             # Closed by its owner (and maybe its number reused): nothing more goes out.
-            return self.finish(OSError(EBADF, c_strerror(EBADF).decode('utf-8', 'replace')))
+            return self.finish(os_error(EBADF))
         if res == -EAGAIN:
             return self.wait_ready()
         if res < 0:
@@ -231,12 +228,12 @@ cdef class SpliceSender(Completer):
             # Not a file splice can read (procfs, O_DIRECT...) or a socket it cannot write:
             # the stock loop falls back to read+send in that case, whatever the errno.
             return _exceptions.SendfileNotAvailableError(
-                f"splice failed: {c_strerror(err).decode('utf-8', 'replace')}")
+                f"splice failed: {os_error(err).strerror}")
         if err == _errno.ENOTCONN:
             exc = ConnectionError("socket is not connected", _errno.ENOTCONN)
-            exc.__cause__ = OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+            exc.__cause__ = os_error(err)
             return exc
-        return OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+        return os_error(err)
 
     cdef int finish(self, object exc) except -1:
         try:

@@ -37,8 +37,8 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memset
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Operation, SendOp, SendMsgOp, socket_fd_now
-from uringloop._flow cimport WriteFlow, os_error
+from uringloop._ops cimport Operation, SendOp, SendMsgOp, socket_fd_now, os_error
+from uringloop._flow cimport WriteFlow
 
 import socket as _socket
 import sys

@@ -52,7 +52,8 @@ from cpython.contextvars cimport (PyContext_Copy, PyContext_CopyCurrent, PyConte
                                   PyContext_Exit)
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Proactor, Completer, Operation, PollOp, OP_IDLE, accept_nonblocking
+from uringloop._ops cimport (Proactor, Completer, Operation, PollOp, OP_IDLE, accept_nonblocking,
+                             os_error)
 from uringloop._transports cimport SocketTransport
 
 import errno as _errno
@@ -62,9 +63,6 @@ import socket as _socket
 from asyncio import constants as _constants
 from asyncio import trsock as _trsock
 from asyncio.log import logger
-
-cdef extern from "<string.h>":
-    char *c_strerror "strerror"(int errnum)
 
 cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
@@ -211,7 +209,7 @@ cdef class Acceptor(Completer):
         return 0
 
     cdef int report_error(self, int err) except -1:
-        exc = OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+        exc = os_error(err)
         if err in _OUT_OF_RESOURCES:
             # Linux keeps reporting the socket readable; retry after a pause (as stock).
             message = 'socket.accept() out of system resource'

@@ -17,9 +17,8 @@ the recv, which the next enter collects -- a signal never waits for an unrelated
 cimport cython
 
 from uringloop._sys cimport ECANCELED
-from uringloop._ops cimport Completer, Proactor, Operation, RecvOp, OP_IDLE
+from uringloop._ops cimport Completer, Proactor, Operation, RecvOp, OP_IDLE, os_error
 
-import os
 import socket as _socket
 
 
@@ -66,7 +65,7 @@ cdef class SignalReader(Completer):
         elif res < 0:
             self.loop.call_exception_handler({
                 'message': 'receiving from the signal wake-up socket failed',
-                'exception': OSError(-res, os.strerror(-res)),
+                'exception': os_error(-res),
             })
         return 0
 

@@ -55,7 +55,8 @@ from libc.errno cimport errno, EALREADY
 from libc.string cimport memcpy, memset
 
 from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
-                             AcceptOp, ConnectOp, PollOp, DelayOp, OP_IDLE, accept_nonblocking)
+                             AcceptOp, ConnectOp, PollOp, DelayOp, OP_IDLE, accept_nonblocking,
+                             os_error)
 from uringloop._sockaddr cimport converts_sockaddr
 
 import collections
@@ -108,10 +109,6 @@ cdef class Request:
     cdef object buf            # *_INTO: the caller's buffer; send: the data
     cdef Py_ssize_t nbytes
     cdef object address
-
-
-cdef inline object _oserror(int err):
-    return OSError(err, os.strerror(err))
 
 
 @cython.final
@@ -233,7 +230,7 @@ cdef class SocketState(Completer):
             if op is None:
                 continue
             if isinstance(op.tag, Request):
-                self.fail(<Request>op.tag, _oserror(EBADF))
+                self.fail(<Request>op.tag, os_error(EBADF))
             op.cancel()
         return 0
 
@@ -241,7 +238,7 @@ cdef class SocketState(Completer):
         """Every request waiting in `q` fails as the socket's own methods fail once it is
         closed (OSError EBADF)."""
         while q:
-            self.fail(<Request>q.popleft(), _oserror(EBADF))
+            self.fail(<Request>q.popleft(), os_error(EBADF))
         return 0
 
     cdef Request new_request(self, int kind):
@@ -404,7 +401,7 @@ cdef class SocketState(Completer):
         method: its result, or _WOULD_BLOCK; raises what the method raises."""
         cdef object sock = self.sock_ref()
         if sock is None:
-            raise _oserror(EBADF)
+            raise os_error(EBADF)
         # MSG_DONTWAIT: a socket left in blocking mode (asyncio wants non-blocking ones) must
         # not block the loop here either.
         # sock_recv() and sock_recv_into() receive with recvfrom too, and the request keeps the
@@ -536,9 +533,9 @@ cdef class SocketState(Completer):
             pass
         elif res < 0:
             if waiting:
-                self.fail(req, _oserror(-res))
+                self.fail(req, os_error(-res))
             else:
-                self.stash_exc = _oserror(-res)
+                self.stash_exc = os_error(-res)
         else:
             if req.kind == K_RECV or req.kind == K_RECVFROM:
                 data = op.buffer
@@ -621,7 +618,7 @@ cdef class SocketState(Completer):
         if accepted is None:
             if err == EAGAIN or err == EINTR:
                 return _WOULD_BLOCK
-            raise _oserror(err)
+            raise os_error(err)
         fd, address = accepted
         return (self.connection(fd), address)
 
@@ -707,7 +704,7 @@ cdef class SocketState(Completer):
                     # Accepted exactly once: the next caller's.
                     self.accepted_stash().append((res, addr))
             elif res != -ECANCELED and waiting:
-                self.fail(req, _oserror(-res))
+                self.fail(req, os_error(-res))
         if not self.proactor.closing:
             self.pump_accept()
         return 0
@@ -755,7 +752,7 @@ cdef class SocketState(Completer):
         cdef pollfd pfd
         cdef object sock = self.sock_ref()
         if sock is None:
-            raise _oserror(EBADF)
+            raise os_error(EBADF)
         if req.nbytes == CONNECT_UNDER_WAY:
             # sock_connect's connect(2) started it (_connect_at_once): wait for the outcome.
             op = PollOp(self.proactor, self, self.fd, sock)
@@ -803,7 +800,7 @@ cdef class SocketState(Completer):
         cdef PollOp op
         cdef object sock = self.sock_ref()
         if sock is None:
-            raise _oserror(EBADF)
+            raise os_error(EBADF)
         try:
             sent = sock.sendto(req.buf, _MSG_DONTWAIT, req.address)
         except (BlockingIOError, InterruptedError):
@@ -905,7 +902,7 @@ cdef class SocketState(Completer):
                 else:
                     req.fut.set_result(None)
             elif res < 0:
-                self.fail(req, _oserror(-res))
+                self.fail(req, os_error(-res))
             elif req.kind == K_SENDTO:
                 req.fut.set_result(res)
             else:
@@ -926,7 +923,7 @@ cdef class SocketState(Completer):
         if res < 0 and res != -ECANCELED:
             if self.recv_q and self.recv_q[0] is req:
                 self.recv_q.popleft()
-            self.fail(req, _oserror(-res))
+            self.fail(req, os_error(-res))
         if not self.proactor.closing:
             self.pump_recv()
         return 0
@@ -1441,7 +1438,7 @@ cdef bint _connect_at_once(object loop, object sock, tuple address, bint *under_
         if c_poll(&pfd, 1, 0) == 1 and pfd.revents == POLLOUT:
             return True           # connected already (see SocketState.start_connect)
     elif err != EAGAIN and err != EALREADY and err != EINTR:
-        raise _oserror(err)
+        raise os_error(err)
     under_way[0] = True
     return False
 

@@ -98,8 +98,8 @@ from libc.string cimport memcpy, memcmp
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
 from uringloop._ops cimport (Proactor, Operation, RecvOp, MultishotRecvOp, PollOp,
-                             get_writable_buffer)
-from uringloop._flow cimport add_socket_extra, os_error
+                             get_writable_buffer, os_error)
+from uringloop._flow cimport add_socket_extra
 from uringloop._sendside cimport SendSide, spare_send_ops
 from uringloop._sched cimport ul_class_lookup
 
@@ -137,9 +137,6 @@ cdef extern from "<netinet/in.h>" nogil:
 
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
-
-cdef extern from "<string.h>":
-    char *c_strerror "strerror"(int errnum)
 
 cdef object _BufferedProtocol = _protocols.BufferedProtocol
 cdef object _TransportSocket = _trsock.TransportSocket
@@ -253,7 +250,7 @@ cdef int set_nodelay(object sock, int fd) except -1:
             and sock.proto == IPPROTO_TCP:
         if c_setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0:
             err = errno
-            raise OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+            raise os_error(err)
     return 0
 
 cdef enum:
