@@ -5,7 +5,7 @@ marker writes; between the markers there must be io_uring_enter calls and no rea
 socket I/O system call at all (recvfrom, sendto, recvmsg, sendmsg, connect, epoll_wait, poll,
 select) -- except the one accept4 and the one connect: sock_accept takes a connection with
 accept4(2), at once or after a poll on the ring, and sock_connect starts the connection with
-connect(2) and learns its outcome from a poll on the ring, as the stock loop does (_sockio.pyx
+connect(2) and learns its outcome from a poll on the ring, as the stock loop does (_sockstate.pyx
 says why not io_uring's accept and connect requests) -- or, to a listener on this host, from one
 poll(2) with no timeout right after the connect(2) when the handshake is over already.
 """

@@ -283,7 +283,7 @@ cdef class WakeupOp(Operation):
 
 cdef class DelayOp(Operation):
     """IORING_OP_TIMEOUT used as a sleep: its final CQE (-ETIME) comes once the delay has
-    passed, or -ECANCELED if cancelled first.  No fd; a retry's backoff (see _sockio's unix
+    passed, or -ECANCELED if cancelled first.  No fd; a retry's backoff (see _sockstate's unix
     connect)."""
     cdef __kernel_timespec delay
     cdef int set_delay(self, double seconds) except -1

@@ -1286,7 +1286,7 @@ cdef object accept_nonblocking(int fd, int family, int *err):
     """accept4(2) of one connection queued on listening socket `fd`, non-blocking and
     close-on-exec (a socket object made from it with SOCK_NONBLOCK in its type costs no further
     system call): (descriptor, address), or None with *err set (EAGAIN: nothing queued).  The
-    accept of servers (_server) and of sock_accept (_sockio)."""
+    accept of servers (_server) and of sock_accept (_sockstate)."""
     cdef sockaddr_storage addr
     cdef socklen_t addrlen = sizeof(sockaddr_storage)
     cdef int conn = c_accept4(fd, <sockaddr *>&addr, &addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC)

@@ -73,7 +73,7 @@ cdef bint converts_sockaddr(int family) noexcept:
     """Whether sockaddr_to_python and python_to_sockaddr convert the addresses of `family` as
     the socket module does.  For any other family (AF_PACKET, AF_CAN, AF_TIPC, AF_BLUETOOTH...)
     only the socket object's own recvfrom()/sendto() give and take the addresses its users
-    expect, so datagrams of those go through them (_datagram, _sockio)."""
+    expect, so datagrams of those go through them (_datagram, _sockstate)."""
     return family == AF_INET or family == AF_INET6 or family == AF_UNIX or family == AF_NETLINK
 
 
