@@ -202,7 +202,7 @@ cdef class SocketState(Completer):
         req.kind = kind
         # An exact asyncio.Future, not a subclass: the C Task then takes its fast paths (no
         # attribute lookups of _asyncio_future_blocking, get_loop, add_done_callback and
-        # result per await).  With the op reuse and the inlined awaits below: an in-process
+        # result per await).  With the op reuse and the inlined awaits (_sockio): an in-process
         # sock_* ping-pong went from ~44k to ~56k round trips/s (median of 11 alternating
         # runs), the benchmark's sock_* server from ~17-24 to ~13-15 us of CPU per request.
         # The kernel operation is then cancelled by the awaiting coroutine (_sockio._abandoned).
@@ -709,7 +709,7 @@ cdef class SocketState(Completer):
         if sock is None:
             raise os_error(EBADF)
         if req.nbytes == CONNECT_UNDER_WAY:
-            # sock_connect's connect(2) started it (_connect_at_once): wait for the outcome.
+            # sock_connect's connect(2) started it (_sockio._connect_at_once): wait for the outcome.
             op = PollOp(self.proactor, self, self.fd, sock)
             (<PollOp>op).events = POLLOUT
             return op
