@@ -30,7 +30,7 @@ from uringloop.network import NetworkMixin
 from uringloop.unix import UnixMixin
 from uringloop._ops import Proactor
 from uringloop._sched import LoopCore
-from uringloop._transports import TransportTable
+from uringloop._transport_table import TransportTable
 from uringloop._probe import IOUringUnavailableError, diagnose, feature_set, too_old
 from uringloop._ring import Ring
 
@@ -105,7 +105,7 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         # socket closed with a ResourceWarning -- a server whose handlers forget to close
         # writers does not keep a descriptor per finished client.  (A transport with a request
         # in flight is held by it: see the Proactor's pins.)  A compiled mapping in place of
-        # the stock WeakValueDictionary (_transports.TransportTable says why); the sock_* calls
+        # the stock WeakValueDictionary (_transport_table.TransportTable says why); the sock_* calls
         # test membership on `.data`, the plain dict underneath.
         self._transports = TransportTable()
         _live_proactors.add(self._proactor)
