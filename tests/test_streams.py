@@ -223,6 +223,44 @@ async def _serve_bytes(payload, chunk):
     return await start(send)
 
 
+@pytest.mark.asyncio
+@bounded(30)
+async def test_messages_growing_and_shrinking_arrive_whole():
+    """Request/response over streams with each message's size different from the last --
+    growing past what the previous read took, shrinking below half of it, a byte apart, a
+    whole ring buffer and back to small -- and the last one followed by the EOF: every byte
+    arrives in order on both sides.  (Large reads into a StreamReader grow its buffer by what
+    the last read took: a larger message fills that and the rest is read after it.)"""
+    sizes = [20000, 20000, 100000, 16384, 16385, 16383, 300000, 17000, 65536, 65537, 1000,
+             40000, 126976, 126977, 200, 50000, 16384]
+
+    async def serve(reader, writer):
+        try:
+            while True:
+                header = await reader.read(4)
+                if not header:
+                    break
+                header += await reader.readexactly(4 - len(header))
+                writer.write(await reader.readexactly(int.from_bytes(header, 'big')))
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server, addr = await start(serve)
+    async with server:
+        reader, writer = await asyncio.open_connection(*addr)
+        for size in sizes:
+            message = os.urandom(size)
+            writer.write(size.to_bytes(4, 'big') + message)
+            assert await reader.readexactly(size) == message
+        last = os.urandom(70000)
+        writer.write(len(last).to_bytes(4, 'big') + last)
+        writer.write_eof()
+        assert await reader.read() == last
+        writer.close()
+        await writer.wait_closed()
+
+
 class _IntLimit(int):
     """A limit of a subclass of int: the loop compares it in Python, not in C."""
 

@@ -25,6 +25,7 @@ cdef class SocketTransport(SendSide):
     cdef bint stopped_at_eof         # eof_received() kept the connection open: not reading
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
     cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)
+    cdef int stream_read_guess       # how far a large read grows a StreamReader's buffer (0: ask)
     cdef bint stash_scheduled        # _deliver_stash is scheduled (the ints and flags kept
                                      # together: a lone int between pointers costs 4 B of
                                      # padding)

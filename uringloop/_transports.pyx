@@ -342,6 +342,19 @@ cdef inline int _large_read_size(int size, Py_ssize_t res):
     return <int>want if want > size else size
 
 
+cdef inline int _stream_read_guess(Py_ssize_t took):
+    """How far recv_into_stream_reader() grows a StreamReader's buffer for the next read,
+    after reads that took `took` bytes: that much and 32 bytes more, up to LARGE_READ_MAX.
+    The 32 bytes make the buffer's allocation (the bytes and bytearray's trailing NUL) exactly
+    that of the bytes object read() then copies them into -- the header of bytes, 33 bytes,
+    and the NUL -- so that malloc() gives one's freed memory to the other.  A larger margin
+    did not: with the buffer grown by a quarter more, in whole pages, the two sizes no
+    longer fitted each other's freed chunks, and at streams 16 KiB x 1000 the heap's top
+    was trimmed and grown again (~40,000 page faults a second in one run of two)."""
+    cdef Py_ssize_t want = took + 32
+    return <int>(want if want < LARGE_READ_MAX else LARGE_READ_MAX)
+
+
 cdef object _EOF = object()          # stash_end marker: the peer closed its side
 cdef dict _NO_EXTRA = {}
 
@@ -1221,11 +1234,11 @@ cdef class SocketTransport(SendSide):
         return 0
 
     cdef int recv_into_stream_reader(self) except -1:
-        """A large read for asyncio's StreamReaderProtocol, received with one non-blocking
-        recv(2) straight into the end of its StreamReader's buffer.  Returns 1 when it took
-        bytes, 2 when the recv(2) brought none (inline_read_ended() has run: the EOF, the
-        socket's error, or nothing after all), 0 when the ordinary inline read must run: the
-        reader is gone, subclassed, at EOF, or its buffer cannot grow.
+        """A large read for asyncio's StreamReaderProtocol, received with non-blocking recv(2)
+        straight into the end of its StreamReader's buffer.  Returns 1 when it took bytes, 2
+        when the recv(2) brought none (inline_read_ended() has run: the EOF, the socket's
+        error, or nothing after all), 0 when the ordinary inline read must run: the reader is
+        gone, subclassed, at EOF, or its buffer cannot grow.
 
         Why: data_received() would hand the bytes to feed_data(), whose first act is to copy
         them onto the end of that same bytearray -- at streams 100 KiB echo a 100 KiB copy,
@@ -1233,35 +1246,60 @@ cdef class SocketTransport(SendSide):
         that read() makes."""
         cdef ssize_t n
         cdef int err
-        cdef Py_ssize_t old, size
+        cdef Py_ssize_t old, size, total = 0
         cdef int waiting = 0
+        cdef bint asked = False
         reader = _feedable_reader(self.protocol)
         if reader is None:
             return 0          # feed_data() itself then runs, or asserts, as on the stock loop
-        # Grow the buffer by what is waiting in the socket, not by the read's whole size:
-        # growing a connection's bytearray by up to 124 KiB and cutting it back after every
-        # read fragmented the heap at streams 16 KiB x 1000 (6.7 page faults per request
-        # against 0.2; 0.65x uvloop in a full run).  Nothing waiting (an EOF or an error is
-        # pending): the ordinary read reports it.
-        if c_ioctl_int(self._sock_fd, FIONREAD, &waiting) < 0 or waiting <= 0:
-            return 0
+        # How far to grow the buffer for the read.  Not by the read's whole size: growing a
+        # connection's bytearray by up to 124 KiB and cutting it back after every read
+        # fragmented the heap at streams 16 KiB x 1000 (6.7 page faults per request against
+        # 0.2; 0.65x uvloop in a full run) -- bytearray gives the memory back (realloc) when
+        # the bytes take less than half of it.  By what FIONREAD says is waiting, the first
+        # time: exact, but an ioctl(2) for every read (~0.4 us of ~14 per request at streams
+        # 16 KiB x 100, a third of the server's system calls).  After that, by what the last
+        # read took and a little more (_stream_read_guess): the peer of a stream sends
+        # messages of a size, so the next read takes as much and does not fill it -- nothing
+        # can have been left behind.  A read that fills it asks FIONREAD then, and reads what
+        # is left at once.
+        size = self.stream_read_guess
+        if size == 0:
+            if c_ioctl_int(self._sock_fd, FIONREAD, &waiting) < 0 or waiting <= 0:
+                return 0      # nothing waiting (an EOF or error pending): the ordinary read tells
+            size = self.large_read_size or LARGE_READ_MAX
+            if waiting < size:
+                size = waiting
+            asked = True
         buf = reader._buffer
-        size = self.large_read_size or LARGE_READ_MAX
-        if waiting < size:
-            size = waiting
-        old = PyByteArray_GET_SIZE(buf)
-        try:
-            PyByteArray_Resize(buf, old + size)
-        except BufferError:
-            return 0          # a view of the buffer is held: extend() in feed_data() says so
-        n = c_recv(self._sock_fd, PyByteArray_AS_STRING(buf) + old, <size_t>size, MSG_DONTWAIT)
-        err = errno
-        PyByteArray_Resize(buf, old + (n if n > 0 else 0))
-        if n <= 0:
-            self.inline_read_ended(n if n == 0 else -err)
-            return 2
-        self.large_read_size = (0 if n < LARGE_READ_UNTIL
-                                else _large_read_size(self.large_read_size, n))
+        while True:
+            old = PyByteArray_GET_SIZE(buf)
+            try:
+                PyByteArray_Resize(buf, old + size)
+            except BufferError:
+                if total:
+                    break
+                return 0      # a view of the buffer is held: extend() in feed_data() says so
+            n = c_recv(self._sock_fd, PyByteArray_AS_STRING(buf) + old, <size_t>size,
+                       MSG_DONTWAIT)
+            err = errno
+            PyByteArray_Resize(buf, old + (n if n > 0 else 0))
+            if n <= 0:
+                if total:
+                    break     # the bytes read go up; the re-armed poll finds what ended it
+                self.inline_read_ended(n if n == 0 else -err)
+                return 2
+            total += n
+            if n < size or asked:
+                break
+            # The guess was filled: more may be waiting.
+            if c_ioctl_int(self._sock_fd, FIONREAD, &waiting) < 0 or waiting <= 0:
+                break
+            size = waiting if waiting < LARGE_READ_MAX else LARGE_READ_MAX
+            asked = True
+        self.stream_read_guess = _stream_read_guess(total)
+        self.large_read_size = (0 if total < LARGE_READ_UNTIL
+                                else _large_read_size(self.large_read_size, total))
         self.stream_reader_fed(reader, True)
         return 1
 
