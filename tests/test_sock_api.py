@@ -537,6 +537,38 @@ async def test_recv_into_read_only_buffer_is_a_type_error():
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("bad", ["text", b"read-only", 5, bytearray(12)],
+                         ids=["str", "bytes", "int", "strided"])
+async def test_buffer_errors_are_the_socket_methods_own(bad):
+    """What is not a writable contiguous buffer gets the TypeError, with the message, that the
+    socket's recv_into()/recvfrom_into() give it (recvfrom_into first asks for its length, as
+    the stock loop does), and sock_sendall() the one socket.send() gives what is no buffer;
+    nothing is read or lost."""
+    if isinstance(bad, bytearray):
+        bad = memoryview(bad)[::2]
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    with a, b:
+        a.send(b"kept")
+        name = type(bad).__name__
+        with pytest.raises(TypeError) as raised:
+            await asyncio.wait_for(loop.sock_recv_into(b, bad), 5)
+        assert str(raised.value) == (
+            f"recv_into() argument 1 must be read-write bytes-like object, not {name}")
+        if sys.version_info >= (3, 11):      # sock_recvfrom_into: the stock loop's from 3.11
+            with pytest.raises(TypeError) as raised:
+                await asyncio.wait_for(loop.sock_recvfrom_into(b, bad), 5)
+            assert str(raised.value) == (
+                "object of type 'int' has no len()" if isinstance(bad, int) else
+                f"recvfrom_into() argument 1 must be read-write bytes-like object, not {name}")
+        if not isinstance(bad, (bytes, memoryview)):
+            with pytest.raises(TypeError) as raised:
+                await asyncio.wait_for(loop.sock_sendall(a, bad), 5)
+            assert str(raised.value) == f"a bytes-like object is required, not '{name}'"
+        assert await asyncio.wait_for(loop.sock_recv(b, 10), 5) == b"kept"
+
+
+@pytest.mark.asyncio
 async def test_recv_into_a_strided_buffer_is_a_type_error_of_that_call_only():
     """A buffer that is not contiguous is refused with TypeError, as socket.recv_into() refuses
     it; the next recv_into -- into a 2-D but contiguous view, which recv_into() accepts -- gets

@@ -53,6 +53,13 @@ cdef class LoopCore:
     cdef public object _selector
     cdef public Py_ssize_t _timer_cancelled_count
     cdef public double _clock_resolution
+    # Not BaseEventLoop's: the loop's tables of transports (a TransportTable, see
+    # _transport_table) and of the sockets that sock_* calls use (descriptor -> SocketState,
+    # and the timer of their sweep; see _sockio), set in Loop.__init__ -- C fields so that
+    # every sock_* call reaches them without a lookup in the instance's dictionary.
+    cdef public object _transports
+    cdef public dict _ul_sock_states
+    cdef public object _ul_sock_sweep
     cdef bint shadowed                  # an instance attribute hides one of our own methods
     cdef bint fields_hidden             # a subclass hides a field: BaseEventLoop's methods only
     cdef bint iterating                 # inside run_forever: queued handles may leave the GC

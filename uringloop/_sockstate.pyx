@@ -67,6 +67,27 @@ from asyncio import futures as _futures
 
 cdef object _Future = _futures.Future
 cdef object _deque = collections.deque
+# The Future's methods, and deque's append, called unbound on the exact objects made here (the
+# requests' futures are exactly asyncio.Future, see new_request; the queues exactly deques):
+# no method lookup through the type, and no bound method, on every request and completion.
+cdef object _future_done = _Future.done
+cdef object _future_set_result = _Future.set_result
+cdef object _future_set_exception = _Future.set_exception
+cdef object _deque_append = _deque.append
+
+
+cdef inline bint _done(object fut) except -1:
+    return _future_done(fut)
+
+
+cdef inline int _set_result(object fut, object value) except -1:
+    _future_set_result(fut, value)
+    return 0
+
+
+cdef inline int _set_exception(object fut, object exc) except -1:
+    _future_set_exception(fut, exc)
+    return 0
 cdef object _ref = weakref.ref
 cdef object _socket_type = _socket.socket
 cdef int _MSG_DONTWAIT = _socket.MSG_DONTWAIT
@@ -124,13 +145,13 @@ cdef class SocketState(Completer):
     cdef int queue_recv(self, Request req) except -1:
         if self.recv_q is None:
             self.recv_q = _deque()
-        self.recv_q.append(req)
+        _deque_append(self.recv_q, req)
         return 0
 
     cdef int queue_send(self, Request req) except -1:
         if self.send_q is None:
             self.send_q = _deque()
-        self.send_q.append(req)
+        _deque_append(self.send_q, req)
         return 0
 
     cdef int claimed(self, Request req) except -1:
@@ -145,7 +166,7 @@ cdef class SocketState(Completer):
     cdef int queue_accept(self, Request req) except -1:
         if self.accept_q is None:
             self.accept_q = _deque()
-        self.accept_q.append(req)
+        _deque_append(self.accept_q, req)
         return 0
 
     cdef object datagram_stash(self):
@@ -274,7 +295,7 @@ cdef class SocketState(Completer):
                     continue
                 if result is not _WOULD_BLOCK:
                     self.recv_q.popleft()
-                    req.fut.set_result(result)
+                    _set_result(req.fut, result)
                     self.unclaimed = req
                     continue
                 op = self.readable_poll()
@@ -384,35 +405,35 @@ cdef class SocketState(Completer):
             data = bytes(self.stash[:n])
             del self.stash[:n]
             # socket.recvfrom() on a connected stream socket gives no address.
-            req.fut.set_result(data if req.kind == K_RECV else (data, None))
+            _set_result(req.fut, data if req.kind == K_RECV else (data, None))
         else:   # K_RECV_INTO, K_RECVFROM_INTO
             mv = memoryview(req.buf).cast('B')
             n = len(mv) if req.nbytes == 0 else min(req.nbytes, len(mv))
             n = min(n, len(self.stash))
             mv[:n] = self.stash[:n]
             del self.stash[:n]
-            req.fut.set_result(n if req.kind == K_RECV_INTO else (n, None))
+            _set_result(req.fut, n if req.kind == K_RECV_INTO else (n, None))
         return 0
 
     cdef int serve_datagram(self, Request req, object data, Py_ssize_t n, object addr) except -1:
         cdef memoryview mv
         if req.kind == K_RECVFROM:
-            req.fut.set_result((data[:req.nbytes] if n > req.nbytes else data, addr))
+            _set_result(req.fut, (data[:req.nbytes] if n > req.nbytes else data, addr))
         elif req.kind == K_RECVFROM_INTO:
             mv = memoryview(req.buf).cast('B')
             limit = len(mv) if req.nbytes == 0 else min(req.nbytes, len(mv))
             n = min(n, limit)
             mv[:n] = data[:n]
-            req.fut.set_result((n, addr))
+            _set_result(req.fut, (n, addr))
         elif req.kind == K_RECV:
             req.address = addr
-            req.fut.set_result(data[:req.nbytes])
+            _set_result(req.fut, data[:req.nbytes])
         else:
             req.address = addr
             mv = memoryview(req.buf).cast('B')
             n = min(n, len(mv))
             mv[:n] = data[:n]
-            req.fut.set_result(n)
+            _set_result(req.fut, n)
         return 0
 
     cdef Request next_request(self, object q):
@@ -421,7 +442,7 @@ cdef class SocketState(Completer):
         cdef Request req
         while q:
             req = <Request>q[0]
-            if not req.fut.done():
+            if not _done(req.fut):
                 return req
             q.popleft()
         return None
@@ -472,13 +493,13 @@ cdef class SocketState(Completer):
         return 0
 
     cdef int fail(self, Request req, object exc) except -1:
-        if not req.fut.done():
-            req.fut.set_exception(exc)
+        if not _done(req.fut):
+            _set_exception(req.fut, exc)
         return 0
 
     cdef int recv_done(self, BufferOp op, int res) except -1:
         cdef Request req = self.finish_request(op, self.recv_q)
-        cdef bint waiting = not req.fut.done()
+        cdef bint waiting = not _done(req.fut)
         cdef object data = None, addr = None
         self.recv_op = None
         if res == -ECANCELED:
@@ -500,13 +521,13 @@ cdef class SocketState(Completer):
                 addr = (<MsgOp>op).address(self.family)
             if waiting:
                 if req.kind == K_RECV:
-                    req.fut.set_result(data)
+                    _set_result(req.fut, data)
                 elif req.kind == K_RECV_INTO:
-                    req.fut.set_result(res)
+                    _set_result(req.fut, res)
                 elif req.kind == K_RECVFROM:
-                    req.fut.set_result((data, addr))
+                    _set_result(req.fut, (data, addr))
                 else:
-                    req.fut.set_result((res, addr))
+                    _set_result(req.fut, (res, addr))
                 self.unclaimed = req
             else:
                 # The awaiter is gone but the bytes are real: keep them for the next caller.
@@ -595,7 +616,7 @@ cdef class SocketState(Completer):
         except BaseException as exc:
             self.fail(req, exc)
         else:
-            req.fut.set_result((conn, addr))
+            _set_result(req.fut, (conn, addr))
         return 0
 
     cdef int pump_accept(self) except -1:
@@ -625,7 +646,7 @@ cdef class SocketState(Completer):
                     continue
                 if result is not _WOULD_BLOCK:
                     self.accept_q.popleft()
-                    req.fut.set_result(result)
+                    _set_result(req.fut, result)
                     continue
                 op = self.readable_poll()
             else:
@@ -638,7 +659,7 @@ cdef class SocketState(Completer):
 
     cdef int accept_done(self, Operation op, int res) except -1:
         cdef Request req = <Request>op.tag
-        cdef bint waiting = not req.fut.done()
+        cdef bint waiting = not _done(req.fut)
         op.tag = None
         self.accept_op = None
         if type(op) is PollOp and (res >= 0 or res == -ECANCELED):
@@ -727,13 +748,13 @@ cdef class SocketState(Completer):
                     pfd.events = POLLOUT
                     pfd.revents = 0
                     if c_poll(&pfd, 1, 0) == 1 and pfd.revents == POLLOUT:
-                        req.fut.set_result(None)       # connected already (see above)
+                        _set_result(req.fut, None)       # connected already (see above)
                         return None
                 op = PollOp(self.proactor, self, self.fd, sock)
                 (<PollOp>op).events = POLLOUT
                 return op
             else:
-                req.fut.set_result(None)
+                _set_result(req.fut, None)
                 return None
         op = ConnectOp(self.proactor, self, self.fd, sock)
         (<ConnectOp>op).set_address(self.family, req.address)
@@ -762,7 +783,7 @@ cdef class SocketState(Completer):
             op = PollOp(self.proactor, self, self.fd, sock)
             op.events = POLLOUT
             return op
-        req.fut.set_result(sent)
+        _set_result(req.fut, sent)
         return None
 
     cdef int connect_error(self) except -1:
@@ -840,14 +861,14 @@ cdef class SocketState(Completer):
         self.send_op = None
         if (((req.kind == K_SENDTO and type(op) is PollOp and res >= 0)
                 or (req.kind == K_CONNECT and type(op) is DelayOp and res != -ECANCELED))
-                and not req.fut.done()):
+                and not _done(req.fut)):
             # The socket has room for a sendto() (sendto_now), or a unix connect's pause is over
             # (start_connect): the request goes back to the head of the queue and pump_send()
             # below tries it again, or waits again.
             if self.send_q is None:
                 self.send_q = _deque()
             self.send_q.appendleft(req)
-        elif not req.fut.done():
+        elif not _done(req.fut):
             if res == -ECANCELED:
                 req.fut.cancel()
             elif req.kind == K_CONNECT and (res < 0 or type(op) is PollOp):
@@ -855,13 +876,13 @@ cdef class SocketState(Completer):
                 if err:
                     self.fail(req, OSError(err, f'Connect call failed {req.address}'))
                 else:
-                    req.fut.set_result(None)
+                    _set_result(req.fut, None)
             elif res < 0:
                 self.fail(req, os_error(-res))
             elif req.kind == K_SENDTO:
-                req.fut.set_result(res)
+                _set_result(req.fut, res)
             else:
-                req.fut.set_result(None)
+                _set_result(req.fut, None)
         if res != -ECANCELED and type(op) is SendOp:
             self.spare_send = <SendOp>op      # as spare_recv in recv_done
         if not self.proactor.closing:
