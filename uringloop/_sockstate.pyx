@@ -88,6 +88,8 @@ cdef inline int _set_result(object fut, object value) except -1:
 cdef inline int _set_exception(object fut, object exc) except -1:
     _future_set_exception(fut, exc)
     return 0
+
+
 cdef object _ref = weakref.ref
 cdef object _socket_type = _socket.socket
 cdef int _MSG_DONTWAIT = _socket.MSG_DONTWAIT
