@@ -15,6 +15,9 @@ task finished) -- a benchmark that silently did less would look fast.
   connect       C create_connection() calls to an IPv4 literal, a listening socket in the same
                 process that never accepts (the kernel completes each handshake into its queue):
                 the client side of a connection set-up alone
+  getaddrinfo   G awaited loop.getaddrinfo("localhost", 80, type=SOCK_STREAM) calls, one after
+                the other (/etc/hosts: the lookup itself is ~10 us; the rest is the loop's way
+                to a thread and back)
 """
 
 from __future__ import annotations
@@ -206,6 +209,31 @@ def bench_connect(name: str, scale: float) -> dict:
         loop.close()
 
 
+def bench_getaddrinfo(name: str, scale: float) -> dict:
+    n = max(100, int(3000 * scale))
+    loop = loops.make_loop(name)
+    try:
+        expected = socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+
+        async def main():
+            # The first lookups start the resolver's threads (or the executor's): not timed.
+            for _ in range(20):
+                await loop.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+            wrong = 0
+            start = time.perf_counter()
+            for _ in range(n):
+                infos = await loop.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+                wrong += infos != expected
+            seconds = time.perf_counter() - start
+            if wrong:
+                raise AssertionError(f"{wrong} of {n} lookups differ from socket.getaddrinfo's")
+            return seconds
+
+        return {"seconds": loop.run_until_complete(main()), "ops": n}
+    finally:
+        loop.close()
+
+
 BENCHMARKS = {
     "call_soon": bench_call_soon,
     "timers": bench_timers,
@@ -213,6 +241,7 @@ BENCHMARKS = {
     "create_close": bench_create_close,
     "threadsafe": bench_threadsafe,
     "connect": bench_connect,
+    "getaddrinfo": bench_getaddrinfo,
 }
 
 

@@ -25,6 +25,7 @@ MICRO_TITLES = {
     "create_close": "loop create + close",
     "threadsafe": "call_soon_threadsafe from a thread",
     "connect": "create_connection (client side)",
+    "getaddrinfo": "getaddrinfo (\"localhost\")",
 }
 
 

@@ -55,6 +55,7 @@ from posix.unistd cimport close as c_close, read as c_read
 
 from uringloop._sys cimport *
 from uringloop._ring cimport Ring, BufferRing
+from uringloop._resolver cimport Resolver
 from uringloop._sched cimport ul_socket_fd
 from uringloop._sockaddr cimport sockaddr_to_python, python_to_sockaddr
 
@@ -178,6 +179,8 @@ cdef class Proactor:
         # in the child would wake the parent, and nothing would wake the child.  Closing our copy
         # of the descriptor leaves the parent's alone.  (-1 if none can be had: the child's waits
         # then end by their timeout only.)
+        if self.resolver is not None:
+            self.resolver.abandon()       # the parent's; the child's lookups take the stock way
         c_close(self.wake_fd)
         self.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
         self.wake_pending = 0
@@ -836,6 +839,17 @@ cdef class Proactor:
                                 f'<{type(op).__name__} completion for {op.owner!r}>', took)
         return 0
 
+    # ---- getaddrinfo ----
+
+    def get_resolver(self):
+        """The loop's Resolver, made on the first lookup; None where lookups take the
+        executor's way: a loop closing or closed, or made before a fork in this child."""
+        if self.forked or self.closing or self.ring.closed:
+            return None
+        if self.resolver is None:
+            self.resolver = Resolver(self.loop, self.wake_fd)
+        return self.resolver
+
     # ---- wake-up ----
 
     def wakeup(self):
@@ -958,6 +972,8 @@ cdef class Proactor:
                 _leaked_buffer_rings.extend(self.buffer_rings)
             self.buffer_rings = []
             self.ring.close()
+            if self.resolver is not None:
+                self.resolver.detach()    # no worker may write to the eventfd from here on
             c_close(self.wake_fd)
             self.wake_fd = -1
 
@@ -1407,6 +1423,9 @@ cdef class WakeupOp(Operation):
         ul_flag_lower(&self.proactor.wake_pending)
         if not self.proactor.closing and self.state == OP_IDLE:
             self.submit()
+        if self.proactor.resolver is not None:
+            # getaddrinfo()'s workers wake the loop this way too (see _resolver).
+            self.proactor.resolver.take_done()
         return 0
 
 

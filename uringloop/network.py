@@ -22,6 +22,7 @@ alone, and on Python 3.13 the socket file is removed when the server closes (cle
 
 from __future__ import annotations
 
+import _socket
 import errno
 import inspect
 import os
@@ -54,6 +55,12 @@ if sys.version_info >= (3, 11):
     from uringloop._sslproto import SSLProtocol as _TLS_PROTOCOL
 else:
     _TLS_PROTOCOL = sslproto.SSLProtocol
+
+
+# What getaddrinfo() compares against to know that nobody replaced the resolver (a mock in a test,
+# an instrumented wrapper): then the lookup goes where the replacement is seen.
+_STOCK_GETADDRINFO = socket.getaddrinfo
+_STOCK_C_GETADDRINFO = _socket.getaddrinfo
 
 
 def _is_abstract(path) -> bool:
@@ -195,7 +202,38 @@ class _FallbackProtocol(protocols.Protocol):
 
 
 class NetworkMixin:
-    """Mixed into uringloop.Loop: stream transports and servers."""
+    """Mixed into uringloop.Loop: stream transports and servers, and name resolution."""
+
+    # A default executor the user set: lookups run there, as on the stock loop.
+    _ul_user_executor = False
+
+    # ---- name resolution ----
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        # On the resolver's C threads (_resolver: no executor work item, no GIL in the worker,
+        # no call_soon_threadsafe), unless the stock way would do something else: debug mode
+        # (it logs each lookup and its time), a default executor the user set (lookups ran
+        # there), one shut down (run_in_executor raises), socket.getaddrinfo replaced (a mock
+        # must see the call), a loop made before a fork in this child, and arguments whose
+        # conversion the compiled side leaves to socket.getaddrinfo (Resolver.lookup: None).
+        self._check_closed()
+        if not (self._debug or self._ul_user_executor or self._executor_shutdown_called
+                or socket.getaddrinfo is not _STOCK_GETADDRINFO
+                or _socket.getaddrinfo is not _STOCK_C_GETADDRINFO
+                or base_events.socket is not socket):
+            resolver = self._proactor.get_resolver()
+            if resolver is not None:
+                future = resolver.lookup(host, port, family, type, proto, flags)
+                if future is not None:
+                    return await future
+        return await super().getaddrinfo(host, port, family=family, type=type, proto=proto,
+                                         flags=flags)
+
+    def set_default_executor(self, executor):
+        super().set_default_executor(executor)
+        self._ul_user_executor = True
+
+    # ---- connections ----
 
     async def create_connection(self, protocol_factory, host=None, port=None, **kwargs):
         # The short path for an IPv4 literal: see the comment above _STOCK_CONNECTION_PARAMETERS.
