@@ -28,7 +28,6 @@ the executor, uvloop's 30; see the README's levers for this path's figure."""
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.long cimport PyLong_AsLong
 from libc.stdint cimport uint64_t
 from libc.stdio cimport snprintf
 from libc.string cimport memchr, strlen
@@ -41,6 +40,9 @@ import _socket
 import socket as _socket_module
 
 cdef extern from "Python.h":
+    # Declared without Cython's error check: an int too large is not an error here but a case
+    # for the stock way (_pending_error() clears it).
+    long _as_long "PyLong_AsLong"(object value) noexcept
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
     bint PyUnicode_IS_ASCII(object unicode)
     object PyUnicode_FromString(const char *s)
@@ -119,7 +121,7 @@ cdef bint _c_int(object value, int *out) noexcept:
     cdef long v
     if not isinstance(value, int):
         return False
-    v = PyLong_AsLong(value)
+    v = _as_long(value)
     if v == -1 and _pending_error():
         return False
     if v < -2147483648 or v > 2147483647:
@@ -207,7 +209,7 @@ cdef class Resolver:
         if port is None:
             pass
         elif type(port) is int:
-            port_value = PyLong_AsLong(port)
+            port_value = _as_long(port)
             if port_value == -1 and _pending_error():
                 return None
             snprintf(port_text, sizeof(port_text), "%ld", port_value)
