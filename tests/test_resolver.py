@@ -496,6 +496,53 @@ def test_a_fork_child_resolves_on_a_new_loop_and_the_parent_goes_on(loop_name):
     assert (result.returncode, result.stdout.strip()) == (0, "child 0"), result.stderr
 
 
+# ---- the audit event: socket.getaddrinfo's, with its arguments; a hook may refuse ----
+
+AUDIT_SCRIPT = """
+    import asyncio, socket, sys
+    import uringloop
+    factory = uringloop.new_event_loop if {uring!r} else asyncio.SelectorEventLoop
+    seen = []
+
+    def hook(event, args):
+        if event == "socket.getaddrinfo":
+            seen.append(args)
+            if args[0] == "refused.invalid":
+                raise PermissionError("a hook refuses " + args[0])
+
+    sys.addaudithook(hook)                # for the life of this process: hence a process
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await loop.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+        await loop.getaddrinfo(b"127.0.0.1", "80", family=socket.AF_INET, proto=6)
+        try:
+            await loop.getaddrinfo("refused.invalid", 80, flags=socket.AI_NUMERICHOST)
+        except PermissionError as exc:
+            print("refused:", exc)
+        print(seen)
+
+    loop = factory()
+    loop.run_until_complete(main())
+    loop.close()
+"""
+
+
+@pytest.mark.parametrize("loop_name", list(LOOP_FACTORIES))
+def test_each_lookup_raises_socket_getaddrinfos_audit_event(loop_name):
+    # PEP 578: socket.getaddrinfo raises "socket.getaddrinfo" (host, port, family, type, proto)
+    # before it asks; uringloop's resolver, which does not call it, raises the same event.
+    script = textwrap.dedent(AUDIT_SCRIPT.format(uring=loop_name == "uringloop"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env=child_env(), cwd=PACKAGE_PARENT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "refused: a hook refuses refused.invalid",
+        "[('localhost', 80, 0, 1, 0), (b'127.0.0.1', '80', 2, 0, 6), "
+        "('refused.invalid', 80, 0, 0, 0)]",
+    ]
+
+
 # ---- the signature: family, type, proto and flags are keyword-only ----
 
 @pytest.mark.asyncio

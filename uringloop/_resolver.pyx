@@ -27,6 +27,7 @@ Measured (AMD EPYC guest, 3.11, one CPU, "localhost"): 46 us per await loop.geta
 the executor, uvloop's 30; see the README's levers for this path's figure."""
 
 cimport cython
+from cpython.ref cimport PyObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
 from libc.stdio cimport snprintf
@@ -45,6 +46,7 @@ cdef extern from "Python.h":
     long _as_long "PyLong_AsLong"(object value) noexcept
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
     bint PyUnicode_IS_ASCII(object unicode)
+    int PySys_Audit(const char *event, const char *arg_format, ...) except -1
     object PyUnicode_FromString(const char *s)
 
 cdef extern from "<netdb.h>":
@@ -229,6 +231,10 @@ cdef class Resolver:
                 return None
         else:
             return None
+        # socket.getaddrinfo's audit event (PEP 578), with its arguments, once the lookup is
+        # surely ours: a hook that raises refuses the lookup, as it would socket.getaddrinfo.
+        PySys_Audit("socket.getaddrinfo", "OOiii", <PyObject *>host, <PyObject *>port,
+                    c_family, c_type, c_proto)
         req = ul_gai_request_new(host_c, host_len, service_c, service_len)
         if req == NULL:
             raise MemoryError()
