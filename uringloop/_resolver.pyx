@@ -24,7 +24,8 @@ What the loop's side does, and why it is shaped so:
   still running are then freed by their workers.
 
 Measured (AMD EPYC guest, 3.11, one CPU, "localhost"): 46 us per await loop.getaddrinfo() through
-the executor, uvloop's 30; see the README's levers for this path's figure."""
+the executor, uvloop's 30; this path 24-27 (the README's "Beyond the targets" has the benchmark's
+figures)."""
 
 cimport cython
 from cpython.ref cimport PyObject
