@@ -143,6 +143,14 @@ cdef extern from *:
     bint _pending_error "ul_resolver_pending_error"() noexcept
 
 
+cdef bint _bytes_without_nul(bytes value, const char **text, Py_ssize_t *length) noexcept:
+    # The bytes as the C string getaddrinfo(3) will be given, unless a NUL would cut it short
+    # (what socket.getaddrinfo then does is left to it).
+    text[0] = PyBytes_AS_STRING(value)
+    length[0] = PyBytes_GET_SIZE(value)
+    return memchr(text[0], 0, length[0]) == NULL
+
+
 cdef list _addrinfo_list(addrinfo *res):
     cdef list out = []
     while res != NULL:
@@ -203,9 +211,7 @@ cdef class Resolver:
             if not _idna_keeps(host_c, host_len):
                 return None
         elif type(host) is bytes:
-            host_c = PyBytes_AS_STRING(host)
-            host_len = PyBytes_GET_SIZE(host)
-            if memchr(host_c, 0, host_len) != NULL:
+            if not _bytes_without_nul(host, &host_c, &host_len):
                 return None
         else:
             return None
@@ -226,9 +232,7 @@ cdef class Resolver:
             if memchr(service_c, 0, service_len) != NULL:
                 return None
         elif type(port) is bytes:
-            service_c = PyBytes_AS_STRING(port)
-            service_len = PyBytes_GET_SIZE(port)
-            if memchr(service_c, 0, service_len) != NULL:
+            if not _bytes_without_nul(port, &service_c, &service_len):
                 return None
         else:
             return None
