@@ -261,27 +261,35 @@ cdef class Resolver:
         """The lookups finished since the last wake-up: their futures resolved (called by the
         wake-up's completion on the loop's thread)."""
         cdef ul_gai_request *req
-        cdef ul_gai_request *after
+        cdef ul_gai_request *current
         if self.sink == NULL:
             return 0
         req = ul_gai_take(<ul_gai_sink *>self.sink)
-        while req != NULL:
-            after = req.next
-            try:
-                future = self.waiting.pop(req.id, None)
-                if future is not None and not future.done():    # done: cancelled
-                    if req.error != 0:
-                        future.set_exception(_lookup_error(req.error, req.sys_errno))
-                    else:
-                        try:
-                            result = _addrinfo_list(req.result)
-                        except Exception as exc:      # a canonical name that is not UTF-8
-                            future.set_exception(exc)
+        try:
+            while req != NULL:
+                current = req
+                req = current.next
+                try:
+                    future = self.waiting.pop(current.id, None)
+                    if future is not None and not future.done():    # done: cancelled
+                        if current.error != 0:
+                            future.set_exception(_lookup_error(current.error, current.sys_errno))
                         else:
-                            future.set_result(result)
-            finally:
-                ul_gai_taken(<ul_gai_sink *>self.sink, req)
-            req = after
+                            try:
+                                result = _addrinfo_list(current.result)
+                            except Exception as exc:      # a canonical name that is not UTF-8
+                                future.set_exception(exc)
+                            else:
+                                future.set_result(result)
+                finally:
+                    ul_gai_taken(<ul_gai_sink *>self.sink, current)
+        finally:
+            # An exception (MemoryError) ends the batch: what it did not reach is freed all the
+            # same, or the sink's count would never come down to be freed with the loop.
+            while req != NULL:
+                current = req
+                req = current.next
+                ul_gai_taken(<ul_gai_sink *>self.sink, current)
         return 0
 
     cdef void detach(self) noexcept:
