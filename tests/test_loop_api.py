@@ -128,14 +128,16 @@ def test_event_loop_policy_in_a_fresh_interpreter():
 
 
 def test_a_tcp_echo_loads_only_the_modules_it_uses():
-    # The compiled modules for pipes, datagrams, children, signals and splice-based sendfile
-    # are imported when a loop first needs them (memory: a TCP server never does); each then
-    # works as usual in the same process.
+    # The compiled modules for pipes, datagrams, children, signals, splice-based sendfile,
+    # readiness callbacks, the C resolver and TLS are imported when a loop first needs them
+    # (memory: a TCP server over numeric addresses never does); each then works as usual in the
+    # same process.
     result = run_python("""
-        import asyncio, os, signal, sys
+        import asyncio, os, signal, socket, sys
         import uringloop
         LAZY = ["uringloop._" + name
-                for name in ("pipes", "datagram", "children", "signals", "sendfile")]
+                for name in ("pipes", "datagram", "children", "signals", "sendfile",
+                             "readiness", "resolver", "sslproto")]
 
         class Echo(asyncio.Protocol):
             def connection_made(self, transport):
@@ -164,13 +166,27 @@ def test_a_tcp_echo_loads_only_the_modules_it_uses():
                 asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
             transport.close()
             print(sorted(m for m in LAZY if m in sys.modules))
+            a, b = socket.socketpair()
+            readable = loop.create_future()
+            loop.add_reader(a, readable.set_result, "readable")
+            b.send(b"x")
+            print(await readable)
+            assert loop.remove_reader(a)
+            a.close()
+            b.close()
+            infos = await loop.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM)
+            print(infos == socket.getaddrinfo("localhost", 80, type=socket.SOCK_STREAM))
+            print(sorted(m for m in LAZY if m in sys.modules))
 
         uringloop.run(main())
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "[]", "signal", "child",
-        "['uringloop._children', 'uringloop._datagram', 'uringloop._pipes', 'uringloop._signals']"]
+        "['uringloop._children', 'uringloop._datagram', 'uringloop._pipes', 'uringloop._signals']",
+        "readable", "True",
+        "['uringloop._children', 'uringloop._datagram', 'uringloop._pipes', "
+        "'uringloop._readiness', 'uringloop._resolver', 'uringloop._signals']"]
 
 
 def test_probe_reports_this_kernel():

@@ -2,7 +2,6 @@ from libc.stdint cimport uint64_t, uint32_t
 from cpython.buffer cimport Py_buffer
 from uringloop._sys cimport io_uring_sqe, sockaddr_storage, socklen_t, msghdr, iovec, __kernel_timespec
 from uringloop._ring cimport Ring, BufferRing, EnterHook
-from uringloop._resolver cimport Resolver
 
 
 # An iteration that found this many completions or fewer sends a write at once rather than with
@@ -52,7 +51,8 @@ cdef class Proactor:
     cdef int wake_fd
     cdef int wake_pending                  # an eventfd write not yet taken (see wakeup)
     cdef WakeupOp wakeup_op
-    cdef Resolver resolver                 # getaddrinfo()'s threads report here (made on first use)
+    cdef object resolver                   # a _resolver.Resolver: getaddrinfo()'s threads report
+                                           # here (made, its module imported, on first use)
     cdef list buffer_rings
     cdef readonly unsigned long long completions
     cdef readonly unsigned long long skipped_enters  # non-blocking waits with nothing to do

@@ -55,7 +55,6 @@ from posix.unistd cimport close as c_close, read as c_read
 
 from uringloop._sys cimport *
 from uringloop._ring cimport Ring, BufferRing
-from uringloop._resolver cimport Resolver
 from uringloop._sched cimport ul_socket_fd
 from uringloop._sockaddr cimport sockaddr_to_python, python_to_sockaddr
 
@@ -847,6 +846,7 @@ cdef class Proactor:
         if self.forked or self.closing or self.ring.closed:
             return None
         if self.resolver is None:
+            from uringloop._resolver import Resolver
             self.resolver = Resolver(self.loop, self.wake_fd)
         return self.resolver
 

@@ -8,6 +8,3 @@ cdef class Resolver:
     cdef object loop
     cdef dict waiting              # request id -> the future its lookup resolves
     cdef uint64_t last_id
-    cdef int take_done(self) except -1
-    cdef void detach(self) noexcept
-    cdef void abandon(self) noexcept

@@ -257,13 +257,15 @@ cdef class Resolver:
             return None
         return future
 
-    cdef int take_done(self) except -1:
+    def take_done(self):
         """The lookups finished since the last wake-up: their futures resolved (called by the
-        wake-up's completion on the loop's thread)."""
+        wake-up's completion on the loop's thread).  A Python-level method, as detach() and
+        abandon(): _ops reaches the resolver as an object, so that the module is imported by a
+        loop's first lookup, not with the loop (a wake-up that finds no resolver pays nothing)."""
         cdef ul_gai_request *req
         cdef ul_gai_request *current
         if self.sink == NULL:
-            return 0
+            return
         req = ul_gai_take(<ul_gai_sink *>self.sink)
         try:
             while req != NULL:
@@ -290,9 +292,8 @@ cdef class Resolver:
                 current = req
                 req = current.next
                 ul_gai_taken(<ul_gai_sink *>self.sink, current)
-        return 0
 
-    cdef void detach(self) noexcept:
+    def detach(self):
         # The loop is closing (before its eventfd is): lookups still running end unseen, as
         # they do on the stock loop, whose executor's callback finds the loop closed.
         if self.sink != NULL:
@@ -300,7 +301,7 @@ cdef class Resolver:
             self.sink = NULL
         self.waiting = {}
 
-    cdef void abandon(self) noexcept:
+    def abandon(self):
         # A fork child: the sink is the parent's copy, its lock possibly held by a worker that
         # does not exist here.  Left alone (leaked); the child's lookups take the stock way.
         self.sink = NULL

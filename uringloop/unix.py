@@ -19,11 +19,22 @@ from asyncio import events as _events
 from asyncio import unix_events as _unix_events
 from asyncio.log import logger as _logger
 
-# Readiness callbacks and the sock_* state are part of every loop.  The transports of datagram
+# The sock_* state is part of every loop.  The readiness registry, the transports of datagram
 # endpoints and pipes, the child watcher and the signal reader are imported where a loop first
-# makes one: each compiled module resident costs memory (~0.7 MiB of RSS for these four together
-# with _sendfile, measured in a fresh process making a loop), and a TCP server never needs them.
-from uringloop import _readiness, _sockio
+# makes one: each compiled module resident costs memory (~0.7 MiB of RSS for four of these
+# together with _sendfile, measured in a fresh process making a loop; _readiness ~0.1 MiB), and
+# a TCP server never needs them.
+from uringloop import _sockio
+
+_readiness = None   # uringloop._readiness, imported by the first add/remove_reader/writer
+
+
+def _readiness_module():
+    global _readiness
+    if _readiness is None:
+        from uringloop import _readiness as module
+        _readiness = module
+    return _readiness
 
 
 def _sighandler_noop(signum, frame):
@@ -48,11 +59,19 @@ class UnixMixin:
     # ---- readiness callbacks (an epoll instance, polled on the ring: _readiness.pyx) ----
 
     # The private forms are what asyncio internals (pipe transports, child watchers, sendfile)
-    # call; they skip the transport-ownership check, as in the stock loop.
-    _add_reader = _readiness.add_reader
-    _remove_reader = _readiness.remove_reader
-    _add_writer = _readiness.add_writer
-    _remove_writer = _readiness.remove_writer
+    # call; they skip the transport-ownership check, as in the stock loop.  Registrations, not
+    # events: the module lookup per call costs nothing that matters.
+    def _add_reader(self, fd, callback, *args):
+        return _readiness_module().add_reader(self, fd, callback, *args)
+
+    def _remove_reader(self, fd):
+        return _readiness_module().remove_reader(self, fd)
+
+    def _add_writer(self, fd, callback, *args):
+        return _readiness_module().add_writer(self, fd, callback, *args)
+
+    def _remove_writer(self, fd):
+        return _readiness_module().remove_writer(self, fd)
 
     def add_reader(self, fd, callback, *args):
         """Add a reader callback."""
