@@ -17,9 +17,6 @@ cdef class DatagramCore(TransportCore):
                                            # by_socket, a POLLIN poll
     cdef BufferRing bufs                   # the loop's datagram buffers, for the multishot one
     cdef bytearray recv_buf                # lent to the kernel while a MsgOp is in flight
-    cdef readonly bint paused
-    cdef object stash                      # datagrams completed after pause_reading()
-    cdef bint stash_flush_scheduled
     cdef object send_q                     # datagrams (MsgOps) waiting for room, in order
     cdef list spare_ops                    # idle MsgOps, for reuse
     cdef PollOp send_poll                  # queued datagrams wait for room with it
@@ -28,8 +25,6 @@ cdef class DatagramCore(TransportCore):
     cdef socklen_t peer_sockaddr_len
 
     cdef bint socket_gone(self) except -1
-    cdef int arm_recv(self) except -1
-    cdef int stop_recv(self) except -1
     cdef int recv_done(self, int res) except -1
     cdef int multishot_done(self, int res, unsigned flags) except -1
     cdef int recv_failed(self, int res) except -1

@@ -205,7 +205,6 @@ cdef class DatagramCore(TransportCore):
         # For every datagram transport: its requests are few (one multishot receive armed
         # for good, a poll while sends wait), so the check costs next to nothing.
         self.recv_op.guards_fd = True
-        self.stash = _deque()
         self.send_q = _deque()
         self.spare_ops = []
 
@@ -214,7 +213,7 @@ cdef class DatagramCore(TransportCore):
     def start_reading(self):
         """Scheduled right after protocol.connection_made()."""
         if not self.closing and not self.paused and not self.stash:
-            self.arm_recv()
+            self.start_receive()
 
     cdef bint socket_gone(self) except -1:
         """Whether its owner closed the socket under the transport (a sock= argument): its
@@ -226,7 +225,7 @@ cdef class DatagramCore(TransportCore):
             return False
         return socket_fd_now(sock) != self.fd
 
-    cdef int arm_recv(self) except -1:
+    cdef int start_receive(self) except -1:
         cdef Operation op = self.recv_op
         if op.state != OP_IDLE or self.proactor.closing or self.sock is None:
             return 0
@@ -238,7 +237,7 @@ cdef class DatagramCore(TransportCore):
         op.submit()
         return 0
 
-    cdef int stop_recv(self) except -1:
+    cdef int stop_receive(self) except -1:
         if self.recv_op.state != OP_IDLE:
             self.recv_op.cancel()
         return 0
@@ -300,13 +299,13 @@ cdef class DatagramCore(TransportCore):
                 # (Also when datagram_received() raised KeyboardInterrupt or SystemExit: a
                 # loop run again goes on receiving.)
                 if final and not self.closing and not self.paused and not self.stash:
-                    self.arm_recv()     # the kernel ended the multishot request: start another
+                    self.start_receive()     # the kernel ended the multishot request: start another
             return 0
         if res == -ECANCELED or res == -ENOBUFS or res >= 0:
             # Cancelled (pause/close/loop closing), or the group ran dry for a moment: the
             # datagrams wait in the socket; receive again once the buffers are back.
             if final and not self.closing and not self.paused and not self.stash:
-                self.arm_recv()
+                self.start_receive()
             return 0
         return self.recv_failed(res)
 
@@ -317,7 +316,7 @@ cdef class DatagramCore(TransportCore):
             self.fatal_error(os_error(-res), 'Fatal read error on datagram transport')
             return 0
         if not self.paused:
-            self.arm_recv()
+            self.start_receive()
         self.error_received(os_error(-res))
         return 0
 
@@ -331,7 +330,7 @@ cdef class DatagramCore(TransportCore):
             # pause_reading()/close() asked for it -- or the loop is closing.  Nothing was read:
             # the datagrams wait in the socket.  If reading was resumed meanwhile, go on.
             if not self.closing and not self.paused:
-                self.arm_recv()
+                self.start_receive()
             return 0
         if self.closing or sock is None:
             return 0
@@ -365,10 +364,10 @@ cdef class DatagramCore(TransportCore):
                 self.deliver(data, addr)
         finally:
             # Poll again -- also when datagram_received() raised KeyboardInterrupt or
-            # SystemExit: a loop run again goes on receiving.  (arm_recv() does nothing for a
+            # SystemExit: a loop run again goes on receiving.  (start_receive() does nothing for a
             # socket closed under the transport, nor when resume_reading() has armed it.)
             if not self.closing and not self.paused:
-                self.arm_recv()
+                self.start_receive()
         return 0
 
     cdef int recv_done(self, int res) except -1:
@@ -378,7 +377,7 @@ cdef class DatagramCore(TransportCore):
             # pause_reading()/close() asked for it -- or the loop is closing.  If reading was
             # resumed meanwhile, go on.
             if not self.closing and not self.paused and not self.stash:
-                self.arm_recv()
+                self.start_receive()
             return 0
         if self.closing:
             return 0            # completed after close(): the stock loop would not read it
@@ -399,7 +398,7 @@ cdef class DatagramCore(TransportCore):
         if self.paused or self.stash:
             self.stash.append((data, addr))
             return 0
-        self.arm_recv()
+        self.start_receive()
         self.deliver(data, addr)
         return 0
 
@@ -409,7 +408,7 @@ cdef class DatagramCore(TransportCore):
         reader went with the closed descriptor and reads nothing more -- and the receive ends,
         which lets the file go (the port is free again).  The transport stays open, as the
         stock one does; its sendto() reports EBADF to error_received()."""
-        self.stop_recv()
+        self.stop_receive()
         return 0
 
     cdef int deliver(self, object data, object addr) except -1:
@@ -430,38 +429,9 @@ cdef class DatagramCore(TransportCore):
             self.callback_failed(f'{self.protocol!r}.error_received()', exc2)
         return 0
 
-    def flush_stash(self):
-        """Deliver the datagrams that completed after pause_reading(), then receive again."""
-        self.stash_flush_scheduled = False
-        while self.stash and not self.paused and not self.closing:
-            data, addr = self.stash.popleft()
-            self.deliver(data, addr)
-        if self.closing:
-            self.stash.clear()
-        elif not self.paused:
-            self.arm_recv()
-
-    def pause_reading(self):
-        if self.closing or self.paused:
-            return
-        self.paused = True
-        self.stop_recv()
-        if self.loop.get_debug():
-            _logger.debug("%r pauses reading", self.transport)
-
-    def resume_reading(self):
-        if self.closing or not self.paused:
-            return
-        self.paused = False
-        if self.stash:
-            # Delivered from the ready queue, not from inside the caller's resume_reading().
-            if not self.stash_flush_scheduled:
-                self.stash_flush_scheduled = True
-                self.loop.call_soon(self.flush_stash)
-        else:
-            self.arm_recv()
-        if self.loop.get_debug():
-            _logger.debug("%r resumes reading", self.transport)
+    cdef int deliver_stashed(self, object item) except -1:
+        data, addr = item
+        return self.deliver(data, addr)
 
     # ---- sending ----
 
@@ -691,7 +661,7 @@ cdef class DatagramCore(TransportCore):
         if self.closing:
             return
         self.closing = True
-        self.stop_recv()
+        self.stop_receive()
         if not self.send_q:
             self.conn_lost += 1
             self.loop.call_soon(self.call_connection_lost, None)
@@ -716,7 +686,7 @@ cdef class DatagramCore(TransportCore):
         if self.send_poll is not None and self.send_poll.state != OP_IDLE:
             self.send_poll.cancel()
         if not was_closing:
-            self.stop_recv()
+            self.stop_receive()
         self.stash.clear()
         self.loop.call_soon(self.call_connection_lost, exc)
         return 0

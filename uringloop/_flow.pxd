@@ -38,7 +38,15 @@ cdef class TransportCore(WriteFlow):
     cdef readonly Py_ssize_t buffer_size   # bytes accepted for writing, not yet written
     cdef object context                    # the protocol's callbacks from completions run in it
     cdef int context_depth
+    # The receiving side of the cores that receive (datagrams, read pipes; unused by a write
+    # pipe): see pause_reading() in _flow.pyx.
+    cdef readonly bint paused
+    cdef object stash                      # what completed after pause_reading(), in order
+    cdef bint stash_flush_scheduled
 
     cdef int completed(self, Operation op, int res, unsigned flags) except -1
     cdef int callback_failed(self, str what, object exc) except -1
     cdef int release_if_idle(self) except -1
+    cdef int start_receive(self) except -1
+    cdef int stop_receive(self) except -1
+    cdef int deliver_stashed(self, object item) except -1

@@ -24,6 +24,7 @@ from asyncio.log import logger as _logger
 
 import math
 import warnings
+from collections import deque as _deque
 
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
@@ -171,6 +172,7 @@ cdef class TransportCore(WriteFlow):
         self.init_flow(loop, protocol)
         self.transport = transport
         self.context = PyContext_CopyCurrent()
+        self.stash = _deque()
 
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         # Completions are dispatched outside of any context.  What they call -- the protocol's
@@ -210,6 +212,56 @@ cdef class TransportCore(WriteFlow):
     cdef int release_if_idle(self) except -1:
         # Close the descriptor once connection_lost() has run and the kernel holds nothing.
         return 0
+
+    # ---- pausing the receiving side (datagram and read-pipe cores) ----
+    #
+    # pause_reading() stops the receive the kernel holds (stop_receive), but a cancel races with
+    # the completion: a datagram or a read can still complete after it.  What completes while
+    # paused is real and is kept in `stash`, in order; the completion handlers also stash
+    # whatever completes while the stash is not empty, so nothing overtakes it.  resume_reading()
+    # delivers the stash from the ready queue -- not from inside the caller's resume_reading(),
+    # as the stock transports deliver only from their reader callbacks -- and receives again
+    # (start_receive) once it is empty.
+
+    cdef int start_receive(self) except -1:
+        return 0
+
+    cdef int stop_receive(self) except -1:
+        return 0
+
+    cdef int deliver_stashed(self, object item) except -1:
+        return 0
+
+    def flush_stash(self):
+        """Deliver what completed after pause_reading(), in order, then receive again."""
+        self.stash_flush_scheduled = False
+        while self.stash and not self.paused and not self.closing:
+            self.deliver_stashed(self.stash.popleft())
+        if self.closing:
+            self.stash.clear()
+        elif not self.paused:
+            self.start_receive()
+
+    def pause_reading(self):
+        if self.closing or self.paused:
+            return
+        self.paused = True
+        self.stop_receive()
+        if self.loop.get_debug():
+            _logger.debug("%r pauses reading", self.transport)
+
+    def resume_reading(self):
+        if self.closing or not self.paused:
+            return
+        self.paused = False
+        if self.stash:
+            if not self.stash_flush_scheduled:
+                self.stash_flush_scheduled = True
+                self.loop.call_soon(self.flush_stash)
+        else:
+            self.start_receive()
+        if self.loop.get_debug():
+            _logger.debug("%r resumes reading", self.transport)
 
     def call_connection_lost(self, exc):
         try:

@@ -20,11 +20,8 @@ cdef class ReadPipeCore(PipeCore):
     cdef BufferOp read_op                  # read(2) for pipes and devices, recv(2) for sockets
     cdef Operation read_wait               # read_op, or for a tty a POLLIN poll (tty_read)
     cdef bytearray buf                     # lent to the kernel while read_op is in flight
-    cdef readonly bint paused
-    cdef list stash                        # what completed after pause_reading(): bytes, b'' (EOF)
-    cdef bint stash_flush_scheduled
+                                           # (its stash, TransportCore's: bytes, b'' for EOF)
 
-    cdef int arm_read(self) except -1
     cdef int tty_read(self) except? -1
     cdef int got_data(self, object data) except -1
     cdef int got_eof(self) except -1

@@ -133,7 +133,6 @@ cdef class ReadPipeCore(PipeCore):
     def __init__(self, loop, transport, pipe, int fd, protocol, bint is_socket):
         PipeCore.__init__(self, loop, transport, pipe, fd, protocol, is_socket)
         self.buf = bytearray(MAX_READ)
-        self.stash = []
         if is_socket:
             self.read_op = RecvOp(self.proactor, self, self.own_fd, None)
         else:
@@ -154,9 +153,9 @@ cdef class ReadPipeCore(PipeCore):
     def start_reading(self):
         """Scheduled right after protocol.connection_made()."""
         if not self.closing and not self.paused:
-            self.arm_read()
+            self.start_receive()
 
-    cdef int arm_read(self) except -1:
+    cdef int start_receive(self) except -1:
         """Submit the read (or, for a tty with a description of its own, the wait for input)."""
         cdef Operation op = self.read_wait
         if op.state != OP_IDLE or self.proactor.closing or self.pipe is None:
@@ -180,7 +179,7 @@ cdef class ReadPipeCore(PipeCore):
                 res = -ECANCELED            # another reader took it: wait again (below)
         if res == -ECANCELED:
             if not self.closing and not self.paused and not self.stash:
-                self.arm_read()
+                self.start_receive()
         elif self.closing:
             pass                    # completed after close(): the stock loop would not read it
         elif res < 0:
@@ -202,7 +201,7 @@ cdef class ReadPipeCore(PipeCore):
                 # out to the caller of run_*()): a loop run again goes on reading, as the stock
                 # transport's reader stays registered.
                 if not self.closing and not self.paused and not self.stash:
-                    self.arm_read()
+                    self.start_receive()
                 self.release_if_idle()
             return 0
         self.release_if_idle()
@@ -225,41 +224,15 @@ cdef class ReadPipeCore(PipeCore):
         self.schedule_connection_lost(None)
         return 0
 
-    def flush_stash(self):
-        """Deliver what completed after pause_reading(), in order, then read again."""
-        self.stash_flush_scheduled = False
-        while self.stash and not self.paused and not self.closing:
-            data = self.stash.pop(0)
-            if data:
-                self.got_data(data)
-            else:
-                self.got_eof()
-        if self.closing:
-            self.stash.clear()
-        elif not self.paused:
-            self.arm_read()
+    cdef int deliver_stashed(self, object data) except -1:
+        if data:
+            return self.got_data(data)
+        return self.got_eof()
 
-    def pause_reading(self):
-        if self.closing or self.paused:
-            return
-        self.paused = True
+    cdef int stop_receive(self) except -1:
         if self.read_wait.state != OP_IDLE:
             self.read_wait.cancel()
-        if self.loop.get_debug():
-            _logger.debug("%r pauses reading", self.transport)
-
-    def resume_reading(self):
-        if self.closing or not self.paused:
-            return
-        self.paused = False
-        if self.stash:
-            if not self.stash_flush_scheduled:
-                self.stash_flush_scheduled = True
-                self.loop.call_soon(self.flush_stash)
-        else:
-            self.arm_read()
-        if self.loop.get_debug():
-            _logger.debug("%r resumes reading", self.transport)
+        return 0
 
     def close(self):
         if not self.closing:
