@@ -326,10 +326,10 @@ class NetworkMixin:
             if not getattr(transport, '_start_tls_compatible', False):
                 raise TypeError(f'transport {transport!r} is not supported by start_tls()')
             waiter = self.create_future()
-            tls = _tls_protocol()(self, protocol, sslcontext, waiter, server_side, server_hostname,
-                                ssl_handshake_timeout=ssl_handshake_timeout,
-                                ssl_shutdown_timeout=ssl_shutdown_timeout,
-                                call_connection_made=False)
+            tls = _tls_protocol()(self, protocol, sslcontext, waiter, server_side,
+                                  server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
+                                  ssl_shutdown_timeout=ssl_shutdown_timeout,
+                                  call_connection_made=False)
             # Reading is paused before the switch so that no bytes reach the TLS protocol
             # ahead of its connection_made() (which starts the handshake).
             transport.pause_reading()
