@@ -177,19 +177,25 @@ class Client(threading.Thread):
         fresh = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
                                       timeout=timeout, trace_configs=[trace])
         pooled = aiohttp.ClientSession(timeout=timeout)
-        async with fresh, pooled:
-            await asyncio.gather(self.stream(fresh, 10**6, True), self.stream(pooled, 2 * 10**6))
+        # The keep-alive stream's retry goes on a new connection: aiohttp's own retry takes
+        # the next connection of the pool, which may be another one an old worker is closing
+        # (each old worker closes its idle keep-alive connections as it stops).
+        retry = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True),
+                                      timeout=timeout)
+        async with fresh, pooled, retry:
+            await asyncio.gather(self.stream(fresh, 10**6, True),
+                                 self.stream(pooled, 2 * 10**6, retry_on=retry))
 
-    async def stream(self, session, n: int, fresh: bool = False) -> None:
+    async def stream(self, session, n: int, fresh: bool = False, retry_on=None) -> None:
         while not self.stopping.is_set():
             n += 1
             try:
                 try:
                     report = await self.fetch(session, n)
                 except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                    if AIOHTTP_RETRIES:
+                    if AIOHTTP_RETRIES and retry_on is None:
                         raise                   # aiohttp has retried once already
-                    report = await self.fetch(session, n)
+                    report = await self.fetch(retry_on or session, n)
                 self.answers.append((time.monotonic(), report))
             except Exception as exc:                      # noqa: BLE001 - recorded, asserted
                 self.failures.append((n, repr(exc)))
