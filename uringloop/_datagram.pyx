@@ -96,7 +96,6 @@ import socket as _socket
 import sys
 
 from asyncio import transports as _transports
-from asyncio.log import logger as _logger
 
 cdef extern from "<sys/socket.h>" nogil:
     int MSG_NOSIGNAL
