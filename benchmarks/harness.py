@@ -208,6 +208,9 @@ class Server:
     cpus: Optional[list] = None         # the server's CPU affinity, as it reported it
     error: Optional[str] = None
     log_path: Optional[Path] = None
+    # Another checkout, with its extension built in place, whose servers.py and uringloop this
+    # server runs instead of this one's (alternate.py's comparisons of two builds).
+    tree: Optional[Path] = None
 
     @property
     def ready(self) -> bool:
@@ -220,19 +223,23 @@ class Server:
               ready_timeout: float = 30.0) -> "Server":
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"server-{self.style}-{self.loop}.log"
+        bench_dir = BENCH_DIR if self.tree is None else self.tree / "benchmarks"
         if self.loop == FLOOR_NAME:
             # One echo server whatever the style: it has no styles.
             cmd = [str(FLOOR), "--max-seconds", str(int(max_seconds)),
                    "--port", str(self.requested_port)]
         else:
-            cmd = [sys.executable, str(BENCH_DIR / "servers.py"), "--loop", self.loop,
+            cmd = [sys.executable, str(bench_dir / "servers.py"), "--loop", self.loop,
                    "--style", self.style, "--max-seconds", str(int(max_seconds)),
                    "--port", str(self.requested_port)]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
+        env = child_env()
+        if self.tree is not None:
+            env["PYTHONPATH"] = str(self.tree)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=log, env=child_env(), cwd=str(BENCH_DIR),
+                                         stderr=log, env=env, cwd=str(bench_dir),
                                          start_new_session=True)
         _live.add(self)
         started.append({"loop": self.loop, "style": self.style, "pid": self.proc.pid,

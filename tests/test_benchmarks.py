@@ -1076,3 +1076,38 @@ def test_report_medians_of_an_even_number_of_runs_are_the_middle_two_averaged():
         {"ok": False, "client_cpu_pct": 99.0}]}}}
     assert report._median_of(point, "uvloop", "client_cpu_pct") == 87.5
     assert not report.client_bound(point, "uvloop")       # 87.5% is under the 90% mark
+
+
+def test_alternate_parses_its_server_specs(tmp_path):
+    import alternate
+    assert alternate.parse_server("uvloop") == ("uvloop", "uvloop", None)
+    assert alternate.parse_server("new=uringloop") == ("new", "uringloop", None)
+    assert alternate.parse_server(f"old=uringloop@{BENCH.parent}") == (
+        "old", "uringloop", BENCH.parent)
+    with pytest.raises(Exception, match="unknown loop 'tokio'"):
+        alternate.parse_server("x=tokio")
+    with pytest.raises(Exception, match="has no benchmarks/servers.py"):
+        alternate.parse_server(f"old=uringloop@{tmp_path}")
+
+
+@pytest.mark.timeout(120)
+def test_alternate_runs_every_server_each_round(tmp_path):
+    """Two rounds of two servers -- one from this checkout, one named by its tree -- each run
+    echoed (verified by the load generator) and its CPU time per request read; the JSON holds
+    every run.  No figure is checked against another."""
+    out = tmp_path / "runs.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "alternate.py"), "--server", "here=asyncio",
+         "--server", f"tree=asyncio@{BENCH.parent}", "--style", "protocol", "--size", "1",
+         "--conns", "2", "--rounds", "2", "--duration", "0.5", "--json", str(out)],
+        capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "round 0: here " in proc.stdout and "round 1: here " in proc.stdout
+    assert "tree: " in proc.stdout and "1.000x [1.00-1.00]" in proc.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert set(runs) == {"here", "tree"}
+    for name in runs:
+        assert len(runs[name]) == 2
+        for run in runs[name]:
+            assert run["ok"] and run["rps"] > 0 and run["total_requests"] > 0
+            assert run["user_us"] >= 0 and run["system_us"] >= 0
