@@ -36,8 +36,8 @@ from libc.string cimport memchr, strlen
 
 from uringloop._sys cimport sockaddr_storage, socklen_t
 from uringloop._sockaddr cimport sockaddr_to_python
+from uringloop._ops cimport os_error
 
-import os as _os
 import _socket
 import socket as _socket_module
 
@@ -167,7 +167,7 @@ cdef list _addrinfo_list(addrinfo *res):
 
 cdef object _lookup_error(int code, int sys_errno):
     if code == EAI_SYSTEM:
-        return OSError(sys_errno, _os.strerror(sys_errno))
+        return os_error(sys_errno)
     return _gaierror(code, PyUnicode_FromString(gai_strerror(code)))
 
 
