@@ -333,6 +333,9 @@ def _latency_cell(point: dict, loop: str) -> str:
     client = _median_of(point, loop, "client_cpu_pct")
     if client is not None:
         text += f" / {client:.0f}%"
+    per_request = _median_of(point, loop, "server_cpu_us_per_request")
+    if per_request is not None:
+        text += f", {per_request:.1f} µs/req"
     return text
 
 
@@ -490,7 +493,11 @@ def _render(results: dict, image_prefix: str) -> str:
                 "",
                 "CPU: the server process's CPU time ÷ wall time (100% = its CPU saturated; "
                 "the kernel's softirq work for the loopback traffic comes on top), then the "
-                "load generator's (near 100%, the client limits the rate). Others: the "
+                "load generator's (near 100%, the client limits the rate), then the server's "
+                "CPU time per request (over the load generator's whole run, warm-up included: "
+                "what the loop spent on each request, which moves less with the guest's speed "
+                "than the rate does; a server that spins while it waits counts the spin). "
+                "Others: the "
                 "most that other processes (or the hypervisor) took of the server's or the load "
                 "generator's CPU in any run of the point — a disturbance, not part of the "
                 "measurement.", ""]

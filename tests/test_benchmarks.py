@@ -1111,3 +1111,31 @@ def test_alternate_runs_every_server_each_round(tmp_path):
         for run in runs[name]:
             assert run["ok"] and run["rps"] > 0 and run["total_requests"] > 0
             assert run["user_us"] >= 0 and run["system_us"] >= 0
+
+
+def test_a_run_carries_the_servers_cpu_time_per_request():
+    """with_cpu_usage() divides the server process's CPU time over the run by the requests the
+    run reports (the load generator's total_requests, wrk's requests); without a count, none."""
+    def busy_run(requests_key):
+        def run():
+            end = time.process_time() + 0.2         # this process stands in for the server
+            while time.process_time() < end:
+                pass
+            return {"ok": True, requests_key: 1000}
+        return run
+
+    for key in ("total_requests", "requests"):
+        result = harness.with_cpu_usage(os.getpid(), None, busy_run(key))
+        # 0.2 s of CPU over 1000 requests is ~200 us each; /proc counts in 10 ms ticks.
+        assert 150 <= result["server_cpu_us_per_request"] <= 400, result
+    result = harness.with_cpu_usage(os.getpid(), None, lambda: {"ok": True})
+    assert "server_cpu_us_per_request" not in result
+
+
+def test_the_latency_table_shows_the_servers_cpu_time_per_request():
+    point = {"loops": {"uvloop": {"metrics": {"p50_us": {"summary": {"median": 50.0}},
+                                              "p99_us": {"summary": {"median": 90.0}}},
+                                  "runs": [{"ok": True, "server_cpu_pct": 99.0,
+                                            "server_cpu_us_per_request": x}
+                                           for x in (9.5, 10.5, 12.0)]}}}
+    assert report._latency_cell(point, "uvloop").endswith(", 99%, 10.5 µs/req")
