@@ -16,8 +16,9 @@ minutes (benchmarks/README.md): ratios are therefore taken within a round, and t
 spread is printed beside the median.
 
 Per run it reads the server's user and system CPU time (/proc/PID/stat, all threads) and
-divides by the requests the run made: when two servers trade places from round to round, the
-CPU time per request says whether one of them did more work or the machine ran slower for it.
+divides by the requests the run made.  For a saturated server the sum is about the inverse of
+its rate; the split is what tells more: when a round runs slower, whether the loop's own work
+(user time) or the kernel's grew, and whether it grew for every server of the round alike.
 With --perf DIR each run is also sampled (perf record, 2 kHz, the load's steady part) into
 DIR/NAME-ROUND.data, and the share of each --symbols entry is turned into microseconds per
 request.

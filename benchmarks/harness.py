@@ -473,9 +473,10 @@ def with_cpu_usage(server_pid: Optional[int], server_cpu: Optional[int],
     result = run()
     after = cpu_snapshot(server_cpu, server_pid)
     result.update(cpu_usage(before, after))
-    # The server's CPU time per request served: what a loop does for each request, which moves
-    # less than its rate with the guest's speed (the load generator's total counts its warm-up,
-    # as the CPU time does; wrk counts every request).
+    # The server's CPU time per request served (the load generator's total counts its warm-up,
+    # as the CPU time does; wrk counts every request).  A server whose CPU is saturated spends
+    # about the inverse of its rate; below saturation it is what the rate cannot show, the CPU
+    # each request cost.
     requests = result.get("total_requests") or result.get("requests")
     if before is not None and after is not None and requests:
         result["server_cpu_us_per_request"] = round(
