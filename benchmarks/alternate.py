@@ -70,10 +70,9 @@ def cpu_ticks(pid: int) -> Optional[tuple[int, int]]:
     """(user, system) clock ticks of process `pid`, its threads included (None: gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return harness.parse_stat_user_system_ticks(f.read())
     except OSError:
         return None
-    return int(fields[11]), int(fields[12])
 
 
 def perf_shares(path: Path, symbols: list[str]) -> dict:

@@ -378,12 +378,17 @@ def cpu_snapshot(cpu: Optional[int], pid: Optional[int]) -> Optional[CpuSnapshot
         return None
 
 
-def parse_stat_cpu_ticks(text: str) -> int:
-    """utime + stime (fields 14 and 15, clock ticks) of a /proc/PID/stat line: the whole
+def parse_stat_user_system_ticks(text: str) -> tuple[int, int]:
+    """(utime, stime) (fields 14 and 15, clock ticks) of a /proc/PID/stat line: the whole
     process, threads that have ended included.  The fields are counted after the command name's
     closing parenthesis, since the name itself may hold spaces and parentheses."""
     fields = text.rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
+
+
+def parse_stat_cpu_ticks(text: str) -> int:
+    """utime + stime of a /proc/PID/stat line (see parse_stat_user_system_ticks)."""
+    return sum(parse_stat_user_system_ticks(text))
 
 
 def parse_schedstat_ns(text: str) -> int:

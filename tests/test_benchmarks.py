@@ -404,6 +404,7 @@ STAT_LINE = ("4242 (my (odd) server) S 1 4242 4242 0 -1 4194560 12000 0 3 0 1234
 
 def test_cpu_time_parsers():
     assert harness.parse_stat_cpu_ticks(STAT_LINE) == 1234 + 567
+    assert harness.parse_stat_user_system_ticks(STAT_LINE) == (1234, 567)
     assert harness.parse_schedstat_ns("4017334918 218211 3319\n") == 4017334918
 
 
