@@ -11,9 +11,9 @@ run.py measures every point of the matrix in a few rounds; this measures one poi
 says for each run what the server's CPU did with it.  Every server is started once, pinned to
 the first CPU, and stays alive; each round runs the load generator (wrk for the "http" style)
 against each server in turn, on the second CPU, the order rotated every round so that no
-server always runs first or always follows the same one.  A guest's speed moves by tens of percent within
-minutes (benchmarks/README.md): ratios are therefore taken within a round, and the round's
-spread is printed beside the median.
+server always runs first or always follows the same one.  A guest's speed moves by tens of
+percent within minutes (benchmarks/README.md): ratios are therefore taken within a round, and
+the round's spread is printed beside the median.
 
 Per run it reads the server's user and system CPU time (/proc/PID/stat, all threads) and
 divides by the requests the run made.  For a saturated server the sum is about the inverse of
@@ -94,9 +94,10 @@ def one_run(server: harness.Server, args, client_cpu: Optional[int], perf_out: O
     if perf_out is not None:
         # Sample the steady part only: after the load generator's connections and warm-up,
         # ending before its last requests.
+        window = max(args.duration - 0.8, 0.2)
         recorder = subprocess.Popen(
             ["bash", "-c", f"sleep {WARMUP + 0.3}; exec perf record -q -F {PERF_FREQUENCY} "
-                           f"-p {server.pid} -o {perf_out} -- sleep {max(args.duration - 0.8, 0.2)}"],
+                           f"-p {server.pid} -o {perf_out} -- sleep {window}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = cpu_ticks(server.pid)
     if args.style == "http":

@@ -20,7 +20,7 @@ cdef class ReadPipeCore(PipeCore):
     cdef BufferOp read_op                  # read(2) for pipes and devices, recv(2) for sockets
     cdef Operation read_wait               # read_op, or for a tty a POLLIN poll (tty_read)
     cdef bytearray buf                     # lent to the kernel while read_op is in flight
-                                           # (its stash, TransportCore's: bytes, b'' for EOF)
+    # Its stash (TransportCore's) holds what completed while paused: bytes, or b'' for EOF.
 
     cdef int tty_read(self) except? -1
     cdef int got_data(self, object data) except -1
