@@ -1,8 +1,9 @@
 """Run one module of `test.test_asyncio` in this process, with a chosen loop as the loop under test.
 
 Started by runner.py, one process per module (and again after a crash or a hang, with the tests
-already reported in --skip-file).  It reports to the parent through --events, a file of JSON lines
-written and flushed one event at a time, so that everything up to a crash survives it:
+already reported in --skip-file; and once per failed test with --only, to run it again alone).
+It reports to the parent through --events, a file of JSON lines written and flushed one event at
+a time, so that everything up to a crash survives it:
 
     {"event": "collected", "python": [3, 11, 7], "tests": [...], "excluded": {id: reason}}
     {"event": "start", "id": ...}
@@ -259,6 +260,8 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--events", required=True)
     parser.add_argument("--skip-file")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only this test (short id); repeatable")
     args = parser.parse_args(argv)
 
     events = Events(args.events)
@@ -303,7 +306,8 @@ def main(argv=None) -> int:
         with open(args.skip_file, encoding="utf-8") as f:
             skip = {line.strip() for line in f if line.strip()}
     to_run = [t for t in tests if short_id(t.id()) not in excluded
-              and short_id(t.id()) not in skip]
+              and short_id(t.id()) not in skip
+              and (not args.only or short_id(t.id()) in args.only)]
 
     result = EventResult(events, factory, args.timeout, log)
     result.arm()

@@ -3,9 +3,12 @@
 Each module of suites.SUITES runs in its own child process (child.py) with a per-test timeout,
 at most `jobs` modules at a time.  A child that dies -- a crash, or the watchdog ending a test
 that hung -- costs only the test it was running: that test is reported as crashed or timed out
-and a new child runs the rest of the module.  The result is one ModuleRun per module and a
-summary table of passed/failed/skipped/excluded tests, separating the tests in which the loop
-under test was actually created ("loop-using") from those that ran against a fake loop.
+and a new child runs the rest of the module.  A test that ran to its end and failed is run once
+more, alone, in a child of its own: one that passes then had failed by chance (its port taken
+between `find_unused_port()` and its use), is counted as passed and is reported as flaky, with
+its first failure.  The result is one ModuleRun per module and a summary table of
+passed/failed/skipped/excluded tests, separating the tests in which the loop under test was
+actually created ("loop-using") from those that ran against a fake loop.
 
 Command line: `python tests/conformance/run.py --help`; from pytest: test_conformance.py.
 """
@@ -37,10 +40,15 @@ KNOWN_FAILURES_DIR = HERE / "known_failures"
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_JOBS = 2            # modules at a time: the CI machines have two cores
 MAX_RESTARTS = 40           # new child processes per module after crashes/hangs, then give up
+# A module with more failures than this fails for a reason, not by chance: none is run again.
+MAX_RERUNS = 3
 
 PASSED, FAILED, ERROR, SKIPPED = "passed", "failed", "error", "skipped"
 TIMEOUT, CRASHED, NOT_RUN = "timeout", "crashed", "not-run"
 FAILING = frozenset({FAILED, ERROR, TIMEOUT, CRASHED, NOT_RUN})
+# Run again alone when they happen: a test's own assertion or exception.  A crash is never chance,
+# and a hang costs a whole timeout again.
+RERUN = frozenset({FAILED, ERROR})
 
 LOOP_NAMES = {"uringloop": "uringloop.Loop", "asyncio": "asyncio.SelectorEventLoop (stock)"}
 
@@ -52,6 +60,9 @@ class TestOutcome:
     detail: str = ""
     loops: int | None = None        # loops under test created during the test (None: unknown)
     duration: float = 0.0
+    # Set when the test failed in the module's run and passed when run again alone: that first
+    # failure (headline and traceback), so a flaky test is reported rather than forgotten.
+    first_failure: str = ""
 
     @property
     def failing(self) -> bool:
@@ -93,6 +104,7 @@ class ModuleRun:
     excluded: dict = dataclasses.field(default_factory=dict)    # id -> reason
     results: dict = dataclasses.field(default_factory=dict)     # id -> TestOutcome
     children: int = 0
+    reruns: int = 0             # failed tests run again alone
     duration: float = 0.0
 
     def outcomes(self):
@@ -100,6 +112,9 @@ class ModuleRun:
 
     def failures(self) -> list:
         return [r for r in self.outcomes() if r.failing]
+
+    def flaky(self) -> list:
+        return [r for r in self.outcomes() if r.first_failure]
 
     def counts(self) -> dict:
         c = {"collected": len(self.tests) or len(self.results), "excluded": len(self.excluded),
@@ -237,14 +252,16 @@ class ModuleRunner:
                 self._give_up(f"not run: the module's process died {self.run.children} times")
                 break
         self._settle_not_run()
+        self._rerun_failures()
         self.run.duration = time.monotonic() - started
         return self.run
 
-    def _child(self):
+    def _child(self, events_path=None, only=None):
+        events_path = events_path or self.events_path
         cmd = [self.python, str(CHILD), "--package", self.suite.package,
                "--module", self.suite.module, "--loop", self.loop,
-               "--timeout", str(self.timeout), "--events", str(self.events_path),
-               "--skip-file", str(self.skip_path)]
+               "--timeout", str(self.timeout), "--events", str(events_path)]
+        cmd += ["--only", only] if only else ["--skip-file", str(self.skip_path)]
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
@@ -259,7 +276,7 @@ class ModuleRunner:
                     return proc.wait(timeout=0.5), fired
                 except subprocess.TimeoutExpired:
                     pass
-                size = self.events_path.stat().st_size if self.events_path.exists() else 0
+                size = events_path.stat().st_size if events_path.exists() else 0
                 if size != last_size:
                     last_size, last_change = size, time.monotonic()
                 elif time.monotonic() - last_change > backstop:
@@ -271,6 +288,32 @@ class ModuleRunner:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+    def _rerun_failures(self):
+        """Run each failed test once more, alone.  Two modules and two loops run side by side,
+        and a few tests of the suite race them for ports (`socket_helper.find_unused_port()`
+        closes the port it found before the test binds or connects to it): such a failure does
+        not come back on the second run, a real one does."""
+        again = [r for r in self.run.outcomes() if r.outcome in RERUN and r.id in self.run.tests]
+        if not again or len(again) > MAX_RERUNS:
+            return
+        for first in again:
+            self.run.reruns += 1
+            events_path = self.dir / f"rerun-{self.run.reruns}.jsonl"
+            self._child(events_path, only=first.id)
+            second = None
+            if events_path.exists():
+                for line in events_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    if event.get("event") == "result" and event.get("id") == first.id:
+                        second = event
+            if second is not None and second["outcome"] == PASSED:
+                self.run.results[first.id] = TestOutcome(
+                    first.id, PASSED, "", second["loops"], second["duration"],
+                    first_failure=f"{first.headline()}\n{first.detail}")
 
     def _read_events(self, offset: int):
         running = None
@@ -431,7 +474,7 @@ class Run:
             "duration": round(self.duration, 1),
             "modules": {
                 name: {"status": m.status, "reason": m.reason, "counts": m.counts(),
-                       "excluded": m.excluded, "children": m.children,
+                       "excluded": m.excluded, "children": m.children, "reruns": m.reruns,
                        "duration": round(m.duration, 1),
                        "results": {i: dataclasses.asdict(r) for i, r in m.results.items()}}
                 for name, m in self.modules.items()},
@@ -609,6 +652,11 @@ def format_summary(run: Run) -> str:
     lines.append(f"{'total':<24}{total['collected']:>6}{total[PASSED]:>8}{total['failing']:>8}"
                  f"{total[SKIPPED]:>8}{total['excluded']:>9}   {loop_using:<22}"
                  f"{run.duration:>5.0f}s")
+    flaky = [r for m in run.modules.values() for r in m.flaky()]
+    if flaky:
+        lines.append(f"failed, then passed when run again alone (counted as passed): {len(flaky)}")
+        for r in sorted(flaky, key=lambda r: r.id):
+            lines.append(f"  {r.id}\n      first run: {r.first_failure.splitlines()[0]}")
     return "\n".join(lines)
 
 

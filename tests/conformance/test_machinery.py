@@ -95,6 +95,67 @@ def test_crashes_hangs_and_fixtures_are_charged_to_the_right_tests(tmp_path):
     assert run.counts()["failing"] == 6
 
 
+# A test that fails the first time it runs in a directory and passes after: what a port race
+# looks like to the runner.
+BY_CHANCE = textwrap.dedent('''
+    import os, unittest
+
+    class Chance(unittest.TestCase):
+        def test_fails_the_first_time(self):
+            first = not os.path.exists("ran-once")
+            open("ran-once", "w").close()
+            self.assertFalse(first, "the first run fails")
+        def test_always_fails(self):
+            self.assertEqual(1, 2)
+        def test_passes(self):
+            pass
+''')
+
+
+def _synthetic_run(tmp_path, name, source):
+    package = tmp_path / f"{name}_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text(source)
+    env = runner.child_environment()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    interpreter = runner.Interpreter(sys.executable, tuple(sys.version_info[:3]), None, ("mod",))
+    suite = suites.Suite("mod", False, package=f"{name}_pkg")
+    return runner.ModuleRunner(suite, interpreter, "asyncio", timeout=5.0,
+                               workdir=tmp_path / f"work-{name}", env=env).execute()
+
+
+def test_a_failure_that_does_not_come_back_alone_counts_as_passed_and_is_reported(tmp_path):
+    run = _synthetic_run(tmp_path, "chance", BY_CHANCE)
+
+    results = {test_id.split(".", 1)[1]: r for test_id, r in run.results.items()}
+    chance = results["Chance.test_fails_the_first_time"]
+    assert chance.outcome == runner.PASSED
+    assert "the first run fails" in chance.first_failure
+    assert results["Chance.test_always_fails"].outcome == runner.FAILED
+    assert results["Chance.test_always_fails"].first_failure == ""
+    assert results["Chance.test_passes"].first_failure == ""
+    assert run.reruns == 2 and run.children == 1
+    assert [r.id for r in run.flaky()] == ["mod.Chance.test_fails_the_first_time"]
+    interpreter = runner.Interpreter(sys.executable, tuple(sys.version_info[:3]), None, ("mod",))
+    whole = runner.Run(interpreter, "asyncio", 5.0, 1, modules={"mod": run})
+    summary = runner.format_summary(whole)
+    assert "then passed when run again alone (counted as passed): 1" in summary
+    assert "mod.Chance.test_fails_the_first_time" in summary
+
+
+def test_a_module_failing_many_tests_has_none_run_again(tmp_path):
+    many = BY_CHANCE + "".join(
+        f"\n    def test_fails_{i}(self):\n        self.fail('{i}')\n"
+        for i in range(runner.MAX_RERUNS))
+    run = _synthetic_run(tmp_path, "many", many)
+
+    results = {test_id.split(".", 1)[1]: r for test_id, r in run.results.items()}
+    assert results["Chance.test_fails_the_first_time"].outcome == runner.FAILED
+    assert run.reruns == 0 and not run.flaky()
+    assert run.counts()["failing"] == runner.MAX_RERUNS + 2
+
+
 def test_an_interpreter_without_the_test_suite_is_reported_not_run(tmp_path):
     # Debian's and Ubuntu's python3 ship without the `test` package (it is in
     # libpythonX.Y-testsuite); an empty package of that name stands in for one.
