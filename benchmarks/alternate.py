@@ -25,7 +25,9 @@ request.
 
 A server NAME=LOOP@TREE runs TREE's benchmarks/servers.py with TREE's uringloop (a checkout
 whose extension is built in place, e.g. a `git worktree` of an older commit): two builds
-compared under the same load, the way the levers were measured."""
+compared under the same load, the way the levers were measured.  A server c-io_uring is the C
+floor (uring_echo.c, one echo whatever the style): a program with no interpreter beside the
+loops, which tells whether a slower round slowed the kernel's part for everyone."""
 
 from __future__ import annotations
 
@@ -58,9 +60,12 @@ def parse_server(spec: str) -> tuple[str, str, Optional[Path]]:
     if not eq:
         name, rest = "", spec
     loop, _, tree = rest.partition("@")
-    if loop not in loops.LOOP_NAMES:
+    known = (*loops.LOOP_NAMES, harness.FLOOR_NAME)
+    if loop not in known:
         raise argparse.ArgumentTypeError(
-            f"unknown loop {loop!r} in {spec!r} (one of {', '.join(loops.LOOP_NAMES)})")
+            f"unknown loop {loop!r} in {spec!r} (one of {', '.join(known)})")
+    if tree and loop == harness.FLOOR_NAME:
+        raise argparse.ArgumentTypeError(f"{spec!r}: the C floor has no tree of its own")
     if tree and not (Path(tree) / "benchmarks" / "servers.py").is_file():
         raise argparse.ArgumentTypeError(f"{tree!r} has no benchmarks/servers.py")
     return name or loop, loop, Path(tree).resolve() if tree else None
@@ -152,6 +157,8 @@ def main(argv=None) -> int:
         parser.error("the http style needs wrk on PATH")
 
     harness.build_loadgen(print)
+    if any(loop == harness.FLOOR_NAME for _, loop, _ in specs):
+        harness.build_floor(print)
     if args.style == "tls":
         harness.build_loadgen_tls(print)
     server_cpu, client_cpu = harness.pinning()

@@ -1089,6 +1089,10 @@ def test_alternate_parses_its_server_specs(tmp_path):
         alternate.parse_server("x=tokio")
     with pytest.raises(Exception, match="has no benchmarks/servers.py"):
         alternate.parse_server(f"old=uringloop@{tmp_path}")
+    assert alternate.parse_server(harness.FLOOR_NAME) == (
+        harness.FLOOR_NAME, harness.FLOOR_NAME, None)
+    with pytest.raises(Exception, match="the C floor has no tree"):
+        alternate.parse_server(f"c={harness.FLOOR_NAME}@{BENCH.parent}")
 
 
 @pytest.mark.timeout(120)
@@ -1112,6 +1116,20 @@ def test_alternate_runs_every_server_each_round(tmp_path):
         for run in runs[name]:
             assert run["ok"] and run["rps"] > 0 and run["total_requests"] > 0
             assert run["user_us"] >= 0 and run["system_us"] >= 0
+
+
+@pytest.mark.timeout(120)
+def test_alternate_runs_the_c_floor_beside_a_loop(tmp_path):
+    out = tmp_path / "runs.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "alternate.py"), "--server", "asyncio",
+         "--server", harness.FLOOR_NAME, "--style", "protocol", "--size", "16",
+         "--conns", "2", "--rounds", "1", "--duration", "0.5", "--json", str(out)],
+        capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{harness.FLOOR_NAME}: {harness.FLOOR_NAME} (pid " in proc.stdout
+    floor = json.loads(out.read_text())["runs"][harness.FLOOR_NAME]
+    assert floor[0]["ok"] and floor[0]["total_requests"] > 0 and floor[0]["user_us"] >= 0
 
 
 def test_a_run_carries_the_servers_cpu_time_per_request():
