@@ -56,15 +56,15 @@ requests in flight 30 empty, out of order).
 Other address families
 ----------------------
 The core converts the addresses of AF_INET, AF_INET6, AF_UNIX and AF_NETLINK as the socket
-module does (_sockaddr.converts_sockaddr).  A socket of any other family given with sock= (AF_PACKET,
-AF_CAN, AF_TIPC...) would have had its senders reported in a raw (family, bytes) form no user
-expects -- the stock transport gives what socket.recvfrom() gives, ('lo', 0x88b5, 0, 772, b'...')
-for AF_PACKET -- and could not send to the addresses socket.sendto() takes (EAFNOSUPPORT).
-Such a transport ("by_socket") therefore receives and sends with the socket's own methods, as
-the stock transport does: it waits for input with a POLLIN poll on the ring and reads with
-recvfrom() until the socket has nothing more (a bounded number per poll), and sends with
-sendto()/send() at once, queueing what would block and sending it once a POLLOUT poll says
-there is room.  A cancelled poll loses nothing, so no stash is needed there.
+module does (_sockaddr.converts_sockaddr). A socket of any other family given with sock=
+(AF_PACKET, AF_CAN, AF_TIPC...) would have had its senders reported in a raw (family, bytes)
+form no user expects -- the stock transport gives what socket.recvfrom() gives, ('lo', 0x88b5,
+0, 772, b'...') for AF_PACKET -- and could not send to the addresses socket.sendto() takes
+(EAFNOSUPPORT). Such a transport ("by_socket") therefore receives and sends with the socket's
+own methods, as the stock transport does: it waits for input with a POLLIN poll on the ring and
+reads with recvfrom() until the socket has nothing more (a bounded number per poll), and sends
+with sendto()/send() at once, queueing what would block and sending it once a POLLOUT poll says
+there is room. A cancelled poll loses nothing, so no stash is needed there.
 
 Closing
 -------

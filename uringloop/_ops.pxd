@@ -1,6 +1,7 @@
 from libc.stdint cimport uint64_t, uint32_t
 from cpython.buffer cimport Py_buffer
-from uringloop._sys cimport io_uring_sqe, sockaddr_storage, socklen_t, msghdr, iovec, __kernel_timespec
+from uringloop._sys cimport (io_uring_sqe, sockaddr_storage, socklen_t, msghdr, iovec,
+                             __kernel_timespec)
 from uringloop._ring cimport Ring, BufferRing, EnterHook
 
 
@@ -59,7 +60,8 @@ cdef class Proactor:
     cdef object exception_handler          # loop.call_exception_handler
     cdef Py_ssize_t queued_io_bytes        # bytes the SQEs not yet submitted should move
     cdef int last_batch                    # completions the last iteration dispatched
-    cdef readonly unsigned ready_at_dispatch  # completions this iteration found (see little_to_batch)
+    # completions this iteration found (see little_to_batch)
+    cdef readonly unsigned ready_at_dispatch
     cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
     cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
     cdef readonly long long spin_max_ns    # URINGLOOP_SPIN_US: the longest a wait spins (0: never)

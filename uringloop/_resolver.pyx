@@ -9,8 +9,9 @@ What the loop's side does, and why it is shaped so:
   the codec's length checks; an int port printed with "%ld"; a str port as UTF-8 -- into a
   request of copies, queues it, and returns a future.  Anything it does not encode the same way
   without calling Python (a non-ASCII host, a label the codec refuses, a NUL, a port of an int
-  subclass -- which socket.getaddrinfo refuses --, a float port...) makes it return None, and the caller takes the stock way: socket.getaddrinfo
-  in the executor, whose conversions and errors are then the stock loop's own.
+  subclass -- which socket.getaddrinfo refuses --, a float port...) makes it return None, and
+  the caller takes the stock way: socket.getaddrinfo in the executor, whose conversions and
+  errors are then the stock loop's own.
 - A worker hands the finished request to the loop's sink and writes the loop's wake-up eventfd
   once per batch; the ring's read on it completes, and WakeupOp.complete (_ops) calls
   take_done(), which turns each addrinfo list into socket.getaddrinfo's tuples -- the family
