@@ -57,17 +57,7 @@ SYNTHETIC = textwrap.dedent('''
 
 
 def test_crashes_hangs_and_fixtures_are_charged_to_the_right_tests(tmp_path):
-    package = tmp_path / "synthetic_pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "mod.py").write_text(SYNTHETIC)
-    env = runner.child_environment()
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
-    interpreter = runner.Interpreter(sys.executable, tuple(sys.version_info[:3]), None, ("mod",))
-    suite = suites.Suite("mod", False, package="synthetic_pkg")
-
-    run = runner.ModuleRunner(suite, interpreter, "asyncio", timeout=2.0,
-                              workdir=tmp_path / "work", env=env).execute()
+    run = _synthetic_run(tmp_path, "synthetic", SYNTHETIC, timeout=2.0)
 
     outcome = {test_id.split(".", 1)[1]: r.outcome for test_id, r in run.results.items()}
     assert outcome == {
@@ -112,7 +102,8 @@ BY_CHANCE = textwrap.dedent('''
 ''')
 
 
-def _synthetic_run(tmp_path, name, source):
+def _synthetic_run(tmp_path, name, source, timeout=5.0):
+    """Run module `mod` of a package `<name>_pkg` holding `source`, on the stock loop."""
     package = tmp_path / f"{name}_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -121,7 +112,7 @@ def _synthetic_run(tmp_path, name, source):
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
     interpreter = runner.Interpreter(sys.executable, tuple(sys.version_info[:3]), None, ("mod",))
     suite = suites.Suite("mod", False, package=f"{name}_pkg")
-    return runner.ModuleRunner(suite, interpreter, "asyncio", timeout=5.0,
+    return runner.ModuleRunner(suite, interpreter, "asyncio", timeout=timeout,
                                workdir=tmp_path / f"work-{name}", env=env).execute()
 
 
