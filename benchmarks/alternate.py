@@ -155,6 +155,8 @@ def main(argv=None) -> int:
         args.perf.mkdir(parents=True, exist_ok=True)
     if args.style == "http" and harness.wrk_path() is None:
         parser.error("the http style needs wrk on PATH")
+    if args.style in ("http", "tls") and harness.FLOOR_NAME in [loop for _, loop, _ in specs]:
+        parser.error(f"{harness.FLOOR_NAME} echoes plain TCP; it has no {args.style} server")
 
     harness.build_loadgen(print)
     if any(loop == harness.FLOOR_NAME for _, loop, _ in specs):

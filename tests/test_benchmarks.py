@@ -1130,6 +1130,11 @@ def test_alternate_runs_the_c_floor_beside_a_loop(tmp_path):
     assert f"{harness.FLOOR_NAME}: {harness.FLOOR_NAME} (pid " in proc.stdout
     floor = json.loads(out.read_text())["runs"][harness.FLOOR_NAME]
     assert floor[0]["ok"] and floor[0]["total_requests"] > 0 and floor[0]["user_us"] >= 0
+    refused = subprocess.run(
+        [sys.executable, str(BENCH / "alternate.py"), "--server", "asyncio",
+         "--server", harness.FLOOR_NAME, "--style", "tls"],
+        capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "it has no tls server" in refused.stderr
 
 
 def test_a_run_carries_the_servers_cpu_time_per_request():
