@@ -16,9 +16,9 @@ cdef SpareSends spare_send_ops(object loop)
 
 
 cdef class SendSide(WriteFlow):
-    # The base of _transports.SocketTransport.  WriteFlow holds loop (None once
-    # connection_lost has run, as stock), proactor, protocol, conn_lost and the write flow
-    # control state.
+    # The base of _receiveside.ReceiveSide, and so of _transports.SocketTransport.  WriteFlow
+    # holds loop (None once connection_lost has run, as stock), proactor, protocol, conn_lost and
+    # the write flow control state.
     cdef object sock                 # None once connection_lost has run
     cdef readonly int _sock_fd
     cdef readonly bint _closing

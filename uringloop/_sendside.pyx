@@ -1,11 +1,12 @@
 # cython: language_level=3
-"""The send half of the stream socket transport: SendSide, the base of
-_transports.SocketTransport, owns everything write(), writelines(), write_eof() and the write
-flow control do, and the send operations behind them.  The transport's receiving, its life
-cycle (close, abort, connection_lost) and its fatal errors live in _transports.pyx; the two
-halves meet in three places: a send that fails ends the transport through fatal_error(), the
-last send of a closing transport calls _call_connection_lost(), and both halves ask
-socket_gone() before they name the socket to the kernel.
+"""The send half of the stream socket transport: SendSide, the lowest of
+_transports.SocketTransport's own layers (under _receiveside.ReceiveSide), owns everything
+write(), writelines(), write_eof() and the write flow control do, and the send operations
+behind them.  The transport's receiving lives in _receiveside.pyx, its life cycle (close,
+abort, connection_lost) and its fatal errors in _transports.pyx; the send half meets them in
+three places: a send that fails ends the transport through fatal_error(), the last send of a
+closing transport calls _call_connection_lost(), and both halves ask socket_gone() before they
+name the socket to the kernel.
 
 write() with nothing in flight submits a send of that very object (bytes are pinned, mutable
 buffers are copied first: the caller may reuse them the moment write() returns).  Data of 16 KiB

@@ -1,11 +1,10 @@
-from uringloop._ring cimport BufferRing
-from uringloop._ops cimport Operation, RecvOp, MultishotRecvOp, PollOp
-from uringloop._sendside cimport SendSide
+from uringloop._receiveside cimport ReceiveSide
 
 
-cdef class SocketTransport(SendSide):
-    # SendSide holds the socket, its descriptor, the closing and write_eof() flags and the
-    # sending state; WriteFlow, its base, the loop, proactor, protocol and flow control.
+cdef class SocketTransport(ReceiveSide):
+    # ReceiveSide holds the receiving state; SendSide, its base, the socket, its descriptor, the
+    # closing and write_eof() flags and the sending state; WriteFlow, SendSide's base, the loop,
+    # proactor, protocol and flow control.
     # get_extra_info(): 'socket', 'sockname' and 'peername' are fields, the addresses fetched at
     # construction as the stock transport does; `extra` is None unless the creator passed a dict
     # or _extra was asked for (then the dict holds them all and answers).
@@ -14,31 +13,6 @@ cdef class SocketTransport(SendSide):
     cdef object peername
     cdef dict extra
     cdef object server
-    cdef object context              # protocol callbacks from completions run in it
-    cdef int context_depth
-    cdef bint buffered               # the protocol is a BufferedProtocol
-    cdef bint feeds_stream_reader    # the protocol is asyncio's own StreamReaderProtocol
-    cdef bint protocol_connected
-    cdef readonly bint _paused       # pause_reading() in effect
-    cdef bint reading_started        # the post-connection_made start has happened
-    cdef bint awaiting_leftover      # a receive of sock_*'s is still in the kernel (setup)
-    cdef bint stopped_at_eof         # eof_received() kept the connection open: not reading
-    cdef bint ring_dry               # the last multishot receive ended for want of buffers
-    cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)
-    cdef int stream_read_guess       # how far a large read grows a StreamReader's buffer (0: ask)
-    cdef bint stash_scheduled        # _deliver_stash is scheduled (the ints and flags kept
-                                     # together: a lone int between pointers costs 4 B of
-                                     # padding)
-
-    # receiving
-    cdef BufferRing bufs             # the loop's provided buffers; None: single-shot receives
-    cdef MultishotRecvOp ms_op
-    cdef RecvOp single_op
-    cdef PollOp poll_op              # large reads wait with it (see poll_done)
-    cdef Operation recv_op           # the receive the kernel owns (until its final CQE) or None
-    cdef object recv_target          # BufferedProtocol whose get_buffer() the kernel fills
-    cdef list stash                  # bytes that completed while paused, in arrival order
-    cdef object stash_end            # what followed the stash: None, True (EOF), an exception
 
     cdef object __weakref__
 
@@ -46,30 +20,5 @@ cdef class SocketTransport(SendSide):
                    object peername, object server) except -1
     cdef int set_addresses(self, object sock, object peername) except -1
     cdef object socket_extra(self)
-    cdef int enter_context(self) except -1
-    cdef int start_receiving(self) except -1
-    cdef int arm_receive_in_context(self) except -1
-    cdef int exit_context(self) except -1
-    cdef int arm_receive(self) except -1
-    cdef int stop_receive(self) except -1
-    cdef int recv_done(self, Operation op, int res, unsigned flags) except -1
-    cdef int poll_done(self, int res) except -1
-    cdef int recv_into_protocol(self) except -1
-    cdef int inline_read_ended(self, ssize_t n) except -1
-    cdef object protocol_buffer(self)
-    cdef bint buffer_updated(self, Py_ssize_t n) except -1
-    cdef int got_data_or_interrupt(self, object data, bint rearm) except -1
-    cdef int rearm_if_reading(self) except -1
-    cdef int got_eof(self) except -1
-    cdef int recv_into_stream_reader(self) except -1
-    cdef object copy_into_stream_reader(self, const char *src, Py_ssize_t n)
-    cdef int stream_reader_fed(self, object reader, bint rearm) except -1
-    cdef int got_data(self, object data) except -1
-    cdef int got_end(self, object end) except -1
-    cdef int deliver(self, object data) except -1
-    cdef int deliver_buffered(self, object data) except -1
-    cdef int on_eof(self) except -1
-    cdef int schedule_stash(self) except -1
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1
-
