@@ -561,7 +561,7 @@ async def test_request_written_in_the_pass_that_closes_its_socket_does_not_reach
     """A sock_recv() or sock_sendall() whose request was written into the ring in the same pass
     of the ready queue in which another callback closes the socket and a new socket takes its
     number: the request reaches the kernel only at the iteration's io_uring_enter, by number,
-    so before the enter uringloop looks whether the socket still has it (_ops.StaleFdGuard) and
+    so before the enter uringloop looks whether the socket still has it (_proactor.StaleFdGuard) and
     fails the request with EBADF if not -- it must neither take the new socket's bytes nor
     write to its peer.  On the stock loop, which tries the socket itself first, the send has
     gone to the old peer at once and the receive waits on for the closed socket."""

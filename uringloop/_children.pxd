@@ -1,4 +1,5 @@
-from uringloop._ops cimport Completer, Proactor, PollOp
+from uringloop._proactor cimport Completer, Proactor
+from uringloop._ops cimport PollOp
 
 
 cdef class ChildWatcher(Completer):

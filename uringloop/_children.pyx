@@ -22,7 +22,8 @@ The exit code follows the stock loop: the exit status, or -N for a child killed 
 cimport cython
 
 from uringloop._sys cimport ECANCELED, POLLIN
-from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE, os_error
+from uringloop._proactor cimport Completer, Proactor, Operation, OP_IDLE, os_error
+from uringloop._ops cimport PollOp
 
 import os
 import sys

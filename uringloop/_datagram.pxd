@@ -1,6 +1,7 @@
 from uringloop._sys cimport sockaddr_storage, socklen_t
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport MsgOp, Operation, PollOp
+from uringloop._proactor cimport Operation
+from uringloop._ops cimport MsgOp, PollOp
 from uringloop._flow cimport TransportCore
 
 

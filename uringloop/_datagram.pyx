@@ -84,8 +84,8 @@ from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, ENOBUFS, POLLIN, P
                              io_uring_sqe, io_uring_recvmsg_out, ul_prep_recvmsg_multishot,
                              IORING_CQE_F_MORE, IORING_CQE_F_BUFFER, IORING_CQE_BUFFER_SHIFT)
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport (Proactor, Operation, MsgOp, PollOp, OP_IDLE, socket_fd_now,
-                             os_error)
+from uringloop._proactor cimport Proactor, Operation, OP_IDLE, socket_fd_now, os_error
+from uringloop._ops cimport MsgOp, PollOp
 from uringloop._sockaddr cimport sockaddr_to_python, converts_sockaddr
 from uringloop._flow cimport TransportCore, add_socket_extra
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin

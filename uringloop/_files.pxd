@@ -1,4 +1,5 @@
-from uringloop._ops cimport Proactor, Completer, Operation, ReadWriteOp
+from uringloop._proactor cimport Proactor, Completer, Operation
+from uringloop._ops cimport ReadWriteOp
 
 
 cdef class OpenOp(Operation):

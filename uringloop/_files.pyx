@@ -33,7 +33,8 @@ from libc.stdint cimport uint64_t
 from uringloop._sys cimport (io_uring_sqe, ul_prep_openat, ul_prep_fsync, ul_prep_close,
                              UL_OP_READ, UL_OP_WRITE, IORING_FSYNC_DATASYNC, ECANCELED,
                              EINTR)
-from uringloop._ops cimport Proactor, Completer, Operation, ReadWriteOp, OP_IDLE
+from uringloop._proactor cimport Proactor, Completer, Operation, OP_IDLE
+from uringloop._ops cimport ReadWriteOp
 
 import asyncio as _asyncio
 import io as _io

@@ -1,7 +1,7 @@
 # The plumbing shared by the completion-based transports: write flow control, the reporting of
 # protocol callbacks that raise, and (TransportCore) what the datagram and pipe cores share.
 
-from uringloop._ops cimport Completer, Operation, Proactor
+from uringloop._proactor cimport Completer, Operation, Proactor
 
 
 cdef class WriteFlow(Completer):

@@ -30,7 +30,7 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 
-from uringloop._ops cimport Completer, Operation, Proactor
+from uringloop._proactor cimport Completer, Operation, Proactor
 
 cdef Py_ssize_t _LOG_THRESHOLD = _constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 

@@ -1,4 +1,5 @@
-from uringloop._ops cimport Operation, BufferOp, PollOp
+from uringloop._proactor cimport Operation
+from uringloop._ops cimport BufferOp, PollOp
 from uringloop._flow cimport TransportCore
 
 

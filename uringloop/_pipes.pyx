@@ -36,8 +36,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EOPNOTSUPP, POLLIN, POLLOUT, UL_OP_READ,
                              UL_OP_WRITE, errno, ul_write_nowait)
-from uringloop._ops cimport (Proactor, Operation, BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp,
-                             OP_IDLE, os_error)
+from uringloop._proactor cimport Proactor, Operation, OP_IDLE, os_error
+from uringloop._ops cimport BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp
 from uringloop._flow cimport TransportCore
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 

@@ -1,6 +1,7 @@
 from libc.stdint cimport uint32_t, uint64_t
 
-from uringloop._ops cimport Completer, Proactor, PollOp
+from uringloop._proactor cimport Completer, Proactor
+from uringloop._ops cimport PollOp
 
 
 cdef extern from "<sys/epoll.h>" nogil:

@@ -59,7 +59,8 @@ from libc.limits cimport INT_MAX
 from libc.stdlib cimport realloc, free
 
 from uringloop._sys cimport ECANCELED, EBADF, POLLIN, errno
-from uringloop._ops cimport Completer, Proactor, Operation, PollOp, OP_IDLE, os_error
+from uringloop._proactor cimport Completer, Proactor, Operation, OP_IDLE, os_error
+from uringloop._ops cimport PollOp
 
 from _thread import get_ident as _get_ident
 

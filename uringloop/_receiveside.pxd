@@ -1,7 +1,8 @@
 # The receive half of the stream socket transport (see _receiveside.pyx).
 
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport Proactor, Operation, RecvOp, MultishotRecvOp, PollOp
+from uringloop._proactor cimport Proactor, Operation
+from uringloop._ops cimport RecvOp, MultishotRecvOp, PollOp
 from uringloop._sendside cimport SendSide
 
 

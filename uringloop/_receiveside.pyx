@@ -83,8 +83,8 @@ from libc.string cimport memcpy
 
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
-from uringloop._ops cimport (Proactor, Operation, RecvOp, MultishotRecvOp, PollOp,
-                             get_writable_buffer, os_error)
+from uringloop._proactor cimport Proactor, Operation, os_error
+from uringloop._ops cimport RecvOp, MultishotRecvOp, PollOp, get_writable_buffer
 from uringloop._sendside cimport SendSide
 from uringloop._sched cimport ul_class_lookup
 

@@ -13,7 +13,7 @@ What the loop's side does, and why it is shaped so:
   the caller takes the stock way: socket.getaddrinfo in the executor, whose conversions and
   errors are then the stock loop's own.
 - A worker hands the finished request to the loop's sink and writes the loop's wake-up eventfd
-  once per batch; the ring's read on it completes, and WakeupOp.complete (_ops) calls
+  once per batch; the ring's read on it completes, and WakeupOp.complete (_proactor) calls
   take_done(), which turns each addrinfo list into socket.getaddrinfo's tuples -- the family
   and socket type as AddressFamily/SocketKind members where they are members, the canonical
   name or '', the address as the socket module's makesockaddr gives it (_sockaddr) -- or the
@@ -37,7 +37,7 @@ from libc.string cimport memchr, strlen
 
 from uringloop._sys cimport sockaddr_storage, socklen_t
 from uringloop._sockaddr cimport sockaddr_to_python
-from uringloop._ops cimport os_error
+from uringloop._proactor cimport os_error
 
 import _socket
 import socket as _socket_module
@@ -261,7 +261,7 @@ cdef class Resolver:
     def take_done(self):
         """The lookups finished since the last wake-up: their futures resolved (called by the
         wake-up's completion on the loop's thread).  A Python-level method, as detach() and
-        abandon(): _ops reaches the resolver as an object, so that the module is imported by a
+        abandon(): _proactor reaches the resolver as an object, so that the module is imported by a
         loop's first lookup, not with the loop (a wake-up that finds no resolver pays nothing)."""
         cdef ul_gai_request *req
         cdef ul_gai_request *current

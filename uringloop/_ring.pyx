@@ -16,8 +16,8 @@ kernel through mmap(2):
 
 The Ring hands out SQEs (get_sqe), publishes them and waits in exactly one io_uring_enter per loop
 iteration (enter), and exposes the ready CQEs as an array window (cq_ready / cq_at / cq_advance).
-It never interprets user_data: that belongs to the operations layer (_ops), which keeps the
-objects the kernel is working for alive.
+It never interprets user_data: that belongs to the operations layer (_proactor, _ops), which
+keeps the objects the kernel is working for alive.
 
 Set-up flags, best first (each is retried without the newer flags on EINVAL):
 

@@ -1,6 +1,6 @@
 from cpython.object cimport PyObject
 
-from uringloop._ops cimport Proactor
+from uringloop._proactor cimport Proactor
 
 
 cdef extern from "_sched.h":

@@ -53,7 +53,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.contextvars cimport PyContext_CopyCurrent, PyContext_Enter, PyContext_Exit
 from cpython.contextvars cimport PyContext_CheckExact
 
-from uringloop._ops cimport Proactor
+from uringloop._proactor cimport Proactor
 
 import collections
 import time as _time_mod

@@ -49,7 +49,8 @@ undo what the caller does with the file in its `except CancelledError`.
 cimport cython
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Proactor, Completer, Operation, SpliceOp, PollOp, OP_IDLE, os_error
+from uringloop._proactor cimport Proactor, Completer, Operation, OP_IDLE, os_error
+from uringloop._ops cimport SpliceOp, PollOp
 
 import errno as _errno
 import fcntl as _fcntl

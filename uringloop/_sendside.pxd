@@ -1,6 +1,7 @@
 # The send half of the stream socket transport (see _sendside.pyx).
 
-from uringloop._ops cimport Operation, SendOp, SendMsgOp
+from uringloop._proactor cimport Operation
+from uringloop._ops cimport SendOp, SendMsgOp
 from uringloop._flow cimport WriteFlow
 
 

@@ -38,7 +38,8 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memset
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Operation, SendOp, SendMsgOp, socket_fd_now, os_error
+from uringloop._proactor cimport Operation, socket_fd_now, os_error
+from uringloop._ops cimport SendOp, SendMsgOp
 from uringloop._flow cimport WriteFlow
 
 import socket as _socket

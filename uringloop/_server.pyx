@@ -52,8 +52,8 @@ from cpython.contextvars cimport (PyContext_Copy, PyContext_CopyCurrent, PyConte
                                   PyContext_Exit)
 
 from uringloop._sys cimport *
-from uringloop._ops cimport (Proactor, Completer, Operation, PollOp, OP_IDLE, accept_nonblocking,
-                             os_error)
+from uringloop._proactor cimport Proactor, Completer, Operation, OP_IDLE, os_error
+from uringloop._ops cimport PollOp, accept_nonblocking
 from uringloop._transports cimport SocketTransport
 
 import errno as _errno
@@ -145,7 +145,7 @@ cdef class Acceptor(Completer):
         if self.sock.fileno() != self.fd:
             # The listening socket was closed under the server (sock.close() without
             # server.close()): its number may be another socket's by now, whose connections a
-            # poll and accept4 by number would take (see _ops: closed under a request).  It
+            # poll and accept4 by number would take (see _proactor: closed under a request).  It
             # stops accepting, as the stock loop's reader goes with the closed descriptor.
             self.serving = False
             return 0

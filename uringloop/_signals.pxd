@@ -1,4 +1,5 @@
-from uringloop._ops cimport Completer, Proactor, RecvOp
+from uringloop._proactor cimport Completer, Proactor
+from uringloop._ops cimport RecvOp
 
 
 cdef class SignalReader(Completer):

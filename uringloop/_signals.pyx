@@ -17,7 +17,8 @@ the recv, which the next enter collects -- a signal never waits for an unrelated
 cimport cython
 
 from uringloop._sys cimport ECANCELED
-from uringloop._ops cimport Completer, Proactor, Operation, RecvOp, OP_IDLE, os_error
+from uringloop._proactor cimport Completer, Proactor, Operation, OP_IDLE, os_error
+from uringloop._ops cimport RecvOp
 
 import socket as _socket
 

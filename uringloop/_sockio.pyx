@@ -21,7 +21,7 @@ from libc.string cimport memset
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_IsContiguous,
                              PyBUF_FULL_RO)
 
-from uringloop._ops cimport Proactor, os_error
+from uringloop._proactor cimport Proactor, os_error
 from uringloop._sched cimport LoopCore, ul_socket_fd
 from uringloop._transport_table cimport TransportTable
 from uringloop._sockstate cimport (Request, SocketState, K_RECV, K_RECV_INTO, K_RECVFROM,

@@ -2,7 +2,8 @@
 # operations it holds in the kernel, and what it keeps for callers that had gone.
 
 cimport cython
-from uringloop._ops cimport Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, PollOp
+from uringloop._proactor cimport Proactor, Completer, Operation
+from uringloop._ops cimport BufferOp, RecvOp, SendOp, PollOp
 
 
 cdef enum Kind:

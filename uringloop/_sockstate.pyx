@@ -41,7 +41,7 @@ its descriptor number only at the iteration's io_uring_enter: it would reach the
 a receive taking its bytes, a send writing to its peer.  socket.close() tells the loop nothing,
 so every operation submitted here is marked (guards_fd) and the Proactor looks again just
 before the enter: one whose socket no longer has the number is failed by the kernel with EBADF
-(_ops.StaleFdGuard).  The cheaper-looking alternatives do not hold: a dup() per request is a
+(_proactor.StaleFdGuard).  The cheaper-looking alternatives do not hold: a dup() per request is a
 system call per request; one per socket keeps the connection open after close() until the loop
 notices; a fixed-file slot per socket holds the file as that dup would, and costs a
 registration; holding the socket's _io_refs (as makefile() does) keeps fileno() valid after
@@ -53,9 +53,9 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, EINPROGRESS, POLLIN, POLLOUT,
                              pollfd, poll as c_poll)
 
-from uringloop._ops cimport (Proactor, Completer, Operation, BufferOp, RecvOp, SendOp, MsgOp,
-                             AcceptOp, ConnectOp, PollOp, DelayOp, OP_IDLE, accept_nonblocking,
-                             os_error)
+from uringloop._proactor cimport Proactor, Completer, Operation, OP_IDLE, os_error
+from uringloop._ops cimport (BufferOp, RecvOp, SendOp, MsgOp, AcceptOp, ConnectOp, PollOp, DelayOp,
+                             accept_nonblocking)
 from uringloop._sockaddr cimport converts_sockaddr
 
 import collections
@@ -190,7 +190,7 @@ cdef class SocketState(Completer):
 
     cdef bint socket_closed(self) except -1:
         """Whether the socket this state serves has been closed (or collected): its fd number
-        may name another socket by now, for which nothing may be submitted (see _ops: closed
+        may name another socket by now, for which nothing may be submitted (see _proactor: closed
         under a request).  Asked before each request a queue sends to the kernel -- queued
         requests go there from completion handlers, long after the call that checked the
         socket."""
@@ -847,7 +847,7 @@ cdef class SocketState(Completer):
             break
         op.tag = req
         self.send_op = op
-        op.guards_fd = True      # (the module docstring, and StaleFdGuard in _ops)
+        op.guards_fd = True      # (the module docstring, and StaleFdGuard in _proactor)
         op.submit()
         if type(op) is ConnectOp:
             # asyncio's sock_connect calls connect(2) before it first yields, and programs

@@ -30,7 +30,7 @@ from cpython.contextvars cimport PyContext_CopyCurrent
 from libc.string cimport memcmp
 
 from uringloop._sys cimport *
-from uringloop._ops cimport Proactor, Operation, os_error
+from uringloop._proactor cimport Proactor, Operation, os_error
 from uringloop._transport_table cimport TransportTable
 from uringloop._flow cimport add_socket_extra
 from uringloop._sendside cimport spare_send_ops

@@ -28,7 +28,7 @@ from asyncio import base_events
 from uringloop import _sockio
 from uringloop.network import NetworkMixin
 from uringloop.unix import UnixMixin
-from uringloop._ops import Proactor
+from uringloop._proactor import Proactor
 from uringloop._sched import LoopCore
 from uringloop._transport_table import TransportTable
 from uringloop._probe import IOUringUnavailableError, diagnose, feature_set, too_old

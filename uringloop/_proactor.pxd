@@ -1,0 +1,205 @@
+from libc.stdint cimport uint64_t, uint32_t
+from uringloop._sys cimport io_uring_sqe
+from uringloop._ring cimport Ring, BufferRing, EnterHook
+
+
+# An iteration that found this many completions or fewer sends a write at once rather than with
+# its io_uring_enter (Proactor.little_to_batch; why and what it measured: SocketTransport's
+# send_at_once in _sendside.pyx).
+cdef enum:
+    FEW_COMPLETIONS = 4
+
+cdef enum OpState:
+    OP_IDLE = 0         # built, never submitted, or finished
+    OP_QUEUED = 1       # waiting in the backlog for a free SQE slot
+    OP_SUBMITTED = 2    # the kernel owns it (and its buffer and fd)
+    OP_CANCELLING = 3   # ASYNC_CANCEL sent; still owned by the kernel until its final CQE
+
+
+cdef class Completer:
+    """Whoever an operation reports to: the sock_* state of a socket, a transport, a server."""
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1
+
+
+ctypedef struct FdStamps:
+    uint32_t sent_at_wait     # wait_ended (low 32 bits) of the iteration that last sent on it
+    uint32_t received_in      # the period in which a receive on it was last counted
+
+
+cdef class StaleFdGuard(EnterHook):
+    # The sock_* operations written into the SQ since the last io_uring_enter (see _proactor.pyx).
+    cdef Ring ring
+    cdef list ops
+
+
+cdef class Proactor:
+    cdef readonly Ring ring
+    cdef StaleFdGuard fd_guard             # made with the ring; the ring's enter_hook when armed
+    cdef readonly Py_ssize_t inflight      # operations the kernel still owns (incl. backlog)
+    cdef list backlog                      # operations waiting for an SQE slot
+    cdef list pending_cancels              # operations whose ASYNC_CANCEL found no SQE slot
+    # Handles a completion made ready that run in this iteration's I/O phase, before the timers
+    # due -- where the stock loop's _process_events() puts a selector's callbacks (the readiness
+    # registrations of add_reader/add_writer).  Run by the loop's iteration (_sched), or moved
+    # to the ready queue by select() for BaseEventLoop's own iteration.
+    cdef list io_handles
+    cdef readonly object loop
+    cdef readonly bint closing
+    cdef public bint forked                # set in a fork child: the ring belongs to the parent
+    cdef readonly bint runs_in_fork_child  # ... and the child goes on inside this loop's run
+    cdef int wake_fd
+    cdef int wake_pending                  # an eventfd write not yet taken (see wakeup)
+    cdef WakeupOp wakeup_op
+    cdef object resolver                   # a _resolver.Resolver: getaddrinfo()'s threads report
+                                           # here (made, its module imported, on first use)
+    cdef list buffer_rings
+    cdef readonly unsigned long long completions
+    cdef readonly unsigned long long skipped_enters  # non-blocking waits with nothing to do
+    cdef object exception_handler          # loop.call_exception_handler
+    cdef Py_ssize_t queued_io_bytes        # bytes the SQEs not yet submitted should move
+    cdef int last_batch                    # completions the last iteration dispatched
+    # completions this iteration found (see little_to_batch)
+    cdef readonly unsigned ready_at_dispatch
+    cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
+    cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
+    cdef readonly long long spin_max_ns    # URINGLOOP_SPIN_US: the longest a wait spins (0: never)
+    cdef readonly long long spin_limit_ns  # how long the next wait may spin (see spin_or_wait)
+    cdef readonly unsigned long long spins, spin_hits, spun_ns   # statistics
+    cdef unsigned long long completions_at_spin  # `completions` when spin_or_wait last ran
+    # Answers (see spin_or_wait): when this iteration's wait ended (in units of 1,024 ns), when
+    # each descriptor last had a send queued (fd_stamps[fd].sent_at_wait: the iteration's
+    # wait_ended, low 32 bits; grown on demand), how soon after that a receive on it is an
+    # answer (the same units: 2.5 x spin_max_ns), the receives that were, and that count when a
+    # wait last spun.
+    cdef unsigned long long wait_ended
+    cdef uint32_t answer_window
+    cdef FdStamps *fd_stamps
+    cdef Py_ssize_t fd_stamps_len
+    cdef readonly unsigned long long answers
+    cdef unsigned long long answers_at_spin
+    # Breadth (see breadth_ask): the period (wait_ended >> 10: 2**20 ns, ~1.05 ms) the loop is
+    # in, the descriptors that have received in it so far and its receives; the same two of
+    # the last whole period; and the waits that asked for breadth.
+    cdef uint32_t period
+    cdef uint32_t period_fds, period_receives
+    cdef readonly uint32_t active_fds, receive_rate
+    cdef readonly unsigned long long breadth_waits
+    cdef Operation inflight_head           # every pinned operation, linked (see pin)
+    cdef public bint debug                 # the loop's debug mode: completions are timed
+    cdef object __weakref__
+
+    cdef inline void pin(self, Operation op):
+        cdef Operation head = self.inflight_head
+        op.inflight_next = head
+        op.inflight_prev = NULL
+        if head is not None:
+            head.inflight_prev = <void *>op
+        self.inflight_head = op
+        op.pinned = True
+
+    cdef inline void unpin(self, Operation op):
+        # The caller holds a reference to op: the list's may be the last but one.  Unpinning
+        # twice must do nothing: an operation its completion handler resubmitted into the
+        # backlog and cancelled again is unpinned inside cancel(), then seen idle by dispatch().
+        if not op.pinned:
+            return
+        cdef Operation after = op.inflight_next
+        if op.inflight_prev == NULL:
+            self.inflight_head = after
+        else:
+            (<Operation>op.inflight_prev).inflight_next = after
+        if after is not None:
+            after.inflight_prev = op.inflight_prev
+        op.inflight_prev = NULL
+        op.inflight_next = None
+        op.pinned = False
+
+    cdef int grow_fd_stamps(self, int fd) noexcept
+
+    cdef inline void note_sent(self, int fd) noexcept:
+        """A send on `fd` was just queued for the kernel or made at once (see note_answer)."""
+        if fd >= 0 and (fd < self.fd_stamps_len or self.grow_fd_stamps(fd) == 0):
+            self.fd_stamps[fd].sent_at_wait = <uint32_t>self.wait_ended
+
+    cdef inline void note_answer(self, int fd) noexcept:
+        """Bytes (or readiness) arrived on `fd`: an answer if the wait that brought them ended
+        at most answer_window after the wait before the loop's last send on it; counted towards
+        the period's breadth (see breadth_ask) if the loop has ever sent on a descriptor with
+        that number."""
+        cdef FdStamps *stamps
+        if 0 <= fd < self.fd_stamps_len:
+            stamps = &self.fd_stamps[fd]
+            if <uint32_t>(<uint32_t>self.wait_ended - stamps.sent_at_wait) <= self.answer_window:
+                self.answers += 1
+            self.period_receives += 1
+            if stamps.received_in != self.period:
+                stamps.received_in = self.period
+                self.period_fds += 1
+
+    cdef int submit(self, Operation op) except -1
+    cdef int cancel(self, Operation op) except -1
+    cdef void wake(self) noexcept
+    cdef int flush_backlog(self) except -1
+    cdef int guard_fd(self, Operation op) except -1
+    cdef int place_pending_cancels(self) except -1
+    cdef int submit_pending(self) except -1
+    cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1
+    cdef int note_recv(self, Py_ssize_t nbytes) except -1
+    cdef bint submit_early(self, Py_ssize_t nbytes) except -1
+    cdef int reap(self) except -1
+    cdef int dispatch(self, Operation op, int res, unsigned flags) except -1
+    cdef int complete_timed(self, Operation op, int res, unsigned flags) except -1
+    cdef int check_usable(self) except -1
+    cpdef int wait(self, object timeout) except -1
+    cdef int enter_for(self, object timeout) except -1
+    cdef int wait_in_fork_child(self, object timeout) except -1
+    cdef unsigned busy_wait_count(self) noexcept
+    cdef unsigned breadth_ask(self) noexcept
+    cdef int spin_or_wait(self, long long timeout_ns) except -1
+    cdef int dispatch_completions(self) except -1
+    cdef int move_io_handles_to_ready(self) except -1
+    cdef list take_io_handles(self)
+    cdef inline bint little_to_batch(self):
+        # Whether this iteration found too few completions for its sends to be worth batching
+        # (SocketTransport.write sends at once then): FEW_COMPLETIONS or fewer.
+        return self.ready_at_dispatch <= FEW_COMPLETIONS
+    cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
+                                    bint incremental=*, unsigned capacity=*)
+
+
+cdef class Operation:
+    cdef Proactor proactor
+    cdef public Completer owner
+    cdef readonly int state
+    # The Proactor's list of the operations the kernel owns (Proactor.pin): the next one holds
+    # a reference, the previous one is borrowed.
+    cdef Operation inflight_next
+    cdef void *inflight_prev
+    cdef bint pinned
+    cdef readonly int fd
+    cdef public object keep                # pins whatever owns `fd` (a socket object)
+    cdef public object tag                 # free for the owner (the request this op serves)
+    cdef bint multishot
+    cdef bint owner_sees_eagain            # -EAGAIN goes to the owner instead of back to the kernel
+    cdef bint receives                     # a receive (or poll for input): may be an answer
+    cdef bint cancel_asked                 # cancel() was called since its last submission
+    cdef bint guards_fd                    # sock_*: checked against its socket before the enter
+    cdef unsigned sq_slot                  # ... and where its SQE was written (StaleFdGuard)
+
+    cdef inline uint64_t ud(self):
+        return <uint64_t><size_t><void *>self
+    cdef int prep(self, io_uring_sqe *sqe) except -1
+    cdef int complete(self, int res, unsigned flags) except -1
+    cdef void release(self) noexcept
+    cdef int submit(self) except -1
+    cpdef cancel(self)
+
+
+cdef class WakeupOp(Operation):
+    cdef unsigned long long value
+
+
+cdef int call_owner(Operation op, int res, unsigned flags) except -1
+cdef int socket_fd_now(object sock) except? -2
+cdef bint still_same_file(Operation op) except -1
+cdef object os_error(int err)

@@ -1,0 +1,1143 @@
+# cython: language_level=3
+"""The Proactor, which submits operations, waits for the kernel and dispatches completions, and
+Operation, the base of every request it carries (one object per in-flight io_uring request; the
+kinds -- receive, send, accept, poll, ... -- are in _ops.pyx).
+
+How submission, completion, cancellation and buffer ownership fit together
+---------------------------------------------------------------------------
+Every request the loop makes of the kernel is an Operation.  Submitting one fills an SQE whose
+user_data is the operation's own address and links the operation into the Proactor's list of
+pinned operations (Proactor.pin), a strong reference, so the object -- and everything it pins:
+the Python buffer the kernel writes into or reads from, the socket object whose fd the kernel
+holds, the sockaddr the kernel reads -- stays alive for as long as the kernel may touch it.  When
+a CQE arrives, its user_data *is* the operation (no dictionary lookup): the Proactor calls
+op.complete(res, flags), and only on the operation's *final* CQE (no IORING_CQE_F_MORE) does it
+drop the pins and unlink it.  That is the first Proactor rule of the seed document -- a lent
+buffer outlives its operation -- enforced in one place for every kind of request.
+
+Why a list the Proactor owns, and not a bare Py_INCREF per request (as before): a reference no
+object holds is a root the garbage collector cannot see past.  The wake-up read is in flight for
+as long as the loop is open, a reading transport's receive likewise, and each leads back to the
+loop -- so a loop a program dropped without close() could never be collected: its ring, its
+descriptors and every connection it served stayed for the life of the process, where the stock
+loop's __del__ closes a forgotten loop.  Linked from the Proactor, the requests are part of the
+loop's own reference cycle; when that cycle is garbage, the finalizers run before anything is
+freed (PEP 442), and Proactor.__del__ closes the ring first -- cancelling and reaping every
+request -- or, when it cannot (another thread of a SINGLE_ISSUER ring), makes itself immortal.
+
+Cancellation never frees anything.  op.cancel() submits IORING_OP_ASYNC_CANCEL naming the
+operation's user_data and marks it CANCELLING; the operation still belongs to the kernel until its
+own final CQE, which carries either -ECANCELED or -- when the request won the race -- its real
+result.  The owner (a Completer) decides what a late result means: the sock_* layer keeps late
+bytes and connections for the next caller, a transport delivers them.  An operation whose CQE
+reports -EAGAIN is resubmitted here, so no owner ever sees it.
+
+Closing the Proactor submits one CANCEL_ANY|CANCEL_ALL request and then keeps reaping until the
+in-flight count reaches zero; only then is the ring unmapped.  If the kernel does not finish in
+time (an uncancellable request), the remaining operations are deliberately leaked -- their
+references are never dropped -- because freeing a buffer the kernel may still write is worse.
+
+The Proactor is what asyncio.BaseEventLoop sees as its `_selector`: BaseEventLoop._run_once calls
+`select(timeout)` once per iteration, with the timeout it computed from its ready queue and timer
+heap.  select() pushes the backlog into the SQ, makes exactly one io_uring_enter (submit everything
+queued this iteration + wait for one completion or the deadline), and dispatches every CQE.  It
+returns an empty event list: completions have already been delivered.
+"""
+
+cimport cython
+from cpython.ref cimport PyObject, Py_INCREF
+from cpython.mem cimport PyMem_Realloc, PyMem_Free
+from cpython.exc cimport PyErr_CheckSignals
+from libc.stdint cimport uint64_t, uint32_t, uintptr_t
+from libc.string cimport memset
+from libc.math cimport ceil
+from posix.unistd cimport close as c_close, read as c_read
+
+from uringloop._sys cimport *
+from uringloop._ring cimport Ring, BufferRing
+from uringloop._sched cimport ul_socket_fd
+
+import os
+import socket as _socket
+import _socket as _socket_c
+import time as _time
+from asyncio.log import logger as _logger
+
+cdef extern from "<sys/eventfd.h>":
+    int eventfd(unsigned int initval, int flags)
+    int EFD_NONBLOCK, EFD_CLOEXEC
+
+
+# ---------------------------------------------------------------------------------------------
+# the Proactor
+# ---------------------------------------------------------------------------------------------
+
+cdef class Completer:
+    cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
+        return 0
+
+
+# A sock_* request on a socket its owner closes before the request reaches the kernel.
+#
+# An operation's SQE names its socket by number, and the kernel looks the number up only when
+# io_uring_enter consumes the SQE -- at the end of the iteration in which the request was made.
+# Between the two, another callback of the same pass of the ready queue may close the socket
+# and make or accept a new one, which takes the lowest free number: very likely this one.  The
+# request would then act on the new socket: a receive takes its bytes, a send writes to its
+# peer, an accept takes its connections.  socket.close() tells the loop nothing, so the loop
+# looks itself, just before the enter, while the SQEs written since the last one are still ours
+# to change: every sock_* operation submitted since then is remembered (guards_fd, sq_slot),
+# and one whose socket object no longer has that number has its SQE's descriptor replaced by
+# -1, so that the kernel fails it with EBADF -- what the closed socket's own methods raise, and
+# what the operation's owner reports for a socket closed under a request (socket_closed).  The
+# cost is a list append per sock_* submission and a look at each of them per enter.  The
+# stream transports' requests are guarded the same way, except where the loop made the socket
+# itself and handed it to no one (its servers' connections, its connects to an address): a
+# socket the caller gave (create_connection(sock=...), connect_accepted_socket()) may be closed
+# by its owner between a write() and the enter (SocketTransport.setup).  (An SQE the kernel
+# consumed early -- the SQ full, or a submit_pending() -- is past changing; those windows are
+# inside the loop's own calls, not between two callbacks.)
+
+cdef class StaleFdGuard(EnterHook):
+
+    def __init__(self, Ring ring):
+        self.ring = ring
+        self.ops = []
+
+    cdef int before_enter(self) except -1:
+        cdef Operation op
+        cdef Ring ring = self.ring
+        cdef unsigned head = ul_load_acquire(ring.sq_khead)
+        cdef unsigned pending = ring.sq_tail - head
+        cdef io_uring_sqe *sqe
+        cdef list ops = self.ops
+        ring.enter_hook = None
+        for op in ops:
+            # Still waiting in the SQ (not consumed by an earlier enter), still this operation's
+            # SQE (not resubmitted into another slot since), and its socket closed since.
+            if (op.state != OP_SUBMITTED or op.fd < 0 or op.keep is None
+                    or <unsigned>(op.sq_slot - head) >= pending):
+                continue
+            sqe = &ring.sqes[op.sq_slot & ring.sq_mask]
+            if sqe.user_data != op.ud() or sqe.fd != op.fd:
+                continue
+            if socket_fd_now(op.keep) != op.fd:
+                sqe.fd = -1
+        del ops[:]          # (the list is reused: one per enter would be an allocation each)
+        return 0
+
+
+cdef class Proactor:
+    """The completion dispatcher one Loop owns (BaseEventLoop knows it as `_selector`)."""
+
+    def __init__(self, loop, Ring ring):
+        # First: a bad setting must be refused before anything below needs closing.
+        self.spin_max_ns = _spin_max_ns_from_environment()
+        self.spin_limit_ns = min(<long long>SPIN_START_NS, self.spin_max_ns)
+        self.answer_window = <uint32_t>min((self.spin_max_ns * 5 // 2) >> 10, 0xffffffff)
+        self.loop = loop
+        self.ring = ring
+        self.fd_guard = StaleFdGuard(ring)
+        self.backlog = []
+        self.pending_cancels = []
+        self.io_handles = []
+        self.buffer_rings = []
+        self.exception_handler = loop.call_exception_handler
+        # Blocking on purpose: io_uring arms its own poll for a file that supports NOWAIT, whereas
+        # a read on an O_NONBLOCK eventfd may complete with -EAGAIN and spin.
+        self.wake_fd = eventfd(0, EFD_CLOEXEC)
+        if self.wake_fd < 0:
+            raise OSError(_errno(), "eventfd")
+        # The wake-up is itself a completion: an 8-byte read on an eventfd that another thread
+        # writes (call_soon_threadsafe, signal delivery).  It is always in flight while the loop
+        # is open, so a waiting io_uring_enter returns as soon as anyone writes.
+        self.wakeup_op = WakeupOp(self, None, self.wake_fd)
+        self.wakeup_op.submit()
+
+    # ---- submission side ----
+
+    cdef int check_usable(self) except -1:
+        if self.forked:
+            raise RuntimeError(
+                "this uringloop event loop was created in a parent process before os.fork(); "
+                "its io_uring belongs to the parent and cannot be used in the child -- create a "
+                "new event loop in the child")
+        if self.ring.closed:
+            raise RuntimeError("Event loop is closed")
+        return 0
+
+    def after_fork_in_child(self, bint running_here):
+        """This is a fork child (called from os.fork()'s after-child hook, the only thread
+        left).  `running_here`: the fork was made inside this loop's run, in the thread that
+        runs it, so the child goes on inside that run."""
+        self.forked = True
+        if self.ring.closed:
+            return
+        # The eventfd is the parent's file, read by the parent's ring: a call_soon_threadsafe()
+        # in the child would wake the parent, and nothing would wake the child.  Closing our copy
+        # of the descriptor leaves the parent's alone.  (-1 if none can be had: the child's waits
+        # then end by their timeout only.)
+        if self.resolver is not None:
+            self.resolver.abandon()       # the parent's; the child's lookups take the stock way
+        c_close(self.wake_fd)
+        self.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        self.wake_pending = 0
+        # Why a loop running at the fork may go on, where an idle one refuses to run at all: the
+        # child's code is inside run_forever() and cannot follow the advice of check_usable()'s
+        # error and make a new loop -- asyncio allows no loop to run inside a running one -- nor
+        # even finish: asyncio.run()'s shutdown (cancelling the tasks, closing the async
+        # generators and the executor) runs this loop again, so a child leaving with
+        # sys.exit(3) left with status 1 and that RuntimeError instead.  It goes on without the
+        # ring (wait_in_fork_child): callbacks, timers and call_soon_threadsafe() work, new I/O
+        # is still refused (submit), and what the parent has in flight is not ours to collect.
+        self.runs_in_fork_child = running_here
+
+    cdef int grow_fd_stamps(self, int fd) noexcept:
+        """Room in fd_stamps for `fd`; -1 (the send goes unrecorded) if memory is short."""
+        cdef Py_ssize_t n = max(self.fd_stamps_len, 64)
+        while n <= fd:
+            n *= 2
+        cdef void *mem = PyMem_Realloc(self.fd_stamps, n * sizeof(FdStamps))
+        if mem == NULL:
+            return -1
+        self.fd_stamps = <FdStamps *>mem
+        memset(self.fd_stamps + self.fd_stamps_len, 0, (n - self.fd_stamps_len) * sizeof(FdStamps))
+        self.fd_stamps_len = n
+        return 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.fd_stamps)
+
+    cdef int submit(self, Operation op) except -1:
+        cdef io_uring_sqe *sqe
+        if (self.closing and op is not self.wakeup_op) or self.forked:
+            # A fork child's inherited transport or file: the ring's memory is shared with the
+            # parent, whose submission queue an SQE written here would join.
+            self.check_usable()
+            raise RuntimeError("Event loop is closed")
+        sqe = NULL if self.backlog else self.ring.get_sqe()
+        # (An operation resubmitted from its own completion is still pinned: dispatch() unpins
+        # only what stayed idle.)
+        cdef bint newly_pinned = not op.pinned
+        if newly_pinned:
+            self.pin(op)
+        self.inflight += 1
+        op.cancel_asked = False
+        if sqe == NULL:
+            # SQ full even after an early submit: keep order by queueing behind earlier ones.
+            op.state = OP_QUEUED
+            self.backlog.append(op)
+            return 0
+        try:
+            op.prep(sqe)
+        except BaseException:
+            # A prep failure leaves the slot filled with a NOP of user_data 0 (ignored).
+            ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, 0)
+            self.inflight -= 1
+            if newly_pinned:
+                self.unpin(op)
+            raise
+        op.state = OP_SUBMITTED
+        if op.guards_fd:
+            self.guard_fd(op)
+        return 0
+
+    cdef int guard_fd(self, Operation op) except -1:
+        """`op`, a sock_* operation, has just been written into the SQ's last slot: its socket
+        is looked at again before the enter (StaleFdGuard)."""
+        op.sq_slot = self.ring.sq_tail - 1
+        self.fd_guard.ops.append(op)
+        self.ring.enter_hook = self.fd_guard
+        return 0
+
+    cdef int flush_backlog(self) except -1:
+        """Place what waited for an SQE slot: the cancel requests first (they only end
+        operations, and free the files and buffers of those the caller gave up on), then the
+        operations, in the order they were submitted."""
+        cdef io_uring_sqe *sqe
+        cdef Operation op
+        cdef Py_ssize_t i = 0, n = len(self.backlog)
+        if self.pending_cancels:
+            self.place_pending_cancels()
+        try:
+            while i < n:
+                sqe = self.ring.get_sqe()
+                if sqe == NULL:
+                    break
+                op = <Operation>self.backlog[i]
+                try:
+                    op.prep(sqe)
+                except BaseException:
+                    # As in submit(): the slot goes to the kernel as a NOP of user_data 0.  The
+                    # operation stays first in the backlog (queued, pinned, counted in flight)
+                    # for a cancel() or close() to end.
+                    ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, 0)
+                    raise
+                op.state = OP_SUBMITTED
+                if op.guards_fd:
+                    self.guard_fd(op)
+                i += 1
+        finally:
+            # Even when a prep raised: those placed are the kernel's now, and left in the
+            # backlog they would be submitted a second time by the next flush.
+            if i:
+                del self.backlog[:i]
+        return 0
+
+    cdef int place_pending_cancels(self) except -1:
+        """Send the ASYNC_CANCELs that cancel() found no SQE slot for (see there), as far as
+        slots allow.  One whose operation has ended since, or was submitted again and not
+        cancelled again, is dropped: its user_data may name a request made after it."""
+        cdef list ops = self.pending_cancels
+        cdef Operation op
+        cdef io_uring_sqe *sqe
+        while ops:
+            op = <Operation>ops[0]
+            if op.state == OP_SUBMITTED and op.cancel_asked:
+                sqe = self.ring.get_sqe()
+                if sqe == NULL:
+                    return 0
+                ul_prep_cancel(sqe, op.ud(), 0)
+                op.state = OP_CANCELLING
+            del ops[0]
+        return 0
+
+    cdef int submit_pending(self) except -1:
+        """Hand every queued SQE to the kernel now, without waiting for anything -- for the few
+        requests whose effect others may observe before the loop's next iteration."""
+        self.check_usable()
+        if self.backlog or self.pending_cancels:
+            self.flush_backlog()
+        self.ring.enter(0, 0)
+        return 0
+
+    cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1:
+        """A send of `nbytes` was just queued; `awaited`: someone waits for its completion (a
+        paused protocol, drain(), a close), so the iteration's wait must not be held for more
+        (see enter_for).  Large sends go to the kernel at once, before the iteration's enter.
+
+        Why: a server answering many connections with large messages queues, within one batch
+        of completions, a send per received chunk -- megabytes that sit in memory until the
+        next io_uring_enter copies them into the sockets.  By then they have left the CPU
+        cache (the kernel's copy then runs from memory), the allocator has had to grow its heap
+        for them all at once (page faults, and trimming it again afterwards), and a second
+        chunk of the same connection waits a whole iteration behind the first.  Submitting as
+        soon as EARLY_SUBMIT_BYTES are queued copies each chunk while it is hot; the completion
+        is in the CQ at once and reaped in the same pass of reap(), which frees the data and
+        sends whatever the transport queued behind it.  For small messages nothing changes: one
+        system call per EARLY_SUBMIT_BYTES is negligible next to copying that much."""
+        if self.submit_early(nbytes):
+            self.quiet_sends = 0
+        elif not awaited:
+            self.quiet_sends += 1
+        return 0
+
+    cdef int note_recv(self, Py_ssize_t nbytes) except -1:
+        """A receive was just queued on a connection whose last one brought `nbytes`: count
+        them towards EARLY_SUBMIT_BYTES as note_send() counts a send.
+
+        Why: a single-shot receive submitted on a socket that already holds data completes
+        inside the io_uring_enter that submits it.  A busy server with large messages re-arms
+        a receive per connection within one pass of completions, and the next enter then copied
+        them all in at once -- at BufferedProtocol 100 KiB x 1000 connections ~1000 receives of
+        up to 64 KiB, tens of megabytes, gone from the cache long before the protocols read
+        them.  Submitting early keeps what one enter copies in to about EARLY_SUBMIT_BYTES:
+        their completions are reaped in the same pass of reap() while the bytes are warm.
+        Used for BufferedProtocol receives only: for a Protocol's large reads, when they were
+        receive operations into a new bytes object each, it measured slower at 100 KiB x 1000
+        (~19k against ~23k requests/s); they now wait with a poll and read inline (see
+        _transports), so the kernel copies nothing in for them."""
+        self.submit_early(nbytes)
+        return 0
+
+    cdef bint submit_early(self, Py_ssize_t nbytes) except -1:
+        """Count `nbytes` towards EARLY_SUBMIT_BYTES and submit everything queued once they are
+        reached (see note_send and note_recv for why).  True: it submitted."""
+        self.queued_io_bytes += nbytes
+        if self.queued_io_bytes < EARLY_SUBMIT_BYTES or self.closing:
+            return False
+        self.queued_io_bytes = 0
+        self.submit_pending()
+        return True
+
+    cdef int cancel(self, Operation op) except -1:
+        cdef io_uring_sqe *sqe
+        if op.state == OP_QUEUED:
+            # Never reached the kernel: complete it here with the result the kernel would give.
+            self.backlog.remove(op)
+            op.state = OP_IDLE
+            self.inflight -= 1
+            try:
+                op.complete(-ECANCELED, 0)
+            finally:
+                if op.state == OP_IDLE:      # not resubmitted by complete()
+                    op.release()
+                    self.unpin(op)
+            return 0
+        if op.state != OP_SUBMITTED or self.ring.closed or self.forked:
+            # (In a fork child the request is the parent's, in the parent's ring: not ours to
+            # cancel -- a close of the inherited loop stops its servers and readiness callbacks.)
+            return 0
+        # Remembered on the operation whether or not the ASYNC_CANCEL below finds a slot: its
+        # final completion must not carry it on -- a partial send sending the rest, an -EAGAIN
+        # going back to the kernel -- after its owner asked it to stop (dispatch, SendOp).
+        op.cancel_asked = True
+        sqe = self.ring.get_sqe()
+        if sqe == NULL:
+            # No slot even after pushing the queue to the kernel (it takes no more entries for
+            # now: EAGAIN/EBUSY).  The cancel waits in pending_cancels for the next enter to
+            # place it -- not given up: a receive on an idle connection would otherwise stay
+            # armed, holding the socket's file open (its peer never sees the close) and its
+            # buffer, until the loop closes.  Nothing is freed early meanwhile.
+            self.pending_cancels.append(op)
+            return 0
+        ul_prep_cancel(sqe, op.ud(), 0)
+        op.state = OP_CANCELLING
+        # Push the cancel into the kernel now instead of at the iteration's enter: the usual next
+        # step of a caller that cancels is to close the socket, and only a request that has
+        # actually ended drops the kernel's reference to the file -- until then close(2) would
+        # not close the connection and the peer would never see EOF.  min_complete=0 with
+        # GETEVENTS also runs the deferred task work that completes the cancelled request.
+        try:
+            self.ring.enter(0, 0)
+        except OSError as exc:
+            # EEXIST: called from a thread other than the one that ran the loop -- its close()
+            # stopping a signal reader or the readiness poll -- which may not enter a
+            # SINGLE_ISSUER ring.  The cancel stays queued; close() then keeps the ring and its
+            # requests rather than free them under the kernel (see close()).
+            if exc.errno != EEXIST:
+                raise
+        return 0
+
+    # ---- completion side ----
+
+    cpdef int wait(self, object timeout) except -1:
+        """One loop iteration's kernel work: submit + wait (+ deadline) in one io_uring_enter,
+        then dispatch every completion."""
+        self.enter_for(timeout)
+        return self.dispatch_completions()
+
+    # The two halves of wait(), for the loop's compiled iteration (_sched.pyx), which must note
+    # the timers that are due between the kernel's return and the completions' callbacks.
+
+    cdef int enter_for(self, object timeout) except -1:
+        """Submit everything queued and wait up to `timeout` seconds (None: without limit) for
+        a completion, in one io_uring_enter; dispatch nothing."""
+        cdef long long timeout_ns
+        cdef unsigned min_complete, min_wait_us, busy, ask
+        cdef int quiet
+        if self.forked and self.runs_in_fork_child and not self.ring.closed:
+            return self.wait_in_fork_child(timeout)
+        self.check_usable()
+        if self.backlog or self.pending_cancels:
+            self.flush_backlog()
+        if timeout is None:
+            timeout_ns = -1
+        else:
+            timeout_ns = <long long>(timeout * 1e9)
+            if timeout_ns < 0:
+                timeout_ns = 0
+        if self.ring.cq_ready() or self.backlog or self.pending_cancels:
+            timeout_ns = 0          # work is already waiting: do not sleep
+        if timeout_ns == 0 and not self.ring.has_work():
+            # Nothing to submit and no completion anywhere: the enter would return at once with
+            # nothing.  (Callbacks that keep the loop busy -- sleep(0) loops, call_soon chains --
+            # make no system call at all; I/O that completes meanwhile raises SQ_TASKRUN and is
+            # collected by the next iteration.)
+            self.skipped_enters += 1
+            return 0
+        self.queued_io_bytes = 0
+        min_complete = 1
+        min_wait_us = 0
+        quiet = self.quiet_sends
+        self.quiet_sends = 0
+        if timeout_ns == 0:
+            pass
+        elif self.ring.min_timeout:
+            # Two reasons to ask the kernel for more than one completion, both bounded by the
+            # min-wait (6.12+): after BATCH_WAIT_NS with at least one completion ready the wait
+            # ends anyway, and with none ready it goes on as an ordinary wait for one -- so no
+            # completion is held longer than that, and an idle loop is not woken by it.
+            #
+            # Sends nobody waits for (see note_send): a send on a socket with room completes
+            # during this very io_uring_enter, and a wait for one completion would then return
+            # at once with nothing to do but release the send, costing a second enter to wait
+            # for what the server actually waits for -- the next request.  Asking for one more
+            # completion than the sends makes one enter do both.  Only with QUIET_SENDS_FROM
+            # sends or more: at 1 connection the extra completion rarely came within the
+            # min-wait, and a wait ended by the timer was slower than the second enter
+            # (protocol 1 KiB x 1: ~15% fewer requests per second); at 100 connections
+            # system calls per request fell from 0.24-0.35 to 0.03.
+            if quiet >= QUIET_SENDS_FROM:
+                min_complete = 1 + min(quiet, BATCH_WAIT_MAX)
+                min_wait_us = BATCH_WAIT_NS // 1000
+            elif quiet:
+                # Breadth: this iteration answered someone, and many peers have been talking
+                # to the loop lately -- wait for some of them at once (see breadth_ask).
+                ask = self.breadth_ask()
+                if ask:
+                    min_complete = quiet + ask
+                    min_wait_us = BATCH_WAIT_NS // 1000
+                    self.breadth_waits += 1
+            # Busy: the last iteration dispatched many completions -- the reasoning is in the
+            # branch below; here the min-wait bounds the wait instead of a shorter deadline,
+            # which also saves the enter that followed a batching wait that timed out.
+            if self.last_batch >= BATCH_WAIT_FROM:
+                busy = self.busy_wait_count()
+                if busy > min_complete:
+                    min_complete = busy
+                min_wait_us = BATCH_WAIT_NS // 1000
+        elif self.last_batch >= BATCH_WAIT_FROM:
+            # Busy: the last iteration dispatched many completions, so many requests are in
+            # flight.  Waking for the first one back costs an io_uring_enter for a handful of
+            # completions; waiting (briefly) for a quarter as many as last time lets one system
+            # call serve a batch.  BATCH_WAIT_NS bounds the latency this adds, the timers'
+            # deadline still applies, and an iteration that finds less than asked for ends the
+            # batching (last_batch falls).  Only at a high count: with 10 connections (~20
+            # completions an iteration, a receive and a send each) waiting for half of them
+            # made the server wait for nearly every client -- 16 KiB echo fell to 0.63x uvloop.
+            busy = self.busy_wait_count()
+            if busy > 1:
+                min_complete = busy
+                if timeout_ns < 0 or timeout_ns > BATCH_WAIT_NS:
+                    timeout_ns = BATCH_WAIT_NS
+        if (min_complete == 1 and timeout_ns != 0 and self.spin_max_ns
+                and self.completions != self.completions_at_spin
+                and self.answers != self.answers_at_spin and self.ring.can_spin()):
+            return self.spin_or_wait(timeout_ns)
+        self.ring.enter(min_complete, timeout_ns, min_wait_us)
+        return 0
+
+    cdef int wait_in_fork_child(self, object timeout) except -1:
+        """enter_for() in a fork child that goes on inside this loop's run (see
+        after_fork_in_child): the ring is the parent's -- entering it would submit what the
+        parent queued and take the parent's completions -- so only the child's own wake-up
+        (call_soon_threadsafe) or the timeout ends the wait, and nothing is dispatched."""
+        cdef pollfd pfd
+        cdef int ms, n
+        cdef double ms_wanted
+        cdef uint64_t value
+        if timeout is None:
+            ms = -1
+        else:
+            # Rounded up, as the stock selectors do: a wait that ended before the next timer is
+            # due would come straight back for a few microseconds.
+            ms_wanted = ceil(<double>timeout * 1e3)
+            if not ms_wanted > 0:
+                return 0
+            ms = <int>min(ms_wanted, 2147483647.0)
+        pfd.fd = self.wake_fd          # (-1 if the child had none: poll() skips it)
+        pfd.events = POLLIN
+        pfd.revents = 0
+        with nogil:
+            n = poll(&pfd, 1, ms)
+        # (EINTR: the loop runs the signal's Python handler when this returns.)
+        if n > 0 and pfd.revents & POLLIN:
+            # Taken as WakeupOp.complete() takes it: the count first, then the flag, so that a
+            # writer who saw the flag raised has queued its callback before this returns.
+            c_read(self.wake_fd, &value, 8)
+            ul_flag_lower(&self.wake_pending)
+        return 0
+
+    # Spinning before sleeping.  A loop that has just served completions and finds none waiting
+    # would go to sleep in io_uring_enter, and the peer's next message wakes it again.  The
+    # wake-up is what costs: the kernel switches to the idle task, the CPU halts, and the
+    # sender's CPU must interrupt it (an IPI) -- on a virtual machine whose guest halts at once
+    # (this project's Firecracker guest: cpuidle haltpoll with guest_halt_poll_ns = 0) every
+    # halt and every IPI is an exit to the hypervisor, tens of microseconds.  Measured there,
+    # with a C client: at 1 connection the C io_uring floor and every loop served ~12k round
+    # trips/s, the server halting between every two of them; Protocol 1 KiB x 10 left the
+    # server 10% idle in ~4,000 sleeps/s while the client waited for it.  So after an iteration
+    # that dispatched completions, a plain wait first spins on the ring's shared memory for up
+    # to spin_limit_ns (Ring.spin_for_work: the kernel flags deferred completions in the SQ
+    # flags, so no system call is needed to see one coming) and sleeps only if nothing came.
+    #
+    # The cost is CPU time: a spin that ends empty was wasted, one that ends with work burnt
+    # the gap instead of idling through it.  So the limit adapts the way the kernel's own
+    # guest halt-polling does (drivers/cpuidle/governors/haltpoll.c): a sleep that ended with
+    # a completion within spin_max_ns would have been caught by a longer spin -- the limit
+    # doubles (from SPIN_START_NS) up to spin_max_ns; a sleep longer than that halves it, so a
+    # loop whose peers pause for longer than spin_max_ns stops spinning after a few waits; a
+    # spin that finds work leaves it as it is.  Only plain waits spin: not a wait that has
+    # nothing before it to make the next completion likely (no completion since the last
+    # such wait: an idle loop, a loop running only timers), not a batching wait (that one
+    # asks the kernel for many completions and a minimum wait; see enter_for), and never past
+    # the timers' deadline.  Each turn of the spin yields the CPU to anything else runnable
+    # on it (Ring.spin_for_work), so servers sharing a CPU take turns instead of spinning
+    # through each other's work.
+    #
+    # And only while the loop is in a conversation: some completion since the last spin was an
+    # *answer* -- a receive (or a poll for input) on a descriptor on which the loop had queued a
+    # send in an iteration whose wait ended at most 2.5 x spin_max_ns (250 us by default) before
+    # the wait that brought it (note_sent where a send is prepared or made at once, note_answer
+    # in dispatch()).  A spin pays where the peer's next message is its answer to the loop's
+    # last one: the loop's own reply is what the peer waits for, so each sleep the spin saves
+    # shortens the round trip and the next request comes sooner -- at 1 connection under
+    # closed-loop load the server served 2.7-3.4x the requests.  Where messages come on their
+    # own schedule, a spin buys nothing but a shorter wait for a message that would have come at
+    # the same time anyway: a paced load of 20,000 requests/s over 10 connections (benchmarks/:
+    # the `paced` workload), each request due 500 us after the previous one on its connection,
+    # kept the spinning server ~99% busy at 2.7x uvloop's CPU time per request, every spin
+    # (~40 us) ending with the next connection's request.  Those are not answers: the loop's
+    # last send on that connection was ~500 us before.
+    # URINGLOOP_SPIN_US sets spin_max_ns (0 turns spinning off).
+    cdef int spin_or_wait(self, long long timeout_ns) except -1:
+        """A plain wait for one completion (up to timeout_ns; negative: no deadline), spinning
+        first as the comment above describes."""
+        cdef long long limit = self.spin_limit_ns
+        cdef long long spun = 0
+        cdef long long started
+        self.completions_at_spin = self.completions
+        if self.ring.sq_pending():
+            # What this iteration queued (the replies, typically) goes out first: what the spin
+            # waits for is the peers' answer to it.  This enter also runs the completions the
+            # kernel holds; with any posted, it has done all a wait would have.
+            self.ring.enter(0, 0)
+            if self.ring.cq_ready():
+                return 0
+            if self.ring.sq_pending():
+                # The kernel took none of it (EAGAIN/EBUSY: short of memory, CQ backlog full):
+                # no answer can come to what it has not seen, so do not spin for one.
+                limit = 0
+        # (Only here: a wait that the enter above ended -- sock_sendall's, for the send it
+        # just submitted -- leaves the answer that made it eligible to the next wait, the one
+        # for the peer's reply.)
+        self.answers_at_spin = self.answers
+        if limit > 0:
+            if 0 < timeout_ns < limit:
+                limit = timeout_ns
+            with nogil:
+                spun = self.ring.spin_for_work(limit)
+            # A signal that arrived during the spin interrupted no system call: the enter below
+            # starts after it and would not return EINTR, so its Python handler (Ctrl-C's among
+            # them) runs now, as the loop runs it after an interrupted wait.
+            PyErr_CheckSignals()
+            self.spins += 1
+            if spun >= 0:
+                self.spin_hits += 1
+                self.spun_ns += <unsigned long long>spun
+                # Completions are posted or flagged: this enter runs them and returns.
+                self.ring.enter(1, max(timeout_ns - spun, 0) if timeout_ns > 0 else timeout_ns)
+                return 0
+            spun = -spun
+            self.spun_ns += <unsigned long long>spun
+            if timeout_ns > 0:
+                timeout_ns = max(timeout_ns - spun, 0)
+        started = ul_monotonic_ns()
+        self.ring.enter(1, timeout_ns)
+        if self.ring.cq_ready():
+            # The time this wait took in all, spinning and sleeping: what a spin would have
+            # needed to catch the completion that ended it.
+            if spun + ul_monotonic_ns() - started <= self.spin_max_ns:
+                self.spin_limit_ns = min(max(self.spin_limit_ns * 2, <long long>SPIN_START_NS),
+                                         self.spin_max_ns)
+            else:
+                self.spin_limit_ns //= 2
+                if self.spin_limit_ns < SPIN_LEAST_NS:
+                    self.spin_limit_ns = 0
+        return 0
+
+    cdef unsigned busy_wait_count(self) noexcept:
+        """How many completions a wait after a busy iteration asks for: a quarter as many as
+        that iteration dispatched, at most BATCH_WAIT_MAX, and no more than bring about
+        BATCH_BYTES at its average size -- the kernel copies the receives among them in before
+        any is dispatched (see dispatch_completions)."""
+        return _batch_for(self.batch_bytes, self.last_batch, 1,
+                          min(self.last_batch // 4, BATCH_WAIT_MAX))
+
+    # Breadth.  A server answering many peers that each wait for its answer before they speak
+    # again (request/response over many connections: HTTP keep-alive, RPC, the echo benchmark)
+    # and that is faster than they are sleeps after every few requests: its wait for one
+    # completion ends with the first request back, the iteration serves the handful that came
+    # with it, and the next enter waits again.  Measured on the AMD guest, Protocol 1 KiB x 100
+    # against the C client: ~4-5 requests an iteration, 0.16-0.31 io_uring_enter per request,
+    # the server idle between iterations (the client is the bottleneck: the C floor serves the
+    # same rate) -- and the busy batching (BATCH_WAIT_FROM completions an iteration) never
+    # engages.  Asking the kernel for a few more completions, with the min-wait as the bound
+    # (after BATCH_WAIT_NS it returns with what it has), lets one enter serve about as many
+    # requests as arrive meanwhile: 0.056-0.067 enters per request, at the same throughput.
+    #
+    # The danger is the wait that cannot be satisfied: peers that all wait for the loop, so no
+    # further request comes until the timer ends it.  Counting the descriptors the loop has
+    # armed (receives in flight) is not enough: 5 busy connections among 500 idle ones, asked
+    # for an eighth of the 505, served 54-67k requests/s against 123-173k, every wait ended by
+    # the timer; 16 among 500, asked for up to as many as the last iterations brought, ~30%
+    # fewer.  So the ask counts the peers that are talking: the descriptors that received in
+    # the last whole period (~1.05 ms; note_answer), asking for at most an eighth of them -- the
+    # rest keep the peers busy while the loop waits -- and for no more than arrive in twice the
+    # min-wait at the last period's rate, and not at all below BREADTH_ASK_LEAST: a paced load
+    # of 40,000 requests/s over 100 connections (~42 talking, 25 us apart) asked for 2 at a
+    # time took more CPU per request, not less, and added latency; with this bound it asks for
+    # nothing and is as before.  Only where the kernel has the min-wait (6.12+): without it
+    # the bound would be a timeout that ends the wait with nothing when nothing came.
+    cdef unsigned breadth_ask(self) noexcept:
+        """How many requests the next wait asks for beyond the sends it carries: 0 or at least
+        BREADTH_ASK_LEAST (see above)."""
+        cdef unsigned by_peers = self.active_fds // BREADTH_SHARE
+        cdef unsigned by_rate = <unsigned>(
+            (<unsigned long long>self.receive_rate * 2 * BATCH_WAIT_NS) >> PERIOD_SHIFT_NS)
+        cdef unsigned ask = min(by_peers, by_rate, <unsigned>BATCH_WAIT_MAX)
+        return ask if ask >= <unsigned>BREADTH_ASK_LEAST else 0
+
+    cdef int dispatch_completions(self) except -1:
+        """Dispatch every completion the kernel has posted."""
+        cdef uint32_t period
+        if self.forked:
+            # A fork child's: the completion queue is the parent's (see wait_in_fork_child).
+            return 0
+        self.batch_bytes = 0
+        self.wait_ended = ul_monotonic_ns() >> 10
+        period = <uint32_t>(self.wait_ended >> (PERIOD_SHIFT_NS - 10))
+        if period != self.period:
+            # A new period: the one that ended is the last whole one if it was the previous --
+            # a loop that slept through whole periods has had no peer talking.
+            if period == self.period + 1:
+                self.active_fds = self.period_fds
+                self.receive_rate = self.period_receives
+            else:
+                self.active_fds = self.receive_rate = 0
+            self.period = period
+            self.period_fds = self.period_receives = 0
+        self.ready_at_dispatch = self.ring.cq_ready()
+        # One batch per iteration: what this iteration's io_uring_enter brought.  With
+        # DEFER_TASKRUN a 6.13+ kernel runs at most max(IO_LOCAL_TW_DEFAULT_MAX = 20,
+        # min_complete) items of deferred task work per enter and leaves the rest for the next,
+        # so under load the completions come in batches of about that size, one iteration (a
+        # few microseconds) apart; the stock loop would dispatch every ready socket at once.
+        # Collecting the rest at once with further non-blocking enters (up to 16 rounds of 256)
+        # was slower wherever it made a difference: against it, in alternating runs, Protocol
+        # 1 KiB x 100 / x 1000 1.10 / 1.09x, sock_* 1 KiB x 100 1.10x, aiohttp x 100 1.12x,
+        # Protocol 16 KiB x 1000 1.07x, everything else within 0.99-1.04x.  Smaller batches keep
+        # the kernel's and the protocols' working set in the cache, and each reply leaves with
+        # the next enter instead of after the whole backlog has been received -- the C floor
+        # (benchmarks/uring_echo.c) waits for one completion per enter the same way.
+        self.last_batch = self.reap()
+        return 0
+
+    def select(self, timeout=None):
+        # BaseEventLoop's iteration (the loop's fallback, see _sched): the handles of the I/O
+        # phase join the ready queue now, ahead of the timers it then finds due.
+        self.wait(timeout)
+        self.move_io_handles_to_ready()
+        return ()
+
+    cdef int move_io_handles_to_ready(self) except -1:
+        if self.io_handles:
+            self.loop._ready.extend(self.io_handles)
+            self.io_handles = []
+        return 0
+
+    cdef list take_io_handles(self):
+        """The handles this iteration's completions made ready for its I/O phase (or None)."""
+        cdef list handles = self.io_handles
+        if not handles:
+            return None
+        self.io_handles = []
+        return handles
+
+    cdef int reap(self) except -1:
+        """Dispatch every ready completion; return how many there were."""
+        cdef Ring ring = self.ring
+        cdef unsigned n, i
+        cdef int total = 0
+        cdef io_uring_cqe *cqe
+        cdef uint64_t ud
+        cdef int res
+        cdef unsigned flags
+        cdef Operation op
+        cdef BufferRing br
+        while True:
+            n = ring.cq_ready()
+            if n == 0:
+                if ring.cq_overflowed():
+                    # Parked completions: fetch them before anyone goes to sleep.
+                    ring.enter(0, 0)
+                    continue
+                break
+            i = 0
+            try:
+                while i < n:
+                    cqe = ring.cq_at(i)
+                    ud = cqe.user_data
+                    res = cqe.res
+                    flags = cqe.flags
+                    i += 1
+                    if ud == 0:
+                        continue        # a cancel request's own failure: the target reports
+                    op = <Operation><PyObject *><uintptr_t>ud
+                    if res > 0:
+                        self.batch_bytes += res
+                    self.dispatch(op, res, flags)
+                    if self.forked:
+                        # A callback called os.fork() and this is the child, back here (or
+                        # leaving through here with SystemExit).  The rings are the parent's
+                        # memory, shared: the parent goes on with this very batch, and nothing
+                        # may move its CQ head or publish its buffers from here -- it would
+                        # skip completions, or read past the tail and dispatch stale ones.
+                        return total
+            finally:
+                if not self.forked:
+                    ring.cq_advance(i)
+                    total += i
+                    for br in self.buffer_rings:
+                        br.publish()
+        return total
+
+    cdef int dispatch(self, Operation op, int res, unsigned flags) except -1:
+        cdef bint final = not (flags & IORING_CQE_F_MORE)
+        cdef bint cancelled = op.cancel_asked
+        self.completions += 1
+        if res > 0 and op.receives:
+            self.note_answer(op.fd)
+        if final:
+            op.state = OP_IDLE
+            self.inflight -= 1
+        try:
+            if res == -EAGAIN and final and cancelled:
+                # The request ended without doing anything while our ASYNC_CANCEL was on its way
+                # (which then found nothing to cancel): it is over, as the caller asked.  Sending
+                # it back to the kernel would lose the cancel and keep its fd and buffer lent.
+                op.complete(-ECANCELED, flags)
+            elif res == -EAGAIN and final and not self.closing and not op.owner_sees_eagain:
+                # Never surfaced: the request goes straight back to the kernel (it arms its own
+                # poll this time because the socket really has nothing).  Requests that cannot
+                # arm a poll (splice) would spin here: their owners wait for readiness instead.
+                # Not when the socket was closed meanwhile (still_same_file).
+                if still_same_file(op):
+                    op.submit()
+                else:
+                    op.complete(-EBADF, flags)
+            elif self.debug:
+                self.complete_timed(op, res, flags)
+            else:
+                op.complete(res, flags)
+        except Exception as exc:
+            self.exception_handler({
+                'message': f'Unhandled exception while completing {type(op).__name__}',
+                'exception': exc,
+            })
+        finally:
+            if final and op.state == OP_IDLE:    # not resubmitted by complete()
+                op.release()
+                self.unpin(op)
+        return 0
+
+    cdef int complete_timed(self, Operation op, int res, unsigned flags) except -1:
+        # Debug mode: a completion runs protocol callbacks (data_received...) where the stock
+        # loop runs a handle (_read_ready), which its debug mode times; so do we, with the
+        # stock loop's warning, naming the operation and whom it completed for.
+        loop = self.loop
+        started = loop.time()
+        try:
+            op.complete(res, flags)
+        finally:
+            took = loop.time() - started
+            if took >= loop.slow_callback_duration:
+                _logger.warning('Executing %s took %.3f seconds',
+                                f'<{type(op).__name__} completion for {op.owner!r}>', took)
+        return 0
+
+    # ---- getaddrinfo ----
+
+    def get_resolver(self):
+        """The loop's Resolver, made on the first lookup; None where lookups take the
+        executor's way: a loop closing or closed, or made before a fork in this child."""
+        if self.forked or self.closing or self.ring.closed:
+            return None
+        if self.resolver is None:
+            from uringloop._resolver import Resolver
+            self.resolver = Resolver(self.loop, self.wake_fd)
+        return self.resolver
+
+    # ---- wake-up ----
+
+    def wakeup(self):
+        """Make a waiting io_uring_enter return (any thread)."""
+        self.wake()
+
+    cdef void wake(self) noexcept:
+        # One write is enough until the loop takes it: the eventfd read in flight completes
+        # once for any number of writes.  The writer raises the flag after queueing its
+        # callback, and the loop lowers it when it takes the read's completion -- before it
+        # next looks at the ready queue -- so a callback whose write was skipped is queued
+        # before the loop looks (the coalescing of libuv's uv_async_send).  Each
+        # call_soon_threadsafe() from another thread cost a write(2) before: a thread queueing
+        # 200k callbacks took 0.80 us per callback here against uvloop's 0.45.
+        if ul_flag_raise(&self.wake_pending) == 0:
+            ul_eventfd_write(self.wake_fd)
+
+    # ---- provided buffers ----
+
+    cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
+                                    bint incremental=False, unsigned capacity=0):
+        cdef BufferRing br = BufferRing(self.ring, len(self.buffer_rings), count, buf_size,
+                                        incremental, capacity)
+        self.buffer_rings.append(br)
+        return br
+
+    def buffer_ring(self, unsigned count, unsigned buf_size):
+        return self.new_buffer_ring(count, buf_size)
+
+    # ---- statistics and teardown ----
+
+    @property
+    def can_spin(self):
+        """Whether waits may spin before sleeping (see spin_or_wait): spinning is on and the
+        kernel flags deferred completions in shared memory."""
+        return self.spin_max_ns > 0 and self.ring.can_spin()
+
+    def statistics(self):
+        return {
+            'enters': self.ring.enters,
+            'skipped_enters': self.skipped_enters,
+            'submitted': self.ring.submitted,
+            'completions': self.completions,
+            'inflight': self.inflight,
+            'backlog': len(self.backlog),
+            'spins': self.spins,
+            'spin_hits': self.spin_hits,
+            'spun_ns': self.spun_ns,
+            'spin_limit_ns': self.spin_limit_ns,
+            'spin_max_ns': self.spin_max_ns,
+            'answers': self.answers,
+            'active_fds': self.active_fds,
+            'receive_rate': self.receive_rate,
+            'breadth_waits': self.breadth_waits,
+        }
+
+    def __del__(self):
+        # A loop dropped without close() (see the module docstring): end the kernel's requests
+        # before the collector frees what they pin.  BaseEventLoop.__del__ closes the loop as
+        # well, but the collector calls the finalizers of a cycle in no particular order.
+        if self.ring is not None and not self.ring.closed:
+            try:
+                self.close()
+            except BaseException:
+                pass            # close() has made everything still pinned immortal
+
+    def close(self, double drain_timeout=5.0):
+        """Cancel everything, wait for every final CQE, then unmap the ring.  Idempotent."""
+        cdef io_uring_sqe *sqe
+        cdef double deadline
+        cdef bint cancel_all_placed
+        if self.ring.closed:
+            return
+        self.closing = True
+        if self.forked:
+            # The parent's ring: touch nothing of it, just drop our mapping and descriptors.
+            # In-flight operations stay referenced (leaked) on purpose: the Proactor, which
+            # holds their list, is made immortal.
+            Py_INCREF(self)
+            self.ring.close()
+            c_close(self.wake_fd)
+            self.wake_fd = -1
+            return
+        try:
+            while self.backlog:
+                self.cancel(<Operation>self.backlog[0])
+            if self.inflight:
+                # One CANCEL_ANY|CANCEL_ALL ends every request, those whose own cancel is still
+                # pending included.  Without a slot for it (the kernel taking no entries for
+                # now), it is asked for again each round of the drain: given up, every request
+                # that would never end by itself (a receive on an idle connection) would keep
+                # the drain waiting its whole timeout, then leak.
+                self.pending_cancels = []
+                cancel_all_placed = False
+                deadline = _time.monotonic() + drain_timeout
+                while self.inflight > 0 and _time.monotonic() < deadline:
+                    if not cancel_all_placed:
+                        sqe = self.ring.get_sqe()
+                        if sqe != NULL:
+                            ul_prep_cancel_all(sqe, 0)
+                            cancel_all_placed = True
+                    self.ring.enter(1, 50_000_000)
+                    self.reap()
+        except OSError:
+            # EEXIST: this is not the thread that ran the loop, and a SINGLE_ISSUER ring only
+            # lets its issuer reap.  Fall through to the leaking teardown below.
+            pass
+        finally:
+            if self.inflight == 0:
+                for br in self.buffer_rings:
+                    (<BufferRing>br).close()
+            else:
+                # The kernel may still write into buffers of requests that did not end: keep
+                # every operation referenced and every provided-buffer pool mapped, forever.
+                # A leak is the only safe outcome; closing the ring fd makes the kernel cancel
+                # the rest in its own time.  The Proactor is made immortal: it holds the list of
+                # the operations still pinned (and, through them, what they lend the kernel),
+                # which a garbage collection of a dropped loop would otherwise free.
+                Py_INCREF(self)
+                _leaked_buffer_rings.extend(self.buffer_rings)
+            self.buffer_rings = []
+            self.ring.close()
+            if self.resolver is not None:
+                self.resolver.detach()    # no worker may write to the eventfd from here on
+            c_close(self.wake_fd)
+            self.wake_fd = -1
+
+
+cdef enum:
+    EARLY_SUBMIT_BYTES = 131072  # queued send bytes that make note_send() submit at once
+    BATCH_WAIT_FROM = 64         # completions in an iteration that make the next wait batch
+    BATCH_WAIT_MAX = 64          # the most completions a batching wait asks for
+    BATCH_WAIT_NS = 50000        # the longest a batching wait may take beyond the first one
+    QUIET_SENDS_FROM = 16        # unawaited sends in one enter that make it wait for one more
+    BREADTH_SHARE = 8            # a breadth wait asks for at most 1/8 of the talking peers
+    BREADTH_ASK_LEAST = 6        # ... and for no fewer than this, or not at all
+    PERIOD_SHIFT_NS = 20         # breadth is counted over periods of 2**20 ns (~1.05 ms)
+    BATCH_BYTES = 1048576        # about what one batch of completions may bring in
+    SPIN_START_NS = 25000        # where a wait's spin limit starts, and grows from after 0
+    SPIN_LEAST_NS = 1000         # a spin limit halved below this is 0
+    SPIN_DEFAULT_US = 100        # spin_max_ns without URINGLOOP_SPIN_US
+    SPIN_MOST_US = 1000000       # the most URINGLOOP_SPIN_US may ask for
+
+
+def _spin_max_ns_from_environment():
+    """spin_max_ns from URINGLOOP_SPIN_US (microseconds; 0 turns spinning off)."""
+    text = os.environ.get("URINGLOOP_SPIN_US", "").strip()
+    if not text:
+        return SPIN_DEFAULT_US * 1000
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= SPIN_MOST_US:
+        raise ValueError(f"URINGLOOP_SPIN_US must be a whole number of microseconds from 0 "
+                         f"(never spin) to {SPIN_MOST_US}, got {text!r}")
+    return value * 1000
+
+cdef inline unsigned _batch_for(Py_ssize_t nbytes, int count, unsigned least, unsigned most):
+    """How many completions of the average size seen (`nbytes` over `count`) make about
+    BATCH_BYTES, within [least, most]."""
+    cdef Py_ssize_t n
+    if nbytes <= 0 or count <= 0:
+        return most
+    n = <Py_ssize_t>BATCH_BYTES * count // nbytes
+    if n < <Py_ssize_t>least:
+        return least
+    if n > <Py_ssize_t>most:
+        return most
+    return <unsigned>n
+
+
+# Buffer rings of loops that were closed with requests still in the kernel (see Proactor.close).
+cdef list _leaked_buffer_rings = []
+
+
+cdef inline int _errno():
+    return errno
+
+
+# ---------------------------------------------------------------------------------------------
+# the operation base (the kinds are in _ops.pyx)
+# ---------------------------------------------------------------------------------------------
+
+# Closed under a request.  A request in the kernel holds its file, so closing the socket's fd
+# while one is in flight does not close the socket -- but the *number* is free the moment
+# close() returns, and the next socket made or accepted gets it.  Whatever the loop submits after
+# that by number -- the rest of a partial send, an -EAGAIN completion sent back, the next sock_*
+# request of a queue -- would reach that other socket: bytes sent to an unrelated peer, its bytes
+# or connections taken.  The stock loop cannot do that: it calls the socket object's own methods,
+# which raise EBADF once it is closed.  So before anything is submitted again for an operation
+# that has completed, its socket object (op.keep) is asked whether it still has that number; a
+# closed socket object's fileno() is -1.
+
+cdef type _socket_base = _socket_c.socket
+
+cdef int socket_fd_now(object sock) except? -2:
+    """The number a socket object names now, -1 once it is closed: read from a _socket.socket's
+    C struct (no call: the transports ask before every write), fileno() for anything else.
+    The one test behind every "was the socket closed under us" check -- still_same_file here,
+    and the stream and datagram transports' socket_gone()."""
+    if isinstance(sock, _socket_base):
+        return ul_socket_fd(sock)
+    return sock.fileno()
+
+
+cdef bint still_same_file(Operation op) except -1:
+    """Whether op.fd still names the socket op.keep (when it keeps a socket object; anything
+    else cannot tell, and counts as yes).  See above."""
+    cdef object keep = op.keep
+    if keep is None or not isinstance(keep, _socket_base):
+        return True
+    return ul_socket_fd(keep) == op.fd
+
+
+cdef int call_owner(Operation op, int res, unsigned flags) except -1:
+    """op.owner.op_done(op, res, flags), holding a reference to the owner for the call.
+
+    Why: the handler may drop the last reference to its owner before it returns.  A transport
+    gives a finished send back to the loop's spares (op.owner = None), and when that send was
+    the last one of a closing transport it calls connection_lost() right there, which lets go
+    of the protocol -- if nothing else held the protocol, and the protocol held the transport
+    (self.transport = transport, the usual way), both are freed in the middle of the
+    transport's own op_done.  Called as self.owner.op_done(...), Cython passes the attribute
+    as a borrowed reference: the rest of op_done then ran on freed memory (a segfault, found
+    with a protocol that wrote 6 MB and closed in connection_made).  A local variable owns its
+    reference."""
+    cdef Completer owner = op.owner
+    if owner is not None:
+        owner.op_done(op, res, flags)
+    return 0
+
+
+cdef class Operation:
+
+    def __init__(self, Proactor proactor, Completer owner, int fd, keep=None):
+        self.proactor = proactor
+        self.owner = owner
+        self.fd = fd
+        self.keep = keep
+
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_rw(sqe, UL_OP_NOP, -1, NULL, 0, 0, self.ud())
+        return 0
+
+    cdef int complete(self, int res, unsigned flags) except -1:
+        # Through a reference of our own (see call_owner), not self.owner.
+        return call_owner(self, res, flags)
+
+    cdef void release(self) noexcept:
+        self.keep = None
+
+    cdef int submit(self) except -1:
+        self.proactor.submit(self)
+        return 0
+
+    cpdef cancel(self):
+        self.proactor.cancel(self)
+
+    @property
+    def in_flight(self):
+        return self.state != OP_IDLE
+
+
+cdef extern from "<string.h>":
+    char *c_strerror "strerror"(int errnum)
+
+
+cdef object os_error(int err):
+    """The OSError an errno stands for, as the stock loop's failed call raises it: OSError(err,
+    strerror(err)), which Python turns into the specific subclass (ConnectionResetError,
+    BrokenPipeError, PermissionError, ...).  Every module that turns a negative completion
+    result or a failed call's errno into an exception makes it here."""
+    return OSError(err, c_strerror(err).decode('utf-8', 'replace'))
+
+
+@cython.final
+cdef class WakeupOp(Operation):
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        ul_prep_rw(sqe, UL_OP_READ, self.fd, &self.value, 8, <uint64_t>-1, self.ud())
+        return 0
+
+    cdef int complete(self, int res, unsigned flags) except -1:
+        # The writes so far are taken (see Proactor.wakeup): the next one must write again.
+        # Re-arm unless the loop is closing; the value itself means nothing.
+        ul_flag_lower(&self.proactor.wake_pending)
+        if not self.proactor.closing and self.state == OP_IDLE:
+            self.submit()
+        if self.proactor.resolver is not None:
+            # getaddrinfo()'s workers wake the loop this way too (see _resolver).
+            self.proactor.resolver.take_done()
+        return 0
