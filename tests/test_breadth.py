@@ -1,4 +1,4 @@
-"""Breadth waits (Proactor.breadth_ask): while many peers are talking to the loop, a wait after an
+"""Breadth waits (WaitPolicy.breadth_ask): while many peers are talking to the loop, a wait after an
 iteration that answered someone asks the kernel for a few more completions, bounded by the
 min-wait.  What must hold: the talking peers are counted per period (and forgotten when the loop
 sleeps through one), and a breadth wait that cannot be satisfied -- the other peers have gone

@@ -1675,8 +1675,9 @@ loop.close()
 @pytest.mark.parametrize("loop_name", ["uringloop", "asyncio"])
 def test_a_timer_whose_deadline_is_nan_runs_at_once(loop_name, tmp_path):
     """sleep(nan), call_at(nan): the timer is due at once, as the stock loop of 3.10-3.12 runs
-    it (3.13's sleep() refuses NaN, and its selector the NaN timeout of call_at(nan)).  uringloop read a NaN head as moved
-    on every look and spun in pop_due() forever, deaf to Ctrl-C -- hence a child process."""
+    it (3.13's sleep() refuses NaN, and its selector the NaN timeout of call_at(nan)).
+    uringloop read a NaN head as moved on every look and spun in pop_due() forever, deaf to
+    Ctrl-C -- hence a child process."""
     import subprocess
     if loop_name == "asyncio" and sys.version_info >= (3, 13):
         pytest.skip("the stock loop of 3.13 raises ValueError from its selector")

@@ -1,4 +1,4 @@
-"""Waits that spin before sleeping (Proactor.spin_or_wait): configured by URINGLOOP_SPIN_US, only
+"""Waits that spin before sleeping (WaitPolicy.spin_or_wait): configured by URINGLOOP_SPIN_US, only
 after answers (a receive soon after the loop's own send on that descriptor), never past a
 timer's deadline, and the spin limit adapts -- it shrinks to nothing while the peers pause for
 longer than the most a wait may spin, and grows back when answers come quickly."""

@@ -1,6 +1,7 @@
 from libc.stdint cimport uint64_t, uint32_t
 from uringloop._sys cimport io_uring_sqe
 from uringloop._ring cimport Ring, BufferRing, EnterHook
+from uringloop._waiting cimport WaitPolicy
 
 
 # An iteration that found this many completions or fewer sends a write at once rather than with
@@ -19,11 +20,6 @@ cdef enum OpState:
 cdef class Completer:
     """Whoever an operation reports to: the sock_* state of a socket, a transport, a server."""
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1
-
-
-ctypedef struct FdStamps:
-    uint32_t sent_at_wait     # wait_ended (low 32 bits) of the iteration that last sent on it
-    uint32_t received_in      # the period in which a receive on it was last counted
 
 
 cdef class StaleFdGuard(EnterHook):
@@ -57,33 +53,11 @@ cdef class Proactor:
     cdef readonly unsigned long long skipped_enters  # non-blocking waits with nothing to do
     cdef object exception_handler          # loop.call_exception_handler
     cdef Py_ssize_t queued_io_bytes        # bytes the SQEs not yet submitted should move
-    cdef int last_batch                    # completions the last iteration dispatched
     # completions this iteration found (see little_to_batch)
     cdef readonly unsigned ready_at_dispatch
-    cdef Py_ssize_t batch_bytes            # bytes those completions moved (their results)
-    cdef int quiet_sends                   # sends queued since the last enter that nobody awaits
-    cdef readonly long long spin_max_ns    # URINGLOOP_SPIN_US: the longest a wait spins (0: never)
-    cdef readonly long long spin_limit_ns  # how long the next wait may spin (see spin_or_wait)
-    cdef readonly unsigned long long spins, spin_hits, spun_ns   # statistics
-    cdef unsigned long long completions_at_spin  # `completions` when spin_or_wait last ran
-    # Answers (see spin_or_wait): when this iteration's wait ended (in units of 1,024 ns), when
-    # each descriptor last had a send queued (fd_stamps[fd].sent_at_wait: the iteration's
-    # wait_ended, low 32 bits; grown on demand), how soon after that a receive on it is an
-    # answer (the same units: 2.5 x spin_max_ns), the receives that were, and that count when a
-    # wait last spun.
-    cdef unsigned long long wait_ended
-    cdef uint32_t answer_window
-    cdef FdStamps *fd_stamps
-    cdef Py_ssize_t fd_stamps_len
-    cdef readonly unsigned long long answers
-    cdef unsigned long long answers_at_spin
-    # Breadth (see breadth_ask): the period (wait_ended >> 10: 2**20 ns, ~1.05 ms) the loop is
-    # in, the descriptors that have received in it so far and its receives; the same two of
-    # the last whole period; and the waits that asked for breadth.
-    cdef uint32_t period
-    cdef uint32_t period_fds, period_receives
-    cdef readonly uint32_t active_fds, receive_rate
-    cdef readonly unsigned long long breadth_waits
+    # How the iteration's io_uring_enter waits (batching, breadth, spinning: _waiting), told here
+    # what each batch of completions brought and each send and receive.
+    cdef readonly WaitPolicy waits
     cdef Operation inflight_head           # every pinned operation, linked (see pin)
     cdef public bint debug                 # the loop's debug mode: completions are timed
     cdef object __weakref__
@@ -114,27 +88,10 @@ cdef class Proactor:
         op.inflight_next = None
         op.pinned = False
 
-    cdef int grow_fd_stamps(self, int fd) noexcept
-
     cdef inline void note_sent(self, int fd) noexcept:
-        """A send on `fd` was just queued for the kernel or made at once (see note_answer)."""
-        if fd >= 0 and (fd < self.fd_stamps_len or self.grow_fd_stamps(fd) == 0):
-            self.fd_stamps[fd].sent_at_wait = <uint32_t>self.wait_ended
-
-    cdef inline void note_answer(self, int fd) noexcept:
-        """Bytes (or readiness) arrived on `fd`: an answer if the wait that brought them ended
-        at most answer_window after the wait before the loop's last send on it; counted towards
-        the period's breadth (see breadth_ask) if the loop has ever sent on a descriptor with
-        that number."""
-        cdef FdStamps *stamps
-        if 0 <= fd < self.fd_stamps_len:
-            stamps = &self.fd_stamps[fd]
-            if <uint32_t>(<uint32_t>self.wait_ended - stamps.sent_at_wait) <= self.answer_window:
-                self.answers += 1
-            self.period_receives += 1
-            if stamps.received_in != self.period:
-                stamps.received_in = self.period
-                self.period_fds += 1
+        """A send on `fd` was just queued for the kernel or made at once (see
+        WaitPolicy.note_answer)."""
+        self.waits.note_sent(fd)
 
     cdef int submit(self, Operation op) except -1
     cdef int cancel(self, Operation op) except -1
@@ -153,9 +110,6 @@ cdef class Proactor:
     cpdef int wait(self, object timeout) except -1
     cdef int enter_for(self, object timeout) except -1
     cdef int wait_in_fork_child(self, object timeout) except -1
-    cdef unsigned busy_wait_count(self) noexcept
-    cdef unsigned breadth_ask(self) noexcept
-    cdef int spin_or_wait(self, long long timeout_ns) except -1
     cdef int dispatch_completions(self) except -1
     cdef int move_io_handles_to_ready(self) except -1
     cdef list take_io_handles(self)

@@ -645,7 +645,7 @@ cdef class ReceiveSide(SendSide):
         non-blocking recv(2) and hand it to the protocol now, while the bytes are in the CPU's
         cache (see the module's docstring).  Nothing is read while paused or closing: the bytes
         wait in the socket, and the poll that resume_reading() arms finds them.  The bytes read
-        here are not counted in the Proactor's batch_bytes, which sizes batched waits by what
+        here are not counted in the WaitPolicy's batch_bytes, which sizes batched waits by what
         the kernel copies in before the loop sees any of it -- here, nothing."""
         cdef ssize_t n
         cdef int taken

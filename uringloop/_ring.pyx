@@ -416,7 +416,7 @@ cdef class Ring:
     cdef long long spin_for_work(self, long long limit_ns) noexcept nogil:
         """Spin on the ring's shared memory -- no system call -- until a CQE is posted or the
         kernel flags completions waiting to be run (IORING_SQ_TASKRUN), for at most `limit_ns`.
-        Returns the nanoseconds spun, negated when nothing came (see Proactor.spin_or_wait
+        Returns the nanoseconds spun, negated when nothing came (see WaitPolicy.spin_or_wait
         for why a loop would rather spin than sleep).  Only for rings that can_spin().  Each
         turn yields the CPU to other runnable threads and processes, so a spin takes only
         time nobody else wanted."""
