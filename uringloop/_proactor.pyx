@@ -40,8 +40,11 @@ references are never dropped -- because freeing a buffer the kernel may still wr
 The Proactor is what asyncio.BaseEventLoop sees as its `_selector`: BaseEventLoop._run_once calls
 `select(timeout)` once per iteration, with the timeout it computed from its ready queue and timer
 heap.  select() pushes the backlog into the SQ, makes exactly one io_uring_enter (submit everything
-queued this iteration + wait for one completion or the deadline), and dispatches every CQE.  It
-returns an empty event list: completions have already been delivered.
+queued this iteration + wait for completions or the deadline), and dispatches every CQE.  It
+returns an empty event list: completions have already been delivered.  (The loop's own compiled
+iteration, _sched.LoopCore, calls the two halves, enter_for() and dispatch_completions(), itself.)
+How that enter waits -- for one completion or for several, spinning first or not -- is the
+WaitPolicy's to decide (_waiting.pyx).
 """
 
 cimport cython
