@@ -1,5 +1,6 @@
 # The receive half of the stream socket transport (see _receiveside.pyx).
 
+from cpython.buffer cimport Py_buffer
 from uringloop._ring cimport BufferRing
 from uringloop._proactor cimport Proactor, Operation
 from uringloop._ops cimport RecvOp, MultishotRecvOp, PollOp
@@ -52,6 +53,7 @@ cdef class ReceiveSide(SendSide):
     cdef int recv_into_protocol(self) except -1
     cdef int inline_read_ended(self, ssize_t n) except -1
     cdef object protocol_buffer(self)
+    cdef bint protocol_view(self, Py_buffer *view) except -1
     cdef bint buffer_updated(self, Py_ssize_t n) except -1
     cdef int got_data_or_interrupt(self, object data, bint rearm) except -1
     cdef int rearm_if_reading(self) except -1

@@ -702,6 +702,22 @@ cdef class ReceiveSide(SendSide):
             return None
         return buf
 
+    cdef bint protocol_view(self, Py_buffer *view) except -1:
+        """A writable view of get_buffer()'s buffer, for bytes read or copied into it here
+        (recv_into_protocol, deliver_buffered); the caller releases it.  False after a failure,
+        reported as the stock transport reports it: get_buffer()'s (protocol_buffer), or a
+        buffer that cannot be written -- the stock transport's recv_into() failing: TypeError,
+        a fatal read error."""
+        buf = self.protocol_buffer()
+        if buf is None:
+            return False
+        try:
+            get_writable_buffer(buf, view)
+        except Exception as exc:
+            self.fatal_error(exc, 'Fatal read error on socket transport')
+            return False
+        return True
+
     cdef bint buffer_updated(self, Py_ssize_t n) except -1:
         """protocol.buffer_updated(n); False after it failed (a fatal error, as stock).  Before
         KeyboardInterrupt or SystemExit go, the next receive is armed (got_data_or_interrupt)."""
@@ -728,23 +744,16 @@ cdef class ReceiveSide(SendSide):
         cdef int reads = 0
         while True:
             try:
-                buf = self.protocol_buffer()
+                if not self.protocol_view(&view):
+                    return 0
             except BaseException:       # KeyboardInterrupt, SystemExit: see got_data_or_interrupt
                 self.rearm_if_reading()
                 raise
-            if buf is None:
-                return 0
-            try:
-                get_writable_buffer(buf, &view)
-            except Exception as exc:
-                self.fatal_error(exc, 'Fatal read error on socket transport')
-                return 0
             size = view.len
             n = c_recv(self._sock_fd, view.buf, <size_t>size, MSG_DONTWAIT)
             if n < 0:
                 n = -errno
             PyBuffer_Release(&view)
-            buf = None
             if n <= 0:
                 return self.inline_read_ended(n)
             reads += 1
@@ -958,15 +967,7 @@ cdef class ReceiveSide(SendSide):
         cdef Py_ssize_t pos = 0, n = PyBytes_GET_SIZE(data), k
         cdef Py_buffer view
         while pos < n:
-            buf = self.protocol_buffer()
-            if buf is None:
-                return 0
-            try:
-                # A buffer that cannot be written is the stock transport's recv_into() failing:
-                # TypeError, a read error.
-                get_writable_buffer(buf, &view)
-            except Exception as exc:
-                self.fatal_error(exc, 'Fatal read error on socket transport')
+            if not self.protocol_view(&view):
                 return 0
             k = view.len
             if k > n - pos:
