@@ -24,6 +24,9 @@
  * lock may have been held by one of them.  The child's copy of the pool is reset by an atfork
  * handler (the parent's queued requests are leaked there, a few hundred bytes at worst), and
  * the child's loops made before the fork never use their sinks again (Proactor's fork path).
+ * What the pool cannot reset is glibc's own state: a worker inside getaddrinfo(3) at the fork
+ * may hold the resolver configuration's lock (resolv_conf.c), and the child's lookups of names
+ * then wait on it for ever -- as with any threads that resolve, the stock loop's executor too.
  */
 
 #ifndef UL_RESOLVER_H
