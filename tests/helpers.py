@@ -1,7 +1,7 @@
 """What several test modules share: bounded async tests, the file-descriptor leak check, a stream
 echo handler, a loss-revealing byte pattern, a TLS certificate with its contexts, AF_PACKET
-sockets on the loopback interface, and the environment of child processes that must import the
-uringloop under test."""
+sockets on the loopback interface, the environment of child processes that must import the
+uringloop under test, and a loop's iterations run by hand."""
 
 import asyncio
 import datetime
@@ -193,3 +193,13 @@ def packet_socket(ethertype, cls=None):
 def lo_address(ethertype):
     """The address socket.sendto() takes for a frame of `ethertype` on 'lo'."""
     return ("lo", ethertype, 0, 0, b"\0" * 6)
+
+
+def run_iterations(loop, n=1):
+    """Drive the loop by hand: n iterations, as run_forever would run them."""
+    asyncio.events._set_running_loop(loop)
+    try:
+        for _ in range(n):
+            loop._run_once()
+    finally:
+        asyncio.events._set_running_loop(None)
