@@ -12,6 +12,8 @@ import tempfile
 
 import pytest
 
+import uringloop
+
 from helpers import bounded, echo
 
 
@@ -96,6 +98,47 @@ async def test_socket_file_cleanup_on_close(sock_path):
     await server.wait_closed()
     # Python 3.13 removes the socket file when the server closes (cleanup_socket=True).
     assert os.path.exists(sock_path) == (sys.version_info < (3, 13))
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_socket_file_calls_come_from_asyncio_s_own_module_or_not_through_os(
+        sock_path, monkeypatch):
+    # Tools that find blocking calls in a running loop by patching the os module (blockbuster,
+    # under which aiohttp's and anyio's test suites run) allow os.stat()/os.unlink() there only
+    # when the caller is asyncio's own unix_events.py.  The stat and unlink around a unix
+    # server's socket file -- the stale file replaced, the server's own removed at close
+    # (Python 3.13) -- must come from there (the stock loop) or not go through the os module
+    # at all (uringloop makes them in C), and still be done.
+    calls = []
+
+    def recording(name, function):
+        def record_then_call(*args, **kwargs):
+            calls.append((name, sys._getframe(1).f_code.co_filename.replace(os.sep, '/')))
+            return function(*args, **kwargs)
+        return record_then_call
+
+    for name in ('stat', 'lstat', 'unlink', 'remove'):
+        monkeypatch.setattr(os, name, recording(name, getattr(os, name)))
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(sock_path)
+    stale.close()                           # leaves the socket file behind
+    server = await asyncio.start_unix_server(echo, sock_path)
+    reader, writer = await asyncio.open_unix_connection(sock_path)
+    writer.write(b'ping')
+    writer.write_eof()
+    assert await reader.read() == b'ping'
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    monkeypatch.undo()
+    assert os.path.exists(sock_path) == (sys.version_info < (3, 13))
+    asyncio_dir = os.path.dirname(asyncio.__file__).replace(os.sep, '/') + '/'
+    uringloop_dir = os.path.dirname(uringloop.__file__).replace(os.sep, '/') + '/'
+    from_loops = [(name, path) for name, path in calls
+                  if path.startswith((asyncio_dir, uringloop_dir))]
+    assert all(path == asyncio_dir + 'unix_events.py' for _, path in from_loops), from_loops
 
 
 @pytest.mark.asyncio

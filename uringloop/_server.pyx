@@ -52,6 +52,8 @@ from cpython.contextvars cimport (PyContext_Copy, PyContext_CopyCurrent, PyConte
                                   PyContext_Exit)
 
 from uringloop._sys cimport *
+from posix cimport stat as c_stat
+from posix.unistd cimport unlink as c_unlink
 from uringloop._proactor cimport Proactor, Completer, Operation, OP_IDLE, os_error
 from uringloop._ops cimport PollOp, accept_nonblocking
 from uringloop._transports cimport SocketTransport
@@ -260,3 +262,50 @@ cdef class Acceptor(Completer):
                 conn.close()
             report_failed_connection(loop, exc, protocol, transport)
         return 0
+
+
+# ---- the socket file of a unix server ----
+#
+# create_unix_server() replaces a socket file a previous server left at its path, and a server
+# made with cleanup_socket (Python 3.13) removes its own file when it closes, unless another has
+# taken the path since: a stat and an unlink each, made synchronously by the stock loop too, in
+# asyncio/unix_events.py.  Tools that find blocking calls in a running loop by patching the os
+# module (blockbuster, which aiohttp's and anyio's test suites run under) allow these calls there
+# by asyncio's file and function names, and nowhere else -- os.stat() called from our network.py
+# raised blockbuster's BlockingError in programs that pass on the stock loop and on uvloop.  So
+# they are made here, as system calls, with os.stat()'s and os.unlink()'s results and errors.
+
+cdef bytes _file_system_path(object path):
+    """`path` (str or bytes, as os.fspath() gave it) as the bytes os.stat() passes to stat(2)."""
+    cdef bytes encoded = os.fsencode(path)
+    if b'\0' in encoded:
+        os.stat(path)       # os.stat()'s own ValueError for an embedded null byte
+    return encoded
+
+
+def file_mode_and_inode(path):
+    """(st_mode, st_ino) of os.stat(path), or the OSError it raises (FileNotFoundError...)."""
+    cdef bytes encoded = _file_system_path(path)
+    cdef const char *c_path = encoded
+    cdef c_stat.struct_stat st
+    cdef int rc, err = 0
+    with nogil:
+        rc = c_stat.stat(c_path, &st)
+        if rc != 0:
+            err = errno
+    if rc != 0:
+        raise OSError(err, os.strerror(err), path)     # the subclass by errno, as os.stat()
+    return st.st_mode, st.st_ino
+
+
+def remove_file(path):
+    """os.unlink(path): None, or the OSError it raises."""
+    cdef bytes encoded = _file_system_path(path)
+    cdef const char *c_path = encoded
+    cdef int rc, err = 0
+    with nogil:
+        rc = c_unlink(c_path)
+        if rc != 0:
+            err = errno
+    if rc != 0:
+        raise OSError(err, os.strerror(err), path)

@@ -40,7 +40,8 @@ except ImportError:  # pragma: no cover -- a Python built without OpenSSL
 from asyncio import base_events, constants, exceptions, protocols, sslproto, tasks
 from asyncio.log import logger
 
-from uringloop._server import Acceptor, report_failed_connection
+from uringloop._server import (Acceptor, file_mode_and_inode, remove_file,
+                               report_failed_connection)
 from uringloop._sockio import is_ipv4_literal, stock_method
 from uringloop._transports import SocketTransport
 
@@ -380,8 +381,9 @@ class NetworkMixin:
         if path is not None:
             # Remove the socket file -- unless someone else has bound a new one there since.
             try:
-                if os.stat(path).st_ino == cleanup:
-                    os.unlink(path)
+                # (stat and unlink in C: _server's "the socket file of a unix server")
+                if file_mode_and_inode(path)[1] == cleanup:
+                    remove_file(path)
             except FileNotFoundError:
                 pass
             except OSError as err:
@@ -579,8 +581,8 @@ class NetworkMixin:
                 # A socket file left by a previous server is replaced; anything else at that
                 # path makes bind() fail below.
                 try:
-                    if stat.S_ISSOCK(os.stat(path).st_mode):
-                        os.remove(path)
+                    if stat.S_ISSOCK(file_mode_and_inode(path)[0]):
+                        remove_file(path)
                 except FileNotFoundError:
                     pass
                 except OSError as err:
@@ -607,7 +609,7 @@ class NetworkMixin:
             bound = sock.getsockname()
             if not _is_abstract(bound):
                 try:
-                    inode = os.stat(bound).st_ino
+                    inode = file_mode_and_inode(bound)[1]
                 except FileNotFoundError:
                     pass
                 else:
