@@ -315,6 +315,28 @@ async def test_the_app_transport_api(contexts):
 
 @pytest.mark.asyncio
 @bounded(20)
+async def test_the_stock_private_names_programs_and_tests_read(contexts):
+    """What code written against the stock TLS classes reads by their private names (aiohttp's
+    tests: transport._ssl_protocol._sslcontext) gives the same objects on both loops."""
+    server, transport, protocol, peer = await tls_pair(contexts, Recorder, Recorder)
+    ssl_protocol = transport._ssl_protocol
+    assert ssl_protocol._sslcontext is contexts[1]
+    assert ssl_protocol._server_side is False
+    assert ssl_protocol._server_hostname == 'localhost'
+    assert ssl_protocol._app_transport is transport
+    assert ssl_protocol._app_protocol is protocol
+    assert ssl_protocol._sslobj is transport.get_extra_info('ssl_object')
+    assert ssl_protocol._transport.get_extra_info('peername') == \
+        server.sockets[0].getsockname()
+    assert peer.transport._ssl_protocol._server_side is True
+    assert peer.transport._ssl_protocol._sslcontext is contexts[0]
+    transport.close()
+    assert await protocol.closed is None
+    await close_server(server)
+
+
+@pytest.mark.asyncio
+@bounded(20)
 async def test_flow_control_limits(contexts):
     server, transport, _, peer = await tls_pair(contexts, Recorder)
     transport.set_write_buffer_limits(high=10_000, low=1_000)

@@ -408,6 +408,19 @@ cdef class SSLProtocol:
     def _sslobj(self):
         return self.sslobj
 
+    # (aiohttp's own tests read transport._ssl_protocol._sslcontext.)
+    @property
+    def _sslcontext(self):
+        return self.sslcontext
+
+    @property
+    def _server_side(self):
+        return self.server_side
+
+    @property
+    def _server_hostname(self):
+        return self.server_hostname
+
     # ---- the application's side ----
 
     cdef set_app_protocol(self, app_protocol):
