@@ -10,6 +10,7 @@ import errno
 import gc
 import socket
 import sys
+import unittest.mock
 import warnings
 
 import pytest
@@ -266,6 +267,38 @@ async def test_transports_are_asyncio_transports():
     assert isinstance(udp, asyncio.Transport)   # (the stock one is a DatagramTransport on 3.12+)
     udp.close()
     await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_a_transport_takes_attributes_and_methods_replaced_on_it():
+    """Programs and tests set attributes on a transport and replace its methods on the instance
+    (`transport.write = ...`, mock.patch.object: uvicorn's and aiohttp's own test suites do), as
+    the stock transport allows: Python code then calls the replacement, and the transport's own
+    method is back once the attribute is deleted."""
+    server, peer, client = await connected_pair()
+    transport = client.transport
+    transport.label = 'mine'
+    assert transport.label == 'mine'
+    assert vars(transport)['label'] == 'mine'
+    swallowed = []
+    transport.write = swallowed.append
+    transport.write(b'not sent')
+    assert swallowed == [b'not sent']
+    del transport.write
+    transport.write(b'sent')
+    assert await peer.received(4) == b'sent'
+    with unittest.mock.patch.object(transport, 'is_closing', return_value=True) as patched:
+        assert transport.is_closing() is True
+    assert patched.called
+    assert transport.is_closing() is False
+    del transport.label
+    with pytest.raises(AttributeError):
+        transport.label
+    # A transport nobody gave an attribute answers vars() too, and is collected as usual.
+    assert 'label' not in vars(peer.transport)
+    await shut(server, client, peer)
+    gc.collect()
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])

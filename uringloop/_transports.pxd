@@ -15,6 +15,8 @@ cdef class SocketTransport(ReceiveSide):
     cdef object server
 
     cdef object __weakref__
+    # Attributes of the instance's own (see SocketTransport.__cinit__); NULL until one is set.
+    cdef dict __dict__
 
     cdef int setup(self, object loop, object sock, object protocol, object waiter, dict extra,
                    object peername, object server) except -1
