@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import sys
+import unittest.mock
 
 import pytest
 
@@ -330,6 +331,35 @@ async def test_the_stock_private_names_programs_and_tests_read(contexts):
         server.sockets[0].getsockname()
     assert peer.transport._ssl_protocol._server_side is True
     assert peer.transport._ssl_protocol._sslcontext is contexts[0]
+    transport.close()
+    assert await protocol.closed is None
+    await close_server(server)
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_the_app_transport_takes_attributes_and_methods_replaced_on_it(contexts):
+    """As the stock TLS transport (and the socket transport: test_protocols_lifecycle.py):
+    attributes set on it, methods replaced on the instance and mock.patch.object, with the
+    transport's own method back once the replacement is deleted."""
+    server, transport, protocol, peer = await tls_pair(contexts, Recorder, Recorder)
+    assert 'label' not in vars(transport)
+    transport.label = 'mine'
+    assert transport.label == 'mine' and vars(transport)['label'] == 'mine'
+    swallowed = []
+    transport.write = swallowed.append
+    transport.write(b'not sent')
+    assert swallowed == [b'not sent']
+    del transport.write
+    transport.write(b'sent')
+    await until(lambda: bytes(peer.data) == b'sent')
+    with unittest.mock.patch.object(transport, 'is_closing', return_value=True) as patched:
+        assert transport.is_closing() is True
+    assert patched.called
+    assert transport.is_closing() is False
+    del transport.label
+    with pytest.raises(AttributeError):
+        transport.label
     transport.close()
     assert await protocol.closed is None
     await close_server(server)

@@ -8,6 +8,7 @@ cdef class SSLProtocol
 @cython.final
 cdef class SSLTransport:
     cdef object __weakref__          # as the stock transport: WeakSet, weakref.finalize...
+    cdef dict __dict__               # attributes set on it, methods replaced (_instance_dict.h)
     cdef readonly object _loop
     cdef SSLProtocol protocol        # None after a second close(), as the stock transport
     cdef public bint _closed

@@ -67,6 +67,9 @@ Where it is faster than the stock class, and why that changes nothing visible
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
+cdef extern from "_instance_dict.h":
+    void ul_drop_instance_dict(object o)
+
 import collections
 import math
 import sys
@@ -195,6 +198,10 @@ cdef class SSLTransport:
     @property
     def __class__(self):
         return _SSLTransportFace
+
+    def __cinit__(self):
+        # As the socket transport's: the instance dict is made on the first attribute set.
+        ul_drop_instance_dict(self)
 
     def __init__(self, loop, SSLProtocol ssl_protocol):
         self._loop = loop

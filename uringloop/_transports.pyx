@@ -62,25 +62,8 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
 
-cdef extern from *:
-    """
-    /* Drop the instance dict Cython's tp_new made for an object whose type has one, leaving
-       the slot NULL: CPython makes it again on the first attribute set (PyObject_GenericSetAttr)
-       or __dict__/vars() (Cython's getter), and traverses, clears and frees a NULL slot.
-       Measured, ns per transport.is_closing() called from Python on 3.10 / 3.11 / 3.12 / 3.13:
-       no dict slot at all ~26 / ~19 / ~22 / ~19; the dict Cython makes ~31 / ~19 / ~42 / ~38
-       (3.10 looks the method up in it first; 3.12+ do not specialize a method call on an
-       object whose dict exists); the slot NULL ~25 / ~26 / ~20 / ~20 (3.11's specializer
-       leaves that case unspecialized).  NULL on every version: 3.11's ~7 ns per call is the
-       price of not carrying an empty dict (64 B) with every connection, idle ones included. */
-    static inline void ul_drop_instance_dict(PyObject *o)
-    {
-        Py_ssize_t offset = Py_TYPE(o)->tp_dictoffset;
-        if (offset > 0)
-            Py_CLEAR(*(PyObject **)((char *)o + offset));
-    }
-    """
-    void ul_drop_instance_dict(object o)
+cdef extern from "_instance_dict.h":
+    void ul_drop_instance_dict(object o)   # the why and the measurements: there
 
 cdef object _TransportSocket = _trsock.TransportSocket
 
@@ -213,14 +196,9 @@ cdef class SocketTransport(ReceiveSide):
     _sendfile_compatible = _constants._SendfileMode.TRY_NATIVE
 
     def __cinit__(self):
-        # The stock transport is a Python object: programs and tests set attributes on it, and
-        # replace its methods on the instance -- `transport.write = ...`, mock.patch.object() --
-        # as uvicorn's and aiohttp's own test suites do.  So this one has an instance dict too;
-        # but not one made with every transport, as Cython's tp_new makes it: an idle
-        # connection would carry an empty dict, and on Python 3.12+ method calls on the
-        # transport from Python code are twice as slow while it exists
-        # (ul_drop_instance_dict).  With the slot NULL, CPython makes the dict on the first
-        # attribute set.
+        # Attributes set on the transport and methods replaced on it (`transport.write = ...`,
+        # mock.patch.object) live in an instance dict, made on the first set, not with every
+        # transport (_instance_dict.h says why).
         ul_drop_instance_dict(self)
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
