@@ -1,5 +1,6 @@
 """What several test modules share: bounded async tests, the file-descriptor leak check, a stream
-echo handler, a loss-revealing byte pattern, a TLS certificate with its contexts, AF_PACKET
+echo handler, a loss-revealing byte pattern, a TLS certificate with its contexts, what code does
+to a transport's instance (attributes, methods replaced), AF_PACKET
 sockets on the loopback interface, the environment of child processes that must import the
 uringloop under test, and a loop's iterations run by hand."""
 
@@ -14,6 +15,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import unittest.mock
 
 import pytest
 
@@ -158,6 +160,31 @@ def contexts(certificate):
 # ethertypes of the IEEE "local experimental" range: a socket bound to one receives only the
 # frames of that type (not its own outgoing ones).  Needs CAP_NET_RAW: the tests skip without.
 PACKET_P, PACKET_Q = 0x88B5, 0x88B6
+
+
+async def check_instance_attributes(transport, peer_received):
+    """What programs and tests do to a transport's instance, as the stock transports allow
+    (uvicorn's and aiohttp's own test suites do it): an attribute set, read, in vars() and
+    deleted; write() replaced on the instance takes the calls, and once the replacement is
+    deleted the transport's own write() is back (`await peer_received(4)` must give b'sent');
+    mock.patch.object on is_closing()."""
+    transport.label = 'mine'
+    assert transport.label == 'mine'
+    assert vars(transport)['label'] == 'mine'
+    swallowed = []
+    transport.write = swallowed.append
+    transport.write(b'not sent')
+    assert swallowed == [b'not sent']
+    del transport.write
+    transport.write(b'sent')
+    assert await peer_received(4) == b'sent'
+    with unittest.mock.patch.object(transport, 'is_closing', return_value=True) as patched:
+        assert transport.is_closing() is True
+    assert patched.called
+    assert transport.is_closing() is False
+    del transport.label
+    with pytest.raises(AttributeError):
+        transport.label
 
 
 class RefusingFirstSends(socket.socket):
