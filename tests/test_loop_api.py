@@ -802,6 +802,58 @@ def test_a_second_thread_gets_a_clear_error_not_its_own_ring():
         loop.close()
 
 
+def test_a_refused_run_in_another_thread_leaves_the_loop_whole_in_its_own():
+    """The pattern aiosmtpd's UnthreadedController tests use: a server started by running the
+    loop in the main thread, then the loop run in another thread.  The SINGLE_ISSUER ring
+    refuses the second thread (the difference the README lists); the refusal must cost
+    nothing: back in its own thread the loop still serves the server it had (its request on
+    the listening socket still in flight), closes it, and the port is free after close()."""
+    loop = uringloop.new_event_loop()
+    try:
+        if not loop._features["single_issuer_defer_taskrun"]:
+            pytest.skip("needs SINGLE_ISSUER rings (Linux 6.1)")
+
+        class Greeter(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.write(b"220 ready\r\n")
+                transport.close()
+
+        server = loop.run_until_complete(loop.create_server(Greeter, "127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        outcome = []
+
+        def elsewhere():
+            try:
+                outcome.append(loop.run_until_complete(asyncio.sleep(0.01, "ran")))
+            except OSError as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=elsewhere)
+        t.start()
+        t.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], OSError), outcome
+        assert outcome[0].errno == errno.EEXIST
+        assert not loop.is_running()
+
+        async def greeting():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            line = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+            return line
+
+        assert loop.run_until_complete(asyncio.wait_for(greeting(), 10)) == b"220 ready\r\n"
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+    finally:
+        loop.close()
+    with socket.socket() as probe:
+        # (SO_REUSEADDR: the served connection's end may be in TIME_WAIT; a listener is not.)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()
+
+
 def test_run_inside_a_running_loop_is_refused_as_asyncio_run_refuses_it():
     """uringloop.run() from a running loop: asyncio.run()'s RuntimeError, before any loop is
     made.  (On 3.11 uringloop made a second loop and failed in it, with another message and a
