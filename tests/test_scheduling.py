@@ -47,6 +47,7 @@ def outcome(action, loop):
 
 def test_call_soon_returns_an_asyncio_handle(new_loop):
     loop = new_loop()
+    loop.set_debug(False)    # the handle of a loop not in debug mode (-X dev turns it on)
 
     def callback(a, b):
         pass
@@ -68,6 +69,7 @@ def test_call_soon_returns_an_asyncio_handle(new_loop):
 
 def test_call_later_returns_an_asyncio_timer_handle(new_loop):
     loop = new_loop()
+    loop.set_debug(False)    # the handle of a loop not in debug mode (-X dev turns it on)
     before = loop.time()
     timer = loop.call_later(10.0, print, "x")
     after = loop.time()
@@ -474,6 +476,7 @@ def test_stop_inside_a_callback_finishes_the_iteration(new_loop):
 
 def test_callback_exception_reaches_the_handler(new_loop):
     loop = new_loop()
+    loop.set_debug(False)    # the handle of a loop not in debug mode (-X dev turns it on)
     contexts = []
     loop.set_exception_handler(lambda loop, context: contexts.append(context))
     seen = []
