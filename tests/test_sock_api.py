@@ -600,6 +600,23 @@ async def test_closed_socket_is_an_oserror():
 
 
 @pytest.mark.asyncio
+async def test_a_read_of_nothing_from_a_closed_socket_is_answered_as_its_method_answers():
+    """socket.recv(0) and recv_into() of an empty buffer return b'' and 0 without a system
+    call, closed socket or not, and the stock loop's sock_recv() tries them first.  (uringloop
+    raised EBADF.)  Anything else on the closed socket is still EBADF."""
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    a.close()
+    b.close()
+    assert await loop.sock_recv(b, 0) == b""
+    assert await loop.sock_recv_into(b, bytearray()) == 0
+    with pytest.raises(OSError) as raised:
+        await loop.sock_recv_into(b, bytearray(1))
+    assert raised.value.errno == errno.EBADF
+    await still_works()
+
+
+@pytest.mark.asyncio
 async def test_negative_and_huge_sizes():
     loop = asyncio.get_running_loop()
     a, b = nonblocking_pair()
@@ -705,6 +722,27 @@ async def test_debug_mode_refuses_blocking_sockets():
         with a, b:
             with pytest.raises(ValueError):
                 await loop.sock_recv(a, 10)
+    finally:
+        loop.set_debug(False)
+
+
+@pytest.mark.asyncio
+async def test_debug_mode_refuses_a_blocking_socket_before_looking_at_the_arguments():
+    """The stock loop checks the socket first, then calls the socket's method, which checks the
+    arguments: a blocking socket with a bad argument is the socket's ValueError.  (uringloop
+    raised the argument's error first.)"""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    try:
+        a, b = socket.socketpair()
+        with a, b:
+            calls = [loop.sock_recv(b, -1), loop.sock_recv_into(b, b"read-only"),
+                     loop.sock_sendall(a, "text")]
+            if sys.version_info >= (3, 11):
+                calls += [loop.sock_recvfrom(b, -1), loop.sock_sendto(a, "text", None)]
+            for call in calls:
+                with pytest.raises(ValueError, match="the socket must be non-blocking"):
+                    await call
     finally:
         loop.set_debug(False)
 
@@ -1064,6 +1102,36 @@ async def test_ipv6_flowinfo_and_scope_id_are_read_as_socket_sendto_reads_them()
                 await loop.sock_sendto(a, b"x", ("::1", port, flowinfo, 0))
         for scope_id in (-1, 2 ** 32):
             assert await loop.sock_sendto(a, b"y", ("::1", port, 0xfffff, scope_id)) == 1
+
+
+@needs_311
+@pytest.mark.asyncio
+async def test_a_scope_in_the_host_is_overridden_by_the_tuples_as_socket_sendto_does():
+    """socket.sendto() resolves 'fe80::1%lo' and then sets the tuple's scope id (0 when not
+    given) over the one the name carried; sock_sendto() goes where socket.sendto() goes -- the
+    same result or the same error.  (uringloop kept the name's scope: ENETUNREACH where the
+    socket's own sendto() sent.)"""
+    loop = asyncio.get_running_loop()
+    try:
+        a = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:
+        pytest.skip("no IPv6")
+    with a:
+        a.setblocking(False)
+
+        def outcome(call):
+            try:
+                return call()
+            except OSError as exc:
+                return type(exc), exc.errno
+
+        for address in [("fe80::1%lo", 9), ("fe80::1%lo", 9, 0), ("fe80::1%lo", 9, 0, 1)]:
+            direct = outcome(lambda: a.sendto(b"x", address))
+            try:
+                through_loop = await loop.sock_sendto(a, b"x", address)
+            except OSError as exc:
+                through_loop = type(exc), exc.errno
+            assert through_loop == direct, address
 
 
 @pytest.mark.asyncio

@@ -167,8 +167,9 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
     if host == b'':
         return sizeof(sockaddr_in6)
     if inet_pton(AF_INET6, host, &sin6.sin6_addr) != 1:
+        # A name, or a literal with a scope ('fe80::1%eth0'): the address getaddrinfo() gives.
+        # Its scope id is not kept: socket.sendto() sets the tuple's (0 when not given) over
+        # the one the name resolved with, and the stock loop's datagrams go where its go.
         info = _socket.getaddrinfo(host_obj, port, AF_INET6)[0][4]
         inet_pton(AF_INET6, info[0].encode('ascii'), &sin6.sin6_addr)
-        if len(address) <= 3:
-            sin6.sin6_scope_id = info[3]
     return sizeof(sockaddr_in6)

@@ -68,22 +68,33 @@ cdef extern from "<fcntl.h>" nogil:
 # of that method refuses it: sock_recv(closed_sock, -1) is a ValueError there, not EBADF.
 # ---------------------------------------------------------------------------------------------
 
-cdef SocketState _state_for(loop, sock):
-    # Reached on every sock_* call: the loop's fields are read from its C struct (LoopCore's),
-    # and an exact socket's number from the socket's -- no attribute lookups, no fileno() call.
-    cdef LoopCore core = <LoopCore?>loop
-    cdef dict states = core._ul_sock_states
-    cdef SocketState state
+cdef int _socket_fd(loop, sock) except -2:
+    """The checks every sock_* call makes first, in the stock loop's order -- an SSL socket
+    refused (TypeError), then in debug mode a blocking socket (ValueError) -- and the socket's
+    descriptor number, -1 once it is closed.  The arguments are checked after these, as the
+    stock loop's first attempt, the socket's own method, checks them; a closed socket is
+    refused (EBADF) only after that, by _state_for: a read of nothing from it is answered
+    first, as the socket's method answers it (b'' or 0, without a system call)."""
     cdef int fd
     if type(sock) is _socket_type:
         fd = ul_socket_fd(sock)
     else:
         _check_ssl_socket(sock)
         fd = sock.fileno()
+    if (<LoopCore?>loop)._debug and sock.gettimeout() != 0:
+        raise ValueError("the socket must be non-blocking")
+    return fd
+
+
+cdef SocketState _state_for(loop, sock, int fd):
+    # Reached on every sock_* call, after _socket_fd(): the loop's fields are read from its C
+    # struct (LoopCore's), and an exact socket's number from the socket's -- no attribute
+    # lookups, no fileno() call.
+    cdef LoopCore core = <LoopCore?>loop
+    cdef dict states = core._ul_sock_states
+    cdef SocketState state
     if fd < 0:
         raise OSError(EBADF, 'Bad file descriptor')
-    if core._debug and sock.gettimeout() != 0:
-        raise ValueError("the socket must be non-blocking")
     if fd in (<TransportTable?>core._transports).data:
         loop._ensure_fd_no_transport(fd)
     state = <SocketState>states.get(fd)
@@ -220,10 +231,13 @@ cdef object _read_nothing(SocketState state, object call, object arg, bint takes
 
 async def sock_recv(self, sock, n):
     """Receive up to n bytes from sock (completion-based recv)."""
+    cdef int fd = _socket_fd(self, sock)
     cdef Py_ssize_t size = n
     if size < 0:
         raise ValueError("negative buffersize in recv")
-    cdef SocketState state = _state_for(self, sock)
+    if size == 0 and fd < 0:
+        return sock.recv(0)
+    cdef SocketState state = _state_for(self, sock, fd)
     if size == 0:
         result = _read_nothing(state, sock.recv, 0, False)
         if result is not _WOULD_BLOCK:
@@ -243,8 +257,11 @@ async def sock_recv(self, sock, n):
 
 async def sock_recv_into(self, sock, buf):
     """Receive into buf; the kernel writes into it directly, and holds it until it is done."""
+    cdef int fd = _socket_fd(self, sock)
     cdef Py_ssize_t size = _check_writable(buf, 'recv_into')
-    cdef SocketState state = _state_for(self, sock)
+    if size == 0 and fd < 0:
+        return sock.recv_into(buf)
+    cdef SocketState state = _state_for(self, sock, fd)
     if size == 0:
         result = _read_nothing(state, sock.recv_into, buf, False)
         if result is not _WOULD_BLOCK:
@@ -263,10 +280,11 @@ async def sock_recv_into(self, sock, buf):
 
 
 async def sock_recvfrom(self, sock, bufsize):
+    cdef int fd = _socket_fd(self, sock)
     cdef Py_ssize_t size = bufsize
     if size < 0:
         raise ValueError("negative buffersize in recvfrom")
-    cdef SocketState state = _state_for(self, sock)
+    cdef SocketState state = _state_for(self, sock, fd)
     if size == 0:
         result = _read_nothing(state, sock.recvfrom, 0, True)
         if result is not _WOULD_BLOCK:
@@ -285,6 +303,7 @@ async def sock_recvfrom(self, sock, bufsize):
 
 
 async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+    cdef int fd = _socket_fd(self, sock)
     if not nbytes:
         # The stock loop's reading of "no size": len(buf) -- items, not bytes, for an array
         # of wider items, as socket.recvfrom_into() is then told (and its TypeError first, for
@@ -296,7 +315,7 @@ async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         raise ValueError("negative buffersize in recvfrom_into")
     if wanted > size:
         raise ValueError("nbytes is greater than the length of the buffer")
-    cdef SocketState state = _state_for(self, sock)
+    cdef SocketState state = _state_for(self, sock, fd)
     if size == 0:
         result = _read_nothing(state, sock.recvfrom_into, buf, True)
         if result is not _WOULD_BLOCK:
@@ -318,8 +337,9 @@ async def sock_recvfrom_into(self, sock, buf, nbytes=0):
 async def sock_sendall(self, sock, data):
     """Send every byte of data; partial completions continue inside the core."""
     cdef Request req
+    cdef int fd = _socket_fd(self, sock)
     cdef Py_ssize_t size = _buffer_size(data)
-    cdef SocketState state = _state_for(self, sock)
+    cdef SocketState state = _state_for(self, sock, fd)
     if size == 0 and state.stream:
         # Nothing to send, but the socket still answers for its state as the stock loop's
         # sock.send(b'') makes it: BrokenPipeError once shut down for writing or never
@@ -342,13 +362,14 @@ async def sock_sendall(self, sock, data):
 
 
 async def sock_sendto(self, sock, data, address):
+    cdef int fd = _socket_fd(self, sock)
     memoryview(data)
     if address is None:
         # MsgOp takes None as "no address" (a connected datagram transport's sendto); sendto(2)
         # through the stock loop refuses it before anything is sent.
         raise TypeError("sock_sendto() address must be an address for the socket's family, "
                         "not None (for a connected socket use sock_sendall())")
-    cdef SocketState state = _state_for(self, sock)
+    cdef SocketState state = _state_for(self, sock, fd)
     if (state.family != AF_INET and state.family != AF_INET6 and state.family != AF_UNIX
             and state.send_op is None and not state.send_q):
         # A family other than IP and unix (AF_NETLINK, AF_PACKET...): the socket's own sendto(),
@@ -372,7 +393,7 @@ async def sock_sendto(self, sock, data, address):
 
 async def sock_accept(self, sock):
     """Accept a connection: (conn, address), conn non-blocking, as with the stock loop."""
-    cdef SocketState state = _state_for(self, sock)
+    cdef SocketState state = _state_for(self, sock, _socket_fd(self, sock))
     cdef Request req = state.new_request(K_ACCEPT)
     state.queue_accept(req)
     state.pump_accept()
@@ -463,10 +484,7 @@ async def sock_connect(self, sock, address):
     cdef Request req
     cdef int family
     cdef bint under_way = False
-    if type(sock) is not _socket_type:
-        _check_ssl_socket(sock)
-    if self._debug and sock.gettimeout() != 0:
-        raise ValueError("the socket must be non-blocking")
+    _socket_fd(self, sock)
     family = _family_of(sock) if isinstance(sock, _socket_base) else sock.family
     if family == AF_INET or (family == AF_INET6 and _base_events._HAS_IPv6):
         if family != AF_INET or not _already_resolved(self, sock, address):
@@ -475,7 +493,8 @@ async def sock_connect(self, sock, address):
             _, _, _, _, address = resolved[0]
         elif _connect_at_once(self, sock, address, &under_way):
             return None
-    state = _state_for(self, sock)
+    # (Looked up again: the socket may have been closed while the address was resolved.)
+    state = _state_for(self, sock, _socket_fd(self, sock))
     req = state.new_request(K_CONNECT)
     req.address = address
     if under_way:
