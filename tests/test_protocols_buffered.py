@@ -120,6 +120,32 @@ async def test_buffered_protocol_get_buffer_failures_are_fatal():
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize('buffer', [b'\0' * 64, memoryview(bytearray(64))[::2], 'text'],
+                         ids=['bytes', 'strided view', 'str'])
+async def test_a_buffer_that_cannot_be_written_is_recv_intos_type_error(buffer):
+    """get_buffer() giving what socket.recv_into() cannot write into: a fatal read error with
+    recv_into()'s TypeError and message, as the stock transport's recv_into() raises it.
+    (uringloop's message was its own: "a writable bytes-like object is required".)"""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class Unwritable(BufferedRecorder):
+        def get_buffer(self, sizehint):
+            return buffer
+
+    server, peer, client = await connected_pair(client_protocol=Unwritable)
+    peer.transport.write(b'data')
+    exc = await client.lost
+    assert type(exc) is TypeError
+    assert str(exc) == ('recv_into() argument 1 must be read-write bytes-like object, '
+                        f'not {type(buffer).__name__}')
+    assert [e['message'] for e in errors] == ['Fatal read error on socket transport']
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_buffered_protocol_buffer_updated_failure_is_fatal():
     loop = asyncio.get_running_loop()
     errors = []

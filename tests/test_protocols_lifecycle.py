@@ -440,6 +440,92 @@ async def test_writelines_errors_are_those_of_the_stock_transport():
 
 
 @pytest.mark.asyncio
+async def test_writelines_of_something_falsy_is_the_stock_transports_answer():
+    """From 3.12 the stock writelines() returns at once for a falsy argument (None, 0, ());
+    before, b''.join() refuses anything not iterable with its own message.  (uringloop raised
+    "'NoneType' object is not iterable" on every version.)"""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    with b:
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        for nothing in (None, 0):
+            if sys.version_info >= (3, 12):
+                assert transport.writelines(nothing) is None
+            else:
+                with pytest.raises(TypeError, match="^can only join an iterable$"):
+                    transport.writelines(nothing)
+        transport.writelines(())
+        transport.writelines(iter([b"still ", b"writing"]))
+        b.settimeout(5)
+        assert b.recv(100) == b"still writing"
+        transport.close()
+        await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize("method", ["write", "writelines"])
+async def test_a_view_that_is_not_contiguous_is_refused_as_the_stock_transport_refuses_it(method):
+    """memoryview(...)[::2] is not a bytes-like object for socket.send(): the stock transport's
+    write() ends in a fatal BufferError and sends nothing; its writelines() does the same from
+    3.12, and before raises join's TypeError.  (uringloop copied the view and sent it.)"""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    a, b = socket.socketpair()
+    with b:
+        transport, protocol = await loop.connect_accepted_socket(Recorder, a)
+        strided = memoryview(b"0123456789")[::2]
+        if method == "writelines" and sys.version_info < (3, 12):
+            with pytest.raises(TypeError, match="sequence item 1: expected a bytes-like object, "
+                                                "memoryview found"):
+                transport.writelines([b"<", strided, b">"])
+            assert not transport.is_closing()
+            transport.close()
+            assert await asyncio.wait_for(protocol.lost, 5) is None
+        else:
+            if method == "write":
+                transport.write(strided)
+            else:
+                transport.writelines([b"<", strided, b">"])
+            exc = await asyncio.wait_for(protocol.lost, 5)
+            assert type(exc) is BufferError
+            assert [e['message'] for e in errors] == ['Fatal write error on socket transport']
+        b.settimeout(5)
+        assert b.recv(100) == b""              # nothing was sent
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12),
+                    reason="the stock loop refuses a socket a live transport has from 3.12")
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize("api", ["connect_accepted_socket", "create_connection"])
+async def test_a_second_transport_on_a_socket_a_live_transport_has_is_refused(api):
+    """3.12+'s _make_socket_transport(): RuntimeError("File descriptor ... is used by
+    transport ...") -- uringloop made the second transport, which the first one's close then
+    ended with EBADF."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    with b:
+        first, protocol = await loop.connect_accepted_socket(Recorder, a)
+        alias = socket.socket(fileno=a.fileno())      # the same descriptor, another object
+        try:
+            if api == "connect_accepted_socket":
+                call = loop.connect_accepted_socket(Recorder, alias)
+            else:
+                call = loop.create_connection(Recorder, sock=alias)
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                await call
+        finally:
+            alias.detach()
+        first.write(b"first still works")
+        b.settimeout(5)
+        assert b.recv(100) == b"first still works"
+        first.close()
+        assert await asyncio.wait_for(protocol.lost, 5) is None
+
+
+@pytest.mark.asyncio
 @bounded()
 async def test_a_socket_closed_under_its_transport_ends_it_and_nothing_goes_by_its_number():
     """The owner of a socket handed to a transport closes it, and a new socket takes the

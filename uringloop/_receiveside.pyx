@@ -342,6 +342,14 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     return <BufferRing>ring
 
 
+
+cdef object _recv_into_refusal(object buf):
+    """The TypeError socket.recv_into() raises for a buffer it cannot write into (read-only,
+    not contiguous, not a buffer at all), with its message: the stock transport's failure
+    when get_buffer() gives one."""
+    return TypeError(f"recv_into() argument 1 must be read-write bytes-like object, "
+                     f"not {'None' if buf is None else type(buf).__name__}")
+
 cdef class ReceiveSide(SendSide):
     """What SocketTransport does to receive (see the module's docstring).  Not used on its
     own: close() and the fatal errors are the transport's."""
@@ -507,8 +515,11 @@ cdef class ReceiveSide(SendSide):
                 op.guards_fd = self.guards_fd
             try:
                 op.set_buffer(buf, True)
-            except Exception as exc:
+            except (TypeError, BufferError):
                 # A read-only buffer: where the stock transport's recv_into() refuses it.
+                self.fatal_error(_recv_into_refusal(buf), 'Fatal read error on socket transport')
+                return 0
+            except Exception as exc:
                 self.fatal_error(exc, 'Fatal read error on socket transport')
                 return 0
             op.keep = self.sock
@@ -713,6 +724,9 @@ cdef class ReceiveSide(SendSide):
             return False
         try:
             get_writable_buffer(buf, view)
+        except (TypeError, BufferError):
+            self.fatal_error(_recv_into_refusal(buf), 'Fatal read error on socket transport')
+            return False
         except Exception as exc:
             self.fatal_error(exc, 'Fatal read error on socket transport')
             return False

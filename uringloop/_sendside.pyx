@@ -137,6 +137,14 @@ cdef inline object _pinnable(object data):
     return data
 
 
+cdef object _not_contiguous():
+    """What socket.send() raises for a view whose bytes are not contiguous (a slice with a step,
+    a transposed array): the stock transport's write() fails with it, as a fatal write error
+    -- nothing of it is sent.  (Copying it into bytes and sending that would make code work
+    here that fails on the stock loop; uvloop refuses it too.)"""
+    return BufferError('memoryview: underlying buffer is not C-contiguous')
+
+
 cdef inline Py_ssize_t _nbytes(object data):
     if type(data) is bytes:
         return PyBytes_GET_SIZE(data)
@@ -181,6 +189,9 @@ cdef class SendSide(WriteFlow):
         if not data:
             return
         if self.write_dropped():
+            return
+        if type(data) is memoryview and not (<memoryview>data).c_contiguous:
+            self.fatal_error(_not_contiguous(), 'Fatal write error on socket transport')
             return
         if (type(data) is not bytes or self.proactor.little_to_batch()
                 or PyBytes_GET_SIZE(data) >= WRITE_THROUGH_MIN):
@@ -290,7 +301,7 @@ cdef class SendSide(WriteFlow):
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         except BufferError:
-            return _pinnable(data)     # not contiguous: bytes() gathers it
+            return _pinnable(data)     # (write() refused a non-contiguous view already)
         try:
             if view.len < WRITE_THROUGH_MIN and not unbatched:
                 if immutable:
@@ -309,8 +320,17 @@ cdef class SendSide(WriteFlow):
     def writelines(self, list_of_data):
         cdef list items = []
         cdef Py_ssize_t n = 0, size, i = 0
+        cdef bint scattered = False
         if not _WRITELINES_IS_JOINED_WRITE:
             self.check_writable('writelines')
+            if not list_of_data:
+                return          # (as 3.12+'s: writelines(None) too is a write of nothing)
+        elif type(list_of_data) is not list and type(list_of_data) is not tuple:
+            # 3.10 / 3.11's writelines is write(b''.join(list_of_data)): join's TypeError.
+            try:
+                list_of_data = iter(list_of_data)
+            except TypeError:
+                raise TypeError('can only join an iterable') from None
         for data in list_of_data:
             if type(data) is not bytes:
                 try:
@@ -320,6 +340,11 @@ cdef class SendSide(WriteFlow):
                         raise TypeError(f'sequence item {i}: expected a bytes-like object, '
                                         f'{type(data).__name__} found') from None
                     raise
+                if not data.c_contiguous:
+                    if _WRITELINES_IS_JOINED_WRITE:
+                        raise TypeError(f'sequence item {i}: expected a bytes-like object, '
+                                        f'memoryview found')
+                    scattered = True
             size = _nbytes(data)
             if size:
                 items.append(data)
@@ -330,6 +355,9 @@ cdef class SendSide(WriteFlow):
         if not items:
             return
         if self.write_dropped():
+            return
+        if scattered:
+            self.fatal_error(_not_contiguous(), 'Fatal write error on socket transport')
             return
         if (self.send_op is None and not self.write_q and self.sock is not None
                 and (n >= WRITE_THROUGH_MIN or self.proactor.little_to_batch())):
@@ -396,7 +424,7 @@ cdef class SendSide(WriteFlow):
                     iov[got].iov_len = <size_t>views[got].len
                     got += 1
             except BufferError:
-                sent = 0                # not contiguous: bytes() gathers it, submitted below
+                sent = 0                # (not reached: writelines() refused those already)
             else:
                 memset(&msg, 0, sizeof(msghdr))
                 msg.msg_iov = iov

@@ -647,5 +647,5 @@ cdef inline Py_ssize_t _check_writable(buf, str method) except -1:
         PyBuffer_Release(&view)
     if size < 0:
         raise TypeError(f"{method}() argument 1 must be read-write bytes-like object, "
-                        f"not {type(buf).__name__}")
+                        f"not {'None' if buf is None else type(buf).__name__}")
     return size

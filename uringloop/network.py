@@ -47,6 +47,10 @@ from uringloop._transports import SocketTransport
 
 # SSLProtocol (and the loop hooks around it) grew ssl_shutdown_timeout in 3.11.
 _HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
+# From 3.12 a stream transport is refused a socket whose descriptor a live transport already
+# has (selector_events' _make_socket_transport / _make_ssl_transport: RuntimeError); 3.10 and
+# 3.11 make the second transport.
+_REFUSES_FD_IN_USE = sys.version_info >= (3, 12)
 # create_unix_server(cleanup_socket=True) and the unlink at close arrived in 3.13.
 _HAS_CLEANUP_SOCKET = sys.version_info >= (3, 13)
 # The TLS layer: the compiled one reproduces 3.11+'s SSLProtocol; 3.10's is an older design
@@ -293,6 +297,8 @@ class NetworkMixin:
     # ---- transports ----
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if _REFUSES_FD_IN_USE:
+            self._ensure_fd_no_transport(sock)
         return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
@@ -302,6 +308,8 @@ class NetworkMixin:
         # The TLS protocol (a BufferedProtocol from 3.11 on: the kernel receives straight into
         # its buffer) over our socket transport, exactly the layering of the stock loop; the
         # application sees the TLS protocol's app transport.
+        if _REFUSES_FD_IN_USE:
+            self._ensure_fd_no_transport(rawsock)
         kwargs = {'ssl_handshake_timeout': ssl_handshake_timeout}
         if _HAS_SSL_SHUTDOWN_TIMEOUT:
             kwargs['ssl_shutdown_timeout'] = ssl_shutdown_timeout
