@@ -1,6 +1,7 @@
 """create_datagram_endpoint and the datagram transport, on uringloop and on the stock loop."""
 
 import asyncio
+import contextlib
 import errno
 import gc
 import os
@@ -117,6 +118,28 @@ async def test_inet_echo_and_addresses():
     assert await closed(st, sp) is None
     assert ct.is_closing() and st.is_closing()
     assert ct.get_extra_info("socket").fileno() == -1
+
+
+@pytest.mark.asyncio
+async def test_a_view_that_is_not_contiguous_is_a_fatal_error_when_sent_at_once():
+    """With nothing queued the stock transport gives the datagram to socket.sendto(), which
+    refuses memoryview(...)[::2] with BufferError: a fatal write error, nothing sent.
+    (uringloop copied the view and sent it.)"""
+    loop = asyncio.get_running_loop()
+    handled = []
+    loop.set_exception_handler(lambda loop, context: handled.append(context))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        rx.setblocking(False)
+        transport, proto = await loop.create_datagram_endpoint(Recorder,
+                                                               remote_addr=rx.getsockname())
+        transport.sendto(memoryview(b"abcdefgh")[::2])
+        exc = await asyncio.wait_for(proto.lost, 5)
+        assert type(exc) is BufferError
+        assert [c["message"] for c in handled] == ["Fatal write error on datagram transport"]
+        with pytest.raises(BlockingIOError):
+            rx.recv(100)                        # nothing was sent
+    loop.set_exception_handler(None)
 
 
 @pytest.mark.asyncio
@@ -949,7 +972,8 @@ async def test_what_error_received_raises_in_sendto_goes_to_the_caller():
 
 
 @pytest.mark.asyncio
-async def test_abort_after_close_with_datagrams_waiting_loses_the_connection_once(is_uring):
+async def test_abort_after_close_with_datagrams_waiting_loses_the_connection_once(is_uring,
+                                                                              tmp_path):
     """close() with datagrams waiting for room, then abort(), while the transport's wait for
     room has not reached the kernel (no submission slot): connection_lost() runs once, and
     resume_writing() not at all.  uringloop's abort cancelled first, and the cancel completed
@@ -967,15 +991,25 @@ async def test_abort_after_close_with_datagrams_waiting_loses_the_connection_onc
             lost.append(exc)
             super().connection_lost(exc)
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
-        rx.bind(("127.0.0.1", 0))
-        transport, proto = await loop.create_datagram_endpoint(Proto, remote_addr=rx.getsockname())
+    # A unix datagram socket connected to a receiver that reads nothing: once the receiver's
+    # queue is full, a send would block.  (Bound to a path: a socketpair's peer name is empty,
+    # and sendto() without an address then fails on both loops.)
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with rx:
+        rx.bind(str(tmp_path / "rx"))
+        tx.connect(str(tmp_path / "rx"))
+        tx.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                tx.send(b"f" * 1024)        # until the peer's queue is full
+        transport, proto = await loop.create_datagram_endpoint(Proto, sock=tx)
         transport.set_write_buffer_limits(high=0)
         await asyncio.sleep(0.01)
         ring = loop._proactor.ring
         ring._limit_sq_room(0)
         try:
-            transport.sendto(memoryview(b"abcdefgh")[::2])    # not contiguous: queued
+            transport.sendto(b"abcd")       # the socket has no room: queued
             transport.sendto(b"x")
             assert transport.get_write_buffer_size() == 5
             transport.close()

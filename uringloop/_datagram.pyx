@@ -458,6 +458,15 @@ cdef class DatagramCore(TransportCore):
         if self.by_socket:
             self.sendto_by_socket(data, addr)
             return
+        if (type(data) is memoryview and not (<memoryview>data).c_contiguous
+                and not self.send_q and not self.proactor.closing):
+            # With nothing queued the stock transport hands the view to socket.sendto(), which
+            # refuses a view that is not contiguous (a slice with a step) before it looks at the
+            # address: a fatal write error, nothing sent.  (Behind queued datagrams it is copied
+            # with bytes() and sent later, by either transport.)
+            self.fatal_error(BufferError('memoryview: underlying buffer is not C-contiguous'),
+                             'Fatal write error on datagram transport')
+            return
         if self.spare_ops:
             op = <MsgOp>self.spare_ops.pop()
             op.keep = self.sock
@@ -507,7 +516,7 @@ cdef class DatagramCore(TransportCore):
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         except BufferError:
-            return False        # not contiguous: bytes() gathers it for the operation
+            return False        # (not reached: sendto() refused a view not contiguous)
         sent = self.send_now(op, view.buf, view.len, &err)
         PyBuffer_Release(&view)
         if sent < 0 and (err == EAGAIN or err == EINTR):
