@@ -617,8 +617,34 @@ async def test_data_received_exception_is_reported_and_reading_continues():
     os.write(w, b"fine")
     await until(lambda: proto.data == b"boomfine")
     assert isinstance(errors[0]["exception"], ZeroDivisionError)
+    # As the stock loop reports an exception out of a callback: with the handle that ran (an
+    # exception handler may read context['handle']; uringloop's context had none).
+    assert errors[0]["message"].startswith("Exception in callback ")
+    assert isinstance(errors[0]["handle"], asyncio.Handle)
     os.close(w)
     await asyncio.wait_for(proto.lost, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_write_of_a_view_that_is_not_contiguous_is_a_fatal_write_error():
+    """memoryview(...)[::2] is not a bytes-like object for os.write(): the stock write pipe's
+    write() fails with a fatal BufferError and writes nothing.  (uringloop raised TypeError
+    out of write() and kept the transport open.)"""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    transport, proto, wpipe, r = await write_pipe()
+    try:
+        transport.write(memoryview(b"abcdefgh")[::2])
+        exc = await asyncio.wait_for(proto.lost, 5)
+        assert type(exc) is BufferError
+        assert [e["message"] for e in errors] == ["Fatal write error on pipe transport"]
+        os.set_blocking(r, False)
+        assert os.read(r, 100) == b""           # nothing was written before the pipe closed
+    finally:
+        transport.close()
+        os.close(r)
+        await asyncio.sleep(0)
 
 
 @pytest.mark.asyncio

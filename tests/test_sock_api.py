@@ -1106,6 +1106,29 @@ async def test_ipv6_flowinfo_and_scope_id_are_read_as_socket_sendto_reads_them()
 
 @needs_311
 @pytest.mark.asyncio
+@pytest.mark.parametrize("family, address", [
+    (socket.AF_INET, "not a tuple"), (socket.AF_INET, ("127.0.0.1", 70000)),
+    (socket.AF_INET, ("127.0.0.1",)), (socket.AF_INET, (1, 2)),
+    (socket.AF_INET6, "not a tuple"), (socket.AF_INET6, ("::1", 70000)),
+    (socket.AF_INET6, (1, 2, 3, 4, 5)),
+])
+async def test_a_bad_address_is_refused_with_socket_sendtos_exception_and_message(family,
+                                                                                  address):
+    """The same exception type and message as the socket's own sendto() (uringloop's lacked
+    its "sendto(): " prefix and worded the type error differently)."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        with pytest.raises(Exception) as direct:
+            sock.sendto(b"x", address)
+        with pytest.raises(Exception) as through_loop:
+            await loop.sock_sendto(sock, b"x", address)
+        assert type(through_loop.value) is type(direct.value)
+        assert str(through_loop.value) == str(direct.value)
+
+
+@needs_311
+@pytest.mark.asyncio
 async def test_a_scope_in_the_host_is_overridden_by_the_tuples_as_socket_sendto_does():
     """socket.sendto() resolves 'fe80::1%lo' and then sets the tuple's scope id (0 when not
     given) over the one the name carried; sock_sendto() goes where socket.sendto() goes -- the

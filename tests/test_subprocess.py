@@ -184,6 +184,27 @@ async def test_status_survives_popen_reaping_first():
 
 
 @pytest.mark.asyncio
+async def test_a_child_reaped_elsewhere_is_reported_in_the_default_watchers_words(caplog):
+    """A child the program reaps itself (os.waitpid) before the loop can: returncode 255 and
+    the warning of the stock loop's default watcher -- from 3.12 the pidfd watcher's
+    "exit status already read", before the threaded watcher's "Unknown child process".
+    (uringloop gave the threaded watcher's words on every version.)"""
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, uringloop.Loop) and sys.version_info < (3, 12):
+        pytest.skip("the stock loop's watcher thread may reap the child before os.waitpid()")
+    proc = await asyncio.create_subprocess_exec(*python("import time; time.sleep(0.1)"))
+    os.waitpid(proc.pid, 0)     # blocks the loop's thread until the child has exited
+    with caplog.at_level("WARNING", logger="asyncio"):
+        assert await asyncio.wait_for(proc.wait(), 10) == 255
+    if sys.version_info >= (3, 12):
+        expected = (f"child process pid {proc.pid} exit status already read:  "
+                    "will report returncode 255")
+    else:
+        expected = f"Unknown child process pid {proc.pid}, will report returncode 255"
+    assert expected in [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.asyncio
 async def test_children_are_reaped_without_helper_threads():
     loop = asyncio.get_running_loop()
     threads_before = threading.active_count()

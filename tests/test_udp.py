@@ -615,6 +615,10 @@ async def test_protocol_exception_is_reported_and_receiving_continues():
     assert (await sp.next())[1] == b"fine"
     assert len(errors) == 1
     assert isinstance(errors[0]["exception"], ZeroDivisionError)
+    # As the stock loop reports an exception out of a callback: with the handle that ran (an
+    # exception handler may read context['handle']; uringloop's context had none).
+    assert errors[0]["message"].startswith("Exception in callback ")
+    assert isinstance(errors[0]["handle"], asyncio.Handle)
     assert not st.is_closing()
     await closed(ct, cp)
     await closed(st, sp)

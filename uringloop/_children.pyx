@@ -44,6 +44,8 @@ cdef int WAIT_EXITED_NOWAIT = os.WEXITED | os.WNOWAIT      # wait for the exit, 
 # dies with the loop: the child stays a zombie until Popen reaps it (a Popen collected unreaped is
 # reaped by the next Popen's cleanup).
 cdef bint REAP_AFTER_CLOSE = sys.version_info < (3, 12)
+# Whose words the warnings are in: the default watcher's (see above).
+cdef bint PIDFD_WATCHER_IS_DEFAULT = sys.version_info >= (3, 12)
 
 
 @cython.final
@@ -160,9 +162,14 @@ cdef class ChildWatcher(Completer):
         returncode = popen.returncode
         if returncode is None:
             # Reaped by someone who did not tell Popen (a waitpid(-1) elsewhere): the stock
-            # child watchers report 255 in that case.
-            _logger.warning("Unknown child process pid %d, will report returncode 255",
-                            popen.pid)
+            # child watchers report 255 in that case, in the words of the default one -- from
+            # 3.12 the pidfd watcher's, before the threaded watcher's.
+            if PIDFD_WATCHER_IS_DEFAULT:
+                _logger.warning("child process pid %d exit status already read: "
+                                " will report returncode 255", popen.pid)
+            else:
+                _logger.warning("Unknown child process pid %d, will report returncode 255",
+                                popen.pid)
             returncode = 255
         return returncode
 

@@ -416,7 +416,7 @@ cdef class DatagramCore(TransportCore):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self.callback_failed(f'{self.protocol!r}.datagram_received()', exc)
+            self.callback_failed('datagram_received', (data, addr), exc)
         return 0
 
     cdef int error_received(self, object exc) except -1:
@@ -425,7 +425,7 @@ cdef class DatagramCore(TransportCore):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc2:
-            self.callback_failed(f'{self.protocol!r}.error_received()', exc2)
+            self.callback_failed('error_received', (exc,), exc2)
         return 0
 
     cdef int deliver_stashed(self, object item) except -1:

@@ -45,7 +45,7 @@ cdef class TransportCore(WriteFlow):
     cdef bint stash_flush_scheduled
 
     cdef int completed(self, Operation op, int res, unsigned flags) except -1
-    cdef int callback_failed(self, str what, object exc) except -1
+    cdef int callback_failed(self, str method, tuple args, object exc) except -1
     cdef int release_if_idle(self) except -1
     cdef int start_receive(self) except -1
     cdef int stop_receive(self) except -1

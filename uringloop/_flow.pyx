@@ -17,6 +17,7 @@ This module also holds the Python-level halves the datagram and pipe transports 
 asyncio transport objects are thin Python classes delegating to a TransportCore (`_core`).
 """
 
+from asyncio import events as _events
 from asyncio import futures as _futures
 from asyncio import constants as _constants
 from asyncio import trsock as _trsock
@@ -200,10 +201,16 @@ cdef class TransportCore(WriteFlow):
     cdef object visible_transport(self):
         return self.transport
 
-    cdef int callback_failed(self, str what, object exc) except -1:
+    cdef int callback_failed(self, str method, tuple args, object exc) except -1:
+        """protocol.<method>(*args) raised: reported as the stock loop reports an exception out
+        of the reader callback that called it -- 'Exception in callback ...', with a `handle`
+        (an exception handler may read context['handle']) -- naming the protocol's method
+        rather than the transport's internal _read_ready(); the transport stays open."""
+        callback = getattr(self.protocol, method, None)
         self.loop.call_exception_handler({
-            'message': f'Exception in callback {what}',
+            'message': f'Exception in callback {self.protocol!r}.{method}()',
             'exception': exc,
+            'handle': _events.Handle(callback, args, self.loop) if callback is not None else None,
             'transport': self.transport,
             'protocol': self.protocol,
         })

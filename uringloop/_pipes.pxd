@@ -39,6 +39,7 @@ cdef class WritePipeCore(PipeCore):
     cdef PollOp hangup_poll                # wakes when the reading end goes away
     cdef bint no_write_now                 # the fd refuses RWF_NOWAIT: always submit
 
+    cdef object refuse_scattered(self, object view)
     cdef object write_now(self, object data)
     cdef int start_write(self, object data) except -1
     cdef int submit_rest(self) except -1

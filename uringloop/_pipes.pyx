@@ -213,7 +213,7 @@ cdef class ReadPipeCore(PipeCore):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self.callback_failed(f'{self.protocol!r}.data_received()', exc)
+            self.callback_failed('data_received', (data,), exc)
         return 0
 
     cdef int got_eof(self) except -1:
@@ -301,6 +301,8 @@ cdef class WritePipeCore(PipeCore):
             # The stock transport asserts this; the same exception type for the same misuse.
             raise AssertionError(repr(data))
         if type(data) is not bytes:
+            if type(data) is memoryview and not (<memoryview>data).c_contiguous:
+                return self.refuse_scattered(data)
             data = memoryview(data).cast('B')
         n = len(data)
         if n == 0:
@@ -318,6 +320,22 @@ cdef class WritePipeCore(PipeCore):
             self.pending += data
         self.buffer_size += n
         self.maybe_pause_protocol()
+
+    cdef object refuse_scattered(self, object view):
+        """write() of a view that is not contiguous (a slice with a step), refused as the stock
+        transport's write() refuses it: os.write() raises BufferError there, a fatal write
+        error, when nothing is queued; queued behind other bytes, the bytearray it is added to
+        raises it to the caller.  Nothing of it is written either way."""
+        if not view:
+            return None
+        if self.conn_lost or self.closing:
+            self.count_lost_write('pipe closed by peer or os.write(pipe, data) raised exception.')
+            return None
+        exc = BufferError('memoryview: underlying buffer is not C-contiguous')
+        if self.write_wait.state != OP_IDLE:
+            raise exc
+        self.fatal_error(exc, 'Fatal write error on pipe transport')
+        return None
 
     cdef object write_now(self, object data):
         """Offer `data` to the pipe at once, as the stock transport's write() does with

@@ -107,7 +107,8 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
     if family == AF_NETLINK:
         # (pid, groups), both C unsigned ints, as socket.sendto() reads them.
         if not isinstance(address, tuple) or len(address) != 2:
-            raise TypeError(f"AF_NETLINK address must be tuple, not {type(address).__name__}")
+            raise TypeError(f"sendto(): AF_NETLINK address must be tuple, not "
+                            f"{type(address).__name__}")
         (<sockaddr_nl *>ss).nl_family = AF_NETLINK
         (<sockaddr_nl *>ss).nl_pid = <unsigned int>(_index(address[0]) & 0xffffffff)
         (<sockaddr_nl *>ss).nl_groups = <unsigned int>(_index(address[1]) & 0xffffffff)
@@ -115,8 +116,9 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
     if family != AF_INET and family != AF_INET6:
         raise OSError(EAFNOSUPPORT, f"address family {family} is not supported")
     if not isinstance(address, tuple):
-        raise TypeError(f"{'AF_INET' if family == AF_INET else 'AF_INET6'} address must be a "
-                        f"tuple, not {type(address).__name__}")
+        # (socket.sendto()'s messages, word for word.)
+        raise TypeError(f"sendto(): {'AF_INET' if family == AF_INET else 'AF_INET6'} address "
+                        f"must be tuple, not {type(address).__name__}")
     # The sizes socket.sendto()/connect() accept: a 4-tuple meant for AF_INET6 given to an
     # AF_INET socket is refused, not resolved as a hostname.
     if family == AF_INET and len(address) != 2:
@@ -127,7 +129,7 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
     # Any integer-like port (operator.index: a numpy integer...), as socket.sendto() takes it.
     port_number = _index(port_obj)
     if not 0 <= port_number <= 65535:
-        raise OverflowError("port must be 0-65535.")
+        raise OverflowError("sendto(): port must be 0-65535.")
     port = port_number
     if isinstance(host_obj, str):
         host = host_obj.encode('idna') if host_obj else b''
