@@ -87,7 +87,7 @@ from uringloop._ring cimport BufferRing
 from uringloop._proactor cimport Proactor, Operation, OP_IDLE, socket_fd_now, os_error
 from uringloop._ops cimport MsgOp, PollOp
 from uringloop._sockaddr cimport sockaddr_to_python, converts_sockaddr
-from uringloop._flow cimport TransportCore, add_socket_extra
+from uringloop._flow cimport TransportCore, add_socket_extra, not_contiguous_error
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
 import collections
@@ -464,8 +464,7 @@ cdef class DatagramCore(TransportCore):
             # refuses a view that is not contiguous (a slice with a step) before it looks at the
             # address: a fatal write error, nothing sent.  (Behind queued datagrams it is copied
             # with bytes() and sent later, by either transport.)
-            self.fatal_error(BufferError('memoryview: underlying buffer is not C-contiguous'),
-                             'Fatal write error on datagram transport')
+            self.fatal_error(not_contiguous_error(), 'Fatal write error on datagram transport')
             return
         if self.spare_ops:
             op = <MsgOp>self.spare_ops.pop()

@@ -27,6 +27,7 @@ cdef class WriteFlow(Completer):
 
 
 cdef int add_socket_extra(dict extra, object sock) except -1
+cdef object not_contiguous_error()
 
 
 cdef class TransportCore(WriteFlow):

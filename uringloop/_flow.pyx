@@ -151,6 +151,15 @@ cdef Py_ssize_t _water_mark(object limit) except -1:
     return min(limit, PY_SSIZE_T_MAX)
 
 
+cdef object not_contiguous_error():
+    """What socket.send(), sendto() and os.write() raise for a view whose bytes are not
+    contiguous (a slice with a step, a transposed array), and so what the stock transports'
+    writes fail with, as a fatal write error with nothing of it sent.  (Copying it into bytes
+    and sending that, as uringloop did, made code work here that fails on the stock loop;
+    uvloop refuses such a view too.)"""
+    return BufferError('memoryview: underlying buffer is not C-contiguous')
+
+
 cdef int add_socket_extra(dict extra, object sock) except -1:
     """The get_extra_info() entries of a socket transport, as the stock transports fill them
     ('peername' may have been given by the caller: an accepted connection's address)."""

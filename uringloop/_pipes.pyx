@@ -38,7 +38,7 @@ from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EOPNOTSUPP, POLLIN, POLLO
                              UL_OP_WRITE, errno, ul_write_nowait)
 from uringloop._proactor cimport Proactor, Operation, OP_IDLE, os_error
 from uringloop._ops cimport BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp
-from uringloop._flow cimport TransportCore
+from uringloop._flow cimport TransportCore, not_contiguous_error
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -331,7 +331,7 @@ cdef class WritePipeCore(PipeCore):
         if self.conn_lost or self.closing:
             self.count_lost_write('pipe closed by peer or os.write(pipe, data) raised exception.')
             return None
-        exc = BufferError('memoryview: underlying buffer is not C-contiguous')
+        exc = not_contiguous_error()
         if self.write_wait.state != OP_IDLE:
             raise exc
         self.fatal_error(exc, 'Fatal write error on pipe transport')

@@ -342,13 +342,13 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     return <BufferRing>ring
 
 
-
 cdef object _recv_into_refusal(object buf):
     """The TypeError socket.recv_into() raises for a buffer it cannot write into (read-only,
     not contiguous, not a buffer at all), with its message: the stock transport's failure
     when get_buffer() gives one."""
     return TypeError(f"recv_into() argument 1 must be read-write bytes-like object, "
                      f"not {'None' if buf is None else type(buf).__name__}")
+
 
 cdef class ReceiveSide(SendSide):
     """What SocketTransport does to receive (see the module's docstring).  Not used on its

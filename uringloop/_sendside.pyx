@@ -40,7 +40,7 @@ from libc.string cimport memset
 from uringloop._sys cimport *
 from uringloop._proactor cimport Operation, socket_fd_now, os_error
 from uringloop._ops cimport SendOp, SendMsgOp
-from uringloop._flow cimport WriteFlow
+from uringloop._flow cimport WriteFlow, not_contiguous_error
 
 import socket as _socket
 import sys
@@ -137,14 +137,6 @@ cdef inline object _pinnable(object data):
     return data
 
 
-cdef object _not_contiguous():
-    """What socket.send() raises for a view whose bytes are not contiguous (a slice with a step,
-    a transposed array): the stock transport's write() fails with it, as a fatal write error
-    -- nothing of it is sent.  (Copying it into bytes and sending that would make code work
-    here that fails on the stock loop; uvloop refuses it too.)"""
-    return BufferError('memoryview: underlying buffer is not C-contiguous')
-
-
 cdef inline Py_ssize_t _nbytes(object data):
     if type(data) is bytes:
         return PyBytes_GET_SIZE(data)
@@ -191,7 +183,7 @@ cdef class SendSide(WriteFlow):
         if self.write_dropped():
             return
         if type(data) is memoryview and not (<memoryview>data).c_contiguous:
-            self.fatal_error(_not_contiguous(), 'Fatal write error on socket transport')
+            self.fatal_error(not_contiguous_error(), 'Fatal write error on socket transport')
             return
         if (type(data) is not bytes or self.proactor.little_to_batch()
                 or PyBytes_GET_SIZE(data) >= WRITE_THROUGH_MIN):
@@ -357,7 +349,7 @@ cdef class SendSide(WriteFlow):
         if self.write_dropped():
             return
         if scattered:
-            self.fatal_error(_not_contiguous(), 'Fatal write error on socket transport')
+            self.fatal_error(not_contiguous_error(), 'Fatal write error on socket transport')
             return
         if (self.send_op is None and not self.write_q and self.sock is not None
                 and (n >= WRITE_THROUGH_MIN or self.proactor.little_to_batch())):
