@@ -85,6 +85,50 @@ def test_run_takes_a_loop_factory_as_uvloop_run_does():
     assert made[0].is_closed()
 
 
+def test_run_makes_its_loop_the_current_one_while_it_runs_as_asyncio_run_does():
+    """asyncio.run(main) sets its loop as the current event loop while it runs and leaves none
+    after; uringloop.run(main) does the same on every version.  (On 3.11+ it set none: the
+    policy's get_event_loop() inside main() made a second, stock loop, and after the run
+    asyncio.get_event_loop() returned it instead of raising.)  Run in a fresh interpreter:
+    the policy's state is process-wide."""
+    result = run_python("""
+        import asyncio, warnings
+        import uringloop
+        warnings.simplefilter("ignore", DeprecationWarning)
+
+        async def main():
+            return asyncio.get_event_loop_policy().get_event_loop() is asyncio.get_running_loop()
+
+        print(uringloop.run(main()))
+        try:
+            asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            print("none after")
+        # With a loop_factory, as asyncio.run(main, loop_factory=...) and uvloop.run(): the
+        # current loop is left as it was.
+        preset = asyncio.new_event_loop()
+        asyncio.set_event_loop(preset)
+
+        async def current_is_preset():
+            return asyncio.get_event_loop_policy().get_event_loop() is preset
+
+        inside = uringloop.run(current_is_preset(), loop_factory=uringloop.new_event_loop)
+        try:
+            after = asyncio.get_event_loop_policy().get_event_loop() is preset
+        except RuntimeError:
+            after = "cleared"
+        print(inside, after)
+    """)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    if sys.version_info >= (3, 11):
+        assert lines == ["True", "none", "after", "True", "True"], result.stdout
+    else:
+        # 3.10 has no loop_factory in asyncio.run(); uringloop.run's 3.10 path, like 3.10's
+        # asyncio.run(), makes whatever loop it runs the current one.
+        assert lines[:3] == ["True", "none", "after"], result.stdout
+
+
 def test_run_of_a_non_coroutine_inside_a_running_loop_is_the_running_loop_error():
     async def outer():
         with pytest.raises(RuntimeError, match="cannot be called from a running event loop"):
@@ -507,6 +551,40 @@ def test_a_loop_dropped_without_close_is_collected_and_closed(factory):
     gc.collect()
     assert open_fds() - before == set()
     assert any("unclosed event loop" in str(w.message) for w in caught)
+
+
+def test_a_fork_child_of_a_program_that_installed_the_policy_gets_a_new_loop():
+    """install(), a current loop made by asyncio.get_event_loop(), then fork: in the child,
+    asyncio.get_event_loop() gives a new loop that runs -- the parent's cannot run there.  From
+    3.12 asyncio itself resets the current loop in a fork child; before, the child was handed
+    the parent's loop, and the first run_until_complete() raised RuntimeError."""
+    result = run_python("""
+        import asyncio, os, warnings
+        import uringloop
+        warnings.simplefilter("ignore", DeprecationWarning)
+        uringloop.install()
+        parent_loop = asyncio.get_event_loop()
+        parent_loop.run_until_complete(asyncio.sleep(0))
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                loop = asyncio.get_event_loop()
+                if loop is parent_loop or not isinstance(loop, uringloop.Loop):
+                    code = 10
+                else:
+                    loop.run_until_complete(asyncio.sleep(0.01))
+                    loop.close()
+            except BaseException:
+                code = 11
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        parent_loop.run_until_complete(asyncio.sleep(0))
+        parent_loop.close()
+        print("child", os.waitstatus_to_exitcode(status))
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "child 0", result.stdout + result.stderr
 
 
 def test_fork_child_refuses_the_parents_loop_and_can_make_a_new_one():

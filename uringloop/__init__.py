@@ -39,17 +39,40 @@ def run(main, *, loop_factory=None, debug=None, **run_kwargs):
         raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     if not _asyncio.iscoroutine(main):
         raise ValueError(f"a coroutine was expected, got {main!r}")
+    if _sys.version_info >= (3, 11):
+        if loop_factory is not None:
+            # As asyncio.run(main, loop_factory=...) and uvloop.run(): the loop made is not
+            # made the current event loop.
+            return _run_311(main, loop_factory, debug, run_kwargs)
+        # As asyncio.run(main) without a factory: the loop is the current event loop while it
+        # runs (the policy's get_event_loop() inside main() returns it), and there is none
+        # afterwards (asyncio.get_event_loop() raises rather than making a stray stock loop).
+        made = []
+
+        def current_loop_factory():
+            loop = new_event_loop()
+            made.append(loop)
+            _asyncio.set_event_loop(loop)
+            return loop
+
+        try:
+            return _run_311(main, current_loop_factory, debug, run_kwargs)
+        finally:
+            if made:
+                _asyncio.set_event_loop(None)
     if loop_factory is None:
         loop_factory = new_event_loop
-    if _sys.version_info >= (3, 12):
-        return _asyncio.run(main, loop_factory=loop_factory, debug=debug, **run_kwargs)
-    if _sys.version_info >= (3, 11):
-        with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
-            return runner.run(main)
     if run_kwargs:
         # (3.10's asyncio.run() takes none; on 3.11+ Runner/asyncio.run refuse unknown ones.)
         raise TypeError(f"run() got an unexpected keyword argument {next(iter(run_kwargs))!r}")
     return _run_310(main, debug, loop_factory)
+
+
+def _run_311(main, loop_factory, debug, run_kwargs):
+    if _sys.version_info >= (3, 12):
+        return _asyncio.run(main, loop_factory=loop_factory, debug=debug, **run_kwargs)
+    with _asyncio.Runner(loop_factory=loop_factory, debug=debug, **run_kwargs) as runner:
+        return runner.run(main)
 
 
 def _run_310(main, debug, loop_factory):

@@ -49,6 +49,22 @@ def _after_fork_in_child() -> None:
     me = threading.get_ident()
     for proactor in list(_live_proactors):
         proactor.after_fork_in_child(proactor.loop._thread_id == me)
+    if sys.version_info < (3, 12):
+        _forget_an_inherited_current_loop()
+
+
+def _forget_an_inherited_current_loop() -> None:
+    # From 3.12 a fork child starts with no current event loop (asyncio.events' on_fork resets
+    # the policy's); before, the child's get_event_loop() hands back the loop the parent had set
+    # -- which works for a stock loop, but ours refuses to run in the child.  So where that loop
+    # is one of ours and the child does not go on inside its run, the child starts as on 3.12:
+    # no current loop, a new one made on demand (a program that installed uringloop's policy,
+    # forked workers, and asks asyncio.get_event_loop() in each).
+    policy = asyncio.events._event_loop_policy
+    local = getattr(policy, "_local", None)
+    loop = getattr(local, "_loop", None)
+    if isinstance(loop, Loop) and not loop._proactor.runs_in_fork_child:
+        policy._local = type(local)()
 
 
 if hasattr(os, "register_at_fork"):
