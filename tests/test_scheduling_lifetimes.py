@@ -5,6 +5,8 @@ cycles (uringloop keeps queued handles off the collector's lists: _sched.h)."""
 
 import asyncio
 import contextvars
+import gc
+import socket
 import weakref
 
 import pytest
@@ -101,7 +103,6 @@ class _CycleHolder:
 
 
 def _collected(ref):
-    import gc
     gc.collect()
     return ref() is None
 
@@ -165,7 +166,6 @@ def test_handles_taken_off_the_queue_are_tracked_again(new_loop):
 
 
 def gc_tracked(obj):
-    import gc
     return gc.is_tracked(obj)
 
 
@@ -195,7 +195,6 @@ def test_a_cycle_through_the_callers_context_is_collected_after_it_ran(new_loop)
 
 
 def test_a_context_shared_by_queued_handles_stays_usable(new_loop):
-    import gc
     loop = new_loop()
     context = contextvars.copy_context()
     seen = []
@@ -210,7 +209,6 @@ def test_a_context_shared_by_queued_handles_stays_usable(new_loop):
 
 
 def test_a_handle_dropped_from_the_queue_by_someone_else_frees_its_context(new_loop):
-    import gc
     import weakref
 
     class Value:
@@ -231,3 +229,30 @@ def test_a_handle_dropped_from_the_queue_by_someone_else_frees_its_context(new_l
     assert ref() is None              # the context went with its handles, no crash
     loop.call_soon(loop.stop)         # and the loop goes on
     loop.run_forever()
+
+
+def test_a_pending_sock_task_whose_repr_was_taken_is_collected(new_loop, caplog):
+    """A task left pending on a sock_* coroutine, its repr taken by a function that held it,
+    then the loop closed: the task is collected.  The repr reads the coroutine's cr_frame, and
+    uringloop's sock_* coroutines are Cython's, whose type kept that frame hidden from the
+    collector; on Python 3.10 the frame's f_back chain reaches the function that held the task,
+    so task, coroutine and frame formed a cycle the collector could not see as one, and none
+    of them -- nor the loop and sockets they referenced -- was ever freed (setup.py now gives
+    the generated traverse the frame)."""
+    loop = new_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main():
+        task = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0)
+        assert "sock_recv" in repr(task)
+        return weakref.ref(task)
+
+    with caplog.at_level("CRITICAL", logger="asyncio"):     # "Task was destroyed ..." below
+        task_ref = loop.run_until_complete(main())
+        loop.close()
+        a.close()
+        b.close()
+        gc.collect()
+    assert task_ref() is None
