@@ -63,7 +63,10 @@ def _forget_an_inherited_current_loop() -> None:
     policy = asyncio.events._event_loop_policy
     local = getattr(policy, "_local", None)
     loop = getattr(local, "_loop", None)
-    if isinstance(loop, Loop) and not loop._proactor.runs_in_fork_child:
+    if not isinstance(loop, Loop):
+        return
+    proactor = loop._proactor          # (None only in a loop whose construction failed)
+    if proactor is None or not proactor.runs_in_fork_child:
         policy._local = type(local)()
 
 
