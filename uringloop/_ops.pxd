@@ -99,4 +99,5 @@ cdef class DelayOp(Operation):
 
 
 cdef int get_writable_buffer(object obj, Py_buffer *view) except -1
+cdef object unwritable_buffer_error(object buf, str method)
 cdef object accept_nonblocking(int fd, int family, int *err)

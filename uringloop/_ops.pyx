@@ -47,6 +47,14 @@ cdef int get_writable_buffer(object obj, Py_buffer *view) except -1:
     return 0
 
 
+cdef object unwritable_buffer_error(object buf, str method):
+    """The TypeError socket.`method`() (recv_into, recvfrom_into) raises for a buffer it cannot
+    write into -- read-only, not contiguous, not a buffer at all -- with its message: what
+    sock_recv_into() raises and what a stream transport fails with when get_buffer() gives one."""
+    return TypeError(f"{method}() argument 1 must be read-write bytes-like object, "
+                     f"not {'None' if buf is None else type(buf).__name__}")
+
+
 cdef class BufferOp(Operation):
 
     cdef int set_buffer(self, object obj, bint writable) except -1:

@@ -84,7 +84,8 @@ from libc.string cimport memcpy
 from uringloop._sys cimport *
 from uringloop._ring cimport BufferRing
 from uringloop._proactor cimport Proactor, Operation, os_error
-from uringloop._ops cimport RecvOp, MultishotRecvOp, PollOp, get_writable_buffer
+from uringloop._ops cimport (RecvOp, MultishotRecvOp, PollOp, get_writable_buffer,
+                             unwritable_buffer_error)
 from uringloop._sendside cimport SendSide
 from uringloop._sched cimport ul_class_lookup
 
@@ -342,14 +343,6 @@ cdef BufferRing receive_buffers(loop, Proactor proactor):
     return <BufferRing>ring
 
 
-cdef object _recv_into_refusal(object buf):
-    """The TypeError socket.recv_into() raises for a buffer it cannot write into (read-only,
-    not contiguous, not a buffer at all), with its message: the stock transport's failure
-    when get_buffer() gives one."""
-    return TypeError(f"recv_into() argument 1 must be read-write bytes-like object, "
-                     f"not {'None' if buf is None else type(buf).__name__}")
-
-
 cdef class ReceiveSide(SendSide):
     """What SocketTransport does to receive (see the module's docstring).  Not used on its
     own: close() and the fatal errors are the transport's."""
@@ -517,7 +510,7 @@ cdef class ReceiveSide(SendSide):
                 op.set_buffer(buf, True)
             except (TypeError, BufferError):
                 # A read-only buffer: where the stock transport's recv_into() refuses it.
-                self.fatal_error(_recv_into_refusal(buf), 'Fatal read error on socket transport')
+                self.fatal_error(unwritable_buffer_error(buf, 'recv_into'), 'Fatal read error on socket transport')
                 return 0
             except Exception as exc:
                 self.fatal_error(exc, 'Fatal read error on socket transport')
@@ -725,7 +718,7 @@ cdef class ReceiveSide(SendSide):
         try:
             get_writable_buffer(buf, view)
         except (TypeError, BufferError):
-            self.fatal_error(_recv_into_refusal(buf), 'Fatal read error on socket transport')
+            self.fatal_error(unwritable_buffer_error(buf, 'recv_into'), 'Fatal read error on socket transport')
             return False
         except Exception as exc:
             self.fatal_error(exc, 'Fatal read error on socket transport')

@@ -22,6 +22,7 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_IsCo
                              PyBUF_FULL_RO)
 
 from uringloop._proactor cimport Proactor, os_error
+from uringloop._ops cimport unwritable_buffer_error
 from uringloop._sched cimport LoopCore, ul_socket_fd
 from uringloop._transport_table cimport TransportTable
 from uringloop._sockstate cimport (Request, SocketState, K_RECV, K_RECV_INTO, K_RECVFROM,
@@ -646,6 +647,5 @@ cdef inline Py_ssize_t _check_writable(buf, str method) except -1:
             size = view.len
         PyBuffer_Release(&view)
     if size < 0:
-        raise TypeError(f"{method}() argument 1 must be read-write bytes-like object, "
-                        f"not {'None' if buf is None else type(buf).__name__}")
+        raise unwritable_buffer_error(buf, method)
     return size
