@@ -875,6 +875,31 @@ async def test_recvfrom_on_a_stream_socket_gets_bytes_a_cancelled_receive_left()
             assert got == (b"one", None)
 
 
+@pytest.mark.asyncio
+async def test_a_reset_arriving_as_a_receiver_is_cancelled_is_told_to_the_next_send():
+    """The peer resets the connection in the pass a sock_recv() is cancelled in.  The kernel
+    tells a connection's error once, to the first call that asks: the stock loop made no
+    receive, so its next sock_sendall() gets ConnectionResetError and the receive after it
+    b''.  On uringloop the cancelled receive was in the kernel and took the error; it keeps it
+    for the next call -- the send, which got BrokenPipeError before, the error then going to
+    the receive after it."""
+    import struct
+    loop = asyncio.get_running_loop()
+    client, conn = await tcp_pair()
+    with client, conn:
+        receiving = asyncio.ensure_future(loop.sock_recv(conn, 100))
+        await asyncio.sleep(0.01)
+        receiving.cancel()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        with pytest.raises(asyncio.CancelledError):
+            await receiving
+        await asyncio.sleep(0.01)
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(loop.sock_sendall(conn, b"x" * 10), 5)
+        assert await asyncio.wait_for(loop.sock_recv(conn, 100), 5) == b""
+
+
 @needs_311
 @pytest.mark.asyncio
 async def test_recvfrom_into_without_nbytes_asks_for_len_of_the_buffer():

@@ -59,6 +59,7 @@ from uringloop._ops cimport (BufferOp, RecvOp, SendOp, MsgOp, AcceptOp, ConnectO
 from uringloop._sockaddr cimport converts_sockaddr
 
 import collections
+import errno
 import os
 import socket as _socket
 import _socket as _socket_c
@@ -120,6 +121,18 @@ cdef object _WOULD_BLOCK = WOULD_BLOCK
 cdef class Request:
     """One sock_* call on a socket's queue: its future, kind, buffer or data, size and
     address (the fields: _sockstate.pxd)."""
+
+
+cdef tuple _CONNECTION_ERRNOS = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
+                                 errno.ENETDOWN, errno.EPROTO)
+
+
+cdef bint _reported_once(object exc):
+    """Whether `exc`, kept from a stream socket's receive, is the connection's pending error
+    (the kernel's sk_err: told to one call, then gone) rather than a refusal every call would
+    get (EBADF, ENOTCONN, EINVAL...)."""
+    return isinstance(exc, (ConnectionError, TimeoutError)) or (
+        isinstance(exc, OSError) and exc.errno in _CONNECTION_ERRNOS)
 
 
 @cython.final
@@ -824,6 +837,17 @@ cdef class SocketState(Completer):
                 return 0
             if self.socket_closed():
                 return self.fail_closed(self.send_q)
+            if (self.stash_exc is not None and self.stream and req.kind != K_CONNECT
+                    and _reported_once(self.stash_exc)):
+                # A connection's error (a reset, a timeout) is told by the kernel once, to the
+                # first call that asks -- receive or send -- and the calls after it see a
+                # closed connection (a send EPIPE, a receive b'').  A receive of ours whose
+                # caller had gone took it and kept it (recv_done); the stock loop never made
+                # that receive, so its next call, this send, is the one told.  It is told
+                # here, and the next receive then gets the kernel's b''.
+                exc, self.stash_exc = self.stash_exc, None
+                self.fail(req, exc)
+                continue
             try:
                 if req.kind == K_CONNECT:
                     op = self.start_connect(req)
