@@ -648,6 +648,32 @@ async def test_a_write_of_a_view_that_is_not_contiguous_is_a_fatal_write_error()
 
 
 @pytest.mark.asyncio
+async def test_a_view_that_is_not_contiguous_behind_queued_bytes_is_a_type_error_of_write():
+    """Behind bytes the pipe did not take, the stock write pipe adds the view to its bytearray:
+    TypeError out of write(), nothing of it written, the transport open and the queued bytes
+    still delivered.  (uringloop raised BufferError.)"""
+    transport, proto, wpipe, r = await write_pipe()
+    try:
+        transport.write(b"x" * 1_000_000)
+        assert transport.get_write_buffer_size() > 0
+        with pytest.raises(TypeError, match="^can't concat memoryview to bytearray$"):
+            transport.write(memoryview(b"abcdefgh")[::2])
+        assert not transport.is_closing()
+        transport.write(b"end")
+        got = bytearray()
+        loop = asyncio.get_running_loop()
+        while len(got) < 1_000_003:
+            chunk = await loop.run_in_executor(None, os.read, r, 1 << 20)
+            assert chunk
+            got += chunk
+        assert got == b"x" * 1_000_000 + b"end"
+    finally:
+        transport.close()
+        os.close(r)
+        await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
 async def test_set_protocol_on_pipes():
     loop = asyncio.get_running_loop()
     transport, proto, rpipe, w = await read_pipe()

@@ -495,6 +495,47 @@ async def test_a_view_that_is_not_contiguous_is_refused_as_the_stock_transport_r
         assert b.recv(100) == b""              # nothing was sent
 
 
+@pytest.mark.asyncio
+@bounded()
+async def test_a_view_that_is_not_contiguous_behind_queued_bytes_is_refused_as_stock_refuses_it():
+    """Behind bytes the socket did not take: before 3.12 the stock transport adds the view to
+    its bytearray -- TypeError out of write(), the transport open, the queued bytes delivered
+    (uringloop ended the connection with a fatal BufferError and dropped them); from 3.12 it
+    queues the view and the send that reaches it fails: a fatal BufferError."""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    a, b = socket.socketpair()
+    with b:
+        transport, protocol = await loop.connect_accepted_socket(Recorder, a)
+        transport.write(b"x" * 1_000_000)
+        assert transport.get_write_buffer_size() > 0
+        strided = memoryview(b"0123456789")[::2]
+        if sys.version_info < (3, 12):
+            with pytest.raises(TypeError, match="^can't set bytearray slice from memoryview$"):
+                transport.write(strided)
+            assert not transport.is_closing()
+            transport.write(b"end")
+            got = bytearray()
+            b.setblocking(False)
+            while len(got) < 1_000_003:
+                chunk = await loop.sock_recv(b, 1 << 20)
+                assert chunk
+                got += chunk
+            assert got == b"x" * 1_000_000 + b"end"
+            transport.close()
+            assert await asyncio.wait_for(protocol.lost, 5) is None
+        else:
+            transport.write(strided)
+            b.setblocking(False)
+            while not protocol.lost.done():     # (the stock transport's send waits for room)
+                if not await asyncio.wait_for(loop.sock_recv(b, 1 << 20), 5):
+                    break
+            exc = await asyncio.wait_for(protocol.lost, 5)
+            assert type(exc) is BufferError
+            assert [e['message'] for e in errors] == ['Fatal write error on socket transport']
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12),
                     reason="the stock loop refuses a socket a live transport has from 3.12")
 @pytest.mark.asyncio

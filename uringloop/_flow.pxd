@@ -28,6 +28,7 @@ cdef class WriteFlow(Completer):
 
 cdef int add_socket_extra(dict extra, object sock) except -1
 cdef object not_contiguous_error()
+cdef object queued_not_contiguous_error(object view, bint extend)
 
 
 cdef class TransportCore(WriteFlow):

@@ -160,6 +160,23 @@ cdef object not_contiguous_error():
     return BufferError('memoryview: underlying buffer is not C-contiguous')
 
 
+cdef object queued_not_contiguous_error(object view, bint extend):
+    """What the stock transports' write() raises to its caller for such a view when bytes are
+    already queued (nothing of it sent, the transport left as it was): the TypeError of adding
+    it to their bytearray buffer -- `+=` in the pipe transport, extend() in the socket
+    transport before 3.12 (from 3.12 it queues the view, and the later send fails it).  Made
+    by that very operation, for its words."""
+    cdef bytearray buf = bytearray()
+    try:
+        if extend:
+            buf.extend(view)
+        else:
+            buf += view
+    except TypeError as exc:
+        return exc
+    return not_contiguous_error()
+
+
 cdef int add_socket_extra(dict extra, object sock) except -1:
     """The get_extra_info() entries of a socket transport, as the stock transports fill them
     ('peername' may have been given by the caller: an accepted connection's address)."""

@@ -38,7 +38,7 @@ from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EOPNOTSUPP, POLLIN, POLLO
                              UL_OP_WRITE, errno, ul_write_nowait)
 from uringloop._proactor cimport Proactor, Operation, OP_IDLE, os_error
 from uringloop._ops cimport BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp
-from uringloop._flow cimport TransportCore, not_contiguous_error
+from uringloop._flow cimport TransportCore, not_contiguous_error, queued_not_contiguous_error
 from uringloop._flow import CoreTransportMixin, CoreReadingMixin, CoreWritingMixin
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -325,16 +325,15 @@ cdef class WritePipeCore(PipeCore):
         """write() of a view that is not contiguous (a slice with a step), refused as the stock
         transport's write() refuses it: os.write() raises BufferError there, a fatal write
         error, when nothing is queued; queued behind other bytes, the bytearray it is added to
-        raises it to the caller.  Nothing of it is written either way."""
+        raises TypeError to the caller.  Nothing of it is written either way."""
         if not view:
             return None
         if self.conn_lost or self.closing:
             self.count_lost_write('pipe closed by peer or os.write(pipe, data) raised exception.')
             return None
-        exc = not_contiguous_error()
         if self.write_wait.state != OP_IDLE:
-            raise exc
-        self.fatal_error(exc, 'Fatal write error on pipe transport')
+            raise queued_not_contiguous_error(view, False)
+        self.fatal_error(not_contiguous_error(), 'Fatal write error on pipe transport')
         return None
 
     cdef object write_now(self, object data):

@@ -40,7 +40,7 @@ from libc.string cimport memset
 from uringloop._sys cimport *
 from uringloop._proactor cimport Operation, socket_fd_now, os_error
 from uringloop._ops cimport SendOp, SendMsgOp
-from uringloop._flow cimport WriteFlow, not_contiguous_error
+from uringloop._flow cimport WriteFlow, not_contiguous_error, queued_not_contiguous_error
 
 import socket as _socket
 import sys
@@ -58,6 +58,9 @@ cdef object _SO_ERROR = _socket.SO_ERROR
 # its errors are the join's TypeError, then write()'s own.  (It sends what the join made; we send
 # the items as they are -- the bytes are the same.)
 cdef bint _WRITELINES_IS_JOINED_WRITE = sys.version_info < (3, 12)
+# Before 3.12 the stock socket transport queues what the socket did not take in a bytearray
+# (extend()); from 3.12 in a deque of the objects written.
+cdef bint _QUEUE_IS_BYTEARRAY = sys.version_info < (3, 12)
 
 cdef enum:
     # The kernel's UIO_MAXIOV: the most buffers one sendmsg may carry.
@@ -183,6 +186,11 @@ cdef class SendSide(WriteFlow):
         if self.write_dropped():
             return
         if type(data) is memoryview and not (<memoryview>data).c_contiguous:
+            if _QUEUE_IS_BYTEARRAY and (self.send_op is not None or self.write_q):
+                # Behind bytes queued the stock transport adds it to its bytearray: TypeError
+                # to the caller, the transport left as it was.  (From 3.12 it queues the view,
+                # and the send that reaches it fails: fatal, as below but later.)
+                raise queued_not_contiguous_error(data, True)
             self.fatal_error(not_contiguous_error(), 'Fatal write error on socket transport')
             return
         if (type(data) is not bytes or self.proactor.little_to_batch()
