@@ -5,8 +5,10 @@ from uringloop._ops cimport RecvOp
 cdef class SignalReader(Completer):
     cdef object loop
     cdef Proactor proactor
-    cdef readonly object read_sock         # the ring receives signal numbers from this end
-    cdef readonly object write_sock        # signal.set_wakeup_fd() target
+    # The socketpair's two descriptors, -1 once closed: plain numbers, not socket objects (see
+    # __init__).
+    cdef int read_fd                       # the ring receives signal numbers from this end
+    cdef int write_fd                      # signal.set_wakeup_fd() target
     cdef RecvOp recv_op
     cdef bytearray buf                     # lent to the kernel while recv_op is in flight
     cdef bint stopped

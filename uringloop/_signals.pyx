@@ -15,6 +15,7 @@ the recv, which the next enter collects -- a signal never waits for an unrelated
 """
 
 cimport cython
+from posix.unistd cimport close
 
 from uringloop._sys cimport ECANCELED
 from uringloop._proactor cimport Completer, Proactor, Operation, OP_IDLE, os_error
@@ -26,15 +27,36 @@ import socket as _socket
 @cython.final
 cdef class SignalReader(Completer):
 
+    def __cinit__(self):
+        self.read_fd = self.write_fd = -1
+
     def __init__(self, loop):
         self.loop = loop
         self.proactor = <Proactor>loop._proactor
-        self.read_sock, self.write_sock = _socket.socketpair()
+        # Kept as numbers, detached from their socket objects, and closed by close_sockets()
+        # once the loop's close has drained the ring.  A socket object would close its number
+        # from its own finalizer: a loop dropped without close() is collected with everything
+        # it holds in one batch of cyclic garbage (it is in reference cycles: with its
+        # Proactor, with this reader), whose finalizers run in no set order -- on 3.11 the
+        # sockets' came before the loop's __del__, each warning of an unclosed socket, and the
+        # recv the loop's close then submitted named a closed descriptor (EBADF, reported as a
+        # failed signal receive).
+        read_sock, write_sock = _socket.socketpair()
         # set_wakeup_fd() requires a non-blocking descriptor: the C handler must never block.
-        self.write_sock.setblocking(False)
-        self.read_sock.setblocking(False)
+        write_sock.setblocking(False)
+        read_sock.setblocking(False)
+        self.read_fd = read_sock.detach()
+        self.write_fd = write_sock.detach()
         self.buf = bytearray(4096)
-        self.recv_op = RecvOp(self.proactor, self, self.read_sock.fileno(), None)
+        self.recv_op = RecvOp(self.proactor, self, self.read_fd, None)
+
+    def __dealloc__(self):
+        # Not closed by the loop (never closed, or its close failed): nothing can submit
+        # a request by these numbers any more.
+        if self.read_fd >= 0:
+            close(self.read_fd)
+        if self.write_fd >= 0:
+            close(self.write_fd)
 
     def start(self):
         """Put the recv in the kernel (from the loop's thread)."""
@@ -42,11 +64,10 @@ cdef class SignalReader(Completer):
 
     cdef int arm(self) except -1:
         cdef RecvOp op = self.recv_op
-        if self.stopped or op.state != OP_IDLE or self.proactor.closing:
+        if self.stopped or self.read_fd < 0 or op.state != OP_IDLE or self.proactor.closing:
             return 0
         if not op.has_view:
             op.set_buffer(self.buf, True)
-        op.keep = self.read_sock
         op.submit()
         return 0
 
@@ -78,12 +99,16 @@ cdef class SignalReader(Completer):
 
     def close_sockets(self):
         """After the drain: nothing in the kernel names the sockets any more."""
-        self.read_sock.close()
-        self.write_sock.close()
+        if self.read_fd >= 0:
+            close(self.read_fd)
+            self.read_fd = -1
+        if self.write_fd >= 0:
+            close(self.write_fd)
+            self.write_fd = -1
 
     @property
     def wakeup_fd(self):
-        return self.write_sock.fileno()
+        return self.write_fd
 
     @property
     def receiving(self):
