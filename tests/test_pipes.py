@@ -704,6 +704,33 @@ def test_unclosed_pipe_transport_warns_and_closes_pipe(new_loop):
     os.close(w)
 
 
+def test_closing_a_write_pipe_with_bytes_unwritten_after_the_loop_closed(new_loop):
+    """close() of a write pipe whose bytes the reader never took, after loop.close(): the
+    stock transport waits for its buffer to drain and schedules nothing, so nothing is raised
+    -- not from close(), nor from a subprocess transport's finalizer that calls it.
+    (uringloop raised "Event loop is closed".)"""
+    loop = new_loop()
+    r, w = os.pipe()
+    wpipe = os.fdopen(w, "wb", 0)
+
+    async def connect_and_write():
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, wpipe)
+        transport.write(b"x" * 1_000_000)
+        await asyncio.sleep(0.01)
+        return transport
+
+    transport = loop.run_until_complete(connect_and_write())
+    assert transport.get_write_buffer_size() > 0
+    loop.close()
+    transport.close()
+    assert transport.is_closing()
+    with pytest.warns(ResourceWarning):
+        del transport
+        gc.collect()
+    assert wpipe.closed
+    os.close(r)
+
+
 def test_repr_of_pipe_transports_left_open_when_the_loop_closes(new_loop):
     """A loop closed under open pipe transports: their repr still works and says 'open' (as the
     stock transports' do)."""

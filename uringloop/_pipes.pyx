@@ -481,7 +481,11 @@ cdef class WritePipeCore(PipeCore):
         if self.closing:
             return
         self.closing = True
-        if self.write_wait.state == OP_IDLE and not self.pending:
+        # buffer_size too: a write the loop's close cancelled left its bytes unwritten, and with
+        # bytes unwritten the stock transport waits for its buffer to drain, which on a closed
+        # loop never happens -- as here: nothing is scheduled (a close() from a finalizer after
+        # loop.close() raised "Event loop is closed").
+        if self.write_wait.state == OP_IDLE and not self.pending and self.buffer_size == 0:
             if self.hangup_poll is not None and self.hangup_poll.state != OP_IDLE:
                 self.hangup_poll.cancel()
             self.schedule_connection_lost(None)
