@@ -756,6 +756,42 @@ def test_repr_of_pipe_transports_left_open_when_the_loop_closes(new_loop):
 
 
 @pytest.mark.asyncio
+async def test_repr_of_pipe_transports_says_what_the_stock_one_says():
+    """The stock words: 'polling' while reading (or while bytes wait to be written), 'idle'
+    once paused or with nothing to write, the write buffer's size, and 'closed' at both ends
+    once closed.  (uringloop said 'reading' -- until the cancel of a paused pipe's read had
+    completed -- and 'writing', and 'closed' once.)"""
+    import re
+
+    def words(transport):
+        return re.sub(r"fd=\d+", "fd=N", repr(transport)).strip("<>").split()[1:]
+
+    rtransport, _, rpipe, w = await read_pipe()
+    assert words(rtransport) == ["fd=N", "polling"]
+    rtransport.pause_reading()
+    assert words(rtransport) == ["fd=N", "idle"]
+    rtransport.resume_reading()
+    assert words(rtransport) == ["fd=N", "polling"]
+    rtransport.close()
+    assert words(rtransport)[0] == "closing"
+    await asyncio.sleep(0.01)
+    assert words(rtransport) == ["closed", "fd=N", "closed"]
+    os.close(w)
+
+    wtransport, _, wpipe, r = await write_pipe()
+    try:
+        assert words(wtransport) == ["fd=N", "idle", "bufsize=0"]
+        wtransport.write(b"x" * 1_000_000)
+        size = wtransport.get_write_buffer_size()
+        assert size > 0 and words(wtransport) == ["fd=N", "polling", f"bufsize={size}"]
+    finally:
+        wtransport.abort()
+        await asyncio.sleep(0.01)
+        os.close(r)
+    assert words(wtransport) == ["closed", "fd=N", "closed"]
+
+
+@pytest.mark.asyncio
 async def test_connect_read_pipe_returns_before_the_first_data():
     # As with the stock loop, the caller of connect_read_pipe() resumes before the first
     # data_received(): pausing at once holds back what was already in the pipe.

@@ -587,7 +587,11 @@ class UringReadPipeTransport(CoreTransportMixin, CoreReadingMixin, _transports.R
                 # As the stock transport: a loop closed under an open pipe says only that.
                 info.append('open')
             else:
-                info.append('reading' if core.reading else 'idle')
+                # The stock transport's words: 'polling' while its fd is registered for reading
+                # (not paused, not closing -- is_reading()).
+                info.append('polling' if not core.closing and not core.paused else 'idle')
+        else:
+            info.append('closed')       # (the stock repr says it at both ends)
         return '<{}>'.format(' '.join(info))
 
 
@@ -615,8 +619,12 @@ class UringWritePipeTransport(CoreTransportMixin, CoreWritingMixin, _transports.
             if self._loop.is_closed():
                 info.append('open')
             else:
-                info.append('writing' if core.writing else 'idle')
+                # 'polling' while bytes wait for the pipe (the stock transport's writer is
+                # registered then).
+                info.append('polling' if core.writing else 'idle')
                 info.append(f'bufsize={core.buffer_size}')
+        else:
+            info.append('closed')
         return '<{}>'.format(' '.join(info))
 
     def write(self, data):
