@@ -340,13 +340,24 @@ async def test_write_pipe_reader_going_away_is_noticed_without_writing():
 
 
 @pytest.mark.asyncio
-async def test_write_pipe_reader_going_away_with_data_buffered():
+@pytest.mark.parametrize("closed_first", [False, True], ids=["open", "closing"])
+async def test_write_pipe_reader_going_away_with_data_buffered(closed_first):
+    """connection_lost(BrokenPipeError()), no errno, and no fatal error reported: the stock
+    transport's reader tells the hang-up before its writer's write fails, closing or not.
+    (uringloop's failed write could come first -- always once close() had been called: a fatal
+    error with BrokenPipeError(32).)"""
+    errors = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
     transport, proto, wpipe, r = await write_pipe()
     transport.write(b"y" * (1 << 20))            # does not fit: stays buffered
     await iterations()
+    if closed_first:
+        transport.close()
+        await iterations()
     os.close(r)
     exc = await asyncio.wait_for(proto.lost, 5)
-    assert isinstance(exc, BrokenPipeError)
+    assert type(exc) is BrokenPipeError and exc.errno is None
+    assert errors == []
     transport.write(b"ignored after the loss")
     await until(lambda: wpipe.closed)
 

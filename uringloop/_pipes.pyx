@@ -34,7 +34,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EOPNOTSUPP, POLLIN, POLLOUT, UL_OP_READ,
+from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EPIPE, EOPNOTSUPP, POLLIN, POLLOUT, UL_OP_READ,
                              UL_OP_WRITE, errno, ul_write_nowait)
 from uringloop._proactor cimport Proactor, Operation, OP_IDLE, os_error
 from uringloop._ops cimport BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp
@@ -449,6 +449,15 @@ cdef class WritePipeCore(PipeCore):
             return 0
         if res < 0:
             self.inflight = None
+            if res == -EPIPE and self.hangup_poll is not None:
+                # The reading end went away under this write.  The stock transport watches for
+                # that with a reader (as hangup_poll does here), which epoll calls before the
+                # writer for the one event that tells both: connection_lost(BrokenPipeError()),
+                # not a fatal write error.  The hang-up's completion may come after this one.
+                if self.loop.get_debug():
+                    _logger.info("%r was closed by peer", self.transport)
+                self.close_with(BrokenPipeError())
+                return 0
             self.pending.clear()
             self.buffer_size = 0
             self.conn_lost += 1
