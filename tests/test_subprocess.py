@@ -397,3 +397,47 @@ def test_a_child_that_cannot_be_watched_fails_creation_at_once(monkeypatch):
                 asyncio.create_subprocess_exec(*python("pass")), 10))
     finally:
         loop.close()
+
+
+@pytest.mark.asyncio
+async def test_protocol_callbacks_run_in_the_context_subprocess_exec_was_called_in():
+    """The pipes' callbacks run in the caller's context; process_exited() and connection_lost()
+    do too from 3.12, where the exit comes from the pidfd watcher's reader, registered by
+    subprocess_exec() -- before, from the watcher's thread, in a fresh context.  (uringloop
+    ran those two in the loop's context on 3.12+.  Found with uvloop's test_context.)"""
+    import contextvars
+    cvar = contextvars.ContextVar("cvar", default="outer")
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    seen = {}
+
+    class Recorder(asyncio.SubprocessProtocol):
+        def connection_made(self, transport):
+            seen["connection_made"] = cvar.get()
+
+        def pipe_data_received(self, fd, data):
+            seen["pipe_data_received"] = cvar.get()
+
+        def process_exited(self):
+            seen["process_exited"] = cvar.get()
+
+        def connection_lost(self, exc):
+            seen["connection_lost"] = cvar.get()
+            done.set_result(None)
+
+    async def in_a_context_of_its_own():
+        cvar.set("inner")
+        transport, _ = await loop.subprocess_exec(
+            Recorder, *python("import sys; sys.stdout.write(sys.stdin.read())"))
+        transport.get_pipe_transport(0).write(b"data")
+        transport.get_pipe_transport(0).write_eof()
+        return transport
+
+    transport = await asyncio.create_task(in_a_context_of_its_own())
+    try:
+        await asyncio.wait_for(done, 10)
+    finally:
+        transport.close()
+    at_exit = "inner" if sys.version_info >= (3, 12) else "outer"
+    assert seen == {"connection_made": "inner", "pipe_data_received": "inner",
+                    "process_exited": at_exit, "connection_lost": at_exit}

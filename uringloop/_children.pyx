@@ -28,6 +28,7 @@ from uringloop._ops cimport PollOp
 import os
 import sys
 import threading as _threading
+from contextvars import copy_context as _copy_context
 
 from asyncio.log import logger as _logger
 
@@ -46,6 +47,11 @@ cdef int WAIT_EXITED_NOWAIT = os.WEXITED | os.WNOWAIT      # wait for the exit, 
 cdef bint REAP_AFTER_CLOSE = sys.version_info < (3, 12)
 # Whose words the warnings are in: the default watcher's (see above).
 cdef bint PIDFD_WATCHER_IS_DEFAULT = sys.version_info >= (3, 12)
+# The context the transport learns of the exit in follows it too.  The pidfd watcher's reader is
+# registered by subprocess_exec() with the caller's context, and the exit reaches the transport
+# from it: process_exited() and connection_lost() run in the caller's context.  The threaded
+# watcher hands the exit over from its thread, in that thread's (empty) context.
+cdef bint EXIT_IN_CALLERS_CONTEXT = sys.version_info >= (3, 12)
 
 
 @cython.final
@@ -75,7 +81,8 @@ cdef class ChildWatcher(Completer):
             return
         poll = PollOp(self.proactor, self, pidfd, None)
         poll.events = POLLIN
-        poll.tag = (pidfd, popen, callback)
+        poll.tag = (pidfd, popen, callback,
+                    _copy_context() if EXIT_IN_CALLERS_CONTEXT else None)
         self.watches[popen.pid] = poll
         try:
             poll.submit()
@@ -87,7 +94,7 @@ cdef class ChildWatcher(Completer):
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         cdef PollOp poll = <PollOp>op
         cdef int pidfd
-        pidfd, popen, callback = poll.tag
+        pidfd, popen, callback, context = poll.tag
         if res == -ECANCELED:
             # The loop is closing: the child is left to Popen (which reaps it when collected),
             # or before 3.12 to a thread (REAP_AFTER_CLOSE).
@@ -110,7 +117,7 @@ cdef class ChildWatcher(Completer):
                 self.let_go(poll)
             return 0
         self.forget(poll)
-        self.loop.call_soon(callback, returncode)
+        self.loop.call_soon(callback, returncode, context=context)
         return 0
 
     cdef object reap(self, int pidfd, object popen):
@@ -178,7 +185,7 @@ cdef class ChildWatcher(Completer):
         watcher thread would: a child that has already exited is reaped now (that thread would
         have reaped it before the close), one still running by a thread when it exits."""
         cdef int pidfd
-        pidfd, popen, callback = poll.tag
+        pidfd, popen, callback, _ = poll.tag
         try:
             if REAP_AFTER_CLOSE and self.reap(pidfd, popen) is None:
                 try:
@@ -191,7 +198,7 @@ cdef class ChildWatcher(Completer):
         return 0
 
     cdef int forget(self, PollOp poll) except -1:
-        pidfd, popen, callback = poll.tag
+        pidfd, popen, callback, _ = poll.tag
         poll.tag = None
         if self.watches.get(popen.pid) is poll:
             del self.watches[popen.pid]
