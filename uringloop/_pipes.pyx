@@ -34,8 +34,8 @@ cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EPIPE, EOPNOTSUPP, POLLIN, POLLOUT, UL_OP_READ,
-                             UL_OP_WRITE, errno, ul_write_nowait)
+from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EPIPE, EOPNOTSUPP, POLLIN, POLLOUT,
+                             UL_OP_READ, UL_OP_WRITE, errno, ul_write_nowait)
 from uringloop._proactor cimport Proactor, Operation, OP_IDLE, os_error
 from uringloop._ops cimport BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp
 from uringloop._flow cimport TransportCore, not_contiguous_error, queued_not_contiguous_error

@@ -510,7 +510,8 @@ cdef class ReceiveSide(SendSide):
                 op.set_buffer(buf, True)
             except (TypeError, BufferError):
                 # A read-only buffer: where the stock transport's recv_into() refuses it.
-                self.fatal_error(unwritable_buffer_error(buf, 'recv_into'), 'Fatal read error on socket transport')
+                self.fatal_error(unwritable_buffer_error(buf, 'recv_into'),
+                                 'Fatal read error on socket transport')
                 return 0
             except Exception as exc:
                 self.fatal_error(exc, 'Fatal read error on socket transport')
@@ -718,7 +719,8 @@ cdef class ReceiveSide(SendSide):
         try:
             get_writable_buffer(buf, view)
         except (TypeError, BufferError):
-            self.fatal_error(unwritable_buffer_error(buf, 'recv_into'), 'Fatal read error on socket transport')
+            self.fatal_error(unwritable_buffer_error(buf, 'recv_into'),
+                             'Fatal read error on socket transport')
             return False
         except Exception as exc:
             self.fatal_error(exc, 'Fatal read error on socket transport')
