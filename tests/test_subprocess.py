@@ -205,6 +205,23 @@ async def test_a_child_reaped_elsewhere_is_reported_in_the_default_watchers_word
 
 
 @pytest.mark.asyncio
+async def test_debug_mode_logs_the_exit_as_the_default_watcher_does(caplog):
+    """In debug mode the stock loop's default watcher before 3.12, the threaded one, logs each
+    child's exit as it reaps it; the pidfd watcher (3.12+) says nothing.  (uringloop said
+    nothing on any version.)"""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    try:
+        with caplog.at_level("DEBUG", logger="asyncio"):
+            proc = await asyncio.create_subprocess_exec(*python("import sys; sys.exit(3)"))
+            assert await asyncio.wait_for(proc.wait(), 10) == 3
+    finally:
+        loop.set_debug(False)
+    logged = f"process {proc.pid} exited with returncode 3" in caplog.messages
+    assert logged == (sys.version_info < (3, 12))
+
+
+@pytest.mark.asyncio
 async def test_children_are_reaped_without_helper_threads():
     loop = asyncio.get_running_loop()
     threads_before = threading.active_count()

@@ -10,3 +10,4 @@ cdef class ChildWatcher(Completer):
     cdef object reap(self, int pidfd, object popen)
     cdef int let_go(self, PollOp poll) except -1
     cdef int forget(self, PollOp poll) except -1
+    cdef int log_exit(self, object pid, object returncode) except -1

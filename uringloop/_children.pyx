@@ -52,6 +52,9 @@ cdef bint PIDFD_WATCHER_IS_DEFAULT = sys.version_info >= (3, 12)
 # from it: process_exited() and connection_lost() run in the caller's context.  The threaded
 # watcher hands the exit over from its thread, in that thread's (empty) context.
 cdef bint EXIT_IN_CALLERS_CONTEXT = sys.version_info >= (3, 12)
+# The threaded watcher says in debug mode that a child exited, as soon as it has reaped it; the
+# pidfd watcher says nothing.
+cdef bint LOG_EXIT_IN_DEBUG = sys.version_info < (3, 12)
 
 
 @cython.final
@@ -117,7 +120,14 @@ cdef class ChildWatcher(Completer):
                 self.let_go(poll)
             return 0
         self.forget(poll)
+        if LOG_EXIT_IN_DEBUG:
+            self.log_exit(popen.pid, returncode)
         self.loop.call_soon(callback, returncode, context=context)
+        return 0
+
+    cdef int log_exit(self, object pid, object returncode) except -1:
+        if self.loop.get_debug():
+            _logger.debug('process %s exited with returncode %s', pid, returncode)
         return 0
 
     cdef object reap(self, int pidfd, object popen):
@@ -158,6 +168,8 @@ cdef class ChildWatcher(Completer):
             else:
                 returncode = -info.si_status    # killed (or dumped core) by that signal
             popen.wait()        # a zombie now: returns at once
+        # (This is the threaded watcher's way, and its debug log, on every Python.)
+        self.log_exit(pid, returncode)
         try:
             self.loop.call_soon_threadsafe(callback, returncode)
         except RuntimeError:
