@@ -875,14 +875,16 @@ async def test_recvfrom_on_a_stream_socket_gets_bytes_a_cancelled_receive_left()
             assert got == (b"one", None)
 
 
+@pytest.mark.parametrize("payload", [b"x" * 10, b""], ids=["bytes", "nothing"])
 @pytest.mark.asyncio
-async def test_a_reset_arriving_as_a_receiver_is_cancelled_is_told_to_the_next_send():
+async def test_a_reset_arriving_as_a_receiver_is_cancelled_is_told_to_the_next_send(payload):
     """The peer resets the connection in the pass a sock_recv() is cancelled in.  The kernel
     tells a connection's error once, to the first call that asks: the stock loop made no
     receive, so its next sock_sendall() gets ConnectionResetError and the receive after it
     b''.  On uringloop the cancelled receive was in the kernel and took the error; it keeps it
     for the next call -- the send, which got BrokenPipeError before, the error then going to
-    the receive after it."""
+    the receive after it.  A send of nothing asks too (the stock loop's sock.send(b''); it
+    was answered at once, the error left for the receive)."""
     import struct
     loop = asyncio.get_running_loop()
     client, conn = await tcp_pair()
@@ -896,7 +898,7 @@ async def test_a_reset_arriving_as_a_receiver_is_cancelled_is_told_to_the_next_s
             await receiving
         await asyncio.sleep(0.01)
         with pytest.raises(ConnectionResetError):
-            await asyncio.wait_for(loop.sock_sendall(conn, b"x" * 10), 5)
+            await asyncio.wait_for(loop.sock_sendall(conn, payload), 5)
         assert await asyncio.wait_for(loop.sock_recv(conn, 100), 5) == b""
 
 

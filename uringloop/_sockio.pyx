@@ -346,6 +346,11 @@ async def sock_sendall(self, sock, data):
         # sock.send(b'') makes it: BrokenPipeError once shut down for writing or never
         # connected (ENOTCONN for AF_UNIX).  A send of nothing never waits.  (On a datagram or
         # seqpacket socket an empty send is an empty datagram: that one goes to the kernel.)
+        # A connection's error a cancelled receive kept is told to it, as the kernel tells
+        # the stock loop's send(b'') (see take_connection_error).
+        exc = state.take_connection_error()
+        if exc is not None:
+            raise exc
         try:
             sock.send(data)
         except (BlockingIOError, InterruptedError):

@@ -83,6 +83,7 @@ cdef class SocketState(Completer):
     cdef Request finish_request(self, Operation op, object q)
     cdef int give_back(self, Request req, object result) except -1
     cdef int fail(self, Request req, object exc) except -1
+    cdef object take_connection_error(self)
     cdef int recv_done(self, BufferOp op, int res) except -1
     cdef int hand_over(self, Request finished) except -1
     cdef object accept_now(self)

@@ -828,6 +828,23 @@ cdef class SocketState(Completer):
             (<MsgOp>op).set_buffer(req.buf, False)
         return op
 
+    cdef object take_connection_error(self):
+        """The connection's error a receive kept for the next call (see recv_done), taken, if
+        a send is to be told it; else None.
+
+        A connection's error (a reset, a timeout) is told by the kernel once, to the first call
+        that asks -- receive or send -- and the calls after it see a closed connection (a send
+        EPIPE, a receive b'').  A receive of ours whose caller had gone took it and kept it;
+        the stock loop never made that receive, so its next call, a send, is the one told.  It
+        is told there, and the next receive then gets the kernel's b''.  (An error every call
+        would get -- EBADF, ENOTCONN -- stays for the receives, as does anything on a datagram
+        socket.)"""
+        if (self.stash_exc is None or not self.stream
+                or not _reported_once(self.stash_exc)):
+            return None
+        exc, self.stash_exc = self.stash_exc, None
+        return exc
+
     cdef int pump_send(self) except -1:
         cdef Request req
         cdef Operation op
@@ -837,17 +854,11 @@ cdef class SocketState(Completer):
                 return 0
             if self.socket_closed():
                 return self.fail_closed(self.send_q)
-            if (self.stash_exc is not None and self.stream and req.kind != K_CONNECT
-                    and _reported_once(self.stash_exc)):
-                # A connection's error (a reset, a timeout) is told by the kernel once, to the
-                # first call that asks -- receive or send -- and the calls after it see a
-                # closed connection (a send EPIPE, a receive b'').  A receive of ours whose
-                # caller had gone took it and kept it (recv_done); the stock loop never made
-                # that receive, so its next call, this send, is the one told.  It is told
-                # here, and the next receive then gets the kernel's b''.
-                exc, self.stash_exc = self.stash_exc, None
-                self.fail(req, exc)
-                continue
+            if req.kind != K_CONNECT:
+                exc = self.take_connection_error()
+                if exc is not None:
+                    self.fail(req, exc)
+                    continue
             try:
                 if req.kind == K_CONNECT:
                     op = self.start_connect(req)
