@@ -475,6 +475,33 @@ def test_run_in_executor_and_getaddrinfo(new_loop):
     loop.run_until_complete(loop.shutdown_default_executor())
 
 
+def test_a_default_executor_of_another_kind_is_warned_of_at_the_callers_line(new_loop):
+    """3.10 warns of one (DeprecationWarning) at the line that set it -- where the default
+    filters show it, in __main__ (uringloop's warning named its own file, so they hid it);
+    3.11 refuses it."""
+    import concurrent.futures
+    loop = new_loop()
+    try:
+        executor = concurrent.futures.ProcessPoolExecutor(max_workers=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if sys.version_info >= (3, 11):
+                with pytest.raises(TypeError, match="must be ThreadPoolExecutor"):
+                    loop.set_default_executor(executor)
+            else:
+                loop.set_default_executor(executor)
+        executor.shutdown()
+        if sys.version_info < (3, 11):
+            [warning] = caught
+            assert warning.category is DeprecationWarning
+            assert "not an instance of ThreadPoolExecutor" in str(warning.message)
+            assert warning.filename == __file__
+        else:
+            assert caught == []
+    finally:
+        loop.close()
+
+
 def test_closed_loop_refuses_work(new_loop):
     loop = new_loop()
     loop.close()

@@ -31,6 +31,8 @@ import stat
 import sys
 
 import io
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 try:
     import ssl
@@ -53,6 +55,8 @@ _HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
 _REFUSES_FD_IN_USE = sys.version_info >= (3, 12)
 # create_unix_server(cleanup_socket=True) and the unlink at close arrived in 3.13.
 _HAS_CLEANUP_SOCKET = sys.version_info >= (3, 13)
+# set_default_executor() of an executor other than a ThreadPoolExecutor: 3.10 warns, 3.11 refuses.
+_WARNS_OF_OTHER_EXECUTORS = sys.version_info < (3, 11)
 # The TLS layer: the compiled one reproduces 3.11+'s SSLProtocol; 3.10's is an older design
 # (see _sslproto.pyx), kept stock there -- and the compiled module, which reads 3.11's sslproto
 # at import, is not imported at all.
@@ -244,7 +248,16 @@ class NetworkMixin:
                                          flags=flags)
 
     def set_default_executor(self, executor):
-        super().set_default_executor(executor)
+        if _WARNS_OF_OTHER_EXECUTORS and not isinstance(executor, ThreadPoolExecutor):
+            # 3.10's own steps, so that its warning names the caller's line (stacklevel 2):
+            # through super() it named this file, and the default filters, which show a
+            # DeprecationWarning only for __main__'s lines, hid it.
+            warnings.warn('Using the default executor that is not an instance of '
+                          'ThreadPoolExecutor is deprecated and will be prohibited '
+                          'in Python 3.9', DeprecationWarning, 2)
+            self._default_executor = executor
+        else:
+            super().set_default_executor(executor)
         self._ul_user_executor = True
 
     # ---- connections ----
