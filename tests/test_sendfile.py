@@ -95,6 +95,29 @@ async def test_sock_sendfile_offset_and_count(data_file):
 
 @pytest.mark.asyncio
 @bounded(20)
+@pytest.mark.parametrize("count", [2 ** 63, 2 ** 70])
+async def test_sock_sendfile_of_a_count_no_c_integer_holds(data_file, count):
+    """3.13 sends the whole file, as for any count past its end (each os.sendfile() asks for
+    at most sys.maxsize // 2 + 1 bytes); before it the count is refused with OverflowError,
+    nothing sent.  (uringloop raised OverflowError on 3.13 too.)"""
+    loop = asyncio.get_running_loop()
+    path = data_file(100_000)
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        if sys.version_info < (3, 13):
+            with pytest.raises(OverflowError):
+                await loop.sock_sendfile(sender, f, 0, count)
+            sender.close()
+            assert await read_all(receiver) == b''
+        else:
+            reading = asyncio.ensure_future(read_all(receiver, 100_000))
+            assert await loop.sock_sendfile(sender, f, 0, count) == 100_000
+            assert await reading == path.read_bytes()
+            assert f.tell() == 100_000
+
+
+@pytest.mark.asyncio
+@bounded(20)
 async def test_sock_sendfile_empty_file(tmp_path):
     loop = asyncio.get_running_loop()
     path = tmp_path / 'empty'
@@ -591,11 +614,11 @@ async def test_loop_sendfile_over_tls_uses_the_fallback(data_file, contexts):
 @pytest.mark.asyncio
 @bounded(20)
 async def test_a_count_too_large_closes_no_descriptor_of_anyone_else(data_file):
-    """sock_sendfile() with a count no C integer holds leaves descriptor 0 alone (uringloop
-    raises OverflowError, as the stock loop does before 3.13; 3.13's sends the file).
-    uringloop's sender, failing in its constructor, closed descriptor 0 (and tried three more)
-    when it was freed: its fields start at 0, and were set to -1 only after the arguments
-    were converted."""
+    """sock_sendfile() with an offset no C integer holds leaves descriptor 0 alone (both loops
+    raise OverflowError).  uringloop's sender, failing in its constructor, closed descriptor
+    0 (and tried three more) when it was freed: its fields start at 0, and were set to -1 only
+    after the arguments were converted.  (A count that large was the case before 3.13; from
+    3.13 such a count sends the file, test_sock_sendfile_of_a_count_no_c_integer_holds.)"""
     import gc
     loop = asyncio.get_running_loop()
     path = data_file(1000)
@@ -606,10 +629,8 @@ async def test_a_count_too_large_closes_no_descriptor_of_anyone_else(data_file):
     sender, receiver = await socket_pair()
     try:
         with sender, receiver, open(path, 'rb') as f:
-            try:
-                await loop.sock_sendfile(sender, f, 0, 2 ** 64)
-            except OverflowError:
-                pass
+            with pytest.raises(OverflowError):
+                await loop.sock_sendfile(sender, f, 2 ** 64, 10)
         gc.collect()
         assert os.fstat(0).st_ino == os.stat(path).st_ino
     finally:

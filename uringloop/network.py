@@ -55,6 +55,10 @@ _HAS_SSL_SHUTDOWN_TIMEOUT = sys.version_info >= (3, 11)
 _REFUSES_FD_IN_USE = sys.version_info >= (3, 12)
 # create_unix_server(cleanup_socket=True) and the unlink at close arrived in 3.13.
 _HAS_CLEANUP_SOCKET = sys.version_info >= (3, 13)
+# sock_sendfile()'s count: from 3.13 any size (each os.sendfile() asks for at most
+# sys.maxsize // 2 + 1 bytes); before, one past what a ssize_t holds raises OverflowError.
+_SENDFILE_COUNT_UNBOUNDED = sys.version_info >= (3, 13)
+_LARGEST_COUNT = (1 << 63) - 1          # what the splicer's long long holds
 # set_default_executor() of an executor other than a ThreadPoolExecutor: 3.10 warns, 3.11 refuses.
 _WARNS_OF_OTHER_EXECUTORS = sys.version_info < (3, 11)
 # The TLS layer: the compiled one reproduces 3.11+'s SSLProtocol; 3.10's is an older design
@@ -461,6 +465,8 @@ class NetworkMixin:
 
     async def _splice_file(self, sock, file_fd, offset, count):
         from uringloop._sendfile import SpliceSender     # imported when first used (see unix.py)
+        if _SENDFILE_COUNT_UNBOUNDED and count and count > _LARGEST_COUNT:
+            count = _LARGEST_COUNT      # no file holds more
         sender = SpliceSender(self, sock, file_fd, offset, count or 0)
         # loop.sendfile() on a transport: the transport's close ends the transfer (see
         # _sendfile_native).
