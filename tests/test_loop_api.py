@@ -502,6 +502,83 @@ def test_a_default_executor_of_another_kind_is_warned_of_at_the_callers_line(new
         loop.close()
 
 
+async def _sleep_briefly(loop):
+    await asyncio.sleep(0.001)
+
+
+async def _run_in_the_default_executor(loop):
+    await loop.run_in_executor(None, sum, [1, 2])
+    await loop.shutdown_default_executor()
+
+
+async def _wake_from_a_thread(loop):
+    woken = loop.create_future()
+    threading.Thread(target=loop.call_soon_threadsafe, args=(woken.set_result, 1)).start()
+    await woken
+
+
+async def _watch_a_reader(loop):
+    a, b = socket.socketpair()
+    with a, b:
+        readable = loop.create_future()
+        loop.add_reader(a.fileno(), readable.set_result, None)
+        b.send(b"x")
+        await readable
+        loop.remove_reader(a.fileno())
+
+
+async def _sock_calls_one_cancelled(loop):
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        b.setblocking(False)
+        await loop.sock_sendall(a, b"ping")
+        assert await loop.sock_recv(b, 10) == b"ping"
+        receiving = asyncio.ensure_future(loop.sock_recv(b, 10))
+        await asyncio.sleep(0)
+        receiving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await receiving
+
+
+async def _look_up_localhost(loop):
+    await loop.getaddrinfo("localhost", 80)
+
+
+async def _handle_a_signal(loop):
+    import signal
+    delivered = loop.create_future()
+    loop.add_signal_handler(signal.SIGUSR1, delivered.set_result, None)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    await delivered
+    loop.remove_signal_handler(signal.SIGUSR1)
+
+
+@pytest.mark.parametrize("loop_name", list(LOOP_FACTORIES))
+@pytest.mark.parametrize("work", [None, _sleep_briefly, _run_in_the_default_executor,
+                                  _wake_from_a_thread, _watch_a_reader,
+                                  _sock_calls_one_cancelled, _look_up_localhost, _handle_a_signal],
+                         ids=lambda work: "nothing" if work is None else work.__name__[1:])
+def test_a_closed_loop_is_freed_without_the_cyclic_collector(loop_name, work):
+    """A closed loop nobody refers to is freed at once, by its reference count, as the stock
+    loop (and uvloop) are -- not left in reference cycles for the cyclic collector (tornado's
+    test_run_on_executor counts such garbage).  uringloop's was: the Proactor, its wake-up
+    read, the resolver, the readiness registry, the signal reader and a kept {'loop': loop}
+    all referred back to it."""
+    loop = LOOP_FACTORIES[loop_name]()
+    if work is not None:
+        loop.run_until_complete(work(loop))
+    gc.collect()
+    gc.disable()
+    try:
+        loop.close()
+        freed = weakref.ref(loop)
+        del loop
+        assert freed() is None
+    finally:
+        gc.enable()
+
+
 def test_closed_loop_refuses_work(new_loop):
     loop = new_loop()
     loop.close()

@@ -634,10 +634,12 @@ def test_close_with_registrations_drains(new_loop, pair):
     loop.add_writer(a, fired.append, "w")
     loop.run_until_complete(iterations())
     assert "w" in fired
+    registry = loop._ul_readiness if isinstance(loop, uringloop.Loop) else None
     loop.close()
     if isinstance(loop, uringloop.Loop):
         assert loop._proactor.inflight == 0
-        assert len(loop._ul_readiness) == 0        # released by _close_io before the drain
+        assert len(registry) == 0          # released by _close_io before the drain
+        assert loop._ul_readiness is None  # and let go of once drained
 
 
 @pytest.mark.asyncio

@@ -117,6 +117,7 @@ cdef class Proactor:
         # Whether this iteration found too few completions for its sends to be worth batching
         # (SocketTransport.write sends at once then): FEW_COMPLETIONS or fewer.
         return self.ready_at_dispatch <= FEW_COMPLETIONS
+    cdef int let_go_of_the_loop(self) except -1
     cdef BufferRing new_buffer_ring(self, unsigned count, unsigned buf_size,
                                     bint incremental=*, unsigned capacity=*)
 

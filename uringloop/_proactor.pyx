@@ -746,6 +746,22 @@ cdef class Proactor:
                 self.resolver.detach()    # no worker may write to the eventfd from here on
             c_close(self.wake_fd)
             self.wake_fd = -1
+            if self.inflight == 0:
+                self.let_go_of_the_loop()
+
+    cdef int let_go_of_the_loop(self) except -1:
+        """Drained and closed: drop the references back to the loop and the cycles through
+        this Proactor, so that a closed loop nobody refers to is freed at once -- by its
+        reference count, as the stock loop and uvloop are -- rather than by the cyclic
+        collector in its own time (tornado's test_run_on_executor counts the cycles a closed
+        loop leaves behind).  Nothing reads these once the ring is closed: no completion can
+        come (dispatch, complete_timed), get_resolver() answers None, the fork hook passes a
+        closed Proactor by, and submit() refuses before it compares with the wake-up read."""
+        self.wakeup_op = None           # it refers back to us (Operation.proactor)
+        self.resolver = None            # it refers to the loop
+        self.exception_handler = None   # a method bound to the loop
+        self.loop = None
+        return 0
 
 
 cdef enum:

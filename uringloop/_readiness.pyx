@@ -400,6 +400,12 @@ cdef class Readiness(Completer):
             c_close(self.epfd)
             self.epfd = -1
 
+    def let_go(self):
+        """The loop has closed and drained: the poll (idle now) lets go of us, its owner --
+        a reference cycle the loop's own would otherwise join (see unix.py's close)."""
+        if self.poll is not None and self.poll.state == OP_IDLE:
+            self.poll.owner = None
+
     def __len__(self):
         return len(self.watches)
 
@@ -422,6 +428,8 @@ def add_reader(self, fd, callback, *args):
 
 def remove_reader(self, fd):
     """Stop watching fd for reading; True if a callback was registered."""
+    if self.is_closed():
+        return False        # as the stock loop (the registry was let go of at the close)
     return _registry(self).remove(fd, True)
 
 
@@ -433,4 +441,6 @@ def add_writer(self, fd, callback, *args):
 
 def remove_writer(self, fd):
     """Stop watching fd for writing; True if a callback was registered."""
+    if self.is_closed():
+        return False        # as the stock loop (the registry was let go of at the close)
     return _registry(self).remove(fd, False)

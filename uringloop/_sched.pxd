@@ -70,6 +70,7 @@ cdef class LoopCore:
     cdef bint own(self, str name, object implementation) noexcept
     cdef object now(self)
     cdef int append_ready(self, object handle) except -1
+    cdef dict loop_kwargs(self)
     cdef int queue_ready(self, object handle) except -1
     cdef int wake_waiting_loop(self) except -1
     cdef int heap_push(self, list heap, object timer) except -1

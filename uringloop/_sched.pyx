@@ -387,6 +387,18 @@ cdef class LoopCore:
             leave_gc(handle)
         return 0
 
+    cdef dict loop_kwargs(self):
+        """{'loop': self}, kept for the next call while the loop is open."""
+        kwargs = {'loop': self}
+        if not self._closed:
+            self.future_kwargs = kwargs
+        return kwargs
+
+    def _ul_let_go_of_future_kwargs(self):
+        """Loop.close(): the kept {'loop': self} is a reference cycle, which would leave a
+        closed loop to the cyclic collector (see Proactor.let_go_of_the_loop)."""
+        self.future_kwargs = None
+
     def _ul_gc_track_queued(self):
         """Give every queued handle back to the cyclic GC (before the queues are cleared, or
         handed to code that pops them without back_to_gc())."""
@@ -433,10 +445,11 @@ cdef class LoopCore:
         # asyncio's own C Future: its type has no vectorcall, so a call with a keyword builds
         # a dict of it and frees it again on every call (1% of a streams server's time at 1 KiB
         # x 10, where a Future waits for each read).  The class only reads it: one dict, kept.
-        # (It refers to the loop, as the Proactor does already: no cycle that was not there.)
+        # (It makes a cycle with the loop, so a closed loop lets go of it: see
+        # _ul_let_go_of_future_kwargs.)
         kwargs = self.future_kwargs
         if kwargs is None:
-            kwargs = self.future_kwargs = {'loop': self}
+            kwargs = self.loop_kwargs()
         return PyObject_Call(future_class, (), kwargs)
 
     def create_task(self, coro, **kwargs):
@@ -458,7 +471,7 @@ cdef class LoopCore:
             raise RuntimeError('Event loop is closed')
         kwargs = self.future_kwargs
         if kwargs is None:
-            kwargs = self.future_kwargs = {'loop': self}
+            kwargs = self.loop_kwargs()
         return PyObject_Call(_tasks.Task, (coro,), kwargs)   # looked up at each call, as
                                                               # BaseEventLoop does
 

@@ -98,7 +98,11 @@ cdef class SignalReader(Completer):
             self.recv_op.cancel()
 
     def close_sockets(self):
-        """After the drain: nothing in the kernel names the sockets any more."""
+        """After the drain: nothing in the kernel names the sockets any more.  The receive
+        lets go of us, its owner (a reference cycle, through which a closed loop would be left
+        to the cyclic collector: Proactor.let_go_of_the_loop)."""
+        if self.recv_op.state == OP_IDLE:
+            self.recv_op.owner = None
         if self.read_fd >= 0:
             close(self.read_fd)
             self.read_fd = -1

@@ -621,6 +621,7 @@ def forget_all_sockets(self):
     for state in list(states.values()):
         state.discard()
     states.clear()
+    self._ul_sock_sweep = None      # a timer the close drops, which refers back to the loop
 
 
 # The buffer checks of sock_recv_into/sock_recvfrom_into and sock_sendall: what memoryview(buf)

@@ -48,7 +48,8 @@ def _after_fork_in_child() -> None:
     # (Only the forking thread exists in the child; it keeps its thread id.)
     me = threading.get_ident()
     for proactor in list(_live_proactors):
-        proactor.after_fork_in_child(proactor.loop._thread_id == me)
+        loop = proactor.loop            # None once closed (Proactor.let_go_of_the_loop)
+        proactor.after_fork_in_child(loop is not None and loop._thread_id == me)
     if sys.version_info < (3, 12):
         _forget_an_inherited_current_loop()
 
@@ -148,6 +149,7 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         self._proactor.close()
         _sockio.forget_all_sockets(self)
         self._ul_gc_track_queued()    # BaseEventLoop.close() drops them: back in the GC first
+        self._ul_let_go_of_future_kwargs()
         super().close()
 
     def statistics(self) -> dict:

@@ -273,6 +273,14 @@ class UnixMixin:
         if reader is not None:
             self._ul_signal_reader = None
             reader.close_sockets()
+        # Drained: let go of the registries that refer back to the loop (reference cycles,
+        # which would leave a closed loop to the cyclic collector: Proactor.let_go_of_the_loop).
+        # Made again only by use after the close: a subprocess_exec(), which fails.
+        # (remove_reader() and remove_writer() of a closed loop answer False without one.)
+        readiness, self._ul_readiness = self._ul_readiness, None
+        if readiness is not None:
+            readiness.let_go()
+        self._ul_children = None
         exc, self._ul_close_error = self._ul_close_error, None
         if exc is not None:
             raise exc
