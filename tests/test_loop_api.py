@@ -513,8 +513,10 @@ async def _run_in_the_default_executor(loop):
 
 async def _wake_from_a_thread(loop):
     woken = loop.create_future()
-    threading.Thread(target=loop.call_soon_threadsafe, args=(woken.set_result, 1)).start()
+    waker = threading.Thread(target=loop.call_soon_threadsafe, args=(woken.set_result, 1))
+    waker.start()
     await woken
+    waker.join()        # (a thread still running holds its arguments: the loop)
 
 
 async def _watch_a_reader(loop):
@@ -543,6 +545,7 @@ async def _sock_calls_one_cancelled(loop):
 
 async def _look_up_localhost(loop):
     await loop.getaddrinfo("localhost", 80)
+    await loop.shutdown_default_executor()   # (the stock loop's lookup ran in it)
 
 
 async def _handle_a_signal(loop):
@@ -554,23 +557,62 @@ async def _handle_a_signal(loop):
     loop.remove_signal_handler(signal.SIGUSR1)
 
 
+async def _serve_a_stream(loop):
+    async def echo(reader, writer):
+        writer.write(await reader.read(10))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+    writer.write(b"ping")
+    assert await reader.read() == b"ping"
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+
+
+async def _send_a_datagram(loop):
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                       local_addr=("127.0.0.1", 0))
+    transport.sendto(b"x", transport.get_extra_info("sockname"))
+    await asyncio.sleep(0.01)
+    transport.close()
+    await asyncio.sleep(0)
+
+
+async def _run_a_child(loop):
+    import subprocess
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "print('hi')", stdout=subprocess.PIPE)
+    assert await child.communicate() == (b"hi\n", None)
+    await asyncio.sleep(0.01)     # (the transport's connection_lost() comes after the exit)
+    for thread in threading.enumerate():
+        if thread.name.startswith("waitpid-"):
+            thread.join(10)   # (the stock watcher's thread before 3.12 holds the loop till done)
+
+
 @pytest.mark.parametrize("loop_name", list(LOOP_FACTORIES))
 @pytest.mark.parametrize("work", [None, _sleep_briefly, _run_in_the_default_executor,
                                   _wake_from_a_thread, _watch_a_reader,
-                                  _sock_calls_one_cancelled, _look_up_localhost, _handle_a_signal],
+                                  _sock_calls_one_cancelled, _look_up_localhost, _handle_a_signal,
+                                  _serve_a_stream, _send_a_datagram, _run_a_child],
                          ids=lambda work: "nothing" if work is None else work.__name__[1:])
 def test_a_closed_loop_is_freed_without_the_cyclic_collector(loop_name, work):
     """A closed loop nobody refers to is freed at once, by its reference count, as the stock
     loop (and uvloop) are -- not left in reference cycles for the cyclic collector (tornado's
     test_run_on_executor counts such garbage).  uringloop's was: the Proactor, its wake-up
-    read, the resolver, the readiness registry, the signal reader and a kept {'loop': loop}
-    all referred back to it."""
-    loop = LOOP_FACTORIES[loop_name]()
-    if work is not None:
-        loop.run_until_complete(work(loop))
+    read, the resolver, the readiness registry, the signal reader, a kept {'loop': loop}, a
+    stopped server's accept poll, and closed datagram and pipe transports all referred back
+    to it.  (Closed transports may stay cyclic garbage, on the stock loop too: not the loop.)"""
     gc.collect()
-    gc.disable()
+    gc.disable()    # (a collection during the work would free what a closed transport held)
     try:
+        loop = LOOP_FACTORIES[loop_name]()
+        if work is not None:
+            loop.run_until_complete(work(loop))
         loop.close()
         freed = weakref.ref(loop)
         del loop

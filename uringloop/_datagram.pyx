@@ -717,6 +717,7 @@ cdef class DatagramCore(TransportCore):
         if transports.get(self.fd) is self.transport:
             del transports[self.fd]
         sock.close()
+        self.let_go_of_the_loop()
         return 0
 
     def close_unclosed(self):

@@ -49,6 +49,7 @@ cdef class TransportCore(WriteFlow):
     cdef int completed(self, Operation op, int res, unsigned flags) except -1
     cdef int callback_failed(self, str method, tuple args, object exc) except -1
     cdef int release_if_idle(self) except -1
+    cdef int let_go_of_the_loop(self) except -1
     cdef int start_receive(self) except -1
     cdef int stop_receive(self) except -1
     cdef int deliver_stashed(self, object item) except -1

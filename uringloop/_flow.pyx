@@ -246,6 +246,18 @@ cdef class TransportCore(WriteFlow):
         # Close the descriptor once connection_lost() has run and the kernel holds nothing.
         return 0
 
+    cdef int let_go_of_the_loop(self) except -1:
+        """Lost, and released (release_if_idle): nothing of ours is in the kernel and nothing
+        will be again.  The loop is let go of, as the stock transports drop theirs in
+        _call_connection_lost: the core, the transport object and the operations refer to one
+        another, and a loop in that cycle would outlive its close until the cyclic collector
+        came (Proactor.let_go_of_the_loop)."""
+        transport = self.transport
+        if transport is not None:
+            transport._loop = None
+        self.loop = None
+        return 0
+
     # ---- pausing the receiving side (datagram and read-pipe cores) ----
     #
     # pause_reading() stops the receive the kernel holds (stop_receive), but a cancel races with

@@ -99,6 +99,7 @@ cdef class PipeCore(TransportCore):
     cdef int release_if_idle(self) except -1:
         if self.lost and self.pipe is not None and not self.busy():
             self.close_pipe()
+            self.let_go_of_the_loop()
         return 0
 
     cdef int close_pipe(self) except -1:

@@ -162,7 +162,12 @@ cdef class Acceptor(Completer):
 
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         if not self.serving or self.proactor.closing:
-            return 0          # stopped: whatever is queued stays for the socket's other owners
+            # Stopped: whatever is queued stays for the socket's other owners.  The poll,
+            # ended, is let go of (start() makes another): it refers back to us, and that
+            # cycle would hold the server and its loop for the cyclic collector.
+            if op is self.poll and op.state == OP_IDLE:
+                self.poll = None
+            return 0
         try:
             if res >= 0 and self.sock.fileno() != self.fd:
                 self.serving = False        # closed under the server (see arm)
