@@ -594,19 +594,35 @@ async def _run_a_child(loop):
             thread.join(10)   # (the stock watcher's thread before 3.12 holds the loop till done)
 
 
+async def _sendfile_a_file(loop):
+    import tempfile
+    a, b = socket.socketpair()
+    with a, b, tempfile.TemporaryFile() as file:
+        file.write(b"x" * 100_000)
+        file.seek(0)
+        a.setblocking(False)
+        b.setblocking(False)
+        sending = asyncio.ensure_future(loop.sock_sendfile(a, file))
+        received = 0
+        while received < 100_000:
+            received += len(await loop.sock_recv(b, 65536))
+        assert await sending == 100_000
+
+
 @pytest.mark.parametrize("loop_name", list(LOOP_FACTORIES))
 @pytest.mark.parametrize("work", [None, _sleep_briefly, _run_in_the_default_executor,
                                   _wake_from_a_thread, _watch_a_reader,
                                   _sock_calls_one_cancelled, _look_up_localhost, _handle_a_signal,
-                                  _serve_a_stream, _send_a_datagram, _run_a_child],
+                                  _serve_a_stream, _send_a_datagram, _run_a_child,
+                                  _sendfile_a_file],
                          ids=lambda work: "nothing" if work is None else work.__name__[1:])
 def test_a_closed_loop_is_freed_without_the_cyclic_collector(loop_name, work):
     """A closed loop nobody refers to is freed at once, by its reference count, as the stock
     loop (and uvloop) are -- not left in reference cycles for the cyclic collector (tornado's
     test_run_on_executor counts such garbage).  uringloop's was: the Proactor, its wake-up
     read, the resolver, the readiness registry, the signal reader, a kept {'loop': loop}, a
-    stopped server's accept poll, and closed datagram and pipe transports all referred back
-    to it.  (Closed transports may stay cyclic garbage, on the stock loop too: not the loop.)"""
+    stopped server's accept poll, closed datagram and pipe transports, and a finished
+    sendfile's splicer (through its futures) all referred back to it.  (Closed transports may stay cyclic garbage, on the stock loop too: not the loop.)"""
     gc.collect()
     gc.disable()    # (a collection during the work would free what a closed transport held)
     try:

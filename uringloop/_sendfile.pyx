@@ -245,6 +245,10 @@ cdef class SpliceSender(Completer):
         finally:
             self.close_fds()
             self.sock = None
+            # Neither operation is in the kernel, and neither goes there again: they let go of
+            # us, their owner -- a cycle that held the futures and, through them, the loop.
+            self.op.owner = None
+            self.ready_op.owner = None
             if not self.finished_fut.done():
                 self.finished_fut.set_result(None)
         if not self.fut.done():
