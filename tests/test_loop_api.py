@@ -19,7 +19,7 @@ import pytest
 import uringloop
 
 from conftest import LOOP_FACTORIES
-from helpers import PACKAGE_PARENT, child_env
+from helpers import PACKAGE_PARENT, child_env, echo
 from uringloop import _probe
 
 
@@ -558,15 +558,10 @@ async def _handle_a_signal(loop):
 
 
 async def _serve_a_stream(loop):
-    async def echo(reader, writer):
-        writer.write(await reader.read(10))
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
     writer.write(b"ping")
+    writer.write_eof()
     assert await reader.read() == b"ping"
     writer.close()
     await writer.wait_closed()
