@@ -18,6 +18,9 @@ task finished) -- a benchmark that silently did less would look fast.
   getaddrinfo   G awaited loop.getaddrinfo("localhost", 80, type=SOCK_STREAM) calls, one after
                 the other (/etc/hosts: the lookup itself is ~10 us; the rest is the loop's way
                 to a thread and back)
+  add_reader    P round trips of one byte over a socketpair whose ends both have an add_reader
+                callback that reads and answers (the layer tornado, pyzmq, psycopg and aiodns
+                wait through: two readiness events per round trip, and their recv/send)
 """
 
 from __future__ import annotations
@@ -234,6 +237,49 @@ def bench_getaddrinfo(name: str, scale: float) -> dict:
         loop.close()
 
 
+def bench_add_reader(name: str, scale: float) -> dict:
+    n = max(1000, int(50_000 * scale))
+    loop = loops.make_loop(name)
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        b.setblocking(False)
+        done = loop.create_future()
+        trips = [0]
+
+        def on_a():
+            if a.recv(16) != b"p":
+                raise AssertionError("a round trip brought the wrong byte back")
+            trips[0] += 1
+            if trips[0] == n:
+                done.set_result(time.perf_counter())
+            else:
+                a.send(b"p")
+
+        def on_b():
+            b.send(b.recv(16))
+
+        async def main():
+            loop.add_reader(a, on_a)
+            loop.add_reader(b, on_b)
+            await asyncio.sleep(0)
+            start = time.perf_counter()
+            a.send(b"p")
+            end = await done
+            loop.remove_reader(a)
+            loop.remove_reader(b)
+            return end - start
+
+        seconds = loop.run_until_complete(main())
+        if trips[0] != n:
+            raise AssertionError(f"{trips[0]} of {n} round trips made")
+        return {"seconds": seconds, "ops": n}
+    finally:
+        a.close()
+        b.close()
+        loop.close()
+
+
 BENCHMARKS = {
     "call_soon": bench_call_soon,
     "timers": bench_timers,
@@ -242,6 +288,7 @@ BENCHMARKS = {
     "threadsafe": bench_threadsafe,
     "connect": bench_connect,
     "getaddrinfo": bench_getaddrinfo,
+    "add_reader": bench_add_reader,
 }
 
 

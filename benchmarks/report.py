@@ -26,6 +26,7 @@ MICRO_TITLES = {
     "threadsafe": "call_soon_threadsafe from a thread",
     "connect": "create_connection (client side)",
     "getaddrinfo": "getaddrinfo (\"localhost\")",
+    "add_reader": "add_reader ping-pong",
 }
 
 

@@ -51,7 +51,7 @@ TLS_POINTS = ((TLS_STYLE, KIB, 10), (TLS_STYLE, 16 * KIB, 10))
 SIZES = (1 * KIB, 16 * KIB, 100 * KIB)
 CONNS = (1, 10, 100, 1000)
 MICRO = ("call_soon", "timers", "sleep0_tasks", "create_close", "threadsafe", "connect",
-         "getaddrinfo")
+         "getaddrinfo", "add_reader")
 WORKLOADS = ("echo", "paced", "http", "micro", "syscalls", "memory")
 # The memory benchmark's server and load: the Protocol echo server, 1 KiB requests over 10
 # connections (issue 7's "RSS after 1M requests").
@@ -690,7 +690,8 @@ class Runner:
                                   + ", ".join(parts))
         units = {"call_soon": "callbacks", "timers": "timers", "sleep0_tasks": "task steps",
                  "create_close": "loops", "threadsafe": "callbacks from a thread",
-                 "connect": "connections", "getaddrinfo": "lookups"}
+                 "connect": "connections", "getaddrinfo": "lookups",
+                 "add_reader": "round trips"}
         for name in MICRO:
             point = {"workload": "micro", "name": name,
                      "work": f"{work.get(name, 0):,} {units[name]}"}
@@ -698,7 +699,7 @@ class Runner:
             self.results["points"].append(point)
 
     def micro_cost(self) -> float:
-        return 0.3 + 1.9 * self.mode.micro_scale
+        return 0.3 + 2.5 * self.mode.micro_scale
 
     def run_micro_process(self, lp: str) -> dict:
         cmd = [sys.executable, str(harness.BENCH_DIR / "micro.py"), "--loop", lp,

@@ -886,7 +886,7 @@ def test_smoke_run_end_to_end(tmp_path):
 
     micro = {p["name"]: p for p in results["points"] if p["workload"] == "micro"}
     assert set(micro) == {"call_soon", "timers", "sleep0_tasks", "create_close", "threadsafe",
-                          "connect", "getaddrinfo"}
+                          "connect", "getaddrinfo", "add_reader"}
     for name in micro:
         assert micro[name]["loops"]["asyncio"]["metrics"]["seconds"]["summary"]["median"] > 0
 
