@@ -241,7 +241,8 @@ def test_probe_reports_this_kernel():
     # "the loop will use" names only what the loop consults or submits (not SEND_ZC, WAITID or
     # recv bundles, which the kernel has and the loop does not use).
     assert set(report.uses) == {"single_issuer_defer_taskrun", "coop_taskrun", "multishot_recv",
-                                "provided_buffer_rings", "incremental_buffers", "splice"}
+                                "provided_buffer_rings", "incremental_buffers", "splice",
+                                "epoll_wait"}
     assert "io_uring: available" in report.format()
 
 

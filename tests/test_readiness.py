@@ -12,7 +12,13 @@ import pytest
 
 import uringloop
 
+from conftest import READINESS_LOOP_FACTORIES, loop_maker_fixture
 from helpers import no_leaked_fds  # noqa: F401 (an autouse fixture)
+
+# Every test here also runs on uringloop's fallback for kernels without IORING_OP_EPOLL_WAIT
+# (conftest.READINESS_LOOP_FACTORIES).
+pytestmark = pytest.mark.readiness
+new_loop = loop_maker_fixture(READINESS_LOOP_FACTORIES)
 
 
 @pytest.fixture

@@ -79,3 +79,68 @@ def test_sock_data_path_is_io_uring_only(tmp_path):
     assert not offending, f"readiness/direct socket syscalls on the data path: {offending}"
     assert 1 <= calls.count("accept4") <= 2, calls[:50]    # EAGAIN at once, then the connection
     assert calls.count("connect") == 1, calls[:50]         # EINPROGRESS, then a poll on the ring
+
+
+READER_CHILD = textwrap.dedent("""
+    import asyncio, os, socket, sys, uringloop
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop._features["epoll_wait"] = sys.argv[1] == "kernel"
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        done = loop.create_future()
+        got = []
+
+        def on_a():
+            got.append(a.recv(10))
+            if len(got) == 200:
+                done.set_result(None)
+            else:
+                a.send(b"x")
+
+        def on_b():
+            b.send(b.recv(10))
+
+        loop.add_reader(a, on_a)
+        loop.add_reader(b, on_b)
+        await asyncio.sleep(0)
+        os.write(2, b"@@DATA-START@@")
+        a.send(b"x")
+        await done
+        os.write(2, b"@@DATA-END@@")
+        assert got == [b"x"] * 200, got
+        loop.remove_reader(a)
+        loop.remove_reader(b)
+        a.close()
+        b.close()
+
+    uringloop.run(main())
+""")
+
+
+@pytest.mark.parametrize("collects", ["kernel", "epoll_wait"])
+def test_add_reader_events_come_in_the_ring_completion(tmp_path, collects):
+    """Where the kernel has IORING_OP_EPOLL_WAIT (6.15), the readiness registry's events come in
+    its completion: 400 reader calls between the markers and not one epoll_wait(2).  The
+    fallback (a poll request on the epoll instance) reads them with one epoll_wait(2) per
+    completion, as the registry did on every kernel before."""
+    import uringloop
+    if collects == "kernel" and not uringloop.probe().uses["epoll_wait"]:
+        pytest.skip("the kernel has no IORING_OP_EPOLL_WAIT (Linux 6.15)")
+    trace = tmp_path / "trace.txt"
+    result = subprocess.run(
+        ["strace", "-f", "-qq", "-e", "trace=epoll_wait,epoll_pwait,epoll_pwait2,io_uring_enter,"
+         "write", "-o", str(trace), sys.executable, "-c", READER_CHILD, collects],
+        capture_output=True, text=True, timeout=120, env=child_env(), cwd=PACKAGE_PARENT)
+    assert result.returncode == 0, result.stderr
+    text = trace.read_text()
+    window = text[text.index("@@DATA-START@@"):text.index("@@DATA-END@@")]
+    calls = re.findall(r"^\d+\s+(\w+)\(", window, re.M)
+    waits = sum(calls.count(name) for name in ("epoll_wait", "epoll_pwait", "epoll_pwait2"))
+    assert calls.count("io_uring_enter") >= 200, calls[:50]
+    if collects == "kernel":
+        assert waits == 0, calls[:50]
+    else:
+        assert waits >= 200, calls[:50]

@@ -1,7 +1,7 @@
 # The operation kinds (see _ops.pyx); their base, Operation, and the Proactor are in _proactor.
 
 from cpython.buffer cimport Py_buffer
-from uringloop._sys cimport sockaddr_storage, socklen_t, msghdr, iovec, __kernel_timespec
+from uringloop._sys cimport sockaddr_storage, socklen_t, msghdr, iovec, __kernel_timespec, epoll_event
 from uringloop._ring cimport BufferRing
 from uringloop._proactor cimport Operation
 
@@ -71,6 +71,15 @@ cdef class ConnectOp(Operation):
 
 cdef class PollOp(Operation):
     cdef public unsigned events
+
+
+cdef class EpollWaitOp(Operation):
+    """epoll_wait(2) of an epoll instance, done by the kernel into a buffer the operation owns
+    (lent to the kernel from submission to the final completion, like every buffer)."""
+    cdef epoll_event *events
+    cdef int room                          # events the buffer holds
+    cdef int maxevents                     # asked for at the next submission (<= room)
+    cdef int reserve(self, int n) except -1
 
 
 cdef class ReadWriteOp(BufferOp):

@@ -1,7 +1,7 @@
 # cython: language_level=3
 """The operation kinds: one class per kind of io_uring request the loop makes -- receive, send,
-vectored send, multishot receive, datagram message, accept, connect, poll, file read/write,
-splice, shutdown, delay.  Each fills its SQE (prep) and, where its kind needs more than handing
+vectored send, multishot receive, datagram message, accept, connect, poll, epoll wait, file
+read/write, splice, shutdown, delay.  Each fills its SQE (prep) and, where its kind needs more than handing
 the result to its owner, reads its completion (complete): a partial send continues from inside
 the operation until every byte is out, a receive notes what it brought.
 
@@ -291,6 +291,34 @@ cdef class PollOp(Operation):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
         self.receives = (self.events & POLLIN) != 0
         ul_prep_poll(sqe, self.fd, self.events, self.multishot, self.ud())
+        return 0
+
+
+@cython.final
+cdef class EpollWaitOp(Operation):
+    def __dealloc__(self):
+        # An operation in the kernel is pinned by the Proactor: it is never freed before its
+        # final completion, so neither is the buffer the kernel writes into.
+        PyMem_Free(self.events)
+
+    cdef int reserve(self, int n) except -1:
+        """Ask for up to `n` events at the next submission; only while idle (the kernel writes
+        into the buffer while the request is in flight: it is never moved then)."""
+        cdef epoll_event *grown
+        if self.state != OP_IDLE:
+            raise RuntimeError("EpollWaitOp.reserve() while in flight")
+        if n > self.room:
+            grown = <epoll_event *>PyMem_Realloc(self.events, n * sizeof(epoll_event))
+            if grown == NULL:
+                raise MemoryError()
+            self.events = grown
+            self.room = n
+        self.maxevents = n
+        return 0
+
+    cdef int prep(self, io_uring_sqe *sqe) except -1:
+        self.receives = True
+        ul_prep_epoll_wait(sqe, self.fd, self.events, <unsigned>self.maxevents, self.ud())
         return 0
 
 

@@ -20,6 +20,7 @@ cdef enum OpState:
 cdef class Completer:
     """Whoever an operation reports to: the sock_* state of a socket, a transport, a server."""
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1
+    cdef int before_enter(self) except -1     # asked for with Proactor.call_before_enter
 
 
 cdef class StaleFdGuard(EnterHook):
@@ -39,6 +40,9 @@ cdef class Proactor:
     # registrations of add_reader/add_writer).  Run by the loop's iteration (_sched), or moved
     # to the ready queue by select() for BaseEventLoop's own iteration.
     cdef list io_handles
+    # Called once at the start of the next iteration's enter (enter_for), after every callback
+    # of this one: the readiness registry re-arms its poll there (_readiness).
+    cdef Completer call_before_enter
     cdef readonly object loop
     cdef readonly bint closing
     cdef public bint forked                # set in a fork child: the ring belongs to the parent

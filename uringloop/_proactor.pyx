@@ -75,6 +75,9 @@ cdef class Completer:
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         return 0
 
+    cdef int before_enter(self) except -1:
+        return 0
+
 
 # A sock_* request on a socket its owner closes before the request reaches the kernel.
 #
@@ -406,9 +409,13 @@ cdef class Proactor:
         """Submit everything queued and wait up to `timeout` seconds (None: without limit) for
         a completion, in one io_uring_enter; dispatch nothing."""
         cdef long long timeout_ns
+        cdef Completer waiting
         if self.forked and self.runs_in_fork_child and not self.ring.closed:
             return self.wait_in_fork_child(timeout)
         self.check_usable()
+        if self.call_before_enter is not None:
+            waiting, self.call_before_enter = self.call_before_enter, None
+            waiting.before_enter()
         if self.backlog or self.pending_cancels:
             self.flush_backlog()
         if timeout is None:
@@ -760,6 +767,7 @@ cdef class Proactor:
         self.wakeup_op = None           # it refers back to us (Operation.proactor)
         self.resolver = None            # it refers to the loop
         self.exception_handler = None   # a method bound to the loop
+        self.call_before_enter = None   # the readiness registry, which refers to the loop
         self.loop = None
         return 0
 

@@ -151,6 +151,7 @@ OPCODES = {
     "LINK_TIMEOUT": 15, "CONNECT": 16, "OPENAT": 18, "CLOSE": 19, "STATX": 21, "READ": 22,
     "WRITE": 23, "SEND": 26, "RECV": 27, "SPLICE": 30, "SHUTDOWN": 34, "MSG_RING": 40,
     "SOCKET": 45, "SEND_ZC": 47, "SENDMSG_ZC": 48, "WAITID": 50, "BIND": 56, "LISTEN": 57,
+    "EPOLL_WAIT": 59,
 }
 
 SETUP_FLAGS = {
@@ -230,6 +231,7 @@ def feature_set(ring) -> dict:
         "provided_buffer_rings": pbuf,
         "incremental_buffers": inc,
         "splice": "SPLICE" in ops,
+        "epoll_wait": "EPOLL_WAIT" in ops,
     }
     _FEATURES_BY_SETUP_FLAGS[ring.setup_flags] = features
     return dict(features)

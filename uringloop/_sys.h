@@ -151,7 +151,7 @@ enum {
     UL_OP_ASYNC_CANCEL = 14, UL_OP_CONNECT = 16, UL_OP_OPENAT = 18, UL_OP_CLOSE = 19,
     UL_OP_READ = 22, UL_OP_WRITE = 23, UL_OP_SEND = 26, UL_OP_RECV = 27, UL_OP_SPLICE = 30,
     UL_OP_SHUTDOWN = 34, UL_OP_MSG_RING = 40, UL_OP_SEND_ZC = 47, UL_OP_SENDMSG_ZC = 48,
-    UL_OP_WAITID = 50, UL_OP_FSYNC = 3,
+    UL_OP_WAITID = 50, UL_OP_FSYNC = 3, UL_OP_EPOLL_WAIT = 59,
 };
 
 #define UL_PROBE_OPS 256
@@ -324,6 +324,13 @@ static inline void ul_prep_poll(struct io_uring_sqe *sqe, int fd, unsigned event
                                 uint64_t ud) {
     ul_prep(sqe, UL_OP_POLL_ADD, fd, NULL, multishot ? IORING_POLL_ADD_MULTI : 0, 0, ud);
     sqe->poll32_events = events;  /* little-endian only: uringloop targets x86_64/aarch64 LE */
+}
+
+/* epoll_wait(2) of an epoll instance into `events` (room for `maxevents`), done by the kernel: it
+ * completes with the number of events written once at least one is ready (6.15). */
+static inline void ul_prep_epoll_wait(struct io_uring_sqe *sqe, int epfd, void *events,
+                                      unsigned maxevents, uint64_t ud) {
+    ul_prep(sqe, UL_OP_EPOLL_WAIT, epfd, events, maxevents, 0, ud);
 }
 
 static inline void ul_prep_rw(struct io_uring_sqe *sqe, int op, int fd, void *buf, unsigned len,

@@ -24,6 +24,18 @@ cdef extern from "<sys/uio.h>":
         void *iov_base
         size_t iov_len
 
+cdef extern from "<sys/epoll.h>" nogil:
+    # What the readiness registry's epoll instance reports (the kernel fills these for
+    # IORING_OP_EPOLL_WAIT as for epoll_wait(2)).
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+
 cdef extern from "<netinet/in.h>" nogil:
     # The addresses the core converts itself (the ring's accept, connect, sendto and recvmsg;
     # transports' getsockname/getpeername) rather than through the socket module.
@@ -147,7 +159,7 @@ cdef extern from "_sys.h" nogil:
         UL_OP_SENDMSG
         UL_OP_RECVMSG, UL_OP_TIMEOUT, UL_OP_ACCEPT, UL_OP_ASYNC_CANCEL, UL_OP_CONNECT, UL_OP_OPENAT
         UL_OP_CLOSE, UL_OP_READ, UL_OP_WRITE, UL_OP_SEND, UL_OP_RECV, UL_OP_SPLICE, UL_OP_SHUTDOWN
-        UL_OP_MSG_RING, UL_OP_SEND_ZC, UL_OP_SENDMSG_ZC, UL_OP_WAITID
+        UL_OP_MSG_RING, UL_OP_SEND_ZC, UL_OP_SENDMSG_ZC, UL_OP_WAITID, UL_OP_EPOLL_WAIT
         UL_PROBE_OPS
 
     int ul_setup(unsigned entries, io_uring_params *p)
@@ -180,6 +192,8 @@ cdef extern from "_sys.h" nogil:
     void ul_prep_connect(io_uring_sqe *sqe, int fd, const sockaddr *addr, socklen_t addrlen,
                          uint64_t ud)
     void ul_prep_poll(io_uring_sqe *sqe, int fd, unsigned events, int multishot, uint64_t ud)
+    void ul_prep_epoll_wait(io_uring_sqe *sqe, int epfd, void *events, unsigned maxevents,
+                            uint64_t ud)
     void ul_prep_rw(io_uring_sqe *sqe, int op, int fd, void *buf, unsigned len, uint64_t off,
                     uint64_t ud)
     void ul_prep_splice(io_uring_sqe *sqe, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
