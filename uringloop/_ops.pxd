@@ -1,7 +1,8 @@
 # The operation kinds (see _ops.pyx); their base, Operation, and the Proactor are in _proactor.
 
 from cpython.buffer cimport Py_buffer
-from uringloop._sys cimport sockaddr_storage, socklen_t, msghdr, iovec, __kernel_timespec, epoll_event
+from uringloop._sys cimport (sockaddr_storage, socklen_t, msghdr, iovec, __kernel_timespec,
+                             epoll_event)
 from uringloop._ring cimport BufferRing
 from uringloop._proactor cimport Operation
 

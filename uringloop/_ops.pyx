@@ -1,9 +1,9 @@
 # cython: language_level=3
 """The operation kinds: one class per kind of io_uring request the loop makes -- receive, send,
 vectored send, multishot receive, datagram message, accept, connect, poll, epoll wait, file
-read/write, splice, shutdown, delay.  Each fills its SQE (prep) and, where its kind needs more than handing
-the result to its owner, reads its completion (complete): a partial send continues from inside
-the operation until every byte is out, a receive notes what it brought.
+read/write, splice, shutdown, delay.  Each fills its SQE (prep) and, where its kind needs more
+than handing the result to its owner, reads its completion (complete): a partial send continues
+from inside the operation until every byte is out, a receive notes what it brought.
 
 What every operation is -- pinned with its buffer, descriptor and address from submission to its
 final CQE, cancelled with ASYNC_CANCEL, completed through its owner (a Completer) -- is the

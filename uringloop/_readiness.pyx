@@ -38,9 +38,9 @@ time it is asked while the descriptor is ready.  The ring's request on the epoll
 completion that dispatched handles it is submitted again at the start of the next iteration's
 io_uring_enter (Proactor.call_before_enter), so it reaches the kernel only once those callbacks
 have run.  Polling an epoll instance (or waiting on it) asks each of its reported
-level-triggered entries again whether it is still ready -- after the callback had its chance to consume -- so the poll
-completes at once if data is still there, and the callback runs again in the next iteration,
-as with the stock loop.  (It was re-submitted from its completion before, counting on the
+level-triggered entries again whether it is still ready -- after the callback had its chance
+to consume -- so the poll completes at once if data is still there, and the callback runs
+again in the next iteration, as with the stock loop.  (It was re-submitted from its completion before, counting on the
 iteration's io_uring_enter to come after the callbacks.  But a completion handler later in the
 same pass may enter the ring at once -- a transport closed in data_received() cancels its
 receive, a write of megabytes is submitted early -- and that enter took the poll to the kernel
@@ -229,8 +229,8 @@ cdef class Readiness(Completer):
             # the poll on the instance itself fails only when its number no longer names an
             # open file: EBADF, the number closed by someone else (a double close, a
             # closerange()) -- or, where the kernel collects the events, names a file that is
-            # no epoll instance: EINVAL.  It was reported and never submitted again: every reader and
-            # writer stopped firing while still registered.  The stock loop's epoll_wait raises
+            # no epoll instance: EINVAL.  It was reported and never submitted again: every
+            # reader and writer stopped firing while still registered.  The stock loop's epoll_wait raises
             # out of run_forever() then; here the instance is made again (renew).
             self.renew(-res)
             return 0
