@@ -74,6 +74,9 @@ cdef class PollOp(Operation):
     cdef public unsigned events
 
 
+cdef int grow_events(epoll_event **events, int *room, int n) except -1
+
+
 cdef class EpollWaitOp(Operation):
     """epoll_wait(2) of an epoll instance, done by the kernel into a buffer the operation owns
     (lent to the kernel from submission to the final completion, like every buffer)."""

@@ -294,6 +294,18 @@ cdef class PollOp(Operation):
         return 0
 
 
+cdef int grow_events(epoll_event **events, int *room, int n) except -1:
+    """Room for `n` epoll events in *events (PyMem_Realloc'ed; *room: how many it holds)."""
+    cdef epoll_event *grown
+    if n > room[0]:
+        grown = <epoll_event *>PyMem_Realloc(events[0], n * sizeof(epoll_event))
+        if grown == NULL:
+            raise MemoryError()
+        events[0] = grown
+        room[0] = n
+    return 0
+
+
 @cython.final
 cdef class EpollWaitOp(Operation):
     def __dealloc__(self):
@@ -304,15 +316,9 @@ cdef class EpollWaitOp(Operation):
     cdef int reserve(self, int n) except -1:
         """Ask for up to `n` events at the next submission; only while idle (the kernel writes
         into the buffer while the request is in flight: it is never moved then)."""
-        cdef epoll_event *grown
         if self.state != OP_IDLE:
             raise RuntimeError("EpollWaitOp.reserve() while in flight")
-        if n > self.room:
-            grown = <epoll_event *>PyMem_Realloc(self.events, n * sizeof(epoll_event))
-            if grown == NULL:
-                raise MemoryError()
-            self.events = grown
-            self.room = n
+        grow_events(&self.events, &self.room, n)
         self.maxevents = n
         return 0
 

@@ -63,11 +63,11 @@ the ready queue (the handle is cancelled, as the stock loop cancels it).
 cimport cython
 from libc.stdint cimport uint32_t
 from libc.limits cimport INT_MAX
-from libc.stdlib cimport realloc, free
+from cpython.mem cimport PyMem_Free
 
 from uringloop._sys cimport ECANCELED, EBADF, POLLIN, errno, epoll_event, UL_OP_EPOLL_WAIT
 from uringloop._proactor cimport Completer, Proactor, Operation, OP_IDLE, os_error
-from uringloop._ops cimport PollOp, EpollWaitOp
+from uringloop._ops cimport PollOp, EpollWaitOp, grow_events
 
 from _thread import get_ident as _get_ident
 
@@ -135,7 +135,7 @@ cdef class Readiness(Completer):
     def __dealloc__(self):
         if self.epfd >= 0:
             c_close(self.epfd)
-        free(self.events)
+        PyMem_Free(self.events)
 
     cdef int lookup(self, object fileobj) except -1:
         cdef FdWatch watch
@@ -248,16 +248,10 @@ cdef class Readiness(Completer):
     cdef int collect(self) except -1:
         """The PollOp way: the poll said the instance has events; epoll_wait(2) reads them."""
         cdef int n, room = max(len(self.watches), 1)
-        cdef epoll_event *grown
-        if room > self.events_room:
-            # Room for every registration, as the stock selector asks epoll for: all that is
-            # ready runs in this iteration.  (A smaller batch cannot be topped up with a second
-            # epoll_wait: level-triggered descriptors just returned would come back again.)
-            grown = <epoll_event *>realloc(self.events, room * sizeof(epoll_event))
-            if grown == NULL:
-                raise MemoryError()
-            self.events = grown
-            self.events_room = room
+        # Room for every registration, as the stock selector asks epoll for: all that is ready
+        # runs in this iteration.  (A smaller batch cannot be topped up with a second
+        # epoll_wait: level-triggered descriptors just returned would come back again.)
+        grow_events(&self.events, &self.events_room, room)
         n = epoll_wait(self.epfd, self.events, room, 0)
         if n < 0:
             # EBADF or EINVAL: the instance's number was closed by someone else (the poll in
