@@ -17,7 +17,6 @@ LOOP_FACTORIES = {
 }
 
 
-
 def uringloop_with_poll_and_epoll_wait():
     """uringloop as on a kernel before 6.15: its add_reader()/add_writer() registry waits with a
     poll request on its epoll instance and then reads the events with epoll_wait(2), where a

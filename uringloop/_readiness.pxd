@@ -1,4 +1,4 @@
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint32_t
 
 from uringloop._sys cimport epoll_event
 from uringloop._proactor cimport Completer, Proactor, Operation
@@ -22,7 +22,6 @@ cdef class Readiness(Completer):
     # (kernel_collects), or a PollOp for POLLIN after which epoll_wait(2) collects them.
     cdef Operation poll
     cdef bint kernel_collects
-    cdef bint rearm_queued                 # re-armed at the next enter (before_enter)
     cdef epoll_event *events               # epoll_wait's buffer (the PollOp way): room for all
     cdef int events_room
 

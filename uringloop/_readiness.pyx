@@ -40,8 +40,8 @@ io_uring_enter (Proactor.call_before_enter), so it reaches the kernel only once 
 have run.  Polling an epoll instance (or waiting on it) asks each of its reported
 level-triggered entries again whether it is still ready -- after the callback had its chance
 to consume -- so the poll completes at once if data is still there, and the callback runs
-again in the next iteration, as with the stock loop.  (It was re-submitted from its completion before, counting on the
-iteration's io_uring_enter to come after the callbacks.  But a completion handler later in the
+again in the next iteration, as with the stock loop.  (It was re-submitted from its completion
+before, counting on the iteration's io_uring_enter to come after the callbacks.  But a completion handler later in the
 same pass may enter the ring at once -- a transport closed in data_received() cancels its
 receive, a write of megabytes is submitted early -- and that enter took the poll to the kernel
 too: it completed at once, the descriptor not yet read, and the same reader was queued twice.
@@ -188,7 +188,7 @@ cdef class Readiness(Completer):
                 # one with room for all.
                 self.poll.cancel()
             return 0
-        if self.rearm_queued:
+        if self.proactor.call_before_enter is self:
             return 0        # its handles have yet to run: armed at the next enter
         if self.kernel_collects:
             # Room for every registration, as the stock selector asks epoll for: all that is
@@ -202,7 +202,6 @@ cdef class Readiness(Completer):
     cdef int before_enter(self) except -1:
         """The iteration after a completion that dispatched handles enters the kernel: they
         have run (module docstring)."""
-        self.rearm_queued = False
         if self.epfd >= 0:
             self.arm()
         return 0
@@ -230,8 +229,9 @@ cdef class Readiness(Completer):
             # open file: EBADF, the number closed by someone else (a double close, a
             # closerange()) -- or, where the kernel collects the events, names a file that is
             # no epoll instance: EINVAL.  It was reported and never submitted again: every
-            # reader and writer stopped firing while still registered.  The stock loop's epoll_wait raises
-            # out of run_forever() then; here the instance is made again (renew).
+            # reader and writer stopped firing while still registered.  The stock loop's
+            # epoll_wait raises out of run_forever() then; here the instance is made again
+            # (renew).
             self.renew(-res)
             return 0
         if res > 0:
@@ -239,8 +239,7 @@ cdef class Readiness(Completer):
                 self.dispatch((<EpollWaitOp>op).events, res)
             else:
                 self.collect()
-            self.rearm_queued = True
-            self.proactor.call_before_enter = self
+            self.proactor.call_before_enter = self      # re-armed there (before_enter)
             return 0
         self.arm()
         return 0
