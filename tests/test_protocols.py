@@ -554,6 +554,90 @@ async def test_replies_to_requests_that_arrived_together_are_whole_and_in_order(
             assert loop.statistics()['completions'] - before >= 2 * count
 
 
+class PiecewiseAnswer(asyncio.Protocol):
+    """Answers each request, in one data_received(), with the pieces of answer_pieces(): written
+    one by one, through write() and writelines() and with bytes, bytearray and memoryview."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        for method, piece in answer_pieces(data[0]):
+            if method == 'writelines':
+                self.transport.writelines(piece)
+            else:
+                self.transport.write(piece)
+
+
+def answer_pieces(seed):
+    body = pattern(3000, seed=seed * 3000)
+    return [('write', b'HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n'),
+            ('write', bytearray(body[:1000])),
+            ('writelines', [body[1000:1500], memoryview(body[1500:2500])]),
+            ('write', memoryview(bytearray(body[2500:2999]))),
+            ('write', body[2999:])]
+
+
+def whole_answer(seed):
+    return b''.join(b''.join(p) if m == 'writelines' else bytes(p)
+                    for m, p in answer_pieces(seed))
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_answers_written_in_pieces_by_one_callback_leave_together(is_uring):
+    """Eight connections' requests arrive before the loop looks at any, and each protocol
+    answers in five writes -- headers, then the body in pieces of every kind.  Every answer
+    arrives whole and in order.  On uringloop, where those replies are send operations (see the
+    test above), the pieces written after the first join its send before the iteration's
+    io_uring_enter takes it to the kernel: one send, one completion per answer, as the stock
+    loop sends them all before the callback returns.  (They waited for the first send's
+    completion before, and left an iteration later with a completion of their own.)"""
+    loop = asyncio.get_running_loop()
+    count = 8
+
+    class WholeAnswer(PiecewiseAnswer):
+        def data_received(self, data):
+            self.transport.write(whole_answer(data[0]))
+
+    costs = {}
+    for name, factory in [('whole', WholeAnswer), ('pieces', PiecewiseAnswer)]:
+        async with plain_clients(factory, count) as clients:
+            before = loop.statistics()['completions'] if is_uring else 0
+            answers = await send_together_and_collect(
+                clients, [bytes([i]) for i in range(count)], len(whole_answer(0)))
+            assert answers == [whole_answer(i) for i in range(count)]
+            if is_uring:
+                costs[name] = loop.statistics()['completions'] - before
+    if is_uring:
+        # Separately, the pieces after the first would add a completion per connection.
+        assert costs['pieces'] < costs['whole'] + count // 2, costs
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_thousands_of_writes_by_one_callback_arrive_in_order():
+    """More pieces than one sendmsg carries (1,024 buffers), more bytes than the socket takes
+    at once: what joined the first send leaves with it, the rest behind it, and the peer reads
+    every byte in order."""
+    count, pieces, size = 3, 1500, 1000
+
+    class ManyWrites(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            for i in range(pieces):
+                self.transport.write(struct.pack('<HI', data[0], i) + b'.' * (size - 6))
+
+    expected = [b''.join(struct.pack('<HI', c, i) + b'.' * (size - 6) for i in range(pieces))
+                for c in range(count)]
+    async with plain_clients(ManyWrites, count) as clients:
+        answers = await send_together_and_collect(
+            clients, [bytes([i]) for i in range(count)], pieces * size)
+    assert answers == expected
+
+
 @pytest.mark.asyncio
 @bounded()
 async def test_large_replies_to_requests_that_arrived_together_leave_inside_write():

@@ -41,6 +41,7 @@ cdef class SendMsgOp(Operation):
     cdef readonly Py_ssize_t sent    # bytes the kernel accepted so far
     cdef msghdr msg
     cdef int set_buffers(self, list items, Py_ssize_t n) except -1
+    cdef int add_buffers(self, list items, Py_ssize_t n) except -1
     cdef void drop_views(self) noexcept
 
 

@@ -162,6 +162,36 @@ cdef class SendMsgOp(Operation):
             self.total += self.views[i].len
         return 0
 
+    cdef int add_buffers(self, list items, Py_ssize_t n) except -1:
+        """`n` more buffers after those held -- only while the kernel does not have the
+        operation (idle, or unsent: Proactor.unsent).  All or none: on an exception it holds
+        what it held before.  The held exports move with the array; they are exports of
+        bytes and memoryviews, whose release does not look at where the Py_buffer lies."""
+        cdef Py_ssize_t i, have = self.count
+        cdef void *mem
+        mem = PyMem_Realloc(self.views, (have + n) * sizeof(Py_buffer))
+        if mem == NULL:
+            raise MemoryError()
+        self.views = <Py_buffer *>mem
+        mem = PyMem_Realloc(self.iov, (have + n) * sizeof(iovec))
+        if mem == NULL:
+            raise MemoryError()
+        self.iov = <iovec *>mem
+        try:
+            for i in range(have, have + n):
+                PyObject_GetBuffer(items[i - have], &self.views[i], PyBUF_SIMPLE)
+                self.count = i + 1
+                self.iov[i].iov_base = self.views[i].buf
+                self.iov[i].iov_len = <size_t>self.views[i].len
+                self.total += self.views[i].len
+        except BaseException:
+            for i in range(have, self.count):
+                self.total -= self.views[i].len
+                PyBuffer_Release(&self.views[i])
+            self.count = have
+            raise
+        return 0
+
     cdef void drop_views(self) noexcept:
         cdef Py_ssize_t i
         for i in range(self.count):

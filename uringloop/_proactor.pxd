@@ -102,9 +102,13 @@ cdef class Proactor:
     cdef void wake(self) noexcept
     cdef int flush_backlog(self) except -1
     cdef int guard_fd(self, Operation op) except -1
+    cdef bint unsent(self, Operation op) noexcept
+    cdef int prep_again(self, Operation op) except -1
+    cdef int swap_unsent(self, Operation old, Operation new) except -1
     cdef int place_pending_cancels(self) except -1
     cdef int submit_pending(self) except -1
     cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1
+    cdef int note_joined(self, Py_ssize_t nbytes) except -1
     cdef int note_recv(self, Py_ssize_t nbytes) except -1
     cdef bint submit_early(self, Py_ssize_t nbytes) except -1
     cdef int reap(self) except -1
@@ -143,7 +147,7 @@ cdef class Operation:
     cdef bint receives                     # a receive (or poll for input): may be an answer
     cdef bint cancel_asked                 # cancel() was called since its last submission
     cdef bint guards_fd                    # sock_*: checked against its socket before the enter
-    cdef unsigned sq_slot                  # ... and where its SQE was written (StaleFdGuard)
+    cdef unsigned sq_slot                  # where its SQE was last written (Proactor.unsent)
 
     cdef inline uint64_t ud(self):
         return <uint64_t><size_t><void *>self

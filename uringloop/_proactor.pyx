@@ -213,6 +213,7 @@ cdef class Proactor:
             op.state = OP_QUEUED
             self.backlog.append(op)
             return 0
+        op.sq_slot = self.ring.sq_tail - 1
         try:
             op.prep(sqe)
         except BaseException:
@@ -228,11 +229,58 @@ cdef class Proactor:
         return 0
 
     cdef int guard_fd(self, Operation op) except -1:
-        """`op`, a sock_* operation, has just been written into the SQ's last slot: its socket
-        is looked at again before the enter (StaleFdGuard)."""
-        op.sq_slot = self.ring.sq_tail - 1
+        """`op`, a sock_* operation, has just been written into the SQ (at op.sq_slot): its
+        socket is looked at again before the enter (StaleFdGuard)."""
         self.fd_guard.ops.append(op)
         self.ring.enter_hook = self.fd_guard
+        return 0
+
+    # Changing a request the kernel has not seen yet.
+    #
+    # A submitted operation's SQE waits in the SQ, ours to change, until an io_uring_enter hands
+    # it to the kernel -- normally the iteration's own, after every callback of the iteration
+    # has run.  A transport that writes twice in one callback (an HTTP server's headers, then
+    # its body) has its first write submitted as a send at once and the second queued behind
+    # it, to leave only when the first one's completion comes back: one iteration later, with a
+    # second enter and a second completion -- while the stock loop and uvloop send both before
+    # the callback returns.  Instead the queued bytes join the send that has not left yet
+    # (SendSide.join_unsent), and one sendmsg carries both: unsent() says whether `op` is still
+    # in the SQ, and its SQE is rewritten in place (prep_again), or written for another
+    # operation that takes its place (swap_unsent).  Nothing the kernel owns is touched: without
+    # SQPOLL the kernel reads SQEs only inside io_uring_enter, and the SQ head it advances there
+    # says which ones it has taken (one taken early -- submit_early, a cancel's enter -- is
+    # past changing, and the write stays queued as before).
+
+    cdef bint unsent(self, Operation op) noexcept:
+        """Whether `op`'s SQE is still in the SQ, not yet taken by the kernel."""
+        cdef Ring ring = self.ring
+        cdef unsigned head
+        if op.state != OP_SUBMITTED or op.cancel_asked or ring.closed or self.forked:
+            # (A fork child's view of the SQ is the parent's memory: never written there.)
+            return False
+        head = ul_load_acquire(ring.sq_khead)
+        return (<unsigned>(op.sq_slot - head) < <unsigned>(ring.sq_tail - head)
+                and ring.sqes[op.sq_slot & ring.sq_mask].user_data == op.ud())
+
+    cdef int prep_again(self, Operation op) except -1:
+        """Write unsent `op`'s SQE again, in its slot, for what it carries now."""
+        op.prep(&self.ring.sqes[op.sq_slot & self.ring.sq_mask])
+        return 0
+
+    cdef int swap_unsent(self, Operation old, Operation new) except -1:
+        """`new` takes unsent `old`'s place in the SQ; `old` is idle after it, released of
+        nothing (its owner does that), and never reaches the kernel.  `new` must be idle."""
+        cdef io_uring_sqe *sqe = &self.ring.sqes[old.sq_slot & self.ring.sq_mask]
+        new.prep(sqe)
+        new.sq_slot = old.sq_slot
+        new.cancel_asked = False
+        new.state = OP_SUBMITTED
+        if not new.pinned:
+            self.pin(new)
+        if new.guards_fd:
+            self.guard_fd(new)
+        old.state = OP_IDLE
+        self.unpin(old)         # (inflight: one operation for another)
         return 0
 
     cdef int flush_backlog(self) except -1:
@@ -250,6 +298,7 @@ cdef class Proactor:
                 if sqe == NULL:
                     break
                 op = <Operation>self.backlog[i]
+                op.sq_slot = self.ring.sq_tail - 1
                 try:
                     op.prep(sqe)
                 except BaseException:
@@ -315,6 +364,13 @@ cdef class Proactor:
             self.waits.quiet_sends = 0
         elif not awaited:
             self.waits.quiet_sends += 1
+        return 0
+
+    cdef int note_joined(self, Py_ssize_t nbytes) except -1:
+        """`nbytes` joined a send not yet submitted (SendSide.join_unsent): counted towards
+        EARLY_SUBMIT_BYTES as note_send() counts a send's -- but it is no send of its own."""
+        if self.submit_early(nbytes):
+            self.waits.quiet_sends = 0
         return 0
 
     cdef int note_recv(self, Py_ssize_t nbytes) except -1:

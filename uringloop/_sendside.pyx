@@ -14,8 +14,9 @@ or more, and any data when the iteration has little to batch it with, is first o
 socket with one non-blocking send(2) -- writelines(): one sendmsg(2) -- and only what it did not
 take is submitted (see write_through, send_at_once and writelines_through).  Writes made while a
 send is in flight are queued and leave together, in one vectored sendmsg (SendMsgOp), when it
-completes.  Partial sends are continued inside the operations, so a completion always means "all
-of it is out" or an error.
+completes -- or at once join it, while it has not reached the kernel yet (join_unsent).  Partial
+sends are continued inside the operations, so a completion always means "all of it is out" or
+an error.
 
 The bytes in flight count towards the write buffer size, which drives pause_writing()/
 resume_writing() as _FlowControlMixin does.  They must: the stock transport learns synchronously
@@ -38,7 +39,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from libc.string cimport memset
 
 from uringloop._sys cimport *
-from uringloop._proactor cimport Operation, socket_fd_now, os_error
+from uringloop._proactor cimport Operation, OP_IDLE, socket_fd_now, os_error
 from uringloop._ops cimport SendOp, SendMsgOp
 from uringloop._flow cimport WriteFlow, not_contiguous_error, queued_not_contiguous_error
 
@@ -207,6 +208,7 @@ cdef class SendSide(WriteFlow):
             else:
                 self.write_q.append(data)
             self.queued_bytes += n
+            self.join_unsent()
         self.maybe_pause_protocol()
 
     cdef bint write_dropped(self) except -1:
@@ -382,6 +384,8 @@ cdef class SendSide(WriteFlow):
             self.queued_bytes += n
             if self.send_op is None:
                 self.submit_queued()
+            else:
+                self.join_unsent()
         self.maybe_pause_protocol()
 
     cdef int check_writable(self, str method) except -1:
@@ -500,6 +504,70 @@ cdef class SendSide(WriteFlow):
         self.send_op = op
         op.submit()
         self.proactor.note_send(op.total, self.send_awaited())
+        return 0
+
+    cdef int join_unsent(self) except -1:
+        """The queue joins the send in flight when that one has not reached the kernel yet.
+
+        Why: a protocol that writes twice in one callback -- an HTTP server's headers and then
+        its body (uvicorn), a frame's header and its payload -- had its first write submitted
+        as a send and the second queued behind it, to leave when the first one's completion
+        came back: an iteration later, with an io_uring_enter and a completion more, the reply
+        complete at its peer only then.  The stock loop and uvloop send both before the
+        callback returns.  Until the iteration's enter the first send's SQE is still ours
+        (Proactor.unsent), so the queue is added to it: one sendmsg for all, leaving with that
+        enter (a SendOp gives its place to the transport's SendMsgOp; a SendMsgOp takes the
+        new buffers itself).  A send the kernel has taken, a short send's rest, or a queue
+        beyond IOV_LIMIT buffers stays as before: the queue leaves at the completion.
+        Measured (Python 3.11, 1 KiB x 10 connections, 8 alternating rounds of 2 s against the
+        build before and uvloop): the Protocol echo answering in two writes (benchmarks'
+        `twowrites`) 1.95x the build before, 2.09x uvloop (the build before: 1.07x); uvicorn's
+        hello world (`asgi`: headers and body are two writes) 1.25x the build before, 1.27x
+        uvloop (the build before: 1.02x)."""
+        cdef Operation op = self.send_op
+        cdef SendOp single
+        cdef SendMsgOp msg
+        cdef list q = self.write_q
+        cdef Py_ssize_t k = len(q)
+        if not self.proactor.unsent(op):
+            return 0
+        if type(op) is SendOp:
+            single = <SendOp>op
+            msg = self.sendmsg_op_obj
+            if single.offset or k + 1 > IOV_LIMIT or (msg is not None and msg.state != OP_IDLE):
+                return 0
+            if msg is None:
+                msg = self.sendmsg_op_obj = SendMsgOp(self.proactor, self, self._sock_fd,
+                                                      self.sock)
+                msg.guards_fd = self.guards_fd
+            q.insert(0, single.obj)
+            try:
+                msg.set_buffers(q, k + 1)
+            except MemoryError:
+                del q[0]        # (the queue then leaves at the completion, as without this)
+                return 0
+            msg.keep = self.sock
+            self.proactor.swap_unsent(single, msg)
+            self.send_op = msg
+            single.release()                # (never reached the kernel: nothing to wait for)
+            if self.spare_sends.give(single):
+                single.owner = None
+        elif type(op) is SendMsgOp:
+            msg = <SendMsgOp>op
+            if msg.count + k > IOV_LIMIT:
+                return 0
+            try:
+                msg.add_buffers(q, k)
+            except MemoryError:
+                return 0        # (it took none of them: as above)
+            self.proactor.prep_again(msg)
+        else:
+            return 0
+        self.write_q = None
+        k = self.queued_bytes
+        self.queued_bytes = 0
+        self.inflight_bytes += k
+        self.proactor.note_joined(k)
         return 0
 
     cdef bint send_awaited(self) noexcept:
