@@ -9,7 +9,7 @@ levers table and "where the time goes" bullets.
 
 run.py measures every point of the matrix in a few rounds; this measures one point in many, and
 says for each run what the server's CPU did with it.  Every server is started once, pinned to
-the first CPU, and stays alive; each round runs the load generator (wrk for the "http" style)
+the first CPU, and stays alive; each round runs the load generator (wrk for the HTTP styles)
 against each server in turn, on the second CPU, the order rotated every round so that no
 server always runs first or always follows the same one.  A guest's speed moves by tens of
 percent within minutes (benchmarks/README.md): ratios are therefore taken within a round, and
@@ -105,7 +105,7 @@ def one_run(server: harness.Server, args, client_cpu: Optional[int], perf_out: O
                            f"-p {server.pid} -o {perf_out} -- sleep {window}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = cpu_ticks(server.pid)
-    if args.style == "http":
+    if args.style in servers.HTTP_STYLES:
         result = harness.run_wrk(server.port, args.conns, args.duration, client_cpu)
         requests = result.get("requests")
     else:
@@ -153,9 +153,10 @@ def main(argv=None) -> int:
         if not shutil.which("perf"):
             parser.error("--perf needs perf on PATH")
         args.perf.mkdir(parents=True, exist_ok=True)
-    if args.style == "http" and harness.wrk_path() is None:
-        parser.error("the http style needs wrk on PATH")
-    if args.style in ("http", "tls") and harness.FLOOR_NAME in [loop for _, loop, _ in specs]:
+    if args.style in servers.HTTP_STYLES and harness.wrk_path() is None:
+        parser.error(f"the {args.style} style needs wrk on PATH")
+    if (args.style in servers.HTTP_STYLES + ("tls",)
+            and harness.FLOOR_NAME in [loop for _, loop, _ in specs]):
         parser.error(f"{harness.FLOOR_NAME} echoes plain TCP; it has no {args.style} server")
 
     harness.build_loadgen(print)

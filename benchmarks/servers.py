@@ -5,8 +5,9 @@
 Styles: `sock` (loop.sock_accept / sock_recv_into / sock_sendall), `streams`
 (asyncio.start_server), `protocol` (asyncio.Protocol), `bufferedprotocol`
 (asyncio.BufferedProtocol), `tls` (the streams server with ssl=, over whatever TLS layer the
-loop has; the certificate in benchmarks/tls/) -- all TCP echo servers -- and `http` (aiohttp hello
-world).
+loop has; the certificate in benchmarks/tls/), `twowrites` (the Protocol server answering each
+message in two writes) -- all TCP echo servers -- and two HTTP hello worlds: `http` (aiohttp)
+and `asgi` (uvicorn's httptools protocol and an ASGI app).
 
 Once listening, the process prints one JSON line on stdout:
     {"ready": true, "port": 40123, "loop_type": "uvloop.Loop", "pid": 1234}
@@ -37,7 +38,8 @@ from pathlib import Path
 import loops
 
 STYLES = ("sock", "streams", "protocol", "bufferedprotocol", "tls")
-ALL_STYLES = STYLES + ("http",)
+HTTP_STYLES = ("http", "asgi")          # served HTTP/1.1, loaded with wrk
+ALL_STYLES = STYLES + ("twowrites",) + HTTP_STYLES
 # A self-signed ECDSA P-256 certificate for 127.0.0.1 / localhost, made for these loopback runs
 # only (valid until 2126); the load generator does not verify it.
 TLS_DIR = Path(__file__).resolve().parent / "tls"
@@ -132,6 +134,20 @@ class EchoProtocol(asyncio.Protocol):
         self.transport = None
 
 
+class EchoInTwoWrites(EchoProtocol):
+    """The echo written back in two halves, as a protocol writes a header and then its
+    payload: whether the loop sends the second half with the first."""
+
+    def data_received(self, data):
+        half = len(data) // 2
+        self.transport.write(data[:half])
+        self.transport.write(data[half:])
+
+
+async def serve_twowrites(host: str, port: int):
+    return await serve_protocol(host, port, EchoInTwoWrites)
+
+
 class EchoBufferedProtocol(asyncio.BufferedProtocol):
     """The kernel (or the loop) fills our own buffer; the echo writes a copy of what arrived,
     because a transport may keep a reference to written data until it is sent (the stock loop
@@ -182,6 +198,44 @@ async def serve_http(host: str, port: int):
     return runner.addresses[0][1], runner
 
 
+# ---- uvicorn hello world -----------------------------------------------------------------------
+
+async def serve_asgi(host: str, port: int):
+    """What `uvicorn app:app --http httptools --loop ...` runs -- uvicorn's Server with its
+    httptools protocol, a task per request, its 0.1 s tick -- on the loop already running
+    here, serving a listening socket made here (uvicorn takes sockets= as from gunicorn)."""
+    import httptools  # noqa: F401 - without it uvicorn's h11 protocol would be measured instead
+    import uvicorn
+
+    body = b"Hello, World!"
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [(b"content-type", b"text/plain"),
+                         (b"content-length", str(len(body)).encode())]}
+
+    async def hello(scope, receive, send):
+        if scope["type"] == "http":
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+
+    config = uvicorn.Config(hello, http="httptools", lifespan="off", access_log=False,
+                            log_level="warning", backlog=BACKLOG)
+    server = uvicorn.Server(config)
+    # proto given, as getaddrinfo gives it to the sockets uvicorn's own create_server() makes:
+    # the stock loop sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # socket(AF_INET, SOCK_STREAM) says 0 -- each reply's second write would then wait out the
+    # client's delayed ACK (~40 ms).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if serving.done():
+            serving.result()                # its startup failed: the reason goes to the harness
+            raise RuntimeError("uvicorn's server ended before it started")
+        await asyncio.sleep(0.01)
+    return sock.getsockname()[1], (server, serving)
+
+
 SERVE = {
     "sock": serve_sock,
     "streams": serve_streams,
@@ -189,6 +243,8 @@ SERVE = {
     "bufferedprotocol": serve_bufferedprotocol,
     "tls": serve_tls,
     "http": serve_http,
+    "asgi": serve_asgi,
+    "twowrites": serve_twowrites,
 }
 
 

@@ -463,6 +463,30 @@ def test_server_reports_its_loop_and_stops(tmp_path):
     assert _gone(server.proc.pid)
 
 
+@pytest.mark.parametrize("loop", ["uringloop", "asyncio"])
+def test_asgi_server_answers_keep_alive_requests(tmp_path, loop):
+    """The `asgi` style: uvicorn's httptools protocol on the loop named, answering one
+    connection's requests in turn (alternate.py loads it with wrk)."""
+    pytest.importorskip("httptools")
+    server = harness.Server(loop, "asgi").start(None, tmp_path, max_seconds=60)
+    try:
+        assert server.ready, server.error
+        assert server.loop_type.startswith("uringloop" if loop == "uringloop" else "asyncio")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
+            for _ in range(3):
+                c.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b"Hello, World!"):
+                    chunk = c.recv(4096)
+                    assert chunk, answer
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert b"\r\ncontent-length: 13\r\n" in answer.lower()
+    finally:
+        server.stop()
+    assert _gone(server.proc.pid)
+
+
 @pytest.fixture(scope="module")
 def floor_binary():
     return harness.build_floor(_log)

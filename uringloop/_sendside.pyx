@@ -523,7 +523,7 @@ cdef class SendSide(WriteFlow):
         build before and uvloop): the Protocol echo answering in two writes (benchmarks'
         `twowrites`) 1.95x the build before, 2.09x uvloop (the build before: 1.07x); uvicorn's
         hello world (`asgi`: headers and body are two writes) 1.25x the build before, 1.27x
-        uvloop (the build before: 1.02x)."""
+        uvloop (the build before: 1.01x)."""
         cdef Operation op = self.send_op
         cdef SendOp single
         cdef SendMsgOp msg
