@@ -45,6 +45,7 @@ cdef class SendSide(WriteFlow):
     cdef object writelines_through(self, list items, Py_ssize_t n)
     cdef int submit_send(self, object data, Py_ssize_t n) except -1
     cdef int submit_queued(self) except -1
+    cdef SendMsgOp sendmsg_op(self)
     cdef int join_unsent(self) except -1
     cdef bint send_awaited(self) noexcept
     cdef int send_done(self, Operation op, int res) except -1

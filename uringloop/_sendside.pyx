@@ -489,10 +489,7 @@ cdef class SendSide(WriteFlow):
             return self.submit_send(data, k)
         if k > IOV_LIMIT:
             k = IOV_LIMIT
-        op = self.sendmsg_op_obj
-        if op is None:
-            op = self.sendmsg_op_obj = SendMsgOp(self.proactor, self, self._sock_fd, self.sock)
-            op.guards_fd = self.guards_fd
+        op = self.sendmsg_op()
         op.set_buffers(q, k)
         if k == len(q):
             self.write_q = None
@@ -505,6 +502,14 @@ cdef class SendSide(WriteFlow):
         op.submit()
         self.proactor.note_send(op.total, self.send_awaited())
         return 0
+
+    cdef SendMsgOp sendmsg_op(self):
+        """The transport's vectored send operation, made on first use (one per transport: at
+        most one send of a transport is in flight)."""
+        if self.sendmsg_op_obj is None:
+            self.sendmsg_op_obj = SendMsgOp(self.proactor, self, self._sock_fd, self.sock)
+            self.sendmsg_op_obj.guards_fd = self.guards_fd
+        return self.sendmsg_op_obj
 
     cdef int join_unsent(self) except -1:
         """The queue joins the send in flight when that one has not reached the kernel yet.
@@ -533,13 +538,9 @@ cdef class SendSide(WriteFlow):
             return 0
         if type(op) is SendOp:
             single = <SendOp>op
-            msg = self.sendmsg_op_obj
-            if single.offset or k + 1 > IOV_LIMIT or (msg is not None and msg.state != OP_IDLE):
+            msg = self.sendmsg_op()
+            if single.offset or k + 1 > IOV_LIMIT or msg.state != OP_IDLE:
                 return 0
-            if msg is None:
-                msg = self.sendmsg_op_obj = SendMsgOp(self.proactor, self, self._sock_fd,
-                                                      self.sock)
-                msg.guards_fd = self.guards_fd
             q.insert(0, single.obj)
             try:
                 msg.set_buffers(q, k + 1)
