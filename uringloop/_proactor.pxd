@@ -102,6 +102,7 @@ cdef class Proactor:
     cdef void wake(self) noexcept
     cdef int flush_backlog(self) except -1
     cdef int guard_fd(self, Operation op) except -1
+    cdef io_uring_sqe *unsent_sqe(self, Operation op) noexcept
     cdef bint unsent(self, Operation op) noexcept
     cdef int prep_again(self, Operation op) except -1
     cdef int swap_unsent(self, Operation old, Operation new) except -1

@@ -109,19 +109,16 @@ cdef class StaleFdGuard(EnterHook):
     cdef int before_enter(self) except -1:
         cdef Operation op
         cdef Ring ring = self.ring
-        cdef unsigned head = ul_load_acquire(ring.sq_khead)
-        cdef unsigned pending = ring.sq_tail - head
         cdef io_uring_sqe *sqe
         cdef list ops = self.ops
         ring.enter_hook = None
         for op in ops:
             # Still waiting in the SQ (not consumed by an earlier enter), still this operation's
             # SQE (not resubmitted into another slot since), and its socket closed since.
-            if (op.state != OP_SUBMITTED or op.fd < 0 or op.keep is None
-                    or <unsigned>(op.sq_slot - head) >= pending):
+            if op.state != OP_SUBMITTED or op.fd < 0 or op.keep is None:
                 continue
-            sqe = &ring.sqes[op.sq_slot & ring.sq_mask]
-            if sqe.user_data != op.ud() or sqe.fd != op.fd:
+            sqe = ring.sqe_not_taken(op.sq_slot, op.ud())
+            if sqe == NULL or sqe.fd != op.fd:
                 continue
             if socket_fd_now(op.keep) != op.fd:
                 sqe.fd = -1
@@ -251,26 +248,31 @@ cdef class Proactor:
     # says which ones it has taken (one taken early -- submit_early, a cancel's enter -- is
     # past changing, and the write stays queued as before).
 
+    cdef io_uring_sqe *unsent_sqe(self, Operation op) noexcept:
+        """`op`'s SQE while it is still in the SQ, not yet taken by the kernel; else NULL."""
+        if op.state != OP_SUBMITTED or op.cancel_asked or self.ring.closed or self.forked:
+            # (A fork child's view of the SQ is the parent's memory: never written there.)
+            return NULL
+        return self.ring.sqe_not_taken(op.sq_slot, op.ud())
+
     cdef bint unsent(self, Operation op) noexcept:
         """Whether `op`'s SQE is still in the SQ, not yet taken by the kernel."""
-        cdef Ring ring = self.ring
-        cdef unsigned head
-        if op.state != OP_SUBMITTED or op.cancel_asked or ring.closed or self.forked:
-            # (A fork child's view of the SQ is the parent's memory: never written there.)
-            return False
-        head = ul_load_acquire(ring.sq_khead)
-        return (<unsigned>(op.sq_slot - head) < <unsigned>(ring.sq_tail - head)
-                and ring.sqes[op.sq_slot & ring.sq_mask].user_data == op.ud())
+        return self.unsent_sqe(op) != NULL
 
     cdef int prep_again(self, Operation op) except -1:
         """Write unsent `op`'s SQE again, in its slot, for what it carries now."""
-        op.prep(&self.ring.sqes[op.sq_slot & self.ring.sq_mask])
+        cdef io_uring_sqe *sqe = self.unsent_sqe(op)
+        if sqe == NULL:
+            raise RuntimeError('prep_again() of an operation the kernel has taken')
+        op.prep(sqe)
         return 0
 
     cdef int swap_unsent(self, Operation old, Operation new) except -1:
         """`new` takes unsent `old`'s place in the SQ; `old` is idle after it, released of
         nothing (its owner does that), and never reaches the kernel.  `new` must be idle."""
-        cdef io_uring_sqe *sqe = &self.ring.sqes[old.sq_slot & self.ring.sq_mask]
+        cdef io_uring_sqe *sqe = self.unsent_sqe(old)
+        if sqe == NULL:
+            raise RuntimeError('swap_unsent() of an operation the kernel has taken')
         new.prep(sqe)
         new.sq_slot = old.sq_slot
         new.cancel_asked = False

@@ -55,6 +55,7 @@ cdef class Ring:
     cdef int _check_enter(self) except -1
     cdef io_uring_sqe *get_sqe(self) except? NULL
     cdef unsigned sq_pending(self) noexcept
+    cdef io_uring_sqe *sqe_not_taken(self, unsigned slot, uint64_t user_data) noexcept
     cdef int flush(self) except -1
     cdef int enter(self, unsigned min_complete, long long timeout_ns,
                    unsigned min_wait_us=*) except -2

@@ -309,6 +309,18 @@ cdef class Ring:
     cdef unsigned sq_pending(self) noexcept:
         return self.sq_tail - ul_load_acquire(self.sq_khead)
 
+    cdef io_uring_sqe *sqe_not_taken(self, unsigned slot, uint64_t user_data) noexcept:
+        """The SQE get_sqe() handed out at `slot` (its sq_tail then), while the kernel has not
+        taken it yet -- it reads SQEs only inside io_uring_enter, and the head it advances
+        there says which -- and it still carries `user_data`; else NULL.  Until then it is ours
+        to change (the Proactor's StaleFdGuard, and its unsent operations)."""
+        cdef unsigned head = ul_load_acquire(self.sq_khead)
+        cdef io_uring_sqe *sqe
+        if <unsigned>(slot - head) >= <unsigned>(self.sq_tail - head):
+            return NULL
+        sqe = &self.sqes[slot & self.sq_mask]
+        return sqe if sqe.user_data == user_data else NULL
+
     cdef int flush(self) except -1:
         # Release: the SQE contents written above must be visible before the tail that publishes
         # them (io_uring(7)).

@@ -553,8 +553,8 @@ cdef class SendSide(WriteFlow):
             single.release()                # (never reached the kernel: nothing to wait for)
             if self.spare_sends.give(single):
                 single.owner = None
-        elif type(op) is SendMsgOp:
-            msg = <SendMsgOp>op
+        else:
+            msg = <SendMsgOp>op              # (a transport's sends are one or the other)
             if msg.count + k > IOV_LIMIT:
                 return 0
             try:
@@ -562,8 +562,6 @@ cdef class SendSide(WriteFlow):
             except MemoryError:
                 return 0        # (it took none of them: as above)
             self.proactor.prep_again(msg)
-        else:
-            return 0
         self.write_q = None
         k = self.queued_bytes
         self.queued_bytes = 0
