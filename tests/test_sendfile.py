@@ -146,6 +146,72 @@ async def test_sock_sendfile_of_a_pipe_without_a_count_sends_nothing():
             os.close(w)
 
 
+def kernel_sends_from(path):
+    """Whether os.sendfile() -- the stock loop's native path -- can send from the device."""
+    a, b = socket.socketpair()
+    with a, b, open(path, 'rb') as f:
+        try:
+            return os.sendfile(a.fileno(), f.fileno(), 0, 10) == 10
+        except OSError:
+            return False
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_sock_sendfile_from_a_device_with_a_count_sends_natively():
+    """A character device the kernel can send from is sent natively, as the stock loop's
+    os.sendfile() sends it: fallback=False does not refuse it.  (uringloop refused every file
+    but regular files and block devices: SendfileNotAvailableError, nothing sent.)"""
+    if not kernel_sends_from('/dev/zero'):
+        pytest.skip("this kernel's sendfile cannot read /dev/zero")
+    loop = asyncio.get_running_loop()
+    sender, receiver = await socket_pair()
+    with sender, receiver, open('/dev/zero', 'rb') as zero:
+        reading = asyncio.ensure_future(read_all(receiver, 300_000))
+        assert await loop.sock_sendfile(sender, zero, 0, 300_000, fallback=False) == 300_000
+        assert await reading == bytes(300_000)
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_sock_sendfile_of_a_pipe_with_a_count_is_not_native():
+    """A pipe cannot be sent from at an offset: SendfileNotAvailableError without fallback,
+    and the pipe's bytes stay where they were."""
+    loop = asyncio.get_running_loop()
+    sender, receiver = await socket_pair()
+    r, w = os.pipe()
+    with sender, receiver, open(r, "rb", buffering=0) as pipe:
+        try:
+            os.write(w, b"stays in the pipe")
+            with pytest.raises(asyncio.SendfileNotAvailableError):
+                await loop.sock_sendfile(sender, pipe, 0, 10, fallback=False)
+            assert os.read(r, 100) == b"stays in the pipe"
+        finally:
+            os.close(w)
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_sock_sendfile_on_a_closed_socket(data_file):
+    """A socket closed before the call: natively nothing can be sent (SendfileNotAvailableError,
+    as the stock loop's failed os.sendfile() becomes); the fallback then fails as
+    sock_sendall() does on it, with EBADF.  (uringloop raised EBADF from the native path.)"""
+    loop = asyncio.get_running_loop()
+    path = data_file(100_000)
+    for fallback in (False, True):
+        sender, receiver = await socket_pair()
+        sender.close()
+        with receiver, open(path, 'rb') as f:
+            if fallback:
+                with pytest.raises(OSError) as caught:
+                    await loop.sock_sendfile(sender, f, fallback=True)
+                assert caught.value.errno == errno.EBADF
+            else:
+                with pytest.raises(asyncio.SendfileNotAvailableError):
+                    await loop.sock_sendfile(sender, f, fallback=False)
+                assert f.tell() == 0
+
+
 @pytest.mark.asyncio
 @bounded(20)
 async def test_sock_sendfile_non_regular_file_falls_back():

@@ -458,8 +458,16 @@ class NetworkMixin:
             # Nothing to send by the file's size: the stock loop's answer, without a system
             # call -- also for a pipe or a device, whose size is 0, with no count given.
             return 0
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            raise exceptions.SendfileNotAvailableError("not a regular file")
+        # Any other kind of file is tried, as the stock loop tries os.sendfile() on it: a
+        # device the kernel can splice from (/dev/zero, /dev/urandom) is sent natively; a pipe,
+        # a socket or a terminal refuses a splice at an offset (ESPIPE) before a byte has
+        # moved, which SpliceSender turns into SendfileNotAvailableError -- the fallback's cue.
+        if sock.fileno() < 0:
+            # Closed before the call.  The stock loop's os.sendfile() fails on it (EBADF)
+            # before a byte is sent, which makes it SendfileNotAvailableError too -- so
+            # fallback=True goes on to read and send, and fails there as sock_sendall() does.
+            raise exceptions.SendfileNotAvailableError(
+                "splice failed: the socket is closed")
         self._ensure_fd_no_transport(sock)
         return await self._splice_file(sock, fileno, offset, count)
 
