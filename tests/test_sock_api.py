@@ -39,6 +39,62 @@ async def tcp_pair():
         return client, conn
 
 
+def ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+async def test_sock_connect_to_this_host_lets_the_loop_run_before_it_returns(family):
+    """connect(2) says EINPROGRESS and the stock loop resumes the caller from its writer
+    callback, an iteration later, even when the loopback handshake is already done: callbacks
+    due meanwhile run, and so does a server of the same loop accepting.  (uringloop returned
+    at once when a poll found the connection made -- by its IPv4 shortcut or, for IPv6, the
+    general path -- and a coroutine connecting in a loop to a listener of backlog 1 filled its
+    queue before the server accepted: every other connect waited ~1 s for the client's SYN
+    to be sent again.)"""
+    if family == socket.AF_INET6 and not ipv6_loopback():
+        pytest.skip("no IPv6 loopback here")
+    loop = asyncio.get_running_loop()
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    accepted = []
+
+    class Server(asyncio.Protocol):
+        def connection_made(self, transport):
+            accepted.append(transport)
+
+    server = await loop.create_server(Server, host, 0, backlog=1)
+    address = server.sockets[0].getsockname()
+    clients = []
+    try:
+        for i in range(6):
+            client = socket.socket(family)
+            client.setblocking(False)
+            clients.append(client)
+            ran = []
+            loop.call_soon(ran.append, i)
+            await loop.sock_connect(client, address)
+            assert ran == [i]
+        # No connection's SYN was sent twice (struct tcp_info's tcpi_total_retrans).
+        for client in clients:
+            info = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+            assert int.from_bytes(info[100:104], sys.byteorder) == 0
+        while len(accepted) < len(clients):
+            await asyncio.sleep(0.01)
+    finally:
+        for client in clients:
+            client.close()
+        for transport in accepted:
+            transport.close()
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.asyncio
 async def test_recv_returns_what_was_sent():
     loop = asyncio.get_running_loop()

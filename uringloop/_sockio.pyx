@@ -27,12 +27,13 @@ from uringloop._sched cimport LoopCore, ul_socket_fd
 from uringloop._transport_table cimport TransportTable
 from uringloop._sockstate cimport (Request, SocketState, K_RECV, K_RECV_INTO, K_RECVFROM,
                                    K_RECVFROM_INTO, K_SEND, K_SENDTO, K_ACCEPT, K_CONNECT,
-                                   CONNECT_UNDER_WAY)
+                                   CONNECT_UNDER_WAY, CONNECT_FOUND_MADE)
 from uringloop._sockstate import WOULD_BLOCK
 
 import socket as _socket
 import _socket as _socket_c
 from asyncio import base_events as _base_events
+from asyncio import tasks as _tasks
 
 cdef object _socket_type = _socket.socket
 cdef object _check_ssl_socket = _base_events._check_ssl_socket
@@ -488,7 +489,7 @@ async def sock_connect(self, sock, address):
     poll on the ring for its outcome (see SocketState.start_connect)."""
     cdef SocketState state
     cdef Request req
-    cdef int family
+    cdef int family, settled
     cdef bint under_way = False
     _socket_fd(self, sock)
     family = _family_of(sock) if isinstance(sock, _socket_base) else sock.family
@@ -497,8 +498,21 @@ async def sock_connect(self, sock, address):
             resolved = await self._ensure_resolved(
                 address, family=sock.family, type=sock.type, proto=sock.proto, loop=self)
             _, _, _, _, address = resolved[0]
-        elif _connect_at_once(self, sock, address, &under_way):
-            return None
+        else:
+            settled = _connect_at_once(self, sock, address, &under_way)
+            if settled == CONNECT_FOUND_MADE:
+                # connect(2) said EINPROGRESS and the connection turned out made (a loopback
+                # handshake, see SocketState.start_connect).  The stock loop resumes its caller
+                # only from the writer callback an iteration later, and that pause is what lets
+                # the rest of the loop run meanwhile -- a server of this same loop accepting
+                # the connection, above all.  Returned at once, a coroutine connecting again
+                # and again filled the listener's queue before the server's accept could run:
+                # with a backlog of 1, every other connect then waited out the client's SYN
+                # retransmission, ~1 s.  So the caller yields once, as it would have.
+                await _tasks.sleep(0)
+                return None
+            if settled:
+                return None         # connect(2) itself made it: as on the stock loop, no pause
     # (Looked up again: the socket may have been closed while the address was resolved.)
     state = _state_for(self, sock, _socket_fd(self, sock))
     req = state.new_request(K_CONNECT)
@@ -508,10 +522,13 @@ async def sock_connect(self, sock, address):
     state.queue_send(req)
     state.pump_send()
     try:
-        return await req.fut
+        await req.fut
     except BaseException:
         _abandoned(state, req)
         raise
+    if req.nbytes == CONNECT_FOUND_MADE:
+        await _tasks.sleep(0)       # made by the time connect(2) returned: as above
+    return None
 
 
 # A TCP (or UDP) connect to an IPv4 literal on a socket with no sock_* state yet -- every
@@ -528,11 +545,12 @@ async def sock_connect(self, sock, address):
 # sock_* (a request may be queued on it), with a timeout, in blocking mode, or closed, takes the
 # general path.
 
-cdef bint _connect_at_once(object loop, object sock, tuple address, bint *under_way) except -1:
-    """True when connect(2) settled the connect (made, or under way and then found made by a
-    poll with no timeout); False with *under_way set when it is under way and needs waiting
-    for; False with *under_way clear when it was not tried (the general path connects).
-    Raises what socket.connect() would raise for an error connect(2) reports at once."""
+cdef int _connect_at_once(object loop, object sock, tuple address, bint *under_way) except -1:
+    """1 when connect(2) made the connection, CONNECT_FOUND_MADE when it said it was under way
+    and a poll with no timeout found it made; 0 with *under_way set when it is under way and
+    needs waiting for; 0 with *under_way clear when it was not tried (the general path
+    connects).  Raises what socket.connect() would raise for an error connect(2) reports at
+    once."""
     cdef sockaddr_in sin
     cdef pollfd pfd
     cdef int fd, err
@@ -557,18 +575,18 @@ cdef bint _connect_at_once(object loop, object sock, tuple address, bint *under_
     if inet_pton(AF_INET, PyUnicode_AsUTF8AndSize(address[0], &size), &sin.sin_addr) != 1:
         return False
     if c_connect(fd, <sockaddr *>&sin, sizeof(sin)) == 0:
-        return True
+        return 1
     err = errno
     if err == EINPROGRESS:
         pfd.fd = fd
         pfd.events = POLLOUT
         pfd.revents = 0
         if c_poll(&pfd, 1, 0) == 1 and pfd.revents == POLLOUT:
-            return True           # connected already (see SocketState.start_connect)
+            return CONNECT_FOUND_MADE     # connected already (see SocketState.start_connect)
     elif err != EAGAIN and err != EALREADY and err != EINTR:
         raise os_error(err)
     under_way[0] = True
-    return False
+    return 0
 
 
 HANDOVER_PENDING = object()

@@ -12,6 +12,8 @@ cdef enum Kind:
 cdef enum:
     CONNECT_UNDER_WAY = -1      # Request.nbytes of a K_CONNECT whose connect(2) was made
                                 # (_sockio._connect_at_once)
+    CONNECT_FOUND_MADE = -2     # ... whose connect(2) said EINPROGRESS and a poll with no
+                                # timeout found the connection made (start_connect)
 
 
 @cython.final
