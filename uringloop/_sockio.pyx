@@ -559,21 +559,21 @@ cdef int _connect_at_once(object loop, object sock, tuple address, bint *under_w
     cdef long port
     under_way[0] = False
     if port_obj < 0 or port_obj > 0xffff:
-        return False
+        return 0
     port = port_obj
     if sock.timeout != 0.0:
-        return False              # a timeout: socket.connect() itself waits up to it, as stock
+        return 0              # a timeout: socket.connect() itself waits up to it, as stock
     fd = sock.fileno()
     if fd < 0 or fd in (<dict>loop._ul_sock_states) or fd in loop._transports.data:
-        return False
+        return 0
     if not (c_fcntl(fd, F_GETFL) & O_NONBLOCK):
-        return False
+        return 0
     (<Proactor>loop._proactor).check_usable()
     memset(&sin, 0, sizeof(sin))
     sin.sin_family = AF_INET
     sin.sin_port = htons(<unsigned short>port)
     if inet_pton(AF_INET, PyUnicode_AsUTF8AndSize(address[0], &size), &sin.sin_addr) != 1:
-        return False
+        return 0
     if c_connect(fd, <sockaddr *>&sin, sizeof(sin)) == 0:
         return 1
     err = errno
