@@ -439,6 +439,29 @@ async def test_server_whose_socket_is_closed_under_it_takes_nothing_by_its_numbe
 
 @pytest.mark.asyncio
 @bounded(30)
+async def test_a_server_with_backlog_0_accepts(is_uring):
+    """backlog=0 (the kernel then queues one connection): connections are accepted and served.
+    The stock loop accepts up to `backlog` connections per wake-up -- none here -- and wakes
+    again at once, at 100% CPU, serving nothing."""
+    if not is_uring:
+        pytest.skip("the stock loop accepts range(backlog) connections per wake-up: none")
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=0)
+    address = server.sockets[0].getsockname()
+    try:
+        for i in range(4):
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(b"ping %d" % i)
+            assert await asyncio.wait_for(reader.readexactly(6), 5) == b"ping %d" % i
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(30)
 async def test_a_protocol_factory_closing_the_listening_socket_ends_the_accept_batch():
     """The protocol factory closes the listening socket itself (not the server), and a new
     listener takes its number: the server accepts nothing more -- no accept4() by the closed

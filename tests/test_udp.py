@@ -143,6 +143,31 @@ async def test_a_view_that_is_not_contiguous_is_a_fatal_error_when_sent_at_once(
 
 
 @pytest.mark.asyncio
+async def test_a_socket_another_transport_uses_is_refused(is_uring):
+    """create_datagram_endpoint(sock=) with a socket a transport of the loop already has:
+    RuntimeError, the first transport untouched -- the stock loop's answer from 3.12, and
+    uringloop's on every version.  (On 3.10 / 3.11 the stock loop makes a second transport,
+    which takes every datagram while the first hears nothing.)"""
+    if not is_uring and sys.version_info < (3, 12):
+        pytest.skip("the stock loop checks for a transport on the socket from 3.12")
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    transport, first = await loop.create_datagram_endpoint(Recorder, sock=sock)
+    try:
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            await loop.create_datagram_endpoint(Recorder, sock=sock)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.sendto(b"still heard", sock.getsockname())
+            assert await first.next() == ("data", b"still heard", peer.getsockname())
+    finally:
+        transport.close()
+        await asyncio.wait_for(first.lost, 5)
+
+
+@pytest.mark.asyncio
 @pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
 async def test_inet6_echo():
     loop = asyncio.get_running_loop()
