@@ -2,6 +2,7 @@
 os.sendfile) and the fallbacks, run on uringloop and on the stock loop."""
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import io
@@ -128,6 +129,19 @@ async def test_sock_sendfile_empty_file(tmp_path):
         assert f.tell() == 0
 
 
+@contextlib.contextmanager
+def pipe_holding(data):
+    """A pipe's read end (a file object) with `data` written into it; the write end is closed
+    on exit."""
+    r, w = os.pipe()
+    try:
+        os.write(w, data)
+        with open(r, "rb", buffering=0) as pipe:
+            yield pipe
+    finally:
+        os.close(w)
+
+
 @pytest.mark.asyncio
 @bounded(20)
 async def test_sock_sendfile_of_a_pipe_without_a_count_sends_nothing():
@@ -136,14 +150,9 @@ async def test_sock_sendfile_of_a_pipe_without_a_count_sends_nothing():
     reading the pipe, sent what was in it, then failed seeking it.)"""
     loop = asyncio.get_running_loop()
     sender, receiver = await socket_pair()
-    r, w = os.pipe()
-    with sender, receiver, open(r, "rb", buffering=0) as pipe:
-        try:
-            os.write(w, b"stays in the pipe")
-            assert await loop.sock_sendfile(sender, pipe) == 0
-            assert os.read(r, 100) == b"stays in the pipe"
-        finally:
-            os.close(w)
+    with sender, receiver, pipe_holding(b"stays in the pipe") as pipe:
+        assert await loop.sock_sendfile(sender, pipe) == 0
+        assert pipe.read(100) == b"stays in the pipe"
 
 
 def kernel_sends_from(path):
@@ -179,15 +188,10 @@ async def test_sock_sendfile_of_a_pipe_with_a_count_is_not_native():
     and the pipe's bytes stay where they were."""
     loop = asyncio.get_running_loop()
     sender, receiver = await socket_pair()
-    r, w = os.pipe()
-    with sender, receiver, open(r, "rb", buffering=0) as pipe:
-        try:
-            os.write(w, b"stays in the pipe")
-            with pytest.raises(asyncio.SendfileNotAvailableError):
-                await loop.sock_sendfile(sender, pipe, 0, 10, fallback=False)
-            assert os.read(r, 100) == b"stays in the pipe"
-        finally:
-            os.close(w)
+    with sender, receiver, pipe_holding(b"stays in the pipe") as pipe:
+        with pytest.raises(asyncio.SendfileNotAvailableError):
+            await loop.sock_sendfile(sender, pipe, 0, 10, fallback=False)
+        assert pipe.read(100) == b"stays in the pipe"
 
 
 @pytest.mark.asyncio
