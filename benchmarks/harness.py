@@ -211,6 +211,10 @@ class Server:
     # Another checkout, with its extension built in place, whose servers.py and uringloop this
     # server runs instead of this one's (alternate.py's comparisons of two builds).
     tree: Optional[Path] = None
+    # A command the server runs under (instructions.py's valgrind), and variables for its
+    # environment on top of child_env()'s.
+    wrapper: tuple = ()
+    extra_env: Optional[dict] = None
 
     @property
     def ready(self) -> bool:
@@ -234,9 +238,11 @@ class Server:
                    "--port", str(self.requested_port)]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
+        cmd = [*self.wrapper, *cmd]
         env = child_env()
         if self.tree is not None:
             env["PYTHONPATH"] = str(self.tree)
+        env.update(self.extra_env or {})
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=log, env=env, cwd=str(bench_dir),

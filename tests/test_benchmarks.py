@@ -463,6 +463,82 @@ def test_server_reports_its_loop_and_stops(tmp_path):
     assert _gone(server.proc.pid)
 
 
+def test_server_runs_under_its_wrapper_with_its_extra_environment(tmp_path):
+    """instructions.py runs servers under valgrind: the wrapper execs the server in its own
+    process, so the pid the server reports is the wrapper's, and callgrind_control reaches it."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    server = harness.Server("asyncio", "sock", wrapper=("nice", "-n", "3"),
+                            extra_env={"URINGLOOP_BENCH_MARKER": "x1"})
+    server.start(None, tmp_path, max_seconds=60)
+    try:
+        assert server.ready, server.error
+        assert server.pid == server.proc.pid
+        assert os.getpriority(os.PRIO_PROCESS, server.pid) == min(base + 3, 19)
+        with open(f"/proc/{server.pid}/environ", "rb") as f:
+            assert b"URINGLOOP_BENCH_MARKER=x1" in f.read().split(b"\0")
+    finally:
+        server.stop()
+    assert _gone(server.proc.pid)
+
+
+def test_callgrind_dumps_are_read_as_self_cost_per_function(tmp_path):
+    """The parts of the callgrind format instructions.py relies on: compressed names defined
+    once and referred to by number, a call's inclusive cost (the line after calls=) left to the
+    callee, relative positions, and a function whose costs come in several blocks."""
+    import instructions
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text(textwrap.dedent("""\
+        # callgrind format
+        version: 1
+        creator: callgrind-3.19.0
+        positions: line
+        events: Ir
+        summary: 1200
+
+        ob=(1) /usr/lib/libpython3.11.so.1.0
+        fl=(1) ceval.c
+        fn=(1) _PyEval_EvalFrameDefault
+        10 300
+        +2 100
+        cob=(2) /work/main/uringloop/_sched.so
+        cfi=(2) _sched.c
+        cfn=(2) run_ready
+        calls=5 40
+        * 700
+
+        ob=(2)
+        fl=(2)
+        fn=(2)
+        40 500
+        -3 150
+        cob=(3) /usr/lib/x86_64-linux-gnu/libc.so.6
+        cfn=(3) memcpy
+        calls=2 1
+        41 50
+
+        ob=(3)
+        fn=(3)
+        1 50
+
+        ob=(1)
+        fl=(1)
+        fn=(1)
+        12 100
+        """))
+    costs = instructions.self_costs(dump)
+    assert costs == {
+        ("/usr/lib/libpython3.11.so.1.0", "_PyEval_EvalFrameDefault"): 500,
+        ("/work/main/uringloop/_sched.so", "run_ready"): 650,
+        ("/usr/lib/x86_64-linux-gnu/libc.so.6", "memcpy"): 50,
+    }
+    assert [instructions.group_of(obj) for obj, _ in costs] == [
+        "interpreter", "the loop's own", "libc"]
+    assert instructions.group_of(
+        "/x/site-packages/uvloop/loop.cpython-311-x86_64-linux-gnu.so") == "the loop's own"
+    assert instructions.group_of("/x/lib-dynload/_asyncio.cpython-311.so") == "_asyncio"
+    assert instructions.group_of("/x/aiohttp/_http_parser.cpython-311.so") == "other"
+
+
 @pytest.mark.parametrize("loop", ["uringloop", "asyncio"])
 def test_asgi_server_answers_keep_alive_requests(tmp_path, loop):
     """The `asgi` style: uvicorn's httptools protocol on the loop named, answering one
