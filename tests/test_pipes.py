@@ -329,6 +329,35 @@ async def test_write_pipe_write_after_the_reader_closed_fails_with_broken_pipe()
 
 
 @pytest.mark.asyncio
+async def test_write_pipe_to_a_reader_gone_before_the_connect_is_open_until_its_first_write():
+    """The stock transport learns of a vanished reader from its reader callback, which runs
+    behind the wake-up of the task that awaited connect_write_pipe(): that task finds the
+    transport open, and its first write() fails -- connection_lost(BrokenPipeError).
+    (uringloop acted on the hang-up at its completion, ahead of that wake-up: the task found
+    the transport closing, its write dropped and connection_lost(None).)"""
+    r, w = os.pipe()
+    os.close(r)
+    wpipe = os.fdopen(w, "wb", 0)
+    transport, proto = await asyncio.get_running_loop().connect_write_pipe(Writer, wpipe)
+    assert not transport.is_closing()
+    transport.write(b"nobody reads this")
+    exc = await asyncio.wait_for(proto.lost, 5)
+    assert isinstance(exc, BrokenPipeError)
+    await until(lambda: wpipe.closed)
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_to_a_reader_gone_before_the_connect_ends_quietly_without_a_write():
+    r, w = os.pipe()
+    os.close(r)
+    wpipe = os.fdopen(w, "wb", 0)
+    transport, proto = await asyncio.get_running_loop().connect_write_pipe(Writer, wpipe)
+    assert await asyncio.wait_for(proto.lost, 5) is None
+    assert transport.is_closing()
+    await until(lambda: wpipe.closed)
+
+
+@pytest.mark.asyncio
 async def test_write_pipe_reader_going_away_is_noticed_without_writing():
     transport, proto, wpipe, r = await write_pipe()
     transport.write(b"some")

@@ -436,12 +436,27 @@ cdef class WritePipeCore(PipeCore):
             # the read side reads nothing once closing); write_done() then drops the rest.
             self.write_done(-ECANCELED if self.lost_scheduled else self.tty_write(res))
         elif res >= 0 and not self.closing:
-            # The reading end went away.
-            if self.loop.get_debug():
-                _logger.info("%r was closed by peer", self.transport)
-            self.close_with(BrokenPipeError() if self.buffer_size else None)
+            # The reading end went away.  Acted on from the ready queue, as the stock
+            # transport's reader callback on the write end is: behind the callbacks already
+            # queued.  Among them may be the wake-up of the task that awaited
+            # connect_write_pipe() (the poll starts with the pass of the ready queue that
+            # resolves its waiter, and a reader closed beforehand completes it in the very next
+            # enter); that task must find the transport open and learn of the vanished reader
+            # from its first write(), connection_lost(BrokenPipeError), as on the stock loop --
+            # not find it closed, its write dropped and connection_lost(None).
+            if self.proactor.closing:
+                self.reader_gone()      # the loop is closing: nothing runs after this
+            else:
+                self.loop.call_soon(self.reader_gone)
         self.release_if_idle()
         return 0
+
+    def reader_gone(self):
+        if self.closing or self.pipe is None:
+            return                      # a write found out first, or the transport was closed
+        if self.loop.get_debug():
+            _logger.info("%r was closed by peer", self.transport)
+        self.close_with(BrokenPipeError() if self.buffer_size else None)
 
     cdef int write_done(self, int res) except -1:
         cdef object data
