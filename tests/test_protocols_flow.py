@@ -453,6 +453,78 @@ async def test_slow_reader_pauses_and_resumes_writing():
     await shut(server, client, peer)
 
 
+def _unix_pair_capacity():
+    """How many bytes a fresh AF_UNIX socket pair takes before the sender would block."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        taken = 0
+        try:
+            while True:
+                taken += a.send(b"c" * 65536)
+        except BlockingIOError:
+            return taken
+
+
+@pytest.mark.asyncio
+@bounded(30)
+@pytest.mark.parametrize("writes", [1, 2], ids=["one_write", "queued_behind_a_send"])
+async def test_a_paused_writer_resumes_once_the_kernel_has_taken_enough_of_a_large_write(writes):
+    """The peer reads what the kernel holds of a large write and then waits: the kernel takes
+    most of the rest, and with what is left below the low-water mark the protocol is resumed
+    -- the stock transport's buffer shrinks with each send(2).  (uringloop counted a send's
+    bytes off only at its completion: the protocol stayed paused until the peer had read
+    nearly all of it, which a peer waiting for the protocol never would.)"""
+    loop = asyncio.get_running_loop()
+
+    class Writer(asyncio.Protocol):
+        def __init__(self):
+            self.flow = []
+            self.resumed = loop.create_future()
+
+        def pause_writing(self):
+            self.flow.append("pause")
+
+        def resume_writing(self):
+            self.flow.append("resume")
+            self.resumed.set_result(None)
+
+    capacity = _unix_pair_capacity()
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    transport, proto = await loop.create_connection(Writer, sock=ours)
+    transport.set_write_buffer_limits(high=65536, low=50000)
+    payload = pattern(2 * capacity + 8000)
+    if writes == 1:
+        transport.write(payload)
+    else:
+        half = len(payload) // 2
+        transport.write(payload[:half])
+        await asyncio.sleep(0)          # (the first half in flight: the rest is queued)
+        transport.write(payload[half:])
+    await asyncio.sleep(0.05)
+    assert proto.flow == ["pause"]
+    assert transport.get_write_buffer_size() > 65536
+    got = bytearray()
+    while len(got) < capacity:          # what the kernel holds, and no more
+        try:
+            got += theirs.recv(capacity - len(got))
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    await asyncio.wait_for(proto.resumed, 10)
+    assert proto.flow == ["pause", "resume"]
+    assert transport.get_write_buffer_size() <= 50000
+    while len(got) < len(payload):
+        try:
+            got += theirs.recv(1 << 20)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    assert got == payload
+    assert transport.get_write_buffer_size() == 0
+    transport.close()
+    theirs.close()
+
+
 @pytest.mark.asyncio
 @bounded()
 async def test_write_buffer_limits():

@@ -19,7 +19,7 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memset
 
 from uringloop._sys cimport *
-from uringloop._proactor cimport Operation, OP_IDLE, still_same_file, call_owner
+from uringloop._proactor cimport Operation, OP_IDLE, still_same_file, call_owner, report_progress
 from uringloop._sockaddr cimport sockaddr_to_python, python_to_sockaddr
 
 import socket as _socket
@@ -111,7 +111,9 @@ cdef class SendOp(BufferOp):
 
     cdef int complete(self, int res, unsigned flags) except -1:
         # Partial sends continue until every byte is out (or an error / cancellation ends it):
-        # the owner sees one completion for the whole buffer, res = total bytes sent.
+        # the owner sees one completion for the whole buffer, res = total bytes sent -- and,
+        # for each short send on the way, what it moved (a transport's write buffer shrinks
+        # with it: see SendSide.send_progress).
         if res > 0:
             self.offset += res
             if (self.offset < self.view.len and self.state == OP_IDLE and not self.cancel_asked
@@ -119,7 +121,7 @@ cdef class SendOp(BufferOp):
                 if not still_same_file(self):
                     return call_owner(self, -EBADF, flags)
                 self.submit()
-                return 0
+                return report_progress(self, res)
             res = <int>min(self.offset, 0x7fffffff)
         elif self.offset > 0 and res == -ECANCELED:
             # Cancelled part-way: report what went out so the owner can tell the user.
@@ -224,7 +226,7 @@ cdef class SendMsgOp(Operation):
                 if not still_same_file(self):      # (see still_same_file)
                     return call_owner(self, -EBADF, flags)
                 self.submit()      # a short send: the rest goes out before the owner hears
-                return 0
+                return report_progress(self, res)     # (of the whole; of this part now)
         return call_owner(self, res, flags)
 
     cdef void release(self) noexcept:

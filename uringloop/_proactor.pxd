@@ -20,6 +20,9 @@ cdef enum OpState:
 cdef class Completer:
     """Whoever an operation reports to: the sock_* state of a socket, a transport, a server."""
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1
+    # A send still in flight moved `res` bytes more: a short send whose rest it has resubmitted
+    # (report_progress).  Its op_done still comes once, with the whole.
+    cdef int op_progress(self, Operation op, int res) except -1
     cdef int before_enter(self) except -1     # asked for with Proactor.call_before_enter
 
 
@@ -164,6 +167,7 @@ cdef class WakeupOp(Operation):
 
 
 cdef int call_owner(Operation op, int res, unsigned flags) except -1
+cdef int report_progress(Operation op, int res) except -1
 cdef int socket_fd_now(object sock) except? -2
 cdef bint still_same_file(Operation op) except -1
 cdef object os_error(int err)

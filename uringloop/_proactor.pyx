@@ -75,6 +75,9 @@ cdef class Completer:
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         return 0
 
+    cdef int op_progress(self, Operation op, int res) except -1:
+        return 0
+
     cdef int before_enter(self) except -1:
         return 0
 
@@ -894,6 +897,15 @@ cdef int call_owner(Operation op, int res, unsigned flags) except -1:
     cdef Completer owner = op.owner
     if owner is not None:
         owner.op_done(op, res, flags)
+    return 0
+
+
+cdef int report_progress(Operation op, int res) except -1:
+    """op.owner.op_progress(op, res), the owner held as in call_owner (the handler may resume
+    a protocol, which may close its transport)."""
+    cdef Completer owner = op.owner
+    if owner is not None:
+        owner.op_progress(op, res)
     return 0
 
 

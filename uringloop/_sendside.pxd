@@ -49,5 +49,6 @@ cdef class SendSide(WriteFlow):
     cdef int join_unsent(self) except -1
     cdef bint send_awaited(self) noexcept
     cdef int send_done(self, Operation op, int res) except -1
+    cdef int send_progress(self, Operation op, int res) except -1
     cdef int shutdown_after_sends(self) except -1
     cdef Py_ssize_t write_buffer_size(self) noexcept

@@ -575,6 +575,24 @@ cdef class SendSide(WriteFlow):
         return (self.inflight_bytes + self.queued_bytes > self.high_water or self._closing
                 or self.paused_protocol is not None or self.empty_waiter is not None)
 
+    cdef int send_progress(self, Operation op, int res) except -1:
+        """The send in flight was short by the socket's room and has resubmitted its rest:
+        the `res` bytes it moved leave the write buffer now.
+
+        Why: the stock transport's buffer shrinks with each send(2) of its writer callback,
+        and it resumes a paused protocol as soon as the buffer is down to the low-water mark.
+        Counted off only at the completion of the whole send, a protocol paused by a large
+        write stayed paused while its peer read all but the last part of it -- and for good
+        when that peer then waited for something from the protocol (a drain() that never
+        returned: 250 KB still counted where the stock transport held 36 KB and had resumed)."""
+        if op is not self.send_op or self.conn_lost or self.proactor.closing:
+            return 0
+        self.inflight_bytes -= res
+        if self.inflight_bytes < 0:
+            self.inflight_bytes = 0
+        self.maybe_resume_protocol()
+        return 0
+
     cdef int send_done(self, Operation op, int res) except -1:
         if op is not self.send_op:
             return 0

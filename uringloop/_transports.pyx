@@ -486,3 +486,13 @@ cdef class SocketTransport(ReceiveSide):
         finally:
             self.exit_context()
         return 0
+
+    cdef int op_progress(self, Operation op, int res) except -1:
+        if op is not self.send_op:
+            return 0
+        self.enter_context()
+        try:
+            self.send_progress(op, res)
+        finally:
+            self.exit_context()
+        return 0
