@@ -621,6 +621,10 @@ async def test_buffer_errors_are_the_socket_methods_own(bad):
             with pytest.raises(TypeError) as raised:
                 await asyncio.wait_for(loop.sock_sendall(a, bad), 5)
             assert str(raised.value) == f"a bytes-like object is required, not '{name}'"
+            if sys.version_info >= (3, 11):  # sock_sendto: the stock loop's from 3.11
+                with pytest.raises(TypeError) as raised:
+                    await asyncio.wait_for(loop.sock_sendto(a, bad, b.getsockname()), 5)
+                assert str(raised.value) == f"a bytes-like object is required, not '{name}'"
         assert await asyncio.wait_for(loop.sock_recv(b, 10), 5) == b"kept"
 
 

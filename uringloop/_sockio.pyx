@@ -370,7 +370,7 @@ async def sock_sendall(self, sock, data):
 
 async def sock_sendto(self, sock, data, address):
     cdef int fd = _socket_fd(self, sock)
-    memoryview(data)
+    _buffer_size(data)          # TypeError as socket.sendto() words it, for anything else
     if address is None:
         # MsgOp takes None as "no address" (a connected datagram transport's sendto); sendto(2)
         # through the stock loop refuses it before anything is sent.
