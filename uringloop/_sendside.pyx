@@ -20,11 +20,13 @@ an error.
 
 The bytes in flight count towards the write buffer size, which drives pause_writing()/
 resume_writing() as _FlowControlMixin does.  They must: the stock transport learns synchronously
-how much the kernel accepted, we only learn it at the completion, and a writer that loops on
-`write(); await drain()` would otherwise never be paused and never yield.  The visible difference
-is that data handed to a send operation (small writes in a busy iteration, anything written while
-a send is in flight) counts until its completion even when the kernel takes it whole, so more of
-it than the high-water mark pauses the protocol until then -- one loop iteration later.
+how much the kernel accepted, we only learn it from completions, and a writer that loops on
+`write(); await drain()` would otherwise never be paused and never yield.  A send the socket's
+room cuts short reports what it moved as it goes on (send_progress), so a large write leaves the
+buffer as the kernel takes it, as with the stock transport.  The visible difference is that data
+handed to a send operation (small writes in a busy iteration, anything written while a send is in
+flight) counts until its completion even when the kernel takes it whole, so more of it than the
+high-water mark pauses the protocol until then -- one loop iteration later.
 
 Zero-copy send (IORING_OP_SEND_ZC) is not used: measured on loopback (1 GiB in 64 KiB and 1 MiB
 writes) it cost more CPU per byte and was slower than a plain send -- loopback copies anyway and
