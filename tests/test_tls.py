@@ -320,6 +320,38 @@ async def test_ssl_shutdown_timeout_accepted_and_clean_close(contexts):
 
 @pytest.mark.asyncio
 @bounded(20)
+async def test_a_tls_connection_made_just_before_server_close_is_served(contexts):
+    """A client's connect completes and the server is closed on the next line: the stock loop
+    has set that connection up by then (its accept task, queued by the listening socket's
+    readiness, runs ahead of the client's wake-up), so close() leaves it to finish its
+    handshake and be served.  (uringloop made a TLS connection in a task queued behind that
+    wake-up: the server was closed first, the transport's attach to it failed, and the client
+    read EOF at once.)"""
+    server_ctx, client_ctx = contexts
+    loop = asyncio.get_running_loop()
+    served = loop.create_future()
+
+    class Greeter(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.write(b"hello")
+            served.set_result(transport)
+
+    server = await loop.create_server(Greeter, "127.0.0.1", 0, ssl=server_ctx)
+    raw = socket.socket()
+    raw.setblocking(False)
+    await loop.sock_connect(raw, server.sockets[0].getsockname())
+    server.close()
+    reader, writer = await asyncio.open_connection(sock=raw, ssl=client_ctx,
+                                                   server_hostname="localhost")
+    assert await reader.readexactly(5) == b"hello"
+    (await served).close()
+    writer.close()
+    await writer.wait_closed()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded(20)
 async def test_tls_server_closes_first(contexts):
     server_ctx, client_ctx = contexts
 

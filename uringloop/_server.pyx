@@ -28,8 +28,13 @@ for the next connection to arrive.
 A connection is served right in the completion handler: protocol_factory() is called and the
 SocketTransport made there (the stock loop goes through a Task per connection to get the same
 effect one iteration later).  Both run in a copy, one per connection, of the context that was
-current when serving started, as in the stock loop's Task per connection.  TLS connections still
-go through a Task (NetworkMixin._accept_tls_connection), because the handshake has to be awaited.
+current when serving started, as in the stock loop's Task per connection.  A TLS connection's
+protocol and transports are made there too, and only its handshake is awaited in a Task
+(NetworkMixin._await_tls_handshake).  Made in that Task, they were made after the callbacks
+already queued -- among them, often, the wake-up of the client that has just connected: a
+server.close() it called found no connection attached to the server, and the transport's
+attach then failed (the client read EOF at once; the stock loop's Task, queued by the listening
+socket's readiness ahead of that wake-up, attaches first).
 
 Errors follow the stock loop: running out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
 ENOMEM) is reported to the exception handler and accepting pauses for
@@ -249,14 +254,17 @@ cdef class Acceptor(Completer):
             raise
         if loop._debug:
             logger.debug("%r got a new connection from %r: %r", self.server, addr, conn)
-        if self.sslcontext:
-            extra = {'peername': addr} if addr is not None else None
-            loop.create_task(loop._accept_tls_connection(
-                self.protocol_factory, conn, extra, self.sslcontext, self.server,
-                self.ssl_handshake_timeout, self.ssl_shutdown_timeout))
-            return 0
         try:
             protocol = self.protocol_factory()
+            if self.sslcontext:
+                waiter = loop.create_future()
+                transport = loop._make_ssl_transport(
+                    conn, protocol, self.sslcontext, waiter=waiter, server_side=True,
+                    extra={'peername': addr} if addr is not None else None,
+                    server=self.server, ssl_handshake_timeout=self.ssl_handshake_timeout,
+                    ssl_shutdown_timeout=self.ssl_shutdown_timeout)
+                loop.create_task(loop._await_tls_handshake(waiter, transport, protocol))
+                return 0
             made = SocketTransport.__new__(SocketTransport)
             made.setup(loop, conn, protocol, None, None, addr, self.server)
             transport = made

@@ -414,19 +414,11 @@ class NetworkMixin:
             except OSError as err:
                 logger.error('Unable to clean up listening UNIX socket %r: %r', path, err)
 
-    async def _accept_tls_connection(self, protocol_factory, conn, extra, sslcontext, server,
-                                     ssl_handshake_timeout, ssl_shutdown_timeout):
-        # A TLS connection is established only when its handshake completes; the stock loop
-        # awaits that in a task per connection, and so do we.
-        protocol = None
-        transport = None
+    async def _await_tls_handshake(self, waiter, transport, protocol):
+        # An accepted TLS connection is established only when its handshake completes; the
+        # stock loop awaits that in a task per connection, and so do we (its protocol and
+        # transports are made in the accept's completion: _server's Acceptor.new_connection).
         try:
-            protocol = protocol_factory()
-            waiter = self.create_future()
-            transport = self._make_ssl_transport(
-                conn, protocol, sslcontext, waiter=waiter, server_side=True, extra=extra,
-                server=server, ssl_handshake_timeout=ssl_handshake_timeout,
-                ssl_shutdown_timeout=ssl_shutdown_timeout)
             try:
                 await waiter
             except BaseException:
@@ -437,8 +429,6 @@ class NetworkMixin:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            if transport is None:
-                conn.close()
             report_failed_connection(self, exc, protocol, transport)
 
     # ---- sendfile ----
