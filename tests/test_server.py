@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -435,6 +436,35 @@ async def test_server_whose_socket_is_closed_under_it_takes_nothing_by_its_numbe
     assert served == []
     server.close()
     await server.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_transport_a_closed_server_refuses_is_not_detached_from_it(is_uring):
+    """A transport made for a server that has closed: the server refuses it (its _attach()
+    asserts), and the half-made transport, collected, does not detach from the server it never
+    joined.  (The stock transport does: on 3.13 its finalizer's _detach() raises TypeError from
+    the closed server's waiters, printed as "Exception ignored"; uringloop's did the same.)"""
+    if not is_uring:
+        pytest.skip("the stock transport detaches from the server it never joined")
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    server.close()
+    await server.wait_closed()
+    unraisable = []
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    a, b = socket.socketpair()
+    try:
+        with warnings.catch_warnings():
+            # (the half-made transport is unclosed: its ResourceWarning is not the question)
+            warnings.simplefilter("ignore", ResourceWarning)
+            with pytest.raises(AssertionError):
+                loop._make_socket_transport(a, asyncio.Protocol(), server=server)
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous_hook
+        a.close()
+        b.close()
+    assert [u.exc_type for u in unraisable] == []
 
 
 @pytest.mark.asyncio

@@ -244,10 +244,16 @@ cdef class SocketTransport(ReceiveSide):
         self.bufs = receive_buffers(loop, self.proactor)
         self.spare_sends = spare_send_ops(loop)
         if server is not None:
-            if _SERVER_TRACKS_TRANSPORTS:
-                server._attach(self)
-            else:
-                server._attach()
+            try:
+                if _SERVER_TRACKS_TRANSPORTS:
+                    server._attach(self)
+                else:
+                    server._attach()
+            except BaseException:
+                # (A closed server asserts.)  Not attached, so never detached: on 3.13 the
+                # finalizer's _detach() raised TypeError from the closed server's waiters.
+                self.server = None
+                raise
         table = loop._transports
         if type(table) is TransportTable:
             (<TransportTable>table).put(self._sock_fd, self)
