@@ -128,13 +128,19 @@ def one_run(server: harness.Server, args, client_cpu: Optional[int], perf_out: O
     return result
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_point_arguments(parser: argparse.ArgumentParser, server_help: str) -> None:
+    """--server (repeated), --style, --size, --conns: the servers and the point they are
+    loaded at (instructions.py takes the same)."""
     parser.add_argument("--server", action="append", required=True, metavar="[NAME=]LOOP[@TREE]",
-                        help="a server to compare (two or more; ratios are to the first)")
+                        help=server_help)
     parser.add_argument("--style", default="protocol", choices=servers.ALL_STYLES)
     parser.add_argument("--size", type=float, default=1, metavar="KIB")
     parser.add_argument("--conns", type=int, default=10)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_point_arguments(parser, "a server to compare (two or more; ratios are to the first)")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--perf", type=Path, metavar="DIR", help="record each run with perf")

@@ -147,11 +147,7 @@ def load(server: harness.Server, args, seconds: float, cpu: Optional[int]) -> di
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", action="append", required=True, metavar="[NAME=]LOOP[@TREE]",
-                        help="a server to count (ratios are to the first)")
-    parser.add_argument("--style", default="protocol", choices=servers.ALL_STYLES)
-    parser.add_argument("--size", type=float, default=1, metavar="KIB")
-    parser.add_argument("--conns", type=int, default=10)
+    alternate.add_point_arguments(parser, "a server to count (ratios are to the first)")
     parser.add_argument("--seconds", type=float, default=10.0, help="the counted window")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--top", type=int, default=0, metavar="N",
