@@ -120,7 +120,7 @@ def count_server(name: str, loop: str, tree: Optional[Path], args, out_dir: Path
         load(server, args, args.warmup, cpu_client)
         subprocess.run(["callgrind_control", "-z", str(server.pid)], check=True,
                        capture_output=True, timeout=60)
-        result = load(server, args, args.seconds, cpu_client)
+        requests = load(server, args, args.seconds, cpu_client)
         subprocess.run(["callgrind_control", "-d", str(server.pid)], check=True,
                        capture_output=True, timeout=60)
     finally:
@@ -128,11 +128,11 @@ def count_server(name: str, loop: str, tree: Optional[Path], args, out_dir: Path
     dumps = sorted(out_dir.glob(f"{name}.{server.pid}.*"))
     if not dumps:
         raise SystemExit(f"{name}: callgrind wrote no dump in {out_dir}")
-    costs = self_costs(dumps[-1])
-    return {"requests": result["requests"], "costs": costs}
+    return {"requests": requests, "costs": self_costs(dumps[-1])}
 
 
-def load(server: harness.Server, args, seconds: float, cpu: Optional[int]) -> dict:
+def load(server: harness.Server, args, seconds: float, cpu: Optional[int]) -> int:
+    """Run the load generator against `server` for `seconds`; the requests it completed."""
     if args.style in servers.HTTP_STYLES:
         result = harness.run_wrk(server.port, args.conns, seconds, cpu)
         requests = result.get("requests")
@@ -142,7 +142,7 @@ def load(server: harness.Server, args, seconds: float, cpu: Optional[int]) -> di
         requests = result.get("total_requests")
     if not result.get("ok") or not requests:
         raise SystemExit(f"{server.loop}: the load failed: {result.get('error')}")
-    return {"requests": requests}
+    return requests
 
 
 def main(argv=None) -> int:
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         specs = [alternate.parse_server(s) for s in args.server]
-    except Exception as exc:            # argparse.ArgumentTypeError from parse_server
+    except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     names = [name for name, _, _ in specs]
     if len(set(names)) != len(names):
@@ -184,8 +184,7 @@ def main(argv=None) -> int:
     print(f"\n{args.style} {args.size:g} KiB x {args.conns}: user-space instructions per request "
           f"(callgrind, {args.seconds:g} s window)")
     base = None
-    header = f"  {'':<12}{'total':>10}" + "".join(f"{g:>16}" for g in GROUPS)
-    print(header)
+    print(f"  {'':<12}{'total':>10}" + "".join(f"{g:>16}" for g in GROUPS))
     for name in names:
         requests = counted[name]["requests"]
         by_group = collections.Counter()
