@@ -324,6 +324,127 @@ async def test_inet_sendto_with_an_address_of_the_wrong_size_is_fatal(address):
 
 
 @pytest.mark.asyncio
+async def test_sendto_converts_a_host_as_socket_sendto_does():
+    """An ASCII name is handed to the resolver as it is (socket.sendto()'s way): 'foo..bar' is
+    a gaierror for error_received(), and the endpoint stays open -- uringloop ran every name
+    through the idna codec, whose UnicodeError was a fatal write error.  A bytearray host is a
+    host, and a bad port behind an unknown name is the name's gaierror (socket.sendto()
+    resolves before it checks the port's range)."""
+    loop = asyncio.get_running_loop()
+    rt, rp = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    t, p = await loop.create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    port = rt.get_extra_info("sockname")[1]
+    t.sendto(b"x", ("foo..bar", port))
+    t.sendto(b"x", ("nonexistent.invalid", 70000))
+    for _ in range(2):
+        kind, exc, _ = await p.next()
+        assert kind == "error" and isinstance(exc, socket.gaierror), (kind, exc)
+    assert not t.is_closing()
+    t.sendto(b"by bytearray", (bytearray(b"127.0.0.1"), port))
+    assert (await rp.next())[1] == b"by bytearray"
+    await closed(t, p)
+    await closed(rt, rp)
+
+
+async def queue_behind_a_full_unix_receiver(transport, path):
+    """Datagrams to `path` (a receiver that reads nothing yet) until one waits in the
+    transport: the number sent."""
+    sent = 0
+    while not transport.get_write_buffer_size():
+        transport.sendto(b"%04d" % sent, path)
+        sent += 1
+        assert sent < 100_000, "the receiver's queue never filled"
+    return sent
+
+
+async def drain_unix_receiver(rx, expected):
+    """What `rx` receives: `expected` datagrams, and any that follow within 50 ms."""
+    loop = asyncio.get_running_loop()
+    got = []
+    deadline = loop.time() + 10
+    while len(got) < expected and loop.time() < deadline:
+        try:
+            got.append(rx.recv(100))
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    await asyncio.sleep(0.05)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            got.append(rx.recv(100))
+    return got
+
+
+@pytest.mark.asyncio
+async def test_a_bad_address_behind_queued_datagrams_fails_in_its_turn(tmp_path):
+    """A datagram with an address of the wrong form, sent while others wait for room: the
+    stock transport queues it with its address as given, so the datagrams before it all leave
+    and then the transport fails (connection_lost(TypeError)).  uringloop checked the address
+    in sendto() and closed at once, dropping the datagrams queued before it."""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    path = str(tmp_path / "rx")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as rx:
+        rx.bind(path)
+        rx.setblocking(False)
+        t, p = await loop.create_datagram_endpoint(
+            Recorder, local_addr=str(tmp_path / "tx"), family=socket.AF_UNIX)
+        sent = await queue_behind_a_full_unix_receiver(t, path)
+        t.sendto(b"late", path)
+        t.sendto(b"bad", 5)
+        assert not t.is_closing()           # it waits in the queue
+        got = await drain_unix_receiver(rx, sent + 1)
+        assert got == [b"%04d" % i for i in range(sent)] + [b"late"]
+        assert isinstance(await asyncio.wait_for(p.lost, 5), TypeError)
+        assert errors and errors[0]["message"] == "Fatal write error on datagram transport"
+
+
+@pytest.mark.asyncio
+async def test_an_unusable_address_behind_queued_datagrams_is_reported_in_its_turn(tmp_path):
+    """An address socket.sendto() refuses with an OSError (an AF_UNIX path too long), sent
+    while others wait for room: reported to error_received() when its turn comes, not from
+    inside sendto(), and the datagrams on either side of it leave."""
+    loop = asyncio.get_running_loop()
+    path = str(tmp_path / "rx")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as rx:
+        rx.bind(path)
+        rx.setblocking(False)
+        t, p = await loop.create_datagram_endpoint(
+            Recorder, local_addr=str(tmp_path / "tx"), family=socket.AF_UNIX)
+        sent = await queue_behind_a_full_unix_receiver(t, path)
+        t.sendto(b"nowhere", "x" * 200)
+        assert p.events.empty()             # not yet: it waits in the queue
+        t.sendto(b"after", path)
+        got = await drain_unix_receiver(rx, sent + 1)
+        assert got == [b"%04d" % i for i in range(sent)] + [b"after"]
+        kind, exc, _ = await p.next()
+        assert kind == "error" and isinstance(exc, OSError) and "too long" in str(exc)
+        assert not t.is_closing()
+        await closed(t, p)
+
+
+@pytest.mark.asyncio
+async def test_a_queued_datagram_counts_its_header_from_python_3_13(tmp_path):
+    """From Python 3.13 a queued datagram counts 8 bytes more in the write buffer, so that
+    empty datagrams (sent from 3.13) still fill it and pause the protocol."""
+    loop = asyncio.get_running_loop()
+    overhead = 8 if sys.version_info >= (3, 13) else 0
+    path = str(tmp_path / "rx")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as rx:
+        rx.bind(path)
+        t, p = await loop.create_datagram_endpoint(
+            Recorder, local_addr=str(tmp_path / "tx"), family=socket.AF_UNIX)
+        await queue_behind_a_full_unix_receiver(t, path)
+        before = t.get_write_buffer_size()
+        assert before == 4 + overhead
+        for _ in range(10):
+            t.sendto(b"y" * 100, path)
+        assert t.get_write_buffer_size() == before + 10 * (100 + overhead)
+        t.abort()
+        await asyncio.wait_for(p.lost, 5)
+
+
+@pytest.mark.asyncio
 async def test_pause_reading_holds_datagrams_and_resume_delivers_them_in_order():
     skip_if_stock_cannot_pause()
     loop = asyncio.get_running_loop()

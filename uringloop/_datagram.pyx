@@ -117,6 +117,12 @@ cdef Py_ssize_t MAX_SPARE_OPS = 64
 cdef int READS_PER_POLL = 16
 # Python 3.13 sends zero-length datagrams; earlier versions silently drop them.
 cdef bint SEND_EMPTY = sys.version_info >= (3, 13)
+# From 3.13 each queued datagram counts 8 bytes more in the write buffer (for its header), so
+# that a queue of empty datagrams still reaches the high-water mark and pauses the protocol.
+# (3.13.0 adds them when it queues and forgets them when it sends, so its buffer never drains
+# to 0 again: CPython gh-135444, fixed in later 3.13 releases.  We count them out as they were
+# counted in.)
+cdef Py_ssize_t QUEUED_DATAGRAM_OVERHEAD = 8 if sys.version_info >= (3, 13) else 0
 # Errors that mean the socket itself is gone: reporting them to error_received() and receiving
 # again would only repeat them, so they end the transport.
 cdef frozenset FATAL_RECV_ERRORS = frozenset({EBADF, _errno.ENOTSOCK, _errno.EINVAL})
@@ -484,23 +490,30 @@ cdef class DatagramCore(TransportCore):
                 raise _no_address_error(self.family)
             else:
                 op.set_address(self.family, addr)
-        except OSError as exc:
-            # What socket.sendto() raises for an unusable address (gaierror, ...).
-            self.protocol.error_received(exc)
-            return
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            # A wrong address type: the stock transport treats it as fatal.
-            self.fatal_error(exc, 'Fatal write error on datagram transport')
-            return
+            if self.send_q or self.proactor.closing:
+                # Behind queued datagrams the stock transport queues this one with its address
+                # as given, and the address fails when its turn comes: the datagrams before it
+                # leave first.  So it waits in the queue with its error (send_queued_inline).
+                op.tag = exc
+                op.msg.msg_namelen = 0
+            elif isinstance(exc, OSError):
+                # What socket.sendto() raises for an unusable address (gaierror, ...).
+                self.protocol.error_received(exc)
+                return
+            else:
+                # A wrong address type: the stock transport treats it as fatal.
+                self.fatal_error(exc, 'Fatal write error on datagram transport')
+                return
         if not self.send_q and not self.proactor.closing:
             if self.send_at_once(op, data):
                 return
         if type(data) is not bytes:
             data = bytes(data)
         op.set_buffer(data, False)
-        self.buffer_size += op.view.len
+        self.buffer_size += op.view.len + QUEUED_DATAGRAM_OVERHEAD
         self.send_q.append(op)
         self.pump_sends()
         self.maybe_pause_protocol()
@@ -607,7 +620,7 @@ cdef class DatagramCore(TransportCore):
         op.sending = True
         op.tag = addr
         op.set_buffer(data if type(data) is bytes else bytes(data), False)
-        self.buffer_size += op.view.len
+        self.buffer_size += op.view.len + QUEUED_DATAGRAM_OVERHEAD
         self.send_q.append(op)
         self.pump_sends()
         self.maybe_pause_protocol()
@@ -643,6 +656,8 @@ cdef class DatagramCore(TransportCore):
                     raise
                 except BaseException as e:
                     exc = e
+            elif op.tag is not None:
+                exc = op.tag        # its address failed when sendto() queued it (sendto)
             else:
                 sent = self.send_now(op, op.view.buf, op.view.len, &err)
                 if sent < 0 and (err == EAGAIN or err == EINTR):
@@ -650,7 +665,7 @@ cdef class DatagramCore(TransportCore):
                 if sent < 0:
                     exc = os_error(err)
             self.send_q.popleft()
-            self.buffer_size -= op.view.len
+            self.buffer_size -= op.view.len + QUEUED_DATAGRAM_OVERHEAD
             op.drop_buffer()
             op.keep = op.tag = None     # (not reused: error_received() below may call sendto())
             if exc is not None:
@@ -688,7 +703,7 @@ cdef class DatagramCore(TransportCore):
         self.closing = True
         while self.send_q:
             op = <MsgOp>self.send_q.popleft()
-            self.buffer_size -= op.view.len
+            self.buffer_size -= op.view.len + QUEUED_DATAGRAM_OVERHEAD
             op.drop_buffer()
         if self.send_poll is not None and self.send_poll.state != OP_IDLE:
             self.send_poll.cancel()

@@ -5,6 +5,7 @@ bytes) socket.recvfrom()/accept() would give, and a Python address as the sockad
 socket.sendto() would pass to the kernel -- for the operations that carry one (_ops: MsgOp,
 AcceptOp, accept_nonblocking) and the datagram transports (_datagram)."""
 
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memset, memcpy, strlen
 
@@ -84,17 +85,24 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
     cdef sockaddr_in *sin
     cdef sockaddr_in6 *sin6
     cdef sockaddr_un *sun
-    cdef bytes host, path
-    cdef long port
+    cdef bytes path
+    cdef Py_buffer view
     memset(ss, 0, sizeof(sockaddr_storage))
     if family == AF_UNIX:
+        # A str in the filesystem encoding, or anything with a contiguous buffer (an
+        # array.array too), as socket.sendto() takes it -- and refuses with its words.
         if isinstance(address, str):
             path = os.fsencode(address)
-        elif isinstance(address, (bytes, bytearray, memoryview)):
-            path = bytes(address)
         else:
-            raise TypeError(f"a bytes-like object or str is required for an AF_UNIX address, "
-                            f"not {type(address).__name__}")
+            try:
+                PyObject_GetBuffer(address, &view, PyBUF_SIMPLE)
+            except TypeError:
+                raise TypeError(f"a bytes-like object is required, not "
+                                f"'{type(address).__name__}'") from None
+            try:
+                path = PyBytes_FromStringAndSize(<char *>view.buf, view.len)
+            finally:
+                PyBuffer_Release(&view)
         sun = <sockaddr_un *>ss
         # CPython's length: the path without its NUL (the kernel terminates a filesystem path
         # itself).  An empty path is then just the family -- connect() and sendto() refuse it
@@ -125,53 +133,88 @@ cdef socklen_t python_to_sockaddr(object address, int family, sockaddr_storage *
         raise TypeError("AF_INET address must be a pair (host, port)")
     if family == AF_INET6 and not 2 <= len(address) <= 4:
         raise TypeError("AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])")
-    host_obj, port_obj = address[0], address[1]
+    # Then, in socket.sendto()'s order (getsockaddrarg): the host converted, the port (and
+    # flowinfo, scope id) made C integers, the host resolved, and only then the ranges checked
+    # -- so an unknown name with a bad port is a gaierror (error_received() in a datagram
+    # transport), not an OverflowError (fatal there).
+    host = _host_bytes(address[0])
     # Any integer-like port (operator.index: a numpy integer...), as socket.sendto() takes it.
-    port_number = _index(port_obj)
-    if not 0 <= port_number <= 65535:
+    port_number = _index(address[1])
+    if not -0x80000000 <= port_number <= 0x7fffffff:        # not a C int
         raise OverflowError("sendto(): port must be 0-65535.")
-    port = port_number
-    if isinstance(host_obj, str):
-        host = host_obj.encode('idna') if host_obj else b''
-    elif isinstance(host_obj, (bytes, bytearray)):
-        host = bytes(host_obj)
-    else:
-        raise TypeError(f"str, bytes or bytearray expected, not {type(host_obj).__name__}")
-    if b'\0' in host:
-        # inet_pton() would stop at the NUL and send to the address before it.
-        raise TypeError("host name must not contain null character")
     if family == AF_INET:
         sin = <sockaddr_in *>ss
+        _resolve_host(host, AF_INET, <sockaddr *>sin, sizeof(sockaddr_in))
+        if not 0 <= port_number <= 65535:
+            raise OverflowError("sendto(): port must be 0-65535.")
         sin.sin_family = AF_INET
-        sin.sin_port = htons(<unsigned short>port)
-        if host == b'' or host == b'<any>':
-            return sizeof(sockaddr_in)
-        if host == b'<broadcast>':
-            sin.sin_addr.s_addr = 0xffffffff
-            return sizeof(sockaddr_in)
-        if inet_pton(AF_INET, host, &sin.sin_addr) != 1:
-            info = _socket.getaddrinfo(host_obj, port, AF_INET)[0][4]
-            inet_pton(AF_INET, info[0].encode('ascii'), &sin.sin_addr)
+        sin.sin_port = htons(<unsigned short>port_number)
         return sizeof(sockaddr_in)
+    # CPython reads flowinfo and the scope id as C unsigned ints without a range check (-1 is
+    # 0xffffffff), then refuses a flowinfo of more than 20 bits.  (Only sendto comes here:
+    # sock_connect uses socket.connect() itself.)
+    flowinfo = _index(address[2]) & 0xffffffff if len(address) > 2 else 0
+    scope_id = _index(address[3]) & 0xffffffff if len(address) > 3 else 0
     sin6 = <sockaddr_in6 *>ss
+    _resolve_host(host, AF_INET6, <sockaddr *>sin6, sizeof(sockaddr_in6))
+    if not 0 <= port_number <= 65535:
+        raise OverflowError("sendto(): port must be 0-65535.")
+    if flowinfo > 0xfffff:
+        raise OverflowError("sendto(): flowinfo must be 0-1048575.")
     sin6.sin6_family = AF_INET6
-    sin6.sin6_port = htons(<unsigned short>port)
-    # CPython reads both as C unsigned ints without a range check (-1 is 0xffffffff), then
-    # refuses a flowinfo of more than 20 bits.  (Only sendto comes here: sock_connect uses
-    # socket.connect() itself.)
-    if len(address) > 2:
-        flowinfo = _index(address[2]) & 0xffffffff
-        if flowinfo > 0xfffff:
-            raise OverflowError("sendto(): flowinfo must be 0-1048575.")
-        sin6.sin6_flowinfo = htonl(<unsigned int>flowinfo)
-    if len(address) > 3:
-        sin6.sin6_scope_id = <unsigned int>(_index(address[3]) & 0xffffffff)
-    if host == b'':
-        return sizeof(sockaddr_in6)
-    if inet_pton(AF_INET6, host, &sin6.sin6_addr) != 1:
-        # A name, or a literal with a scope ('fe80::1%eth0'): the address getaddrinfo() gives.
-        # Its scope id is not kept: socket.sendto() sets the tuple's (0 when not given) over
-        # the one the name resolved with, and the stock loop's datagrams go where its go.
-        info = _socket.getaddrinfo(host_obj, port, AF_INET6)[0][4]
-        inet_pton(AF_INET6, info[0].encode('ascii'), &sin6.sin6_addr)
+    sin6.sin6_port = htons(<unsigned short>port_number)
+    sin6.sin6_flowinfo = htonl(<unsigned int>flowinfo)
+    # The tuple's scope id (0 when not given) over any a scoped name resolved with, as
+    # socket.sendto() sets it: the stock loop's datagrams go where its go.
+    sin6.sin6_scope_id = <unsigned int>scope_id
     return sizeof(sockaddr_in6)
+
+
+cdef bytes _host_bytes(object host):
+    """The host of an AF_INET/AF_INET6 address as socket.sendto() converts it (CPython's
+    idna_converter): bytes and bytearray as they are, an ASCII str as it is -- 'foo..bar' is
+    a name the resolver refuses (gaierror), not a label the idna codec refuses -- and any
+    other str through the idna codec."""
+    cdef bytes name
+    if isinstance(host, str):
+        if (<str>host).isascii():
+            name = (<str>host).encode('ascii')
+        else:
+            try:
+                name = (<str>host).encode('idna')
+            except UnicodeError:
+                raise TypeError("encoding of hostname failed") from None
+    elif isinstance(host, (bytes, bytearray)):
+        name = bytes(host)
+    else:
+        raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
+    if b'\0' in name:
+        # inet_pton() would stop at the NUL and send to the address before it.
+        raise TypeError("host name must not contain null character")
+    return name
+
+
+cdef int _resolve_host(bytes host, int family, sockaddr *sa, socklen_t size) except -1:
+    """Fill the address part of `sa` (zeroed) from `host` as socket.sendto() does (CPython's
+    setipaddr): '' is the wildcard address, '<broadcast>' the IPv4 broadcast address, a numeric
+    address is parsed, anything else resolved with getaddrinfo() -- synchronously, as
+    socket.sendto() resolves it."""
+    cdef void *dest
+    if family == AF_INET:
+        dest = &(<sockaddr_in *>sa).sin_addr
+    else:
+        dest = &(<sockaddr_in6 *>sa).sin6_addr
+    if host == b'':
+        return 0            # INADDR_ANY / in6addr_any: all zeroes
+    if host == b'<broadcast>':
+        if family != AF_INET:
+            raise OSError("address family mismatched")
+        (<sockaddr_in *>sa).sin_addr.s_addr = 0xffffffff
+        return 0
+    # A literal with a scope ('fe80::1%eth0') goes to the resolver, which knows the interfaces.
+    if (family == AF_INET or b'%' not in host) and inet_pton(family, host, dest) == 1:
+        return 0
+    info = _socket.getaddrinfo(host, None, family)[0][4]
+    if inet_pton(family, info[0].split('%')[0].encode('ascii'), dest) != 1:
+        raise OSError(EAFNOSUPPORT, f"unexpected address {info[0]!r} for {host!r}")
+    return 0
