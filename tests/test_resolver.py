@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -289,6 +290,47 @@ async def test_after_shutdown_default_executor_lookups_raise_runtime_error():
 
 
 @pytest.mark.asyncio
+async def test_a_run_in_executor_replaced_on_the_loop_runs_each_lookup():
+    """The stock loop's getaddrinfo() is a run_in_executor() call: one replaced on the instance
+    sees every lookup (uringloop's own resolver went around it)."""
+    loop = asyncio.get_running_loop()
+    calls = []
+    original = loop.run_in_executor
+
+    def counting(executor, func, *args):
+        calls.append(func.__name__)
+        return original(executor, func, *args)
+
+    loop.run_in_executor = counting
+    try:
+        await assert_same_as_sync("localhost", 80)
+        await assert_same_as_sync("127.0.0.1", "80", type=socket.SOCK_STREAM)
+    finally:
+        del loop.run_in_executor
+    assert calls == ["getaddrinfo", "getaddrinfo"]
+
+
+@pytest.mark.parametrize("factory", list(LOOP_FACTORIES.values()), ids=list(LOOP_FACTORIES))
+def test_a_run_in_executor_replaced_in_a_subclass_runs_each_lookup(factory):
+    calls = []
+    probe = factory()
+    probe.close()
+
+    class Counting(type(probe)):
+        def run_in_executor(self, executor, func, *args):
+            calls.append(func.__name__)
+            return super().run_in_executor(executor, func, *args)
+
+    loop = Counting()
+    try:
+        result = loop.run_until_complete(loop.getaddrinfo("localhost", 80))
+    finally:
+        loop.close()
+    assert result == socket.getaddrinfo("localhost", 80)
+    assert calls == ["getaddrinfo"]
+
+
+@pytest.mark.asyncio
 async def test_uringloop_resolves_without_the_default_executor(is_uring):
     # The point of uringloop's resolver: its own C threads, no executor work item.  (The stock
     # loop makes its default executor for the first lookup.)  Were the compiled way silently
@@ -358,6 +400,86 @@ async def test_cancelled_lookups_report_nothing_when_they_finish():
         await assert_same_as_sync("no-such-host.invalid", 80, flags=NUMERIC)
     gc.collect()
     assert reported == []
+
+
+# A getaddrinfo(3) that takes its time: interposed with LD_PRELOAD on a child process, it
+# answers a name "slow-<ms>-..." after <ms> milliseconds (EAI_NONAME), and notes each such
+# lookup it starts in the file $SLOW_GAI_LOG; other names go to the real one.
+SLOW_GAI_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res)
+{
+    int (*real)(const char *, const char *, const struct addrinfo *, struct addrinfo **) =
+        (int (*)(const char *, const char *, const struct addrinfo *, struct addrinfo **))
+        dlsym(RTLD_NEXT, "getaddrinfo");
+    if (node != NULL && strncmp(node, "slow-", 5) == 0) {
+        int fd = open(getenv("SLOW_GAI_LOG"), O_WRONLY | O_APPEND | O_CREAT, 0600);
+        if (fd >= 0) {
+            if (write(fd, "x", 1) != 1) { /* nothing to do about it */ }
+            close(fd);
+        }
+        usleep(1000 * atoi(node + 5));
+        return EAI_NONAME;
+    }
+    return real(node, service, hints, res);
+}
+"""
+
+CANCEL_QUEUED_SCRIPT = """
+    import asyncio, socket
+    import uringloop
+    factory = uringloop.new_event_loop if {uring!r} else asyncio.SelectorEventLoop
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(loop.getaddrinfo(f"slow-300-{{i}}", 80)) for i in range(40)]
+        await asyncio.sleep(0.1)            # the first ones have started
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
+        print(await loop.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM))
+        await asyncio.sleep(0.6)            # those that started have finished
+
+    loop = factory()
+    loop.run_until_complete(main())
+    loop.close()
+"""
+
+
+@pytest.mark.parametrize("loop_name", list(LOOP_FACTORIES))
+def test_lookups_cancelled_while_queued_are_never_started(loop_name, tmp_path):
+    """40 slow lookups, cancelled while most wait for a thread: only those a thread had taken
+    run (the stock executor never starts a work item cancelled in its queue).  uringloop's
+    threads ran every one of them, so that lookups abandoned behind a slow DNS server held up
+    every later lookup of the process."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler for the getaddrinfo(3) stand-in")
+    (tmp_path / "slowgai.c").write_text(SLOW_GAI_C)
+    shim = tmp_path / "slowgai.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(shim), str(tmp_path / "slowgai.c"),
+                    "-ldl"], check=True, capture_output=True, timeout=60)
+    log = tmp_path / "started"
+    env = dict(child_env(), LD_PRELOAD=str(shim), SLOW_GAI_LOG=str(log))
+    script = textwrap.dedent(CANCEL_QUEUED_SCRIPT.format(uring=loop_name == "uringloop"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env=env, cwd=PACKAGE_PARENT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr(socket.getaddrinfo("127.0.0.1", 80,
+                                                            type=socket.SOCK_STREAM))
+    started = len(log.read_text())
+    # At most one per thread: uringloop's pool has 8, the stock executor min(32, CPUs + 4).
+    threads = 8 if loop_name == "uringloop" else min(32, (os.cpu_count() or 1) + 4)
+    assert 1 <= started <= threads, started
 
 
 # ---- concurrency: each answer goes to its own question ----

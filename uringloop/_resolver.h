@@ -58,6 +58,7 @@ typedef struct ul_gai_request {
     struct addrinfo *result;     /* getaddrinfo's list, freed by ul_gai_request_free */
     int error;                   /* getaddrinfo's return value */
     int sys_errno;               /* errno right after it: the error when it is EAI_SYSTEM */
+    int cancelled;               /* set by the loop (atomically): nobody awaits it any more */
     char text[];                 /* host, then service, each NUL-terminated */
 } ul_gai_request;
 
@@ -174,6 +175,23 @@ static void ul_gai_deliver(ul_gai_request *req)
     }
 }
 
+/* Whether the sink's loop has closed (ul_gai_detach). */
+static int ul_gai_detached(ul_gai_sink *sink)
+{
+    int detached;
+    pthread_mutex_lock(&sink->lock);
+    detached = sink->wake_fd < 0;
+    pthread_mutex_unlock(&sink->lock);
+    return detached;
+}
+
+/* From the loop's thread, for a request it has not taken back yet (so not freed): its
+ * awaiter is gone; a worker that has yet to start it skips it. */
+static void ul_gai_cancel(ul_gai_request *req)
+{
+    __atomic_store_n(&req->cancelled, 1, __ATOMIC_RELAXED);
+}
+
 static void *ul_gai_worker(void *unused)
 {
     ul_gai_request *req;
@@ -192,11 +210,24 @@ static void *ul_gai_worker(void *unused)
         ul_gai_queued--;
         pthread_mutex_unlock(&ul_gai_pool_lock);
 
-        errno = 0;
-        req->error = getaddrinfo(req->host, req->service, &req->hints, &req->result);
-        req->sys_errno = errno;
-        if (req->error != 0)
+        if (__atomic_load_n(&req->cancelled, __ATOMIC_RELAXED) || ul_gai_detached(req->sink)) {
+            /* Nobody will read its answer: its awaiter was cancelled while it was queued, or
+             * its loop has closed.  It is not looked up -- as the stock loop's executor never
+             * starts a work item cancelled before a thread took it, and each stock loop's
+             * queue goes with its executor -- so that lookups abandoned behind a slow DNS
+             * server (a timeout and a retry, many times over) do not hold up the pool that
+             * every loop of the process shares.  (One already running cannot be stopped:
+             * getaddrinfo(3) has no way to be interrupted.) */
+            req->error = EAI_SYSTEM;
+            req->sys_errno = ECANCELED;
             req->result = NULL;
+        } else {
+            errno = 0;
+            req->error = getaddrinfo(req->host, req->service, &req->hints, &req->result);
+            req->sys_errno = errno;
+            if (req->error != 0)
+                req->result = NULL;
+        }
         ul_gai_deliver(req);
     }
     return NULL;

@@ -19,8 +19,10 @@ What the loop's side does, and why it is shaped so:
   name or '', the address as the socket module's makesockaddr gives it (_sockaddr) -- or the
   error into socket.gaierror(code, gai_strerror(code)), or an OSError from errno for
   EAI_SYSTEM, as set_gaierror() does.
-- A lookup whose awaiter was cancelled still runs to its end in its worker (getaddrinfo(3)
-  cannot be interrupted, as in the executor); its result is dropped when it arrives.
+- A lookup whose awaiter was cancelled while it was queued is never started (Resolver.cancel),
+  as a work item cancelled in the executor's queue; one a worker has started runs to its end
+  (getaddrinfo(3) cannot be interrupted, as in the executor) and its result is dropped when it
+  arrives.  The queued lookups of a loop that closed are skipped too.
 - Closing the loop detaches the sink before the eventfd is closed (Proactor.close); lookups
   still running are then freed by their workers.
 
@@ -82,6 +84,7 @@ cdef extern from "_resolver.h":
     ul_gai_request *ul_gai_take(ul_gai_sink *sink) nogil
     void ul_gai_taken(ul_gai_sink *sink, ul_gai_request *req) nogil
     void ul_gai_detach(ul_gai_sink *sink) nogil
+    void ul_gai_cancel(ul_gai_request *req) nogil
 
 cdef object _gaierror = _socket.gaierror
 cdef object _AddressFamily = _socket_module.AddressFamily
@@ -180,6 +183,7 @@ cdef class Resolver:
     def __cinit__(self, loop, int wake_fd):
         self.loop = loop
         self.waiting = {}
+        self.requests = {}
         self.sink = ul_gai_sink_new(wake_fd)
         if self.sink == NULL:
             raise MemoryError()
@@ -252,11 +256,25 @@ cdef class Resolver:
         req.id = self.last_id
         future = self.loop.create_future()
         self.waiting[req.id] = future
+        self.requests[req.id] = <size_t>req
         if ul_gai_submit(<ul_gai_sink *>self.sink, req) != 0:
             del self.waiting[req.id]
+            del self.requests[req.id]
             ul_gai_request_free(req)
             return None
         return future
+
+    def cancel(self, future):
+        """The awaiter of `future` (a lookup's) was cancelled: a worker that has yet to start
+        its request skips it (_resolver.h's ul_gai_worker).  Called on cancellation only, so
+        the search through the lookups in flight costs the common path nothing."""
+        if self.sink == NULL:
+            return
+        for request_id, waiting in self.waiting.items():
+            if waiting is future:
+                # Still in the table: the loop has not taken the request back, so it is alive.
+                ul_gai_cancel(<ul_gai_request *><size_t>self.requests[request_id])
+                return
 
     def take_done(self):
         """The lookups finished since the last wake-up: their futures resolved (called by the
@@ -273,6 +291,7 @@ cdef class Resolver:
                 current = req
                 req = current.next
                 try:
+                    self.requests.pop(current.id, None)
                     future = self.waiting.pop(current.id, None)
                     if future is not None and not future.done():    # done: cancelled
                         if current.error != 0:
@@ -292,6 +311,7 @@ cdef class Resolver:
             while req != NULL:
                 current = req
                 req = current.next
+                self.requests.pop(current.id, None)     # (cancel() may no longer reach it)
                 ul_gai_taken(<ul_gai_sink *>self.sink, current)
 
     def detach(self):
@@ -301,9 +321,11 @@ cdef class Resolver:
             ul_gai_detach(<ul_gai_sink *>self.sink)
             self.sink = NULL
         self.waiting = {}
+        self.requests = {}
 
     def abandon(self):
         # A fork child: the sink is the parent's copy, its lock possibly held by a worker that
         # does not exist here.  Left alone (leaked); the child's lookups take the stock way.
         self.sink = NULL
         self.waiting = {}
+        self.requests = {}

@@ -122,6 +122,7 @@ _ZERO_DEFAULTS = frozenset(['family', 'proto', 'flags']).intersection(
     _STOCK_CONNECTION_PARAMETERS)
 _FALSE_DEFAULTS = frozenset(['ssl', 'all_errors']).intersection(_STOCK_CONNECTION_PARAMETERS)
 _BASE_ENSURE_RESOLVED = base_events.BaseEventLoop._ensure_resolved
+_BASE_RUN_IN_EXECUTOR = base_events.BaseEventLoop.run_in_executor
 _BASE_CONNECT_SOCK = base_events.BaseEventLoop._connect_sock
 _BASE_SOCKET_MODULE = base_events.socket
 _BASE_IPADDR_INFO = base_events._ipaddr_info
@@ -235,19 +236,28 @@ class NetworkMixin:
         # On the resolver's C threads (_resolver: no executor work item, no GIL in the worker,
         # no call_soon_threadsafe), unless the stock way would do something else: debug mode
         # (it logs each lookup and its time), a default executor the user set (lookups ran
-        # there), one shut down (run_in_executor raises), socket.getaddrinfo replaced (a mock
+        # there), one shut down (run_in_executor raises), run_in_executor replaced (on the
+        # instance or in a subclass: it must see the call), socket.getaddrinfo replaced (a mock
         # must see the call), a loop made before a fork in this child, and arguments whose
         # conversion the compiled side leaves to socket.getaddrinfo (Resolver.lookup: None).
         self._check_closed()
         if not (self._debug or self._ul_user_executor or self._executor_shutdown_called
                 or socket.getaddrinfo is not _STOCK_GETADDRINFO
                 or _socket.getaddrinfo is not _STOCK_C_GETADDRINFO
-                or base_events.socket is not socket):
+                or base_events.socket is not socket
+                or not stock_method(self, 'run_in_executor', _BASE_RUN_IN_EXECUTOR)):
             resolver = self._proactor.get_resolver()
             if resolver is not None:
                 future = resolver.lookup(host, port, family, type, proto, flags)
                 if future is not None:
-                    return await future
+                    try:
+                        return await future
+                    except exceptions.CancelledError:
+                        # As the executor's queue drops a cancelled work item: a lookup not
+                        # yet started is skipped (Resolver.cancel).
+                        if future.cancelled():
+                            resolver.cancel(future)
+                        raise
         return await super().getaddrinfo(host, port, family=family, type=type, proto=proto,
                                          flags=flags)
 
