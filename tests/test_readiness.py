@@ -445,6 +445,39 @@ def test_every_ready_descriptor_is_dispatched_in_one_iteration(new_loop):
             b.close()
 
 
+def test_descriptors_registered_before_the_loop_runs_are_all_served_by_its_first_step(
+        new_loop):
+    """100 readable descriptors registered before the loop runs: the first step runs all 100
+    readers, as the stock loop's first poll finds them all.  uringloop armed its wait with
+    room for 16 events at the first registration, cancelled it for more room at the 17th, and
+    ran none of them until the second step."""
+    loop = new_loop()
+    pairs = [socket.socketpair() for _ in range(100)]
+    calls = [0]
+
+    def read(sock):
+        sock.recv(10)
+        calls[0] += 1
+
+    try:
+        for a, b in pairs:
+            a.setblocking(False)
+            loop.add_reader(a, read, a)
+            b.send(b"x")
+        per_step = []
+        for _ in range(3):
+            before = calls[0]
+            loop.call_soon(loop.stop)
+            loop.run_forever()
+            per_step.append(calls[0] - before)
+        assert per_step == [100, 0, 0], per_step
+    finally:
+        for a, b in pairs:
+            loop.remove_reader(a)
+            a.close()
+            b.close()
+
+
 def test_a_reader_runs_before_the_timers_due_in_the_same_iteration(new_loop, pair):
     """A descriptor that became ready and a timer that fell due while one callback blocked:
     the reader runs first, then the timer, in one iteration -- the stock loop's order (its

@@ -28,6 +28,7 @@ cdef class Readiness(Completer):
     cdef int lookup(self, object fileobj) except -1
     cdef int ctl(self, int op, int fd, uint32_t mask) except -1
     cdef int arm(self) except -1
+    cdef int arm_at_enter(self) except -1
     cdef int new_poll(self) except -1
     cdef int collect(self) except -1
     cdef int dispatch(self, epoll_event *events, int n) except -1

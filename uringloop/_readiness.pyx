@@ -207,17 +207,31 @@ cdef class Readiness(Completer):
         return 0
 
     def arm_from_any_thread(self):
-        """arm(), from the loop's thread: add_reader() called from another thread while the
-        loop runs there may not write to the ring, and its wait would not see the poll."""
+        """arm_at_enter(), from the loop's thread: add_reader() called from another thread
+        while the loop runs there may not write to the ring, and its wait would not see the
+        poll."""
         thread_id = self.loop._thread_id
         if thread_id is not None and thread_id != _get_ident():
             self.loop.call_soon_threadsafe(self.arm_in_loop_thread)
         else:
-            self.arm()
+            self.arm_at_enter()
 
     def arm_in_loop_thread(self):
         if self.epfd >= 0:
-            self.arm()
+            self.arm_at_enter()
+
+    cdef int arm_at_enter(self) except -1:
+        """After a registration: an idle poll is armed by the iteration's next enter
+        (before_enter), not now -- sized then for every registration made meanwhile.  A
+        program that registers many descriptors at once (a hundred before the loop starts) had
+        its poll armed by the first with room for 16 events, cancelled by the 17th for one
+        with more room, and re-armed from the cancel's completion: none of the readers ran in
+        the first iteration, where the stock loop's first poll runs them all.  (A poll in the
+        kernel is arm()'s to judge: see there.)"""
+        if self.poll.state != OP_IDLE or self.proactor.closing or self.proactor.forked:
+            return self.arm()
+        self.proactor.call_before_enter = self
+        return 0
 
     cdef int op_done(self, Operation op, int res, unsigned flags) except -1:
         if self.epfd < 0 or self.proactor.closing:
