@@ -292,6 +292,63 @@ async def test_sock_sendfile_cancelled_midway(data_file):
 
 
 @pytest.mark.asyncio
+@bounded(30)
+@pytest.mark.parametrize("second", ["sendfile", "sendall"])
+async def test_sends_on_one_socket_each_wait_for_a_sock_sendfile_before_them(
+        data_file, second, is_uring):
+    """sock_sendfile() and then, while it runs, another sock_sendfile() or a sock_sendall() on
+    the same socket: each goes out whole, in the order they were called.  uringloop's splices
+    went out beside the other's bytes, 1 MiB at a time, interleaved."""
+    if not is_uring:
+        pytest.skip("the stock loop's first call never returns (it hands the socket's "
+                    "writer to the second, 3.10-3.13)")
+    loop = asyncio.get_running_loop()
+    size = 8 * 1024 * 1024
+    first = data_file(size)
+    second_data = bytes([0x5A]) * size
+    second_path = first.with_name('second')
+    second_path.write_bytes(second_data)
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(first, 'rb') as f, open(second_path, 'rb') as g:
+        one = asyncio.ensure_future(loop.sock_sendfile(sender, f))
+        await asyncio.sleep(0)
+        if second == "sendfile":
+            two = asyncio.ensure_future(loop.sock_sendfile(sender, g))
+        else:
+            two = asyncio.ensure_future(loop.sock_sendall(sender, second_data))
+        received = await read_all(receiver, 2 * size)
+        await asyncio.wait_for(asyncio.gather(one, two), 10)
+    assert len(received) == 2 * size
+    assert received[:size] == first.read_bytes()
+    assert received[size:] == second_data
+
+
+@pytest.mark.asyncio
+@bounded(20)
+async def test_a_sock_sendall_cancelled_while_waiting_behind_a_sock_sendfile_sends_nothing(
+        data_file, is_uring):
+    """A send queued behind a running sock_sendfile() and cancelled there leaves nothing in
+    the stream, and the send after it goes out once the file is sent."""
+    if not is_uring:
+        pytest.skip("the stock loop's first call never returns (see above)")
+    loop = asyncio.get_running_loop()
+    size = 4 * 1024 * 1024
+    path = data_file(size)
+    sender, receiver = await socket_pair()
+    with sender, receiver, open(path, 'rb') as f:
+        one = asyncio.ensure_future(loop.sock_sendfile(sender, f))
+        await asyncio.sleep(0)
+        dropped = asyncio.ensure_future(loop.sock_sendall(sender, b'dropped'))
+        await asyncio.sleep(0)
+        dropped.cancel()
+        last = asyncio.ensure_future(loop.sock_sendall(sender, b'last'))
+        received = await read_all(receiver, size + 4)
+        assert await one == size
+        await last
+    assert received == path.read_bytes() + b'last'
+
+
+@pytest.mark.asyncio
 @bounded(20)
 async def test_sock_sendfile_cancelled_leaves_the_file_to_the_caller(data_file):
     """What the cancelled caller does with the file in its except block stands: no late

@@ -962,6 +962,33 @@ async def test_a_reset_arriving_as_a_receiver_is_cancelled_is_told_to_the_next_s
         assert await asyncio.wait_for(loop.sock_recv(conn, 100), 5) == b""
 
 
+@pytest.mark.parametrize("empty_read", ["recv", "recv_into"])
+@pytest.mark.asyncio
+async def test_a_reset_a_cancelled_receiver_kept_is_not_told_to_an_empty_read(empty_read):
+    """As above, then a read of nothing: the stock loop's sock.recv(0) answers b'' at once
+    without asking the kernel, so the error waits for the next read of some size.  uringloop
+    told the error to the empty read, and the read after it got b''."""
+    import struct
+    loop = asyncio.get_running_loop()
+    client, conn = await tcp_pair()
+    with client, conn:
+        receiving = asyncio.ensure_future(loop.sock_recv(conn, 100))
+        await asyncio.sleep(0.01)
+        receiving.cancel()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        with pytest.raises(asyncio.CancelledError):
+            await receiving
+        await asyncio.sleep(0.01)
+        if empty_read == "recv":
+            assert await asyncio.wait_for(loop.sock_recv(conn, 0), 5) == b""
+        else:
+            assert await asyncio.wait_for(loop.sock_recv_into(conn, bytearray()), 5) == 0
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(loop.sock_recv(conn, 100), 5)
+        assert await asyncio.wait_for(loop.sock_recv(conn, 100), 5) == b""
+
+
 @needs_311
 @pytest.mark.asyncio
 async def test_recvfrom_into_without_nbytes_asks_for_len_of_the_buffer():

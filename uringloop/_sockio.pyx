@@ -27,7 +27,7 @@ from uringloop._sched cimport LoopCore, ul_socket_fd
 from uringloop._transport_table cimport TransportTable
 from uringloop._sockstate cimport (Request, SocketState, K_RECV, K_RECV_INTO, K_RECVFROM,
                                    K_RECVFROM_INTO, K_SEND, K_SENDTO, K_ACCEPT, K_CONNECT,
-                                   CONNECT_UNDER_WAY, CONNECT_FOUND_MADE)
+                                   K_SEND_TURN, CONNECT_UNDER_WAY, CONNECT_FOUND_MADE)
 from uringloop._sockstate import WOULD_BLOCK
 
 import socket as _socket
@@ -219,7 +219,12 @@ cdef object _read_nothing(SocketState state, object call, object arg, bint takes
     datagrams are taken; otherwise at once whatever is queued (as the stock loop: a zero-length
     read queued behind a waiting receive would otherwise wait for data it does not want, and
     on a datagram socket take a datagram it cannot hold)."""
-    if (takes_message and state.recv_q and not state.stream) or state.stash_exc is not None:
+    # A kept error (a cancelled receive's: see recv_done) goes to the read that would have met
+    # it in the kernel: recvfrom() always asks the kernel; recv(0) not, for a connection's error.
+    if takes_message:
+        if (state.recv_q and not state.stream) or state.stash_exc is not None:
+            return _WOULD_BLOCK
+    elif state.kept_error_stops_empty_reads():
         return _WOULD_BLOCK
     try:
         return call(arg)
@@ -366,6 +371,21 @@ async def sock_sendall(self, sock, data):
     except BaseException:
         _abandoned(state, req)
         raise
+
+
+def take_send_turn(loop, sock):
+    """The sending side of `sock` for a sock_sendfile(), once the sends queued before have gone
+    (see SocketState.end_send_turn): (the turn, a future done when it comes).  Whatever
+    happens, end_send_turn(turn) afterwards."""
+    cdef SocketState state = _state_for(loop, sock, _socket_fd(loop, sock))
+    cdef Request req = state.new_request(K_SEND_TURN)
+    state.queue_send(req)
+    state.pump_send()
+    return req, req.fut
+
+
+def end_send_turn(turn):
+    (<Request?>turn).state.end_send_turn(<Request>turn)
 
 
 async def sock_sendto(self, sock, data, address):

@@ -7,7 +7,8 @@ from uringloop._ops cimport BufferOp, RecvOp, SendOp, PollOp
 
 
 cdef enum Kind:
-    K_RECV, K_RECV_INTO, K_RECVFROM, K_RECVFROM_INTO, K_SEND, K_SENDTO, K_ACCEPT, K_CONNECT
+    K_RECV, K_RECV_INTO, K_RECVFROM, K_RECVFROM_INTO, K_SEND, K_SENDTO, K_ACCEPT, K_CONNECT,
+    K_SEND_TURN     # the socket's sending side for a while (sock_sendfile): see end_send_turn
 
 cdef enum:
     CONNECT_UNDER_WAY = -1      # Request.nbytes of a K_CONNECT whose connect(2) was made
@@ -56,6 +57,7 @@ cdef class SocketState(Completer):
     # sending
     cdef object send_q
     cdef Operation send_op
+    cdef Request send_turn            # a K_SEND_TURN holding the sending side: nothing else sends
     # The last finished receive and send, kept for the next request: a sock_* echo loop would
     # otherwise build and free one operation object per call.
     cdef RecvOp spare_recv
@@ -63,6 +65,8 @@ cdef class SocketState(Completer):
 
     cdef int queue_recv(self, Request req) except -1
     cdef int queue_send(self, Request req) except -1
+    cdef int end_send_turn(self, Request req) except -1
+    cdef bint kept_error_stops_empty_reads(self) except -1
     cdef int claimed(self, Request req) except -1
     cdef int queue_accept(self, Request req) except -1
     cdef object datagram_stash(self)

@@ -169,6 +169,26 @@ cdef class SocketState(Completer):
         _deque_append(self.send_q, req)
         return 0
 
+    cdef int end_send_turn(self, Request req) except -1:
+        """A K_SEND_TURN's holder is done with the sending side -- or gave up waiting for it:
+        the sends queued behind go ahead.
+
+        sock_sendfile() splices into the socket from its own operations, outside this queue;
+        so that its bytes and those of a sock_sendall() (or another sock_sendfile()) on the same
+        socket do not interleave -- they did, 1 MiB at a time -- it queues a turn here, as a
+        send would, waits until the turn comes (its future's result), sends, and ends the turn
+        (_sockio.take_send_turn / end_send_turn)."""
+        if self.send_turn is req:
+            self.send_turn = None
+            if not self.proactor.closing:
+                self.pump_send()
+        elif self.send_q is not None:
+            try:
+                self.send_q.remove(req)
+            except ValueError:
+                pass
+        return 0
+
     cdef int claimed(self, Request req) except -1:
         """The coroutine of `req` has resumed with its result: the next receive may be
         served."""
@@ -195,7 +215,7 @@ cdef class SocketState(Completer):
         return self.accepted
 
     cdef bint idle(self):
-        return (not self.has_requests_in_kernel()
+        return (not self.has_requests_in_kernel() and self.send_turn is None
                 and not self.recv_q and not self.accept_q and not self.send_q)
 
     cdef bint has_requests_in_kernel(self):
@@ -832,6 +852,14 @@ cdef class SocketState(Completer):
             (<MsgOp>op).set_buffer(req.buf, False)
         return op
 
+    cdef bint kept_error_stops_empty_reads(self) except -1:
+        """Whether a read of zero bytes is to be told the error a receive kept (see recv_done)
+        rather than answered at once (_sockio._read_nothing): yes for an error every call gets
+        (EBADF, ENOTCONN...) or any on a datagram socket; not for a stream connection's error,
+        which the stock loop's recv(0) never asks the kernel for -- its b'' comes at once and
+        the error stays for the next read of some size."""
+        return self.stash_exc is not None and not (self.stream and _reported_once(self.stash_exc))
+
     cdef object take_connection_error(self):
         """The connection's error a receive kept for the next call (see recv_done), taken, if
         a send is to be told it; else None.
@@ -854,10 +882,16 @@ cdef class SocketState(Completer):
         cdef Operation op
         while True:
             req = self.next_request(self.send_q)
-            if req is None or self.send_op is not None or self.proactor.closing:
+            if (req is None or self.send_op is not None or self.send_turn is not None
+                    or self.proactor.closing):
                 return 0
             if self.socket_closed():
                 return self.fail_closed(self.send_q)
+            if req.kind == K_SEND_TURN:
+                self.send_q.popleft()
+                self.send_turn = req            # until end_send_turn()
+                _set_result(req.fut, None)
+                return 0
             if req.kind != K_CONNECT:
                 exc = self.take_connection_error()
                 if exc is not None:

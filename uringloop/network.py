@@ -44,7 +44,7 @@ from asyncio.log import logger
 
 from uringloop._server import (Acceptor, file_mode_and_inode, remove_file,
                                report_failed_connection)
-from uringloop._sockio import is_ipv4_literal, stock_method
+from uringloop._sockio import end_send_turn, is_ipv4_literal, stock_method, take_send_turn
 from uringloop._transports import SocketTransport
 
 # SSLProtocol (and the loop hooks around it) grew ssl_shutdown_timeout in 3.11.
@@ -469,7 +469,16 @@ class NetworkMixin:
             raise exceptions.SendfileNotAvailableError(
                 "splice failed: the socket is closed")
         self._ensure_fd_no_transport(sock)
-        return await self._splice_file(sock, fileno, offset, count)
+        if sock.fileno() in self._ul_sendfile_transports:
+            # A transport's loop.sendfile(): the transport refuses writes meanwhile.
+            return await self._splice_file(sock, fileno, offset, count)
+        # The socket's sends wait for this one and it for them (SocketState.end_send_turn).
+        turn, turn_came = take_send_turn(self, sock)
+        try:
+            await turn_came
+            return await self._splice_file(sock, fileno, offset, count)
+        finally:
+            end_send_turn(turn)
 
     async def _splice_file(self, sock, file_fd, offset, count):
         from uringloop._sendfile import SpliceSender     # imported when first used (see unix.py)
