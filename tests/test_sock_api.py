@@ -962,6 +962,51 @@ async def test_a_reset_arriving_as_a_receiver_is_cancelled_is_told_to_the_next_s
         assert await asyncio.wait_for(loop.sock_recv(conn, 100), 5) == b""
 
 
+@pytest.mark.parametrize("after", ["sock_recv", "transport"])
+def test_bytes_a_cancelled_receive_took_reach_the_sockets_next_loop(new_loop, after):
+    """A sock_recv() cancelled as the peer sends, then the loop closed and the socket read on
+    a new loop (two asyncio.run() calls in a row): the bytes reach the new loop's reader.  The
+    stock loop never took them from the socket; uringloop's receive had, and they were lost
+    with the first loop's sock_* state."""
+    a, b = nonblocking_pair()
+    with a, b:
+        async def cancelled_receive():
+            loop = asyncio.get_running_loop()
+            receiving = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.01)
+            receiving.cancel()
+            b.send(b"payload")
+            with pytest.raises(asyncio.CancelledError):
+                await receiving
+            await asyncio.sleep(0.01)
+
+        first = new_loop()
+        first.run_until_complete(cancelled_receive())
+        first.close()
+
+        async def read_again():
+            loop = asyncio.get_running_loop()
+            if after == "sock_recv":
+                return await asyncio.wait_for(loop.sock_recv(a, 100), 5)
+            received = loop.create_future()
+
+            class Reader(asyncio.Protocol):
+                def data_received(self, data):
+                    received.set_result(data)
+
+            transport, _ = await loop.create_connection(Reader, sock=a)
+            try:
+                return await asyncio.wait_for(received, 5)
+            finally:
+                transport.abort()
+
+        second = new_loop()
+        try:
+            assert second.run_until_complete(read_again()) == b"payload"
+        finally:
+            second.close()
+
+
 @pytest.mark.parametrize("empty_read", ["recv", "recv_into"])
 @pytest.mark.asyncio
 async def test_a_reset_a_cancelled_receiver_kept_is_not_told_to_an_empty_read(empty_read):

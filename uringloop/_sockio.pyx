@@ -32,6 +32,7 @@ from uringloop._sockstate import WOULD_BLOCK
 
 import socket as _socket
 import _socket as _socket_c
+import weakref
 from asyncio import base_events as _base_events
 from asyncio import tasks as _tasks
 
@@ -106,6 +107,10 @@ cdef SocketState _state_for(loop, sock, int fd):
         proactor = <Proactor>loop._proactor
         proactor.check_usable()
         state = SocketState(loop, proactor, sock, fd)
+        if _kept_by_closed_loops:
+            leftovers = _take_kept(sock)
+            if leftovers is not None:
+                state.adopt(leftovers)
         states[fd] = state
     if core._ul_sock_sweep is None:
         core._ul_sock_sweep = loop.call_later(SWEEP_INTERVAL, _sweep_closed_sockets, loop)
@@ -637,6 +642,11 @@ def forget_socket(self, sock, int fd, transport=None):
     if state is not None and state.sock_ref() is not sock:
         _retire(states, state)
         return None
+    if state is None and _kept_by_closed_loops:
+        # No sock_* call on this loop yet, but a closed loop kept bytes for the socket.
+        kept = _take_kept(sock)
+        if kept is not None and kept[0]:
+            return kept[0]
     if state is not None and state.idle():
         del states[fd]
         if state.stream and state.stash:
@@ -650,13 +660,51 @@ def forget_socket(self, sock, int fd, transport=None):
     return leftover
 
 
+# What the sock_* requests of a closed loop received for callers that had gone -- bytes, an
+# error, datagrams -- kept for the socket's next loop, whose first sock_* call (or transport)
+# gets them first.  The stock loop made no receive for a caller that had gone: what it would
+# have received is still in the socket when the program goes on with another loop (asyncio.run()
+# of a wait_for(sock_recv()) that timed out, then another asyncio.run() on the same socket), and
+# the "nothing is lost" rule holds across loops too.  Keyed weakly by the socket object: a
+# socket collected takes its leftovers with it.  (_kept_by_closed_loops counts the entries, so
+# that a new state pays a C comparison, not a dictionary's length, while there are none.)
+cdef object _kept = weakref.WeakKeyDictionary()
+cdef Py_ssize_t _kept_by_closed_loops = 0
+
+
+def has_kept_leftovers():
+    """Whether a closed loop kept anything for a socket (a transport taking a socket asks)."""
+    return _kept_by_closed_loops != 0
+
+
+cdef object _take_kept(object sock):
+    global _kept_by_closed_loops
+    try:
+        leftovers = _kept.pop(sock, None)
+    except TypeError:
+        return None             # not weakly referenceable: never stored
+    _kept_by_closed_loops = len(_kept)
+    return leftovers
+
+
 def forget_all_sockets(self):
-    """Loop.close(), once the Proactor has drained: drop every socket's sock_* state.  The
-    connections accepted for callers that had gone are closed -- nobody can take them any more,
-    and their clients would otherwise wait on them for as long as the process lives."""
+    """Loop.close(), once the Proactor has drained: drop every socket's sock_* state.  What a
+    caller that had gone left is kept for the socket's next loop (_kept, above) while the
+    socket is open.  The connections accepted for callers that had gone are closed -- nobody
+    can take them any more, and their clients would otherwise wait on them for as long as the
+    process lives."""
+    global _kept_by_closed_loops
     cdef dict states = self._ul_sock_states
     cdef SocketState state
     for state in list(states.values()):
+        leftovers = state.leftovers()
+        sock = state.sock_ref()
+        if leftovers is not None and sock is not None and sock.fileno() == state.fd:
+            try:
+                _kept[sock] = leftovers
+            except TypeError:
+                pass            # a socket-like object without weak references: dropped
+            _kept_by_closed_loops = len(_kept)
         state.discard()
     states.clear()
     self._ul_sock_sweep = None      # a timer the close drops, which refers back to the loop

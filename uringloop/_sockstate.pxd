@@ -67,6 +67,8 @@ cdef class SocketState(Completer):
     cdef int queue_send(self, Request req) except -1
     cdef int end_send_turn(self, Request req) except -1
     cdef bint kept_error_stops_empty_reads(self) except -1
+    cdef object leftovers(self)
+    cdef int adopt(self, tuple leftovers) except -1
     cdef int claimed(self, Request req) except -1
     cdef int queue_accept(self, Request req) except -1
     cdef object datagram_stash(self)

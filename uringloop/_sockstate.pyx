@@ -10,7 +10,9 @@ Proactor's "nothing is lost" rule:
     cancelled) is cancelled in the kernel with ASYNC_CANCEL as the awaiting coroutine takes the
     CancelledError (_sockio._abandoned) -- but the kernel may already have completed it.
     Whatever its final CQE carries (bytes, a datagram, a connection, an error) is kept on the
-    socket's state and handed to the next caller on that socket, in order.
+    socket's state and handed to the next caller on that socket, in order -- on the socket's
+    next loop too, if this one closes first (leftovers/adopt, _sockio._kept; connections are
+    the exception: they close with the loop).
   * A later request never overtakes an earlier operation that is still in the kernel (even an
     orphaned one): it waits for that operation's final CQE, so bytes cannot be reordered.
   * A send continues after partial completions inside the core (SendOp) until every byte is out.
@@ -988,6 +990,24 @@ cdef class SocketState(Completer):
             return self.accept_done(op, res)
         if op is self.send_op:
             return self.send_done(op, res)
+        return 0
+
+    cdef object leftovers(self):
+        """What a caller that had gone left here -- stream bytes, a kept error, datagrams -- for
+        the socket's next loop (_sockio.forget_all_sockets), or None.  Accepted connections are
+        not carried: they are sockets of the loop's making, closed with it (discard)."""
+        if not (self.stash or self.stash_exc is not None or self.dgram_stash):
+            return None
+        return (bytes(self.stash), self.stash_exc,
+                list(self.dgram_stash) if self.dgram_stash else None)
+
+    cdef int adopt(self, tuple leftovers) except -1:
+        """Take over what the socket's previous loop kept (leftovers())."""
+        data, exc, datagrams = leftovers
+        self.stash += data
+        self.stash_exc = exc
+        if datagrams:
+            self.datagram_stash().extend(datagrams)
         return 0
 
     cdef discard(self):

@@ -48,6 +48,7 @@ from asyncio import transports as _asyncio_transports
 from asyncio import trsock as _trsock
 
 from uringloop._sockio import (forget_socket as _forget_socket,
+                               has_kept_leftovers as _has_kept_leftovers,
                                HANDOVER_PENDING as _HANDOVER_PENDING)
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -259,12 +260,13 @@ cdef class SocketTransport(ReceiveSide):
             (<TransportTable>table).put(self._sock_fd, self)
         else:
             table[self._sock_fd] = self
-        if self._sock_fd in loop._ul_sock_states:
+        if self._sock_fd in loop._ul_sock_states or _has_kept_leftovers():
             # The socket was used with sock_* (sock_connect, typically) before the transport
             # took it over; its idle per-socket state must not outlive the handover.  Bytes a
-            # cancelled sock_recv() left there come first (see _arm_first_receive).  With a
-            # receive of sock_*'s still in the kernel, the transport receives nothing itself
-            # until that one has ended and handed over what it got (_take_leftover).
+            # cancelled sock_recv() left there come first (see _arm_first_receive) -- also
+            # ones a closed loop kept for the socket (_sockio._kept).  With a receive of
+            # sock_*'s still in the kernel, the transport receives nothing itself until that
+            # one has ended and handed over what it got (_take_leftover).
             self.awaiting_leftover = True
             leftover = _forget_socket(loop, sock, self._sock_fd, self)
             if leftover is not _HANDOVER_PENDING:
