@@ -1161,7 +1161,9 @@ async def test_abort_after_close_with_datagrams_waiting_loses_the_connection_onc
         try:
             transport.sendto(b"abcd")       # the socket has no room: queued
             transport.sendto(b"x")
-            assert transport.get_write_buffer_size() == 5
+            # (From 3.13 each queued datagram counts its 8-byte header too.)
+            headers = 2 * 8 if sys.version_info >= (3, 13) else 0
+            assert transport.get_write_buffer_size() == 5 + headers
             transport.close()
             transport.abort()
         finally:
