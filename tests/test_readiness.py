@@ -1,6 +1,7 @@
 """add_reader/add_writer/remove_reader/remove_writer, on uringloop and on the stock loop."""
 
 import asyncio
+import contextlib
 import contextvars
 import errno
 import os
@@ -412,12 +413,11 @@ def test_readiness_survives_its_epoll_descriptor_being_closed_by_someone_else(
         os.close(null)
 
 
-def test_every_ready_descriptor_is_dispatched_in_one_iteration(new_loop):
-    """300 descriptors ready at once: all 300 readers run in the same iteration, as the stock
-    selector asks epoll for as many events as it has registrations.  (uringloop took 128 per
-    iteration.)"""
-    loop = new_loop()
-    pairs = [socket.socketpair() for _ in range(300)]
+@contextlib.contextmanager
+def counting_readers(loop, count):
+    """`count` socket pairs, with a reader on the first socket of each that reads what came
+    and counts its call: (the pairs, a list whose one item is the count of calls)."""
+    pairs = [socket.socketpair() for _ in range(count)]
     calls = [0]
 
     def read(sock):
@@ -428,21 +428,36 @@ def test_every_ready_descriptor_is_dispatched_in_one_iteration(new_loop):
         for a, b in pairs:
             a.setblocking(False)
             loop.add_reader(a, read, a)
-        loop.run_until_complete(asyncio.sleep(0.01))
-        for a, b in pairs:
-            b.send(b"x")
-        per_iteration = []
-        for _ in range(4):
-            before = calls[0]
-            loop.call_soon(loop.stop)
-            loop.run_forever()
-            per_iteration.append(calls[0] - before)
-        assert sorted(per_iteration) == [0, 0, 0, 300], per_iteration
+        yield pairs, calls
     finally:
         for a, b in pairs:
             loop.remove_reader(a)
             a.close()
             b.close()
+
+
+def readers_run_per_step(loop, calls, steps):
+    """Step the loop `steps` times (call_soon(stop), run_forever()): the readers run in each."""
+    per_step = []
+    for _ in range(steps):
+        before = calls[0]
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        per_step.append(calls[0] - before)
+    return per_step
+
+
+def test_every_ready_descriptor_is_dispatched_in_one_iteration(new_loop):
+    """300 descriptors ready at once: all 300 readers run in the same iteration, as the stock
+    selector asks epoll for as many events as it has registrations.  (uringloop took 128 per
+    iteration.)"""
+    loop = new_loop()
+    with counting_readers(loop, 300) as (pairs, calls):
+        loop.run_until_complete(asyncio.sleep(0.01))
+        for a, b in pairs:
+            b.send(b"x")
+        per_iteration = readers_run_per_step(loop, calls, 4)
+        assert sorted(per_iteration) == [0, 0, 0, 300], per_iteration
 
 
 def test_descriptors_registered_before_the_loop_runs_are_all_served_by_its_first_step(
@@ -452,30 +467,10 @@ def test_descriptors_registered_before_the_loop_runs_are_all_served_by_its_first
     room for 16 events at the first registration, cancelled it for more room at the 17th, and
     ran none of them until the second step."""
     loop = new_loop()
-    pairs = [socket.socketpair() for _ in range(100)]
-    calls = [0]
-
-    def read(sock):
-        sock.recv(10)
-        calls[0] += 1
-
-    try:
+    with counting_readers(loop, 100) as (pairs, calls):
         for a, b in pairs:
-            a.setblocking(False)
-            loop.add_reader(a, read, a)
             b.send(b"x")
-        per_step = []
-        for _ in range(3):
-            before = calls[0]
-            loop.call_soon(loop.stop)
-            loop.run_forever()
-            per_step.append(calls[0] - before)
-        assert per_step == [100, 0, 0], per_step
-    finally:
-        for a, b in pairs:
-            loop.remove_reader(a)
-            a.close()
-            b.close()
+        assert readers_run_per_step(loop, calls, 3) == [100, 0, 0]
 
 
 def test_a_reader_runs_before_the_timers_due_in_the_same_iteration(new_loop, pair):

@@ -935,6 +935,21 @@ async def test_recvfrom_on_a_stream_socket_gets_bytes_a_cancelled_receive_left()
             assert got == (b"one", None)
 
 
+async def reset_as_a_receive_is_cancelled(client, conn):
+    """The peer (`client`) resets the connection in the pass a sock_recv() on `conn` is
+    cancelled in: on uringloop the cancelled receive, already in the kernel, takes the error."""
+    import struct
+    loop = asyncio.get_running_loop()
+    receiving = asyncio.ensure_future(loop.sock_recv(conn, 100))
+    await asyncio.sleep(0.01)
+    receiving.cancel()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("payload", [b"x" * 10, b""], ids=["bytes", "nothing"])
 @pytest.mark.asyncio
 async def test_a_reset_arriving_as_a_receiver_is_cancelled_is_told_to_the_next_send(payload):
@@ -945,18 +960,10 @@ async def test_a_reset_arriving_as_a_receiver_is_cancelled_is_told_to_the_next_s
     for the next call -- the send, which got BrokenPipeError before, the error then going to
     the receive after it.  A send of nothing asks too (the stock loop's sock.send(b''); it
     was answered at once, the error left for the receive)."""
-    import struct
     loop = asyncio.get_running_loop()
     client, conn = await tcp_pair()
     with client, conn:
-        receiving = asyncio.ensure_future(loop.sock_recv(conn, 100))
-        await asyncio.sleep(0.01)
-        receiving.cancel()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
-        with pytest.raises(asyncio.CancelledError):
-            await receiving
-        await asyncio.sleep(0.01)
+        await reset_as_a_receive_is_cancelled(client, conn)
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(loop.sock_sendall(conn, payload), 5)
         assert await asyncio.wait_for(loop.sock_recv(conn, 100), 5) == b""
@@ -1013,18 +1020,10 @@ async def test_a_reset_a_cancelled_receiver_kept_is_not_told_to_an_empty_read(em
     """As above, then a read of nothing: the stock loop's sock.recv(0) answers b'' at once
     without asking the kernel, so the error waits for the next read of some size.  uringloop
     told the error to the empty read, and the read after it got b''."""
-    import struct
     loop = asyncio.get_running_loop()
     client, conn = await tcp_pair()
     with client, conn:
-        receiving = asyncio.ensure_future(loop.sock_recv(conn, 100))
-        await asyncio.sleep(0.01)
-        receiving.cancel()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
-        with pytest.raises(asyncio.CancelledError):
-            await receiving
-        await asyncio.sleep(0.01)
+        await reset_as_a_receive_is_cancelled(client, conn)
         if empty_read == "recv":
             assert await asyncio.wait_for(loop.sock_recv(conn, 0), 5) == b""
         else:

@@ -346,15 +346,24 @@ async def test_sendto_converts_a_host_as_socket_sendto_does():
     await closed(rt, rp)
 
 
-async def queue_behind_a_full_unix_receiver(transport, path):
-    """Datagrams to `path` (a receiver that reads nothing yet) until one waits in the
-    transport: the number sent."""
-    sent = 0
-    while not transport.get_write_buffer_size():
-        transport.sendto(b"%04d" % sent, path)
-        sent += 1
-        assert sent < 100_000, "the receiver's queue never filled"
-    return sent
+@contextlib.asynccontextmanager
+async def queueing_behind_a_full_unix_receiver(tmp_path):
+    """An unconnected AF_UNIX datagram endpoint that has sent numbered datagrams to a receiver
+    reading nothing yet (a non-blocking socket) until one waits in the transport:
+    (receiver, its path, transport, protocol, the number sent)."""
+    loop = asyncio.get_running_loop()
+    path = str(tmp_path / "rx")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as rx:
+        rx.bind(path)
+        rx.setblocking(False)
+        transport, protocol = await loop.create_datagram_endpoint(
+            Recorder, local_addr=str(tmp_path / "tx"), family=socket.AF_UNIX)
+        sent = 0
+        while not transport.get_write_buffer_size():
+            transport.sendto(b"%04d" % sent, path)
+            sent += 1
+            assert sent < 100_000, "the receiver's queue never filled"
+        yield rx, path, transport, protocol, sent
 
 
 async def drain_unix_receiver(rx, expected):
@@ -383,13 +392,7 @@ async def test_a_bad_address_behind_queued_datagrams_fails_in_its_turn(tmp_path)
     loop = asyncio.get_running_loop()
     errors = []
     loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
-    path = str(tmp_path / "rx")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as rx:
-        rx.bind(path)
-        rx.setblocking(False)
-        t, p = await loop.create_datagram_endpoint(
-            Recorder, local_addr=str(tmp_path / "tx"), family=socket.AF_UNIX)
-        sent = await queue_behind_a_full_unix_receiver(t, path)
+    async with queueing_behind_a_full_unix_receiver(tmp_path) as (rx, path, t, p, sent):
         t.sendto(b"late", path)
         t.sendto(b"bad", 5)
         assert not t.is_closing()           # it waits in the queue
@@ -404,14 +407,7 @@ async def test_an_unusable_address_behind_queued_datagrams_is_reported_in_its_tu
     """An address socket.sendto() refuses with an OSError (an AF_UNIX path too long), sent
     while others wait for room: reported to error_received() when its turn comes, not from
     inside sendto(), and the datagrams on either side of it leave."""
-    loop = asyncio.get_running_loop()
-    path = str(tmp_path / "rx")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as rx:
-        rx.bind(path)
-        rx.setblocking(False)
-        t, p = await loop.create_datagram_endpoint(
-            Recorder, local_addr=str(tmp_path / "tx"), family=socket.AF_UNIX)
-        sent = await queue_behind_a_full_unix_receiver(t, path)
+    async with queueing_behind_a_full_unix_receiver(tmp_path) as (rx, path, t, p, sent):
         t.sendto(b"nowhere", "x" * 200)
         assert p.events.empty()             # not yet: it waits in the queue
         t.sendto(b"after", path)
@@ -427,14 +423,8 @@ async def test_an_unusable_address_behind_queued_datagrams_is_reported_in_its_tu
 async def test_a_queued_datagram_counts_its_header_from_python_3_13(tmp_path):
     """From Python 3.13 a queued datagram counts 8 bytes more in the write buffer, so that
     empty datagrams (sent from 3.13) still fill it and pause the protocol."""
-    loop = asyncio.get_running_loop()
     overhead = 8 if sys.version_info >= (3, 13) else 0
-    path = str(tmp_path / "rx")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as rx:
-        rx.bind(path)
-        t, p = await loop.create_datagram_endpoint(
-            Recorder, local_addr=str(tmp_path / "tx"), family=socket.AF_UNIX)
-        await queue_behind_a_full_unix_receiver(t, path)
+    async with queueing_behind_a_full_unix_receiver(tmp_path) as (rx, path, t, p, sent):
         before = t.get_write_buffer_size()
         assert before == 4 + overhead
         for _ in range(10):
