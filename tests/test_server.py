@@ -206,6 +206,48 @@ async def test_protocol_factory_failure_drops_only_that_connection():
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize('failure', ['factory returns None', 'factory closes the server'])
+async def test_a_connection_its_factory_fails_is_closed_without_an_unclosed_transport(
+        is_uring, failure):
+    """A factory that returns no protocol (the transport's connection_made lookup fails) or
+    that closes the server (attaching to it fails): the exception handler hears of it, the
+    client sees the connection closed, and no 'unclosed transport' ResourceWarning is given
+    for a transport that never took the socket (uringloop gave one, having closed the socket
+    itself).  The stock loop leaves such a socket open -- the client waits for ever.  (The
+    handler is told in debug mode only, as on the stock loop.)"""
+    if not is_uring:
+        pytest.skip("the stock loop leaves the accepted socket open")
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    errors = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    server = None
+
+    def factory():
+        if failure == 'factory returns None':
+            return None
+        server.close()
+        return Echo()
+
+    server = await loop.create_server(factory, '127.0.0.1', 0)
+    addr = server.sockets[0].getsockname()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', ResourceWarning)
+        reader, writer = await asyncio.open_connection(*addr[:2])
+        assert await reader.read() == b''
+        writer.close()
+        await writer.wait_closed()
+        gc.collect()
+    assert [str(w.message) for w in caught if 'transport' in str(w.message)] == []
+    assert len(errors) == 1
+    expected = AttributeError if failure == 'factory returns None' else AssertionError
+    assert isinstance(errors[0]['exception'], expected)
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_sock_argument_and_peername_of_accepted():
     loop = asyncio.get_running_loop()
     seen = []

@@ -227,6 +227,31 @@ async def test_argument_errors(sock_path):
 
 @pytest.mark.asyncio
 @bounded()
+async def test_an_empty_server_path_is_an_index_error(is_uring):
+    """create_unix_server('') is the stock loop's IndexError (its path[0]): not a server the
+    kernel binds to an automatic abstract name nobody can connect to by name, which uringloop
+    made.  From 3.13 (cleanup_socket) an unbound sock= is the same IndexError on the stock loop.
+    The stock loop leaves the socket it made for the path unclosed; uringloop makes none."""
+    import warnings
+    loop = asyncio.get_running_loop()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', ResourceWarning)
+        for path in ('', b''):
+            with pytest.raises(IndexError):
+                await loop.create_unix_server(asyncio.Protocol, path)
+        import gc
+        gc.collect()
+    if is_uring:
+        assert [str(w.message) for w in caught] == []
+    if sys.version_info >= (3, 13):
+        with socket.socket(socket.AF_UNIX) as unbound:
+            with pytest.raises(IndexError):
+                await loop.create_unix_server(asyncio.Protocol, sock=unbound)
+            assert unbound.fileno() >= 0        # the caller's socket is left to the caller
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_connect_errors(sock_path):
     with pytest.raises(FileNotFoundError):
         await asyncio.open_unix_connection(sock_path)

@@ -210,6 +210,11 @@ cdef class SocketTransport(ReceiveSide):
         # __init__, and what the server's accept path calls directly (peername: the address
         # accept() reported, or None to ask the socket).
         (<Proactor>loop._proactor).check_usable()
+        # Looked up first: a protocol without connection_made() (a factory that returned None)
+        # fails here, as at the stock transport's call_soon(), but before this object holds the
+        # socket or is attached to a server -- the caller closes the socket, and no finalizer
+        # warns of an unclosed transport that never was one.
+        connection_made = protocol.connection_made
         self.init_flow(loop, protocol)
         if extra is None:
             # The usual case: the three entries every socket transport has are fields, not a
@@ -253,7 +258,9 @@ cdef class SocketTransport(ReceiveSide):
             except BaseException:
                 # (A closed server asserts.)  Not attached, so never detached: on 3.13 the
                 # finalizer's _detach() raised TypeError from the closed server's waiters.
+                # Nor does it own the socket, which the caller closes (its finalizer warned).
                 self.server = None
+                self.sock = None
                 raise
         table = loop._transports
         if type(table) is TransportTable:
@@ -277,7 +284,7 @@ cdef class SocketTransport(ReceiveSide):
         # Disable Nagle: small writes go out without waiting for the peer's ACK (as stock).
         set_nodelay(sock, self._sock_fd)
 
-        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(connection_made, self)
         # Reading starts only once connection_made() has run, then the waiter is woken.
         loop.call_soon(self._start_reading)
         if waiter is not None:

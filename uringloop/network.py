@@ -87,7 +87,13 @@ _STOCK_C_GETADDRINFO = _socket.getaddrinfo
 
 def _is_abstract(path) -> bool:
     """An abstract-namespace AF_UNIX name (leading NUL byte): no file in the filesystem."""
-    return not path or path[0] in (0, '\x00')
+    if not path:
+        # The stock loop reads path[0] here, so an empty name is an IndexError there, raised
+        # before anything is bound: for create_unix_server('') (bind() would give the socket
+        # an automatic abstract name, a server nobody could name) and, on 3.13, for a sock=
+        # that is not bound yet.  The same type here, with words that say what is wrong.
+        raise IndexError(f'an empty AF_UNIX address ({path!r}) names no socket file')
+    return path[0] in (0, '\x00')
 
 
 def _ssl_shutdown_kwargs(method, ssl_shutdown_timeout) -> dict:
@@ -620,8 +626,9 @@ class NetworkMixin:
             if sock is not None:
                 raise ValueError('path and sock can not be specified at the same time')
             path = os.fspath(path)
+            abstract = _is_abstract(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            if not _is_abstract(path):
+            if not abstract:
                 # A socket file left by a previous server is replaced; anything else at that
                 # path makes bind() fail below.
                 try:
