@@ -73,16 +73,18 @@ class Gunicorn:
     """A gunicorn master (and its workers) in a session of its own, so that all of it can be
     killed at once if the test fails."""
 
-    def __init__(self, app_dir: pathlib.Path, worker_class: str, port: int):
+    def __init__(self, app_dir: pathlib.Path, worker_class: str, port: int,
+                 extra_args=(), extra_env=None):
         self.port = port
         args = [sys.executable, "-m", "gunicorn", "app:app", "--worker-class", worker_class,
                 "-w", "2", "-b", f"127.0.0.1:{port}", "--chdir", str(app_dir),
-                "--graceful-timeout", "5", "--timeout", "30"]
+                "--graceful-timeout", "5", "--timeout", "30", *extra_args]
         if has_setting("control_socket_disable"):
             # gunicorn >= 25.1 opens a control socket in $XDG_RUNTIME_DIR or ~/.gunicorn,
             # shared by every gunicorn of the user: none here.
             args.append("--no-control-socket")
-        env = dict(os.environ, PYTHONPATH=URINGLOOP_PATH, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=URINGLOOP_PATH, PYTHONUNBUFFERED="1",
+                   **(extra_env or {}))
         self.proc = subprocess.Popen(args, cwd=app_dir, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
@@ -282,5 +284,46 @@ def test_gunicorn_two_workers_graceful_restart(tmp_path, worker):
     finally:
         if client is not None:
             client.stopping.set()
+        server.kill_all()
+        print(server.output)            # shown by pytest when the test failed
+
+
+# The application as a --preload'ed one that made a uringloop loop in the master and left it as
+# the current loop (closed in the master itself as it leaves, by its own process id).
+PRELOADED_APP = APP + textwrap.dedent('''
+    import atexit
+
+    import uringloop
+
+    master_loop = uringloop.new_event_loop()
+    master_loop.run_until_complete(asyncio.sleep(0))
+    asyncio.set_event_loop(master_loop)
+    MASTER_PID = os.getpid()
+    atexit.register(lambda: os.getpid() == MASTER_PID and master_loop.close())
+''')
+
+
+@pytest.mark.timeout(120)
+def test_gunicorn_preload_a_loop_the_master_left_is_closed_in_each_worker(tmp_path):
+    """gunicorn --preload with an application that made a uringloop loop in the master: each
+    worker closes the loop it inherited (it is the master's), and so no worker warns of an
+    unclosed event loop as it leaves.  (Before 3.12 a fork child forgot that current loop --
+    loop._after_fork_in_child -- so the worker's get_event_loop().close() closed a new one,
+    and every worker warned; from 3.12 the stock worker's inherited stock loop warns so too.)"""
+    worker_class, loop_name = WORKERS["uringloop"]
+    (tmp_path / "app.py").write_text(PRELOADED_APP)
+    server = Gunicorn(tmp_path, worker_class, free_port(), extra_args=["--preload"],
+                      extra_env={"PYTHONWARNINGS": "always::ResourceWarning"})
+    try:
+        server.wait_for(lambda: len(server.booted) >= 2, 30, "two workers booted")
+        reports = [get(server.port, n) for n in range(6)]
+        assert {report["loop"] for report in reports} == {loop_name}, reports
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0, server.output
+        server.reader.join(10)
+        assert "Shutting down: Master" in server.output
+        assert "unclosed event loop" not in server.output, server.output
+        assert "Traceback" not in server.output, server.output
+    finally:
         server.kill_all()
         print(server.output)            # shown by pytest when the test failed

@@ -20,6 +20,7 @@ import warnings
 from aiohttp.worker import GunicornWebWorker
 
 import uringloop
+from uringloop import loop as _loop_module
 
 __all__ = ["GunicornUringWebWorker"]
 
@@ -44,6 +45,16 @@ class GunicornUringWebWorker(GunicornWebWorker):
                 asyncio.get_event_loop().close()
             except RuntimeError:
                 pass                    # no current loop in this thread
+        # That finds the master's loop only where the child still has it as its current loop: a
+        # stock loop before Python 3.12.  A fork child forgets a current uringloop loop (before
+        # 3.12 as from 3.12 for every loop: loop._after_fork_in_child), so the master's
+        # uringloop loops are closed here by what tracks them, or each worker warned of an
+        # unclosed event loop as it left.  Closing one in a fork child touches nothing of the
+        # parent's ring: it drops this process's mapping and descriptors (Proactor.close).
+        for proactor in list(_loop_module._live_proactors):
+            inherited = proactor.loop
+            if proactor.forked and inherited is not None and not inherited.is_closed():
+                inherited.close()
         asyncio.set_event_loop_policy(uringloop.EventLoopPolicy())
         # The new policy has no loop yet.  Saying "none" explicitly makes the parent's "close
         # the current loop" step find nothing, instead of creating a ring only to close it.
