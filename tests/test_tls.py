@@ -47,6 +47,13 @@ async def test_tls_echo_and_extra_info(contexts):
         assert writer.get_extra_info('cipher') is not None
         assert writer.get_extra_info('peername') == addr
         assert writer.get_extra_info('socket').getpeername() == addr
+        # Read by applications through the stock SSLProtocol's private names (an aiohttp
+        # middleware's request.transport._ssl_protocol._extra['peercert']): uringloop's compiled
+        # protocol had neither.
+        ssl_protocol = writer.transport._ssl_protocol
+        assert ssl_protocol._extra['peercert'] == peercert
+        assert ssl_protocol._get_extra_info('cipher') == writer.get_extra_info('cipher')
+        assert ssl_protocol._loop is asyncio.get_running_loop()
         writer.close()
         await writer.wait_closed()
 

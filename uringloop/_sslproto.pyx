@@ -428,6 +428,27 @@ cdef class SSLProtocol:
     def _server_hostname(self):
         return self.server_hostname
 
+    # Read by applications for the peer's certificate and the like, as
+    # `transport._ssl_protocol._extra['peercert']` (aiohttp middlewares, among others).
+    @property
+    def _extra(self):
+        return self.extra
+
+    def _get_extra_info(self, name, default=None):
+        return self.get_extra_info(name, default)
+
+    @property
+    def _loop(self):
+        return self.loop
+
+    @property
+    def _ssl_handshake_timeout(self):
+        return self.handshake_timeout
+
+    @property
+    def _ssl_shutdown_timeout(self):
+        return self.shutdown_timeout
+
     # ---- the application's side ----
 
     cdef set_app_protocol(self, app_protocol):
