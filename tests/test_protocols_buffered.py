@@ -350,3 +350,144 @@ async def test_switch_to_a_plain_protocol_inside_buffer_updated_gets_the_rest():
         transport.close()
     assert bytes(got) == payload
     assert set(hints) <= {-1}
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_get_buffer_is_asked_for_only_when_bytes_have_arrived():
+    """The stock transport (and uvloop) calls get_buffer() when the socket has bytes for it,
+    never on an idle connection: a get_buffer() that fails while nothing arrives leaves the
+    connection open, and the buffer it returned is not held between reads -- a bytearray can
+    be resized then.  uringloop lent the buffer to a receive armed in advance: an idle
+    connection's failing get_buffer() was a fatal error at once, and resizing the buffer
+    raised BufferError ("Existing exports of data")."""
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+
+    class Counting(BufferedRecorder):
+        asked = 0
+        refuse = True
+
+        def get_buffer(self, sizehint):
+            self.asked += 1
+            if self.refuse:
+                raise OverflowError('not now')
+            return self.buffer
+
+    server, peer, client = await connected_pair(client_protocol=lambda: Counting(16))
+    for _ in range(10):
+        await asyncio.sleep(0.005)
+    assert client.asked == 0
+    assert not client.lost.done() and errors == []
+    client.buffer.extend(b'\0' * 48)            # resized while idle: nothing holds it
+    client.refuse = False
+    peer.transport.write(b'x' * 40)
+    while len(client.data) < 40:
+        await asyncio.sleep(0.005)
+    assert bytes(client.data) == b'x' * 40
+    client.buffer.extend(b'\0' * 64)            # and again after the read
+    assert errors == []
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+async def test_a_buffer_replaced_between_reads_gets_the_next_bytes():
+    """A protocol that gives get_buffer() a new buffer once it has taken the last one's bytes
+    (here from a task, between reads) finds the next bytes in the new one.  uringloop lent the
+    old buffer to a receive armed in advance: the kernel wrote into that, and the protocol
+    read zeros from its new buffer."""
+    class Replacing(BufferedRecorder):
+        def get_buffer(self, sizehint):
+            return self.buffer
+
+    server, peer, client = await connected_pair(client_protocol=lambda: Replacing(64))
+    peer.transport.write(b'first')
+    while len(client.data) < 5:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.01)
+    client.buffer = bytearray(64)
+    peer.transport.write(b'second message')
+    while len(client.data) < 19:
+        await asyncio.sleep(0.005)
+    assert bytes(client.data) == b'firstsecond message'
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize('chunk', [1000, 60_000])
+async def test_a_small_buffer_is_filled_once_per_iteration(chunk):
+    """The stock transport reads once per iteration, so a protocol may leave the bytes in the
+    buffer get_buffer() returns for a callback of its own (call_soon() from buffer_updated())
+    to take: the next read comes after it.  Both for bytes that arrive in small pieces and for
+    a stream that arrives faster than the buffer takes it.  uringloop filled the buffer again
+    before such callbacks had run (two receives of one batch of completions, or a receive
+    right after a fill from its stash) and the protocol took the later bytes twice."""
+    loop = asyncio.get_running_loop()
+
+    class Deferring(BufferedRecorder):
+        overwritten = 0
+        waiting = 0
+
+        def get_buffer(self, sizehint):
+            if self.waiting:
+                Deferring.overwritten += 1
+            return self.buffer
+
+        def buffer_updated(self, nbytes):
+            self.waiting += 1
+            loop.call_soon(self.take, nbytes)
+
+        def take(self, nbytes):
+            self.waiting -= 1
+            self.data += self.buffer[:nbytes]
+
+    server, peer, client = await connected_pair(client_protocol=lambda: Deferring(64))
+    payload = pattern(300_000)
+    for start in range(0, len(payload), chunk):
+        peer.transport.write(payload[start:start + chunk])
+    peer.transport.write_eof()
+    await client.eof
+    await asyncio.sleep(0)
+    assert Deferring.overwritten == 0
+    assert bytes(client.data) == payload
+    await shut(server, peer)
+
+
+@pytest.mark.parametrize('exc_type', [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_out_of_get_buffer_loses_nothing(new_loop, exc_type):
+    """KeyboardInterrupt or SystemExit out of get_buffer() leaves run_until_complete(); run
+    again, the loop delivers the bytes that were waiting and reads on -- the stock reader stays
+    registered through it.  uringloop never read the connection again."""
+    loop = new_loop()
+    got = bytearray()
+
+    class Interrupting(asyncio.BufferedProtocol):
+        interrupts = 1
+        buf = bytearray(16)
+
+        def get_buffer(self, sizehint):
+            if self.interrupts:
+                self.interrupts -= 1
+                raise exc_type()
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            got.extend(self.buf[:nbytes])
+
+    a, peer = socket.socketpair()
+    with peer:
+        transport, _ = loop.run_until_complete(loop.create_connection(Interrupting, sock=a))
+        peer.sendall(b'0123456789' * 3)
+        deadline = loop.time() + 5
+        with pytest.raises(exc_type):
+            while loop.time() < deadline:
+                loop.run_until_complete(asyncio.sleep(0.01))
+        peer.sendall(b'more')
+        while len(got) < 34 and loop.time() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.01))
+        assert bytes(got) == b'0123456789' * 3 + b'more'
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0.01))

@@ -776,3 +776,39 @@ async def test_data_received_rebound_on_the_protocol_instance_takes_the_next_byt
             await asyncio.sleep(0.01)
         transport.close()
     assert calls == [("header", b"one"), ("body", b"two")]
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize("how", ["close", "abort"])
+async def test_closing_with_unread_bytes_resets_every_connection(how):
+    """A server closes its connections in one callback (a shutdown) while each client's request
+    has just arrived, unread: each client's connection is reset (ConnectionResetError), as a
+    TCP socket closed with unread bytes resets it -- the client learns that its request was
+    not read.  On uringloop the first close's cancel entered the ring, which ran the other
+    connections' receives: their bytes were taken out of the sockets and dropped, and those
+    clients saw a clean EOF instead."""
+    loop = asyncio.get_running_loop()
+    accepted = []
+
+    def factory():
+        accepted.append(Recorder())
+        return accepted[-1]
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    clients = [(await loop.create_connection(Recorder, host, port))[1] for _ in range(3)]
+    while len(accepted) < 3:
+        await asyncio.sleep(0.005)
+    for peer in accepted:
+        await peer.made
+    await asyncio.sleep(0.02)
+    for client in clients:
+        client.transport.write(b"request")
+    for peer in accepted:
+        getattr(peer.transport, how)()
+    outcomes = [await client.lost for client in clients]
+    assert [type(exc) for exc in outcomes] == [ConnectionResetError] * 3, outcomes
+    assert [peer.data for peer in accepted] == [bytearray()] * 3
+    server.close()
+    await server.wait_closed()

@@ -20,7 +20,7 @@ cdef class BufferOp(Operation):
 
 
 cdef class RecvOp(BufferOp):
-    cdef int last_res                      # bytes the last completion brought (for note_recv)
+    pass
 
 
 cdef class SendOp(BufferOp):

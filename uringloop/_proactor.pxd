@@ -36,6 +36,7 @@ cdef class Proactor:
     cdef readonly Ring ring
     cdef StaleFdGuard fd_guard             # made with the ring; the ring's enter_hook when armed
     cdef readonly Py_ssize_t inflight      # operations the kernel still owns (incl. backlog)
+    cdef readonly unsigned long long batches  # dispatches of completions so far (one per wait)
     cdef list backlog                      # operations waiting for an SQE slot
     cdef list pending_cancels              # operations whose ASYNC_CANCEL found no SQE slot
     # Handles a completion made ready that run in this iteration's I/O phase, before the timers
@@ -113,7 +114,6 @@ cdef class Proactor:
     cdef int submit_pending(self) except -1
     cdef int note_send(self, Py_ssize_t nbytes, bint awaited) except -1
     cdef int note_joined(self, Py_ssize_t nbytes) except -1
-    cdef int note_recv(self, Py_ssize_t nbytes) except -1
     cdef bint submit_early(self, Py_ssize_t nbytes) except -1
     cdef int reap(self) except -1
     cdef int dispatch(self, Operation op, int res, unsigned flags) except -1

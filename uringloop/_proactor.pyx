@@ -378,27 +378,9 @@ cdef class Proactor:
             self.waits.quiet_sends = 0
         return 0
 
-    cdef int note_recv(self, Py_ssize_t nbytes) except -1:
-        """A receive was just queued on a connection whose last one brought `nbytes`: count
-        them towards EARLY_SUBMIT_BYTES as note_send() counts a send.
-
-        Why: a single-shot receive submitted on a socket that already holds data completes
-        inside the io_uring_enter that submits it.  A busy server with large messages re-arms
-        a receive per connection within one pass of completions, and the next enter then copied
-        them all in at once -- at BufferedProtocol 100 KiB x 1000 connections ~1000 receives of
-        up to 64 KiB, tens of megabytes, gone from the cache long before the protocols read
-        them.  Submitting early keeps what one enter copies in to about EARLY_SUBMIT_BYTES:
-        their completions are reaped in the same pass of reap() while the bytes are warm.
-        Used for BufferedProtocol receives only: for a Protocol's large reads, when they were
-        receive operations into a new bytes object each, it measured slower at 100 KiB x 1000
-        (~19k against ~23k requests/s); they now wait with a poll and read inline (see
-        _transports), so the kernel copies nothing in for them."""
-        self.submit_early(nbytes)
-        return 0
-
     cdef bint submit_early(self, Py_ssize_t nbytes) except -1:
         """Count `nbytes` towards EARLY_SUBMIT_BYTES and submit everything queued once they are
-        reached (see note_send and note_recv for why).  True: it submitted."""
+        reached (see note_send for why).  True: it submitted."""
         self.queued_io_bytes += nbytes
         if self.queued_io_bytes < EARLY_SUBMIT_BYTES or self.closing:
             return False
@@ -535,6 +517,7 @@ cdef class Proactor:
             # A fork child's: the completion queue is the parent's (see wait_in_fork_child).
             return 0
         self.waits.batch_begins()
+        self.batches += 1
         self.ready_at_dispatch = self.ring.cq_ready()
         # One batch per iteration: what this iteration's io_uring_enter brought.  With
         # DEFER_TASKRUN a 6.13+ kernel runs at most max(IO_LOCAL_TW_DEFAULT_MAX = 20,

@@ -24,6 +24,10 @@ cdef class ReceiveSide(SendSide):
     cdef bint reading_started        # the post-connection_made start has happened
     cdef bint awaiting_leftover      # a receive of sock_*'s is still in the kernel (see
                                      # SocketTransport.setup)
+    cdef unsigned long long filled_in_batch  # the batch of completions that last filled a
+                                     # BufferedProtocol's buffer (see got_data)
+    cdef bint discarded_input        # received bytes a close dropped (reset_on_close)
+    cdef bint end_buffer_asked       # (got_end) get_buffer() was called for the read that ended
     cdef bint stopped_at_eof         # eof_received() kept the connection open: not reading
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
     cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)
@@ -37,7 +41,6 @@ cdef class ReceiveSide(SendSide):
     cdef RecvOp single_op
     cdef PollOp poll_op              # large reads wait with it (see poll_done)
     cdef Operation recv_op           # the receive the kernel owns (until its final CQE) or None
-    cdef object recv_target          # BufferedProtocol whose get_buffer() the kernel fills
     cdef list stash                  # bytes that completed while paused, in arrival order
     cdef object stash_end            # what followed the stash: None, True (EOF), an exception
 
@@ -65,5 +68,6 @@ cdef class ReceiveSide(SendSide):
     cdef int got_end(self, object end) except -1
     cdef int deliver(self, object data) except -1
     cdef int deliver_buffered(self, object data) except -1
+    cdef int fill_protocol_buffer(self) except -1
     cdef int on_eof(self) except -1
     cdef int schedule_stash(self) except -1

@@ -52,18 +52,22 @@ streams 100 KiB x 10 1.07x, 16 KiB x 10 1.04x, 1 KiB x 10 / x 100 1.04 / 1.03x a
 build before (alternating runs).  Anything else -- a subclass, a reader at EOF (feed_data()
 asserts), a buffer someone holds a view of -- takes data_received() as before.
 
-A BufferedProtocol gets single-shot receives straight into the buffer its get_buffer() returned:
-the kernel writes into the protocol's memory, which is pinned (a buffer export) until the final
-completion, and buffer_updated(n) follows.  Kernels without multishot receive use the same
-single-shot operation for a Protocol too, into a scratch bytes object.  Large reads are the
-same story for a BufferedProtocol: a receive of LARGE_READ_FROM bytes or more moves the
-connection to a POLLIN poll, and when it completes recv_into_protocol() reads with recv(2) into
-get_buffer()'s buffer and calls buffer_updated() at once -- and again, up to INLINE_READS_MAX
-reads, while each one fills the buffer (the rest of the message is then most likely waiting in
-the socket: libuv reads the same way, until a short read).  Against the single-shot receives on
-the ring, alternating runs of both builds on this machine: 100 KiB x 10 / x 100 / x 1000
-1.11 / 1.16 / 1.22x, 16 KiB x 100 / x 1000 1.22 / 1.22x; the kernel's receives of a whole batch
-had filled 100 connections' buffers before the protocol copied the first one out.
+A BufferedProtocol is fed by the same receives.  Its get_buffer() is called when bytes have
+arrived, as the stock transport and uvloop call it, and they are copied into the buffer it
+returns, then buffer_updated(n) -- once per receive; what does not fit waits for the next pass
+of the ready queue (deliver_buffered).  (It used to lend get_buffer()'s buffer to a single-shot
+receive from the moment the receive was armed: deliver_buffered says what that broke.)  Kernels
+without multishot receive use single-shot receives into a scratch bytes object.  Large reads
+are where a BufferedProtocol's buffer is filled directly: a receive of LARGE_READ_FROM bytes or
+more moves the connection to a POLLIN poll, and when it completes recv_into_protocol() reads
+with recv(2) into get_buffer()'s buffer and calls buffer_updated() at once -- and again, up to
+INLINE_READS_MAX reads, while each one fills a buffer of LARGE_READ_FROM bytes or more (the
+rest of the message is then most likely waiting in the socket: libuv reads the same way, until
+a short read; the stock loop reads once per iteration, as here for smaller buffers).  Against
+single-shot receives into the buffer, alternating runs of both builds on this machine: 100 KiB
+x 10 / x 100 / x 1000 1.11 / 1.16 / 1.22x, 16 KiB x 100 / x 1000 1.22 / 1.22x; the kernel's
+receives of a whole batch had filled 100 connections' buffers before the protocol copied the
+first one out.
 
 pause_reading() cannot unsubmit what the kernel has already completed.  It cancels the receive
 (ASYNC_CANCEL); whatever completes before the cancellation lands -- bytes, EOF, an error -- is
@@ -203,8 +207,7 @@ cdef enum:
     LARGE_READ_UNTIL = 8192
     LARGE_READ_MAX = 126976
     # A BufferedProtocol in large reads: at most this many recv(2) calls per poll completion,
-    # so that one connection streaming into a small buffer cannot hold the loop (see
-    # recv_into_protocol).
+    # so that one connection streaming cannot hold the loop (see recv_into_protocol).
     INLINE_READS_MAX = 4
     # The receive that follows -ENOBUFS once the ring cannot grow: as large as a large read.
     DRY_RING_RECV_SIZE = LARGE_READ_MAX
@@ -219,9 +222,6 @@ cdef object _received_bytes(RecvOp op, Py_ssize_t n):
     kernel wrote them straight into it; when nobody else can have seen the object (our
     reference is its only one) it is cut to size in place instead of copied."""
     cdef PyObject *raw
-    if type(op.obj) is not bytes:
-        # A BufferedProtocol's buffer (delivered later, from the stash): copied out.
-        return PyBytes_FromStringAndSize(<char *>op.view.buf, n)
     obj = op.obj
     op.drop_buffer()
     if Py_REFCNT(obj) == 1:
@@ -355,11 +355,8 @@ cdef class ReceiveSide(SendSide):
             type(protocol) is _StreamReaderProtocol
             and getattr(getattr(protocol, 'data_received', None), '__func__', None)
             is _stock_srp_data_received)
-        if self.recv_op is not None and (self.recv_target is not protocol if self.buffered
-                                         else self.recv_target is not None):
-            # The receive in flight feeds the previous kind of protocol.  Whatever it still
-            # brings is delivered to the new one; its final completion re-arms the right kind.
-            self.recv_op.cancel()
+        # (Every kind of protocol is fed by the same receives -- into the loop's buffers, or
+        # a poll for large reads -- so the receive in flight goes on for the new one.)
         return 0
 
     def is_reading(self):
@@ -382,21 +379,11 @@ cdef class ReceiveSide(SendSide):
         if self.stash or self.stash_end is not None:
             self.schedule_stash()
         elif self.reading_started:
-            if self.buffered:
-                # Arming this receive asks the protocol for its buffer: from the loop, as the
-                # stock transport's reader asks, not from inside the caller's resume_reading()
-                # -- a protocol resuming from its own buffer_updated() would be asked for the
-                # next buffer before it had finished with the last one.
-                self.loop.call_soon(self._arm_after_resume)
-            else:
-                self.arm_receive()
+            # (Arming asks nothing of the protocol: a BufferedProtocol's get_buffer() is called
+            # when bytes are there to go into it -- see deliver_buffered.)
+            self.arm_receive()
         if self.loop.get_debug():
             logger.debug("%r resumes reading", self)
-
-    def _arm_after_resume(self):
-        if self._paused or self._closing or not self.reading_started:
-            return
-        self.arm_receive_in_context()
 
     def _start_reading(self):
         # Queued right behind connection_made(); the first receive is armed one pass of the
@@ -457,8 +444,30 @@ cdef class ReceiveSide(SendSide):
     def _deliver_stash(self):
         # Bytes that completed while reading was paused, then what ended them, then new reads.
         self.stash_scheduled = False
+        if self.buffered:
+            # Filled from the ready queue: what buffer_updated() schedules now runs in the next
+            # pass, which comes after the next batch of completions -- so no receive of that
+            # batch may fill the buffer before it (got_data, poll_done).
+            self.filled_in_batch = self.proactor.batches + 1
         self.enter_context()
         try:
+            if self.buffered and self.stash and not self._paused and not self._closing:
+                # One get_buffer() filled from the stash, as one recv_into() of the stock
+                # reader's takes what the socket holds; the rest, and what ended the bytes,
+                # from the next pass (fill_protocol_buffer schedules it).
+                try:
+                    self.fill_protocol_buffer()
+                except BaseException:
+                    if self.stash or self.stash_end is not None:
+                        self.schedule_stash()
+                    raise
+                if self._paused or self._closing or self.stash_scheduled:
+                    return
+                if self.stash_end is not None:
+                    self.schedule_stash()
+                elif self.reading_started:
+                    self.arm_receive()
+                return
             while self.stash and not self._paused and not self._closing:
                 try:
                     self.deliver(self.stash.pop(0))
@@ -467,6 +476,8 @@ cdef class ReceiveSide(SendSide):
                     # go on in a later pass if the loop runs again (see got_data_or_interrupt).
                     self.schedule_stash()
                     raise
+                if self.stash_scheduled:
+                    return    # a BufferedProtocol's buffer was filled: the rest next pass
             if self._paused or self._closing:
                 return
             end = self.stash_end
@@ -495,32 +506,8 @@ cdef class ReceiveSide(SendSide):
                 poll.events = POLLIN
                 poll.guards_fd = self.guards_fd
             poll.keep = self.sock
-            self.recv_target = None
             self.recv_op = poll
             poll.submit()
-        elif self.buffered:
-            buf = self.protocol_buffer()
-            if buf is None:
-                return 0
-            op = self.single_op
-            if op is None:
-                op = self.single_op = RecvOp(self.proactor, self, self._sock_fd, self.sock)
-                op.guards_fd = self.guards_fd
-            try:
-                op.set_buffer(buf, True)
-            except (TypeError, BufferError):
-                # A read-only buffer: where the stock transport's recv_into() refuses it.
-                self.fatal_error(unwritable_buffer_error(buf, 'recv_into'),
-                                 'Fatal read error on socket transport')
-                return 0
-            except Exception as exc:
-                self.fatal_error(exc, 'Fatal read error on socket transport')
-                return 0
-            op.keep = self.sock
-            self.recv_target = self.protocol
-            self.recv_op = op
-            op.submit()
-            self.proactor.note_recv(op.last_res)
         elif self.bufs is not None and not self.ring_dry:
             ms = self.ms_op
             if ms is None:
@@ -528,7 +515,6 @@ cdef class ReceiveSide(SendSide):
                 ms.guards_fd = self.guards_fd
                 ms.bufs = self.bufs
             ms.keep = self.sock
-            self.recv_target = None
             self.recv_op = ms
             ms.submit()
         else:
@@ -542,7 +528,6 @@ cdef class ReceiveSide(SendSide):
                 NULL, DRY_RING_RECV_SIZE if self.ring_dry else FALLBACK_RECV_SIZE), False)
             self.ring_dry = False
             op.keep = self.sock
-            self.recv_target = None
             self.recv_op = op
             op.submit()
         return 0
@@ -550,6 +535,8 @@ cdef class ReceiveSide(SendSide):
     cdef int stop_receive(self) except -1:
         if self.recv_op is not None:
             self.recv_op.cancel()
+        if self.stash:
+            self.discarded_input = True       # (bytes the protocol never gets: reset_on_close)
         self.stash = None
         self.stash_end = None
         return 0
@@ -574,12 +561,9 @@ cdef class ReceiveSide(SendSide):
         cdef unsigned bid
         cdef object data = None
         cdef object reader = None         # a StreamReader the bytes went into already
-        cdef object target = self.recv_target
-        cdef RecvOp sop
         cdef bint gone
         if final:
             self.recv_op = None
-            self.recv_target = None
         # A receive in the kernel holds the socket's file, so one armed before the socket's
         # owner closed it (a sock= argument) goes on receiving -- and, multishot, would go on
         # for good: bytes the peer sent after the close reached the protocol, and the peer
@@ -610,21 +594,7 @@ cdef class ReceiveSide(SendSide):
                 # connection.  This connection's next receive brings its own buffer.
                 self.ring_dry = True
         elif res > 0 and not gone:
-            sop = <RecvOp>op
-            sop.last_res = res
-            if (target is not None and target is self.protocol and not self._paused
-                    and not self.stash and not self._closing and not self.proactor.closing):
-                # The kernel wrote straight into the protocol's buffer.  Drop our export first:
-                # the protocol may resize or replace its buffer in buffer_updated().
-                sop.drop_buffer()
-                if res >= LARGE_READ_FROM:
-                    self.large_read_size = LARGE_READ_MAX
-                if not self.buffer_updated(res):
-                    return 0
-                if self.recv_op is None and not self._closing and not self._paused:
-                    self.arm_receive()
-                return 0
-            data = _received_bytes(sop, res)
+            data = _received_bytes(<RecvOp>op, res)
 
         if gone:
             return 0
@@ -663,6 +633,12 @@ cdef class ReceiveSide(SendSide):
         if res > 0 and self.socket_gone():
             return 0
         if res > 0 and self.buffered and not self._closing and not self._paused and not self.stash:
+            if self.filled_in_batch == self.proactor.batches:
+                # The buffer was filled from the ready queue's last pass, whose callbacks have
+                # not run yet (see got_data): wait for readiness once more -- the poll, armed
+                # again, completes at the next enter, after them.
+                return self.rearm_if_reading()
+            self.filled_in_batch = self.proactor.batches
             return self.recv_into_protocol()
         if res > 0 and not self._closing and not self._paused and not self.stash:
             if self.feeds_stream_reader:
@@ -725,6 +701,13 @@ cdef class ReceiveSide(SendSide):
         except Exception as exc:
             self.fatal_error(exc, 'Fatal read error on socket transport')
             return False
+        if view.len == 0:
+            # len() said otherwise (a view whose items are of size 0): nothing can be put in
+            # it, and a read into it would look like the peer's EOF.
+            PyBuffer_Release(view)
+            self.fatal_error(RuntimeError('get_buffer() returned an empty buffer'),
+                             'Fatal error: protocol.get_buffer() call failed.')
+            return False
         return True
 
     cdef bint buffer_updated(self, Py_ssize_t n) except -1:
@@ -744,7 +727,11 @@ cdef class ReceiveSide(SendSide):
         """A BufferedProtocol's large reads (the module's docstring): the poll completed, so
         receive into get_buffer()'s buffer with non-blocking recv(2) calls and hand each read
         to buffer_updated() at once; read again while a read filled the whole buffer (at most
-        INLINE_READS_MAX times) and reading may go on.  Failures are the stock transport's:
+        INLINE_READS_MAX times) and reading may go on -- as libuv (uvloop) reads, for buffers
+        of LARGE_READ_FROM bytes or more.  A smaller buffer is read once per poll, as the stock
+        reader reads once per iteration: a protocol that leaves the bytes in its buffer for a
+        callback of its own to take (get_buffer() returning the same small buffer each time)
+        finds them there.  Failures are the stock transport's:
         get_buffer() and buffer_updated() errors are fatal with their messages, a read-only
         buffer is a fatal read error (TypeError, as recv_into raises)."""
         cdef Py_buffer view
@@ -764,13 +751,15 @@ cdef class ReceiveSide(SendSide):
                 n = -errno
             PyBuffer_Release(&view)
             if n <= 0:
+                self.end_buffer_asked = True      # (got_end: not asked for again)
                 return self.inline_read_ended(n)
             reads += 1
             if n < LARGE_READ_UNTIL:
                 self.large_read_size = 0
             if not self.buffer_updated(n):
                 return 0
-            if (n == size and reads < INLINE_READS_MAX and self.buffered
+            if (n == size and size >= LARGE_READ_FROM and reads < INLINE_READS_MAX
+                    and self.buffered
                     and not self._closing and not self._paused and not self.stash
                     and self.sock is not None and not self.proactor.closing
                     and not self.socket_gone()):    # closed in buffer_updated(): no read by number
@@ -941,20 +930,47 @@ cdef class ReceiveSide(SendSide):
 
     cdef int got_data(self, object data) except -1:
         if self._closing:
-            return 0          # reading stopped at close(), as stock
+            # Reading stopped at close(), as stock; the stock loop would have left these bytes
+            # in the socket, whose close then resets the connection (reset_on_close).
+            self.discarded_input = True
+            return 0
         if self._paused or self.stash:
             if self.stash is None:
                 self.stash = []
             self.stash.append(data)
             return 0
+        if self.buffered:
+            if self.filled_in_batch == self.proactor.batches:
+                # The protocol's buffer was filled once since the ready queue's last pass (by
+                # a receive of this batch, or from that pass itself: _deliver_stash), and its
+                # buffer_updated() may have left the bytes in it for a callback to take (as
+                # the stock loop, reading once per iteration, allows).  These go into it from
+                # the next pass, after those callbacks, with whatever else arrives meanwhile.
+                self.stash = [data]
+                self.schedule_stash()
+                return 0
+            self.filled_in_batch = self.proactor.batches
         return self.deliver(data)
 
     cdef int got_end(self, object end) except -1:
+        cdef Py_buffer view
         if self._closing:
             return 0
         if self._paused or self.stash:
             self.stash_end = end
             return 0
+        if self.buffered and not self.end_buffer_asked:
+            # The stock reader learns of the EOF or the error from a recv_into() into the
+            # buffer it has just asked for: get_buffer() is called (and may fail) first.
+            try:
+                if not self.protocol_view(&view):
+                    return 0
+            except BaseException:
+                self.stash_end = end          # KeyboardInterrupt, SystemExit: for the next run
+                self.schedule_stash()
+                raise
+            PyBuffer_Release(&view)
+        self.end_buffer_asked = False
         if end is _EOF:
             return self.on_eof()
         return self.fatal_error(end, 'Fatal read error on socket transport')
@@ -971,37 +987,72 @@ cdef class ReceiveSide(SendSide):
         return 0
 
     cdef int deliver_buffered(self, object data) except -1:
-        # Bytes we already hold (stashed, or received before a switch to this BufferedProtocol):
-        # copy them into the protocol's buffers, as much as each get_buffer() offers.
-        cdef Py_ssize_t pos = 0, n = PyBytes_GET_SIZE(data), k
+        """Bytes received for a BufferedProtocol (nothing stashed before them): handed over as
+        the stock transport's reader does it, by fill_protocol_buffer().
+
+        Why the loop's buffers and a copy, not the protocol's buffer lent to the kernel: a
+        receive lent that buffer from its arming until bytes came -- a get_buffer() called
+        before anything had arrived, on an idle connection (a failing one killed the
+        connection; the stock loop never asks), a bytearray that could not be resized while
+        lent (BufferError), and a buffer replaced between reads that the kernel still wrote
+        into -- the protocol then read its new buffer and found zeros.  The stock loop, and
+        uvloop, ask for the buffer when the bytes are there; so does this.  Large reads go
+        into the buffer directly, on readiness (recv_into_protocol)."""
+        if self.stash is None:
+            self.stash = []
+        self.stash.insert(0, data)
+        try:
+            return self.fill_protocol_buffer()
+        except BaseException:
+            # KeyboardInterrupt or SystemExit: what was not delivered goes on in a later pass
+            # if the loop runs again (see got_data_or_interrupt).
+            if self.stash and not self._paused:
+                self.schedule_stash()
+            raise
+
+    cdef int fill_protocol_buffer(self) except -1:
+        """get_buffer(-1), as many of the stash's bytes copied into it, in order, as it takes,
+        then buffer_updated() with that count -- once, as the stock reader's recv_into() takes
+        what the socket holds up to the buffer's size.  What does not fit stays in the stash
+        for the next pass of the ready queue, scheduled after whatever buffer_updated()
+        scheduled (the stock reader's next read comes with the next iteration, after those
+        callbacks), and the receive in flight is stopped meanwhile, so that a protocol taking
+        less than arrives leaves the rest in the socket, as on the stock loop, rather than in
+        the stash.  Nothing is lost to an exception: bytes leave the stash only once copied."""
         cdef Py_buffer view
-        while pos < n:
-            if not self.protocol_view(&view):
-                return 0
-            k = view.len
-            if k > n - pos:
-                k = n - pos
-            if k > 0:
-                memcpy(view.buf, (<char *>data) + pos, k)
+        cdef Py_ssize_t room, total = 0, n, k
+        cdef list stash = self.stash
+        if not self.protocol_view(&view):
+            return 0          # a fatal error (the stash went with the close)
+        room = view.len
+        try:
+            while stash and total < room:
+                item = stash[0]
+                n = PyBytes_GET_SIZE(item)
+                k = room - total
+                if k > n:
+                    k = n
+                memcpy(<char *>view.buf + total, <char *>item, <size_t>k)
+                total += k
+                if k < n:
+                    stash[0] = item[k:]
+                else:
+                    del stash[0]
+        finally:
             PyBuffer_Release(&view)
-            try:
-                self.protocol.buffer_updated(k)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
-                return 0
-            pos += k
-            if pos < n and (self._paused or self._closing):
-                if self._paused:
-                    if self.stash is None:
-                        self.stash = []
-                    self.stash.insert(0, data[pos:])
-                return 0
-            if pos < n and not self.buffered:
-                # buffer_updated() switched to a plain Protocol (set_protocol): the rest is its
-                # data_received()'s, not a get_buffer() it does not have.
-                return self.deliver(data[pos:])
+        if stash and self.recv_op is not None and self.recv_op is not self.poll_op:
+            self.recv_op.cancel()
+        try:
+            self.protocol.buffer_updated(total)
+        except (SystemExit, KeyboardInterrupt):
+            if self.stash and not self._paused:
+                self.schedule_stash()
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, 'Fatal error: protocol.buffer_updated() call failed.')
+            return 0
+        if self.stash and not self._paused and not self._closing:
+            self.schedule_stash()
         return 0
 
     cdef int on_eof(self) except -1:
