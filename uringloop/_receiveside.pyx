@@ -351,6 +351,10 @@ cdef class ReceiveSide(SendSide):
         """set_protocol(): how the new protocol is fed (and the receive in flight for the
         previous kind ended)."""
         self.buffered = isinstance(protocol, _BufferedProtocol)
+        # A protocol of the loop's own whose buffer_updated() has taken the bytes by the time
+        # it returns (the compiled TLS layer): its buffer may be filled again in the same batch.
+        self.refills_at_once = self.buffered and getattr(type(protocol),
+                                                         '_ul_takes_bytes_at_once', False)
         self.feeds_stream_reader = (
             type(protocol) is _StreamReaderProtocol
             and getattr(getattr(protocol, 'data_received', None), '__func__', None)
@@ -633,7 +637,7 @@ cdef class ReceiveSide(SendSide):
         if res > 0 and self.socket_gone():
             return 0
         if res > 0 and self.buffered and not self._closing and not self._paused and not self.stash:
-            if self.filled_in_batch == self.proactor.batches:
+            if self.filled_in_batch == self.proactor.batches and not self.refills_at_once:
                 # The buffer was filled from the ready queue's last pass, whose callbacks have
                 # not run yet (see got_data): wait for readiness once more -- the poll, armed
                 # again, completes at the next enter, after them.
@@ -939,7 +943,7 @@ cdef class ReceiveSide(SendSide):
                 self.stash = []
             self.stash.append(data)
             return 0
-        if self.buffered:
+        if self.buffered and not self.refills_at_once:
             if self.filled_in_batch == self.proactor.batches:
                 # The protocol's buffer was filled once since the ready queue's last pass (by
                 # a receive of this batch, or from that pass itself: _deliver_stash), and its

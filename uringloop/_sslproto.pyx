@@ -331,6 +331,10 @@ cdef class SSLProtocol:
     protocol (see the module's docstring)."""
 
     max_size = MAX_SIZE
+    # Its buffer_updated() takes the bytes out of its buffer before it returns (into the
+    # incoming MemoryBIO): the socket transport may fill the buffer again at once, without
+    # the once-per-iteration rule it keeps for other BufferedProtocols (ReceiveSide.got_data).
+    _ul_takes_bytes_at_once = True
 
     @property
     def __class__(self):
