@@ -468,6 +468,8 @@ cdef class SocketTransport(ReceiveSide):
         cancel among them -- still takes what has arrived.)  Not for AF_UNIX, whose peer
         learns of unread bytes in its own way, nothing a socket option asks for."""
         cdef linger lg
+        if not isinstance(self.sock, _c_socket_type):
+            return 0          # a socket-like object of the caller's: its own close decides
         family = _raw_family(self.sock)
         if (family == _AF_INET or family == _AF_INET6) and _raw_type(self.sock) == _SOCK_STREAM:
             lg.l_onoff = 1
