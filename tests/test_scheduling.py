@@ -1139,3 +1139,21 @@ def test_time_follows_a_replaced_time_module_in_base_events(new_loop):
         fake.monotonic.return_value = 123.0
         assert loop.time() == 123.0
     assert loop.time() != 123.0
+
+
+def test_a_future_made_in_debug_mode_records_create_future_as_its_origin(new_loop):
+    """In debug mode a future's source traceback ends in BaseEventLoop.create_future(), as on
+    the stock loop: its repr says "created at .../asyncio/base_events.py", and so does a
+    destroyed task's report of what it waited for.  uringloop's compiled create_future() left
+    no frame: the traceback ended in the caller."""
+    loop = new_loop()
+    loop.set_debug(True)
+
+    async def make():
+        return loop.create_future()
+
+    future = loop.run_until_complete(make())
+    filename, _, function = future._source_traceback[-1][:3]
+    assert (os.path.basename(filename), function) == ("base_events.py", "create_future")
+    assert "created at " in repr(future) and "base_events.py:" in repr(future)
+    future.cancel()

@@ -439,6 +439,11 @@ cdef class LoopCore:
 
     def create_future(self):
         """Create a Future object attached to the loop."""
+        if self._debug or self.fields_hidden:
+            # Debug mode's record of where the future was made ends in BaseEventLoop's
+            # create_future(), as on the stock loop (the repr's "created at", and the
+            # "Task was destroyed" report's wait_for): a compiled frame records nothing.
+            return _BaseEventLoop.create_future(self)
         future_class = _futures.Future      # looked up at each call, as BaseEventLoop does
         if future_class is not _CFuture:
             return future_class(loop=self)
