@@ -275,3 +275,36 @@ async def test_start_serving_false(sock_path):
     await writer.wait_closed()
     server.close()
     await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.parametrize('reading', [True, False], ids=['reading', 'paused'])
+async def test_a_peer_leaving_our_bytes_unread_resets_the_connection(sock_path, reading):
+    """An AF_UNIX peer that closes with our write unread (its receive queue full) resets the
+    connection: while we read, connection_lost() gets that ConnectionResetError, as the stock
+    loop's reader -- run before its writer -- finds it; with reading paused, the write's
+    BrokenPipeError, as on the stock loop.  uringloop reported the broken pipe either way: the
+    send's completion came before the receive's."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(sock_path)
+    listener.listen()
+    listener.setblocking(False)
+    lost = loop.create_future()
+
+    class Writer(asyncio.Protocol):
+        def connection_lost(self, exc):
+            lost.set_result(exc)
+
+    with listener:
+        transport, _ = await loop.create_unix_connection(Writer, sock_path)
+        peer, _ = await loop.sock_accept(listener)
+        if not reading:
+            transport.pause_reading()
+        transport.write(b'z' * 2_000_000)
+        await asyncio.sleep(0.05)
+        assert transport.get_write_buffer_size() > 0
+        peer.close()
+        exc = await lost
+    assert type(exc) is (ConnectionResetError if reading else BrokenPipeError), exc

@@ -46,6 +46,7 @@ cdef class ReceiveSide(SendSide):
     cdef object stash_end            # what followed the stash: None, True (EOF), an exception
 
     cdef int note_protocol(self, object protocol) except -1
+    cdef bint receive_pending(self) noexcept
     cdef int enter_context(self) except -1
     cdef int start_receiving(self) except -1
     cdef int arm_receive_in_context(self) except -1

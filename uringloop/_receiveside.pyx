@@ -363,6 +363,9 @@ cdef class ReceiveSide(SendSide):
         # a poll for large reads -- so the receive in flight goes on for the new one.)
         return 0
 
+    cdef bint receive_pending(self) noexcept:
+        return self.recv_op is not None and not self._paused
+
     def is_reading(self):
         return not self._closing and not self._paused
 

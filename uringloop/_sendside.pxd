@@ -37,6 +37,7 @@ cdef class SendSide(WriteFlow):
 
     cdef int fatal_error(self, object exc, str message) except -1
     cdef bint socket_gone(self) except -1
+    cdef bint receive_pending(self) noexcept
     cdef bint write_dropped(self) except -1
     cdef Py_ssize_t send_at_once(self, const char *buf, Py_ssize_t n) except -2
     cdef Py_ssize_t taken_at_once(self, ssize_t sent) except -2

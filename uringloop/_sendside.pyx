@@ -213,6 +213,14 @@ cdef class SendSide(WriteFlow):
             self.join_unsent()
         self.maybe_pause_protocol()
 
+    cdef bint receive_pending(self) noexcept:
+        """Whether a receive is in flight (ReceiveSide answers)."""
+        return False
+
+    def _end_with_broken_pipe(self, exc):
+        if not self.conn_lost and self.sock is not None:
+            self.fatal_error(exc, 'Fatal write error on socket transport')
+
     cdef bint write_dropped(self) except -1:
         """Whether a write is to be dropped: the transport is lost (the write is counted, and
         logged past asyncio's threshold, as the stock transport counts it), or its socket was
@@ -606,7 +614,16 @@ cdef class SendSide(WriteFlow):
             self.write_q = None
             self.queued_bytes = 0
             self.inflight_bytes = 0
-            self.fatal_error(exc, 'Fatal write error on socket transport')
+            if res == -EPIPE and self.receive_pending():
+                # The peer is gone.  A receive of ours is in flight, and what it brings -- most
+                # often in this same batch of completions, after this one -- says why: a peer
+                # that closed with our bytes unread (AF_UNIX) resets the connection, and the
+                # stock loop, whose reader runs before its writer, ends it with that
+                # ConnectionResetError.  The broken pipe is reported only if nothing else has
+                # ended the transport by the ready queue's next pass.
+                self.loop.call_soon(self._end_with_broken_pipe, exc)
+            else:
+                self.fatal_error(exc, 'Fatal write error on socket transport')
             if self.empty_waiter is not None and not self.empty_waiter.done():
                 self.empty_waiter.set_exception(exc)
             return 0
