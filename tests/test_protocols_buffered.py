@@ -417,14 +417,16 @@ async def test_a_buffer_replaced_between_reads_gets_the_next_bytes():
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize('size', [64, 65536])
 @pytest.mark.parametrize('chunk', [1000, 60_000])
-async def test_a_small_buffer_is_filled_once_per_iteration(chunk):
+async def test_a_buffer_is_filled_once_per_iteration(chunk, size):
     """The stock transport reads once per iteration, so a protocol may leave the bytes in the
     buffer get_buffer() returns for a callback of its own (call_soon() from buffer_updated())
     to take: the next read comes after it.  Both for bytes that arrive in small pieces and for
-    a stream that arrives faster than the buffer takes it.  uringloop filled the buffer again
-    before such callbacks had run (two receives of one batch of completions, or a receive
-    right after a fill from its stash) and the protocol took the later bytes twice."""
+    a stream that arrives faster than the buffer takes it, into a small buffer and a large one.
+    uringloop filled the buffer again before such callbacks had run (two receives of one batch
+    of completions, a receive right after a fill from its stash, or up to 4 reads in a row into
+    a buffer of 16 KiB or more) and the protocol took the later bytes twice."""
     loop = asyncio.get_running_loop()
 
     class Deferring(BufferedRecorder):
@@ -444,8 +446,8 @@ async def test_a_small_buffer_is_filled_once_per_iteration(chunk):
             self.waiting -= 1
             self.data += self.buffer[:nbytes]
 
-    server, peer, client = await connected_pair(client_protocol=lambda: Deferring(64))
-    payload = pattern(300_000)
+    server, peer, client = await connected_pair(client_protocol=lambda: Deferring(size))
+    payload = pattern(300_000 if size < 1000 else 3_000_000)
     for start in range(0, len(payload), chunk):
         peer.transport.write(payload[start:start + chunk])
     peer.transport.write_eof()

@@ -27,7 +27,6 @@ cdef class ReceiveSide(SendSide):
     cdef unsigned long long filled_in_batch  # the batch of completions that last filled a
                                      # BufferedProtocol's buffer (see got_data)
     cdef bint refills_at_once        # a BufferedProtocol of the loop's own (see note_protocol)
-    cdef bint discarded_input        # received bytes a close dropped (reset_on_close)
     cdef bint end_buffer_asked       # (got_end) get_buffer() was called for the read that ended
     cdef bint stopped_at_eof         # eof_received() kept the connection open: not reading
     cdef bint ring_dry               # the last multishot receive ended for want of buffers

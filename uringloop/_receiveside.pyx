@@ -60,14 +60,11 @@ receive from the moment the receive was armed: deliver_buffered says what that b
 without multishot receive use single-shot receives into a scratch bytes object.  Large reads
 are where a BufferedProtocol's buffer is filled directly: a receive of LARGE_READ_FROM bytes or
 more moves the connection to a POLLIN poll, and when it completes recv_into_protocol() reads
-with recv(2) into get_buffer()'s buffer and calls buffer_updated() at once -- and again, up to
-INLINE_READS_MAX reads, while each one fills a buffer of LARGE_READ_FROM bytes or more (the
-rest of the message is then most likely waiting in the socket: libuv reads the same way, until
-a short read; the stock loop reads once per iteration, as here for smaller buffers).  Against
-single-shot receives into the buffer, alternating runs of both builds on this machine: 100 KiB
-x 10 / x 100 / x 1000 1.11 / 1.16 / 1.22x, 16 KiB x 100 / x 1000 1.22 / 1.22x; the kernel's
-receives of a whole batch had filled 100 connections' buffers before the protocol copied the
-first one out.
+with one recv(2) into get_buffer()'s buffer and calls buffer_updated() at once.  Against
+single-shot receives into the buffer, alternating runs of both builds on this machine (with up
+to 4 reads per poll then): 100 KiB x 10 / x 100 / x 1000 1.11 / 1.16 / 1.22x, 16 KiB x 100 /
+x 1000 1.22 / 1.22x; the kernel's receives of a whole batch had filled 100 connections'
+buffers before the protocol copied the first one out.
 
 pause_reading() cannot unsubmit what the kernel has already completed.  It cancels the receive
 (ASYNC_CANCEL); whatever completes before the cancellation lands -- bytes, EOF, an error -- is
@@ -206,9 +203,6 @@ cdef enum:
     LARGE_READ_FROM = 16384
     LARGE_READ_UNTIL = 8192
     LARGE_READ_MAX = 126976
-    # A BufferedProtocol in large reads: at most this many recv(2) calls per poll completion,
-    # so that one connection streaming cannot hold the loop (see recv_into_protocol).
-    INLINE_READS_MAX = 4
     # The receive that follows -ENOBUFS once the ring cannot grow: as large as a large read.
     DRY_RING_RECV_SIZE = LARGE_READ_MAX
 
@@ -542,8 +536,6 @@ cdef class ReceiveSide(SendSide):
     cdef int stop_receive(self) except -1:
         if self.recv_op is not None:
             self.recv_op.cancel()
-        if self.stash:
-            self.discarded_input = True       # (bytes the protocol never gets: reset_on_close)
         self.stash = None
         self.stash_end = None
         return 0
@@ -732,46 +724,34 @@ cdef class ReceiveSide(SendSide):
 
     cdef int recv_into_protocol(self) except -1:
         """A BufferedProtocol's large reads (the module's docstring): the poll completed, so
-        receive into get_buffer()'s buffer with non-blocking recv(2) calls and hand each read
-        to buffer_updated() at once; read again while a read filled the whole buffer (at most
-        INLINE_READS_MAX times) and reading may go on -- as libuv (uvloop) reads, for buffers
-        of LARGE_READ_FROM bytes or more.  A smaller buffer is read once per poll, as the stock
-        reader reads once per iteration: a protocol that leaves the bytes in its buffer for a
-        callback of its own to take (get_buffer() returning the same small buffer each time)
-        finds them there.  Failures are the stock transport's:
-        get_buffer() and buffer_updated() errors are fatal with their messages, a read-only
-        buffer is a fatal read error (TypeError, as recv_into raises)."""
+        receive into get_buffer()'s buffer with one non-blocking recv(2) and hand it to
+        buffer_updated() at once -- one read per poll, as the stock reader reads once per
+        iteration: a protocol that leaves the bytes in its buffer for a callback of its own to
+        take finds them there.  (Reading again at once while a read filled the buffer, up to 4
+        times, libuv's way, overwrote them, and measured no faster: see the README's levers.)
+        Failures are the stock transport's: get_buffer() and buffer_updated() errors are fatal
+        with their messages, a read-only buffer is a fatal read error (TypeError, as
+        recv_into raises)."""
         cdef Py_buffer view
         cdef ssize_t n
-        cdef Py_ssize_t size
-        cdef int reads = 0
-        while True:
-            try:
-                if not self.protocol_view(&view):
-                    return 0
-            except BaseException:       # KeyboardInterrupt, SystemExit: see got_data_or_interrupt
-                self.rearm_if_reading()
-                raise
-            size = view.len
-            n = c_recv(self._sock_fd, view.buf, <size_t>size, MSG_DONTWAIT)
-            if n < 0:
-                n = -errno
-            PyBuffer_Release(&view)
-            if n <= 0:
-                self.end_buffer_asked = True      # (got_end: not asked for again)
-                return self.inline_read_ended(n)
-            reads += 1
-            if n < LARGE_READ_UNTIL:
-                self.large_read_size = 0
-            if not self.buffer_updated(n):
+        try:
+            if not self.protocol_view(&view):
                 return 0
-            if (n == size and size >= LARGE_READ_FROM and reads < INLINE_READS_MAX
-                    and self.buffered
-                    and not self._closing and not self._paused and not self.stash
-                    and self.sock is not None and not self.proactor.closing
-                    and not self.socket_gone()):    # closed in buffer_updated(): no read by number
-                continue
-            return self.rearm_if_reading()
+        except BaseException:       # KeyboardInterrupt, SystemExit: see got_data_or_interrupt
+            self.rearm_if_reading()
+            raise
+        n = c_recv(self._sock_fd, view.buf, <size_t>view.len, MSG_DONTWAIT)
+        if n < 0:
+            n = -errno
+        PyBuffer_Release(&view)
+        if n <= 0:
+            self.end_buffer_asked = True      # (got_end: not asked for again)
+            return self.inline_read_ended(n)
+        if n < LARGE_READ_UNTIL:
+            self.large_read_size = 0
+        if not self.buffer_updated(n):
+            return 0
+        return self.rearm_if_reading()
 
     cdef int got_data_or_interrupt(self, object data, bint rearm) except -1:
         """got_data(), for a completion after which reading is re-armed (`rearm`): when the
@@ -937,9 +917,11 @@ cdef class ReceiveSide(SendSide):
 
     cdef int got_data(self, object data) except -1:
         if self._closing:
-            # Reading stopped at close(), as stock; the stock loop would have left these bytes
-            # in the socket, whose close then resets the connection (reset_on_close).
-            self.discarded_input = True
+            # Reading stopped at close(), as stock.  (The stock loop would have left these
+            # bytes in the socket, if they came after its last read -- and its close would
+            # then reset the connection -- or read them with the bytes before, up to 256 KiB
+            # at once, and closed cleanly.  Which of the two cannot be told from here, and a
+            # reset also throws away what the close had still to send: the close stays clean.)
             return 0
         if self._paused or self.stash:
             if self.stash is None:

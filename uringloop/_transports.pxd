@@ -24,4 +24,3 @@ cdef class SocketTransport(ReceiveSide):
     cdef object socket_extra(self)
     cdef int force_close(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1
-    cdef int reset_on_close(self) except -1

@@ -56,10 +56,6 @@ cdef extern from "<sys/socket.h>" nogil:
                                   socklen_t length)
     int c_getsockname "getsockname"(int fd, sockaddr *addr, socklen_t *length)
     int c_getpeername "getpeername"(int fd, sockaddr *addr, socklen_t *length)
-    int SOL_SOCKET, SO_LINGER
-    struct linger:
-        int l_onoff
-        int l_linger
 
 cdef extern from "<netinet/in.h>" nogil:
     int IPPROTO_TCP
@@ -456,27 +452,6 @@ cdef class SocketTransport(ReceiveSide):
         self.loop.call_soon(self._call_connection_lost, exc)
         return 0
 
-    cdef int reset_on_close(self) except -1:
-        """Bytes the peer sent were received and then dropped by the close (they came after
-        close() or abort(), or waited in the stash): the stock loop leaves such bytes in the
-        socket, and a TCP socket closed with unread bytes resets the connection -- the peer
-        learns that what it sent was not read (ECONNRESET), rather than seeing a clean EOF.
-        Our receive took them out of the socket already, so the reset is asked for: linger
-        on, with no time, makes the close an abortive one, as unread bytes would have.  (A
-        closing transport's receives are cancelled, but a receive the kernel runs before the
-        cancel -- task work of this ring's, run by any io_uring_enter, another transport's
-        cancel among them -- still takes what has arrived.)  Not for AF_UNIX, whose peer
-        learns of unread bytes in its own way, nothing a socket option asks for."""
-        cdef linger lg
-        if not isinstance(self.sock, _c_socket_type):
-            return 0          # a socket-like object of the caller's: its own close decides
-        family = _raw_family(self.sock)
-        if (family == _AF_INET or family == _AF_INET6) and _raw_type(self.sock) == _SOCK_STREAM:
-            lg.l_onoff = 1
-            lg.l_linger = 0
-            c_setsockopt(self._sock_fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
-        return 0
-
     def _call_connection_lost(self, exc):
         try:
             if self.protocol_connected:
@@ -499,8 +474,6 @@ cdef class SocketTransport(ReceiveSide):
                 (<TransportTable>transports).drop(self._sock_fd, self)
             elif transports.get(self._sock_fd) is self:
                 del transports[self._sock_fd]
-            if self.discarded_input:
-                self.reset_on_close()
             self.sock.close()
             self.sock = None
             self.protocol = None
