@@ -745,7 +745,8 @@ cdef class ReceiveSide(SendSide):
             n = -errno
         PyBuffer_Release(&view)
         if n <= 0:
-            self.end_buffer_asked = True      # (got_end: not asked for again)
+            if n != -EAGAIN and n != -EINTR:
+                self.end_buffer_asked = True  # the EOF or error: got_end asks no buffer again
             return self.inline_read_ended(n)
         if n < LARGE_READ_UNTIL:
             self.large_read_size = 0
