@@ -744,6 +744,38 @@ def test_unclosed_pipe_transport_warns_and_closes_pipe(new_loop):
     os.close(w)
 
 
+def test_unclosed_pipe_transports_after_loop_close_are_released_by_reference_counting(new_loop):
+    """Pipe transports left open when the loop closes are released the moment their user lets
+    go of them, as the stock loop's are -- not at a later pass of the cyclic collector -- each
+    with its one 'unclosed transport' warning (collected in a cycle, the pipe's file object
+    under it warned as well)."""
+    loop = new_loop()
+    rfd, wfd = os.pipe()
+    rpipe, wpipe = os.fdopen(rfd, "rb", 0), os.fdopen(wfd, "wb", 0)
+
+    async def connect():
+        r, _ = await loop.connect_read_pipe(asyncio.Protocol, rpipe)
+        w, _ = await loop.connect_write_pipe(asyncio.Protocol, wpipe)
+        return r, w
+
+    r, w = loop.run_until_complete(connect())
+    loop.close()
+    del rpipe, wpipe
+    gc.disable()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            del r
+            with pytest.raises(OSError):
+                os.fstat(rfd)
+            del w
+            with pytest.raises(OSError):
+                os.fstat(wfd)
+    finally:
+        gc.enable()
+    assert [str(w.message).split(" <")[0] for w in caught] == ["unclosed transport"] * 2
+
+
 def test_closing_a_write_pipe_with_bytes_unwritten_after_the_loop_closed(new_loop):
     """close() of a write pipe whose bytes the reader never took, after loop.close(): the
     stock transport waits for its buffer to drain and schedules nothing, so nothing is raised

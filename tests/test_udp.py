@@ -7,6 +7,7 @@ import gc
 import os
 import socket
 import sys
+import warnings
 
 import pytest
 
@@ -810,6 +811,30 @@ def test_unclosed_endpoint_at_loop_close_warns_and_releases_socket(new_loop):
         gc.collect()
     assert sock.fileno() == -1
 
+
+def test_unclosed_endpoint_after_loop_close_is_released_by_reference_counting(new_loop):
+    """As on the stock loop, an endpoint left open when the loop closes is released the moment
+    its user lets go of it -- not at some later pass of the cyclic collector (uringloop's
+    compiled core and the transport object referred to each other) -- with one warning, the
+    transport's (collected in a cycle, the socket under it warned too)."""
+    loop = new_loop()
+
+    async def make():
+        return await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                   local_addr=("127.0.0.1", 0))
+
+    transport, _ = loop.run_until_complete(make())
+    sock = transport.get_extra_info("socket")
+    loop.close()
+    gc.disable()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            del transport
+            assert sock.fileno() == -1
+    finally:
+        gc.enable()
+    assert [str(w.message).split(" <")[0] for w in caught] == ["unclosed transport"]
 
 
 @pytest.mark.asyncio

@@ -258,6 +258,16 @@ cdef class TransportCore(WriteFlow):
         self.loop = None
         return 0
 
+    def loop_closed(self):
+        """The loop closed with this transport still open.  Nothing can complete any more, so
+        the core no longer needs the transport object it reports to -- and its reference is
+        the one cycle (transport._core <-> core.transport) that kept a dropped transport, and
+        its descriptor, alive until the cyclic collector came.  Dropped, an unclosed transport
+        is collected by reference counting the moment its user lets go of it, as the stock
+        loop's is: one 'unclosed transport' warning, and its __del__ closes the descriptor
+        before the socket or file object under it is collected (which would warn again)."""
+        self.transport = None
+
     # ---- pausing the receiving side (datagram and read-pipe cores) ----
     #
     # pause_reading() stops the receive the kernel holds (stop_receive), but a cancel races with
@@ -340,6 +350,7 @@ class CoreTransportMixin:
         one pass of the ready queue later when `start_after_made`, so that what
         connection_made() schedules runs before the protocol hears of any input (the stream
         transport's _start_reading says why) -- and the waiter's result."""
+        loop._ul_core_transports.add(self)    # for Loop.close(): see TransportCore.loop_closed
         loop.call_soon(protocol.connection_made, self)
         if start_after_made:
             loop.call_soon(loop.call_soon, start)

@@ -128,6 +128,9 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         # the stock WeakValueDictionary (_transport_table.TransportTable says why); the sock_* calls
         # test membership on `.data`, the plain dict underneath.
         self._transports = TransportTable()
+        # The datagram and pipe transports (Python objects over a compiled core), weakly: the
+        # ones still open when the loop closes are told so (TransportCore.loop_closed).
+        self._ul_core_transports = weakref.WeakSet()
         _live_proactors.add(self._proactor)
 
     def set_debug(self, enabled: bool) -> None:
@@ -148,6 +151,10 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
         # BaseEventLoop.close() then discards with the rest of the ready queue.
         self._proactor.close()
         _sockio.forget_all_sockets(self)
+        for transport in list(self._ul_core_transports):
+            core = transport._core
+            if core is not None:
+                core.loop_closed()
         self._ul_gc_track_queued()    # BaseEventLoop.close() drops them: back in the GC first
         self._ul_let_go_of_future_kwargs()
         super().close()
