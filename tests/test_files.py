@@ -296,6 +296,112 @@ async def _read(f, n):
 
 
 @uring_only
+async def test_a_cancelled_task_resumes_only_when_the_kernel_gives_the_buffer_back(tmp_path):
+    """Cancelling a readinto() asks the kernel to stop; the awaiting task gets its
+    CancelledError only at the request's final completion, when the buffer is no longer the
+    kernel's.  (A read of a regular file that waits for the disk may run on for a long time
+    after the cancel -- over a second for 256 MiB -- and a task resumed at once reused a buffer
+    the kernel was still filling.)  The future stays pending until then; cancel() returns True
+    and its message reaches the CancelledError."""
+    loop = asyncio.get_running_loop()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    async with files.open(fifo, "r+b") as f:
+        buf = bytearray(16)
+        fut = f.readinto(buf, 0)
+        await asyncio.sleep(0.02)
+        assert loop.statistics()["inflight"] >= 1 and not fut.done()
+        assert fut.cancel("stop") is True
+        assert not fut.done()                   # the kernel has not reported back yet
+        with pytest.raises(BufferError):
+            buf.extend(b"x")
+        assert fut.cancel() is True             # asked again: nothing more to do
+        with pytest.raises(asyncio.CancelledError, match="stop"):
+            await fut
+        assert fut.cancelled()
+        buf.extend(b"x")                        # the buffer is ours again at once
+
+        task = asyncio.ensure_future(f.readinto(bytearray(16), 0))
+        await asyncio.sleep(0.02)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(task, 0.01)
+        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(writer, b"abc")
+        os.close(writer)
+        assert await f.read(10, 0) == b"abc"    # the cancelled read took none of it
+
+
+def test_loop_close_closes_a_file_whose_close_request_never_reached_the_kernel(tmp_path):
+    """f.close() whose close request waits in the backlog (the kernel taking no entries for
+    now) when the loop closes: the descriptor is closed all the same (it stayed open while
+    close() reported success)."""
+    path = tmp_path / "data"
+    path.write_bytes(b"x" * 10)
+    loop = uringloop.new_event_loop()
+    state = {}
+
+    async def main():
+        f = await files.open(path, "rb")
+        state["fd"] = f.fileno()
+        loop._proactor.ring._limit_sq_room(0)
+        state["closing"] = f.close()
+        assert loop.statistics()["backlog"] >= 1
+        return f
+
+    try:
+        f = loop.run_until_complete(main())
+    finally:
+        loop._proactor.ring._limit_sq_room(None)
+        loop.close()
+    assert f.closed
+    with pytest.raises(OSError):
+        os.fstat(state["fd"])
+
+
+def test_loop_close_cancels_an_open_waiting_for_a_fifo_reader(tmp_path):
+    """An open of a FIFO for writing waits for a reader; the loop's close ends it with the
+    kernel's internal -ERESTARTSYS (512), which the future reported as OSError(512, 'Unknown
+    error 512').  It is cancelled instead, and nothing is left open."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    loop = uringloop.new_event_loop()
+    before = set(os.listdir("/proc/self/fd"))
+
+    async def start():
+        opening = files.open(fifo, "wb")
+        await asyncio.sleep(0.05)
+        return opening._fut
+
+    try:
+        fut = loop.run_until_complete(start())
+        assert not fut.done()
+    finally:
+        loop.close()
+    assert fut.cancelled()
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_the_unclosed_file_warning_names_the_descriptor_it_closes(tmp_path):
+    path = tmp_path / "data"
+    path.write_bytes(b"x")
+    loop = uringloop.new_event_loop()
+
+    async def start():
+        return await files.open(path, "rb")
+
+    try:
+        f = loop.run_until_complete(start())
+        fd = f.fileno()
+        with pytest.warns(ResourceWarning, match=f"unclosed file .*fd={fd}>"):
+            del f
+            gc.collect()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        loop.close()
+
+
+@uring_only
 async def test_close_waits_for_requests_in_flight(tmp_path):
     path = tmp_path / "data"
     chunks = [os.urandom(256 * 1024) for _ in range(16)]

@@ -62,18 +62,33 @@ cdef enum Kind:
     K_FSYNC,
 
 
+# Cancelling a file request.  The kernel owns a lent buffer until the request's final
+# completion, and ASYNC_CANCEL cannot always stop a request at once: a read of a regular file that
+# missed the page cache runs in an io-wq worker, and the kernel lets it finish -- a 256 MiB read
+# went on writing into its buffer for over a second after the cancel.  Had the future been
+# cancelled when asked, as a plain Future is, the awaiting task would have gone on (with its
+# CancelledError, or wait_for()'s TimeoutError) to reuse or free a buffer the kernel was still
+# filling.  So cancel() asks the kernel to stop and returns True, the way Task.cancel() asks, and
+# the future becomes cancelled only at the request's final completion (whatever it reports:
+# a read's bytes are dropped, a write may have written some or all of its data); a task awaiting
+# it sees CancelledError only then, with its buffer back.  A request not yet in the kernel is
+# cancelled at once (Proactor.cancel completes it there and then).
+
 class FileFuture(_Future):
-    """The future of one file request: cancelling it also cancels the kernel request (the buffer
-    stays lent to the kernel until the request's final completion either way)."""
-    __slots__ = ('_ul_op', '_ul_kind')
+    """The future of one file request.  cancel() also cancels the kernel request, and the
+    future is cancelled when the kernel reports the request finished: a task awaiting it is
+    resumed (with CancelledError) only once the kernel is done with its buffer."""
+    __slots__ = ('_ul_op', '_ul_kind', '_ul_cancel')
 
     def cancel(self, msg=None):
-        if not _Future.cancel(self, msg):
+        if self.done():
             return False
         op = self._ul_op
-        if op is not None:
-            self._ul_op = None
-            op.cancel()
+        if op is None:
+            return _Future.cancel(self, msg)
+        if self._ul_cancel is None:
+            self._ul_cancel = (msg,)
+            op.cancel()         # completes it at once if it never reached the kernel
         return True
 
 
@@ -81,8 +96,21 @@ cdef inline object _new_future(loop, Operation op, int kind):
     fut = FileFuture(loop=loop)
     fut._ul_op = op
     fut._ul_kind = kind
+    fut._ul_cancel = None
     op.tag = fut
     return fut
+
+
+cdef inline bint _cancel_asked(object fut):
+    return fut._ul_cancel is not None
+
+
+cdef inline int _settle_cancelled(object fut) except -1:
+    """The final completion of a request that was cancelled (by its future's cancel(), or in the
+    kernel by the loop's close): cancel the future now, with the message cancel() was given."""
+    if not fut.done():
+        _Future.cancel(fut, None if fut._ul_cancel is None else fut._ul_cancel[0])
+    return 0
 
 
 cdef inline object _oserror(int err, object filename):
@@ -132,20 +160,21 @@ cdef class Opening(Completer):
         cdef File f
         fut = self.fut
         (<object>fut)._ul_op = None
-        if res == -ECANCELED:
-            if not fut.done():
-                fut.cancel()
+        if res < 0 and (res == -ECANCELED or _cancel_asked(fut) or self.proactor.closing):
+            # Cancelled -- by the opener, or by the loop's close, whose cancel of everything
+            # can end an open waiting for a FIFO's other end with the kernel's own -ERESTARTSYS
+            # (512, which means nothing to a program).
+            _settle_cancelled(fut)
             return 0
         if res < 0:
             if not fut.done():
                 fut.set_exception(_oserror(-res, self.name))
             return 0
-        if fut.done() or self.proactor.closing:
+        if fut.done() or _cancel_asked(fut) or self.proactor.closing:
             # Nobody will ever see this descriptor (the opener was cancelled, or the loop is
             # closing): close it here rather than leak it.
             _os.close(res)
-            if not fut.done():
-                fut.cancel()
+            _settle_cancelled(fut)
             return 0
         # fstat of an open descriptor reads the in-memory inode: it never waits for the disk.
         try:
@@ -384,8 +413,8 @@ cdef class File(Completer):
         # Requests in flight hold a reference to their File (op.owner), so this runs only when
         # the kernel has nothing of ours left: closing the descriptor here cannot race it.
         if self.fd >= 0 and not self.close_submitted:
-            fd, self.fd = self.fd, -1
             _warnings.warn(f"unclosed file {self!r}", ResourceWarning, source=self)
+            fd, self.fd = self.fd, -1
             _os.close(fd)
 
     # ---- completions ----
@@ -396,9 +425,19 @@ cdef class File(Completer):
             return self.rw_done(<ReadWriteOp>op, res)
         if type(op) is CloseOp:
             self.fd = -1
+            if res == -ECANCELED:
+                # The close request never ran: it waited in the backlog (the kernel taking no
+                # entries) when the loop closed, or the loop's cancel of everything stopped it.
+                # The descriptor is still open: close it here.
+                try:
+                    _os.close(op.fd)
+                except OSError as exc:
+                    res = -exc.errno
+                else:
+                    res = 0
             if self.closer.done():
                 return 0
-            if res < 0 and res != -ECANCELED:
+            if res < 0:
                 # The descriptor is released even when close(2) reports an error (Linux).
                 self.closer.set_exception(_oserror(-res, self.name))
             else:
@@ -407,7 +446,9 @@ cdef class File(Completer):
         # FsyncOp
         fut._ul_op = None
         if not fut.done():
-            if res == -ECANCELED:
+            if _cancel_asked(fut):
+                _settle_cancelled(fut)
+            elif res == -ECANCELED:
                 fut.cancel()
             elif res < 0:
                 fut.set_exception(_oserror(-res, self.name))
@@ -427,7 +468,8 @@ cdef class File(Completer):
         # just what was there, as with os.read.
         unfinished = res == -EINTR or (
             res > 0 and op.offset < op.view.len and (self.seekable or op.opcode == UL_OP_WRITE))
-        if unfinished and not fut.done() and not self.proactor.closing:
+        if (unfinished and not fut.done() and not _cancel_asked(fut)
+                and not self.proactor.closing):
             # Continue from where the kernel stopped; the op keeps the buffer pinned meanwhile
             # and the caller sees one completion for the whole request.
             op.submit()
@@ -435,7 +477,9 @@ cdef class File(Completer):
         total = op.offset
         fut._ul_op = None
         if not fut.done():
-            if res == -ECANCELED and self.closer is not None and not self.seekable:
+            if _cancel_asked(fut):
+                _settle_cancelled(fut)
+            elif res == -ECANCELED and self.closer is not None and not self.seekable:
                 # A FIFO's or a device's read stopped by close() (one read(2) per request: it
                 # read nothing), or write -- as an I/O operation on a closed file.
                 exc = ValueError("I/O operation on closed file.")

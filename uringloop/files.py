@@ -21,10 +21,13 @@ writes in flight).  There is no file position and no text mode.
 Guarantees, the same as for loop.sock_* on uringloop:
 
 * A buffer given to ``readinto`` or ``write`` is lent to the kernel from submission until the
-  request's final completion: it is pinned (a bytearray cannot be resized meanwhile) even when the
-  awaiting task is cancelled, in which case the kernel is asked to stop (ASYNC_CANCEL) and the
-  buffer is released only when it reports the request finished.  Do not read or modify the buffer
-  until the awaitable completes.
+  request's final completion: it is pinned (a bytearray cannot be resized meanwhile).  Do not
+  read or modify the buffer until the awaitable completes -- which, when it is cancelled, is when
+  the kernel reports the request finished: cancel() asks the kernel to stop (ASYNC_CANCEL) and
+  returns True, and the awaitable becomes cancelled at that final completion, so a cancelled
+  task (or wait_for()'s TimeoutError) resumes with the buffer back in its hands.  (A read of a
+  regular file that has to wait for the disk may run to its end all the same: the kernel does
+  not stop it part of the way.)  A cancelled write may have written some or all of its data.
 * ``write`` writes every byte (short writes continue inside the completion handler); ``read`` and
   ``readinto`` return fewer bytes than asked only at end of file.  (Regular files and block
   devices are what this is for; on a FIFO or a character device the offset is ignored and a
@@ -112,7 +115,13 @@ def open(path, mode: str = "rb", *, perms: int = 0o666, flags: int = 0) -> _Open
            O_CREAT and O_TRUNC are then left out, as the kernel requires).  O_DIRECT needs
            block-aligned memory, offsets and sizes: use readinto() and write() with an aligned
            buffer (an mmap.mmap, say) -- read() reads into a new bytes object, which is not
-           aligned, and the kernel refuses it (EINVAL).
+           aligned, and the kernel refuses it (EINVAL).  os.O_NONBLOCK changes nothing: a
+           read of an empty FIFO waits for data all the same (the ring waits for it, instead
+           of the read failing with EAGAIN).
+
+    A FIFO opened for reading only ('r') is open at once, without waiting for a writer as the
+    builtin open() does (the kernel tries the open without blocking first); its first read then
+    waits for one.  For writing, the open waits for a reader, as the builtin open() does.
 
     Returns an awaitable that resolves to a File once the kernel has opened the file (openat on
     the ring); ``async with files.open(...) as f`` closes it at the end of the block.  Raises
