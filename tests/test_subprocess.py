@@ -205,6 +205,43 @@ async def test_a_child_reaped_elsewhere_is_reported_in_the_default_watchers_word
 
 
 @pytest.mark.asyncio
+async def test_process_exited_comes_after_the_pipes_the_exit_closed():
+    """A child exiting with all three pipes open: the SubprocessProtocol hears of stdout's and
+    stderr's end, then stdin's, then process_exited(), as on the stock loop from 3.12 (its
+    pidfd watcher).  uringloop called process_exited() before stdin's pipe_connection_lost()
+    in most runs: the exit went through one pass of the ready queue fewer than the write pipe's
+    hang-up.  (Before 3.12 the stock loop's watcher thread races the pipes: not compared.)"""
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, uringloop.Loop) and sys.version_info < (3, 12):
+        pytest.skip("the stock loop's watcher thread races the pipes before 3.12")
+
+    class Recorder(asyncio.SubprocessProtocol):
+        def __init__(self):
+            self.events = []
+            self.done = loop.create_future()
+
+        def pipe_connection_lost(self, fd, exc):
+            self.events.append(f"lost {fd}")
+
+        def process_exited(self):
+            self.events.append("exited")
+
+        def connection_lost(self, exc):
+            self.done.set_result(None)
+
+    orders = set()
+    for _ in range(10):
+        transport, protocol = await loop.subprocess_exec(
+            Recorder, *python("import sys; sys.exit(3)"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        await asyncio.wait_for(protocol.done, 10)
+        transport.close()
+        assert sorted(protocol.events[:2]) == ["lost 1", "lost 2"]
+        orders.add(tuple(protocol.events[2:]))
+    assert orders == {("lost 0", "exited")}
+
+
+@pytest.mark.asyncio
 async def test_debug_mode_logs_the_exit_as_the_default_watcher_does(caplog):
     """In debug mode the stock loop's default watcher before 3.12, the threaded one, logs each
     child's exit as it reaps it; the pidfd watcher (3.12+) says nothing.  (uringloop said

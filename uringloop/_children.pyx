@@ -122,7 +122,14 @@ cdef class ChildWatcher(Completer):
         self.forget(poll)
         if LOG_EXIT_IN_DEBUG:
             self.log_exit(popen.pid, returncode)
-        self.loop.call_soon(callback, returncode, context=context)
+        # One pass of the ready queue later, as on the stock loop: its watcher learns of the
+        # exit in a reader callback, which is itself behind the callbacks already queued, and
+        # hands it on with call_soon_threadsafe().  The transport's process_exited() then
+        # comes after the pipe_connection_lost() of a stdin the child closed as it exited (the
+        # write pipe learns of that in its hang-up completion and acts from the ready queue:
+        # _pipes.WritePipeCore.completed), as it does there -- stdout's and stderr's end
+        # before both.
+        self.loop.call_soon(self.loop.call_soon, callback, returncode, context=context)
         return 0
 
     cdef int log_exit(self, object pid, object returncode) except -1:
