@@ -1187,6 +1187,25 @@ async def test_connect_errors_the_kernel_reports_at_once_are_socket_connects(tmp
             assert "Connect call failed" in str(raised.value)     # learnt from the poll
 
 
+@pytest.mark.asyncio
+async def test_connect_errors_of_a_socket_in_blocking_mode_are_its_connects(tmp_path):
+    """A socket left in blocking mode (a common slip; asyncio wants non-blocking sockets): the
+    stock loop's sock_connect() calls its connect(), which blocks and raises as socket.connect()
+    raises -- no 'Connect call failed <address>', which uringloop's connect request gave."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX) as sock:
+        with pytest.raises(FileNotFoundError) as raised:
+            await loop.sock_connect(sock, str(tmp_path / "nobody"))
+        assert str(raised.value) == f"[Errno {errno.ENOENT}] {os.strerror(errno.ENOENT)}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        with socket.socket() as sock:
+            with pytest.raises(ConnectionRefusedError) as raised:
+                await loop.sock_connect(sock, probe.getsockname())
+            assert str(raised.value) == (f"[Errno {errno.ECONNREFUSED}] "
+                                         f"{os.strerror(errno.ECONNREFUSED)}")
+
+
 @needs_311
 @pytest.mark.asyncio
 async def test_a_family_without_host_and_port_addresses_works():

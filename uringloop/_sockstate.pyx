@@ -948,12 +948,18 @@ cdef class SocketState(Completer):
         elif not _done(req.fut):
             if res == -ECANCELED:
                 req.fut.cancel()
-            elif req.kind == K_CONNECT and (res < 0 or type(op) is PollOp):
+            elif req.kind == K_CONNECT and type(op) is PollOp:
                 err = -res if res < 0 else self.connect_error()
                 if err:
                     self.fail(req, OSError(err, f'Connect call failed {req.address}'))
                 else:
                     _set_result(req.fut, None)
+            elif req.kind == K_CONNECT and res < 0:
+                # The connect request of a socket in blocking mode (start_connect): the stock
+                # loop's connect() of such a socket blocks and raises as socket.connect()
+                # raises -- ConnectionRefusedError(111, 'Connection refused'), not the
+                # 'Connect call failed <address>' of its writer callback.
+                self.fail(req, os_error(-res))
             elif res < 0:
                 self.fail(req, os_error(-res))
             elif req.kind == K_SENDTO:
