@@ -228,8 +228,11 @@ cdef class SpliceSender(Completer):
         if self.total_sent == 0:
             # Not a file splice can read (procfs, O_DIRECT...) or a socket it cannot write:
             # the stock loop falls back to read+send in that case, whatever the errno.
-            return _exceptions.SendfileNotAvailableError(
-                f"splice failed: {os_error(err).strerror}")
+            # (In the stock loop's words, whose call it stands in for; the splice's own error
+            # is the cause.)
+            exc = _exceptions.SendfileNotAvailableError("os.sendfile call failed")
+            exc.__cause__ = os_error(err)
+            return exc
         if err == _errno.ENOTCONN:
             exc = ConnectionError("socket is not connected", _errno.ENOTCONN)
             exc.__cause__ = os_error(err)

@@ -473,7 +473,7 @@ class NetworkMixin:
             # before a byte is sent, which makes it SendfileNotAvailableError too -- so
             # fallback=True goes on to read and send, and fails there as sock_sendall() does.
             raise exceptions.SendfileNotAvailableError(
-                "splice failed: the socket is closed")
+                "os.sendfile call failed") from OSError(errno.EBADF, "the socket is closed")
         self._ensure_fd_no_transport(sock)
         if sock.fileno() in self._ul_sendfile_transports:
             # A transport's loop.sendfile(): the transport refuses writes meanwhile.
@@ -525,7 +525,19 @@ class NetworkMixin:
         self._transports.pop(fd, None)
         resume_reading = transp.is_reading()
         transp.pause_reading()
-        await transp._make_empty_waiter()
+        try:
+            await transp._make_empty_waiter()
+        except BaseException:
+            # Cancelled while the queued writes drained: the transport is given back as it
+            # was.  (The stock loop awaits this outside its try/finally: a cancel here leaves
+            # its transport refusing write() for good, reading paused, and later an
+            # InvalidStateError from the drained buffer's cancelled waiter.)
+            transp._reset_empty_waiter()
+            if transp._sock is not None:
+                self._transports[fd] = transp
+                if resume_reading:
+                    transp.resume_reading()
+            raise
         self._ul_sendfile_transports[fd] = transp
         try:
             return await self.sock_sendfile(transp._sock, file, offset, count, fallback=False)
