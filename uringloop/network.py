@@ -474,7 +474,7 @@ class NetworkMixin:
             # fallback=True goes on to read and send, and fails there as sock_sendall() does.
             raise exceptions.SendfileNotAvailableError(
                 "os.sendfile call failed") from OSError(errno.EBADF, "the socket is closed")
-        self._ensure_fd_no_transport(sock)
+        self._ensure_fd_no_transport(sock.fileno())   # (its number, as stock says it)
         if sock.fileno() in self._ul_sendfile_transports:
             # A transport's loop.sendfile(): the transport refuses writes meanwhile.
             return await self._splice_file(sock, fileno, offset, count)
