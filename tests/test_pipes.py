@@ -2,11 +2,13 @@
 
 import asyncio
 import errno
+import fcntl
 import gc
 import hashlib
 import os
 import select
 import socket
+import struct
 import subprocess
 import sys
 import termios
@@ -742,6 +744,47 @@ def test_unclosed_pipe_transport_warns_and_closes_pipe(new_loop):
         gc.collect()
     assert rpipe.closed
     os.close(w)
+
+
+@pytest.mark.asyncio
+async def test_a_pause_one_callback_after_data_received_leaves_the_rest_in_the_pipe():
+    """pause_reading() made one callback after data_received() -- where a subprocess's
+    StreamReader makes it, pipe_data_received() being one pass later -- finds no read in the
+    kernel: what the writer sent meanwhile stays in the pipe, as with the stock transport (a
+    read already armed took it, and a child writing to a paused reader could write a whole
+    buffer more)."""
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+    rpipe = os.fdopen(r, "rb", 0)
+    received = []
+
+    class Pauser(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            received.append(data)
+            if len(received) == 1:
+                os.write(w, b"second")          # comes while this callback runs
+                loop.call_soon(self.transport.pause_reading)
+
+    transport, _ = await loop.connect_read_pipe(Pauser, rpipe)
+    try:
+        os.write(w, b"first")
+        await until(lambda: received)
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert received == [b"first"]
+        assert not transport.is_reading()
+        waiting = fcntl.ioctl(r, termios.FIONREAD, struct.pack("i", 0))
+        assert struct.unpack("i", waiting)[0] == len(b"second")     # still in the pipe
+        transport.resume_reading()
+        await until(lambda: len(received) == 2)
+        assert received == [b"first", b"second"]
+    finally:
+        transport.close()
+        os.close(w)
+        await asyncio.sleep(0)
 
 
 def test_unclosed_pipe_transports_after_loop_close_are_released_by_reference_counting(new_loop):
