@@ -1187,6 +1187,40 @@ async def test_connect_errors_the_kernel_reports_at_once_are_socket_connects(tmp
             assert "Connect call failed" in str(raised.value)     # learnt from the poll
 
 
+@needs_311
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["recv", "recv_into"])
+async def test_a_receive_retried_under_a_deadline_already_past_reaches_the_end(kind):
+    """A caller retrying sock_recv() under a deadline already past (asyncio.timeout(0), a
+    polling loop) gets every byte and then the end of the stream, b''.  On uringloop the
+    receive waits for its completion, so each try may time out; the end met by a receive
+    whose caller had gone was dropped, and every later try was cancelled before its own
+    receive could meet it again: the loop never ended."""
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    with a:
+        b.sendall(b"abc")
+        b.close()
+        got, timeouts = [], 0
+        for _ in range(100):
+            try:
+                async with asyncio.timeout(0):
+                    if kind == "recv":
+                        chunk = await loop.sock_recv(a, 2)
+                    else:
+                        buf = bytearray(2)
+                        chunk = bytes(buf[:await loop.sock_recv_into(a, buf)])
+            except TimeoutError:
+                timeouts += 1
+                continue
+            got.append(chunk)
+            if not chunk:
+                break
+        assert got == [b"ab", b"c", b""]
+        assert timeouts < 10
+
+
 @pytest.mark.asyncio
 async def test_connect_errors_of_a_socket_in_blocking_mode_are_its_connects(tmp_path):
     """A socket left in blocking mode (a common slip; asyncio wants non-blocking sockets): the

@@ -46,6 +46,7 @@ cdef class SocketState(Completer):
     cdef Request unclaimed
     cdef object dgram_stash           # datagrams (data, address) a cancelled task never took
     cdef object stash_exc             # an error whose caller had gone
+    cdef bint stash_eof               # the stream's end, met by a receive whose caller had gone
     # A transport that took the socket while a receive of ours was in the kernel
     # (forget_socket, hand_over).
     cdef object handover

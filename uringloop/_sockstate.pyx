@@ -125,6 +125,15 @@ cdef class Request:
     address (the fields: _sockstate.pxd)."""
 
 
+cdef bint _asked_for_bytes(Request req) except -1:
+    """Whether a receive asked for at least one byte (so that nothing back is the stream's end,
+    not the answer to a read of zero bytes)."""
+    if req.kind == K_RECV or req.kind == K_RECVFROM:
+        return req.nbytes > 0
+    room = len(memoryview(req.buf).cast('B'))
+    return room > 0 if req.nbytes == 0 else req.nbytes > 0 and room > 0
+
+
 cdef tuple _CONNECTION_ERRNOS = (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
                                  errno.ENETDOWN, errno.EPROTO)
 
@@ -306,7 +315,9 @@ cdef class SocketState(Completer):
                 self.fail(req, exc)
                 self.withdraw_receive(req)
                 continue
-            if self.stream and self.stash:
+            if self.stream and (self.stash or self.stash_eof):
+                # (An empty stash with the end marked serves the end: b'', or 0 bytes read.)
+                self.stash_eof = self.stash_eof and bool(self.stash)
                 self.recv_q.popleft()
                 self.serve_from_stash(req)
                 self.unclaimed = req
@@ -498,6 +509,8 @@ cdef class SocketState(Completer):
         cdef memoryview mv
         if self.unclaimed is req:
             self.unclaimed = None
+        if self.stream and not result and req.kind != K_ACCEPT and _asked_for_bytes(req):
+            self.stash_eof = True       # the end of the stream it was given (see recv_done)
         if req.kind == K_RECV:
             if self.stream:
                 self.stash[:0] = result
@@ -572,6 +585,12 @@ cdef class SocketState(Completer):
                 if data is None:
                     data = bytes(memoryview(op.buffer).cast('B')[:res])
                 self.stash += data
+                if res == 0 and op.view.len > 0:
+                    # The end of the stream is real too.  Dropped, it was met again only by a
+                    # receive in the kernel -- which a caller retrying under a deadline already
+                    # past (asyncio.timeout(0), wait_for(..., 0)) cancelled again, for ever:
+                    # the stock loop's recv(), tried at once, returns b'' without suspending.
+                    self.stash_eof = True
         if res != -ECANCELED and type(op) is RecvOp:
             # Reusable once this handler returns: the Proactor then releases the buffer, unless
             # pump_recv() below has already resubmitted the operation with the next one.
@@ -594,6 +613,7 @@ cdef class SocketState(Completer):
         leftover = bytes(self.stash) if self.stash else None
         exc, self.stash_exc = self.stash_exc, None
         self.stash = bytearray()
+        self.stash_eof = False          # (the transport's receive meets the end again)
         taken = RuntimeError(f'File descriptor {self.fd} is used by transport {transport!r}')
         self.fail(finished, taken)         # if its caller still waits (the receive cancelled)
         while self.recv_q:
@@ -1024,6 +1044,7 @@ cdef class SocketState(Completer):
             fd, _ = self.accepted.popleft()
             os.close(fd)
         self.stash = bytearray()
+        self.stash_eof = False
         if self.dgram_stash is not None:
             self.dgram_stash.clear()
         self.stash_exc = None
