@@ -48,6 +48,39 @@ async def until(predicate, limit=1000):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("ending", ["cancelled", "resolved by the writer"])
+async def test_a_waiter_removing_its_writer_in_a_done_callback_is_not_called_again(pair, ending):
+    """The pattern of anyio's wait_writable()/wait_readable() (and asyncio's own sock_* waits
+    before 3.12): a writer that resolves a future, removed by the future's done-callback.  On
+    the stock loop a writer runs after every callback queued before its poll, the done-callback
+    among them, so it never runs on a done future.  uringloop ran it in the I/O phase of the
+    iteration whose ready callbacks had queued that done-callback: on a future cancelled in that
+    pass fut.set_result() raised InvalidStateError into the exception handler.  (The second
+    case guards the other side: a writer that resolved the future must not run again before
+    the done-callback removes it.)"""
+    loop = asyncio.get_running_loop()
+    a, _ = pair                                 # writable all along
+    errors = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context["message"]))
+    try:
+        for _ in range(20):
+            fut = loop.create_future()
+            loop.add_writer(a, fut.set_result, None)
+            fut.add_done_callback(lambda _f: loop.remove_writer(a))
+            if ending == "cancelled":
+                fut.cancel()
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            else:
+                assert await fut is None
+        await iterations()
+    finally:
+        loop.set_exception_handler(None)
+        loop.remove_writer(a)
+    assert errors == []
+
+
+@pytest.mark.asyncio
 async def test_reader_is_called_when_data_arrives(pair):
     loop = asyncio.get_running_loop()
     a, b = pair

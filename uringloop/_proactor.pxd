@@ -44,6 +44,11 @@ cdef class Proactor:
     # registrations of add_reader/add_writer).  Run by the loop's iteration (_sched), or moved
     # to the ready queue by select() for BaseEventLoop's own iteration.
     cdef list io_handles
+    # How many callbacks the ready callbacks of the current iteration queued (set once they have
+    # run; 0 when none ran), and how many I/O-phase handles went behind those instead of
+    # running in the I/O phase (_readiness.Readiness.queue_io_handle says why).
+    cdef Py_ssize_t queued_by_ready_phase
+    cdef Py_ssize_t io_deferred
     # Called once at the start of the next iteration's enter (enter_for), after every callback
     # of this one: the readiness registry re-arms its poll there (_readiness).
     cdef Completer call_before_enter

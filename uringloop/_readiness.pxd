@@ -32,6 +32,7 @@ cdef class Readiness(Completer):
     cdef int new_poll(self) except -1
     cdef int collect(self) except -1
     cdef int dispatch(self, epoll_event *events, int n) except -1
+    cdef int queue_io_handle(self, object handle) except -1
     cdef object add(self, object fileobj, object callback, tuple args, bint read)
     cdef bint remove(self, object fileobj, bint read) except -1
     cdef int renew(self, int err) except -1

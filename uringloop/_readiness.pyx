@@ -13,7 +13,9 @@ the callbacks that were ready when it began and before the timers due, exactly w
 loop's _process_events() puts them in its ready queue, so a callback runs as a Handle (context,
 exception reporting, debug timing as usual) and in the stock order.  (They went to the end of
 the ready queue before, behind what the iteration's completions had queued: a reader ready in
-the same iteration as a timer ran after the timer, one iteration late.)
+the same iteration as a timer ran after the timer, one iteration late.)  When the iteration's
+ready callbacks queued callbacks of their own, which the stock loop would run first, the
+handles go into the ready queue right behind those instead (Readiness.queue_io_handle).
 
 Why epoll here, in a loop that is otherwise a Proactor on io_uring
 -----------------------------------------------------------------
@@ -297,7 +299,7 @@ cdef class Readiness(Completer):
                     except OSError:
                         continue
                 else:
-                    self.proactor.io_handles.append(watch.reader)
+                    self.queue_io_handle(watch.reader)
             if events & ~(<uint32_t>EPOLLIN) and watch.writer is not None:
                 if watch.writer._cancelled:
                     try:
@@ -305,7 +307,34 @@ cdef class Readiness(Completer):
                     except OSError:
                         pass
                 else:
-                    self.proactor.io_handles.append(watch.writer)
+                    self.queue_io_handle(watch.writer)
+        return 0
+
+    # Where a ready descriptor's callback runs.  The stock loop runs it after every callback
+    # that was queued before its poll; ours enters the kernel right after this iteration's
+    # ready callbacks (_sched.pyx says why), so what those queued is still waiting.  Run in the
+    # I/O phase, the reader or writer would overtake it -- and in a common pattern (anyio's
+    # wait_readable/wait_writable; asyncio's own sock_* waits before 3.12)
+    #     loop.add_writer(sock, fut.set_result, None)
+    #     fut.add_done_callback(lambda f: loop.remove_writer(sock))
+    # what is waiting is the done-callback that removes the writer: `fut` cancelled in that
+    # pass (a cancel scope, a timeout), or resolved by the writer's previous call, the writer
+    # ran on, and set the result of a done future -- an InvalidStateError through the exception
+    # handler, which the stock loop never reports.  So when the ready callbacks queued anything,
+    # the handle goes into the ready queue right behind it (ahead of what this iteration's
+    # completions queued, which the stock loop would run after its I/O callbacks too); when
+    # they queued nothing -- a descriptor ready all along, the usual case -- it runs in the I/O
+    # phase, where it is in the stock order already.  (Queueing every reader behind the whole
+    # ready queue was tried: a descriptor ready all along then ran one callback late.)  Either
+    # way it runs before the next enter, which re-arms the poll (before_enter).
+    cdef int queue_io_handle(self, object handle) except -1:
+        cdef Proactor proactor = self.proactor
+        if proactor.queued_by_ready_phase:
+            self.loop._ready.insert(proactor.queued_by_ready_phase + proactor.io_deferred,
+                                    handle)
+            proactor.io_deferred += 1
+        else:
+            proactor.io_handles.append(handle)
         return 0
 
     cdef object add(self, object fileobj, object callback, tuple args, bint read):

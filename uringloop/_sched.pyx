@@ -762,6 +762,8 @@ cdef class LoopCore:
         cdef bint blocking, inline_ok
         cdef bint due_noted = False
         self.batch_left = 0
+        proactor.queued_by_ready_phase = 0
+        proactor.io_deferred = 0
         try:
             if pending or self._stopping:
                 # Noted before the ready callbacks run: a timer they schedule waits for the next
@@ -772,6 +774,8 @@ cdef class LoopCore:
                 due_noted = True
                 if pending:
                     self.run_ready(pending)
+                    # (For the readiness callbacks: _readiness.Readiness.queue_io_handle.)
+                    proactor.queued_by_ready_phase = len(self.ready)
                 if due or self.ready or self._stopping or not may_wait_after_ready:
                     timeout = 0
                 else:
