@@ -387,6 +387,42 @@ def test_an_interrupt_out_of_a_protocol_factory_leaves_the_server_accepting(new_
             gc.collect()
 
 
+def test_closing_a_transport_with_bytes_unsent_after_the_loop_closed_raises_nothing(new_loop):
+    """A transport whose peer stopped reading, with bytes still unsent when its loop is closed:
+    close() afterwards -- a pending task's `finally: writer.close()`, run when the task is
+    collected -- schedules nothing and raises nothing, as on the stock loop (whose buffer is not
+    empty then).  uringloop raised 'Event loop is closed': the loop's close had drained the
+    send in flight, and close() took that for an empty buffer."""
+    loop = new_loop()
+    peers = []
+
+    class NotReading(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.pause_reading()
+            peers.append(transport)
+
+    async def stuff():
+        server = await loop.create_server(NotReading, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        server.close()
+        for _ in range(100):
+            if writer.transport.get_write_buffer_size():
+                break
+            writer.write(b"x" * 1_000_000)
+            await asyncio.sleep(0.02)
+        return writer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)    # both loops: unclosed at collection
+        writer = loop.run_until_complete(stuff())
+        loop.close()
+        assert writer.transport.get_write_buffer_size() > 0
+        writer.close()
+        assert writer.transport.is_closing()
+        del writer, peers[:]
+        gc.collect()
+
+
 @pytest.mark.asyncio
 async def test_eof_received_that_toggles_reading_is_called_once():
     """eof_received() pausing and resuming reading, then keeping the connection open: called

@@ -837,6 +837,38 @@ def test_unclosed_endpoint_after_loop_close_is_released_by_reference_counting(ne
     assert [str(w.message).split(" <")[0] for w in caught] == ["unclosed transport"]
 
 
+def test_an_endpoint_its_protocol_holds_open_at_loop_close_is_collected_quietly(new_loop):
+    """The usual protocol keeps its transport (self.transport): left open when the loop closes,
+    the pair is collected by the cyclic collector with the 'unclosed' warnings and nothing else
+    -- uringloop's finalizer raised KeyError from the loop's transport table (Exception
+    ignored in __del__)."""
+    loop = new_loop()
+
+    class Keeper(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+    async def make():
+        return await loop.create_datagram_endpoint(Keeper, local_addr=("127.0.0.1", 0))
+
+    transport, protocol = loop.run_until_complete(make())
+    sock = transport.get_extra_info("socket")
+    fd = sock.fileno()
+    loop.close()
+    unraisable = []
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            del transport, protocol, sock
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert [u.exc_value for u in unraisable] == []
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
 @pytest.mark.asyncio
 async def test_what_connection_made_schedules_runs_before_the_first_datagram():
     # The stock loop's order: a callback connection_made() schedules runs before the first

@@ -729,7 +729,7 @@ cdef class DatagramCore(TransportCore):
             return 0
         self.sock = None
         transports = self.loop._transports
-        if transports.get(self.fd) is self.transport:
+        if self.transport is not None and transports.get(self.fd) is self.transport:
             del transports[self.fd]
         sock.close()
         self.let_go_of_the_loop()
@@ -742,7 +742,9 @@ cdef class DatagramCore(TransportCore):
             return False
         self.sock = None
         transports = self.loop._transports
-        if transports.get(self.fd) is self.transport:
+        # (After loop_closed() there is no transport to compare: the table's entry, dead by
+        # now that the transport is being collected, reads as absent and is left alone.)
+        if self.transport is not None and transports.get(self.fd) is self.transport:
             del transports[self.fd]
         sock.close()
         return True

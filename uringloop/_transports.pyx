@@ -415,7 +415,12 @@ cdef class SocketTransport(ReceiveSide):
             return
         self._closing = True
         self.stop_receive()
-        if self.send_op is None:
+        # Nothing in flight: the connection is lost now.  (A loop closed with bytes unsent --
+        # its close drained the send, leaving them counted -- has nobody to send them; the
+        # stock transport, whose buffer is not empty then, schedules nothing and raises
+        # nothing, and neither does this one: a task's `finally: writer.close()` run when it
+        # is collected after loop.close() gave 'Event loop is closed'.)
+        if self.send_op is None and not (self.proactor.closing and self.write_buffer_size()):
             self.conn_lost += 1
             self.loop.call_soon(self._call_connection_lost, None)
 
