@@ -394,17 +394,13 @@ def test_closing_a_transport_with_bytes_unsent_after_the_loop_closed_raises_noth
     empty then).  uringloop raised 'Event loop is closed': the loop's close had drained the
     send in flight, and close() took that for an empty buffer."""
     loop = new_loop()
-    peers = []
-
-    class NotReading(asyncio.Protocol):
-        def connection_made(self, transport):
-            transport.pause_reading()
-            peers.append(transport)
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = None
 
     async def stuff():
-        server = await loop.create_server(NotReading, "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
-        server.close()
+        nonlocal peer
+        reader, writer = await asyncio.open_connection(*listener.getsockname())
+        peer, _ = listener.accept()                  # and never read from
         for _ in range(100):
             if writer.transport.get_write_buffer_size():
                 break
@@ -412,15 +408,20 @@ def test_closing_a_transport_with_bytes_unsent_after_the_loop_closed_raises_noth
             await asyncio.sleep(0.02)
         return writer
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)    # both loops: unclosed at collection
-        writer = loop.run_until_complete(stuff())
-        loop.close()
-        assert writer.transport.get_write_buffer_size() > 0
-        writer.close()
-        assert writer.transport.is_closing()
-        del writer, peers[:]
-        gc.collect()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)    # both loops: unclosed at gc
+            writer = loop.run_until_complete(stuff())
+            loop.close()
+            assert writer.transport.get_write_buffer_size() > 0
+            writer.close()
+            assert writer.transport.is_closing()
+            del writer
+            gc.collect()
+    finally:
+        listener.close()
+        if peer is not None:
+            peer.close()
 
 
 @pytest.mark.asyncio
