@@ -786,11 +786,9 @@ async def test_a_pause_one_callback_after_data_received_leaves_the_rest_in_the_p
         await asyncio.sleep(0)
 
 
-def test_unclosed_pipe_transports_after_loop_close_are_released_by_reference_counting(new_loop):
-    """Pipe transports left open when the loop closes are released the moment their user lets
-    go of them, as the stock loop's are -- not at a later pass of the cyclic collector -- each
-    with its one 'unclosed transport' warning (collected in a cycle, the pipe's file object
-    under it warned as well)."""
+def pipe_transports_left_open_at_loop_close(new_loop):
+    """A read and a write pipe transport, on a loop closed under them: (read transport, write
+    transport, read pipe file, write pipe file)."""
     loop = new_loop()
     rfd, wfd = os.pipe()
     rpipe, wpipe = os.fdopen(rfd, "rb", 0), os.fdopen(wfd, "wb", 0)
@@ -802,6 +800,16 @@ def test_unclosed_pipe_transports_after_loop_close_are_released_by_reference_cou
 
     r, w = loop.run_until_complete(connect())
     loop.close()
+    return r, w, rpipe, wpipe
+
+
+def test_unclosed_pipe_transports_after_loop_close_are_released_by_reference_counting(new_loop):
+    """Pipe transports left open when the loop closes are released the moment their user lets
+    go of them, as the stock loop's are -- not at a later pass of the cyclic collector -- each
+    with its one 'unclosed transport' warning (collected in a cycle, the pipe's file object
+    under it warned as well)."""
+    r, w, rpipe, wpipe = pipe_transports_left_open_at_loop_close(new_loop)
+    rfd, wfd = rpipe.fileno(), wpipe.fileno()
     del rpipe, wpipe
     gc.disable()
     try:
@@ -848,17 +856,7 @@ def test_closing_a_write_pipe_with_bytes_unwritten_after_the_loop_closed(new_loo
 def test_repr_of_pipe_transports_left_open_when_the_loop_closes(new_loop):
     """A loop closed under open pipe transports: their repr still works and says 'open' (as the
     stock transports' do)."""
-    loop = new_loop()
-    rfd, wfd = os.pipe()
-    rpipe, wpipe = os.fdopen(rfd, 'rb', 0), os.fdopen(wfd, 'wb', 0)
-
-    async def connect():
-        r, _ = await loop.connect_read_pipe(asyncio.Protocol, rpipe)
-        w, _ = await loop.connect_write_pipe(asyncio.Protocol, wpipe)
-        return r, w
-
-    r, w = loop.run_until_complete(connect())
-    loop.close()
+    r, w, rpipe, wpipe = pipe_transports_left_open_at_loop_close(new_loop)
     assert 'open' in repr(r) and 'open' in repr(w)
     # Both loops warn about transports never closed; that is not what this test is about.
     with warnings.catch_warnings():

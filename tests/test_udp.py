@@ -796,7 +796,8 @@ async def test_set_protocol_redirects_delivery():
     assert await asyncio.wait_for(other.lost, 5) is None
 
 
-def test_unclosed_endpoint_at_loop_close_warns_and_releases_socket(new_loop):
+def endpoint_left_open_at_loop_close(new_loop):
+    """A datagram endpoint on a loop closed under it: (transport, its socket)."""
     loop = new_loop()
 
     async def make():
@@ -804,8 +805,12 @@ def test_unclosed_endpoint_at_loop_close_warns_and_releases_socket(new_loop):
                                                    local_addr=("127.0.0.1", 0))
 
     transport, _ = loop.run_until_complete(make())
-    sock = transport.get_extra_info("socket")
     loop.close()
+    return transport, transport.get_extra_info("socket")
+
+
+def test_unclosed_endpoint_at_loop_close_warns_and_releases_socket(new_loop):
+    transport, sock = endpoint_left_open_at_loop_close(new_loop)
     with pytest.warns(ResourceWarning):
         del transport
         gc.collect()
@@ -817,15 +822,7 @@ def test_unclosed_endpoint_after_loop_close_is_released_by_reference_counting(ne
     its user lets go of it -- not at some later pass of the cyclic collector (uringloop's
     compiled core and the transport object referred to each other) -- with one warning, the
     transport's (collected in a cycle, the socket under it warned too)."""
-    loop = new_loop()
-
-    async def make():
-        return await loop.create_datagram_endpoint(asyncio.DatagramProtocol,
-                                                   local_addr=("127.0.0.1", 0))
-
-    transport, _ = loop.run_until_complete(make())
-    sock = transport.get_extra_info("socket")
-    loop.close()
+    transport, sock = endpoint_left_open_at_loop_close(new_loop)
     gc.disable()
     try:
         with warnings.catch_warnings(record=True) as caught:
