@@ -974,13 +974,11 @@ cdef class SocketState(Completer):
                     self.fail(req, OSError(err, f'Connect call failed {req.address}'))
                 else:
                     _set_result(req.fut, None)
-            elif req.kind == K_CONNECT and res < 0:
-                # The connect request of a socket in blocking mode (start_connect): the stock
-                # loop's connect() of such a socket blocks and raises as socket.connect()
-                # raises -- ConnectionRefusedError(111, 'Connection refused'), not the
-                # 'Connect call failed <address>' of its writer callback.
-                self.fail(req, os_error(-res))
             elif res < 0:
+                # (Also the connect request of a socket in blocking mode, start_connect: the
+                # stock loop's connect() of such a socket blocks and raises as socket.connect()
+                # raises -- ConnectionRefusedError(111, 'Connection refused'), not the
+                # 'Connect call failed <address>' of its writer callback.)
                 self.fail(req, os_error(-res))
             elif req.kind == K_SENDTO:
                 _set_result(req.fut, res)
