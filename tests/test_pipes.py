@@ -237,33 +237,118 @@ async def test_socket_write_pipe_bytes_are_sent_when_write_returns():
 
 
 @pytest.mark.asyncio
-async def test_pty_write_pipe_bytes_are_in_the_pty_when_write_returns():
+@pytest.mark.parametrize("end", ["slave", "master"])
+async def test_pty_write_pipe_bytes_are_in_the_pty_when_write_returns(end):
     # The pty flavour of the test above (CPython's test_write_pty does the same): a blocking
-    # read of the master on the loop's own thread, before the loop runs again.
-    # (A pty passes the bytes to its master through a kernel worker, so the read waits for
+    # read of the other end on the loop's own thread, before the loop runs again.
+    # (A pty passes the bytes to the other end through a kernel worker, so the read waits for
     # them -- up to 5 s, without letting the loop run: a missing byte fails instead of hanging.)
+    # The master end (/dev/ptmx) is a tty the transport cannot open again for itself.
     loop = asyncio.get_running_loop()
     master, slave = os.openpty()
     tty.setraw(slave)
-    transport, proto = await loop.connect_write_pipe(Writer, os.fdopen(slave, "wb", 0))
+    ours, theirs = (slave, master) if end == "slave" else (master, slave)
+    transport, proto = await loop.connect_write_pipe(Writer, os.fdopen(ours, "wb", 0))
 
-    def read_master(n):
+    def read_other_end(n):
         got = b""
-        while len(got) < n and select.select([master], [], [], 5)[0]:
-            got += os.read(master, 100)
+        while len(got) < n and select.select([theirs], [], [], 5)[0]:
+            got += os.read(theirs, 100)
         return got
 
     try:
         transport.write(b"1")
-        assert read_master(1) == b"1"
+        assert transport.get_write_buffer_size() == 0
+        assert read_other_end(1) == b"1"
         transport.write(b"2345")
-        assert read_master(4) == b"2345"
+        assert read_other_end(4) == b"2345"
         transport.close()
         assert await asyncio.wait_for(proto.lost, 5) is None
     finally:
         if not transport.is_closing():
             transport.abort()
+        os.close(theirs)
+
+
+@pytest.mark.asyncio
+async def test_pty_master_write_pipe_aborted_with_a_write_blocked_is_closed_by_connection_lost():
+    # Nobody reads the slave: most of the write waits for room.  abort() drops it, and the
+    # master is closed by the time the protocol's connection_lost() has run, as with the stock
+    # transport (the pty then reads as hung up from the slave's side: no stale bytes kept).
+    loop = asyncio.get_running_loop()
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    wpipe = os.fdopen(master, "wb", 0)
+    transport, proto = await loop.connect_write_pipe(Writer, wpipe)
+    try:
+        transport.write(b"x" * 300_000)
+        await asyncio.sleep(0.05)
+        assert transport.get_write_buffer_size() > 0
+        transport.abort()
+        assert await asyncio.wait_for(proto.lost, 5) is None
+        assert wpipe.closed
+    finally:
+        if not transport.is_closing():
+            transport.abort()
+        os.close(slave)
+
+
+@pytest.mark.asyncio
+async def test_write_pipe_to_a_device_that_refuses_the_write_fails_in_write():
+    # /dev/full refuses every write with ENOSPC.  The stock transport's write() tries
+    # os.write() at once: the transport is closing when write() returns, with nothing
+    # buffered, and connection_lost() gets the error.
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    transport, proto = await loop.connect_write_pipe(Writer, open("/dev/full", "wb", 0))
+    transport.write(b"abc")
+    assert transport.is_closing()
+    assert transport.get_write_buffer_size() == 0
+    transport.write(b"x" * 200_000)                 # dropped, as on a closed transport
+    assert transport.get_write_buffer_size() == 0 and proto.paused == 0
+    exc = await asyncio.wait_for(proto.lost, 5)
+    assert isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    assert errors == []                             # an OSError is not reported to the handler
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("transport_kind", ["write", "read"])
+async def test_tty_pipe_transport_has_only_the_access_of_the_descriptor_it_was_given(
+        transport_kind):
+    # A write transport on a tty opened O_RDONLY cannot write to it (EBADF), nor can a read
+    # transport read from one opened O_WRONLY: the stock transports use the caller's
+    # descriptor, and neither may reach the terminal through another.
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    try:
+        if transport_kind == "write":
+            fd = os.open(os.ttyname(slave), os.O_RDONLY | os.O_NOCTTY)
+            transport, proto = await loop.connect_write_pipe(Writer, os.fdopen(fd, "rb", 0))
+            transport.write(b"hello")
+            exc = await asyncio.wait_for(proto.lost, 5)
+            assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+            await asyncio.sleep(0.05)
+            with pytest.raises(BlockingIOError):
+                os.read(master, 100)                # nothing reached the terminal
+            assert errors == []
+        else:
+            fd = os.open(os.ttyname(slave), os.O_WRONLY | os.O_NOCTTY)
+            transport, proto = await loop.connect_read_pipe(Reader, os.fdopen(fd, "wb", 0))
+            os.write(master, b"typed")
+            exc = await asyncio.wait_for(proto.lost, 5)
+            assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+            assert proto.data == b""
+            assert [ctx["message"] for ctx in errors] == ["Fatal read error on pipe transport"]
+    finally:
+        if not transport.is_closing():
+            transport.abort()
         os.close(master)
+        os.close(slave)
 
 
 PTY_DRAINER = """
@@ -559,6 +644,21 @@ async def test_pipe_transports_refuse_regular_files(tmp_path):
     with open(path, "wb") as f:
         with pytest.raises(ValueError):
             await loop.connect_write_pipe(Writer, f)
+
+
+@pytest.mark.asyncio
+# (The stock transport half made by the refusal raises from __del__; uringloop's does not.)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_pipe_transports_refuse_a_fileno_that_is_not_a_number():
+    class NotAFile:
+        def fileno(self):
+            return "3"
+
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TypeError, match="'str' object cannot be interpreted as an integer"):
+        await loop.connect_read_pipe(Reader, NotAFile())
+    with pytest.raises(TypeError, match="'str' object cannot be interpreted as an integer"):
+        await loop.connect_write_pipe(Writer, NotAFile())
 
 
 @pytest.mark.asyncio

@@ -91,7 +91,6 @@ cdef class ReadWriteOp(BufferOp):
     """read/write of a regular file (or pipe) at an offset: the files API."""
     cdef int opcode
     cdef long long position
-    cdef bint always_async                 # IOSQE_ASYNC: never tried inline (it may sleep there)
 
 
 cdef class SpliceOp(Operation):

@@ -365,11 +365,6 @@ cdef class ReadWriteOp(BufferOp):
     cdef int prep(self, io_uring_sqe *sqe) except -1:
         ul_prep_rw(sqe, self.opcode, self.fd, <char *>self.view.buf + self.offset, _chunk(self),
                    <uint64_t>(self.position + self.offset), self.ud())
-        if self.always_async:
-            # Straight to an io-wq worker.  Without it, a file that lacks FMODE_NOWAIT but can
-            # be polled (a tty) is written inline in io_uring_enter once poll reports room, and
-            # a tty's write sleeps there for whatever does not fit -- in the loop's thread.
-            sqe.flags |= IOSQE_ASYNC
         return 0
 
 

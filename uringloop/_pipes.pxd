@@ -37,13 +37,14 @@ cdef class WritePipeCore(PipeCore):
     cdef Py_ssize_t inflight_done          # how much of it is written (partial pipe writes)
     cdef bytearray pending                 # written by the protocol while write_op is in flight
     cdef PollOp hangup_poll                # wakes when the reading end goes away
-    cdef bint no_write_now                 # the fd refuses RWF_NOWAIT: always submit
+    cdef bint refuses_nowait               # a device without RWF_NOWAIT: write_without_sleeping
 
     cdef object refuse_scattered(self, object view)
     cdef object write_now(self, object data)
     cdef int start_write(self, object data) except -1
     cdef int submit_rest(self) except -1
     cdef int tty_write(self, int res) except? -1
+    cdef ssize_t write_without_sleeping(self, const char *buf, size_t n) noexcept
     cdef int write_done(self, int res) except -1
     cdef int fatal_error(self, object exc, str message) except -1
     cdef int close_with(self, object exc) except -1

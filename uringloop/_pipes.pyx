@@ -24,7 +24,8 @@ O_NONBLOCK file with -EAGAIN, which would turn the wait into resubmissions.  (Bl
 also what the other users of a shared descriptor such as stdin expect.)  A tty gets a second,
 non-blocking description of the transport's own: it is read and written through that, after a
 poll on the ring says it is ready, never through a request the tty could sleep in
-(_open_tty_again).
+(_open_tty_again).  A tty without one (a pty's master end) is written the same way through the
+shared description, made non-blocking for each write alone (write_without_sleeping).
 
 As everywhere in uringloop, the pipe is closed only when the kernel holds no operation that names
 its descriptor any more.
@@ -35,7 +36,8 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from uringloop._sys cimport (ECANCELED, EAGAIN, EINTR, EPIPE, EOPNOTSUPP, POLLIN, POLLOUT,
-                             UL_OP_READ, UL_OP_WRITE, errno, ul_write_nowait)
+                             UL_OP_READ, UL_OP_WRITE, errno, ul_write_nowait,
+                             F_GETFL, F_SETFL, O_NONBLOCK, c_fcntl)
 from uringloop._proactor cimport Proactor, Operation, OP_IDLE, os_error
 from uringloop._ops cimport BufferOp, RecvOp, SendOp, ReadWriteOp, PollOp
 from uringloop._flow cimport TransportCore, not_contiguous_error, queued_not_contiguous_error
@@ -52,6 +54,7 @@ cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
 
 import errno as _errno
+import fcntl
 import os
 import stat as _stat
 
@@ -290,14 +293,13 @@ cdef class WritePipeCore(PipeCore):
             self.hangup_poll.events = POLLIN
         self.write_wait = self.write_op
         if not is_socket and not watch_hangup and os.isatty(fd):
+            # A tty waits for room with a poll and writes without sleeping (see submit_rest):
+            # through a description of its own, or -- where there is none (a pty's master end,
+            # no /proc) -- through the shared one, made non-blocking for the write alone
+            # (write_without_sleeping).
             self.tty_fd = _open_tty_again(fd, os.O_WRONLY)
-            if self.tty_fd >= 0:
-                self.write_wait = PollOp(self.proactor, self, self.own_fd, None)
-                (<PollOp>self.write_wait).events = POLLOUT
-            else:
-                # No description of our own (a pty's master end, no /proc...): the writes go
-                # to a worker thread, which may sleep in them (see submit_rest).
-                (<ReadWriteOp>self.write_op).always_async = True
+            self.write_wait = PollOp(self.proactor, self, self.own_fd, None)
+            (<PollOp>self.write_wait).events = POLLOUT
 
     cdef bint busy(self):
         return self.write_wait.state != OP_IDLE or (
@@ -368,23 +370,27 @@ cdef class WritePipeCore(PipeCore):
         cdef Py_buffer view
         cdef ssize_t done
         cdef int err
-        if self.no_write_now:
-            return data if type(data) is bytes else bytes(data)
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             if self.is_socket:
                 done = c_send(self.own_fd, view.buf, <size_t>view.len, MSG_DONTWAIT | MSG_NOSIGNAL)
-            elif self.tty_fd >= 0:
-                done = c_write(self.tty_fd, view.buf, <size_t>view.len)
+                err = errno
+            elif self.write_wait is not self.write_op or self.refuses_nowait:
+                done = self.write_without_sleeping(<char *>view.buf, <size_t>view.len)
+                err = <int>-done
             else:
                 done = ul_write_nowait(self.own_fd, view.buf, <size_t>view.len)
-            err = errno
+                err = errno
+                if done < 0 and err == EOPNOTSUPP:
+                    # A character device that refuses RWF_NOWAIT (/dev/full...): offered the
+                    # write the stock transport makes, with O_NONBLOCK, from now on.
+                    self.refuses_nowait = True
+                    done = self.write_without_sleeping(<char *>view.buf, <size_t>view.len)
+                    err = <int>-done
             if done == view.len:
                 return None
             if done < 0:
-                if err == EOPNOTSUPP:
-                    self.no_write_now = True
-                elif err != EAGAIN and err != EINTR:
+                if err != EAGAIN and err != EINTR:
                     self.conn_lost += 1
                     self.fatal_error(os_error(err), 'Fatal write error on pipe transport')
                     return None
@@ -402,9 +408,8 @@ cdef class WritePipeCore(PipeCore):
         return 0
 
     cdef int submit_rest(self) except -1:
-        """Hand what is left of self.inflight to the kernel: as a write(2), or for a tty with a
-        description of its own (see _open_tty_again) as a wait for room in it, after which
-        tty_write() writes what fits.
+        """Hand what is left of self.inflight to the kernel: as a write(2), or for a tty as a
+        wait for room in it, after which tty_write() writes what fits.
 
         Why a tty waits instead of writing: io_uring writes to a pollable file that lacks
         FMODE_NOWAIT (a tty) inline in the io_uring_enter as soon as poll reports room, trusting
@@ -431,15 +436,41 @@ cdef class WritePipeCore(PipeCore):
             return res
         PyObject_GetBuffer(self.inflight, &view, PyBUF_SIMPLE)
         try:
-            done = c_write(self.tty_fd, <char *>view.buf + self.inflight_done,
-                           <size_t>(view.len - self.inflight_done))
-            if done >= 0:
-                return <int>done
-            if errno == EAGAIN or errno == EINTR:
+            done = self.write_without_sleeping(<char *>view.buf + self.inflight_done,
+                                               <size_t>(view.len - self.inflight_done))
+            if done == -EAGAIN or done == -EINTR:
                 return 0            # the room went to another writer: wait again
-            return -errno
+            return <int>done
         finally:
             PyBuffer_Release(&view)
+
+    cdef ssize_t write_without_sleeping(self, const char *buf, size_t n) noexcept:
+        """write(2) that cannot sleep, for a tty or a device that refuses RWF_NOWAIT: the count
+        written or -errno.
+
+        Through the tty's own non-blocking description where there is one (_open_tty_again);
+        else through the transport's descriptor with O_NONBLOCK set on the shared description
+        for this one write, and its flags put back right after.  Why not leave it set, as the
+        stock transport does: the descriptor stays blocking for the ring's requests and for
+        the other users of the description (see the module docstring).  A read of the same
+        description sleeping in the kernel meanwhile (a pty master's read transport) that wakes
+        inside that window completes with -EAGAIN, which the proactor resubmits."""
+        cdef int flags
+        cdef ssize_t done
+        if self.tty_fd >= 0:
+            done = c_write(self.tty_fd, buf, n)
+            return done if done >= 0 else -errno
+        flags = c_fcntl(self.own_fd, F_GETFL)
+        if flags < 0:
+            return -errno
+        if not (flags & O_NONBLOCK) and c_fcntl(self.own_fd, F_SETFL, flags | O_NONBLOCK) < 0:
+            return -errno
+        done = c_write(self.own_fd, buf, n)
+        if done < 0:
+            done = -errno
+        if not (flags & O_NONBLOCK):
+            c_fcntl(self.own_fd, F_SETFL, flags)
+        return done
 
     cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         if op is self.write_op:
@@ -573,11 +604,15 @@ cdef int _open_tty_again(int fd, int access) except -2:
     (CPython's test_write_pty and test_bidirectional_pty).  Opening the device again through
     /proc/self/fd gives a description of our own, where O_NONBLOCK touches nobody else: the
     transport waits with a poll on the ring and reads or writes through it.  Not for the pty
-    master (/dev/ptmx, 5:2): opening it again creates a new pty.  Where it cannot be had, the
-    tty's reads are submitted as a pipe's are, and its writes too, but always to a worker
-    thread."""
+    master (/dev/ptmx, 5:2): opening it again creates a new pty.  Nor where the caller's
+    descriptor lacks the access the transport wants (a write transport on a tty opened
+    O_RDONLY): the stock transport's write fails there with EBADF, and a description opened
+    anew would write all the same.  Where there is none, the tty's reads are submitted as a
+    pipe's are, and its writes go through the shared description (write_without_sleeping)."""
     cdef object st = os.fstat(fd)
     if os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 2:
+        return -1
+    if (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) not in (access, os.O_RDWR):
         return -1
     try:
         tty_fd = os.open(f'/proc/self/fd/{fd}',
@@ -593,8 +628,9 @@ cdef int _open_tty_again(int fd, int access) except -2:
 cdef tuple _adopt_pipe(object pipe, str wrong_kind):
     """(fd, is_fifo, is_socket) of a pipe, socket or character device a transport takes over,
     switched to the blocking mode this module wants (see the module docstring)."""
-    cdef int fd = pipe.fileno()
-    mode = os.fstat(fd).st_mode
+    fileno = pipe.fileno()
+    mode = os.fstat(fileno).st_mode        # (first, for the stock TypeError of a wrong fileno())
+    cdef int fd = fileno
     is_fifo, is_socket = _stat.S_ISFIFO(mode), _stat.S_ISSOCK(mode)
     if not (is_fifo or is_socket or _stat.S_ISCHR(mode)):
         raise ValueError(wrong_kind)

@@ -15,6 +15,7 @@ went away (_abandoned), sock_connect's resolution and its connect(2) at once.
 """
 
 from uringloop._sys cimport (EBADF, EAGAIN, EINTR, EINPROGRESS, POLLOUT, pollfd, poll as c_poll,
+                             F_GETFL, O_NONBLOCK, c_fcntl,
                              sockaddr, socklen_t, sockaddr_in, inet_pton, htons)
 from libc.errno cimport errno, EALREADY
 from libc.string cimport memset
@@ -53,10 +54,6 @@ cdef extern from "<string.h>" nogil:
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t *size) except NULL
 
-cdef extern from "<fcntl.h>" nogil:
-    int F_GETFL
-    int O_NONBLOCK
-    int c_fcntl "fcntl"(int fd, int cmd)
 
 
 # ---------------------------------------------------------------------------------------------

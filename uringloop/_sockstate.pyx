@@ -53,7 +53,7 @@ close(), which programs and libraries read as "still open".
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from uringloop._sys cimport (ECANCELED, EBADF, EAGAIN, EINTR, EINPROGRESS, POLLIN, POLLOUT,
-                             pollfd, poll as c_poll)
+                             pollfd, poll as c_poll, F_GETFL, O_NONBLOCK, c_fcntl)
 
 from uringloop._proactor cimport Proactor, Completer, Operation, OP_IDLE, os_error
 from uringloop._ops cimport (BufferOp, RecvOp, SendOp, MsgOp, AcceptOp, ConnectOp, PollOp, DelayOp,
@@ -107,10 +107,6 @@ cdef object _type_of = _socket_base.__dict__['type'].__get__
 cdef extern from "<sys/socket.h>" nogil:
     int SOCK_NONBLOCK
 
-cdef extern from "<fcntl.h>" nogil:
-    int F_GETFL
-    int O_NONBLOCK
-    int c_fcntl "fcntl"(int fd, int cmd)
 
 # What a request made at once by the socket's own method returns when that method would block
 # (receive_now, accept_now; _sockio's zero-length reads): the request then waits in its queue.

@@ -73,6 +73,12 @@ cdef extern from "<poll.h>" nogil:
         short revents
     int poll(pollfd *fds, unsigned long nfds, int timeout)
 
+cdef extern from "<fcntl.h>" nogil:
+    # A descriptor's file status flags (O_NONBLOCK): read for sockets the caller made, and set
+    # around the few writes that must not sleep on a file that has no other way (_pipes).
+    int F_GETFL, F_SETFL, O_NONBLOCK
+    int c_fcntl "fcntl"(int fd, int cmd, ...)
+
 cdef extern from "<errno.h>" nogil:
     int errno
     enum:
