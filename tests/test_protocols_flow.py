@@ -379,6 +379,63 @@ async def test_pause_resume_reading_idempotent_and_eof_while_paused():
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize("held", ["eof", "data"])
+@pytest.mark.parametrize("resumed", ["a later iteration", "the same pass"])
+async def test_what_came_while_paused_follows_the_callbacks_queued_after_resume_reading(
+        held, resumed):
+    """uvicorn with pipelined requests and a client that then shuts its side: reading is
+    paused while a response is written, resumed (and paused again) between requests, and at
+    the last one resumed and followed by the task for the next request.  The stock loop reads
+    what came meanwhile -- the client's EOF -- at its next poll, after that task's first step
+    has written the response; delivered first, the EOF closed the transport and the response
+    was dropped.  Here what came is kept by the transport (a receive resumed and paused again
+    took it), and must wait for the same callbacks."""
+    loop = asyncio.get_running_loop()
+
+    class PausesOnData(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            if data == b'first':
+                self.transport.pause_reading()
+
+    server, peer, client = await connected_pair(client_protocol=PausesOnData)
+    t = client.transport
+    peer.transport.write(b'first')
+    await client.received(5)
+    if held == 'eof':
+        peer.transport.write_eof()
+    else:
+        peer.transport.write(b'second')
+    await asyncio.sleep(0.05)
+    t.resume_reading()
+    t.pause_reading()           # the receive resumed takes what came, then is stopped
+    await asyncio.sleep(0.05)
+    assert client.events == ['made', 'data']
+
+    async def next_request():
+        client.events.append('task')
+
+    def resume_and_go_on():
+        t.resume_reading()
+        loop.call_soon(client.events.append, 'queued')
+        loop.create_task(next_request())
+
+    if resumed == 'the same pass':
+        t.resume_reading()
+        t.pause_reading()
+        loop.call_soon(resume_and_go_on)
+    else:
+        resume_and_go_on()
+    if held == 'eof':
+        await client.eof
+    else:
+        await client.received(11)
+    assert client.events == ['made', 'data', 'queued', 'task', held if held == 'eof' else 'data']
+    await shut(server, client, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_pause_reading_in_connection_made():
     class StartsPaused(Recorder):
         def connection_made(self, transport):

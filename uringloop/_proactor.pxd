@@ -49,6 +49,11 @@ cdef class Proactor:
     # running in the I/O phase (_readiness.Readiness.queue_io_handle says why).
     cdef Py_ssize_t queued_by_ready_phase
     cdef Py_ssize_t io_deferred
+    # (callback, argument) pairs that go into the ready queue behind everything queued so far,
+    # once the ready callbacks running now have all run: where the stock loop's next poll would
+    # put an I/O callback (_receiveside.ReceiveSide.schedule_stash_after_ready_pass says why).
+    # Queued by the loop's iteration (_sched) after its ready callbacks, and at its start.
+    cdef list after_ready_pass
     # Called once at the start of the next iteration's enter (enter_for), after every callback
     # of this one: the readiness registry re-arms its poll there (_readiness).
     cdef Completer call_before_enter

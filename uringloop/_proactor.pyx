@@ -142,6 +142,7 @@ cdef class Proactor:
         self.backlog = []
         self.pending_cancels = []
         self.io_handles = []
+        self.after_ready_pass = []
         self.buffer_rings = []
         self.exception_handler = loop.call_exception_handler
         # Blocking on purpose: io_uring arms its own poll for a file that supports NOWAIT, whereas
@@ -536,9 +537,16 @@ cdef class Proactor:
 
     def select(self, timeout=None):
         # BaseEventLoop's iteration (the loop's fallback, see _sched): the handles of the I/O
-        # phase join the ready queue now, ahead of the timers it then finds due.
-        self.wait(timeout)
+        # phase join the ready queue now, ahead of the timers it then finds due, and so do the
+        # callbacks waiting for the end of a ready pass (after_ready_pass) -- every pass of
+        # this iteration has ended before its select().
+        cdef list callbacks = self.after_ready_pass
+        self.wait(0 if callbacks else timeout)
         self.move_io_handles_to_ready()
+        if callbacks:
+            self.after_ready_pass = []
+            for callback, argument in callbacks:
+                self.loop.call_soon(callback, argument)
         return ()
 
     cdef int move_io_handles_to_ready(self) except -1:

@@ -32,7 +32,9 @@ cdef class ReceiveSide(SendSide):
     cdef bint ring_dry               # the last multishot receive ended for want of buffers
     cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)
     cdef int stream_read_guess       # how far a large read grows a StreamReader's buffer (0: ask)
+    cdef unsigned stash_ticket       # names the one _deliver_stash_after_pass that may deliver
     cdef bint stash_scheduled        # _deliver_stash is scheduled (the ints and flags kept
+    cdef bint stash_after_pass       # _deliver_stash_after_pass will: _deliver_stash stands down
                                      # together: a lone int between pointers costs 4 B of
                                      # padding)
 
@@ -72,3 +74,6 @@ cdef class ReceiveSide(SendSide):
     cdef int fill_protocol_buffer(self) except -1
     cdef int on_eof(self) except -1
     cdef int schedule_stash(self) except -1
+    cdef int schedule_stash_after_ready_pass(self) except -1
+    cdef int deliver_stash(self) except -1
+    cdef int schedule_stash_after_ready_pass(self) except -1

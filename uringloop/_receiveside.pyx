@@ -367,6 +367,7 @@ cdef class ReceiveSide(SendSide):
         if self._closing or self._paused:
             return
         self._paused = True
+        self.stash_after_pass = False       # (withdrawn: see schedule_stash_after_ready_pass)
         if self.recv_op is not None:
             self.recv_op.cancel()
         if self.loop.get_debug():
@@ -378,7 +379,7 @@ cdef class ReceiveSide(SendSide):
         self._paused = False
         self.stopped_at_eof = False
         if self.stash or self.stash_end is not None:
-            self.schedule_stash()
+            self.schedule_stash_after_ready_pass()
         elif self.reading_started:
             # (Arming asks nothing of the protocol: a BufferedProtocol's get_buffer() is called
             # when bytes are there to go into it -- see deliver_buffered.)
@@ -437,14 +438,44 @@ cdef class ReceiveSide(SendSide):
         return 0
 
     cdef int schedule_stash(self) except -1:
-        if not self.stash_scheduled:
+        if not self.stash_scheduled and not self.stash_after_pass:
             self.stash_scheduled = True
             self.loop.call_soon(self._deliver_stash)
         return 0
 
+    cdef int schedule_stash_after_ready_pass(self) except -1:
+        # What completed while reading was paused is delivered after resume_reading() where the
+        # stock loop would read it: its reader, registered again, is polled once the ready
+        # callbacks have all run, and its callback queued behind everything they queued.
+        # Scheduled at once (call_soon), the delivery ran ahead of what the caller queued after
+        # resume_reading() -- uvicorn resumes reading when a response is complete, then creates
+        # the task for the next pipelined request: the client's EOF, stashed while paused,
+        # closed the transport before that task's first step could write its response (logged
+        # as sent, never received).  A delivery queued before resume_reading() (an EOF that
+        # completes while paused schedules one) stands down for this one (_deliver_stash); and
+        # a pause_reading() before this one runs withdraws it (as the stock reader removed
+        # before the poll reads nothing), so that the next resume_reading() -- after which
+        # uvicorn creates the next request's task -- is the one it follows (stash_ticket).
+        if not self.stash_after_pass:
+            self.stash_after_pass = True
+            self.stash_ticket += 1
+            self.proactor.after_ready_pass.append(
+                (self._deliver_stash_after_pass, self.stash_ticket))
+        return 0
+
     def _deliver_stash(self):
-        # Bytes that completed while reading was paused, then what ended them, then new reads.
         self.stash_scheduled = False
+        if not self.stash_after_pass:
+            self.deliver_stash()
+
+    def _deliver_stash_after_pass(self, unsigned ticket):
+        # (A _deliver_stash queued before this one has run by now, and stood down.)
+        if self.stash_after_pass and ticket == self.stash_ticket:
+            self.stash_after_pass = False
+            self.deliver_stash()
+
+    cdef int deliver_stash(self) except -1:
+        # Bytes that completed while reading was paused, then what ended them, then new reads.
         if self.buffered:
             # Filled from the ready queue: what buffer_updated() schedules now runs in the next
             # pass, which comes after the next batch of completions -- so no receive of that
@@ -463,12 +494,12 @@ cdef class ReceiveSide(SendSide):
                         self.schedule_stash()
                     raise
                 if self._paused or self._closing or self.stash_scheduled:
-                    return
+                    return 0
                 if self.stash_end is not None:
                     self.schedule_stash()
                 elif self.reading_started:
                     self.arm_receive()
-                return
+                return 0
             while self.stash and not self._paused and not self._closing:
                 try:
                     self.deliver(self.stash.pop(0))
@@ -478,9 +509,9 @@ cdef class ReceiveSide(SendSide):
                     self.schedule_stash()
                     raise
                 if self.stash_scheduled:
-                    return    # a BufferedProtocol's buffer was filled: the rest next pass
+                    return 0    # a BufferedProtocol's buffer was filled: the rest next pass
             if self._paused or self._closing:
-                return
+                return 0
             end = self.stash_end
             if end is not None:
                 self.stash_end = None
@@ -489,6 +520,7 @@ cdef class ReceiveSide(SendSide):
                 self.arm_receive()
         finally:
             self.exit_context()
+        return 0
 
     cdef int arm_receive(self) except -1:
         cdef RecvOp op

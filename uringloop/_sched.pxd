@@ -81,6 +81,7 @@ cdef class LoopCore:
     cdef bint own_clock(self) except -1
     cdef int iterate_until_stopped(self) except -1
     cdef int proactor_iteration(self, Proactor proactor, bint may_wait_after_ready) except -1
+    cdef int queue_after_ready_pass(self, Proactor proactor) except -1
     cdef object wait_timeout(self)
     cdef list pop_due(self)
     cdef int run_ready(self, Py_ssize_t ntodo) except -1

@@ -764,6 +764,11 @@ cdef class LoopCore:
         self.batch_left = 0
         proactor.queued_by_ready_phase = 0
         proactor.io_deferred = 0
+        if proactor.after_ready_pass:
+            # Asked for by the last iteration's I/O phase or timers, or while the loop was not
+            # running: behind what those queued, in this iteration's ready callbacks.
+            self.queue_after_ready_pass(proactor)
+            pending = len(self.ready)
         try:
             if pending or self._stopping:
                 # Noted before the ready callbacks run: a timer they schedule waits for the next
@@ -776,6 +781,8 @@ cdef class LoopCore:
                     self.run_ready(pending)
                     # (For the readiness callbacks: _readiness.Readiness.queue_io_handle.)
                     proactor.queued_by_ready_phase = len(self.ready)
+                    if proactor.after_ready_pass:
+                        self.queue_after_ready_pass(proactor)
                 if due or self.ready or self._stopping or not may_wait_after_ready:
                     timeout = 0
                 else:
@@ -845,6 +852,13 @@ cdef class LoopCore:
                 for i, timer in enumerate(due[ran:]):
                     self.ready.insert(self.batch_left + i, timer)
                 self.batch_left = 0
+        return 0
+
+    cdef int queue_after_ready_pass(self, Proactor proactor) except -1:
+        cdef list callbacks = proactor.after_ready_pass
+        proactor.after_ready_pass = []
+        for callback, argument in callbacks:
+            self.call_soon(callback, argument)
         return 0
 
     cdef object wait_timeout(self):
