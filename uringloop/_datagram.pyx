@@ -247,6 +247,11 @@ cdef class DatagramCore(TransportCore):
             self.recv_op.cancel()
         return 0
 
+    cdef bint completion_failed(self, Operation op, object exc) except -1:
+        self.fatal_error(exc, 'Fatal read error on datagram transport' if op is self.recv_op
+                         else 'Fatal write error on datagram transport')
+        return True
+
     cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         if op is self.recv_op:
             if self.bufs is not None:

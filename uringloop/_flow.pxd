@@ -47,6 +47,7 @@ cdef class TransportCore(WriteFlow):
     cdef bint stash_flush_scheduled
 
     cdef int completed(self, Operation op, int res, unsigned flags) except -1
+    cdef bint completion_failed(self, Operation op, object exc) except -1
     cdef int callback_failed(self, str method, tuple args, object exc) except -1
     cdef int release_if_idle(self) except -1
     cdef int let_go_of_the_loop(self) except -1

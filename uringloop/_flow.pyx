@@ -213,6 +213,13 @@ cdef class TransportCore(WriteFlow):
         self.context_depth += 1
         try:
             return self.completed(op, res, flags)
+        except Exception as exc:
+            # The loop's own work for the completion failed (MemoryError...): as the stock
+            # transports' reader and writer callbacks, a fatal error of the transport's (see
+            # _transports.SocketTransport.op_done for why).
+            if not self.completion_failed(op, exc):
+                raise
+            return 0
         finally:
             self.context_depth -= 1
             if self.context_depth == 0:
@@ -220,6 +227,11 @@ cdef class TransportCore(WriteFlow):
 
     cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         return 0
+
+    cdef bint completion_failed(self, Operation op, object exc) except -1:
+        """completed() raised `exc`: end the transport with it and return True (or False: the
+        Proactor reports it)."""
+        return False
 
     cdef Py_ssize_t write_buffer_size(self) noexcept:
         return self.buffer_size

@@ -175,6 +175,10 @@ cdef class ReadPipeCore(PipeCore):
         cdef ssize_t n = c_read(self.tty_fd, self.read_op.view.buf, <size_t>self.read_op.view.len)
         return <int>n if n >= 0 else -errno
 
+    cdef bint completion_failed(self, Operation op, object exc) except -1:
+        self.fatal_error(exc, 'Fatal read error on pipe transport')
+        return True
+
     cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         cdef object data
         if op is not self.read_op and res >= 0 and not self.closing:
@@ -471,6 +475,10 @@ cdef class WritePipeCore(PipeCore):
         if not (flags & O_NONBLOCK):
             c_fcntl(self.own_fd, F_SETFL, flags)
         return done
+
+    cdef bint completion_failed(self, Operation op, object exc) except -1:
+        self.fatal_error(exc, 'Fatal write error on pipe transport')
+        return True
 
     cdef int completed(self, Operation op, int res, unsigned flags) except -1:
         if op is self.write_op:

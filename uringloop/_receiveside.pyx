@@ -606,17 +606,21 @@ cdef class ReceiveSide(SendSide):
         if op is self.ms_op:
             if flags & IORING_CQE_F_BUFFER:
                 bid = flags >> IORING_CQE_BUFFER_SHIFT
-                if res > 0 and not gone:
-                    if self.feeds_stream_reader:
-                        reader = self.copy_into_stream_reader(self.bufs.data(bid), res)
-                    if reader is None:
-                        data = PyBytes_FromStringAndSize(self.bufs.data(bid), res)
-                    if res >= LARGE_READ_FROM and not final and self.large_read_size == 0:
-                        # Large reads: end the multishot receive; its final completion
-                        # re-arms the connection with a poll (see poll_done).
-                        self.large_read_size = _large_read_size(0, res)
-                        op.cancel()
-                self.bufs.consumed(bid, res if res > 0 else 0, flags)
+                try:
+                    if res > 0 and not gone:
+                        if self.feeds_stream_reader:
+                            reader = self.copy_into_stream_reader(self.bufs.data(bid), res)
+                        if reader is None:
+                            data = PyBytes_FromStringAndSize(self.bufs.data(bid), res)
+                        if res >= LARGE_READ_FROM and not final and self.large_read_size == 0:
+                            # Large reads: end the multishot receive; its final completion
+                            # re-arms the connection with a poll (see poll_done).
+                            self.large_read_size = _large_read_size(0, res)
+                            op.cancel()
+                finally:
+                    # (Also when the copy failed -- MemoryError, see SocketTransport.op_done:
+                    # the buffer goes back to the ring all the same.)
+                    self.bufs.consumed(bid, res if res > 0 else 0, flags)
             elif res == -ENOBUFS and not self.bufs.grow():
                 # The loop's ring had no buffer left (the bytes wait in the socket) and has
                 # grown as far as it may.  Re-arming the multishot receive at once would mostly

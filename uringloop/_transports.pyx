@@ -503,6 +503,18 @@ cdef class SocketTransport(ReceiveSide):
                 self.poll_done(res)
             else:
                 self.send_done(op, res)
+        except Exception as exc:
+            # The loop's own work for the completion failed -- a protocol's exceptions are
+            # reported where it is called -- which leaves this connection's state unknown: the
+            # bytes received may be gone (no memory for the bytes object that was to hold them,
+            # or for a StreamReader's buffer to grow), the next receive not armed.  The stock
+            # reader's _read_ready() takes any exception of its recv() for a fatal error, and
+            # so does this: reported, the connection closed, connection_lost(exc) -- not a
+            # connection that went on with a hole in its bytes, or hung for good, with only
+            # the Proactor's "Unhandled exception" in the log (found with RLIMIT_AS).
+            self.fatal_error(exc, 'Fatal read error on socket transport'
+                             if op is self.ms_op or op is self.single_op or op is self.poll_op
+                             else 'Fatal write error on socket transport')
         finally:
             self.exit_context()
         return 0
