@@ -1622,3 +1622,62 @@ async def test_a_read_waiting_on_a_closed_socket_whose_number_is_taken_again_end
             else:
                 task.cancel()       # the stock loop's read waits on forever
                 await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("view", ["bytearray", "memoryview", "array"])
+async def test_sock_sendall_sends_what_a_mutable_buffer_held_at_the_call(view):
+    # Tasks that fill one scratch buffer in turn, each awaiting its send (gather): each send
+    # carries its own bytes, as the stock loop sends them before the task can suspend; and a
+    # send left to a background task is not changed by what the buffer gets afterwards, nor
+    # keeps the buffer from being resized.
+    import array
+    loop = asyncio.get_running_loop()
+    a, b = nonblocking_pair()
+    scratch = bytearray(8)
+    buffer = {"bytearray": scratch, "memoryview": memoryview(scratch),
+              "array": array.array("B", bytes(8))}[view]
+
+    def fill(data):
+        buffer[:] = array.array("B", data) if view == "array" else data
+
+    async def send(i):
+        fill(b"msg%05d" % i)
+        await loop.sock_sendall(a, buffer)
+
+    try:
+        await asyncio.gather(*(send(i) for i in range(5)))
+        background = asyncio.ensure_future(loop.sock_sendall(a, buffer))
+        await asyncio.sleep(0)                  # its first step has run
+        fill(b"changed!")
+        await background
+        if view == "bytearray":
+            buffer.extend(b"grows")             # nothing holds on to it
+        expected = b"".join(b"msg%05d" % i for i in range(5)) + b"msg00004"
+        got = b""
+        while len(got) < len(expected):
+            got += await loop.sock_recv(b, 1000)
+        assert got == expected
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.asyncio
+@needs_311
+async def test_sock_sendto_sends_what_a_mutable_buffer_held_at_the_call():
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        sender.setblocking(False)
+        scratch = bytearray(8)
+
+        async def send(i):
+            scratch[:] = b"pkt%05d" % i
+            await loop.sock_sendto(sender, scratch, receiver.getsockname())
+
+        await asyncio.gather(*(send(i) for i in range(5)))
+        got = [await loop.sock_recv(receiver, 100) for _ in range(5)]
+        assert got == [b"pkt%05d" % i for i in range(5)]

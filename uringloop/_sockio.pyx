@@ -20,7 +20,8 @@ from uringloop._sys cimport (EBADF, EAGAIN, EINTR, EINPROGRESS, POLLOUT, pollfd,
 from libc.errno cimport errno, EALREADY
 from libc.string cimport memset
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBuffer_IsContiguous,
-                             PyBUF_FULL_RO)
+                             PyBUF_FULL_RO, PyBUF_SIMPLE)
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from uringloop._proactor cimport Proactor, os_error
 from uringloop._ops cimport unwritable_buffer_error
@@ -365,7 +366,7 @@ async def sock_sendall(self, sock, data):
             pass
         return None
     req = state.new_request(K_SEND)
-    req.buf = data
+    req.buf = _snapshot(data, size)
     state.queue_send(req)
     state.pump_send()
     try:
@@ -392,7 +393,7 @@ def end_send_turn(turn):
 
 async def sock_sendto(self, sock, data, address):
     cdef int fd = _socket_fd(self, sock)
-    _buffer_size(data)          # TypeError as socket.sendto() words it, for anything else
+    cdef Py_ssize_t size = _buffer_size(data)   # TypeError as socket.sendto() words it
     if address is None:
         # MsgOp takes None as "no address" (a connected datagram transport's sendto); sendto(2)
         # through the stock loop refuses it before anything is sent.
@@ -409,7 +410,7 @@ async def sock_sendto(self, sock, data, address):
         except (BlockingIOError, InterruptedError):
             pass
     cdef Request req = state.new_request(K_SENDTO)
-    req.buf = data
+    req.buf = _snapshot(data, size)
     req.address = address
     state.queue_send(req)
     state.pump_send()
@@ -720,6 +721,40 @@ cdef inline Py_ssize_t _buffer_size(data) except -1:
     size = view.len
     PyBuffer_Release(&view)
     return size
+
+
+# Up to how many bytes sock_sendall() and sock_sendto() copy a mutable buffer at the call.
+cdef Py_ssize_t SNAPSHOT_MAX = 256 * 1024
+
+
+cdef object _snapshot(object data, Py_ssize_t size):
+    """What a send request lends the kernel for `data`: a copy made now of a mutable buffer
+    (bytearray, a view of one, array, mmap...) of up to SNAPSHOT_MAX bytes, else `data`.
+
+    Why: the stock loop's sock_sendall() and sock_sendto() send at once, before the caller's
+    task can suspend, so the bytes that leave are those the buffer held at the call -- up to
+    what the socket takes at once (its send buffer: a datagram whole, a stream's first few
+    hundred KiB); only the rest is read from the caller's buffer later.  The kernel reads a
+    request's buffer at the loop's next io_uring_enter, after every callback of the pass, so
+    tasks that fill one scratch buffer in turn and each await a send of it (gather) all sent
+    the last one's bytes, and a send left to a background task sent what the buffer held by
+    then.  A copy also leaves the caller's buffer free at once: a task whose send was
+    cancelled may resize it.  Larger buffers are lent, as the stock loop reads the rest of
+    them later."""
+    cdef Py_buffer view
+    if type(data) is bytes or size > SNAPSHOT_MAX:
+        return data
+    if type(data) is memoryview and (<memoryview>data).readonly \
+            and type((<memoryview>data).obj) is bytes:
+        return data
+    try:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    except BufferError:
+        return data         # not contiguous: refused later, in the stock loop's words
+    try:
+        return PyBytes_FromStringAndSize(<char *>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
 
 
 cdef inline Py_ssize_t _check_writable(buf, str method) except -1:
