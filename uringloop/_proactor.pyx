@@ -149,7 +149,7 @@ cdef class Proactor:
         # a read on an O_NONBLOCK eventfd may complete with -EAGAIN and spin.
         self.wake_fd = eventfd(0, EFD_CLOEXEC)
         if self.wake_fd < 0:
-            raise OSError(_errno(), "eventfd")
+            raise os_error(_errno())        # (EMFILE: as the stock loop's socketpair() says it)
         # The wake-up is itself a completion: an 8-byte read on an eventfd that another thread
         # writes (call_soon_threadsafe, signal delivery).  It is always in flight while the loop
         # is open, so a waiting io_uring_enter returns as soon as anyone writes.

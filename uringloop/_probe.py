@@ -115,6 +115,17 @@ def diagnose(err: int) -> IOUringUnavailableError:
                  "RLIMIT_MEMLOCK, which is " + _memlock(),
             "raise the locked-memory limit (ulimit -l, LimitMEMLOCK= in systemd, --ulimit "
             "memlock= in Docker) or upgrade the kernel")
+    if err == errno.ENOMEM and not _may_lock_memory():
+        # Ring memory is charged to RLIMIT_MEMLOCK again on recent kernels (6.18 measured) for
+        # a process without CAP_IPC_LOCK; Ring() has already tried the smallest ring it makes
+        # (64 entries, a few KiB).
+        return IOUringUnavailableError(
+            err, "the kernel refused memory for the rings: for a process without CAP_IPC_LOCK "
+                 "it charges them to the locked-memory limit (RLIMIT_MEMLOCK, which is "
+                 f"{_memlock()}) before Linux 5.12 and again on recent kernels, and to the "
+                 "memory cgroup",
+            "raise the locked-memory limit (ulimit -l, LimitMEMLOCK= in systemd, docker run "
+            "--ulimit memlock=-1) or the memory limit, or free memory")
     if err == errno.ENOMEM:
         return IOUringUnavailableError(
             err, "the kernel refused memory for the rings (charged to the memory cgroup since "
@@ -133,6 +144,13 @@ def diagnose(err: int) -> IOUringUnavailableError:
             f"use Linux >= {MINIMUM_KERNEL[0]}.{MINIMUM_KERNEL[1]}")
     return IOUringUnavailableError(err, f"io_uring_setup failed: {os.strerror(err)}",
                                    "see `python -m uringloop` for this kernel's report")
+
+
+def _may_lock_memory() -> bool:
+    """Whether this process has CAP_IPC_LOCK, which spares it the locked-memory limit (True
+    when /proc does not say)."""
+    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)", _read("/proc/self/status") or "", re.M)
+    return m is None or bool(int(m.group(1), 16) & (1 << 14))     # CAP_IPC_LOCK
 
 
 def _memlock() -> str:
@@ -243,7 +261,7 @@ def probe() -> ProbeReport:
     release = _kernel_release()
     version = kernel_version()
     try:
-        ring = Ring(8)
+        ring = Ring()            # (the size a loop asks for, and its fallbacks)
     except OSError as exc:
         err = diagnose(exc.errno or errno.EINVAL)
         return ProbeReport(kernel=release, kernel_version=version, available=False,

@@ -85,6 +85,10 @@ cdef class EnterHook:
         return 0
 
 
+# The smallest ring Ring() falls back to when the kernel has no memory for a larger one.
+cdef unsigned MIN_ENTRIES = 64
+
+
 cdef class Ring:
 
     def __cinit__(self):
@@ -97,18 +101,28 @@ cdef class Ring:
         cdef io_uring_params p
         cdef int fd = -EINVAL
         cdef unsigned flags
-        for choice in _SETUP_CHOICES:
-            flags = <unsigned>choice
-            if not single_issuer and flags & IORING_SETUP_SINGLE_ISSUER:
-                continue
-            memset(&p, 0, sizeof(p))
-            # A CQ four times the SQ: multishot requests post many CQEs per SQE, and overflow,
-            # although never lossy with FEAT_NODROP, costs a slow path in the kernel.
-            p.flags = flags | extra_flags | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP
-            p.cq_entries = entries * 4
-            fd = ul_setup(entries, &p)
-            if fd != -EINVAL:
+        while True:
+            for choice in _SETUP_CHOICES:
+                flags = <unsigned>choice
+                if not single_issuer and flags & IORING_SETUP_SINGLE_ISSUER:
+                    continue
+                memset(&p, 0, sizeof(p))
+                # A CQ four times the SQ: multishot requests post many CQEs per SQE, and
+                # overflow, although never lossy with FEAT_NODROP, costs a slow path in the
+                # kernel.
+                p.flags = flags | extra_flags | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP
+                p.cq_entries = entries * 4
+                fd = ul_setup(entries, &p)
+                if fd != -EINVAL:
+                    break
+            # ENOMEM: the rings' memory is charged to RLIMIT_MEMLOCK (before 5.12, and again on
+            # recent kernels, 6.18 measured) for a process without
+            # CAP_IPC_LOCK -- 64 KiB in many containers, where 1024 entries (about 130 KiB of
+            # SQEs and CQEs) do not fit: smaller rings do.  A full SQ is only a wait (the
+            # Proactor's backlog), never a failure.
+            if fd != -ENOMEM or entries <= MIN_ENTRIES:
                 break
+            entries //= 4
         if fd < 0:
             raise _oserror(-fd, "io_uring_setup")
         self.fd = fd

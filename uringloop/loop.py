@@ -18,6 +18,7 @@ pipes, subprocesses and signals live in their own modules and are attached below
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sys
 import threading
@@ -100,6 +101,11 @@ class Loop(UnixMixin, NetworkMixin, _CloseIOChain, LoopCore, base_events.BaseEve
             ring = Ring()
         except OSError as exc:
             self._closed = True      # half-built: BaseEventLoop.__del__ must not try to close
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # No descriptor left for the ring: nothing about io_uring (and the stock loop,
+                # which a fallback would make, needs descriptors too) -- the stock loop's
+                # OSError, in its words.
+                raise OSError(exc.errno, os.strerror(exc.errno)) from None
             raise diagnose(exc.errno or 0) from exc
         old = too_old()
         if old is not None:

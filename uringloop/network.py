@@ -490,7 +490,15 @@ class NetworkMixin:
         from uringloop._sendfile import SpliceSender     # imported when first used (see unix.py)
         if _SENDFILE_COUNT_UNBOUNDED and count and count > _LARGEST_COUNT:
             count = _LARGEST_COUNT      # no file holds more
-        sender = SpliceSender(self, sock, file_fd, offset, count or 0)
+        try:
+            sender = SpliceSender(self, sock, file_fd, offset, count or 0)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # The splices need a pipe and duplicates of both descriptors (see _sendfile.pyx),
+            # which os.sendfile() does not: out of descriptors, the stock loop's sendfile still
+            # works, so this is the fallback's cue (fallback=True reads and sends).
+            raise exceptions.SendfileNotAvailableError("os.sendfile call failed") from exc
         # loop.sendfile() on a transport: the transport's close ends the transfer (see
         # _sendfile_native).
         transp = self._ul_sendfile_transports.get(sock.fileno())
