@@ -3,6 +3,7 @@ each case runs in a child process of its own (the limits are the child's), on ur
 the stock loop where both apply."""
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def run_child(code, loop_name, command_prefix=()):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     argv = [sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code), loop_name]
     if command_prefix:
-        argv = [*command_prefix, " ".join(f"'{arg}'" for arg in argv)]
+        argv = [*command_prefix, " ".join(shlex.quote(arg) for arg in argv)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout.split("\n")
