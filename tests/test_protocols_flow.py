@@ -436,6 +436,48 @@ async def test_what_came_while_paused_follows_the_callbacks_queued_after_resume_
 
 @pytest.mark.asyncio
 @bounded()
+async def test_the_eof_after_resumed_bytes_comes_a_readiness_round_after_them():
+    """The peer wrote and shut its side while reading was paused; both wait in the socket.
+    The stock loop reads the bytes at the first poll after resume_reading() and the EOF at the
+    next one: eof_received() comes after everything the ready pass between the two queued.
+    (Where the bytes themselves land among the callbacks is not compared: a receive the loop
+    arms completes in the same iteration, README.)  One pass sooner, the EOF closed the
+    transport under a callback the stock loop runs with it open."""
+    loop = asyncio.get_running_loop()
+    trace = []
+
+    class Traced(Recorder):
+        def eof_received(self):
+            trace.append('eof')
+            return super().eof_received()
+
+        def connection_lost(self, exc):
+            trace.append('lost')
+            super().connection_lost(exc)
+
+    server, peer, client = await connected_pair(client_protocol=Traced)
+    client.transport.pause_reading()
+    peer.transport.write(b'hello')
+    peer.transport.write_eof()
+    await asyncio.sleep(0.05)
+    client.transport.resume_reading()
+    loop.call_soon(trace.append, 'queued with the resume')
+    await asyncio.sleep(0)
+    trace.append('next pass')
+    loop.call_soon(trace.append, 'queued in the next pass')
+    await asyncio.sleep(0)
+    trace.append('pass after')
+    loop.call_soon(trace.append, 'queued in the pass after')
+    await client.lost
+    await asyncio.sleep(0.01)
+    assert bytes(client.data) == b'hello'
+    assert trace == ['queued with the resume', 'next pass', 'queued in the next pass',
+                     'pass after', 'eof', 'queued in the pass after', 'lost']
+    await shut(server, peer)
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_pause_reading_in_connection_made():
     class StartsPaused(Recorder):
         def connection_made(self, transport):

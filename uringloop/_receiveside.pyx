@@ -814,13 +814,16 @@ cdef class ReceiveSide(SendSide):
     cdef int got_eof(self) except -1:
         # The stock loop learns of the EOF from a recv() of its own, in a readiness round after
         # the one that delivered the last bytes, so eof_received() runs after whatever
-        # data_received() scheduled with call_soon().  Here the EOF may complete in the same
-        # batch as those bytes; it takes the stash's way, one pass of the ready queue later,
-        # and so keeps that order (and a paused transport keeps it for resume).  Not again for
-        # a receive that ends after eof_received() kept the connection open (on_eof).
+        # data_received() scheduled with call_soon() -- and after whatever else the ready pass
+        # that ran those queued.  Here the EOF may complete in the same batch as those bytes;
+        # it takes the stash's way, behind the next ready pass (after_ready_pass), and so keeps
+        # that order (and a paused transport keeps it for resume).  One pass sooner, a task
+        # woken in that pass found the transport closed where the stock one was open (found by
+        # a differential fuzzer).  Not again for a receive that ends after eof_received() kept
+        # the connection open (on_eof).
         if not self._closing and not self.stopped_at_eof:
             self.stash_end = _EOF
-            self.schedule_stash()
+            self.schedule_stash_after_ready_pass()
         return 0
 
     cdef int recv_into_stream_reader(self) except -1:

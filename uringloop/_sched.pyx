@@ -764,9 +764,11 @@ cdef class LoopCore:
         self.batch_left = 0
         proactor.queued_by_ready_phase = 0
         proactor.io_deferred = 0
-        if proactor.after_ready_pass:
+        if proactor.after_ready_pass and not pending:
             # Asked for by the last iteration's I/O phase or timers, or while the loop was not
-            # running: behind what those queued, in this iteration's ready callbacks.
+            # running, and nothing is ready to run first: now.  (With callbacks ready, those
+            # go first -- the stock loop's I/O callbacks run in its next ready pass, and what
+            # they ask of the poll comes after it: queued below, once they have run.)
             self.queue_after_ready_pass(proactor)
             pending = len(self.ready)
         try:
