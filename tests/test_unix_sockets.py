@@ -308,3 +308,30 @@ async def test_a_peer_leaving_our_bytes_unread_resets_the_connection(sock_path, 
         peer.close()
         exc = await lost
     assert type(exc) is (ConnectionResetError if reading else BrokenPipeError), exc
+
+
+@pytest.mark.asyncio
+@bounded()
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the stock loop's sock_recvfrom is 3.11+")
+async def test_sock_recvfrom_on_a_unix_stream_gives_the_peers_path_also_for_kept_bytes(sock_path):
+    # socket.recvfrom() on a connected unix stream socket names the peer's bound path.  A
+    # receive cancelled as its bytes arrive keeps them for the next one (README); that one
+    # gives the path too, not None.
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(sock_path)
+        listener.listen()
+        ours = socket.socket(socket.AF_UNIX)
+        ours.setblocking(False)
+        await loop.sock_connect(ours, sock_path)
+        peer, _ = listener.accept()
+        with ours, peer:
+            first = loop.create_task(loop.sock_recvfrom(ours, 100))
+            await asyncio.sleep(0.01)
+            peer.send(b'hello')
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            await asyncio.sleep(0.01)
+            data, address = await loop.sock_recvfrom(ours, 100)
+            assert data == b'hello' and address == sock_path

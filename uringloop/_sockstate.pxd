@@ -87,6 +87,7 @@ cdef class SocketState(Completer):
     cdef PollOp readable_poll(self)
     cdef object receive_now(self, Request req)
     cdef int serve_from_stash(self, Request req) except -1
+    cdef object stream_sender(self)
     cdef int serve_datagram(self, Request req, object data, Py_ssize_t n, object addr) except -1
     cdef Request next_request(self, object q)
     cdef Request finish_request(self, Operation op, object q)

@@ -448,16 +448,26 @@ cdef class SocketState(Completer):
             n = min(req.nbytes, len(self.stash))
             data = bytes(self.stash[:n])
             del self.stash[:n]
-            # socket.recvfrom() on a connected stream socket gives no address.
-            _set_result(req.fut, data if req.kind == K_RECV else (data, None))
+            _set_result(req.fut, data if req.kind == K_RECV else (data, self.stream_sender()))
         else:   # K_RECV_INTO, K_RECVFROM_INTO
             mv = memoryview(req.buf).cast('B')
             n = len(mv) if req.nbytes == 0 else min(req.nbytes, len(mv))
             n = min(n, len(self.stash))
             mv[:n] = self.stash[:n]
             del self.stash[:n]
-            _set_result(req.fut, n if req.kind == K_RECV_INTO else (n, None))
+            _set_result(req.fut, n if req.kind == K_RECV_INTO else (n, self.stream_sender()))
         return 0
+
+    cdef object stream_sender(self):
+        """The address socket.recvfrom() gives with a connected stream socket's bytes: none
+        for TCP; for a unix socket the peer's bound path (None when it has none)."""
+        sock = self.sock_ref()
+        if self.family != AF_UNIX or sock is None:
+            return None
+        try:
+            return sock.getpeername() or None
+        except OSError:
+            return None
 
     cdef int serve_datagram(self, Request req, object data, Py_ssize_t n, object addr) except -1:
         cdef memoryview mv
