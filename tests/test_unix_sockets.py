@@ -279,35 +279,44 @@ async def test_start_serving_false(sock_path):
 
 @pytest.mark.asyncio
 @bounded()
-@pytest.mark.parametrize('reading', [True, False], ids=['reading', 'paused'])
+@pytest.mark.parametrize('reading', ['reading', 'paused', 'stopped at the eof'])
 async def test_a_peer_leaving_our_bytes_unread_resets_the_connection(sock_path, reading):
     """An AF_UNIX peer that closes with our write unread (its receive queue full) resets the
     connection: while we read, connection_lost() gets that ConnectionResetError, as the stock
-    loop's reader -- run before its writer -- finds it; with reading paused, the write's
-    BrokenPipeError, as on the stock loop.  uringloop reported the broken pipe either way: the
-    send's completion came before the receive's."""
+    loop's reader -- run before its writer -- finds it; with reading paused, or stopped by an
+    eof_received() that kept the connection open, the write's BrokenPipeError, as on the stock
+    loop.  uringloop reported the broken pipe either way (the send's completion came before
+    the receive's), and then the reset after an EOF (the send waiting for room woke to it)."""
     loop = asyncio.get_running_loop()
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(sock_path)
     listener.listen()
     listener.setblocking(False)
     lost = loop.create_future()
+    eof = loop.create_future()
 
     class Writer(asyncio.Protocol):
+        def eof_received(self):
+            eof.set_result(None)
+            return True
+
         def connection_lost(self, exc):
             lost.set_result(exc)
 
     with listener:
         transport, _ = await loop.create_unix_connection(Writer, sock_path)
         peer, _ = await loop.sock_accept(listener)
-        if not reading:
+        if reading == 'paused':
             transport.pause_reading()
+        elif reading == 'stopped at the eof':
+            peer.shutdown(socket.SHUT_WR)
+            await eof
         transport.write(b'z' * 2_000_000)
         await asyncio.sleep(0.05)
         assert transport.get_write_buffer_size() > 0
         peer.close()
         exc = await lost
-    assert type(exc) is (ConnectionResetError if reading else BrokenPipeError), exc
+    assert type(exc) is (ConnectionResetError if reading == 'reading' else BrokenPipeError), exc
 
 
 @pytest.mark.asyncio

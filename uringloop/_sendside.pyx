@@ -57,6 +57,7 @@ cdef extern from "<sys/socket.h>" nogil:
 cdef object _SHUT_WR = _socket.SHUT_WR
 cdef object _SOL_SOCKET = _socket.SOL_SOCKET
 cdef object _SO_ERROR = _socket.SO_ERROR
+cdef int _AF_UNIX = _socket.AF_UNIX
 # Before 3.12 the stock transports' writelines() is WriteTransport's write(b''.join(list_of_data)):
 # its errors are the join's TypeError, then write()'s own.  (It sends what the join made; we send
 # the items as they are -- the bytes are the same.)
@@ -610,6 +611,13 @@ cdef class SendSide(WriteFlow):
         if self.conn_lost or self.sock is None or self.proactor.closing:
             return 0          # aborted: the queue is gone and nobody waits
         if res < 0:
+            if (res == -ECONNRESET and not self.receive_pending()
+                    and self.sock.family == _AF_UNIX):
+                # A unix peer that closed with our bytes unread: a send that was waiting for
+                # room in the kernel wakes to the reset it left, while the stock loop's send,
+                # made when its writer callback runs -- reading stopped or paused, no reader to
+                # meet the reset first -- finds the connection shut and gets EPIPE.
+                res = -EPIPE
             exc = os_error(-res)
             self.write_q = None
             self.queued_bytes = 0
