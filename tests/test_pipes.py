@@ -544,6 +544,45 @@ async def test_read_pipe_pause_and_resume_lose_nothing():
 
 
 @pytest.mark.asyncio
+async def test_read_pipe_eof_comes_where_the_stock_reader_would_find_it():
+    # The stock transport's reader runs from the ready queue, behind what the pass before its
+    # poll queued, and schedules eof_received() and connection_lost() from there.
+    transport, proto, rpipe, w = await read_pipe()
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.01)
+    os.close(w)
+    for i in range(3):
+        loop.call_soon(proto.events.append, f"mark{i}")
+        await asyncio.sleep(0)
+    await asyncio.wait_for(proto.lost, 5)
+    await asyncio.sleep(0.01)
+    assert proto.events == ["made", "mark0", "mark1", "eof", "lost", "mark2"]
+
+
+@pytest.mark.asyncio
+async def test_read_pipe_resumed_delivers_what_it_kept_behind_the_callbacks_queued_with_it():
+    # A read resumed and paused again in one callback takes what the pipe holds (kept while
+    # paused); resumed later, those bytes come where the stock reader would read them: after
+    # what the caller queued with resume_reading(), not before.
+    transport, proto, rpipe, w = await read_pipe()
+    loop = asyncio.get_running_loop()
+    transport.pause_reading()
+    os.write(w, b"kept")
+    await iterations(5)
+    transport.resume_reading()
+    transport.pause_reading()
+    await asyncio.sleep(0.01)
+    assert proto.data == b""
+    transport.resume_reading()
+    loop.call_soon(proto.events.append, "queued with the resume")
+    await until(lambda: proto.data == b"kept")
+    assert proto.events == ["made", "queued with the resume", "data"]
+    transport.close()
+    os.close(w)
+    await asyncio.wait_for(proto.lost, 5)
+
+
+@pytest.mark.asyncio
 async def test_read_pipe_closed_in_data_received_leaves_the_rest_in_the_pipe():
     """A protocol that closes its transport in data_received(): what the pipe holds beyond
     that chunk stays there for the pipe's other readers -- no read taken ahead of the close."""

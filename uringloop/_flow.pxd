@@ -45,6 +45,7 @@ cdef class TransportCore(WriteFlow):
     cdef readonly bint paused
     cdef object stash                      # what completed after pause_reading(), in order
     cdef bint stash_flush_scheduled
+    cdef unsigned stash_ticket             # names the one flush_stash that may deliver
 
     cdef int completed(self, Operation op, int res, unsigned flags) except -1
     cdef bint completion_failed(self, Operation op, object exc) except -1

@@ -299,8 +299,11 @@ cdef class TransportCore(WriteFlow):
     cdef int deliver_stashed(self, object item) except -1:
         return 0
 
-    def flush_stash(self):
-        """Deliver what completed after pause_reading(), in order, then receive again."""
+    def flush_stash(self, unsigned ticket):
+        """Deliver what completed after pause_reading(), in order, then receive again -- unless
+        a pause_reading() since the resume_reading() that asked for it withdrew it."""
+        if not self.stash_flush_scheduled or ticket != self.stash_ticket:
+            return
         self.stash_flush_scheduled = False
         while self.stash and not self.paused and not self.closing:
             self.deliver_stashed(self.stash.popleft())
@@ -313,6 +316,7 @@ cdef class TransportCore(WriteFlow):
         if self.closing or self.paused:
             return
         self.paused = True
+        self.stash_flush_scheduled = False      # (withdrawn: see resume_reading)
         self.stop_receive()
         if self.loop.get_debug():
             _logger.debug("%r pauses reading", self.transport)
@@ -322,9 +326,14 @@ cdef class TransportCore(WriteFlow):
             return
         self.paused = False
         if self.stash:
+            # Delivered where the stock transport would read it after resume_reading(): its
+            # reader, registered again, is polled once the ready callbacks have all run, so
+            # behind everything they queued -- also what the caller queued after this call (see
+            # _receiveside.ReceiveSide.schedule_stash_after_ready_pass).
             if not self.stash_flush_scheduled:
                 self.stash_flush_scheduled = True
-                self.loop.call_soon(self.flush_stash)
+                self.stash_ticket += 1
+                self.proactor.after_ready_pass.append((self.flush_stash, self.stash_ticket))
         else:
             self.start_receive()
         if self.loop.get_debug():

@@ -195,7 +195,11 @@ cdef class ReadPipeCore(PipeCore):
         elif self.paused or self.stash:
             self.stash.append(PyBytes_FromStringAndSize(<char *>self.read_op.view.buf, res))
         elif res == 0:
-            self.got_eof()
+            # As the stock transport's reader, which runs from the ready queue -- behind what
+            # the pass before the poll queued -- and then schedules eof_received() and
+            # connection_lost(): one hop here, the other in got_eof().  (Straight from the
+            # completion, the EOF came a pass early.)
+            self.loop.call_soon(self.eof_read)
         else:
             # Delivered before the next read is armed: a protocol that closes the transport
             # (or pauses it) in data_received() leaves whatever else the pipe holds in the pipe,
@@ -222,6 +226,13 @@ cdef class ReadPipeCore(PipeCore):
             return 0
         self.release_if_idle()
         return 0
+
+    def eof_read(self):
+        if not self.closing:
+            if self.paused or self.stash:
+                self.stash.append(b'')
+            else:
+                self.got_eof()
 
     def receive_again(self):
         """Scheduled after a read's data was delivered (see completed())."""
