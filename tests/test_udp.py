@@ -1306,3 +1306,44 @@ def test_datagrams_that_wait_for_room_leave_in_order(loop_name, tmp_path):
     # whichever CPU sent each packet out of the shaper (the stock loop's run sees 1-3 at times
     # too).  Waiting in the kernel, uringloop's had been ~1,400 out of order in 3,000.
     assert out_of_order <= 10
+
+
+@pytest.mark.asyncio
+async def test_queued_datagrams_that_fail_are_reported_one_per_round_of_room(tmp_path):
+    # The stock transport's writer callback reports one failed send to error_received() and
+    # returns; the datagrams behind it stay queued (in the write buffer, holding a close()
+    # back) until the socket is writable again -- one error per loop iteration, not all at
+    # once.  Here: a unix receiver that never reads, then goes away with datagrams queued.
+    loop = asyncio.get_running_loop()
+    passes = 0
+    errors = []
+    sizes = []
+
+    class Failing(asyncio.DatagramProtocol):
+        def error_received(self, exc):
+            errors.append((passes, exc.errno))
+            sizes.append(transport.get_write_buffer_size())
+
+    with open("/proc/sys/net/unix/max_dgram_qlen") as f:
+        room = int(f.read())
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.bind(str(tmp_path / "peer"))
+    transport, _ = await loop.create_datagram_endpoint(
+        Failing, local_addr=str(tmp_path / "ours"), family=socket.AF_UNIX)
+    try:
+        for _ in range(room + 4):
+            transport.sendto(b"x" * 100, str(tmp_path / "peer"))
+        assert transport.get_write_buffer_size() > 0
+        peer.close()
+        for _ in range(20):
+            await asyncio.sleep(0)
+            passes += 1
+        # (The receiver's queue takes about `room` of them; the rest were queued.)
+        assert len(errors) >= 2
+        assert [code for _, code in errors] == [errno.ECONNREFUSED] * len(errors)
+        assert len({at for at, _ in errors}) == len(errors), errors    # each in its iteration
+        assert sizes[0] > 0                                            # the rest still queued
+    finally:
+        transport.close()
+        peer.close()
+        await asyncio.sleep(0)

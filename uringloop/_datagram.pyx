@@ -643,7 +643,7 @@ cdef class DatagramCore(TransportCore):
 
     cdef int send_queued_inline(self) except -1:
         """Send the queued datagrams in order, one non-blocking sendmsg(2) each, until the
-        socket has no room; then wait for room again."""
+        socket has no room or one fails; then wait for room again."""
         cdef MsgOp op
         cdef ssize_t sent
         cdef int err
@@ -680,6 +680,10 @@ cdef class DatagramCore(TransportCore):
                 self.error_received(exc)
                 if self.conn_lost:
                     return 0
+                # One error per round of room, as the stock transport's writer callback
+                # reports one and returns: the rest stay queued (counted in the write buffer,
+                # holding a close() back) until the socket is writable again.
+                break
         return self.arm_send_poll()
 
     # ---- closing ----
