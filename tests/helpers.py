@@ -230,3 +230,15 @@ def run_iterations(loop, n=1):
             loop._run_once()
     finally:
         asyncio.events._set_running_loop(None)
+
+
+async def cancel_a_receive_as_its_bytes_arrive(receive, send):
+    """Start the sock_recv* coroutine `receive`, let it wait, then call send() (the peer's
+    bytes) and cancel the receive in the same pass: on uringloop the receive is already in the
+    kernel and may take the bytes, which the next receive on the socket must then get."""
+    receiving = asyncio.ensure_future(receive)
+    await asyncio.sleep(0.01)
+    send()
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await receiving

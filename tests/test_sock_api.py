@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from helpers import PACKET_P, PACKET_Q, RefusingFirstSends, lo_address, packet_socket
+from helpers import (PACKET_P, PACKET_Q, RefusingFirstSends, cancel_a_receive_as_its_bytes_arrive,
+                     lo_address, packet_socket)
 
 needs_311 = pytest.mark.skipif(sys.version_info < (3, 11),
                                reason="sock_recvfrom/sock_sendto are in the stock loop since 3.11")
@@ -920,12 +921,8 @@ async def test_recvfrom_on_a_stream_socket_gets_bytes_a_cancelled_receive_left()
     a, b = nonblocking_pair()
     with a, b:
         for use_into in (False, True):
-            receiving = asyncio.ensure_future(loop.sock_recv(b, 100))
-            await asyncio.sleep(0.01)
-            a.send(b"one")
-            receiving.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await receiving
+            await cancel_a_receive_as_its_bytes_arrive(loop.sock_recv(b, 100),
+                                                       lambda: a.send(b"one"))
             if use_into:
                 buf = bytearray(10)
                 nbytes, addr = await asyncio.wait_for(loop.sock_recvfrom_into(b, buf), 5)

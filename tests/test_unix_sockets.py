@@ -14,7 +14,7 @@ import pytest
 
 import uringloop
 
-from helpers import bounded, echo
+from helpers import bounded, cancel_a_receive_as_its_bytes_arrive, echo
 
 
 @pytest.fixture
@@ -335,12 +335,8 @@ async def test_sock_recvfrom_on_a_unix_stream_gives_the_peers_path_also_for_kept
         await loop.sock_connect(ours, sock_path)
         peer, _ = listener.accept()
         with ours, peer:
-            first = loop.create_task(loop.sock_recvfrom(ours, 100))
-            await asyncio.sleep(0.01)
-            peer.send(b'hello')
-            first.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await first
+            await cancel_a_receive_as_its_bytes_arrive(loop.sock_recvfrom(ours, 100),
+                                                       lambda: peer.send(b'hello'))
             await asyncio.sleep(0.01)
             data, address = await loop.sock_recvfrom(ours, 100)
             assert data == b'hello' and address == sock_path
