@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+from helpers import child_env
+
 CHILD_PRELUDE = """
 import asyncio, os, resource, socket, sys
 def make_loop():
@@ -32,7 +34,7 @@ def take_all_descriptors_but(n):
 
 
 def run_child(code, loop_name, command_prefix=()):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env = child_env()
     argv = [sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code), loop_name]
     if command_prefix:
         argv = [*command_prefix, " ".join(shlex.quote(arg) for arg in argv)]
