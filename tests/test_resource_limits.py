@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from helpers import child_env
+from helpers import PACKAGE_PARENT, child_env
 
 CHILD_PRELUDE = """
 import asyncio, os, resource, socket, sys
@@ -38,7 +38,8 @@ def run_child(code, loop_name, command_prefix=()):
     argv = [sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code), loop_name]
     if command_prefix:
         argv = [*command_prefix, " ".join(shlex.quote(arg) for arg in argv)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
+                          cwd=PACKAGE_PARENT)     # (not a checkout's unbuilt sources)
     assert done.returncode == 0, done.stderr
     return done.stdout.split("\n")
 
