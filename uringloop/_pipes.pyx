@@ -54,7 +54,6 @@ cdef extern from "<unistd.h>" nogil:
     int c_close "close"(int fd)
 
 import errno as _errno
-import fcntl
 import os
 import stat as _stat
 
@@ -631,7 +630,7 @@ cdef int _open_tty_again(int fd, int access) except -2:
     cdef object st = os.fstat(fd)
     if os.major(st.st_rdev) == 5 and os.minor(st.st_rdev) == 2:
         return -1
-    if (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) not in (access, os.O_RDWR):
+    if (c_fcntl(fd, F_GETFL) & os.O_ACCMODE) not in (access, os.O_RDWR):
         return -1
     try:
         tty_fd = os.open(f'/proc/self/fd/{fd}',
