@@ -308,7 +308,6 @@ cdef int run_handle(object handle) except -1:
 # the loop
 # ---------------------------------------------------------------------------------------------
 
-@cython.auto_pickle(False)
 cdef class LoopCore:
     """Base of uringloop.Loop, placed before BaseEventLoop in its MRO.
 

@@ -76,7 +76,6 @@ cdef enum:
 
 
 @cython.final
-@cython.auto_pickle(False)
 cdef class SpareSends:
     """A stack of idle SendOps in a list that never shrinks.
 
