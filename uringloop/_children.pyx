@@ -240,4 +240,8 @@ def _reap_after_close(loop, popen):
     # with the program's own poll()/wait() on the same Popen, which then see the real status
     # (a waitpid() behind Popen's back leaves it to report 0).
     popen.wait()
-    _logger.warning("Loop %r that handles pid %r is closed", loop, popen.pid)
+    # The thread starts while the loop closes (let_go), and a child killed just before may be
+    # reaped before close() is done: the stock thread then hands its callback to the closing
+    # loop, which drops it, and says nothing; it warns only of a loop already closed.
+    if loop.is_closed():
+        _logger.warning("Loop %r that handles pid %r is closed", loop, popen.pid)
