@@ -478,6 +478,74 @@ async def test_the_eof_after_resumed_bytes_comes_a_readiness_round_after_them():
 
 @pytest.mark.asyncio
 @bounded()
+@pytest.mark.parametrize('when', ['before the first read', 'while reading',
+                                  'shut by a callback after the bytes'])
+async def test_the_eof_comes_a_readiness_round_after_the_last_bytes(when):
+    """A peer (a plain socket) sends a request and shuts its side.  The stock loop reads the
+    bytes in one round and the EOF at its next poll: eof_received() runs after the callback
+    data_received() queued (hop 1) and before what that one queues (hop 2) -- also when the
+    bytes and the EOF arrive together, which the kernel may complete in one batch.  (A pass
+    later, aiohttp and gunicorn answered a request whose client had shut its side where the
+    stock loop and uvloop close without answering.)  Shut by hop 1 itself, the EOF is seen at
+    the poll after hop 1's pass: after hop 2, before hop 3."""
+    loop = asyncio.get_running_loop()
+    trace = []
+    accepted = loop.create_future()
+    peer = socket.socket()
+    peer.setblocking(False)
+
+    class Chained(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            accepted.set_result(self)
+
+        def data_received(self, data):
+            super().data_received(data)
+            trace.append('data')
+            loop.call_soon(self.hop, 1)
+
+        def hop(self, n):
+            trace.append(f'hop{n}')
+            if n == 1 and when == 'shut by a callback after the bytes':
+                peer.shutdown(socket.SHUT_WR)
+            if n < 3:
+                loop.call_soon(self.hop, n + 1)
+
+        def eof_received(self):
+            trace.append('eof')
+            return super().eof_received()
+
+        def connection_lost(self, exc):
+            trace.append('lost')
+            super().connection_lost(exc)
+
+    server = await loop.create_server(Chained, '127.0.0.1', 0)
+    try:
+        await loop.sock_connect(peer, server.sockets[0].getsockname())
+        if when == 'before the first read':
+            peer.send(b'request')
+            peer.shutdown(socket.SHUT_WR)
+        protocol = await accepted
+        if when != 'before the first read':
+            await asyncio.sleep(0.05)     # reading, the receive in the kernel
+            peer.send(b'request')
+            if when == 'while reading':
+                peer.shutdown(socket.SHUT_WR)
+        await protocol.lost
+        await asyncio.sleep(0.01)
+        assert bytes(protocol.data) == b'request'
+        if when == 'shut by a callback after the bytes':
+            assert trace == ['data', 'hop1', 'hop2', 'eof', 'hop3', 'lost']
+        else:
+            assert trace == ['data', 'hop1', 'eof', 'hop2', 'lost', 'hop3']
+    finally:
+        peer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_pause_reading_in_connection_made():
     class StartsPaused(Recorder):
         def connection_made(self, transport):

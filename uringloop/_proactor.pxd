@@ -50,10 +50,19 @@ cdef class Proactor:
     cdef Py_ssize_t queued_by_ready_phase
     cdef Py_ssize_t io_deferred
     # (callback, argument) pairs that go into the ready queue behind everything queued so far,
-    # once the ready callbacks running now have all run: where the stock loop's next poll would
-    # put an I/O callback (_receiveside.ReceiveSide.schedule_stash_after_ready_pass says why).
-    # Queued by the loop's iteration (_sched) after its ready callbacks, and at its start.
+    # at the end of the current iteration: where the stock loop's next poll would put an I/O
+    # callback (_receiveside.ReceiveSide.schedule_stash_after_ready_pass says why).  Queued by
+    # the loop's iteration (_sched) once its completions and timers have run -- or at its start
+    # when they were asked for outside an iteration and nothing else is ready -- and by select()
+    # for BaseEventLoop's own iteration.  after_next_ready_pass: the same one iteration later
+    # (take_after_ready_pass moves it up).
     cdef list after_ready_pass
+    cdef list after_next_ready_pass
+    # While the loop's iteration runs the callbacks that were ready at its start: the number the
+    # batch of completions its io_uring_enter brings will have (batches + 1); 0 otherwise.  A
+    # receive armed then completes in that same iteration, a ready pass before the stock loop's
+    # read (_receiveside.ReceiveSide.got_eof).
+    cdef unsigned long long ready_pass_batch
     # Called once at the start of the next iteration's enter (enter_for), after every callback
     # of this one: the readiness registry re-arms its poll there (_readiness).
     cdef Completer call_before_enter
@@ -135,6 +144,7 @@ cdef class Proactor:
     cdef int dispatch_completions(self) except -1
     cdef int move_io_handles_to_ready(self) except -1
     cdef list take_io_handles(self)
+    cdef list take_after_ready_pass(self)
     cdef inline bint little_to_batch(self):
         # Whether this iteration found too few completions for its sends to be worth batching
         # (SocketTransport.write sends at once then): FEW_COMPLETIONS or fewer.

@@ -143,6 +143,7 @@ cdef class Proactor:
         self.pending_cancels = []
         self.io_handles = []
         self.after_ready_pass = []
+        self.after_next_ready_pass = []
         self.buffer_rings = []
         self.exception_handler = loop.call_exception_handler
         # Blocking on purpose: io_uring arms its own poll for a file that supports NOWAIT, whereas
@@ -540,11 +541,10 @@ cdef class Proactor:
         # phase join the ready queue now, ahead of the timers it then finds due, and so do the
         # callbacks waiting for the end of a ready pass (after_ready_pass) -- every pass of
         # this iteration has ended before its select().
-        cdef list callbacks = self.after_ready_pass
-        self.wait(0 if callbacks else timeout)
+        self.wait(0 if self.after_ready_pass or self.after_next_ready_pass else timeout)
         self.move_io_handles_to_ready()
-        if callbacks:
-            self.after_ready_pass = []
+        callbacks = self.take_after_ready_pass()
+        if callbacks is not None:
             for callback, argument in callbacks:
                 self.loop.call_soon(callback, argument)
         return ()
@@ -554,6 +554,16 @@ cdef class Proactor:
             self.loop._ready.extend(self.io_handles)
             self.io_handles = []
         return 0
+
+    cdef list take_after_ready_pass(self):
+        """The callbacks waiting for the end of this iteration (or None), in order; those that
+        wait one iteration more take their place."""
+        cdef list callbacks = self.after_ready_pass
+        if not callbacks and not self.after_next_ready_pass:
+            return None
+        self.after_ready_pass = self.after_next_ready_pass
+        self.after_next_ready_pass = []
+        return callbacks
 
     cdef list take_io_handles(self):
         """The handles this iteration's completions made ready for its I/O phase (or None)."""

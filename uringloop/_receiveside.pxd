@@ -35,6 +35,9 @@ cdef class ReceiveSide(SendSide):
     cdef unsigned stash_ticket       # names the one _deliver_stash_after_pass that may deliver
     cdef bint stash_scheduled        # _deliver_stash is scheduled (the ints and flags kept
     cdef bint stash_after_pass       # _deliver_stash_after_pass will: _deliver_stash stands down
+    cdef unsigned bytes_batch        # the batch of completions that last brought bytes, and the
+    cdef unsigned ready_read_batch   # one a ready pass read for ahead of (both truncated to 32
+                                     # bits, compared for equality only: see got_eof)
                                      # together: a lone int between pointers costs 4 B of
                                      # padding)
 
@@ -74,6 +77,6 @@ cdef class ReceiveSide(SendSide):
     cdef int fill_protocol_buffer(self) except -1
     cdef int on_eof(self) except -1
     cdef int schedule_stash(self) except -1
-    cdef int schedule_stash_after_ready_pass(self) except -1
+    cdef int schedule_stash_after_ready_pass(self, bint one_iteration_later=*) except -1
     cdef int deliver_stash(self) except -1
-    cdef int schedule_stash_after_ready_pass(self) except -1
+    cdef int note_read_from_ready_pass(self) except -1

@@ -383,6 +383,8 @@ cdef class ReceiveSide(SendSide):
         elif self.reading_started:
             # (Arming asks nothing of the protocol: a BufferedProtocol's get_buffer() is called
             # when bytes are there to go into it -- see deliver_buffered.)
+            if self.recv_op is None:
+                self.note_read_from_ready_pass()
             self.arm_receive()
         if self.loop.get_debug():
             logger.debug("%r resumes reading", self)
@@ -443,7 +445,7 @@ cdef class ReceiveSide(SendSide):
             self.loop.call_soon(self._deliver_stash)
         return 0
 
-    cdef int schedule_stash_after_ready_pass(self) except -1:
+    cdef int schedule_stash_after_ready_pass(self, bint one_iteration_later=False) except -1:
         # What completed while reading was paused is delivered after resume_reading() where the
         # stock loop would read it: its reader, registered again, is polled once the ready
         # callbacks have all run, and its callback queued behind everything they queued.
@@ -456,10 +458,12 @@ cdef class ReceiveSide(SendSide):
         # a pause_reading() before this one runs withdraws it (as the stock reader removed
         # before the poll reads nothing), so that the next resume_reading() -- after which
         # uvicorn creates the next request's task -- is the one it follows (stash_ticket).
+        # (`one_iteration_later`: an EOF behind bytes that came a pass early, see got_eof.)
         if not self.stash_after_pass:
             self.stash_after_pass = True
             self.stash_ticket += 1
-            self.proactor.after_ready_pass.append(
+            (self.proactor.after_next_ready_pass if one_iteration_later
+             else self.proactor.after_ready_pass).append(
                 (self._deliver_stash_after_pass, self.stash_ticket))
         return 0
 
@@ -474,8 +478,17 @@ cdef class ReceiveSide(SendSide):
             self.stash_after_pass = False
             self.deliver_stash()
 
+    cdef int note_read_from_ready_pass(self) except -1:
+        """The transport reads from the ready callbacks an iteration runs before its enter --
+        stashed bytes delivered, or a receive armed that the enter completes -- where the stock
+        loop reads at its next poll, after them (see got_eof)."""
+        if self.proactor.ready_pass_batch:
+            self.ready_read_batch = <unsigned>self.proactor.ready_pass_batch
+        return 0
+
     cdef int deliver_stash(self) except -1:
         # Bytes that completed while reading was paused, then what ended them, then new reads.
+        self.note_read_from_ready_pass()
         if self.buffered:
             # Filled from the ready queue: what buffer_updated() schedules now runs in the next
             # pass, which comes after the next batch of completions -- so no receive of that
@@ -603,6 +616,8 @@ cdef class ReceiveSide(SendSide):
         # re-arm would end it (socket_gone), which cancels the receive and lets the file go.
         gone = (res != -ECANCELED and not self._closing and self.sock is not None
                 and not self.proactor.closing and self.socket_gone())
+        if res > 0:
+            self.bytes_batch = <unsigned>self.proactor.batches
         if op is self.ms_op:
             if flags & IORING_CQE_F_BUFFER:
                 bid = flags >> IORING_CQE_BUFFER_SHIFT
@@ -812,18 +827,40 @@ cdef class ReceiveSide(SendSide):
         return 0
 
     cdef int got_eof(self) except -1:
-        # The stock loop learns of the EOF from a recv() of its own, in a readiness round after
-        # the one that delivered the last bytes, so eof_received() runs after whatever
-        # data_received() scheduled with call_soon() -- and after whatever else the ready pass
-        # that ran those queued.  Here the EOF may complete in the same batch as those bytes;
-        # it takes the stash's way, behind the next ready pass (after_ready_pass), and so keeps
-        # that order (and a paused transport keeps it for resume).  One pass sooner, a task
-        # woken in that pass found the transport closed where the stock one was open (found by
-        # a differential fuzzer).  Not again for a receive that ends after eof_received() kept
-        # the connection open (on_eof).
+        # Where eof_received() goes among the callbacks.  The stock loop learns of the EOF from
+        # a recv() of its own, in the readiness round *after* the one that read the last bytes:
+        # its read callback is queued by that next poll, so eof_received() runs after what the
+        # callbacks data_received() queued did -- hop 1 of a call_soon() chain it started --
+        # and before what those queue in turn (hop 2).  The kernel, though, may complete the
+        # EOF in the same batch as the bytes (a multishot receive's last two completions); one
+        # of our iterations -- ready callbacks, enter, completions, timers -- then stands for
+        # the stock round that read the bytes, and the EOF waits for the end of it
+        # (after_ready_pass: queued behind everything the iteration queued), which is where
+        # the stock loop's next poll puts it.  A pass later, aiohttp and gunicorn answered a
+        # request whose client had shut its side where the stock loop and uvloop close without
+        # answering; a pass sooner, a task woken in that pass found the transport closed where
+        # the stock one was open (both found by differential fuzzers).
+        #
+        # An EOF in a batch of its own waits for the end of the iteration too.  Delivered at
+        # once it would be right for a peer whose FIN was in the socket before the ready
+        # callbacks ran, but a FIN those callbacks caused -- a peer in this process shutting
+        # its side from a task -- reaches our enter, which follows them, where the stock loop
+        # sees it only at its next poll; which of the two it was cannot be told from here.
+        #
+        # One iteration later still when a ready callback of this iteration read for the
+        # transport (resume_reading() armed the receive, or the stash was delivered:
+        # note_read_from_ready_pass) and the receive brought bytes with the EOF: the stock
+        # loop reads at the poll after those callbacks, so those bytes came a round early
+        # (README: a receive armed from the ready callbacks completes in the same iteration),
+        # and the EOF keeps its round after them.
+        #
+        # Paused, the EOF waits for resume_reading() behind what was stashed.  Not again for a
+        # receive that ends after eof_received() kept the connection open (on_eof).
+        cdef unsigned batch = <unsigned>self.proactor.batches
         if not self._closing and not self.stopped_at_eof:
             self.stash_end = _EOF
-            self.schedule_stash_after_ready_pass()
+            self.schedule_stash_after_ready_pass(
+                self.ready_read_batch == batch and self.bytes_batch == batch)
         return 0
 
     cdef int recv_into_stream_reader(self) except -1:

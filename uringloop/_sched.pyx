@@ -705,6 +705,8 @@ cdef class LoopCore:
     #   run the handles they made ready for the I/O phase (add_reader/add_writer callbacks)
     #            |
     #   run the timers noted
+    #            |
+    #   queue what asked to follow this iteration's callbacks (Proactor.after_ready_pass)
     #
     # Dispatching before the ready callbacks would let a datagram_received() or data_received()
     # overtake a callback (a task's step, say) that was ready before the data arrived -- a
@@ -716,12 +718,15 @@ cdef class LoopCore:
     # those same ready callbacks queued.  Where that is observable it is put right at the
     # source: a transport arms its first receive one pass after connection_made(), so that
     # what connection_made() schedules runs before the first data_received(), as on the stock
-    # loop (SocketTransport._start_reading).
+    # loop (SocketTransport._start_reading).  What the stock loop would find only at its *next*
+    # poll -- an EOF that completed in the same batch as the bytes before it, bytes stashed
+    # while reading was paused -- waits in after_ready_pass and is queued last: behind what
+    # this iteration's callbacks queued, ahead of what the next iteration's queue.
     #
-    # (*) Inside run_forever, when the ready callbacks leave nothing ready, nothing due and no
-    # stop request, the enter may block as the next iteration's would: the stock loop would poll
-    # without waiting, find nothing to run and come straight back to a blocking poll, and nothing
-    # can happen in between.  That saves a system call per request/response turn on a lightly
+    # (*) Inside run_forever, when the ready callbacks leave nothing ready, nothing due, nothing
+    # in after_ready_pass and no stop request, the enter may block as the next iteration's
+    # would: the stock loop would poll without waiting, find nothing to run and come straight
+    # back to a blocking poll, and nothing can happen in between.  That saves a system call per request/response turn on a lightly
     # loaded connection.  A _run_once() called by hand keeps the stock contract: an iteration
     # that starts with ready callbacks does not block.
 
@@ -764,10 +769,10 @@ cdef class LoopCore:
         proactor.queued_by_ready_phase = 0
         proactor.io_deferred = 0
         if proactor.after_ready_pass and not pending:
-            # Asked for by the last iteration's I/O phase or timers, or while the loop was not
-            # running, and nothing is ready to run first: now.  (With callbacks ready, those
-            # go first -- the stock loop's I/O callbacks run in its next ready pass, and what
-            # they ask of the poll comes after it: queued below, once they have run.)
+            # Asked for while the loop was not running (an iteration queues its own at its
+            # end), and nothing is ready to run first: now.  (With callbacks ready, those go
+            # first: queued at the end of this iteration, as the stock loop's poll would put
+            # an I/O callback behind them.)
             self.queue_after_ready_pass(proactor)
             pending = len(self.ready)
         try:
@@ -779,12 +784,17 @@ cdef class LoopCore:
                 due = self.pop_due()
                 due_noted = True
                 if pending:
-                    self.run_ready(pending)
+                    # (A receive armed by these completes in this iteration: see
+                    # Proactor.ready_pass_batch.)
+                    proactor.ready_pass_batch = proactor.batches + 1
+                    try:
+                        self.run_ready(pending)
+                    finally:
+                        proactor.ready_pass_batch = 0
                     # (For the readiness callbacks: _readiness.Readiness.queue_io_handle.)
                     proactor.queued_by_ready_phase = len(self.ready)
-                    if proactor.after_ready_pass:
-                        self.queue_after_ready_pass(proactor)
-                if due or self.ready or self._stopping or not may_wait_after_ready:
+                if (due or self.ready or self._stopping or proactor.after_ready_pass
+                        or not may_wait_after_ready):
                     timeout = 0
                 else:
                     if self._scheduled and PyList_CheckExact(self._scheduled):
@@ -844,6 +854,12 @@ cdef class LoopCore:
                     ran += 1
                     if not is_cancelled(timer):
                         self.run_handle_now(timer, inline_ok)
+            # What this iteration's callbacks and completions asked to follow its ready pass
+            # goes behind everything they queued: where the stock loop's next poll would put
+            # its I/O callback -- after this iteration's callbacks, before what the next
+            # iteration's callbacks queue (see _receiveside.ReceiveSide.got_eof).
+            if proactor.after_ready_pass or proactor.after_next_ready_pass:
+                self.queue_after_ready_pass(proactor)
         finally:
             if due is not None and ran < len(due):
                 # Interrupted (KeyboardInterrupt, SystemExit): the timers not yet run are not
@@ -856,10 +872,10 @@ cdef class LoopCore:
         return 0
 
     cdef int queue_after_ready_pass(self, Proactor proactor) except -1:
-        cdef list callbacks = proactor.after_ready_pass
-        proactor.after_ready_pass = []
-        for callback, argument in callbacks:
-            self.call_soon(callback, argument)
+        cdef list callbacks = proactor.take_after_ready_pass()
+        if callbacks is not None:
+            for callback, argument in callbacks:
+                self.call_soon(callback, argument)
         return 0
 
     cdef object wait_timeout(self):
