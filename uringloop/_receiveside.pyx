@@ -842,10 +842,15 @@ cdef class ReceiveSide(SendSide):
         # the stock one was open (both found by differential fuzzers).
         #
         # An EOF in a batch of its own waits for the end of the iteration too.  Delivered at
-        # once it would be right for a peer whose FIN was in the socket before the ready
-        # callbacks ran, but a FIN those callbacks caused -- a peer in this process shutting
-        # its side from a task -- reaches our enter, which follows them, where the stock loop
-        # sees it only at its next poll; which of the two it was cannot be told from here.
+        # once it would be right for a FIN that was in the socket before this iteration's
+        # ready callbacks ran (one a protocol's callback caused in the last iteration's
+        # completions, say), but a FIN those ready callbacks caused -- a peer in this process
+        # shutting its side from a task or a call_soon() callback -- reaches our enter, which
+        # follows them, where the stock loop sees it only at its next poll.  Which of the two
+        # it was cannot be told from the completion, so the EOF takes the later place: a pass
+        # late is what a slower network gives on any loop, a pass early is an order the stock
+        # loop never has (a differential fuzzer found both kinds of peer; uvloop, which polls
+        # before its callbacks as the stock loop does, matches it in both).
         #
         # One iteration later still when a ready callback of this iteration read for the
         # transport (resume_reading() armed the receive, or the stash was delivered:

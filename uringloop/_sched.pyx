@@ -43,7 +43,6 @@ gets select() + _process_events(); a heap that is not a list or a ready queue th
 sends the whole iteration to BaseEventLoop._run_once.
 """
 
-cimport cython
 from cpython.object cimport (PyObject, PyObject_RichCompareBool, PyObject_GenericSetAttr,
                              PyObject_Call, Py_LT, Py_GE)
 from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
@@ -726,9 +725,9 @@ cdef class LoopCore:
     # (*) Inside run_forever, when the ready callbacks leave nothing ready, nothing due, nothing
     # in after_ready_pass and no stop request, the enter may block as the next iteration's
     # would: the stock loop would poll without waiting, find nothing to run and come straight
-    # back to a blocking poll, and nothing can happen in between.  That saves a system call per request/response turn on a lightly
-    # loaded connection.  A _run_once() called by hand keeps the stock contract: an iteration
-    # that starts with ready callbacks does not block.
+    # back to a blocking poll, and nothing can happen in between.  That saves a system call per
+    # request/response turn on a lightly loaded connection.  A _run_once() called by hand keeps
+    # the stock contract: an iteration that starts with ready callbacks does not block.
 
     cdef int drop_cancelled(self) except -1:
         """Cancelled timers, as the stock loop's iteration begins: rebuild the heap when they are
@@ -768,9 +767,10 @@ cdef class LoopCore:
         self.batch_left = 0
         proactor.queued_by_ready_phase = 0
         proactor.io_deferred = 0
-        if proactor.after_ready_pass and not pending:
-            # Asked for while the loop was not running (an iteration queues its own at its
-            # end), and nothing is ready to run first: now.  (With callbacks ready, those go
+        if (proactor.after_ready_pass or proactor.after_next_ready_pass) and not pending:
+            # Asked for while the loop was not running, or left by an iteration that an
+            # exception ended (an iteration queues its own at its end), and nothing is ready to
+            # run first: now.  (With callbacks ready, those go
             # first: queued at the end of this iteration, as the stock loop's poll would put
             # an I/O callback behind them.)
             self.queue_after_ready_pass(proactor)
