@@ -546,6 +546,62 @@ async def test_the_eof_comes_a_readiness_round_after_the_last_bytes(when):
 
 @pytest.mark.asyncio
 @bounded()
+async def test_an_eof_that_came_while_paused_follows_what_the_pass_before_the_resume_queued():
+    """The peer sends a request and shuts its side at once; data_received() pauses reading, and
+    the callback it queued resumes it.  The stock loop reads the EOF at the poll after that
+    callback's pass: after what the pass queued (hop 2).  The EOF completing while paused
+    scheduled its own delivery, which ran in the resuming pass, ahead of hop 2."""
+    loop = asyncio.get_running_loop()
+    trace = []
+    accepted = loop.create_future()
+    peer = socket.socket()
+    peer.setblocking(False)
+
+    class Pausing(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            accepted.set_result(self)
+
+        def data_received(self, data):
+            super().data_received(data)
+            trace.append('data')
+            self.transport.pause_reading()
+            loop.call_soon(self.hop, 1)
+
+        def hop(self, n):
+            trace.append(f'hop{n}')
+            if n == 1:
+                self.transport.resume_reading()
+            if n < 3:
+                loop.call_soon(self.hop, n + 1)
+
+        def eof_received(self):
+            trace.append('eof')
+            return super().eof_received()
+
+        def connection_lost(self, exc):
+            trace.append('lost')
+            super().connection_lost(exc)
+
+    server = await loop.create_server(Pausing, '127.0.0.1', 0)
+    try:
+        await loop.sock_connect(peer, server.sockets[0].getsockname())
+        protocol = await accepted
+        await asyncio.sleep(0.05)
+        peer.send(b'request')
+        peer.shutdown(socket.SHUT_WR)
+        await protocol.lost
+        await asyncio.sleep(0.01)
+        assert bytes(protocol.data) == b'request'
+        assert trace == ['data', 'hop1', 'hop2', 'eof', 'hop3', 'lost']
+    finally:
+        peer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@bounded()
 async def test_pause_reading_in_connection_made():
     class StartsPaused(Recorder):
         def connection_made(self, transport):

@@ -859,13 +859,18 @@ cdef class ReceiveSide(SendSide):
         # (README: a receive armed from the ready callbacks completes in the same iteration),
         # and the EOF keeps its round after them.
         #
-        # Paused, the EOF waits for resume_reading() behind what was stashed.  Not again for a
-        # receive that ends after eof_received() kept the connection open (on_eof).
+        # Paused, the EOF waits behind what was stashed, and resume_reading() schedules its
+        # delivery: one scheduled now would run in the pass that resumes reading when it is
+        # queued ahead of resume_reading()'s caller -- behind it, eof_received() overtook what
+        # the pass before the resume had queued, where the stock loop reads the EOF at the poll
+        # after that pass (found by a differential fuzzer).  Not again for a receive that ends
+        # after eof_received() kept the connection open (on_eof).
         cdef unsigned batch = <unsigned>self.proactor.batches
         if not self._closing and not self.stopped_at_eof:
             self.stash_end = _EOF
-            self.schedule_stash_after_ready_pass(
-                self.ready_read_batch == batch and self.bytes_batch == batch)
+            if not self._paused:
+                self.schedule_stash_after_ready_pass(
+                    self.ready_read_batch == batch and self.bytes_batch == batch)
         return 0
 
     cdef int recv_into_stream_reader(self) except -1:
