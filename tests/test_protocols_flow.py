@@ -476,6 +476,56 @@ async def test_the_eof_after_resumed_bytes_comes_a_readiness_round_after_them():
     await shut(server, peer)
 
 
+class HopTracer(Recorder):
+    """Traces data_received(), a call_soon() chain of three hops it starts (hop(n) runs hop n
+    and queues hop n + 1), eof_received() and connection_lost() into `trace`; `accepted`
+    resolves to the protocol at connection_made()."""
+
+    def __init__(self, trace, accepted):
+        super().__init__()
+        self.trace = trace
+        self.accepted = accepted
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.accepted.set_result(self)
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.trace.append('data')
+        self.loop.call_soon(self.hop, 1)
+
+    def hop(self, n):
+        self.trace.append(f'hop{n}')
+        if n < 3:
+            self.loop.call_soon(self.hop, n + 1)
+
+    def eof_received(self):
+        self.trace.append('eof')
+        return super().eof_received()
+
+    def connection_lost(self, exc):
+        self.trace.append('lost')
+        super().connection_lost(exc)
+
+
+async def plain_socket_peer(tracer_class, trace):
+    """A server whose connection gets a `tracer_class` protocol, and a plain non-blocking
+    socket connected to it: (server, socket, future of the server-side protocol)."""
+    loop = asyncio.get_running_loop()
+    accepted = loop.create_future()
+    server = await loop.create_server(lambda: tracer_class(trace, accepted), '127.0.0.1', 0)
+    peer = socket.socket()
+    peer.setblocking(False)
+    try:
+        await loop.sock_connect(peer, server.sockets[0].getsockname())
+    except BaseException:
+        peer.close()
+        server.close()
+        raise
+    return server, peer, accepted
+
+
 @pytest.mark.asyncio
 @bounded()
 @pytest.mark.parametrize('when', ['before the first read', 'while reading',
@@ -488,40 +538,16 @@ async def test_the_eof_comes_a_readiness_round_after_the_last_bytes(when):
     later, aiohttp and gunicorn answered a request whose client had shut its side where the
     stock loop and uvloop close without answering.)  Shut by hop 1 itself, the EOF is seen at
     the poll after hop 1's pass: after hop 2, before hop 3."""
-    loop = asyncio.get_running_loop()
     trace = []
-    accepted = loop.create_future()
-    peer = socket.socket()
-    peer.setblocking(False)
 
-    class Chained(Recorder):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            accepted.set_result(self)
-
-        def data_received(self, data):
-            super().data_received(data)
-            trace.append('data')
-            loop.call_soon(self.hop, 1)
-
+    class ShutByHop1(HopTracer):
         def hop(self, n):
-            trace.append(f'hop{n}')
             if n == 1 and when == 'shut by a callback after the bytes':
                 peer.shutdown(socket.SHUT_WR)
-            if n < 3:
-                loop.call_soon(self.hop, n + 1)
+            super().hop(n)
 
-        def eof_received(self):
-            trace.append('eof')
-            return super().eof_received()
-
-        def connection_lost(self, exc):
-            trace.append('lost')
-            super().connection_lost(exc)
-
-    server = await loop.create_server(Chained, '127.0.0.1', 0)
+    server, peer, accepted = await plain_socket_peer(ShutByHop1, trace)
     try:
-        await loop.sock_connect(peer, server.sockets[0].getsockname())
         if when == 'before the first read':
             peer.send(b'request')
             peer.shutdown(socket.SHUT_WR)
@@ -551,41 +577,20 @@ async def test_an_eof_that_came_while_paused_follows_what_the_pass_before_the_re
     the callback it queued resumes it.  The stock loop reads the EOF at the poll after that
     callback's pass: after what the pass queued (hop 2).  The EOF completing while paused
     scheduled its own delivery, which ran in the resuming pass, ahead of hop 2."""
-    loop = asyncio.get_running_loop()
     trace = []
-    accepted = loop.create_future()
-    peer = socket.socket()
-    peer.setblocking(False)
 
-    class Pausing(Recorder):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            accepted.set_result(self)
-
+    class PausedUntilHop1(HopTracer):
         def data_received(self, data):
             super().data_received(data)
-            trace.append('data')
             self.transport.pause_reading()
-            loop.call_soon(self.hop, 1)
 
         def hop(self, n):
-            trace.append(f'hop{n}')
             if n == 1:
                 self.transport.resume_reading()
-            if n < 3:
-                loop.call_soon(self.hop, n + 1)
+            super().hop(n)
 
-        def eof_received(self):
-            trace.append('eof')
-            return super().eof_received()
-
-        def connection_lost(self, exc):
-            trace.append('lost')
-            super().connection_lost(exc)
-
-    server = await loop.create_server(Pausing, '127.0.0.1', 0)
+    server, peer, accepted = await plain_socket_peer(PausedUntilHop1, trace)
     try:
-        await loop.sock_connect(peer, server.sockets[0].getsockname())
         protocol = await accepted
         await asyncio.sleep(0.05)
         peer.send(b'request')
