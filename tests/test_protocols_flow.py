@@ -3,6 +3,7 @@ connections at once, the receive ring's memory, pause_reading()/resume_reading()
 buffer limits and pause_writing()/resume_writing() -- run on uringloop and on the stock loop."""
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -509,9 +510,11 @@ class HopTracer(Recorder):
         super().connection_lost(exc)
 
 
+@contextlib.asynccontextmanager
 async def plain_socket_peer(tracer_class, trace):
     """A server whose connection gets a `tracer_class` protocol, and a plain non-blocking
-    socket connected to it: (server, socket, future of the server-side protocol)."""
+    socket connected to it: (socket, future of the server-side protocol); both closed on
+    leaving."""
     loop = asyncio.get_running_loop()
     accepted = loop.create_future()
     server = await loop.create_server(lambda: tracer_class(trace, accepted), '127.0.0.1', 0)
@@ -519,11 +522,19 @@ async def plain_socket_peer(tracer_class, trace):
     peer.setblocking(False)
     try:
         await loop.sock_connect(peer, server.sockets[0].getsockname())
-    except BaseException:
+        yield peer, accepted
+    finally:
         peer.close()
         server.close()
-        raise
-    return server, peer, accepted
+        await server.wait_closed()
+
+
+async def lost_after_request(protocol):
+    """Waits for the connection's end (and a moment for whatever would follow it), then
+    checks that the request arrived whole."""
+    await protocol.lost
+    await asyncio.sleep(0.01)
+    assert bytes(protocol.data) == b'request'
 
 
 @pytest.mark.asyncio
@@ -546,8 +557,7 @@ async def test_the_eof_comes_a_readiness_round_after_the_last_bytes(when):
                 peer.shutdown(socket.SHUT_WR)
             super().hop(n)
 
-    server, peer, accepted = await plain_socket_peer(ShutByHop1, trace)
-    try:
+    async with plain_socket_peer(ShutByHop1, trace) as (peer, accepted):
         if when == 'before the first read':
             peer.send(b'request')
             peer.shutdown(socket.SHUT_WR)
@@ -557,17 +567,11 @@ async def test_the_eof_comes_a_readiness_round_after_the_last_bytes(when):
             peer.send(b'request')
             if when == 'while reading':
                 peer.shutdown(socket.SHUT_WR)
-        await protocol.lost
-        await asyncio.sleep(0.01)
-        assert bytes(protocol.data) == b'request'
+        await lost_after_request(protocol)
         if when == 'shut by a callback after the bytes':
             assert trace == ['data', 'hop1', 'hop2', 'eof', 'hop3', 'lost']
         else:
             assert trace == ['data', 'hop1', 'eof', 'hop2', 'lost', 'hop3']
-    finally:
-        peer.close()
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.asyncio
@@ -589,20 +593,13 @@ async def test_an_eof_that_came_while_paused_follows_what_the_pass_before_the_re
                 self.transport.resume_reading()
             super().hop(n)
 
-    server, peer, accepted = await plain_socket_peer(PausedUntilHop1, trace)
-    try:
+    async with plain_socket_peer(PausedUntilHop1, trace) as (peer, accepted):
         protocol = await accepted
         await asyncio.sleep(0.05)
         peer.send(b'request')
         peer.shutdown(socket.SHUT_WR)
-        await protocol.lost
-        await asyncio.sleep(0.01)
-        assert bytes(protocol.data) == b'request'
+        await lost_after_request(protocol)
         assert trace == ['data', 'hop1', 'hop2', 'eof', 'hop3', 'lost']
-    finally:
-        peer.close()
-        server.close()
-        await server.wait_closed()
 
 
 @pytest.mark.asyncio
