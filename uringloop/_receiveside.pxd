@@ -33,13 +33,13 @@ cdef class ReceiveSide(SendSide):
     cdef int large_read_size         # > 0: large reads (poll, then recv(2) into bytes this size)
     cdef int stream_read_guess       # how far a large read grows a StreamReader's buffer (0: ask)
     cdef unsigned stash_ticket       # names the one _deliver_stash_after_pass that may deliver
-    cdef bint stash_scheduled        # _deliver_stash is scheduled (the ints and flags kept
+    cdef bint stash_scheduled        # _deliver_stash is scheduled
     cdef bint stash_after_pass       # _deliver_stash_after_pass will: _deliver_stash stands down
     cdef unsigned bytes_batch        # the batch of completions that last brought bytes, and the
     cdef unsigned ready_read_batch   # one a ready pass read for ahead of (both truncated to 32
                                      # bits, compared for equality only: see got_eof)
-                                     # together: a lone int between pointers costs 4 B of
-                                     # padding)
+    # (The ints and flags above are kept together: a lone int between pointers costs 4 B of
+    # padding.)
 
     cdef BufferRing bufs             # the loop's provided buffers; None: single-shot receives
     cdef MultishotRecvOp ms_op
